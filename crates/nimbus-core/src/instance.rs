@@ -1,0 +1,177 @@
+//! The instance: a virtual machine's desired and observed state as the control plane records it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::labels::Labels;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    Creating,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Rebooting,
+    Resizing,
+    Snapshotting,
+    Reverting,
+    Migrating,
+    Error,
+    Destroying,
+    Destroyed,
+}
+
+impl InstanceState {
+    pub const ALL: [InstanceState; 13] = [
+        Self::Creating,
+        Self::Starting,
+        Self::Running,
+        Self::Stopping,
+        Self::Stopped,
+        Self::Rebooting,
+        Self::Resizing,
+        Self::Snapshotting,
+        Self::Reverting,
+        Self::Migrating,
+        Self::Error,
+        Self::Destroying,
+        Self::Destroyed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::Rebooting => "rebooting",
+            Self::Resizing => "resizing",
+            Self::Snapshotting => "snapshotting",
+            Self::Reverting => "reverting",
+            Self::Migrating => "migrating",
+            Self::Error => "error",
+            Self::Destroying => "destroying",
+            Self::Destroyed => "destroyed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// States that only exist while an operation is working on the instance.
+    pub fn is_transitional(self) -> bool {
+        !matches!(self, Self::Running | Self::Stopped | Self::Error | Self::Destroyed)
+    }
+}
+
+impl std::fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub name: String,
+    pub hostname: String,
+    pub description: String,
+    pub zone: String,
+    pub instance_type: String,
+    pub template_id: Uuid,
+    pub template: String,
+    pub state: InstanceState,
+    /// User labels; read-only system labels live in `system_labels` and are never changed by a patch.
+    pub labels: Labels,
+    pub system_labels: Labels,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub gpus: u32,
+    pub disk_size_gb: u64,
+    /// Base64, as every seed carries it.
+    pub user_data: Option<String>,
+    pub ssh_keys: Vec<String>,
+    pub security_groups: Vec<Uuid>,
+    pub anti_affinity_groups: Vec<Uuid>,
+    pub private_networks: Vec<Uuid>,
+    pub ip_addresses: Vec<String>,
+    pub mac_address: String,
+    pub protected: bool,
+    pub tpm_enabled: bool,
+    pub secure_boot: bool,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expected_shutdown_at: Option<OffsetDateTime>,
+    /// The host that runs it (placement); `None` until placed.
+    pub host: Option<String>,
+    /// The operation that currently holds this instance's lock.
+    pub lock_operation_id: Option<Uuid>,
+    /// Bumped on every write: compare-and-swap updates and ETags.
+    pub generation: i64,
+    /// Provider-specific fields that have no home in the core model, one map per dialect.
+    pub extensions: BTreeMap<String, serde_json::Value>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Instance {
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", self.generation)
+    }
+
+    /// A stable MAC for the instance's first NIC: QEMU's locally administered prefix + 3 bytes of the id.
+    pub fn mac_for(id: Uuid) -> String {
+        let b = id.as_bytes();
+        // v7 ids start with the timestamp; the random tail makes a better spread.
+        format!("52:54:00:{:02x}:{:02x}:{:02x}", b[13], b[14], b[15])
+    }
+}
+
+/// Validates an instance name: a DNS label-ish name that every dialect can carry.
+pub fn validate_name(field: &str, name: &str) -> crate::Result<()> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(crate::DomainError::invalid(field, "must be 1 to 63 characters long"));
+    }
+    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+    let first = name.chars().next().unwrap();
+    if !ok_chars || !first.is_ascii_alphanumeric() {
+        return Err(crate::DomainError::invalid(
+            field,
+            format!("{name:?} must start with a letter or digit and contain only letters, digits, '-', '.' and '_'"),
+        ));
+    }
+    Ok(())
+}
+
+/// The largest user-data Nimbus accepts, decoded (Exoscale's documented limit).
+pub const MAX_USER_DATA_BYTES: usize = 32 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_dns_friendly() {
+        assert!(validate_name("name", "web-1").is_ok());
+        assert!(validate_name("name", "").is_err());
+        assert!(validate_name("name", "-web").is_err());
+        assert!(validate_name("name", "a b").is_err());
+        assert!(validate_name("name", &"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn states_round_trip_their_names() {
+        for s in InstanceState::ALL {
+            assert_eq!(InstanceState::parse(s.as_str()), Some(s));
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The one place that says which action is allowed in which instance state, which state the instance shows
+//! while the action runs, and where it lands afterwards.
+
+use serde::{Deserialize, Serialize};
+
+use crate::instance::InstanceState::{self, *};
+use crate::{DomainError, Result};
+
+/// Everything that can be done to an instance. The background ones are also the kinds of operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Create,
+    Start,
+    Stop,
+    Reboot,
+    Reset,
+    Scale,
+    ResizeDisk,
+    CreateSnapshot,
+    RevertSnapshot,
+    ResetPassword,
+    EnableTpm,
+    Delete,
+    /// A stop that Nimbus itself starts when an instance's `expected_shutdown_at` has come.
+    ScheduledStop,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Reboot => "reboot",
+            Action::Reset => "reset",
+            Action::Scale => "scale",
+            Action::ResizeDisk => "resize_disk",
+            Action::CreateSnapshot => "create_snapshot",
+            Action::RevertSnapshot => "revert_snapshot",
+            Action::ResetPassword => "reset_password",
+            Action::EnableTpm => "enable_tpm",
+            Action::Delete => "delete",
+            Action::ScheduledStop => "scheduled_stop",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where an instance lands when an action succeeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Landing {
+    In(InstanceState),
+    /// Back in the state it had before the action (snapshots, reset, passwords).
+    Previous,
+    /// The record is removed.
+    Gone,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// Shown while the operation runs.
+    pub during: InstanceState,
+    pub on_success: Landing,
+}
+
+/// The states an action may start from, with the sentence a refused user reads.
+fn rule(action: Action) -> (&'static [InstanceState], &'static str, InstanceState, Landing) {
+    match action {
+        Action::Create => (&[], "", Creating, Landing::In(Running)),
+        Action::Start => (&[Stopped, Error], "start needs the instance stopped", Starting, Landing::In(Running)),
+        Action::Stop | Action::ScheduledStop => {
+            (&[Running, Error], "stop needs the instance running", Stopping, Landing::In(Stopped))
+        }
+        Action::Reboot => (&[Running], "reboot needs the instance running", Rebooting, Landing::In(Running)),
+        Action::Reset => {
+            (&[Running, Stopped, Error], "reset needs the instance running or stopped", Creating, Landing::Previous)
+        }
+        Action::Scale => (&[Stopped], "scale needs the instance stopped", Resizing, Landing::In(Stopped)),
+        Action::ResizeDisk => (&[Stopped], "resize-disk needs the instance stopped", Resizing, Landing::In(Stopped)),
+        Action::CreateSnapshot => (
+            &[Running, Stopped],
+            "create-snapshot needs the instance running or stopped",
+            Snapshotting,
+            Landing::Previous,
+        ),
+        Action::RevertSnapshot => {
+            (&[Stopped], "revert-snapshot needs the instance stopped", Reverting, Landing::In(Stopped))
+        }
+        Action::ResetPassword => (
+            &[Running, Stopped],
+            "reset-password needs the instance running or stopped",
+            Running, // replaced by the current state below: a password reset shows no transitional state
+            Landing::Previous,
+        ),
+        Action::EnableTpm => (&[Stopped], "enable-tpm needs the instance stopped", Stopped, Landing::In(Stopped)),
+        Action::Delete => (
+            &[Creating, Starting, Running, Stopping, Stopped, Rebooting, Resizing, Snapshotting, Reverting, Migrating, Error],
+            "the instance is already being destroyed",
+            Destroying,
+            Landing::Gone,
+        ),
+    }
+}
+
+/// Decides whether `action` may begin on an instance in `state`.
+pub fn transition(action: Action, state: InstanceState) -> Result<Transition> {
+    let (from, hint, during, on_success) = rule(action);
+    if action != Action::Create && !from.contains(&state) {
+        return Err(DomainError::InvalidState {
+            action: action.as_str().replace('_', "-"),
+            state,
+            hint: hint.to_string(),
+        });
+    }
+    let during = if action == Action::ResetPassword { state } else { during };
+    Ok(Transition { during, on_success })
+}
+
+/// The state an instance lands in after `action` succeeded, given the state it had before.
+pub fn landing(action: Action, before: InstanceState) -> Option<InstanceState> {
+    match rule(action).3 {
+        Landing::In(s) => Some(s),
+        Landing::Previous => Some(before),
+        Landing::Gone => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_is_refused_while_running_with_a_message_naming_the_state() {
+        let err = transition(Action::Start, Running).unwrap_err();
+        assert_eq!(err.to_string(), "cannot start instance in state running: start needs the instance stopped");
+    }
+
+    #[test]
+    fn disk_and_type_changes_need_a_stopped_instance() {
+        for a in [Action::Scale, Action::ResizeDisk, Action::RevertSnapshot, Action::EnableTpm] {
+            assert!(transition(a, Running).is_err(), "{a} allowed while running");
+            assert!(transition(a, Stopped).is_ok(), "{a} refused while stopped");
+        }
+    }
+
+    #[test]
+    fn snapshots_return_to_the_state_they_started_from() {
+        assert_eq!(landing(Action::CreateSnapshot, Running), Some(Running));
+        assert_eq!(landing(Action::CreateSnapshot, Stopped), Some(Stopped));
+        assert_eq!(landing(Action::Delete, Running), None);
+    }
+
+    #[test]
+    fn nothing_but_delete_starts_from_a_transitional_state() {
+        for s in InstanceState::ALL.into_iter().filter(|s| s.is_transitional()) {
+            for a in [Action::Start, Action::Stop, Action::Reboot, Action::Scale, Action::RevertSnapshot] {
+                assert!(transition(a, s).is_err(), "{a} allowed in {s}");
+            }
+        }
+        assert!(transition(Action::Delete, Destroying).is_err());
+    }
+}

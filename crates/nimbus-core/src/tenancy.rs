@@ -1,0 +1,106 @@
+//! Organizations, projects, their quotas and the API keys that act inside them.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Organization {
+    pub id: Uuid,
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    pub id: Uuid,
+    /// Stable small integer id (Gcore's `project_id`); assigned by the store.
+    pub numeric_id: i64,
+    pub organization_id: Uuid,
+    pub name: String,
+    pub quota: Quota,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// Upper bounds on what a project's live instances may add up to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    pub instances: u64,
+    pub vcpus: u64,
+    pub memory_mib: u64,
+    pub disk_gb: u64,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Quota { instances: 256, vcpus: 1024, memory_mib: 4 * 1024 * 1024, disk_gb: 64 * 1024 }
+    }
+}
+
+/// What a project's live instances use, counted against its quota.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub instances: u64,
+    pub vcpus: u64,
+    pub memory_mib: u64,
+    pub disk_gb: u64,
+}
+
+impl Quota {
+    /// Names the first limit that `usage` exceeds.
+    pub fn exceeded_by(&self, usage: &Usage) -> Option<String> {
+        let checks = [
+            ("instances", usage.instances, self.instances),
+            ("vcpus", usage.vcpus, self.vcpus),
+            ("memory_mib", usage.memory_mib, self.memory_mib),
+            ("disk_gb", usage.disk_gb, self.disk_gb),
+        ];
+        checks
+            .into_iter()
+            .find(|(_, used, limit)| used > limit)
+            .map(|(what, used, limit)| format!("{what} would be {used}, the project's limit is {limit}"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    ReadOnly,
+    Member,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::ReadOnly => "read-only",
+            Role::Member => "member",
+            Role::Admin => "admin",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "read-only" | "read_only" | "readonly" => Some(Role::ReadOnly),
+            "member" => Some(Role::Member),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// The public half (`NIM…`), shown in lists and audit records.
+    pub key_id: String,
+    pub name: String,
+    pub project_id: Uuid,
+    pub role: Role,
+    /// The secret half. Kept because HMAC-signing dialects (Exoscale) need it to verify signatures;
+    /// bearer lookups go through `secret_sha256`. Never rendered by any API after creation.
+    pub secret: String,
+    pub secret_sha256: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}

@@ -1,0 +1,138 @@
+//! The `Driver` trait is the only boundary between Nimbus and the host. The engine calls it from its
+//! operation workers; nothing else does.
+//!
+//! Invariants:
+//! - Only this crate spawns processes or touches the host (disks, taps, namespaces).
+//! - Every method is idempotent: calling it again after a crash, with the same arguments, converges to the
+//!   same result (start on a running instance succeeds, destroy of a missing one succeeds). The engine
+//!   resumes interrupted operations by calling the same steps again.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nimbus_core::catalog::Template;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub mod sim;
+
+pub use sim::{SimConfig, SimDriver};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DriverError {
+    #[error("instance {0} is not known to the driver")]
+    NotFound(Uuid),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub type DriverResult<T> = Result<T, DriverError>;
+
+/// Everything the driver needs to build and boot an instance. Built by the engine from the instance record,
+/// the same whichever API created the instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    pub id: Uuid,
+    pub name: String,
+    pub hostname: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_size_gb: u64,
+    pub template: Template,
+    /// Decoded user-data (the API carries it base64).
+    pub user_data: Option<Vec<u8>>,
+    pub ssh_keys: Vec<String>,
+    pub password: Option<String>,
+    pub mac_address: String,
+    /// Address assigned by the store's IPAM, in CIDR notation (`10.x.y.z/24`), if any.
+    pub ip_address: Option<String>,
+    pub gateway: Option<String>,
+    pub tpm: bool,
+}
+
+/// What the host says about an instance, whatever the records say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActualState {
+    Running,
+    Stopped,
+    /// The driver has nothing for this instance (never created, or destroyed).
+    Missing,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub name: String,
+    pub driver: String,
+    /// `kvm`, `tcg`, or `none` for the sim driver.
+    pub accelerator: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gb: u64,
+}
+
+/// Usage figures of one instance, as the host measures them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InstanceMetrics {
+    pub cpu_time_ns: u64,
+    pub memory_rss_bytes: u64,
+    pub disk_used_bytes: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+}
+
+/// A template that the driver ships ready to use (e.g. `busybox`), registered in the catalog on start.
+pub type TemplateRegistration = Template;
+
+#[async_trait]
+pub trait Driver: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    async fn host_info(&self) -> HostInfo;
+    /// Templates this driver provides out of the box.
+    async fn templates(&self) -> DriverResult<Vec<TemplateRegistration>>;
+
+    /// Provisions the instance's disk and seed. Leaves it stopped.
+    async fn create(&self, spec: &InstanceSpec) -> DriverResult<()>;
+    /// Boots the instance and returns once the guest reports ready.
+    async fn start(&self, spec: &InstanceSpec) -> DriverResult<()>;
+    /// Graceful power-down, forced after `grace`.
+    async fn stop(&self, id: Uuid, grace: Duration) -> DriverResult<()>;
+    async fn reboot(&self, spec: &InstanceSpec) -> DriverResult<()>;
+    /// Reinstalls the disk from the template (instance stopped by the engine first).
+    async fn reinstall(&self, spec: &InstanceSpec) -> DriverResult<()>;
+    /// Grows the disk (instance stopped). Shrinking is refused.
+    async fn resize_disk(&self, id: Uuid, size_gb: u64) -> DriverResult<()>;
+    /// Returns the snapshot's size in bytes.
+    async fn snapshot(&self, id: Uuid, snapshot_id: Uuid) -> DriverResult<u64>;
+    async fn revert(&self, id: Uuid, snapshot_id: Uuid) -> DriverResult<()>;
+    async fn delete_snapshot(&self, id: Uuid, snapshot_id: Uuid) -> DriverResult<()>;
+    /// Removes every process and file of the instance.
+    async fn destroy(&self, id: Uuid) -> DriverResult<()>;
+    async fn inspect(&self, id: Uuid) -> DriverResult<ActualState>;
+    /// Ids of every instance the host has something of (processes or files): used to find orphans.
+    async fn instances(&self) -> DriverResult<Vec<Uuid>>;
+    /// The serial console log so far (capped).
+    async fn console(&self, id: Uuid) -> DriverResult<String>;
+    async fn metrics(&self, _id: Uuid) -> DriverResult<InstanceMetrics> {
+        Ok(InstanceMetrics::default())
+    }
+    /// Attaches a virtual TPM (instance stopped).
+    async fn enable_tpm(&self, _id: Uuid) -> DriverResult<()> {
+        Err(DriverError::Unsupported(format!("the {} driver has no TPM support", self.name())))
+    }
+    /// Opens the interactive serial console. Default: not supported.
+    async fn console_stream(&self, _id: Uuid) -> DriverResult<ConsoleStream> {
+        Err(DriverError::Unsupported(format!("the {} driver has no interactive console", self.name())))
+    }
+}
+
+/// A bidirectional byte stream to an instance's serial console.
+pub type ConsoleStream = Box<dyn ConsoleIo>;
+pub trait ConsoleIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> ConsoleIo for T {}

@@ -1,0 +1,343 @@
+//! The `sim` driver: a simulated host kept in memory, with per-action delays and injected failures.
+//!
+//! It exists for tests and scale runs, never as the default. When given a state file its simulated VMs
+//! outlive the control plane like real QEMU processes do, so crash-and-restart tests can run on it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nimbus_core::catalog::{BootMode, Template, Visibility};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{ActualState, Driver, DriverError, DriverResult, HostInfo, InstanceSpec};
+
+#[derive(Debug, Clone, Default)]
+pub struct SimConfig {
+    /// Delay of every action unless `action_delays` names it.
+    pub delay: Duration,
+    /// Per-action delays, by action name (`create`, `start`, `stop`, `reboot`, `reinstall`, `resize_disk`,
+    /// `snapshot`, `revert`, `destroy`).
+    pub action_delays: HashMap<String, Duration>,
+    /// Fail the next N calls of an action.
+    pub failures: HashMap<String, u32>,
+    /// Persist the simulated host here so that its VMs survive a restart of the control plane.
+    pub state_file: Option<PathBuf>,
+    pub host_vcpus: u32,
+    pub host_memory_mib: u64,
+}
+
+impl SimConfig {
+    /// Parses `action=value` pairs as given on the command line.
+    pub fn parse_pairs(pairs: &[String]) -> Result<Vec<(String, u64)>, String> {
+        pairs
+            .iter()
+            .map(|p| {
+                let (k, v) = p.split_once('=').ok_or_else(|| format!("expected ACTION=NUMBER, got {p:?}"))?;
+                let n = v.parse::<u64>().map_err(|_| format!("expected a number in {p:?}"))?;
+                Ok((k.to_string(), n))
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SimVm {
+    running: bool,
+    disk_size_gb: u64,
+    /// Stands in for the disk's content: bumped by every boot, so a revert visibly brings an old one back.
+    disk_version: u64,
+    snapshots: BTreeMap<Uuid, u64>,
+    console: String,
+    tpm: bool,
+}
+
+pub struct SimDriver {
+    config: SimConfig,
+    vms: Mutex<HashMap<Uuid, SimVm>>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl SimDriver {
+    pub fn new(config: SimConfig) -> SimDriver {
+        let vms = config
+            .state_file
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let failures = config.failures.clone();
+        SimDriver { config, vms: Mutex::new(vms), failures: Mutex::new(failures) }
+    }
+
+    /// Makes the next `times` calls of `action` fail.
+    pub fn inject_failure(&self, action: &str, times: u32) {
+        self.failures.lock().unwrap().insert(action.to_string(), times);
+    }
+
+    async fn act(&self, action: &str) -> DriverResult<()> {
+        let delay = self.config.action_delays.get(action).copied().unwrap_or(self.config.delay);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let mut failures = self.failures.lock().unwrap();
+        if let Some(n) = failures.get_mut(action) {
+            if *n > 0 {
+                *n -= 1;
+                return Err(DriverError::Failed(format!("sim: injected failure of {action}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn with_vm<T>(&self, id: Uuid, f: impl FnOnce(&mut SimVm) -> DriverResult<T>) -> DriverResult<T> {
+        let mut vms = self.vms.lock().unwrap();
+        let vm = vms.get_mut(&id).ok_or(DriverError::NotFound(id))?;
+        let out = f(vm)?;
+        self.persist(&vms);
+        Ok(out)
+    }
+
+    fn persist(&self, vms: &HashMap<Uuid, SimVm>) {
+        if let Some(path) = &self.config.state_file {
+            // Write-then-rename so that a kill in the middle never leaves a torn file.
+            let tmp = path.with_extension("tmp");
+            if let Ok(bytes) = serde_json::to_vec(vms) {
+                if std::fs::write(&tmp, bytes).is_ok() {
+                    let _ = std::fs::rename(&tmp, path);
+                }
+            }
+        }
+    }
+}
+
+fn busybox_template() -> Template {
+    Template {
+        id: Template::id_for_name("busybox"),
+        project_id: None,
+        name: "busybox".into(),
+        description: "Minimal busybox guest on the Debian kernel".into(),
+        os_name: "busybox".into(),
+        os_version: "1.35".into(),
+        boot_mode: BootMode::Kernel,
+        min_disk_gb: 1,
+        min_memory_mib: 128,
+        password_enabled: true,
+        ssh_key_enabled: true,
+        default_user: "root".into(),
+        visibility: Visibility::Public,
+        source: "sim".into(),
+        checksum: None,
+        size_bytes: 0,
+        created_at: nimbus_core::now(),
+    }
+}
+
+#[async_trait]
+impl Driver for SimDriver {
+    fn name(&self) -> &'static str {
+        "sim"
+    }
+
+    async fn host_info(&self) -> HostInfo {
+        HostInfo {
+            name: "sim-host".into(),
+            driver: "sim".into(),
+            accelerator: "none".into(),
+            vcpus: if self.config.host_vcpus == 0 { 1024 } else { self.config.host_vcpus },
+            memory_mib: if self.config.host_memory_mib == 0 { 4 << 20 } else { self.config.host_memory_mib },
+            disk_gb: 1 << 20,
+        }
+    }
+
+    async fn templates(&self) -> DriverResult<Vec<Template>> {
+        Ok(vec![busybox_template()])
+    }
+
+    async fn create(&self, spec: &InstanceSpec) -> DriverResult<()> {
+        self.act("create").await?;
+        let mut vms = self.vms.lock().unwrap();
+        vms.entry(spec.id).or_insert_with(|| SimVm {
+            running: false,
+            disk_size_gb: spec.disk_size_gb,
+            disk_version: 0,
+            snapshots: BTreeMap::new(),
+            console: String::new(),
+            tpm: false,
+        });
+        self.persist(&vms);
+        Ok(())
+    }
+
+    async fn start(&self, spec: &InstanceSpec) -> DriverResult<()> {
+        self.act("start").await?;
+        self.with_vm(spec.id, |vm| {
+            if !vm.running {
+                vm.running = true;
+                vm.disk_version += 1;
+                vm.console.push_str(&format!("sim: {} booted, disk {} GB\nREADY\n", spec.hostname, vm.disk_size_gb));
+            }
+            Ok(())
+        })
+    }
+
+    async fn stop(&self, id: Uuid, _grace: Duration) -> DriverResult<()> {
+        self.act("stop").await?;
+        self.with_vm(id, |vm| {
+            if vm.running {
+                vm.running = false;
+                vm.console.push_str("POWEROFF\n");
+            }
+            Ok(())
+        })
+    }
+
+    async fn reboot(&self, spec: &InstanceSpec) -> DriverResult<()> {
+        self.act("reboot").await?;
+        self.with_vm(spec.id, |vm| {
+            vm.running = true;
+            vm.console.push_str("sim: reboot\nREADY\n");
+            Ok(())
+        })
+    }
+
+    async fn reinstall(&self, spec: &InstanceSpec) -> DriverResult<()> {
+        self.act("reinstall").await?;
+        self.with_vm(spec.id, |vm| {
+            vm.disk_version = 0;
+            vm.disk_size_gb = spec.disk_size_gb;
+            Ok(())
+        })
+    }
+
+    async fn resize_disk(&self, id: Uuid, size_gb: u64) -> DriverResult<()> {
+        self.act("resize_disk").await?;
+        self.with_vm(id, |vm| {
+            if size_gb < vm.disk_size_gb {
+                return Err(DriverError::Invalid(format!("disk can only grow ({} GB -> {size_gb} GB)", vm.disk_size_gb)));
+            }
+            vm.disk_size_gb = size_gb;
+            Ok(())
+        })
+    }
+
+    async fn snapshot(&self, id: Uuid, snapshot_id: Uuid) -> DriverResult<u64> {
+        self.act("snapshot").await?;
+        self.with_vm(id, |vm| {
+            vm.snapshots.insert(snapshot_id, vm.disk_version);
+            Ok(vm.disk_size_gb << 30)
+        })
+    }
+
+    async fn revert(&self, id: Uuid, snapshot_id: Uuid) -> DriverResult<()> {
+        self.act("revert").await?;
+        self.with_vm(id, |vm| {
+            let version = *vm
+                .snapshots
+                .get(&snapshot_id)
+                .ok_or_else(|| DriverError::Invalid(format!("snapshot {snapshot_id} not found on host")))?;
+            vm.disk_version = version;
+            Ok(())
+        })
+    }
+
+    async fn delete_snapshot(&self, id: Uuid, snapshot_id: Uuid) -> DriverResult<()> {
+        self.with_vm(id, |vm| {
+            vm.snapshots.remove(&snapshot_id);
+            Ok(())
+        })
+        .or_else(|e| if matches!(e, DriverError::NotFound(_)) { Ok(()) } else { Err(e) })
+    }
+
+    async fn destroy(&self, id: Uuid) -> DriverResult<()> {
+        self.act("destroy").await?;
+        let mut vms = self.vms.lock().unwrap();
+        vms.remove(&id);
+        self.persist(&vms);
+        Ok(())
+    }
+
+    async fn inspect(&self, id: Uuid) -> DriverResult<ActualState> {
+        let vms = self.vms.lock().unwrap();
+        Ok(match vms.get(&id) {
+            None => ActualState::Missing,
+            Some(vm) if vm.running => ActualState::Running,
+            Some(_) => ActualState::Stopped,
+        })
+    }
+
+    async fn instances(&self) -> DriverResult<Vec<Uuid>> {
+        Ok(self.vms.lock().unwrap().keys().copied().collect())
+    }
+
+    async fn console(&self, id: Uuid) -> DriverResult<String> {
+        self.with_vm(id, |vm| Ok(vm.console.clone()))
+    }
+
+    async fn enable_tpm(&self, id: Uuid) -> DriverResult<()> {
+        self.act("enable_tpm").await?;
+        self.with_vm(id, |vm| {
+            vm.tpm = true;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: Uuid) -> InstanceSpec {
+        InstanceSpec {
+            id,
+            name: "a".into(),
+            hostname: "a".into(),
+            vcpus: 1,
+            memory_mib: 512,
+            disk_size_gb: 10,
+            template: busybox_template(),
+            user_data: None,
+            ssh_keys: vec![],
+            password: None,
+            mac_address: "52:54:00:00:00:01".into(),
+            ip_address: None,
+            gateway: None,
+            tpm: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn vms_survive_a_new_driver_when_a_state_file_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SimConfig { state_file: Some(dir.path().join("sim.json")), ..Default::default() };
+        let id = Uuid::new_v4();
+        let d = SimDriver::new(config.clone());
+        d.create(&spec(id)).await.unwrap();
+        d.start(&spec(id)).await.unwrap();
+        drop(d);
+        let d = SimDriver::new(config);
+        assert_eq!(d.inspect(id).await.unwrap(), ActualState::Running);
+    }
+
+    #[tokio::test]
+    async fn injected_failures_fail_exactly_that_many_calls() {
+        let d = SimDriver::new(SimConfig::default());
+        let id = Uuid::new_v4();
+        d.create(&spec(id)).await.unwrap();
+        d.inject_failure("start", 1);
+        assert!(d.start(&spec(id)).await.is_err());
+        assert!(d.start(&spec(id)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn disks_only_grow() {
+        let d = SimDriver::new(SimConfig::default());
+        let id = Uuid::new_v4();
+        d.create(&spec(id)).await.unwrap();
+        assert!(d.resize_disk(id, 5).await.is_err());
+        assert!(d.resize_disk(id, 20).await.is_ok());
+    }
+}
