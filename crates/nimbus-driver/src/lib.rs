@@ -14,8 +14,10 @@ use nimbus_core::catalog::Template;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod qemu;
 pub mod sim;
 
+pub use qemu::{QemuConfig, QemuDriver};
 pub use sim::{SimConfig, SimDriver};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
