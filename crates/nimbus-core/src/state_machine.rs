@@ -19,6 +19,7 @@ pub enum Action {
     ResizeDisk,
     CreateSnapshot,
     RevertSnapshot,
+    DeleteSnapshot,
     ResetPassword,
     EnableTpm,
     Delete,
@@ -38,6 +39,7 @@ impl Action {
             Action::ResizeDisk => "resize_disk",
             Action::CreateSnapshot => "create_snapshot",
             Action::RevertSnapshot => "revert_snapshot",
+            Action::DeleteSnapshot => "delete_snapshot",
             Action::ResetPassword => "reset_password",
             Action::EnableTpm => "enable_tpm",
             Action::Delete => "delete",
@@ -92,6 +94,12 @@ fn rule(action: Action) -> (&'static [InstanceState], &'static str, InstanceStat
         Action::RevertSnapshot => {
             (&[Stopped], "revert-snapshot needs the instance stopped", Reverting, Landing::In(Stopped))
         }
+        Action::DeleteSnapshot => (
+            &[Running, Stopped],
+            "delete-snapshot needs the instance running or stopped",
+            Running, // replaced by the current state below
+            Landing::Previous,
+        ),
         Action::ResetPassword => (
             &[Running, Stopped],
             "reset-password needs the instance running or stopped",
@@ -130,7 +138,8 @@ pub fn transition(action: Action, state: InstanceState) -> Result<Transition> {
             hint: hint.to_string(),
         });
     }
-    let during = if action == Action::ResetPassword { state } else { during };
+    // These change nothing the instance shows: it keeps its state while they run.
+    let during = if matches!(action, Action::ResetPassword | Action::DeleteSnapshot) { state } else { during };
     Ok(Transition { during, on_success })
 }
 

@@ -1,0 +1,41 @@
+//! Bearer authentication for the native API: `Authorization: Bearer <secret>`.
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use nimbus_core::operation::Actor;
+use nimbus_core::DomainError;
+use nimbus_engine::Context;
+
+use crate::error::{current_request_id, ApiError};
+use crate::AppState;
+
+/// Who sent the request, as the audit log records it.
+pub fn actor_of(parts: &Parts) -> Actor {
+    let source = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|ci| ci.0.ip().to_string());
+    Actor { key_id: None, request_id: Some(current_request_id()), source }
+}
+
+/// The secret of `Authorization: <scheme> <secret>`, for any scheme a dialect names.
+pub fn credential<'h>(headers: &'h HeaderMap, scheme: &str) -> Option<&'h str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (given, secret) = value.split_once(' ')?;
+    given.eq_ignore_ascii_case(scheme).then(|| secret.trim()).filter(|s| !s.is_empty())
+}
+
+/// An authenticated caller of the native API.
+pub struct Caller(pub Context);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let secret = credential(&parts.headers, "Bearer").ok_or_else(|| {
+            ApiError::from(DomainError::Unauthenticated(
+                "missing credentials: send 'Authorization: Bearer <secret>'".into(),
+            ))
+        })?;
+        let ctx = state.engine.authenticate_secret(secret, actor_of(parts)).await?;
+        Ok(Caller(ctx))
+    }
+}

@@ -1,0 +1,119 @@
+//! `/v1/zones`, `/v1/instance-types`, `/v1/templates`, `/v1/host`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use nimbus_engine::catalog::NewTemplate;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::views::*;
+use crate::auth::Caller;
+use crate::error::ApiResult;
+use crate::extract::JsonBody;
+use crate::AppState;
+
+#[utoipa::path(get, path = "/v1/zones", tag = "catalog", responses((status = 200, body = ZoneList)))]
+pub async fn zones(State(app): State<AppState>, Caller(_): Caller) -> ApiResult<Json<ZoneList>> {
+    let zones = app.engine.list_zones().await?;
+    Ok(Json(ZoneList { items: zones.iter().map(Into::into).collect() }))
+}
+
+#[utoipa::path(get, path = "/v1/host", tag = "catalog", responses((status = 200, body = HostView)))]
+pub async fn host(State(app): State<AppState>, Caller(_): Caller) -> ApiResult<Json<HostView>> {
+    let h = app.engine.host_info().await;
+    Ok(Json(HostView {
+        name: h.name,
+        driver: h.driver,
+        accelerator: h.accelerator,
+        vcpus: h.vcpus,
+        memory_mib: h.memory_mib,
+        disk_gb: h.disk_gb,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/instance-types", tag = "catalog", responses((status = 200, body = InstanceTypeList)))]
+pub async fn instance_types(State(app): State<AppState>, Caller(_): Caller) -> ApiResult<Json<InstanceTypeList>> {
+    let types = app.engine.list_instance_types().await?;
+    Ok(Json(InstanceTypeList { items: types.iter().map(Into::into).collect() }))
+}
+
+#[utoipa::path(get, path = "/v1/templates", tag = "catalog", responses((status = 200, body = TemplateList)))]
+pub async fn templates(State(app): State<AppState>, Caller(ctx): Caller) -> ApiResult<Json<TemplateList>> {
+    let templates = app.engine.list_templates(&ctx).await?;
+    Ok(Json(TemplateList { items: templates.iter().map(Into::into).collect() }))
+}
+
+#[utoipa::path(get, path = "/v1/templates/{id}", tag = "catalog", params(("id" = String, Path, description = "id or name")),
+    responses((status = 200, body = TemplateView), (status = 404, body = ErrorBody)))]
+pub async fn template(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TemplateView>> {
+    Ok(Json((&app.engine.template(&ctx, &id).await?).into()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterTemplateParams {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub os_name: String,
+    #[serde(default)]
+    pub os_version: String,
+    /// Directory with the template's files (as built by `guest/build.sh`).
+    pub source: String,
+    pub min_disk_gb: Option<u64>,
+    #[serde(default)]
+    pub password_enabled: bool,
+    #[serde(default)]
+    pub ssh_key_enabled: bool,
+    pub default_user: Option<String>,
+    /// Public templates (every project sees them) need an admin key.
+    #[serde(default)]
+    pub public: bool,
+    pub checksum: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/templates", tag = "catalog", request_body = RegisterTemplateParams,
+    responses((status = 201, body = TemplateView), (status = 400, body = ErrorBody)))]
+pub async fn register_template(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    JsonBody(p): JsonBody<RegisterTemplateParams>,
+) -> ApiResult<(StatusCode, Json<TemplateView>)> {
+    let t = app
+        .engine
+        .register_template(
+            &ctx,
+            NewTemplate {
+                name: p.name,
+                description: p.description,
+                os_name: p.os_name,
+                os_version: p.os_version,
+                source: p.source,
+                min_disk_gb: p.min_disk_gb,
+                password_enabled: p.password_enabled,
+                ssh_key_enabled: p.ssh_key_enabled,
+                default_user: p.default_user,
+                public: p.public,
+                checksum: p.checksum,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json((&t).into())))
+}
+
+#[utoipa::path(delete, path = "/v1/templates/{id}", tag = "catalog", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_template(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    app.engine.delete_template(&ctx, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

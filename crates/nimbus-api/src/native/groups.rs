@@ -1,0 +1,180 @@
+//! `/v1/snapshots`, `/v1/security-groups`, `/v1/anti-affinity-groups`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Json;
+use nimbus_core::resources::SecurityGroupRule;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::instances::{accepted, parse_uuid};
+use super::views::*;
+use crate::auth::Caller;
+use crate::error::ApiResult;
+use crate::extract::{JsonBody, QueryParams};
+use crate::AppState;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListSnapshotsQuery {
+    pub instance_id: Option<Uuid>,
+}
+
+#[utoipa::path(get, path = "/v1/snapshots", tag = "snapshots", params(ListSnapshotsQuery), responses((status = 200, body = SnapshotList)))]
+pub async fn list_snapshots(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    QueryParams(q): QueryParams<ListSnapshotsQuery>,
+) -> ApiResult<Json<SnapshotList>> {
+    let snapshots = app.engine.list_snapshots(&ctx, q.instance_id).await?;
+    Ok(Json(SnapshotList { items: snapshots.iter().map(Into::into).collect() }))
+}
+
+#[utoipa::path(get, path = "/v1/snapshots/{id}", tag = "snapshots", params(("id" = Uuid, Path)),
+    responses((status = 200, body = SnapshotView), (status = 404, body = ErrorBody)))]
+pub async fn get_snapshot(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SnapshotView>> {
+    Ok(Json((&app.engine.snapshot(&ctx, parse_uuid("snapshot", &id)?).await?).into()))
+}
+
+#[utoipa::path(delete, path = "/v1/snapshots/{id}", tag = "snapshots", params(("id" = Uuid, Path)),
+    responses((status = 202, body = OperationView), (status = 404, body = ErrorBody)))]
+pub async fn delete_snapshot(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let op = app.engine.delete_snapshot(&ctx, parse_uuid("snapshot", &id)?).await?;
+    Ok(accepted(&op))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleParams {
+    /// ingress or egress
+    pub flow_direction: String,
+    pub protocol: String,
+    pub start_port: Option<u16>,
+    pub end_port: Option<u16>,
+    pub network: Option<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSecurityGroupParams {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub rules: Vec<RuleParams>,
+}
+
+#[utoipa::path(post, path = "/v1/security-groups", tag = "groups", request_body = CreateSecurityGroupParams,
+    responses((status = 201, body = SecurityGroupView), (status = 400, body = ErrorBody)))]
+pub async fn create_security_group(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    JsonBody(p): JsonBody<CreateSecurityGroupParams>,
+) -> ApiResult<(StatusCode, Json<SecurityGroupView>)> {
+    let rules = p
+        .rules
+        .into_iter()
+        .map(|r| SecurityGroupRule {
+            id: nimbus_core::new_id(),
+            flow_direction: r.flow_direction,
+            protocol: r.protocol,
+            start_port: r.start_port,
+            end_port: r.end_port,
+            network: r.network,
+            description: r.description,
+        })
+        .collect();
+    let group = app.engine.create_security_group(&ctx, &p.name, &p.description, rules).await?;
+    Ok((StatusCode::CREATED, Json((&group).into())))
+}
+
+#[utoipa::path(get, path = "/v1/security-groups", tag = "groups", responses((status = 200, body = SecurityGroupList)))]
+pub async fn list_security_groups(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+) -> ApiResult<Json<SecurityGroupList>> {
+    let groups = app.engine.list_security_groups(&ctx).await?;
+    Ok(Json(SecurityGroupList { items: groups.iter().map(Into::into).collect() }))
+}
+
+#[utoipa::path(get, path = "/v1/security-groups/{id}", tag = "groups", params(("id" = Uuid, Path)),
+    responses((status = 200, body = SecurityGroupView), (status = 404, body = ErrorBody)))]
+pub async fn get_security_group(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SecurityGroupView>> {
+    Ok(Json((&app.engine.security_group(&ctx, parse_uuid("security group", &id)?).await?).into()))
+}
+
+#[utoipa::path(delete, path = "/v1/security-groups/{id}", tag = "groups", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 409, body = ErrorBody)))]
+pub async fn delete_security_group(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    app.engine.delete_security_group(&ctx, parse_uuid("security group", &id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAntiAffinityGroupParams {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[utoipa::path(post, path = "/v1/anti-affinity-groups", tag = "groups", request_body = CreateAntiAffinityGroupParams,
+    responses((status = 201, body = AntiAffinityGroupView), (status = 400, body = ErrorBody)))]
+pub async fn create_anti_affinity_group(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    JsonBody(p): JsonBody<CreateAntiAffinityGroupParams>,
+) -> ApiResult<(StatusCode, Json<AntiAffinityGroupView>)> {
+    let group = app.engine.create_anti_affinity_group(&ctx, &p.name, &p.description).await?;
+    Ok((StatusCode::CREATED, Json((&group).into())))
+}
+
+#[utoipa::path(get, path = "/v1/anti-affinity-groups", tag = "groups", responses((status = 200, body = AntiAffinityGroupList)))]
+pub async fn list_anti_affinity_groups(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+) -> ApiResult<Json<AntiAffinityGroupList>> {
+    let groups = app.engine.list_anti_affinity_groups(&ctx).await?;
+    Ok(Json(AntiAffinityGroupList { items: groups.iter().map(Into::into).collect() }))
+}
+
+#[utoipa::path(get, path = "/v1/anti-affinity-groups/{id}", tag = "groups", params(("id" = Uuid, Path)),
+    responses((status = 200, body = AntiAffinityGroupView), (status = 404, body = ErrorBody)))]
+pub async fn get_anti_affinity_group(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<AntiAffinityGroupView>> {
+    Ok(Json((&app.engine.anti_affinity_group(&ctx, parse_uuid("anti-affinity group", &id)?).await?).into()))
+}
+
+#[utoipa::path(delete, path = "/v1/anti-affinity-groups/{id}", tag = "groups", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 409, body = ErrorBody)))]
+pub async fn delete_anti_affinity_group(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    app.engine.delete_anti_affinity_group(&ctx, parse_uuid("anti-affinity group", &id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,260 @@
+//! Tenancy and credentials: bootstrap of the first admin key, authentication, API keys, projects, quotas.
+
+use base64::Engine as _;
+use nimbus_core::operation::Actor;
+use nimbus_core::tenancy::{ApiKey, Organization, Project, Quota, Role, Usage};
+use nimbus_core::DomainError;
+use rand::RngCore;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::{store_err, Context, Engine, Result};
+
+/// What a fresh server did about its first credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootstrapOutcome {
+    /// Keys already existed: nothing done.
+    AlreadyBootstrapped,
+    /// Created from `NIMBUS_BOOTSTRAP_KEY` / `NIMBUS_BOOTSTRAP_SECRET`.
+    FromEnvironment { key_id: String },
+    /// Generated: the secret is shown this once.
+    Generated { key_id: String, secret: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WhoAmI {
+    pub key_id: String,
+    pub role: Role,
+    pub project: Project,
+    pub organization: Organization,
+    pub zone: nimbus_core::catalog::Zone,
+}
+
+pub fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buf);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+fn new_key_id() -> String {
+    let mut buf = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut buf);
+    format!("NIM{}", hex::encode(buf))
+}
+
+impl Engine {
+    /// Creates the default organization, project and first admin key on a store without keys.
+    pub async fn bootstrap(&self, key: Option<(String, String)>) -> Result<BootstrapOutcome> {
+        if self.store.count_api_keys().await.map_err(store_err)? > 0 {
+            return Ok(BootstrapOutcome::AlreadyBootstrapped);
+        }
+        let org = Organization { id: Uuid::new_v4(), name: "default".into(), created_at: nimbus_core::now() };
+        self.store.put_organization(&org).await.map_err(store_err)?;
+        let project = self
+            .store
+            .create_project(&Project {
+                id: Uuid::new_v4(),
+                numeric_id: 0,
+                organization_id: org.id,
+                name: "default".into(),
+                quota: Quota::default(),
+                created_at: nimbus_core::now(),
+            })
+            .await
+            .map_err(store_err)?;
+        let (key_id, secret, generated) = match key {
+            Some((k, s)) => (k, s, false),
+            None => (new_key_id(), random_token(32), true),
+        };
+        if secret.len() < 16 {
+            return Err(DomainError::invalid("NIMBUS_BOOTSTRAP_SECRET", "must be at least 16 characters"));
+        }
+        self.store
+            .put_api_key(&ApiKey {
+                key_id: key_id.clone(),
+                name: "bootstrap".into(),
+                project_id: project.id,
+                role: Role::Admin,
+                secret_sha256: sha256_hex(&secret),
+                secret: secret.clone(),
+                created_at: nimbus_core::now(),
+            })
+            .await
+            .map_err(store_err)?;
+        Ok(if generated {
+            BootstrapOutcome::Generated { key_id, secret }
+        } else {
+            BootstrapOutcome::FromEnvironment { key_id }
+        })
+    }
+
+    async fn context_for(&self, key: ApiKey, actor: Actor) -> Result<Context> {
+        let project = self
+            .store
+            .get_project(key.project_id)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| DomainError::Unauthenticated("the API key's project no longer exists".into()))?;
+        Ok(Context { actor: Actor { key_id: Some(key.key_id.clone()), ..actor }, key, project })
+    }
+
+    /// Authenticates a bearer-style secret (native, SF Compute, ONET, Gcore, SharedCloud).
+    pub async fn authenticate_secret(&self, secret: &str, actor: Actor) -> Result<Context> {
+        let unauthenticated = || DomainError::Unauthenticated("invalid API key".into());
+        let key = self.store.get_api_key_by_secret_hash(&sha256_hex(secret)).await.map_err(store_err)?;
+        let key = key.ok_or_else(unauthenticated)?;
+        // The hash lookup already matched; the constant-time comparison keeps timing independent of the
+        // secret even if the index ever returned a near match.
+        if !bool::from(key.secret.as_bytes().ct_eq(secret.as_bytes())) {
+            return Err(unauthenticated());
+        }
+        self.context_for(key, actor).await
+    }
+
+    /// Finds a key by its public id, for dialects that verify a signature made with the secret (Exoscale).
+    /// The caller verifies the signature with `key.secret` before calling [`Engine::context_for_key`].
+    pub async fn api_key_for_signature(&self, key_id: &str) -> Result<ApiKey> {
+        self.store
+            .get_api_key(key_id)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| DomainError::Unauthenticated("invalid API key".into()))
+    }
+
+    pub async fn context_for_key(&self, key: ApiKey, actor: Actor) -> Result<Context> {
+        self.context_for(key, actor).await
+    }
+
+    pub async fn whoami(&self, ctx: &Context) -> Result<WhoAmI> {
+        let organization = self
+            .store
+            .get_organization(ctx.project.organization_id)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| DomainError::Internal("project without organization".into()))?;
+        Ok(WhoAmI {
+            key_id: ctx.key.key_id.clone(),
+            role: ctx.key.role,
+            project: ctx.project.clone(),
+            organization,
+            zone: self.zone().await?,
+        })
+    }
+
+    pub async fn create_api_key(
+        &self,
+        ctx: &Context,
+        name: &str,
+        role: Role,
+        project_id: Option<Uuid>,
+    ) -> Result<ApiKey> {
+        ctx.require(Role::Admin)?;
+        let project = match project_id {
+            None => ctx.project.clone(),
+            Some(id) => self.project_in_org(ctx, id).await?,
+        };
+        let secret = random_token(32);
+        let key = ApiKey {
+            key_id: new_key_id(),
+            name: name.to_string(),
+            project_id: project.id,
+            role,
+            secret_sha256: sha256_hex(&secret),
+            secret,
+            created_at: nimbus_core::now(),
+        };
+        self.store.put_api_key(&key).await.map_err(store_err)?;
+        Ok(key)
+    }
+
+    pub async fn list_api_keys(&self, ctx: &Context) -> Result<Vec<ApiKey>> {
+        ctx.require(Role::Admin)?;
+        self.store.list_api_keys(ctx.project.id).await.map_err(store_err)
+    }
+
+    pub async fn delete_api_key(&self, ctx: &Context, key_id: &str) -> Result<()> {
+        ctx.require(Role::Admin)?;
+        let key = self.store.get_api_key(key_id).await.map_err(store_err)?;
+        let key =
+            key.filter(|k| k.project_id == ctx.project.id).ok_or_else(|| DomainError::not_found("api key", key_id))?;
+        if key.key_id == ctx.key.key_id {
+            return Err(DomainError::Conflict("an API key cannot delete itself; use another admin key".into()));
+        }
+        self.store.delete_api_key(key_id).await.map_err(store_err)?;
+        Ok(())
+    }
+
+    /// A project of the caller's organization; projects of other organizations do not exist for it.
+    async fn project_in_org(&self, ctx: &Context, id: Uuid) -> Result<Project> {
+        self.store
+            .get_project(id)
+            .await
+            .map_err(store_err)?
+            .filter(|p| p.organization_id == ctx.project.organization_id)
+            .ok_or_else(|| DomainError::not_found("project", id))
+    }
+
+    pub async fn create_project(&self, ctx: &Context, name: &str) -> Result<Project> {
+        ctx.require(Role::Admin)?;
+        nimbus_core::instance::validate_name("name", name)?;
+        self.store
+            .create_project(&Project {
+                id: Uuid::new_v4(),
+                numeric_id: 0,
+                organization_id: ctx.project.organization_id,
+                name: name.to_string(),
+                quota: Quota::default(),
+                created_at: nimbus_core::now(),
+            })
+            .await
+            .map_err(store_err)
+    }
+
+    pub async fn list_projects(&self, ctx: &Context) -> Result<Vec<Project>> {
+        self.store.list_projects(ctx.project.organization_id).await.map_err(store_err)
+    }
+
+    pub async fn get_project(&self, ctx: &Context, id: Uuid) -> Result<Project> {
+        self.project_in_org(ctx, id).await
+    }
+
+    pub async fn project_usage(&self, ctx: &Context, id: Uuid) -> Result<Usage> {
+        let project = self.project_in_org(ctx, id).await?;
+        self.store.usage(project.id).await.map_err(store_err)
+    }
+
+    pub async fn set_quota(&self, ctx: &Context, id: Uuid, quota: Quota) -> Result<Project> {
+        ctx.require(Role::Admin)?;
+        let project = self.project_in_org(ctx, id).await?;
+        self.store.set_quota(project.id, quota).await.map_err(store_err)?;
+        Ok(Project { quota, ..project })
+    }
+}
+
+impl Engine {
+    pub async fn idempotency_claim(
+        &self,
+        ctx: &Context,
+        key: &str,
+        request_hash: &str,
+    ) -> Result<nimbus_store::IdempotencyClaim> {
+        if key.is_empty() || key.len() > 255 {
+            return Err(DomainError::invalid("Idempotency-Key", "must be 1 to 255 characters"));
+        }
+        self.store.idempotency_claim(ctx.project.id, key, request_hash).await.map_err(store_err)
+    }
+
+    pub async fn idempotency_finish(&self, ctx: &Context, key: &str, status: u16, body: &str) -> Result<()> {
+        self.store.idempotency_finish(ctx.project.id, key, status, body).await.map_err(store_err)
+    }
+
+    pub async fn idempotency_release(&self, ctx: &Context, key: &str) -> Result<()> {
+        self.store.idempotency_release(ctx.project.id, key).await.map_err(store_err)
+    }
+}

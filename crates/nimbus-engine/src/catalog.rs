@@ -1,0 +1,144 @@
+//! The catalog: zones, instance types and templates.
+
+use nimbus_core::catalog::{default_instance_types, BootMode, InstanceType, Template, Visibility, Zone};
+use nimbus_core::tenancy::Role;
+use nimbus_core::DomainError;
+use nimbus_store::{Record, Write, WriteSet};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::{store_err, Context, Engine, Result};
+
+pub(crate) const INSTANCE_TYPE: &str = "instance_type";
+pub(crate) const TEMPLATE: &str = "template";
+
+/// A template to register; `project_id` is set by the engine.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NewTemplate {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub os_name: String,
+    #[serde(default)]
+    pub os_version: String,
+    pub source: String,
+    #[serde(default)]
+    pub min_disk_gb: Option<u64>,
+    #[serde(default)]
+    pub password_enabled: bool,
+    #[serde(default)]
+    pub ssh_key_enabled: bool,
+    #[serde(default)]
+    pub default_user: Option<String>,
+    /// Public templates are seen by every project; only admins may register them.
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default)]
+    pub checksum: Option<String>,
+}
+
+impl Engine {
+    pub(crate) async fn seed_catalog(&self) -> Result<()> {
+        let zone = Zone { name: self.config.zone.clone(), numeric_id: 1, description: "This host".into() };
+        self.store.put_zone(&zone).await.map_err(store_err)?;
+        let mut set = WriteSet::new();
+        for t in default_instance_types(&zone.name) {
+            set.push(Write::PutRecord(Record::new(INSTANCE_TYPE, t.id, None, &t.name, &t)));
+        }
+        let templates = self.driver.templates().await.map_err(|e| DomainError::Internal(e.to_string()))?;
+        for t in templates {
+            // Keep the creation time of a template registered on an earlier start.
+            let existing = self.store.get_record(TEMPLATE, t.id).await.map_err(store_err)?;
+            let created_at = existing.and_then(|r| r.decode::<Template>().ok()).map(|old| old.created_at);
+            let t = Template { created_at: created_at.unwrap_or(t.created_at), ..t };
+            set.push(Write::PutRecord(Record::new(TEMPLATE, t.id, None, &t.name, &t)));
+        }
+        self.store.apply(set).await.map_err(store_err)
+    }
+
+    pub async fn zone(&self) -> Result<Zone> {
+        let zones = self.store.list_zones().await.map_err(store_err)?;
+        zones
+            .into_iter()
+            .find(|z| z.name == self.config.zone)
+            .ok_or_else(|| DomainError::Internal("zone missing".into()))
+    }
+
+    pub async fn list_zones(&self) -> Result<Vec<Zone>> {
+        self.store.list_zones().await.map_err(store_err)
+    }
+
+    pub async fn list_instance_types(&self) -> Result<Vec<InstanceType>> {
+        let records = self.store.list_records(INSTANCE_TYPE, None).await.map_err(store_err)?;
+        let mut types =
+            records.iter().map(|r| r.decode()).collect::<Result<Vec<InstanceType>, _>>().map_err(store_err)?;
+        types.sort_by(|a, b| (&a.family, a.vcpus, a.memory_mib).cmp(&(&b.family, b.vcpus, b.memory_mib)));
+        Ok(types)
+    }
+
+    /// Finds an instance type by name (`standard.small`) or id.
+    pub async fn instance_type(&self, name_or_id: &str) -> Result<InstanceType> {
+        let types = self.list_instance_types().await?;
+        types
+            .into_iter()
+            .find(|t| t.name == name_or_id || t.id.to_string() == name_or_id)
+            .ok_or_else(|| DomainError::not_found("instance type", name_or_id))
+    }
+
+    pub async fn list_templates(&self, ctx: &Context) -> Result<Vec<Template>> {
+        let records = self.store.list_records(TEMPLATE, Some(ctx.project.id)).await.map_err(store_err)?;
+        let mut templates =
+            records.iter().map(|r| r.decode()).collect::<Result<Vec<Template>, _>>().map_err(store_err)?;
+        templates.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(templates)
+    }
+
+    /// Finds a template visible to the caller by name or id; the caller's own shadow a public one.
+    pub async fn template(&self, ctx: &Context, name_or_id: &str) -> Result<Template> {
+        let templates = self.list_templates(ctx).await?;
+        let mut matching: Vec<Template> =
+            templates.into_iter().filter(|t| t.name == name_or_id || t.id.to_string() == name_or_id).collect();
+        matching.sort_by_key(|t| t.project_id.is_none());
+        matching.into_iter().next().ok_or_else(|| DomainError::not_found("template", name_or_id))
+    }
+
+    pub async fn register_template(&self, ctx: &Context, new: NewTemplate) -> Result<Template> {
+        ctx.require(if new.public { Role::Admin } else { Role::Member })?;
+        nimbus_core::instance::validate_name("name", &new.name)?;
+        if new.source.trim().is_empty() {
+            return Err(DomainError::invalid("source", "must name the template's files (a directory or URL)"));
+        }
+        let t = Template {
+            id: Uuid::new_v4(),
+            project_id: if new.public { None } else { Some(ctx.project.id) },
+            name: new.name,
+            description: new.description,
+            os_name: new.os_name,
+            os_version: new.os_version,
+            boot_mode: BootMode::Kernel,
+            min_disk_gb: new.min_disk_gb.unwrap_or(1),
+            min_memory_mib: 128,
+            password_enabled: new.password_enabled,
+            ssh_key_enabled: new.ssh_key_enabled,
+            default_user: new.default_user.unwrap_or_else(|| "root".into()),
+            visibility: if new.public { Visibility::Public } else { Visibility::Private },
+            source: new.source,
+            checksum: new.checksum,
+            size_bytes: 0,
+            created_at: nimbus_core::now(),
+        };
+        let mut set = WriteSet::new();
+        set.push(Write::PutRecord(Record::new(TEMPLATE, t.id, t.project_id, &t.name, &t)));
+        self.store.apply(set).await.map_err(store_err)?;
+        Ok(t)
+    }
+
+    pub async fn delete_template(&self, ctx: &Context, name_or_id: &str) -> Result<()> {
+        let t = self.template(ctx, name_or_id).await?;
+        ctx.require(if t.project_id.is_none() { Role::Admin } else { Role::Member })?;
+        let mut set = WriteSet::new();
+        set.push(Write::DeleteRecord { kind: TEMPLATE.into(), id: t.id });
+        self.store.apply(set).await.map_err(store_err)
+    }
+}

@@ -1,0 +1,63 @@
+//! The instance network's address plan: `.1` is the gateway on the driver's bridge, instances get the rest.
+
+use std::net::Ipv4Addr;
+
+use nimbus_core::DomainError;
+
+use crate::Result;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    pub base: u32,
+    pub prefix: u8,
+}
+
+impl Network {
+    pub fn parse(cidr: &str) -> Result<Network> {
+        let bad = || DomainError::invalid("network_cidr", format!("{cidr:?} is not an IPv4 CIDR like 10.213.0.0/24"));
+        let (addr, prefix) = cidr.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        if !(8..=29).contains(&prefix) {
+            return Err(bad());
+        }
+        let mask = u32::MAX << (32 - prefix);
+        Ok(Network { base: u32::from(addr) & mask, prefix })
+    }
+
+    fn size(&self) -> u32 {
+        1 << (32 - self.prefix)
+    }
+
+    pub fn gateway(&self) -> String {
+        Ipv4Addr::from(self.base + 1).to_string()
+    }
+
+    /// Host numbers handed to instances: after the gateway, before broadcast.
+    pub fn first_host(&self) -> u32 {
+        2
+    }
+
+    pub fn last_host(&self) -> u32 {
+        self.size() - 2
+    }
+
+    pub fn address(&self, host: u32) -> String {
+        Ipv4Addr::from(self.base + host).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slash_24_gives_253_instance_addresses_after_the_gateway() {
+        let n = Network::parse("10.213.0.0/24").unwrap();
+        assert_eq!(n.gateway(), "10.213.0.1");
+        assert_eq!(n.address(n.first_host()), "10.213.0.2");
+        assert_eq!(n.address(n.last_host()), "10.213.0.254");
+        assert!(Network::parse("10.213.0.0").is_err());
+        assert!(Network::parse("nope/24").is_err());
+    }
+}

@@ -1,0 +1,133 @@
+//! Recovery after a restart and the reconciler that keeps records aligned with what the host really runs.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use nimbus_core::instance::InstanceState;
+use nimbus_core::operation::{OperationState, Reason};
+use nimbus_driver::ActualState;
+use nimbus_store::{InstanceQuery, OperationQuery, Write, WriteSet};
+
+use crate::instances::{instance_event, operation_event};
+use crate::{store_err, Engine, Result};
+
+pub(crate) fn spawn(engine: Arc<Engine>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(engine.config.reconcile_every).await;
+            if let Err(e) = engine.reconcile().await {
+                tracing::warn!(error = %e, "reconcile pass failed");
+            }
+        }
+    });
+}
+
+impl Engine {
+    /// Runs once at start, before the workers: every operation a previous process left unfinished is queued
+    /// again (its steps are idempotent) or, past its attempts, ends `interrupted`; then one reconcile pass.
+    pub(crate) async fn recover(&self) -> Result<()> {
+        let unfinished = self
+            .store
+            .list_operations(&OperationQuery { unfinished: true, ..Default::default() })
+            .await
+            .map_err(store_err)?;
+        for mut op in unfinished {
+            if op.attempts >= self.config.max_attempts {
+                tracing::warn!(operation = %op.id, kind = %op.kind, attempts = op.attempts, "giving up on interrupted operation");
+                let instance = self.store.get_instance(op.target.id).await.map_err(store_err)?;
+                op.state = OperationState::Failure;
+                op.reason = Some(Reason::Interrupted);
+                op.message = Some(format!("interrupted by server restarts {} times", op.attempts));
+                op.updated_at = nimbus_core::now();
+                let mut set = WriteSet::new();
+                if let Some(current) = instance {
+                    let mut next = current.clone();
+                    next.state = match self.driver.inspect(current.id).await {
+                        Ok(ActualState::Running) => InstanceState::Running,
+                        Ok(ActualState::Stopped) => InstanceState::Stopped,
+                        _ => InstanceState::Error,
+                    };
+                    next.lock_operation_id = None;
+                    next.generation += 1;
+                    set.push(Write::PutInstance {
+                        instance: next.clone(),
+                        expected_generation: Some(current.generation),
+                    });
+                    set.push(instance_event(&op.actor, "instance.updated", &next));
+                }
+                set.push(Write::PutOperation(op.clone()));
+                set.push(operation_event("operation.updated", &op));
+                self.store.apply(set).await.map_err(store_err)?;
+            } else {
+                if op.state == OperationState::Running {
+                    tracing::info!(operation = %op.id, kind = %op.kind, "resuming operation interrupted by a restart");
+                    self.metrics.operations_resumed.fetch_add(1, Ordering::Relaxed);
+                }
+                self.enqueue(op.id);
+            }
+        }
+        self.reconcile().await
+    }
+
+    /// Aligns records with the host: a VM that stopped or vanished behind Nimbus's back is shown as such,
+    /// host leftovers that belong to no instance are removed, and due scheduled shutdowns begin.
+    pub(crate) async fn reconcile(&self) -> Result<()> {
+        // Host first, records second: an instance created in between is then already in the records.
+        let on_host: HashSet<_> = self
+            .driver
+            .instances()
+            .await
+            .map_err(|e| nimbus_core::DomainError::Internal(e.to_string()))?
+            .into_iter()
+            .collect();
+        let instances = self.store.list_instances(&InstanceQuery::default()).await.map_err(store_err)?;
+        let known: HashSet<_> = instances.iter().map(|i| i.id).collect();
+        for orphan in on_host.difference(&known) {
+            tracing::warn!(instance = %orphan, "removing host leftovers of an instance that no record knows");
+            if let Err(e) = self.driver.destroy(*orphan).await {
+                tracing::warn!(instance = %orphan, error = %e, "could not remove leftovers");
+            }
+        }
+        let now = nimbus_core::now();
+        for instance in instances {
+            if instance.lock_operation_id.is_some() {
+                continue;
+            }
+            if instance.state == InstanceState::Running && instance.expected_shutdown_at.is_some_and(|at| at <= now) {
+                if let Err(e) = self.scheduled_stop(&instance).await {
+                    tracing::warn!(instance = %instance.id, error = %e, "could not begin scheduled shutdown");
+                }
+                continue;
+            }
+            let actual = match self.driver.inspect(instance.id).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(instance = %instance.id, error = %e, "could not inspect instance");
+                    continue;
+                }
+            };
+            let observed = match (instance.state, actual) {
+                (InstanceState::Running, ActualState::Stopped) => InstanceState::Stopped,
+                (InstanceState::Stopped, ActualState::Running) => InstanceState::Running,
+                (InstanceState::Running | InstanceState::Stopped, ActualState::Missing) => InstanceState::Error,
+                (InstanceState::Error, ActualState::Running) => InstanceState::Running,
+                (InstanceState::Error, ActualState::Stopped) => InstanceState::Stopped,
+                _ => continue,
+            };
+            tracing::info!(instance = %instance.id, recorded = %instance.state, observed = %observed, "instance changed outside Nimbus");
+            let mut next = instance.clone();
+            next.state = observed;
+            next.generation += 1;
+            next.updated_at = now;
+            let mut set = WriteSet::new();
+            set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(instance.generation) });
+            set.push(instance_event(&nimbus_core::operation::Actor::system(), "instance.updated", &next));
+            // Losing to a concurrent writer is fine: the next pass looks again.
+            if self.store.apply(set).await.is_ok() {
+                self.wake();
+            }
+        }
+        Ok(())
+    }
+}
