@@ -492,6 +492,10 @@ impl QemuDriver {
             let _ = std::fs::remove_file(dir.join(stale));
         }
         let tap = self.net.as_ref().map(|_| Self::tap_name(spec.id));
+        if let Some(ns) = &self.net {
+            // Recreated if it went away since `new` (shutdown() with no VM left, or someone deleted it).
+            NetNs::ensure(&ns.name, BRIDGE, &self.config.bridge_cidr).await.map_err(failed)?;
+        }
         if let (Some(ns), Some(tap)) = (&self.net, &tap) {
             // A tap of this name can only be a leftover (QEMU's taps vanish with QEMU); QEMU would fail on it.
             ns.delete_link(tap).await;
