@@ -217,7 +217,10 @@ impl Driver for SimDriver {
         self.act("resize_disk").await?;
         self.with_vm(id, |vm| {
             if size_gb < vm.disk_size_gb {
-                return Err(DriverError::Invalid(format!("disk can only grow ({} GB -> {size_gb} GB)", vm.disk_size_gb)));
+                return Err(DriverError::Invalid(format!(
+                    "disk can only grow ({} GB -> {size_gb} GB)",
+                    vm.disk_size_gb
+                )));
             }
             vm.disk_size_gb = size_gb;
             Ok(())
