@@ -59,7 +59,13 @@ impl Drop for Guard {
     }
 }
 
+/// Built once per test process: tests run in parallel threads and share the output directory.
 fn build_template() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_template_now).clone()
+}
+
+fn build_template_now() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("qemu-templates");
     let out = root.join("busybox");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/build.sh");
@@ -273,4 +279,82 @@ async fn qemu_driver_without_network() {
     assert_eq!(d.inspect(id).await.unwrap(), ActualState::Missing);
     assert!(matches!(d.stop(id, Duration::ZERO).await, Err(DriverError::NotFound(_))));
     d.destroy(id).await.unwrap();
+}
+
+fn small_spec(id: Uuid, template: nimbus_core::catalog::Template, ip: &str) -> InstanceSpec {
+    InstanceSpec {
+        id,
+        name: "adopted".into(),
+        hostname: "adopted".into(),
+        vcpus: 1,
+        memory_mib: 128,
+        disk_size_gb: 1,
+        template,
+        user_data: None,
+        ssh_keys: Vec::new(),
+        password: None,
+        mac_address: String::new(),
+        ip_address: Some(ip.into()),
+        gateway: Some("10.213.0.1".into()),
+        tpm: false,
+    }
+}
+
+/// Runs only as the child process of `qemu_vm_outlives_the_control_plane`: boots a VM, then exits
+/// without stopping it, like a control plane that is killed.
+#[tokio::test]
+async fn qemu_adoption_child_helper() {
+    let (Ok(state), Ok(templates), Ok(netns), Ok(id)) = (
+        std::env::var("NIMBUS_QEMU_CHILD_STATE"),
+        std::env::var("NIMBUS_QEMU_CHILD_TEMPLATES"),
+        std::env::var("NIMBUS_QEMU_CHILD_NETNS"),
+        std::env::var("NIMBUS_QEMU_CHILD_ID"),
+    ) else {
+        return;
+    };
+    let mut config = QemuConfig::new(state, templates);
+    config.netns = netns;
+    let d = QemuDriver::new(config).await.unwrap();
+    let template = d.templates().await.unwrap().remove(0);
+    let spec = small_spec(id.parse().unwrap(), template, "10.213.0.20/24");
+    d.create(&spec).await.unwrap();
+    d.start(&spec).await.unwrap();
+}
+
+/// A VM started by one process is found, reached and stopped by the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_vm_outlives_the_control_plane() {
+    if !have("qemu-system-x86_64") || !is_root() {
+        println!("SKIPPED qemu adoption test: needs qemu-system-x86_64 and root");
+        return;
+    }
+    let template_dir = build_template();
+    let state = PathBuf::from(format!("/tmp/nimbus-qemu-adopt-{}", std::process::id()));
+    let netns = format!("nimbus-adopt-{}", std::process::id());
+    let _guard = Guard { state: state.clone(), netns: netns.clone() };
+    let id = Uuid::new_v4();
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "qemu_adoption_child_helper", "--nocapture", "--test-threads=1"])
+        .env("NIMBUS_QEMU_CHILD_STATE", &state)
+        .env("NIMBUS_QEMU_CHILD_TEMPLATES", &template_dir)
+        .env("NIMBUS_QEMU_CHILD_NETNS", &netns)
+        .env("NIMBUS_QEMU_CHILD_ID", id.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "child control plane failed");
+
+    let mut config = QemuConfig::new(&state, &template_dir);
+    config.netns = netns.clone();
+    let d = QemuDriver::new(config).await.unwrap();
+    assert_eq!(d.instances().await.unwrap(), vec![id]);
+    assert_eq!(d.inspect(id).await.unwrap(), ActualState::Running);
+    assert!(d.console(id).await.unwrap().contains("READY"));
+    assert!(ping(&netns, "10.213.0.20"), "adopted guest does not answer ping");
+    let template = d.templates().await.unwrap().remove(0);
+    d.start(&small_spec(id, template, "10.213.0.20/24")).await.unwrap();
+    d.stop(id, Duration::from_secs(20)).await.unwrap();
+    assert!(processes(&state.display().to_string(), "qemu-system").is_empty(), "adopted qemu still runs");
+    d.destroy(id).await.unwrap();
+    d.shutdown().await.unwrap();
+    assert!(!Path::new("/run/netns").join(&netns).exists());
 }
