@@ -24,7 +24,16 @@ use crate::resources::{PASSWORD, SNAPSHOT};
 use crate::{page_token, store_err, Context, Engine, Page, Result};
 
 /// How often a plan is made again after losing a compare-and-swap before the caller sees a conflict.
-const CAS_RETRIES: usize = 8;
+const CAS_RETRIES: usize = 64;
+
+/// A short random pause after a lost compare-and-swap, so that writers racing for one instance spread out
+/// instead of colliding again in lockstep.
+pub(crate) async fn backoff(attempt: usize) {
+    use rand::Rng;
+    let ceiling_ms = 1 + (attempt as u64).min(20);
+    let pause = rand::thread_rng().gen_range(0..=ceiling_ms * 1000);
+    tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct CreateInstance {
@@ -339,7 +348,10 @@ impl Engine {
         if_match: Option<i64>,
     ) -> Result<Instance> {
         ctx.require(Role::Member)?;
-        for _ in 0..CAS_RETRIES {
+        for attempt in 0..CAS_RETRIES {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
             let current = self.instance(ctx, id).await?;
             if let Some(expected) = if_match {
                 if expected != current.generation {
@@ -377,7 +389,10 @@ impl Engine {
             }
             latest.insert(id, patch);
         }
-        for _ in 0..CAS_RETRIES {
+        for attempt in 0..CAS_RETRIES {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
             let mut set = WriteSet::new();
             let mut updated = Vec::new();
             for id in &order {
@@ -403,7 +418,10 @@ impl Engine {
     /// Deletion protection is a flag, not a background action: it answers at once.
     pub async fn set_protection(&self, ctx: &Context, id: Uuid, protected: bool) -> Result<Instance> {
         ctx.require(Role::Member)?;
-        for _ in 0..CAS_RETRIES {
+        for attempt in 0..CAS_RETRIES {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
             let current = self.instance(ctx, id).await?;
             if current.state == InstanceState::Destroying {
                 return Err(DomainError::InvalidState {
@@ -434,7 +452,10 @@ impl Engine {
     /// Begins a lifecycle action: checks the rules, takes the instance's lock, records the operation.
     pub async fn act(&self, ctx: &Context, id: Uuid, req: ActionRequest) -> Result<Operation> {
         ctx.require(Role::Member)?;
-        for _ in 0..CAS_RETRIES {
+        for attempt in 0..CAS_RETRIES {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
             let current = self.instance(ctx, id).await?;
             let (op, set) = self.plan_action(ctx, &current, &req).await?;
             match self.store.apply(set).await {

@@ -198,7 +198,10 @@ impl Engine {
 
     /// Records the outcome: operation state, the instance's landing state, the lock released, all at once.
     async fn finish(&self, mut op: Operation, outcome: Outcome) -> Result<()> {
-        for _ in 0..16 {
+        for attempt in 0..64 {
+            if attempt > 0 {
+                crate::instances::backoff(attempt).await;
+            }
             let now = nimbus_core::now();
             let current = self.store.get_instance(op.target.id).await.map_err(store_err)?;
             let mut set = WriteSet::new();
@@ -352,7 +355,10 @@ impl Engine {
 
     /// Read-modify-write of an instance by a worker, retried when another writer got there first.
     async fn mutate_instance(&self, id: Uuid, change: impl Fn(&mut Instance)) -> Result<Instance> {
-        for _ in 0..16 {
+        for attempt in 0..64 {
+            if attempt > 0 {
+                crate::instances::backoff(attempt).await;
+            }
             let current = self
                 .store
                 .get_instance(id)

@@ -1,0 +1,149 @@
+//! A Nimbus cloud in the test process: the real router, engine and SQLite store, on the sim driver.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use nimbus_driver::{SimConfig, SimDriver};
+use nimbus_engine::{Engine, EngineConfig};
+use nimbus_store::SqliteStore;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+pub const ADMIN: &str = "admin-secret-for-tests";
+
+pub struct Cloud {
+    pub app: Router,
+    pub engine: Arc<Engine>,
+    pub sim: Arc<SimDriver>,
+    _dir: tempfile::TempDir,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn id(&self) -> String {
+        self.body["id"].as_str().unwrap_or_else(|| panic!("no id in {}", self.text)).to_string()
+    }
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+    pub fn message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or("")
+    }
+}
+
+impl Cloud {
+    pub async fn new() -> Cloud {
+        Cloud::with(SimConfig::default(), EngineConfig::default()).await
+    }
+
+    pub async fn with(sim: SimConfig, config: EngineConfig) -> Cloud {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/nimbus.db", dir.path().display());
+        let store = Arc::new(SqliteStore::open(&url).await.unwrap());
+        let sim = Arc::new(SimDriver::new(sim));
+        let engine = Engine::start(store, sim.clone(), config).await.unwrap();
+        engine.bootstrap(Some(("NIMadmin".into(), ADMIN.into()))).await.unwrap();
+        let app = nimbus_api::router(nimbus_api::AppState::new(engine.clone()));
+        Cloud { app, engine, sim, _dir: dir }
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> Reply {
+        let response = self.app.clone().oneshot(req).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply { status, headers, body, text }
+    }
+
+    pub async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Reply {
+        let mut req = Request::builder().method(method).uri(path).header("authorization", format!("Bearer {token}"));
+        let body = match body {
+            Some(b) => {
+                req = req.header("content-type", "application/json");
+                Body::from(b.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(req.body(body).unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    /// Waits for an operation to end and returns it.
+    pub async fn wait(&self, op_id: &str, token: &str) -> Value {
+        let r = self.get(&format!("/v1/operations/{op_id}?wait=10"), token).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert!(
+            matches!(r.body["state"].as_str(), Some("success" | "failure" | "timeout")),
+            "still running: {}",
+            r.text
+        );
+        r.body
+    }
+
+    /// Creates an instance, waits for it and returns its id.
+    pub async fn instance(&self, token: &str, name: &str, extra: Value) -> String {
+        let mut body = json!({"name": name, "instance_type": "standard.small", "template": "busybox"});
+        body.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
+        let r = self.post("/v1/instances", token, body).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+        let op = self.wait(&r.id(), token).await;
+        assert_eq!(op["state"], "success", "{op}");
+        op["target"]["id"].as_str().unwrap().to_string()
+    }
+
+    /// Runs an action and waits for its operation.
+    pub async fn act(&self, token: &str, id: &str, action: &str, body: Option<Value>) -> Value {
+        let r = self.call(Method::POST, &format!("/v1/instances/{id}/{action}"), token, body).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{action}: {}", r.text);
+        self.wait(&r.id(), token).await
+    }
+
+    pub async fn state(&self, token: &str, id: &str) -> String {
+        self.get(&format!("/v1/instances/{id}"), token).await.body["state"].as_str().unwrap_or("gone").to_string()
+    }
+
+    /// A new API key; returns its secret.
+    pub async fn key(&self, role: &str, project_id: Option<&str>) -> String {
+        let mut body = json!({"name": format!("{role}-key"), "role": role});
+        if let Some(p) = project_id {
+            body["project_id"] = json!(p);
+        }
+        let r = self.post("/v1/api-keys", ADMIN, body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        r.body["secret"].as_str().unwrap().to_string()
+    }
+}
+
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}

@@ -1,0 +1,195 @@
+//! An instance through every action, and every action refused in a state that does not allow it.
+
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use nimbus_driver::SimConfig;
+use nimbus_engine::EngineConfig;
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn an_instance_goes_through_every_action() {
+    let c = Cloud::new().await;
+    let user_data = "IyEvYmluL3NoCmVjaG8gaGVsbG8K"; // "#!/bin/sh\necho hello\n"
+    let id = c.instance(ADMIN, "web-1", json!({"labels": {"env": "prod"}, "user_data": user_data})).await;
+    let i = c.get(&format!("/v1/instances/{id}"), ADMIN).await;
+    assert_eq!(i.body["state"], "running");
+    assert_eq!(i.body["labels"]["env"], "prod");
+    assert_eq!(i.body["user_data"], user_data);
+    assert_eq!(i.body["ip_addresses"].as_array().unwrap().len(), 1, "an address is assigned: {}", i.text);
+    assert!(i.headers.get("etag").is_some());
+
+    assert_eq!(c.act(ADMIN, &id, "reboot", None).await["state"], "success");
+    assert_eq!(c.state(ADMIN, &id).await, "running");
+    assert_eq!(c.act(ADMIN, &id, "create-snapshot", Some(json!({"name": "before"}))).await["state"], "success");
+    assert_eq!(c.state(ADMIN, &id).await, "running", "a snapshot returns to the state it began in");
+
+    assert_eq!(c.act(ADMIN, &id, "stop", None).await["state"], "success");
+    assert_eq!(c.state(ADMIN, &id).await, "stopped");
+
+    let scaled = c.act(ADMIN, &id, "scale", Some(json!({"instance_type": "standard.medium"}))).await;
+    assert_eq!(scaled["state"], "success");
+    let i = c.get(&format!("/v1/instances/{id}"), ADMIN).await;
+    assert_eq!(
+        (i.body["instance_type"].as_str(), i.body["memory_mib"].as_u64()),
+        (Some("standard.medium"), Some(4096))
+    );
+
+    assert_eq!(c.act(ADMIN, &id, "resize-disk", Some(json!({"disk_size_gb": 20}))).await["state"], "success");
+    assert_eq!(c.get(&format!("/v1/instances/{id}"), ADMIN).await.body["disk_size_gb"], 20);
+
+    let snaps = c.get(&format!("/v1/snapshots?instance_id={id}"), ADMIN).await;
+    let snap = snaps.body["items"][0].clone();
+    assert_eq!(snap["name"], "before");
+    assert_eq!(snap["state"], "ready");
+    let reverted = c.act(ADMIN, &id, "revert-snapshot", Some(json!({"snapshot_id": snap["id"]}))).await;
+    assert_eq!(reverted["state"], "success", "{reverted}");
+
+    assert_eq!(c.act(ADMIN, &id, "enable-tpm", None).await["state"], "success");
+    assert_eq!(c.get(&format!("/v1/instances/{id}"), ADMIN).await.body["tpm_enabled"], true);
+
+    assert_eq!(c.act(ADMIN, &id, "reset-password", None).await["state"], "success");
+    let pw = c.get(&format!("/v1/instances/{id}/password"), ADMIN).await;
+    assert_eq!(pw.status, StatusCode::OK, "{}", pw.text);
+    assert!(pw.body["password"].as_str().unwrap().len() >= 16);
+
+    assert_eq!(c.act(ADMIN, &id, "start", None).await["state"], "success");
+    assert_eq!(c.act(ADMIN, &id, "reset", None).await["state"], "success");
+    assert_eq!(c.state(ADMIN, &id).await, "running", "reset returns a running instance to running");
+    let console = c.get(&format!("/v1/instances/{id}/console"), ADMIN).await;
+    assert!(console.text.contains("READY"), "{}", console.text);
+
+    let protect = c.call(Method::POST, &format!("/v1/instances/{id}/add-protection"), ADMIN, None).await;
+    assert_eq!((protect.status, protect.body["protected"].clone()), (StatusCode::OK, json!(true)));
+    let refused = c.call(Method::DELETE, &format!("/v1/instances/{id}"), ADMIN, None).await;
+    assert_eq!((refused.status, refused.code()), (StatusCode::CONFLICT, "conflict"));
+    assert!(refused.message().contains("protected"), "{}", refused.text);
+    c.call(Method::POST, &format!("/v1/instances/{id}/remove-protection"), ADMIN, None).await;
+
+    let del = c.call(Method::DELETE, &format!("/v1/instances/{id}"), ADMIN, None).await;
+    assert_eq!(del.status, StatusCode::ACCEPTED);
+    assert_eq!(c.wait(&del.id(), ADMIN).await["state"], "success");
+    assert_eq!(c.get(&format!("/v1/instances/{id}"), ADMIN).await.status, StatusCode::NOT_FOUND);
+    assert!(c.get(&format!("/v1/snapshots?instance_id={id}"), ADMIN).await.body["items"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn actions_are_refused_in_states_that_do_not_allow_them() {
+    let c = Cloud::new().await;
+    let id = c.instance(ADMIN, "a", json!({})).await;
+    let refused = [
+        ("start", None, "running"),
+        ("scale", Some(json!({"instance_type": "standard.large"})), "running"),
+        ("resize-disk", Some(json!({"disk_size_gb": 50})), "running"),
+        ("enable-tpm", None, "running"),
+    ];
+    for (action, body, state) in refused {
+        let r = c.call(Method::POST, &format!("/v1/instances/{id}/{action}"), ADMIN, body).await;
+        assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "invalid_state"), "{action}: {}", r.text);
+        assert!(r.message().contains(&format!("state {state}")), "{action}: the message names the state: {}", r.text);
+    }
+    c.act(ADMIN, &id, "stop", None).await;
+    for (action, body) in [("stop", None), ("reboot", None)] {
+        let r = c.call(Method::POST, &format!("/v1/instances/{id}/{action}"), ADMIN, body).await;
+        assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "invalid_state"), "{action}: {}", r.text);
+        assert!(r.message().contains("state stopped"), "{}", r.text);
+    }
+    let shrink =
+        c.call(Method::POST, &format!("/v1/instances/{id}/resize-disk"), ADMIN, Some(json!({"disk_size_gb": 5}))).await;
+    assert_eq!(shrink.status, StatusCode::CONFLICT);
+    assert!(shrink.message().contains("only grow"), "{}", shrink.text);
+    let other_family = c
+        .call(Method::POST, &format!("/v1/instances/{id}/scale"), ADMIN, Some(json!({"instance_type": "memory.small"})))
+        .await;
+    assert_eq!(other_family.status, StatusCode::CONFLICT);
+    assert!(other_family.message().contains("family"), "{}", other_family.text);
+    // Nothing refused changed the instance.
+    let i = c.get(&format!("/v1/instances/{id}"), ADMIN).await;
+    assert_eq!((i.body["state"].as_str(), i.body["disk_size_gb"].as_u64()), (Some("stopped"), Some(10)));
+    assert_eq!(i.body["instance_type"], "standard.small");
+}
+
+#[tokio::test]
+async fn a_second_action_while_one_runs_is_busy() {
+    let mut sim = SimConfig::default();
+    sim.action_delays.insert("stop".into(), Duration::from_millis(800));
+    let c = Cloud::with(sim, EngineConfig::default()).await;
+    let id = c.instance(ADMIN, "slow", json!({})).await;
+    let stop = c.call(Method::POST, &format!("/v1/instances/{id}/stop"), ADMIN, None).await;
+    assert_eq!(stop.status, StatusCode::ACCEPTED);
+    let i = c.get(&format!("/v1/instances/{id}"), ADMIN).await;
+    assert_eq!(i.body["state"], "stopping");
+    assert_eq!(i.body["operation_id"], stop.body["id"]);
+    let second = c.call(Method::POST, &format!("/v1/instances/{id}/reboot"), ADMIN, None).await;
+    assert_eq!((second.status, second.code()), (StatusCode::CONFLICT, "busy"), "{}", second.text);
+    let delete = c.call(Method::DELETE, &format!("/v1/instances/{id}"), ADMIN, None).await;
+    assert_eq!(delete.code(), "busy");
+    assert_eq!(c.wait(&stop.id(), ADMIN).await["state"], "success");
+    assert_eq!(c.state(ADMIN, &id).await, "stopped");
+}
+
+#[tokio::test]
+async fn a_failing_driver_fails_the_operation_and_shows_the_real_state() {
+    let c = Cloud::new().await;
+    let id = c.instance(ADMIN, "flaky", json!({})).await;
+    c.act(ADMIN, &id, "stop", None).await;
+    c.sim.inject_failure("start", 1);
+    let op = c.act(ADMIN, &id, "start", None).await;
+    assert_eq!((op["state"].as_str(), op["reason"].as_str()), (Some("failure"), Some("fault")), "{op}");
+    assert!(op["message"].as_str().unwrap().contains("injected"));
+    assert_eq!(c.state(ADMIN, &id).await, "stopped", "the host still has it stopped");
+    assert_eq!(c.act(ADMIN, &id, "start", None).await["state"], "success", "the lock was released");
+
+    c.act(ADMIN, &id, "stop", None).await;
+    c.sim.inject_failure("resize_disk", 1);
+    let op = c.act(ADMIN, &id, "resize-disk", Some(json!({"disk_size_gb": 30}))).await;
+    assert_eq!(op["state"], "failure");
+    assert_eq!(
+        c.get(&format!("/v1/instances/{id}"), ADMIN).await.body["disk_size_gb"],
+        10,
+        "the size that did not happen is taken back"
+    );
+}
+
+#[tokio::test]
+async fn create_without_auto_start_leaves_the_instance_stopped() {
+    let c = Cloud::new().await;
+    let id = c.instance(ADMIN, "cold", json!({"auto_start": false})).await;
+    assert_eq!(c.state(ADMIN, &id).await, "stopped");
+}
+
+#[tokio::test]
+async fn a_scheduled_shutdown_stops_the_instance_when_due() {
+    let config = EngineConfig { reconcile_every: Duration::from_millis(100), ..Default::default() };
+    let c = Cloud::with(SimConfig::default(), config).await;
+    let id = c.instance(ADMIN, "batch-job", json!({})).await;
+    let due = (time::OffsetDateTime::now_utc() - time::Duration::seconds(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let r =
+        c.call(Method::PATCH, &format!("/v1/instances/{id}"), ADMIN, Some(json!({"expected_shutdown_at": due}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    eventually("the scheduled stop", || async { c.state(ADMIN, &id).await == "stopped" }).await;
+    let ops = c.get(&format!("/v1/operations?target={id}"), ADMIN).await;
+    assert!(
+        ops.body["items"].as_array().unwrap().iter().any(|o| o["kind"] == "scheduled_stop" && o["state"] == "success"),
+        "{}",
+        ops.text
+    );
+    assert_eq!(c.get(&format!("/v1/instances/{id}"), ADMIN).await.body["expected_shutdown_at"], json!(null));
+}
+
+#[tokio::test]
+async fn the_reconciler_shows_an_instance_that_stopped_behind_nimbus_back() {
+    use nimbus_driver::Driver;
+    let config = EngineConfig { reconcile_every: Duration::from_millis(100), ..Default::default() };
+    let c = Cloud::with(SimConfig::default(), config).await;
+    let id = c.instance(ADMIN, "crashy", json!({})).await;
+    c.sim.stop(id.parse().unwrap(), Duration::ZERO).await.unwrap();
+    eventually("the observed stop", || async { c.state(ADMIN, &id).await == "stopped" }).await;
+}

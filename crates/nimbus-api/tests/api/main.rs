@@ -1,0 +1,9 @@
+//! The native API driven through the real router, engine and SQLite store on the sim driver: the stories a
+//! user of `/v1` lives through.
+
+mod common;
+mod input;
+mod lifecycle;
+mod operations;
+mod tenancy;
+mod updates;
