@@ -106,7 +106,8 @@ pub trait Driver: Send + Sync + 'static {
     /// Graceful power-down, forced after `grace`.
     async fn stop(&self, id: Uuid, grace: Duration) -> DriverResult<()>;
     async fn reboot(&self, spec: &InstanceSpec) -> DriverResult<()>;
-    /// Reinstalls the disk from the template (instance stopped by the engine first).
+    /// Reinstalls the disk from the template (instance stopped by the engine first). Snapshots of the old
+    /// disk are gone afterwards.
     async fn reinstall(&self, spec: &InstanceSpec) -> DriverResult<()>;
     /// Grows the disk (instance stopped). Shrinking is refused.
     async fn resize_disk(&self, id: Uuid, size_gb: u64) -> DriverResult<()>;
@@ -123,6 +124,10 @@ pub trait Driver: Send + Sync + 'static {
     async fn console(&self, id: Uuid) -> DriverResult<String>;
     async fn metrics(&self, _id: Uuid) -> DriverResult<InstanceMetrics> {
         Ok(InstanceMetrics::default())
+    }
+    /// Whether `enable_tpm` can work on this host; the API refuses it up front otherwise.
+    fn supports_tpm(&self) -> bool {
+        false
     }
     /// Attaches a virtual TPM (instance stopped).
     async fn enable_tpm(&self, _id: Uuid) -> DriverResult<()> {

@@ -722,8 +722,7 @@ impl Engine {
     }
 
     async fn driver_supports_tpm(&self) -> bool {
-        // The sim driver simulates one; the qemu driver needs swtpm on the host.
-        self.driver.name() == "sim" || which("swtpm")
+        self.driver.supports_tpm()
     }
 
     pub(crate) async fn template_by_id(&self, id: Uuid) -> Result<nimbus_core::catalog::Template> {
@@ -734,12 +733,6 @@ impl Engine {
             ))
         })
     }
-}
-
-fn which(binary: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|p| p.join(binary).is_file()))
-        .unwrap_or(false)
 }
 
 fn prefix_error(e: DomainError, what: &str) -> DomainError {

@@ -141,6 +141,17 @@ impl Engine {
                 let spec = self.spec(&instance).await.map_err(internal)?;
                 self.driver.stop(id, grace).await?;
                 self.driver.reinstall(&spec).await?;
+                // The old disk's snapshots went with it.
+                for s in self
+                    .store
+                    .list_records(SNAPSHOT, Some(instance.project_id))
+                    .await
+                    .map_err(|e| internal(store_err(e)))?
+                {
+                    if s.decode::<Snapshot>().map(|s| s.instance_id == id).unwrap_or(false) {
+                        writes.push(Write::DeleteRecord { kind: SNAPSHOT.into(), id: s.id });
+                    }
+                }
                 if op.state_before == Some(InstanceState::Running) {
                     self.driver.start(&spec).await?;
                 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use nimbus_driver::{Driver, SimConfig, SimDriver};
+use nimbus_driver::{Driver, QemuConfig, QemuDriver, SimConfig, SimDriver};
 use nimbus_engine::{BootstrapOutcome, Engine, EngineConfig};
 use nimbus_store::{SqliteStore, Store};
 
@@ -45,6 +45,16 @@ pub struct ServerArgs {
     /// Seconds between reconciler passes.
     #[arg(long, default_value_t = 5)]
     reconcile_secs: u64,
+    /// qemu driver: accelerator (auto probes KVM and falls back to TCG).
+    #[arg(long, env = "NIMBUS_ACCEL", default_value = "auto")]
+    accel: String,
+    /// qemu driver: the network namespace Nimbus creates for instance networks.
+    #[arg(long, env = "NIMBUS_NETNS", default_value = "nimbus")]
+    netns: String,
+    /// qemu driver: where templates live (one directory each, as `guest/build.sh` makes them).
+    /// Default: `<data-dir>/templates`.
+    #[arg(long, env = "NIMBUS_TEMPLATE_DIR")]
+    template_dir: Option<PathBuf>,
     /// sim driver: delay of every action, in milliseconds.
     #[arg(long, default_value_t = 0)]
     sim_delay_ms: u64,
@@ -74,7 +84,11 @@ pub fn run(args: ServerArgs) -> ExitCode {
     }
 }
 
-async fn build_driver(args: &ServerArgs) -> anyhow::Result<Arc<dyn Driver>> {
+/// The driver, and the qemu driver again when it is one, for its clean-shutdown duties.
+async fn build_driver(
+    args: &ServerArgs,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(Arc<dyn Driver>, Option<Arc<QemuDriver>>)> {
     match args.driver {
         DriverKind::Sim => {
             let mut config = SimConfig {
@@ -89,9 +103,24 @@ async fn build_driver(args: &ServerArgs) -> anyhow::Result<Arc<dyn Driver>> {
                 config.failures.insert(action, n as u32);
             }
             tracing::warn!("running the sim driver: instances are simulated, no VM boots");
-            Ok(Arc::new(SimDriver::new(config)))
+            Ok((Arc::new(SimDriver::new(config)), None))
         }
-        DriverKind::Qemu => anyhow::bail!("the qemu driver is not wired in yet; run with --driver sim"),
+        DriverKind::Qemu => {
+            let network = nimbus_engine::network::Network::parse(&args.network_cidr)
+                .map_err(|e| anyhow::anyhow!("--network-cidr: {e}"))?;
+            let templates = args.template_dir.clone().unwrap_or_else(|| data_dir.join("templates"));
+            let mut config = QemuConfig::new(data_dir.join("qemu"), templates);
+            config.accel = args.accel.parse().map_err(anyhow::Error::msg)?;
+            config.netns = args.netns.clone();
+            config.bridge_cidr = format!("{}/{}", network.gateway(), network.prefix);
+            let driver = Arc::new(QemuDriver::new(config).await.map_err(|e| anyhow::anyhow!("qemu driver: {e}"))?);
+            if driver.templates().await.map(|t| t.is_empty()).unwrap_or(true) {
+                tracing::warn!(
+                    "no template found; build the stock one with guest/build.sh <data-dir>/templates/busybox"
+                );
+            }
+            Ok((driver.clone(), Some(driver)))
+        }
     }
 }
 
@@ -103,7 +132,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         anyhow::bail!("unsupported database URL {url:?}: this build has the SQLite store (sqlite://PATH)");
     }
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.with_context(|| format!("opening {url}"))?);
-    let driver = build_driver(&args).await?;
+    let (driver, qemu) = build_driver(&args, &data_dir).await?;
     let config = EngineConfig {
         zone: args.zone.clone(),
         network_cidr: args.network_cidr.clone(),
@@ -138,6 +167,12 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    if let Some(qemu) = qemu {
+        // VMs keep running across a control-plane restart; only an empty namespace is removed.
+        if let Err(e) = qemu.shutdown().await {
+            tracing::warn!(error = %e, "qemu driver shutdown");
+        }
+    }
     tracing::info!("nimbus server stopped");
     Ok(())
 }

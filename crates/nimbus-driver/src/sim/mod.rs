@@ -209,6 +209,7 @@ impl Driver for SimDriver {
         self.with_vm(spec.id, |vm| {
             vm.disk_version = 0;
             vm.disk_size_gb = spec.disk_size_gb;
+            vm.snapshots.clear();
             Ok(())
         })
     }
@@ -278,6 +279,10 @@ impl Driver for SimDriver {
 
     async fn console(&self, id: Uuid) -> DriverResult<String> {
         self.with_vm(id, |vm| Ok(vm.console.clone()))
+    }
+
+    fn supports_tpm(&self) -> bool {
+        true
     }
 
     async fn enable_tpm(&self, id: Uuid) -> DriverResult<()> {
