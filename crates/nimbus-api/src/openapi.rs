@@ -30,7 +30,7 @@ impl Modify for BearerAuth {
         instances::create, instances::list, instances::get, instances::update, instances::batch_update,
         instances::delete, instances::action, instances::password, instances::console, instances::metrics,
         operations::get, operations::list, operations::events,
-        access::whoami, access::create_api_key, access::list_api_keys, access::delete_api_key,
+        access::whoami, access::ping, access::create_api_key, access::list_api_keys, access::delete_api_key,
         access::create_project, access::list_projects, access::get_project, access::set_quota,
         access::create_ssh_key, access::list_ssh_keys, access::get_ssh_key, access::delete_ssh_key,
         catalog::zones, catalog::host, catalog::instance_types, catalog::templates, catalog::template,

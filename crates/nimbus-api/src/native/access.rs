@@ -27,6 +27,17 @@ pub async fn whoami(State(app): State<AppState>, Caller(ctx): Caller) -> ApiResu
     }))
 }
 
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct PingView {
+    pub ok: bool,
+}
+
+/// Checks the credentials and nothing else: the cheapest authenticated call, for scripts and benchmarks.
+#[utoipa::path(get, path = "/v1/ping", tag = "access", responses((status = 200, body = PingView), (status = 401, body = ErrorBody)))]
+pub async fn ping(Caller(_): Caller) -> Json<PingView> {
+    Json(PingView { ok: true })
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKeyParams {

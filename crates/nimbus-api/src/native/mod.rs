@@ -25,6 +25,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/v1/operations/{id}", get(operations::get))
         .route("/v1/events", get(operations::events))
         .route("/v1/whoami", get(access::whoami))
+        .route("/v1/ping", get(access::ping))
         .route("/v1/api-keys", get(access::list_api_keys).post(access::create_api_key))
         .route("/v1/api-keys/{key_id}", axum::routing::delete(access::delete_api_key))
         .route("/v1/projects", get(access::list_projects).post(access::create_project))
