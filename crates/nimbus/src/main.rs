@@ -1,7 +1,8 @@
 //! `nimbus`: one binary for the control plane (`nimbus server`) and its command-line client.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
+mod cli;
 mod server;
 
 #[derive(Parser)]
@@ -9,6 +10,8 @@ mod server;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    global: cli::GlobalArgs,
 }
 
 #[derive(Subcommand)]
@@ -17,15 +20,18 @@ enum Command {
     Server(server::ServerArgs),
     /// Print the native API's OpenAPI document.
     Openapi,
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+    let args = Cli::parse();
+    match args.command {
         Command::Server(args) => server::run(args),
         Command::Openapi => {
             print!("{}", nimbus_api::openapi::document_json());
             std::process::ExitCode::SUCCESS
         }
+        Command::Client(command) => cli::run(args.global, command, Cli::command),
     }
 }
