@@ -409,8 +409,12 @@ impl QemuDriver {
         Ok(())
     }
 
+    /// Interface names hold at most 15 bytes, so the name takes the id's last 11 hex digits: instance ids
+    /// are UUIDv7, whose leading digits are a timestamp shared by every instance created in the same minute
+    /// (two running instances would fight over one tap), while the trailing ones are random.
     fn tap_name(id: Uuid) -> String {
-        format!("tap-{}", &id.simple().to_string()[..8])
+        let hex = id.simple().to_string();
+        format!("tap-{}", &hex[hex.len() - 11..])
     }
 
     fn mac(spec: &InstanceSpec) -> String {
@@ -1041,6 +1045,14 @@ mod tests {
         assert!(!contains_line_start("READY uptime=1", "READY", false));
         assert!(contains_line_start("BOOTED\r\nREADY uptime=1", "READY", false));
         assert!(!contains_line_start("UD| NOT READY", "READY", true));
+    }
+
+    #[test]
+    fn instances_created_together_get_distinct_taps() {
+        let a = Uuid::parse_str("01a20311-0c5e-7a10-9f3e-2b8d4c6a1e01").unwrap();
+        let b = Uuid::parse_str("01a20311-0c5e-7a10-9f3e-2b8d4c6a1e02").unwrap();
+        assert_ne!(QemuDriver::tap_name(a), QemuDriver::tap_name(b));
+        assert!(QemuDriver::tap_name(a).len() <= 15, "IFNAMSIZ");
     }
 
     #[test]

@@ -1,0 +1,556 @@
+//! Instances are real VMs: the real `nimbus server` binary with its default qemu driver, driven only through
+//! the HTTP API, boots the stock busybox template under whatever accelerator the host has (TCG in CI) and
+//! everything the API claims is checked against the host: the guest's console, its address inside Nimbus's
+//! network namespace, the QEMU processes in /proc, the taps and the files in the data dir.
+//!
+//! Skips, saying so, only when qemu-system-x86_64 is missing or the tests do not run as root (the network
+//! namespace needs CAP_NET_ADMIN). Each test runs its own server with its own data dir, network namespace and
+//! instance network, so tests (and other test processes) never share a VM, a tap or an address; at most two
+//! VMs run at once and boots take turns, which keeps the file to about a minute on 2 cores. A guard kills
+//! whatever a test started, also when an assertion fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::{Mutex, Semaphore};
+
+const SECRET: &str = "vms-test-secret-0123456789";
+/// A busy 2-core host boots a TCG guest in seconds; the driver's own boot watchdog fires at 60 s.
+const OPERATION_DEADLINE: Duration = Duration::from_secs(150);
+
+/// Boots take turns: parallel TCG boots on 2 cores only slow each other down.
+static BOOT: Mutex<()> = Mutex::const_new(());
+/// A test holds one permit per VM it runs, for as long as it runs.
+static VMS: Semaphore = Semaphore::const_new(2);
+
+fn have(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
+}
+
+fn can_run_vms(test: &str) -> bool {
+    if !have("qemu-system-x86_64") {
+        println!("SKIPPED {test}: qemu-system-x86_64 is not installed (guest/install-deps.sh installs it)");
+        return false;
+    }
+    if !is_root() {
+        println!("SKIPPED {test}: not root (Nimbus's network namespace needs CAP_NET_ADMIN)");
+        return false;
+    }
+    true
+}
+
+/// FNV-1a: a stable hash for the template cache key (std's hasher may change between Rust releases).
+fn fnv(hash: &mut u64, bytes: &[u8]) {
+    for b in bytes {
+        *hash ^= u64::from(*b);
+        *hash = hash.wrapping_mul(0x100_0000_01b3);
+    }
+}
+
+/// The busybox template, built once by guest/build.sh and reused by every test and every later run until
+/// guest/ or the installed kernels change. Returns the template dir the server takes (`<dir>/busybox`).
+fn templates() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_templates).clone()
+}
+
+fn build_templates() -> PathBuf {
+    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest").canonicalize().unwrap();
+    let mut key = 0xcbf2_9ce4_8422_2325u64;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&guest).unwrap().flatten().map(|e| e.path()).collect();
+    files.sort();
+    for f in files.iter().filter(|f| f.is_file()) {
+        fnv(&mut key, f.file_name().unwrap().as_encoded_bytes());
+        fnv(&mut key, &std::fs::read(f).unwrap());
+    }
+    for dir in ["/boot", "/lib/modules"] {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        fnv(&mut key, names.join("\n").as_bytes());
+    }
+    let root = std::env::temp_dir().join(format!("nimbus-vms-templates-{key:016x}"));
+    if root.join("busybox/template.json").is_file() {
+        return root;
+    }
+    // Built aside and renamed into place, so that a concurrent test process never sees half a template.
+    let scratch = root.join(format!(".build-{}", std::process::id()));
+    let t = Instant::now();
+    let status = Command::new("sh").arg(guest.join("build.sh")).arg(scratch.join("busybox")).status().unwrap();
+    assert!(status.success(), "guest/build.sh failed (are guest/packages.txt's packages installed?)");
+    let _ = std::fs::rename(scratch.join("busybox"), root.join("busybox"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    assert!(root.join("busybox/template.json").is_file(), "no template in {}", root.display());
+    println!("busybox template built in {:.1}s into {}", t.elapsed().as_secs_f64(), root.display());
+    root
+}
+
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+        }
+    }
+    out
+}
+
+/// Live QEMU processes whose command line mentions `needle` (an instance id or a data dir). Zombies do not
+/// count: an adopted QEMU's parent is init, which may take a while to reap it.
+fn qemu_pids(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')));
+        if alive && cmdline.starts_with("qemu-system") && cmdline.contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The QEMU process of an instance; there must be exactly one.
+fn qemu_of(id: &str) -> i32 {
+    let pids = qemu_pids(id);
+    assert_eq!(pids.len(), 1, "expected one qemu for instance {id}, found {pids:?}");
+    pids[0]
+}
+
+fn cmdline(pid: i32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+}
+
+/// Start time of a process in clock ticks since boot: with the pid, it names one process for good.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One user's Nimbus: a server on a fresh data dir, with its own network namespace and instance network.
+/// Dropping it kills the server and every QEMU of the data dir and deletes the namespace, whatever happened.
+struct Cloud {
+    data: tempfile::TempDir,
+    netns: String,
+    cidr: String,
+    server: Option<Child>,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Cloud {
+    /// `n` picks the instance network 10.213.<100+n>.0/24 and names the namespace.
+    async fn start(n: u8) -> Cloud {
+        // Short: QEMU's unix sockets live under the data dir and their paths are limited to 108 bytes.
+        let data = tempfile::Builder::new().prefix("nv-").tempdir_in("/tmp").unwrap();
+        let mut cloud = Cloud {
+            data,
+            netns: format!("nvt{}-{n}", std::process::id()),
+            cidr: format!("10.213.{}.0/24", 100 + u16::from(n)),
+            server: None,
+            base: String::new(),
+            http: reqwest::Client::new(),
+        };
+        cloud.start_server().await;
+        cloud
+    }
+
+    fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    fn instance_dir(&self, id: &str) -> PathBuf {
+        self.data_dir().join("qemu/instances").join(id)
+    }
+
+    async fn start_server(&mut self) {
+        let port = free_port();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.data_dir().join("server.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_nimbus"))
+            .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--template-dir")
+            .arg(templates())
+            .args(["--netns", &self.netns, "--network-cidr", &self.cidr])
+            .env_remove("NIMBUS_DRIVER")
+            .env_remove("NIMBUS_DATABASE")
+            .env("NIMBUS_BOOTSTRAP_KEY", "NIMvms")
+            .env("NIMBUS_BOOTSTRAP_SECRET", SECRET)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("nimbus server starts");
+        self.server = Some(child);
+        self.base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.http.get(format!("{}/healthz", self.base)).send().await.is_err() {
+            let exited = self.server.as_mut().unwrap().try_wait().unwrap();
+            assert!(exited.is_none(), "the server exited: {exited:?}");
+            assert!(Instant::now() < deadline, "the server did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// kill -9: no shutdown code of the server runs.
+    fn kill_server(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(SECRET);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let response = req.send().await.expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (status, body) = self.call(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// Waits for an operation to end and insists that it succeeded.
+    async fn succeeds(&self, op: &Value) -> Value {
+        let id = op["id"].as_str().unwrap_or_else(|| panic!("not an operation: {op}"));
+        let deadline = Instant::now() + OPERATION_DEADLINE;
+        loop {
+            let v = self.get(&format!("/v1/operations/{id}?wait=30")).await;
+            match v["state"].as_str() {
+                Some("success") => return v,
+                Some("pending" | "running") => assert!(Instant::now() < deadline, "operation still running: {v}"),
+                _ => panic!("operation failed: {v}"),
+            }
+        }
+    }
+
+    /// POSTs an action (or a create) that answers 202 with an operation, and waits for its success.
+    async fn act(&self, path: &str, body: Value) -> Value {
+        let (status, op) = self.call(reqwest::Method::POST, path, Some(body)).await;
+        assert_eq!(status, 202, "POST {path}: {op}");
+        self.succeeds(&op).await
+    }
+
+    /// Same, for actions that boot a guest: they take turns with the other tests' boots.
+    async fn boot(&self, path: &str, body: Value) -> Value {
+        let _turn = BOOT.lock().await;
+        self.act(path, body).await
+    }
+
+    /// Creates and boots an instance of the smallest type; returns its id once it is running.
+    async fn create(&self, name: &str, user_data: &str) -> String {
+        let body = json!({"name": name, "instance_type": "standard.micro", "template": "busybox",
+            "user_data": base64(user_data.as_bytes())});
+        let op = self.boot("/v1/instances", body).await;
+        op["target"]["id"].as_str().unwrap().to_string()
+    }
+
+    async fn instance(&self, id: &str) -> Value {
+        self.get(&format!("/v1/instances/{id}")).await
+    }
+
+    async fn console(&self, id: &str) -> String {
+        let response =
+            self.http.get(format!("{}/v1/instances/{id}/console", self.base)).bearer_auth(SECRET).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        response.text().await.unwrap()
+    }
+
+    /// What the console printed after its first `from` bytes, once it shows `needle` (user-data runs after
+    /// the guest reports ready, so its output may come a moment after the operation ended).
+    async fn console_after(&self, id: &str, from: usize, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let new = self.console(id).await.get(from..).unwrap_or_default().to_string();
+            if new.contains(needle) {
+                return new;
+            }
+            assert!(Instant::now() < deadline, "the console never showed {needle:?}; since the action it has:\n{new}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn address(instance: &Value) -> String {
+        instance["ip_addresses"][0].as_str().unwrap_or_else(|| panic!("no address: {instance}")).to_string()
+    }
+
+    /// Pings inside the test's own namespace only: no packet ever leaves it.
+    fn pings(&self, address: &str, attempts: usize) -> bool {
+        (0..attempts).any(|_| {
+            Command::new("ip")
+                .args(["netns", "exec", &self.netns, "ping", "-c", "1", "-W", "1", address])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    }
+
+    /// The taps in the test's namespace (the names are the driver's business; the count is the user's).
+    fn taps(&self) -> Vec<String> {
+        let out = Command::new("ip").args(["-n", &self.netns, "-o", "link", "show"]).output().unwrap();
+        assert!(out.status.success(), "ip -n {} link: {}", self.netns, String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|name| name.split('@').next().unwrap_or(name).to_string())
+            .filter(|name| name.starts_with("tap-"))
+            .collect()
+    }
+
+    /// Deletes an instance and checks that the host forgets it: no process, no tap, no file. `taps_left`:
+    /// the taps of the other instances still running.
+    async fn delete_leaves_nothing(&self, id: &str, taps_left: usize) {
+        let (status, op) = self.call(reqwest::Method::DELETE, &format!("/v1/instances/{id}"), None).await;
+        assert_eq!(status, 202, "{op}");
+        self.succeeds(&op).await;
+        let (status, _) = self.call(reqwest::Method::GET, &format!("/v1/instances/{id}"), None).await;
+        assert_eq!(status, 404, "a deleted instance is gone from the API");
+        assert_eq!(qemu_pids(id), Vec::<i32>::new(), "no qemu after delete");
+        assert_eq!(self.taps().len(), taps_left, "no tap after delete: {:?}", self.taps());
+        assert!(!self.instance_dir(id).exists(), "no files after delete");
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        self.kill_server();
+        let needle = self.data_dir().display().to_string();
+        for pid in qemu_pids(&needle) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !qemu_pids(&needle).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The namespace is this test's alone (never the shared `nimbus`), so no one else's VM lives in it.
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.data_dir().join("server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- last lines of the server log ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// The value of `UD| key=value` in console text (the guest prefixes user-data output with `UD| `).
+fn ud_value(console: &str, key: &str) -> u64 {
+    let prefix = format!("UD| {key}=");
+    console
+        .lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in the console:\n{console}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_is_a_real_vm_from_create_to_delete() {
+    if !can_run_vms("an_instance_is_a_real_vm_from_create_to_delete") {
+        return;
+    }
+    let _vm = VMS.acquire().await.unwrap();
+    let cloud = Cloud::start(1).await;
+    let id = cloud.create("web", "#!/bin/sh\necho \"hello from $(hostname)\"\n").await;
+
+    // The API says running only once the guest said READY; the user-data ran inside the guest.
+    let vm = cloud.instance(&id).await;
+    assert_eq!(vm["state"], "running", "{vm}");
+    let console = cloud.console_after(&id, 0, "USERDATA rc=").await;
+    assert!(console.contains("READY"), "{console}");
+    assert!(console.contains("UD| hello from web"), "{console}");
+    assert!(console.contains("USERDATA rc=0"), "{console}");
+
+    // One QEMU process, sized by the instance type (standard.micro: 1 vCPU, 512 MiB).
+    let args = cmdline(qemu_of(&id));
+    assert!(args.windows(2).any(|w| w == ["-m", "512"]), "{args:?}");
+    assert!(args.windows(2).any(|w| w == ["-smp", "1"]), "{args:?}");
+
+    // The guest has the address the API shows, inside Nimbus's namespace, on its tap.
+    let address = Cloud::address(&vm);
+    assert!(address.starts_with("10.213.101."), "{address}");
+    assert!(console.contains(&format!("NET eth0 {address}/24")), "{console}");
+    assert_eq!(cloud.taps().len(), 1, "one tap for the one VM");
+    assert!(cloud.pings(&address, 10), "{address} does not answer in netns {}", cloud.netns);
+
+    // Figures come from the process itself.
+    let metrics = cloud.get(&format!("/v1/instances/{id}/metrics")).await;
+    assert!(metrics["cpu_time_ns"].as_u64().unwrap() > 0, "{metrics}");
+    assert!(metrics["memory_rss_bytes"].as_u64().unwrap() > 64 << 20, "{metrics}");
+    assert!(metrics["net_rx_bytes"].as_u64().unwrap() > 0, "the guest received our ping: {metrics}");
+
+    // Stop powers the guest off and leaves no process and no tap behind.
+    let before = cloud.console(&id).await.len();
+    cloud.act(&format!("/v1/instances/{id}/stop"), json!({})).await;
+    assert_eq!(cloud.instance(&id).await["state"], "stopped");
+    assert_eq!(qemu_pids(&id), Vec::<i32>::new(), "no qemu after stop");
+    assert_eq!(cloud.taps(), Vec::<String>::new(), "no tap after stop");
+    let shutdown = cloud.console_after(&id, before, "POWEROFF").await;
+    assert!(shutdown.contains("SHUTDOWN requested"), "a graceful ACPI power-down: {shutdown}");
+    assert!(!cloud.pings(&address, 1));
+
+    // Started again, it is the same machine at the same address.
+    let before = cloud.console(&id).await.len();
+    cloud.boot(&format!("/v1/instances/{id}/start"), json!({})).await;
+    assert_eq!(cloud.instance(&id).await["state"], "running");
+    cloud.console_after(&id, before, "UD| hello from web").await;
+    qemu_of(&id);
+    assert!(cloud.pings(&address, 10));
+
+    // Deleting a running instance kills its VM and removes everything the host had for it.
+    cloud.delete_leaves_nothing(&id, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disks_grow_snapshots_revert_and_reset_reinstalls() {
+    if !can_run_vms("disks_grow_snapshots_revert_and_reset_reinstalls") {
+        return;
+    }
+    let _vm = VMS.acquire().await.unwrap();
+    let cloud = Cloud::start(2).await;
+    // At every boot the guest reports its disk and counts its boots on the persistent data disk.
+    let script = "#!/bin/sh
+echo disk_bytes=$(( $(cat /sys/block/vda/size) * 512 ))
+echo fs_kb=$(df -k /mnt/data | awk 'NR==2{print $2}')
+echo boot >> /mnt/data/boots
+sync
+echo boots=$(wc -l < /mnt/data/boots)
+";
+    let id = cloud.create("db", script).await;
+    let vm = cloud.instance(&id).await;
+    let size_gb = vm["disk_size_gb"].as_u64().unwrap();
+    let first = cloud.console_after(&id, 0, "USERDATA rc=").await;
+    assert_eq!(ud_value(&first, "disk_bytes"), size_gb << 30, "{first}");
+    assert_eq!(ud_value(&first, "boots"), 1, "{first}");
+    let first_fs_kb = ud_value(&first, "fs_kb");
+
+    // A stopped instance's disk grows; the guest sees the new size, and its filesystem follows, at next boot.
+    cloud.act(&format!("/v1/instances/{id}/stop"), json!({})).await;
+    let grown = size_gb + 2;
+    cloud.act(&format!("/v1/instances/{id}/resize-disk"), json!({"disk_size_gb": grown})).await;
+    assert_eq!(cloud.instance(&id).await["disk_size_gb"], grown);
+    let (status, refused) = cloud
+        .call(reqwest::Method::POST, &format!("/v1/instances/{id}/resize-disk"), Some(json!({"disk_size_gb": size_gb})))
+        .await;
+    assert!((400..500).contains(&status), "disks never shrink: {status} {refused}");
+
+    // A snapshot of the disk after one boot...
+    let op = cloud.act(&format!("/v1/instances/{id}/create-snapshot"), json!({"name": "after-first-boot"})).await;
+    let snapshot = op["result"]["snapshot_id"].as_str().unwrap().to_string();
+    let snapshots = cloud.get(&format!("/v1/snapshots?instance_id={id}")).await;
+    assert_eq!(snapshots["items"][0]["id"], snapshot.as_str(), "{snapshots}");
+    assert_eq!(snapshots["items"][0]["state"], "ready", "{snapshots}");
+
+    // ...then the second boot changes the disk (and sees the bigger one)...
+    let before = cloud.console(&id).await.len();
+    cloud.boot(&format!("/v1/instances/{id}/start"), json!({})).await;
+    let second = cloud.console_after(&id, before, "USERDATA rc=").await;
+    assert_eq!(ud_value(&second, "disk_bytes"), grown << 30, "{second}");
+    assert!(ud_value(&second, "fs_kb") > first_fs_kb + (1 << 20), "the filesystem grew: {second}");
+    assert_eq!(ud_value(&second, "boots"), 2, "{second}");
+
+    // ...and reverting forgets that change: the third boot is the second one the disk remembers.
+    cloud.act(&format!("/v1/instances/{id}/stop"), json!({})).await;
+    cloud.act(&format!("/v1/instances/{id}/revert-snapshot"), json!({"snapshot_id": snapshot})).await;
+    let before = cloud.console(&id).await.len();
+    cloud.boot(&format!("/v1/instances/{id}/start"), json!({})).await;
+    let third = cloud.console_after(&id, before, "USERDATA rc=").await;
+    assert_eq!(ud_value(&third, "boots"), 2, "the boot after the snapshot is gone: {third}");
+    assert_eq!(ud_value(&third, "disk_bytes"), grown << 30, "a revert never shrinks the disk: {third}");
+
+    // Reset reinstalls the template: a fresh disk that never booted, and the old disk's snapshots are gone.
+    let before = cloud.console(&id).await.len();
+    cloud.boot(&format!("/v1/instances/{id}/reset"), json!({})).await;
+    assert_eq!(cloud.instance(&id).await["state"], "running", "a running instance runs again after reset");
+    let fresh = cloud.console_after(&id, before, "USERDATA rc=").await;
+    assert_eq!(ud_value(&fresh, "boots"), 1, "{fresh}");
+    let snapshots = cloud.get(&format!("/v1/snapshots?instance_id={id}")).await;
+    assert_eq!(snapshots["items"], json!([]), "{snapshots}");
+
+    cloud.delete_leaves_nothing(&id, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_is_restarted_and_adopts_the_running_vms() {
+    if !can_run_vms("a_killed_server_is_restarted_and_adopts_the_running_vms") {
+        return;
+    }
+    let _vms = VMS.acquire_many(2).await.unwrap();
+    let mut cloud = Cloud::start(3).await;
+    // Two instances created within seconds of each other run side by side, each on its own tap and address.
+    let mut vms = Vec::new();
+    for name in ["left", "right"] {
+        let id = cloud.create(name, &format!("#!/bin/sh\necho {name} is up\n")).await;
+        let address = Cloud::address(&cloud.instance(&id).await);
+        let pid = qemu_of(&id);
+        vms.push((id, address, pid, start_time(pid)));
+    }
+    assert_eq!(cloud.taps().len(), 2, "{:?}", cloud.taps());
+    assert_ne!(vms[0].1, vms[1].1);
+    for (_, address, _, _) in &vms {
+        assert!(cloud.pings(address, 10), "{address} does not answer");
+    }
+
+    // kill -9 of the control plane does not touch the VMs: they run in sessions of their own.
+    cloud.kill_server();
+    for (_, address, _, _) in &vms {
+        assert!(cloud.pings(address, 10), "{address} answers while no server runs");
+    }
+
+    // The new server finds the same QEMU processes (same pid, same start time) and shows them running.
+    cloud.start_server().await;
+    for (id, address, pid, started) in &vms {
+        let vm = cloud.instance(id).await;
+        assert_eq!(vm["state"], "running", "{vm}");
+        assert_eq!(qemu_of(id), *pid, "the VM was adopted, not restarted");
+        assert_eq!(start_time(*pid), *started);
+        assert!(cloud.pings(address, 10));
+    }
+    // A reconciler pass later (every 5 s by default), they still run the same processes.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for (id, _, pid, _) in &vms {
+        assert_eq!(cloud.instance(id).await["state"], "running");
+        assert_eq!(qemu_of(id), *pid);
+    }
+    assert!(cloud.console(&vms[0].0).await.contains("UD| left is up"), "the console survived the restart");
+
+    // The new server controls the adopted VMs: stop ends that one process and leaves the other alone.
+    let (left, _, _, _) = &vms[0];
+    let (right, right_address, right_pid, _) = &vms[1];
+    cloud.act(&format!("/v1/instances/{left}/stop"), json!({})).await;
+    assert_eq!(cloud.instance(left).await["state"], "stopped");
+    assert_eq!(qemu_pids(left), Vec::<i32>::new(), "no qemu after stop");
+    assert_eq!(cloud.taps().len(), 1, "only the stopped VM's tap went: {:?}", cloud.taps());
+    assert_eq!(qemu_of(right), *right_pid);
+    assert!(cloud.pings(right_address, 10));
+
+    cloud.delete_leaves_nothing(left, 1).await;
+    cloud.delete_leaves_nothing(right, 0).await;
+}
