@@ -1,5 +1,6 @@
 //! The `nimbus` command line against a real server: the same binary runs `server --driver sim` on a free port.
 
+use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -463,4 +464,32 @@ fn completion_and_help_examples() {
     }
     let help = s.ok(&["instance", "create", "--help"]);
     assert!(help.contains("Example:") && help.contains("nimbus instance create"), "{help}");
+}
+
+#[test]
+fn ctrl_c_while_waiting_leaves_the_operation_running() {
+    let s = Server::start_with(&["--sim-delay", "start=1500"]);
+    let mut child = s
+        .cmd(&["instance", "create", "web", "--type", "standard.small", "--template", "busybox"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Signalled only once it is waiting (its first progress line), so the signal meets the handler.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok);
+    let first = lines.next().unwrap_or_default();
+    assert!(first.contains("create instance"), "{first}");
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: signals our own child, which has not been waited for yet.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let err: Vec<String> = lines.collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{err:?}");
+    let hint = err.iter().find(|l| l.contains("nimbus operation wait")).unwrap_or_else(|| panic!("{err:?}"));
+    let op_id = hint.rsplit(' ').next().unwrap();
+    assert!(is_uuid(op_id), "{hint}");
+    assert_eq!(s.json(&["operation", "wait", op_id])["state"], "success");
+    assert_eq!(s.json(&["instance", "show", "web"])["state"], "running");
 }

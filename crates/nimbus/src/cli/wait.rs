@@ -11,6 +11,9 @@ use super::output::{str_field, Output};
 
 /// Seconds each long poll asks the server to hold; short enough that a lost connection is noticed soon.
 const POLL_SECS: u64 = 20;
+/// A spinner polls more often: the server answers a long poll only at the end, and people like to see
+/// `pending` turn into `running`.
+const SPINNER_POLL_SECS: u64 = 2;
 
 pub fn is_final(state: &str) -> bool {
     matches!(state, "success" | "failure" | "timeout" | "cancelled")
@@ -49,8 +52,8 @@ impl Progress {
                 ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
-            bar.enable_steady_tick(Duration::from_millis(100));
             bar.set_message(describe(op));
+            bar.enable_steady_tick(Duration::from_millis(100));
             Progress::Spinner(bar)
         } else {
             Progress::Lines { last: String::new() }
@@ -103,7 +106,7 @@ pub async fn wait(client: &Client, out: &Output, op: Value, timeout: Option<Dura
         if is_final(&str_field(&current, "state")) {
             break Ok(current);
         }
-        let mut secs = POLL_SECS;
+        let mut secs = if matches!(progress, Progress::Spinner(_)) { SPINNER_POLL_SECS } else { POLL_SECS };
         if let Some(t) = timeout {
             let left = t.saturating_sub(started.elapsed());
             if left.is_zero() {
