@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what Nimbus needs on Debian 12 to build, to boot real VMs and to run its tests: the guest and
+# qemu packages (guest/packages.txt) plus the build tools. Idempotent; run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: run as root (apt-get install, network namespaces)" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+missing=$(for p in $(sed 's/#.*//' guest/packages.txt) build-essential pkg-config curl python3; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || echo "$p"
+done)
+if [ -n "$missing" ]; then
+    sh guest/install-deps.sh
+    apt-get install -y -q --no-install-recommends build-essential pkg-config curl python3
+fi
+if ! command -v cargo >/dev/null; then
+    echo "install-deps: no Rust toolchain found; install one with rustup (https://rustup.rs), Rust 1.80 or newer" >&2
+    exit 1
+fi
