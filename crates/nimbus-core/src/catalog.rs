@@ -60,14 +60,14 @@ pub fn default_instance_types(zone: &str) -> Vec<InstanceType> {
             let name = format!("{family}.{size}");
             let vcpus = vcpus * cpu_mul;
             let hourly =
-                ((vcpus as f64 * price + (mem * mem_mul as u64) as f64 / 1024.0 * 0.005) * 10000.0).round() / 10000.0;
+                ((vcpus as f64 * price + (mem * mem_mul) as f64 / 1024.0 * 0.005) * 10000.0).round() / 10000.0;
             out.push(InstanceType {
                 id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("nimbus.instance-type.{name}").as_bytes()),
                 name,
                 family: family.into(),
                 size: size.into(),
                 vcpus,
-                memory_mib: mem * mem_mul as u64,
+                memory_mib: mem * mem_mul,
                 gpus,
                 default_disk_gb: 10,
                 min_disk_gb: 1,

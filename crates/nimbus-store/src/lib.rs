@@ -65,6 +65,9 @@ impl Record {
 }
 
 /// One write inside a [`WriteSet`].
+// A write set lives for one request and holds a handful of writes; boxing the instance would only add
+// an allocation to every write.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Write {
     /// Inserts the instance when `expected_generation` is `None`, otherwise updates it only if its stored
