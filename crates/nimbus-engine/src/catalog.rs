@@ -142,3 +142,29 @@ impl Engine {
         self.store.apply(set).await.map_err(store_err)
     }
 }
+
+impl Engine {
+    /// The dialect id of a resource (`inst_…` for an instance, say): made by `make` the first time it is
+    /// asked for, stored beside the canonical id, and the same ever after, whichever code path asks.
+    pub async fn alias(&self, kind: &str, id: Uuid, make: impl Fn() -> String) -> Result<String> {
+        for _ in 0..8 {
+            if let Some(existing) = self.store.alias_of(kind, id).await.map_err(store_err)? {
+                return Ok(existing);
+            }
+            let mut set = WriteSet::new();
+            set.push(Write::PutAlias { kind: kind.into(), alias: make(), id });
+            match self.store.apply(set).await {
+                Ok(()) => continue,
+                // Another caller stored one first, or the generated alias was taken: read again.
+                Err(nimbus_store::StoreError::AlreadyExists(_)) => continue,
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+        Err(DomainError::Internal(format!("could not store a {kind} alias for {id}")))
+    }
+
+    /// The canonical id behind a dialect id, if there is one.
+    pub async fn resolve_alias(&self, kind: &str, alias: &str) -> Result<Option<Uuid>> {
+        self.store.resolve_alias(kind, alias).await.map_err(store_err)
+    }
+}
