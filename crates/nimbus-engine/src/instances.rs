@@ -253,7 +253,7 @@ impl Engine {
             security_groups: req.security_groups.clone(),
             anti_affinity_groups: req.anti_affinity_groups.clone(),
             private_networks: vec![],
-            ip_addresses: vec![],
+            ip_addresses: vec![self.reserve_address(id).await?],
             mac_address: Instance::mac_for(id),
             protected: req.protected,
             tpm_enabled: req.tpm_enabled,
@@ -291,9 +291,31 @@ impl Engine {
         set.push(instance_event(&ctx.actor, "instance.created", &instance));
         set.push(operation_event("operation.created", &op));
         set.enforce_quota_of = Some(ctx.project.id);
-        self.store.apply(set).await.map_err(store_err)?;
+        if let Err(e) = self.store.apply(set).await {
+            let mut release = WriteSet::new();
+            release.push(Write::ReleaseAddresses { instance_id: id });
+            if let Err(e) = self.store.apply(release).await {
+                tracing::warn!(instance = %id, error = %e, "could not release the address of a refused create");
+            }
+            return Err(store_err(e));
+        }
         self.enqueue(op.id);
         Ok((op, instance))
+    }
+
+    /// Takes an address of the instance network for a new instance, before anything else is written: a full
+    /// network refuses the create at once instead of failing it later in a worker.
+    async fn reserve_address(&self, id: Uuid) -> Result<String> {
+        let net = crate::network::Network::parse(&self.config.network_cidr)?;
+        let host = self
+            .store
+            .allocate_address(&self.config.network_cidr, net.first_host(), net.last_host(), id)
+            .await
+            .map_err(|e| match e {
+                StoreError::QuotaExceeded(why) => DomainError::Conflict(why),
+                other => store_err(other),
+            })?;
+        Ok(net.address(host))
     }
 
     pub async fn list_instances(&self, ctx: &Context, filter: InstanceFilter) -> Result<Page<Instance>> {

@@ -145,3 +145,28 @@ async fn scaling_past_the_vcpu_quota_is_refused_and_keeps_the_old_type() {
     let i = c.get(&format!("/v1/instances/{id}"), ADMIN).await;
     assert_eq!((i.body["instance_type"].as_str(), i.body["state"].as_str()), (Some("standard.small"), Some("stopped")));
 }
+
+#[tokio::test]
+async fn a_full_instance_network_refuses_the_create_at_once() {
+    let config = nimbus_engine::EngineConfig { network_cidr: "10.213.0.0/29".into(), ..Default::default() };
+    let c = Cloud::with(nimbus_driver::SimConfig::default(), config).await;
+    // A /29 has 8 addresses: network, gateway, broadcast and five for instances.
+    for n in 0..5 {
+        c.instance(ADMIN, &format!("i{n}"), json!({})).await;
+    }
+    let r = c
+        .post(
+            "/v1/instances",
+            ADMIN,
+            json!({"name": "one-too-many", "instance_type": "standard.micro", "template": "busybox"}),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "conflict"), "{}", r.text);
+    assert!(r.message().contains("no free address"), "{}", r.text);
+    assert_eq!(c.get("/v1/instances", ADMIN).await.body["items"].as_array().unwrap().len(), 5);
+    // Deleting one frees its address for the next create.
+    let first = c.get("/v1/instances?name=i0", ADMIN).await.body["items"][0]["id"].as_str().unwrap().to_string();
+    let del = c.call(Method::DELETE, &format!("/v1/instances/{first}"), ADMIN, None).await;
+    c.wait(&del.id(), ADMIN).await;
+    c.instance(ADMIN, "fits-now", json!({})).await;
+}
