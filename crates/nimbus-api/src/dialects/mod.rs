@@ -6,6 +6,8 @@ use axum::Router;
 
 use crate::AppState;
 
+pub mod sfcompute;
+
 pub fn router(_state: AppState) -> Router<AppState> {
-    Router::new()
+    Router::new().merge(sfcompute::router(_state.clone()))
 }

@@ -1,0 +1,125 @@
+//! SF Compute ids (`inst_…`, `wksp_…`, `image_…`, ...): stable aliases of Nimbus's ids, made once by the
+//! engine and stored, and the lookups that turn them (or resource paths) back into Nimbus resources.
+
+use nimbus_core::instance::Instance;
+use nimbus_engine::{Context, Engine, InstanceFilter};
+use uuid::Uuid;
+
+use super::errors::{SfError, SfResult};
+
+/// Alias kinds in the engine's alias table, one per SF resource type.
+pub const INSTANCE: &str = "sfc.instance";
+pub const WORKSPACE: &str = "sfc.workspace";
+pub const CAPACITY: &str = "sfc.capacity";
+pub const POOL: &str = "sfc.pool";
+pub const IMAGE: &str = "sfc.image";
+pub const INSTANCE_SKU: &str = "sfc.instance_sku";
+
+/// The prefix SF puts on ids of each kind.
+pub fn prefix(kind: &str) -> &'static str {
+    match kind {
+        INSTANCE => "inst_",
+        WORKSPACE => "wksp_",
+        CAPACITY => "cap_",
+        POOL => "pool_",
+        IMAGE => "image_",
+        INSTANCE_SKU => "isku_",
+        _ => "",
+    }
+}
+
+/// Legacy prefixes SF accepts on read but never emits, and the current prefix each stands for.
+const LEGACY: &[(&str, &str)] = &[("vm_", "inst_"), ("vmi_", "image_"), ("clus_", "isku_")];
+
+/// nanoid's URL-safe alphabet: 64 symbols, so 6 random bits pick one without bias.
+const ALPHABET: &[u8; 64] = b"useandom-26T198340PX75pxJACKVERYMINDBUSHWOLF_GQZbfghjklqvwyzrict";
+
+/// 21 random nanoid characters, as SF generates them (v4 UUIDs are the randomness at hand here).
+pub fn nanoid() -> String {
+    let mut bytes = Vec::with_capacity(32);
+    while bytes.len() < 21 {
+        let u = Uuid::new_v4();
+        // Bytes 6 and 8 carry the UUID version and variant bits, which are not random.
+        bytes.extend(u.as_bytes().iter().enumerate().filter(|(i, _)| *i != 6 && *i != 8).map(|(_, b)| *b));
+    }
+    bytes.iter().take(21).map(|b| ALPHABET[(b & 63) as usize] as char).collect()
+}
+
+/// A fresh id of the kind (`inst_…`), for the engine to store the first time it is asked.
+pub fn generate(kind: &str) -> String {
+    format!("{}{}", prefix(kind), nanoid())
+}
+
+/// The stored SF id of a Nimbus resource, made on first use.
+pub async fn alias_of(engine: &Engine, kind: &str, id: Uuid) -> SfResult<String> {
+    Ok(engine.alias(kind, id, || generate(kind)).await?)
+}
+
+/// Zones have names, not UUIDs; this derives one per zone so that capacity and pool ids can be aliased like
+/// everything else.
+pub fn zone_uuid(zone: &str) -> Uuid {
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("nimbus.zone.{zone}").as_bytes())
+}
+
+/// Whether `s` has the shape of an SF id: `<prefix>_[0-9a-zA-Z_-]{1,21}`.
+fn well_formed(s: &str, prefix: &str) -> bool {
+    s.strip_prefix(prefix).is_some_and(|rest| {
+        !rest.is_empty()
+            && rest.len() <= 21
+            && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    })
+}
+
+/// The Nimbus id behind an SF id of `kind`, also under its legacy prefix. `None` when it names nothing.
+pub async fn resolve(engine: &Engine, kind: &str, given: &str) -> SfResult<Option<Uuid>> {
+    let wanted = prefix(kind);
+    let current = LEGACY
+        .iter()
+        .find(|(old, new)| *new == wanted && given.starts_with(old))
+        .map(|(old, new)| format!("{new}{}", &given[old.len()..]))
+        .unwrap_or_else(|| given.to_string());
+    if !well_formed(&current, wanted) {
+        return Ok(None);
+    }
+    Ok(engine.resolve_alias(kind, &current).await?)
+}
+
+/// The caller's instance named by an SF id (`inst_…`, legacy `vm_…`) or a resource path
+/// (`sfc:instance:<account>:<workspace>:<name>`); anything else, and another project's instance, is 404.
+pub async fn instance(engine: &Engine, ctx: &Context, given: &str) -> SfResult<Instance> {
+    let missing = || SfError::not_found(format!("instance {given} not found"));
+    if let Some(path) = given.strip_prefix("sfc:instance:") {
+        let parts: Vec<&str> = path.split(':').collect();
+        let [account, workspace, name] = parts[..] else { return Err(missing()) };
+        let who = engine.whoami(ctx).await?;
+        if account != who.organization.name || workspace != who.project.name {
+            return Err(missing());
+        }
+        let page = engine
+            .list_instances(ctx, InstanceFilter { name: Some(name.to_string()), limit: Some(1), ..Default::default() })
+            .await?;
+        return page.items.into_iter().next().ok_or_else(missing);
+    }
+    let id = resolve(engine, INSTANCE, given).await?.ok_or_else(missing)?;
+    match engine.instance(ctx, id).await {
+        Err(nimbus_core::DomainError::NotFound { .. }) => Err(missing()),
+        other => Ok(other?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_have_the_documented_shape() {
+        for _ in 0..100 {
+            let id = generate(INSTANCE);
+            assert_eq!(id.len(), 5 + 21, "{id}");
+            assert!(well_formed(&id, "inst_"), "{id}");
+        }
+        assert!(!well_formed("inst_", "inst_"));
+        assert!(!well_formed("inst_a/b", "inst_"));
+        assert!(!well_formed("isku_abc", "inst_"));
+    }
+}
