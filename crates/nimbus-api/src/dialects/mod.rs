@@ -6,8 +6,9 @@ use axum::Router;
 
 use crate::AppState;
 
+pub mod onet;
 pub mod sfcompute;
 
 pub fn router(_state: AppState) -> Router<AppState> {
-    Router::new().merge(sfcompute::router(_state.clone()))
+    Router::new().merge(sfcompute::router(_state.clone())).merge(onet::router(_state.clone()))
 }

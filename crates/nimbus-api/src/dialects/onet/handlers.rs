@@ -1,0 +1,624 @@
+//! ONET's compute instance endpoints: list, retrieve, create, replace (PUT) and partial update (PATCH) of
+//! the modifiable properties, resize, delete, and the task of background work. Each one authenticates,
+//! checks the path's tenancy, translates the request into engine calls and renders ONET's objects.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use nimbus_core::catalog::{InstanceType, Template, Zone};
+use nimbus_core::instance::{Instance, InstanceState};
+use nimbus_core::labels::Labels;
+use nimbus_core::operation::OperationState;
+use nimbus_core::state_machine::Action;
+use nimbus_core::DomainError;
+use nimbus_engine::{ActionRequest, Context, CreateInstance, InstanceFilter, InstancePatch};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::errors::{FieldErrors, OnetError, OnetResult};
+use super::views::{self, BILLING_CYCLES, DEFAULT_BILLING_CYCLE, EXT, LEGACY_ID};
+use crate::auth::{actor_of, credential};
+use crate::AppState;
+
+/// DRF's page size when the client names none, and the largest it may ask for.
+const DEFAULT_PAGE_SIZE: usize = 20;
+const MAX_PAGE_SIZE: usize = 100;
+const MAX_NAME: usize = 255;
+const MAX_HOSTNAME: usize = 255;
+const MAX_OS_NAME: usize = 100;
+
+/// A caller authenticated by `Authorization: Bearer <secret>`.
+pub struct OnetCaller(pub Context);
+
+impl FromRequestParts<AppState> for OnetCaller {
+    type Rejection = OnetError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let secret = credential(&parts.headers, "Bearer").ok_or_else(OnetError::missing_credentials)?;
+        match state.engine.authenticate_secret(secret, actor_of(parts)).await {
+            Ok(ctx) => Ok(OnetCaller(ctx)),
+            Err(DomainError::Unauthenticated(_)) => Err(OnetError::invalid_token()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The path's organization and project must be the key's: any other looks like nothing at all.
+fn tenancy(ctx: &Context, organization_id: &str, project_id: &str) -> OnetResult<()> {
+    let same = |given: &str, actual: Uuid| Uuid::parse_str(given).is_ok_and(|g| g == actual);
+    if same(organization_id, ctx.project.organization_id) && same(project_id, ctx.project.id) {
+        Ok(())
+    } else {
+        Err(OnetError::not_found())
+    }
+}
+
+fn instance_id(id: &str) -> OnetResult<Uuid> {
+    Uuid::parse_str(id).map_err(|_| OnetError::no_instance())
+}
+
+/// What rendering needs from the catalog, read once per request.
+struct Renderer {
+    organization_id: Uuid,
+    zone: Zone,
+    cidr: String,
+    types: Vec<InstanceType>,
+    templates: Vec<Template>,
+    driver: &'static str,
+}
+
+impl Renderer {
+    async fn new(app: &AppState, ctx: &Context) -> OnetResult<Renderer> {
+        Ok(Renderer {
+            organization_id: ctx.project.organization_id,
+            zone: app.engine.zone().await?,
+            cidr: app.engine.config().network_cidr.clone(),
+            types: app.engine.list_instance_types().await?,
+            templates: app.engine.list_templates(ctx).await?,
+            driver: app.engine.driver_name(),
+        })
+    }
+
+    async fn render(&self, app: &AppState, ctx: &Context, i: &Instance) -> OnetResult<Value> {
+        let legacy = app.engine.alias(LEGACY_ID, i.id, new_legacy_id).await?;
+        // Figures are best effort: an instance the host does not run (yet) simply has none.
+        let metrics = if i.host.is_some() || i.state != InstanceState::Creating {
+            app.engine.instance_metrics(ctx, i.id).await.ok()
+        } else {
+            None
+        };
+        let uptime_secs = uptime(app, ctx, i).await?;
+        let c = views::Context {
+            organization_id: self.organization_id,
+            zone: &self.zone,
+            network_cidr: &self.cidr,
+            size: self.types.iter().find(|t| t.name == i.instance_type),
+            template: self.templates.iter().find(|t| t.id == i.template_id),
+            legacy_id: legacy.parse().unwrap_or(0),
+            metrics,
+            uptime_secs,
+            driver: self.driver,
+            now: nimbus_core::now(),
+        };
+        Ok(views::instance(i, &c))
+    }
+}
+
+/// A fresh positive int32 for `legacy_id`; the engine stores it once and retries on a collision.
+fn new_legacy_id() -> String {
+    let b = Uuid::new_v4();
+    let n = u32::from_le_bytes([b.as_bytes()[0], b.as_bytes()[1], b.as_bytes()[2], b.as_bytes()[3]]) & 0x7fff_ffff;
+    n.max(1).to_string()
+}
+
+/// Seconds since the running instance last (re)booted: the end of its latest successful boot operation.
+/// The driver reports no uptime, so the operation history is the record of it.
+async fn uptime(app: &AppState, ctx: &Context, i: &Instance) -> OnetResult<i64> {
+    if i.state != InstanceState::Running {
+        return Ok(0);
+    }
+    let mut booted = None;
+    let mut token = None;
+    loop {
+        let page = app.engine.list_operations(ctx, Some(i.id), 1000, token.as_deref()).await?;
+        for op in &page.items {
+            let boots = matches!(op.kind, Action::Create | Action::Start | Action::Reboot | Action::Reset);
+            if boots && op.state == OperationState::Success {
+                booted = Some(op.updated_at);
+            }
+        }
+        match page.next_page_token {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    Ok(booted.map(|t| (nimbus_core::now() - t).whole_seconds().max(0)).unwrap_or(0))
+}
+
+/// Every instance of the project, oldest first (the engine pages by id, which is time-ordered).
+async fn all_instances(app: &AppState, ctx: &Context) -> OnetResult<Vec<Instance>> {
+    let mut all = Vec::new();
+    let mut page_token = None;
+    loop {
+        let page = app
+            .engine
+            .list_instances(ctx, InstanceFilter { limit: Some(1000), page_token, ..Default::default() })
+            .await?;
+        all.extend(page.items);
+        match page.next_page_token {
+            Some(t) => page_token = Some(t),
+            None => return Ok(all),
+        }
+    }
+}
+
+/// DRF's absolute URL of another page: the request's URL with `page` replaced (dropped for page 1).
+fn page_url(headers: &HeaderMap, uri: &Uri, page: usize) -> String {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let scheme = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or("http");
+    let mut query: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .filter(|(k, _)| k != "page")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if page > 1 {
+        query.push(("page".into(), page.to_string()));
+    }
+    let mut url = format!("{scheme}://{host}{}", uri.path());
+    if !query.is_empty() {
+        url.push('?');
+        url.push_str(&form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish());
+    }
+    url
+}
+
+pub async fn list(
+    State(app): State<AppState>,
+    OnetCaller(ctx): OnetCaller,
+    Path((org, project)): Path<(String, String)>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> OnetResult<Json<Value>> {
+    tenancy(&ctx, &org, &project)?;
+    let params: BTreeMap<String, String> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    // DRF falls back to the default page size on a bad one and clamps a large one.
+    let page_size = params
+        .get("page_size")
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .map_or(DEFAULT_PAGE_SIZE, |n| n.min(MAX_PAGE_SIZE));
+    let all = all_instances(&app, &ctx).await?;
+    let pages = all.len().div_ceil(page_size).max(1);
+    let invalid_page = || OnetError::detail(StatusCode::NOT_FOUND, "Invalid page.");
+    let page = match params.get("page").map(String::as_str) {
+        None => 1,
+        Some("last") => pages,
+        Some(s) => s.parse::<usize>().ok().filter(|&p| p >= 1).ok_or_else(invalid_page)?,
+    };
+    if page > pages {
+        return Err(invalid_page());
+    }
+    let renderer = Renderer::new(&app, &ctx).await?;
+    let mut results = Vec::new();
+    for i in all.iter().skip((page - 1) * page_size).take(page_size) {
+        results.push(renderer.render(&app, &ctx, i).await?);
+    }
+    Ok(Json(json!({
+        "count": all.len(),
+        "next": (page < pages).then(|| page_url(&headers, &uri, page + 1)),
+        "previous": (page > 1).then(|| page_url(&headers, &uri, page - 1)),
+        "results": results,
+    })))
+}
+
+pub async fn get(
+    State(app): State<AppState>,
+    OnetCaller(ctx): OnetCaller,
+    Path((org, project, id)): Path<(String, String, String)>,
+) -> OnetResult<Json<Value>> {
+    tenancy(&ctx, &org, &project)?;
+    let instance = app.engine.instance(&ctx, instance_id(&id)?).await?;
+    let renderer = Renderer::new(&app, &ctx).await?;
+    Ok(Json(renderer.render(&app, &ctx, &instance).await?))
+}
+
+/// A request body's fields as ONET names them, each validated the way DRF's serializer does.
+#[derive(Debug, Default)]
+struct Input {
+    name: Option<String>,
+    hostname: Option<String>,
+    os_name: Option<String>,
+    description: Option<String>,
+    size_id: Option<Uuid>,
+    location_id: Option<Uuid>,
+    image_id: Option<Uuid>,
+    /// `Some(None)`: sent as null.
+    vpc_id: Option<Option<Uuid>>,
+    billing_cycle: Option<String>,
+    tags: Option<Labels>,
+}
+
+/// Reads the JSON body the way DRF's parser does: 415 for another media type, 400 for malformed JSON or a
+/// body that is not an object.
+fn body_object(headers: &HeaderMap, body: &Bytes) -> OnetResult<Map<String, Value>> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        if !ct.starts_with("application/json") && !ct.contains("+json") {
+            return Err(OnetError::detail(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Unsupported media type \"{ct}\" in request."),
+            ));
+        }
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| OnetError::detail(StatusCode::BAD_REQUEST, format!("JSON parse error - {e}")))?;
+    match value {
+        Value::Object(map) => Ok(map),
+        other => Err(OnetError {
+            status: StatusCode::BAD_REQUEST,
+            body: json!({"non_field_errors": [format!(
+                "Invalid data. Expected a dictionary, but got {}.",
+                match other { Value::Array(_) => "list", Value::String(_) => "str", Value::Bool(_) => "bool",
+                    Value::Number(_) => "int", _ => "NoneType" }
+            )]}),
+        }),
+    }
+}
+
+fn string_field(map: &Map<String, Value>, key: &str, max: usize, errors: &mut FieldErrors) -> Option<String> {
+    match map.get(key)? {
+        Value::Null => errors.add(key, "This field may not be null."),
+        Value::String(s) if s.trim().is_empty() => errors.add(key, "This field may not be blank."),
+        Value::String(s) if s.chars().count() > max => {
+            errors.add(key, format!("Ensure this field has no more than {max} characters."))
+        }
+        Value::String(s) => return Some(s.clone()),
+        _ => errors.add(key, "Not a valid string."),
+    }
+    None
+}
+
+fn uuid_field(map: &Map<String, Value>, key: &str, errors: &mut FieldErrors) -> Option<Option<Uuid>> {
+    match map.get(key)? {
+        Value::Null => Some(None),
+        Value::String(s) => match Uuid::parse_str(s) {
+            Ok(u) => Some(Some(u)),
+            Err(_) => {
+                errors.add(key, "Must be a valid UUID.");
+                None
+            }
+        },
+        _ => {
+            errors.add(key, "Must be a valid UUID.");
+            None
+        }
+    }
+}
+
+fn parse_input(map: &Map<String, Value>) -> (Input, FieldErrors) {
+    let mut e = FieldErrors::default();
+    let mut input = Input {
+        name: string_field(map, "name", MAX_NAME, &mut e),
+        hostname: string_field(map, "hostname", MAX_HOSTNAME, &mut e),
+        os_name: string_field(map, "os_name", MAX_OS_NAME, &mut e),
+        description: match map.get("description") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Null) | None => None,
+            Some(_) => {
+                e.add("description", "Not a valid string.");
+                None
+            }
+        },
+        vpc_id: uuid_field(map, "vpc_id", &mut e),
+        ..Default::default()
+    };
+    // Hardware relations are required to be non-null when sent.
+    for (key, slot) in
+        [("size_id", &mut input.size_id), ("location_id", &mut input.location_id), ("image_id", &mut input.image_id)]
+    {
+        match uuid_field(map, key, &mut e) {
+            Some(Some(u)) => *slot = Some(u),
+            Some(None) => e.add(key, "This field may not be null."),
+            None => {}
+        }
+    }
+    if let Some(v) = map.get("billing_cycle") {
+        let given = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if BILLING_CYCLES.contains(&given.as_str()) {
+            input.billing_cycle = Some(given);
+        } else {
+            e.add("billing_cycle", format!("\"{given}\" is not a valid choice."));
+        }
+    }
+    if let Some(v) = map.get("tags") {
+        match v {
+            Value::Null => input.tags = Some(Labels::new()),
+            Value::Object(obj) => {
+                let mut tags = Labels::new();
+                for (k, v) in obj {
+                    match v {
+                        Value::String(s) => {
+                            tags.insert(k.clone(), s.clone());
+                        }
+                        _ => e.add("tags", format!("The value of tag \"{k}\" must be a string.")),
+                    }
+                }
+                input.tags = Some(tags);
+            }
+            _ => e.add("tags", "Tags must be an object of string values."),
+        }
+    }
+    (input, e)
+}
+
+fn does_not_exist(id: Uuid) -> String {
+    format!("Invalid pk \"{id}\" - object does not exist.")
+}
+
+/// The instance's ONET extension map with `input`'s billing cycle and OS name applied.
+fn extension(current: Option<&Value>, input: &Input) -> Value {
+    let mut ext = current.and_then(Value::as_object).cloned().unwrap_or_default();
+    if let Some(cycle) = &input.billing_cycle {
+        ext.insert("billing_cycle".into(), json!(cycle));
+    }
+    if let Some(os) = &input.os_name {
+        ext.insert("os_name".into(), json!(os));
+    }
+    Value::Object(ext)
+}
+
+pub async fn create(
+    State(app): State<AppState>,
+    OnetCaller(ctx): OnetCaller,
+    Path((org, project)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> OnetResult<Response> {
+    tenancy(&ctx, &org, &project)?;
+    let map = body_object(&headers, &body)?;
+    let (mut input, mut errors) = parse_input(&map);
+    for key in ["name", "size_id", "image_id"] {
+        if !map.contains_key(key) {
+            errors.add(key, "This field is required.");
+        }
+    }
+    let renderer = Renderer::new(&app, &ctx).await?;
+    let size = input.size_id.and_then(|id| {
+        let found = renderer.types.iter().find(|t| t.id == id);
+        if found.is_none() {
+            errors.add("size_id", does_not_exist(id));
+        }
+        found
+    });
+    let image = match input.image_id {
+        Some(id) => match app.engine.template(&ctx, &id.to_string()).await {
+            Ok(t) => Some(t),
+            Err(_) => {
+                errors.add("image_id", does_not_exist(id));
+                None
+            }
+        },
+        None => None,
+    };
+    // One location and one VPC exist: naming them is allowed, naming another is naming nothing.
+    if let Some(id) = input.location_id.filter(|&id| id != views::location_id(&renderer.zone)) {
+        errors.add("location_id", does_not_exist(id));
+    }
+    if let Some(Some(id)) = input.vpc_id.filter(|v| *v != Some(views::vpc_id(&renderer.zone))) {
+        errors.add("vpc_id", does_not_exist(id));
+    }
+    errors.check()?;
+    let (Some(size), Some(image), Some(name)) = (size, image, input.name.take()) else {
+        unreachable!("required fields were checked");
+    };
+    input.billing_cycle.get_or_insert_with(|| DEFAULT_BILLING_CYCLE.to_string());
+    let mut extensions = BTreeMap::new();
+    extensions.insert(EXT.to_string(), extension(None, &input));
+    let (_, instance) = app
+        .engine
+        .create_instance(
+            &ctx,
+            CreateInstance {
+                name,
+                hostname: input.hostname.clone(),
+                description: input.description.clone().unwrap_or_default(),
+                instance_type: size.name.clone(),
+                template: image.id.to_string(),
+                labels: input.tags.clone().unwrap_or_default(),
+                auto_start: true,
+                extensions,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let view = renderer.render(&app, &ctx, &instance).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+pub async fn replace(
+    State(app): State<AppState>,
+    OnetCaller(ctx): OnetCaller,
+    Path((org, project, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> OnetResult<Json<Value>> {
+    update(app, ctx, org, project, id, headers, body).await
+}
+
+/// PATCH is DRF's partial update of the same fields; PUT here already leaves absent fields as they are.
+pub async fn patch(
+    State(app): State<AppState>,
+    OnetCaller(ctx): OnetCaller,
+    Path((org, project, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> OnetResult<Json<Value>> {
+    update(app, ctx, org, project, id, headers, body).await
+}
+
+/// The merge patch that turns `current` labels into exactly `wanted`.
+fn labels_patch(current: &Labels, wanted: &Labels) -> Value {
+    let mut patch = Map::new();
+    for k in current.keys().filter(|k| !wanted.contains_key(*k)) {
+        patch.insert(k.clone(), Value::Null);
+    }
+    for (k, v) in wanted {
+        patch.insert(k.clone(), json!(v));
+    }
+    Value::Object(patch)
+}
+
+async fn update(
+    app: AppState,
+    ctx: Context,
+    org: String,
+    project: String,
+    id: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> OnetResult<Json<Value>> {
+    tenancy(&ctx, &org, &project)?;
+    let id = instance_id(&id)?;
+    let map = body_object(&headers, &body)?;
+    let renderer = Renderer::new(&app, &ctx).await?;
+    // The patch is planned on a read and applied only if the instance is still at that version, so a
+    // concurrent writer's change to the extension map or tags is never overwritten: re-plan instead.
+    for _ in 0..16 {
+        let current = app.engine.instance(&ctx, id).await?;
+        let (input, mut errors) = parse_input(&map);
+        // Clients echo the object back: the same hardware is fine, another is refused, never applied.
+        let resize = "Hardware configuration changes require the resize endpoint (POST .../resize).";
+        let current_size = renderer.types.iter().find(|t| t.name == current.instance_type).map(|t| t.id);
+        if input.size_id.is_some_and(|s| Some(s) != current_size) {
+            errors.add("size_id", resize);
+        }
+        if input.image_id.is_some_and(|i| i != current.template_id) {
+            errors.add("image_id", "The image cannot be changed here; reinstalling is a separate operation.");
+        }
+        if input.location_id.is_some_and(|l| l != views::location_id(&renderer.zone)) {
+            errors.add("location_id", "An instance cannot move to another location.");
+        }
+        if input.vpc_id.is_some_and(|v| v != Some(views::vpc_id(&renderer.zone))) {
+            errors.add("vpc_id", "An instance cannot move to another VPC.");
+        }
+        if input.hostname.as_ref().is_some_and(|h| *h != current.hostname) {
+            // The engine has no hostname update yet; refusing beats pretending.
+            errors.add("hostname", "Changing the hostname of an existing instance is not supported yet.");
+        }
+        errors.check()?;
+        let mut patch = InstancePatch {
+            name: input.name.clone().filter(|n| *n != current.name),
+            description: input.description.clone().filter(|d| *d != current.description),
+            labels: input.tags.as_ref().filter(|t| **t != current.labels).map(|t| labels_patch(&current.labels, t)),
+            ..Default::default()
+        };
+        if input.billing_cycle.is_some() || input.os_name.is_some() {
+            let ext = extension(current.extensions.get(EXT), &input);
+            if current.extensions.get(EXT) != Some(&ext) {
+                patch.extensions.insert(EXT.to_string(), ext);
+            }
+        }
+        let nothing = patch.name.is_none()
+            && patch.description.is_none()
+            && patch.labels.is_none()
+            && patch.extensions.is_empty();
+        let updated = if nothing {
+            current
+        } else {
+            match app.engine.update_instance(&ctx, id, patch, Some(current.generation)).await {
+                Ok(i) => i,
+                Err(DomainError::PreconditionFailed { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        return Ok(Json(renderer.render(&app, &ctx, &updated).await?));
+    }
+    Err(DomainError::Conflict(format!("instance {id} changed concurrently; retry")).into())
+}
+
+pub async fn resize(
+    State(app): State<AppState>,
+    OnetCaller(ctx): OnetCaller,
+    Path((org, project, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> OnetResult<Response> {
+    tenancy(&ctx, &org, &project)?;
+    let id = instance_id(&id)?;
+    let map = body_object(&headers, &body)?;
+    let instance = app.engine.instance(&ctx, id).await?;
+    let mut errors = FieldErrors::default();
+    let size_id = match uuid_field(&map, "size_id", &mut errors) {
+        Some(Some(u)) => Some(u),
+        Some(None) => {
+            errors.add("size_id", "This field may not be null.");
+            None
+        }
+        None if !map.contains_key("size_id") => {
+            errors.add("size_id", "This field is required.");
+            None
+        }
+        None => None,
+    };
+    errors.check()?;
+    let size_id = size_id.expect("checked");
+    let types = app.engine.list_instance_types().await?;
+    let size =
+        types.iter().find(|t| t.id == size_id).ok_or_else(|| OnetError::field("size_id", does_not_exist(size_id)))?;
+    let op = app.engine.act(&ctx, id, ActionRequest::Scale { instance_type: size.name.clone() }).await.map_err(
+        |e| match e {
+            // The engine's refusals of the target size (another family, the same size) are about size_id.
+            DomainError::Conflict(m) if !m.contains("concurrently") => OnetError::field("size_id", m),
+            DomainError::InvalidState { state, .. } => OnetError::detail(
+                StatusCode::BAD_REQUEST,
+                format!("The instance must be stopped to be resized; it is {state}."),
+            ),
+            other => other.into(),
+        },
+    )?;
+    let task = views::task(&op, Some(&instance.name), app.engine.config().max_attempts);
+    Ok((StatusCode::ACCEPTED, Json(task)).into_response())
+}
+
+pub async fn delete(
+    State(app): State<AppState>,
+    OnetCaller(ctx): OnetCaller,
+    Path((org, project, id)): Path<(String, String, String)>,
+) -> OnetResult<StatusCode> {
+    tenancy(&ctx, &org, &project)?;
+    app.engine.act(&ctx, instance_id(&id)?, ActionRequest::Delete).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn task(
+    State(app): State<AppState>,
+    OnetCaller(ctx): OnetCaller,
+    Path((org, project, id)): Path<(String, String, String)>,
+    uri: Uri,
+) -> OnetResult<Json<Value>> {
+    tenancy(&ctx, &org, &project)?;
+    let id = Uuid::parse_str(&id).map_err(|_| OnetError::not_found())?;
+    // `?wait=SECONDS` blocks until the task ends, as the native operations do.
+    let wait = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "wait")
+        .and_then(|(_, v)| v.parse::<u64>().ok());
+    let op = match wait {
+        Some(secs) => app.engine.wait_operation(&ctx, id, Duration::from_secs(secs)).await?,
+        None => app.engine.operation(&ctx, id).await?,
+    };
+    let name = app.engine.instance(&ctx, op.target.id).await.ok().map(|i| i.name);
+    Ok(Json(views::task(&op, name.as_deref(), app.engine.config().max_attempts)))
+}

@@ -1,0 +1,40 @@
+//! The ONET Solutions dialect (seed 002): compute instances under
+//! `/v1/organizations/{organization_id}/projects/{project_id}/compute/...`, Bearer auth, DRF-shaped errors.
+//! Notes: `shared/dialects/onet.md`.
+
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::AppState;
+
+pub mod errors;
+pub mod handlers;
+pub mod views;
+
+const BASE: &str = "/v1/organizations/{organization_id}/projects/{project_id}/compute";
+
+pub fn router(_state: AppState) -> Router<AppState> {
+    let mut router = Router::new();
+    // ONET documents its paths without a trailing slash; DRF clients often send one. Both are served.
+    for slash in ["", "/"] {
+        router = router
+            .route(
+                &format!("{BASE}/instances{slash}"),
+                get(handlers::list).post(handlers::create).fallback(errors::method_not_allowed),
+            )
+            .route(
+                &format!("{BASE}/instances/{{id}}{slash}"),
+                get(handlers::get)
+                    .put(handlers::replace)
+                    .patch(handlers::patch)
+                    .delete(handlers::delete)
+                    .fallback(errors::method_not_allowed),
+            )
+            .route(
+                &format!("{BASE}/instances/{{id}}/resize{slash}"),
+                post(handlers::resize).fallback(errors::method_not_allowed),
+            )
+            .route(&format!("{BASE}/tasks/{{id}}{slash}"), get(handlers::task).fallback(errors::method_not_allowed));
+    }
+    router
+}
