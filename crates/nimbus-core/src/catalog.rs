@@ -59,8 +59,7 @@ pub fn default_instance_types(zone: &str) -> Vec<InstanceType> {
             }
             let name = format!("{family}.{size}");
             let vcpus = vcpus * cpu_mul;
-            let hourly =
-                ((vcpus as f64 * price + (mem * mem_mul) as f64 / 1024.0 * 0.005) * 10000.0).round() / 10000.0;
+            let hourly = ((vcpus as f64 * price + (mem * mem_mul) as f64 / 1024.0 * 0.005) * 10000.0).round() / 10000.0;
             out.push(InstanceType {
                 id: Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("nimbus.instance-type.{name}").as_bytes()),
                 name,

@@ -136,10 +136,13 @@ impl Instance {
     }
 }
 
-/// Validates an instance name: a DNS label-ish name that every dialect can carry.
+/// Longest name any dialect allows (Exoscale, ONET, SF Compute: 255).
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Validates a resource name: letters, digits, '-', '.', '_', starting with a letter or digit.
 pub fn validate_name(field: &str, name: &str) -> crate::Result<()> {
-    if name.is_empty() || name.len() > 63 {
-        return Err(crate::DomainError::invalid(field, "must be 1 to 63 characters long"));
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(crate::DomainError::invalid(field, format!("must be 1 to {MAX_NAME_LEN} characters long")));
     }
     let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
     let first = name.chars().next().unwrap();
@@ -150,6 +153,47 @@ pub fn validate_name(field: &str, name: &str) -> crate::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Validates a hostname (RFC 1123): dot-separated labels of letters, digits and '-', each 1 to 63 long and
+/// not starting or ending with '-', 253 characters at most.
+pub fn validate_hostname(field: &str, hostname: &str) -> crate::Result<()> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if hostname.len() <= 253 && hostname.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(crate::DomainError::invalid(
+            field,
+            format!("{hostname:?} is not a valid hostname: dot-separated labels of letters, digits and '-'"),
+        ))
+    }
+}
+
+/// The hostname an instance gets when none is given: its name made into a valid hostname.
+pub fn hostname_from_name(name: &str) -> String {
+    let mapped: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c.to_ascii_lowercase() } else { '-' })
+        .collect();
+    let labels: Vec<String> = mapped
+        .split('.')
+        .map(|l| l.chars().take(63).collect::<String>().trim_matches('-').to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut host = labels.join(".");
+    host.truncate(253);
+    let host = host.trim_end_matches(['.', '-']).to_string();
+    if host.is_empty() {
+        "instance".into()
+    } else {
+        host
+    }
 }
 
 /// The largest user-data Nimbus accepts, decoded (Exoscale's documented limit).
@@ -165,7 +209,16 @@ mod tests {
         assert!(validate_name("name", "").is_err());
         assert!(validate_name("name", "-web").is_err());
         assert!(validate_name("name", "a b").is_err());
-        assert!(validate_name("name", &"a".repeat(64)).is_err());
+        assert!(validate_name("name", &"a".repeat(255)).is_ok());
+        assert!(validate_name("name", &"a".repeat(256)).is_err());
+        assert!(validate_hostname("hostname", "web-1").is_ok());
+        assert!(validate_hostname("hostname", "web_1").is_err());
+        assert!(validate_hostname("hostname", &"a".repeat(64)).is_err());
+        assert!(validate_hostname("hostname", "web-1.example.com").is_ok());
+        assert!(validate_hostname("hostname", "web..com").is_err());
+        assert_eq!(hostname_from_name("Web_1.prod"), "web-1.prod");
+        assert_eq!(hostname_from_name(&"x".repeat(300)).len(), 63);
+        assert_eq!(hostname_from_name("__"), "instance");
     }
 
     #[test]

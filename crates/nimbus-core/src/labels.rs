@@ -58,6 +58,27 @@ pub fn merge_patch(field: &str, labels: &mut Labels, patch: &serde_json::Value) 
     validate_labels(field, labels)
 }
 
+/// Applies a JSON merge patch (RFC 7386) to any JSON value: objects merge key by key, `null` removes a key,
+/// anything else replaces.
+pub fn json_merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    match patch {
+        serde_json::Value::Object(p) => {
+            if !target.is_object() {
+                *target = serde_json::Value::Object(Default::default());
+            }
+            let t = target.as_object_mut().expect("made an object above");
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    json_merge_patch(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
 pub fn json_type(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
@@ -138,6 +159,13 @@ mod tests {
         let mut l = labels(&[("env", "prod")]);
         let err = merge_patch("labels", &mut l, &json!({"env": 3})).unwrap_err();
         assert!(err.to_string().contains("labels.env"), "{err}");
+    }
+
+    #[test]
+    fn merge_patch_of_any_json_follows_rfc_7386() {
+        let mut v = json!({"a": "b", "c": {"d": "e", "f": "g"}});
+        json_merge_patch(&mut v, &json!({"a": "z", "c": {"f": null}, "n": [1]}));
+        assert_eq!(v, json!({"a": "z", "c": {"d": "e"}, "n": [1]}));
     }
 
     #[test]

@@ -67,9 +67,11 @@ pub struct InstancePatch {
     pub name: Option<String>,
     pub description: Option<String>,
     pub labels: Option<serde_json::Value>,
+    /// Takes effect in the guest at its next boot.
+    pub hostname: Option<String>,
     /// `Some(None)` clears the scheduled shutdown.
     pub expected_shutdown_at: Option<Option<OffsetDateTime>>,
-    /// Replaces the named dialects' extension maps.
+    /// JSON merge patches of the named dialects' extension maps (a `null` removes a key).
     pub extensions: BTreeMap<String, serde_json::Value>,
 }
 
@@ -190,8 +192,8 @@ impl Engine {
     pub async fn create_instance(&self, ctx: &Context, req: CreateInstance) -> Result<(Operation, Instance)> {
         ctx.require(Role::Member)?;
         validate_name("name", &req.name)?;
-        let hostname = req.hostname.clone().unwrap_or_else(|| req.name.clone());
-        validate_name("hostname", &hostname)?;
+        let hostname = req.hostname.clone().unwrap_or_else(|| nimbus_core::instance::hostname_from_name(&req.name));
+        nimbus_core::instance::validate_hostname("hostname", &hostname)?;
         labels::validate_labels("labels", &req.labels)?;
         let itype = self.instance_type(&req.instance_type).await.map_err(|_| {
             DomainError::invalid(
@@ -778,6 +780,10 @@ fn apply_patch(current: &Instance, patch: &InstancePatch) -> Result<Instance> {
         validate_name("name", name)?;
         next.name = name.clone();
     }
+    if let Some(hostname) = &patch.hostname {
+        nimbus_core::instance::validate_hostname("hostname", hostname)?;
+        next.hostname = hostname.clone();
+    }
     if let Some(description) = &patch.description {
         if description.len() > 255 {
             return Err(DomainError::invalid("description", "at most 255 characters"));
@@ -791,7 +797,8 @@ fn apply_patch(current: &Instance, patch: &InstancePatch) -> Result<Instance> {
         next.expected_shutdown_at = at;
     }
     for (dialect, value) in &patch.extensions {
-        next.extensions.insert(dialect.clone(), value.clone());
+        let slot = next.extensions.entry(dialect.clone()).or_insert(serde_json::Value::Null);
+        labels::json_merge_patch(slot, value);
     }
     next.generation += 1;
     next.updated_at = nimbus_core::now();

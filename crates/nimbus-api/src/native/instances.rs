@@ -76,7 +76,7 @@ pub struct ActionQuery {
 }
 
 /// The fields a merge patch may carry; anything else is refused.
-const PATCHABLE: &[&str] = &["name", "description", "labels", "expected_shutdown_at"];
+const PATCHABLE: &[&str] = &["name", "hostname", "description", "labels", "expected_shutdown_at"];
 
 /// Turns a JSON merge patch (RFC 7386) into an instance patch, naming the first field it cannot take.
 pub fn patch_from_json(value: &serde_json::Value) -> Result<InstancePatch, ApiError> {
@@ -85,6 +85,7 @@ pub fn patch_from_json(value: &serde_json::Value) -> Result<InstancePatch, ApiEr
     for (key, v) in obj {
         match key.as_str() {
             "name" => patch.name = Some(string_field("name", v)?),
+            "hostname" => patch.hostname = Some(string_field("hostname", v)?),
             "description" => {
                 patch.description = Some(if v.is_null() { String::new() } else { string_field("description", v)? })
             }
@@ -220,7 +221,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
 }
 
 #[utoipa::path(patch, path = "/v1/instances/{id}", tag = "instances", params(("id" = Uuid, Path)),
-    request_body(content = Object, description = "JSON merge patch of name, description, labels, expected_shutdown_at",
+    request_body(content = Object, description = "JSON merge patch of name, hostname, description, labels, expected_shutdown_at",
         content_type = "application/merge-patch+json"),
     responses((status = 200, body = InstanceView), (status = 400, body = ErrorBody), (status = 412, body = ErrorBody)))]
 pub async fn update(

@@ -156,3 +156,22 @@ async fn a_batch_update_is_all_or_nothing() {
     );
     assert_eq!(items[1]["labels"], json!({}), "the id-only last entry for a wins over the earlier label patch");
 }
+
+#[tokio::test]
+async fn long_names_are_fine_and_hostnames_stay_valid_dns_names() {
+    let c = Cloud::new().await;
+    let long = format!("Build_Runner.{}", "x".repeat(200));
+    let id = c.instance(ADMIN, &long, json!({})).await;
+    let i = c.get(&format!("/v1/instances/{id}"), ADMIN).await;
+    assert_eq!(i.body["name"], long.as_str());
+    let host = i.body["hostname"].as_str().unwrap();
+    assert!(host.starts_with("build-runner.") && host.split('.').all(|l| l.len() <= 63), "{host}");
+    let r = c
+        .call(Method::PATCH, &format!("/v1/instances/{id}"), ADMIN, Some(json!({"hostname": "web-1.example.org"})))
+        .await;
+    assert_eq!(r.body["hostname"], "web-1.example.org", "{}", r.text);
+    let bad =
+        c.call(Method::PATCH, &format!("/v1/instances/{id}"), ADMIN, Some(json!({"hostname": "under_score"}))).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.message().contains("hostname"), "{}", bad.text);
+}

@@ -514,13 +514,10 @@ async fn update(
         if input.vpc_id.is_some_and(|v| v != Some(views::vpc_id(&renderer.zone))) {
             errors.add("vpc_id", "An instance cannot move to another VPC.");
         }
-        if input.hostname.as_ref().is_some_and(|h| *h != current.hostname) {
-            // The engine has no hostname update yet; refusing beats pretending.
-            errors.add("hostname", "Changing the hostname of an existing instance is not supported yet.");
-        }
         errors.check()?;
         let mut patch = InstancePatch {
             name: input.name.clone().filter(|n| *n != current.name),
+            hostname: input.hostname.clone().filter(|h| *h != current.hostname),
             description: input.description.clone().filter(|d| *d != current.description),
             labels: input.tags.as_ref().filter(|t| **t != current.labels).map(|t| labels_patch(&current.labels, t)),
             ..Default::default()
@@ -532,6 +529,7 @@ async fn update(
             }
         }
         let nothing = patch.name.is_none()
+            && patch.hostname.is_none()
             && patch.description.is_none()
             && patch.labels.is_none()
             && patch.extensions.is_empty();
