@@ -372,6 +372,39 @@ impl Engine {
         if_match: Option<i64>,
     ) -> Result<Instance> {
         ctx.require(Role::Member)?;
+        self.edit_instance(ctx, id, if_match, |current| apply_patch(current, &patch)).await
+    }
+
+    /// Deletion protection is a flag, not a background action: it answers at once.
+    pub async fn set_protection(&self, ctx: &Context, id: Uuid, protected: bool) -> Result<Instance> {
+        ctx.require(Role::Member)?;
+        self.edit_instance(ctx, id, None, |current| {
+            if current.state == InstanceState::Destroying {
+                return Err(DomainError::InvalidState {
+                    action: if protected { "add-protection" } else { "remove-protection" }.into(),
+                    state: current.state,
+                    hint: "the instance is being destroyed".into(),
+                });
+            }
+            let mut next = current.clone();
+            next.protected = protected;
+            next.generation += 1;
+            next.updated_at = nimbus_core::now();
+            Ok(next)
+        })
+        .await
+    }
+
+    /// Read-modify-write of one instance for a caller: `change` makes the next version from the current one,
+    /// or refuses. A lost compare-and-swap reads again and re-applies, unless the caller pinned a version
+    /// with `if_match`, who then learns that the version is gone.
+    async fn edit_instance(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        if_match: Option<i64>,
+        change: impl Fn(&Instance) -> Result<Instance>,
+    ) -> Result<Instance> {
         for attempt in 0..CAS_RETRIES {
             if attempt > 0 {
                 backoff(attempt).await;
@@ -382,7 +415,7 @@ impl Engine {
                     return Err(DomainError::PreconditionFailed { expected: format!("\"{expected}\"") });
                 }
             }
-            let next = apply_patch(&current, &patch)?;
+            let next = change(&current)?;
             let mut set = WriteSet::new();
             set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(current.generation) });
             set.push(instance_event(&ctx.actor, "instance.updated", &next));
@@ -437,40 +470,6 @@ impl Engine {
             }
         }
         Err(DomainError::Conflict("the instances are being changed by many writers at once; retry".into()))
-    }
-
-    /// Deletion protection is a flag, not a background action: it answers at once.
-    pub async fn set_protection(&self, ctx: &Context, id: Uuid, protected: bool) -> Result<Instance> {
-        ctx.require(Role::Member)?;
-        for attempt in 0..CAS_RETRIES {
-            if attempt > 0 {
-                backoff(attempt).await;
-            }
-            let current = self.instance(ctx, id).await?;
-            if current.state == InstanceState::Destroying {
-                return Err(DomainError::InvalidState {
-                    action: if protected { "add-protection" } else { "remove-protection" }.into(),
-                    state: current.state,
-                    hint: "the instance is being destroyed".into(),
-                });
-            }
-            let mut next = current.clone();
-            next.protected = protected;
-            next.generation += 1;
-            next.updated_at = nimbus_core::now();
-            let mut set = WriteSet::new();
-            set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(current.generation) });
-            set.push(instance_event(&ctx.actor, "instance.updated", &next));
-            match self.store.apply(set).await {
-                Ok(()) => {
-                    self.wake();
-                    return Ok(next);
-                }
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(store_err(e)),
-            }
-        }
-        Err(DomainError::Conflict(format!("instance {id} changed concurrently; retry")))
     }
 
     /// Begins a lifecycle action: checks the rules, takes the instance's lock, records the operation.
