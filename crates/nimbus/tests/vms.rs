@@ -117,7 +117,9 @@ fn qemu_pids(needle: &str) -> Vec<i32> {
         let cmdline = String::from_utf8_lossy(&cmdline);
         let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')));
-        if alive && cmdline.starts_with("qemu-system") && cmdline.contains(needle) {
+        let program = cmdline.split('\0').next().unwrap_or_default();
+        let is_qemu = program.rsplit('/').next().unwrap_or_default().starts_with("qemu-system");
+        if alive && is_qemu && cmdline.contains(needle) {
             pids.push(pid);
         }
     }
