@@ -154,7 +154,7 @@ async fn qemu_instance_lifecycle() {
         gateway: Some("10.213.0.1".into()),
         tpm: false,
     };
-    let tap = format!("tap-{}", &id.simple().to_string()[..8]);
+    let tap = QemuDriver::tap_name(id);
 
     // Create + first boot: user-data runs, the guest answers on the private bridge.
     d.create(&spec).await.unwrap();
@@ -168,6 +168,7 @@ async fn qemu_instance_lifecycle() {
     assert!(out.contains("NET eth0 10.213.0.10/24"), "{out}");
     assert!(out.contains("size=1073741824"), "{out}");
     assert!(ping(&netns, "10.213.0.10"), "guest does not answer ping in the namespace");
+    assert!(tap_exists(&netns, &tap), "the running instance has its tap {tap}");
     let m = d.metrics(id).await.unwrap();
     assert!(m.memory_rss_bytes > 0 && m.cpu_time_ns > 0 && m.disk_used_bytes > 0, "{m:?}");
     assert!(m.net_rx_bytes > 0, "{m:?}");

@@ -412,7 +412,7 @@ impl QemuDriver {
     /// Interface names hold at most 15 bytes, so the name takes the id's last 11 hex digits: instance ids
     /// are UUIDv7, whose leading digits are a timestamp shared by every instance created in the same minute
     /// (two running instances would fight over one tap), while the trailing ones are random.
-    fn tap_name(id: Uuid) -> String {
+    pub fn tap_name(id: Uuid) -> String {
         let hex = id.simple().to_string();
         format!("tap-{}", &hex[hex.len() - 11..])
     }
@@ -569,7 +569,8 @@ impl QemuDriver {
                     rt.ready_marker, self.config.boot_timeout
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Reading only the new bytes of the log is cheap; a short pause keeps the wait from adding to boots.
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
