@@ -191,6 +191,19 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// The one JSON document that `sql` (a `SELECT body ... WHERE key = ?`) finds for `key`, if any.
+    async fn document<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        sql: &str,
+        key: impl ToString,
+    ) -> StoreResult<Option<T>> {
+        let body: Option<String> =
+            sqlx::query_scalar(sql).bind(key.to_string()).fetch_optional(&self.pool).await.map_err(backend)?;
+        body.map(|b| decode(&b)).transpose()
+    }
+}
+
 fn project_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<Project> {
     let mut p: Project = decode(row.get::<&str, _>("body"))?;
     p.numeric_id = row.get("numeric_id");
@@ -213,12 +226,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_organization(&self, id: Uuid) -> StoreResult<Option<Organization>> {
-        let body: Option<String> = sqlx::query_scalar("SELECT body FROM organizations WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        body.map(|b| decode(&b)).transpose()
+        self.document("SELECT body FROM organizations WHERE id = ?", id).await
     }
 
     async fn create_project(&self, project: &Project) -> StoreResult<Project> {
@@ -310,21 +318,11 @@ impl Store for SqliteStore {
     }
 
     async fn get_api_key(&self, key_id: &str) -> StoreResult<Option<ApiKey>> {
-        let body: Option<String> = sqlx::query_scalar("SELECT body FROM api_keys WHERE key_id = ?")
-            .bind(key_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        body.map(|b| decode(&b)).transpose()
+        self.document("SELECT body FROM api_keys WHERE key_id = ?", key_id).await
     }
 
     async fn get_api_key_by_secret_hash(&self, sha256_hex: &str) -> StoreResult<Option<ApiKey>> {
-        let body: Option<String> = sqlx::query_scalar("SELECT body FROM api_keys WHERE secret_sha256 = ?")
-            .bind(sha256_hex)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        body.map(|b| decode(&b)).transpose()
+        self.document("SELECT body FROM api_keys WHERE secret_sha256 = ?", sha256_hex).await
     }
 
     async fn list_api_keys(&self, project_id: Uuid) -> StoreResult<Vec<ApiKey>> {
@@ -404,12 +402,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_instance(&self, id: Uuid) -> StoreResult<Option<Instance>> {
-        let body: Option<String> = sqlx::query_scalar("SELECT body FROM instances WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        body.map(|b| decode(&b)).transpose()
+        self.document("SELECT body FROM instances WHERE id = ?", id).await
     }
 
     async fn list_instances(&self, q: &InstanceQuery) -> StoreResult<Vec<Instance>> {
@@ -446,12 +439,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_operation(&self, id: Uuid) -> StoreResult<Option<Operation>> {
-        let body: Option<String> = sqlx::query_scalar("SELECT body FROM operations WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        body.map(|b| decode(&b)).transpose()
+        self.document("SELECT body FROM operations WHERE id = ?", id).await
     }
 
     async fn list_operations(&self, q: &OperationQuery) -> StoreResult<Vec<Operation>> {

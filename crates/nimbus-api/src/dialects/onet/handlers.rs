@@ -448,18 +448,9 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-pub async fn replace(
-    State(app): State<AppState>,
-    OnetCaller(ctx): OnetCaller,
-    Path((org, project, id)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> OnetResult<Json<Value>> {
-    update(app, ctx, org, project, id, headers, body).await
-}
-
-/// PATCH is DRF's partial update of the same fields; PUT here already leaves absent fields as they are.
-pub async fn patch(
+/// PUT and PATCH: DRF's full and partial update take the same fields here, and PUT too leaves absent
+/// fields as they are.
+pub async fn update_instance(
     State(app): State<AppState>,
     OnetCaller(ctx): OnetCaller,
     Path((org, project, id)): Path<(String, String, String)>,

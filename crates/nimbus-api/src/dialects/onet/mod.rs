@@ -25,8 +25,8 @@ pub fn router(_state: AppState) -> Router<AppState> {
             .route(
                 &format!("{BASE}/instances/{{id}}{slash}"),
                 get(handlers::get)
-                    .put(handlers::replace)
-                    .patch(handlers::patch)
+                    .put(handlers::update_instance)
+                    .patch(handlers::update_instance)
                     .delete(handlers::delete)
                     .fallback(errors::method_not_allowed),
             )
