@@ -8,12 +8,12 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-missing=$(for p in $(sed 's/#.*//' guest/packages.txt) build-essential pkg-config curl python3; do
+missing=$(for p in $(sed 's/#.*//' guest/packages.txt) build-essential pkg-config curl python3 python3-venv; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || echo "$p"
 done)
 if [ -n "$missing" ]; then
     sh guest/install-deps.sh
-    apt-get install -y -q --no-install-recommends build-essential pkg-config curl python3
+    apt-get install -y -q --no-install-recommends build-essential pkg-config curl python3 python3-venv
 fi
 if ! command -v cargo >/dev/null; then
     echo "install-deps: no Rust toolchain found; install one with rustup (https://rustup.rs), Rust 1.80 or newer" >&2

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs what the tests need and runs every test of the workspace, the real-VM ones included (they boot
-# the busybox template under QEMU inside network namespaces they create, so this runs as root). Ends with
-# one line that adds up every test binary's result.
+# Installs what the tests need (system packages, and the real client SDKs the dialect tests drive) and runs
+# every test of the workspace, the real-VM ones included (they boot the busybox template under QEMU inside
+# network namespaces they create, so this runs as root). Ends with one line that adds up every test binary's
+# result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+scripts/install-sdks.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Creates one virtualenv per client SDK listed in sdk/requirements.txt under target/sdk/<name>, so the
+# dialect tests can drive the real Exoscale, Gcore and SharedCloud clients. Idempotent: a venv whose
+# requirements line has not changed is left alone. Needs network access to PyPI the first time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=${NIMBUS_SDK_DIR:-target/sdk}
+mkdir -p "$root"
+sed 's/#.*//' sdk/requirements.txt | while read -r name reqs; do
+    [ -n "$name" ] || continue
+    venv="$root/$name"
+    if [ -f "$venv/.requirements" ] && [ "$(cat "$venv/.requirements")" = "$reqs" ]; then
+        continue
+    fi
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    # shellcheck disable=SC2086 # one word per requirement
+    "$venv/bin/pip" install --quiet --disable-pip-version-check $reqs
+    echo "$reqs" >"$venv/.requirements"
+    echo "install-sdks: $name ready ($reqs)"
+done
