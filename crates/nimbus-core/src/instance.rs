@@ -107,6 +107,10 @@ pub struct Instance {
     pub protected: bool,
     pub tpm_enabled: bool,
     pub secure_boot: bool,
+    /// The hourly price its owner set for the instance (a marketplace's ask price); `None`: the instance
+    /// type's list price applies.
+    #[serde(default)]
+    pub price_hourly: Option<f64>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub expected_shutdown_at: Option<OffsetDateTime>,
     /// The host that runs it (placement); `None` until placed.
@@ -193,6 +197,15 @@ pub fn hostname_from_name(name: &str) -> String {
         "instance".into()
     } else {
         host
+    }
+}
+
+/// Validates a price set on an instance: a finite amount, not negative.
+pub fn validate_price(field: &str, price: f64) -> crate::Result<()> {
+    if price.is_finite() && price >= 0.0 {
+        Ok(())
+    } else {
+        Err(crate::DomainError::invalid(field, format!("{price} is not a price: a number of at least 0")))
     }
 }
 

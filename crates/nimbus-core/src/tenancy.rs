@@ -104,3 +104,21 @@ pub struct ApiKey {
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }
+
+/// A person who signs in with a username and password (the dialects whose clients register and log in,
+/// SharedCloud's). Registering gives the account an organization and project of its own; logging in hands
+/// out an API key of that project, so everything after the login is an ordinary API-key call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: Uuid,
+    pub username: String,
+    pub email: String,
+    /// A PHC string (Argon2id, salted); the password itself is never stored.
+    pub password_hash: String,
+    pub organization_id: Uuid,
+    pub project_id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_login_at: Option<OffsetDateTime>,
+}

@@ -36,13 +36,13 @@ pub fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
-fn random_token(bytes: usize) -> String {
+pub(crate) fn random_token(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::thread_rng().fill_bytes(&mut buf);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
 }
 
-fn new_key_id() -> String {
+pub(crate) fn new_key_id() -> String {
     let mut buf = [0u8; 12];
     rand::thread_rng().fill_bytes(&mut buf);
     format!("NIM{}", hex::encode(buf))

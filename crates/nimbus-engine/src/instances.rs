@@ -55,6 +55,8 @@ pub struct CreateInstance {
     pub secure_boot: bool,
     pub protected: bool,
     pub expected_shutdown_at: Option<OffsetDateTime>,
+    /// The hourly price the owner asks for the instance; `None`: its type's list price.
+    pub price_hourly: Option<f64>,
     /// Dialect-specific fields, one map per dialect.
     pub extensions: BTreeMap<String, serde_json::Value>,
     /// Dialect ids to record beside the canonical one, as (kind, alias), in the same transaction.
@@ -71,6 +73,8 @@ pub struct InstancePatch {
     pub hostname: Option<String>,
     /// `Some(None)` clears the scheduled shutdown.
     pub expected_shutdown_at: Option<Option<OffsetDateTime>>,
+    /// `Some(None)` goes back to the instance type's list price.
+    pub price_hourly: Option<Option<f64>>,
     /// JSON merge patches of the named dialects' extension maps (a `null` removes a key).
     pub extensions: BTreeMap<String, serde_json::Value>,
 }
@@ -215,6 +219,9 @@ impl Engine {
         if let Some(ud) = &req.user_data {
             decode_user_data(ud)?;
         }
+        if let Some(price) = req.price_hourly {
+            nimbus_core::instance::validate_price("price_hourly", price)?;
+        }
         let ssh_keys = self.resolve_ssh_key_names(ctx, &req.ssh_keys).await?;
         if !ssh_keys.is_empty() && !template.ssh_key_enabled {
             return Err(DomainError::invalid("ssh_keys", format!("template {} does not take SSH keys", template.name)));
@@ -260,6 +267,7 @@ impl Engine {
             protected: req.protected,
             tpm_enabled: req.tpm_enabled,
             secure_boot: req.secure_boot,
+            price_hourly: req.price_hourly,
             expected_shutdown_at: req.expected_shutdown_at,
             host: None,
             lock_operation_id: Some(op_id),
@@ -491,6 +499,30 @@ impl Engine {
             }
         }
         Err(DomainError::Conflict(format!("instance {id} changed concurrently; retry")))
+    }
+
+    /// Like [`Engine::act`], but when another operation holds the instance's lock, waits up to `wait` for it
+    /// to end and tries again: for callers whose API has no "busy" answer (a client that deletes what it
+    /// has just created, say).
+    pub async fn act_when_free(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        req: ActionRequest,
+        wait: std::time::Duration,
+    ) -> Result<Operation> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.act(ctx, id, req.clone()).await {
+                Err(DomainError::Busy { operation, .. }) if tokio::time::Instant::now() < deadline => {
+                    let holder = Uuid::parse_str(&operation)
+                        .map_err(|_| DomainError::Internal(format!("lock held by {operation:?}")))?;
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    self.wait_operation(ctx, holder, left).await?;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn plan_action(
@@ -794,6 +826,12 @@ fn apply_patch(current: &Instance, patch: &InstancePatch) -> Result<Instance> {
     }
     if let Some(at) = patch.expected_shutdown_at {
         next.expected_shutdown_at = at;
+    }
+    if let Some(price) = patch.price_hourly {
+        if let Some(p) = price {
+            nimbus_core::instance::validate_price("price_hourly", p)?;
+        }
+        next.price_hourly = price;
     }
     for (dialect, value) in &patch.extensions {
         let slot = next.extensions.entry(dialect.clone()).or_insert(serde_json::Value::Null);

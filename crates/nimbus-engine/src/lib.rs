@@ -19,6 +19,7 @@ use nimbus_store::{Store, StoreError};
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
+pub mod accounts;
 pub mod auth;
 pub mod catalog;
 pub mod instances;
@@ -28,6 +29,7 @@ mod reconciler;
 pub mod resources;
 mod worker;
 
+pub use accounts::NewAccount;
 pub use auth::{BootstrapOutcome, WhoAmI};
 pub use instances::{ActionRequest, CreateInstance, InstanceFilter, InstancePatch};
 

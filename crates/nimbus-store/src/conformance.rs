@@ -55,6 +55,7 @@ fn instance(project_id: Uuid, name: &str, vcpus: u32) -> Instance {
         protected: false,
         tpm_enabled: false,
         secure_boot: false,
+        price_hourly: None,
         expected_shutdown_at: None,
         host: None,
         lock_operation_id: None,
@@ -203,6 +204,16 @@ pub async fn aliases_are_unique_both_ways(store: &dyn Store) {
     let mut dup = WriteSet::new();
     dup.push(Write::PutAlias { kind: "sfc.instance".into(), alias: "inst_abc".into(), id: Uuid::new_v4() });
     assert!(store.apply(dup).await.is_err());
+    // A deleted alias is free again, for another id.
+    let mut free = WriteSet::new();
+    free.push(Write::DeleteAlias { kind: "sfc.instance".into(), alias: "inst_abc".into() });
+    store.apply(free).await.unwrap();
+    assert_eq!(store.resolve_alias("sfc.instance", "inst_abc").await.unwrap(), None);
+    let other = Uuid::new_v4();
+    let mut again = WriteSet::new();
+    again.push(Write::PutAlias { kind: "sfc.instance".into(), alias: "inst_abc".into(), id: other });
+    store.apply(again).await.unwrap();
+    assert_eq!(store.resolve_alias("sfc.instance", "inst_abc").await.unwrap(), Some(other));
 }
 
 pub async fn addresses_are_lowest_free_and_released(store: &dyn Store) {

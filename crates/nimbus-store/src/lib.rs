@@ -94,6 +94,11 @@ pub enum Write {
         alias: String,
         id: Uuid,
     },
+    /// Frees a dialect id (or a unique name kept as one, like an account's username).
+    DeleteAlias {
+        kind: String,
+        alias: String,
+    },
     ReleaseAddresses {
         instance_id: Uuid,
     },

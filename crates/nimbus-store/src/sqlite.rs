@@ -777,6 +777,15 @@ async fn apply_one(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, write: &Write) 
                 Err(e) => Err(backend(e)),
             }
         }
+        Write::DeleteAlias { kind, alias } => {
+            sqlx::query("DELETE FROM aliases WHERE kind = ? AND alias = ?")
+                .bind(kind)
+                .bind(alias)
+                .execute(&mut **tx)
+                .await
+                .map_err(backend)?;
+            Ok(())
+        }
         Write::ReleaseAddresses { instance_id } => {
             sqlx::query("DELETE FROM addresses WHERE instance_id = ?")
                 .bind(instance_id.to_string())

@@ -1,0 +1,313 @@
+//! Accounts: people who register with a username and password and log in to get an API key.
+//!
+//! An account owns an organization and a project of its own, made when it registers, so its instances are
+//! nobody else's. Logging in hands out the account's login key, an ordinary admin API key of that project:
+//! after the login every call is an API-key call like any other. Passwords are kept only as salted
+//! Argon2id hashes. Usernames are unique, held by an alias of kind [`USERNAME`] in the same transaction as
+//! the account's record; deleting the account frees it.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use nimbus_core::tenancy::{Account, ApiKey, Organization, Project, Quota, Role};
+use nimbus_core::DomainError;
+use nimbus_store::{InstanceQuery, Record, StoreError, Write, WriteSet};
+use uuid::Uuid;
+
+use crate::auth::{new_key_id, random_token, sha256_hex};
+use crate::instances::ActionRequest;
+use crate::{store_err, Context, Engine, Result};
+
+pub(crate) const ACCOUNT: &str = "account";
+/// Alias kind that keeps usernames unique.
+pub const USERNAME: &str = "account.username";
+/// The name of the API key that logging in hands out.
+pub const LOGIN_KEY_NAME: &str = "login";
+
+pub const MAX_USERNAME: usize = 150;
+pub const MIN_PASSWORD: usize = 8;
+/// How long deleting an account waits for each instance's running operation before deleting it.
+const DELETE_WAIT: Duration = Duration::from_secs(60);
+
+/// Passwords refused outright (the head of the lists every password checker ships).
+const COMMON_PASSWORDS: &[&str] = &[
+    "password",
+    "12345678",
+    "123456789",
+    "1234567890",
+    "qwertyuiop",
+    "password1",
+    "iloveyou",
+    "11111111",
+    "sunshine",
+    "princess",
+    "football",
+    "baseball",
+    "welcome1",
+    "abc12345",
+    "passw0rd",
+    "qwerty123",
+    "trustno1",
+    "superman",
+    "00000000",
+    "letmein1",
+    "admin123",
+    "changeme",
+    "1q2w3e4r",
+    "zaq12wsx",
+];
+
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub username: String,
+    pub email: String,
+    pub password: String,
+}
+
+fn validate_username(username: &str) -> Result<()> {
+    if username.is_empty() || username.chars().count() > MAX_USERNAME {
+        return Err(DomainError::invalid(
+            "username",
+            format!("Ensure this field has no more than {MAX_USERNAME} characters and is not blank."),
+        ));
+    }
+    if !username.chars().all(|c| c.is_alphanumeric() || "@.+-_".contains(c)) {
+        return Err(DomainError::invalid(
+            "username",
+            "Enter a valid username. This value may contain only letters, numbers, and @/./+/-/_ characters.",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_email(email: &str) -> Result<()> {
+    let valid = email.len() <= 254
+        && !email.chars().any(char::is_whitespace)
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.split('.').count() >= 2
+                && domain.split('.').all(|l| !l.is_empty())
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(DomainError::invalid("email", "Enter a valid email address."))
+    }
+}
+
+fn validate_password(password: &str, username: &str) -> Result<()> {
+    let refuse = |m: &str| Err(DomainError::invalid("password", m));
+    if password.chars().count() < MIN_PASSWORD {
+        return refuse(&format!("This password is too short. It must contain at least {MIN_PASSWORD} characters."));
+    }
+    if COMMON_PASSWORDS.contains(&password.to_lowercase().as_str()) {
+        return refuse("This password is too common.");
+    }
+    if password.chars().all(|c| c.is_ascii_digit()) {
+        return refuse("This password is entirely numeric.");
+    }
+    if password.eq_ignore_ascii_case(username) {
+        return refuse("The password is too similar to the username.");
+    }
+    Ok(())
+}
+
+fn hash_password(password: &str) -> Result<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| DomainError::Internal(format!("hashing a password: {e}")))
+}
+
+fn password_matches(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+}
+
+/// A hash no password matches, verified against for unknown usernames so that a login takes as long whether
+/// the username exists or not.
+fn decoy_hash() -> &'static str {
+    static DECOY: OnceLock<String> = OnceLock::new();
+    DECOY.get_or_init(|| hash_password(&random_token(32)).expect("hashing works"))
+}
+
+/// Argon2 takes tens of milliseconds of CPU on purpose: off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| DomainError::Internal(format!("password hashing: {e}")))
+}
+
+impl Engine {
+    /// Registers an account with an organization and a project of its own.
+    pub async fn register_account(&self, new: NewAccount) -> Result<Account> {
+        validate_username(&new.username)?;
+        validate_email(&new.email)?;
+        validate_password(&new.password, &new.username)?;
+        let taken = || DomainError::invalid("username", "A user with that username already exists.");
+        if self.store.resolve_alias(USERNAME, &new.username).await.map_err(store_err)?.is_some() {
+            return Err(taken());
+        }
+        let password = new.password.clone();
+        let password_hash = blocking(move || hash_password(&password)).await??;
+        let now = nimbus_core::now();
+        let organization = Organization { id: Uuid::new_v4(), name: new.username.clone(), created_at: now };
+        self.store.put_organization(&organization).await.map_err(store_err)?;
+        let project = self
+            .store
+            .create_project(&Project {
+                id: Uuid::new_v4(),
+                numeric_id: 0,
+                organization_id: organization.id,
+                name: "default".into(),
+                quota: Quota::default(),
+                created_at: now,
+            })
+            .await
+            .map_err(store_err)?;
+        let account = Account {
+            id: Uuid::new_v4(),
+            username: new.username.clone(),
+            email: new.email.clone(),
+            password_hash,
+            organization_id: organization.id,
+            project_id: project.id,
+            created_at: now,
+            last_login_at: None,
+        };
+        let mut set = WriteSet::new();
+        set.push(Write::PutRecord(Record::new(ACCOUNT, account.id, Some(project.id), &account.username, &account)));
+        set.push(Write::PutAlias { kind: USERNAME.into(), alias: account.username.clone(), id: account.id });
+        match self.store.apply(set).await {
+            Ok(()) => Ok(account),
+            // Another registration took the username between the check and now; its empty project stays.
+            Err(StoreError::AlreadyExists(_)) => Err(taken()),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    /// Checks a username and password and hands out the account's login key (made at the first login, the
+    /// same one afterwards, as token logins do).
+    pub async fn log_in(&self, username: &str, password: &str) -> Result<(Account, ApiKey)> {
+        let refused = || DomainError::Unauthenticated("Unable to log in with provided credentials.".into());
+        let account = match self.store.resolve_alias(USERNAME, username).await.map_err(store_err)? {
+            Some(id) => self.account_by_id(id).await?,
+            None => None,
+        };
+        let hash = account.as_ref().map_or_else(|| decoy_hash().to_string(), |a| a.password_hash.clone());
+        let given = password.to_string();
+        let matches = blocking(move || password_matches(&given, &hash)).await?;
+        let mut account = match account {
+            Some(a) if matches => a,
+            _ => return Err(refused()),
+        };
+        let keys = self.store.list_api_keys(account.project_id).await.map_err(store_err)?;
+        let key = match keys.into_iter().find(|k| k.name == LOGIN_KEY_NAME) {
+            Some(key) => key,
+            None => {
+                let secret = random_token(32);
+                let key = ApiKey {
+                    key_id: new_key_id(),
+                    name: LOGIN_KEY_NAME.into(),
+                    project_id: account.project_id,
+                    role: Role::Admin,
+                    secret_sha256: sha256_hex(&secret),
+                    secret,
+                    created_at: nimbus_core::now(),
+                };
+                self.store.put_api_key(&key).await.map_err(store_err)?;
+                key
+            }
+        };
+        account.last_login_at = Some(nimbus_core::now());
+        let mut set = WriteSet::new();
+        set.push(Write::PutRecord(Record::new(
+            ACCOUNT,
+            account.id,
+            Some(account.project_id),
+            &account.username,
+            &account,
+        )));
+        self.store.apply(set).await.map_err(store_err)?;
+        Ok((account, key))
+    }
+
+    async fn account_by_id(&self, id: Uuid) -> Result<Option<Account>> {
+        let record = self.store.get_record(ACCOUNT, id).await.map_err(store_err)?;
+        record.map(|r| r.decode()).transpose().map_err(store_err)
+    }
+
+    /// The account whose project the caller's key belongs to; keys of other projects have none.
+    pub async fn account(&self, ctx: &Context) -> Result<Account> {
+        let records = self.store.list_records(ACCOUNT, Some(ctx.project.id)).await.map_err(store_err)?;
+        let record = records.into_iter().find(|r| r.project_id == Some(ctx.project.id));
+        let record =
+            record.ok_or_else(|| DomainError::not_found("account", format!("of project {}", ctx.project.id)))?;
+        record.decode().map_err(store_err)
+    }
+
+    /// Deletes the caller's account: its instances (each after the operation it is busy with), its API keys
+    /// and the account itself, whose username is free again afterwards. The instances go away in the
+    /// background like any deleted instance.
+    pub async fn delete_account(&self, ctx: &Context) -> Result<()> {
+        ctx.require(Role::Admin)?;
+        let account = self.account(ctx).await?;
+        let instances = self
+            .store
+            .list_instances(&InstanceQuery {
+                project_id: Some(account.project_id),
+                limit: u32::MAX,
+                ..Default::default()
+            })
+            .await
+            .map_err(store_err)?;
+        for instance in instances {
+            match self.act_when_free(ctx, instance.id, ActionRequest::Delete, DELETE_WAIT).await {
+                Ok(_) | Err(DomainError::NotFound { .. }) => {}
+                // Already on its way out.
+                Err(DomainError::InvalidState { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for key in self.store.list_api_keys(account.project_id).await.map_err(store_err)? {
+            self.store.delete_api_key(&key.key_id).await.map_err(store_err)?;
+        }
+        let mut set = WriteSet::new();
+        set.push(Write::DeleteRecord { kind: ACCOUNT.into(), id: account.id });
+        set.push(Write::DeleteAlias { kind: USERNAME.into(), alias: account.username.clone() });
+        self.store.apply(set).await.map_err(store_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_salted_hashes_that_verify() {
+        let a = hash_password("correct horse").unwrap();
+        let b = hash_password("correct horse").unwrap();
+        assert_ne!(a, b, "salted");
+        assert!(a.starts_with("$argon2id$"));
+        assert!(password_matches("correct horse", &a));
+        assert!(!password_matches("wrong horse", &a));
+        assert!(!password_matches("anything", decoy_hash()));
+    }
+
+    #[test]
+    fn weak_passwords_and_bad_names_are_refused() {
+        assert!(validate_password("short", "u").is_err());
+        assert!(validate_password("password", "u").is_err());
+        assert!(validate_password("1234567890123", "u").is_err());
+        assert!(validate_password("alice-in-chains", "alice-in-chains").is_err());
+        assert!(validate_password("1234blablabla", "1234").is_ok());
+        assert!(validate_username("john.doe+1@x").is_ok());
+        assert!(validate_username("john doe").is_err());
+        assert!(validate_username("").is_err());
+        assert!(validate_email("a@example.com").is_ok());
+        assert!(validate_email("a@example").is_err());
+        assert!(validate_email("example.com").is_err());
+    }
+}
