@@ -45,6 +45,10 @@ pub struct InstanceView {
     pub protected: bool,
     pub tpm_enabled: bool,
     pub secure_boot: bool,
+    /// The hourly price its owner set (a marketplace ask price, SharedCloud's `ask_price`); absent when
+    /// the instance type's list price applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_hourly: Option<f64>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub expected_shutdown_at: Option<OffsetDateTime>,
     /// The operation holding the instance's lock, if one is running.
@@ -83,6 +87,7 @@ impl From<&Instance> for InstanceView {
             protected: i.protected,
             tpm_enabled: i.tpm_enabled,
             secure_boot: i.secure_boot,
+            price_hourly: i.price_hourly,
             expected_shutdown_at: i.expected_shutdown_at,
             operation_id: i.lock_operation_id,
             created_at: i.created_at,
