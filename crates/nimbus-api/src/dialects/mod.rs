@@ -8,7 +8,11 @@ use crate::AppState;
 
 pub mod onet;
 pub mod sfcompute;
+pub mod sharedcloud;
 
 pub fn router(_state: AppState) -> Router<AppState> {
-    Router::new().merge(sfcompute::router(_state.clone())).merge(onet::router(_state.clone()))
+    Router::new()
+        .merge(sfcompute::router(_state.clone()))
+        .merge(onet::router(_state.clone()))
+        .merge(sharedcloud::router(_state.clone()))
 }

@@ -1,0 +1,45 @@
+//! The SharedCloud dialect (seed 001): instances under `/api/v1/instances/`, plus what its real client,
+//! `sharedcloud-cli`, needs around them: account registration and deletion (`/api/v1/users/`), token login
+//! (`/api/v1/api-token-auth/`) and the GPU models (`/api/v1/gpus/`). `Authorization: Token <secret>`,
+//! Django REST Framework's error bodies, form-encoded or JSON requests. Notes: `shared/dialects/sharedcloud.md`.
+//!
+//! A SharedCloud instance is a Nimbus instance of the caller's project: its `type` and `gpu` are its instance
+//! type (a GPU instance type is a GPU model), its `ask_price` is the instance's price, its `status` says
+//! whether it runs; `max_num_parallel_jobs` lives in the instance's `sharedcloud` extension map.
+
+use axum::routing::{get, patch, post};
+use axum::Router;
+
+use crate::AppState;
+
+pub mod accounts;
+pub mod errors;
+pub mod handlers;
+pub mod views;
+
+const BASE: &str = "/api/v1";
+
+pub fn router(_state: AppState) -> Router<AppState> {
+    let mut router = Router::new();
+    // DRF's router makes every path end with a slash; the slash-less form is served too.
+    for slash in ["", "/"] {
+        let nope = errors::method_not_allowed;
+        router = router
+            .route(&format!("{BASE}/instances{slash}"), get(handlers::list).post(handlers::create).fallback(nope))
+            .route(
+                &format!("{BASE}/instances/{{uuid}}{slash}"),
+                get(handlers::get)
+                    .put(handlers::replace)
+                    .patch(handlers::update)
+                    .delete(handlers::delete)
+                    .fallback(nope),
+            )
+            .route(&format!("{BASE}/instances/{{uuid}}/start{slash}"), patch(handlers::start).fallback(nope))
+            .route(&format!("{BASE}/instances/{{uuid}}/stop{slash}"), patch(handlers::stop).fallback(nope))
+            .route(&format!("{BASE}/gpus{slash}"), get(handlers::gpus).fallback(nope))
+            .route(&format!("{BASE}/users{slash}"), get(accounts::list).post(accounts::register).fallback(nope))
+            .route(&format!("{BASE}/users/account{slash}"), axum::routing::delete(accounts::delete).fallback(nope))
+            .route(&format!("{BASE}/api-token-auth{slash}"), post(accounts::log_in).fallback(nope));
+    }
+    router
+}

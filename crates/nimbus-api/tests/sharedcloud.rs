@@ -1,0 +1,437 @@
+//! The SharedCloud dialect through the real router, engine and SQLite store on the sim driver: accounts and
+//! token login, the seed's instance object with numeric type and status and day-first times, form-encoded
+//! and JSON bodies, the API's validation messages, DRF-shaped 401/404 bodies, one user never seeing
+//! another's instances, and the same instances seen through the native API.
+
+#[path = "api/common.rs"]
+mod common;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use common::{Cloud, Reply, ADMIN};
+use serde_json::{json, Value};
+
+struct SharedCloud {
+    cloud: Cloud,
+}
+
+/// How a request body is sent: as `sharedcloud-cli` does (a form) or as JSON.
+enum Payload<'a> {
+    None,
+    Form(&'a [(&'a str, &'a str)]),
+    FormOwned(Vec<(String, String)>),
+    Json(Value),
+}
+
+impl SharedCloud {
+    async fn new() -> SharedCloud {
+        SharedCloud { cloud: Cloud::new().await }
+    }
+
+    async fn send(&self, method: Method, path: &str, token: Option<&str>, body: Payload<'_>) -> Reply {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Token {t}"));
+        }
+        let form =
+            |pairs: Vec<(String, String)>| form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
+        let body = match body {
+            Payload::None => Body::empty(),
+            Payload::Form(pairs) => {
+                req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+                Body::from(form(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
+            }
+            Payload::FormOwned(pairs) => {
+                req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+                Body::from(form(pairs))
+            }
+            Payload::Json(v) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Body::from(v.to_string())
+            }
+        };
+        self.cloud.send(req.body(body).unwrap()).await
+    }
+
+    /// Registers `username` and logs in; returns the token.
+    async fn user(&self, username: &str) -> String {
+        let pairs = vec![
+            ("email".to_string(), format!("{username}@example.com")),
+            ("username".to_string(), username.to_string()),
+            ("password".to_string(), format!("{username}-blablabla")),
+        ];
+        let r = self.send(Method::POST, "/api/v1/users/", None, Payload::FormOwned(pairs)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        self.log_in(username, &format!("{username}-blablabla")).await
+    }
+
+    async fn log_in(&self, username: &str, password: &str) -> String {
+        let pairs =
+            vec![("username".to_string(), username.to_string()), ("password".to_string(), password.to_string())];
+        let r = self.send(Method::POST, "/api/v1/api-token-auth/", None, Payload::FormOwned(pairs)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.body["token"].as_str().unwrap().to_string()
+    }
+
+    async fn create(&self, token: &str, body: Payload<'_>) -> Reply {
+        self.send(Method::POST, "/api/v1/instances/", Some(token), body).await
+    }
+
+    async fn created(&self, token: &str, body: Payload<'_>) -> Value {
+        let r = self.create(token, body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        r.body
+    }
+
+    async fn list(&self, token: &str) -> Vec<Value> {
+        let r = self.send(Method::GET, "/api/v1/instances/", Some(token), Payload::None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.body.as_array().unwrap().clone()
+    }
+
+    async fn patch(&self, token: &str, uuid: &str, body: Payload<'_>) -> Reply {
+        self.send(Method::PATCH, &format!("/api/v1/instances/{uuid}/"), Some(token), body).await
+    }
+
+    async fn native(&self, id: &str) -> Value {
+        let r = self.cloud.get(&format!("/v1/instances/{id}"), ADMIN).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.body
+    }
+
+    async fn gpu(&self, token: &str, name: &str) -> String {
+        let r = self.send(Method::GET, "/api/v1/gpus/", Some(token), Payload::None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let gpu = r.body.as_array().unwrap().iter().find(|g| g["name"] == name).cloned();
+        gpu.unwrap_or_else(|| panic!("no GPU {name} in {}", r.text))["uuid"].as_str().unwrap().to_string()
+    }
+}
+
+fn is_day_first_time(v: &Value) -> bool {
+    let s = v.as_str().unwrap_or("");
+    time::PrimitiveDateTime::parse(
+        s,
+        time::macros::format_description!("[day]-[month]-[year] [hour]:[minute]:[second]"),
+    )
+    .is_ok()
+}
+
+/// The first message of a DRF field error.
+fn message(r: &Reply, field: &str) -> String {
+    r.body[field][0].as_str().unwrap_or_else(|| panic!("no {field} error in {}", r.text)).to_string()
+}
+
+#[tokio::test]
+async fn a_user_registers_logs_in_and_manages_an_instance_as_the_cli_does() {
+    let sc = SharedCloud::new().await;
+    let token = sc.user("alice").await;
+    assert_eq!(token, sc.log_in("alice", "alice-blablabla").await, "one token per user, as DRF's");
+
+    let r = sc
+        .create(
+            &token,
+            Payload::Form(&[
+                ("name", "instance1"),
+                ("type", "1"),
+                ("ask_price", "1.5"),
+                ("max_num_parallel_jobs", "3"),
+            ]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let i = r.body;
+    let uuid = i["uuid"].as_str().unwrap().to_string();
+    assert_eq!(
+        (&i["name"], &i["type"], &i["status"], &i["ask_price"], &i["max_num_parallel_jobs"]),
+        (&json!("instance1"), &json!(1), &json!(1), &json!(1.5), &json!(3))
+    );
+    assert_eq!((&i["gpu"], &i["gpu_name"]), (&Value::Null, &json!("n/a")));
+    assert_eq!((&i["num_running_jobs"], &i["num_assigned_jobs"]), (&json!(0), &json!(0)));
+    assert_eq!((&i["downloaded_images"], &i["last_connection"]), (&json!([]), &Value::Null));
+    for key in ["created_at", "updated_at", "current_server_time"] {
+        assert!(is_day_first_time(&i[key]), "{key}: {}", i[key]);
+    }
+
+    let listed = sc.list(&token).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["uuid"], uuid.as_str());
+    let got = sc.send(Method::GET, &format!("/api/v1/instances/{uuid}/"), Some(&token), Payload::None).await;
+    assert_eq!((got.status, &got.body["name"]), (StatusCode::OK, &json!("instance1")));
+
+    // The CLI's PATCH: only the options given, and the uuid echoed back.
+    let r = sc
+        .patch(
+            &token,
+            &uuid,
+            Payload::Form(&[
+                ("uuid", &uuid),
+                ("name", "renamed"),
+                ("ask_price", "2.5"),
+                ("max_num_parallel_jobs", "5"),
+            ]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        (&r.body["name"], &r.body["ask_price"], &r.body["max_num_parallel_jobs"]),
+        (&json!("renamed"), &json!(2.5), &json!(5))
+    );
+    assert_eq!(r.body["uuid"], uuid.as_str());
+
+    // PUT takes JSON too, and needs name and ask_price.
+    let path = format!("/api/v1/instances/{uuid}/");
+    let r = sc.send(Method::PUT, &path, Some(&token), Payload::Json(json!({"name": "put-name"}))).await;
+    assert_eq!((r.status, message(&r, "ask_price")), (StatusCode::BAD_REQUEST, "This field is required.".into()));
+    let r =
+        sc.send(Method::PUT, &path, Some(&token), Payload::Json(json!({"name": "put-name", "ask_price": 0.02}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        (&r.body["name"], &r.body["ask_price"], &r.body["max_num_parallel_jobs"]),
+        (&json!("put-name"), &json!(0.02), &json!(5))
+    );
+
+    let r = sc.send(Method::DELETE, &path, Some(&token), Payload::None).await;
+    assert_eq!((r.status, r.text.as_str()), (StatusCode::NO_CONTENT, ""));
+    assert!(sc.list(&token).await.is_empty(), "a deleted instance is gone at once");
+    for method in [Method::GET, Method::DELETE, Method::PATCH] {
+        let r = sc.send(method.clone(), &path, Some(&token), Payload::None).await;
+        assert_eq!((r.status, &r.body), (StatusCode::NOT_FOUND, &json!({"detail": "Not found."})), "{method}");
+    }
+}
+
+#[tokio::test]
+async fn credentials_are_checked_the_drf_way() {
+    let sc = SharedCloud::new().await;
+    let r = sc.send(Method::GET, "/api/v1/instances/", None, Payload::None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.body, json!({"detail": "Authentication credentials were not provided."}));
+    assert_eq!(r.headers.get(header::WWW_AUTHENTICATE).unwrap(), "Token");
+    for path in ["/api/v1/instances/", "/api/v1/instances", "/api/v1/gpus/", "/api/v1/users/"] {
+        let r = sc.send(Method::GET, path, Some("not-a-token"), Payload::None).await;
+        assert_eq!((r.status, &r.body), (StatusCode::UNAUTHORIZED, &json!({"detail": "Invalid token."})), "{path}");
+    }
+    // A Bearer header is not SharedCloud's scheme.
+    let req = Request::get("/api/v1/instances/").header(header::AUTHORIZATION, format!("Bearer {ADMIN}"));
+    let r = sc.cloud.send(req.body(Body::empty()).unwrap()).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    sc.user("bob").await;
+    let bad = [("username", "bob"), ("password", "wrong-password")];
+    let r = sc.send(Method::POST, "/api/v1/api-token-auth/", None, Payload::Form(&bad)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body, json!({"non_field_errors": ["Unable to log in with provided credentials."]}));
+    let nobody = [("username", "nobody"), ("password", "whatever-pass")];
+    let r = sc.send(Method::POST, "/api/v1/api-token-auth/", None, Payload::Form(&nobody)).await;
+    assert_eq!(r.body, json!({"non_field_errors": ["Unable to log in with provided credentials."]}));
+    let r = sc.send(Method::POST, "/api/v1/api-token-auth/", None, Payload::Form(&[("username", "bob")])).await;
+    assert_eq!((r.status, &r.body), (StatusCode::BAD_REQUEST, &json!({"password": ["This field is required."]})));
+}
+
+#[tokio::test]
+async fn registration_refuses_taken_names_and_weak_passwords() {
+    let sc = SharedCloud::new().await;
+    sc.user("carol").await;
+    let again = [("email", "c2@example.com"), ("username", "carol"), ("password", "another-good-one")];
+    let r = sc.send(Method::POST, "/api/v1/users/", None, Payload::Form(&again)).await;
+    assert_eq!(
+        (r.status, message(&r, "username")),
+        (StatusCode::BAD_REQUEST, "A user with that username already exists.".into())
+    );
+    let short = [("email", "d@example.com"), ("username", "dave"), ("password", "short")];
+    let r = sc.send(Method::POST, "/api/v1/users/", None, Payload::Form(&short)).await;
+    assert!(message(&r, "password").contains("too short"), "{}", r.text);
+    let common = [("email", "d@example.com"), ("username", "dave"), ("password", "password")];
+    let r = sc.send(Method::POST, "/api/v1/users/", None, Payload::Form(&common)).await;
+    assert!(message(&r, "password").contains("too common"), "{}", r.text);
+    let email = [("email", "not-an-email"), ("username", "dave"), ("password", "good-password")];
+    let r = sc.send(Method::POST, "/api/v1/users/", None, Payload::Form(&email)).await;
+    assert_eq!(message(&r, "email"), "Enter a valid email address.");
+
+    let token = sc.log_in("carol", "carol-blablabla").await;
+    let r = sc.send(Method::GET, "/api/v1/users/", Some(&token), Payload::None).await;
+    let me = &r.body[0];
+    assert_eq!(
+        (&me["username"], &me["email"], &me["balance"]),
+        (&json!("carol"), &json!("carol@example.com"), &json!(0.0))
+    );
+    assert!(is_day_first_time(&me["date_joined"]) && is_day_first_time(&me["last_login"]), "{}", r.text);
+}
+
+#[tokio::test]
+async fn validation_messages_are_the_ones_the_cli_knows() {
+    let sc = SharedCloud::new().await;
+    let t = sc.user("erin").await;
+    let titan = sc.gpu(&t, "gpu.small").await;
+    let titan = titan.as_str();
+
+    let r = sc.create(&t, Payload::Form(&[("name", "x")])).await;
+    assert_eq!(r.body, json!({"ask_price": ["This field is required."]}));
+    let r = sc.create(&t, Payload::Form(&[("name", "x"), ("ask_price", "0.0001")])).await;
+    assert_eq!(message(&r, "ask_price"), "\"ask_price\" cannot be smaller than $0.001");
+    let r = sc.create(&t, Payload::Form(&[("name", "x"), ("ask_price", "cheap")])).await;
+    assert_eq!(message(&r, "ask_price"), "A valid number is required.");
+    let r = sc.create(&t, Payload::Form(&[("name", "x"), ("ask_price", "1"), ("type", "2")])).await;
+    assert!(message(&r, "gpu").ends_with("needs to be provided if the instance is type GPU"), "{}", r.text);
+    let r = sc.create(&t, Payload::Form(&[("name", "x"), ("ask_price", "1"), ("type", "1"), ("gpu", titan)])).await;
+    assert!(
+        message(&r, "gpu").ends_with("is unnecessary because the instance is not, or not gonna be type GPU anymore")
+    );
+    let r = sc
+        .create(
+            &t,
+            Payload::Form(&[
+                ("name", "x"),
+                ("ask_price", "1"),
+                ("type", "2"),
+                ("gpu", titan),
+                ("max_num_parallel_jobs", "2"),
+            ]),
+        )
+        .await;
+    assert!(message(&r, "max_num_parallel_jobs")
+        .ends_with("is invalid. All GPU instances can only process one job at a time"));
+    let r = sc.create(&t, Payload::Form(&[("name", "x"), ("ask_price", "1"), ("type", "3")])).await;
+    assert_eq!(message(&r, "type"), "\"3\" is not a valid choice.");
+    assert!(sc.list(&t).await.is_empty(), "nothing refused was made");
+
+    let cpu =
+        sc.created(&t, Payload::Form(&[("name", "cpu1"), ("ask_price", "1.5"), ("max_num_parallel_jobs", "3")])).await;
+    let uuid = cpu["uuid"].as_str().unwrap();
+    // Field errors come before the rules between fields.
+    let r = sc.patch(&t, uuid, Payload::Form(&[("ask_price", "0.0001"), ("gpu", titan)])).await;
+    assert_eq!(r.body, json!({"ask_price": ["\"ask_price\" cannot be smaller than $0.001"]}));
+    let r = sc.patch(&t, uuid, Payload::Form(&[("type", "2"), ("gpu", titan)])).await;
+    assert!(message(&r, "max_num_parallel_jobs")
+        .starts_with("current set value (3) is invalid for a GPU instance. Please set it to 1"));
+    let r = sc.patch(&t, uuid, Payload::Form(&[("type", "2"), ("gpu", titan), ("max_num_parallel_jobs", "3")])).await;
+    assert!(message(&r, "max_num_parallel_jobs").contains("All GPU instances can only process one job at a time"));
+    let r = sc.patch(&t, uuid, Payload::Form(&[("gpu", titan)])).await;
+    assert!(message(&r, "gpu").contains("is unnecessary"), "{}", r.text);
+    let unchanged = &sc.list(&t).await[0];
+    assert_eq!((&unchanged["ask_price"], &unchanged["max_num_parallel_jobs"]), (&json!(1.5), &json!(3)));
+}
+
+#[tokio::test]
+async fn users_see_only_their_own_instances_newest_first() {
+    let sc = SharedCloud::new().await;
+    let (frank, grace) = (sc.user("frank").await, sc.user("grace").await);
+    let first = sc.created(&frank, Payload::Form(&[("name", "first"), ("ask_price", "1")])).await;
+    let second = sc.created(&frank, Payload::Json(json!({"name": "second", "ask_price": 2, "type": "cpu"}))).await;
+    let names: Vec<Value> = sc.list(&frank).await.iter().map(|i| i["name"].clone()).collect();
+    assert_eq!(names, vec![json!("second"), json!("first")]);
+    assert!(sc.list(&grace).await.is_empty());
+    let path = format!("/api/v1/instances/{}/", first["uuid"].as_str().unwrap());
+    for method in [Method::GET, Method::DELETE] {
+        let r = sc.send(method, &path, Some(&grace), Payload::None).await;
+        assert_eq!((r.status, &r.body), (StatusCode::NOT_FOUND, &json!({"detail": "Not found."})));
+    }
+    let r = sc.patch(&grace, first["uuid"].as_str().unwrap(), Payload::Form(&[("name", "stolen")])).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(sc.list(&frank).await.len(), 2);
+    // Each account has a project of its own: the bootstrap administrator's project holds none of them.
+    let native = sc.cloud.get("/v1/instances", ADMIN).await;
+    assert_eq!(native.body["items"], json!([]), "{}", native.text);
+    let _ = second;
+}
+
+#[tokio::test]
+async fn instances_are_the_same_through_the_native_api() {
+    let sc = SharedCloud::new().await;
+    // Any API key of the core speaks SharedCloud for its own project: here the administrator's.
+    let gpu = sc.gpu(ADMIN, "gpu.small").await;
+    let body = json!({"name": "trainer", "type": 2, "gpu": gpu, "ask_price": 0.75});
+    let i = sc.created(ADMIN, Payload::Json(body)).await;
+    assert_eq!(
+        (&i["type"], &i["gpu"], &i["gpu_name"], &i["max_num_parallel_jobs"]),
+        (&json!(2), &json!(gpu), &json!("gpu.small"), &json!(1))
+    );
+    let id = i["uuid"].as_str().unwrap();
+    let n = sc.native(id).await;
+    assert_eq!(
+        (&n["name"], &n["instance_type"], &n["gpus"], &n["price_hourly"]),
+        (&json!("trainer"), &json!("gpu.small"), &json!(1), &json!(0.75))
+    );
+    assert_eq!(n["state"], "stopped", "SharedCloud instances start when their owner starts them");
+
+    // Start and stop are the instance's status.
+    let r = sc.send(Method::PATCH, &format!("/api/v1/instances/{id}/start/"), Some(ADMIN), Payload::None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    common::eventually("running", || async { sc.native(id).await["state"] == "running" }).await;
+    let listed = sc.list(ADMIN).await;
+    assert_eq!(listed[0]["status"], 2);
+    let r = sc.patch(ADMIN, id, Payload::Json(json!({"gpu": sc.gpu(ADMIN, "gpu.medium").await}))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "a running instance keeps its GPU: {}", r.text);
+    assert!(message(&r, "gpu").contains("stopped"), "{}", r.text);
+    let r = sc.send(Method::PATCH, &format!("/api/v1/instances/{id}/stop/"), Some(ADMIN), Payload::None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    common::eventually("stopped", || async { sc.native(id).await["state"] == "stopped" }).await;
+
+    // Another GPU model is another instance type: Nimbus scales the stopped instance.
+    let medium = sc.gpu(ADMIN, "gpu.medium").await;
+    let r = sc.patch(ADMIN, id, Payload::Json(json!({"gpu": medium, "ask_price": "1.25"}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        (&r.body["gpu"], &r.body["gpu_name"], &r.body["ask_price"]),
+        (&json!(medium), &json!("gpu.medium"), &json!(1.25))
+    );
+    let n = sc.native(id).await;
+    assert_eq!((&n["instance_type"], &n["price_hourly"]), (&json!("gpu.medium"), &json!(1.25)));
+    // A Nimbus instance cannot switch between CPU and GPU (scaling stays within a family).
+    let r = sc.patch(ADMIN, id, Payload::Form(&[("type", "1")])).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(message(&r, "type").contains("cannot switch between CPU and GPU"), "{}", r.text);
+
+    // A native rename shows in SharedCloud, and an instance made natively shows there too.
+    let r = sc.cloud.call(Method::PATCH, &format!("/v1/instances/{id}"), ADMIN, Some(json!({"name": "renamed"}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let native_id = sc.cloud.instance(ADMIN, "native-one", json!({})).await;
+    let listed = sc.list(ADMIN).await;
+    let native_one = listed.iter().find(|i| i["uuid"] == native_id.as_str()).expect("native instance listed");
+    assert_eq!((&native_one["type"], &native_one["status"]), (&json!(1), &json!(2)));
+    assert!(native_one["ask_price"].as_f64().unwrap() > 0.0, "the type's list price");
+    assert!(listed.iter().any(|i| i["name"] == "renamed"));
+
+    // Deleting through SharedCloud deletes the Nimbus instance.
+    let r = sc.send(Method::DELETE, &format!("/api/v1/instances/{id}"), Some(ADMIN), Payload::None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    common::eventually("gone", || async {
+        sc.cloud.get(&format!("/v1/instances/{id}"), ADMIN).await.status == StatusCode::NOT_FOUND
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deleting_an_account_deletes_its_instances_and_frees_its_name() {
+    let sc = SharedCloud::new().await;
+    let token = sc.user("heidi").await;
+    let i = sc.created(&token, Payload::Form(&[("name", "mine"), ("ask_price", "1")])).await;
+    let r = sc.send(Method::DELETE, "/api/v1/users/account/", Some(&token), Payload::None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let r = sc.send(Method::GET, "/api/v1/instances/", Some(&token), Payload::None).await;
+    assert_eq!((r.status, &r.body), (StatusCode::UNAUTHORIZED, &json!({"detail": "Invalid token."})));
+    let pairs = [("username", "heidi"), ("password", "heidi-blablabla")];
+    let r = sc.send(Method::POST, "/api/v1/api-token-auth/", None, Payload::Form(&pairs)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "the account is gone");
+    let again = sc.user("heidi").await;
+    assert!(sc.list(&again).await.is_empty(), "a new account with the old name starts empty");
+    let _ = i;
+    // A key that belongs to no account has no account to delete.
+    let r = sc.send(Method::DELETE, "/api/v1/users/account/", Some(ADMIN), Payload::None).await;
+    assert_eq!((r.status, &r.body), (StatusCode::NOT_FOUND, &json!({"detail": "Not found."})));
+    let r = sc.send(Method::GET, "/api/v1/users/", Some(ADMIN), Payload::None).await;
+    assert_eq!(r.body, json!([]));
+}
+
+#[tokio::test]
+async fn gpus_are_the_catalogs_gpu_instance_types() {
+    let sc = SharedCloud::new().await;
+    let r = sc.send(Method::GET, "/api/v1/gpus", Some(ADMIN), Payload::None).await;
+    let gpus = r.body.as_array().unwrap();
+    let types = sc.cloud.get("/v1/instance-types", ADMIN).await.body["items"].clone();
+    let gpu_types: Vec<&Value> = types.as_array().unwrap().iter().filter(|t| t["gpus"].as_u64() > Some(0)).collect();
+    assert_eq!(gpus.len(), gpu_types.len());
+    for t in gpu_types {
+        let g = gpus.iter().find(|g| g["uuid"] == t["id"]).expect("each GPU type listed");
+        assert_eq!((&g["name"], &g["is_available"]), (&t["name"], &json!(true)));
+    }
+}
