@@ -1,0 +1,120 @@
+//! The real `sharedcloud-cli` 0.0.5 (from PyPI, in `target/sdk/sharedcloud`) against a `nimbus server`:
+//! a user signs up, logs in, creates, lists, updates and deletes instances and finally deletes the account,
+//! all through the CLI (`tests/sdk/sharedcloud/*.py`); in between, the same state is checked through plain
+//! HTTP — the SharedCloud API's bodies and errors — and through the native API.
+
+mod sdk;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+struct Reply {
+    status: u16,
+    body: Value,
+    text: String,
+}
+
+/// One HTTP request; `auth` is a whole `Authorization` header value.
+fn http(method: Method, url: &str, auth: Option<&str>, content_type: Option<&str>, body: &str) -> Reply {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut req = reqwest::Client::new().request(method, url);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct).body(body.to_string());
+        }
+        let r = req.send().await.expect("request");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        Reply { status, body: serde_json::from_str(&text).unwrap_or(Value::Null), text }
+    })
+}
+
+fn token(t: &str) -> String {
+    format!("Token {t}")
+}
+
+#[test]
+fn the_real_cli_signs_up_and_manages_instances_seen_the_same_through_http_and_the_native_api() {
+    let server = sdk::Server::start();
+    let api = |path: &str| format!("{}{path}", server.url);
+
+    let out = server.python("sharedcloud", "sharedcloud/cli_flow.py", &[("SC_USERNAME", "alice")]);
+    let summary: Value = serde_json::from_str(out.lines().last().unwrap()).expect("the script's summary");
+    let secret = summary["token"].as_str().unwrap();
+    let (cpu, deleted) = (summary["cpu"].as_str().unwrap(), summary["deleted"].as_str().unwrap());
+
+    // What the CLI left behind, as the SharedCloud API shows it.
+    let r = http(Method::GET, &api("/api/v1/instances/"), Some(&token(secret)), None, "");
+    assert_eq!(r.status, 200, "{}", r.text);
+    let items = r.body.as_array().unwrap();
+    assert_eq!(items.len(), 1, "{}", r.text);
+    let i = &items[0];
+    assert_eq!(
+        (&i["uuid"], &i["name"], &i["type"], &i["status"], &i["ask_price"], &i["max_num_parallel_jobs"], &i["gpu"]),
+        (&json!(cpu), &json!("cpu-box-2"), &json!(1), &json!(1), &json!(2.5), &json!(5), &Value::Null)
+    );
+    let r = http(Method::GET, &api(&format!("/api/v1/instances/{deleted}/")), Some(&token(secret)), None, "");
+    assert_eq!((r.status, &r.body), (404, &json!({"detail": "Not found."})));
+    let r = http(Method::GET, &api("/api/v1/instances/"), Some("Token 0123456789abcdef"), None, "");
+    assert_eq!((r.status, &r.body), (401, &json!({"detail": "Invalid token."})));
+    let r = http(Method::GET, &api("/api/v1/instances/"), None, None, "");
+    assert_eq!((r.status, &r.body), (401, &json!({"detail": "Authentication credentials were not provided."})));
+
+    // The same instance through the native API, with the CLI's token as a bearer key: it is an API key.
+    let bearer = format!("Bearer {secret}");
+    let n = http(Method::GET, &api(&format!("/v1/instances/{cpu}")), Some(&bearer), None, "");
+    assert_eq!(n.status, 200, "{}", n.text);
+    assert_eq!(
+        (&n.body["name"], &n.body["instance_type"], &n.body["price_hourly"], &n.body["state"]),
+        (&json!("cpu-box-2"), &json!("standard.small"), &json!(2.5), &json!("stopped"))
+    );
+    let r = http(Method::GET, &api(&format!("/v1/instances/{deleted}")), Some(&bearer), None, "");
+    assert!(r.status == 404 || r.body["state"] == "destroying", "deleted through the CLI: {}", r.text);
+    // A native rename is what the CLI's API shows next.
+    let patch = json!({"name": "renamed-natively"}).to_string();
+    let r = http(Method::PATCH, &api(&format!("/v1/instances/{cpu}")), Some(&bearer), Some("application/json"), &patch);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = http(Method::GET, &api(&format!("/api/v1/instances/{cpu}")), Some(&token(secret)), None, "");
+    assert_eq!(r.body["name"], "renamed-natively");
+
+    // Another user, signed up over plain HTTP with a form and JSON, sees none of alice's instances.
+    let form = "email=bob%40example.com&username=bob&password=bob-s3cret-pass";
+    let r = http(Method::POST, &api("/api/v1/users/"), None, Some("application/x-www-form-urlencoded"), form);
+    assert_eq!(r.status, 201, "{}", r.text);
+    let login = json!({"username": "bob", "password": "bob-s3cret-pass"}).to_string();
+    let r = http(Method::POST, &api("/api/v1/api-token-auth/"), None, Some("application/json"), &login);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let bob = token(r.body["token"].as_str().unwrap());
+    let r = http(Method::GET, &api("/api/v1/instances/"), Some(&bob), None, "");
+    assert_eq!((r.status, &r.body), (200, &json!([])));
+    let r = http(Method::GET, &api(&format!("/api/v1/instances/{cpu}/")), Some(&bob), None, "");
+    assert_eq!((r.status, &r.body), (404, &json!({"detail": "Not found."})));
+    let body = "name=bobs&ask_price=0.0001";
+    let r = http(Method::POST, &api("/api/v1/instances/"), Some(&bob), Some("application/x-www-form-urlencoded"), body);
+    assert_eq!((r.status, &r.body), (400, &json!({"ask_price": ["\"ask_price\" cannot be smaller than $0.001"]})));
+    let body = json!({"name": "bobs", "ask_price": 0.25, "type": "gpu", "gpu": summary["gpu_small"]}).to_string();
+    let r = http(Method::POST, &api("/api/v1/instances/"), Some(&bob), Some("application/json"), &body);
+    assert_eq!((r.status, &r.body["gpu_name"], &r.body["type"]), (201, &json!("gpu.small"), &json!(2)), "{}", r.text);
+    let r = http(Method::GET, &api("/api/v1/instances/"), Some(&token(secret)), None, "");
+    assert_eq!(r.body.as_array().unwrap().len(), 1, "alice still sees only her own: {}", r.text);
+    // Neither shows up in the bootstrap administrator's project.
+    let admin = format!("Bearer {}", sdk::ADMIN_SECRET);
+    let r = http(Method::GET, &api("/v1/instances"), Some(&admin), None, "");
+    assert_eq!(r.body["items"], json!([]), "{}", r.text);
+
+    // The CLI deletes the account: its token and its instances go with it.
+    server.python("sharedcloud", "sharedcloud/cli_account_delete.py", &[("SC_USERNAME", "alice")]);
+    let r = http(Method::GET, &api("/api/v1/instances/"), Some(&token(secret)), None, "");
+    assert_eq!((r.status, &r.body), (401, &json!({"detail": "Invalid token."})));
+    let login = "username=alice&password=alice-blablabla";
+    let r = http(Method::POST, &api("/api/v1/api-token-auth/"), None, Some("application/x-www-form-urlencoded"), login);
+    assert_eq!(
+        (r.status, &r.body),
+        (400, &json!({"non_field_errors": ["Unable to log in with provided credentials."]}))
+    );
+    let r = http(Method::GET, &api("/api/v1/instances/"), Some(&bob), None, "");
+    assert_eq!(r.body.as_array().unwrap().len(), 1, "bob keeps his: {}", r.text);
+}
