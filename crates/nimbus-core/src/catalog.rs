@@ -80,6 +80,49 @@ pub fn default_instance_types(zone: &str) -> Vec<InstanceType> {
     out
 }
 
+/// A GPU model a GPU instance can carry. An instance of a type with GPUs names one
+/// ([`crate::instance::Instance::gpu_model`]); the instance type says how many.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuModel {
+    /// Derived from the codename: the same on every server.
+    pub id: Uuid,
+    /// Short stable name (`titanv`), what instances refer to.
+    pub codename: String,
+    pub name: String,
+    pub cuda_cores: u32,
+    pub memory_gib: u32,
+}
+
+impl GpuModel {
+    pub fn id_for_codename(codename: &str) -> Uuid {
+        Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("nimbus.gpu-model.{codename}").as_bytes())
+    }
+}
+
+/// The GPU models a fresh Nimbus knows, most CUDA cores first; the first is the default of a GPU instance
+/// that names none. (The ones SharedCloud rented out, with NVIDIA's published core counts.)
+pub fn default_gpu_models() -> Vec<GpuModel> {
+    [
+        ("titanv", "Nvidia Titan V 12GB", 5120, 12),
+        ("teslak80", "Nvidia Tesla K80 24GB", 4992, 24),
+        ("titanxp", "Nvidia Titan Xp 12GB", 3840, 12),
+        ("1080_ti", "Nvidia GeForce GTX 1080 Ti 11GB", 3584, 11),
+        ("titanx", "Nvidia GeForce GTX Titan X 12GB", 3072, 12),
+        ("1080", "Nvidia GeForce GTX 1080 8GB", 2560, 8),
+        ("1070", "Nvidia GeForce GTX 1070 8GB", 1920, 8),
+        ("1060", "Nvidia GeForce GTX 1060 6GB", 1280, 6),
+    ]
+    .into_iter()
+    .map(|(codename, name, cuda_cores, memory_gib)| GpuModel {
+        id: GpuModel::id_for_codename(codename),
+        codename: codename.into(),
+        name: name.into(),
+        cuda_cores,
+        memory_gib,
+    })
+    .collect()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Visibility {
@@ -139,5 +182,15 @@ mod tests {
         assert!(types.iter().filter(|t| t.family == "gpu").all(|t| t.gpus == 1));
         let names: std::collections::HashSet<_> = types.iter().map(|t| &t.name).collect();
         assert_eq!(names.len(), types.len(), "names are unique");
+    }
+
+    #[test]
+    fn gpu_models_have_stable_ids_and_come_most_cores_first() {
+        let models = default_gpu_models();
+        assert_eq!(models.len(), 8);
+        assert_eq!((models[0].codename.as_str(), models[0].cuda_cores), ("titanv", 5120));
+        assert!(models.windows(2).all(|w| w[0].cuda_cores > w[1].cuda_cores));
+        assert_eq!(models[0].id, GpuModel::id_for_codename("titanv"));
+        assert_eq!(default_gpu_models(), models, "the same on every call");
     }
 }

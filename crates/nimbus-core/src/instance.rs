@@ -95,6 +95,9 @@ pub struct Instance {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub gpus: u32,
+    /// The codename of its GPU model (`titanv`) when its type has GPUs; `None` otherwise.
+    #[serde(default)]
+    pub gpu_model: Option<String>,
     pub disk_size_gb: u64,
     /// Base64, as every seed carries it.
     pub user_data: Option<String>,

@@ -1,6 +1,8 @@
 //! The catalog: zones, instance types and templates.
 
-use nimbus_core::catalog::{default_instance_types, BootMode, InstanceType, Template, Visibility, Zone};
+use nimbus_core::catalog::{
+    default_gpu_models, default_instance_types, BootMode, GpuModel, InstanceType, Template, Visibility, Zone,
+};
 use nimbus_core::tenancy::Role;
 use nimbus_core::DomainError;
 use nimbus_store::{Record, Write, WriteSet};
@@ -11,6 +13,7 @@ use crate::{store_err, Context, Engine, Result};
 
 pub(crate) const INSTANCE_TYPE: &str = "instance_type";
 pub(crate) const TEMPLATE: &str = "template";
+pub(crate) const GPU_MODEL: &str = "gpu_model";
 
 /// A template to register; `project_id` is set by the engine.
 #[derive(Debug, Clone, Deserialize)]
@@ -45,6 +48,9 @@ impl Engine {
         let mut set = WriteSet::new();
         for t in default_instance_types(&zone.name) {
             set.push(Write::PutRecord(Record::new(INSTANCE_TYPE, t.id, None, &t.name, &t)));
+        }
+        for m in default_gpu_models() {
+            set.push(Write::PutRecord(Record::new(GPU_MODEL, m.id, None, &m.codename, &m)));
         }
         let templates = self.driver.templates().await.map_err(|e| DomainError::Internal(e.to_string()))?;
         for t in templates {
@@ -84,6 +90,23 @@ impl Engine {
             .into_iter()
             .find(|t| t.name == name_or_id || t.id.to_string() == name_or_id)
             .ok_or_else(|| DomainError::not_found("instance type", name_or_id))
+    }
+
+    /// The GPU models, most CUDA cores first; the first is the default of a GPU instance that names none.
+    pub async fn list_gpu_models(&self) -> Result<Vec<GpuModel>> {
+        let records = self.store.list_records(GPU_MODEL, None).await.map_err(store_err)?;
+        let mut models = records.iter().map(|r| r.decode()).collect::<Result<Vec<GpuModel>, _>>().map_err(store_err)?;
+        models.sort_by(|a, b| b.cuda_cores.cmp(&a.cuda_cores).then_with(|| a.codename.cmp(&b.codename)));
+        Ok(models)
+    }
+
+    /// Finds a GPU model by codename (`titanv`) or id.
+    pub async fn gpu_model(&self, codename_or_id: &str) -> Result<GpuModel> {
+        let models = self.list_gpu_models().await?;
+        models
+            .into_iter()
+            .find(|m| m.codename == codename_or_id || m.id.to_string() == codename_or_id)
+            .ok_or_else(|| DomainError::not_found("GPU model", codename_or_id))
     }
 
     pub async fn list_templates(&self, ctx: &Context) -> Result<Vec<Template>> {

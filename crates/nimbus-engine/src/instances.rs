@@ -41,6 +41,8 @@ pub struct CreateInstance {
     pub hostname: Option<String>,
     pub description: String,
     pub instance_type: String,
+    /// Codename or id of the GPU model, for a type with GPUs (`None`: the catalog's default model).
+    pub gpu_model: Option<String>,
     pub template: String,
     pub disk_size_gb: Option<u64>,
     pub labels: Labels,
@@ -92,6 +94,15 @@ pub enum ActionRequest {
     Scale {
         instance_type: String,
     },
+    /// A scale on the caller's terms: into another family too (a CPU instance becoming a GPU one) when
+    /// `across_families`, and onto `gpu_model` (`None`: the instance keeps its model, or gets the
+    /// catalog's default). `Scale` is this with neither; both are allowed only where the state machine
+    /// allows a scale.
+    ScaleTo {
+        instance_type: String,
+        gpu_model: Option<String>,
+        across_families: bool,
+    },
     ResizeDisk {
         disk_size_gb: u64,
     },
@@ -116,7 +127,7 @@ impl ActionRequest {
             ActionRequest::Stop => Action::Stop,
             ActionRequest::Reboot => Action::Reboot,
             ActionRequest::Reset { .. } => Action::Reset,
-            ActionRequest::Scale { .. } => Action::Scale,
+            ActionRequest::Scale { .. } | ActionRequest::ScaleTo { .. } => Action::Scale,
             ActionRequest::ResizeDisk { .. } => Action::ResizeDisk,
             ActionRequest::CreateSnapshot { .. } => Action::CreateSnapshot,
             ActionRequest::RevertSnapshot { .. } => Action::RevertSnapshot,
@@ -214,6 +225,7 @@ impl Engine {
         let template = self.template(ctx, &req.template).await.map_err(|_| {
             DomainError::invalid("template", format!("no template {:?}; see GET /v1/templates", req.template))
         })?;
+        let gpu_model = self.choose_gpu_model(&itype, req.gpu_model.as_deref(), None).await?;
         let disk = req.disk_size_gb.unwrap_or(itype.default_disk_gb.max(template.min_disk_gb));
         validate_disk("disk_size_gb", disk, itype.min_disk_gb.max(template.min_disk_gb))?;
         if let Some(ud) = &req.user_data {
@@ -256,6 +268,7 @@ impl Engine {
             vcpus: itype.vcpus,
             memory_mib: itype.memory_mib,
             gpus: itype.gpus,
+            gpu_model,
             disk_size_gb: disk,
             user_data: req.user_data.clone().map(|s| s.trim().to_string()),
             ssh_keys,
@@ -548,24 +561,12 @@ impl Engine {
         let mut quota = false;
         match req {
             ActionRequest::Scale { instance_type } => {
-                let to = self.instance_type(instance_type).await.map_err(|_| {
-                    DomainError::invalid("instance_type", format!("no instance type {instance_type:?}"))
-                })?;
-                let from = self.instance_type(&current.instance_type).await?;
-                if to.family != from.family {
-                    return Err(DomainError::Conflict(format!(
-                        "scale stays within the family: {} is {}, {} is {}",
-                        from.name, from.family, to.name, to.family
-                    )));
-                }
-                if to.name == from.name {
-                    return Err(DomainError::Conflict(format!("the instance already is of type {}", to.name)));
-                }
-                params = json!({ "from": from.name, "to": to.name });
-                next.instance_type = to.name.clone();
-                next.vcpus = to.vcpus;
-                next.memory_mib = to.memory_mib;
-                next.gpus = to.gpus;
+                params = self.plan_scale(current, &mut next, instance_type, None, false).await?;
+                quota = true;
+            }
+            ActionRequest::ScaleTo { instance_type, gpu_model, across_families } => {
+                params =
+                    self.plan_scale(current, &mut next, instance_type, gpu_model.as_deref(), *across_families).await?;
                 quota = true;
             }
             ActionRequest::ResizeDisk { disk_size_gb } => {
@@ -696,6 +697,71 @@ impl Engine {
             set.enforce_quota_of = Some(current.project_id);
         }
         Ok((op, set))
+    }
+
+    /// The hardware of a scale: `next` gets the new type's size and GPU model (and family label); the
+    /// operation's params keep what it had, for the worker to put back if the scale fails. Within the
+    /// family unless `across_families`.
+    async fn plan_scale(
+        &self,
+        current: &Instance,
+        next: &mut Instance,
+        instance_type: &str,
+        gpu_model: Option<&str>,
+        across_families: bool,
+    ) -> Result<serde_json::Value> {
+        let to = self
+            .instance_type(instance_type)
+            .await
+            .map_err(|_| DomainError::invalid("instance_type", format!("no instance type {instance_type:?}")))?;
+        let from = self.instance_type(&current.instance_type).await?;
+        if to.family != from.family && !across_families {
+            return Err(DomainError::Conflict(format!(
+                "scale stays within the family: {} is {}, {} is {}",
+                from.name, from.family, to.name, to.family
+            )));
+        }
+        let model = self.choose_gpu_model(&to, gpu_model, current.gpu_model.as_deref()).await?;
+        if to.name == from.name && model == current.gpu_model {
+            return Err(DomainError::Conflict(format!("the instance already is of type {}", to.name)));
+        }
+        next.instance_type = to.name.clone();
+        next.vcpus = to.vcpus;
+        next.memory_mib = to.memory_mib;
+        next.gpus = to.gpus;
+        next.gpu_model = model.clone();
+        next.system_labels.insert("nimbus.instance-type.family".into(), to.family.clone());
+        Ok(json!({ "from": from.name, "to": to.name, "from_gpu_model": current.gpu_model, "gpu_model": model }))
+    }
+
+    /// The GPU model of an instance of `itype`: the one `asked` for, else the one it `keep`s, else the
+    /// catalog's default; none for a type without GPUs, which refuses one asked for.
+    async fn choose_gpu_model(
+        &self,
+        itype: &nimbus_core::catalog::InstanceType,
+        asked: Option<&str>,
+        keep: Option<&str>,
+    ) -> Result<Option<String>> {
+        if itype.gpus == 0 {
+            return match asked {
+                Some(m) => {
+                    Err(DomainError::invalid("gpu_model", format!("{} has no GPUs, so no GPU model {m:?}", itype.name)))
+                }
+                None => Ok(None),
+            };
+        }
+        if let Some(m) = asked {
+            let model = self
+                .gpu_model(m)
+                .await
+                .map_err(|_| DomainError::invalid("gpu_model", format!("no GPU model {m:?}")))?;
+            return Ok(Some(model.codename));
+        }
+        if let Some(m) = keep {
+            return Ok(Some(m.to_string()));
+        }
+        let models = self.list_gpu_models().await?;
+        Ok(models.first().map(|m| m.codename.clone()))
     }
 
     /// Starts a stop that Nimbus itself decided (an instance's `expected_shutdown_at` has come).

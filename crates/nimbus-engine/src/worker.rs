@@ -332,7 +332,11 @@ impl Engine {
                         next.vcpus = t.vcpus;
                         next.memory_mib = t.memory_mib;
                         next.gpus = t.gpus;
+                        next.system_labels.insert("nimbus.instance-type.family".into(), t.family);
                     }
+                }
+                if let Some(model) = p.get("from_gpu_model") {
+                    next.gpu_model = model.as_str().map(str::to_string);
                 }
             }
             Action::ResizeDisk => {

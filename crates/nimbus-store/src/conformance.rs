@@ -44,6 +44,7 @@ fn instance(project_id: Uuid, name: &str, vcpus: u32) -> Instance {
         vcpus,
         memory_mib: 1024,
         gpus: 0,
+        gpu_model: None,
         disk_size_gb: 10,
         user_data: None,
         ssh_keys: vec![],

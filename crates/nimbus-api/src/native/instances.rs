@@ -28,6 +28,9 @@ pub struct CreateInstanceParams {
     pub name: String,
     /// Name (`standard.small`) or id.
     pub instance_type: String,
+    /// Codename of the GPU model (`titanv`) of a type with GPUs; the default model when absent.
+    #[serde(default)]
+    pub gpu_model: Option<String>,
     /// Name (`busybox`) or id.
     pub template: String,
     pub disk_size_gb: Option<u64>,
@@ -155,6 +158,7 @@ pub async fn create(
                 hostname: p.hostname,
                 description: p.description.unwrap_or_default(),
                 instance_type: p.instance_type,
+                gpu_model: p.gpu_model,
                 template: p.template,
                 disk_size_gb: p.disk_size_gb,
                 labels: p.labels,
@@ -291,6 +295,12 @@ pub async fn delete(State(app): State<AppState>, Caller(ctx): Caller, Path(id): 
 #[serde(deny_unknown_fields)]
 pub struct ScaleParams {
     pub instance_type: String,
+    /// Codename of the GPU model to move onto; the instance keeps its own (or gets the default) when absent.
+    #[serde(default)]
+    pub gpu_model: Option<String>,
+    /// A scale stays within the instance type's family unless this is true.
+    #[serde(default)]
+    pub across_families: bool,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -355,7 +365,18 @@ pub async fn action(
             let p: ResetParams = optional(body)?;
             ActionRequest::Reset { template: p.template, disk_size_gb: p.disk_size_gb }
         }
-        "scale" => ActionRequest::Scale { instance_type: required::<ScaleParams>("scale", body)?.instance_type },
+        "scale" => {
+            let p = required::<ScaleParams>("scale", body)?;
+            if p.gpu_model.is_none() && !p.across_families {
+                ActionRequest::Scale { instance_type: p.instance_type }
+            } else {
+                ActionRequest::ScaleTo {
+                    instance_type: p.instance_type,
+                    gpu_model: p.gpu_model,
+                    across_families: p.across_families,
+                }
+            }
+        }
         "resize-disk" => {
             ActionRequest::ResizeDisk { disk_size_gb: required::<ResizeDiskParams>("resize-disk", body)?.disk_size_gb }
         }

@@ -33,6 +33,8 @@ pub struct InstanceView {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub gpus: u32,
+    /// Codename of its GPU model (`titanv`) when it has GPUs.
+    pub gpu_model: Option<String>,
     pub disk_size_gb: u64,
     /// Base64.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -77,6 +79,7 @@ impl From<&Instance> for InstanceView {
             vcpus: i.vcpus,
             memory_mib: i.memory_mib,
             gpus: i.gpus,
+            gpu_model: i.gpu_model.clone(),
             disk_size_gb: i.disk_size_gb,
             user_data: i.user_data.clone(),
             ssh_keys: i.ssh_keys.clone(),

@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use nimbus_driver::SimConfig;
 use nimbus_engine::EngineConfig;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::common::*;
 
@@ -112,6 +112,70 @@ async fn actions_are_refused_in_states_that_do_not_allow_them() {
     let i = c.get(&format!("/v1/instances/{id}"), ADMIN).await;
     assert_eq!((i.body["state"].as_str(), i.body["disk_size_gb"].as_u64()), (Some("stopped"), Some(10)));
     assert_eq!(i.body["instance_type"], "standard.small");
+}
+
+#[tokio::test]
+async fn a_gpu_instance_has_a_gpu_model_and_a_scale_may_cross_families_when_asked() {
+    let c = Cloud::new().await;
+    let gpu = c.instance(ADMIN, "trainer", json!({"instance_type": "gpu.small", "gpu_model": "1080_ti"})).await;
+    let i = c.get(&format!("/v1/instances/{gpu}"), ADMIN).await;
+    assert_eq!((&i.body["gpus"], &i.body["gpu_model"]), (&json!(1), &json!("1080_ti")), "{}", i.text);
+    let default = c.instance(ADMIN, "default-gpu", json!({"instance_type": "gpu.small"})).await;
+    assert_eq!(c.get(&format!("/v1/instances/{default}"), ADMIN).await.body["gpu_model"], "titanv");
+    let r = c
+        .post(
+            "/v1/instances",
+            ADMIN,
+            json!({"name": "x", "instance_type": "standard.small", "template": "busybox", "gpu_model": "titanv"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "a CPU type carries no GPU model: {}", r.text);
+    let r = c
+        .post(
+            "/v1/instances",
+            ADMIN,
+            json!({"name": "x", "instance_type": "gpu.small", "template": "busybox", "gpu_model": "voodoo2"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+
+    c.act(ADMIN, &gpu, "stop", None).await;
+    let path = format!("/v1/instances/{gpu}/scale");
+    let scale = |body: Value| c.call(Method::POST, &path, ADMIN, Some(body));
+    // Another model on the same type is a scale too; the plain one keeps the family and the model.
+    let r = scale(json!({"instance_type": "gpu.small", "gpu_model": "titanv"})).await;
+    assert_eq!(c.wait(&r.id(), ADMIN).await["state"], "success", "{}", r.text);
+    let r = scale(json!({"instance_type": "gpu.medium"})).await;
+    assert_eq!(c.wait(&r.id(), ADMIN).await["state"], "success", "{}", r.text);
+    let i = c.get(&format!("/v1/instances/{gpu}"), ADMIN).await;
+    assert_eq!((&i.body["instance_type"], &i.body["gpu_model"]), (&json!("gpu.medium"), &json!("titanv")));
+    let r = scale(json!({"instance_type": "standard.small"})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "the default stays within the family: {}", r.text);
+    assert!(r.message().contains("family"), "{}", r.text);
+
+    let r = scale(json!({"instance_type": "standard.small", "across_families": true})).await;
+    assert_eq!(c.wait(&r.id(), ADMIN).await["state"], "success", "{}", r.text);
+    let i = c.get(&format!("/v1/instances/{gpu}"), ADMIN).await;
+    assert_eq!(
+        (
+            &i.body["instance_type"],
+            &i.body["gpus"],
+            &i.body["gpu_model"],
+            &i.body["system_labels"]["nimbus.instance-type.family"]
+        ),
+        (&json!("standard.small"), &json!(0), &Value::Null, &json!("standard")),
+        "{}",
+        i.text
+    );
+    let r = scale(json!({"instance_type": "gpu.small", "across_families": true, "gpu_model": "1060"})).await;
+    assert_eq!(c.wait(&r.id(), ADMIN).await["state"], "success", "{}", r.text);
+    let i = c.get(&format!("/v1/instances/{gpu}"), ADMIN).await;
+    assert_eq!((&i.body["instance_type"], &i.body["gpu_model"]), (&json!("gpu.small"), &json!("1060")));
+
+    // Still only what the state machine allows: not while it runs.
+    c.act(ADMIN, &gpu, "start", None).await;
+    let r = scale(json!({"instance_type": "standard.small", "across_families": true})).await;
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "invalid_state"), "{}", r.text);
 }
 
 #[tokio::test]
