@@ -266,6 +266,69 @@ pub async fn public_records_are_seen_by_every_project(store: &dyn Store) {
     );
 }
 
+pub async fn an_empty_project_and_then_its_organization_can_be_deleted(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let key = ApiKey {
+        key_id: "NIMgone".into(),
+        name: "login".into(),
+        project_id: p.id,
+        role: Role::Admin,
+        secret: "s".into(),
+        secret_sha256: "gone-hash".into(),
+        created_at: nimbus_core::now(),
+    };
+    let mut set = WriteSet::new();
+    set.push(Write::PutApiKey(key.clone()));
+    set.push(Write::PutRecord(Record::new("ssh_key", Uuid::new_v4(), Some(p.id), "mine", &1)));
+    store.apply(set).await.unwrap();
+    let i = instance(p.id, "web", 1);
+    store.apply(insert(&i)).await.unwrap();
+    // An organization with a project, a project with an instance: refused, and nothing of the set is done.
+    for write in [Write::DeleteOrganization { id: p.organization_id }, Write::DeleteProject { id: p.id }] {
+        let mut set = WriteSet::new();
+        set.push(Write::DeleteRecord { kind: "ssh_key".into(), id: Uuid::new_v4() });
+        set.push(write);
+        assert!(matches!(store.apply(set).await, Err(StoreError::Conflict(_))));
+    }
+    assert!(store.get_project(p.id).await.unwrap().is_some());
+    assert_eq!(store.get_api_key("NIMgone").await.unwrap(), Some(key));
+
+    let mut set = WriteSet::new();
+    set.push(Write::DeleteInstance { id: i.id, expected_generation: i.generation });
+    set.push(Write::DeleteProject { id: p.id });
+    set.push(Write::DeleteOrganization { id: p.organization_id });
+    store.apply(set).await.unwrap();
+    assert_eq!(store.get_project(p.id).await.unwrap(), None);
+    assert_eq!(store.get_organization(p.organization_id).await.unwrap(), None);
+    assert_eq!(store.get_api_key_by_secret_hash("gone-hash").await.unwrap(), None, "its keys went with it");
+    assert!(store.list_records("ssh_key", Some(p.id)).await.unwrap().is_empty(), "and its records");
+    let mut again = WriteSet::new();
+    again.push(Write::DeleteProject { id: p.id });
+    assert!(matches!(store.apply(again).await, Err(StoreError::NotFound(_))));
+}
+
+pub async fn an_expected_alias_guards_the_whole_set(store: &dyn Store) {
+    let (id, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut set = WriteSet::new();
+    set.push(Write::PutAlias { kind: "account.username".into(), alias: "alice".into(), id });
+    store.apply(set).await.unwrap();
+    let guarded = |expected: Uuid, record: Uuid| {
+        let mut set = WriteSet::new();
+        set.push(Write::ExpectAlias { kind: "account.username".into(), alias: "alice".into(), id: expected });
+        set.push(Write::PutRecord(Record::new("account", record, None, "alice", &1)));
+        set
+    };
+    let (kept, refused) = (Uuid::new_v4(), Uuid::new_v4());
+    store.apply(guarded(id, kept)).await.unwrap();
+    assert!(matches!(store.apply(guarded(other, refused)).await, Err(StoreError::Conflict(_))));
+    assert!(store.get_record("account", kept).await.unwrap().is_some());
+    assert!(store.get_record("account", refused).await.unwrap().is_none(), "nothing of a refused set is written");
+    let mut free = WriteSet::new();
+    free.push(Write::DeleteAlias { kind: "account.username".into(), alias: "alice".into() });
+    store.apply(free).await.unwrap();
+    assert!(matches!(store.apply(guarded(id, refused)).await, Err(StoreError::Conflict(_))), "a freed alias");
+}
+
 /// Expands to one test per conformance case, each on a fresh store made by `$make`.
 #[macro_export]
 macro_rules! conformance_tests {
@@ -282,6 +345,8 @@ macro_rules! conformance_tests {
             addresses_are_lowest_free_and_released,
             api_keys_are_found_by_secret_hash,
             public_records_are_seen_by_every_project,
+            an_empty_project_and_then_its_organization_can_be_deleted,
+            an_expected_alias_guards_the_whole_set,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

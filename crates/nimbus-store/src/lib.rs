@@ -102,6 +102,25 @@ pub enum Write {
     ReleaseAddresses {
         instance_id: Uuid,
     },
+    /// Fails the set with `Conflict` unless the alias still names `id`: writes that are only right while
+    /// a unique name is held (an account's username) make it their precondition.
+    ExpectAlias {
+        kind: String,
+        alias: String,
+        id: Uuid,
+    },
+    /// Inserts an API key, inside a set (`Store::put_api_key` does it alone).
+    PutApiKey(ApiKey),
+    /// Removes a project that holds no instances, with what only it used: its API keys, its records and
+    /// its idempotency keys. Its operations and events stay as history. `Conflict` while an instance of it
+    /// remains (a destroyed instance has no row), `NotFound` when there is no such project.
+    DeleteProject {
+        id: Uuid,
+    },
+    /// Removes an organization that has no projects left: `Conflict` otherwise, `NotFound` when missing.
+    DeleteOrganization {
+        id: Uuid,
+    },
 }
 
 /// An all-or-nothing transaction.

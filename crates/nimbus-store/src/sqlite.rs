@@ -794,5 +794,76 @@ async fn apply_one(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, write: &Write) 
                 .map_err(backend)?;
             Ok(())
         }
+        Write::ExpectAlias { kind, alias, id } => {
+            let held: Option<String> = sqlx::query_scalar("SELECT id FROM aliases WHERE kind = ? AND alias = ?")
+                .bind(kind)
+                .bind(alias)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(backend)?;
+            if held.as_deref() != Some(id.to_string().as_str()) {
+                return Err(StoreError::Conflict(format!("{kind} alias {alias} no longer names {id}")));
+            }
+            Ok(())
+        }
+        Write::PutApiKey(key) => {
+            let result =
+                sqlx::query("INSERT INTO api_keys (key_id, project_id, secret_sha256, body) VALUES (?, ?, ?, ?)")
+                    .bind(&key.key_id)
+                    .bind(key.project_id.to_string())
+                    .bind(&key.secret_sha256)
+                    .bind(encode(key))
+                    .execute(&mut **tx)
+                    .await;
+            match result {
+                Ok(_) => Ok(()),
+                Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists(format!("api key {}", key.key_id))),
+                Err(e) => Err(backend(e)),
+            }
+        }
+        Write::DeleteProject { id } => {
+            let id = id.to_string();
+            let instances: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM instances WHERE project_id = ?")
+                .bind(&id)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(backend)?;
+            if instances > 0 {
+                return Err(StoreError::Conflict(format!("project {id} still has {instances} instance(s)")));
+            }
+            for sql in [
+                "DELETE FROM api_keys WHERE project_id = ?",
+                "DELETE FROM records WHERE project_id = ?",
+                "DELETE FROM idempotency WHERE project_id = ?",
+            ] {
+                sqlx::query(sql).bind(&id).execute(&mut **tx).await.map_err(backend)?;
+            }
+            let done =
+                sqlx::query("DELETE FROM projects WHERE id = ?").bind(&id).execute(&mut **tx).await.map_err(backend)?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("project {id}")));
+            }
+            Ok(())
+        }
+        Write::DeleteOrganization { id } => {
+            let id = id.to_string();
+            let projects: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM projects WHERE organization_id = ?")
+                .bind(&id)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(backend)?;
+            if projects > 0 {
+                return Err(StoreError::Conflict(format!("organization {id} still has {projects} project(s)")));
+            }
+            let done = sqlx::query("DELETE FROM organizations WHERE id = ?")
+                .bind(&id)
+                .execute(&mut **tx)
+                .await
+                .map_err(backend)?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("organization {id}")));
+            }
+            Ok(())
+        }
     }
 }
