@@ -4,7 +4,9 @@
 //! nobody else's. Logging in hands out the account's login key, an ordinary admin API key of that project:
 //! after the login every call is an API-key call like any other. Passwords are kept only as salted
 //! Argon2id hashes. Usernames are unique, held by an alias of kind [`USERNAME`] in the same transaction as
-//! the account's record; deleting the account frees it.
+//! the account's record; renaming moves it in one transaction, deleting the account frees it. Every later
+//! write of the account expects the alias to still name it, so a login or a change that races the
+//! account's deletion (or renaming) fails instead of bringing a deleted account back.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -29,8 +31,11 @@ pub const LOGIN_KEY_NAME: &str = "login";
 
 pub const MAX_USERNAME: usize = 150;
 pub const MIN_PASSWORD: usize = 8;
-/// How long deleting an account waits for each instance's running operation before deleting it.
+/// How long deleting an account waits for its instances to be gone.
 const DELETE_WAIT: Duration = Duration::from_secs(60);
+/// How many times deleting an account deletes instances again (made meanwhile with the account's key)
+/// before it gives up.
+const DELETE_ROUNDS: usize = 3;
 
 /// Passwords refused outright (the head of the lists every password checker ships).
 const COMMON_PASSWORDS: &[&str] = &[
@@ -65,6 +70,23 @@ pub struct NewAccount {
     pub username: String,
     pub email: String,
     pub password: String,
+}
+
+/// A change of an account's own details; absent fields stay as they are.
+#[derive(Debug, Clone, Default)]
+pub struct AccountPatch {
+    pub username: Option<String>,
+    pub email: Option<String>,
+    pub password: Option<String>,
+}
+
+fn username_taken() -> DomainError {
+    DomainError::invalid("username", "A user with that username already exists.")
+}
+
+/// What a write that expected the account's username alias meets when the account went away meanwhile.
+fn account_gone(id: Uuid) -> DomainError {
+    DomainError::Conflict(format!("account {id} was changed or deleted meanwhile; retry"))
 }
 
 fn validate_username(username: &str) -> Result<()> {
@@ -146,9 +168,8 @@ impl Engine {
         validate_username(&new.username)?;
         validate_email(&new.email)?;
         validate_password(&new.password, &new.username)?;
-        let taken = || DomainError::invalid("username", "A user with that username already exists.");
         if self.store.resolve_alias(USERNAME, &new.username).await.map_err(store_err)?.is_some() {
-            return Err(taken());
+            return Err(username_taken());
         }
         let password = new.password.clone();
         let password_hash = blocking(move || hash_password(&password)).await??;
@@ -178,18 +199,29 @@ impl Engine {
             last_login_at: None,
         };
         let mut set = WriteSet::new();
-        set.push(Write::PutRecord(Record::new(ACCOUNT, account.id, Some(project.id), &account.username, &account)));
+        set.push(Write::PutRecord(account_record(&account)));
         set.push(Write::PutAlias { kind: USERNAME.into(), alias: account.username.clone(), id: account.id });
         match self.store.apply(set).await {
             Ok(()) => Ok(account),
-            // Another registration took the username between the check and now; its empty project stays.
-            Err(StoreError::AlreadyExists(_)) => Err(taken()),
+            // Another registration took the username between the check and now: this one's project and
+            // organization, still empty, go again.
+            Err(StoreError::AlreadyExists(_)) => {
+                let mut undo = WriteSet::new();
+                undo.push(Write::DeleteProject { id: project.id });
+                undo.push(Write::DeleteOrganization { id: organization.id });
+                if let Err(e) = self.store.apply(undo).await {
+                    tracing::warn!(project = %project.id, error = %e, "could not remove a refused registration's project");
+                }
+                Err(username_taken())
+            }
             Err(e) => Err(store_err(e)),
         }
     }
 
     /// Checks a username and password and hands out the account's login key (made at the first login, the
-    /// same one afterwards, as token logins do).
+    /// same one afterwards, as token logins do). The key and the login time are written only while the
+    /// username still names the account with the password that matched: a login that loses a race with the
+    /// account's deletion, renaming or password change is refused.
     pub async fn log_in(&self, username: &str, password: &str) -> Result<(Account, ApiKey)> {
         let refused = || DomainError::Unauthenticated("Unable to log in with provided credentials.".into());
         let account = match self.store.resolve_alias(USERNAME, username).await.map_err(store_err)? {
@@ -197,41 +229,48 @@ impl Engine {
             None => None,
         };
         let hash = account.as_ref().map_or_else(|| decoy_hash().to_string(), |a| a.password_hash.clone());
-        let given = password.to_string();
-        let matches = blocking(move || password_matches(&given, &hash)).await?;
-        let mut account = match account {
-            Some(a) if matches => a,
+        let (given, verified) = (password.to_string(), hash.clone());
+        let matches = blocking(move || password_matches(&given, &verified)).await?;
+        let id = match account {
+            Some(a) if matches => a.id,
             _ => return Err(refused()),
         };
-        let keys = self.store.list_api_keys(account.project_id).await.map_err(store_err)?;
-        let key = match keys.into_iter().find(|k| k.name == LOGIN_KEY_NAME) {
-            Some(key) => key,
-            None => {
-                let secret = random_token(32);
-                let key = ApiKey {
-                    key_id: new_key_id(),
-                    name: LOGIN_KEY_NAME.into(),
-                    project_id: account.project_id,
-                    role: Role::Admin,
-                    secret_sha256: sha256_hex(&secret),
-                    secret,
-                    created_at: nimbus_core::now(),
-                };
-                self.store.put_api_key(&key).await.map_err(store_err)?;
-                key
+        // Two first logins at once may both make a key: the second write finds the first one's.
+        for _ in 0..2 {
+            let mut account = match self.account_by_id(id).await? {
+                Some(a) if a.password_hash == hash && a.username == username => a,
+                _ => return Err(refused()),
+            };
+            let mut set = WriteSet::new();
+            set.push(Write::ExpectAlias { kind: USERNAME.into(), alias: account.username.clone(), id });
+            let keys = self.store.list_api_keys(account.project_id).await.map_err(store_err)?;
+            let key = match keys.into_iter().find(|k| k.name == LOGIN_KEY_NAME) {
+                Some(key) => key,
+                None => {
+                    let secret = random_token(32);
+                    let key = ApiKey {
+                        key_id: new_key_id(),
+                        name: LOGIN_KEY_NAME.into(),
+                        project_id: account.project_id,
+                        role: Role::Admin,
+                        secret_sha256: sha256_hex(&secret),
+                        secret,
+                        created_at: nimbus_core::now(),
+                    };
+                    set.push(Write::PutApiKey(key.clone()));
+                    key
+                }
+            };
+            account.last_login_at = Some(nimbus_core::now());
+            set.push(Write::PutRecord(account_record(&account)));
+            match self.store.apply(set).await {
+                Ok(()) => return Ok((account, key)),
+                Err(StoreError::Conflict(_)) => return Err(refused()),
+                Err(StoreError::AlreadyExists(_)) => continue,
+                Err(e) => return Err(store_err(e)),
             }
-        };
-        account.last_login_at = Some(nimbus_core::now());
-        let mut set = WriteSet::new();
-        set.push(Write::PutRecord(Record::new(
-            ACCOUNT,
-            account.id,
-            Some(account.project_id),
-            &account.username,
-            &account,
-        )));
-        self.store.apply(set).await.map_err(store_err)?;
-        Ok((account, key))
+        }
+        Err(refused())
     }
 
     async fn account_by_id(&self, id: Uuid) -> Result<Option<Account>> {
@@ -248,37 +287,102 @@ impl Engine {
         record.decode().map_err(store_err)
     }
 
-    /// Deletes the caller's account: its instances (each after the operation it is busy with), its API keys
-    /// and the account itself, whose username is free again afterwards. The instances go away in the
-    /// background like any deleted instance.
-    pub async fn delete_account(&self, ctx: &Context) -> Result<()> {
+    /// Changes the caller's account, checked as registration checks it; a new username moves the account's
+    /// alias in the same transaction, and is refused when another account holds it.
+    pub async fn update_account(&self, ctx: &Context, patch: AccountPatch) -> Result<Account> {
         ctx.require(Role::Admin)?;
-        let account = self.account(ctx).await?;
-        let instances = self
-            .store
-            .list_instances(&InstanceQuery {
-                project_id: Some(account.project_id),
-                limit: u32::MAX,
-                ..Default::default()
-            })
-            .await
-            .map_err(store_err)?;
-        for instance in instances {
-            match self.act_when_free(ctx, instance.id, ActionRequest::Delete, DELETE_WAIT).await {
-                Ok(_) | Err(DomainError::NotFound { .. }) => {}
-                // Already on its way out.
-                Err(DomainError::InvalidState { .. }) => {}
-                Err(e) => return Err(e),
-            }
+        let current = self.account(ctx).await?;
+        let mut next = current.clone();
+        if let Some(username) = &patch.username {
+            validate_username(username)?;
+            next.username = username.clone();
         }
-        for key in self.store.list_api_keys(account.project_id).await.map_err(store_err)? {
-            self.store.delete_api_key(&key.key_id).await.map_err(store_err)?;
+        if let Some(email) = &patch.email {
+            validate_email(email)?;
+            next.email = email.clone();
+        }
+        if let Some(password) = &patch.password {
+            validate_password(password, &next.username)?;
+            let password = password.clone();
+            next.password_hash = blocking(move || hash_password(&password)).await??;
         }
         let mut set = WriteSet::new();
-        set.push(Write::DeleteRecord { kind: ACCOUNT.into(), id: account.id });
-        set.push(Write::DeleteAlias { kind: USERNAME.into(), alias: account.username.clone() });
-        self.store.apply(set).await.map_err(store_err)
+        set.push(Write::ExpectAlias { kind: USERNAME.into(), alias: current.username.clone(), id: current.id });
+        if next.username != current.username {
+            set.push(Write::DeleteAlias { kind: USERNAME.into(), alias: current.username.clone() });
+            set.push(Write::PutAlias { kind: USERNAME.into(), alias: next.username.clone(), id: current.id });
+        }
+        set.push(Write::PutRecord(account_record(&next)));
+        match self.store.apply(set).await {
+            Ok(()) => Ok(next),
+            Err(StoreError::AlreadyExists(_)) => Err(username_taken()),
+            Err(StoreError::Conflict(_)) => Err(account_gone(current.id)),
+            Err(e) => Err(store_err(e)),
+        }
     }
+
+    /// Deletes the caller's account and everything it had: its instances (each after the operation it is
+    /// busy with), then, once they are gone, in one transaction the account, its username, its project with
+    /// its API keys and records, and its organization when nothing else is left in it. An instance made
+    /// meanwhile with the account's key keeps the project alive, so it is deleted too and the deletion is
+    /// tried again; instances that take longer than [`DELETE_WAIT`] to go leave the account in place
+    /// (`Conflict`), to be deleted again later.
+    pub async fn delete_account(&self, ctx: &Context) -> Result<()> {
+        ctx.require(Role::Admin)?;
+        let deadline = tokio::time::Instant::now() + DELETE_WAIT;
+        for _ in 0..DELETE_ROUNDS {
+            let account = self.account(ctx).await?;
+            let instances = self
+                .store
+                .list_instances(&InstanceQuery {
+                    project_id: Some(account.project_id),
+                    limit: u32::MAX,
+                    ..Default::default()
+                })
+                .await
+                .map_err(store_err)?;
+            let mut deleting = Vec::new();
+            for instance in instances {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match self.act_when_free(ctx, instance.id, ActionRequest::Delete, left).await {
+                    Ok(op) => deleting.push(op.id),
+                    // Already gone, or on its way out under another operation.
+                    Err(DomainError::NotFound { .. }) | Err(DomainError::InvalidState { .. }) => {}
+                    Err(DomainError::Busy { operation, .. }) => {
+                        deleting.extend(Uuid::parse_str(&operation).ok());
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            for op in deleting {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                self.wait_operation(ctx, op, left).await?;
+            }
+            let mut set = WriteSet::new();
+            set.push(Write::ExpectAlias { kind: USERNAME.into(), alias: account.username.clone(), id: account.id });
+            set.push(Write::DeleteRecord { kind: ACCOUNT.into(), id: account.id });
+            set.push(Write::DeleteAlias { kind: USERNAME.into(), alias: account.username.clone() });
+            set.push(Write::DeleteProject { id: account.project_id });
+            let projects = self.store.list_projects(account.organization_id).await.map_err(store_err)?;
+            if projects.iter().all(|p| p.id == account.project_id) {
+                set.push(Write::DeleteOrganization { id: account.organization_id });
+            }
+            match self.store.apply(set).await {
+                Ok(()) => return Ok(()),
+                // An instance is still there (or the account was renamed meanwhile): another round.
+                Err(StoreError::Conflict(_)) if tokio::time::Instant::now() < deadline => continue,
+                Err(StoreError::Conflict(_)) => break,
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+        Err(DomainError::Conflict(
+            "the account's instances are still being deleted; delete the account again in a moment".into(),
+        ))
+    }
+}
+
+fn account_record(account: &Account) -> Record {
+    Record::new(ACCOUNT, account.id, Some(account.project_id), &account.username, account)
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ mod reconciler;
 pub mod resources;
 mod worker;
 
-pub use accounts::NewAccount;
+pub use accounts::{AccountPatch, NewAccount};
 pub use auth::{BootstrapOutcome, WhoAmI};
 pub use instances::{ActionRequest, CreateInstance, InstanceFilter, InstancePatch};
 
