@@ -1,7 +1,8 @@
 //! The SharedCloud dialect through the real router, engine and SQLite store on the sim driver: accounts and
 //! token login, the seed's instance object with numeric type and status and day-first times, form-encoded
 //! and JSON bodies, the API's validation messages, DRF-shaped 401/404 bodies, one user never seeing
-//! another's instances, and the same instances seen through the native API.
+//! another's instances, GPU models and switching between CPU and GPU, account changes and deletion, and the
+//! same instances seen through the native API.
 
 #[path = "api/common.rs"]
 mod common;
@@ -99,11 +100,21 @@ impl SharedCloud {
         r.body
     }
 
-    async fn gpu(&self, token: &str, name: &str) -> String {
+    /// The SharedCloud uuid of a GPU model, by codename.
+    async fn gpu(&self, token: &str, codename: &str) -> String {
         let r = self.send(Method::GET, "/api/v1/gpus/", Some(token), Payload::None).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-        let gpu = r.body.as_array().unwrap().iter().find(|g| g["name"] == name).cloned();
-        gpu.unwrap_or_else(|| panic!("no GPU {name} in {}", r.text))["uuid"].as_str().unwrap().to_string()
+        let gpu = r.body.as_array().unwrap().iter().find(|g| g["codename"] == codename).cloned();
+        gpu.unwrap_or_else(|| panic!("no GPU {codename} in {}", r.text))["uuid"].as_str().unwrap().to_string()
+    }
+
+    async fn account_patch(&self, token: &str, pairs: &[(&str, &str)]) -> Reply {
+        self.send(Method::PATCH, "/api/v1/users/account/", Some(token), Payload::Form(pairs)).await
+    }
+
+    async fn log_in_status(&self, username: &str, password: &str) -> StatusCode {
+        let pairs = [("username", username), ("password", password)];
+        self.send(Method::POST, "/api/v1/api-token-auth/", None, Payload::Form(&pairs)).await.status
     }
 }
 
@@ -261,7 +272,7 @@ async fn registration_refuses_taken_names_and_weak_passwords() {
 async fn validation_messages_are_the_ones_the_cli_knows() {
     let sc = SharedCloud::new().await;
     let t = sc.user("erin").await;
-    let titan = sc.gpu(&t, "gpu.small").await;
+    let titan = sc.gpu(&t, "titanv").await;
     let titan = titan.as_str();
 
     let r = sc.create(&t, Payload::Form(&[("name", "x")])).await;
@@ -338,48 +349,68 @@ async fn users_see_only_their_own_instances_newest_first() {
 async fn instances_are_the_same_through_the_native_api() {
     let sc = SharedCloud::new().await;
     // Any API key of the core speaks SharedCloud for its own project: here the administrator's.
-    let gpu = sc.gpu(ADMIN, "gpu.small").await;
-    let body = json!({"name": "trainer", "type": 2, "gpu": gpu, "ask_price": 0.75});
+    let titan = sc.gpu(ADMIN, "titanv").await;
+    assert_eq!(titan, "caf0daeb-ba23-4499-b4f9-8b4965714366", "SharedCloud's own uuid of its Titan V");
+    let body = json!({"name": "trainer", "type": 2, "gpu": titan, "ask_price": 0.75});
     let i = sc.created(ADMIN, Payload::Json(body)).await;
     assert_eq!(
         (&i["type"], &i["gpu"], &i["gpu_name"], &i["max_num_parallel_jobs"]),
-        (&json!(2), &json!(gpu), &json!("gpu.small"), &json!(1))
+        (&json!(2), &json!(titan), &json!(" Nvidia Titan V 12GB"), &json!(1))
     );
     let id = i["uuid"].as_str().unwrap();
     let n = sc.native(id).await;
     assert_eq!(
-        (&n["name"], &n["instance_type"], &n["gpus"], &n["price_hourly"]),
-        (&json!("trainer"), &json!("gpu.small"), &json!(1), &json!(0.75))
+        (&n["name"], &n["instance_type"], &n["gpus"], &n["gpu_model"], &n["price_hourly"]),
+        (&json!("trainer"), &json!("gpu.small"), &json!(1), &json!("titanv"), &json!(0.75))
     );
     assert_eq!(n["state"], "stopped", "SharedCloud instances start when their owner starts them");
 
-    // Start and stop are the instance's status.
+    // Start and stop are the instance's status; a running instance keeps its hardware.
+    let gtx = sc.gpu(ADMIN, "1080").await;
     let r = sc.send(Method::PATCH, &format!("/api/v1/instances/{id}/start/"), Some(ADMIN), Payload::None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     common::eventually("running", || async { sc.native(id).await["state"] == "running" }).await;
     let listed = sc.list(ADMIN).await;
     assert_eq!(listed[0]["status"], 2);
-    let r = sc.patch(ADMIN, id, Payload::Json(json!({"gpu": sc.gpu(ADMIN, "gpu.medium").await}))).await;
+    let r = sc.patch(ADMIN, id, Payload::Json(json!({"gpu": gtx}))).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "a running instance keeps its GPU: {}", r.text);
     assert!(message(&r, "gpu").contains("stopped"), "{}", r.text);
+    let r = sc.patch(ADMIN, id, Payload::Form(&[("type", "1")])).await;
+    assert!(message(&r, "type").contains("stopped"), "{}", r.text);
+    assert_eq!(sc.native(id).await["gpu_model"], "titanv");
     let r = sc.send(Method::PATCH, &format!("/api/v1/instances/{id}/stop/"), Some(ADMIN), Payload::None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     common::eventually("stopped", || async { sc.native(id).await["state"] == "stopped" }).await;
 
-    // Another GPU model is another instance type: Nimbus scales the stopped instance.
-    let medium = sc.gpu(ADMIN, "gpu.medium").await;
-    let r = sc.patch(ADMIN, id, Payload::Json(json!({"gpu": medium, "ask_price": "1.25"}))).await;
+    // Another GPU model is new hardware for the stopped instance: Nimbus scales it onto that model.
+    let r = sc.patch(ADMIN, id, Payload::Json(json!({"gpu": gtx, "ask_price": "1.25"}))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(
         (&r.body["gpu"], &r.body["gpu_name"], &r.body["ask_price"]),
-        (&json!(medium), &json!("gpu.medium"), &json!(1.25))
+        (&json!(gtx), &json!(" Nvidia GeForce GTX 1080 8GB"), &json!(1.25))
     );
     let n = sc.native(id).await;
-    assert_eq!((&n["instance_type"], &n["price_hourly"]), (&json!("gpu.medium"), &json!(1.25)));
-    // A Nimbus instance cannot switch between CPU and GPU (scaling stays within a family).
-    let r = sc.patch(ADMIN, id, Payload::Form(&[("type", "1")])).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(message(&r, "type").contains("cannot switch between CPU and GPU"), "{}", r.text);
+    assert_eq!(
+        (&n["instance_type"], &n["gpu_model"], &n["price_hourly"]),
+        (&json!("gpu.small"), &json!("1080"), &json!(1.25))
+    );
+    // CPU and back to GPU, as the CLI's update tests do: a scale across families, asked for by SharedCloud.
+    let r = sc.patch(ADMIN, id, Payload::Form(&[("type", "1"), ("max_num_parallel_jobs", "4")])).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        (&r.body["type"], &r.body["gpu"], &r.body["gpu_name"], &r.body["max_num_parallel_jobs"]),
+        (&json!(1), &Value::Null, &json!("n/a"), &json!(4))
+    );
+    let n = sc.native(id).await;
+    assert_eq!(
+        (&n["instance_type"], &n["gpus"], &n["gpu_model"], &n["state"]),
+        (&json!("standard.small"), &json!(0), &Value::Null, &json!("stopped"))
+    );
+    let r = sc.patch(ADMIN, id, Payload::Form(&[("type", "2"), ("gpu", &titan), ("max_num_parallel_jobs", "1")])).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!((&r.body["type"], &r.body["gpu"]), (&json!(2), &json!(titan)));
+    let n = sc.native(id).await;
+    assert_eq!((&n["instance_type"], &n["gpu_model"]), (&json!("gpu.small"), &json!("titanv")));
 
     // A native rename shows in SharedCloud, and an instance made natively shows there too.
     let r = sc.cloud.call(Method::PATCH, &format!("/v1/instances/{id}"), ADMIN, Some(json!({"name": "renamed"}))).await;
@@ -401,20 +432,29 @@ async fn instances_are_the_same_through_the_native_api() {
 }
 
 #[tokio::test]
-async fn deleting_an_account_deletes_its_instances_and_frees_its_name() {
+async fn deleting_an_account_deletes_its_instances_project_and_organization_and_frees_its_name() {
     let sc = SharedCloud::new().await;
     let token = sc.user("heidi").await;
+    let me = sc.cloud.get("/v1/whoami", &token).await.body;
+    let project = uuid::Uuid::parse_str(me["project"]["id"].as_str().unwrap()).unwrap();
+    let organization = uuid::Uuid::parse_str(me["organization"]["id"].as_str().unwrap()).unwrap();
     let i = sc.created(&token, Payload::Form(&[("name", "mine"), ("ask_price", "1")])).await;
     let r = sc.send(Method::DELETE, "/api/v1/users/account/", Some(&token), Payload::None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
     let r = sc.send(Method::GET, "/api/v1/instances/", Some(&token), Payload::None).await;
     assert_eq!((r.status, &r.body), (StatusCode::UNAUTHORIZED, &json!({"detail": "Invalid token."})));
-    let pairs = [("username", "heidi"), ("password", "heidi-blablabla")];
-    let r = sc.send(Method::POST, "/api/v1/api-token-auth/", None, Payload::Form(&pairs)).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "the account is gone");
+    assert_eq!(sc.log_in_status("heidi", "heidi-blablabla").await, StatusCode::BAD_REQUEST, "the account is gone");
+    // Nothing of it is left: its instance is destroyed, its project and organization are gone.
+    let id = uuid::Uuid::parse_str(i["uuid"].as_str().unwrap()).unwrap();
+    use nimbus_driver::Driver;
+    use nimbus_store::Store;
+    let vm = sc.cloud.sim.inspect(id).await;
+    assert!(matches!(vm, Ok(nimbus_driver::ActualState::Missing)), "the instance's VM is gone: {vm:?}");
+    assert_eq!(sc.cloud.store.get_instance(id).await.unwrap(), None);
+    assert_eq!(sc.cloud.store.get_project(project).await.unwrap(), None);
+    assert_eq!(sc.cloud.store.get_organization(organization).await.unwrap(), None);
     let again = sc.user("heidi").await;
     assert!(sc.list(&again).await.is_empty(), "a new account with the old name starts empty");
-    let _ = i;
     // A key that belongs to no account has no account to delete.
     let r = sc.send(Method::DELETE, "/api/v1/users/account/", Some(ADMIN), Payload::None).await;
     assert_eq!((r.status, &r.body), (StatusCode::NOT_FOUND, &json!({"detail": "Not found."})));
@@ -423,15 +463,79 @@ async fn deleting_an_account_deletes_its_instances_and_frees_its_name() {
 }
 
 #[tokio::test]
-async fn gpus_are_the_catalogs_gpu_instance_types() {
+async fn a_user_changes_email_username_and_password_checked_as_at_registration() {
+    let sc = SharedCloud::new().await;
+    let token = sc.user("ivan").await;
+    sc.user("judy").await;
+    let r = sc.account_patch(&token, &[("email", "ivan@new.example.com"), ("username", "ivan2")]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!((&r.body["email"], &r.body["username"]), (&json!("ivan@new.example.com"), &json!("ivan2")));
+    // The name moved: the new one logs in, the old one is free for someone else.
+    assert_eq!(sc.log_in_status("ivan2", "ivan-blablabla").await, StatusCode::OK);
+    assert_eq!(sc.log_in_status("ivan", "ivan-blablabla").await, StatusCode::BAD_REQUEST);
+    sc.user("ivan").await;
+
+    let refused = [
+        (("username", "judy"), "username", "A user with that username already exists."),
+        (("username", "no spaces"), "username", "Enter a valid username."),
+        (("email", "not-an-email"), "email", "Enter a valid email address."),
+        (("password", "password"), "password", "This password is too common."),
+        (("password", "short"), "password", "This password is too short."),
+        (("email", ""), "email", "This field may not be blank."),
+    ];
+    for ((field, value), key, text) in refused {
+        let r = sc.account_patch(&token, &[(field, value)]).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{field}={value}: {}", r.text);
+        assert!(message(&r, key).starts_with(text), "{field}={value}: {}", r.text);
+    }
+    let me = sc.send(Method::GET, "/api/v1/users/", Some(&token), Payload::None).await.body;
+    assert_eq!((&me[0]["username"], &me[0]["email"]), (&json!("ivan2"), &json!("ivan@new.example.com")));
+
+    // A new password (what `account change_password` sends) replaces the old one; the token still works.
+    let r = sc.account_patch(&token, &[("password", "a-much-better-one")]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(sc.log_in_status("ivan2", "ivan-blablabla").await, StatusCode::BAD_REQUEST);
+    assert_eq!(sc.log_in_status("ivan2", "a-much-better-one").await, StatusCode::OK);
+    assert_eq!(sc.send(Method::GET, "/api/v1/instances/", Some(&token), Payload::None).await.status, StatusCode::OK);
+    let r = sc.send(Method::PATCH, "/api/v1/users/account/", None, Payload::Form(&[("email", "x@example.com")])).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_login_racing_the_account_deletion_never_brings_it_back() {
+    let sc = SharedCloud::new().await;
+    for round in 0..8 {
+        let name = format!("race{round}");
+        let token = sc.user(&name).await;
+        let password = format!("{name}-blablabla");
+        let (deleted, logged_in) = tokio::join!(
+            sc.send(Method::DELETE, "/api/v1/users/account/", Some(&token), Payload::None),
+            sc.log_in_status(&name, &password),
+        );
+        assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
+        assert!(matches!(logged_in, StatusCode::OK | StatusCode::BAD_REQUEST));
+        // Whichever came first, the account is gone with every key: no login works, no token is left.
+        assert_eq!(sc.log_in_status(&name, &password).await, StatusCode::BAD_REQUEST);
+        let r = sc.send(Method::GET, "/api/v1/users/", Some(&token), Payload::None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[tokio::test]
+async fn gpus_are_the_catalogs_gpu_models_with_stable_sharedcloud_uuids() {
     let sc = SharedCloud::new().await;
     let r = sc.send(Method::GET, "/api/v1/gpus", Some(ADMIN), Payload::None).await;
     let gpus = r.body.as_array().unwrap();
-    let types = sc.cloud.get("/v1/instance-types", ADMIN).await.body["items"].clone();
-    let gpu_types: Vec<&Value> = types.as_array().unwrap().iter().filter(|t| t["gpus"].as_u64() > Some(0)).collect();
-    assert_eq!(gpus.len(), gpu_types.len());
-    for t in gpu_types {
-        let g = gpus.iter().find(|g| g["uuid"] == t["id"]).expect("each GPU type listed");
-        assert_eq!((&g["name"], &g["is_available"]), (&t["name"], &json!(true)));
-    }
+    let codenames: Vec<&str> = gpus.iter().map(|g| g["codename"].as_str().unwrap()).collect();
+    assert_eq!(codenames, ["titanv", "teslak80", "titanxp", "1080_ti", "titanx", "1080", "1070", "1060"]);
+    assert_eq!(
+        gpus[0],
+        json!({"uuid": "caf0daeb-ba23-4499-b4f9-8b4965714366", "name": " Nvidia Titan V 12GB", "codename": "titanv",
+               "cuda_cores": 5120, "is_available": true})
+    );
+    assert!(gpus.iter().all(|g| g["cuda_cores"].as_u64() > Some(0) && g["is_available"] == true));
+    // The same uuids on another server.
+    let other = SharedCloud::new().await;
+    let again = other.send(Method::GET, "/api/v1/gpus/", Some(ADMIN), Payload::None).await;
+    assert_eq!(&again.body, &r.body);
 }

@@ -1,7 +1,8 @@
 //! The real `sharedcloud-cli` 0.0.5 (from PyPI, in `target/sdk/sharedcloud`) against a `nimbus server`:
-//! a user signs up, logs in, creates, lists, updates and deletes instances and finally deletes the account,
-//! all through the CLI (`tests/sdk/sharedcloud/*.py`); in between, the same state is checked through plain
-//! HTTP — the SharedCloud API's bodies and errors — and through the native API.
+//! a user signs up, logs in, creates, lists, updates (CPU to GPU and back) and deletes instances, changes
+//! password, email and name, and finally deletes the account, all through the CLI
+//! (`tests/sdk/sharedcloud/*.py`); in between, the same state is checked through plain HTTP — the
+//! SharedCloud API's bodies and errors — and through the native API.
 
 mod sdk;
 
@@ -95,9 +96,14 @@ fn the_real_cli_signs_up_and_manages_instances_seen_the_same_through_http_and_th
     let body = "name=bobs&ask_price=0.0001";
     let r = http(Method::POST, &api("/api/v1/instances/"), Some(&bob), Some("application/x-www-form-urlencoded"), body);
     assert_eq!((r.status, &r.body), (400, &json!({"ask_price": ["\"ask_price\" cannot be smaller than $0.001"]})));
-    let body = json!({"name": "bobs", "ask_price": 0.25, "type": "gpu", "gpu": summary["gpu_small"]}).to_string();
+    let body = json!({"name": "bobs", "ask_price": 0.25, "type": "gpu", "gpu": summary["gpu_1080"]}).to_string();
     let r = http(Method::POST, &api("/api/v1/instances/"), Some(&bob), Some("application/json"), &body);
-    assert_eq!((r.status, &r.body["gpu_name"], &r.body["type"]), (201, &json!("gpu.small"), &json!(2)), "{}", r.text);
+    assert_eq!(
+        (r.status, &r.body["gpu_name"], &r.body["type"]),
+        (201, &json!(" Nvidia GeForce GTX 1080 8GB"), &json!(2)),
+        "{}",
+        r.text
+    );
     let r = http(Method::GET, &api("/api/v1/instances/"), Some(&token(secret)), None, "");
     assert_eq!(r.body.as_array().unwrap().len(), 1, "alice still sees only her own: {}", r.text);
     // Neither shows up in the bootstrap administrator's project.
@@ -105,8 +111,13 @@ fn the_real_cli_signs_up_and_manages_instances_seen_the_same_through_http_and_th
     let r = http(Method::GET, &api("/v1/instances"), Some(&admin), None, "");
     assert_eq!(r.body["items"], json!([]), "{}", r.text);
 
-    // The CLI deletes the account: its token and its instances go with it.
-    server.python("sharedcloud", "sharedcloud/cli_account_delete.py", &[("SC_USERNAME", "alice")]);
+    // The CLI changes the account's password, email and name (logging out after each), then deletes the
+    // account: its token and its instances go with it.
+    let renamed = [("SC_USERNAME", "alice"), ("SC_NEW_USERNAME", "alice2")];
+    server.python("sharedcloud", "sharedcloud/cli_account_update.py", &renamed);
+    let r = http(Method::GET, &api("/api/v1/users/"), Some(&token(secret)), None, "");
+    assert_eq!(r.body[0]["username"], "alice2", "the token outlives the changes, as DRF's does: {}", r.text);
+    server.python("sharedcloud", "sharedcloud/cli_account_delete.py", &[("SC_USERNAME", "alice2")]);
     let r = http(Method::GET, &api("/api/v1/instances/"), Some(&token(secret)), None, "");
     assert_eq!((r.status, &r.body), (401, &json!({"detail": "Invalid token."})));
     let login = "username=alice&password=alice-blablabla";

@@ -20,6 +20,8 @@ pub struct Cloud {
     pub app: Router,
     pub engine: Arc<Engine>,
     pub sim: Arc<SimDriver>,
+    /// The store under the engine, for checking what no API shows (a deleted account's project, say).
+    pub store: Arc<SqliteStore>,
     _dir: tempfile::TempDir,
 }
 
@@ -52,10 +54,10 @@ impl Cloud {
         let url = format!("sqlite://{}/nimbus.db", dir.path().display());
         let store = Arc::new(SqliteStore::open(&url).await.unwrap());
         let sim = Arc::new(SimDriver::new(sim));
-        let engine = Engine::start(store, sim.clone(), config).await.unwrap();
+        let engine = Engine::start(store.clone(), sim.clone(), config).await.unwrap();
         engine.bootstrap(Some(("NIMadmin".into(), ADMIN.into()))).await.unwrap();
         let app = nimbus_api::router(nimbus_api::AppState::new(engine.clone()));
-        Cloud { app, engine, sim, _dir: dir }
+        Cloud { app, engine, sim, store, _dir: dir }
     }
 
     pub async fn send(&self, req: Request<Body>) -> Reply {

@@ -54,6 +54,10 @@ impl FieldErrors {
         self.0.entry(field.to_string()).or_default().push(message.into());
     }
 
+    pub fn has(&self, field: &str) -> bool {
+        self.0.contains_key(field)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -76,7 +80,7 @@ impl FieldErrors {
 fn sc_field(engine_field: &str) -> &str {
     match engine_field {
         "price_hourly" => "ask_price",
-        "instance_type" => "gpu",
+        "instance_type" | "gpu_model" => "gpu",
         other => other,
     }
 }

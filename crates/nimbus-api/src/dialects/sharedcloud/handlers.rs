@@ -11,7 +11,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use nimbus_core::catalog::InstanceType;
+use nimbus_core::catalog::GpuModel;
 use nimbus_core::instance::{Instance, InstanceState};
 use nimbus_core::DomainError;
 use nimbus_engine::{ActionRequest, Context, CreateInstance, InstanceFilter, InstancePatch};
@@ -19,13 +19,15 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::errors::{FieldErrors, ScError, ScResult};
-use super::views::{self, CPU, EXT, GPU};
+use super::views::{self, Gpu, CPU, EXT, GPU};
 use crate::auth::{actor_of, credential};
 use crate::AppState;
 
 /// The instance type of a CPU instance (SharedCloud names no size; this is Nimbus's smallest general one
 /// that always exists).
 pub const CPU_INSTANCE_TYPE: &str = "standard.small";
+/// The instance type of a GPU instance, with one GPU of the model the user picks.
+pub const GPU_INSTANCE_TYPE: &str = "gpu.small";
 /// The template SharedCloud instances boot (the stock one); the first visible template if it is missing.
 pub const TEMPLATE: &str = "busybox";
 /// The smallest ask price SharedCloud accepts.
@@ -169,34 +171,40 @@ fn parse_input(map: &Map<String, Value>, e: &mut FieldErrors) -> Input {
     input
 }
 
-/// What an instance becomes: its instance type and its `max_num_parallel_jobs`.
+/// What an instance becomes: its instance type, GPU model and `max_num_parallel_jobs`.
 struct Plan {
-    itype: InstanceType,
+    instance_type: String,
+    gpu_model: Option<String>,
     max_num_parallel_jobs: i64,
 }
 
 /// SharedCloud's rules between `type`, `gpu` and `max_num_parallel_jobs`, checked against the instance as
 /// it is (`None` on create). A GPU instance takes one job at a time and names its GPU; a CPU one names none.
-fn plan(types: &[InstanceType], current: Option<(&Instance, Option<&InstanceType>)>, input: &Input) -> ScResult<Plan> {
+fn plan(gpus: &[Gpu], current: Option<&Instance>, input: &Input) -> ScResult<Plan> {
     let mut e = FieldErrors::default();
-    let current_gpu = current.and_then(|(_, t)| t).filter(|t| views::is_gpu(t));
-    let current_max = current.map_or(views::DEFAULT_MAX_NUM_PARALLEL_JOBS, |(i, _)| views::max_num_parallel_jobs(i));
-    let kind = input.kind.unwrap_or(if current_gpu.is_some() { GPU } else { CPU });
-    let mut itype = None;
+    let current_is_gpu = current.is_some_and(|i| i.gpus > 0);
+    let current_max = current.map_or(views::DEFAULT_MAX_NUM_PARALLEL_JOBS, views::max_num_parallel_jobs);
+    let kind = input.kind.unwrap_or(if current_is_gpu { GPU } else { CPU });
+    let instance_type;
+    let mut gpu_model = None;
     if kind == GPU {
-        let gpu_id = match input.gpu {
-            Some(Some(id)) => Some(id),
-            // Already a GPU instance and not told otherwise: it keeps its GPU.
-            None => current_gpu.map(|t| t.id),
-            Some(None) => None,
-        };
-        match gpu_id {
-            None => e.add("gpu", "\"gpu\" needs to be provided if the instance is type GPU"),
-            Some(id) => match types.iter().find(|t| t.id == id && views::is_gpu(t)) {
-                Some(t) => itype = Some(t.clone()),
-                None => e.add("gpu", format!("Invalid pk \"{id}\" - object does not exist.")),
+        match input.gpu {
+            Some(Some(uuid)) => match gpus.iter().find(|g| g.uuid == uuid) {
+                Some(g) => gpu_model = Some(g.model.codename.clone()),
+                None => e.add("gpu", format!("Invalid pk \"{uuid}\" - object does not exist.")),
             },
+            // Already a GPU instance and not told otherwise: it keeps its GPU.
+            None if current_is_gpu => gpu_model = current.and_then(|i| i.gpu_model.clone()),
+            _ => {}
         }
+        if gpu_model.is_none() && !e.has("gpu") {
+            e.add("gpu", "\"gpu\" needs to be provided if the instance is type GPU");
+        }
+        // A GPU instance keeps whatever GPU type it has (one made through the native API may be larger).
+        instance_type = match current {
+            Some(i) if current_is_gpu => i.instance_type.clone(),
+            _ => GPU_INSTANCE_TYPE.to_string(),
+        };
         match input.max_num_parallel_jobs {
             Some(n) if n != 1 => e.add(
                 "max_num_parallel_jobs",
@@ -212,20 +220,30 @@ fn plan(types: &[InstanceType], current: Option<(&Instance, Option<&InstanceType
         if matches!(input.gpu, Some(Some(_))) {
             e.add("gpu", "\"gpu\" is unnecessary because the instance is not, or not gonna be type GPU anymore");
         }
-        itype = match current.and_then(|(_, t)| t) {
-            // A CPU instance keeps whatever CPU type it has (one made through the native API may be larger).
-            Some(t) if !views::is_gpu(t) => Some(t.clone()),
-            _ => types.iter().find(|t| t.name == CPU_INSTANCE_TYPE).cloned(),
+        // A CPU instance keeps whatever CPU type it has (one made through the native API may be larger).
+        instance_type = match current {
+            Some(i) if !current_is_gpu => i.instance_type.clone(),
+            _ => CPU_INSTANCE_TYPE.to_string(),
         };
-        if itype.is_none() {
-            e.add("type", format!("The catalog has no {CPU_INSTANCE_TYPE} instance type for CPU instances."));
-        }
     }
     e.check()?;
-    Ok(Plan {
-        itype: itype.expect("checked"),
-        max_num_parallel_jobs: input.max_num_parallel_jobs.unwrap_or(current_max),
-    })
+    Ok(Plan { instance_type, gpu_model, max_num_parallel_jobs: input.max_num_parallel_jobs.unwrap_or(current_max) })
+}
+
+/// The catalog's GPU models with their SharedCloud uuids (stored aliases, made at first sight).
+async fn gpu_models(app: &AppState) -> ScResult<Vec<GpuModel>> {
+    Ok(app.engine.list_gpu_models().await?)
+}
+
+async fn gpu_uuids<'a>(app: &AppState, models: &'a [GpuModel]) -> ScResult<Vec<Gpu<'a>>> {
+    let mut gpus = Vec::with_capacity(models.len());
+    for model in models {
+        let alias = app.engine.alias(views::GPU_ALIAS, model.id, || views::new_gpu_uuid(model).to_string()).await?;
+        let uuid = Uuid::parse_str(&alias)
+            .map_err(|_| ScError::from(DomainError::Internal(format!("GPU alias {alias:?}"))))?;
+        gpus.push(Gpu { model, uuid });
+    }
+    Ok(gpus)
 }
 
 fn instance_id(uuid: &str) -> ScResult<Uuid> {
@@ -243,11 +261,15 @@ async fn live_instance(app: &AppState, ctx: &Context, id: Uuid) -> ScResult<Inst
 
 async fn render(app: &AppState, i: &Instance) -> ScResult<Value> {
     let types = app.engine.list_instance_types().await?;
-    Ok(views::instance(i, types.iter().find(|t| t.name == i.instance_type), nimbus_core::now()))
+    let models = gpu_models(app).await?;
+    let gpus = gpu_uuids(app, &models).await?;
+    Ok(views::instance(i, types.iter().find(|t| t.name == i.instance_type), &gpus, nimbus_core::now()))
 }
 
 pub async fn list(State(app): State<AppState>, ScCaller(ctx): ScCaller) -> ScResult<Json<Value>> {
     let types = app.engine.list_instance_types().await?;
+    let models = gpu_models(&app).await?;
+    let gpus = gpu_uuids(&app, &models).await?;
     let mut all = Vec::new();
     let mut page_token = None;
     loop {
@@ -267,7 +289,7 @@ pub async fn list(State(app): State<AppState>, ScCaller(ctx): ScCaller) -> ScRes
     let items: Vec<Value> = all
         .iter()
         .filter(|i| !matches!(i.state, InstanceState::Destroying | InstanceState::Destroyed))
-        .map(|i| views::instance(i, types.iter().find(|t| t.name == i.instance_type), now))
+        .map(|i| views::instance(i, types.iter().find(|t| t.name == i.instance_type), &gpus, now))
         .collect();
     Ok(Json(Value::Array(items)))
 }
@@ -315,8 +337,8 @@ pub async fn create(
     let input = parse_input(&map, &mut errors);
     // Each field's own errors come before the rules between fields, as DRF validates them.
     errors.check()?;
-    let types = app.engine.list_instance_types().await?;
-    let plan = plan(&types, None, &input)?;
+    let models = gpu_models(&app).await?;
+    let plan = plan(&gpu_uuids(&app, &models).await?, None, &input)?;
     let mut extensions = BTreeMap::new();
     extensions.insert(EXT.to_string(), json!({ "max_num_parallel_jobs": plan.max_num_parallel_jobs }));
     let (op, instance) = app
@@ -325,7 +347,8 @@ pub async fn create(
             &ctx,
             CreateInstance {
                 name: input.name.clone().expect("required"),
-                instance_type: plan.itype.name.clone(),
+                instance_type: plan.instance_type.clone(),
+                gpu_model: plan.gpu_model.clone(),
                 template: template(&app, &ctx).await?,
                 price_hourly: input.ask_price,
                 auto_start: false,
@@ -361,8 +384,9 @@ pub async fn update(
     change(app, ctx, uuid, headers, body, &[]).await
 }
 
-/// A new GPU model, or CPU for GPU, is another instance type: Nimbus scales the instance, which it does
-/// only for a stopped instance and within a family, so a change between CPU and GPU is refused.
+/// A new GPU model, or CPU for GPU and back, is new hardware: Nimbus scales the instance, across families
+/// since SharedCloud asks for it, which it does only while the instance is stopped (SharedCloud's
+/// NOT_AVAILABLE).
 async fn change(
     app: AppState,
     ctx: Context,
@@ -383,24 +407,24 @@ async fn change(
         }
     }
     errors.check()?;
-    let types = app.engine.list_instance_types().await?;
-    let current_type = types.iter().find(|t| t.name == current.instance_type);
-    let plan = plan(&types, Some((&current, current_type)), &input)?;
-    if plan.itype.name != current.instance_type {
-        let field = if input.kind.is_some_and(|k| current_type.is_some_and(|t| views::is_gpu(t) != (k == GPU))) {
-            "type"
-        } else {
-            "gpu"
+    let models = gpu_models(&app).await?;
+    let plan = plan(&gpu_uuids(&app, &models).await?, Some(&current), &input)?;
+    if plan.instance_type != current.instance_type || plan.gpu_model != current.gpu_model {
+        let field = if input.kind.is_some_and(|k| (current.gpus > 0) != (k == GPU)) { "type" } else { "gpu" };
+        let scale = ActionRequest::ScaleTo {
+            instance_type: plan.instance_type.clone(),
+            gpu_model: plan.gpu_model.clone(),
+            across_families: true,
         };
-        let scale = ActionRequest::Scale { instance_type: plan.itype.name.clone() };
-        app.engine.act_when_free(&ctx, id, scale, SETTLE).await.map_err(|e| match e {
-            DomainError::Conflict(m) if !m.contains("concurrently") && field == "type" => {
-                ScError::field(field, format!("A Nimbus instance cannot switch between CPU and GPU: {m}"))
+        let op = app.engine.act_when_free(&ctx, id, scale, SETTLE).await.map_err(|e| match e {
+            DomainError::InvalidState { hint, .. } => {
+                ScError::field(field, format!("{hint}: stop the instance first (it is AVAILABLE)"))
             }
             DomainError::Conflict(m) if !m.contains("concurrently") => ScError::field(field, m),
-            DomainError::InvalidState { hint, .. } => ScError::field(field, hint),
             other => other.into(),
         })?;
+        // SharedCloud's change is done when it answers.
+        app.engine.wait_operation(&ctx, op.id, SETTLE).await?;
     }
     let mut patch = InstancePatch {
         name: input.name.clone().filter(|n| *n != current.name),
@@ -465,9 +489,13 @@ pub async fn stop(
     run_state(app, ctx, uuid, false).await
 }
 
-/// The GPU models: the catalog's GPU instance types.
+/// The GPU models of the catalog, most CUDA cores first; available when the GPU instance type that
+/// SharedCloud instances get is offered here.
 pub async fn gpus(State(app): State<AppState>, ScCaller(_ctx): ScCaller) -> ScResult<Json<Value>> {
     let zone = app.engine.config().zone.clone();
     let types = app.engine.list_instance_types().await?;
-    Ok(Json(Value::Array(types.iter().filter(|t| views::is_gpu(t)).map(|t| views::gpu(t, &zone)).collect())))
+    let available = types.iter().any(|t| t.name == GPU_INSTANCE_TYPE && t.authorized && t.zones.contains(&zone));
+    let models = gpu_models(&app).await?;
+    let gpus = gpu_uuids(&app, &models).await?;
+    Ok(Json(Value::Array(gpus.iter().map(|g| views::gpu(g, available)).collect())))
 }

@@ -1,11 +1,13 @@
 //! The SharedCloud dialect (seed 001): instances under `/api/v1/instances/`, plus what its real client,
-//! `sharedcloud-cli`, needs around them: account registration and deletion (`/api/v1/users/`), token login
-//! (`/api/v1/api-token-auth/`) and the GPU models (`/api/v1/gpus/`). `Authorization: Token <secret>`,
-//! Django REST Framework's error bodies, form-encoded or JSON requests. Notes: `shared/dialects/sharedcloud.md`.
+//! `sharedcloud-cli`, needs around them: account registration, change and deletion (`/api/v1/users/`), token
+//! login (`/api/v1/api-token-auth/`) and the GPU models (`/api/v1/gpus/`). `Authorization: Token <secret>`,
+//! Django REST Framework's error bodies, form-encoded or JSON requests. Notes:
+//! `shared/dialects/sharedcloud.md`.
 //!
-//! A SharedCloud instance is a Nimbus instance of the caller's project: its `type` and `gpu` are its instance
-//! type (a GPU instance type is a GPU model), its `ask_price` is the instance's price, its `status` says
-//! whether it runs; `max_num_parallel_jobs` lives in the instance's `sharedcloud` extension map.
+//! A SharedCloud instance is a Nimbus instance of the caller's project: its `type` is whether its instance
+//! type has GPUs, its `gpu` is its GPU model (SharedCloud's uuid for a model is a stored alias), its
+//! `ask_price` is the instance's price, its `status` says whether it runs; `max_num_parallel_jobs` lives in
+//! the instance's `sharedcloud` extension map.
 
 use axum::routing::{get, patch, post};
 use axum::Router;
@@ -38,7 +40,10 @@ pub fn router(_state: AppState) -> Router<AppState> {
             .route(&format!("{BASE}/instances/{{uuid}}/stop{slash}"), patch(handlers::stop).fallback(nope))
             .route(&format!("{BASE}/gpus{slash}"), get(handlers::gpus).fallback(nope))
             .route(&format!("{BASE}/users{slash}"), get(accounts::list).post(accounts::register).fallback(nope))
-            .route(&format!("{BASE}/users/account{slash}"), axum::routing::delete(accounts::delete).fallback(nope))
+            .route(
+                &format!("{BASE}/users/account{slash}"),
+                patch(accounts::update).put(accounts::update).delete(accounts::delete).fallback(nope),
+            )
             .route(&format!("{BASE}/api-token-auth{slash}"), post(accounts::log_in).fallback(nope));
     }
     router

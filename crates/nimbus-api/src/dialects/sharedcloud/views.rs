@@ -1,12 +1,13 @@
 //! What SharedCloud returns: its instance, GPU and user objects, with numeric `type` and `status` and
 //! `DD-MM-YYYY HH:MM:SS` times (UTC). Pure rendering of what the engine recorded.
 
-use nimbus_core::catalog::InstanceType;
+use nimbus_core::catalog::{GpuModel, InstanceType};
 use nimbus_core::instance::{Instance, InstanceState};
 use nimbus_core::tenancy::Account;
 use serde_json::{json, Value};
 use time::macros::format_description;
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 /// The extension map key of this dialect on an instance.
 pub const EXT: &str = "sharedcloud";
@@ -25,9 +26,31 @@ pub fn time(t: OffsetDateTime) -> String {
     t.format(format_description!("[day]-[month]-[year] [hour]:[minute]:[second]")).unwrap_or_default()
 }
 
-/// A GPU model is a GPU instance type.
-pub fn is_gpu(t: &InstanceType) -> bool {
-    t.gpus > 0
+/// The alias kind of SharedCloud's GPU uuids.
+pub const GPU_ALIAS: &str = "sharedcloud.gpu";
+
+/// SharedCloud's public uuid of its Titan V, which its CLI's tests use.
+const TITAN_V: Uuid = uuid::uuid!("caf0daeb-ba23-4499-b4f9-8b4965714366");
+
+/// The uuid SharedCloud gives a GPU model, made once and stored as its alias: the public one where it is
+/// known, otherwise one derived from the codename under the Titan V's, the same on every server.
+pub fn new_gpu_uuid(model: &GpuModel) -> Uuid {
+    match model.codename.as_str() {
+        "titanv" => TITAN_V,
+        other => Uuid::new_v5(&TITAN_V, format!("sharedcloud.gpu.{other}").as_bytes()),
+    }
+}
+
+/// A GPU model with its SharedCloud uuid.
+pub struct Gpu<'a> {
+    pub model: &'a GpuModel,
+    pub uuid: Uuid,
+}
+
+/// SharedCloud's names of GPU models start with a space (" Nvidia Titan V 12GB", as its API lists them
+/// and its CLI's tests expect them).
+fn gpu_name(model: &GpuModel) -> String {
+    format!(" {}", model.name)
 }
 
 pub fn max_num_parallel_jobs(i: &Instance) -> i64 {
@@ -38,15 +61,16 @@ pub fn max_num_parallel_jobs(i: &Instance) -> i64 {
         .unwrap_or(DEFAULT_MAX_NUM_PARALLEL_JOBS)
 }
 
-/// An instance. `itype` is its instance type from the catalog (`None` only if the catalog lost it).
-pub fn instance(i: &Instance, itype: Option<&InstanceType>, now: OffsetDateTime) -> Value {
-    let gpu = itype.filter(|t| is_gpu(t));
+/// An instance. `itype` is its instance type from the catalog (`None` only if the catalog lost it), `gpus`
+/// the GPU models, among which its own.
+pub fn instance(i: &Instance, itype: Option<&InstanceType>, gpus: &[Gpu], now: OffsetDateTime) -> Value {
+    let gpu = gpus.iter().find(|g| i.gpus > 0 && i.gpu_model.as_deref() == Some(g.model.codename.as_str()));
     json!({
         "uuid": i.id,
         "name": i.name,
-        "type": if gpu.is_some() { GPU } else { CPU },
-        "gpu": gpu.map(|t| t.id),
-        "gpu_name": gpu.map_or("n/a".to_string(), |t| t.name.clone()),
+        "type": if i.gpus > 0 { GPU } else { CPU },
+        "gpu": gpu.map(|g| g.uuid),
+        "gpu_name": gpu.map_or("n/a".to_string(), |g| gpu_name(g.model)),
         "status": if i.state == InstanceState::Running { AVAILABLE } else { NOT_AVAILABLE },
         "ask_price": i.price_hourly.or(itype.map(|t| t.price_hourly)).unwrap_or(0.0),
         "max_num_parallel_jobs": max_num_parallel_jobs(i),
@@ -62,15 +86,14 @@ pub fn instance(i: &Instance, itype: Option<&InstanceType>, now: OffsetDateTime)
     })
 }
 
-/// A GPU model: a GPU instance type of the catalog.
-pub fn gpu(t: &InstanceType, zone: &str) -> Value {
+/// A GPU model of the catalog; `available` when instances with it can be made here.
+pub fn gpu(g: &Gpu, available: bool) -> Value {
     json!({
-        "uuid": t.id,
-        "name": t.name,
-        "codename": t.name,
-        // The catalog does not know the cores of its GPUs.
-        "cuda_cores": Value::Null,
-        "is_available": t.authorized && t.zones.iter().any(|z| z == zone),
+        "uuid": g.uuid,
+        "name": gpu_name(g.model),
+        "codename": g.model.codename,
+        "cuda_cores": g.model.cuda_cores,
+        "is_available": available,
     })
 }
 

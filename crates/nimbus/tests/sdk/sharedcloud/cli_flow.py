@@ -26,8 +26,11 @@ token = open(TOKEN_FILE).read()
 assert token and token == token.strip(), repr(token)
 
 out = sharedcloud("gpu", "list")
-gpus = {row[1]: row[0] for row in table_rows(out)}
-assert "gpu.small" in gpus and "gpu.medium" in gpus, out
+# UUID, NAME, CODENAME, CUDA_CORES, IS_AVAILABLE
+gpus = {row[2]: row[0] for row in table_rows(out)}
+assert list(gpus) == ["titanv", "teslak80", "titanxp", "1080_ti", "titanx", "1080", "1070", "1060"], out
+assert table_rows(out)[0][1:4] == ["Nvidia Titan V 12GB", "titanv", "5120"], out
+assert gpus["titanv"] == "caf0daeb-ba23-4499-b4f9-8b4965714366", out
 
 out = sharedcloud("instance", "create", "--name", "cpu-box", "--type", "cpu", "--ask-price", "1.5",
                   "--max-num-parallel-jobs", "3")
@@ -35,14 +38,14 @@ cpu_uuid = uuid_in(out)
 assert open(INSTANCE_FILE).read() == cpu_uuid, "the CLI keeps the new instance as its active one"
 
 out = sharedcloud("instance", "create", "--name", "gpu-box", "--type", "gpu", "--ask-price", "0.5",
-                  "--gpu-uuid", gpus["gpu.small"])
+                  "--gpu-uuid", gpus["titanv"])
 gpu_uuid = uuid_in(out)
 
 out = sharedcloud("instance", "list")
 rows = table_rows(out)
 # UUID, NAME, STATUS, ASK_PRICE, TYPE, GPU, RUNNING_JOBS, MAX_NUM_PARALLEL_JOBS (LAST_CONNECTION is empty)
 assert [r[:8] for r in rows] == [
-    [gpu_uuid, "gpu-box", "NOT_AVAILABLE", "0.5", "GPU", "gpu.small", "0", "1"],
+    [gpu_uuid, "gpu-box", "NOT_AVAILABLE", "0.5", "GPU", "Nvidia Titan V 12GB", "0", "1"],
     [cpu_uuid, "cpu-box", "NOT_AVAILABLE", "1.5", "CPU", "n/a", "0", "3"],
 ], out
 
@@ -58,14 +61,20 @@ out = sharedcloud("instance", "create", "--name", "x", "--type", "gpu", "--ask-p
 assert 'needs to be provided if the instance is type GPU"' in out, out
 out = sharedcloud("instance", "create", "--name", "x", "--ask-price", "0.0001", expect=1)
 assert "cannot be smaller than $0.001" in out, out
-out = sharedcloud("instance", "update", "--uuid", cpu_uuid, "--type", "gpu", "--gpu-uuid", gpus["gpu.small"],
+out = sharedcloud("instance", "update", "--uuid", cpu_uuid, "--type", "gpu", "--gpu-uuid", gpus["1080"],
                   expect=1)
 assert '"current set value (5) is invalid for a GPU instance. Please set it to 1' in out, out
-out = sharedcloud("instance", "update", "--uuid", cpu_uuid, "--gpu-uuid", gpus["gpu.small"], expect=1)
+out = sharedcloud("instance", "update", "--uuid", cpu_uuid, "--gpu-uuid", gpus["1080"], expect=1)
 assert "is unnecessary because the instance is not, or not gonna be type GPU anymore" in out, out
 out = sharedcloud("instance", "update", "--uuid", "00000000-0000-4000-8000-000000000000", "--name", "y",
                   expect=1)
 assert "Not found resource with this UUID" in out, out
+
+# A GPU instance becomes a CPU one (and loses its GPU), as `instance update --type cpu` asks.
+out = sharedcloud("instance", "update", "--uuid", gpu_uuid, "--type", "cpu", "--max-num-parallel-jobs", "2")
+assert uuid_in(out) == gpu_uuid, out
+row = [r for r in table_rows(sharedcloud("instance", "list")) if r[0] == gpu_uuid][0]
+assert row[4:8] == ["CPU", "n/a", "0", "2"], row
 
 out = sharedcloud("instance", "delete", "--uuid", gpu_uuid)
 assert not os.path.exists(INSTANCE_FILE), "the CLI forgets its active instance after a delete"
@@ -75,4 +84,4 @@ rows = table_rows(sharedcloud("instance", "list"))
 assert [r[0] for r in rows] == [cpu_uuid], rows
 
 print(json.dumps({"token": token, "account": account_uuid, "cpu": cpu_uuid, "deleted": gpu_uuid,
-                  "gpu_small": gpus["gpu.small"]}))
+                  "gpu_1080": gpus["1080"]}))
