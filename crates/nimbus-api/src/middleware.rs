@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use nimbus_store::IdempotencyClaim;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use crate::auth::{actor_of, credential};
 use crate::error::{ApiError, REQUEST_ID};
@@ -57,12 +58,9 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
     let method = req.method().to_string();
     let started = Instant::now();
     let span = tracing::info_span!("request", id = %request_id, %method, %route);
-    let response = REQUEST_ID
-        .scope(request_id, async move {
-            let _guard = span.enter();
-            next.run(req).await
-        })
-        .await;
+    // `instrument`, not `span.enter()`: an entered guard held across an await leaves the span entered on
+    // whichever thread the task moves to, which corrupts tracing's registry (and panicked a worker).
+    let response = REQUEST_ID.scope(request_id, next.run(req).instrument(span)).await;
     let elapsed = started.elapsed();
     state.metrics.requests.with_label_values(&[&method, &route, response.status().as_str()]).inc();
     state.metrics.latency.with_label_values(&[&method, &route]).observe(elapsed.as_secs_f64());
