@@ -102,6 +102,8 @@ pub enum ActionRequest {
     },
     ResetPassword,
     EnableTpm,
+    Suspend,
+    Resume,
     Delete,
 }
 
@@ -119,6 +121,8 @@ impl ActionRequest {
             ActionRequest::DeleteSnapshot { .. } => Action::DeleteSnapshot,
             ActionRequest::ResetPassword => Action::ResetPassword,
             ActionRequest::EnableTpm => Action::EnableTpm,
+            ActionRequest::Suspend => Action::Suspend,
+            ActionRequest::Resume => Action::Resume,
             ActionRequest::Delete => Action::Delete,
         }
     }
@@ -629,7 +633,12 @@ impl Engine {
                     )));
                 }
             }
-            ActionRequest::Start | ActionRequest::Stop | ActionRequest::Reboot | ActionRequest::Delete => {}
+            ActionRequest::Start
+            | ActionRequest::Stop
+            | ActionRequest::Reboot
+            | ActionRequest::Suspend
+            | ActionRequest::Resume
+            | ActionRequest::Delete => {}
         }
         let now = nimbus_core::now();
         let op = Operation {
