@@ -399,6 +399,39 @@ impl Engine {
         .await
     }
 
+    /// Attaches and detaches security groups in one change. Attaching a group already attached, or
+    /// detaching one that is not, changes nothing; every group attached must exist in the project.
+    pub async fn change_security_groups(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        attach: &[Uuid],
+        detach: &[Uuid],
+    ) -> Result<Instance> {
+        ctx.require(Role::Member)?;
+        self.check_group_refs(ctx, attach, &[]).await?;
+        self.edit_instance(ctx, id, None, |current| {
+            if current.state == InstanceState::Destroying {
+                return Err(DomainError::InvalidState {
+                    action: "change-security-groups".into(),
+                    state: current.state,
+                    hint: "the instance is being destroyed".into(),
+                });
+            }
+            let mut next = current.clone();
+            next.security_groups.retain(|g| !detach.contains(g));
+            for g in attach {
+                if !next.security_groups.contains(g) {
+                    next.security_groups.push(*g);
+                }
+            }
+            next.generation += 1;
+            next.updated_at = nimbus_core::now();
+            Ok(next)
+        })
+        .await
+    }
+
     /// Read-modify-write of one instance for a caller: `change` makes the next version from the current one,
     /// or refuses. A lost compare-and-swap reads again and re-applies, unless the caller pinned a version
     /// with `if_match`, who then learns that the version is gone.
