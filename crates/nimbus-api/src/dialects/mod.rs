@@ -6,9 +6,13 @@ use axum::Router;
 
 use crate::AppState;
 
+pub mod gcore;
 pub mod onet;
 pub mod sfcompute;
 
 pub fn router(_state: AppState) -> Router<AppState> {
-    Router::new().merge(sfcompute::router(_state.clone())).merge(onet::router(_state.clone()))
+    Router::new()
+        .merge(sfcompute::router(_state.clone()))
+        .merge(onet::router(_state.clone()))
+        .merge(gcore::router(_state.clone()))
 }
