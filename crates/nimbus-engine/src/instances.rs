@@ -106,6 +106,8 @@ pub enum ActionRequest {
     },
     ResetPassword,
     EnableTpm,
+    Suspend,
+    Resume,
     Delete,
 }
 
@@ -123,6 +125,8 @@ impl ActionRequest {
             ActionRequest::DeleteSnapshot { .. } => Action::DeleteSnapshot,
             ActionRequest::ResetPassword => Action::ResetPassword,
             ActionRequest::EnableTpm => Action::EnableTpm,
+            ActionRequest::Suspend => Action::Suspend,
+            ActionRequest::Resume => Action::Resume,
             ActionRequest::Delete => Action::Delete,
         }
     }
@@ -403,6 +407,39 @@ impl Engine {
         .await
     }
 
+    /// Attaches and detaches security groups in one change. Attaching a group already attached, or
+    /// detaching one that is not, changes nothing; every group attached must exist in the project.
+    pub async fn change_security_groups(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        attach: &[Uuid],
+        detach: &[Uuid],
+    ) -> Result<Instance> {
+        ctx.require(Role::Member)?;
+        self.check_group_refs(ctx, attach, &[]).await?;
+        self.edit_instance(ctx, id, None, |current| {
+            if current.state == InstanceState::Destroying {
+                return Err(DomainError::InvalidState {
+                    action: "change-security-groups".into(),
+                    state: current.state,
+                    hint: "the instance is being destroyed".into(),
+                });
+            }
+            let mut next = current.clone();
+            next.security_groups.retain(|g| !detach.contains(g));
+            for g in attach {
+                if !next.security_groups.contains(g) {
+                    next.security_groups.push(*g);
+                }
+            }
+            next.generation += 1;
+            next.updated_at = nimbus_core::now();
+            Ok(next)
+        })
+        .await
+    }
+
     /// Read-modify-write of one instance for a caller: `change` makes the next version from the current one,
     /// or refuses. A lost compare-and-swap reads again and re-applies, unless the caller pinned a version
     /// with `if_match`, who then learns that the version is gone.
@@ -661,7 +698,12 @@ impl Engine {
                     )));
                 }
             }
-            ActionRequest::Start | ActionRequest::Stop | ActionRequest::Reboot | ActionRequest::Delete => {}
+            ActionRequest::Start
+            | ActionRequest::Stop
+            | ActionRequest::Reboot
+            | ActionRequest::Suspend
+            | ActionRequest::Resume
+            | ActionRequest::Delete => {}
         }
         let now = nimbus_core::now();
         let op = Operation {

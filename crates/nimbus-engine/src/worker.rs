@@ -202,6 +202,8 @@ impl Engine {
                 )));
             }
             Action::EnableTpm => self.driver.enable_tpm(id).await?,
+            Action::Suspend => self.driver.suspend(id).await?,
+            Action::Resume => self.driver.resume(id).await?,
             Action::Delete => self.driver.destroy(id).await?,
         }
         Ok(Outcome::Done { result, writes })
@@ -321,6 +323,7 @@ impl Engine {
         next.state = match self.driver.inspect(current.id).await {
             Ok(ActualState::Running) => InstanceState::Running,
             Ok(ActualState::Stopped) => InstanceState::Stopped,
+            Ok(ActualState::Paused) => InstanceState::Suspended,
             Ok(ActualState::Missing) | Err(_) => InstanceState::Error,
         };
         let p = &op.params;

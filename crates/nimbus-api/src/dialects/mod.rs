@@ -6,6 +6,7 @@ use axum::Router;
 
 use crate::AppState;
 
+pub mod gcore;
 pub mod onet;
 pub mod sfcompute;
 pub mod sharedcloud;
@@ -15,4 +16,5 @@ pub fn router(_state: AppState) -> Router<AppState> {
         .merge(sfcompute::router(_state.clone()))
         .merge(onet::router(_state.clone()))
         .merge(sharedcloud::router(_state.clone()))
+        .merge(gcore::router(_state.clone()))
 }
