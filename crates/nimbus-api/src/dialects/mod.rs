@@ -6,9 +6,13 @@ use axum::Router;
 
 use crate::AppState;
 
+pub mod exoscale;
 pub mod onet;
 pub mod sfcompute;
 
 pub fn router(_state: AppState) -> Router<AppState> {
-    Router::new().merge(sfcompute::router(_state.clone())).merge(onet::router(_state.clone()))
+    Router::new()
+        .merge(sfcompute::router(_state.clone()))
+        .merge(onet::router(_state.clone()))
+        .merge(exoscale::router(_state.clone()))
 }
