@@ -50,7 +50,7 @@ fn failure_of(e: &DriverError) -> (OperationState, Reason) {
     }
 }
 
-fn new_password() -> String {
+pub(crate) fn new_password() -> String {
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let mut rng = rand::thread_rng();
     (0..20).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()

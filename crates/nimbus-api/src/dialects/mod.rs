@@ -6,6 +6,7 @@ use axum::Router;
 
 use crate::AppState;
 
+pub mod exoscale;
 pub mod gcore;
 pub mod onet;
 pub mod sfcompute;
@@ -17,4 +18,5 @@ pub fn router(_state: AppState) -> Router<AppState> {
         .merge(onet::router(_state.clone()))
         .merge(sharedcloud::router(_state.clone()))
         .merge(gcore::router(_state.clone()))
+        .merge(exoscale::router(_state.clone()))
 }
