@@ -24,10 +24,12 @@ pub enum InstanceState {
     Error,
     Destroying,
     Destroyed,
+    /// Paused in memory by a suspend: the VM keeps its RAM and process but runs no code until resumed.
+    Suspended,
 }
 
 impl InstanceState {
-    pub const ALL: [InstanceState; 13] = [
+    pub const ALL: [InstanceState; 14] = [
         Self::Creating,
         Self::Starting,
         Self::Running,
@@ -41,6 +43,7 @@ impl InstanceState {
         Self::Error,
         Self::Destroying,
         Self::Destroyed,
+        Self::Suspended,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +61,7 @@ impl InstanceState {
             Self::Error => "error",
             Self::Destroying => "destroying",
             Self::Destroyed => "destroyed",
+            Self::Suspended => "suspended",
         }
     }
 
@@ -67,7 +71,7 @@ impl InstanceState {
 
     /// States that only exist while an operation is working on the instance.
     pub fn is_transitional(self) -> bool {
-        !matches!(self, Self::Running | Self::Stopped | Self::Error | Self::Destroyed)
+        !matches!(self, Self::Running | Self::Stopped | Self::Error | Self::Destroyed | Self::Suspended)
     }
 }
 

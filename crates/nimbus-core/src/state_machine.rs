@@ -22,6 +22,9 @@ pub enum Action {
     DeleteSnapshot,
     ResetPassword,
     EnableTpm,
+    /// Pauses the running VM in memory (QMP `stop`); `Resume` lets it run again where it was.
+    Suspend,
+    Resume,
     Delete,
     /// A stop that Nimbus itself starts when an instance's `expected_shutdown_at` has come.
     ScheduledStop,
@@ -42,6 +45,8 @@ impl Action {
             Action::DeleteSnapshot => "delete_snapshot",
             Action::ResetPassword => "reset_password",
             Action::EnableTpm => "enable_tpm",
+            Action::Suspend => "suspend",
+            Action::Resume => "resume",
             Action::Delete => "delete",
             Action::ScheduledStop => "scheduled_stop",
         }
@@ -107,6 +112,10 @@ fn rule(action: Action) -> (&'static [InstanceState], &'static str, InstanceStat
             Landing::Previous,
         ),
         Action::EnableTpm => (&[Stopped], "enable-tpm needs the instance stopped", Stopped, Landing::In(Stopped)),
+        // Neither shows a state of its own while it runs: the instance is running until it is suspended, and
+        // suspended until it runs again (the operation holding the lock says which change is under way).
+        Action::Suspend => (&[Running], "suspend needs the instance running", Running, Landing::In(Suspended)),
+        Action::Resume => (&[Suspended], "resume needs the instance suspended", Suspended, Landing::In(Running)),
         Action::Delete => (
             &[
                 Creating,
@@ -120,6 +129,7 @@ fn rule(action: Action) -> (&'static [InstanceState], &'static str, InstanceStat
                 Reverting,
                 Migrating,
                 Error,
+                Suspended,
             ],
             "the instance is already being destroyed",
             Destroying,
@@ -175,6 +185,18 @@ mod tests {
         assert_eq!(landing(Action::CreateSnapshot, Running), Some(Running));
         assert_eq!(landing(Action::CreateSnapshot, Stopped), Some(Stopped));
         assert_eq!(landing(Action::Delete, Running), None);
+    }
+
+    #[test]
+    fn only_a_running_instance_suspends_and_only_a_suspended_one_resumes() {
+        assert_eq!(transition(Action::Suspend, Running).unwrap().during, Running);
+        assert_eq!(landing(Action::Suspend, Running), Some(Suspended));
+        assert_eq!(landing(Action::Resume, Suspended), Some(Running));
+        for a in [Action::Start, Action::Stop, Action::Reboot, Action::Scale, Action::Suspend] {
+            assert!(transition(a, Suspended).is_err(), "{a} allowed while suspended");
+        }
+        assert!(transition(Action::Resume, Running).is_err());
+        assert!(transition(Action::Delete, Suspended).is_ok());
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub struct InstanceSpec {
 pub enum ActualState {
     Running,
     Stopped,
+    /// The VM exists in memory but its vCPUs are paused (suspended).
+    Paused,
     /// The driver has nothing for this instance (never created, or destroyed).
     Missing,
 }
@@ -124,6 +126,14 @@ pub trait Driver: Send + Sync + 'static {
     async fn console(&self, id: Uuid) -> DriverResult<String>;
     async fn metrics(&self, _id: Uuid) -> DriverResult<InstanceMetrics> {
         Ok(InstanceMetrics::default())
+    }
+    /// Pauses a running VM in memory; it keeps its RAM and devices. Idempotent on a paused VM.
+    async fn suspend(&self, _id: Uuid) -> DriverResult<()> {
+        Err(DriverError::Unsupported(format!("the {} driver cannot suspend instances", self.name())))
+    }
+    /// Lets a suspended VM run again where it stopped. Idempotent on a running VM.
+    async fn resume(&self, _id: Uuid) -> DriverResult<()> {
+        Err(DriverError::Unsupported(format!("the {} driver cannot resume instances", self.name())))
     }
     /// Whether `enable_tpm` can work on this host; the API refuses it up front otherwise.
     fn supports_tpm(&self) -> bool {

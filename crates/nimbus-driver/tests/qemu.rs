@@ -191,6 +191,14 @@ async fn qemu_instance_lifecycle() {
     }
     drop(con);
 
+    // Suspend pauses the vCPUs (QMP stop) and resume lets the same boot go on (QMP cont).
+    d.suspend(id).await.unwrap();
+    d.suspend(id).await.unwrap();
+    assert_eq!(d.inspect(id).await.unwrap(), ActualState::Paused);
+    d.resume(id).await.unwrap();
+    assert_eq!(d.inspect(id).await.unwrap(), ActualState::Running);
+    assert!(ping(&netns, "10.213.0.10"), "the resumed guest answers ping");
+
     // A new driver over the same state dir (the control plane restarted) adopts the VM and stops it.
     let d2 = QemuDriver::new(config.clone()).await.expect("second driver");
     assert_eq!(d2.inspect(id).await.unwrap(), ActualState::Running);

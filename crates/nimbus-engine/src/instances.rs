@@ -79,6 +79,8 @@ pub struct InstancePatch {
     pub price_hourly: Option<Option<f64>>,
     /// JSON merge patches of the named dialects' extension maps (a `null` removes a key).
     pub extensions: BTreeMap<String, serde_json::Value>,
+    /// New user-data (base64); the guest reads it at its next boot.
+    pub user_data: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -117,6 +119,8 @@ pub enum ActionRequest {
     },
     ResetPassword,
     EnableTpm,
+    Suspend,
+    Resume,
     Delete,
 }
 
@@ -134,6 +138,8 @@ impl ActionRequest {
             ActionRequest::DeleteSnapshot { .. } => Action::DeleteSnapshot,
             ActionRequest::ResetPassword => Action::ResetPassword,
             ActionRequest::EnableTpm => Action::EnableTpm,
+            ActionRequest::Suspend => Action::Suspend,
+            ActionRequest::Resume => Action::Resume,
             ActionRequest::Delete => Action::Delete,
         }
     }
@@ -308,6 +314,16 @@ impl Engine {
         let mut set = WriteSet::new();
         set.push(Write::PutInstance { instance: instance.clone(), expected_generation: None });
         set.push(Write::PutOperation(op.clone()));
+        // A password-enabled template gets a generated password at creation, revealable for a day (what
+        // reset-password does later).
+        if template.password_enabled {
+            let password = InstancePassword {
+                instance_id: id,
+                password: crate::worker::new_password(),
+                expires_at: now + nimbus_core::resources::PASSWORD_LIFETIME,
+            };
+            set.push(Write::PutRecord(Record::new(PASSWORD, id, Some(ctx.project.id), "password", &password)));
+        }
         for (kind, alias) in &req.aliases {
             set.push(Write::PutAlias { kind: kind.clone(), alias: alias.clone(), id });
         }
@@ -409,6 +425,39 @@ impl Engine {
             }
             let mut next = current.clone();
             next.protected = protected;
+            next.generation += 1;
+            next.updated_at = nimbus_core::now();
+            Ok(next)
+        })
+        .await
+    }
+
+    /// Attaches and detaches security groups in one change. Attaching a group already attached, or
+    /// detaching one that is not, changes nothing; every group attached must exist in the project.
+    pub async fn change_security_groups(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        attach: &[Uuid],
+        detach: &[Uuid],
+    ) -> Result<Instance> {
+        ctx.require(Role::Member)?;
+        self.check_group_refs(ctx, attach, &[]).await?;
+        self.edit_instance(ctx, id, None, |current| {
+            if current.state == InstanceState::Destroying {
+                return Err(DomainError::InvalidState {
+                    action: "change-security-groups".into(),
+                    state: current.state,
+                    hint: "the instance is being destroyed".into(),
+                });
+            }
+            let mut next = current.clone();
+            next.security_groups.retain(|g| !detach.contains(g));
+            for g in attach {
+                if !next.security_groups.contains(g) {
+                    next.security_groups.push(*g);
+                }
+            }
             next.generation += 1;
             next.updated_at = nimbus_core::now();
             Ok(next)
@@ -662,7 +711,12 @@ impl Engine {
                     )));
                 }
             }
-            ActionRequest::Start | ActionRequest::Stop | ActionRequest::Reboot | ActionRequest::Delete => {}
+            ActionRequest::Start
+            | ActionRequest::Stop
+            | ActionRequest::Reboot
+            | ActionRequest::Suspend
+            | ActionRequest::Resume
+            | ActionRequest::Delete => {}
         }
         let now = nimbus_core::now();
         let op = Operation {
@@ -804,6 +858,10 @@ impl Engine {
     pub async fn reveal_password(&self, ctx: &Context, id: Uuid) -> Result<InstancePassword> {
         ctx.require(Role::Member)?;
         let instance = self.instance(ctx, id).await?;
+        let template = self.template_by_id(instance.template_id).await?;
+        if !template.password_enabled {
+            return Err(DomainError::Conflict(format!("template {} does not support passwords", template.name)));
+        }
         let record = self.store.get_record(PASSWORD, instance.id).await.map_err(store_err)?;
         let password: Option<InstancePassword> = record.map(|r| r.decode()).transpose().map_err(store_err)?;
         password.filter(|p| p.expires_at > OffsetDateTime::now_utc()).ok_or_else(|| DomainError::NotFound {
@@ -898,6 +956,10 @@ fn apply_patch(current: &Instance, patch: &InstancePatch) -> Result<Instance> {
             nimbus_core::instance::validate_price("price_hourly", p)?;
         }
         next.price_hourly = price;
+    }
+    if let Some(ud) = &patch.user_data {
+        decode_user_data(ud)?;
+        next.user_data = Some(ud.trim().to_string());
     }
     for (dialect, value) in &patch.extensions {
         let slot = next.extensions.entry(dialect.clone()).or_insert(serde_json::Value::Null);

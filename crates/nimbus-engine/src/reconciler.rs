@@ -46,6 +46,7 @@ impl Engine {
                     next.state = match self.driver.inspect(current.id).await {
                         Ok(ActualState::Running) => InstanceState::Running,
                         Ok(ActualState::Stopped) => InstanceState::Stopped,
+                        Ok(ActualState::Paused) => InstanceState::Suspended,
                         _ => InstanceState::Error,
                     };
                     next.lock_operation_id = None;
@@ -113,6 +114,10 @@ impl Engine {
                 (InstanceState::Running | InstanceState::Stopped, ActualState::Missing) => InstanceState::Error,
                 (InstanceState::Error, ActualState::Running) => InstanceState::Running,
                 (InstanceState::Error, ActualState::Stopped) => InstanceState::Stopped,
+                (InstanceState::Running | InstanceState::Error, ActualState::Paused) => InstanceState::Suspended,
+                (InstanceState::Suspended, ActualState::Running) => InstanceState::Running,
+                (InstanceState::Suspended, ActualState::Stopped) => InstanceState::Stopped,
+                (InstanceState::Suspended, ActualState::Missing) => InstanceState::Error,
                 _ => continue,
             };
             tracing::info!(instance = %instance.id, recorded = %instance.state, observed = %observed, "instance changed outside Nimbus");

@@ -220,6 +220,39 @@ impl Engine {
         self.delete(ANTI_AFFINITY_GROUP, id).await
     }
 
+    // Dialect records: documents a dialect keeps about its own provider-only objects (Exoscale's operation
+    // receipts, say), scoped by project. The core never reads them.
+
+    fn dialect_kind(dialect: &str, kind: &str) -> String {
+        format!("dialect.{dialect}.{kind}")
+    }
+
+    /// Stores (or replaces) a dialect's document. The caller has already been allowed the change the
+    /// document records, so no role is checked here.
+    pub async fn put_dialect_record(
+        &self,
+        ctx: &Context,
+        dialect: &str,
+        kind: &str,
+        id: Uuid,
+        value: &serde_json::Value,
+    ) -> Result<()> {
+        let kind = Self::dialect_kind(dialect, kind);
+        self.put(Record::new(&kind, id, Some(ctx.project.id), &id.to_string(), value)).await
+    }
+
+    /// A dialect's document of the caller's project, if there is one.
+    pub async fn dialect_record(
+        &self,
+        ctx: &Context,
+        dialect: &str,
+        kind: &str,
+        id: Uuid,
+    ) -> Result<Option<serde_json::Value>> {
+        let record = self.store.get_record(&Self::dialect_kind(dialect, kind), id).await.map_err(store_err)?;
+        Ok(record.filter(|r| r.project_id == Some(ctx.project.id)).map(|r| r.body))
+    }
+
     pub(crate) async fn check_group_refs(&self, ctx: &Context, sgs: &[Uuid], aags: &[Uuid]) -> Result<()> {
         for id in sgs {
             self.security_group(ctx, *id).await.map_err(|_| {

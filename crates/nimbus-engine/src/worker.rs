@@ -50,7 +50,7 @@ fn failure_of(e: &DriverError) -> (OperationState, Reason) {
     }
 }
 
-fn new_password() -> String {
+pub(crate) fn new_password() -> String {
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let mut rng = rand::thread_rng();
     (0..20).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
@@ -202,6 +202,8 @@ impl Engine {
                 )));
             }
             Action::EnableTpm => self.driver.enable_tpm(id).await?,
+            Action::Suspend => self.driver.suspend(id).await?,
+            Action::Resume => self.driver.resume(id).await?,
             Action::Delete => self.driver.destroy(id).await?,
         }
         Ok(Outcome::Done { result, writes })
@@ -321,6 +323,7 @@ impl Engine {
         next.state = match self.driver.inspect(current.id).await {
             Ok(ActualState::Running) => InstanceState::Running,
             Ok(ActualState::Stopped) => InstanceState::Stopped,
+            Ok(ActualState::Paused) => InstanceState::Suspended,
             Ok(ActualState::Missing) | Err(_) => InstanceState::Error,
         };
         let p = &op.params;

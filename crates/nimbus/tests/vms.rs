@@ -363,12 +363,13 @@ impl Drop for Cloud {
     }
 }
 
-/// The value of `UD| key=value` in console text (the guest prefixes user-data output with `UD| `).
+/// The value of `UD| key=value` in console text (the guest prefixes user-data output with `UD| `). The
+/// marker may follow getty's `login:` prompt on the same line: both write to ttyS0 at boot.
 fn ud_value(console: &str, key: &str) -> u64 {
     let prefix = format!("UD| {key}=");
     console
         .lines()
-        .find_map(|l| l.trim_end_matches('\r').strip_prefix(&prefix))
+        .find_map(|l| l.trim_end_matches('\r').split_once(&prefix).map(|(_, v)| v))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {key}= in the console:\n{console}"))
 }

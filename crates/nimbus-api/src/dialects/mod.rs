@@ -6,6 +6,8 @@ use axum::Router;
 
 use crate::AppState;
 
+pub mod exoscale;
+pub mod gcore;
 pub mod onet;
 pub mod sfcompute;
 pub mod sharedcloud;
@@ -15,4 +17,6 @@ pub fn router(_state: AppState) -> Router<AppState> {
         .merge(sfcompute::router(_state.clone()))
         .merge(onet::router(_state.clone()))
         .merge(sharedcloud::router(_state.clone()))
+        .merge(gcore::router(_state.clone()))
+        .merge(exoscale::router(_state.clone()))
 }

@@ -345,7 +345,7 @@ fn optional<T: for<'de> Deserialize<'de> + Default>(body: Option<serde_json::Val
 }
 
 #[utoipa::path(post, path = "/v1/instances/{id}/{action}", tag = "instances",
-    params(("id" = Uuid, Path), ("action" = String, Path, description = "start | stop | reboot | reset | scale | resize-disk | create-snapshot | revert-snapshot | reset-password | add-protection | remove-protection | enable-tpm"), ActionQuery),
+    params(("id" = Uuid, Path), ("action" = String, Path, description = "start | stop | reboot | reset | scale | resize-disk | create-snapshot | revert-snapshot | reset-password | add-protection | remove-protection | enable-tpm | suspend | resume"), ActionQuery),
     request_body(content = Object, description = "scale: {instance_type}; resize-disk: {disk_size_gb}; create-snapshot: {name?}; revert-snapshot: {snapshot_id}; reset: {template?, disk_size_gb?}; others: none"),
     responses((status = 202, body = OperationView), (status = 200, body = InstanceView, description = "add-protection, remove-protection"),
         (status = 409, body = ErrorBody)))]
@@ -386,6 +386,8 @@ pub async fn action(
         },
         "reset-password" => ActionRequest::ResetPassword,
         "enable-tpm" => ActionRequest::EnableTpm,
+        "suspend" => ActionRequest::Suspend,
+        "resume" => ActionRequest::Resume,
         "add-protection" | "remove-protection" => {
             optional::<EmptyParams>(body)?;
             let instance = app.engine.set_protection(&ctx, id, action == "add-protection").await?;

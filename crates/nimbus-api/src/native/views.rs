@@ -25,7 +25,7 @@ pub struct InstanceView {
     pub template: String,
     pub template_id: Uuid,
     /// creating, starting, running, stopping, stopped, rebooting, resizing, snapshotting, reverting,
-    /// migrating, error, destroying
+    /// migrating, error, destroying, suspended
     pub state: String,
     pub labels: BTreeMap<String, String>,
     /// Set by Nimbus; a patch never changes them.
@@ -116,7 +116,7 @@ pub struct TargetView {
 pub struct OperationView {
     pub id: Uuid,
     /// create, start, stop, reboot, reset, scale, resize_disk, create_snapshot, revert_snapshot,
-    /// delete_snapshot, reset_password, enable_tpm, delete, scheduled_stop
+    /// delete_snapshot, reset_password, enable_tpm, suspend, resume, delete, scheduled_stop
     pub kind: String,
     /// pending, running, success, failure, timeout, cancelled
     pub state: String,

@@ -257,3 +257,35 @@ async fn the_reconciler_shows_an_instance_that_stopped_behind_nimbus_back() {
     c.sim.stop(id.parse().unwrap(), Duration::ZERO).await.unwrap();
     eventually("the observed stop", || async { c.state(ADMIN, &id).await == "stopped" }).await;
 }
+
+#[tokio::test]
+async fn a_suspended_instance_only_resumes_or_is_deleted() {
+    let c = Cloud::new().await;
+    let id = c.instance(ADMIN, "sleepy", json!({})).await;
+    assert_eq!(c.act(ADMIN, &id, "suspend", None).await["state"], "success");
+    assert_eq!(c.state(ADMIN, &id).await, "suspended");
+    for action in ["start", "stop", "reboot", "suspend"] {
+        let r = c.call(Method::POST, &format!("/v1/instances/{id}/{action}"), ADMIN, None).await;
+        assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "invalid_state"), "{action}: {}", r.text);
+        assert!(r.message().contains("state suspended"), "{}", r.text);
+    }
+    assert_eq!(c.act(ADMIN, &id, "resume", None).await["state"], "success");
+    assert_eq!(c.state(ADMIN, &id).await, "running");
+    let r = c.call(Method::POST, &format!("/v1/instances/{id}/resume"), ADMIN, None).await;
+    assert_eq!(r.code(), "invalid_state", "a running instance does not resume: {}", r.text);
+    assert_eq!(c.act(ADMIN, &id, "suspend", None).await["state"], "success");
+    let del = c.call(Method::DELETE, &format!("/v1/instances/{id}"), ADMIN, None).await;
+    assert_eq!(c.wait(&del.id(), ADMIN).await["state"], "success", "a suspended instance can be deleted");
+}
+
+#[tokio::test]
+async fn the_reconciler_shows_an_instance_paused_or_resumed_behind_nimbus_back() {
+    use nimbus_driver::Driver;
+    let config = EngineConfig { reconcile_every: Duration::from_millis(100), ..Default::default() };
+    let c = Cloud::with(SimConfig::default(), config).await;
+    let id = c.instance(ADMIN, "paused", json!({})).await;
+    c.sim.suspend(id.parse().unwrap()).await.unwrap();
+    eventually("the observed pause", || async { c.state(ADMIN, &id).await == "suspended" }).await;
+    c.sim.resume(id.parse().unwrap()).await.unwrap();
+    eventually("the observed resume", || async { c.state(ADMIN, &id).await == "running" }).await;
+}

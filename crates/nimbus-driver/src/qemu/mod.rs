@@ -971,10 +971,35 @@ impl Driver for QemuDriver {
         Ok(if !dir.is_dir() {
             ActualState::Missing
         } else if self.runtime(&dir).is_some() {
-            ActualState::Running
+            // A process that does not answer QMP is still running as far as the host can tell.
+            match qmp::command(&dir.join("qmp.sock"), "query-status", None).await {
+                Ok(status) if status.get("status").and_then(Value::as_str) == Some("paused") => ActualState::Paused,
+                _ => ActualState::Running,
+            }
         } else {
             ActualState::Stopped
         })
+    }
+
+    async fn suspend(&self, id: Uuid) -> DriverResult<()> {
+        let dir = self.existing_dir(id)?;
+        let _lock = self.lock(&dir).await?;
+        if self.runtime(&dir).is_none() {
+            return Err(DriverError::Invalid("suspend needs the instance running".into()));
+        }
+        // QMP `stop` pauses the vCPUs; pausing a paused VM is a no-op.
+        qmp::command(&dir.join("qmp.sock"), "stop", None).await.map_err(failed)?;
+        Ok(())
+    }
+
+    async fn resume(&self, id: Uuid) -> DriverResult<()> {
+        let dir = self.existing_dir(id)?;
+        let _lock = self.lock(&dir).await?;
+        if self.runtime(&dir).is_none() {
+            return Err(DriverError::Invalid("resume needs the instance suspended".into()));
+        }
+        qmp::command(&dir.join("qmp.sock"), "cont", None).await.map_err(failed)?;
+        Ok(())
     }
 
     async fn instances(&self) -> DriverResult<Vec<Uuid>> {

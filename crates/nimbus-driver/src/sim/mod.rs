@@ -20,7 +20,7 @@ pub struct SimConfig {
     /// Delay of every action unless `action_delays` names it.
     pub delay: Duration,
     /// Per-action delays, by action name (`create`, `start`, `stop`, `reboot`, `reinstall`, `resize_disk`,
-    /// `snapshot`, `revert`, `destroy`).
+    /// `snapshot`, `revert`, `destroy`, `suspend`, `resume`).
     pub action_delays: HashMap<String, Duration>,
     /// Fail the next N calls of an action.
     pub failures: HashMap<String, u32>,
@@ -53,6 +53,9 @@ struct SimVm {
     snapshots: BTreeMap<Uuid, u64>,
     console: String,
     tpm: bool,
+    /// Running but suspended (only meaningful while `running`).
+    #[serde(default)]
+    paused: bool,
 }
 
 pub struct SimDriver {
@@ -167,6 +170,7 @@ impl Driver for SimDriver {
             snapshots: BTreeMap::new(),
             console: String::new(),
             tpm: false,
+            paused: false,
         });
         self.persist(&vms);
         Ok(())
@@ -189,6 +193,7 @@ impl Driver for SimDriver {
         self.with_vm(id, |vm| {
             if vm.running {
                 vm.running = false;
+                vm.paused = false;
                 vm.console.push_str("POWEROFF\n");
             }
             Ok(())
@@ -199,6 +204,7 @@ impl Driver for SimDriver {
         self.act("reboot").await?;
         self.with_vm(spec.id, |vm| {
             vm.running = true;
+            vm.paused = false;
             vm.console.push_str("sim: reboot\nREADY\n");
             Ok(())
         })
@@ -268,6 +274,7 @@ impl Driver for SimDriver {
         let vms = self.vms.lock().unwrap();
         Ok(match vms.get(&id) {
             None => ActualState::Missing,
+            Some(vm) if vm.running && vm.paused => ActualState::Paused,
             Some(vm) if vm.running => ActualState::Running,
             Some(_) => ActualState::Stopped,
         })
@@ -279,6 +286,28 @@ impl Driver for SimDriver {
 
     async fn console(&self, id: Uuid) -> DriverResult<String> {
         self.with_vm(id, |vm| Ok(vm.console.clone()))
+    }
+
+    async fn suspend(&self, id: Uuid) -> DriverResult<()> {
+        self.act("suspend").await?;
+        self.with_vm(id, |vm| {
+            if !vm.running {
+                return Err(DriverError::Invalid("suspend needs the instance running".into()));
+            }
+            vm.paused = true;
+            Ok(())
+        })
+    }
+
+    async fn resume(&self, id: Uuid) -> DriverResult<()> {
+        self.act("resume").await?;
+        self.with_vm(id, |vm| {
+            if !vm.running {
+                return Err(DriverError::Invalid("resume needs the instance suspended".into()));
+            }
+            vm.paused = false;
+            Ok(())
+        })
     }
 
     fn supports_tpm(&self) -> bool {
@@ -338,6 +367,20 @@ mod tests {
         d.inject_failure("start", 1);
         assert!(d.start(&spec(id)).await.is_err());
         assert!(d.start(&spec(id)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_suspended_vm_is_paused_until_resumed() {
+        let d = SimDriver::new(SimConfig::default());
+        let id = Uuid::new_v4();
+        d.create(&spec(id)).await.unwrap();
+        assert!(d.suspend(id).await.is_err(), "a stopped VM cannot be suspended");
+        d.start(&spec(id)).await.unwrap();
+        d.suspend(id).await.unwrap();
+        d.suspend(id).await.unwrap();
+        assert_eq!(d.inspect(id).await.unwrap(), ActualState::Paused);
+        d.resume(id).await.unwrap();
+        assert_eq!(d.inspect(id).await.unwrap(), ActualState::Running);
     }
 
     #[tokio::test]

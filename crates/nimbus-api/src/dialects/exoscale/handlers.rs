@@ -1,0 +1,678 @@
+//! Exoscale's compute instance endpoints: create, list, get, update, delete, reset of a field, the
+//! `:action` verbs, the password, the console URL, the instance's reverse DNS, and the operations they
+//! answer with. Each handler checks the signature (the [`Signed`] extractor), translates the request into
+//! engine calls and renders Exoscale's objects.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap};
+use axum::Json;
+use nimbus_core::catalog::{InstanceType, Template};
+use nimbus_core::instance::{Instance, InstanceState};
+use nimbus_core::labels::{Labels, Selector};
+use nimbus_core::resources::{SecurityGroup, Snapshot, SshKey};
+use nimbus_core::state_machine::Action;
+use nimbus_core::DomainError;
+use nimbus_engine::{ActionRequest, Context, CreateInstance, InstanceFilter, InstancePatch};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::auth::Signed;
+use super::errors::{ExoError, ExoResult};
+use super::views::{self, EXT};
+use crate::AppState;
+
+const DIALECT: &str = "exoscale";
+/// The kind of this dialect's operation receipts (see [`receipt`]).
+const RECEIPT: &str = "operation";
+const MIN_DISK: u64 = 10;
+/// The longest `GET /v2/operation/{id}` holds a pending operation before answering.
+const OPERATION_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
+const MAX_DISK: u64 = 51200;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdRef {
+    pub id: Uuid,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameRef {
+    pub name: String,
+}
+
+pub fn parse_id(what: &str, id: &str) -> ExoResult<Uuid> {
+    Uuid::parse_str(id).map_err(|_| ExoError::not_found(what))
+}
+
+/// What rendering instances needs from the catalog and the referenced resources, read once per request.
+pub struct Renderer {
+    pub zone: String,
+    pub types: Vec<InstanceType>,
+    pub templates: Vec<Template>,
+    pub ssh_keys: Vec<SshKey>,
+    pub security_groups: Vec<SecurityGroup>,
+    pub snapshots: Vec<Snapshot>,
+}
+
+impl Renderer {
+    pub async fn new(app: &AppState, ctx: &Context) -> ExoResult<Renderer> {
+        Ok(Renderer {
+            zone: views::zone_name(&app.engine.zone().await?.name).to_string(),
+            types: app.engine.list_instance_types().await?,
+            templates: app.engine.list_templates(ctx).await?,
+            ssh_keys: app.engine.list_ssh_keys(ctx).await?,
+            security_groups: app.engine.list_security_groups(ctx).await?,
+            snapshots: app.engine.list_snapshots(ctx, None).await?,
+        })
+    }
+
+    async fn context<'a>(&'a self, app: &AppState, ctx: &Context, i: &Instance) -> views::InstanceContext<'a> {
+        // A snapshot in progress shows the power state it began in, which its operation recorded.
+        let state_before = match (i.state, i.lock_operation_id) {
+            (InstanceState::Snapshotting, Some(op)) => {
+                app.engine.operation(ctx, op).await.ok().and_then(|op| op.state_before)
+            }
+            _ => None,
+        };
+        views::InstanceContext {
+            zone: &self.zone,
+            instance_type: self.types.iter().find(|t| t.name == i.instance_type),
+            template: self.templates.iter().find(|t| t.id == i.template_id),
+            ssh_keys: &self.ssh_keys,
+            security_groups: &self.security_groups,
+            snapshots: self.snapshots.iter().filter(|s| s.instance_id == i.id).map(|s| s.id).collect(),
+            private_networks: Vec::new(),
+            elastic_ips: Vec::new(),
+            state_before,
+        }
+    }
+
+    pub async fn instance(&self, app: &AppState, ctx: &Context, i: &Instance) -> Value {
+        let c = self.context(app, ctx, i).await;
+        views::instance(i, &c)
+    }
+
+    pub async fn summary(&self, app: &AppState, ctx: &Context, i: &Instance) -> Value {
+        let c = self.context(app, ctx, i).await;
+        views::instance_summary(i, &c)
+    }
+}
+
+/// Every instance of the project, oldest first.
+pub async fn all_instances(app: &AppState, ctx: &Context) -> ExoResult<Vec<Instance>> {
+    let mut all = Vec::new();
+    let mut page_token = None;
+    loop {
+        let page = app
+            .engine
+            .list_instances(ctx, InstanceFilter { limit: Some(1000), page_token, ..Default::default() })
+            .await?;
+        all.extend(page.items);
+        match page.next_page_token {
+            Some(t) => page_token = Some(t),
+            None => return Ok(all),
+        }
+    }
+}
+
+/// Records a change done at request time as a finished operation that `GET /v2/operation/{id}` finds
+/// (the Python SDK's `wait` always polls it), and returns it.
+pub async fn receipt(app: &AppState, ctx: &Context, reference: Value) -> ExoResult<Json<Value>> {
+    let id = nimbus_core::new_id();
+    let op = views::receipt(id, reference);
+    app.engine.put_dialect_record(ctx, DIALECT, RECEIPT, id, &op).await?;
+    Ok(Json(op))
+}
+
+fn instance_ref(id: Uuid) -> Value {
+    views::reference("instance", id, &id.to_string())
+}
+
+// Zones.
+
+/// The public base URL of this dialect, as the client reached it: what zones advertise as `api-endpoint`
+/// (the `exo` CLI switches to it for zone-scoped commands).
+fn api_endpoint(headers: &HeaderMap) -> String {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let scheme = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or("http");
+    format!("{scheme}://{host}/v2")
+}
+
+/// `GET /v2/zone`: anonymous, as the Python SDK calls it without credentials.
+pub async fn list_zones(State(app): State<AppState>, headers: HeaderMap) -> ExoResult<Json<Value>> {
+    let zone = app.engine.zone().await?;
+    Ok(Json(json!({ "zones": [views::zone(views::zone_name(&zone.name), &api_endpoint(&headers))] })))
+}
+
+// Operations.
+
+pub async fn get_operation(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let id = parse_id("Operation", &id)?;
+    // Clients poll every 3 s or more; holding a pending operation up to a second lets most of them see
+    // the end of a short one at their first poll instead of one sleep later.
+    match app.engine.wait_operation(&signed.ctx, id, OPERATION_HOLD).await {
+        Ok(op) => Ok(Json(views::operation(&op))),
+        Err(DomainError::NotFound { .. }) => app
+            .engine
+            .dialect_record(&signed.ctx, DIALECT, RECEIPT, id)
+            .await?
+            .map(Json)
+            .ok_or_else(|| ExoError::not_found("Operation")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+// Instances.
+
+pub async fn list(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let ctx = &signed.ctx;
+    let q = &signed.query;
+    // Nimbus instances have no manager (instance pool, SKS node pool): filtering by one finds none.
+    if q.contains_key("manager-id") || q.contains_key("manager-type") {
+        return Ok(Json(json!({ "instances": [] })));
+    }
+    let selector = match q.get("labels") {
+        Some(s) => Some(Selector::parse(s).map_err(ExoError::from)?),
+        None => None,
+    };
+    let renderer = Renderer::new(&app, ctx).await?;
+    let mut items = Vec::new();
+    for i in all_instances(&app, ctx).await? {
+        if q.get("ip-address").is_some_and(|ip| !i.ip_addresses.contains(ip)) {
+            continue;
+        }
+        if selector.as_ref().is_some_and(|s| !s.matches(&i.labels)) {
+            continue;
+        }
+        items.push(renderer.summary(&app, ctx, &i).await);
+    }
+    Ok(Json(json!({ "instances": items })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct CreateBody {
+    disk_size: Option<u64>,
+    instance_type: Option<IdRef>,
+    template: Option<IdRef>,
+    name: Option<String>,
+    labels: Option<Labels>,
+    auto_start: Option<bool>,
+    user_data: Option<String>,
+    ssh_keys: Option<Vec<NameRef>>,
+    ssh_key: Option<NameRef>,
+    security_groups: Option<Vec<IdRef>>,
+    anti_affinity_groups: Option<Vec<IdRef>>,
+    deploy_target: Option<IdRef>,
+    public_ip_assignment: Option<String>,
+    ipv6_enabled: Option<bool>,
+    secureboot_enabled: Option<bool>,
+    tpm_enabled: Option<bool>,
+    application_consistent_snapshot_enabled: Option<bool>,
+}
+
+fn check_disk(size: u64) -> ExoResult<u64> {
+    if (MIN_DISK..=MAX_DISK).contains(&size) {
+        Ok(size)
+    } else {
+        Err(ExoError::bad_request(format!(
+            "Invalid parameter disk-size: {size} is not between {MIN_DISK} and {MAX_DISK} GiB"
+        )))
+    }
+}
+
+/// `inet4` and `none` are what Nimbus can honour; it has no IPv6 to give.
+fn check_ip_assignment(given: Option<&str>) -> ExoResult<()> {
+    match given {
+        None | Some("inet4") | Some("none") => Ok(()),
+        Some("dual") => Err(ExoError::bad_request("Invalid parameter public-ip-assignment: IPv6 is not available")),
+        Some(other) => Err(ExoError::bad_request(format!(
+            "Invalid parameter public-ip-assignment: {other:?} is not one of inet4, dual, none"
+        ))),
+    }
+}
+
+pub async fn create(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let ctx = &signed.ctx;
+    let body: CreateBody = signed.json()?;
+    let missing = |f: &str| ExoError::bad_request(format!("Missing parameter {f}"));
+    let disk = check_disk(body.disk_size.ok_or_else(|| missing("disk-size"))?)?;
+    let type_id = body.instance_type.ok_or_else(|| missing("instance-type"))?.id;
+    let template_id = body.template.ok_or_else(|| missing("template"))?.id;
+    let itype =
+        app.engine.instance_type(&type_id.to_string()).await.map_err(|_| {
+            ExoError::bad_request(format!("Invalid parameter instance-type: no instance type {type_id}"))
+        })?;
+    if body.deploy_target.is_some() {
+        return Err(ExoError::bad_request("Invalid parameter deploy-target: this zone has no deploy targets"));
+    }
+    if body.ipv6_enabled == Some(true) {
+        return Err(ExoError::bad_request("Invalid parameter ipv6-enabled: IPv6 is not available"));
+    }
+    check_ip_assignment(body.public_ip_assignment.as_deref())?;
+    let mut ssh_keys: Vec<String> = body.ssh_keys.unwrap_or_default().into_iter().map(|k| k.name).collect();
+    if let Some(k) = body.ssh_key {
+        if !ssh_keys.contains(&k.name) {
+            ssh_keys.insert(0, k.name);
+        }
+    }
+    let mut ext = Map::new();
+    ext.insert("public-ip-assignment".into(), json!(body.public_ip_assignment.unwrap_or_else(|| "inet4".into())));
+    ext.insert(
+        "application-consistent-snapshot-enabled".into(),
+        json!(body.application_consistent_snapshot_enabled.unwrap_or(false)),
+    );
+    let mut extensions = BTreeMap::new();
+    extensions.insert(EXT.to_string(), Value::Object(ext));
+    let name = body.name.unwrap_or_else(|| format!("instance-{}", &Uuid::new_v4().simple().to_string()[..8]));
+    let (op, _) = app
+        .engine
+        .create_instance(
+            ctx,
+            CreateInstance {
+                name,
+                instance_type: itype.name,
+                template: template_id.to_string(),
+                disk_size_gb: Some(disk),
+                labels: body.labels.unwrap_or_default(),
+                user_data: body.user_data,
+                ssh_keys,
+                security_groups: body.security_groups.unwrap_or_default().into_iter().map(|r| r.id).collect(),
+                anti_affinity_groups: body.anti_affinity_groups.unwrap_or_default().into_iter().map(|r| r.id).collect(),
+                auto_start: body.auto_start.unwrap_or(true),
+                tpm_enabled: body.tpm_enabled.unwrap_or(false),
+                secure_boot: body.secureboot_enabled.unwrap_or(false),
+                extensions,
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(Json(views::operation(&op)))
+}
+
+async fn instance_of(app: &AppState, ctx: &Context, id: &str) -> ExoResult<Instance> {
+    let id = parse_id("Instance", id)?;
+    Ok(app.engine.instance(ctx, id).await?)
+}
+
+/// `GET /v2/instance/{id}` and `GET /v2/instance/{id}:password`.
+pub async fn get_segment(
+    State(app): State<AppState>,
+    Path(segment): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let ctx = &signed.ctx;
+    match segment.split_once(':') {
+        None => {
+            let i = instance_of(&app, ctx, &segment).await?;
+            let renderer = Renderer::new(&app, ctx).await?;
+            Ok(Json(renderer.instance(&app, ctx, &i).await))
+        }
+        Some((id, "password")) => {
+            let id = parse_id("Instance", id)?;
+            let p = app.engine.reveal_password(ctx, id).await.map_err(|e| match e {
+                DomainError::NotFound { kind: "password", .. } => {
+                    ExoError::not_found("Password (none was set in the last 24 hours)")
+                }
+                other => other.into(),
+            })?;
+            Ok(Json(json!({ "password": p.password })))
+        }
+        Some(_) => Err(ExoError::not_found("Operation")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct UpdateBody {
+    name: Option<String>,
+    /// `Some(None)`: sent as null, which clears every label.
+    #[serde(default, deserialize_with = "nullable")]
+    labels: Option<Option<Labels>>,
+    user_data: Option<String>,
+    public_ip_assignment: Option<String>,
+    application_consistent_snapshot_enabled: Option<bool>,
+}
+
+fn nullable<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// The merge patch that turns `current` labels into exactly `wanted`: Exoscale's update replaces the map.
+fn labels_patch(current: &Labels, wanted: &Labels) -> Value {
+    let mut patch = Map::new();
+    for k in current.keys().filter(|k| !wanted.contains_key(*k)) {
+        patch.insert(k.clone(), Value::Null);
+    }
+    for (k, v) in wanted {
+        patch.insert(k.clone(), json!(v));
+    }
+    Value::Object(patch)
+}
+
+/// Applies `patch` to the instance if it is still at the version it was planned on; `plan` is run again
+/// on the fresh instance when a concurrent writer got there first.
+async fn edit(
+    app: &AppState,
+    ctx: &Context,
+    id: Uuid,
+    plan: impl Fn(&Instance) -> ExoResult<InstancePatch>,
+) -> ExoResult<Instance> {
+    for _ in 0..16 {
+        let current = app.engine.instance(ctx, id).await?;
+        let patch = plan(&current)?;
+        match app.engine.update_instance(ctx, id, patch, Some(current.generation)).await {
+            Ok(i) => return Ok(i),
+            Err(DomainError::PreconditionFailed { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(DomainError::Conflict(format!("instance {id} changed concurrently; retry")).into())
+}
+
+pub async fn update(State(app): State<AppState>, Path(id): Path<String>, signed: Signed) -> ExoResult<Json<Value>> {
+    let ctx = &signed.ctx;
+    let id = parse_id("Instance", &id)?;
+    let body: UpdateBody = signed.json()?;
+    check_ip_assignment(body.public_ip_assignment.as_deref())?;
+    edit(&app, ctx, id, |current| {
+        let mut patch = InstancePatch {
+            name: body.name.clone(),
+            user_data: body.user_data.clone(),
+            labels: body.labels.as_ref().map(|l| match l {
+                None => Value::Null,
+                Some(wanted) => labels_patch(&current.labels, wanted),
+            }),
+            ..Default::default()
+        };
+        let mut ext = Map::new();
+        if let Some(a) = &body.public_ip_assignment {
+            ext.insert("public-ip-assignment".into(), json!(a));
+        }
+        if let Some(b) = body.application_consistent_snapshot_enabled {
+            ext.insert("application-consistent-snapshot-enabled".into(), json!(b));
+        }
+        if !ext.is_empty() {
+            patch.extensions.insert(EXT.into(), Value::Object(ext));
+        }
+        Ok(patch)
+    })
+    .await?;
+    receipt(&app, ctx, instance_ref(id)).await
+}
+
+/// `DELETE /v2/instance/{id}/{field}`: the spec's only resettable field is `labels`.
+pub async fn reset_field(
+    State(app): State<AppState>,
+    Path((id, field)): Path<(String, String)>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let ctx = &signed.ctx;
+    let id = parse_id("Instance", &id)?;
+    if field != "labels" {
+        return Err(ExoError::bad_request(format!("Invalid parameter field: {field:?} cannot be reset (only labels)")));
+    }
+    edit(&app, ctx, id, |_| Ok(InstancePatch { labels: Some(Value::Null), ..Default::default() })).await?;
+    receipt(&app, ctx, instance_ref(id)).await
+}
+
+pub async fn delete(
+    State(app): State<AppState>,
+    Path(segment): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    if segment.contains(':') {
+        return Err(ExoError::not_found("Operation"));
+    }
+    let id = parse_id("Instance", &segment)?;
+    let op = app.engine.act(&signed.ctx, id, ActionRequest::Delete).await.map_err(refusal(Action::Delete))?;
+    Ok(Json(views::operation(&op)))
+}
+
+/// Exoscale's sentence for an action the instance's state does not allow.
+fn state_refusal(action: Action, state: InstanceState) -> String {
+    let (needs, verb) = match action {
+        Action::Start => ("stopped", "started"),
+        Action::Stop => ("running", "stopped"),
+        Action::Reboot => ("running", "rebooted"),
+        Action::Scale => ("stopped", "scaled"),
+        Action::ResizeDisk => ("stopped", "resized"),
+        Action::RevertSnapshot => ("stopped", "reverted to a snapshot"),
+        Action::EnableTpm => ("stopped", "given a TPM"),
+        Action::Reset => ("running or stopped", "reset"),
+        Action::CreateSnapshot => ("running or stopped", "snapshotted"),
+        _ => return format!("The instance cannot be changed while it is {}.", views::instance_state(state, None)),
+    };
+    format!("Only {needs} instances can be {verb}.")
+}
+
+fn refusal(action: Action) -> impl Fn(DomainError) -> ExoError {
+    move |e| match e {
+        DomainError::InvalidState { state, .. } => ExoError::bad_request(state_refusal(action, state)),
+        other => other.into(),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct StartBody {
+    rescue_profile: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct ResetBody {
+    template: Option<IdRef>,
+    disk_size: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct ScaleBody {
+    instance_type: Option<IdRef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct ResizeBody {
+    disk_size: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RevertBody {
+    id: Option<Uuid>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+/// `PUT /v2/instance/{id}` (update) and `PUT /v2/instance/{id}:<action>`.
+pub async fn put_segment(
+    State(app): State<AppState>,
+    Path(segment): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let Some((id, action)) = segment.split_once(':') else {
+        return update(State(app), Path(segment), signed).await;
+    };
+    let ctx = &signed.ctx;
+    let id = parse_id("Instance", id)?;
+    let request = match action {
+        "start" => {
+            let body: StartBody = signed.json()?;
+            if body.rescue_profile.is_some() {
+                return Err(ExoError::bad_request("Invalid parameter rescue-profile: rescue boots are not available"));
+            }
+            ActionRequest::Start
+        }
+        "stop" => {
+            signed.json::<Empty>()?;
+            ActionRequest::Stop
+        }
+        "reboot" => {
+            signed.json::<Empty>()?;
+            ActionRequest::Reboot
+        }
+        "reset" => {
+            let body: ResetBody = signed.json()?;
+            ActionRequest::Reset {
+                template: body.template.map(|t| t.id.to_string()),
+                disk_size_gb: body.disk_size.map(check_disk).transpose()?,
+            }
+        }
+        "scale" => {
+            let body: ScaleBody = signed.json()?;
+            let type_id = body.instance_type.ok_or_else(|| ExoError::bad_request("Missing parameter instance-type"))?;
+            let t = app.engine.instance_type(&type_id.id.to_string()).await.map_err(|_| {
+                ExoError::bad_request(format!("Invalid parameter instance-type: no instance type {}", type_id.id))
+            })?;
+            ActionRequest::Scale { instance_type: t.name }
+        }
+        "resize-disk" => {
+            let body: ResizeBody = signed.json()?;
+            let size = body.disk_size.ok_or_else(|| ExoError::bad_request("Missing parameter disk-size"))?;
+            ActionRequest::ResizeDisk { disk_size_gb: check_disk(size)? }
+        }
+        "reset-password" => {
+            signed.json::<Empty>()?;
+            ActionRequest::ResetPassword
+        }
+        "add-protection" | "remove-protection" => {
+            signed.json::<Empty>()?;
+            app.engine.set_protection(ctx, id, action == "add-protection").await?;
+            return receipt(&app, ctx, instance_ref(id)).await;
+        }
+        _ => return Err(ExoError::not_found("Operation")),
+    };
+    let kind = request.action();
+    let op = app.engine.act(ctx, id, request).await.map_err(refusal(kind))?;
+    Ok(Json(views::operation(&op)))
+}
+
+/// `POST /v2/instance/{id}:create-snapshot|:revert-snapshot|:enable-tpm`.
+pub async fn post_segment(
+    State(app): State<AppState>,
+    Path(segment): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let Some((id, action)) = segment.split_once(':') else {
+        return Err(ExoError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "Method POST not allowed"));
+    };
+    let ctx = &signed.ctx;
+    let id = parse_id("Instance", id)?;
+    let request = match action {
+        "create-snapshot" => {
+            signed.json::<Empty>()?;
+            ActionRequest::CreateSnapshot { name: None }
+        }
+        "revert-snapshot" => {
+            let body: RevertBody = signed.json()?;
+            let snapshot_id = body.id.ok_or_else(|| ExoError::bad_request("Missing parameter id"))?;
+            ActionRequest::RevertSnapshot { snapshot_id }
+        }
+        "enable-tpm" => {
+            signed.json::<Empty>()?;
+            ActionRequest::EnableTpm
+        }
+        _ => return Err(ExoError::not_found("Operation")),
+    };
+    let kind = request.action();
+    let op = app.engine.act(ctx, id, request).await.map_err(refusal(kind))?;
+    Ok(Json(views::operation(&op)))
+}
+
+/// `GET /v2/console/{id}`: where the instance's console is reached. Nimbus serves it as a websocket of
+/// the serial console (`/v1/instances/{id}/console/stream`, which takes this API key as a bearer token).
+pub async fn console_url(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let i = instance_of(&app, &signed.ctx, &id).await?;
+    if i.state != InstanceState::Running {
+        return Err(ExoError::bad_request("Only running instances have a console."));
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_string();
+    let scheme = match headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()) {
+        Some("https") => "wss",
+        _ => "ws",
+    };
+    let path = format!("/v1/instances/{}/console/stream", i.id);
+    Ok(Json(json!({ "url": format!("{scheme}://{host}{path}"), "host": host, "path": path })))
+}
+
+// Reverse DNS of an instance: its PTR name, kept in the instance's Exoscale extension map.
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct ReverseDnsBody {
+    domain_name: Option<String>,
+}
+
+fn valid_domain(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty() && name.len() <= 253 && nimbus_core::instance::validate_hostname("domain-name", name).is_ok()
+}
+
+pub async fn get_reverse_dns(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let i = instance_of(&app, &signed.ctx, &id).await?;
+    match views::ext_str(&i, "reverse-dns") {
+        Some(name) => Ok(Json(json!({ "domain-name": name }))),
+        None => Err(ExoError::not_found("Reverse DNS record")),
+    }
+}
+
+pub async fn set_reverse_dns(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let ctx = &signed.ctx;
+    let id = parse_id("Instance", &id)?;
+    let body: ReverseDnsBody = signed.json()?;
+    let name = body.domain_name.ok_or_else(|| ExoError::bad_request("Missing parameter domain-name"))?;
+    if !valid_domain(&name) {
+        return Err(ExoError::bad_request(format!("Invalid parameter domain-name: {name:?} is not a domain name")));
+    }
+    edit(&app, ctx, id, |_| {
+        let mut patch = InstancePatch::default();
+        patch.extensions.insert(EXT.into(), json!({ "reverse-dns": name }));
+        Ok(patch)
+    })
+    .await?;
+    receipt(&app, ctx, instance_ref(id)).await
+}
+
+pub async fn delete_reverse_dns(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let ctx = &signed.ctx;
+    let id = parse_id("Instance", &id)?;
+    edit(&app, ctx, id, |current| {
+        if views::ext_str(current, "reverse-dns").is_none() {
+            return Err(ExoError::not_found("Reverse DNS record"));
+        }
+        let mut patch = InstancePatch::default();
+        patch.extensions.insert(EXT.into(), json!({ "reverse-dns": null }));
+        Ok(patch)
+    })
+    .await?;
+    receipt(&app, ctx, instance_ref(id)).await
+}

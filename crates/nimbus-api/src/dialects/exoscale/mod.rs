@@ -1,0 +1,62 @@
+//! The Exoscale v2 dialect (seed 004): compute instances and what they reference under `/v2/...`
+//! (singular resource names: `/v2/instance`, `/v2/operation/{id}`), EXO2-HMAC-SHA256 request signatures,
+//! kebab-case bodies, operations for every change, `{"message"}` errors. Notes:
+//! `shared/dialects/exoscale.md`; the official OpenAPI document ships in the `exoscale` PyPI package.
+//!
+//! Exoscale puts actions in the last path segment (`/v2/instance/{id}:start`), which a router cannot split,
+//! so those routes capture the whole segment and the handlers split it at the first `:`.
+
+use axum::routing::{any, delete, get};
+use axum::Router;
+
+use crate::AppState;
+
+pub mod auth;
+pub mod errors;
+pub mod handlers;
+pub mod resources;
+pub mod signature;
+pub mod views;
+
+use errors::method_not_allowed as mna;
+use handlers as h;
+use resources as r;
+
+pub fn router(_state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/v2/zone", get(h::list_zones).fallback(mna))
+        .route("/v2/operation/{id}", get(h::get_operation).fallback(mna))
+        .route("/v2/instance", get(h::list).post(h::create).fallback(mna))
+        .route(
+            "/v2/instance/{segment}",
+            get(h::get_segment).put(h::put_segment).post(h::post_segment).delete(h::delete).fallback(mna),
+        )
+        .route("/v2/instance/{id}/{field}", delete(h::reset_field).fallback(mna))
+        .route("/v2/console/{id}", get(h::console_url).fallback(mna))
+        .route(
+            "/v2/reverse-dns/instance/{id}",
+            get(h::get_reverse_dns).post(h::set_reverse_dns).delete(h::delete_reverse_dns).fallback(mna),
+        )
+        .route("/v2/instance-type", get(r::list_instance_types).fallback(mna))
+        .route("/v2/instance-type/{id}", get(r::get_instance_type).fallback(mna))
+        .route("/v2/template", get(r::list_templates).fallback(mna))
+        .route("/v2/template/{id}", get(r::get_template).fallback(mna))
+        .route("/v2/snapshot", get(r::list_snapshots).fallback(mna))
+        .route("/v2/snapshot/{id}", get(r::get_snapshot).delete(r::delete_snapshot).fallback(mna))
+        .route("/v2/ssh-key", get(r::list_ssh_keys).post(r::register_ssh_key).fallback(mna))
+        .route("/v2/ssh-key/{name}", get(r::get_ssh_key).delete(r::delete_ssh_key).fallback(mna))
+        .route("/v2/security-group", get(r::list_security_groups).post(r::create_security_group).fallback(mna))
+        .route("/v2/security-group/{id}", get(r::get_security_group).delete(r::delete_security_group).fallback(mna))
+        .route(
+            "/v2/anti-affinity-group",
+            get(r::list_anti_affinity_groups).post(r::create_anti_affinity_group).fallback(mna),
+        )
+        .route(
+            "/v2/anti-affinity-group/{id}",
+            get(r::get_anti_affinity_group).delete(r::delete_anti_affinity_group).fallback(mna),
+        )
+        // Anything else under /v2 (SF Compute's `/v2/instances` routes are more specific and win).
+        .route("/v2/{*rest}", any(errors::unknown_route))
+        .route("/v2", any(errors::unknown_route))
+        .route("/v2/", any(errors::unknown_route))
+}

@@ -1,0 +1,283 @@
+//! What instances reference and clients call around them: instance types, templates, snapshots, SSH keys,
+//! security groups and anti-affinity groups, as Exoscale lists, shows, creates and deletes them.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use nimbus_core::catalog::Visibility;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::Signed;
+use super::errors::{ExoError, ExoResult};
+use super::handlers::{all_instances, parse_id, receipt, Renderer};
+use super::views;
+use crate::AppState;
+
+async fn zone(app: &AppState) -> ExoResult<String> {
+    Ok(views::zone_name(&app.engine.zone().await?.name).to_string())
+}
+
+// Instance types.
+
+pub async fn list_instance_types(State(app): State<AppState>, _signed: Signed) -> ExoResult<Json<Value>> {
+    let zone = zone(&app).await?;
+    let types: Vec<Value> =
+        app.engine.list_instance_types().await?.iter().map(|t| views::instance_type(t, &zone)).collect();
+    Ok(Json(json!({ "instance-types": types })))
+}
+
+pub async fn get_instance_type(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    _signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let id = parse_id("Instance type", &id)?;
+    let types = app.engine.list_instance_types().await?;
+    let t = types.iter().find(|t| t.id == id).ok_or_else(|| ExoError::not_found("Instance type"))?;
+    Ok(Json(views::instance_type(t, &zone(&app).await?)))
+}
+
+// Templates.
+
+pub async fn list_templates(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let zone = zone(&app).await?;
+    let visibility = match signed.query.get("visibility").map(String::as_str) {
+        None => None,
+        Some("public") => Some(Visibility::Public),
+        Some("private") => Some(Visibility::Private),
+        Some(other) => {
+            return Err(ExoError::bad_request(format!(
+                "Invalid parameter visibility: {other:?} is not one of public, private"
+            )))
+        }
+    };
+    let family = signed.query.get("family");
+    let templates: Vec<Value> = app
+        .engine
+        .list_templates(&signed.ctx)
+        .await?
+        .iter()
+        .filter(|t| visibility.is_none_or(|v| t.visibility == v))
+        .filter(|t| family.is_none_or(|f| t.os_name.eq_ignore_ascii_case(f)))
+        .map(|t| views::template(t, &zone))
+        .collect();
+    Ok(Json(json!({ "templates": templates })))
+}
+
+pub async fn get_template(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let id = parse_id("Template", &id)?;
+    let t = app.engine.template(&signed.ctx, &id.to_string()).await?;
+    Ok(Json(views::template(&t, &zone(&app).await?)))
+}
+
+// Snapshots.
+
+pub async fn list_snapshots(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let ctx = &signed.ctx;
+    let renderer = Renderer::new(&app, ctx).await?;
+    let instances = all_instances(&app, ctx).await?;
+    let mut items = Vec::new();
+    for s in &renderer.snapshots {
+        let owner = instances.iter().find(|i| i.id == s.instance_id);
+        items.push(snapshot_view(&app, ctx, &renderer, s, owner).await);
+    }
+    Ok(Json(json!({ "snapshots": items })))
+}
+
+async fn snapshot_view(
+    app: &AppState,
+    ctx: &nimbus_engine::Context,
+    renderer: &Renderer,
+    s: &nimbus_core::resources::Snapshot,
+    owner: Option<&nimbus_core::instance::Instance>,
+) -> Value {
+    let mut v = views::snapshot(s);
+    if let Some(i) = owner {
+        v["instance"] = renderer.instance(app, ctx, i).await;
+    }
+    v
+}
+
+pub async fn get_snapshot(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let ctx = &signed.ctx;
+    let id = parse_id("Snapshot", &id)?;
+    let s = app.engine.snapshot(ctx, id).await?;
+    let renderer = Renderer::new(&app, ctx).await?;
+    let owner = app.engine.instance(ctx, s.instance_id).await.ok();
+    Ok(Json(snapshot_view(&app, ctx, &renderer, &s, owner.as_ref()).await))
+}
+
+pub async fn delete_snapshot(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let id = parse_id("Snapshot", &id)?;
+    let op = app.engine.delete_snapshot(&signed.ctx, id).await?;
+    Ok(Json(views::operation(&op)))
+}
+
+// SSH keys: named, not numbered.
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct SshKeyBody {
+    name: Option<String>,
+    public_key: Option<String>,
+}
+
+pub async fn list_ssh_keys(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let keys: Vec<Value> = app.engine.list_ssh_keys(&signed.ctx).await?.iter().map(views::ssh_key).collect();
+    Ok(Json(json!({ "ssh-keys": keys })))
+}
+
+pub async fn get_ssh_key(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let keys = app.engine.list_ssh_keys(&signed.ctx).await?;
+    let k = keys.iter().find(|k| k.name == name).ok_or_else(|| ExoError::not_found("SSH key"))?;
+    Ok(Json(views::ssh_key(k)))
+}
+
+fn ssh_key_ref(k: &nimbus_core::resources::SshKey) -> Value {
+    views::reference("ssh-key", k.id, &k.name)
+}
+
+pub async fn register_ssh_key(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let body: SshKeyBody = signed.json()?;
+    let name = body.name.ok_or_else(|| ExoError::bad_request("Missing parameter name"))?;
+    let public_key = body.public_key.ok_or_else(|| ExoError::bad_request("Missing parameter public-key"))?;
+    let key = app.engine.create_ssh_key(&signed.ctx, &name, &public_key).await?;
+    receipt(&app, &signed.ctx, ssh_key_ref(&key)).await
+}
+
+pub async fn delete_ssh_key(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let keys = app.engine.list_ssh_keys(&signed.ctx).await?;
+    let k = keys.into_iter().find(|k| k.name == name).ok_or_else(|| ExoError::not_found("SSH key"))?;
+    app.engine.delete_ssh_key(&signed.ctx, &k.id.to_string()).await?;
+    receipt(&app, &signed.ctx, ssh_key_ref(&k)).await
+}
+
+// Security groups and anti-affinity groups.
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct GroupBody {
+    name: Option<String>,
+    description: Option<String>,
+}
+
+impl GroupBody {
+    fn name(&self) -> ExoResult<&str> {
+        self.name.as_deref().ok_or_else(|| ExoError::bad_request("Missing parameter name"))
+    }
+}
+
+pub async fn list_security_groups(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    // Nimbus has no public (shared) security groups.
+    let public = match signed.query.get("visibility").map(String::as_str) {
+        None | Some("private") => false,
+        Some("public") => true,
+        Some(other) => {
+            return Err(ExoError::bad_request(format!(
+                "Invalid parameter visibility: {other:?} is not one of public, private"
+            )))
+        }
+    };
+    let groups: Vec<Value> = if public {
+        Vec::new()
+    } else {
+        app.engine.list_security_groups(&signed.ctx).await?.iter().map(views::security_group).collect()
+    };
+    Ok(Json(json!({ "security-groups": groups })))
+}
+
+pub async fn get_security_group(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let id = parse_id("Security group", &id)?;
+    let g = app.engine.security_group(&signed.ctx, id).await?;
+    Ok(Json(views::security_group(&g)))
+}
+
+pub async fn create_security_group(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let body: GroupBody = signed.json()?;
+    let g = app
+        .engine
+        .create_security_group(&signed.ctx, body.name()?, body.description.as_deref().unwrap_or(""), Vec::new())
+        .await?;
+    receipt(&app, &signed.ctx, views::reference("security-group", g.id, &g.id.to_string())).await
+}
+
+pub async fn delete_security_group(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let id = parse_id("Security group", &id)?;
+    app.engine.delete_security_group(&signed.ctx, id).await?;
+    receipt(&app, &signed.ctx, views::reference("security-group", id, &id.to_string())).await
+}
+
+pub async fn list_anti_affinity_groups(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let instances = all_instances(&app, &signed.ctx).await?;
+    let groups: Vec<Value> = app
+        .engine
+        .list_anti_affinity_groups(&signed.ctx)
+        .await?
+        .iter()
+        .map(|g| {
+            let members: Vec<_> =
+                instances.iter().filter(|i| i.anti_affinity_groups.contains(&g.id)).map(|i| i.id).collect();
+            views::anti_affinity_group(g, &members)
+        })
+        .collect();
+    Ok(Json(json!({ "anti-affinity-groups": groups })))
+}
+
+pub async fn get_anti_affinity_group(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let id = parse_id("Anti-affinity group", &id)?;
+    let g = app.engine.anti_affinity_group(&signed.ctx, id).await?;
+    let instances = all_instances(&app, &signed.ctx).await?;
+    let members: Vec<_> = instances.iter().filter(|i| i.anti_affinity_groups.contains(&id)).map(|i| i.id).collect();
+    Ok(Json(views::anti_affinity_group(&g, &members)))
+}
+
+pub async fn create_anti_affinity_group(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let body: GroupBody = signed.json()?;
+    let g = app
+        .engine
+        .create_anti_affinity_group(&signed.ctx, body.name()?, body.description.as_deref().unwrap_or(""))
+        .await?;
+    receipt(&app, &signed.ctx, views::reference("anti-affinity-group", g.id, &g.id.to_string())).await
+}
+
+pub async fn delete_anti_affinity_group(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let id = parse_id("Anti-affinity group", &id)?;
+    app.engine.delete_anti_affinity_group(&signed.ctx, id).await?;
+    receipt(&app, &signed.ctx, views::reference("anti-affinity-group", id, &id.to_string())).await
+}

@@ -1,0 +1,426 @@
+//! What Gcore returns: the Instance of the seed (every key present, `null` where Nimbus has no value), its
+//! flavor, addresses and tags, the Task of background work, flavors, images and network interfaces. Pure
+//! rendering of what the engine recorded; ids of sub-objects Nimbus keeps no record of (root volume, port,
+//! network, subnet) are derived from their owner's id so they are stable.
+
+use nimbus_core::catalog::{InstanceType, Template, Visibility, Zone};
+use nimbus_core::instance::{Instance, InstanceState};
+use nimbus_core::operation::{Operation, OperationState};
+use nimbus_core::state_machine::Action;
+use serde_json::{json, Map, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// The extension map key of this dialect on an instance.
+pub const EXT: &str = "gcore";
+/// The one network every Nimbus instance is on, as Gcore names networks.
+pub const NETWORK_NAME: &str = "nimbus";
+
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// Where the request is addressed: the project and region of the path.
+pub struct Scope<'a> {
+    pub project_id: i64,
+    pub zone: &'a Zone,
+    pub network_cidr: &'a str,
+}
+
+impl Scope<'_> {
+    pub fn region_name(&self) -> String {
+        if self.zone.description.is_empty() {
+            self.zone.name.clone()
+        } else {
+            self.zone.description.clone()
+        }
+    }
+
+    pub fn network_id(&self) -> Uuid {
+        Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("nimbus.network.{}", self.zone.name).as_bytes())
+    }
+
+    pub fn subnet_id(&self) -> Uuid {
+        Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("nimbus.subnet.{}", self.zone.name).as_bytes())
+    }
+}
+
+/// A stable id for a sub-object that Nimbus only knows as part of its owner.
+pub fn derived_id(owner: Uuid, what: &str) -> Uuid {
+    Uuid::new_v5(&owner, what.as_bytes())
+}
+
+pub fn port_id(i: &Instance) -> Uuid {
+    derived_id(i.id, "port.0")
+}
+
+fn ram_text(mib: u64) -> String {
+    if mib.is_multiple_of(1024) {
+        format!("{} GiB", mib / 1024)
+    } else {
+        format!("{mib} MiB")
+    }
+}
+
+fn vcpus_text(n: u32) -> String {
+    format!("{n} vCPU{}", if n == 1 { "" } else { "s" })
+}
+
+/// The flavor as an instance shows it; the instance's own figures when its type left the catalog.
+fn instance_flavor(i: &Instance) -> Value {
+    json!({
+        "flavor_id": i.instance_type,
+        "flavor_name": i.instance_type,
+        "vcpus": i.vcpus,
+        "ram": i.memory_mib,
+        "architecture": "x86_64",
+        "os_type": "linux",
+        "hardware_description": {"vcpus": vcpus_text(i.vcpus), "ram": ram_text(i.memory_mib)},
+    })
+}
+
+/// A flavor of `GET /cloud/v1/flavors`.
+pub fn flavor(t: &InstanceType, include_prices: bool) -> Value {
+    let mut hardware = Map::new();
+    hardware.insert("vcpus".into(), json!(vcpus_text(t.vcpus)));
+    hardware.insert("ram".into(), json!(ram_text(t.memory_mib)));
+    if t.gpus > 0 {
+        hardware.insert("gpu".into(), json!(format!("{} GPU", t.gpus)));
+    }
+    let mut v = json!({
+        "flavor_id": t.name,
+        "flavor_name": t.name,
+        "vcpus": t.vcpus,
+        "ram": t.memory_mib,
+        "architecture": "x86_64",
+        "os_type": "linux",
+        "disabled": !t.authorized,
+        "hardware_description": hardware,
+    });
+    if include_prices {
+        v["currency_code"] = json!("USD");
+        v["price_per_hour"] = json!(t.price_hourly);
+        v["price_per_month"] = json!(t.price_monthly);
+        v["price_status"] = json!("show");
+    }
+    v
+}
+
+/// An image of `GET /cloud/v1/images`.
+pub fn image(t: &Template, scope: &Scope) -> Value {
+    json!({
+        "id": t.id,
+        "name": t.name,
+        "description": t.description,
+        "architecture": "x86_64",
+        "os_type": if t.os_name.to_ascii_lowercase().contains("windows") { "windows" } else { "linux" },
+        "os_distro": t.os_name,
+        "os_version": t.os_version,
+        "min_disk": t.min_disk_gb,
+        "min_ram": t.min_memory_mib,
+        "disk_format": "qcow2",
+        "is_baremetal": false,
+        "status": "active",
+        "visibility": match t.visibility { Visibility::Public => "public", Visibility::Private => "private" },
+        "created_at": rfc3339(t.created_at),
+        "updated_at": rfc3339(t.created_at),
+        "project_id": scope.project_id,
+        "region": scope.region_name(),
+        "region_id": scope.zone.numeric_id,
+        "size": t.size_bytes,
+        "ssh_key": if t.ssh_key_enabled { "allow" } else { "deny" },
+        "hw_firmware_type": match t.boot_mode { nimbus_core::catalog::BootMode::Uefi => "uefi", _ => "bios" },
+        "hw_machine_type": "q35",
+        "display_order": null,
+        "creator_task_id": null,
+        "task_id": null,
+        "tags_v2": [],
+    })
+}
+
+/// Gcore's `status`, `vm_state` and `task_state` of an instance, from its state and the operation holding
+/// its lock (the Nova convention of the notes, §12). `hard_reboot` marks a reboot asked as `reboot_hard`.
+pub fn status(
+    i: &Instance,
+    lock: Option<&Operation>,
+    hard_reboot: bool,
+) -> (&'static str, &'static str, Option<&'static str>) {
+    let kind = lock.map(|op| op.kind);
+    let before = lock.and_then(|op| op.state_before);
+    let at_rest = |s: Option<InstanceState>| match s {
+        Some(InstanceState::Stopped) => ("SHUTOFF", "stopped"),
+        Some(InstanceState::Suspended) => ("SUSPENDED", "suspended"),
+        Some(InstanceState::Error) => ("ERROR", "error"),
+        _ => ("ACTIVE", "active"),
+    };
+    match i.state {
+        InstanceState::Creating | InstanceState::Starting if kind == Some(Action::Create) => {
+            ("BUILD", "building", Some("spawning"))
+        }
+        InstanceState::Creating => ("REBUILD", at_rest(before).1, Some("rebuild_spawning")),
+        InstanceState::Starting => ("SHUTOFF", "stopped", Some("powering-on")),
+        InstanceState::Running => match kind {
+            Some(Action::Suspend) => ("ACTIVE", "active", Some("suspending")),
+            Some(Action::ResetPassword) => ("PASSWORD", "active", None),
+            Some(Action::CreateSnapshot) => ("ACTIVE", "active", Some("image_snapshot")),
+            _ => ("ACTIVE", "active", None),
+        },
+        InstanceState::Stopping => ("ACTIVE", "active", Some("powering-off")),
+        InstanceState::Stopped => match kind {
+            Some(Action::CreateSnapshot) => ("SHUTOFF", "stopped", Some("image_snapshot")),
+            Some(Action::EnableTpm) => ("SHUTOFF", "stopped", Some("updating")),
+            _ => ("SHUTOFF", "stopped", None),
+        },
+        InstanceState::Rebooting if hard_reboot => ("HARD_REBOOT", "active", Some("rebooting_hard")),
+        InstanceState::Rebooting => ("REBOOT", "active", Some("rebooting")),
+        InstanceState::Resizing => ("RESIZE", at_rest(before).1, Some("resize_prep")),
+        InstanceState::Snapshotting => {
+            let (s, v) = at_rest(before);
+            (s, v, Some("image_snapshot"))
+        }
+        InstanceState::Reverting => ("REBUILD", "stopped", Some("rebuilding")),
+        InstanceState::Migrating => ("MIGRATING", "active", Some("migrating")),
+        InstanceState::Error => ("ERROR", "error", None),
+        InstanceState::Destroying => {
+            let (s, v) = at_rest(before);
+            (s, v, Some("deleting"))
+        }
+        InstanceState::Destroyed => ("DELETED", "deleted", None),
+        InstanceState::Suspended => match kind {
+            Some(Action::Resume) => ("SUSPENDED", "suspended", Some("resuming")),
+            _ => ("SUSPENDED", "suspended", None),
+        },
+    }
+}
+
+/// The Gcore statuses that stand for each Nimbus state, for the list's `status` filter: what `status()`
+/// shows for an instance in that state.
+pub fn states_for_status(gcore_status: &str) -> &'static [InstanceState] {
+    use InstanceState::*;
+    match gcore_status {
+        "ACTIVE" => &[Running, Stopping, Snapshotting, Destroying],
+        "BUILD" => &[Creating, Starting],
+        "SHUTOFF" => &[Stopped, Starting, Snapshotting, Destroying],
+        "REBOOT" | "HARD_REBOOT" => &[Rebooting],
+        "RESIZE" => &[Resizing],
+        "REBUILD" => &[Creating, Reverting],
+        "MIGRATING" => &[Migrating],
+        "ERROR" => &[Error, Destroying],
+        "SUSPENDED" => &[Suspended, Destroying],
+        "DELETED" => &[Destroyed],
+        _ => &[],
+    }
+}
+
+/// Every tag: the read-only system labels, then the user's.
+pub fn tags(i: &Instance) -> Vec<Value> {
+    let system = i.system_labels.iter().map(|(k, v)| json!({"key": k, "value": v, "read_only": true}));
+    let user = i
+        .labels
+        .iter()
+        .filter(|(k, _)| !i.system_labels.contains_key(*k))
+        .map(|(k, v)| json!({"key": k, "value": v, "read_only": false}));
+    system.chain(user).collect()
+}
+
+fn ext_str<'a>(i: &'a Instance, key: &str) -> Option<&'a str> {
+    i.extensions.get(EXT).and_then(|e| e.get(key)).and_then(Value::as_str)
+}
+
+/// Whether the instance's first interface was asked as `external` (the default for instances created
+/// through other APIs, whose one interface is the instance network).
+fn external(i: &Instance) -> bool {
+    ext_str(i, "interface_type").is_none_or(|t| t == "external")
+}
+
+/// What rendering an instance needs beyond the record.
+pub struct InstanceContext<'a> {
+    pub scope: &'a Scope<'a>,
+    /// The operation holding the instance's lock, if any.
+    pub lock: Option<&'a Operation>,
+    pub creator_task_id: Option<Uuid>,
+    pub security_group_names: Vec<String>,
+}
+
+pub fn instance(i: &Instance, c: &InstanceContext) -> Value {
+    let scope = c.scope;
+    let hard_reboot = c.lock.is_some_and(|op| ext_str(i, "hard_reboot_task") == Some(op.id.to_string().as_str()));
+    let (status, vm_state, task_state) = status(i, c.lock, hard_reboot);
+    let interface_name = ext_str(i, "interface_name");
+    let addresses: Vec<Value> = i
+        .ip_addresses
+        .iter()
+        .map(|a| {
+            json!({
+                "type": "fixed",
+                "addr": a,
+                "interface_name": interface_name,
+                "subnet_id": scope.subnet_id(),
+                "subnet_name": format!("{NETWORK_NAME}-subnet"),
+            })
+        })
+        .collect();
+    let mut address_map = Map::new();
+    if !addresses.is_empty() {
+        address_map.insert(NETWORK_NAME.into(), Value::Array(addresses));
+    }
+    let fixed: Vec<Value> = i
+        .ip_addresses
+        .iter()
+        .map(|a| json!({"external": external(i), "ip_address": a, "subnet_id": scope.subnet_id()}))
+        .collect();
+    json!({
+        "id": i.id,
+        "name": i.name,
+        "status": status,
+        "vm_state": vm_state,
+        "task_state": task_state,
+        "task_id": i.lock_operation_id,
+        "creator_task_id": c.creator_task_id,
+        "created_at": rfc3339(i.created_at),
+        "project_id": scope.project_id,
+        "region_id": scope.zone.numeric_id,
+        "region": scope.region_name(),
+        "flavor": instance_flavor(i),
+        "addresses": address_map,
+        "fixed_ip_assignments": fixed,
+        "volumes": [{"id": derived_id(i.id, "volume.root"), "delete_on_termination": true}],
+        "security_groups": c.security_group_names.iter().map(|n| json!({"name": n})).collect::<Vec<_>>(),
+        "tags": tags(i),
+        "ssh_key_name": i.ssh_keys.first(),
+        "instance_description": (!i.description.is_empty()).then_some(&i.description),
+        "instance_isolation": null,
+        "blackhole_ports": [],
+        "ddos_profile": null,
+    })
+}
+
+fn subnet(scope: &Scope) -> Value {
+    let net = nimbus_engine::network::Network::parse(scope.network_cidr).ok();
+    json!({
+        "id": scope.subnet_id(),
+        "name": format!("{NETWORK_NAME}-subnet"),
+        "cidr": scope.network_cidr,
+        "network_id": scope.network_id(),
+        "available_ips": null,
+        "total_ips": null,
+        "created_at": rfc3339(OffsetDateTime::UNIX_EPOCH),
+        "updated_at": rfc3339(OffsetDateTime::UNIX_EPOCH),
+        "creator_task_id": null,
+        "task_id": null,
+        "dns_nameservers": [],
+        "enable_dhcp": false,
+        "gateway_ip": net.map(|n| n.gateway()),
+        "has_router": false,
+        "host_routes": [],
+        "ip_version": 4,
+        "project_id": scope.project_id,
+        "region": scope.region_name(),
+        "region_id": scope.zone.numeric_id,
+        "tags": [],
+    })
+}
+
+/// The instance's one network interface (`GET .../interfaces`).
+pub fn interface(i: &Instance, scope: &Scope) -> Value {
+    json!({
+        "port_id": port_id(i),
+        "network_id": scope.network_id(),
+        "mac_address": i.mac_address,
+        "port_security_enabled": true,
+        "interface_name": ext_str(i, "interface_name"),
+        "ip_assignments": i.ip_addresses.iter()
+            .map(|a| json!({"ip_address": a, "subnet_id": scope.subnet_id()}))
+            .collect::<Vec<_>>(),
+        "allowed_address_pairs": [],
+        "floatingip_details": [],
+        "network_details": {
+            "id": scope.network_id(),
+            "name": NETWORK_NAME,
+            "external": external(i),
+            "shared": true,
+            "default": true,
+            "mtu": 1500,
+            "port_security_enabled": true,
+            "project_id": null,
+            "region": scope.region_name(),
+            "region_id": scope.zone.numeric_id,
+            "segmentation_id": null,
+            "subnets": [subnet(scope)],
+            "tags": [],
+            "type": "vlan",
+            "created_at": rfc3339(OffsetDateTime::UNIX_EPOCH),
+            "updated_at": rfc3339(OffsetDateTime::UNIX_EPOCH),
+            "creator_task_id": null,
+            "task_id": null,
+        },
+    })
+}
+
+pub fn task_type(op: &Operation, hard_reboot: bool) -> String {
+    match op.kind {
+        Action::Create => "create_vm".into(),
+        Action::Delete => "delete_vm".into(),
+        Action::Start => "start_vm".into(),
+        Action::Stop | Action::ScheduledStop => "stop_vm".into(),
+        Action::Reboot if hard_reboot => "hard_reboot_vm".into(),
+        Action::Reboot => "reboot_vm".into(),
+        Action::Suspend => "suspend_vm".into(),
+        Action::Resume => "resume_vm".into(),
+        Action::Scale => "resize_vm".into(),
+        Action::Reset => "rebuild_vm".into(),
+        other => format!("{}_vm", other.as_str()),
+    }
+}
+
+/// A stable positive int for the API key that started a task (Gcore's `user_id`); 0 for Nimbus itself.
+fn user_id(op: &Operation) -> i64 {
+    op.actor.key_id.as_deref().map_or(0, |k| {
+        // FNV-1a: stable across processes and versions, unlike the std hasher.
+        let h = k.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        (h & 0x7fff_ffff) as i64
+    })
+}
+
+/// An operation as Gcore's Task. `created_resources` lists every kind, empty where nothing was made.
+pub fn task(op: &Operation, scope: &Scope, hard_reboot: bool) -> Value {
+    let state = match op.state {
+        OperationState::Pending => "NEW",
+        OperationState::Running => "RUNNING",
+        OperationState::Success => "FINISHED",
+        OperationState::Failure | OperationState::Timeout | OperationState::Cancelled => "ERROR",
+    };
+    let created = op.kind == Action::Create;
+    let mut resources = Map::new();
+    for kind in ["floatingips", "networks", "ports", "routers", "security_groups", "servergroups", "subnets"] {
+        resources.insert(kind.into(), json!([]));
+    }
+    resources.insert("instances".into(), json!(if created { vec![op.target.id] } else { vec![] }));
+    let volumes = if created { vec![derived_id(op.target.id, "volume.root")] } else { vec![] };
+    resources.insert("volumes".into(), json!(volumes));
+    let failed = state == "ERROR";
+    json!({
+        "id": op.id,
+        "state": state,
+        "task_type": task_type(op, hard_reboot),
+        "user_id": user_id(op),
+        "created_on": rfc3339(op.created_at),
+        "updated_on": rfc3339(op.updated_at),
+        "finished_on": op.state.is_final().then(|| rfc3339(op.updated_at)),
+        "error": if failed { Some(op.message.clone().unwrap_or_else(|| "Task failed".into())) } else { None },
+        "created_resources": resources,
+        "project_id": scope.project_id,
+        "region_id": scope.zone.numeric_id,
+        "client_id": null,
+        "user_client_id": null,
+        "request_id": op.actor.request_id,
+        "data": op.params,
+        "detailed_state": null,
+        "acknowledged_at": null,
+        "acknowledged_by": null,
+        "job_id": null,
+        "schedule_id": null,
+        "lifecycle_policy_id": null,
+    })
+}

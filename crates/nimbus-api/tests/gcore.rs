@@ -1,0 +1,181 @@
+//! The Gcore dialect through HTTP on the real router, engine and SQLite store (sim driver): what the SDK
+//! test does not reach — tenancy across projects, refusals that must not be 409, failed tasks, and the same
+//! instances seen consistently through the native API.
+
+#[path = "api/common.rs"]
+mod common;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use common::{Cloud, Reply, ADMIN};
+use serde_json::{json, Value};
+
+/// A Gcore request with `Authorization: APIKey <secret>`.
+async fn gcore(c: &Cloud, method: Method, path: &str, secret: &str, body: Option<Value>) -> Reply {
+    let req = Request::builder().method(method).uri(path).header("authorization", format!("APIKey {secret}"));
+    let req = match body {
+        Some(b) => req.header("content-type", "application/json").body(Body::from(b.to_string())),
+        None => req.body(Body::empty()),
+    };
+    c.send(req.unwrap()).await
+}
+
+/// `/cloud/v1/instances/{project}/{region}` of the key's project and the server's zone.
+async fn base(c: &Cloud, secret: &str, version: &str) -> String {
+    let who = c.get("/v1/whoami", secret).await;
+    let zones = c.get("/v1/zones", secret).await;
+    format!("/cloud/{version}/instances/{}/{}", who.body["project"]["numeric_id"], zones.body["items"][0]["numeric_id"])
+}
+
+/// Creates an instance through Gcore and waits for its task; returns (instance id, task id).
+async fn create(c: &Cloud, secret: &str, name: &str, tags: Value) -> (String, String) {
+    let body = json!({
+        "name": name,
+        "flavor": "standard.small",
+        "interfaces": [{"type": "external"}],
+        "volumes": [{"source": "image", "image_id": "busybox", "boot_index": 0}],
+        "tags": tags,
+    });
+    let r = gcore(c, Method::POST, &base(c, secret, "v2").await, secret, Some(body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let task = r.body["tasks"][0].as_str().unwrap().to_string();
+    let op = c.wait(&task, secret).await;
+    assert_eq!(op["state"], "success", "{op}");
+    (op["target"]["id"].as_str().unwrap().to_string(), task)
+}
+
+async fn task(c: &Cloud, secret: &str, id: &str) -> Value {
+    c.wait(id, secret).await;
+    let r = gcore(c, Method::GET, &format!("/cloud/v1/tasks/{id}"), secret, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    r.body
+}
+
+fn assert_gcore_error(r: &Reply, status: StatusCode, class: &str) {
+    assert_eq!((r.status, r.body["exception_class"].as_str()), (status, Some(class)), "{}", r.text);
+    assert!(r.body["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", r.text);
+    assert!(r.body["request_id"].as_str().is_some_and(|m| !m.is_empty()), "{}", r.text);
+}
+
+#[tokio::test]
+async fn another_project_sees_nothing_and_cannot_use_my_ids() {
+    let c = Cloud::new().await;
+    let (id, task_id) = create(&c, ADMIN, "mine", json!({})).await;
+    let project = c.post("/v1/projects", ADMIN, json!({"name": "other"})).await;
+    let other = c.key("member", Some(project.id().as_str())).await;
+    let mine = base(&c, ADMIN, "v1").await;
+    let theirs = base(&c, &other, "v1").await;
+    assert_ne!(mine, theirs, "projects have their own integer ids");
+
+    assert_gcore_error(&gcore(&c, Method::GET, &mine, &other, None).await, StatusCode::NOT_FOUND, "NotFoundError");
+    let listed = gcore(&c, Method::GET, &theirs, &other, None).await;
+    assert_eq!((listed.body["count"].as_u64(), listed.body["results"].as_array().map(Vec::len)), (Some(0), Some(0)));
+    let r = gcore(&c, Method::GET, &format!("{theirs}/{id}"), &other, None).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    let r = gcore(&c, Method::GET, &format!("/cloud/v1/tasks/{task_id}"), &other, None).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    let r = gcore(&c, Method::DELETE, &format!("{theirs}/{id}"), &other, None).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    assert_eq!(c.state(ADMIN, &id).await, "running", "nothing happened to my instance");
+}
+
+#[tokio::test]
+async fn gcore_and_native_views_agree() {
+    let c = Cloud::new().await;
+    let (id, _) = create(&c, ADMIN, "both", json!({"env": "prod"})).await;
+    let native = c.get(&format!("/v1/instances/{id}"), ADMIN).await.body;
+    assert_eq!(native["labels"], json!({"env": "prod"}));
+    let path = format!("{}/{id}", base(&c, ADMIN, "v1").await);
+    let g = gcore(&c, Method::GET, &path, ADMIN, None).await.body;
+    let read_only: Vec<&Value> = g["tags"].as_array().unwrap().iter().filter(|t| t["read_only"] == true).collect();
+    assert!(!read_only.is_empty(), "{g}");
+    for t in &read_only {
+        assert_eq!(native["system_labels"][t["key"].as_str().unwrap()], t["value"], "{native}");
+    }
+    assert_eq!(g["addresses"]["nimbus"][0]["addr"], native["ip_addresses"][0]);
+
+    // A user label with a system label's key (possible natively) never shadows the read-only tag.
+    let zone_key = read_only[0]["key"].as_str().unwrap();
+    let r =
+        c.call(Method::PATCH, &format!("/v1/instances/{id}"), ADMIN, Some(json!({"labels": {zone_key: "x"}}))).await;
+    if r.status == StatusCode::OK {
+        let g = gcore(&c, Method::GET, &path, ADMIN, None).await.body;
+        let same_key: Vec<&Value> = g["tags"].as_array().unwrap().iter().filter(|t| t["key"] == zone_key).collect();
+        assert_eq!(same_key.len(), 1, "{g}");
+        assert_eq!(same_key[0]["read_only"], true);
+        let undo = json!({"labels": {zone_key: null}});
+        c.call(Method::PATCH, &format!("/v1/instances/{id}"), ADMIN, Some(undo)).await;
+    }
+
+    // A native suspend shows as Gcore's SUSPENDED.
+    c.act(ADMIN, &id, "suspend", None).await;
+    let g = gcore(&c, Method::GET, &path, ADMIN, None).await.body;
+    assert_eq!((g["status"].as_str(), g["vm_state"].as_str()), (Some("SUSPENDED"), Some("suspended")));
+    // A Gcore rename and tag patch shows natively.
+    let r =
+        gcore(&c, Method::PATCH, &path, ADMIN, Some(json!({"name": "renamed", "tags": {"env": null, "a": "b"}}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let native = c.get(&format!("/v1/instances/{id}"), ADMIN).await.body;
+    assert_eq!((native["name"].as_str(), &native["labels"]), (Some("renamed"), &json!({"a": "b"})));
+}
+
+#[tokio::test]
+async fn refusals_are_gcore_errors_and_only_a_lock_is_409() {
+    let c = Cloud::new().await;
+    let (id, _) = create(&c, ADMIN, "guarded", json!({})).await;
+    let path = format!("{}/{id}", base(&c, ADMIN, "v1").await);
+    c.call(Method::POST, &format!("/v1/instances/{id}/add-protection"), ADMIN, None).await;
+    let r = gcore(&c, Method::DELETE, &path, ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "BadRequestError");
+    assert_eq!(r.headers["x-should-retry"], "false");
+    assert!(r.body["message"].as_str().unwrap().contains("protected"), "{}", r.text);
+
+    let r = gcore(&c, Method::PUT, &path, ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::METHOD_NOT_ALLOWED, "HTTPError");
+
+    let r = gcore(&c, Method::PATCH, &path, ADMIN, Some(json!({"name": "bad name with spaces"}))).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "ValidationError");
+    assert!(r.body["invalid_fields"]["name"].is_array(), "{}", r.text);
+
+    let readonly = c.key("read-only", None).await;
+    let r = gcore(&c, Method::PATCH, &path, &readonly, Some(json!({"tags": {"a": "b"}}))).await;
+    assert_gcore_error(&r, StatusCode::FORBIDDEN, "ForbiddenError");
+
+    let project_id = c.get("/v1/whoami", ADMIN).await.body["project"]["id"].as_str().unwrap().to_string();
+    let quota = json!({"instances": 1, "vcpus": 100, "memory_mib": 1000000, "disk_gb": 1000});
+    let q = c.call(Method::PUT, &format!("/v1/projects/{project_id}/quota"), ADMIN, Some(quota)).await;
+    assert_eq!(q.status, StatusCode::OK, "{}", q.text);
+    let body = json!({
+        "name": "one-too-many", "flavor": "standard.small", "interfaces": [{"type": "external"}],
+        "volumes": [{"source": "image", "image_id": "busybox"}],
+    });
+    let r = gcore(&c, Method::POST, &base(&c, ADMIN, "v2").await, ADMIN, Some(body)).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "QuotaLimitExceed");
+
+    let r = gcore(&c, Method::GET, "/cloud/v1/tasks/not-a-task", ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    let r = c.send(Request::get(&path).header("authorization", "Bearer x").body(Body::empty()).unwrap()).await;
+    assert_gcore_error(&r, StatusCode::UNAUTHORIZED, "NotAuthenticated");
+}
+
+#[tokio::test]
+async fn a_failed_action_is_an_error_task_and_releases_the_instance() {
+    let c = Cloud::new().await;
+    let (id, create_task) = create(&c, ADMIN, "flaky", json!({})).await;
+    let created = task(&c, ADMIN, &create_task).await;
+    assert_eq!(
+        (created["state"].as_str(), &created["created_resources"]["instances"]),
+        (Some("FINISHED"), &json!([id]))
+    );
+    let path = format!("{}/{id}", base(&c, ADMIN, "v2").await);
+    c.sim.inject_failure("reboot", 1);
+    let r = gcore(&c, Method::POST, &format!("{path}/action"), ADMIN, Some(json!({"action": "reboot"}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let t = task(&c, ADMIN, r.body["tasks"][0].as_str().unwrap()).await;
+    assert_eq!(t["state"], "ERROR", "{t}");
+    assert!(t["error"].as_str().is_some_and(|e| e.contains("injected")), "{t}");
+    assert!(t["finished_on"].is_string(), "{t}");
+    let g = gcore(&c, Method::GET, &format!("{}/{id}", base(&c, ADMIN, "v1").await), ADMIN, None).await.body;
+    assert_eq!((g["status"].as_str(), &g["task_id"], &g["task_state"]), (Some("ACTIVE"), &Value::Null, &Value::Null));
+    assert_eq!(g["creator_task_id"], json!(create_task));
+}
