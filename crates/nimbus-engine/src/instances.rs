@@ -11,7 +11,7 @@ use nimbus_core::event::Event;
 use nimbus_core::instance::{validate_name, Instance, InstanceState, MAX_USER_DATA_BYTES};
 use nimbus_core::labels::{self, Labels, Selector};
 use nimbus_core::operation::{Operation, OperationState, Target};
-use nimbus_core::resources::{InstancePassword, Snapshot, SnapshotState};
+use nimbus_core::resources::{InstancePassword, Snapshot, SnapshotState, PASSWORD_LIFETIME};
 use nimbus_core::state_machine::{transition, Action};
 use nimbus_core::tenancy::Role;
 use nimbus_core::DomainError;
@@ -59,6 +59,9 @@ pub struct CreateInstance {
     pub price_hourly: Option<f64>,
     /// Dialect-specific fields, one map per dialect.
     pub extensions: BTreeMap<String, serde_json::Value>,
+    /// The initial password of a password-enabled template's default user, kept like reset-password's
+    /// (revealable for a day) and delivered to the guest with its seed.
+    pub password: Option<String>,
     /// Dialect ids to record beside the canonical one, as (kind, alias), in the same transaction.
     pub aliases: Vec<(String, String)>,
 }
@@ -109,6 +112,11 @@ pub enum ActionRequest {
     Suspend,
     Resume,
     Delete,
+    /// Anti-affinity groups to join and to leave.
+    ChangeAntiAffinityGroups {
+        join: Vec<Uuid>,
+        leave: Vec<Uuid>,
+    },
 }
 
 impl ActionRequest {
@@ -128,6 +136,7 @@ impl ActionRequest {
             ActionRequest::Suspend => Action::Suspend,
             ActionRequest::Resume => Action::Resume,
             ActionRequest::Delete => Action::Delete,
+            ActionRequest::ChangeAntiAffinityGroups { .. } => Action::ChangeAntiAffinityGroups,
         }
     }
 }
@@ -226,6 +235,15 @@ impl Engine {
         if let Some(price) = req.price_hourly {
             nimbus_core::instance::validate_price("price_hourly", price)?;
         }
+        if let Some(password) = &req.password {
+            nimbus_core::instance::validate_password("password", password)?;
+            if !template.password_enabled {
+                return Err(DomainError::invalid(
+                    "password",
+                    format!("template {} does not support passwords", template.name),
+                ));
+            }
+        }
         let ssh_keys = self.resolve_ssh_key_names(ctx, &req.ssh_keys).await?;
         if !ssh_keys.is_empty() && !template.ssh_key_enabled {
             return Err(DomainError::invalid("ssh_keys", format!("template {} does not take SSH keys", template.name)));
@@ -275,6 +293,7 @@ impl Engine {
             expected_shutdown_at: req.expected_shutdown_at,
             host: None,
             lock_operation_id: Some(op_id),
+            create_operation_id: Some(op_id),
             generation: 1,
             extensions: req.extensions.clone(),
             created_at: now,
@@ -301,6 +320,11 @@ impl Engine {
         set.push(Write::PutOperation(op.clone()));
         for (kind, alias) in &req.aliases {
             set.push(Write::PutAlias { kind: kind.clone(), alias: alias.clone(), id });
+        }
+        if let Some(password) = &req.password {
+            let password =
+                InstancePassword { instance_id: id, password: password.clone(), expires_at: now + PASSWORD_LIFETIME };
+            set.push(Write::PutRecord(Record::new(PASSWORD, id, Some(ctx.project.id), "password", &password)));
         }
         set.push(instance_event(&ctx.actor, "instance.created", &instance));
         set.push(operation_event("operation.created", &op));
@@ -697,6 +721,16 @@ impl Engine {
                         self.driver.name()
                     )));
                 }
+            }
+            ActionRequest::ChangeAntiAffinityGroups { join, leave } => {
+                self.check_group_refs(ctx, &[], join).await?;
+                next.anti_affinity_groups.retain(|g| !leave.contains(g));
+                for g in join {
+                    if !next.anti_affinity_groups.contains(g) {
+                        next.anti_affinity_groups.push(*g);
+                    }
+                }
+                params = json!({ "join": join, "leave": leave });
             }
             ActionRequest::Start
             | ActionRequest::Stop
