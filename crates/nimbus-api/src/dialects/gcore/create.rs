@@ -208,6 +208,15 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
     let name_template = string("name_template", &mut errors);
     let ssh_key = string("ssh_key_name", &mut errors);
     let user_data = string("user_data", &mut errors);
+    // The password is the template's default user's: a username, if given, must be that user.
+    let password = string("password", &mut errors);
+    if let (Some(user), Some(image)) = (string("username", &mut errors), &image) {
+        if let Ok(t) = app.engine.template(&r.ctx, image).await {
+            if t.default_user != user {
+                errors.add("username", format!("Image {} has one user, {:?}", t.name, t.default_user));
+            }
+        }
+    }
     let servergroup = string("servergroup_id", &mut errors);
     let servergroup = servergroup.and_then(|s| match Uuid::parse_str(&s) {
         Ok(id) => Some(id),
@@ -252,6 +261,7 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
                 security_groups: groups,
                 anti_affinity_groups: servergroup.into_iter().collect(),
                 auto_start: true,
+                password,
                 extensions,
                 ..Default::default()
             },

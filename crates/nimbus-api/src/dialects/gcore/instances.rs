@@ -42,9 +42,15 @@ impl<'a> Renderer<'a> {
             Some(op) => self.app.engine.operation(ctx, op).await.ok(),
             None => None,
         };
-        // The instance's first operation is the one that created it (operation ids are time-ordered).
-        let first = self.app.engine.list_operations(ctx, Some(i.id), 1, None).await?;
-        let creator_task_id = first.items.first().filter(|op| op.kind == Action::Create).map(|op| op.id);
+        let creator_task_id = match i.create_operation_id {
+            Some(op) => Some(op),
+            // Records from before the core kept it: the instance's first operation is the one that created
+            // it (operation ids are time-ordered).
+            None => {
+                let first = self.app.engine.list_operations(ctx, Some(i.id), 1, None).await?;
+                first.items.first().filter(|op| op.kind == Action::Create).map(|op| op.id)
+            }
+        };
         let scope = self.region.scope();
         let c = InstanceContext {
             scope: &scope,
@@ -59,7 +65,7 @@ impl<'a> Renderer<'a> {
 // Instances
 
 /// Every instance of the project, oldest first (the engine pages by id, which is time-ordered).
-async fn all_instances(app: &AppState, ctx: &Context) -> GcoreResult<Vec<Instance>> {
+pub(super) async fn all_instances(app: &AppState, ctx: &Context) -> GcoreResult<Vec<Instance>> {
     let mut all = Vec::new();
     let mut page_token = None;
     loop {

@@ -1,9 +1,10 @@
 //! The Gcore Cloud dialect (seed 003): instances under `/cloud/v1/instances/{project_id}/{region_id}` (create
-//! and actions under `/cloud/v2/...`), flavors, images and tasks, `Authorization: APIKey <secret>`, Gcore's
-//! error body. The integer project id is the key's project's `numeric_id`, the region id the zone's.
+//! and actions under `/cloud/v2/...`), flavors, images, tasks, security groups and server groups,
+//! `Authorization: APIKey <secret>`, Gcore's error body. The integer project id is the key's project's
+//! `numeric_id`, the region id the zone's. One file per area; `common.rs` has what they all share.
 //! Notes: `shared/dialects/gcore.md`; the real `gcore` Python SDK is the test client.
 
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::Router;
 
 use crate::AppState;
@@ -16,10 +17,15 @@ pub mod errors;
 mod instances;
 mod interfaces;
 mod metrics;
+mod security_groups;
+mod server_groups;
 mod tasks;
 pub mod views;
 
 const V1: &str = "/cloud/v1/instances/{project_id}/{region_id}";
+const SG_V1: &str = "/cloud/v1/securitygroups/{project_id}/{region_id}";
+const SG_V2: &str = "/cloud/v2/security_groups/{project_id}/{region_id}";
+const SERVER_GROUPS: &str = "/cloud/v1/servergroups/{project_id}/{region_id}";
 
 pub fn router(_state: AppState) -> Router<AppState> {
     use errors::method_not_allowed as other;
@@ -41,6 +47,20 @@ pub fn router(_state: AppState) -> Router<AppState> {
         .route("/cloud/v1/flavors/{project_id}/{region_id}", get(catalog::flavors).fallback(other))
         .route("/cloud/v1/images/{project_id}/{region_id}", get(catalog::images).fallback(other))
         .route("/cloud/v1/images/{project_id}/{region_id}/{image_id}", get(catalog::image).fallback(other))
+        .route(&one("/put_into_servergroup"), post(server_groups::put_into).fallback(other))
+        .route(&one("/remove_from_servergroup"), post(server_groups::remove_from).fallback(other))
+        .route(SG_V1, get(security_groups::list).fallback(other))
+        .route(
+            &format!("{SG_V1}/{{group_id}}"),
+            get(security_groups::get).delete(security_groups::delete).fallback(other),
+        )
+        .route(SG_V2, post(security_groups::create).fallback(other))
+        .route(&format!("{SG_V2}/{{group_id}}"), patch(security_groups::update).fallback(other))
+        .route(SERVER_GROUPS, get(server_groups::list).post(server_groups::create).fallback(other))
+        .route(
+            &format!("{SERVER_GROUPS}/{{group_id}}"),
+            get(server_groups::get).delete(server_groups::delete).fallback(other),
+        )
         .route("/cloud/v1/tasks", get(tasks::list).fallback(other))
         .route("/cloud/v1/tasks/{task_id}", get(tasks::get).fallback(other))
 }

@@ -40,12 +40,20 @@ pub async fn get(
 ) -> GcoreResult<Json<Value>> {
     let not_found = || GcoreError::not_found(format!("Task {id} could not be found"));
     let op_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let op = app.engine.operation(&ctx, op_id).await.map_err(|e| match e {
-        DomainError::NotFound { .. } => not_found(),
-        other => other.into(),
-    })?;
     let zone = app.engine.zone().await?;
-    Ok(Json(task_view(&app, &ctx, &zone, &op).await))
+    match app.engine.operation(&ctx, op_id).await {
+        Ok(op) => Ok(Json(task_view(&app, &ctx, &zone, &op).await)),
+        // A security group is made at once; its create task is the group (see `security_groups`).
+        Err(DomainError::NotFound { .. }) => match app.engine.security_group(&ctx, op_id).await {
+            Ok(group) => {
+                let cidr = app.engine.config().network_cidr.clone();
+                let scope = Scope { project_id: ctx.project.numeric_id, zone: &zone, network_cidr: &cidr };
+                Ok(Json(views::security_group_task(&group, &scope)))
+            }
+            Err(_) => Err(not_found()),
+        },
+        Err(other) => Err(other.into()),
+    }
 }
 
 pub async fn list(State(app): State<AppState>, GcoreCaller(ctx): GcoreCaller, uri: Uri) -> GcoreResult<Json<Value>> {
