@@ -101,16 +101,23 @@ async fn region(app: &AppState, ctx: Context, project_id: &str, region_id: &str)
     Ok(Region { ctx, zone, cidr: app.engine.config().network_cidr.clone() })
 }
 
-pub(super) fn instance_id(id: &str) -> GcoreResult<Uuid> {
-    Uuid::parse_str(id).map_err(|_| GcoreError::instance_not_found(id))
-}
-
-/// The instance of the path; an id that is no instance of the project is not found.
-async fn find(app: &AppState, r: &Region, id: &str) -> GcoreResult<Instance> {
-    app.engine.instance(&r.ctx, instance_id(id)?).await.map_err(|e| match e {
-        DomainError::NotFound { .. } => GcoreError::instance_not_found(id),
+/// The `what` of the path found by `lookup`: an id that is no UUID, or none of the project's, is "`what` `id`
+/// could not be found" (another project's ids look like nothing at all).
+pub(super) async fn found<T, F>(what: &str, id: &str, lookup: impl FnOnce(Uuid) -> F) -> GcoreResult<T>
+where
+    F: std::future::Future<Output = Result<T, DomainError>>,
+{
+    let not_found = || GcoreError::not_found(format!("{what} {id} could not be found"));
+    let uuid = Uuid::parse_str(id).map_err(|_| not_found())?;
+    lookup(uuid).await.map_err(|e| match e {
+        DomainError::NotFound { .. } => not_found(),
         other => other.into(),
     })
+}
+
+/// The instance of the path.
+async fn find(app: &AppState, r: &Region, id: &str) -> GcoreResult<Instance> {
+    found("Instance", id, |id| app.engine.instance(&r.ctx, id)).await
 }
 
 pub(super) fn query_pairs(uri: &Uri) -> Vec<(String, String)> {

@@ -11,23 +11,16 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::Json;
 use nimbus_core::resources::{SecurityGroup, SecurityGroupRule};
-use nimbus_core::DomainError;
 use serde_json::{json, Value};
-use uuid::Uuid;
 
-use super::common::{body_object, page, query_one, query_pairs, InRegion, Region};
-use super::errors::{FieldErrors, GcoreError, GcoreResult};
+use super::common::{body_object, found, page, query_one, query_pairs, InRegion, Region};
+use super::errors::{FieldErrors, GcoreResult};
 use super::views::{self, ANY_PROTOCOL};
 use crate::AppState;
 
-/// The group of the path; an id that is no group of the project is not found.
-pub(super) async fn find_group(app: &AppState, r: &Region, id: &str) -> GcoreResult<SecurityGroup> {
-    let not_found = || GcoreError::not_found(format!("Security group {id} could not be found"));
-    let id = Uuid::parse_str(id).map_err(|_| not_found())?;
-    app.engine.security_group(&r.ctx, id).await.map_err(|e| match e {
-        DomainError::NotFound { .. } => not_found(),
-        other => other.into(),
-    })
+/// The group of the path.
+async fn find_group(app: &AppState, r: &Region, id: &str) -> GcoreResult<SecurityGroup> {
+    found("Security group", id, |id| app.engine.security_group(&r.ctx, id)).await
 }
 
 /// Gcore's rules (`direction`, `protocol`, `port_range_min`/`max`, `remote_ip_prefix`, `description`) as the

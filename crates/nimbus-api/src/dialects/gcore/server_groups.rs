@@ -8,12 +8,10 @@ use axum::extract::{Path, State};
 use axum::http::Uri;
 use axum::Json;
 use nimbus_core::resources::AntiAffinityGroup;
-use nimbus_core::DomainError;
 use nimbus_engine::ActionRequest;
 use serde_json::{json, Value};
-use uuid::Uuid;
 
-use super::common::{body_object, page, query_pairs, required_str, tasks, InRegion, OneInstance, Region};
+use super::common::{body_object, found, page, query_pairs, required_str, tasks, InRegion, OneInstance, Region};
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
 use super::instances::all_instances;
 use super::views;
@@ -22,12 +20,7 @@ use crate::AppState;
 const POLICY: &str = "anti-affinity";
 
 async fn find_group(app: &AppState, r: &Region, id: &str) -> GcoreResult<AntiAffinityGroup> {
-    let not_found = || GcoreError::not_found(format!("Server group {id} could not be found"));
-    let id = Uuid::parse_str(id).map_err(|_| not_found())?;
-    app.engine.anti_affinity_group(&r.ctx, id).await.map_err(|e| match e {
-        DomainError::NotFound { .. } => not_found(),
-        other => other.into(),
-    })
+    found("Server group", id, |id| app.engine.anti_affinity_group(&r.ctx, id)).await
 }
 
 /// The groups rendered with their members, read once for all of them.
