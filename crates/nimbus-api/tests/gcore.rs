@@ -179,3 +179,173 @@ async fn a_failed_action_is_an_error_task_and_releases_the_instance() {
     assert_eq!((g["status"].as_str(), &g["task_id"], &g["task_state"]), (Some("ACTIVE"), &Value::Null, &Value::Null));
     assert_eq!(g["creator_task_id"], json!(create_task));
 }
+
+/// `/cloud/{version}/{area}/{project}/{region}` of the key's project and the server's zone.
+async fn area(c: &Cloud, secret: &str, version: &str, name: &str) -> String {
+    base(c, secret, version).await.replace("/instances/", &format!("/{name}/"))
+}
+
+#[tokio::test]
+async fn security_groups_live_in_gcore_and_in_the_core_alike() {
+    let c = Cloud::new().await;
+    let (v1, v2) = (area(&c, ADMIN, "v1", "securitygroups").await, area(&c, ADMIN, "v2", "security_groups").await);
+    // No rules named: Gcore's default template, everything in and out; the task is finished at once.
+    let r = gcore(&c, Method::POST, &v2, ADMIN, Some(json!({"name": "web", "description": "front"}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let id = r.body["tasks"][0].as_str().unwrap().to_string();
+    let t = gcore(&c, Method::GET, &format!("/cloud/v1/tasks/{id}"), ADMIN, None).await;
+    assert_eq!(
+        (t.body["state"].as_str(), t.body["task_type"].as_str()),
+        (Some("FINISHED"), Some("create_security_group"))
+    );
+    assert_eq!(t.body["created_resources"]["security_groups"], json!([id]), "{}", t.text);
+    let g = gcore(&c, Method::GET, &format!("{v1}/{id}"), ADMIN, None).await;
+    let directions: Vec<&str> =
+        g.body["security_group_rules"].as_array().unwrap().iter().map(|r| r["direction"].as_str().unwrap()).collect();
+    assert_eq!(directions, ["ingress", "egress"], "{}", g.text);
+    let native = c.get(&format!("/v1/security-groups/{id}"), ADMIN).await;
+    assert_eq!((native.status, native.body["name"].as_str()), (StatusCode::OK, Some("web")), "{}", native.text);
+
+    // Update: a rename, and the whole rule set (a rule that stays keeps its id); no task is left to run.
+    let ssh = json!({"direction": "ingress", "protocol": "tcp", "port_range_min": 22, "port_range_max": 22,
+                     "remote_ip_prefix": "10.0.0.0/8", "ethertype": "IPv4"});
+    let patch = json!({"name": "web-2", "rules": [ssh, {"direction": "egress"}]});
+    let u = gcore(&c, Method::PATCH, &format!("{v2}/{id}"), ADMIN, Some(patch)).await;
+    assert_eq!((u.status, &u.body), (StatusCode::OK, &json!({"tasks": []})), "{}", u.text);
+    let after = gcore(&c, Method::GET, &format!("{v1}/{id}"), ADMIN, None).await.body;
+    assert_eq!(after["name"], "web-2");
+    let rules = after["security_group_rules"].as_array().unwrap();
+    assert_eq!((rules[0]["port_range_min"].as_u64(), rules[0]["protocol"].as_str()), (Some(22), Some("tcp")));
+    assert_eq!(rules[1]["id"], g.body["security_group_rules"][1]["id"], "the egress rule stayed");
+    let listed = gcore(&c, Method::GET, &format!("{v1}?name=web-2"), ADMIN, None).await;
+    assert_eq!(listed.body["count"], 1, "{}", listed.text);
+
+    // Refused: IPv6, tags, a missing name; nothing was written.
+    for bad in [
+        json!({"name": "x", "rules": [{"direction": "ingress", "ethertype": "IPv6"}]}),
+        json!({"name": "x", "tags": {"k": "v"}}),
+        json!({"description": "no name"}),
+    ] {
+        let r = gcore(&c, Method::POST, &v2, ADMIN, Some(bad)).await;
+        assert_gcore_error(&r, StatusCode::BAD_REQUEST, "ValidationError");
+    }
+    assert_eq!(gcore(&c, Method::GET, &v1, ADMIN, None).await.body["count"], 1);
+
+    // A group in use is not deleted; once free it is, and its id is found no more.
+    let (vm, _) = create(&c, ADMIN, "sg-vm", json!({})).await;
+    let add = gcore(
+        &c,
+        Method::POST,
+        &format!("{}/{vm}/addsecuritygroup", base(&c, ADMIN, "v1").await),
+        ADMIN,
+        Some(json!({"name": "web-2"})),
+    )
+    .await;
+    assert_eq!(add.status, StatusCode::NO_CONTENT, "{}", add.text);
+    let d = gcore(&c, Method::DELETE, &format!("{v1}/{id}"), ADMIN, None).await;
+    assert_gcore_error(&d, StatusCode::BAD_REQUEST, "BadRequestError");
+    let del = gcore(
+        &c,
+        Method::POST,
+        &format!("{}/{vm}/delsecuritygroup", base(&c, ADMIN, "v1").await),
+        ADMIN,
+        Some(json!({"name": "web-2"})),
+    )
+    .await;
+    assert_eq!(del.status, StatusCode::NO_CONTENT, "{}", del.text);
+    assert_eq!(gcore(&c, Method::DELETE, &format!("{v1}/{id}"), ADMIN, None).await.status, StatusCode::NO_CONTENT);
+    assert_gcore_error(
+        &gcore(&c, Method::GET, &format!("{v1}/{id}"), ADMIN, None).await,
+        StatusCode::NOT_FOUND,
+        "NotFoundError",
+    );
+}
+
+#[tokio::test]
+async fn server_groups_are_anti_affinity_groups_joined_by_a_task() {
+    let c = Cloud::new().await;
+    let sg = area(&c, ADMIN, "v1", "servergroups").await;
+    let r = gcore(&c, Method::POST, &sg, ADMIN, Some(json!({"name": "spread", "policy": "affinity"}))).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "ValidationError");
+    let r = gcore(&c, Method::POST, &sg, ADMIN, Some(json!({"name": "spread", "policy": "anti-affinity"}))).await;
+    assert_eq!((r.status, r.body["instances"].clone()), (StatusCode::OK, json!([])), "{}", r.text);
+    let group = r.body["servergroup_id"].as_str().unwrap().to_string();
+
+    let (vm, _) = create(&c, ADMIN, "sg-member", json!({})).await;
+    let inst = base(&c, ADMIN, "v1").await;
+    let put = gcore(
+        &c,
+        Method::POST,
+        &format!("{inst}/{vm}/put_into_servergroup"),
+        ADMIN,
+        Some(json!({"servergroup_id": group})),
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.text);
+    let t = task(&c, ADMIN, put.body["tasks"][0].as_str().unwrap()).await;
+    assert_eq!((t["state"].as_str(), t["task_type"].as_str()), (Some("FINISHED"), Some("put_into_servergroup")), "{t}");
+    let g = gcore(&c, Method::GET, &format!("{sg}/{group}"), ADMIN, None).await;
+    assert_eq!(g.body["instances"], json!([{"instance_id": vm, "instance_name": "sg-member"}]), "{}", g.text);
+    let native = c.get(&format!("/v1/instances/{vm}"), ADMIN).await;
+    assert!(native.text.contains(&group), "the core's record has the group: {}", native.text);
+    assert_eq!(c.state(ADMIN, &vm).await, "running", "joining changes nothing on the host");
+
+    // In use, the group stays; out of it, it goes, with no task left to run.
+    let d = gcore(&c, Method::DELETE, &format!("{sg}/{group}"), ADMIN, None).await;
+    assert_gcore_error(&d, StatusCode::BAD_REQUEST, "BadRequestError");
+    let rm = gcore(&c, Method::POST, &format!("{inst}/{vm}/remove_from_servergroup"), ADMIN, None).await;
+    let t = task(&c, ADMIN, rm.body["tasks"][0].as_str().unwrap()).await;
+    assert_eq!(t["task_type"], "remove_from_servergroup", "{t}");
+    assert_eq!(gcore(&c, Method::GET, &format!("{sg}/{group}"), ADMIN, None).await.body["instances"], json!([]));
+    let again = gcore(&c, Method::POST, &format!("{inst}/{vm}/remove_from_servergroup"), ADMIN, None).await;
+    assert_gcore_error(&again, StatusCode::BAD_REQUEST, "BadRequestError");
+    let d = gcore(&c, Method::DELETE, &format!("{sg}/{group}"), ADMIN, None).await;
+    assert_eq!((d.status, &d.body), (StatusCode::OK, &json!({"tasks": []})), "{}", d.text);
+    assert_eq!(gcore(&c, Method::GET, &sg, ADMIN, None).await.body["count"], 0);
+}
+
+#[tokio::test]
+async fn a_password_given_at_create_is_revealed_natively_and_reaches_the_guest() {
+    let c = Cloud::new().await;
+    let url = base(&c, ADMIN, "v2").await;
+    let body = |extra: Value| {
+        let mut b = json!({
+            "name": "pw", "flavor": "standard.small", "interfaces": [{"type": "external"}],
+            "volumes": [{"source": "image", "image_id": "busybox", "boot_index": 0}],
+        });
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b
+    };
+    for bad in [
+        json!({"password": "short"}),
+        json!({"password": "has a space"}),
+        json!({"password": "long-enough-1", "username": "admin"}),
+    ] {
+        let r = gcore(&c, Method::POST, &url, ADMIN, Some(body(bad.clone()))).await;
+        assert_gcore_error(&r, StatusCode::BAD_REQUEST, "ValidationError");
+        let field = if bad.get("username").is_some() { "username" } else { "password" };
+        assert!(r.body["invalid_fields"].get(field).is_some(), "{bad}: {}", r.text);
+    }
+    let r = gcore(&c, Method::POST, &url, ADMIN, Some(body(json!({"password": "Secret-pass-42", "username": "root"}))))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let op = c.wait(r.body["tasks"][0].as_str().unwrap(), ADMIN).await;
+    let id = op["target"]["id"].as_str().unwrap();
+    let revealed = c.get(&format!("/v1/instances/{id}/password"), ADMIN).await;
+    assert_eq!(revealed.body["password"], "Secret-pass-42", "{}", revealed.text);
+    let console = c.get(&format!("/v1/instances/{id}/console"), ADMIN).await;
+    assert!(console.text.contains("root password set"), "{}", console.text);
+    let record = c.get(&format!("/v1/instances/{id}"), ADMIN).await;
+    assert!(!record.text.contains("Secret-pass-42"), "the password is kept apart from the instance: {}", record.text);
+}
+
+#[tokio::test]
+async fn creator_task_id_is_kept_on_the_instance() {
+    let c = Cloud::new().await;
+    let (id, task) = create(&c, ADMIN, "kept", json!({})).await;
+    let ctx = c.engine.authenticate_secret(common::ADMIN, Default::default()).await.unwrap();
+    let record = c.engine.instance(&ctx, id.parse().unwrap()).await.unwrap();
+    assert_eq!(record.create_operation_id.map(|o| o.to_string()), Some(task.clone()));
+    let listed = gcore(&c, Method::GET, &base(&c, ADMIN, "v1").await, ADMIN, None).await;
+    assert_eq!(listed.body["results"][0]["creator_task_id"], task, "{}", listed.text);
+}

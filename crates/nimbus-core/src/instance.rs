@@ -124,6 +124,10 @@ pub struct Instance {
     pub host: Option<String>,
     /// The operation that currently holds this instance's lock.
     pub lock_operation_id: Option<Uuid>,
+    /// The operation that created it, kept so that no one has to search the operations for it (`None` on
+    /// records written before it was kept).
+    #[serde(default)]
+    pub create_operation_id: Option<Uuid>,
     /// Bumped on every write: compare-and-swap updates and ETags.
     pub generation: i64,
     /// Provider-specific fields that have no home in the core model, one map per dialect.
@@ -207,6 +211,24 @@ pub fn hostname_from_name(name: &str) -> String {
     }
 }
 
+/// Shortest and longest initial password an instance takes.
+pub const MIN_PASSWORD_LEN: usize = 8;
+pub const MAX_PASSWORD_LEN: usize = 72;
+
+/// Validates a password given for an instance: 8 to 72 printable ASCII characters without spaces (it travels
+/// to the guest in its seed and must survive every shell and config file on the way).
+pub fn validate_password(field: &str, password: &str) -> crate::Result<()> {
+    let len_ok = (MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&password.len());
+    if len_ok && password.chars().all(|c| c.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(crate::DomainError::invalid(
+            field,
+            format!("must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} printable ASCII characters without spaces"),
+        ))
+    }
+}
+
 /// Validates a price set on an instance: a finite amount, not negative.
 pub fn validate_price(field: &str, price: f64) -> crate::Result<()> {
     if price.is_finite() && price >= 0.0 {
@@ -222,6 +244,14 @@ pub const MAX_USER_DATA_BYTES: usize = 32 * 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_printable_ascii_of_a_sane_length() {
+        assert!(validate_password("password", "Secret-pass-42").is_ok());
+        for bad in ["short", "has a space 1", "tab\there-x", "caf\u{e9}-latte-x", &"x".repeat(MAX_PASSWORD_LEN + 1)] {
+            assert!(validate_password("password", bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn names_are_dns_friendly() {

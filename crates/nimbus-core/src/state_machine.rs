@@ -28,6 +28,9 @@ pub enum Action {
     Delete,
     /// A stop that Nimbus itself starts when an instance's `expected_shutdown_at` has come.
     ScheduledStop,
+    /// Joins or leaves anti-affinity groups: the record changes at once, and placement honours it from the
+    /// next start; the host has nothing to do.
+    ChangeAntiAffinityGroups,
 }
 
 impl Action {
@@ -49,6 +52,7 @@ impl Action {
             Action::Resume => "resume",
             Action::Delete => "delete",
             Action::ScheduledStop => "scheduled_stop",
+            Action::ChangeAntiAffinityGroups => "change_anti_affinity_groups",
         }
     }
 }
@@ -112,6 +116,12 @@ fn rule(action: Action) -> (&'static [InstanceState], &'static str, InstanceStat
             Landing::Previous,
         ),
         Action::EnableTpm => (&[Stopped], "enable-tpm needs the instance stopped", Stopped, Landing::In(Stopped)),
+        Action::ChangeAntiAffinityGroups => (
+            &[Running, Stopped, Suspended, Error],
+            "anti-affinity groups change while the instance is at rest",
+            Running, // replaced by the current state below
+            Landing::Previous,
+        ),
         // Neither shows a state of its own while it runs: the instance is running until it is suspended, and
         // suspended until it runs again (the operation holding the lock says which change is under way).
         Action::Suspend => (&[Running], "suspend needs the instance running", Running, Landing::In(Suspended)),
@@ -149,7 +159,9 @@ pub fn transition(action: Action, state: InstanceState) -> Result<Transition> {
         });
     }
     // These change nothing the instance shows: it keeps its state while they run.
-    let during = if matches!(action, Action::ResetPassword | Action::DeleteSnapshot) { state } else { during };
+    let keeps_state =
+        matches!(action, Action::ResetPassword | Action::DeleteSnapshot | Action::ChangeAntiAffinityGroups);
+    let during = if keeps_state { state } else { during };
     Ok(Transition { during, on_success })
 }
 
@@ -185,6 +197,16 @@ mod tests {
         assert_eq!(landing(Action::CreateSnapshot, Running), Some(Running));
         assert_eq!(landing(Action::CreateSnapshot, Stopped), Some(Stopped));
         assert_eq!(landing(Action::Delete, Running), None);
+    }
+
+    #[test]
+    fn anti_affinity_groups_change_at_rest_and_show_no_state_of_their_own() {
+        for s in [Running, Stopped, Suspended] {
+            assert_eq!(transition(Action::ChangeAntiAffinityGroups, s).unwrap().during, s);
+            assert_eq!(landing(Action::ChangeAntiAffinityGroups, s), Some(s));
+        }
+        assert!(transition(Action::ChangeAntiAffinityGroups, Destroying).is_err());
+        assert!(transition(Action::ChangeAntiAffinityGroups, Creating).is_err());
     }
 
     #[test]

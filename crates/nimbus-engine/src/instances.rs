@@ -11,7 +11,7 @@ use nimbus_core::event::Event;
 use nimbus_core::instance::{validate_name, Instance, InstanceState, MAX_USER_DATA_BYTES};
 use nimbus_core::labels::{self, Labels, Selector};
 use nimbus_core::operation::{Operation, OperationState, Target};
-use nimbus_core::resources::{InstancePassword, Snapshot, SnapshotState};
+use nimbus_core::resources::{InstancePassword, Snapshot, SnapshotState, PASSWORD_LIFETIME};
 use nimbus_core::state_machine::{transition, Action};
 use nimbus_core::tenancy::Role;
 use nimbus_core::DomainError;
@@ -61,6 +61,9 @@ pub struct CreateInstance {
     pub price_hourly: Option<f64>,
     /// Dialect-specific fields, one map per dialect.
     pub extensions: BTreeMap<String, serde_json::Value>,
+    /// The initial password of a password-enabled template's default user, kept like reset-password's
+    /// (revealable for a day) and delivered to the guest with its seed.
+    pub password: Option<String>,
     /// Dialect ids to record beside the canonical one, as (kind, alias), in the same transaction.
     pub aliases: Vec<(String, String)>,
 }
@@ -122,6 +125,11 @@ pub enum ActionRequest {
     Suspend,
     Resume,
     Delete,
+    /// Anti-affinity groups to join and to leave.
+    ChangeAntiAffinityGroups {
+        join: Vec<Uuid>,
+        leave: Vec<Uuid>,
+    },
 }
 
 impl ActionRequest {
@@ -141,6 +149,7 @@ impl ActionRequest {
             ActionRequest::Suspend => Action::Suspend,
             ActionRequest::Resume => Action::Resume,
             ActionRequest::Delete => Action::Delete,
+            ActionRequest::ChangeAntiAffinityGroups { .. } => Action::ChangeAntiAffinityGroups,
         }
     }
 }
@@ -240,6 +249,15 @@ impl Engine {
         if let Some(price) = req.price_hourly {
             nimbus_core::instance::validate_price("price_hourly", price)?;
         }
+        if let Some(password) = &req.password {
+            nimbus_core::instance::validate_password("password", password)?;
+            if !template.password_enabled {
+                return Err(DomainError::invalid(
+                    "password",
+                    format!("template {} does not support passwords", template.name),
+                ));
+            }
+        }
         let ssh_keys = self.resolve_ssh_key_names(ctx, &req.ssh_keys).await?;
         if !ssh_keys.is_empty() && !template.ssh_key_enabled {
             return Err(DomainError::invalid("ssh_keys", format!("template {} does not take SSH keys", template.name)));
@@ -290,6 +308,7 @@ impl Engine {
             expected_shutdown_at: req.expected_shutdown_at,
             host: None,
             lock_operation_id: Some(op_id),
+            create_operation_id: Some(op_id),
             generation: 1,
             extensions: req.extensions.clone(),
             created_at: now,
@@ -314,13 +333,13 @@ impl Engine {
         let mut set = WriteSet::new();
         set.push(Write::PutInstance { instance: instance.clone(), expected_generation: None });
         set.push(Write::PutOperation(op.clone()));
-        // A password-enabled template gets a generated password at creation, revealable for a day (what
-        // reset-password does later).
+        // A password-enabled template's default user gets the caller's password, or a generated one, at
+        // creation, revealable for a day like reset-password's (validated above: only such templates take one).
         if template.password_enabled {
             let password = InstancePassword {
                 instance_id: id,
-                password: crate::worker::new_password(),
-                expires_at: now + nimbus_core::resources::PASSWORD_LIFETIME,
+                password: req.password.clone().unwrap_or_else(crate::worker::new_password),
+                expires_at: now + PASSWORD_LIFETIME,
             };
             set.push(Write::PutRecord(Record::new(PASSWORD, id, Some(ctx.project.id), "password", &password)));
         }
@@ -710,6 +729,16 @@ impl Engine {
                         self.driver.name()
                     )));
                 }
+            }
+            ActionRequest::ChangeAntiAffinityGroups { join, leave } => {
+                self.check_group_refs(ctx, &[], join).await?;
+                next.anti_affinity_groups.retain(|g| !leave.contains(g));
+                for g in join {
+                    if !next.anti_affinity_groups.contains(g) {
+                        next.anti_affinity_groups.push(*g);
+                    }
+                }
+                params = json!({ "join": join, "leave": leave });
             }
             ActionRequest::Start
             | ActionRequest::Stop

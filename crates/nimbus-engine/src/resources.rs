@@ -154,11 +154,7 @@ impl Engine {
     ) -> Result<SecurityGroup> {
         ctx.require(Role::Member)?;
         nimbus_core::instance::validate_name("name", name)?;
-        for r in &rules {
-            if !matches!(r.flow_direction.as_str(), "ingress" | "egress") {
-                return Err(DomainError::invalid("rules.flow_direction", "must be ingress or egress"));
-            }
-        }
+        validate_rules(&rules)?;
         let group = SecurityGroup {
             id: nimbus_core::new_id(),
             project_id: ctx.project.id,
@@ -177,6 +173,32 @@ impl Engine {
 
     pub async fn security_group(&self, ctx: &Context, id: Uuid) -> Result<SecurityGroup> {
         self.record(SECURITY_GROUP, ctx, id).await
+    }
+
+    /// Renames a group, rewrites its description, or replaces its rules (what is `None` stays).
+    pub async fn update_security_group(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        name: Option<&str>,
+        description: Option<&str>,
+        rules: Option<Vec<SecurityGroupRule>>,
+    ) -> Result<SecurityGroup> {
+        ctx.require(Role::Member)?;
+        let mut group = self.security_group(ctx, id).await?;
+        if let Some(name) = name {
+            nimbus_core::instance::validate_name("name", name)?;
+            group.name = name.into();
+        }
+        if let Some(description) = description {
+            group.description = description.into();
+        }
+        if let Some(rules) = rules {
+            validate_rules(&rules)?;
+            group.rules = rules;
+        }
+        self.put(Record::new(SECURITY_GROUP, group.id, Some(ctx.project.id), &group.name, &group)).await?;
+        Ok(group)
     }
 
     pub async fn delete_security_group(&self, ctx: &Context, id: Uuid) -> Result<()> {
@@ -281,6 +303,15 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+fn validate_rules(rules: &[SecurityGroupRule]) -> Result<()> {
+    for r in rules {
+        if !matches!(r.flow_direction.as_str(), "ingress" | "egress") {
+            return Err(DomainError::invalid("rules.flow_direction", "must be ingress or egress"));
+        }
+    }
+    Ok(())
 }
 
 fn kind_name(kind: &'static str) -> &'static str {

@@ -205,6 +205,8 @@ impl Engine {
             Action::Suspend => self.driver.suspend(id).await?,
             Action::Resume => self.driver.resume(id).await?,
             Action::Delete => self.driver.destroy(id).await?,
+            // The record changed with the operation; placement reads it at the next start.
+            Action::ChangeAntiAffinityGroups => {}
         }
         Ok(Outcome::Done { result, writes })
     }

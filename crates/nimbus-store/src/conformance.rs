@@ -60,6 +60,7 @@ fn instance(project_id: Uuid, name: &str, vcpus: u32) -> Instance {
         expected_shutdown_at: None,
         host: None,
         lock_operation_id: None,
+        create_operation_id: None,
         generation: 1,
         extensions: Default::default(),
         created_at: now,

@@ -17,3 +17,10 @@ fn the_gcore_sdk_sees_running_tasks_locks_and_deletes() {
     let out = server.python("gcore", "gcore/transitions.py", &[]);
     assert!(out.contains("gcore transitions: ok"), "{out}");
 }
+
+#[test]
+fn the_gcore_sdk_manages_security_and_server_groups_and_passwords() {
+    let server = sdk::Server::start();
+    let out = server.python("gcore", "gcore/groups.py", &[]);
+    assert!(out.contains("gcore groups: ok"), "{out}");
+}

@@ -182,7 +182,12 @@ impl Driver for SimDriver {
             if !vm.running {
                 vm.running = true;
                 vm.disk_version += 1;
-                vm.console.push_str(&format!("sim: {} booted, disk {} GB\nREADY\n", spec.hostname, vm.disk_size_gb));
+                vm.console.push_str(&format!("sim: {} booted, disk {} GB\n", spec.hostname, vm.disk_size_gb));
+                // What the real guest's init does with a password in its seed (never the password itself).
+                if spec.password.is_some() {
+                    vm.console.push_str(&format!("sim: {} password set\n", spec.template.default_user));
+                }
+                vm.console.push_str("READY\n");
             }
             Ok(())
         })

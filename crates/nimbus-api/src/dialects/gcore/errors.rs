@@ -50,10 +50,6 @@ impl GcoreError {
     pub fn invalid_key() -> GcoreError {
         GcoreError::new(StatusCode::UNAUTHORIZED, "AuthenticationFailed", "Invalid API key.")
     }
-
-    pub fn instance_not_found(id: &str) -> GcoreError {
-        GcoreError::not_found(format!("Instance {id} could not be found"))
-    }
 }
 
 /// Validation errors collected over a whole body, reported together.

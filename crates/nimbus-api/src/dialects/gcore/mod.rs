@@ -1,37 +1,66 @@
 //! The Gcore Cloud dialect (seed 003): instances under `/cloud/v1/instances/{project_id}/{region_id}` (create
-//! and actions under `/cloud/v2/...`), flavors, images and tasks, `Authorization: APIKey <secret>`, Gcore's
-//! error body. The integer project id is the key's project's `numeric_id`, the region id the zone's.
+//! and actions under `/cloud/v2/...`), flavors, images, tasks, security groups and server groups,
+//! `Authorization: APIKey <secret>`, Gcore's error body. The integer project id is the key's project's
+//! `numeric_id`, the region id the zone's. One file per area; `common.rs` has what they all share.
 //! Notes: `shared/dialects/gcore.md`; the real `gcore` Python SDK is the test client.
 
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::Router;
 
 use crate::AppState;
 
+mod actions;
+mod catalog;
+mod common;
+mod create;
 pub mod errors;
-pub mod handlers;
+mod instances;
+mod interfaces;
+mod metrics;
+mod security_groups;
+mod server_groups;
+mod tasks;
 pub mod views;
 
 const V1: &str = "/cloud/v1/instances/{project_id}/{region_id}";
+const SG_V1: &str = "/cloud/v1/securitygroups/{project_id}/{region_id}";
+const SG_V2: &str = "/cloud/v2/security_groups/{project_id}/{region_id}";
+const SERVER_GROUPS: &str = "/cloud/v1/servergroups/{project_id}/{region_id}";
 
 pub fn router(_state: AppState) -> Router<AppState> {
     use errors::method_not_allowed as other;
-    use handlers as h;
     let one = |p: &str| format!("{V1}/{{instance_id}}{p}");
     Router::new()
-        .route("/cloud/v2/instances/{project_id}/{region_id}", post(h::create).fallback(other))
-        .route("/cloud/v2/instances/{project_id}/{region_id}/{instance_id}/action", post(h::action).fallback(other))
-        .route(V1, get(h::list).fallback(other))
-        .route(&one(""), get(h::get).patch(h::update).delete(h::delete).fallback(other))
-        .route(&one("/changeflavor"), post(h::resize).fallback(other))
-        .route(&one("/addsecuritygroup"), post(h::add_security_group).fallback(other))
-        .route(&one("/delsecuritygroup"), post(h::del_security_group).fallback(other))
-        .route(&one("/interfaces"), get(h::interfaces).fallback(other))
-        .route(&one("/metrics"), post(h::metrics).fallback(other))
-        .route(&one("/get_console"), get(h::console).fallback(other))
-        .route("/cloud/v1/flavors/{project_id}/{region_id}", get(h::flavors).fallback(other))
-        .route("/cloud/v1/images/{project_id}/{region_id}", get(h::images).fallback(other))
-        .route("/cloud/v1/images/{project_id}/{region_id}/{image_id}", get(h::image).fallback(other))
-        .route("/cloud/v1/tasks", get(h::tasks_list).fallback(other))
-        .route("/cloud/v1/tasks/{task_id}", get(h::task).fallback(other))
+        .route("/cloud/v2/instances/{project_id}/{region_id}", post(create::create).fallback(other))
+        .route(V1, get(instances::list).fallback(other))
+        .route(&one(""), get(instances::get).patch(instances::update).delete(instances::delete).fallback(other))
+        .route(
+            "/cloud/v2/instances/{project_id}/{region_id}/{instance_id}/action",
+            post(actions::action).fallback(other),
+        )
+        .route(&one("/changeflavor"), post(actions::resize).fallback(other))
+        .route(&one("/addsecuritygroup"), post(actions::add_security_group).fallback(other))
+        .route(&one("/delsecuritygroup"), post(actions::del_security_group).fallback(other))
+        .route(&one("/interfaces"), get(interfaces::list).fallback(other))
+        .route(&one("/metrics"), post(metrics::metrics).fallback(other))
+        .route(&one("/get_console"), get(metrics::console).fallback(other))
+        .route("/cloud/v1/flavors/{project_id}/{region_id}", get(catalog::flavors).fallback(other))
+        .route("/cloud/v1/images/{project_id}/{region_id}", get(catalog::images).fallback(other))
+        .route("/cloud/v1/images/{project_id}/{region_id}/{image_id}", get(catalog::image).fallback(other))
+        .route(&one("/put_into_servergroup"), post(server_groups::put_into).fallback(other))
+        .route(&one("/remove_from_servergroup"), post(server_groups::remove_from).fallback(other))
+        .route(SG_V1, get(security_groups::list).fallback(other))
+        .route(
+            &format!("{SG_V1}/{{group_id}}"),
+            get(security_groups::get).delete(security_groups::delete).fallback(other),
+        )
+        .route(SG_V2, post(security_groups::create).fallback(other))
+        .route(&format!("{SG_V2}/{{group_id}}"), patch(security_groups::update).fallback(other))
+        .route(SERVER_GROUPS, get(server_groups::list).post(server_groups::create).fallback(other))
+        .route(
+            &format!("{SERVER_GROUPS}/{{group_id}}"),
+            get(server_groups::get).delete(server_groups::delete).fallback(other),
+        )
+        .route("/cloud/v1/tasks", get(tasks::list).fallback(other))
+        .route("/cloud/v1/tasks/{task_id}", get(tasks::get).fallback(other))
 }

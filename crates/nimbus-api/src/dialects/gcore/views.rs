@@ -6,6 +6,7 @@
 use nimbus_core::catalog::{InstanceType, Template, Visibility, Zone};
 use nimbus_core::instance::{Instance, InstanceState};
 use nimbus_core::operation::{Operation, OperationState};
+use nimbus_core::resources::{AntiAffinityGroup, SecurityGroup, SecurityGroupRule};
 use nimbus_core::state_machine::Action;
 use serde_json::{json, Map, Value};
 use time::format_description::well_known::Rfc3339;
@@ -370,6 +371,10 @@ pub fn task_type(op: &Operation, hard_reboot: bool) -> String {
         Action::Resume => "resume_vm".into(),
         Action::Scale => "resize_vm".into(),
         Action::Reset => "rebuild_vm".into(),
+        Action::ChangeAntiAffinityGroups if op.params["join"].as_array().is_some_and(|j| !j.is_empty()) => {
+            "put_into_servergroup".into()
+        }
+        Action::ChangeAntiAffinityGroups => "remove_from_servergroup".into(),
         other => format!("{}_vm", other.as_str()),
     }
 }
@@ -383,7 +388,47 @@ fn user_id(op: &Operation) -> i64 {
     })
 }
 
-/// An operation as Gcore's Task. `created_resources` lists every kind, empty where nothing was made.
+/// `created_resources`: every kind Gcore names, empty where nothing of it was made.
+fn created_resources(kind: &str, ids: &[Uuid]) -> Value {
+    let mut resources = Map::new();
+    for k in [
+        "floatingips",
+        "instances",
+        "networks",
+        "ports",
+        "routers",
+        "security_groups",
+        "servergroups",
+        "subnets",
+        "volumes",
+    ] {
+        resources.insert(k.into(), json!([]));
+    }
+    resources.insert(kind.into(), json!(ids));
+    Value::Object(resources)
+}
+
+/// The Task fields that Nimbus has no value for, and where it ran.
+fn task_with_scope(mut task: Value, scope: &Scope) -> Value {
+    let fields = json!({
+        "project_id": scope.project_id,
+        "region_id": scope.zone.numeric_id,
+        "client_id": null,
+        "user_client_id": null,
+        "detailed_state": null,
+        "acknowledged_at": null,
+        "acknowledged_by": null,
+        "job_id": null,
+        "schedule_id": null,
+        "lifecycle_policy_id": null,
+    });
+    if let (Some(t), Value::Object(f)) = (task.as_object_mut(), fields) {
+        t.extend(f);
+    }
+    task
+}
+
+/// An operation as Gcore's Task.
 pub fn task(op: &Operation, scope: &Scope, hard_reboot: bool) -> Value {
     let state = match op.state {
         OperationState::Pending => "NEW",
@@ -391,16 +436,13 @@ pub fn task(op: &Operation, scope: &Scope, hard_reboot: bool) -> Value {
         OperationState::Success => "FINISHED",
         OperationState::Failure | OperationState::Timeout | OperationState::Cancelled => "ERROR",
     };
-    let created = op.kind == Action::Create;
-    let mut resources = Map::new();
-    for kind in ["floatingips", "networks", "ports", "routers", "security_groups", "servergroups", "subnets"] {
-        resources.insert(kind.into(), json!([]));
+    let mut resources = created_resources("instances", &[]);
+    if op.kind == Action::Create {
+        resources = created_resources("instances", &[op.target.id]);
+        resources["volumes"] = json!([derived_id(op.target.id, "volume.root")]);
     }
-    resources.insert("instances".into(), json!(if created { vec![op.target.id] } else { vec![] }));
-    let volumes = if created { vec![derived_id(op.target.id, "volume.root")] } else { vec![] };
-    resources.insert("volumes".into(), json!(volumes));
     let failed = state == "ERROR";
-    json!({
+    let task = json!({
         "id": op.id,
         "state": state,
         "task_type": task_type(op, hard_reboot),
@@ -410,17 +452,83 @@ pub fn task(op: &Operation, scope: &Scope, hard_reboot: bool) -> Value {
         "finished_on": op.state.is_final().then(|| rfc3339(op.updated_at)),
         "error": if failed { Some(op.message.clone().unwrap_or_else(|| "Task failed".into())) } else { None },
         "created_resources": resources,
-        "project_id": scope.project_id,
-        "region_id": scope.zone.numeric_id,
-        "client_id": null,
-        "user_client_id": null,
         "request_id": op.actor.request_id,
         "data": op.params,
-        "detailed_state": null,
-        "acknowledged_at": null,
-        "acknowledged_by": null,
-        "job_id": null,
-        "schedule_id": null,
-        "lifecycle_policy_id": null,
+    });
+    task_with_scope(task, scope)
+}
+
+/// A rule of a security group. The core keeps no rule times or revisions: the group's creation stands in.
+pub fn security_group_rule(g: &SecurityGroup, r: &SecurityGroupRule) -> Value {
+    json!({
+        "id": r.id,
+        "created_at": rfc3339(g.created_at),
+        "updated_at": rfc3339(g.created_at),
+        "description": (!r.description.is_empty()).then_some(&r.description),
+        "direction": r.flow_direction,
+        "ethertype": "IPv4",
+        "port_range_min": r.start_port,
+        "port_range_max": r.end_port,
+        "protocol": (r.protocol != ANY_PROTOCOL).then_some(&r.protocol),
+        "remote_group_id": null,
+        "remote_ip_prefix": r.network,
+        "revision_number": 0,
+        "security_group_id": g.id,
     })
+}
+
+/// The core's name for "every protocol" (Gcore leaves `protocol` null).
+pub const ANY_PROTOCOL: &str = "any";
+
+/// A security group of `/cloud/v1/securitygroups`.
+pub fn security_group(g: &SecurityGroup, scope: &Scope) -> Value {
+    json!({
+        "id": g.id,
+        "name": g.name,
+        "description": g.description,
+        "created_at": rfc3339(g.created_at),
+        "updated_at": rfc3339(g.created_at),
+        "project_id": scope.project_id,
+        "region": scope.region_name(),
+        "region_id": scope.zone.numeric_id,
+        "revision_number": 0,
+        "security_group_rules": g.rules.iter().map(|r| security_group_rule(g, r)).collect::<Vec<_>>(),
+        "tags_v2": [],
+    })
+}
+
+/// A server group (Gcore's placement group) is an anti-affinity group, with the instances in it.
+pub fn server_group(g: &AntiAffinityGroup, members: &[&Instance], scope: &Scope) -> Value {
+    json!({
+        "servergroup_id": g.id,
+        "name": g.name,
+        "policy": "anti-affinity",
+        "instances": members
+            .iter()
+            .map(|i| json!({"instance_id": i.id, "instance_name": i.name}))
+            .collect::<Vec<_>>(),
+        "project_id": scope.project_id,
+        "region": scope.region_name(),
+        "region_id": scope.zone.numeric_id,
+    })
+}
+
+/// The task of a security group's creation: the group is made at once, so its task is the group itself,
+/// with the group's id, always FINISHED.
+pub fn security_group_task(g: &SecurityGroup, scope: &Scope) -> Value {
+    let created = rfc3339(g.created_at);
+    let task = json!({
+        "id": g.id,
+        "state": "FINISHED",
+        "task_type": "create_security_group",
+        "user_id": 0,
+        "created_on": created,
+        "updated_on": created,
+        "finished_on": created,
+        "error": null,
+        "created_resources": created_resources("security_groups", &[g.id]),
+        "request_id": null,
+        "data": null,
+    });
+    task_with_scope(task, scope)
 }

@@ -1,8 +1,8 @@
 """A Gcore user's story with the real `gcore` SDK against Nimbus: flavors and images, create and poll,
 list with filters and paging, every PATCH tag case of the seed (read-only tags surviving each), every
-instance action with the status it leaves, resize, security groups, interfaces, metrics, console, tasks,
-delete and poll, and the 404/401/409 errors in Gcore's shape. Strict response validation is on, and raw
-responses are checked to carry exactly the keys of the SDK's models."""
+instance action with the status it leaves, resize, security groups (made through the SDK too),
+interfaces, metrics, console, tasks, delete and poll, and the 404/401/409 errors in Gcore's shape. Strict
+response validation is on, and raw responses are checked to carry exactly the keys of the SDK's models."""
 
 import json
 
@@ -206,8 +206,8 @@ except BadRequestError as e:
 act("start", "ACTIVE", "active")
 
 # --- Security groups, by name.
-native("POST", "/v1/security-groups", json={"name": "web"})
-native("POST", "/v1/security-groups", json={"name": "ssh"})
+gc.cloud.security_groups.create_and_poll(name="web")
+gc.cloud.security_groups.create_and_poll(name="ssh", rules=[])
 assert inst.assign_security_group(web.id, name="web") is None
 inst.assign_security_group(web.id, ports_security_group_names=[{"port_id": None, "security_group_names": ["ssh"]}])
 assert sorted(g.name for g in inst.get(web.id).security_groups) == ["ssh", "web"]

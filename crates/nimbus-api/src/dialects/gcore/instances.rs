@@ -1,0 +1,232 @@
+//! Instances: list (Gcore's filters and offset pages), get, PATCH (name and a merge patch of the user
+//! tags), delete; and the renderer every instance answer goes through.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::Uri;
+use axum::Json;
+use nimbus_core::instance::Instance;
+use nimbus_core::labels::Labels;
+use nimbus_core::state_machine::Action;
+use nimbus_engine::{ActionRequest, Context, InstanceFilter, InstancePatch};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::common::{
+    body_object, parse_time, query_all, query_one, query_pairs, query_usize, tasks, InRegion, OneInstance, Region,
+};
+use super::errors::{FieldErrors, GcoreError, GcoreResult};
+use super::views::{self, InstanceContext};
+use crate::AppState;
+
+pub(super) const MAX_TAG_LEN: usize = 255;
+
+/// Renders instances, reading what they share (the lock holders, security group names) once.
+pub(super) struct Renderer<'a> {
+    app: &'a AppState,
+    region: &'a Region,
+    pub(super) group_names: BTreeMap<Uuid, String>,
+}
+
+impl<'a> Renderer<'a> {
+    pub(super) async fn new(app: &'a AppState, region: &'a Region) -> GcoreResult<Renderer<'a>> {
+        let groups = app.engine.list_security_groups(&region.ctx).await?;
+        Ok(Renderer { app, region, group_names: groups.into_iter().map(|g| (g.id, g.name)).collect() })
+    }
+
+    pub(super) async fn render(&self, i: &Instance) -> GcoreResult<Value> {
+        let ctx = &self.region.ctx;
+        let lock = match i.lock_operation_id {
+            Some(op) => self.app.engine.operation(ctx, op).await.ok(),
+            None => None,
+        };
+        let creator_task_id = match i.create_operation_id {
+            Some(op) => Some(op),
+            // Records from before the core kept it: the instance's first operation is the one that created
+            // it (operation ids are time-ordered).
+            None => {
+                let first = self.app.engine.list_operations(ctx, Some(i.id), 1, None).await?;
+                first.items.first().filter(|op| op.kind == Action::Create).map(|op| op.id)
+            }
+        };
+        let scope = self.region.scope();
+        let c = InstanceContext {
+            scope: &scope,
+            lock: lock.as_ref(),
+            creator_task_id,
+            security_group_names: i.security_groups.iter().filter_map(|g| self.group_names.get(g).cloned()).collect(),
+        };
+        Ok(views::instance(i, &c))
+    }
+}
+
+// Instances
+
+/// Every instance of the project, oldest first (the engine pages by id, which is time-ordered).
+pub(super) async fn all_instances(app: &AppState, ctx: &Context) -> GcoreResult<Vec<Instance>> {
+    let mut all = Vec::new();
+    let mut page_token = None;
+    loop {
+        let page = app
+            .engine
+            .list_instances(ctx, InstanceFilter { limit: Some(1000), page_token, ..Default::default() })
+            .await?;
+        all.extend(page.items);
+        match page.next_page_token {
+            Some(t) => page_token = Some(t),
+            None => return Ok(all),
+        }
+    }
+}
+
+fn all_tags(i: &Instance) -> Labels {
+    let mut tags = i.labels.clone();
+    tags.extend(i.system_labels.clone());
+    tags
+}
+
+pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) -> GcoreResult<Json<Value>> {
+    let q = query_pairs(&uri);
+    let limit = query_usize(&q, "limit")?;
+    let offset = query_usize(&q, "offset")?.unwrap_or(0);
+    let tag_key_value: Option<Map<String, Value>> = query_one(&q, "tag_key_value")
+        .map(|v| match serde_json::from_str::<Value>(v) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(GcoreError::field("tag_key_value", "Must be a JSON object of tag keys and values")),
+        })
+        .transpose()?;
+    let tag_values = query_all(&q, "tag_value");
+    let statuses = query_all(&q, "status");
+    let since = query_one(&q, "changes_since").map(|v| parse_time("changes_since", v)).transpose()?;
+    let before = query_one(&q, "changes_before").map(|v| parse_time("changes_before", v)).transpose()?;
+    let name = query_one(&q, "name");
+    let uuid = query_one(&q, "uuid");
+    let ip = query_one(&q, "ip");
+    let flavor_id = query_one(&q, "flavor_id");
+    let flavor_prefix = query_one(&q, "flavor_prefix");
+    let exclude_flavor_prefix = query_one(&q, "exclude_flavor_prefix");
+    let renderer = Renderer::new(&app, &r).await?;
+    let exclude_group: Option<Uuid> = query_one(&q, "exclude_secgroup")
+        .and_then(|n| renderer.group_names.iter().find(|(_, name)| name.as_str() == n).map(|(id, _)| *id));
+
+    let mut matching: Vec<Instance> = all_instances(&app, &r.ctx)
+        .await?
+        .into_iter()
+        .filter(|i| name.is_none_or(|n| i.name.contains(n)))
+        .filter(|i| uuid.is_none_or(|u| i.id.to_string().contains(u)))
+        .filter(|i| ip.is_none_or(|a| i.ip_addresses.iter().any(|x| x.contains(a))))
+        .filter(|i| flavor_id.is_none_or(|f| i.instance_type == f))
+        .filter(|i| flavor_prefix.is_none_or(|f| i.instance_type.starts_with(f)))
+        .filter(|i| exclude_flavor_prefix.is_none_or(|f| !i.instance_type.starts_with(f)))
+        .filter(|i| exclude_group.is_none_or(|g| !i.security_groups.contains(&g)))
+        .filter(|i| statuses.is_empty() || statuses.iter().any(|s| views::states_for_status(s).contains(&i.state)))
+        .filter(|i| since.is_none_or(|t| i.updated_at >= t))
+        .filter(|i| before.is_none_or(|t| i.updated_at <= t))
+        .filter(|i| {
+            let tags = all_tags(i);
+            let pairs_match = tag_key_value
+                .as_ref()
+                .is_none_or(|m| m.iter().all(|(k, v)| tags.get(k).is_some_and(|t| Some(t.as_str()) == v.as_str())));
+            pairs_match && (tag_values.is_empty() || tags.values().any(|v| tag_values.contains(&v.as_str())))
+        })
+        .collect();
+    match query_one(&q, "order_by").unwrap_or("created.asc") {
+        "created.asc" => {}
+        "created.desc" => matching.reverse(),
+        "name.asc" => matching.sort_by(|a, b| a.name.cmp(&b.name)),
+        "name.desc" => matching.sort_by(|a, b| b.name.cmp(&a.name)),
+        "status.asc" => matching.sort_by_key(|i| i.state.as_str()),
+        "status.desc" => matching.sort_by(|a, b| b.state.as_str().cmp(a.state.as_str())),
+        other => return Err(GcoreError::field("order_by", format!("Unknown ordering {other:?}"))),
+    }
+    let window = |n: usize| (offset, limit.unwrap_or(usize::MAX).min(n.saturating_sub(offset)));
+    if statuses.is_empty() {
+        let (skip, take) = window(matching.len());
+        let mut results = Vec::new();
+        for i in matching.iter().skip(skip).take(take) {
+            results.push(renderer.render(i).await?);
+        }
+        return Ok(Json(json!({ "count": matching.len(), "results": results })));
+    }
+    // One state can show as several statuses (a deleting instance keeps the one it had): the candidates
+    // are rendered and filtered on what they show.
+    let mut shown = Vec::new();
+    for i in &matching {
+        let v = renderer.render(i).await?;
+        if statuses.contains(&v["status"].as_str().unwrap_or("")) {
+            shown.push(v);
+        }
+    }
+    let (skip, take) = window(shown.len());
+    let count = shown.len();
+    let results: Vec<Value> = shown.into_iter().skip(skip).take(take).collect();
+    Ok(Json(json!({ "count": count, "results": results })))
+}
+
+pub async fn get(State(app): State<AppState>, OneInstance(r, instance): OneInstance) -> GcoreResult<Json<Value>> {
+    Ok(Json(Renderer::new(&app, &r).await?.render(&instance).await?))
+}
+
+/// A tag key or value as Gcore allows it: 1 to 255 characters, no whitespace and no '='.
+pub(super) fn check_tag_text(what: &str, s: &str, errors: &mut FieldErrors) {
+    if s.is_empty() || s.chars().count() > MAX_TAG_LEN || s.chars().any(|c| c.is_whitespace() || c == '=') {
+        errors.add(
+            "tags",
+            format!("Tag {what} {s:?} must be 1 to {MAX_TAG_LEN} characters without spaces, tabs, newlines or '='"),
+        );
+    }
+}
+
+/// PATCH: the name and a JSON merge patch (RFC 7386) of the user tags; read-only tags cannot be touched.
+pub async fn update(
+    State(app): State<AppState>,
+    OneInstance(r, current): OneInstance,
+    body: Bytes,
+) -> GcoreResult<Json<Value>> {
+    let map = body_object(&body)?;
+    let mut errors = FieldErrors::default();
+    let mut patch = InstancePatch::default();
+    match map.get("name") {
+        None => {}
+        Some(Value::String(n)) => patch.name = Some(n.clone()).filter(|n| *n != current.name),
+        Some(_) => errors.add("name", "Input should be a valid string"),
+    }
+    match map.get("tags") {
+        None => {}
+        Some(Value::Null) => patch.labels = Some(Value::Null),
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                if current.system_labels.contains_key(k) {
+                    errors.add("tags", format!("Tag {k:?} is read-only"));
+                    continue;
+                }
+                match v {
+                    Value::Null => {}
+                    Value::String(s) => {
+                        check_tag_text("key", k, &mut errors);
+                        check_tag_text("value", s, &mut errors);
+                    }
+                    _ => errors.add("tags", format!("The value of tag {k:?} must be a string or null")),
+                }
+            }
+            if !m.is_empty() {
+                patch.labels = Some(Value::Object(m.clone()));
+            }
+        }
+        Some(_) => errors.add("tags", "Input should be a valid dictionary or null"),
+    }
+    errors.check()?;
+    let updated = if patch.name.is_none() && patch.labels.is_none() {
+        current
+    } else {
+        app.engine.update_instance(&r.ctx, current.id, patch, None).await?
+    };
+    Ok(Json(Renderer::new(&app, &r).await?.render(&updated).await?))
+}
+
+pub async fn delete(State(app): State<AppState>, OneInstance(r, instance): OneInstance) -> GcoreResult<Json<Value>> {
+    let op = app.engine.act(&r.ctx, instance.id, ActionRequest::Delete).await?;
+    Ok(tasks(&[&op]))
+}

@@ -1,0 +1,108 @@
+//! Tasks are the engine's operations, seen through Gcore's Task model.
+
+use axum::extract::{Path, State};
+use axum::http::Uri;
+use axum::Json;
+use nimbus_core::catalog::Zone;
+use nimbus_core::operation::Operation;
+use nimbus_core::state_machine::Action;
+use nimbus_core::DomainError;
+use nimbus_engine::Context;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::common::{parse_time, query_all, query_one, query_pairs, query_usize, GcoreCaller};
+use super::errors::{GcoreError, GcoreResult};
+use super::views::{self, Scope, EXT};
+use crate::AppState;
+
+/// The task list's page when the client names none, and the largest it may ask for.
+const DEFAULT_TASK_PAGE: usize = 10;
+const MAX_TASK_PAGE: usize = 1000;
+
+// Tasks: global, not under a project and region; the key's project and this server's zone are theirs.
+
+async fn task_view(app: &AppState, ctx: &Context, zone: &Zone, op: &Operation) -> Value {
+    let hard_reboot = op.kind == Action::Reboot
+        && app.engine.instance(ctx, op.target.id).await.ok().is_some_and(|i| {
+            i.extensions.get(EXT).and_then(|e| e.get("hard_reboot_task")).and_then(Value::as_str)
+                == Some(op.id.to_string().as_str())
+        });
+    let cidr = app.engine.config().network_cidr.clone();
+    let scope = Scope { project_id: ctx.project.numeric_id, zone, network_cidr: &cidr };
+    views::task(op, &scope, hard_reboot)
+}
+
+pub async fn get(
+    State(app): State<AppState>,
+    GcoreCaller(ctx): GcoreCaller,
+    Path(id): Path<String>,
+) -> GcoreResult<Json<Value>> {
+    let not_found = || GcoreError::not_found(format!("Task {id} could not be found"));
+    let op_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let zone = app.engine.zone().await?;
+    match app.engine.operation(&ctx, op_id).await {
+        Ok(op) => Ok(Json(task_view(&app, &ctx, &zone, &op).await)),
+        // A security group is made at once; its create task is the group (see `security_groups`).
+        Err(DomainError::NotFound { .. }) => match app.engine.security_group(&ctx, op_id).await {
+            Ok(group) => {
+                let cidr = app.engine.config().network_cidr.clone();
+                let scope = Scope { project_id: ctx.project.numeric_id, zone: &zone, network_cidr: &cidr };
+                Ok(Json(views::security_group_task(&group, &scope)))
+            }
+            Err(_) => Err(not_found()),
+        },
+        Err(other) => Err(other.into()),
+    }
+}
+
+pub async fn list(State(app): State<AppState>, GcoreCaller(ctx): GcoreCaller, uri: Uri) -> GcoreResult<Json<Value>> {
+    let q = query_pairs(&uri);
+    let zone = app.engine.zone().await?;
+    let limit = query_usize(&q, "limit")?.unwrap_or(DEFAULT_TASK_PAGE);
+    if limit > MAX_TASK_PAGE {
+        return Err(GcoreError::field("limit", format!("Input should be less than or equal to {MAX_TASK_PAGE}")));
+    }
+    let offset = query_usize(&q, "offset")?.unwrap_or(0);
+    let projects = query_all(&q, "project_id");
+    let regions = query_all(&q, "region_id");
+    let states = query_all(&q, "state");
+    let task_type = query_one(&q, "task_type");
+    let from = query_one(&q, "from_timestamp").map(|v| parse_time("from_timestamp", v)).transpose()?;
+    let to = query_one(&q, "to_timestamp").map(|v| parse_time("to_timestamp", v)).transpose()?;
+    // Another project or region holds no task of this key.
+    let elsewhere = (!projects.is_empty() && !projects.contains(&ctx.project.numeric_id.to_string().as_str()))
+        || (!regions.is_empty() && !regions.contains(&zone.numeric_id.to_string().as_str()));
+    let mut ops = Vec::new();
+    let mut token = None;
+    if !elsewhere {
+        loop {
+            let page = app.engine.list_operations(&ctx, None, 1000, token.as_deref()).await?;
+            ops.extend(page.items);
+            match page.next_page_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+    }
+    let mut views = Vec::new();
+    for op in ops
+        .iter()
+        .filter(|op| from.is_none_or(|t| op.created_at >= t))
+        .filter(|op| to.is_none_or(|t| op.created_at <= t))
+    {
+        let v = task_view(&app, &ctx, &zone, op).await;
+        if (states.is_empty() || states.contains(&v["state"].as_str().unwrap_or("")))
+            && task_type.is_none_or(|t| v["task_type"] == t)
+        {
+            views.push(v);
+        }
+    }
+    let descending = matches!(query_one(&q, "order_by").or(query_one(&q, "sorting")), Some("desc"));
+    if descending {
+        views.reverse();
+    }
+    let count = views.len();
+    let results: Vec<Value> = views.into_iter().skip(offset).take(limit).collect();
+    Ok(Json(json!({ "count": count, "results": results })))
+}
