@@ -9,6 +9,7 @@ pub mod error;
 pub mod event;
 pub mod instance;
 pub mod labels;
+pub mod networking;
 pub mod operation;
 pub mod resources;
 pub mod state_machine;

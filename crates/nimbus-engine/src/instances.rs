@@ -494,6 +494,18 @@ impl Engine {
         if_match: Option<i64>,
         change: impl Fn(&Instance) -> Result<Instance>,
     ) -> Result<Instance> {
+        self.edit_instance_with(ctx, id, if_match, |current| Ok((change(current)?, Vec::new()))).await
+    }
+
+    /// [`Engine::edit_instance`] whose change also makes other writes (a record the instance refers to),
+    /// committed in the same transaction as the instance.
+    pub(crate) async fn edit_instance_with(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        if_match: Option<i64>,
+        change: impl Fn(&Instance) -> Result<(Instance, Vec<Write>)>,
+    ) -> Result<Instance> {
         for attempt in 0..CAS_RETRIES {
             if attempt > 0 {
                 backoff(attempt).await;
@@ -504,9 +516,10 @@ impl Engine {
                     return Err(DomainError::PreconditionFailed { expected: format!("\"{expected}\"") });
                 }
             }
-            let next = change(&current)?;
+            let (next, writes) = change(&current)?;
             let mut set = WriteSet::new();
             set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(current.generation) });
+            set.writes.extend(writes);
             set.push(instance_event(&ctx.actor, "instance.updated", &next));
             match self.store.apply(set).await {
                 Ok(()) => {

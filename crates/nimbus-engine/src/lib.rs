@@ -24,6 +24,7 @@ pub mod auth;
 pub mod catalog;
 pub mod instances;
 pub mod network;
+pub mod networking;
 pub mod operations;
 mod reconciler;
 pub mod resources;
@@ -32,6 +33,7 @@ mod worker;
 pub use accounts::{AccountPatch, NewAccount};
 pub use auth::{BootstrapOutcome, WhoAmI};
 pub use instances::{ActionRequest, CreateInstance, InstanceFilter, InstancePatch};
+pub use networking::PrivateNetworkSpec;
 
 pub type Result<T, E = DomainError> = std::result::Result<T, E>;
 
@@ -68,6 +70,10 @@ pub struct EngineConfig {
     pub zone: String,
     /// The instance network: addresses are handed out from it; the driver puts the gateway on its bridge.
     pub network_cidr: String,
+    /// The pool elastic IPs are allocated from. It must not overlap `network_cidr`. Nimbus keeps the
+    /// bookkeeping (which project holds which address, attached to which instances) and routes nothing:
+    /// the default is TEST-NET-2 (RFC 5737), which is never routed, so nobody mistakes it for reachable.
+    pub elastic_ip_cidr: String,
     /// How long a stop waits for the guest to power off before forcing it.
     pub stop_grace: Duration,
     /// Operations run at once.
@@ -83,6 +89,7 @@ impl Default for EngineConfig {
         EngineConfig {
             zone: "local".into(),
             network_cidr: "10.213.0.0/24".into(),
+            elastic_ip_cidr: "198.51.100.0/24".into(),
             stop_grace: Duration::from_secs(30),
             workers: 16,
             reconcile_every: Duration::from_secs(5),
@@ -107,6 +114,9 @@ pub struct Engine {
     pub(crate) queue: mpsc::UnboundedSender<Uuid>,
     /// Woken on every stored change: operation waiters and event streams.
     pub(crate) changed: Notify,
+    /// Serializes read-modify-write of project resource records (security group rules, private network
+    /// leases, elastic IP attachments): records have no compare-and-swap, and one process owns the store.
+    pub(crate) resource_writes: tokio::sync::Mutex<()>,
     pub metrics: EngineMetrics,
 }
 
@@ -114,6 +124,7 @@ impl Engine {
     /// Builds the engine, seeds the catalog, recovers unfinished operations and starts the workers and the
     /// reconciler. Must be called inside a tokio runtime.
     pub async fn start(store: Arc<dyn Store>, driver: Arc<dyn Driver>, config: EngineConfig) -> Result<Arc<Engine>> {
+        network::check_elastic_ip_pool(&config.network_cidr, &config.elastic_ip_cidr)?;
         let (queue, rx) = mpsc::unbounded_channel();
         let engine = Arc::new(Engine {
             store,
@@ -121,6 +132,7 @@ impl Engine {
             config,
             queue,
             changed: Notify::new(),
+            resource_writes: tokio::sync::Mutex::new(()),
             metrics: EngineMetrics::default(),
         });
         engine.seed_catalog().await?;

@@ -45,6 +45,27 @@ impl Network {
     pub fn address(&self, host: u32) -> String {
         Ipv4Addr::from(self.base + host).to_string()
     }
+
+    fn last(&self) -> u32 {
+        self.base + (self.size() - 1)
+    }
+
+    pub fn overlaps(&self, other: &Network) -> bool {
+        self.base <= other.last() && other.base <= self.last()
+    }
+}
+
+/// The elastic IP pool is a network of its own: an address in it must never be one an instance gets.
+pub fn check_elastic_ip_pool(instance_cidr: &str, pool_cidr: &str) -> Result<()> {
+    let pool = Network::parse(pool_cidr)
+        .map_err(|_| DomainError::invalid("elastic_ip_cidr", format!("{pool_cidr:?} is not an IPv4 CIDR")))?;
+    if Network::parse(instance_cidr)?.overlaps(&pool) {
+        return Err(DomainError::invalid(
+            "elastic_ip_cidr",
+            format!("{pool_cidr} overlaps the instance network {instance_cidr}"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -59,5 +80,13 @@ mod tests {
         assert_eq!(n.address(n.last_host()), "10.213.0.254");
         assert!(Network::parse("10.213.0.0").is_err());
         assert!(Network::parse("nope/24").is_err());
+    }
+
+    #[test]
+    fn the_elastic_ip_pool_never_overlaps_the_instance_network() {
+        assert!(check_elastic_ip_pool("10.213.0.0/24", "198.51.100.0/24").is_ok());
+        assert!(check_elastic_ip_pool("10.213.0.0/24", "10.213.0.128/25").is_err());
+        assert!(check_elastic_ip_pool("10.213.0.0/24", "10.0.0.0/8").is_err());
+        assert!(check_elastic_ip_pool("10.213.0.0/24", "10.213.1.0/24").is_ok());
     }
 }

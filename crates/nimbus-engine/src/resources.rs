@@ -35,12 +35,16 @@ pub fn ssh_fingerprint(public_key: &str) -> Result<String> {
 }
 
 impl Engine {
-    async fn records<T: for<'de> serde::Deserialize<'de>>(&self, kind: &str, ctx: &Context) -> Result<Vec<T>> {
+    pub(crate) async fn records<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        kind: &str,
+        ctx: &Context,
+    ) -> Result<Vec<T>> {
         let records = self.store.list_records(kind, Some(ctx.project.id)).await.map_err(store_err)?;
         records.iter().filter(|r| r.project_id == Some(ctx.project.id)).map(|r| r.decode().map_err(store_err)).collect()
     }
 
-    async fn record<T: for<'de> serde::Deserialize<'de>>(
+    pub(crate) async fn record<T: for<'de> serde::Deserialize<'de>>(
         &self,
         kind: &'static str,
         ctx: &Context,
@@ -54,13 +58,13 @@ impl Engine {
             .map_err(store_err)
     }
 
-    async fn put(&self, record: Record) -> Result<()> {
+    pub(crate) async fn put(&self, record: Record) -> Result<()> {
         let mut set = WriteSet::new();
         set.push(Write::PutRecord(record));
         self.store.apply(set).await.map_err(store_err)
     }
 
-    async fn delete(&self, kind: &str, id: Uuid) -> Result<()> {
+    pub(crate) async fn delete(&self, kind: &str, id: Uuid) -> Result<()> {
         let mut set = WriteSet::new();
         set.push(Write::DeleteRecord { kind: kind.into(), id });
         self.store.apply(set).await.map_err(store_err)
@@ -208,6 +212,46 @@ impl Engine {
         self.delete(SECURITY_GROUP, id).await
     }
 
+    /// Adds a rule to a group; the rule gets a new id, which the returned group shows.
+    pub async fn add_security_group_rule(
+        &self,
+        ctx: &Context,
+        group_id: Uuid,
+        mut rule: SecurityGroupRule,
+    ) -> Result<(SecurityGroup, Uuid)> {
+        ctx.require(Role::Member)?;
+        rule.validate()?;
+        if let Some(source) = rule.security_group {
+            self.security_group(ctx, source).await.map_err(|_| {
+                DomainError::invalid("security_group", format!("no security group {source} in this project"))
+            })?;
+        }
+        let _serial = self.resource_writes.lock().await;
+        let mut group = self.security_group(ctx, group_id).await?;
+        let same =
+            |r: &SecurityGroupRule| SecurityGroupRule { id: Uuid::nil(), description: String::new(), ..r.clone() };
+        if group.rules.iter().any(|r| same(r) == same(&rule)) {
+            return Err(DomainError::Conflict("the security group already has this rule".into()));
+        }
+        rule.id = nimbus_core::new_id();
+        let id = rule.id;
+        group.rules.push(rule);
+        self.put(Record::new(SECURITY_GROUP, group.id, Some(ctx.project.id), &group.name, &group)).await?;
+        Ok((group, id))
+    }
+
+    pub async fn delete_security_group_rule(&self, ctx: &Context, group_id: Uuid, rule_id: Uuid) -> Result<()> {
+        ctx.require(Role::Member)?;
+        let _serial = self.resource_writes.lock().await;
+        let mut group = self.security_group(ctx, group_id).await?;
+        let before = group.rules.len();
+        group.rules.retain(|r| r.id != rule_id);
+        if group.rules.len() == before {
+            return Err(DomainError::not_found("security group rule", rule_id));
+        }
+        self.put(Record::new(SECURITY_GROUP, group.id, Some(ctx.project.id), &group.name, &group)).await
+    }
+
     pub async fn create_anti_affinity_group(
         &self,
         ctx: &Context,
@@ -289,7 +333,7 @@ impl Engine {
         Ok(())
     }
 
-    async fn refuse_if_referenced(
+    pub(crate) async fn refuse_if_referenced(
         &self,
         ctx: &Context,
         uses: impl Fn(&nimbus_core::instance::Instance) -> bool,
@@ -306,12 +350,7 @@ impl Engine {
 }
 
 fn validate_rules(rules: &[SecurityGroupRule]) -> Result<()> {
-    for r in rules {
-        if !matches!(r.flow_direction.as_str(), "ingress" | "egress") {
-            return Err(DomainError::invalid("rules.flow_direction", "must be ingress or egress"));
-        }
-    }
-    Ok(())
+    rules.iter().try_for_each(SecurityGroupRule::validate)
 }
 
 fn kind_name(kind: &'static str) -> &'static str {
@@ -320,6 +359,8 @@ fn kind_name(kind: &'static str) -> &'static str {
         SSH_KEY => "ssh key",
         SECURITY_GROUP => "security group",
         ANTI_AFFINITY_GROUP => "anti-affinity group",
+        crate::networking::PRIVATE_NETWORK => "private network",
+        crate::networking::ELASTIC_IP => "elastic IP",
         other => other,
     }
 }

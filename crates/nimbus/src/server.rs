@@ -39,6 +39,10 @@ pub struct ServerArgs {
     /// The instance network (lives inside Nimbus's own network namespace with the qemu driver).
     #[arg(long, default_value = "10.213.0.0/24")]
     network_cidr: String,
+    /// The pool elastic IPs are allocated from; must not overlap --network-cidr. Bookkeeping only: Nimbus
+    /// routes nothing to these addresses (the default is TEST-NET-2, never routed).
+    #[arg(long, default_value = "198.51.100.0/24")]
+    elastic_ip_cidr: String,
     /// Seconds a stop waits for the guest to power off before forcing it.
     #[arg(long, default_value_t = 30)]
     stop_grace_secs: u64,
@@ -136,6 +140,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let config = EngineConfig {
         zone: args.zone.clone(),
         network_cidr: args.network_cidr.clone(),
+        elastic_ip_cidr: args.elastic_ip_cidr.clone(),
         stop_grace: Duration::from_secs(args.stop_grace_secs),
         reconcile_every: Duration::from_secs(args.reconcile_secs.max(1)),
         ..Default::default()

@@ -94,6 +94,7 @@ pub async fn create_security_group(
             end_port: r.end_port,
             network: r.network,
             description: r.description,
+            ..Default::default()
         })
         .collect();
     let group = app.engine.create_security_group(&ctx, &p.name, &p.description, rules).await?;

@@ -11,6 +11,7 @@ use axum::Json;
 use nimbus_core::catalog::{InstanceType, Template};
 use nimbus_core::instance::{Instance, InstanceState};
 use nimbus_core::labels::{Labels, Selector};
+use nimbus_core::networking::{ElasticIp, PrivateNetwork};
 use nimbus_core::resources::{SecurityGroup, Snapshot, SshKey};
 use nimbus_core::state_machine::Action;
 use nimbus_core::DomainError;
@@ -56,6 +57,8 @@ pub struct Renderer {
     pub ssh_keys: Vec<SshKey>,
     pub security_groups: Vec<SecurityGroup>,
     pub snapshots: Vec<Snapshot>,
+    pub private_networks: Vec<PrivateNetwork>,
+    pub elastic_ips: Vec<ElasticIp>,
 }
 
 impl Renderer {
@@ -67,6 +70,8 @@ impl Renderer {
             ssh_keys: app.engine.list_ssh_keys(ctx).await?,
             security_groups: app.engine.list_security_groups(ctx).await?,
             snapshots: app.engine.list_snapshots(ctx, None).await?,
+            private_networks: app.engine.list_private_networks(ctx).await?,
+            elastic_ips: app.engine.list_elastic_ips(ctx).await?,
         })
     }
 
@@ -85,8 +90,14 @@ impl Renderer {
             ssh_keys: &self.ssh_keys,
             security_groups: &self.security_groups,
             snapshots: self.snapshots.iter().filter(|s| s.instance_id == i.id).map(|s| s.id).collect(),
-            private_networks: Vec::new(),
-            elastic_ips: Vec::new(),
+            // In the instance's order of attachment; the lease carries the interface's MAC.
+            private_networks: i
+                .private_networks
+                .iter()
+                .filter_map(|n| self.private_networks.iter().find(|p| p.id == *n))
+                .filter_map(|p| p.lease_of(i.id).map(|l| (p.id, l.mac_address.clone())))
+                .collect(),
+            elastic_ips: self.elastic_ips.iter().filter(|e| e.instances.contains(&i.id)).map(|e| e.id).collect(),
             state_before,
         }
     }

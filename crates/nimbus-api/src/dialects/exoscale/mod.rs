@@ -6,7 +6,7 @@
 //! Exoscale puts actions in the last path segment (`/v2/instance/{id}:start`), which a router cannot split,
 //! so those routes capture the whole segment and the handlers split it at the first `:`.
 
-use axum::routing::{any, delete, get};
+use axum::routing::{any, delete, get, post};
 use axum::Router;
 
 use crate::AppState;
@@ -14,12 +14,14 @@ use crate::AppState;
 pub mod auth;
 pub mod errors;
 pub mod handlers;
+pub mod networks;
 pub mod resources;
 pub mod signature;
 pub mod views;
 
 use errors::method_not_allowed as mna;
 use handlers as h;
+use networks as n;
 use resources as r;
 
 pub fn router(_state: AppState) -> Router<AppState> {
@@ -46,7 +48,25 @@ pub fn router(_state: AppState) -> Router<AppState> {
         .route("/v2/ssh-key", get(r::list_ssh_keys).post(r::register_ssh_key).fallback(mna))
         .route("/v2/ssh-key/{name}", get(r::get_ssh_key).delete(r::delete_ssh_key).fallback(mna))
         .route("/v2/security-group", get(r::list_security_groups).post(r::create_security_group).fallback(mna))
-        .route("/v2/security-group/{id}", get(r::get_security_group).delete(r::delete_security_group).fallback(mna))
+        .route(
+            "/v2/security-group/{id}",
+            get(r::get_security_group)
+                .put(r::put_security_group_segment)
+                .delete(r::delete_security_group)
+                .fallback(mna),
+        )
+        .route("/v2/security-group/{id}/rules", post(r::add_security_group_rule).fallback(mna))
+        .route("/v2/security-group/{id}/rules/{rule_id}", delete(r::delete_security_group_rule).fallback(mna))
+        .route("/v2/private-network", get(n::list_private_networks).post(n::create_private_network).fallback(mna))
+        .route(
+            "/v2/private-network/{segment}",
+            get(n::get_private_network).put(n::put_private_network).delete(n::delete_private_network).fallback(mna),
+        )
+        .route("/v2/elastic-ip", get(n::list_elastic_ips).post(n::create_elastic_ip).fallback(mna))
+        .route(
+            "/v2/elastic-ip/{segment}",
+            get(n::get_elastic_ip).put(n::put_elastic_ip).delete(n::delete_elastic_ip).fallback(mna),
+        )
         .route(
             "/v2/anti-affinity-group",
             get(r::list_anti_affinity_groups).post(r::create_anti_affinity_group).fallback(mna),

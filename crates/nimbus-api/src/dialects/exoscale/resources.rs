@@ -6,6 +6,7 @@ use axum::Json;
 use nimbus_core::catalog::Visibility;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use uuid::Uuid;
 
 use super::auth::Signed;
 use super::errors::{ExoError, ExoResult};
@@ -201,7 +202,8 @@ pub async fn list_security_groups(State(app): State<AppState>, signed: Signed) -
     let groups: Vec<Value> = if public {
         Vec::new()
     } else {
-        app.engine.list_security_groups(&signed.ctx).await?.iter().map(views::security_group).collect()
+        let all = app.engine.list_security_groups(&signed.ctx).await?;
+        all.iter().map(|g| views::security_group(g, &all)).collect()
     };
     Ok(Json(json!({ "security-groups": groups })))
 }
@@ -213,7 +215,8 @@ pub async fn get_security_group(
 ) -> ExoResult<Json<Value>> {
     let id = parse_id("Security group", &id)?;
     let g = app.engine.security_group(&signed.ctx, id).await?;
-    Ok(Json(views::security_group(&g)))
+    let all = app.engine.list_security_groups(&signed.ctx).await?;
+    Ok(Json(views::security_group(&g, &all)))
 }
 
 pub async fn create_security_group(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
@@ -223,6 +226,127 @@ pub async fn create_security_group(State(app): State<AppState>, signed: Signed) 
         .create_security_group(&signed.ctx, body.name()?, body.description.as_deref().unwrap_or(""), Vec::new())
         .await?;
     receipt(&app, &signed.ctx, views::reference("security-group", g.id, &g.id.to_string())).await
+}
+
+/// `PUT /v2/security-group/{id}:attach|:detach` `{"instance": {"id"}}`: the instance's groups change at
+/// once (Nimbus enforces no filtering yet, so nothing runs in the background).
+pub async fn put_security_group_segment(
+    State(app): State<AppState>,
+    Path(segment): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let ctx = &signed.ctx;
+    let (id, action) = segment
+        .split_once(':')
+        .ok_or_else(|| ExoError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "Method PUT not allowed"))?;
+    let id = parse_id("Security group", id)?;
+    let body: InstanceBody = signed.json()?;
+    let instance = body.instance_id()?;
+    app.engine.security_group(ctx, id).await?;
+    let (attach, detach) = match action {
+        "attach" => (vec![id], vec![]),
+        "detach" => (vec![], vec![id]),
+        _ => return Err(ExoError::not_found("Operation")),
+    };
+    app.engine.change_security_groups(ctx, instance, &attach, &detach).await?;
+    receipt(&app, ctx, views::reference("security-group", id, &id.to_string())).await
+}
+
+/// The `{"instance": {"id"}}` body of attach and detach calls. The spec types `instance` as the whole
+/// instance object for some of them, so its other fields are accepted and ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceBody {
+    pub instance: Option<InstanceRef>,
+    pub ip: Option<std::net::Ipv4Addr>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InstanceRef {
+    pub id: Option<Uuid>,
+}
+
+impl InstanceBody {
+    pub fn instance_id(&self) -> ExoResult<Uuid> {
+        self.instance.as_ref().and_then(|i| i.id).ok_or_else(|| ExoError::bad_request("Missing parameter instance"))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RuleBody {
+    flow_direction: Option<String>,
+    protocol: Option<String>,
+    description: Option<String>,
+    network: Option<String>,
+    security_group: Option<SecurityGroupRef>,
+    icmp: Option<IcmpBody>,
+    start_port: Option<u16>,
+    end_port: Option<u16>,
+}
+
+/// `security-group-resource`: an id, or a name (of this project's groups; Nimbus has no public ones).
+#[derive(Debug, Deserialize)]
+struct SecurityGroupRef {
+    id: Option<Uuid>,
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IcmpBody {
+    code: Option<i16>,
+    #[serde(rename = "type")]
+    kind: Option<i16>,
+}
+
+/// `POST /v2/security-group/{id}/rules`: the operation refers to the group, which now shows the rule.
+pub async fn add_security_group_rule(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let ctx = &signed.ctx;
+    let id = parse_id("Security group", &id)?;
+    let body: RuleBody = signed.json()?;
+    let source = match body.security_group {
+        None => None,
+        Some(SecurityGroupRef { id: Some(g), .. }) => Some(g),
+        Some(SecurityGroupRef { name: Some(name), .. }) => {
+            let groups = app.engine.list_security_groups(ctx).await?;
+            let g = groups.iter().find(|g| g.name == name).ok_or_else(|| {
+                ExoError::bad_request(format!("Invalid parameter security-group: no security group {name:?}"))
+            })?;
+            Some(g.id)
+        }
+        Some(_) => return Err(ExoError::bad_request("Invalid parameter security-group: give its id or name")),
+    };
+    let rule = nimbus_core::resources::SecurityGroupRule {
+        flow_direction: body.flow_direction.ok_or_else(|| ExoError::bad_request("Missing parameter flow-direction"))?,
+        protocol: body.protocol.ok_or_else(|| ExoError::bad_request("Missing parameter protocol"))?,
+        description: body.description.unwrap_or_default(),
+        network: body.network,
+        security_group: source,
+        icmp_type: body.icmp.as_ref().and_then(|i| i.kind),
+        icmp_code: body.icmp.as_ref().and_then(|i| i.code),
+        start_port: body.start_port,
+        end_port: body.end_port,
+        ..Default::default()
+    };
+    app.engine.add_security_group_rule(ctx, id, rule).await?;
+    receipt(&app, ctx, views::reference("security-group", id, &id.to_string())).await
+}
+
+pub async fn delete_security_group_rule(
+    State(app): State<AppState>,
+    Path((id, rule_id)): Path<(String, String)>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let ctx = &signed.ctx;
+    let id = parse_id("Security group", &id)?;
+    let rule_id = parse_id("Security group rule", &rule_id)?;
+    app.engine.delete_security_group_rule(ctx, id, rule_id).await?;
+    receipt(&app, ctx, views::reference("security-group", id, &id.to_string())).await
 }
 
 pub async fn delete_security_group(

@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 /// Signatures further in the future than this are refused: clients sign for 10 minutes, and a
 /// far-future one would be a credential replayable for as long.
@@ -126,22 +126,18 @@ pub fn message(method: &str, path: &str, body: &[u8], query_values: &str, expire
     m
 }
 
-/// HMAC-SHA256 (RFC 2104) over `sha2`, which the workspace already has.
+type HmacSha256 = Hmac<Sha256>;
+
+/// HMAC-SHA256 (RFC 2104), RustCrypto's `hmac` over `sha2`: what clients sign with.
 pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    const BLOCK: usize = 64;
-    let mut k = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(k.map(|b| b ^ 0x36));
-    inner.update(message);
-    let mut outer = Sha256::new();
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
+    mac(key, message).finalize().into_bytes().into()
+}
+
+fn mac(key: &[u8], message: &[u8]) -> HmacSha256 {
+    // HMAC takes keys of any length (longer ones are hashed first), so this cannot fail.
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length");
+    mac.update(message);
+    mac
 }
 
 /// Checks the expiry and the signature of a parsed header against `secret`.
@@ -152,12 +148,8 @@ pub fn verify(header: &Header, secret: &str, message: &[u8], now: i64) -> Result
     if header.expires > now + MAX_EXPIRY_AHEAD_SECS {
         return Err(SignatureError::TooFarAhead);
     }
-    let expected = hmac_sha256(secret.as_bytes(), message);
-    if header.signature.len() == expected.len() && bool::from(expected.ct_eq(&header.signature)) {
-        Ok(())
-    } else {
-        Err(SignatureError::Invalid)
-    }
+    // `verify_slice` compares in constant time and refuses a signature of the wrong length.
+    mac(secret.as_bytes(), message).verify_slice(&header.signature).map_err(|_| SignatureError::Invalid)
 }
 
 #[cfg(test)]
@@ -165,7 +157,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hmac_matches_rfc_4231_case_2() {
+    fn hmac_matches_rfc_4231() {
+        // Case 1.
+        let mac = hmac_sha256(&[0x0b; 20], b"Hi There");
+        assert_eq!(hex::encode(mac), "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+        // Case 2.
         let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
         assert_eq!(hex::encode(mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
         // Case 6: a key longer than the block is hashed first.
@@ -207,5 +203,7 @@ mod tests {
         assert_eq!(verify(&h, "s", &msg, 101), Err(SignatureError::Expired));
         assert_eq!(verify(&h, "s", &msg, 100 - MAX_EXPIRY_AHEAD_SECS - 1), Err(SignatureError::TooFarAhead));
         assert_eq!(verify(&h, "t", &msg, 50), Err(SignatureError::Invalid));
+        let truncated = Header { signature: h.signature[..16].to_vec(), ..h.clone() };
+        assert_eq!(verify(&truncated, "s", &msg, 50), Err(SignatureError::Invalid));
     }
 }

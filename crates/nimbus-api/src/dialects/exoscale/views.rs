@@ -4,8 +4,9 @@
 
 use nimbus_core::catalog::{BootMode, InstanceType, Template, Visibility};
 use nimbus_core::instance::{Instance, InstanceState};
+use nimbus_core::networking::{ElasticIp, PrivateNetwork};
 use nimbus_core::operation::{Operation, OperationState, Reason};
-use nimbus_core::resources::{AntiAffinityGroup, SecurityGroup, Snapshot, SnapshotState, SshKey};
+use nimbus_core::resources::{AntiAffinityGroup, SecurityGroup, SecurityGroupRule, Snapshot, SnapshotState, SshKey};
 use nimbus_core::state_machine::Action;
 use serde_json::{json, Map, Value};
 use time::format_description::well_known::Rfc3339;
@@ -204,7 +205,7 @@ pub fn instance_summary(i: &Instance, c: &InstanceContext) -> Value {
         .security_groups
         .iter()
         .map(|id| match c.security_groups.iter().find(|g| g.id == *id) {
-            Some(g) => security_group(g),
+            Some(g) => security_group(g, c.security_groups),
             None => json!({"id": id}),
         })
         .collect();
@@ -289,10 +290,76 @@ pub fn ssh_key(k: &SshKey) -> Value {
     json!({ "name": k.name, "fingerprint": k.fingerprint })
 }
 
-pub fn security_group(g: &SecurityGroup) -> Value {
-    let mut v = json!({ "id": g.id, "name": g.name, "external-sources": [] });
+/// A security group with its rules (the spec marks `rules` write-only, but Exoscale returns them and the
+/// clients read them: `exo compute security-group show`, Terraform).
+pub fn security_group(g: &SecurityGroup, groups: &[SecurityGroup]) -> Value {
+    let mut v = json!({
+        "id": g.id,
+        "name": g.name,
+        "external-sources": [],
+        "rules": g.rules.iter().map(|r| security_group_rule(r, groups)).collect::<Vec<_>>(),
+    });
     if !g.description.is_empty() {
         v["description"] = json!(g.description);
+    }
+    v
+}
+
+pub fn security_group_rule(r: &SecurityGroupRule, groups: &[SecurityGroup]) -> Value {
+    let mut v = json!({ "id": r.id, "flow-direction": r.flow_direction, "protocol": r.protocol });
+    if let (Some(s), Some(e)) = (r.start_port, r.end_port) {
+        v["start-port"] = json!(s);
+        v["end-port"] = json!(e);
+    }
+    if let Some(n) = &r.network {
+        v["network"] = json!(n);
+    }
+    if let Some(id) = r.security_group {
+        v["security-group"] = match groups.iter().find(|g| g.id == id) {
+            Some(g) => json!({ "id": id, "name": g.name }),
+            None => json!({ "id": id }),
+        };
+    }
+    if matches!(r.protocol.as_str(), "icmp" | "icmpv6") {
+        v["icmp"] = json!({ "type": r.icmp_type.unwrap_or(-1), "code": r.icmp_code.unwrap_or(-1) });
+    }
+    if !r.description.is_empty() {
+        v["description"] = json!(r.description);
+    }
+    v
+}
+
+pub fn private_network(n: &PrivateNetwork) -> Value {
+    let leases: Vec<Value> = n
+        .leases
+        .iter()
+        .map(|l| match l.ip {
+            Some(ip) => json!({ "instance-id": l.instance_id, "ip": ip.to_string() }),
+            None => json!({ "instance-id": l.instance_id }),
+        })
+        .collect();
+    let mut v = json!({ "id": n.id, "name": n.name, "labels": n.labels, "leases": leases });
+    if let Some(r) = n.range {
+        v["start-ip"] = json!(r.start.to_string());
+        v["end-ip"] = json!(r.end.to_string());
+        v["netmask"] = json!(r.netmask.to_string());
+    }
+    if !n.description.is_empty() {
+        v["description"] = json!(n.description);
+    }
+    v
+}
+
+pub fn elastic_ip(e: &ElasticIp) -> Value {
+    let mut v = json!({
+        "id": e.id,
+        "ip": e.ip.to_string(),
+        "addressfamily": "inet4",
+        "cidr": format!("{}/32", e.ip),
+        "labels": e.labels,
+    });
+    if !e.description.is_empty() {
+        v["description"] = json!(e.description);
     }
     v
 }

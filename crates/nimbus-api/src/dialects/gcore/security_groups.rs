@@ -65,6 +65,9 @@ fn parse_rules(v: &Value, errors: &mut FieldErrors) -> Vec<SecurityGroupRule> {
             end_port: port("port_range_max", errors),
             network: text("remote_ip_prefix"),
             description: text("description").unwrap_or_default(),
+            security_group: None,
+            icmp_type: None,
+            icmp_code: None,
         });
     }
     rules
@@ -82,6 +85,9 @@ fn default_rules() -> Vec<SecurityGroupRule> {
             end_port: None,
             network: None,
             description: String::new(),
+            security_group: None,
+            icmp_type: None,
+            icmp_code: None,
         })
         .collect()
 }

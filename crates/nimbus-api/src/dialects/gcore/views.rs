@@ -478,7 +478,7 @@ pub fn security_group_rule(g: &SecurityGroup, r: &SecurityGroupRule) -> Value {
 }
 
 /// The core's name for "every protocol" (Gcore leaves `protocol` null).
-pub const ANY_PROTOCOL: &str = "any";
+pub const ANY_PROTOCOL: &str = "all";
 
 /// A security group of `/cloud/v1/securitygroups`.
 pub fn security_group(g: &SecurityGroup, scope: &Scope) -> Value {

@@ -127,6 +127,76 @@ assert c.list_instances(ip_address="192.0.2.1")["instances"] == []
 assert c.get_anti_affinity_group(id=aag)["instances"] == [{"id": iid}]
 refused(lambda: c.delete_security_group(id=sg), 400, "used by instance")
 
+step("security groups: attach, detach, rules")
+sg2 = c.wait(c.create_security_group(name="ssh")["id"])["reference"]["id"]
+done = c.wait(c.attach_instance_to_security_group(id=sg2, instance={"id": iid})["id"])
+assert done["reference"]["id"] == sg2, done
+assert c.get_instance(id=iid)["security-groups"] == [{"id": sg}, {"id": sg2}]
+done = c.wait(c.add_rule_to_security_group(id=sg2, flow_direction="ingress", protocol="tcp", start_port=22,
+                                           end_port=22, network="0.0.0.0/0", description="ssh")["id"])
+assert done["reference"]["id"] == sg2, done
+c.wait(c.add_rule_to_security_group(id=sg2, flow_direction="ingress", protocol="icmp",
+                                    icmp={"type": 8, "code": 0}, security_group={"id": sg})["id"])
+rules = c.get_security_group(id=sg2)["rules"]
+assert [r["protocol"] for r in rules] == ["tcp", "icmp"], rules
+assert rules[0]["start-port"] == 22 and rules[0]["end-port"] == 22 and rules[0]["network"] == "0.0.0.0/0", rules
+assert rules[1]["security-group"]["id"] == sg and rules[1]["icmp"] == {"type": 8, "code": 0}, rules
+refused(lambda: c.add_rule_to_security_group(id=sg2, flow_direction="ingress", protocol="tcp", start_port=80,
+                                             end_port=22, network="0.0.0.0/0"), 400, "port")
+refused(lambda: c.add_rule_to_security_group(id=sg2, flow_direction="ingress", protocol="tcp", start_port=22,
+                                             end_port=22, network="0.0.0.0/0"), 400, "already has this rule")
+c.wait(c.delete_rule_from_security_group(id=sg2, rule_id=rules[0]["id"])["id"])
+assert [r["protocol"] for r in c.get_security_group(id=sg2)["rules"]] == ["icmp"]
+refused(lambda: c.delete_rule_from_security_group(id=sg2, rule_id=rules[0]["id"]), 404)
+c.wait(c.detach_instance_from_security_group(id=sg2, instance={"id": iid})["id"])
+assert c.get_instance(id=iid)["security-groups"] == [{"id": sg}]
+c.wait(c.delete_security_group(id=sg2)["id"])
+
+step("private networks: a range, static and automatic leases (bookkeeping only)")
+pn = c.wait(c.create_private_network(name="back", start_ip="172.16.0.10", end_ip="172.16.0.20",
+                                     netmask="255.255.255.0", labels={"tier": "db"})["id"])["reference"]["id"]
+n = c.get_private_network(id=pn)
+assert n["start-ip"] == "172.16.0.10" and n["netmask"] == "255.255.255.0" and n["leases"] == [], n
+assert n["labels"] == {"tier": "db"}, n
+assert [x["id"] for x in c.list_private_networks()["private-networks"]] == [pn]
+refused(lambda: c.create_private_network(name="bad", start_ip="172.16.0.10", end_ip="172.16.1.20",
+                                         netmask="255.255.255.0"), 400, "subnet")
+refused(lambda: c.attach_instance_to_private_network(id=pn, instance={"id": iid}, ip="172.16.0.30"), 400,
+        "outside")
+c.wait(c.attach_instance_to_private_network(id=pn, instance={"id": iid}, ip="172.16.0.15")["id"])
+i = c.get_instance(id=iid)
+assert [p["id"] for p in i["private-networks"]] == [pn], i
+assert i["private-networks"][0]["mac-address"] != i["mac-address"], i
+assert c.get_private_network(id=pn)["leases"] == [{"instance-id": iid, "ip": "172.16.0.15"}]
+refused(lambda: c.attach_instance_to_private_network(id=pn, instance={"id": iid}), 400, "already attached")
+c.wait(c.update_private_network_instance_ip(id=pn, instance={"id": iid}, ip="172.16.0.16")["id"])
+assert c.get_private_network(id=pn)["leases"] == [{"instance-id": iid, "ip": "172.16.0.16"}]
+refused(lambda: c.update_private_network(id=pn, start_ip="172.16.0.17", end_ip="172.16.0.20",
+                                         netmask="255.255.255.0"), 400, "outside the new range")
+c.wait(c.update_private_network(id=pn, name="backend", description="db traffic")["id"])
+assert c.get_private_network(id=pn)["name"] == "backend"
+refused(lambda: c.delete_private_network(id=pn), 400, "used by instance")
+c.wait(c.detach_instance_from_private_network(id=pn, instance={"id": iid})["id"])
+assert c.get_instance(id=iid)["private-networks"] == [] and c.get_private_network(id=pn)["leases"] == []
+# Attached again, automatically: the lowest free address; it stays until the instance is deleted.
+c.wait(c.attach_instance_to_private_network(id=pn, instance={"id": iid})["id"])
+assert c.get_private_network(id=pn)["leases"] == [{"instance-id": iid, "ip": "172.16.0.10"}]
+
+step("elastic IPs (bookkeeping only: nothing is routed to them)")
+eip = c.wait(c.create_elastic_ip(description="front")["id"])["reference"]["id"]
+e = c.get_elastic_ip(id=eip)
+assert e["ip"].startswith("198.51.100.") and e["addressfamily"] == "inet4" and e["ip"] != ip, e
+refused(lambda: c.create_elastic_ip(addressfamily="inet6"), 400, "IPv6")
+c.wait(c.attach_instance_to_elastic_ip(id=eip, instance={"id": iid})["id"])
+assert c.get_instance(id=iid)["elastic-ips"] == [{"id": eip}]
+refused(lambda: c.attach_instance_to_elastic_ip(id=eip, instance={"id": iid}), 400, "already attached")
+refused(lambda: c.delete_elastic_ip(id=eip), 400, "attached")
+c.wait(c.update_elastic_ip(id=eip, labels={"role": "front"})["id"])
+assert [x["labels"] for x in c.list_elastic_ips()["elastic-ips"]] == [{"role": "front"}]
+c.wait(c.detach_instance_from_elastic_ip(id=eip, instance={"id": iid})["id"])
+assert c.get_instance(id=iid)["elastic-ips"] == []
+c.wait(c.attach_instance_to_elastic_ip(id=eip, instance={"id": iid})["id"])
+
 step("password kept from creation")
 first_password = c.reveal_instance_password(id=iid)["password"]
 assert len(first_password) >= 16
@@ -273,6 +343,12 @@ refused(lambda: c.get_instance(id=iid), 404)
 assert c.list_instances()["instances"] == []
 c.wait(c.delete_security_group(id=sg)["id"])
 c.wait(c.delete_anti_affinity_group(id=aag)["id"])
+# A deleted instance holds no lease nor elastic IP any more.
+assert c.get_private_network(id=pn)["leases"] == []
+c.wait(c.delete_private_network(id=pn)["id"])
+refused(lambda: c.get_private_network(id=pn), 404, "Private network not found")
+c.wait(c.delete_elastic_ip(id=eip)["id"])
+assert c.list_elastic_ips()["elastic-ips"] == []
 c.wait(c.delete_ssh_key(name="laptop")["id"])
 assert c.list_ssh_keys()["ssh-keys"] == []
 
@@ -302,6 +378,12 @@ wanted = {
     "reset-instance-password", "add-instance-protection", "remove-instance-protection", "enable-tpm",
     "get-console-proxy-url", "get-operation", "get-reverse-dns-instance", "update-reverse-dns-instance",
     "delete-reverse-dns-instance",
+    "attach-instance-to-security-group", "detach-instance-from-security-group", "add-rule-to-security-group",
+    "delete-rule-from-security-group", "create-private-network", "list-private-networks", "get-private-network",
+    "update-private-network", "delete-private-network", "attach-instance-to-private-network",
+    "detach-instance-from-private-network", "update-private-network-instance-ip", "create-elastic-ip",
+    "list-elastic-ips", "get-elastic-ip", "update-elastic-ip", "delete-elastic-ip",
+    "attach-instance-to-elastic-ip", "detach-instance-from-elastic-ip",
 }
 missing = wanted - set(recorder.validated)
 assert not missing, f"never validated: {sorted(missing)}"
