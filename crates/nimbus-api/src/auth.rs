@@ -39,3 +39,22 @@ impl FromRequestParts<AppState> for Caller {
         Ok(Caller(ctx))
     }
 }
+
+/// A caller of the console stream: an API key as a bearer token, or a console ticket (`?ticket=`) that
+/// the handler redeems for the instance of its path, for clients that cannot send headers.
+pub enum ConsoleCaller {
+    Key(Box<Context>),
+    Ticket { token: String, actor: Actor },
+}
+
+impl FromRequestParts<AppState> for ConsoleCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        match form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "ticket") {
+            Some((_, token)) => Ok(ConsoleCaller::Ticket { token: token.into_owned(), actor: actor_of(parts) }),
+            None => Ok(ConsoleCaller::Key(Box::new(Caller::from_request_parts(parts, state).await?.0))),
+        }
+    }
+}

@@ -28,7 +28,8 @@ impl Modify for BearerAuth {
     security(("bearer" = [])),
     paths(
         instances::create, instances::list, instances::get, instances::update, instances::batch_update,
-        instances::delete, instances::action, instances::password, instances::console, instances::metrics,
+        instances::delete, instances::action, instances::password, instances::console, instances::console_ticket,
+        instances::metrics,
         operations::get, operations::list, operations::events,
         access::whoami, access::ping, access::create_api_key, access::list_api_keys, access::delete_api_key,
         access::create_project, access::list_projects, access::get_project, access::set_quota,

@@ -22,6 +22,7 @@ use uuid::Uuid;
 pub mod accounts;
 pub mod auth;
 pub mod catalog;
+pub mod console;
 pub mod instances;
 pub mod network;
 pub mod networking;
@@ -32,6 +33,7 @@ mod worker;
 
 pub use accounts::{AccountPatch, NewAccount};
 pub use auth::{BootstrapOutcome, WhoAmI};
+pub use console::{ConsoleTicket, CONSOLE_TICKET_LIFETIME};
 pub use instances::{ActionRequest, CreateInstance, InstanceFilter, InstancePatch};
 pub use networking::PrivateNetworkSpec;
 
@@ -82,6 +84,8 @@ pub struct EngineConfig {
     pub reconcile_every: Duration,
     /// An interrupted operation is resumed at most this many times before it ends `interrupted`.
     pub max_attempts: u32,
+    /// How long a console ticket may be used to open a connection (an open one outlives it).
+    pub console_ticket_lifetime: Duration,
 }
 
 impl Default for EngineConfig {
@@ -94,6 +98,7 @@ impl Default for EngineConfig {
             workers: 16,
             reconcile_every: Duration::from_secs(5),
             max_attempts: 3,
+            console_ticket_lifetime: console::CONSOLE_TICKET_LIFETIME,
         }
     }
 }

@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::views::*;
-use crate::auth::Caller;
+use crate::auth::{Caller, ConsoleCaller};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{parse_json, JsonBody, OptionalJsonBody, QueryParams};
 use crate::AppState;
@@ -441,10 +441,48 @@ pub async fn metrics(
     }))
 }
 
-/// The interactive serial console over a websocket: binary frames both ways.
-pub async fn console_stream(
+/// Where a console ticket is used: this server's console stream of the instance, with the ticket as its
+/// query, so the URL works without any header. Dialects hand out the same URL.
+pub struct ConsoleUrl {
+    /// `ws://` or `wss://` (behind a proxy that sets `X-Forwarded-Proto: https`), host, path and query.
+    pub url: String,
+    pub host: String,
+    /// Path and query.
+    pub path: String,
+}
+
+pub fn console_url(headers: &HeaderMap, ticket: &nimbus_engine::ConsoleTicket) -> ConsoleUrl {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_string();
+    let scheme = match headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()) {
+        Some("https") => "wss",
+        _ => "ws",
+    };
+    // The token is made of URL-safe characters only (hex, '.', base64url).
+    let path = format!("/v1/instances/{}/console/stream?ticket={}", ticket.instance_id, ticket.token);
+    ConsoleUrl { url: format!("{scheme}://{host}{path}"), host, path }
+}
+
+/// A single-use ticket to the interactive console of a running instance, valid for 60 seconds to connect:
+/// `url` opens the websocket without the API secret (for browsers and other clouds' clients).
+#[utoipa::path(post, path = "/v1/instances/{id}/console/ticket", tag = "instances", params(("id" = Uuid, Path)),
+    responses((status = 201, body = ConsoleTicketView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn console_ticket(
     State(app): State<AppState>,
     Caller(ctx): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let ticket = app.engine.console_ticket(&ctx, parse_uuid("instance", &id)?).await?;
+    let url = console_url(&headers, &ticket);
+    let view = ConsoleTicketView { url: url.url, ticket: ticket.token, expires_at: ticket.expires_at };
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// The interactive serial console over a websocket: binary frames both ways. Authorised by a bearer API
+/// key, or by `?ticket=` from `POST .../console/ticket` (single use, this instance only).
+pub async fn console_stream(
+    State(app): State<AppState>,
+    caller: ConsoleCaller,
     Path(id): Path<String>,
     ws: axum::extract::WebSocketUpgrade,
 ) -> ApiResult<Response> {
@@ -452,7 +490,12 @@ pub async fn console_stream(
     use futures_util::{SinkExt, StreamExt};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let stream = app.engine.console_stream(&ctx, parse_uuid("instance", &id)?).await?;
+    let id = parse_uuid("instance", &id)?;
+    let ctx = match caller {
+        ConsoleCaller::Key(ctx) => *ctx,
+        ConsoleCaller::Ticket { token, actor } => app.engine.redeem_console_ticket(&token, id, actor).await?,
+    };
+    let stream = app.engine.console_stream(&ctx, id).await?;
     Ok(ws.on_upgrade(move |socket| async move {
         let (mut to_client, mut from_client) = socket.split();
         let (mut serial_read, mut serial_write) = tokio::io::split(stream);

@@ -19,6 +19,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/v1/instances/{id}/password", get(instances::password))
         .route("/v1/instances/{id}/console", get(instances::console))
         .route("/v1/instances/{id}/console/stream", get(instances::console_stream))
+        .route("/v1/instances/{id}/console/ticket", post(instances::console_ticket))
         .route("/v1/instances/{id}/metrics", get(instances::metrics))
         .route("/v1/instances/{id}/{action}", post(instances::action))
         .route("/v1/operations", get(operations::list))

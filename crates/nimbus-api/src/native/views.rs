@@ -531,6 +531,17 @@ pub struct PasswordView {
     pub expires_at: OffsetDateTime,
 }
 
+/// A console ticket: `url` opens the instance's console websocket without any header, once, until
+/// `expires_at` (an open connection outlives it).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsoleTicketView {
+    pub url: String,
+    /// The ticket alone, for `GET /v1/instances/{id}/console/stream?ticket=`.
+    pub ticket: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HostView {
     pub name: String,

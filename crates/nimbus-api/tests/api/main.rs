@@ -2,6 +2,7 @@
 //! user of `/v1` lives through.
 
 mod common;
+mod console;
 mod input;
 mod lifecycle;
 mod operations;

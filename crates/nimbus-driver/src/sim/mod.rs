@@ -293,6 +293,30 @@ impl Driver for SimDriver {
         self.with_vm(id, |vm| Ok(vm.console.clone()))
     }
 
+    /// A serial line that replays the log so far, then echoes what it is sent, like a guest's terminal.
+    async fn console_stream(&self, id: Uuid) -> DriverResult<crate::ConsoleStream> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let log = self.with_vm(id, |vm| {
+            if !vm.running {
+                return Err(DriverError::Invalid("the instance is not running".into()));
+            }
+            Ok(vm.console.clone())
+        })?;
+        let (ours, mut guest) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            if guest.write_all(log.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 1024];
+            while let Ok(n @ 1..) = guest.read(&mut buf).await {
+                if guest.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Box::new(ours))
+    }
+
     async fn suspend(&self, id: Uuid) -> DriverResult<()> {
         self.act("suspend").await?;
         self.with_vm(id, |vm| {

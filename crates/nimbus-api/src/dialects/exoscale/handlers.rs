@@ -602,8 +602,10 @@ pub async fn post_segment(
     Ok(Json(views::operation(&op)))
 }
 
-/// `GET /v2/console/{id}`: where the instance's console is reached. Nimbus serves it as a websocket of
-/// the serial console (`/v1/instances/{id}/console/stream`, which takes this API key as a bearer token).
+/// `GET /v2/console/{id}`: a signed URL valid for 60 seconds to connect, like Exoscale's console proxy.
+/// Nimbus's proxy is its native serial-console websocket with a single-use console ticket in the query
+/// (`/v1/instances/{id}/console/stream?ticket=…`), so the URL works without this key's signature; `path`
+/// carries the query too, so `host` and `path` rebuild the URL.
 pub async fn console_url(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -614,13 +616,9 @@ pub async fn console_url(
     if i.state != InstanceState::Running {
         return Err(ExoError::bad_request("Only running instances have a console."));
     }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_string();
-    let scheme = match headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()) {
-        Some("https") => "wss",
-        _ => "ws",
-    };
-    let path = format!("/v1/instances/{}/console/stream", i.id);
-    Ok(Json(json!({ "url": format!("{scheme}://{host}{path}"), "host": host, "path": path })))
+    let ticket = app.engine.console_ticket(&signed.ctx, i.id).await?;
+    let url = crate::native::instances::console_url(&headers, &ticket);
+    Ok(Json(json!({ "url": url.url, "host": url.host, "path": url.path })))
 }
 
 // Reverse DNS of an instance: its PTR name, kept in the instance's Exoscale extension map.

@@ -7,10 +7,13 @@ with the SDK's own `Client.wait`.
 """
 
 import base64
+import hashlib
 import json
 import os
+import socket
 import sys
 import time
+import urllib.parse
 
 import requests
 
@@ -232,8 +235,57 @@ refused(lambda: c.enable_tpm(id=iid), 400, "Only stopped instances")
 refused(lambda: c.start_instance(id=iid), 400, "Only stopped instances can be started")
 
 step("console")
+
+
+def open_console(url):
+    """A bare websocket handshake (no library, no credentials): the status line, and the first frame's
+    payload after a 101."""
+    parsed = urllib.parse.urlsplit(url)
+    assert parsed.scheme == "ws", url
+    target = parsed.path + ("?" + parsed.query if parsed.query else "")
+    with socket.create_connection((parsed.hostname, parsed.port or 80), timeout=10) as sock:
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(
+            (
+                f"GET {target} HTTP/1.1\r\nHost: {parsed.netloc}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        reader = sock.makefile("rb")
+        status = reader.readline().decode().strip()
+        headers = {}
+        while (line := reader.readline().decode().strip()):
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if " 101 " not in status + " ":
+            return status, None
+        accept = base64.b64encode(
+            hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+        ).decode()
+        assert headers.get("sec-websocket-accept") == accept, headers
+        first, length = reader.read(2)
+        assert first & 0x0F == 0x2, f"a binary frame: {first:#x}"
+        length &= 0x7F
+        if length == 126:
+            length = int.from_bytes(reader.read(2), "big")
+        elif length == 127:
+            length = int.from_bytes(reader.read(8), "big")
+        return status, reader.read(length)
+
+
 console = c.get_console_proxy_url(id=iid)
-assert iid in console["path"] and console["url"].endswith(console["path"]), console
+assert console["url"] == f"ws://{console['host']}{console['path']}", console
+assert console["path"].startswith(f"/v1/instances/{iid}/console/stream?ticket="), console
+assert console["host"] == urllib.parse.urlsplit(URL).netloc, console
+status, output = open_console(console["url"])
+assert status == "HTTP/1.1 101 Switching Protocols", status
+assert output, "the serial console speaks first"
+status, _ = open_console(console["url"])
+assert status.startswith("HTTP/1.1 401"), f"a console URL opens once: {status}"
+fresh = c.get_console_proxy_url(id=iid)["url"]
+forged = fresh[:-4] + ("BBBB" if fresh.endswith("AAAA") else "AAAA")
+assert open_console(forged)[0].startswith("HTTP/1.1 401"), "a forged ticket opens nothing"
+assert open_console(fresh)[0] == "HTTP/1.1 101 Switching Protocols", "and spends nothing"
 
 step("snapshot")
 op = c.create_snapshot(id=iid)
