@@ -79,6 +79,13 @@ pub fn json_merge_patch(target: &mut serde_json::Value, patch: &serde_json::Valu
     }
 }
 
+/// The merge patch that turns `current` into exactly `wanted`, for APIs whose update replaces the whole map.
+pub fn replacement_patch(current: &Labels, wanted: &Labels) -> serde_json::Value {
+    let removed = current.keys().filter(|k| !wanted.contains_key(*k)).map(|k| (k.clone(), serde_json::Value::Null));
+    let set = wanted.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())));
+    serde_json::Value::Object(removed.chain(set).collect())
+}
+
 pub fn json_type(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
@@ -145,6 +152,14 @@ mod tests {
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_replacement_patch_leaves_exactly_the_wanted_labels() {
+        let mut l = labels(&[("env", "prod"), ("team", "a")]);
+        let wanted = labels(&[("env", "dev"), ("new", "x")]);
+        merge_patch("labels", &mut l, &replacement_patch(&l.clone(), &wanted)).unwrap();
+        assert_eq!(l, wanted);
     }
 
     #[test]

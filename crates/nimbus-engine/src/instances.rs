@@ -376,6 +376,21 @@ impl Engine {
         Ok(net.address(host))
     }
 
+    /// Every instance of the caller's project, oldest first, for dialects that filter or page themselves.
+    pub async fn all_instances(&self, ctx: &Context) -> Result<Vec<Instance>> {
+        let mut all = Vec::new();
+        let mut page_token = None;
+        loop {
+            let filter = InstanceFilter { limit: Some(MAX_PAGE), page_token, ..Default::default() };
+            let page = self.list_instances(ctx, filter).await?;
+            all.extend(page.items);
+            match page.next_page_token {
+                Some(t) => page_token = Some(t),
+                None => return Ok(all),
+            }
+        }
+    }
+
     pub async fn list_instances(&self, ctx: &Context, filter: InstanceFilter) -> Result<Page<Instance>> {
         let limit = filter.limit.unwrap_or(DEFAULT_PAGE);
         if limit == 0 || limit > MAX_PAGE {

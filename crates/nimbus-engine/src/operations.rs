@@ -3,9 +3,11 @@
 use std::time::Duration;
 
 use nimbus_core::event::Event;
-use nimbus_core::operation::Operation;
+use nimbus_core::operation::{Operation, OperationState};
+use nimbus_core::state_machine::Action;
 use nimbus_core::DomainError;
 use nimbus_store::OperationQuery;
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{page_token, store_err, Context, Engine, Page, Result};
@@ -38,6 +40,26 @@ impl Engine {
             }
             // The poll bound covers writers in other processes, which do not wake this one.
             let _ = tokio::time::timeout((deadline - now).min(Duration::from_millis(500)), changed).await;
+        }
+    }
+
+    /// When the instance last (re)booted: the end of its latest successful create, start, reboot or reset.
+    /// The driver reports no uptime, so the operation history is the record of it.
+    pub async fn last_booted_at(&self, ctx: &Context, instance: Uuid) -> Result<Option<OffsetDateTime>> {
+        let mut booted = None;
+        let mut token = None;
+        loop {
+            let page = self.list_operations(ctx, Some(instance), crate::instances::MAX_PAGE, token.as_deref()).await?;
+            for op in &page.items {
+                let boots = matches!(op.kind, Action::Create | Action::Start | Action::Reboot | Action::Reset);
+                if boots && op.state == OperationState::Success {
+                    booted = Some(op.updated_at);
+                }
+            }
+            match page.next_page_token {
+                Some(t) => token = Some(t),
+                None => return Ok(booted),
+            }
         }
     }
 

@@ -15,7 +15,7 @@ use nimbus_core::networking::{ElasticIp, PrivateNetwork};
 use nimbus_core::resources::{SecurityGroup, Snapshot, SshKey};
 use nimbus_core::state_machine::Action;
 use nimbus_core::DomainError;
-use nimbus_engine::{ActionRequest, Context, CreateInstance, InstanceFilter, InstancePatch};
+use nimbus_engine::{ActionRequest, Context, CreateInstance, InstancePatch};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -113,23 +113,6 @@ impl Renderer {
     }
 }
 
-/// Every instance of the project, oldest first.
-pub async fn all_instances(app: &AppState, ctx: &Context) -> ExoResult<Vec<Instance>> {
-    let mut all = Vec::new();
-    let mut page_token = None;
-    loop {
-        let page = app
-            .engine
-            .list_instances(ctx, InstanceFilter { limit: Some(1000), page_token, ..Default::default() })
-            .await?;
-        all.extend(page.items);
-        match page.next_page_token {
-            Some(t) => page_token = Some(t),
-            None => return Ok(all),
-        }
-    }
-}
-
 /// Records a change done at request time as a finished operation that `GET /v2/operation/{id}` finds
 /// (the Python SDK's `wait` always polls it), and returns it.
 pub async fn receipt(app: &AppState, ctx: &Context, reference: Value) -> ExoResult<Json<Value>> {
@@ -196,7 +179,7 @@ pub async fn list(State(app): State<AppState>, signed: Signed) -> ExoResult<Json
     };
     let renderer = Renderer::new(&app, ctx).await?;
     let mut items = Vec::new();
-    for i in all_instances(&app, ctx).await? {
+    for i in app.engine.all_instances(ctx).await? {
         if q.get("ip-address").is_some_and(|ip| !i.ip_addresses.contains(ip)) {
             continue;
         }
@@ -357,18 +340,6 @@ fn nullable<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Resu
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// The merge patch that turns `current` labels into exactly `wanted`: Exoscale's update replaces the map.
-fn labels_patch(current: &Labels, wanted: &Labels) -> Value {
-    let mut patch = Map::new();
-    for k in current.keys().filter(|k| !wanted.contains_key(*k)) {
-        patch.insert(k.clone(), Value::Null);
-    }
-    for (k, v) in wanted {
-        patch.insert(k.clone(), json!(v));
-    }
-    Value::Object(patch)
-}
-
 /// Applies `patch` to the instance if it is still at the version it was planned on; `plan` is run again
 /// on the fresh instance when a concurrent writer got there first.
 async fn edit(
@@ -400,7 +371,7 @@ pub async fn update(State(app): State<AppState>, Path(id): Path<String>, signed:
             user_data: body.user_data.clone(),
             labels: body.labels.as_ref().map(|l| match l {
                 None => Value::Null,
-                Some(wanted) => labels_patch(&current.labels, wanted),
+                Some(wanted) => nimbus_core::labels::replacement_patch(&current.labels, wanted),
             }),
             ..Default::default()
         };

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::auth::Signed;
 use super::errors::{ExoError, ExoResult};
-use super::handlers::{all_instances, parse_id, receipt, Renderer};
+use super::handlers::{parse_id, receipt, Renderer};
 use super::views;
 use crate::AppState;
 
@@ -80,7 +80,7 @@ pub async fn get_template(
 pub async fn list_snapshots(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
     let ctx = &signed.ctx;
     let renderer = Renderer::new(&app, ctx).await?;
-    let instances = all_instances(&app, ctx).await?;
+    let instances = app.engine.all_instances(ctx).await?;
     let mut items = Vec::new();
     for s in &renderer.snapshots {
         let owner = instances.iter().find(|i| i.id == s.instance_id);
@@ -360,7 +360,7 @@ pub async fn delete_security_group(
 }
 
 pub async fn list_anti_affinity_groups(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let instances = all_instances(&app, &signed.ctx).await?;
+    let instances = app.engine.all_instances(&signed.ctx).await?;
     let groups: Vec<Value> = app
         .engine
         .list_anti_affinity_groups(&signed.ctx)
@@ -382,7 +382,7 @@ pub async fn get_anti_affinity_group(
 ) -> ExoResult<Json<Value>> {
     let id = parse_id("Anti-affinity group", &id)?;
     let g = app.engine.anti_affinity_group(&signed.ctx, id).await?;
-    let instances = all_instances(&app, &signed.ctx).await?;
+    let instances = app.engine.all_instances(&signed.ctx).await?;
     let members: Vec<_> = instances.iter().filter(|i| i.anti_affinity_groups.contains(&id)).map(|i| i.id).collect();
     Ok(Json(views::anti_affinity_group(&g, &members)))
 }

@@ -14,10 +14,8 @@ use axum::Json;
 use nimbus_core::catalog::{InstanceType, Template, Zone};
 use nimbus_core::instance::{Instance, InstanceState};
 use nimbus_core::labels::Labels;
-use nimbus_core::operation::OperationState;
-use nimbus_core::state_machine::Action;
 use nimbus_core::DomainError;
-use nimbus_engine::{ActionRequest, Context, CreateInstance, InstanceFilter, InstancePatch};
+use nimbus_engine::{ActionRequest, Context, CreateInstance, InstancePatch};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -93,7 +91,11 @@ impl Renderer {
         } else {
             None
         };
-        let uptime_secs = uptime(app, ctx, i).await?;
+        let uptime_secs = match i.state {
+            InstanceState::Running => app.engine.last_booted_at(ctx, i.id).await?,
+            _ => None,
+        }
+        .map_or(0, |t| (nimbus_core::now() - t).whole_seconds().max(0));
         let c = views::Context {
             organization_id: self.organization_id,
             zone: &self.zone,
@@ -115,47 +117,6 @@ fn new_legacy_id() -> String {
     let b = Uuid::new_v4();
     let n = u32::from_le_bytes([b.as_bytes()[0], b.as_bytes()[1], b.as_bytes()[2], b.as_bytes()[3]]) & 0x7fff_ffff;
     n.max(1).to_string()
-}
-
-/// Seconds since the running instance last (re)booted: the end of its latest successful boot operation.
-/// The driver reports no uptime, so the operation history is the record of it.
-async fn uptime(app: &AppState, ctx: &Context, i: &Instance) -> OnetResult<i64> {
-    if i.state != InstanceState::Running {
-        return Ok(0);
-    }
-    let mut booted = None;
-    let mut token = None;
-    loop {
-        let page = app.engine.list_operations(ctx, Some(i.id), 1000, token.as_deref()).await?;
-        for op in &page.items {
-            let boots = matches!(op.kind, Action::Create | Action::Start | Action::Reboot | Action::Reset);
-            if boots && op.state == OperationState::Success {
-                booted = Some(op.updated_at);
-            }
-        }
-        match page.next_page_token {
-            Some(t) => token = Some(t),
-            None => break,
-        }
-    }
-    Ok(booted.map(|t| (nimbus_core::now() - t).whole_seconds().max(0)).unwrap_or(0))
-}
-
-/// Every instance of the project, oldest first (the engine pages by id, which is time-ordered).
-async fn all_instances(app: &AppState, ctx: &Context) -> OnetResult<Vec<Instance>> {
-    let mut all = Vec::new();
-    let mut page_token = None;
-    loop {
-        let page = app
-            .engine
-            .list_instances(ctx, InstanceFilter { limit: Some(1000), page_token, ..Default::default() })
-            .await?;
-        all.extend(page.items);
-        match page.next_page_token {
-            Some(t) => page_token = Some(t),
-            None => return Ok(all),
-        }
-    }
 }
 
 /// DRF's absolute URL of another page: the request's URL with `page` replaced (dropped for page 1).
@@ -194,7 +155,7 @@ pub async fn list(
         .and_then(|s| s.parse::<usize>().ok())
         .filter(|&n| n > 0)
         .map_or(DEFAULT_PAGE_SIZE, |n| n.min(MAX_PAGE_SIZE));
-    let all = all_instances(&app, &ctx).await?;
+    let all = app.engine.all_instances(&ctx).await?;
     let pages = all.len().div_ceil(page_size).max(1);
     let invalid_page = || OnetError::detail(StatusCode::NOT_FOUND, "Invalid page.");
     let page = match params.get("page").map(String::as_str) {
@@ -460,18 +421,6 @@ pub async fn update_instance(
     update(app, ctx, org, project, id, headers, body).await
 }
 
-/// The merge patch that turns `current` labels into exactly `wanted`.
-fn labels_patch(current: &Labels, wanted: &Labels) -> Value {
-    let mut patch = Map::new();
-    for k in current.keys().filter(|k| !wanted.contains_key(*k)) {
-        patch.insert(k.clone(), Value::Null);
-    }
-    for (k, v) in wanted {
-        patch.insert(k.clone(), json!(v));
-    }
-    Value::Object(patch)
-}
-
 async fn update(
     app: AppState,
     ctx: Context,
@@ -510,7 +459,11 @@ async fn update(
             name: input.name.clone().filter(|n| *n != current.name),
             hostname: input.hostname.clone().filter(|h| *h != current.hostname),
             description: input.description.clone().filter(|d| *d != current.description),
-            labels: input.tags.as_ref().filter(|t| **t != current.labels).map(|t| labels_patch(&current.labels, t)),
+            labels: input
+                .tags
+                .as_ref()
+                .filter(|t| **t != current.labels)
+                .map(|t| nimbus_core::labels::replacement_patch(&current.labels, t)),
             ..Default::default()
         };
         if input.billing_cycle.is_some() || input.os_name.is_some() {
