@@ -349,3 +349,63 @@ async fn creator_task_id_is_kept_on_the_instance() {
     let listed = gcore(&c, Method::GET, &base(&c, ADMIN, "v1").await, ADMIN, None).await;
     assert_eq!(listed.body["results"][0]["creator_task_id"], task, "{}", listed.text);
 }
+
+/// `/cloud/v1/{what}/{project}/{region}` of the key's project.
+async fn network_base(c: &Cloud, secret: &str, what: &str) -> String {
+    base(c, secret, "v1").await.replace("/instances/", &format!("/{what}/"))
+}
+
+#[tokio::test]
+async fn private_networks_stay_in_their_project_and_subnets_follow_the_core_range() {
+    let c = Cloud::new().await;
+    let networks = network_base(&c, ADMIN, "networks").await;
+    let subnets = network_base(&c, ADMIN, "subnets").await;
+    let r = gcore(&c, Method::POST, &networks, ADMIN, Some(json!({"name": "back"}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let t =
+        gcore(&c, Method::GET, &format!("/cloud/v1/tasks/{}", r.body["tasks"][0].as_str().unwrap()), ADMIN, None).await;
+    assert_eq!(t.body["state"], "FINISHED", "{}", t.text);
+    let net = t.body["created_resources"]["networks"][0].as_str().unwrap().to_string();
+
+    // The gateway is the first or last host, or none; the range is every other host.
+    let bad = json!({"name": "s", "network_id": net, "cidr": "10.9.0.0/29", "gateway_ip": "10.9.0.3"});
+    let r = gcore(&c, Method::POST, &subnets, ADMIN, Some(bad)).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "ValidationError");
+    assert!(r.body["invalid_fields"]["gateway_ip"].is_array(), "{}", r.text);
+    let last = json!({"name": "s", "network_id": net, "cidr": "10.9.0.0/29", "gateway_ip": "10.9.0.6"});
+    let r = gcore(&c, Method::POST, &subnets, ADMIN, Some(last)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let listed = gcore(&c, Method::GET, &subnets, ADMIN, None).await;
+    let subnet = &listed.body["results"][0];
+    assert_eq!((subnet["gateway_ip"].as_str(), subnet["total_ips"].as_u64()), (Some("10.9.0.6"), Some(5)), "{subnet}");
+
+    // Another project sees none of it, and cannot use the ids.
+    let project = c.post("/v1/projects", ADMIN, json!({"name": "other"})).await;
+    let other = c.key("member", Some(project.id().as_str())).await;
+    let theirs = network_base(&c, &other, "networks").await;
+    let listed = gcore(&c, Method::GET, &theirs, &other, None).await;
+    assert_eq!(listed.body["count"], 0, "{}", listed.text);
+    let r = gcore(&c, Method::GET, &format!("{theirs}/{net}"), &other, None).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    let r = gcore(&c, Method::DELETE, &format!("{theirs}/{net}"), &other, None).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    let (id, _) = create(&c, &other, "theirs", json!({})).await;
+    let attach = json!({"type": "any_subnet", "network_id": net});
+    let r = gcore(
+        &c,
+        Method::POST,
+        &format!("{}/{id}/attach_interface", base(&c, &other, "v1").await),
+        &other,
+        Some(attach),
+    )
+    .await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    let r = gcore(&c, Method::GET, &format!("/cloud/v1/tasks/{}", t.body["id"].as_str().unwrap()), &other, None).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+
+    // The instance network is Nimbus's: listed with owned_by=any, never deleted.
+    let any = gcore(&c, Method::GET, &format!("{networks}?owned_by=any"), ADMIN, None).await;
+    let shared = any.body["results"].as_array().unwrap().iter().find(|n| n["name"] == "nimbus").cloned().unwrap();
+    let r = gcore(&c, Method::DELETE, &format!("{networks}/{}", shared["id"].as_str().unwrap()), ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "BadRequestError");
+}

@@ -24,3 +24,10 @@ fn the_gcore_sdk_manages_security_and_server_groups_and_passwords() {
     let out = server.python("gcore", "gcore/groups.py", &[]);
     assert!(out.contains("gcore groups: ok"), "{out}");
 }
+
+#[test]
+fn the_gcore_sdk_manages_private_networks_subnets_and_interfaces() {
+    let server = sdk::Server::start();
+    let out = server.python("gcore", "gcore/networks.py", &[]);
+    assert!(out.contains("gcore networks: ok"), "{out}");
+}

@@ -1,7 +1,9 @@
-//! `POST /cloud/v2/instances`: Gcore's create body (one interface, one boot volume from an image, tags,
-//! groups, name templates) translated into the engine's `CreateInstance`.
+//! `POST /cloud/v2/instances`: Gcore's create body (interfaces, one boot volume from an image, tags,
+//! groups, name templates) translated into the engine's `CreateInstance`, then the private networks its
+//! interfaces name attached (bookkeeping only: the instance's one real NIC is on the instance network).
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -12,9 +14,11 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::common::{body_object, tasks, InRegion};
-use super::errors::{FieldErrors, GcoreResult};
+use super::errors::{FieldErrors, GcoreError, GcoreResult};
 use super::instances::check_tag_text;
-use super::views::{Scope, EXT};
+use super::interfaces::refuse_port_options;
+use super::networks::gcore_networks;
+use super::views::{GcoreNetwork, Scope, EXT};
 use crate::AppState;
 
 /// Create's `tags`: a plain map of user tags.
@@ -64,9 +68,20 @@ fn group_refs(field: &str, v: Option<&Value>, errors: &mut FieldErrors) -> Vec<U
     }
 }
 
-/// The one interface a Nimbus instance has, as asked; returns its type, name and security groups.
-fn parse_interfaces(v: Option<&Value>, scope: &Scope, errors: &mut FieldErrors) -> (String, Option<String>, Vec<Uuid>) {
-    let mut out = ("external".to_string(), None, vec![]);
+/// What the create's `interfaces` ask for: the instance's one real NIC on the instance network (its type
+/// and name; `external` when no interface names that network: the instance has the NIC all the same),
+/// the security groups given per interface (Nimbus groups apply to the whole instance), and the private
+/// networks to attach, each with its static address if one was asked.
+#[derive(Default)]
+struct Interfaces {
+    kind: Option<String>,
+    name: Option<String>,
+    groups: Vec<Uuid>,
+    private: Vec<(Uuid, Option<Ipv4Addr>, Option<String>)>,
+}
+
+fn parse_interfaces(v: Option<&Value>, scope: &Scope, nets: &[GcoreNetwork], errors: &mut FieldErrors) -> Interfaces {
+    let mut out = Interfaces::default();
     let items = match v {
         Some(Value::Array(items)) if !items.is_empty() => items,
         Some(Value::Array(_)) => {
@@ -82,37 +97,125 @@ fn parse_interfaces(v: Option<&Value>, scope: &Scope, errors: &mut FieldErrors) 
             return out;
         }
     };
-    if items.len() > 1 {
-        errors.add("interfaces", "Nimbus instances have one network interface");
-    }
-    let first = &items[0];
-    let kind = first.get("type").and_then(Value::as_str).unwrap_or("");
-    let network_ok = |key: &str, expected: Uuid, errors: &mut FieldErrors| match first.get(key) {
-        Some(v) if uuid_of(v) == Some(expected) => {}
-        Some(_) => errors.add(&format!("interfaces.0.{key}"), format!("Unknown {key}; this region has {expected}")),
-        None => errors.add(&format!("interfaces.0.{key}"), "Field required"),
-    };
-    match kind {
-        "external" => {}
-        "subnet" => {
-            network_ok("network_id", scope.network_id(), errors);
-            network_ok("subnet_id", scope.subnet_id(), errors);
+    for (n, item) in items.iter().enumerate() {
+        let field = |k: &str| format!("interfaces.{n}.{k}");
+        let Some(map) = item.as_object() else {
+            errors.add(&format!("interfaces.{n}"), "Input should be a valid dictionary");
+            continue;
+        };
+        let kind = map.get("type").and_then(Value::as_str).unwrap_or("");
+        let id_of = |key: &str, errors: &mut FieldErrors| match map.get(key) {
+            Some(v) => match uuid_of(v) {
+                Some(id) => Some(id),
+                None => {
+                    errors.add(&field(key), "Input should be a valid UUID");
+                    None
+                }
+            },
+            None => {
+                errors.add(&field(key), "Field required");
+                None
+            }
+        };
+        // `None`: the instance network; `Some`: a private network of the project.
+        let target: Result<Option<&GcoreNetwork>, ()> = match kind {
+            "external" => Ok(None),
+            "subnet" => match (id_of("network_id", errors), id_of("subnet_id", errors)) {
+                (Some(net), Some(sub)) if net == scope.network_id() && sub == scope.subnet_id() => Ok(None),
+                (Some(net), Some(sub)) => match nets.iter().find(|g| g.net.id == net) {
+                    Some(g) if g.subnet.as_ref().is_some_and(|s| s.id == sub) => Ok(Some(g)),
+                    Some(_) => {
+                        errors.add(&field("subnet_id"), format!("Subnet {sub} is not a subnet of network {net}"));
+                        Err(())
+                    }
+                    None => {
+                        errors.add(&field("network_id"), format!("Network {net} could not be found"));
+                        Err(())
+                    }
+                },
+                _ => Err(()),
+            },
+            "any_subnet" => match id_of("network_id", errors) {
+                Some(net) if net == scope.network_id() => Ok(None),
+                Some(net) => match nets.iter().find(|g| g.net.id == net) {
+                    Some(g) if g.subnet.is_some() => Ok(Some(g)),
+                    Some(_) => {
+                        errors
+                            .add(&field("network_id"), format!("Network {net} has no subnet to take an address from"));
+                        Err(())
+                    }
+                    None => {
+                        errors.add(&field("network_id"), format!("Network {net} could not be found"));
+                        Err(())
+                    }
+                },
+                None => Err(()),
+            },
+            "reserved_fixed_ip" => {
+                errors.add(&field("type"), "Reserved fixed IPs are not available in Nimbus");
+                Err(())
+            }
+            other => {
+                errors.add(
+                    &field("type"),
+                    format!(
+                        "Input tag {other:?} does not match any of 'external', 'subnet', 'any_subnet', \
+                         'reserved_fixed_ip'"
+                    ),
+                );
+                Err(())
+            }
+        };
+        if map.get("floating_ip").is_some_and(|f| !f.is_null()) {
+            errors.add(&field("floating_ip"), "Floating IPs are not available in Nimbus");
         }
-        "any_subnet" => network_ok("network_id", scope.network_id(), errors),
-        "reserved_fixed_ip" => errors.add("interfaces.0.type", "Reserved fixed IPs are not available in Nimbus"),
-        other => errors.add(
-            "interfaces.0.type",
-            format!(
-                "Input tag {other:?} does not match any of 'external', 'subnet', 'any_subnet', 'reserved_fixed_ip'"
-            ),
-        ),
+        refuse_port_options(map, &format!("interfaces.{n}."), errors);
+        let name = map.get("interface_name").and_then(Value::as_str).map(str::to_string);
+        out.groups.extend(group_refs(&field("security_groups"), map.get("security_groups"), errors));
+        // `ip_address` is `any_subnet`'s: a static address on a private network.
+        let ip = match map.get("ip_address") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_str().and_then(|s| s.parse::<Ipv4Addr>().ok()) {
+                Some(ip) if kind == "any_subnet" => Some(ip),
+                Some(_) => {
+                    errors.add(&field("ip_address"), "Only an any_subnet interface takes an ip_address");
+                    None
+                }
+                None => {
+                    errors.add(&field("ip_address"), "Input should be a valid IPv4 address");
+                    None
+                }
+            },
+        };
+        match target {
+            Err(()) => {}
+            Ok(None) => {
+                if ip.is_some() {
+                    errors.add(&field("ip_address"), "Nimbus allocates the instance network's addresses itself");
+                }
+                if out.kind.is_some() {
+                    errors.add(&field("type"), "A Nimbus instance has one interface on the instance network");
+                }
+                out.kind = Some(kind.to_string());
+                out.name = name;
+            }
+            Ok(Some(g)) => {
+                if out.private.iter().any(|(id, _, _)| *id == g.net.id) {
+                    errors.add(&field("network_id"), format!("Network {} is named twice", g.net.id));
+                }
+                // Checked now so that a refused address leaves no instance behind (the attach after the
+                // create checks again, under the engine's lock).
+                if let Err(e) = g.net.choose_ip(Uuid::nil(), ip) {
+                    let message = match e {
+                        nimbus_core::DomainError::Invalid { message, .. } => message,
+                        other => other.to_string(),
+                    };
+                    errors.add(&field("ip_address"), message);
+                }
+                out.private.push((g.net.id, ip, name));
+            }
+        }
     }
-    if first.get("floating_ip").is_some_and(|f| !f.is_null()) {
-        errors.add("interfaces.0.floating_ip", "Floating IPs are not available in Nimbus");
-    }
-    out.0 = kind.to_string();
-    out.1 = first.get("interface_name").and_then(Value::as_str).map(str::to_string);
-    out.2 = group_refs("interfaces.0.security_groups", first.get("security_groups"), errors);
     out
 }
 
@@ -188,7 +291,9 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
         }
     };
     let scope = r.scope();
-    let (interface_type, interface_name, mut groups) = parse_interfaces(map.get("interfaces"), &scope, &mut errors);
+    let nets = gcore_networks(&app, &r.ctx).await?;
+    let interfaces = parse_interfaces(map.get("interfaces"), &scope, &nets, &mut errors);
+    let mut groups = interfaces.groups.clone();
     let (image, size) = parse_volumes(map.get("volumes"), &mut errors);
     let legacy_groups = group_refs("security_groups", map.get("security_groups"), &mut errors);
     if !legacy_groups.is_empty() && !groups.is_empty() {
@@ -240,9 +345,17 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
         (None, None) => format!("instance-{}", &Uuid::new_v4().simple().to_string()[..8]),
     };
     let mut ext = Map::new();
-    ext.insert("interface_type".into(), json!(interface_type));
-    if let Some(n) = &interface_name {
+    ext.insert("interface_type".into(), json!(interfaces.kind.as_deref().unwrap_or("external")));
+    if let Some(n) = &interfaces.name {
         ext.insert("interface_name".into(), json!(n));
+    }
+    let names: Map<String, Value> = interfaces
+        .private
+        .iter()
+        .filter_map(|(id, _, name)| name.as_ref().map(|n| (id.to_string(), json!(n))))
+        .collect();
+    if !names.is_empty() {
+        ext.insert("interface_names".into(), Value::Object(names));
     }
     let mut extensions = BTreeMap::new();
     extensions.insert(EXT.to_string(), Value::Object(ext));
@@ -267,6 +380,16 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
             },
         )
         .await?;
+    // Private networks are attached once the instance exists (bookkeeping only: no second NIC). The
+    // addresses were checked above; one taken in between fails here, after the create was accepted.
+    for (network, ip, _) in &interfaces.private {
+        app.engine.attach_private_network(&r.ctx, *network, instance.id, *ip, false).await.map_err(|e| {
+            let mut e = GcoreError::from(e);
+            e.message =
+                format!("Instance {} was created, but attaching network {network} failed: {}", instance.id, e.message);
+            e
+        })?;
+    }
     if name.is_none() {
         if let (Some(template), Some(address)) = (&final_name, instance.ip_addresses.first()) {
             let filled = fill_name_template(template, address);

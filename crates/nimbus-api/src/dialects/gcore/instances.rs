@@ -28,12 +28,14 @@ pub(super) struct Renderer<'a> {
     app: &'a AppState,
     region: &'a Region,
     pub(super) group_names: BTreeMap<Uuid, String>,
+    networks: Vec<views::GcoreNetwork>,
 }
 
 impl<'a> Renderer<'a> {
     pub(super) async fn new(app: &'a AppState, region: &'a Region) -> GcoreResult<Renderer<'a>> {
         let groups = app.engine.list_security_groups(&region.ctx).await?;
-        Ok(Renderer { app, region, group_names: groups.into_iter().map(|g| (g.id, g.name)).collect() })
+        let networks = super::networks::gcore_networks(app, &region.ctx).await?;
+        Ok(Renderer { app, region, group_names: groups.into_iter().map(|g| (g.id, g.name)).collect(), networks })
     }
 
     pub(super) async fn render(&self, i: &Instance) -> GcoreResult<Value> {
@@ -57,6 +59,12 @@ impl<'a> Renderer<'a> {
             lock: lock.as_ref(),
             creator_task_id,
             security_group_names: i.security_groups.iter().filter_map(|g| self.group_names.get(g).cloned()).collect(),
+            private: self
+                .networks
+                .iter()
+                .filter(|g| i.private_networks.contains(&g.net.id))
+                .filter_map(|g| g.net.lease_of(i.id).map(|l| (g, l)))
+                .collect(),
         };
         Ok(views::instance(i, &c))
     }

@@ -1,5 +1,6 @@
 //! The Gcore Cloud dialect (seed 003): instances under `/cloud/v1/instances/{project_id}/{region_id}` (create
-//! and actions under `/cloud/v2/...`), flavors, images, tasks, security groups and server groups,
+//! and actions under `/cloud/v2/...`), flavors, images, tasks, security groups and server groups, networks
+//! and subnets (the core's private networks, bookkeeping only) and instance interfaces on them,
 //! `Authorization: APIKey <secret>`, Gcore's error body. The integer project id is the key's project's
 //! `numeric_id`, the region id the zone's. One file per area; `common.rs` has what they all share.
 //! Notes: `shared/dialects/gcore.md`; the real `gcore` Python SDK is the test client.
@@ -17,6 +18,7 @@ pub mod errors;
 mod instances;
 mod interfaces;
 mod metrics;
+mod networks;
 mod security_groups;
 mod server_groups;
 mod tasks;
@@ -26,6 +28,8 @@ const V1: &str = "/cloud/v1/instances/{project_id}/{region_id}";
 const SG_V1: &str = "/cloud/v1/securitygroups/{project_id}/{region_id}";
 const SG_V2: &str = "/cloud/v2/security_groups/{project_id}/{region_id}";
 const SERVER_GROUPS: &str = "/cloud/v1/servergroups/{project_id}/{region_id}";
+const NETWORKS: &str = "/cloud/v1/networks/{project_id}/{region_id}";
+const SUBNETS: &str = "/cloud/v1/subnets/{project_id}/{region_id}";
 
 pub fn router(_state: AppState) -> Router<AppState> {
     use errors::method_not_allowed as other;
@@ -42,6 +46,18 @@ pub fn router(_state: AppState) -> Router<AppState> {
         .route(&one("/addsecuritygroup"), post(actions::add_security_group).fallback(other))
         .route(&one("/delsecuritygroup"), post(actions::del_security_group).fallback(other))
         .route(&one("/interfaces"), get(interfaces::list).fallback(other))
+        .route(&one("/attach_interface"), post(interfaces::attach).fallback(other))
+        .route(&one("/detach_interface"), post(interfaces::detach).fallback(other))
+        .route(NETWORKS, get(networks::list_networks).post(networks::create_network).fallback(other))
+        .route(
+            &format!("{NETWORKS}/{{network_id}}"),
+            get(networks::get_network).delete(networks::delete_network).fallback(other),
+        )
+        .route(SUBNETS, get(networks::list_subnets).post(networks::create_subnet).fallback(other))
+        .route(
+            &format!("{SUBNETS}/{{subnet_id}}"),
+            get(networks::get_subnet).delete(networks::delete_subnet).fallback(other),
+        )
         .route(&one("/metrics"), post(metrics::metrics).fallback(other))
         .route(&one("/get_console"), get(metrics::console).fallback(other))
         .route("/cloud/v1/flavors/{project_id}/{region_id}", get(catalog::flavors).fallback(other))

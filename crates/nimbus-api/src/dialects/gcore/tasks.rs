@@ -50,7 +50,8 @@ pub async fn get(
                 let scope = Scope { project_id: ctx.project.numeric_id, zone: &zone, network_cidr: &cidr };
                 Ok(Json(views::security_group_task(&group, &scope)))
             }
-            Err(_) => Err(not_found()),
+            // Networks, subnets and interfaces are changed at once too; their tasks are dialect records.
+            Err(_) => super::networks::receipt_task(&app, &ctx, op_id).await?.map(Json).ok_or_else(not_found),
         },
         Err(other) => Err(other.into()),
     }

@@ -2,9 +2,17 @@
 //! flavor, addresses and tags, the Task of background work, flavors, images and network interfaces. Pure
 //! rendering of what the engine recorded; ids of sub-objects Nimbus keeps no record of (root volume, port,
 //! network, subnet) are derived from their owner's id so they are stable.
+//!
+//! Private networks (the core's, bookkeeping only: the VM gets no second NIC for them) show as Gcore
+//! networks with at most one subnet, their address range; an instance's leases show as its extra
+//! interfaces and addresses.
+
+use std::net::Ipv4Addr;
 
 use nimbus_core::catalog::{InstanceType, Template, Visibility, Zone};
 use nimbus_core::instance::{Instance, InstanceState};
+use nimbus_core::labels::Labels;
+use nimbus_core::networking::{Lease, PrivateNetwork};
 use nimbus_core::operation::{Operation, OperationState};
 use nimbus_core::resources::{AntiAffinityGroup, SecurityGroup, SecurityGroupRule};
 use nimbus_core::state_machine::Action;
@@ -242,6 +250,8 @@ pub struct InstanceContext<'a> {
     pub lock: Option<&'a Operation>,
     pub creator_task_id: Option<Uuid>,
     pub security_group_names: Vec<String>,
+    /// The private networks the instance is attached to, with its lease on each.
+    pub private: Vec<(&'a GcoreNetwork, &'a Lease)>,
 }
 
 pub fn instance(i: &Instance, c: &InstanceContext) -> Value {
@@ -266,11 +276,26 @@ pub fn instance(i: &Instance, c: &InstanceContext) -> Value {
     if !addresses.is_empty() {
         address_map.insert(NETWORK_NAME.into(), Value::Array(addresses));
     }
-    let fixed: Vec<Value> = i
+    let mut fixed: Vec<Value> = i
         .ip_addresses
         .iter()
         .map(|a| json!({"external": external(i), "ip_address": a, "subnet_id": scope.subnet_id()}))
         .collect();
+    // Private networks: recorded leases, not addresses a NIC of the VM carries.
+    for (g, lease) in &c.private {
+        let (Some(ip), Some(subnet)) = (lease.ip, &g.subnet) else { continue };
+        let entry = address_map.entry(g.net.name.clone()).or_insert_with(|| json!([]));
+        if let Value::Array(list) = entry {
+            list.push(json!({
+                "type": "fixed",
+                "addr": ip.to_string(),
+                "interface_name": private_interface_name(i, g.net.id),
+                "subnet_id": subnet.id,
+                "subnet_name": subnet.name,
+            }));
+        }
+        fixed.push(json!({"external": false, "ip_address": ip.to_string(), "subnet_id": subnet.id}));
+    }
     json!({
         "id": i.id,
         "name": i.name,
@@ -323,7 +348,37 @@ fn subnet(scope: &Scope) -> Value {
     })
 }
 
-/// The instance's one network interface (`GET .../interfaces`).
+/// The instance network (the one every instance's real NIC is on) as a Gcore network; `details` puts whole
+/// subnets in `subnets` (an interface's `network_details`), else their ids (the Network model).
+pub fn instance_network(scope: &Scope, external: bool, details: bool) -> Value {
+    json!({
+        "id": scope.network_id(),
+        "name": NETWORK_NAME,
+        "external": external,
+        "shared": true,
+        "default": true,
+        "mtu": 1500,
+        "port_security_enabled": true,
+        "project_id": null,
+        "region": scope.region_name(),
+        "region_id": scope.zone.numeric_id,
+        "segmentation_id": null,
+        "subnets": if details { json!([subnet(scope)]) } else { json!([scope.subnet_id()]) },
+        "tags": [],
+        "type": "vlan",
+        "created_at": rfc3339(OffsetDateTime::UNIX_EPOCH),
+        "updated_at": rfc3339(OffsetDateTime::UNIX_EPOCH),
+        "creator_task_id": null,
+        "task_id": null,
+    })
+}
+
+/// The instance network's one subnet (`GET /cloud/v1/subnets/...?owned_by=any`).
+pub fn instance_subnet(scope: &Scope) -> Value {
+    subnet(scope)
+}
+
+/// The instance's one real network interface (`GET .../interfaces`).
 pub fn interface(i: &Instance, scope: &Scope) -> Value {
     json!({
         "port_id": port_id(i),
@@ -336,27 +391,148 @@ pub fn interface(i: &Instance, scope: &Scope) -> Value {
             .collect::<Vec<_>>(),
         "allowed_address_pairs": [],
         "floatingip_details": [],
-        "network_details": {
-            "id": scope.network_id(),
-            "name": NETWORK_NAME,
-            "external": external(i),
-            "shared": true,
-            "default": true,
-            "mtu": 1500,
-            "port_security_enabled": true,
-            "project_id": null,
-            "region": scope.region_name(),
-            "region_id": scope.zone.numeric_id,
-            "segmentation_id": null,
-            "subnets": [subnet(scope)],
-            "tags": [],
-            "type": "vlan",
-            "created_at": rfc3339(OffsetDateTime::UNIX_EPOCH),
-            "updated_at": rfc3339(OffsetDateTime::UNIX_EPOCH),
-            "creator_task_id": null,
-            "task_id": null,
-        },
+        "network_details": instance_network(scope, external(i), true),
     })
+}
+
+// Private networks.
+
+/// The one subnet of a private network: its address range, with what Gcore alone knows of it (name,
+/// gateway) from the dialect's record.
+#[derive(Debug, Clone)]
+pub struct SubnetInfo {
+    pub id: Uuid,
+    pub name: String,
+    /// The subnet holding the range: `<network address>/<prefix>`.
+    pub cidr: String,
+    pub gateway: Option<Ipv4Addr>,
+    pub created_at: OffsetDateTime,
+    pub creator_task_id: Option<Uuid>,
+}
+
+/// A core private network as a Gcore network: one subnet at most (its range).
+#[derive(Debug, Clone)]
+pub struct GcoreNetwork {
+    pub net: PrivateNetwork,
+    pub subnet: Option<SubnetInfo>,
+}
+
+/// The id of a private network's one subnet: derived from the network's, so it is stable.
+pub fn private_subnet_id(network_id: Uuid) -> Uuid {
+    derived_id(network_id, "subnet")
+}
+
+/// The port of an instance on a private network.
+pub fn private_port_id(instance_id: Uuid, network_id: Uuid) -> Uuid {
+    derived_id(instance_id, &format!("port.{network_id}"))
+}
+
+/// The name the Gcore user gave an instance's interface on a private network.
+fn private_interface_name(i: &Instance, network_id: Uuid) -> Option<&str> {
+    i.extensions
+        .get(EXT)
+        .and_then(|e| e.get("interface_names"))
+        .and_then(|n| n.get(network_id.to_string()))
+        .and_then(Value::as_str)
+}
+
+fn user_tags(labels: &Labels) -> Vec<Value> {
+    labels.iter().map(|(k, v)| json!({"key": k, "value": v, "read_only": false})).collect()
+}
+
+/// A private network's subnet (the Subnet model).
+pub fn private_subnet(g: &GcoreNetwork, s: &SubnetInfo, scope: &Scope) -> Value {
+    let total = g.net.range.map(|r| u64::from(u32::from(r.end) - u32::from(r.start)) + 1);
+    let used = g.net.leases.iter().filter(|l| l.ip.is_some()).count() as u64;
+    json!({
+        "id": s.id,
+        "name": s.name,
+        "cidr": s.cidr,
+        "network_id": g.net.id,
+        "available_ips": total.map(|t| t.saturating_sub(used)),
+        "total_ips": total,
+        "created_at": rfc3339(s.created_at),
+        "updated_at": rfc3339(s.created_at),
+        "creator_task_id": s.creator_task_id,
+        "task_id": null,
+        "dns_nameservers": [],
+        // Nothing serves DHCP on a private network: the VM has no NIC there (bookkeeping only).
+        "enable_dhcp": false,
+        "gateway_ip": s.gateway.map(|g| g.to_string()),
+        "has_router": false,
+        "host_routes": [],
+        "ip_version": 4,
+        "project_id": scope.project_id,
+        "region": scope.region_name(),
+        "region_id": scope.zone.numeric_id,
+        "tags": [],
+    })
+}
+
+/// A private network (the Network model, or with `details` the NetworkDetails of an interface).
+pub fn private_network(g: &GcoreNetwork, scope: &Scope, details: bool) -> Value {
+    let subnets: Vec<Value> =
+        g.subnet.iter().map(|s| if details { private_subnet(g, s, scope) } else { json!(s.id) }).collect();
+    json!({
+        "id": g.net.id,
+        "name": g.net.name,
+        "external": false,
+        "shared": false,
+        "default": false,
+        "mtu": 1500,
+        // Security groups are enforced on the instance's real NIC only.
+        "port_security_enabled": false,
+        "project_id": scope.project_id,
+        "region": scope.region_name(),
+        "region_id": scope.zone.numeric_id,
+        "segmentation_id": null,
+        "subnets": subnets,
+        "tags": user_tags(&g.net.labels),
+        "type": "vxlan",
+        "created_at": rfc3339(g.net.created_at),
+        "updated_at": rfc3339(g.net.created_at),
+        "creator_task_id": null,
+        "task_id": null,
+    })
+}
+
+/// An instance's interface on a private network: its recorded lease (no NIC of the VM carries it).
+pub fn private_interface(i: &Instance, g: &GcoreNetwork, lease: &Lease, scope: &Scope) -> Value {
+    let assignments: Vec<Value> = match (lease.ip, &g.subnet) {
+        (Some(ip), Some(s)) => vec![json!({"ip_address": ip.to_string(), "subnet_id": s.id})],
+        _ => vec![],
+    };
+    json!({
+        "port_id": private_port_id(i.id, g.net.id),
+        "network_id": g.net.id,
+        "mac_address": lease.mac_address,
+        "port_security_enabled": false,
+        "interface_name": private_interface_name(i, g.net.id),
+        "ip_assignments": assignments,
+        "allowed_address_pairs": [],
+        "floatingip_details": [],
+        "network_details": private_network(g, scope, true),
+    })
+}
+
+/// The task of a change the core makes at request time (networks, subnets, interfaces): kept as a
+/// dialect record, always FINISHED, naming what it made in `created_resources`.
+pub fn receipt_task(id: Uuid, task_type: &str, kind: &str, ids: &[Uuid], scope: &Scope) -> Value {
+    let now = rfc3339(nimbus_core::now());
+    let task = json!({
+        "id": id,
+        "state": "FINISHED",
+        "task_type": task_type,
+        "user_id": 0,
+        "created_on": now,
+        "updated_on": now,
+        "finished_on": now,
+        "error": null,
+        "created_resources": created_resources(kind, ids),
+        "request_id": crate::error::current_request_id(),
+        "data": null,
+    });
+    task_with_scope(task, scope)
 }
 
 pub fn task_type(op: &Operation, hard_reboot: bool) -> String {
