@@ -10,7 +10,7 @@ use axum::Json;
 use nimbus_core::instance::Instance;
 use nimbus_core::labels::Labels;
 use nimbus_core::state_machine::Action;
-use nimbus_engine::{ActionRequest, Context, InstanceFilter, InstancePatch};
+use nimbus_engine::{ActionRequest, InstancePatch};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -72,22 +72,6 @@ impl<'a> Renderer<'a> {
 
 // Instances
 
-/// Every instance of the project, oldest first (the engine pages by id, which is time-ordered).
-pub(super) async fn all_instances(app: &AppState, ctx: &Context) -> GcoreResult<Vec<Instance>> {
-    let mut all = Vec::new();
-    let mut page_token = None;
-    loop {
-        let page = app
-            .engine
-            .list_instances(ctx, InstanceFilter { limit: Some(1000), page_token, ..Default::default() })
-            .await?;
-        all.extend(page.items);
-        match page.next_page_token {
-            Some(t) => page_token = Some(t),
-            None => return Ok(all),
-        }
-    }
-}
 
 fn all_tags(i: &Instance) -> Labels {
     let mut tags = i.labels.clone();
@@ -119,7 +103,7 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
     let exclude_group: Option<Uuid> = query_one(&q, "exclude_secgroup")
         .and_then(|n| renderer.group_names.iter().find(|(_, name)| name.as_str() == n).map(|(id, _)| *id));
 
-    let mut matching: Vec<Instance> = all_instances(&app, &r.ctx)
+    let mut matching: Vec<Instance> = app.engine.all_instances(&r.ctx)
         .await?
         .into_iter()
         .filter(|i| name.is_none_or(|n| i.name.contains(n)))

@@ -2,38 +2,14 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, Uri};
+use axum::http::{HeaderMap, Uri};
 use axum::Json;
-use nimbus_core::instance::Instance;
-use nimbus_core::operation::OperationState;
-use nimbus_core::state_machine::Action;
-use nimbus_engine::Context;
 use serde_json::{json, Value};
 
 use super::common::{body_object, query_one, query_pairs, query_usize, OneInstance};
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
 use super::views;
 use crate::AppState;
-
-/// Seconds since the running instance last (re)booted: the end of its latest successful boot operation.
-async fn uptime_secs(app: &AppState, ctx: &Context, i: &Instance) -> GcoreResult<f64> {
-    let mut booted = None;
-    let mut token = None;
-    loop {
-        let page = app.engine.list_operations(ctx, Some(i.id), 1000, token.as_deref()).await?;
-        for op in &page.items {
-            let boots = matches!(op.kind, Action::Create | Action::Start | Action::Reboot | Action::Reset);
-            if boots && op.state == OperationState::Success {
-                booted = Some(op.updated_at);
-            }
-        }
-        match page.next_page_token {
-            Some(t) => token = Some(t),
-            None => break,
-        }
-    }
-    Ok(booted.map_or(0.0, |t| (nimbus_core::now() - t).as_seconds_f64().max(0.0)))
-}
 
 /// `POST .../metrics`: the host measures totals, not series, so the answer is one sample at the present:
 /// CPU and memory use, and the average network rates since the last boot.
@@ -54,7 +30,8 @@ pub async fn metrics(
     errors.check()?;
     let q = query_pairs(&uri);
     let m = app.engine.instance_metrics(&r.ctx, instance.id).await.unwrap_or_default();
-    let up = uptime_secs(&app, &r.ctx, &instance).await?;
+    let booted = app.engine.last_booted_at(&r.ctx, instance.id).await?;
+    let up = booted.map_or(0.0, |t| (nimbus_core::now() - t).as_seconds_f64().max(0.0));
     let rate = |total: u64| if up > 0.0 { total as f64 / up } else { 0.0 };
     let cpu = if up > 0.0 { m.cpu_time_ns as f64 / (up * 1e9 * instance.vcpus.max(1) as f64) * 100.0 } else { 0.0 };
     let memory = m.memory_rss_bytes as f64 / (instance.memory_mib.max(1) as f64 * 1024.0 * 1024.0) * 100.0;
@@ -75,8 +52,14 @@ pub async fn metrics(
     Ok(Json(json!({ "count": 1, "results": results })))
 }
 
-/// `get_console`: the serial console, as the native API's interactive stream.
-pub async fn console(OneInstance(_r, instance): OneInstance, headers: HeaderMap, uri: Uri) -> GcoreResult<Json<Value>> {
+/// `get_console`: the serial console, as a single-use URL to the native interactive stream that needs no
+/// API secret (it expires 60 seconds after it is made, like the provider's console links).
+pub async fn console(
+    State(app): State<AppState>,
+    OneInstance(r, instance): OneInstance,
+    headers: HeaderMap,
+    uri: Uri,
+) -> GcoreResult<Json<Value>> {
     let q = query_pairs(&uri);
     match query_one(&q, "console_type") {
         None | Some("serial") => {}
@@ -84,8 +67,7 @@ pub async fn console(OneInstance(_r, instance): OneInstance, headers: HeaderMap,
             return Err(GcoreError::bad_request(format!("Console type {other:?} is not available; use serial")))
         }
     }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-    let secure = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()) == Some("https");
-    let url = format!("{}://{host}/v1/instances/{}/console/stream", if secure { "wss" } else { "ws" }, instance.id);
+    let ticket = app.engine.console_ticket(&r.ctx, instance.id).await?;
+    let url = crate::native::instances::console_url(&headers, &ticket).url;
     Ok(Json(json!({ "remote_console": { "protocol": "serial", "type": "serial", "url": url } })))
 }

@@ -13,7 +13,6 @@ use serde_json::{json, Value};
 
 use super::common::{body_object, found, page, query_pairs, required_str, tasks, InRegion, OneInstance, Region};
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
-use super::instances::all_instances;
 use super::views;
 use crate::AppState;
 
@@ -25,7 +24,7 @@ async fn find_group(app: &AppState, r: &Region, id: &str) -> GcoreResult<AntiAff
 
 /// The groups rendered with their members, read once for all of them.
 async fn render(app: &AppState, r: &Region, groups: &[AntiAffinityGroup]) -> GcoreResult<Vec<Value>> {
-    let instances = all_instances(app, &r.ctx).await?;
+    let instances = app.engine.all_instances(&r.ctx).await?;
     let scope = r.scope();
     Ok(groups
         .iter()

@@ -5,6 +5,8 @@ interfaces, metrics, console, tasks, delete and poll, and the 404/401/409 errors
 response validation is on, and raw responses are checked to carry exactly the keys of the SDK's models."""
 
 import json
+import os
+import sys
 
 import httpx
 from gcore import AuthenticationError, BadRequestError, ConflictError, NotFoundError
@@ -13,6 +15,9 @@ from gcore.types.cloud.instance_interface import InstanceInterface
 from gcore.types.cloud.instances.image import Image
 from gcore.types.cloud.instances.instance_flavor_detailed import InstanceFlavorExtendedSerializerWithPrice
 from gcore.types.cloud.instances.metrics import Metrics
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from wsprobe import open_console  # noqa: E402
 
 from common import PROJECT, REGION, SECRET, URL, client, error_body, exact, native, required, tag_map
 
@@ -230,7 +235,10 @@ metrics = inst.metrics.list(web.id, time_interval=1, time_unit="hour")
 assert metrics.count == 1 and 0 <= metrics.results[0].memory_util <= 100, metrics
 exact(Metrics, inst.metrics.with_raw_response.list(web.id, time_interval=1, time_unit="hour").http_response.json()["results"][0], "metrics")
 console = inst.get_console(web.id, console_type="serial")
-assert console.remote_console.url.endswith(f"/v1/instances/{web.id}/console/stream"), console
+assert f"/v1/instances/{web.id}/console/stream?ticket=" in console.remote_console.url, console
+status, _ = open_console(console.remote_console.url)
+assert status == "HTTP/1.1 101 Switching Protocols", f"the console URL opens with no API key: {status}"
+assert open_console(console.remote_console.url)[0].startswith("HTTP/1.1 401"), "and only once"
 
 # --- Delete and poll: gone from GET and from lists.
 inst.delete_and_poll(web.id)
