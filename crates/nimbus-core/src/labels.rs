@@ -158,7 +158,8 @@ mod tests {
     fn a_replacement_patch_leaves_exactly_the_wanted_labels() {
         let mut l = labels(&[("env", "prod"), ("team", "a")]);
         let wanted = labels(&[("env", "dev"), ("new", "x")]);
-        merge_patch("labels", &mut l, &replacement_patch(&l.clone(), &wanted)).unwrap();
+        let patch = replacement_patch(&l, &wanted);
+        merge_patch("labels", &mut l, &patch).unwrap();
         assert_eq!(l, wanted);
     }
 

@@ -72,7 +72,6 @@ impl<'a> Renderer<'a> {
 
 // Instances
 
-
 fn all_tags(i: &Instance) -> Labels {
     let mut tags = i.labels.clone();
     tags.extend(i.system_labels.clone());
@@ -103,7 +102,9 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
     let exclude_group: Option<Uuid> = query_one(&q, "exclude_secgroup")
         .and_then(|n| renderer.group_names.iter().find(|(_, name)| name.as_str() == n).map(|(id, _)| *id));
 
-    let mut matching: Vec<Instance> = app.engine.all_instances(&r.ctx)
+    let mut matching: Vec<Instance> = app
+        .engine
+        .all_instances(&r.ctx)
         .await?
         .into_iter()
         .filter(|i| name.is_none_or(|n| i.name.contains(n)))
