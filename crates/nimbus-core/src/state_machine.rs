@@ -16,6 +16,10 @@ pub enum Action {
     Reboot,
     Reset,
     Scale,
+    /// A scale that a running instance may take too: stopped gracefully, given its new size and started
+    /// again, so it ends in the power state it began in. Opt-in (`ScaleTo { restart_if_running }`): the
+    /// plain `Scale` still needs the instance stopped.
+    ScaleWithRestart,
     ResizeDisk,
     CreateSnapshot,
     RevertSnapshot,
@@ -42,6 +46,7 @@ impl Action {
             Action::Reboot => "reboot",
             Action::Reset => "reset",
             Action::Scale => "scale",
+            Action::ScaleWithRestart => "scale_with_restart",
             Action::ResizeDisk => "resize_disk",
             Action::CreateSnapshot => "create_snapshot",
             Action::RevertSnapshot => "revert_snapshot",
@@ -93,6 +98,9 @@ fn rule(action: Action) -> (&'static [InstanceState], &'static str, InstanceStat
             (&[Running, Stopped, Error], "reset needs the instance running or stopped", Creating, Landing::Previous)
         }
         Action::Scale => (&[Stopped], "scale needs the instance stopped", Resizing, Landing::In(Stopped)),
+        Action::ScaleWithRestart => {
+            (&[Running, Stopped], "scale needs the instance running or stopped", Resizing, Landing::Previous)
+        }
         Action::ResizeDisk => (&[Stopped], "resize-disk needs the instance stopped", Resizing, Landing::In(Stopped)),
         Action::CreateSnapshot => (
             &[Running, Stopped],
@@ -193,6 +201,18 @@ mod tests {
     }
 
     #[test]
+    fn a_scale_with_restart_takes_a_running_or_stopped_instance_back_to_where_it_was() {
+        for s in [Running, Stopped] {
+            assert_eq!(transition(Action::ScaleWithRestart, s).unwrap().during, Resizing);
+            assert_eq!(landing(Action::ScaleWithRestart, s), Some(s));
+        }
+        for s in [Suspended, Error, Starting, Stopping, Resizing, Destroying] {
+            assert!(transition(Action::ScaleWithRestart, s).is_err(), "scale-with-restart allowed in {s}");
+        }
+        assert!(transition(Action::Scale, Running).is_err(), "the plain scale still needs a stopped instance");
+    }
+
+    #[test]
     fn snapshots_return_to_the_state_they_started_from() {
         assert_eq!(landing(Action::CreateSnapshot, Running), Some(Running));
         assert_eq!(landing(Action::CreateSnapshot, Stopped), Some(Stopped));
@@ -224,7 +244,14 @@ mod tests {
     #[test]
     fn nothing_but_delete_starts_from_a_transitional_state() {
         for s in InstanceState::ALL.into_iter().filter(|s| s.is_transitional()) {
-            for a in [Action::Start, Action::Stop, Action::Reboot, Action::Scale, Action::RevertSnapshot] {
+            for a in [
+                Action::Start,
+                Action::Stop,
+                Action::Reboot,
+                Action::Scale,
+                Action::ScaleWithRestart,
+                Action::RevertSnapshot,
+            ] {
                 assert!(transition(a, s).is_err(), "{a} allowed in {s}");
             }
         }

@@ -102,11 +102,13 @@ pub enum ActionRequest {
     /// A scale on the caller's terms: into another family too (a CPU instance becoming a GPU one) when
     /// `across_families`, and onto `gpu_model` (`None`: the instance keeps its model, or gets the
     /// catalog's default). `Scale` is this with neither; both are allowed only where the state machine
-    /// allows a scale.
+    /// allows a scale. With `restart_if_running` a running instance is scaled too: stopped gracefully,
+    /// given its new size and started again (`Action::ScaleWithRestart`); a stopped one stays stopped.
     ScaleTo {
         instance_type: String,
         gpu_model: Option<String>,
         across_families: bool,
+        restart_if_running: bool,
     },
     ResizeDisk {
         disk_size_gb: u64,
@@ -139,6 +141,7 @@ impl ActionRequest {
             ActionRequest::Stop => Action::Stop,
             ActionRequest::Reboot => Action::Reboot,
             ActionRequest::Reset { .. } => Action::Reset,
+            ActionRequest::ScaleTo { restart_if_running: true, .. } => Action::ScaleWithRestart,
             ActionRequest::Scale { .. } | ActionRequest::ScaleTo { .. } => Action::Scale,
             ActionRequest::ResizeDisk { .. } => Action::ResizeDisk,
             ActionRequest::CreateSnapshot { .. } => Action::CreateSnapshot,
@@ -660,7 +663,7 @@ impl Engine {
                 params = self.plan_scale(current, &mut next, instance_type, None, false).await?;
                 quota = true;
             }
-            ActionRequest::ScaleTo { instance_type, gpu_model, across_families } => {
+            ActionRequest::ScaleTo { instance_type, gpu_model, across_families, .. } => {
                 params =
                     self.plan_scale(current, &mut next, instance_type, gpu_model.as_deref(), *across_families).await?;
                 quota = true;

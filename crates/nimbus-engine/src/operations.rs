@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use nimbus_core::event::Event;
+use nimbus_core::instance::InstanceState;
 use nimbus_core::operation::{Operation, OperationState};
 use nimbus_core::state_machine::Action;
 use nimbus_core::DomainError;
@@ -43,7 +44,8 @@ impl Engine {
         }
     }
 
-    /// When the instance last (re)booted: the end of its latest successful create, start, reboot or reset.
+    /// When the instance last (re)booted: the end of its latest successful create, start, reboot, reset or
+    /// scale with restart of a running instance.
     /// The driver reports no uptime, so the operation history is the record of it.
     pub async fn last_booted_at(&self, ctx: &Context, instance: Uuid) -> Result<Option<OffsetDateTime>> {
         let mut booted = None;
@@ -51,7 +53,8 @@ impl Engine {
         loop {
             let page = self.list_operations(ctx, Some(instance), crate::instances::MAX_PAGE, token.as_deref()).await?;
             for op in &page.items {
-                let boots = matches!(op.kind, Action::Create | Action::Start | Action::Reboot | Action::Reset);
+                let boots = matches!(op.kind, Action::Create | Action::Start | Action::Reboot | Action::Reset)
+                    || (op.kind == Action::ScaleWithRestart && op.state_before == Some(InstanceState::Running));
                 if boots && op.state == OperationState::Success {
                     booted = Some(op.updated_at);
                 }

@@ -158,6 +158,16 @@ impl Engine {
             }
             // The new size applies at the next boot, which reads vCPUs and memory from the record.
             Action::Scale => {}
+            // The record has the new size already: a running instance is stopped and booted with it. Both
+            // steps are idempotent, so a resumed operation stops (again) and starts; a stopped one has
+            // nothing to do on the host.
+            Action::ScaleWithRestart => {
+                if op.state_before == Some(InstanceState::Running) {
+                    let spec = self.spec(&instance).await.map_err(internal)?;
+                    self.driver.stop(id, grace).await?;
+                    self.driver.start(&spec).await?;
+                }
+            }
             Action::ResizeDisk => self.driver.resize_disk(id, instance.disk_size_gb).await?,
             Action::CreateSnapshot => {
                 let snapshot_id = param_uuid(op, "snapshot_id").map_err(internal)?;
@@ -330,7 +340,7 @@ impl Engine {
         };
         let p = &op.params;
         match op.kind {
-            Action::Scale => {
+            Action::Scale | Action::ScaleWithRestart => {
                 if let Some(from) = p.get("from").and_then(|v| v.as_str()) {
                     if let Ok(t) = self.instance_type(from).await {
                         next.instance_type = t.name;

@@ -374,6 +374,7 @@ pub async fn action(
                     instance_type: p.instance_type,
                     gpu_model: p.gpu_model,
                     across_families: p.across_families,
+                    restart_if_running: false,
                 }
             }
         }

@@ -115,8 +115,8 @@ pub struct TargetView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OperationView {
     pub id: Uuid,
-    /// create, start, stop, reboot, reset, scale, resize_disk, create_snapshot, revert_snapshot,
-    /// delete_snapshot, reset_password, enable_tpm, suspend, resume, delete, scheduled_stop
+    /// create, start, stop, reboot, reset, scale, scale_with_restart, resize_disk, create_snapshot,
+    /// revert_snapshot, delete_snapshot, reset_password, enable_tpm, suspend, resume, delete, scheduled_stop
     pub kind: String,
     /// pending, running, success, failure, timeout, cancelled
     pub state: String,

@@ -415,6 +415,7 @@ async fn change(
             instance_type: plan.instance_type.clone(),
             gpu_model: plan.gpu_model.clone(),
             across_families: true,
+            restart_if_running: false,
         };
         let op = app.engine.act_when_free(&ctx, id, scale, SETTLE).await.map_err(|e| match e {
             DomainError::InvalidState { hint, .. } => {
