@@ -5,9 +5,13 @@
 #[path = "api/common.rs"]
 mod common;
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use common::{Cloud, Reply, ADMIN};
+use nimbus_driver::SimConfig;
+use nimbus_engine::EngineConfig;
 use serde_json::{json, Value};
 
 /// A Gcore request with `Authorization: APIKey <secret>`.
@@ -178,6 +182,64 @@ async fn a_failed_action_is_an_error_task_and_releases_the_instance() {
     let g = gcore(&c, Method::GET, &format!("{}/{id}", base(&c, ADMIN, "v1").await), ADMIN, None).await.body;
     assert_eq!((g["status"].as_str(), &g["task_id"], &g["task_state"]), (Some("ACTIVE"), &Value::Null, &Value::Null));
     assert_eq!(g["creator_task_id"], json!(create_task));
+}
+
+#[tokio::test]
+async fn changeflavor_resizes_a_running_instance_across_families_and_leaves_it_running() {
+    // A slow stop, so that the resize can be seen under way.
+    let mut sim = SimConfig::default();
+    sim.action_delays.insert("stop".into(), Duration::from_millis(400));
+    let c = Cloud::with(sim, EngineConfig::default()).await;
+    let (id, _) = create(&c, ADMIN, "grows", json!({})).await;
+    let path = format!("{}/{id}", base(&c, ADMIN, "v1").await);
+    let console_before = c.get(&format!("/v1/instances/{id}/console"), ADMIN).await.text;
+
+    let r =
+        gcore(&c, Method::POST, &format!("{path}/changeflavor"), ADMIN, Some(json!({"flavor_id": "cpu.large"}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let task_id = r.body["tasks"][0].as_str().unwrap().to_string();
+    let during = gcore(&c, Method::GET, &path, ADMIN, None).await.body;
+    assert_eq!(
+        (during["status"].as_str(), during["vm_state"].as_str(), during["task_state"].as_str()),
+        (Some("RESIZE"), Some("active"), Some("resize_prep")),
+        "{during}"
+    );
+    assert_eq!(during["task_id"], json!(task_id));
+
+    let t = task(&c, ADMIN, &task_id).await;
+    assert_eq!((t["state"].as_str(), t["task_type"].as_str()), (Some("FINISHED"), Some("resize_vm")), "{t}");
+    let g = gcore(&c, Method::GET, &path, ADMIN, None).await.body;
+    assert_eq!((g["status"].as_str(), g["vm_state"].as_str()), (Some("ACTIVE"), Some("active")), "{g}");
+    assert_eq!((&g["task_id"], &g["task_state"]), (&Value::Null, &Value::Null), "{g}");
+    assert_eq!(
+        (g["flavor"]["flavor_id"].as_str(), g["flavor"]["vcpus"].as_u64(), g["flavor"]["ram"].as_u64()),
+        (Some("cpu.large"), Some(8), Some(8192)),
+        "{g}"
+    );
+    let native = c.get(&format!("/v1/instances/{id}"), ADMIN).await.body;
+    assert_eq!(
+        (native["state"].as_str(), native["instance_type"].as_str(), native["vcpus"].as_u64()),
+        (Some("running"), Some("cpu.large"), Some(8)),
+        "{native}"
+    );
+    // The host saw the VM power off and boot again.
+    let console = c.get(&format!("/v1/instances/{id}/console"), ADMIN).await.text;
+    let new = &console[console_before.len()..];
+    assert!(new.contains("POWEROFF") && new.contains("booted"), "{new}");
+    assert!(new.find("POWEROFF") < new.find("booted"), "{new}");
+
+    // A stopped instance stays stopped, and the native plain scale of a running one is still refused.
+    c.act(ADMIN, &id, "stop", None).await;
+    let r =
+        gcore(&c, Method::POST, &format!("{path}/changeflavor"), ADMIN, Some(json!({"flavor_id": "standard.small"})))
+            .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    task(&c, ADMIN, r.body["tasks"][0].as_str().unwrap()).await;
+    let g = gcore(&c, Method::GET, &path, ADMIN, None).await.body;
+    assert_eq!((g["status"].as_str(), g["flavor"]["flavor_id"].as_str()), (Some("SHUTOFF"), Some("standard.small")));
+    c.act(ADMIN, &id, "start", None).await;
+    let r = c.post(&format!("/v1/instances/{id}/scale"), ADMIN, json!({"instance_type": "standard.medium"})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
 }
 
 /// `/cloud/{version}/{area}/{project}/{region}` of the key's project and the server's zone.

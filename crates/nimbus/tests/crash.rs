@@ -134,3 +134,41 @@ async fn an_operation_cut_by_every_restart_ends_interrupted_with_the_real_state(
     assert_eq!(instance["state"], "stopped", "created on the host but never started: {instance}");
     assert_eq!(instance["operation_id"], json!(null));
 }
+
+#[tokio::test]
+async fn a_gcore_changeflavor_of_a_running_instance_cut_mid_way_resumes_and_ends_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--sim-delay", "stop=3000"]).await;
+    let op = create(&server, "grows", true).await;
+    let id = server.until(&op, "success", |v| v["state"] == "success").await["target"]["id"].clone();
+    let who = server.get("/v1/whoami").await;
+    let zone = &server.get("/v1/zones").await["items"][0]["numeric_id"];
+    let path = format!(
+        "{}/cloud/v1/instances/{}/{zone}/{}/changeflavor",
+        server.base,
+        who["project"]["numeric_id"],
+        id.as_str().unwrap()
+    );
+    let r = server
+        .http
+        .post(path)
+        .header("authorization", format!("APIKey {SECRET}"))
+        .json(&json!({"flavor_id": "cpu.small"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let task = r.json::<Value>().await.unwrap()["tasks"][0].as_str().unwrap().to_string();
+    server.until(&task, "running", |v| v["state"] == "running").await;
+    server.kill9();
+
+    let server = Server::start(dir.path(), &[]).await;
+    let done = server.until(&task, "an end", |v| v["state"] != "running" && v["state"] != "pending").await;
+    assert_eq!((done["state"].as_str(), done["attempts"].as_u64()), (Some("success"), Some(2)), "{done}");
+    let now = server.get(&format!("/v1/instances/{}", id.as_str().unwrap())).await;
+    assert_eq!(
+        (now["state"].as_str(), now["instance_type"].as_str(), now["vcpus"].as_u64(), &now["operation_id"]),
+        (Some("running"), Some("cpu.small"), Some(4), &Value::Null),
+        "{now}"
+    );
+}

@@ -53,7 +53,9 @@ pub async fn action(
     Ok(tasks(&[&op]))
 }
 
-/// `changeflavor`: Nimbus scales within a flavor's family, with the instance stopped.
+/// `changeflavor`: like Gcore's, onto any flavor, of an ACTIVE or a stopped instance; it shows RESIZE while
+/// the task runs (a running one is stopped, given its new size and started again) and ends in the power
+/// state it began in.
 pub async fn resize(
     State(app): State<AppState>,
     OneInstance(r, instance): OneInstance,
@@ -61,13 +63,17 @@ pub async fn resize(
 ) -> GcoreResult<Json<Value>> {
     let map = body_object(&body)?;
     let flavor = required_str(&map, "flavor_id")?.to_string();
-    let op = app.engine.act(&r.ctx, instance.id, ActionRequest::Scale { instance_type: flavor }).await.map_err(
-        |e| match e {
-            DomainError::Invalid { message, .. } => GcoreError::field("flavor_id", message),
-            DomainError::Conflict(m) if !m.contains("concurrently") => GcoreError::field("flavor_id", m),
-            other => other.into(),
-        },
-    )?;
+    let scale = ActionRequest::ScaleTo {
+        instance_type: flavor,
+        gpu_model: None,
+        across_families: true,
+        restart_if_running: true,
+    };
+    let op = app.engine.act(&r.ctx, instance.id, scale).await.map_err(|e| match e {
+        DomainError::Invalid { message, .. } => GcoreError::field("flavor_id", message),
+        DomainError::Conflict(m) if !m.contains("concurrently") => GcoreError::field("flavor_id", m),
+        other => other.into(),
+    })?;
     Ok(tasks(&[&op]))
 }
 

@@ -545,7 +545,7 @@ pub fn task_type(op: &Operation, hard_reboot: bool) -> String {
         Action::Reboot => "reboot_vm".into(),
         Action::Suspend => "suspend_vm".into(),
         Action::Resume => "resume_vm".into(),
-        Action::Scale => "resize_vm".into(),
+        Action::Scale | Action::ScaleWithRestart => "resize_vm".into(),
         Action::Reset => "rebuild_vm".into(),
         Action::ChangeAntiAffinityGroups if op.params["join"].as_array().is_some_and(|j| !j.is_empty()) => {
             "put_into_servergroup".into()
