@@ -13,7 +13,7 @@ use nimbus_core::instance::Instance;
 use nimbus_core::operation::Operation;
 use nimbus_core::tenancy::{ApiKey, Organization, Project, Quota, Usage};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
@@ -201,6 +201,18 @@ impl SqliteStore {
         let body: Option<String> =
             sqlx::query_scalar(sql).bind(key.to_string()).fetch_optional(&self.pool).await.map_err(backend)?;
         body.map(|b| decode(&b)).transpose()
+    }
+
+    /// The JSON documents a `SELECT body ... WHERE ...` finds, in id order, at most `limit` (0: all).
+    async fn documents<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        mut sql: QueryBuilder<'_, Sqlite>,
+        limit: u32,
+    ) -> StoreResult<Vec<T>> {
+        let limit = if limit == 0 { i64::MAX } else { limit as i64 };
+        sql.push(" ORDER BY id LIMIT ").push_bind(limit);
+        let rows: Vec<String> = sql.build_query_scalar().fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(|b| decode(b)).collect()
     }
 }
 
@@ -406,36 +418,20 @@ impl Store for SqliteStore {
     }
 
     async fn list_instances(&self, q: &InstanceQuery) -> StoreResult<Vec<Instance>> {
-        let mut sql = String::from("SELECT body FROM instances WHERE 1=1");
-        if q.project_id.is_some() {
-            sql.push_str(" AND project_id = ?");
-        }
-        if q.state.is_some() {
-            sql.push_str(" AND state = ?");
-        }
-        if q.name.is_some() {
-            sql.push_str(" AND name = ?");
-        }
-        if q.after.is_some() {
-            sql.push_str(" AND id > ?");
-        }
-        sql.push_str(" ORDER BY id LIMIT ?");
-        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        let mut sql = QueryBuilder::<Sqlite>::new("SELECT body FROM instances WHERE 1=1");
         if let Some(p) = q.project_id {
-            query = query.bind(p.to_string());
+            sql.push(" AND project_id = ").push_bind(p.to_string());
         }
-        if let Some(s) = q.state {
-            query = query.bind(s.as_str());
+        if let Some(state) = q.state {
+            sql.push(" AND state = ").push_bind(state.as_str());
         }
         if let Some(n) = &q.name {
-            query = query.bind(n.clone());
+            sql.push(" AND name = ").push_bind(n.clone());
         }
         if let Some(a) = q.after {
-            query = query.bind(a.to_string());
+            sql.push(" AND id > ").push_bind(a.to_string());
         }
-        let limit = if q.limit == 0 { i64::MAX } else { q.limit as i64 };
-        let rows = query.bind(limit).fetch_all(&self.pool).await.map_err(backend)?;
-        rows.iter().map(|b| decode(b)).collect()
+        self.documents(sql, q.limit).await
     }
 
     async fn get_operation(&self, id: Uuid) -> StoreResult<Option<Operation>> {
@@ -443,33 +439,20 @@ impl Store for SqliteStore {
     }
 
     async fn list_operations(&self, q: &OperationQuery) -> StoreResult<Vec<Operation>> {
-        let mut sql = String::from("SELECT body FROM operations WHERE 1=1");
-        if q.project_id.is_some() {
-            sql.push_str(" AND project_id = ?");
-        }
-        if q.target_id.is_some() {
-            sql.push_str(" AND target_id = ?");
-        }
-        if q.unfinished {
-            sql.push_str(" AND state IN ('pending', 'running')");
-        }
-        if q.after.is_some() {
-            sql.push_str(" AND id > ?");
-        }
-        sql.push_str(" ORDER BY id LIMIT ?");
-        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        let mut sql = QueryBuilder::<Sqlite>::new("SELECT body FROM operations WHERE 1=1");
         if let Some(p) = q.project_id {
-            query = query.bind(p.to_string());
+            sql.push(" AND project_id = ").push_bind(p.to_string());
         }
         if let Some(t) = q.target_id {
-            query = query.bind(t.to_string());
+            sql.push(" AND target_id = ").push_bind(t.to_string());
+        }
+        if q.unfinished {
+            sql.push(" AND state IN ('pending', 'running')");
         }
         if let Some(a) = q.after {
-            query = query.bind(a.to_string());
+            sql.push(" AND id > ").push_bind(a.to_string());
         }
-        let limit = if q.limit == 0 { i64::MAX } else { q.limit as i64 };
-        let rows = query.bind(limit).fetch_all(&self.pool).await.map_err(backend)?;
-        rows.iter().map(|b| decode(b)).collect()
+        self.documents(sql, q.limit).await
     }
 
     async fn apply(&self, set: WriteSet) -> StoreResult<()> {
