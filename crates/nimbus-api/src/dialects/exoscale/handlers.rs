@@ -436,6 +436,13 @@ fn state_refusal(action: Action, state: InstanceState) -> String {
     format!("Only {needs} instances can be {verb}.")
 }
 
+/// Runs an instance action and answers with its operation, a state refusal in Exoscale's words.
+async fn act(app: &AppState, ctx: &Context, id: Uuid, request: ActionRequest) -> ExoResult<Json<Value>> {
+    let kind = request.action();
+    let op = app.engine.act(ctx, id, request).await.map_err(refusal(kind))?;
+    Ok(Json(views::operation(&op)))
+}
+
 fn refusal(action: Action) -> impl Fn(DomainError) -> ExoError {
     move |e| match e {
         DomainError::InvalidState { state, .. } => ExoError::bad_request(state_refusal(action, state)),
@@ -536,9 +543,7 @@ pub async fn put_segment(
         }
         _ => return Err(ExoError::not_found("Operation")),
     };
-    let kind = request.action();
-    let op = app.engine.act(ctx, id, request).await.map_err(refusal(kind))?;
-    Ok(Json(views::operation(&op)))
+    act(&app, ctx, id, request).await
 }
 
 /// `POST /v2/instance/{id}:create-snapshot|:revert-snapshot|:enable-tpm`.
@@ -568,9 +573,7 @@ pub async fn post_segment(
         }
         _ => return Err(ExoError::not_found("Operation")),
     };
-    let kind = request.action();
-    let op = app.engine.act(ctx, id, request).await.map_err(refusal(kind))?;
-    Ok(Json(views::operation(&op)))
+    act(&app, ctx, id, request).await
 }
 
 /// `GET /v2/console/{id}`: a signed URL valid for 60 seconds to connect, like Exoscale's console proxy.
@@ -584,10 +587,11 @@ pub async fn console_url(
     signed: Signed,
 ) -> ExoResult<Json<Value>> {
     let i = instance_of(&app, &signed.ctx, &id).await?;
-    if i.state != InstanceState::Running {
-        return Err(ExoError::bad_request("Only running instances have a console."));
-    }
-    let ticket = app.engine.console_ticket(&signed.ctx, i.id).await?;
+    // The engine refuses a console to an instance that is not running; Exoscale words it so.
+    let ticket = app.engine.console_ticket(&signed.ctx, i.id).await.map_err(|e| match e {
+        DomainError::InvalidState { .. } => ExoError::bad_request("Only running instances have a console."),
+        other => other.into(),
+    })?;
     let url = crate::native::instances::console_url(&headers, &ticket);
     Ok(Json(json!({ "url": url.url, "host": url.host, "path": url.path })))
 }

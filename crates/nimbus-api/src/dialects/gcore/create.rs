@@ -21,8 +21,8 @@ use super::networks::gcore_networks;
 use super::views::{GcoreNetwork, Scope, EXT};
 use crate::AppState;
 
-/// Create's `tags`: a plain map of user tags.
-fn create_tags(v: Option<&Value>, errors: &mut FieldErrors) -> Labels {
+/// A create's `tags` (instances, networks): a plain map of user tags.
+pub(super) fn create_tags(v: Option<&Value>, errors: &mut FieldErrors) -> Labels {
     let mut tags = Labels::new();
     match v {
         None | Some(Value::Null) => {}

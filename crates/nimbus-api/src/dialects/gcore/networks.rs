@@ -17,7 +17,6 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::Uri;
 use axum::Json;
-use nimbus_core::labels::Labels;
 use nimbus_core::networking::AddressRange;
 use nimbus_engine::{Context, PrivateNetworkSpec};
 use serde_json::{json, Map, Value};
@@ -25,8 +24,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::common::{body_object, page, query_all, query_one, query_pairs, InRegion, Region};
+use super::create::create_tags;
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
-use super::instances::check_tag_text;
 use super::views::{self, GcoreNetwork, Scope, SubnetInfo, EXT};
 use crate::AppState;
 
@@ -129,27 +128,6 @@ fn only(map: &Map<String, Value>, key: &str, allowed: &[Value], why: &str, error
     if map.get(key).is_some_and(|v| !allowed.contains(v)) {
         errors.add(key, why);
     }
-}
-
-fn create_tags(v: Option<&Value>, errors: &mut FieldErrors) -> Labels {
-    let mut tags = Labels::new();
-    match v {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => {
-            for (k, v) in m {
-                check_tag_text("key", k, errors);
-                match v.as_str() {
-                    Some(s) => {
-                        check_tag_text("value", s, errors);
-                        tags.insert(k.clone(), s.to_string());
-                    }
-                    None => errors.add("tags", format!("The value of tag {k:?} must be a string")),
-                }
-            }
-        }
-        Some(_) => errors.add("tags", "Input should be a valid dictionary"),
-    }
-    tags
 }
 
 // Networks.
