@@ -3,8 +3,18 @@
 //! Design: resources are stored as JSON documents beside the few columns that queries filter, sort or
 //! count on. Every multi-row change goes through [`Store::apply`], one transaction that checks the
 //! generations it was given (compare-and-swap), applies the writes, enforces the project's quota on the
-//! result, and rolls everything back when any part fails. A second backend (PostgreSQL) implements the same
-//! trait and must pass [`conformance`].
+//! result, and rolls everything back when any part fails.
+//!
+//! Nothing here relies on a lock held in one process's memory: several `nimbus server` processes may share
+//! one PostgreSQL database, and every guarantee below holds across them. Every update of a stored document
+//! is a compare-and-swap on its generation (or, for an operation, on the lease that its worker holds);
+//! uniqueness (names kept as aliases, addresses) is a unique index, so two writers racing for one name or one
+//! address cannot both win.
+//!
+//! Two backends implement the trait with one body of portable SQL ([`sql`]): SQLite, the embedded default
+//! (one machine), and PostgreSQL (any number of servers). Both pass [`conformance`].
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use nimbus_core::catalog::Zone;
@@ -16,13 +26,15 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub mod conformance;
-pub mod sqlite;
+pub mod sql;
+pub mod testing;
 
-pub use sqlite::SqliteStore;
+pub use sql::SqlStore;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    /// A compare-and-swap lost: someone else changed the row first. The caller re-reads and retries.
+    /// A compare-and-swap lost: someone else changed the row first (or took the address, or the lease). The
+    /// caller re-reads and retries.
     #[error("concurrent update of {0}")]
     Conflict(String),
     #[error("{0} already exists")]
@@ -46,9 +58,12 @@ pub struct Record {
     pub project_id: Option<Uuid>,
     pub name: String,
     pub body: serde_json::Value,
+    /// Bumped by every update: the compare-and-swap token of [`Write::UpdateRecord`]. A new record has 1.
+    pub generation: i64,
 }
 
 impl Record {
+    /// A new record (generation 1) holding `value`.
     pub fn new<T: Serialize>(kind: &str, id: Uuid, project_id: Option<Uuid>, name: &str, value: &T) -> Record {
         Record {
             kind: kind.to_string(),
@@ -56,11 +71,22 @@ impl Record {
             project_id,
             name: name.to_string(),
             body: serde_json::to_value(value).expect("domain types serialize"),
+            generation: 1,
         }
     }
     pub fn decode<T: for<'de> Deserialize<'de>>(&self) -> StoreResult<T> {
         serde_json::from_value(self.body.clone())
             .map_err(|e| StoreError::Backend(format!("corrupt {}: {e}", self.kind)))
+    }
+    /// The next version of this record: `value` as its body (and `name`), one generation on. Write it with
+    /// [`Write::UpdateRecord`] expecting this record's generation.
+    pub fn next<T: Serialize>(&self, name: &str, value: &T) -> Record {
+        Record {
+            name: name.to_string(),
+            body: serde_json::to_value(value).expect("domain types serialize"),
+            generation: self.generation + 1,
+            ..self.clone()
+        }
     }
 }
 
@@ -70,37 +96,59 @@ impl Record {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Write {
-    /// Inserts the instance when `expected_generation` is `None`, otherwise updates it only if its stored
-    /// generation still equals that number. The instance carries its new generation.
+    /// Inserts the instance when `expected_generation` is `None` (`AlreadyExists` if its id is taken),
+    /// otherwise updates it only if its stored generation still equals that number (`Conflict` otherwise,
+    /// or when it is gone). The instance carries its new generation.
     PutInstance {
         instance: Instance,
         expected_generation: Option<i64>,
     },
+    /// `Conflict` unless the instance is still at `expected_generation`.
     DeleteInstance {
         id: Uuid,
         expected_generation: i64,
     },
-    PutOperation(Operation),
-    PutRecord(Record),
+    /// Records a new operation, unclaimed: any server's worker may claim it ([`Store::claim_operation`]).
+    /// `AlreadyExists` if its id is taken.
+    InsertOperation(Operation),
+    /// Updates an operation on behalf of the worker holding its lease: `Conflict` unless `lease_owner`
+    /// still holds it (another worker took it over when the lease expired). An operation written in a final
+    /// state is no longer claimable and its lease is dropped.
+    UpdateOperation {
+        operation: Operation,
+        lease_owner: String,
+    },
+    /// Inserts a record: `AlreadyExists` if one of its kind has its id.
+    InsertRecord(Record),
+    /// Replaces a record only if its stored generation still equals `expected_generation` (`Conflict`
+    /// otherwise, or when it is gone). `record.generation` is the new one (see [`Record::next`]).
+    UpdateRecord {
+        record: Record,
+        expected_generation: i64,
+    },
+    /// Deletes a record. With `expected_generation`, only that version (`Conflict` otherwise, or when it is
+    /// gone); without, whatever version is there, and a missing record is no error.
     DeleteRecord {
         kind: String,
         id: Uuid,
+        expected_generation: Option<i64>,
     },
-    /// Stored with the next sequence number.
+    /// Stored with the next sequence number. Events become visible in sequence order: a reader that has seen
+    /// sequence number N never later finds a new event numbered below N (on PostgreSQL, event appends are
+    /// serialized to their commit order).
     AppendEvent(Event),
-    /// A dialect's stable id for a canonical one (`inst_…` for an instance UUID).
+    /// A unique name for an id: a dialect's stable id for a canonical one (`inst_…` for an instance UUID),
+    /// or a name that must be unique within a scope (an account's username). `AlreadyExists` when the alias
+    /// is taken, or when the id already has an alias of this kind.
     PutAlias {
         kind: String,
         alias: String,
         id: Uuid,
     },
-    /// Frees a dialect id (or a unique name kept as one, like an account's username).
+    /// Frees an alias (a missing one is no error).
     DeleteAlias {
         kind: String,
         alias: String,
-    },
-    ReleaseAddresses {
-        instance_id: Uuid,
     },
     /// Fails the set with `Conflict` unless the alias still names `id`: writes that are only right while
     /// a unique name is held (an account's username) make it their precondition.
@@ -109,11 +157,22 @@ pub enum Write {
         alias: String,
         id: Uuid,
     },
+    /// Takes host number `host` of `network` for `owner` (an instance, an elastic IP): `Conflict` when
+    /// someone holds it already. Find candidates with [`Store::free_addresses`].
+    ClaimAddress {
+        network: String,
+        host: u32,
+        owner: Uuid,
+    },
+    /// Gives back every address `owner` holds, in every network.
+    ReleaseAddresses {
+        owner: Uuid,
+    },
     /// Inserts an API key, inside a set (`Store::put_api_key` does it alone).
     PutApiKey(ApiKey),
     /// Removes a project that holds no instances, with what only it used: its API keys, its records and
     /// its idempotency keys. Its operations and events stay as history. `Conflict` while an instance of it
-    /// remains (a destroyed instance has no row), `NotFound` when there is no such project.
+    /// remains, `NotFound` when there is no such project.
     DeleteProject {
         id: Uuid,
     },
@@ -127,7 +186,9 @@ pub enum Write {
 #[derive(Debug, Clone, Default)]
 pub struct WriteSet {
     pub writes: Vec<Write>,
-    /// After the writes, the project's live instances must fit its quota, or everything rolls back.
+    /// After the writes, the project's live instances must fit its quota, or everything rolls back. Sets
+    /// that check the same project's quota are serialized (on PostgreSQL the project's row is locked at the
+    /// start of the transaction), so two servers creating at once cannot overrun it together.
     pub enforce_quota_of: Option<Uuid>,
 }
 
@@ -148,6 +209,7 @@ pub struct InstanceQuery {
     pub name: Option<String>,
     /// Keyset pagination: only ids greater than this one.
     pub after: Option<Uuid>,
+    /// At most this many (0: all).
     pub limit: u32,
 }
 
@@ -158,6 +220,7 @@ pub struct OperationQuery {
     /// Only operations not yet finished (pending or running).
     pub unfinished: bool,
     pub after: Option<Uuid>,
+    /// At most this many (0: all).
     pub limit: u32,
 }
 
@@ -174,9 +237,21 @@ pub enum IdempotencyClaim {
     Mismatch,
 }
 
+/// An address held in the store's allocator: host number `host` of `network`, held by `owner`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressHold {
+    pub network: String,
+    pub host: u32,
+    pub owner: Uuid,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
     // Tenancy.
+    /// Inserts or replaces an organization.
     async fn put_organization(&self, org: &Organization) -> StoreResult<()>;
     async fn get_organization(&self, id: Uuid) -> StoreResult<Option<Organization>>;
     /// Inserts a project; the store assigns its `numeric_id`.
@@ -184,9 +259,11 @@ pub trait Store: Send + Sync + 'static {
     async fn get_project(&self, id: Uuid) -> StoreResult<Option<Project>>;
     async fn get_project_by_numeric_id(&self, numeric_id: i64) -> StoreResult<Option<Project>>;
     async fn list_projects(&self, organization_id: Uuid) -> StoreResult<Vec<Project>>;
+    /// Replaces the project's quota, atomically (a concurrent change of the project is not lost).
     async fn set_quota(&self, project_id: Uuid, quota: Quota) -> StoreResult<()>;
     async fn usage(&self, project_id: Uuid) -> StoreResult<Usage>;
     async fn count_api_keys(&self) -> StoreResult<u64>;
+    /// `AlreadyExists` when the key id or the secret's hash is taken.
     async fn put_api_key(&self, key: &ApiKey) -> StoreResult<()>;
     async fn get_api_key(&self, key_id: &str) -> StoreResult<Option<ApiKey>>;
     async fn get_api_key_by_secret_hash(&self, sha256_hex: &str) -> StoreResult<Option<ApiKey>>;
@@ -194,33 +271,62 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_api_key(&self, key_id: &str) -> StoreResult<bool>;
 
     // Catalog.
+    /// Inserts or replaces a zone.
     async fn put_zone(&self, zone: &Zone) -> StoreResult<()>;
     async fn list_zones(&self) -> StoreResult<Vec<Zone>>;
 
     // Documents.
     async fn get_record(&self, kind: &str, id: Uuid) -> StoreResult<Option<Record>>;
-    /// Records of a kind visible to a project: its own plus public ones (`project_id` NULL). `None` lists all.
+    /// Records of a kind visible to a project: its own plus public ones (`project_id` NULL), in id order.
+    /// `None` lists all.
     async fn list_records(&self, kind: &str, project_id: Option<Uuid>) -> StoreResult<Vec<Record>>;
 
     // Instances and operations.
     async fn get_instance(&self, id: Uuid) -> StoreResult<Option<Instance>>;
+    /// In id order.
     async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<Vec<Instance>>;
     async fn get_operation(&self, id: Uuid) -> StoreResult<Option<Operation>>;
+    /// In id order (ids are time-ordered UUIDv7: oldest first).
     async fn list_operations(&self, query: &OperationQuery) -> StoreResult<Vec<Operation>>;
 
     /// Applies every write or none; see [`WriteSet`].
     async fn apply(&self, set: WriteSet) -> StoreResult<()>;
 
+    // Leased operations: any server's workers may run any operation, one at a time.
+    /// Claims the oldest unfinished operation that nobody holds (pending ones never claimed, and any whose
+    /// lease has expired because its holder died or gave it up) for `owner` until `lease` from now, and
+    /// returns it. Two callers never get the same operation while its lease runs (`FOR UPDATE SKIP LOCKED`
+    /// on PostgreSQL; a write transaction on SQLite). Expiry is judged by the database's clock, so servers'
+    /// clocks need not agree.
+    async fn claim_operation(&self, owner: &str, lease: Duration) -> StoreResult<Option<Operation>>;
+    /// Extends `owner`'s lease on the operation to `lease` from now: `false` when `owner` no longer holds
+    /// it (it expired and another worker claimed it, or the operation ended).
+    async fn renew_lease(&self, id: Uuid, owner: &str, lease: Duration) -> StoreResult<bool>;
+    /// Gives a held lease up at once (a worker stopping cleanly), so another worker may claim it now
+    /// instead of after expiry. Not holding it is no error.
+    async fn release_lease(&self, id: Uuid, owner: &str) -> StoreResult<()>;
+
     // Events, in sequence order.
     async fn events_after(&self, project_id: Option<Uuid>, after_seq: i64, limit: u32) -> StoreResult<Vec<Event>>;
+    /// The sequence number of the newest event (of the project, if given); 0 when there is none.
+    async fn latest_event_seq(&self, project_id: Option<Uuid>) -> StoreResult<i64>;
 
-    // Dialect aliases.
+    /// A counter that moves after every committed write set, in this process or (on PostgreSQL, through
+    /// LISTEN/NOTIFY) in any other process on the same database. Workers waiting for operations, operation
+    /// waiters and event streams wait on it and then re-read; it says only that something may have changed.
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    // Dialect aliases and unique names.
     async fn resolve_alias(&self, kind: &str, alias: &str) -> StoreResult<Option<Uuid>>;
     async fn alias_of(&self, kind: &str, id: Uuid) -> StoreResult<Option<String>>;
 
-    /// Allocates the lowest free address of `network` (host numbers `first..=last`) to an instance; returns
-    /// the same one again when the instance already holds one there.
-    async fn allocate_address(&self, network: &str, first: u32, last: u32, instance_id: Uuid) -> StoreResult<u32>;
+    // Address allocation.
+    /// Up to `limit` host numbers of `network` in `first..=last` that nobody holds, lowest first. Reading
+    /// them reserves nothing: a create claims one with [`Write::ClaimAddress`] in its own transaction and
+    /// tries another when it loses the race.
+    async fn free_addresses(&self, network: &str, first: u32, last: u32, limit: u32) -> StoreResult<Vec<u32>>;
+    /// Every address held (in `network`, if given), for audits and tests: an address held by nothing is a leak.
+    async fn list_addresses(&self, network: Option<&str>) -> StoreResult<Vec<AddressHold>>;
 
     // Idempotency keys, scoped by project.
     async fn idempotency_claim(&self, project_id: Uuid, key: &str, request_hash: &str)
@@ -228,4 +334,10 @@ pub trait Store: Send + Sync + 'static {
     async fn idempotency_finish(&self, project_id: Uuid, key: &str, status: u16, body: &str) -> StoreResult<()>;
     /// Forgets a claim whose request failed before doing anything, so that a retry can run.
     async fn idempotency_release(&self, project_id: Uuid, key: &str) -> StoreResult<()>;
+}
+
+/// Opens the store a database URL names: `sqlite://PATH` (created if missing), `sqlite::memory:`, or
+/// `postgres://...` (the database must exist; its schema is created or brought up to date).
+pub async fn open(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
+    Ok(std::sync::Arc::new(SqlStore::open(url).await?))
 }
