@@ -1,11 +1,20 @@
 //! The conformance suite every store backend passes. Each case takes a fresh, empty store.
 //!
-//! A backend runs it with `nimbus_store::conformance_tests!(async { MyStore::open(...).await.unwrap() });`
-//! inside a test module, which expands to one `#[tokio::test]` per case.
+//! A backend runs it with `nimbus_store::conformance_tests!(async { Some(make_a_store().await) });` inside
+//! a test module, which expands to one `#[tokio::test]` per case. The expression yields an `Option` of
+//! something that dereferences to an `Arc<dyn Store>` (a [`crate::testing::TestStore`]); `None` skips the
+//! case (a backend that is not configured here). The cases that race many tasks against each other take the
+//! `Arc` itself.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use nimbus_core::event::Event;
 use nimbus_core::instance::{Instance, InstanceState};
-use nimbus_core::operation::Actor;
+use nimbus_core::operation::{Actor, Operation, OperationState, Target};
+use nimbus_core::state_machine::Action;
 use nimbus_core::tenancy::{ApiKey, Organization, Project, Quota, Role};
 use uuid::Uuid;
 
@@ -25,7 +34,7 @@ async fn project(store: &dyn Store, quota: Quota) -> Project {
     store.create_project(&p).await.unwrap()
 }
 
-fn instance(project_id: Uuid, name: &str, vcpus: u32) -> Instance {
+pub(crate) fn instance(project_id: Uuid, name: &str, vcpus: u32) -> Instance {
     let now = nimbus_core::now();
     let id = nimbus_core::new_id();
     Instance {
@@ -73,6 +82,48 @@ fn insert(i: &Instance) -> WriteSet {
     set.push(Write::PutInstance { instance: i.clone(), expected_generation: None });
     set
 }
+
+fn operation(project_id: Uuid) -> Operation {
+    let now = nimbus_core::now();
+    Operation {
+        id: nimbus_core::new_id(),
+        project_id,
+        kind: Action::Start,
+        state: OperationState::Pending,
+        reason: None,
+        message: None,
+        target: Target { kind: "instance".into(), id: Uuid::new_v4() },
+        params: serde_json::json!({}),
+        result: None,
+        state_before: None,
+        attempts: 0,
+        actor: Actor::system(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+async fn insert_operation(store: &dyn Store, op: &Operation) {
+    let mut set = WriteSet::new();
+    set.push(Write::InsertOperation(op.clone()));
+    store.apply(set).await.unwrap();
+}
+
+/// `op` in `state`, written by the worker `owner`.
+fn update_operation(op: &Operation, state: OperationState, owner: &str) -> WriteSet {
+    let mut set = WriteSet::new();
+    set.push(Write::UpdateOperation { operation: Operation { state, ..op.clone() }, lease_owner: owner.into() });
+    set
+}
+
+fn claim_address(network: &str, host: u32, owner: Uuid) -> WriteSet {
+    let mut set = WriteSet::new();
+    set.push(Write::ClaimAddress { network: network.into(), host, owner });
+    set
+}
+
+/// A lease no test outlives.
+const LONG: Duration = Duration::from_secs(600);
 
 fn event(project_id: Uuid, kind: &str) -> Event {
     Event {
@@ -220,15 +271,25 @@ pub async fn aliases_are_unique_both_ways(store: &dyn Store) {
 
 pub async fn addresses_are_lowest_free_and_released(store: &dyn Store) {
     let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    assert_eq!(store.allocate_address("net", 2, 4, a).await.unwrap(), 2);
-    assert_eq!(store.allocate_address("net", 2, 4, b).await.unwrap(), 3);
-    assert_eq!(store.allocate_address("net", 2, 4, a).await.unwrap(), 2, "same instance, same address");
+    assert_eq!(store.free_addresses("net", 2, 4, 1).await.unwrap(), [2]);
+    store.apply(claim_address("net", 2, a)).await.unwrap();
+    assert_eq!(store.free_addresses("net", 2, 4, 1).await.unwrap(), [3]);
+    store.apply(claim_address("net", 3, b)).await.unwrap();
+    assert!(
+        matches!(store.apply(claim_address("net", 2, c)).await, Err(StoreError::Conflict(_))),
+        "a held address cannot be claimed again"
+    );
+    assert_eq!(
+        store.list_addresses(Some("net")).await.unwrap()[0],
+        AddressHold { network: "net".into(), host: 2, owner: a }
+    );
     let mut set = WriteSet::new();
-    set.push(Write::ReleaseAddresses { instance_id: a });
+    set.push(Write::ReleaseAddresses { owner: a });
     store.apply(set).await.unwrap();
-    assert_eq!(store.allocate_address("net", 2, 4, c).await.unwrap(), 2);
-    assert_eq!(store.allocate_address("net", 2, 4, Uuid::new_v4()).await.unwrap(), 4);
-    assert!(store.allocate_address("net", 2, 4, Uuid::new_v4()).await.is_err(), "the range is full");
+    assert_eq!(store.free_addresses("net", 2, 4, 5).await.unwrap(), [2, 4]);
+    store.apply(claim_address("net", 2, c)).await.unwrap();
+    store.apply(claim_address("net", 4, Uuid::new_v4())).await.unwrap();
+    assert!(store.free_addresses("net", 2, 4, 5).await.unwrap().is_empty(), "the range is full");
 }
 
 pub async fn api_keys_are_found_by_secret_hash(store: &dyn Store) {
@@ -253,10 +314,10 @@ pub async fn public_records_are_seen_by_every_project(store: &dyn Store) {
     let p = project(store, Quota::default()).await;
     let other = project(store, Quota::default()).await;
     let mut set = WriteSet::new();
-    set.push(Write::PutRecord(Record::new("template", Uuid::new_v4(), None, "public", &1)));
-    set.push(Write::PutRecord(Record::new("template", Uuid::new_v4(), Some(p.id), "mine", &2)));
+    set.push(Write::InsertRecord(Record::new("template", Uuid::new_v4(), None, "public", &1)));
+    set.push(Write::InsertRecord(Record::new("template", Uuid::new_v4(), Some(p.id), "mine", &2)));
     store.apply(set).await.unwrap();
-    let names = |rs: Vec<Record>| rs.into_iter().map(|r| r.name).collect::<std::collections::BTreeSet<_>>();
+    let names = |rs: Vec<Record>| rs.into_iter().map(|r| r.name).collect::<BTreeSet<_>>();
     assert_eq!(
         names(store.list_records("template", Some(p.id)).await.unwrap()),
         ["mine", "public"].map(String::from).into()
@@ -280,14 +341,14 @@ pub async fn an_empty_project_and_then_its_organization_can_be_deleted(store: &d
     };
     let mut set = WriteSet::new();
     set.push(Write::PutApiKey(key.clone()));
-    set.push(Write::PutRecord(Record::new("ssh_key", Uuid::new_v4(), Some(p.id), "mine", &1)));
+    set.push(Write::InsertRecord(Record::new("ssh_key", Uuid::new_v4(), Some(p.id), "mine", &1)));
     store.apply(set).await.unwrap();
     let i = instance(p.id, "web", 1);
     store.apply(insert(&i)).await.unwrap();
     // An organization with a project, a project with an instance: refused, and nothing of the set is done.
     for write in [Write::DeleteOrganization { id: p.organization_id }, Write::DeleteProject { id: p.id }] {
         let mut set = WriteSet::new();
-        set.push(Write::DeleteRecord { kind: "ssh_key".into(), id: Uuid::new_v4() });
+        set.push(Write::DeleteRecord { kind: "ssh_key".into(), id: Uuid::new_v4(), expected_generation: None });
         set.push(write);
         assert!(matches!(store.apply(set).await, Err(StoreError::Conflict(_))));
     }
@@ -316,7 +377,7 @@ pub async fn an_expected_alias_guards_the_whole_set(store: &dyn Store) {
     let guarded = |expected: Uuid, record: Uuid| {
         let mut set = WriteSet::new();
         set.push(Write::ExpectAlias { kind: "account.username".into(), alias: "alice".into(), id: expected });
-        set.push(Write::PutRecord(Record::new("account", record, None, "alice", &1)));
+        set.push(Write::InsertRecord(Record::new("account", record, None, "alice", &1)));
         set
     };
     let (kept, refused) = (Uuid::new_v4(), Uuid::new_v4());
@@ -330,7 +391,331 @@ pub async fn an_expected_alias_guards_the_whole_set(store: &dyn Store) {
     assert!(matches!(store.apply(guarded(id, refused)).await, Err(StoreError::Conflict(_))), "a freed alias");
 }
 
-/// Expands to one test per conformance case, each on a fresh store made by `$make`.
+pub async fn records_are_inserted_once_and_changed_by_generation(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let first = Record::new("ssh_key", Uuid::new_v4(), Some(p.id), "laptop", &"ssh-ed25519 A");
+    let mut set = WriteSet::new();
+    set.push(Write::InsertRecord(first.clone()));
+    store.apply(set.clone()).await.unwrap();
+    assert_eq!(store.get_record("ssh_key", first.id).await.unwrap(), Some(first.clone()), "stored at generation 1");
+    assert!(matches!(store.apply(set).await, Err(StoreError::AlreadyExists(_))), "an id is inserted once");
+
+    let second = first.next("desktop", &"ssh-ed25519 B");
+    let mut set = WriteSet::new();
+    set.push(Write::UpdateRecord { record: second.clone(), expected_generation: 1 });
+    store.apply(set).await.unwrap();
+    assert_eq!(store.get_record("ssh_key", first.id).await.unwrap(), Some(second.clone()));
+    assert_eq!(second.generation, 2);
+
+    // A writer that read generation 1 before that update loses, and writes nothing.
+    let stale = first.next("stale", &"ssh-ed25519 C");
+    let mut set = WriteSet::new();
+    set.push(Write::UpdateRecord { record: stale, expected_generation: 1 });
+    assert!(matches!(store.apply(set).await, Err(StoreError::Conflict(_))));
+    assert_eq!(store.get_record("ssh_key", first.id).await.unwrap().unwrap().name, "desktop");
+
+    let delete = |expected_generation| {
+        let mut set = WriteSet::new();
+        set.push(Write::DeleteRecord { kind: "ssh_key".into(), id: first.id, expected_generation });
+        set
+    };
+    assert!(matches!(store.apply(delete(Some(1))).await, Err(StoreError::Conflict(_))), "a stale delete loses");
+    assert!(store.get_record("ssh_key", first.id).await.unwrap().is_some(), "and deletes nothing");
+    store.apply(delete(Some(2))).await.unwrap();
+    assert_eq!(store.get_record("ssh_key", first.id).await.unwrap(), None);
+    assert!(
+        matches!(store.apply(delete(Some(2))).await, Err(StoreError::Conflict(_))),
+        "a conditional delete of nothing"
+    );
+    store.apply(delete(None)).await.expect("an unconditional delete of nothing is no error");
+
+    let other = Record::new("ssh_key", Uuid::new_v4(), Some(p.id), "other", &1);
+    let mut set = WriteSet::new();
+    set.push(Write::InsertRecord(other.clone()));
+    store.apply(set).await.unwrap();
+    let mut set = WriteSet::new();
+    set.push(Write::DeleteRecord { kind: "ssh_key".into(), id: other.id, expected_generation: None });
+    store.apply(set).await.unwrap();
+    assert_eq!(store.get_record("ssh_key", other.id).await.unwrap(), None, "whatever its version");
+}
+
+pub async fn operations_are_claimed_oldest_first_and_by_one_worker(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let mut ops = vec![operation(p.id), operation(p.id), operation(p.id)];
+    for op in &ops {
+        insert_operation(store, op).await;
+    }
+    let mut again = WriteSet::new();
+    again.push(Write::InsertOperation(ops[0].clone()));
+    assert!(matches!(store.apply(again).await, Err(StoreError::AlreadyExists(_))));
+    ops.sort_by_key(|o| o.id);
+    for (worker, op) in ["a", "b", "c"].into_iter().zip(&ops) {
+        let claimed = store.claim_operation(worker, LONG).await.unwrap().expect("an unclaimed operation");
+        assert_eq!(claimed, *op, "the oldest unclaimed one, as stored");
+    }
+    assert_eq!(store.claim_operation("d", LONG).await.unwrap(), None, "every one is leased");
+}
+
+pub async fn an_expired_lease_passes_to_another_worker(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let op = operation(p.id);
+    insert_operation(store, &op).await;
+    assert_eq!(store.claim_operation("a", Duration::from_millis(1500)).await.unwrap().map(|o| o.id), Some(op.id));
+    assert_eq!(store.claim_operation("b", LONG).await.unwrap(), None, "not while a's lease runs");
+    assert!(!store.renew_lease(op.id, "b", LONG).await.unwrap(), "b holds nothing to renew");
+
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert_eq!(store.claim_operation("b", LONG).await.unwrap().map(|o| o.id), Some(op.id), "a's lease expired");
+    assert!(!store.renew_lease(op.id, "a", LONG).await.unwrap(), "a lost it");
+    // a, late, still believes it runs the operation: its update loses and writes nothing.
+    assert!(matches!(
+        store.apply(update_operation(&op, OperationState::Failure, "a")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.get_operation(op.id).await.unwrap().unwrap().state, OperationState::Pending);
+    store.apply(update_operation(&op, OperationState::Running, "b")).await.unwrap();
+    assert_eq!(store.get_operation(op.id).await.unwrap().unwrap().state, OperationState::Running);
+}
+
+pub async fn a_renewed_lease_holds_and_a_released_one_is_free_at_once(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let op = operation(p.id);
+    insert_operation(store, &op).await;
+    store.claim_operation("a", Duration::from_millis(1000)).await.unwrap().unwrap();
+    assert!(store.renew_lease(op.id, "a", LONG).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(store.claim_operation("b", LONG).await.unwrap(), None, "the renewed lease still runs");
+    store.release_lease(op.id, "b").await.expect("releasing what one does not hold is no error");
+    assert_eq!(store.claim_operation("b", LONG).await.unwrap(), None, "and frees nothing");
+    store.release_lease(op.id, "a").await.unwrap();
+    assert_eq!(store.claim_operation("b", LONG).await.unwrap().map(|o| o.id), Some(op.id), "free at once");
+}
+
+pub async fn a_finished_operation_is_never_claimed_again(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let op = operation(p.id);
+    insert_operation(store, &op).await;
+    store.claim_operation("a", Duration::from_millis(300)).await.unwrap().unwrap();
+    store.apply(update_operation(&op, OperationState::Success, "a")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(store.claim_operation("b", LONG).await.unwrap(), None, "not even after its lease ran out");
+    assert!(!store.renew_lease(op.id, "a", LONG).await.unwrap(), "the operation ended");
+    assert!(
+        matches!(store.apply(update_operation(&op, OperationState::Failure, "a")).await, Err(StoreError::Conflict(_))),
+        "its lease was dropped with it"
+    );
+    assert_eq!(store.get_operation(op.id).await.unwrap().unwrap().state, OperationState::Success);
+    let unfinished = OperationQuery { unfinished: true, ..Default::default() };
+    assert!(store.list_operations(&unfinished).await.unwrap().is_empty());
+}
+
+pub async fn racing_workers_never_share_an_operation(store: Arc<dyn Store>) {
+    let p = project(&*store, Quota::default()).await;
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        let op = operation(p.id);
+        insert_operation(&*store, &op).await;
+        ids.push(op.id);
+    }
+    let workers: Vec<_> = (0..6)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                while let Some(op) = store.claim_operation(&format!("worker-{w}"), LONG).await.unwrap() {
+                    mine.push(op.id);
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for w in workers {
+        claimed.extend(w.await.unwrap());
+    }
+    claimed.sort();
+    ids.sort();
+    assert_eq!(claimed, ids, "each operation claimed exactly once");
+}
+
+pub async fn concurrent_creates_never_overrun_the_quota(store: Arc<dyn Store>) {
+    let p = project(&*store, Quota { instances: 5, ..Quota::default() }).await;
+    let creates: Vec<_> = (0..20)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut set = insert(&instance(p.id, &format!("i{n}"), 1));
+                set.enforce_quota_of = Some(p.id);
+                store.apply(set).await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for c in creates {
+        match c.await.unwrap() {
+            Ok(()) => created += 1,
+            Err(StoreError::QuotaExceeded(_)) => {}
+            Err(e) => panic!("a create failed otherwise than on the quota: {e:?}"),
+        }
+    }
+    assert_eq!(created, 5);
+    assert_eq!(store.usage(p.id).await.unwrap().instances, 5);
+    let q = InstanceQuery { project_id: Some(p.id), ..Default::default() };
+    assert_eq!(store.list_instances(&q).await.unwrap().len(), 5);
+}
+
+pub async fn racing_address_claims_never_share_a_host(store: Arc<dyn Store>) {
+    let claimers: Vec<_> = (0..10)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let owner = Uuid::new_v4();
+                // As a create does: read the lowest free ones, claim the first, on losing read again.
+                for _ in 0..100 {
+                    let free = store.free_addresses("net", 10, 100, 4).await.unwrap();
+                    match store.apply(claim_address("net", free[0], owner)).await {
+                        Ok(()) => return (free[0], owner),
+                        Err(StoreError::Conflict(_)) => continue,
+                        Err(e) => panic!("claiming {}: {e:?}", free[0]),
+                    }
+                }
+                panic!("no address after 100 tries");
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for c in claimers {
+        held.push(c.await.unwrap());
+    }
+    held.sort();
+    let hosts: Vec<u32> = held.iter().map(|(h, _)| *h).collect();
+    assert_eq!(hosts, (10..20).collect::<Vec<_>>(), "distinct, and the lowest");
+    let listed = store.list_addresses(Some("net")).await.unwrap();
+    assert_eq!(listed.iter().map(|a| (a.host, a.owner)).collect::<Vec<_>>(), held);
+    for (host, owner) in [held[2], held[5]] {
+        let mut set = WriteSet::new();
+        set.push(Write::ReleaseAddresses { owner });
+        store.apply(set).await.unwrap();
+        assert!(store.list_addresses(None).await.unwrap().iter().all(|a| a.host != host));
+    }
+    assert_eq!(store.free_addresses("net", 10, 100, 3).await.unwrap(), [12, 15, 20], "released ones first");
+}
+
+pub async fn free_addresses_skip_held_ones_lowest_first(store: &dyn Store) {
+    for host in [2, 3, 5, 9] {
+        store.apply(claim_address("net", host, Uuid::new_v4())).await.unwrap();
+    }
+    store.apply(claim_address("other", 4, Uuid::new_v4())).await.unwrap();
+    assert_eq!(store.free_addresses("net", 2, 10, 10).await.unwrap(), [4, 6, 7, 8, 10]);
+    assert_eq!(store.free_addresses("net", 2, 10, 2).await.unwrap(), [4, 6], "at most the limit");
+    assert_eq!(store.free_addresses("net", 6, 8, 10).await.unwrap(), [6, 7, 8], "within the range");
+    assert_eq!(store.free_addresses("net", 1, 12, 3).await.unwrap(), [1, 4, 6]);
+    assert!(store.free_addresses("net", 2, 3, 5).await.unwrap().is_empty(), "a full range");
+    assert_eq!(store.free_addresses("other", 1, 5, 10).await.unwrap(), [1, 2, 3, 5], "networks are apart");
+    assert!(matches!(store.apply(claim_address("other", 4, Uuid::new_v4())).await, Err(StoreError::Conflict(_))));
+}
+
+pub async fn every_held_address_is_listed_with_its_owner(store: &dyn Store) {
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut set = WriteSet::new();
+    set.push(Write::ClaimAddress { network: "net-b".into(), host: 7, owner: a });
+    set.push(Write::ClaimAddress { network: "net-a".into(), host: 9, owner: a });
+    set.push(Write::ClaimAddress { network: "net-a".into(), host: 3, owner: b });
+    store.apply(set).await.unwrap();
+    let hold = |network: &str, host, owner| AddressHold { network: network.into(), host, owner };
+    assert_eq!(
+        store.list_addresses(None).await.unwrap(),
+        [hold("net-a", 3, b), hold("net-a", 9, a), hold("net-b", 7, a)]
+    );
+    assert_eq!(store.list_addresses(Some("net-b")).await.unwrap(), [hold("net-b", 7, a)]);
+    let mut set = WriteSet::new();
+    set.push(Write::ReleaseAddresses { owner: a });
+    store.apply(set).await.unwrap();
+    assert_eq!(store.list_addresses(None).await.unwrap(), [hold("net-a", 3, b)], "a's, in every network, are gone");
+}
+
+pub async fn changes_move_after_a_committed_write_set(store: &dyn Store) {
+    let mut changes = store.changes();
+    changes.borrow_and_update();
+    let mut set = WriteSet::new();
+    set.push(Write::PutAlias { kind: "k".into(), alias: "a".into(), id: Uuid::new_v4() });
+    store.apply(set).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(1), changes.changed())
+        .await
+        .expect("the counter moved within a second")
+        .unwrap();
+}
+
+pub async fn a_polling_reader_sees_every_event_once_in_order(store: Arc<dyn Store>) {
+    let p = project(&*store, Quota::default()).await;
+    let appended = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (store, appended) = (store.clone(), appended.clone());
+        tokio::spawn(async move {
+            let (mut last, mut seen) = (0, Vec::new());
+            loop {
+                // Read whether the appenders were done before reading: then an empty read is the end.
+                let done = appended.load(Ordering::SeqCst);
+                let batch = store.events_after(None, last, 7).await.unwrap();
+                for e in &batch {
+                    assert!(e.seq > last, "sequence went from {last} back to {}", e.seq);
+                    last = e.seq;
+                    seen.push(e.seq);
+                }
+                if batch.is_empty() {
+                    if done {
+                        return seen;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    let appenders: Vec<_> = (0..4)
+        .map(|a| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for n in 0..25 {
+                    let mut set = WriteSet::new();
+                    set.push(Write::AppendEvent(event(p.id, &format!("{a}.{n}.1"))));
+                    set.push(Write::AppendEvent(event(p.id, &format!("{a}.{n}.2"))));
+                    store.apply(set).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for a in appenders {
+        a.await.unwrap();
+    }
+    appended.store(true, Ordering::SeqCst);
+    let seen = poller.await.unwrap();
+    let all: Vec<i64> = store.events_after(None, 0, 1000).await.unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(all.len(), 200);
+    assert_eq!(seen, all, "the poller missed none");
+}
+
+pub async fn the_latest_event_seq_is_the_newest_in_scope(store: &dyn Store) {
+    assert_eq!(store.latest_event_seq(None).await.unwrap(), 0, "no event yet");
+    let (p, other, quiet) = (
+        project(store, Quota::default()).await,
+        project(store, Quota::default()).await,
+        project(store, Quota::default()).await,
+    );
+    for project_id in [p.id, other.id, p.id, other.id, p.id] {
+        let mut set = WriteSet::new();
+        set.push(Write::AppendEvent(event(project_id, "x")));
+        store.apply(set).await.unwrap();
+    }
+    let newest = |id: Option<Uuid>| async move { store.events_after(id, 0, 100).await.unwrap().last().unwrap().seq };
+    assert_eq!(store.latest_event_seq(None).await.unwrap(), newest(None).await);
+    assert_eq!(store.latest_event_seq(Some(p.id)).await.unwrap(), newest(Some(p.id)).await);
+    assert_eq!(store.latest_event_seq(Some(other.id)).await.unwrap(), newest(Some(other.id)).await);
+    assert!(newest(Some(other.id)).await < newest(None).await);
+    assert_eq!(store.latest_event_seq(Some(quiet.id)).await.unwrap(), 0);
+}
+
+/// Expands to one test per conformance case, each on a fresh store made by `$make` (see the module's
+/// documentation).
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
@@ -348,14 +733,38 @@ macro_rules! conformance_tests {
             public_records_are_seen_by_every_project,
             an_empty_project_and_then_its_organization_can_be_deleted,
             an_expected_alias_guards_the_whole_set,
+            records_are_inserted_once_and_changed_by_generation,
+            operations_are_claimed_oldest_first_and_by_one_worker,
+            an_expired_lease_passes_to_another_worker,
+            a_renewed_lease_holds_and_a_released_one_is_free_at_once,
+            a_finished_operation_is_never_claimed_again,
+            free_addresses_skip_held_ones_lowest_first,
+            every_held_address_is_listed_with_its_owner,
+            changes_move_after_a_committed_write_set,
+            the_latest_event_seq_is_the_newest_in_scope,
+        );
+        $crate::conformance_tests!(@shared $make;
+            racing_workers_never_share_an_operation,
+            concurrent_creates_never_overrun_the_quota,
+            racing_address_claims_never_share_a_host,
+            a_polling_reader_sees_every_event_once_in_order,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(
-            #[tokio::test]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let store = $make.await;
-                $crate::conformance::$case(&store).await;
+                let Some(store) = $make.await else { return };
+                $crate::conformance::$case(&**store).await;
+            }
+        )*
+    };
+    (@shared $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some(store) = $make.await else { return };
+                $crate::conformance::$case(::std::sync::Arc::clone(&*store)).await;
             }
         )*
     };
@@ -363,19 +772,84 @@ macro_rules! conformance_tests {
 
 #[cfg(test)]
 mod sqlite_conformance {
-    crate::conformance_tests!(async { crate::SqliteStore::open_in_memory().await.unwrap() });
+    use std::sync::Arc;
+
+    use crate::testing::sqlite_test_store;
+    use crate::{SqlStore, Store};
+
+    crate::conformance_tests!(async { Some(sqlite_test_store().await) });
 
     #[tokio::test]
     async fn a_file_database_keeps_its_data_when_reopened() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/nimbus.db", dir.path().display());
-        let store = crate::SqliteStore::open(&url).await.unwrap();
-        let p = super::project(&store, Default::default()).await;
+        let test = sqlite_test_store().await;
+        let p = super::project(&**test, Default::default()).await;
         let i = super::instance(p.id, "kept", 1);
-        crate::Store::apply(&store, super::insert(&i)).await.unwrap();
-        drop(store);
-        let store = crate::SqliteStore::open(&url).await.unwrap();
-        assert_eq!(crate::Store::get_instance(&store, i.id).await.unwrap().unwrap().name, "kept");
-        assert_eq!(crate::Store::get_project(&store, p.id).await.unwrap().unwrap().numeric_id, p.numeric_id);
+        test.apply(super::insert(&i)).await.unwrap();
+        let reopened = SqlStore::open(&test.url).await.unwrap();
+        assert_eq!(reopened.get_instance(i.id).await.unwrap().unwrap().name, "kept");
+        assert_eq!(reopened.get_project(p.id).await.unwrap().unwrap().numeric_id, p.numeric_id);
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_store_keeps_its_data_on_its_one_connection() {
+        let store = SqlStore::open_in_memory().await.unwrap();
+        assert_eq!(store.backend(), "sqlite");
+        let p = super::project(&store, Default::default()).await;
+        let i = super::instance(p.id, "here", 1);
+        store.apply(super::insert(&i)).await.unwrap();
+        // Reads and writes interleaving from many tasks share the one connection without losing it.
+        let store: Arc<dyn Store> = Arc::new(store);
+        let readers: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.get_instance(i.id).await.unwrap().map(|i| i.name) })
+            })
+            .collect();
+        for r in readers {
+            assert_eq!(r.await.unwrap().as_deref(), Some("here"));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_stores_opening_one_new_file_at_once_both_work() {
+        let test = sqlite_test_store().await;
+        let dir = std::path::Path::new(test.url.trim_start_matches("sqlite://")).parent().unwrap().to_owned();
+        let url = format!("sqlite://{}", dir.join("second.db").display());
+        let (a, b) = tokio::join!(SqlStore::open(&url), SqlStore::open(&url));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let p = super::project(&a, Default::default()).await;
+        assert_eq!(b.get_project(p.id).await.unwrap().unwrap().numeric_id, p.numeric_id);
+    }
+}
+
+#[cfg(test)]
+mod postgres_conformance {
+    use std::time::Duration;
+
+    use crate::testing::{fresh_postgres_database, postgres_test_store};
+    use crate::{SqlStore, Store, Write, WriteSet};
+
+    crate::conformance_tests!(postgres_test_store());
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_servers_on_one_database_see_each_others_writes_at_once() {
+        let Some((url, _database)) = fresh_postgres_database().await else { return };
+        // Opening at once also races their migrations: both must come up.
+        let (a, b) = tokio::join!(SqlStore::open(&url), SqlStore::open(&url));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.backend(), "postgres");
+        for (writer, reader) in [(&a, &b), (&b, &a)] {
+            let mut changes = reader.changes();
+            changes.borrow_and_update();
+            let record = crate::Record::new("template", uuid::Uuid::new_v4(), None, "shared", &1);
+            let mut set = WriteSet::new();
+            set.push(Write::InsertRecord(record.clone()));
+            writer.apply(set).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(1), changes.changed())
+                .await
+                .expect("the other server heard of the write within a second")
+                .unwrap();
+            assert_eq!(reader.get_record("template", record.id).await.unwrap(), Some(record));
+        }
     }
 }

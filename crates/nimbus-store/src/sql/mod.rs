@@ -1,0 +1,822 @@
+//! The store in portable SQL over sqlx's `Any` driver: one body of queries for SQLite (the embedded
+//! default) and PostgreSQL (any number of servers on one database).
+//!
+//! Invariants:
+//! - Every write runs in a transaction from [`SqlStore::write`]: `BEGIN IMMEDIATE` on SQLite, so writers
+//!   are serialized across processes; READ COMMITTED on PostgreSQL, where every precondition is either a
+//!   compare-and-swap in the statement's `WHERE` (which PostgreSQL re-checks against the newest row
+//!   version after waiting for a concurrent writer) or a row lock taken before the read it guards.
+//! - After a write commits, [`notify::Changes`] moves, here and (PostgreSQL) in every other server.
+//! - SQL uses numbered placeholders (`$1`, `$2`, ...), which PostgreSQL and sqlx's SQLite driver both bind
+//!   by number; ids are TEXT, numbers BIGINT/INTEGER and documents JSON in TEXT on both backends.
+//! - What differs between the backends lives in [`backend`] (connections, clocks, locks, errors),
+//!   [`migrations`] (DDL) and [`notify`] (hearing other servers' writes).
+
+mod backend;
+mod migrations;
+mod notify;
+mod writes;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nimbus_core::catalog::Zone;
+use nimbus_core::event::Event;
+use nimbus_core::instance::Instance;
+use nimbus_core::operation::Operation;
+use nimbus_core::tenancy::{ApiKey, Organization, Project, Quota, Usage};
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyConnection, AnyPool, Row};
+use tokio::sync::{Mutex, MutexGuard};
+use uuid::Uuid;
+
+use self::backend::{is_unique_violation, Backend};
+use crate::*;
+
+/// How long an idempotency key is remembered.
+const IDEMPOTENCY_TTL_SECONDS: i64 = 24 * 3600;
+
+/// Connections to a PostgreSQL server per store: enough for a server's concurrent requests and workers,
+/// few enough that several servers fit in the default `max_connections` (100).
+const POSTGRES_POOL_SIZE: u32 = 10;
+
+/// Connections to a SQLite file: one writes at a time, the others read beside it (WAL).
+const SQLITE_POOL_SIZE: u32 = 8;
+
+/// The one implementation of [`Store`], for `sqlite:` and `postgres://` URLs.
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+    /// SQLite only. `BEGIN IMMEDIATE` is what makes write transactions correct, across processes too;
+    /// this mutex only spares them SQLite's busy handler, which waits for the write lock by sleeping and
+    /// polling, when the competing writer is in this very process. Never held on PostgreSQL, whose
+    /// writers wait on row locks instead.
+    sqlite_writer: Option<Mutex<()>>,
+    changes: notify::Changes,
+}
+
+/// One value bound to a numbered placeholder.
+#[derive(Debug, Clone)]
+pub(crate) enum Arg {
+    Text(String),
+    Int(i64),
+    Null,
+}
+
+impl From<&str> for Arg {
+    fn from(s: &str) -> Arg {
+        Arg::Text(s.to_string())
+    }
+}
+impl From<String> for Arg {
+    fn from(s: String) -> Arg {
+        Arg::Text(s)
+    }
+}
+impl From<&String> for Arg {
+    fn from(s: &String) -> Arg {
+        Arg::Text(s.clone())
+    }
+}
+impl From<i64> for Arg {
+    fn from(n: i64) -> Arg {
+        Arg::Int(n)
+    }
+}
+impl From<u32> for Arg {
+    fn from(n: u32) -> Arg {
+        Arg::Int(n.into())
+    }
+}
+impl From<u64> for Arg {
+    /// Sizes and counts: a number past `i64::MAX` cannot be stored, and none is ever that large.
+    fn from(n: u64) -> Arg {
+        Arg::Int(i64::try_from(n).unwrap_or(i64::MAX))
+    }
+}
+impl From<Uuid> for Arg {
+    fn from(id: Uuid) -> Arg {
+        Arg::Text(id.to_string())
+    }
+}
+impl From<Option<Uuid>> for Arg {
+    fn from(id: Option<Uuid>) -> Arg {
+        id.map_or(Arg::Null, Arg::from)
+    }
+}
+
+/// `vec![Arg::from(a), Arg::from(b), ...]`, the values for `$1`, `$2`, ...
+macro_rules! args {
+    ($($arg:expr),* $(,)?) => { vec![$($crate::sql::Arg::from($arg)),*] };
+}
+pub(crate) use args;
+
+/// `sql` with `args` bound to its placeholders in order.
+pub(crate) fn query(sql: &str, args: Vec<Arg>) -> sqlx::query::Query<'_, Any, AnyArguments<'_>> {
+    args.into_iter().fold(sqlx::query(sql), |q, arg| match arg {
+        Arg::Text(s) => q.bind(s),
+        Arg::Int(n) => q.bind(n),
+        Arg::Null => q.bind(None::<String>),
+    })
+}
+
+/// Dynamic SQL whose conditions are added one by one, each beside the value it binds. Placeholders are
+/// numbered here because sqlx's `QueryBuilder<Any>` emits `?`, which PostgreSQL rejects.
+pub(crate) struct Filtered {
+    sql: String,
+    args: Vec<Arg>,
+}
+
+impl Filtered {
+    /// `select` must end in a `WHERE` clause that conditions can be `AND`ed to (`WHERE 1=1` will do).
+    pub(crate) fn new(select: &str) -> Filtered {
+        Filtered { sql: select.to_string(), args: Vec::new() }
+    }
+
+    /// Appends ` AND {condition}$N`, `$N` being `value`'s placeholder: `and("project_id = ", id)`.
+    pub(crate) fn and(&mut self, condition: &str, value: impl Into<Arg>) -> &mut Filtered {
+        self.args.push(value.into());
+        self.sql.push_str(&format!(" AND {condition}${}", self.args.len()));
+        self
+    }
+
+    /// Appends SQL that binds nothing.
+    pub(crate) fn push(&mut self, sql: &str) -> &mut Filtered {
+        self.sql.push_str(sql);
+        self
+    }
+
+    /// Appends ` LIMIT $N` unless `limit` is 0 (all).
+    pub(crate) fn limit(&mut self, limit: u32) -> &mut Filtered {
+        if limit > 0 {
+            self.args.push(limit.into());
+            self.sql.push_str(&format!(" LIMIT ${}", self.args.len()));
+        }
+        self
+    }
+
+    pub(crate) fn query(&self) -> sqlx::query::Query<'_, Any, AnyArguments<'_>> {
+        query(&self.sql, self.args.clone())
+    }
+}
+
+/// A column of a row, or `Backend` naming the column when it holds something unexpected.
+pub(crate) fn column<'r, T>(row: &'r AnyRow, name: &str) -> StoreResult<T>
+where
+    T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+{
+    row.try_get(name).map_err(|e| StoreError::Backend(format!("reading column {name}: {e}")))
+}
+
+pub(crate) fn decode<T: for<'de> serde::Deserialize<'de>>(what: &str, body: &str) -> StoreResult<T> {
+    serde_json::from_str(body).map_err(|e| StoreError::Backend(format!("corrupt {what}: {e}")))
+}
+
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("domain types serialize")
+}
+
+pub(crate) fn parse_uuid(s: &str) -> StoreResult<Uuid> {
+    Uuid::parse_str(s).map_err(|e| StoreError::Backend(format!("corrupt id {s:?}: {e}")))
+}
+
+fn body_of<T: for<'de> serde::Deserialize<'de>>(what: &str, row: &AnyRow) -> StoreResult<T> {
+    decode(what, &column::<String>(row, "body")?)
+}
+
+pub(crate) fn project_from_row(row: &AnyRow) -> StoreResult<Project> {
+    let mut p: Project = body_of("project", row)?;
+    p.numeric_id = column(row, "numeric_id")?;
+    Ok(p)
+}
+
+fn record_from_row(kind: &str, row: &AnyRow) -> StoreResult<Record> {
+    Ok(Record {
+        kind: kind.to_string(),
+        id: parse_uuid(&column::<String>(row, "id")?)?,
+        project_id: column::<Option<String>>(row, "project_id")?.map(|s| parse_uuid(&s)).transpose()?,
+        name: column(row, "name")?,
+        body: decode(kind, &column::<String>(row, "body")?)?,
+        generation: column(row, "generation")?,
+    })
+}
+
+fn event_from_row(row: &AnyRow) -> StoreResult<Event> {
+    let mut e: Event = body_of("event", row)?;
+    e.seq = column(row, "seq")?;
+    Ok(e)
+}
+
+fn host_of(n: i64) -> StoreResult<u32> {
+    u32::try_from(n).map_err(|_| StoreError::Backend(format!("corrupt host number {n}")))
+}
+
+/// An open write transaction; see [`SqlStore::write`]. End it with [`SqlStore::finish`].
+pub(crate) struct WriteTx<'s> {
+    tx: sqlx::Transaction<'static, Any>,
+    // Declared after `tx`, so that it is released only once the transaction has ended.
+    _sqlite_writer: Option<MutexGuard<'s, ()>>,
+}
+
+impl WriteTx<'_> {
+    pub(crate) fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+}
+
+impl SqlStore {
+    /// Opens the database `url` names (`sqlite://PATH`, created if missing; `sqlite::memory:`; or
+    /// `postgres://...`, which must exist) and brings its schema up to date.
+    pub async fn open(url: &str) -> StoreResult<SqlStore> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(url)?;
+        let options = backend::connect_options(backend, url)?;
+        let pool_options = match backend {
+            Backend::Sqlite => {
+                let in_memory = backend::sqlite_in_memory(url);
+                AnyPoolOptions::new()
+                    // An in-memory database lives and dies with its connection: exactly one, kept forever.
+                    .max_connections(if in_memory { 1 } else { SQLITE_POOL_SIZE })
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .after_connect(move |conn, _| Box::pin(set_pragmas(conn, in_memory)))
+            }
+            Backend::Postgres => AnyPoolOptions::new().max_connections(POSTGRES_POOL_SIZE),
+        };
+        let pool = pool_options
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Backend(format!("connecting to the {} database: {e}", backend.name())))?;
+        migrations::migrate(&pool, backend).await?;
+        let changes = match backend {
+            Backend::Sqlite => notify::Changes::local(),
+            Backend::Postgres => notify::Changes::listening(url).await?,
+        };
+        let sqlite_writer = (backend == Backend::Sqlite).then(|| Mutex::new(()));
+        Ok(SqlStore { pool, backend, sqlite_writer, changes })
+    }
+
+    /// A private in-memory SQLite database.
+    pub async fn open_in_memory() -> StoreResult<SqlStore> {
+        SqlStore::open("sqlite::memory:").await
+    }
+
+    fn fail(&self, doing: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+        let doing = doing.to_string();
+        move |e| self.backend.error(&doing, e)
+    }
+
+    /// Begins a write transaction (see [`Backend::begin_write`]).
+    pub(crate) async fn write(&self) -> StoreResult<WriteTx<'_>> {
+        let guard = match &self.sqlite_writer {
+            Some(m) => Some(m.lock().await),
+            None => None,
+        };
+        let tx = self.pool.begin_with(self.backend.begin_write()).await.map_err(self.fail("beginning a write"))?;
+        Ok(WriteTx { tx, _sqlite_writer: guard })
+    }
+
+    /// Commits `w` when `result` is a success and tells waiters; otherwise rolls it back, now rather than
+    /// whenever the connection is next used, so that the next writer does not wait behind it.
+    pub(crate) async fn finish<T>(&self, w: WriteTx<'_>, result: StoreResult<T>) -> StoreResult<T> {
+        self.end(w, result, true).await
+    }
+
+    /// [`SqlStore::finish`], telling waiters only when `changed`: a write that found nothing to do (a claim
+    /// with nothing to claim) must not wake them, or idle workers would wake each other forever.
+    async fn end<T>(&self, w: WriteTx<'_>, result: StoreResult<T>, changed: bool) -> StoreResult<T> {
+        let WriteTx { tx, _sqlite_writer } = w;
+        match result {
+            Ok(value) => {
+                tx.commit().await.map_err(self.fail("committing"))?;
+                if changed {
+                    self.changes.bump();
+                }
+                Ok(value)
+            }
+            Err(e) => {
+                if let Err(rollback) = tx.rollback().await {
+                    tracing::warn!(error = %rollback, "rolling back a failed write");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// One statement in a transaction of its own.
+    async fn write_one(&self, doing: &str, sql: &str, args: Vec<Arg>) -> StoreResult<u64> {
+        let mut w = self.write().await?;
+        let result = query(sql, args).execute(w.conn()).await.map(|r| r.rows_affected()).map_err(self.fail(doing));
+        let changed = matches!(result, Ok(n) if n > 0);
+        self.end(w, result, changed).await
+    }
+
+    /// The one JSON document `sql` (`SELECT body ... WHERE key = $1`) finds for `key`, if any.
+    async fn document<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        what: &str,
+        sql: &str,
+        key: impl Into<Arg>,
+    ) -> StoreResult<Option<T>> {
+        let row = query(sql, vec![key.into()]).fetch_optional(&self.pool).await.map_err(self.fail(what))?;
+        row.map(|r| body_of(what, &r)).transpose()
+    }
+
+    /// The JSON documents of a `SELECT body ... WHERE ...`, in id order, at most `limit` (0: all).
+    async fn documents<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        what: &str,
+        mut sql: Filtered,
+        limit: u32,
+    ) -> StoreResult<Vec<T>> {
+        sql.push(" ORDER BY id").limit(limit);
+        let rows = sql.query().fetch_all(&self.pool).await.map_err(self.fail(what))?;
+        rows.iter().map(|r| body_of(what, r)).collect()
+    }
+
+    async fn project_row(&self, sql: &str, key: Arg) -> StoreResult<Option<Project>> {
+        let row = query(sql, vec![key]).fetch_optional(&self.pool).await.map_err(self.fail("reading a project"))?;
+        row.as_ref().map(project_from_row).transpose()
+    }
+}
+
+async fn set_pragmas(conn: &mut AnyConnection, in_memory: bool) -> Result<(), sqlx::Error> {
+    for pragma in backend::sqlite_pragmas(in_memory) {
+        sqlx::query(pragma).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// What a project's live instances use, as seen by `conn` (inside a write set: including its writes).
+pub(crate) async fn usage_in(conn: &mut AnyConnection, backend: Backend, project_id: Uuid) -> StoreResult<Usage> {
+    // CAST: PostgreSQL sums BIGINTs into NUMERIC, which the Any driver cannot carry.
+    let row = query(
+        "SELECT COUNT(*) AS instances, CAST(COALESCE(SUM(vcpus), 0) AS BIGINT) AS vcpus,
+                CAST(COALESCE(SUM(memory_mib), 0) AS BIGINT) AS memory_mib,
+                CAST(COALESCE(SUM(disk_gb), 0) AS BIGINT) AS disk_gb
+         FROM instances WHERE project_id = $1 AND state NOT IN ('destroying', 'destroyed')",
+        args![project_id],
+    )
+    .fetch_one(conn)
+    .await
+    .map_err(|e| backend.error("counting usage", e))?;
+    let count = |name: &str| -> StoreResult<u64> {
+        let n: i64 = column(&row, name)?;
+        u64::try_from(n).map_err(|_| StoreError::Backend(format!("corrupt usage {name} = {n}")))
+    };
+    Ok(Usage {
+        instances: count("instances")?,
+        vcpus: count("vcpus")?,
+        memory_mib: count("memory_mib")?,
+        disk_gb: count("disk_gb")?,
+    })
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    fn backend(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    async fn put_organization(&self, org: &Organization) -> StoreResult<()> {
+        self.write_one(
+            "storing an organization",
+            "INSERT INTO organizations (id, body) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+            args![org.id, encode(org)],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn get_organization(&self, id: Uuid) -> StoreResult<Option<Organization>> {
+        self.document("organization", "SELECT body FROM organizations WHERE id = $1", id).await
+    }
+
+    async fn create_project(&self, project: &Project) -> StoreResult<Project> {
+        let mut w = self.write().await?;
+        let result = async {
+            // Holds the organization while its project is added, so that a concurrent DeleteOrganization
+            // (which locks it too, on PostgreSQL) sees the project or comes first.
+            let lock = format!("SELECT id FROM organizations WHERE id = $1{}", self.backend.for_share());
+            query(&lock, args![project.organization_id])
+                .fetch_optional(w.conn())
+                .await
+                .map_err(self.fail("locking the organization"))?;
+            let row = query(
+                "INSERT INTO projects (id, organization_id, body) VALUES ($1, $2, $3) RETURNING numeric_id",
+                args![project.id, project.organization_id, encode(project)],
+            )
+            .fetch_one(w.conn())
+            .await
+            .map_err(|e| match e {
+                e if is_unique_violation(&e) => StoreError::AlreadyExists(format!("project {}", project.id)),
+                e => self.backend.error("creating a project", e),
+            })?;
+            Ok(Project { numeric_id: column(&row, "numeric_id")?, ..project.clone() })
+        }
+        .await;
+        self.finish(w, result).await
+    }
+
+    async fn get_project(&self, id: Uuid) -> StoreResult<Option<Project>> {
+        self.project_row("SELECT numeric_id, body FROM projects WHERE id = $1", id.into()).await
+    }
+
+    async fn get_project_by_numeric_id(&self, numeric_id: i64) -> StoreResult<Option<Project>> {
+        self.project_row("SELECT numeric_id, body FROM projects WHERE numeric_id = $1", numeric_id.into()).await
+    }
+
+    async fn list_projects(&self, organization_id: Uuid) -> StoreResult<Vec<Project>> {
+        let rows = query(
+            "SELECT numeric_id, body FROM projects WHERE organization_id = $1 ORDER BY numeric_id",
+            args![organization_id],
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.fail("listing projects"))?;
+        rows.iter().map(project_from_row).collect()
+    }
+
+    async fn set_quota(&self, project_id: Uuid, quota: Quota) -> StoreResult<()> {
+        let mut w = self.write().await?;
+        let result = async {
+            let select = format!("SELECT numeric_id, body FROM projects WHERE id = $1{}", self.backend.for_update());
+            let row = query(&select, args![project_id])
+                .fetch_optional(w.conn())
+                .await
+                .map_err(self.fail("reading a project"))?
+                .ok_or_else(|| StoreError::NotFound(format!("project {project_id}")))?;
+            let project = Project { quota, ..project_from_row(&row)? };
+            query("UPDATE projects SET body = $1 WHERE id = $2", args![encode(&project), project_id])
+                .execute(w.conn())
+                .await
+                .map_err(self.fail("setting a quota"))?;
+            Ok(())
+        }
+        .await;
+        self.finish(w, result).await
+    }
+
+    async fn usage(&self, project_id: Uuid) -> StoreResult<Usage> {
+        let mut conn = self.pool.acquire().await.map_err(self.fail("connecting"))?;
+        usage_in(&mut conn, self.backend, project_id).await
+    }
+
+    async fn count_api_keys(&self) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.fail("counting API keys"))?;
+        u64::try_from(n).map_err(|_| StoreError::Backend(format!("corrupt count {n}")))
+    }
+
+    async fn put_api_key(&self, key: &ApiKey) -> StoreResult<()> {
+        let mut w = self.write().await?;
+        let result = writes::insert_api_key(w.conn(), self.backend, key).await;
+        self.finish(w, result).await
+    }
+
+    async fn get_api_key(&self, key_id: &str) -> StoreResult<Option<ApiKey>> {
+        self.document("API key", "SELECT body FROM api_keys WHERE key_id = $1", key_id).await
+    }
+
+    async fn get_api_key_by_secret_hash(&self, sha256_hex: &str) -> StoreResult<Option<ApiKey>> {
+        self.document("API key", "SELECT body FROM api_keys WHERE secret_sha256 = $1", sha256_hex).await
+    }
+
+    async fn list_api_keys(&self, project_id: Uuid) -> StoreResult<Vec<ApiKey>> {
+        let rows = query("SELECT body FROM api_keys WHERE project_id = $1 ORDER BY key_id", args![project_id])
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.fail("listing API keys"))?;
+        rows.iter().map(|r| body_of("API key", r)).collect()
+    }
+
+    async fn delete_api_key(&self, key_id: &str) -> StoreResult<bool> {
+        let deleted =
+            self.write_one("deleting an API key", "DELETE FROM api_keys WHERE key_id = $1", args![key_id]).await?;
+        Ok(deleted > 0)
+    }
+
+    async fn put_zone(&self, zone: &Zone) -> StoreResult<()> {
+        self.write_one(
+            "storing a zone",
+            "INSERT INTO zones (name, body) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+            args![&zone.name, encode(zone)],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn list_zones(&self) -> StoreResult<Vec<Zone>> {
+        let rows = query("SELECT body FROM zones ORDER BY name", vec![])
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.fail("listing zones"))?;
+        rows.iter().map(|r| body_of("zone", r)).collect()
+    }
+
+    async fn get_record(&self, kind: &str, id: Uuid) -> StoreResult<Option<Record>> {
+        let row = query(
+            "SELECT id, project_id, name, body, generation FROM records WHERE kind = $1 AND id = $2",
+            args![kind, id],
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.fail("reading a record"))?;
+        row.map(|r| record_from_row(kind, &r)).transpose()
+    }
+
+    async fn list_records(&self, kind: &str, project_id: Option<Uuid>) -> StoreResult<Vec<Record>> {
+        let mut sql = Filtered::new("SELECT id, project_id, name, body, generation FROM records WHERE 1=1");
+        sql.and("kind = ", kind);
+        if let Some(p) = project_id {
+            sql.and("(project_id IS NULL OR project_id = ", p).push(")");
+        }
+        sql.push(" ORDER BY id");
+        let rows = sql.query().fetch_all(&self.pool).await.map_err(self.fail("listing records"))?;
+        rows.iter().map(|r| record_from_row(kind, r)).collect()
+    }
+
+    async fn get_instance(&self, id: Uuid) -> StoreResult<Option<Instance>> {
+        self.document("instance", "SELECT body FROM instances WHERE id = $1", id).await
+    }
+
+    async fn list_instances(&self, q: &InstanceQuery) -> StoreResult<Vec<Instance>> {
+        let mut sql = Filtered::new("SELECT body FROM instances WHERE 1=1");
+        if let Some(p) = q.project_id {
+            sql.and("project_id = ", p);
+        }
+        if let Some(state) = q.state {
+            sql.and("state = ", state.as_str());
+        }
+        if let Some(n) = &q.name {
+            sql.and("name = ", n);
+        }
+        if let Some(a) = q.after {
+            sql.and("id > ", a);
+        }
+        self.documents("instance", sql, q.limit).await
+    }
+
+    async fn get_operation(&self, id: Uuid) -> StoreResult<Option<Operation>> {
+        self.document("operation", "SELECT body FROM operations WHERE id = $1", id).await
+    }
+
+    async fn list_operations(&self, q: &OperationQuery) -> StoreResult<Vec<Operation>> {
+        let mut sql = Filtered::new("SELECT body FROM operations WHERE 1=1");
+        if let Some(p) = q.project_id {
+            sql.and("project_id = ", p);
+        }
+        if let Some(t) = q.target_id {
+            sql.and("target_id = ", t);
+        }
+        if q.unfinished {
+            sql.push(" AND state IN ('pending', 'running')");
+        }
+        if let Some(a) = q.after {
+            sql.and("id > ", a);
+        }
+        self.documents("operation", sql, q.limit).await
+    }
+
+    async fn apply(&self, set: WriteSet) -> StoreResult<()> {
+        let mut w = self.write().await?;
+        let result = writes::apply(w.conn(), self.backend, &set).await;
+        self.finish(w, result).await
+    }
+
+    async fn claim_operation(&self, owner: &str, lease: Duration) -> StoreResult<Option<Operation>> {
+        let now = self.backend.now_ms();
+        let sql = format!(
+            "UPDATE operations SET lease_owner = $1, lease_expires = {now} + $2
+             WHERE id = (SELECT id FROM operations
+                         WHERE state IN ('pending', 'running') AND (lease_owner IS NULL OR lease_expires < {now})
+                         ORDER BY id LIMIT 1{})
+             RETURNING body",
+            self.backend.skip_locked()
+        );
+        let mut w = self.write().await?;
+        let result = async {
+            let row = query(&sql, args![owner, lease_ms(lease)])
+                .fetch_optional(w.conn())
+                .await
+                .map_err(self.fail("claiming an operation"))?;
+            row.map(|r| body_of::<Operation>("operation", &r)).transpose()
+        }
+        .await;
+        let claimed = matches!(result, Ok(Some(_)));
+        self.end(w, result, claimed).await
+    }
+
+    async fn renew_lease(&self, id: Uuid, owner: &str, lease: Duration) -> StoreResult<bool> {
+        // A renewal changes nothing anyone waits for, so it does not move `changes()` (workers renew every
+        // few seconds; waking every waiter each time would be noise).
+        let sql = format!(
+            "UPDATE operations SET lease_expires = {} + $1
+             WHERE id = $2 AND lease_owner = $3 AND state IN ('pending', 'running')",
+            self.backend.now_ms()
+        );
+        let mut w = self.write().await?;
+        let result = query(&sql, args![lease_ms(lease), id, owner])
+            .execute(w.conn())
+            .await
+            .map_err(self.fail("renewing a lease"))
+            .map(|r| r.rows_affected() > 0);
+        self.end(w, result, false).await
+    }
+
+    async fn release_lease(&self, id: Uuid, owner: &str) -> StoreResult<()> {
+        let mut w = self.write().await?;
+        let result = async {
+            let released: u64 = query(
+                "UPDATE operations SET lease_owner = NULL, lease_expires = NULL WHERE id = $1 AND lease_owner = $2",
+                args![id, owner],
+            )
+            .execute(w.conn())
+            .await
+            .map_err(self.fail("releasing a lease"))?
+            .rows_affected();
+            // Another server's idle worker may claim it at once.
+            if let (true, Some(notify)) = (released > 0, self.backend.notify_others()) {
+                query(notify, vec![]).execute(w.conn()).await.map_err(self.fail("notifying"))?;
+            }
+            Ok(released > 0)
+        }
+        .await;
+        let released = matches!(result, Ok(true));
+        self.end(w, result, released).await.map(|_| ())
+    }
+
+    async fn events_after(&self, project_id: Option<Uuid>, after_seq: i64, limit: u32) -> StoreResult<Vec<Event>> {
+        // Here 0 means none, not all (as `LIMIT 0`): a caller asking for nothing gets nothing.
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut sql = Filtered::new("SELECT seq, body FROM events WHERE 1=1");
+        if let Some(p) = project_id {
+            sql.and("project_id = ", p);
+        }
+        sql.and("seq > ", after_seq).push(" ORDER BY seq").limit(limit);
+        let rows = sql.query().fetch_all(&self.pool).await.map_err(self.fail("reading events"))?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn latest_event_seq(&self, project_id: Option<Uuid>) -> StoreResult<i64> {
+        let mut sql = Filtered::new("SELECT COALESCE(MAX(seq), 0) AS seq FROM events WHERE 1=1");
+        if let Some(p) = project_id {
+            sql.and("project_id = ", p);
+        }
+        let row = sql.query().fetch_one(&self.pool).await.map_err(self.fail("reading the latest event"))?;
+        column(&row, "seq")
+    }
+
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    async fn resolve_alias(&self, kind: &str, alias: &str) -> StoreResult<Option<Uuid>> {
+        let row = query("SELECT id FROM aliases WHERE kind = $1 AND alias = $2", args![kind, alias])
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.fail("resolving an alias"))?;
+        row.map(|r| parse_uuid(&column::<String>(&r, "id")?)).transpose()
+    }
+
+    async fn alias_of(&self, kind: &str, id: Uuid) -> StoreResult<Option<String>> {
+        let row = query("SELECT alias FROM aliases WHERE kind = $1 AND id = $2", args![kind, id])
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.fail("reading an alias"))?;
+        row.map(|r| column(&r, "alias")).transpose()
+    }
+
+    async fn free_addresses(&self, network: &str, first: u32, last: u32, limit: u32) -> StoreResult<Vec<u32>> {
+        if limit == 0 || first > last {
+            return Ok(Vec::new());
+        }
+        // The lowest `limit` free numbers lie in the first `limit` free runs, each no further than `limit`
+        // from the run's start; a run starts at `first` or just above a held number. So: the first
+        // `limit` run starts that are free, each stretched `limit` numbers, minus the held ones. The
+        // database reads the held rows of this network once per step and returns at most `limit` rows.
+        let rows = query(
+            "WITH RECURSIVE
+             starts (host) AS (
+                 SELECT s.host FROM (
+                     SELECT $2 AS host
+                     UNION SELECT host + 1 FROM addresses WHERE network = $1 AND host >= $2 AND host < $3
+                 ) s
+                 WHERE NOT EXISTS (SELECT 1 FROM addresses a WHERE a.network = $1 AND a.host = s.host)
+                 ORDER BY s.host LIMIT $4
+             ),
+             steps (k) AS (SELECT 0 UNION ALL SELECT k + 1 FROM steps WHERE k + 1 < $4)
+             SELECT DISTINCT starts.host + steps.k AS host FROM starts, steps
+             WHERE starts.host + steps.k <= $3
+               AND NOT EXISTS (
+                   SELECT 1 FROM addresses a WHERE a.network = $1 AND a.host = starts.host + steps.k
+               )
+             ORDER BY host LIMIT $4",
+            args![network, first, last, limit],
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.fail("finding free addresses"))?;
+        rows.iter().map(|r| host_of(column(r, "host")?)).collect()
+    }
+
+    async fn list_addresses(&self, network: Option<&str>) -> StoreResult<Vec<AddressHold>> {
+        let mut sql = Filtered::new("SELECT network, host, owner FROM addresses WHERE 1=1");
+        if let Some(n) = network {
+            sql.and("network = ", n);
+        }
+        sql.push(" ORDER BY network, host");
+        let rows = sql.query().fetch_all(&self.pool).await.map_err(self.fail("listing addresses"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(AddressHold {
+                    network: column(r, "network")?,
+                    host: host_of(column(r, "host")?)?,
+                    owner: parse_uuid(&column::<String>(r, "owner")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn idempotency_claim(
+        &self,
+        project_id: Uuid,
+        key: &str,
+        request_hash: &str,
+    ) -> StoreResult<IdempotencyClaim> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut w = self.write().await?;
+        let result = async {
+            query("DELETE FROM idempotency WHERE created_at < $1", args![now - IDEMPOTENCY_TTL_SECONDS])
+                .execute(w.conn())
+                .await
+                .map_err(self.fail("expiring idempotency keys"))?;
+            // ON CONFLICT DO NOTHING: of two servers claiming one new key at once, one inserts and the
+            // other (on PostgreSQL, after waiting for it) finds its row below.
+            let inserted = query(
+                "INSERT INTO idempotency (project_id, key, request_hash, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (project_id, key) DO NOTHING",
+                args![project_id, key, request_hash, now],
+            )
+            .execute(w.conn())
+            .await
+            .map_err(self.fail("claiming an idempotency key"))?
+            .rows_affected();
+            if inserted > 0 {
+                return Ok(IdempotencyClaim::New);
+            }
+            let row = query(
+                "SELECT request_hash, status, body FROM idempotency WHERE project_id = $1 AND key = $2",
+                args![project_id, key],
+            )
+            .fetch_optional(w.conn())
+            .await
+            .map_err(self.fail("reading an idempotency key"))?
+            .ok_or_else(|| StoreError::Conflict(format!("idempotency key {key} vanished while claimed")))?;
+            if column::<String>(&row, "request_hash")? != request_hash {
+                return Ok(IdempotencyClaim::Mismatch);
+            }
+            match (column::<Option<i64>>(&row, "status")?, column::<Option<String>>(&row, "body")?) {
+                (Some(status), Some(body)) => {
+                    let status = u16::try_from(status)
+                        .map_err(|_| StoreError::Backend(format!("corrupt stored status {status}")))?;
+                    Ok(IdempotencyClaim::Replay { status, body })
+                }
+                _ => Ok(IdempotencyClaim::InProgress),
+            }
+        }
+        .await;
+        self.finish(w, result).await
+    }
+
+    async fn idempotency_finish(&self, project_id: Uuid, key: &str, status: u16, body: &str) -> StoreResult<()> {
+        self.write_one(
+            "finishing an idempotency key",
+            "UPDATE idempotency SET status = $1, body = $2 WHERE project_id = $3 AND key = $4",
+            args![i64::from(status), body, project_id, key],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn idempotency_release(&self, project_id: Uuid, key: &str) -> StoreResult<()> {
+        self.write_one(
+            "releasing an idempotency key",
+            "DELETE FROM idempotency WHERE project_id = $1 AND key = $2 AND status IS NULL",
+            args![project_id, key],
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// A lease as milliseconds, saturating (a lease of centuries is as good as forever).
+fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
+}

@@ -1,0 +1,93 @@
+//! The change counter behind [`crate::Store::changes`]: a `watch` channel whose value moves after every
+//! committed write of this process and, on PostgreSQL, after every `pg_notify` on [`CHANNEL`] by any
+//! process on the same database.
+//!
+//! The counter says only "something may have changed": waiters re-read what they wait for. So a
+//! notification may be spurious or doubled (this process hears its own), but never lost for long: when the
+//! listening connection drops, the counter moves anyway, since anything could have happened meanwhile.
+//! The listener task lives no longer than the store: dropping [`Changes`] aborts it, and it holds only a
+//! weak reference to the counter.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+
+use crate::{StoreError, StoreResult};
+
+/// The channel every server LISTENs on and every write set NOTIFYs.
+pub(crate) const CHANNEL: &str = "nimbus_changes";
+
+/// How long the listener waits before connecting again after the server refused it.
+const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+pub(crate) struct Changes {
+    counter: Arc<watch::Sender<u64>>,
+    listener: Option<tokio::task::AbortHandle>,
+}
+
+impl Changes {
+    /// Moved by this process's writes only: SQLite's case, where a second process on the same file (which
+    /// `BEGIN IMMEDIATE` keeps correct) is noticed only when waiters re-read on their own timeouts.
+    pub(crate) fn local() -> Changes {
+        Changes { counter: Arc::new(watch::channel(0).0), listener: None }
+    }
+
+    /// Also moved by every other process writing to the PostgreSQL database at `url`. Listening starts
+    /// before this returns, so a write committed by another process after `open` is never missed.
+    pub(crate) async fn listening(url: &str) -> StoreResult<Changes> {
+        let counter = Arc::new(watch::channel(0).0);
+        let mut listener = PgListener::connect(url)
+            .await
+            .map_err(|e| StoreError::Backend(format!("connecting the change listener: {e}")))?;
+        listener.listen(CHANNEL).await.map_err(|e| StoreError::Backend(format!("listening on {CHANNEL}: {e}")))?;
+        let task = tokio::spawn(listen(listener, Arc::downgrade(&counter)));
+        Ok(Changes { counter, listener: Some(task.abort_handle()) })
+    }
+
+    pub(crate) fn bump(&self) {
+        bump(&self.counter);
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.counter.subscribe()
+    }
+}
+
+impl Drop for Changes {
+    fn drop(&mut self) {
+        if let Some(task) = &self.listener {
+            task.abort();
+        }
+    }
+}
+
+fn bump(counter: &watch::Sender<u64>) {
+    // send_modify, not send: it updates the value even while nobody is subscribed.
+    counter.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+async fn listen(mut listener: PgListener, counter: Weak<watch::Sender<u64>>) {
+    loop {
+        let heard = listener.try_recv().await;
+        let Some(counter) = counter.upgrade() else { return };
+        match heard {
+            Ok(Some(_)) => {
+                // One bump for a burst: drain what is already buffered.
+                while listener.next_buffered().is_some() {}
+            }
+            // The connection dropped and was made again: notifications in between are lost, so wake
+            // everyone to re-read.
+            Ok(None) => tracing::warn!("change listener reconnected"),
+            Err(e) => {
+                tracing::warn!(error = %e, "change listener lost its connection; retrying");
+                bump(&counter);
+                drop(counter);
+                tokio::time::sleep(RECONNECT_DELAY).await;
+                continue;
+            }
+        }
+        bump(&counter);
+    }
+}

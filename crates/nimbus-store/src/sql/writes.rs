@@ -1,0 +1,346 @@
+//! [`crate::Store::apply`]: the writes of one [`WriteSet`] inside the caller's write transaction.
+//!
+//! Order inside the transaction, and why:
+//! 1. With `enforce_quota_of`, the project's row is locked first (PostgreSQL), so sets checking the same
+//!    project's quota run one after another and each one's check sees every earlier commit.
+//! 2. The writes, in the order given, except event appends. Every update is a compare-and-swap in its
+//!    `WHERE` clause; zero rows touched means someone else won (`Conflict`).
+//! 3. The quota check, on the set's result.
+//! 4. Other servers are notified (delivered at commit).
+//! 5. Event appends last, under [`Backend::serialize_event_appends`], so that sequence order is commit order
+//!    while the lock that ensures it is held only for the appends and the commit.
+//!
+//! Any error returns at once; the caller rolls everything back.
+
+use nimbus_core::operation::Operation;
+use nimbus_core::tenancy::ApiKey;
+use sqlx::AnyConnection;
+use uuid::Uuid;
+
+use super::backend::{is_unique_violation, Backend};
+use super::{args, column, encode, project_from_row, query, usage_in, Arg};
+use crate::{StoreError, StoreResult, Write, WriteSet};
+
+pub(super) async fn apply(conn: &mut AnyConnection, backend: Backend, set: &WriteSet) -> StoreResult<()> {
+    let quota = match set.enforce_quota_of {
+        Some(project_id) => {
+            let select = format!("SELECT numeric_id, body FROM projects WHERE id = $1{}", backend.for_update());
+            let row = query(&select, args![project_id])
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|e| backend.error("locking the project", e))?
+                .ok_or_else(|| StoreError::NotFound(format!("project {project_id}")))?;
+            Some((project_id, project_from_row(&row)?.quota))
+        }
+        None => None,
+    };
+    let (events, writes): (Vec<&Write>, Vec<&Write>) =
+        set.writes.iter().partition(|w| matches!(w, Write::AppendEvent(_)));
+    for write in writes {
+        apply_one(conn, backend, write).await?;
+    }
+    if let Some((project_id, quota)) = quota {
+        let usage = usage_in(conn, backend, project_id).await?;
+        if let Some(why) = quota.exceeded_by(&usage) {
+            return Err(StoreError::QuotaExceeded(why));
+        }
+    }
+    if let Some(notify) = backend.notify_others() {
+        query(notify, vec![]).execute(&mut *conn).await.map_err(|e| backend.error("notifying", e))?;
+    }
+    if events.is_empty() {
+        return Ok(());
+    }
+    if let Some(lock) = backend.serialize_event_appends() {
+        query(lock, vec![]).execute(&mut *conn).await.map_err(|e| backend.error("ordering events", e))?;
+    }
+    for event in events {
+        if let Write::AppendEvent(e) = event {
+            query("INSERT INTO events (project_id, body) VALUES ($1, $2)", args![e.project_id, encode(e)])
+                .execute(&mut *conn)
+                .await
+                .map_err(|err| backend.error("appending an event", err))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs one statement and returns how many rows it touched; `on_unique` names what already exists when it
+/// breaks a unique index.
+async fn run(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    doing: &str,
+    sql: &str,
+    args: Vec<Arg>,
+    on_unique: impl FnOnce() -> StoreError,
+) -> StoreResult<u64> {
+    match query(sql, args).execute(conn).await {
+        Ok(done) => Ok(done.rows_affected()),
+        Err(e) if is_unique_violation(&e) => Err(on_unique()),
+        Err(e) => Err(backend.error(doing, e)),
+    }
+}
+
+/// `run` for a statement that breaks no unique index.
+async fn exec(conn: &mut AnyConnection, backend: Backend, doing: &str, sql: &str, args: Vec<Arg>) -> StoreResult<u64> {
+    query(sql, args).execute(conn).await.map(|done| done.rows_affected()).map_err(|e| backend.error(doing, e))
+}
+
+/// `Conflict` unless a compare-and-swap touched a row.
+fn swapped(touched: u64, what: impl FnOnce() -> String) -> StoreResult<()> {
+    if touched == 0 {
+        return Err(StoreError::Conflict(what()));
+    }
+    Ok(())
+}
+
+pub(super) async fn insert_api_key(conn: &mut AnyConnection, backend: Backend, key: &ApiKey) -> StoreResult<()> {
+    run(
+        conn,
+        backend,
+        "storing an API key",
+        "INSERT INTO api_keys (key_id, project_id, secret_sha256, body) VALUES ($1, $2, $3, $4)",
+        args![&key.key_id, key.project_id, &key.secret_sha256, encode(key)],
+        || StoreError::AlreadyExists(format!("api key {}", key.key_id)),
+    )
+    .await
+    .map(|_| ())
+}
+
+async fn apply_one(conn: &mut AnyConnection, backend: Backend, write: &Write) -> StoreResult<()> {
+    match write {
+        Write::PutInstance { instance: i, expected_generation: None } => {
+            run(
+                conn,
+                backend,
+                "inserting an instance",
+                "INSERT INTO instances (id, project_id, name, state, generation, vcpus, memory_mib, disk_gb, body)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                args![
+                    i.id,
+                    i.project_id,
+                    &i.name,
+                    i.state.as_str(),
+                    i.generation,
+                    i.vcpus,
+                    i.memory_mib,
+                    i.disk_size_gb,
+                    encode(i)
+                ],
+                || StoreError::AlreadyExists(format!("instance {}", i.id)),
+            )
+            .await?;
+        }
+        Write::PutInstance { instance: i, expected_generation: Some(expected) } => {
+            let touched = exec(
+                conn,
+                backend,
+                "updating an instance",
+                "UPDATE instances SET name = $1, state = $2, generation = $3, vcpus = $4, memory_mib = $5,
+                 disk_gb = $6, body = $7 WHERE id = $8 AND generation = $9",
+                args![
+                    &i.name,
+                    i.state.as_str(),
+                    i.generation,
+                    i.vcpus,
+                    i.memory_mib,
+                    i.disk_size_gb,
+                    encode(i),
+                    i.id,
+                    *expected
+                ],
+            )
+            .await?;
+            swapped(touched, || format!("instance {} (not at generation {expected})", i.id))?;
+        }
+        Write::DeleteInstance { id, expected_generation } => {
+            let touched = exec(
+                conn,
+                backend,
+                "deleting an instance",
+                "DELETE FROM instances WHERE id = $1 AND generation = $2",
+                args![*id, *expected_generation],
+            )
+            .await?;
+            swapped(touched, || format!("instance {id} (not at generation {expected_generation})"))?;
+        }
+        Write::InsertOperation(op) => {
+            run(
+                conn,
+                backend,
+                "inserting an operation",
+                "INSERT INTO operations (id, project_id, target_id, state, body) VALUES ($1, $2, $3, $4, $5)",
+                args![op.id, op.project_id, op.target.id, op.state.as_str(), encode(op)],
+                || StoreError::AlreadyExists(format!("operation {}", op.id)),
+            )
+            .await?;
+        }
+        Write::UpdateOperation { operation: op, lease_owner } => {
+            update_operation(conn, backend, op, lease_owner).await?
+        }
+        Write::InsertRecord(r) => {
+            run(
+                conn,
+                backend,
+                "inserting a record",
+                "INSERT INTO records (kind, id, project_id, name, body, generation) VALUES ($1, $2, $3, $4, $5, $6)",
+                args![&r.kind, r.id, r.project_id, &r.name, r.body.to_string(), r.generation],
+                || StoreError::AlreadyExists(format!("{} {}", r.kind, r.id)),
+            )
+            .await?;
+        }
+        Write::UpdateRecord { record: r, expected_generation } => {
+            let touched = exec(
+                conn,
+                backend,
+                "updating a record",
+                "UPDATE records SET project_id = $1, name = $2, body = $3, generation = $4
+                 WHERE kind = $5 AND id = $6 AND generation = $7",
+                args![r.project_id, &r.name, r.body.to_string(), r.generation, &r.kind, r.id, *expected_generation],
+            )
+            .await?;
+            swapped(touched, || format!("{} {} (not at generation {expected_generation})", r.kind, r.id))?;
+        }
+        Write::DeleteRecord { kind, id, expected_generation: None } => {
+            exec(
+                conn,
+                backend,
+                "deleting a record",
+                "DELETE FROM records WHERE kind = $1 AND id = $2",
+                args![kind, *id],
+            )
+            .await?;
+        }
+        Write::DeleteRecord { kind, id, expected_generation: Some(expected) } => {
+            let touched = exec(
+                conn,
+                backend,
+                "deleting a record",
+                "DELETE FROM records WHERE kind = $1 AND id = $2 AND generation = $3",
+                args![kind, *id, *expected],
+            )
+            .await?;
+            swapped(touched, || format!("{kind} {id} (not at generation {expected})"))?;
+        }
+        // Appended by `apply`, after every other write.
+        Write::AppendEvent(_) => {}
+        Write::PutAlias { kind, alias, id } => {
+            run(
+                conn,
+                backend,
+                "storing an alias",
+                "INSERT INTO aliases (kind, alias, id) VALUES ($1, $2, $3)",
+                args![kind, alias, *id],
+                || StoreError::AlreadyExists(format!("{kind} alias {alias} (or an alias of {id})")),
+            )
+            .await?;
+        }
+        Write::DeleteAlias { kind, alias } => {
+            exec(
+                conn,
+                backend,
+                "deleting an alias",
+                "DELETE FROM aliases WHERE kind = $1 AND alias = $2",
+                args![kind, alias],
+            )
+            .await?;
+        }
+        Write::ExpectAlias { kind, alias, id } => {
+            // FOR SHARE (PostgreSQL): the alias cannot be deleted or moved until this set commits.
+            let select = format!("SELECT id FROM aliases WHERE kind = $1 AND alias = $2{}", backend.for_share());
+            let held = query(&select, args![kind, alias])
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|e| backend.error("reading an alias", e))?
+                .map(|row| column::<String>(&row, "id"))
+                .transpose()?;
+            if held.as_deref() != Some(id.to_string().as_str()) {
+                return Err(StoreError::Conflict(format!("{kind} alias {alias} no longer names {id}")));
+            }
+        }
+        Write::ClaimAddress { network, host, owner } => {
+            run(
+                conn,
+                backend,
+                "claiming an address",
+                "INSERT INTO addresses (network, host, owner) VALUES ($1, $2, $3)",
+                args![network, *host, *owner],
+                || StoreError::Conflict(format!("address {host} of {network} is taken")),
+            )
+            .await?;
+        }
+        Write::ReleaseAddresses { owner } => {
+            exec(conn, backend, "releasing addresses", "DELETE FROM addresses WHERE owner = $1", args![*owner]).await?;
+        }
+        Write::PutApiKey(key) => insert_api_key(conn, backend, key).await?,
+        Write::DeleteProject { id } => delete_project(conn, backend, *id).await?,
+        Write::DeleteOrganization { id } => delete_organization(conn, backend, *id).await?,
+    }
+    Ok(())
+}
+
+async fn update_operation(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    op: &Operation,
+    lease_owner: &str,
+) -> StoreResult<()> {
+    // A final operation is never claimed again, so its lease means nothing any more: drop it.
+    let sql = if op.state.is_final() {
+        "UPDATE operations SET state = $1, body = $2, lease_owner = NULL, lease_expires = NULL
+         WHERE id = $3 AND lease_owner = $4"
+    } else {
+        "UPDATE operations SET state = $1, body = $2 WHERE id = $3 AND lease_owner = $4"
+    };
+    let touched =
+        exec(conn, backend, "updating an operation", sql, args![op.state.as_str(), encode(op), op.id, lease_owner])
+            .await?;
+    swapped(touched, || format!("operation {} (not leased to {lease_owner})", op.id))
+}
+
+/// Locks the row `select` (`... WHERE id = $1`) finds, `NotFound` when there is none.
+async fn lock_row(conn: &mut AnyConnection, backend: Backend, what: &str, select: &str, id: Uuid) -> StoreResult<()> {
+    let sql = format!("{select}{}", backend.for_update());
+    query(&sql, args![id])
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| backend.error(&format!("locking {what} {id}"), e))?
+        .ok_or_else(|| StoreError::NotFound(format!("{what} {id}")))
+        .map(|_| ())
+}
+
+async fn count(conn: &mut AnyConnection, backend: Backend, sql: &str, id: Uuid) -> StoreResult<i64> {
+    let row = query(sql, args![id]).fetch_one(&mut *conn).await.map_err(|e| backend.error("counting", e))?;
+    column(&row, "n")
+}
+
+async fn delete_project(conn: &mut AnyConnection, backend: Backend, id: Uuid) -> StoreResult<()> {
+    // Locked first: an instance create checks its project's quota under the same lock, so it either
+    // commits before this count or finds the project gone.
+    lock_row(conn, backend, "project", "SELECT id FROM projects WHERE id = $1", id).await?;
+    let instances = count(conn, backend, "SELECT COUNT(*) AS n FROM instances WHERE project_id = $1", id).await?;
+    if instances > 0 {
+        return Err(StoreError::Conflict(format!("project {id} still has {instances} instance(s)")));
+    }
+    for sql in [
+        "DELETE FROM api_keys WHERE project_id = $1",
+        "DELETE FROM records WHERE project_id = $1",
+        "DELETE FROM idempotency WHERE project_id = $1",
+        "DELETE FROM projects WHERE id = $1",
+    ] {
+        exec(conn, backend, "deleting a project", sql, args![id]).await?;
+    }
+    Ok(())
+}
+
+async fn delete_organization(conn: &mut AnyConnection, backend: Backend, id: Uuid) -> StoreResult<()> {
+    // Locked first: `create_project` holds the organization's row while adding a project to it.
+    lock_row(conn, backend, "organization", "SELECT id FROM organizations WHERE id = $1", id).await?;
+    let projects = count(conn, backend, "SELECT COUNT(*) AS n FROM projects WHERE organization_id = $1", id).await?;
+    if projects > 0 {
+        return Err(StoreError::Conflict(format!("organization {id} still has {projects} project(s)")));
+    }
+    exec(conn, backend, "deleting an organization", "DELETE FROM organizations WHERE id = $1", args![id]).await?;
+    Ok(())
+}
