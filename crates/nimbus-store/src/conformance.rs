@@ -611,6 +611,12 @@ pub async fn free_addresses_skip_held_ones_lowest_first(store: &dyn Store) {
     assert_eq!(store.free_addresses("net", 6, 8, 10).await.unwrap(), [6, 7, 8], "within the range");
     assert_eq!(store.free_addresses("net", 1, 12, 3).await.unwrap(), [1, 4, 6]);
     assert!(store.free_addresses("net", 2, 3, 5).await.unwrap().is_empty(), "a full range");
+    assert_eq!(
+        store.free_addresses("net", 2, 12, u32::MAX).await.unwrap(),
+        [4, 6, 7, 8, 10, 11, 12],
+        "no more than exist"
+    );
+    assert_eq!(store.free_addresses("wide", 1, u32::MAX, 3).await.unwrap(), [1, 2, 3], "a wide, empty range");
     assert_eq!(store.free_addresses("other", 1, 5, 10).await.unwrap(), [1, 2, 3, 5], "networks are apart");
     assert!(matches!(store.apply(claim_address("other", 4, Uuid::new_v4())).await, Err(StoreError::Conflict(_))));
 }
@@ -851,5 +857,36 @@ mod postgres_conformance {
                 .unwrap();
             assert_eq!(reader.get_record("template", record.id).await.unwrap(), Some(record));
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_store_leaves_no_connection_behind() {
+        use sqlx::{Connection, Row};
+        let Some((url, database)) = fresh_postgres_database().await else { return };
+        let sessions = |db: String| async move {
+            let mut admin = sqlx::PgConnection::connect(&url_of_server()).await.unwrap();
+            let row = sqlx::query("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1")
+                .bind(db)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+            row.get::<i64, _>(0)
+        };
+        let store = SqlStore::open(&url).await.unwrap();
+        store.latest_event_seq(None).await.unwrap();
+        assert!(sessions(database.name().to_string()).await >= 2, "the pool and the change listener");
+        drop(store);
+        // The listener task and the pool's connections go with the store, not with the process.
+        for _ in 0..50 {
+            if sessions(database.name().to_string()).await == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("connections outlived their store by 5 s");
+    }
+
+    fn url_of_server() -> String {
+        std::env::var(crate::testing::DATABASE_URL_VAR).unwrap()
     }
 }

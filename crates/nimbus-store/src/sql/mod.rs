@@ -697,33 +697,31 @@ impl Store for SqlStore {
         if limit == 0 || first > last {
             return Ok(Vec::new());
         }
-        // The lowest `limit` free numbers lie in the first `limit` free runs, each no further than `limit`
-        // from the run's start; a run starts at `first` or just above a held number. So: the first
-        // `limit` run starts that are free, each stretched `limit` numbers, minus the held ones. The
-        // database reads the held rows of this network once per step and returns at most `limit` rows.
+        // Free numbers come in runs, each starting at `first` or just above a held number, and ending just
+        // below the next held one (or at `last`). The lowest `limit` free numbers lie in the first `limit`
+        // runs: the database finds those runs (at most `limit` rows, each end found through the primary
+        // key), and they are counted out here.
         let rows = query(
-            "WITH RECURSIVE
-             starts (host) AS (
-                 SELECT s.host FROM (
-                     SELECT $2 AS host
-                     UNION SELECT host + 1 FROM addresses WHERE network = $1 AND host >= $2 AND host < $3
-                 ) s
-                 WHERE NOT EXISTS (SELECT 1 FROM addresses a WHERE a.network = $1 AND a.host = s.host)
-                 ORDER BY s.host LIMIT $4
-             ),
-             steps (k) AS (SELECT 0 UNION ALL SELECT k + 1 FROM steps WHERE k + 1 < $4)
-             SELECT DISTINCT starts.host + steps.k AS host FROM starts, steps
-             WHERE starts.host + steps.k <= $3
-               AND NOT EXISTS (
-                   SELECT 1 FROM addresses a WHERE a.network = $1 AND a.host = starts.host + steps.k
-               )
-             ORDER BY host LIMIT $4",
+            "SELECT s.host AS start,
+                    COALESCE((SELECT MIN(a.host) FROM addresses a WHERE a.network = $1 AND a.host > s.host), $3 + 1)
+                        - 1 AS stop
+             FROM (
+                 SELECT $2 AS host
+                 UNION SELECT host + 1 FROM addresses WHERE network = $1 AND host >= $2 AND host < $3
+             ) s
+             WHERE NOT EXISTS (SELECT 1 FROM addresses a WHERE a.network = $1 AND a.host = s.host)
+             ORDER BY s.host LIMIT $4",
             args![network, first, last, limit],
         )
         .fetch_all(&self.pool)
         .await
         .map_err(self.fail("finding free addresses"))?;
-        rows.iter().map(|r| host_of(column(r, "host")?)).collect()
+        let mut free = Vec::new();
+        for row in &rows {
+            let (start, stop) = (host_of(column(row, "start")?)?, host_of(column(row, "stop")?)?);
+            free.extend((start..=stop.min(last)).take(limit as usize - free.len()));
+        }
+        Ok(free)
     }
 
     async fn list_addresses(&self, network: Option<&str>) -> StoreResult<Vec<AddressHold>> {
