@@ -818,3 +818,26 @@ impl Store for SqlStore {
 fn lease_ms(lease: Duration) -> i64 {
     i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Row;
+
+    use super::SqlStore;
+
+    /// The settings a crash or a power cut would test: WAL, every commit synced, a writer waiting (not
+    /// failing) behind another process's, foreign keys enforced.
+    #[tokio::test]
+    async fn a_sqlite_file_is_opened_durable_and_patient() {
+        let test = crate::testing::sqlite_test_store().await;
+        let store = SqlStore::open(&test.url).await.unwrap();
+        let mut conn = store.pool.acquire().await.unwrap();
+        for (pragma, expected) in
+            [("journal_mode", "wal"), ("synchronous", "2"), ("busy_timeout", "10000"), ("foreign_keys", "1")]
+        {
+            let row = sqlx::query(&format!("PRAGMA {pragma}")).fetch_one(&mut *conn).await.unwrap();
+            let value = row.try_get::<String, _>(0).or_else(|_| row.try_get::<i64, _>(0).map(|n| n.to_string()));
+            assert_eq!(value.unwrap(), expected, "PRAGMA {pragma}");
+        }
+    }
+}
