@@ -840,4 +840,28 @@ mod tests {
             assert_eq!(value.unwrap(), expected, "PRAGMA {pragma}");
         }
     }
+
+    /// Another process holding SQLite's write lock past the busy timeout: the writer is told to retry
+    /// (`Conflict`), not that the store broke (`Backend`), and succeeds once the lock is gone.
+    #[tokio::test]
+    async fn a_sqlite_writer_locked_out_by_another_process_is_told_to_retry() {
+        use sqlx::{Connection, Executor};
+
+        use crate::{Store, StoreError, Write, WriteSet};
+        let test = crate::testing::sqlite_test_store().await;
+        let path = test.url.trim_start_matches("sqlite://").to_string();
+        let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{path}")).await.unwrap();
+        other.execute("BEGIN IMMEDIATE").await.unwrap();
+        let set = || {
+            let mut set = WriteSet::new();
+            set.push(Write::PutAlias { kind: "k".into(), alias: "a".into(), id: uuid::Uuid::new_v4() });
+            set
+        };
+        let started = std::time::Instant::now();
+        let err = test.apply(set()).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+        assert!(started.elapsed() >= std::time::Duration::from_secs(9), "it waited for the busy timeout first");
+        other.execute("ROLLBACK").await.unwrap();
+        test.apply(set()).await.unwrap();
+    }
 }
