@@ -99,40 +99,24 @@ pub enum Write {
     /// Inserts the instance when `expected_generation` is `None` (`AlreadyExists` if its id is taken),
     /// otherwise updates it only if its stored generation still equals that number (`Conflict` otherwise,
     /// or when it is gone). The instance carries its new generation.
-    PutInstance {
-        instance: Instance,
-        expected_generation: Option<i64>,
-    },
+    PutInstance { instance: Instance, expected_generation: Option<i64> },
     /// `Conflict` unless the instance is still at `expected_generation`.
-    DeleteInstance {
-        id: Uuid,
-        expected_generation: i64,
-    },
+    DeleteInstance { id: Uuid, expected_generation: i64 },
     /// Records a new operation, unclaimed: any server's worker may claim it ([`Store::claim_operation`]).
     /// `AlreadyExists` if its id is taken.
     InsertOperation(Operation),
     /// Updates an operation on behalf of the worker holding its lease: `Conflict` unless `lease_owner`
     /// still holds it (another worker took it over when the lease expired). An operation written in a final
     /// state is no longer claimable and its lease is dropped.
-    UpdateOperation {
-        operation: Operation,
-        lease_owner: String,
-    },
+    UpdateOperation { operation: Operation, lease_owner: String },
     /// Inserts a record: `AlreadyExists` if one of its kind has its id.
     InsertRecord(Record),
     /// Replaces a record only if its stored generation still equals `expected_generation` (`Conflict`
     /// otherwise, or when it is gone). `record.generation` is the new one (see [`Record::next`]).
-    UpdateRecord {
-        record: Record,
-        expected_generation: i64,
-    },
+    UpdateRecord { record: Record, expected_generation: i64 },
     /// Deletes a record. With `expected_generation`, only that version (`Conflict` otherwise, or when it is
     /// gone); without, whatever version is there, and a missing record is no error.
-    DeleteRecord {
-        kind: String,
-        id: Uuid,
-        expected_generation: Option<i64>,
-    },
+    DeleteRecord { kind: String, id: Uuid, expected_generation: Option<i64> },
     /// Stored with the next sequence number. Events become visible in sequence order: a reader that has seen
     /// sequence number N never later finds a new event numbered below N (on PostgreSQL, event appends are
     /// serialized to their commit order).
@@ -140,46 +124,25 @@ pub enum Write {
     /// A unique name for an id: a dialect's stable id for a canonical one (`inst_…` for an instance UUID),
     /// or a name that must be unique within a scope (an account's username). `AlreadyExists` when the alias
     /// is taken, or when the id already has an alias of this kind.
-    PutAlias {
-        kind: String,
-        alias: String,
-        id: Uuid,
-    },
+    PutAlias { kind: String, alias: String, id: Uuid },
     /// Frees an alias (a missing one is no error).
-    DeleteAlias {
-        kind: String,
-        alias: String,
-    },
+    DeleteAlias { kind: String, alias: String },
     /// Fails the set with `Conflict` unless the alias still names `id`: writes that are only right while
     /// a unique name is held (an account's username) make it their precondition.
-    ExpectAlias {
-        kind: String,
-        alias: String,
-        id: Uuid,
-    },
+    ExpectAlias { kind: String, alias: String, id: Uuid },
     /// Takes host number `host` of `network` for `owner` (an instance, an elastic IP): `Conflict` when
     /// someone holds it already. Find candidates with [`Store::free_addresses`].
-    ClaimAddress {
-        network: String,
-        host: u32,
-        owner: Uuid,
-    },
+    ClaimAddress { network: String, host: u32, owner: Uuid },
     /// Gives back every address `owner` holds, in every network.
-    ReleaseAddresses {
-        owner: Uuid,
-    },
+    ReleaseAddresses { owner: Uuid },
     /// Inserts an API key, inside a set (`Store::put_api_key` does it alone).
     PutApiKey(ApiKey),
     /// Removes a project that holds no instances, with what only it used: its API keys, its records and
     /// its idempotency keys. Its operations and events stay as history. `Conflict` while an instance of it
     /// remains, `NotFound` when there is no such project.
-    DeleteProject {
-        id: Uuid,
-    },
+    DeleteProject { id: Uuid },
     /// Removes an organization that has no projects left: `Conflict` otherwise, `NotFound` when missing.
-    DeleteOrganization {
-        id: Uuid,
-    },
+    DeleteOrganization { id: Uuid },
 }
 
 /// An all-or-nothing transaction.
