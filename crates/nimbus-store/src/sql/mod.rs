@@ -847,7 +847,7 @@ mod tests {
     async fn a_sqlite_writer_locked_out_by_another_process_is_told_to_retry() {
         use sqlx::{Connection, Executor};
 
-        use crate::{Store, StoreError, Write, WriteSet};
+        use crate::{StoreError, Write, WriteSet};
         let test = crate::testing::sqlite_test_store().await;
         let path = test.url.trim_start_matches("sqlite://").to_string();
         let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{path}")).await.unwrap();
