@@ -130,6 +130,10 @@ pub struct Instance {
     pub create_operation_id: Option<Uuid>,
     /// Bumped on every write: compare-and-swap updates and ETags.
     pub generation: i64,
+    /// A stable small integer id, unique among instances, assigned by the store when the instance is first
+    /// inserted (0 before that): for dialects whose providers show one (ONET's `legacy_id`).
+    #[serde(default)]
+    pub numeric_id: i64,
     /// Provider-specific fields that have no home in the core model, one map per dialect.
     pub extensions: BTreeMap<String, serde_json::Value>,
     #[serde(with = "time::serde::rfc3339")]
