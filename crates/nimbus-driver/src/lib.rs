@@ -113,6 +113,10 @@ pub trait Driver: Send + Sync + 'static {
     async fn reinstall(&self, spec: &InstanceSpec) -> DriverResult<()>;
     /// Grows the disk (instance stopped). Shrinking is refused.
     async fn resize_disk(&self, id: Uuid, size_gb: u64) -> DriverResult<()>;
+    /// The disk's size as the host has it, to tell whether an interrupted resize happened.
+    async fn disk_size_gb(&self, id: Uuid) -> DriverResult<u64>;
+    /// The ids of the snapshots the host keeps of the instance's disk.
+    async fn snapshots(&self, id: Uuid) -> DriverResult<Vec<Uuid>>;
     /// Returns the snapshot's size in bytes.
     async fn snapshot(&self, id: Uuid, snapshot_id: Uuid) -> DriverResult<u64>;
     async fn revert(&self, id: Uuid, snapshot_id: Uuid) -> DriverResult<()>;

@@ -862,6 +862,16 @@ impl Driver for QemuDriver {
         Self::write_seed(&dir, spec)
     }
 
+    async fn disk_size_gb(&self, id: Uuid) -> DriverResult<u64> {
+        let dir = self.existing_dir(id)?;
+        Ok(self.virtual_size(&dir.join("disk.qcow2")).await?.div_ceil(1 << 30))
+    }
+
+    async fn snapshots(&self, id: Uuid) -> DriverResult<Vec<Uuid>> {
+        let disk = self.existing_dir(id)?.join("disk.qcow2");
+        Ok(self.snapshot_names(&disk).await?.iter().filter_map(|n| Uuid::parse_str(n).ok()).collect())
+    }
+
     async fn resize_disk(&self, id: Uuid, size_gb: u64) -> DriverResult<()> {
         let dir = self.existing_dir(id)?;
         let _lock = self.lock(&dir).await?;

@@ -1,7 +1,10 @@
 //! The `sim` driver: a simulated host kept in memory, with per-action delays and injected failures.
 //!
-//! It exists for tests and scale runs, never as the default. When given a state file its simulated VMs
-//! outlive the control plane like real QEMU processes do, so crash-and-restart tests can run on it.
+//! It exists for tests and scale runs, never as the default. When given a state directory its simulated
+//! VMs live there, one small file each, and outlive the control plane like real QEMU processes do: a
+//! restarted server, or a second server process on the same host, finds them there. Every call reads the
+//! VM's file afresh and replaces it atomically (write, then rename), so processes sharing the directory see
+//! each other's changes; the engine never runs two operations on one instance at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -24,8 +27,9 @@ pub struct SimConfig {
     pub action_delays: HashMap<String, Duration>,
     /// Fail the next N calls of an action.
     pub failures: HashMap<String, u32>,
-    /// Persist the simulated host here so that its VMs survive a restart of the control plane.
-    pub state_file: Option<PathBuf>,
+    /// Keep the simulated host's VMs here (one file each), so that they survive a restart of the control
+    /// plane and are shared by every server process on this host. `None`: in this process's memory only.
+    pub state_dir: Option<PathBuf>,
     pub host_vcpus: u32,
     pub host_memory_mib: u64,
 }
@@ -58,22 +62,96 @@ struct SimVm {
     paused: bool,
 }
 
+/// Where the simulated VMs live.
+enum Vms {
+    Memory(Mutex<HashMap<Uuid, SimVm>>),
+    /// One JSON file per VM, named by its id. Small files, read and written whole: the blocking calls are
+    /// as short as a memory copy, and this driver only serves tests and scale runs.
+    Dir(PathBuf),
+}
+
+impl Vms {
+    fn path(dir: &std::path::Path, id: Uuid) -> PathBuf {
+        dir.join(format!("{id}.json"))
+    }
+
+    fn get(&self, id: Uuid) -> Option<SimVm> {
+        match self {
+            Vms::Memory(m) => m.lock().unwrap().get(&id).cloned(),
+            Vms::Dir(dir) => std::fs::read(Self::path(dir, id)).ok().and_then(|b| serde_json::from_slice(&b).ok()),
+        }
+    }
+
+    fn put(&self, id: Uuid, vm: &SimVm) -> DriverResult<()> {
+        match self {
+            Vms::Memory(m) => {
+                m.lock().unwrap().insert(id, vm.clone());
+                Ok(())
+            }
+            Vms::Dir(dir) => {
+                // Write-then-rename so that a kill in the middle never leaves a torn file.
+                let path = Self::path(dir, id);
+                let tmp = dir.join(format!(".{id}.{}.tmp", Uuid::new_v4().simple()));
+                let bytes = serde_json::to_vec(vm).map_err(|e| DriverError::Failed(format!("sim: {e}")))?;
+                std::fs::write(&tmp, bytes)
+                    .and_then(|_| std::fs::rename(&tmp, &path))
+                    .map_err(|e| DriverError::Failed(format!("sim: writing {}: {e}", path.display())))
+            }
+        }
+    }
+
+    fn remove(&self, id: Uuid) -> DriverResult<()> {
+        match self {
+            Vms::Memory(m) => {
+                m.lock().unwrap().remove(&id);
+                Ok(())
+            }
+            Vms::Dir(dir) => match std::fs::remove_file(Self::path(dir, id)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(DriverError::Failed(format!("sim: removing VM {id}: {e}")))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    fn ids(&self) -> Vec<Uuid> {
+        match self {
+            Vms::Memory(m) => m.lock().unwrap().keys().copied().collect(),
+            Vms::Dir(dir) => std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok())
+                        .filter_map(|e| {
+                            e.file_name().to_str()?.strip_suffix(".json").and_then(|s| Uuid::parse_str(s).ok())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
 pub struct SimDriver {
     config: SimConfig,
-    vms: Mutex<HashMap<Uuid, SimVm>>,
+    vms: Vms,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl SimDriver {
+    /// A simulated host; with `state_dir`, its VMs are those found there (created if missing).
     pub fn new(config: SimConfig) -> SimDriver {
-        let vms = config
-            .state_file
-            .as_ref()
-            .and_then(|p| std::fs::read(p).ok())
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let vms = match &config.state_dir {
+            Some(dir) => {
+                if let Err(e) = std::fs::create_dir_all(dir) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "sim: cannot create the state directory");
+                }
+                Vms::Dir(dir.clone())
+            }
+            None => Vms::Memory(Mutex::new(HashMap::new())),
+        };
         let failures = config.failures.clone();
-        SimDriver { config, vms: Mutex::new(vms), failures: Mutex::new(failures) }
+        SimDriver { config, vms, failures: Mutex::new(failures) }
     }
 
     /// Makes the next `times` calls of `action` fail.
@@ -96,25 +174,20 @@ impl SimDriver {
         Ok(())
     }
 
+    /// Read-modify-write of one VM; its new state is kept only when `f` succeeds.
     fn with_vm<T>(&self, id: Uuid, f: impl FnOnce(&mut SimVm) -> DriverResult<T>) -> DriverResult<T> {
-        let mut vms = self.vms.lock().unwrap();
-        let vm = vms.get_mut(&id).ok_or(DriverError::NotFound(id))?;
-        let out = f(vm)?;
-        self.persist(&vms);
+        let mut vm = self.vms.get(id).ok_or(DriverError::NotFound(id))?;
+        let before = vm.clone();
+        let out = f(&mut vm)?;
+        if !same(&before, &vm) {
+            self.vms.put(id, &vm)?;
+        }
         Ok(out)
     }
+}
 
-    fn persist(&self, vms: &HashMap<Uuid, SimVm>) {
-        if let Some(path) = &self.config.state_file {
-            // Write-then-rename so that a kill in the middle never leaves a torn file.
-            let tmp = path.with_extension("tmp");
-            if let Ok(bytes) = serde_json::to_vec(vms) {
-                if std::fs::write(&tmp, bytes).is_ok() {
-                    let _ = std::fs::rename(&tmp, path);
-                }
-            }
-        }
-    }
+fn same(a: &SimVm, b: &SimVm) -> bool {
+    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
 }
 
 fn busybox_template() -> Template {
@@ -162,18 +235,21 @@ impl Driver for SimDriver {
 
     async fn create(&self, spec: &InstanceSpec) -> DriverResult<()> {
         self.act("create").await?;
-        let mut vms = self.vms.lock().unwrap();
-        vms.entry(spec.id).or_insert_with(|| SimVm {
-            running: false,
-            disk_size_gb: spec.disk_size_gb,
-            disk_version: 0,
-            snapshots: BTreeMap::new(),
-            console: String::new(),
-            tpm: false,
-            paused: false,
-        });
-        self.persist(&vms);
-        Ok(())
+        if self.vms.get(spec.id).is_some() {
+            return Ok(());
+        }
+        self.vms.put(
+            spec.id,
+            &SimVm {
+                running: false,
+                disk_size_gb: spec.disk_size_gb,
+                disk_version: 0,
+                snapshots: BTreeMap::new(),
+                console: String::new(),
+                tpm: false,
+                paused: false,
+            },
+        )
     }
 
     async fn start(&self, spec: &InstanceSpec) -> DriverResult<()> {
@@ -225,6 +301,14 @@ impl Driver for SimDriver {
         })
     }
 
+    async fn disk_size_gb(&self, id: Uuid) -> DriverResult<u64> {
+        self.vms.get(id).map(|vm| vm.disk_size_gb).ok_or(DriverError::NotFound(id))
+    }
+
+    async fn snapshots(&self, id: Uuid) -> DriverResult<Vec<Uuid>> {
+        self.vms.get(id).map(|vm| vm.snapshots.keys().copied().collect()).ok_or(DriverError::NotFound(id))
+    }
+
     async fn resize_disk(&self, id: Uuid, size_gb: u64) -> DriverResult<()> {
         self.act("resize_disk").await?;
         self.with_vm(id, |vm| {
@@ -269,15 +353,11 @@ impl Driver for SimDriver {
 
     async fn destroy(&self, id: Uuid) -> DriverResult<()> {
         self.act("destroy").await?;
-        let mut vms = self.vms.lock().unwrap();
-        vms.remove(&id);
-        self.persist(&vms);
-        Ok(())
+        self.vms.remove(id)
     }
 
     async fn inspect(&self, id: Uuid) -> DriverResult<ActualState> {
-        let vms = self.vms.lock().unwrap();
-        Ok(match vms.get(&id) {
+        Ok(match self.vms.get(id) {
             None => ActualState::Missing,
             Some(vm) if vm.running && vm.paused => ActualState::Paused,
             Some(vm) if vm.running => ActualState::Running,
@@ -286,7 +366,7 @@ impl Driver for SimDriver {
     }
 
     async fn instances(&self) -> DriverResult<Vec<Uuid>> {
-        Ok(self.vms.lock().unwrap().keys().copied().collect())
+        Ok(self.vms.ids())
     }
 
     async fn console(&self, id: Uuid) -> DriverResult<String> {
@@ -376,9 +456,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn vms_survive_a_new_driver_when_a_state_file_is_given() {
+    async fn vms_survive_a_new_driver_when_a_state_dir_is_given() {
         let dir = tempfile::tempdir().unwrap();
-        let config = SimConfig { state_file: Some(dir.path().join("sim.json")), ..Default::default() };
+        let config = SimConfig { state_dir: Some(dir.path().join("sim")), ..Default::default() };
         let id = Uuid::new_v4();
         let d = SimDriver::new(config.clone());
         d.create(&spec(id)).await.unwrap();
@@ -386,6 +466,23 @@ mod tests {
         drop(d);
         let d = SimDriver::new(config);
         assert_eq!(d.inspect(id).await.unwrap(), ActualState::Running);
+        assert_eq!(d.instances().await.unwrap(), vec![id]);
+    }
+
+    #[tokio::test]
+    async fn two_drivers_on_one_state_dir_see_each_others_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SimConfig { state_dir: Some(dir.path().to_path_buf()), ..Default::default() };
+        let (a, b) = (SimDriver::new(config.clone()), SimDriver::new(config));
+        let id = Uuid::new_v4();
+        a.create(&spec(id)).await.unwrap();
+        b.start(&spec(id)).await.unwrap();
+        assert_eq!(a.inspect(id).await.unwrap(), ActualState::Running);
+        a.resize_disk(id, 20).await.unwrap();
+        assert_eq!(b.disk_size_gb(id).await.unwrap(), 20);
+        b.destroy(id).await.unwrap();
+        assert_eq!(a.inspect(id).await.unwrap(), ActualState::Missing);
+        assert!(a.instances().await.unwrap().is_empty());
     }
 
     #[tokio::test]
