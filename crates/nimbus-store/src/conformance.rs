@@ -71,6 +71,7 @@ pub(crate) fn instance(project_id: Uuid, name: &str, vcpus: u32) -> Instance {
         lock_operation_id: None,
         create_operation_id: None,
         generation: 1,
+        numeric_id: 0,
         extensions: Default::default(),
         created_at: now,
         updated_at: now,
@@ -84,23 +85,7 @@ fn insert(i: &Instance) -> WriteSet {
 }
 
 fn operation(project_id: Uuid) -> Operation {
-    let now = nimbus_core::now();
-    Operation {
-        id: nimbus_core::new_id(),
-        project_id,
-        kind: Action::Start,
-        state: OperationState::Pending,
-        reason: None,
-        message: None,
-        target: Target { kind: "instance".into(), id: Uuid::new_v4() },
-        params: serde_json::json!({}),
-        result: None,
-        state_before: None,
-        attempts: 0,
-        actor: Actor::system(),
-        created_at: now,
-        updated_at: now,
-    }
+    Operation::new(project_id, Action::Start, Target::instance(Uuid::new_v4()), None, Actor::system())
 }
 
 async fn insert_operation(store: &dyn Store, op: &Operation) {
@@ -191,6 +176,33 @@ pub async fn quota_is_enforced_inside_the_transaction(store: &dyn Store) {
     set.enforce_quota_of = Some(p.id);
     store.apply(set).await.unwrap();
     assert_eq!(store.usage(p.id).await.unwrap().instances, 2);
+}
+
+pub async fn instances_are_numbered_once_and_never_reuse_a_number(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let (a, b) = (instance(p.id, "a", 1), instance(p.id, "b", 1));
+    store.apply(insert(&a)).await.unwrap();
+    store.apply(insert(&b)).await.unwrap();
+    let (na, nb) = (
+        store.get_instance(a.id).await.unwrap().unwrap().numeric_id,
+        store.get_instance(b.id).await.unwrap().unwrap().numeric_id,
+    );
+    assert!(na > 0 && nb > 0 && na != nb, "{na} {nb}");
+    // An update keeps the number it was read with.
+    let mut renamed = store.get_instance(a.id).await.unwrap().unwrap();
+    renamed.name = "a2".into();
+    renamed.generation = 2;
+    let mut set = WriteSet::new();
+    set.push(Write::PutInstance { instance: renamed, expected_generation: Some(1) });
+    store.apply(set).await.unwrap();
+    assert_eq!(store.get_instance(a.id).await.unwrap().unwrap().numeric_id, na);
+    // The newest instance's number is not handed out again once it is deleted.
+    let mut set = WriteSet::new();
+    set.push(Write::DeleteInstance { id: b.id, expected_generation: 1 });
+    store.apply(set).await.unwrap();
+    let c = instance(p.id, "c", 1);
+    store.apply(insert(&c)).await.unwrap();
+    assert!(store.get_instance(c.id).await.unwrap().unwrap().numeric_id > nb);
 }
 
 pub async fn instances_page_by_id_within_a_project(store: &dyn Store) {
@@ -731,6 +743,7 @@ macro_rules! conformance_tests {
             a_failing_write_rolls_back_the_whole_set,
             quota_is_enforced_inside_the_transaction,
             instances_page_by_id_within_a_project,
+            instances_are_numbered_once_and_never_reuse_a_number,
             events_are_sequenced_and_scoped,
             idempotency_keys_replay_reject_and_release,
             aliases_are_unique_both_ways,

@@ -97,8 +97,9 @@ impl Record {
 #[derive(Debug, Clone)]
 pub enum Write {
     /// Inserts the instance when `expected_generation` is `None` (`AlreadyExists` if its id is taken),
-    /// otherwise updates it only if its stored generation still equals that number (`Conflict` otherwise,
-    /// or when it is gone). The instance carries its new generation.
+    /// assigning it its `numeric_id` (never reused); otherwise updates it only if its stored generation still
+    /// equals that number (`Conflict` otherwise, or when it is gone). The instance carries its new
+    /// generation (and, on update, the `numeric_id` it was read with).
     PutInstance { instance: Instance, expected_generation: Option<i64> },
     /// `Conflict` unless the instance is still at `expected_generation`.
     DeleteInstance { id: Uuid, expected_generation: i64 },

@@ -45,6 +45,15 @@ impl Backend {
         }
     }
 
+    /// The statement that takes the next instance number (one row, one column): a sequence on PostgreSQL,
+    /// which concurrent creates do not queue on; a counter row on SQLite, whose writers are serialized anyway.
+    pub(crate) fn next_instance_number(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "UPDATE counters SET value = value + 1 WHERE name = 'instance' RETURNING value",
+            Backend::Postgres => "SELECT nextval(pg_get_serial_sequence('instances', 'numeric_id'))",
+        }
+    }
+
     /// Appended to a `SELECT` whose rows the transaction relies on until it commits. SQLite has no row
     /// locks and needs none: its write transactions (`BEGIN IMMEDIATE`) exclude every other writer.
     pub(crate) fn for_update(self) -> &'static str {

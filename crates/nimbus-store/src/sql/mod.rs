@@ -168,6 +168,14 @@ where
     row.try_get(name).map_err(|e| StoreError::Backend(format!("reading column {name}: {e}")))
 }
 
+/// The column at `index` of a row (for statements whose one column has no stable name).
+pub(crate) fn column_at<'r, T>(row: &'r AnyRow, index: usize) -> StoreResult<T>
+where
+    T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+{
+    row.try_get(index).map_err(|e| StoreError::Backend(format!("reading column {index}: {e}")))
+}
+
 pub(crate) fn decode<T: for<'de> serde::Deserialize<'de>>(what: &str, body: &str) -> StoreResult<T> {
     serde_json::from_str(body).map_err(|e| StoreError::Backend(format!("corrupt {what}: {e}")))
 }

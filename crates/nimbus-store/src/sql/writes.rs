@@ -110,13 +110,19 @@ pub(super) async fn insert_api_key(conn: &mut AnyConnection, backend: Backend, k
 
 async fn apply_one(conn: &mut AnyConnection, backend: Backend, write: &Write) -> StoreResult<()> {
     match write {
-        Write::PutInstance { instance: i, expected_generation: None } => {
+        Write::PutInstance { instance, expected_generation: None } => {
+            let number = query(backend.next_instance_number(), vec![])
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| backend.error("numbering an instance", e))?;
+            let mut i = instance.clone();
+            i.numeric_id = super::column_at::<i64>(&number, 0)?;
             run(
                 conn,
                 backend,
                 "inserting an instance",
-                "INSERT INTO instances (id, project_id, name, state, generation, vcpus, memory_mib, disk_gb, body)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                "INSERT INTO instances (id, project_id, name, state, generation, vcpus, memory_mib, disk_gb, body,
+                 numeric_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 args![
                     i.id,
                     i.project_id,
@@ -126,7 +132,8 @@ async fn apply_one(conn: &mut AnyConnection, backend: Backend, write: &Write) ->
                     i.vcpus,
                     i.memory_mib,
                     i.disk_size_gb,
-                    encode(i)
+                    encode(&i),
+                    i.numeric_id
                 ],
                 || StoreError::AlreadyExists(format!("instance {}", i.id)),
             )
