@@ -447,7 +447,6 @@ async fn deleting_an_account_deletes_its_instances_project_and_organization_and_
     // Nothing of it is left: its instance is destroyed, its project and organization are gone.
     let id = uuid::Uuid::parse_str(i["uuid"].as_str().unwrap()).unwrap();
     use nimbus_driver::Driver;
-    use nimbus_store::Store;
     let vm = sc.cloud.sim.inspect(id).await;
     assert!(matches!(vm, Ok(nimbus_driver::ActualState::Missing)), "the instance's VM is gone: {vm:?}");
     assert_eq!(sc.cloud.store.get_instance(id).await.unwrap(), None);

@@ -199,7 +199,7 @@ impl Engine {
             last_login_at: None,
         };
         let mut set = WriteSet::new();
-        set.push(Write::PutRecord(account_record(&account)));
+        set.push(Write::InsertRecord(account_record(&account)));
         set.push(Write::PutAlias { kind: USERNAME.into(), alias: account.username.clone(), id: account.id });
         match self.store.apply(set).await {
             Ok(()) => Ok(account),
@@ -225,7 +225,7 @@ impl Engine {
     pub async fn log_in(&self, username: &str, password: &str) -> Result<(Account, ApiKey)> {
         let refused = || DomainError::Unauthenticated("Unable to log in with provided credentials.".into());
         let account = match self.store.resolve_alias(USERNAME, username).await.map_err(store_err)? {
-            Some(id) => self.account_by_id(id).await?,
+            Some(id) => self.account_by_id(id).await?.map(|(a, _)| a),
             None => None,
         };
         let hash = account.as_ref().map_or_else(|| decoy_hash().to_string(), |a| a.password_hash.clone());
@@ -237,8 +237,8 @@ impl Engine {
         };
         // Two first logins at once may both make a key: the second write finds the first one's.
         for _ in 0..2 {
-            let mut account = match self.account_by_id(id).await? {
-                Some(a) if a.password_hash == hash && a.username == username => a,
+            let (mut account, record) = match self.account_by_id(id).await? {
+                Some((a, r)) if a.password_hash == hash && a.username == username => (a, r),
                 _ => return Err(refused()),
             };
             let mut set = WriteSet::new();
@@ -262,7 +262,11 @@ impl Engine {
                 }
             };
             account.last_login_at = Some(nimbus_core::now());
-            set.push(Write::PutRecord(account_record(&account)));
+            // Only the version whose password matched: a password change meanwhile refuses this login.
+            set.push(Write::UpdateRecord {
+                record: record.next(&account.username, &account),
+                expected_generation: record.generation,
+            });
             match self.store.apply(set).await {
                 Ok(()) => return Ok((account, key)),
                 Err(StoreError::Conflict(_)) => return Err(refused()),
@@ -273,52 +277,77 @@ impl Engine {
         Err(refused())
     }
 
-    async fn account_by_id(&self, id: Uuid) -> Result<Option<Account>> {
-        let record = self.store.get_record(ACCOUNT, id).await.map_err(store_err)?;
-        record.map(|r| r.decode()).transpose().map_err(store_err)
+    async fn account_by_id(&self, id: Uuid) -> Result<Option<(Account, Record)>> {
+        self.record_of(ACCOUNT, id).await
     }
 
     /// The account whose project the caller's key belongs to; keys of other projects have none.
     pub async fn account(&self, ctx: &Context) -> Result<Account> {
+        Ok(self.account_record_of(ctx).await?.0)
+    }
+
+    async fn account_record_of(&self, ctx: &Context) -> Result<(Account, Record)> {
         let records = self.store.list_records(ACCOUNT, Some(ctx.project.id)).await.map_err(store_err)?;
         let record = records.into_iter().find(|r| r.project_id == Some(ctx.project.id));
         let record =
             record.ok_or_else(|| DomainError::not_found("account", format!("of project {}", ctx.project.id)))?;
-        record.decode().map_err(store_err)
+        Ok((record.decode().map_err(store_err)?, record))
     }
 
     /// Changes the caller's account, checked as registration checks it; a new username moves the account's
     /// alias in the same transaction, and is refused when another account holds it.
     pub async fn update_account(&self, ctx: &Context, patch: AccountPatch) -> Result<Account> {
         ctx.require(Role::Admin)?;
-        let current = self.account(ctx).await?;
-        let mut next = current.clone();
+        let (first, _) = self.account_record_of(ctx).await?;
         if let Some(username) = &patch.username {
             validate_username(username)?;
-            next.username = username.clone();
         }
         if let Some(email) = &patch.email {
             validate_email(email)?;
-            next.email = email.clone();
         }
-        if let Some(password) = &patch.password {
-            validate_password(password, &next.username)?;
-            let password = password.clone();
-            next.password_hash = blocking(move || hash_password(&password)).await??;
+        // Hashed once, before the compare-and-swap loop: Argon2 is slow on purpose.
+        let password_hash = match &patch.password {
+            Some(password) => {
+                validate_password(password, patch.username.as_deref().unwrap_or(&first.username))?;
+                let password = password.clone();
+                Some(blocking(move || hash_password(&password)).await??)
+            }
+            None => None,
+        };
+        for attempt in 0..crate::instances::CAS_RETRIES {
+            if attempt > 0 {
+                crate::instances::backoff(attempt).await;
+            }
+            let (current, record) = self.account_record_of(ctx).await.map_err(|_| account_gone(first.id))?;
+            let mut next = current.clone();
+            if let Some(username) = &patch.username {
+                next.username = username.clone();
+            }
+            if let Some(email) = &patch.email {
+                next.email = email.clone();
+            }
+            if let Some(hash) = &password_hash {
+                next.password_hash = hash.clone();
+            }
+            let mut set = WriteSet::new();
+            set.push(Write::ExpectAlias { kind: USERNAME.into(), alias: current.username.clone(), id: current.id });
+            if next.username != current.username {
+                set.push(Write::DeleteAlias { kind: USERNAME.into(), alias: current.username.clone() });
+                set.push(Write::PutAlias { kind: USERNAME.into(), alias: next.username.clone(), id: current.id });
+            }
+            set.push(Write::UpdateRecord {
+                record: record.next(&next.username, &next),
+                expected_generation: record.generation,
+            });
+            match self.store.apply(set).await {
+                Ok(()) => return Ok(next),
+                Err(StoreError::AlreadyExists(_)) => return Err(username_taken()),
+                // A login or another change came first (or the account is going): read it again.
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(store_err(e)),
+            }
         }
-        let mut set = WriteSet::new();
-        set.push(Write::ExpectAlias { kind: USERNAME.into(), alias: current.username.clone(), id: current.id });
-        if next.username != current.username {
-            set.push(Write::DeleteAlias { kind: USERNAME.into(), alias: current.username.clone() });
-            set.push(Write::PutAlias { kind: USERNAME.into(), alias: next.username.clone(), id: current.id });
-        }
-        set.push(Write::PutRecord(account_record(&next)));
-        match self.store.apply(set).await {
-            Ok(()) => Ok(next),
-            Err(StoreError::AlreadyExists(_)) => Err(username_taken()),
-            Err(StoreError::Conflict(_)) => Err(account_gone(current.id)),
-            Err(e) => Err(store_err(e)),
-        }
+        Err(account_gone(first.id))
     }
 
     /// Deletes the caller's account and everything it had: its instances (each after the operation it is
@@ -360,7 +389,7 @@ impl Engine {
             }
             let mut set = WriteSet::new();
             set.push(Write::ExpectAlias { kind: USERNAME.into(), alias: account.username.clone(), id: account.id });
-            set.push(Write::DeleteRecord { kind: ACCOUNT.into(), id: account.id });
+            set.push(Write::DeleteRecord { kind: ACCOUNT.into(), id: account.id, expected_generation: None });
             set.push(Write::DeleteAlias { kind: USERNAME.into(), alias: account.username.clone() });
             set.push(Write::DeleteProject { id: account.project_id });
             let projects = self.store.list_projects(account.organization_id).await.map_err(store_err)?;

@@ -10,6 +10,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use nimbus_store::{StoreError, Write, WriteSet};
+
 use crate::{store_err, Context, Engine, Result};
 
 /// What a fresh server did about its first credentials.
@@ -40,6 +42,14 @@ pub(crate) fn random_token(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::thread_rng().fill_bytes(&mut buf);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// A password for an instance's default user: 20 characters of an alphabet without look-alikes.
+pub(crate) fn new_password() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::thread_rng();
+    (0..20).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
 }
 
 pub(crate) fn new_key_id() -> String {
@@ -75,18 +85,28 @@ impl Engine {
         if secret.len() < 16 {
             return Err(DomainError::invalid("NIMBUS_BOOTSTRAP_SECRET", "must be at least 16 characters"));
         }
-        self.store
-            .put_api_key(&ApiKey {
-                key_id: key_id.clone(),
-                name: "bootstrap".into(),
-                project_id: project.id,
-                role: Role::Admin,
-                secret_sha256: sha256_hex(&secret),
-                secret: secret.clone(),
-                created_at: nimbus_core::now(),
-            })
-            .await
-            .map_err(store_err)?;
+        let key = ApiKey {
+            key_id: key_id.clone(),
+            name: "bootstrap".into(),
+            project_id: project.id,
+            role: Role::Admin,
+            secret_sha256: sha256_hex(&secret),
+            secret: secret.clone(),
+            created_at: nimbus_core::now(),
+        };
+        match self.store.put_api_key(&key).await {
+            Ok(()) => {}
+            // Another server starting on the same database bootstrapped first, with the same key: this
+            // one's organization and project, still empty, go again.
+            Err(StoreError::AlreadyExists(_)) => {
+                let mut undo = WriteSet::new();
+                undo.push(Write::DeleteProject { id: project.id });
+                undo.push(Write::DeleteOrganization { id: org.id });
+                self.store.apply(undo).await.map_err(store_err)?;
+                return Ok(BootstrapOutcome::AlreadyBootstrapped);
+            }
+            Err(e) => return Err(store_err(e)),
+        }
         Ok(if generated {
             BootstrapOutcome::Generated { key_id, secret }
         } else {

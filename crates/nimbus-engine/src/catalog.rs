@@ -5,7 +5,7 @@ use nimbus_core::catalog::{
 };
 use nimbus_core::tenancy::Role;
 use nimbus_core::DomainError;
-use nimbus_store::{Record, Write, WriteSet};
+use nimbus_store::Record;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -45,22 +45,30 @@ impl Engine {
     pub(crate) async fn seed_catalog(&self) -> Result<()> {
         let zone = Zone { name: self.config.zone.clone(), numeric_id: 1, description: "This host".into() };
         self.store.put_zone(&zone).await.map_err(store_err)?;
-        let mut set = WriteSet::new();
         for t in default_instance_types(&zone.name) {
-            set.push(Write::PutRecord(Record::new(INSTANCE_TYPE, t.id, None, &t.name, &t)));
+            self.seed(INSTANCE_TYPE, t.id, &t.name, &t).await?;
         }
         for m in default_gpu_models() {
-            set.push(Write::PutRecord(Record::new(GPU_MODEL, m.id, None, &m.codename, &m)));
+            self.seed(GPU_MODEL, m.id, &m.codename, &m).await?;
         }
         let templates = self.driver.templates().await.map_err(|e| DomainError::Internal(e.to_string()))?;
         for t in templates {
             // Keep the creation time of a template registered on an earlier start.
-            let existing = self.store.get_record(TEMPLATE, t.id).await.map_err(store_err)?;
-            let created_at = existing.and_then(|r| r.decode::<Template>().ok()).map(|old| old.created_at);
-            let t = Template { created_at: created_at.unwrap_or(t.created_at), ..t };
-            set.push(Write::PutRecord(Record::new(TEMPLATE, t.id, None, &t.name, &t)));
+            let existing = self.record_of::<Template>(TEMPLATE, t.id).await?;
+            let t = Template { created_at: existing.map_or(t.created_at, |(old, _)| old.created_at), ..t };
+            self.seed(TEMPLATE, t.id, &t.name, &t).await?;
         }
-        self.store.apply(set).await.map_err(store_err)
+        Ok(())
+    }
+
+    /// Makes a public catalog record say `value`, writing only when it says something else (every server
+    /// seeds the catalog at start; a record already right is left alone).
+    async fn seed<T: serde::Serialize>(&self, kind: &str, id: Uuid, name: &str, value: &T) -> Result<()> {
+        let wanted = serde_json::to_value(value).expect("catalog entries serialize");
+        match self.store.get_record(kind, id).await.map_err(store_err)? {
+            Some(r) if r.body == wanted && r.name == name && r.project_id.is_none() => Ok(()),
+            _ => self.put_record(kind, id, None, name, value).await,
+        }
     }
 
     pub async fn zone(&self) -> Result<Zone> {
@@ -151,42 +159,26 @@ impl Engine {
             size_bytes: 0,
             created_at: nimbus_core::now(),
         };
-        let mut set = WriteSet::new();
-        set.push(Write::PutRecord(Record::new(TEMPLATE, t.id, t.project_id, &t.name, &t)));
-        self.store.apply(set).await.map_err(store_err)?;
+        self.insert(Record::new(TEMPLATE, t.id, t.project_id, &t.name, &t), vec![]).await?;
         Ok(t)
     }
 
     pub async fn delete_template(&self, ctx: &Context, name_or_id: &str) -> Result<()> {
         let t = self.template(ctx, name_or_id).await?;
         ctx.require(if t.project_id.is_none() { Role::Admin } else { Role::Member })?;
-        let mut set = WriteSet::new();
-        set.push(Write::DeleteRecord { kind: TEMPLATE.into(), id: t.id });
-        self.store.apply(set).await.map_err(store_err)
+        self.delete(TEMPLATE, t.id).await
     }
 }
 
 impl Engine {
-    /// The dialect id of a resource (`inst_…` for an instance, say): made by `make` the first time it is
-    /// asked for, stored beside the canonical id, and the same ever after, whichever code path asks.
-    pub async fn alias(&self, kind: &str, id: Uuid, make: impl Fn() -> String) -> Result<String> {
-        for _ in 0..8 {
-            if let Some(existing) = self.store.alias_of(kind, id).await.map_err(store_err)? {
-                return Ok(existing);
-            }
-            let mut set = WriteSet::new();
-            set.push(Write::PutAlias { kind: kind.into(), alias: make(), id });
-            match self.store.apply(set).await {
-                Ok(()) => continue,
-                // Another caller stored one first, or the generated alias was taken: read again.
-                Err(nimbus_store::StoreError::AlreadyExists(_)) => continue,
-                Err(e) => return Err(store_err(e)),
-            }
-        }
-        Err(DomainError::Internal(format!("could not store a {kind} alias for {id}")))
+    /// The dialect id of a resource (`inst_…` for an instance, say): the one stored beside the canonical id
+    /// (by a create, or by an older Nimbus), else the one `derive` computes from the canonical id. Reading
+    /// never stores one, so every server answers the same without writing.
+    pub async fn alias_or(&self, kind: &str, id: Uuid, derive: impl FnOnce() -> String) -> Result<String> {
+        Ok(self.store.alias_of(kind, id).await.map_err(store_err)?.unwrap_or_else(derive))
     }
 
-    /// The canonical id behind a dialect id, if there is one.
+    /// The canonical id behind a stored dialect id, if there is one.
     pub async fn resolve_alias(&self, kind: &str, alias: &str) -> Result<Option<Uuid>> {
         self.store.resolve_alias(kind, alias).await.map_err(store_err)
     }

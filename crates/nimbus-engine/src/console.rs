@@ -3,9 +3,10 @@
 //!
 //! A ticket is `<record id>.<random secret>`. The store keeps a record per ticket with the secret's
 //! SHA-256 (never the secret), the instance, the key that minted it and the expiry, so tickets survive a
-//! restart and cannot be forged without the secret. Redeeming one deletes its record (single use) and
-//! re-reads the minting key, so a key deleted or demoted meanwhile is honoured. Expired records are swept
-//! when the project mints its next ticket.
+//! restart, work on any server, and cannot be forged without the secret. Redeeming one deletes the version
+//! of its record that was checked (single use: of two redemptions racing on two servers, one deletes it and
+//! the other finds it gone) and re-reads the minting key, so a key deleted or demoted meanwhile is honoured.
+//! Expired records are swept when the project mints its next ticket.
 
 use nimbus_core::instance::InstanceState;
 use nimbus_core::operation::Actor;
@@ -70,14 +71,17 @@ impl Engine {
             secret_sha256: sha256_hex(&secret),
             expires_at: now + self.config.console_ticket_lifetime,
         };
-        let _guard = self.resource_writes.lock().await;
         let mut set = WriteSet::new();
         for old in self.store.list_records(CONSOLE_TICKET, Some(ctx.project.id)).await.map_err(store_err)? {
             if old.decode::<TicketRecord>().map(|t| t.expires_at <= now).unwrap_or(true) {
-                set.push(Write::DeleteRecord { kind: CONSOLE_TICKET.into(), id: old.id });
+                set.push(Write::DeleteRecord {
+                    kind: CONSOLE_TICKET.into(),
+                    id: old.id,
+                    expected_generation: Some(old.generation),
+                });
             }
         }
-        set.push(Write::PutRecord(Record::new(CONSOLE_TICKET, ticket_id, Some(ctx.project.id), "", &record)));
+        set.push(Write::InsertRecord(Record::new(CONSOLE_TICKET, ticket_id, Some(ctx.project.id), "", &record)));
         self.store.apply(set).await.map_err(store_err)?;
         Ok(ConsoleTicket {
             token: format!("{}.{secret}", ticket_id.simple()),
@@ -92,19 +96,29 @@ impl Engine {
     pub async fn redeem_console_ticket(&self, token: &str, id: Uuid, actor: Actor) -> Result<Context> {
         let (ticket_id, secret) = token.split_once('.').ok_or_else(|| unauthenticated("invalid"))?;
         let ticket_id = Uuid::try_parse(ticket_id).map_err(|_| unauthenticated("invalid"))?;
-        let guard = self.resource_writes.lock().await;
-        let record = self.store.get_record(CONSOLE_TICKET, ticket_id).await.map_err(store_err)?;
-        let ticket: TicketRecord = record.ok_or_else(|| unauthenticated("invalid"))?.decode().map_err(store_err)?;
+        let (ticket, record) = self
+            .record_of::<TicketRecord>(CONSOLE_TICKET, ticket_id)
+            .await?
+            .ok_or_else(|| unauthenticated("invalid"))?;
         if !bool::from(ticket.secret_sha256.as_bytes().ct_eq(sha256_hex(secret).as_bytes())) {
             return Err(unauthenticated("invalid"));
         }
-        let spend = || {
+        // Spends exactly the version checked above; a redemption that lost the race finds it gone.
+        let spend = || async {
             let mut set = WriteSet::new();
-            set.push(Write::DeleteRecord { kind: CONSOLE_TICKET.into(), id: ticket_id });
-            set
+            set.push(Write::DeleteRecord {
+                kind: CONSOLE_TICKET.into(),
+                id: ticket_id,
+                expected_generation: Some(record.generation),
+            });
+            match self.store.apply(set).await {
+                Ok(()) => Ok(()),
+                Err(nimbus_store::StoreError::Conflict(_)) => Err(unauthenticated("invalid")),
+                Err(e) => Err(store_err(e)),
+            }
         };
         if ticket.expires_at <= OffsetDateTime::now_utc() {
-            self.store.apply(spend()).await.map_err(store_err)?;
+            spend().await?;
             return Err(unauthenticated("expired"));
         }
         if ticket.instance_id != id {
@@ -113,8 +127,7 @@ impl Engine {
                 ticket.instance_id
             )));
         }
-        self.store.apply(spend()).await.map_err(store_err)?;
-        drop(guard);
+        spend().await?;
         let key = self.store.get_api_key(&ticket.key_id).await.map_err(store_err)?.ok_or_else(|| {
             DomainError::Unauthenticated("the API key that minted this console ticket was deleted".into())
         })?;

@@ -10,21 +10,21 @@ use base64::Engine as _;
 use nimbus_core::event::Event;
 use nimbus_core::instance::{validate_name, Instance, InstanceState, MAX_USER_DATA_BYTES};
 use nimbus_core::labels::{self, Labels, Selector};
-use nimbus_core::operation::{Operation, OperationState, Target};
-use nimbus_core::resources::{InstancePassword, Snapshot, SnapshotState, PASSWORD_LIFETIME};
+use nimbus_core::operation::{Actor, Operation, Target};
+use nimbus_core::resources::InstancePassword;
 use nimbus_core::state_machine::{transition, Action};
 use nimbus_core::tenancy::Role;
 use nimbus_core::DomainError;
-use nimbus_store::{InstanceQuery, Record, StoreError, Write, WriteSet};
-use serde_json::json;
+use nimbus_store::{InstanceQuery, StoreError, Write, WriteSet};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::resources::{PASSWORD, SNAPSHOT};
+use crate::resources::PASSWORD;
+use crate::sagas::{self, Planned};
 use crate::{page_token, store_err, Context, Engine, Page, Result};
 
 /// How often a plan is made again after losing a compare-and-swap before the caller sees a conflict.
-const CAS_RETRIES: usize = 64;
+pub(crate) const CAS_RETRIES: usize = 64;
 
 /// A short random pause after a lost compare-and-swap, so that writers racing for one instance spread out
 /// instead of colliding again in lockstep.
@@ -188,7 +188,7 @@ pub(crate) fn operation_event(kind: &str, op: &Operation) -> Write {
     Write::AppendEvent(event(&op.actor, op.project_id, kind, op.id, serde_json::to_value(op).expect("serializes")))
 }
 
-fn decode_user_data(b64: &str) -> Result<Vec<u8>> {
+pub(crate) fn decode_user_data(b64: &str) -> Result<Vec<u8>> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .map_err(|e| DomainError::invalid("user_data", format!("must be base64: {e}")))?;
@@ -201,7 +201,7 @@ fn decode_user_data(b64: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn validate_disk(field: &str, size: u64, min: u64) -> Result<()> {
+pub(crate) fn validate_disk(field: &str, size: u64, min: u64) -> Result<()> {
     if size < min {
         return Err(DomainError::invalid(field, format!("{size} GB is below the minimum of {min} GB")));
     }
@@ -222,161 +222,26 @@ impl Engine {
             .ok_or_else(|| DomainError::not_found("instance", id))
     }
 
+    /// Records a new instance and the operation that creates it on the host, in one transaction with its
+    /// address, password and quota check (see `sagas::create`).
     pub async fn create_instance(&self, ctx: &Context, req: CreateInstance) -> Result<(Operation, Instance)> {
-        ctx.require(Role::Member)?;
-        validate_name("name", &req.name)?;
-        let hostname = req.hostname.clone().unwrap_or_else(|| nimbus_core::instance::hostname_from_name(&req.name));
-        nimbus_core::instance::validate_hostname("hostname", &hostname)?;
-        labels::validate_labels("labels", &req.labels)?;
-        let itype = self.instance_type(&req.instance_type).await.map_err(|_| {
-            DomainError::invalid(
-                "instance_type",
-                format!("no instance type {:?}; see GET /v1/instance-types", req.instance_type),
-            )
-        })?;
-        if !itype.authorized || !itype.zones.contains(&self.config.zone) {
-            return Err(DomainError::invalid(
-                "instance_type",
-                format!("{} is not offered in zone {}", itype.name, self.config.zone),
-            ));
-        }
-        let template = self.template(ctx, &req.template).await.map_err(|_| {
-            DomainError::invalid("template", format!("no template {:?}; see GET /v1/templates", req.template))
-        })?;
-        let gpu_model = self.choose_gpu_model(&itype, req.gpu_model.as_deref(), None).await?;
-        let disk = req.disk_size_gb.unwrap_or(itype.default_disk_gb.max(template.min_disk_gb));
-        validate_disk("disk_size_gb", disk, itype.min_disk_gb.max(template.min_disk_gb))?;
-        if let Some(ud) = &req.user_data {
-            decode_user_data(ud)?;
-        }
-        if let Some(price) = req.price_hourly {
-            nimbus_core::instance::validate_price("price_hourly", price)?;
-        }
-        if let Some(password) = &req.password {
-            nimbus_core::instance::validate_password("password", password)?;
-            if !template.password_enabled {
-                return Err(DomainError::invalid(
-                    "password",
-                    format!("template {} does not support passwords", template.name),
-                ));
+        for attempt in 0..CAS_RETRIES {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            let host = sagas::create::address_candidate(self, attempt).await?;
+            let (instance, op, set) = sagas::create::plan(self, ctx, &req, host).await?;
+            match self.store.apply(set).await {
+                Ok(()) => {
+                    self.kick_workers();
+                    return Ok((op, instance));
+                }
+                // Another create claimed the address first: take another.
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(store_err(e)),
             }
         }
-        let ssh_keys = self.resolve_ssh_key_names(ctx, &req.ssh_keys).await?;
-        if !ssh_keys.is_empty() && !template.ssh_key_enabled {
-            return Err(DomainError::invalid("ssh_keys", format!("template {} does not take SSH keys", template.name)));
-        }
-        self.check_group_refs(ctx, &req.security_groups, &req.anti_affinity_groups).await?;
-        if req.tpm_enabled && !self.driver_supports_tpm().await {
-            return Err(DomainError::Unsupported(format!(
-                "the {} driver cannot attach a TPM here",
-                self.driver.name()
-            )));
-        }
-
-        let now = nimbus_core::now();
-        let id = nimbus_core::new_id();
-        let op_id = nimbus_core::new_id();
-        let mut system_labels = Labels::new();
-        system_labels.insert("nimbus.zone".into(), self.config.zone.clone());
-        system_labels.insert("nimbus.instance-type.family".into(), itype.family.clone());
-        let instance = Instance {
-            id,
-            project_id: ctx.project.id,
-            name: req.name.clone(),
-            hostname,
-            description: req.description.clone(),
-            zone: self.config.zone.clone(),
-            instance_type: itype.name.clone(),
-            template_id: template.id,
-            template: template.name.clone(),
-            state: InstanceState::Creating,
-            labels: req.labels.clone(),
-            system_labels,
-            vcpus: itype.vcpus,
-            memory_mib: itype.memory_mib,
-            gpus: itype.gpus,
-            gpu_model,
-            disk_size_gb: disk,
-            user_data: req.user_data.clone().map(|s| s.trim().to_string()),
-            ssh_keys,
-            security_groups: req.security_groups.clone(),
-            anti_affinity_groups: req.anti_affinity_groups.clone(),
-            private_networks: vec![],
-            ip_addresses: vec![self.reserve_address(id).await?],
-            mac_address: Instance::mac_for(id),
-            protected: req.protected,
-            tpm_enabled: req.tpm_enabled,
-            secure_boot: req.secure_boot,
-            price_hourly: req.price_hourly,
-            expected_shutdown_at: req.expected_shutdown_at,
-            host: None,
-            lock_operation_id: Some(op_id),
-            create_operation_id: Some(op_id),
-            generation: 1,
-            extensions: req.extensions.clone(),
-            created_at: now,
-            updated_at: now,
-        };
-        let op = Operation {
-            id: op_id,
-            project_id: ctx.project.id,
-            kind: Action::Create,
-            state: OperationState::Pending,
-            reason: None,
-            message: None,
-            target: Target { kind: "instance".into(), id },
-            params: json!({ "auto_start": req.auto_start }),
-            result: None,
-            state_before: None,
-            attempts: 0,
-            actor: ctx.actor.clone(),
-            created_at: now,
-            updated_at: now,
-        };
-        let mut set = WriteSet::new();
-        set.push(Write::PutInstance { instance: instance.clone(), expected_generation: None });
-        set.push(Write::PutOperation(op.clone()));
-        // A password-enabled template's default user gets the caller's password, or a generated one, at
-        // creation, revealable for a day like reset-password's (validated above: only such templates take one).
-        if template.password_enabled {
-            let password = InstancePassword {
-                instance_id: id,
-                password: req.password.clone().unwrap_or_else(crate::worker::new_password),
-                expires_at: now + PASSWORD_LIFETIME,
-            };
-            set.push(Write::PutRecord(Record::new(PASSWORD, id, Some(ctx.project.id), "password", &password)));
-        }
-        for (kind, alias) in &req.aliases {
-            set.push(Write::PutAlias { kind: kind.clone(), alias: alias.clone(), id });
-        }
-        set.push(instance_event(&ctx.actor, "instance.created", &instance));
-        set.push(operation_event("operation.created", &op));
-        set.enforce_quota_of = Some(ctx.project.id);
-        if let Err(e) = self.store.apply(set).await {
-            let mut release = WriteSet::new();
-            release.push(Write::ReleaseAddresses { instance_id: id });
-            if let Err(e) = self.store.apply(release).await {
-                tracing::warn!(instance = %id, error = %e, "could not release the address of a refused create");
-            }
-            return Err(store_err(e));
-        }
-        self.enqueue(op.id);
-        Ok((op, instance))
-    }
-
-    /// Takes an address of the instance network for a new instance, before anything else is written: a full
-    /// network refuses the create at once instead of failing it later in a worker.
-    async fn reserve_address(&self, id: Uuid) -> Result<String> {
-        let net = crate::network::Network::parse(&self.config.network_cidr)?;
-        let host = self
-            .store
-            .allocate_address(&self.config.network_cidr, net.first_host(), net.last_host(), id)
-            .await
-            .map_err(|e| match e {
-                StoreError::QuotaExceeded(why) => DomainError::Conflict(why),
-                other => store_err(other),
-            })?;
-        Ok(net.address(host))
+        Err(DomainError::Conflict("the instance network is busy with other creates; retry".into()))
     }
 
     /// Every instance of the caller's project, oldest first, for dialects that filter or page themselves.
@@ -540,10 +405,7 @@ impl Engine {
             set.writes.extend(writes);
             set.push(instance_event(&ctx.actor, "instance.updated", &next));
             match self.store.apply(set).await {
-                Ok(()) => {
-                    self.wake();
-                    return Ok(next);
-                }
+                Ok(()) => return Ok(next),
                 Err(StoreError::Conflict(_)) if if_match.is_none() => continue,
                 Err(StoreError::Conflict(_)) => {
                     return Err(DomainError::PreconditionFailed { expected: format!("\"{}\"", current.generation) })
@@ -581,10 +443,7 @@ impl Engine {
                 updated.push(next);
             }
             match self.store.apply(set).await {
-                Ok(()) => {
-                    self.wake();
-                    return Ok(updated);
-                }
+                Ok(()) => return Ok(updated),
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(store_err(e)),
             }
@@ -603,7 +462,7 @@ impl Engine {
             let (op, set) = self.plan_action(ctx, &current, &req).await?;
             match self.store.apply(set).await {
                 Ok(()) => {
-                    self.enqueue(op.id);
+                    self.kick_workers();
                     return Ok(op);
                 }
                 Err(StoreError::Conflict(_)) => continue,
@@ -655,202 +514,50 @@ impl Engine {
         }
         let t = transition(action, current.state)?;
         let mut next = current.clone();
-        let mut params = json!({});
-        let mut extra = Vec::new();
-        let mut quota = false;
-        match req {
+        let planned = match req {
             ActionRequest::Scale { instance_type } => {
-                params = self.plan_scale(current, &mut next, instance_type, None, false).await?;
-                quota = true;
+                let p = sagas::scale::plan(self, current, &mut next, instance_type, None, false).await?;
+                sagas::scale::planned::<sagas::scale::Scale>(&p)
             }
-            ActionRequest::ScaleTo { instance_type, gpu_model, across_families, .. } => {
-                params =
-                    self.plan_scale(current, &mut next, instance_type, gpu_model.as_deref(), *across_families).await?;
-                quota = true;
-            }
-            ActionRequest::ResizeDisk { disk_size_gb } => {
-                if *disk_size_gb <= current.disk_size_gb {
-                    return Err(DomainError::Conflict(format!(
-                        "a disk can only grow: it has {} GB, {} GB was asked",
-                        current.disk_size_gb, disk_size_gb
-                    )));
+            ActionRequest::ScaleTo { instance_type, gpu_model, across_families, restart_if_running } => {
+                let p =
+                    sagas::scale::plan(self, current, &mut next, instance_type, gpu_model.as_deref(), *across_families)
+                        .await?;
+                if *restart_if_running {
+                    sagas::scale::planned::<sagas::scale::ScaleWithRestart>(&p)
+                } else {
+                    sagas::scale::planned::<sagas::scale::Scale>(&p)
                 }
-                validate_disk("disk_size_gb", *disk_size_gb, 1)?;
-                params = json!({ "from": current.disk_size_gb, "to": disk_size_gb });
-                next.disk_size_gb = *disk_size_gb;
-                quota = true;
             }
+            ActionRequest::ResizeDisk { disk_size_gb } => sagas::resize_disk::plan(current, &mut next, *disk_size_gb)?,
             ActionRequest::Reset { template, disk_size_gb } => {
-                let template = match template {
-                    Some(t) => self
-                        .template(ctx, t)
-                        .await
-                        .map_err(|_| DomainError::invalid("template", format!("no template {t:?}")))?,
-                    None => self.template_by_id(current.template_id).await?,
-                };
-                let disk = disk_size_gb.unwrap_or(current.disk_size_gb);
-                validate_disk("disk_size_gb", disk, template.min_disk_gb)?;
-                params = json!({ "from_template": current.template_id, "from_disk": current.disk_size_gb, "template": template.id, "disk_size_gb": disk });
-                next.template_id = template.id;
-                next.template = template.name;
-                next.disk_size_gb = disk;
-                quota = true;
+                sagas::reset::plan(self, ctx, current, &mut next, template.as_deref(), *disk_size_gb).await?
             }
-            ActionRequest::CreateSnapshot { name } => {
-                let snapshot = Snapshot {
-                    id: nimbus_core::new_id(),
-                    project_id: current.project_id,
-                    instance_id: current.id,
-                    name: name
-                        .clone()
-                        .unwrap_or_else(|| format!("{}-{}", current.name, nimbus_core::now().unix_timestamp())),
-                    state: SnapshotState::Snapshotting,
-                    size_gb: current.disk_size_gb,
-                    created_at: nimbus_core::now(),
-                };
-                validate_name("name", &snapshot.name)?;
-                params = json!({ "snapshot_id": snapshot.id });
-                extra.push(Write::PutRecord(Record::new(
-                    SNAPSHOT,
-                    snapshot.id,
-                    Some(snapshot.project_id),
-                    &snapshot.name,
-                    &snapshot,
-                )));
-            }
+            ActionRequest::CreateSnapshot { name } => sagas::create_snapshot::plan(current, name.as_deref())?,
             ActionRequest::RevertSnapshot { snapshot_id } => {
-                let snapshot = self.snapshot(ctx, *snapshot_id).await?;
-                if snapshot.instance_id != current.id {
-                    return Err(DomainError::invalid(
-                        "snapshot_id",
-                        format!("snapshot {snapshot_id} is not of instance {}", current.id),
-                    ));
-                }
-                if snapshot.state != SnapshotState::Ready {
-                    return Err(DomainError::Conflict(format!("snapshot {snapshot_id} is not ready")));
-                }
-                params = json!({ "snapshot_id": snapshot_id });
+                sagas::revert_snapshot::plan(self, ctx, current, *snapshot_id).await?
             }
             ActionRequest::DeleteSnapshot { snapshot_id } => {
-                let snapshot = self.snapshot(ctx, *snapshot_id).await?;
-                if snapshot.instance_id != current.id {
-                    return Err(DomainError::invalid(
-                        "snapshot_id",
-                        format!("snapshot {snapshot_id} is not of instance {}", current.id),
-                    ));
-                }
-                params = json!({ "snapshot_id": snapshot_id });
+                sagas::delete_snapshot::plan(self, ctx, current, *snapshot_id).await?
             }
-            ActionRequest::ResetPassword => {
-                let template = self.template_by_id(current.template_id).await?;
-                if !template.password_enabled {
-                    return Err(DomainError::Conflict(format!(
-                        "template {} does not support passwords",
-                        template.name
-                    )));
-                }
-            }
-            ActionRequest::EnableTpm => {
-                if current.tpm_enabled {
-                    return Err(DomainError::Conflict("the TPM is already enabled".into()));
-                }
-                if !self.driver_supports_tpm().await {
-                    return Err(DomainError::Unsupported(format!(
-                        "the {} driver cannot attach a TPM here",
-                        self.driver.name()
-                    )));
-                }
-            }
+            ActionRequest::ResetPassword => sagas::reset_password::plan(self, current).await?,
+            ActionRequest::EnableTpm => sagas::enable_tpm::plan(self, current)?,
             ActionRequest::ChangeAntiAffinityGroups { join, leave } => {
-                self.check_group_refs(ctx, &[], join).await?;
-                next.anti_affinity_groups.retain(|g| !leave.contains(g));
-                for g in join {
-                    if !next.anti_affinity_groups.contains(g) {
-                        next.anti_affinity_groups.push(*g);
-                    }
-                }
-                params = json!({ "join": join, "leave": leave });
+                sagas::anti_affinity::plan(self, ctx, &mut next, join, leave).await?
             }
             ActionRequest::Start
             | ActionRequest::Stop
             | ActionRequest::Reboot
             | ActionRequest::Suspend
             | ActionRequest::Resume
-            | ActionRequest::Delete => {}
-        }
-        let now = nimbus_core::now();
-        let op = Operation {
-            id: nimbus_core::new_id(),
-            project_id: current.project_id,
-            kind: action,
-            state: OperationState::Pending,
-            reason: None,
-            message: None,
-            target: Target { kind: "instance".into(), id: current.id },
-            params,
-            result: None,
-            state_before: Some(current.state),
-            attempts: 0,
-            actor: ctx.actor.clone(),
-            created_at: now,
-            updated_at: now,
+            | ActionRequest::Delete => Planned::nothing(),
         };
-        next.state = t.during;
-        next.lock_operation_id = Some(op.id);
-        next.generation += 1;
-        next.updated_at = now;
-        let mut set = WriteSet::new();
-        set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(current.generation) });
-        set.push(Write::PutOperation(op.clone()));
-        for w in extra {
-            set.push(w);
-        }
-        set.push(instance_event(&ctx.actor, "instance.updated", &next));
-        set.push(operation_event("operation.created", &op));
-        if quota {
-            set.enforce_quota_of = Some(current.project_id);
-        }
-        Ok((op, set))
-    }
-
-    /// The hardware of a scale: `next` gets the new type's size and GPU model (and family label); the
-    /// operation's params keep what it had, for the worker to put back if the scale fails. Within the
-    /// family unless `across_families`.
-    async fn plan_scale(
-        &self,
-        current: &Instance,
-        next: &mut Instance,
-        instance_type: &str,
-        gpu_model: Option<&str>,
-        across_families: bool,
-    ) -> Result<serde_json::Value> {
-        let to = self
-            .instance_type(instance_type)
-            .await
-            .map_err(|_| DomainError::invalid("instance_type", format!("no instance type {instance_type:?}")))?;
-        let from = self.instance_type(&current.instance_type).await?;
-        if to.family != from.family && !across_families {
-            return Err(DomainError::Conflict(format!(
-                "scale stays within the family: {} is {}, {} is {}",
-                from.name, from.family, to.name, to.family
-            )));
-        }
-        let model = self.choose_gpu_model(&to, gpu_model, current.gpu_model.as_deref()).await?;
-        if to.name == from.name && model == current.gpu_model {
-            return Err(DomainError::Conflict(format!("the instance already is of type {}", to.name)));
-        }
-        next.instance_type = to.name.clone();
-        next.vcpus = to.vcpus;
-        next.memory_mib = to.memory_mib;
-        next.gpus = to.gpus;
-        next.gpu_model = model.clone();
-        next.system_labels.insert("nimbus.instance-type.family".into(), to.family.clone());
-        Ok(json!({ "from": from.name, "to": to.name, "from_gpu_model": current.gpu_model, "gpu_model": model }))
+        Ok(begin_operation(current, next, t.during, action, planned, &ctx.actor))
     }
 
     /// The GPU model of an instance of `itype`: the one `asked` for, else the one it `keep`s, else the
     /// catalog's default; none for a type without GPUs, which refuses one asked for.
-    async fn choose_gpu_model(
+    pub(crate) async fn choose_gpu_model(
         &self,
         itype: &nimbus_core::catalog::InstanceType,
         asked: Option<&str>,
@@ -881,36 +588,19 @@ impl Engine {
     /// Starts a stop that Nimbus itself decided (an instance's `expected_shutdown_at` has come).
     pub(crate) async fn scheduled_stop(&self, instance: &Instance) -> Result<()> {
         let t = transition(Action::ScheduledStop, instance.state)?;
-        let now = nimbus_core::now();
-        let op = Operation {
-            id: nimbus_core::new_id(),
-            project_id: instance.project_id,
-            kind: Action::ScheduledStop,
-            state: OperationState::Pending,
-            reason: None,
-            message: Some("expected_shutdown_at reached".into()),
-            target: Target { kind: "instance".into(), id: instance.id },
-            params: json!({}),
-            result: None,
-            state_before: Some(instance.state),
-            attempts: 0,
-            actor: nimbus_core::operation::Actor::system(),
-            created_at: now,
-            updated_at: now,
-        };
         let mut next = instance.clone();
-        next.state = t.during;
-        next.lock_operation_id = Some(op.id);
         next.expected_shutdown_at = None;
-        next.generation += 1;
-        next.updated_at = now;
-        let mut set = WriteSet::new();
-        set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(instance.generation) });
-        set.push(Write::PutOperation(op.clone()));
-        set.push(instance_event(&op.actor, "instance.updated", &next));
-        set.push(operation_event("operation.created", &op));
+        let planned = Planned::nothing();
+        let (mut op, mut set) =
+            begin_operation(instance, next, t.during, Action::ScheduledStop, planned, &Actor::system());
+        op.message = Some("expected_shutdown_at reached".into());
+        for w in &mut set.writes {
+            if let Write::InsertOperation(o) = w {
+                o.message = op.message.clone();
+            }
+        }
         self.store.apply(set).await.map_err(store_err)?;
-        self.enqueue(op.id);
+        self.kick_workers();
         Ok(())
     }
 
@@ -960,10 +650,6 @@ impl Engine {
         self.driver.metrics(instance.id).await.map_err(|e| DomainError::Internal(e.to_string()))
     }
 
-    async fn driver_supports_tpm(&self) -> bool {
-        self.driver.supports_tpm()
-    }
-
     pub(crate) async fn template_by_id(&self, id: Uuid) -> Result<nimbus_core::catalog::Template> {
         let record = self.store.get_record(crate::catalog::TEMPLATE, id).await.map_err(store_err)?;
         record.map(|r| r.decode()).transpose().map_err(store_err)?.ok_or_else(|| {
@@ -972,6 +658,36 @@ impl Engine {
             ))
         })
     }
+}
+
+/// The request's transaction of a lifecycle action: the instance's next version (showing `during`, locked by
+/// the new operation), the operation with its kind's parameters, the plan's other writes, and the events.
+fn begin_operation(
+    current: &Instance,
+    mut next: Instance,
+    during: InstanceState,
+    action: Action,
+    planned: Planned,
+    actor: &Actor,
+) -> (Operation, WriteSet) {
+    let mut op =
+        Operation::new(current.project_id, action, Target::instance(current.id), Some(current.state), actor.clone());
+    op.params = planned.params;
+    op.params_version = planned.params_version;
+    next.state = during;
+    next.lock_operation_id = Some(op.id);
+    next.generation += 1;
+    next.updated_at = op.created_at;
+    let mut set = WriteSet::new();
+    set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(current.generation) });
+    set.push(Write::InsertOperation(op.clone()));
+    set.writes.extend(planned.writes);
+    set.push(instance_event(actor, "instance.updated", &next));
+    set.push(operation_event("operation.created", &op));
+    if planned.quota {
+        set.enforce_quota_of = Some(current.project_id);
+    }
+    (op, set)
 }
 
 fn prefix_error(e: DomainError, what: &str) -> DomainError {

@@ -2,13 +2,18 @@
 //! engine talks to the store and the driver.
 //!
 //! Flow of a mutating call: a service validates it against the domain rules, then records the desired
-//! state, the operation and the events in one store transaction, and wakes the workers. A worker runs the
-//! operation's driver steps and records the outcome. After a crash, unfinished operations are resumed
-//! (every driver step is idempotent) or end `interrupted`, and the reconciler re-aligns records with what
-//! the host really runs.
+//! state, the operation and the events in one store transaction. Any server's worker claims the operation
+//! under a lease and runs its kind's saga (`sagas/`), step by idempotent step, and records the outcome.
+//! After a crash, the operation's lease expires and another worker (or the restarted server) resumes it
+//! where its progress says, or unwinds it once it has been interrupted too often; the reconciler re-aligns
+//! records with what the host really runs.
+//!
+//! Nothing here keeps state another server needs: records, leases, console tickets, idempotency keys and
+//! event cursors all live in the store, and every write is a compare-and-swap on a generation. Servers
+//! pointed at one PostgreSQL database are interchangeable.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nimbus_core::operation::Actor;
@@ -16,19 +21,22 @@ use nimbus_core::tenancy::{ApiKey, Project, Role};
 use nimbus_core::DomainError;
 use nimbus_driver::Driver;
 use nimbus_store::{Store, StoreError};
-use tokio::sync::{mpsc, Notify};
-use uuid::Uuid;
+use tokio::sync::{watch, Notify};
+use tokio::task::AbortHandle;
 
 pub mod accounts;
 pub mod auth;
 pub mod catalog;
 pub mod console;
+mod host;
 pub mod instances;
 pub mod network;
 pub mod networking;
 pub mod operations;
 mod reconciler;
+mod records;
 pub mod resources;
+pub mod sagas;
 mod worker;
 
 pub use accounts::{AccountPatch, NewAccount};
@@ -36,6 +44,7 @@ pub use auth::{BootstrapOutcome, WhoAmI};
 pub use console::{ConsoleTicket, CONSOLE_TICKET_LIFETIME};
 pub use instances::{ActionRequest, CreateInstance, InstanceFilter, InstancePatch};
 pub use networking::PrivateNetworkSpec;
+pub use sagas::{CrashHook, CrashPoint, CrashWhen};
 
 pub type Result<T, E = DomainError> = std::result::Result<T, E>;
 
@@ -67,7 +76,7 @@ impl Context {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EngineConfig {
     pub zone: String,
     /// The instance network: addresses are handed out from it; the driver puts the gateway on its bridge.
@@ -86,6 +95,17 @@ pub struct EngineConfig {
     pub max_attempts: u32,
     /// How long a console ticket may be used to open a connection (an open one outlives it).
     pub console_ticket_lifetime: Duration,
+    /// This server's name as the holder of operation leases. Keep it across restarts of one server (the
+    /// `nimbus server` keeps it in its data dir), so that a restart resumes its operations at once; give
+    /// every server its own.
+    pub worker_id: String,
+    /// How long a claimed operation stays this server's without renewal: after a crash, the time before
+    /// another server takes its operations over. Renewed every third of it.
+    pub lease: Duration,
+    /// How often idle workers look for expired leases.
+    pub poll_every: Duration,
+    /// Tests only: makes workers die at chosen points of a saga, as if the server had been killed.
+    pub crash_hook: Option<CrashHook>,
 }
 
 impl Default for EngineConfig {
@@ -99,9 +119,22 @@ impl Default for EngineConfig {
             reconcile_every: Duration::from_secs(5),
             max_attempts: 3,
             console_ticket_lifetime: console::CONSOLE_TICKET_LIFETIME,
+            worker_id: format!("nimbus-{}", uuid::Uuid::new_v4().simple()),
+            lease: Duration::from_secs(15),
+            poll_every: worker::DEFAULT_POLL,
+            crash_hook: None,
         }
     }
 }
+
+impl std::fmt::Debug for CrashHookSlot<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(<crash hook>)" } else { "None" })
+    }
+}
+
+/// Shows the crash hook in `EngineConfig`'s debug output without requiring `Debug` of a closure.
+struct CrashHookSlot<'a>(&'a Option<CrashHook>);
 
 /// Counters exposed on `/metrics`.
 #[derive(Debug, Default)]
@@ -112,39 +145,86 @@ pub struct EngineMetrics {
     pub operations_resumed: AtomicU64,
 }
 
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("zone", &self.zone)
+            .field("network_cidr", &self.network_cidr)
+            .field("elastic_ip_cidr", &self.elastic_ip_cidr)
+            .field("stop_grace", &self.stop_grace)
+            .field("workers", &self.workers)
+            .field("reconcile_every", &self.reconcile_every)
+            .field("max_attempts", &self.max_attempts)
+            .field("worker_id", &self.worker_id)
+            .field("lease", &self.lease)
+            .field("crash_hook", &CrashHookSlot(&self.crash_hook))
+            .finish()
+    }
+}
+
 pub struct Engine {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) driver: Arc<dyn Driver>,
     pub(crate) config: EngineConfig,
-    pub(crate) queue: mpsc::UnboundedSender<Uuid>,
-    /// Woken on every stored change: operation waiters and event streams.
-    pub(crate) changed: Notify,
-    /// Serializes read-modify-write of project resource records (security group rules, private network
-    /// leases, elastic IP attachments): records have no compare-and-swap, and one process owns the store.
-    pub(crate) resource_writes: tokio::sync::Mutex<()>,
+    /// The lease holder's name of this server's workers (`EngineConfig::worker_id`).
+    pub(crate) worker_id: String,
+    /// Wakes this server's idle workers at once when this server records an operation.
+    pub(crate) kick: Notify,
+    /// Set when the engine halts: its background tasks stop.
+    halt: watch::Sender<bool>,
+    /// The engine's background tasks, aborted by [`Engine::halt`].
+    tasks: Mutex<Vec<AbortHandle>>,
     pub metrics: EngineMetrics,
 }
 
 impl Engine {
-    /// Builds the engine, seeds the catalog, recovers unfinished operations and starts the workers and the
-    /// reconciler. Must be called inside a tokio runtime.
+    /// Builds the engine, seeds the catalog, takes back the leases an earlier run of this server held, runs
+    /// one reconcile pass and starts the workers and the reconciler. Must be called inside a tokio runtime.
     pub async fn start(store: Arc<dyn Store>, driver: Arc<dyn Driver>, config: EngineConfig) -> Result<Arc<Engine>> {
         network::check_elastic_ip_pool(&config.network_cidr, &config.elastic_ip_cidr)?;
-        let (queue, rx) = mpsc::unbounded_channel();
         let engine = Arc::new(Engine {
             store,
             driver,
+            worker_id: config.worker_id.clone(),
             config,
-            queue,
-            changed: Notify::new(),
-            resource_writes: tokio::sync::Mutex::new(()),
+            kick: Notify::new(),
+            halt: watch::Sender::new(false),
+            tasks: Mutex::new(Vec::new()),
             metrics: EngineMetrics::default(),
         });
         engine.seed_catalog().await?;
-        engine.recover().await?;
-        worker::spawn(engine.clone(), rx);
+        engine.release_own_leases().await?;
+        engine.reconcile().await?;
+        worker::spawn(engine.clone());
         reconciler::spawn(engine.clone());
         Ok(engine)
+    }
+
+    /// Stops the engine's workers and reconciler where they are, as a kill would: operations under way keep
+    /// their leases and are resumed by whoever holds them next. For a clean stop, call
+    /// [`Engine::shutdown`] instead.
+    pub fn halt(&self) {
+        self.halt.send_replace(true);
+        for task in self.tasks.lock().expect("task list").drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Stops the workers and gives their leases back, so that another server (or this one, restarted)
+    /// resumes the operations under way at once.
+    pub async fn shutdown(&self) {
+        self.halt();
+        if let Err(e) = self.release_own_leases().await {
+            tracing::warn!(error = %e, "could not give leases back at shutdown");
+        }
+    }
+
+    pub(crate) fn halted(&self) -> watch::Receiver<bool> {
+        self.halt.subscribe()
+    }
+
+    pub(crate) fn track(&self, task: AbortHandle) {
+        self.tasks.lock().expect("task list").push(task);
     }
 
     pub fn driver_name(&self) -> &'static str {
@@ -159,13 +239,21 @@ impl Engine {
         &self.config
     }
 
-    pub(crate) fn wake(&self) {
-        self.changed.notify_waiters();
+    /// A watch on the store's changes, by any server, already marked seen: read what you need, then wait
+    /// on it with [`Engine::wait_for_change`], and no change made after the read is missed.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        let mut rx = self.store.changes();
+        rx.borrow_and_update();
+        rx
     }
 
-    /// Waits until something changes in the store, or `timeout` passes.
-    pub async fn changed(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.changed.notified()).await;
+    /// Waits until something changed since `changes` was last marked seen, or `timeout` passes; marks it
+    /// seen again.
+    pub async fn wait_for_change(changes: &mut watch::Receiver<u64>, timeout: Duration) {
+        if tokio::time::timeout(timeout, changes.changed()).await.is_err() {
+            return;
+        }
+        changes.borrow_and_update();
     }
 }
 

@@ -1,9 +1,10 @@
 //! Private networks and elastic IPs: project records that instances attach to.
 //!
 //! Attaching an instance to a private network writes the network's lease and the instance's
-//! `private_networks` in one transaction (the instance by compare-and-swap). Elastic IP addresses come
-//! from the operator's pool (`EngineConfig::elastic_ip_cidr`) through the store's address allocator, so two
-//! projects never hold the same one.
+//! `private_networks` in one transaction, both by compare-and-swap, so two servers attaching at once can
+//! neither lose a lease nor hand one address out twice. Elastic IP addresses come from the operator's pool
+//! (`EngineConfig::elastic_ip_cidr`) through the store's address allocator, claimed in the transaction that
+//! records the elastic IP, so two projects never hold the same one and a refused create holds none.
 //!
 //! Both are bookkeeping only for now: the driver gives instances no second NIC for a private network and
 //! no NAT for an elastic IP. What an API shows is what was recorded, not what the host carries.
@@ -16,6 +17,8 @@ use nimbus_core::networking::{AddressRange, ElasticIp, Lease, PrivateNetwork};
 use nimbus_core::tenancy::Role;
 use nimbus_core::DomainError;
 use nimbus_store::{Record, StoreError, Write, WriteSet};
+
+use crate::instances::{backoff, instance_event, CAS_RETRIES};
 use uuid::Uuid;
 
 use crate::network::Network;
@@ -65,10 +68,19 @@ impl Engine {
 
     /// The network with its stale leases (of instances since destroyed) left out.
     async fn live_network(&self, ctx: &Context, id: Uuid) -> Result<PrivateNetwork> {
-        let mut n: PrivateNetwork = self.record(PRIVATE_NETWORK, ctx, id).await?;
+        Ok(self.live_network_record(ctx, id).await?.0)
+    }
+
+    /// [`Engine::live_network`] and the record it was read from (for a compare-and-swap).
+    async fn live_network_record(&self, ctx: &Context, id: Uuid) -> Result<(PrivateNetwork, Record)> {
+        let (mut n, record) = self
+            .record_of::<PrivateNetwork>(PRIVATE_NETWORK, id)
+            .await?
+            .filter(|(_, r)| r.project_id == Some(ctx.project.id))
+            .ok_or_else(|| DomainError::not_found("private network", id))?;
         let attached = self.attached_instances(ctx, id).await?;
         n.live_leases(|i| attached.contains(&i));
-        Ok(n)
+        Ok((n, record))
     }
 
     pub async fn create_private_network(&self, ctx: &Context, spec: PrivateNetworkSpec) -> Result<PrivateNetwork> {
@@ -85,7 +97,7 @@ impl Engine {
             leases: Vec::new(),
             created_at: nimbus_core::now(),
         };
-        self.put(self.network_record(ctx, &n)).await?;
+        self.insert(self.network_record(ctx, &n), vec![]).await?;
         Ok(n)
     }
 
@@ -116,41 +128,70 @@ impl Engine {
         spec: PrivateNetworkSpec,
     ) -> Result<PrivateNetwork> {
         ctx.require(Role::Member)?;
-        let _serial = self.resource_writes.lock().await;
-        let mut n = self.live_network(ctx, id).await?;
-        if let Some(name) = spec.name {
-            nimbus_core::instance::validate_name("name", &name)?;
-            n.name = name;
+        if let Some(name) = &spec.name {
+            nimbus_core::instance::validate_name("name", name)?;
         }
-        if let Some(d) = spec.description {
-            n.description = d;
-        }
-        if let Some(l) = spec.labels {
-            n.labels = l;
-        }
-        if let Some(range) = spec.range {
-            n.check_range(range)?;
-            if range.is_none() && n.leases.iter().any(|l| l.ip.is_some()) {
-                return Err(DomainError::invalid("start_ip", "instances hold addresses of the current range"));
+        for attempt in 0..CAS_RETRIES {
+            if attempt > 0 {
+                backoff(attempt).await;
             }
-            n.range = range;
+            let (mut n, record) = self.live_network_record(ctx, id).await?;
+            if let Some(name) = &spec.name {
+                n.name = name.clone();
+            }
+            if let Some(d) = &spec.description {
+                n.description = d.clone();
+            }
+            if let Some(l) = &spec.labels {
+                n.labels = l.clone();
+            }
+            if let Some(range) = spec.range {
+                n.check_range(range)?;
+                if range.is_none() && n.leases.iter().any(|l| l.ip.is_some()) {
+                    return Err(DomainError::invalid("start_ip", "instances hold addresses of the current range"));
+                }
+                n.range = range;
+            }
+            let mut set = WriteSet::new();
+            set.push(Write::UpdateRecord { record: record.next(&n.name, &n), expected_generation: record.generation });
+            match self.store.apply(set).await {
+                Ok(()) => return Ok(n),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(store_err(e)),
+            }
         }
-        self.put(self.network_record(ctx, &n)).await?;
-        Ok(n)
+        Err(busy("private network", id))
     }
 
     pub async fn delete_private_network(&self, ctx: &Context, id: Uuid) -> Result<()> {
         ctx.require(Role::Member)?;
-        let _serial = self.resource_writes.lock().await;
-        self.live_network(ctx, id).await?;
-        self.refuse_if_referenced(
-            ctx,
-            |i| i.state != InstanceState::Destroyed && i.private_networks.contains(&id),
-            "private network",
-            id,
-        )
-        .await?;
-        self.delete(PRIVATE_NETWORK, id).await
+        for attempt in 0..CAS_RETRIES {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            // The version read before the check: an attach that commits meanwhile changes it, and the
+            // delete below then loses and checks again.
+            let (_, record) = self.live_network_record(ctx, id).await?;
+            self.refuse_if_referenced(
+                ctx,
+                |i| i.state != InstanceState::Destroyed && i.private_networks.contains(&id),
+                "private network",
+                id,
+            )
+            .await?;
+            let mut set = WriteSet::new();
+            set.push(Write::DeleteRecord {
+                kind: PRIVATE_NETWORK.into(),
+                id,
+                expected_generation: Some(record.generation),
+            });
+            match self.store.apply(set).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+        Err(busy("private network", id))
     }
 
     /// Attaches an instance, leasing `ip` (it must be inside the network's range and free) or the lowest
@@ -164,54 +205,78 @@ impl Engine {
         move_only: bool,
     ) -> Result<(PrivateNetwork, Instance)> {
         ctx.require(Role::Member)?;
-        let _serial = self.resource_writes.lock().await;
-        let mut network = self.live_network(ctx, id).await?;
-        let already = network.lease_of(instance_id).is_some();
-        if move_only && !already {
-            return Err(DomainError::invalid("instance", format!("instance {instance_id} is not attached")));
-        }
-        if !move_only && already {
-            return Err(DomainError::Conflict(format!("instance {instance_id} is already attached")));
-        }
         if move_only && ip.is_none() {
             return Err(DomainError::invalid("ip", "give the new address"));
         }
-        let leased = network.choose_ip(instance_id, ip)?;
-        network.leases.retain(|l| l.instance_id != instance_id);
-        network.leases.push(Lease { instance_id, ip: leased, mac_address: Lease::mac_for(instance_id, id) });
-        let record = self.network_record(ctx, &network);
-        let instance = self
-            .edit_instance_with(ctx, instance_id, None, |current| {
-                refuse_destroying(current, "attach-private-network")?;
-                let mut next = current.clone();
-                if !next.private_networks.contains(&id) {
-                    next.private_networks.push(id);
-                }
-                next.generation += 1;
-                next.updated_at = nimbus_core::now();
-                Ok((next, vec![Write::PutRecord(record.clone())]))
-            })
-            .await?;
-        Ok((network, instance))
+        for attempt in 0..CAS_RETRIES {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            let (mut network, record) = self.live_network_record(ctx, id).await?;
+            let already = network.lease_of(instance_id).is_some();
+            if move_only && !already {
+                return Err(DomainError::invalid("instance", format!("instance {instance_id} is not attached")));
+            }
+            if !move_only && already {
+                return Err(DomainError::Conflict(format!("instance {instance_id} is already attached")));
+            }
+            let leased = network.choose_ip(instance_id, ip)?;
+            network.leases.retain(|l| l.instance_id != instance_id);
+            network.leases.push(Lease { instance_id, ip: leased, mac_address: Lease::mac_for(instance_id, id) });
+            let current = self.instance(ctx, instance_id).await?;
+            refuse_destroying(&current, "attach-private-network")?;
+            let mut next = current.clone();
+            if !next.private_networks.contains(&id) {
+                next.private_networks.push(id);
+            }
+            next.generation += 1;
+            next.updated_at = nimbus_core::now();
+            let mut set = WriteSet::new();
+            set.push(Write::UpdateRecord {
+                record: record.next(&network.name, &network),
+                expected_generation: record.generation,
+            });
+            set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(current.generation) });
+            set.push(instance_event(&ctx.actor, "instance.updated", &next));
+            match self.store.apply(set).await {
+                Ok(()) => return Ok((network, next)),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+        Err(busy("private network", id))
     }
 
     pub async fn detach_private_network(&self, ctx: &Context, id: Uuid, instance_id: Uuid) -> Result<Instance> {
         ctx.require(Role::Member)?;
-        let _serial = self.resource_writes.lock().await;
-        let mut network = self.live_network(ctx, id).await?;
-        if network.lease_of(instance_id).is_none() {
-            return Err(DomainError::invalid("instance", format!("instance {instance_id} is not attached")));
-        }
-        network.leases.retain(|l| l.instance_id != instance_id);
-        let record = self.network_record(ctx, &network);
-        self.edit_instance_with(ctx, instance_id, None, |current| {
+        for attempt in 0..CAS_RETRIES {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            let (mut network, record) = self.live_network_record(ctx, id).await?;
+            if network.lease_of(instance_id).is_none() {
+                return Err(DomainError::invalid("instance", format!("instance {instance_id} is not attached")));
+            }
+            network.leases.retain(|l| l.instance_id != instance_id);
+            let current = self.instance(ctx, instance_id).await?;
             let mut next = current.clone();
             next.private_networks.retain(|n| *n != id);
             next.generation += 1;
             next.updated_at = nimbus_core::now();
-            Ok((next, vec![Write::PutRecord(record.clone())]))
-        })
-        .await
+            let mut set = WriteSet::new();
+            set.push(Write::UpdateRecord {
+                record: record.next(&network.name, &network),
+                expected_generation: record.generation,
+            });
+            set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(current.generation) });
+            set.push(instance_event(&ctx.actor, "instance.updated", &next));
+            match self.store.apply(set).await {
+                Ok(()) => return Ok(next),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+        Err(busy("private network", id))
     }
 
     // Elastic IPs.
@@ -230,30 +295,38 @@ impl Engine {
         ctx.require(Role::Member)?;
         let pool = Network::parse(&self.config.elastic_ip_cidr)?;
         let id = nimbus_core::new_id();
-        let host =
-            self.store.allocate_address(ELASTIC_IP_POOL, pool.first_host(), pool.last_host(), id).await.map_err(
-                |e| match e {
-                    StoreError::QuotaExceeded(_) => DomainError::Conflict("the elastic IP pool is exhausted".into()),
-                    other => store_err(other),
-                },
-            )?;
-        let eip = ElasticIp {
-            id,
-            project_id: ctx.project.id,
-            ip: pool.address(host).parse().map_err(|_| DomainError::Internal("pool address".into()))?,
-            description: description.into(),
-            labels,
-            instances: Vec::new(),
-            created_at: nimbus_core::now(),
-        };
-        if let Err(e) = self.put(self.elastic_ip_record(ctx, &eip)).await {
-            // The allocator's row is keyed by the elastic IP's id: give the address back.
-            let mut undo = WriteSet::new();
-            undo.push(Write::ReleaseAddresses { instance_id: id });
-            let _ = self.store.apply(undo).await;
-            return Err(e);
+        for attempt in 0..CAS_RETRIES {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            let free = self
+                .store
+                .free_addresses(ELASTIC_IP_POOL, pool.first_host(), pool.last_host(), 16)
+                .await
+                .map_err(store_err)?;
+            let Some(&host) = free.get(if attempt == 0 { 0 } else { attempt % free.len().max(1) }) else {
+                return Err(DomainError::Conflict("the elastic IP pool is exhausted".into()));
+            };
+            let eip = ElasticIp {
+                id,
+                project_id: ctx.project.id,
+                ip: pool.address(host).parse().map_err(|_| DomainError::Internal("pool address".into()))?,
+                description: description.into(),
+                labels: labels.clone(),
+                instances: Vec::new(),
+                created_at: nimbus_core::now(),
+            };
+            let mut set = WriteSet::new();
+            set.push(Write::ClaimAddress { network: ELASTIC_IP_POOL.into(), host, owner: id });
+            set.push(Write::InsertRecord(self.elastic_ip_record(ctx, &eip)));
+            match self.store.apply(set).await {
+                Ok(()) => return Ok(eip),
+                // Another allocation took the address first: take another.
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(store_err(e)),
+            }
         }
-        Ok(eip)
+        Err(DomainError::Conflict("the elastic IP pool is busy; retry".into()))
     }
 
     pub async fn list_elastic_ips(&self, ctx: &Context) -> Result<Vec<ElasticIp>> {
@@ -281,54 +354,85 @@ impl Engine {
         labels: Option<Labels>,
     ) -> Result<ElasticIp> {
         ctx.require(Role::Member)?;
-        let _serial = self.resource_writes.lock().await;
-        let mut eip = self.elastic_ip(ctx, id).await?;
-        if let Some(d) = description {
-            eip.description = d;
-        }
-        if let Some(l) = labels {
-            eip.labels = l;
-        }
-        self.put(self.elastic_ip_record(ctx, &eip)).await?;
+        self.edit_elastic_ip(ctx, id, |eip| {
+            if let Some(d) = &description {
+                eip.description = d.clone();
+            }
+            if let Some(l) = &labels {
+                eip.labels = l.clone();
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Read-modify-write of an elastic IP, its attachments to instances since destroyed left out first.
+    async fn edit_elastic_ip(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        change: impl Fn(&mut ElasticIp) -> Result<()>,
+    ) -> Result<ElasticIp> {
+        let live = self.live_instances(ctx).await?;
+        let (eip, ()) = self
+            .edit_record(ELASTIC_IP, ctx, id, |eip: &mut ElasticIp| {
+                eip.instances.retain(|i| live.contains(i));
+                change(eip)?;
+                Ok((eip.ip.to_string(), vec![], ()))
+            })
+            .await?;
         Ok(eip)
+    }
+
+    /// Ids of the project's instances that are not destroyed.
+    async fn live_instances(&self, ctx: &Context) -> Result<Vec<Uuid>> {
+        let query = nimbus_store::InstanceQuery { project_id: Some(ctx.project.id), ..Default::default() };
+        let instances = self.store.list_instances(&query).await.map_err(store_err)?;
+        Ok(instances.into_iter().filter(|i| i.state != InstanceState::Destroyed).map(|i| i.id).collect())
     }
 
     /// Deletes an elastic IP no instance holds, and returns its address to the pool.
     pub async fn delete_elastic_ip(&self, ctx: &Context, id: Uuid) -> Result<()> {
         ctx.require(Role::Member)?;
-        let _serial = self.resource_writes.lock().await;
-        let eip = self.elastic_ip(ctx, id).await?;
-        if let Some(i) = eip.instances.first() {
-            return Err(DomainError::Conflict(format!("elastic IP {id} is attached to instance {i}")));
-        }
-        let mut set = WriteSet::new();
-        set.push(Write::DeleteRecord { kind: ELASTIC_IP.into(), id });
-        set.push(Write::ReleaseAddresses { instance_id: id });
-        self.store.apply(set).await.map_err(store_err)
+        let live = self.live_instances(ctx).await?;
+        self.delete_record_if::<ElasticIp>(ELASTIC_IP, ctx, id, |eip| {
+            if let Some(i) = eip.instances.iter().find(|i| live.contains(i)) {
+                return Err(DomainError::Conflict(format!("elastic IP {id} is attached to instance {i}")));
+            }
+            Ok(vec![Write::ReleaseAddresses { owner: id }])
+        })
+        .await
     }
 
     pub async fn attach_elastic_ip(&self, ctx: &Context, id: Uuid, instance_id: Uuid) -> Result<ElasticIp> {
         ctx.require(Role::Member)?;
-        let _serial = self.resource_writes.lock().await;
-        let mut eip = self.elastic_ip(ctx, id).await?;
         refuse_destroying(&self.instance(ctx, instance_id).await?, "attach-elastic-ip")?;
-        if eip.instances.contains(&instance_id) {
-            return Err(DomainError::Conflict(format!("elastic IP {} is already attached to {instance_id}", eip.ip)));
-        }
-        eip.instances.push(instance_id);
-        self.put(self.elastic_ip_record(ctx, &eip)).await?;
-        Ok(eip)
+        self.edit_elastic_ip(ctx, id, |eip| {
+            if eip.instances.contains(&instance_id) {
+                return Err(DomainError::Conflict(format!(
+                    "elastic IP {} is already attached to {instance_id}",
+                    eip.ip
+                )));
+            }
+            eip.instances.push(instance_id);
+            Ok(())
+        })
+        .await
     }
 
     pub async fn detach_elastic_ip(&self, ctx: &Context, id: Uuid, instance_id: Uuid) -> Result<ElasticIp> {
         ctx.require(Role::Member)?;
-        let _serial = self.resource_writes.lock().await;
-        let mut eip = self.elastic_ip(ctx, id).await?;
-        if !eip.instances.contains(&instance_id) {
-            return Err(DomainError::invalid("instance", format!("elastic IP {} is not attached to it", eip.ip)));
-        }
-        eip.instances.retain(|i| *i != instance_id);
-        self.put(self.elastic_ip_record(ctx, &eip)).await?;
-        Ok(eip)
+        self.edit_elastic_ip(ctx, id, |eip| {
+            if !eip.instances.contains(&instance_id) {
+                return Err(DomainError::invalid("instance", format!("elastic IP {} is not attached to it", eip.ip)));
+            }
+            eip.instances.retain(|i| *i != instance_id);
+            Ok(())
+        })
+        .await
     }
+}
+
+fn busy(what: &str, id: Uuid) -> DomainError {
+    DomainError::Conflict(format!("{what} {id} is being changed by many writers at once; retry"))
 }

@@ -29,18 +29,16 @@ impl Engine {
     /// Returns the operation once it has ended, or as it is when `wait` runs out.
     pub async fn wait_operation(&self, ctx: &Context, id: Uuid, wait: Duration) -> Result<Operation> {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        // Watched before reading, so a change between the read and the wait is not missed; the store's
+        // watch moves on changes made through any server.
+        let mut changes = self.changes();
         loop {
-            // Register interest before reading, so a change between the read and the wait is not missed.
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
             let op = self.operation(ctx, id).await?;
             let now = tokio::time::Instant::now();
             if op.state.is_final() || now >= deadline {
                 return Ok(op);
             }
-            // The poll bound covers writers in other processes, which do not wake this one.
-            let _ = tokio::time::timeout((deadline - now).min(Duration::from_millis(500)), changed).await;
+            Engine::wait_for_change(&mut changes, deadline - now).await;
         }
     }
 
@@ -104,14 +102,6 @@ impl Engine {
 
     /// The sequence number of the newest event of the caller's project (0 when there is none).
     pub async fn latest_event_seq(&self, ctx: &Context) -> Result<i64> {
-        // Events are few per change; walk forward in large pages to the end.
-        let mut seq = 0;
-        loop {
-            let batch = self.store.events_after(Some(ctx.project.id), seq, 10_000).await.map_err(store_err)?;
-            match batch.last() {
-                Some(e) => seq = e.seq,
-                None => return Ok(seq),
-            }
-        }
+        self.store.latest_event_seq(Some(ctx.project.id)).await.map_err(store_err)
     }
 }

@@ -1,19 +1,20 @@
-//! Recovery after a restart and the reconciler that keeps records aligned with what the host really runs.
+//! The reconciler: keeps records aligned with what the host really runs, removes host leftovers no record
+//! knows, and begins scheduled shutdowns. Every server runs it; their writes are compare-and-swaps, so two
+//! passes racing on one instance cannot disagree for long.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use nimbus_core::instance::InstanceState;
-use nimbus_core::operation::{OperationState, Reason};
 use nimbus_driver::ActualState;
-use nimbus_store::{InstanceQuery, OperationQuery, Write, WriteSet};
+use nimbus_store::{InstanceQuery, Write, WriteSet};
 
-use crate::instances::{instance_event, operation_event};
+use crate::instances::instance_event;
 use crate::{store_err, Engine, Result};
 
 pub(crate) fn spawn(engine: Arc<Engine>) {
-    tokio::spawn(async move {
+    let handle = engine.clone();
+    let task = tokio::spawn(async move {
         loop {
             tokio::time::sleep(engine.config.reconcile_every).await;
             if let Err(e) = engine.reconcile().await {
@@ -21,56 +22,10 @@ pub(crate) fn spawn(engine: Arc<Engine>) {
             }
         }
     });
+    handle.track(task.abort_handle());
 }
 
 impl Engine {
-    /// Runs once at start, before the workers: every operation a previous process left unfinished is queued
-    /// again (its steps are idempotent) or, past its attempts, ends `interrupted`; then one reconcile pass.
-    pub(crate) async fn recover(&self) -> Result<()> {
-        let unfinished = self
-            .store
-            .list_operations(&OperationQuery { unfinished: true, ..Default::default() })
-            .await
-            .map_err(store_err)?;
-        for mut op in unfinished {
-            if op.attempts >= self.config.max_attempts {
-                tracing::warn!(operation = %op.id, kind = %op.kind, attempts = op.attempts, "giving up on interrupted operation");
-                let instance = self.store.get_instance(op.target.id).await.map_err(store_err)?;
-                op.state = OperationState::Failure;
-                op.reason = Some(Reason::Interrupted);
-                op.message = Some(format!("interrupted by server restarts {} times", op.attempts));
-                op.updated_at = nimbus_core::now();
-                let mut set = WriteSet::new();
-                if let Some(current) = instance {
-                    let mut next = current.clone();
-                    next.state = match self.driver.inspect(current.id).await {
-                        Ok(ActualState::Running) => InstanceState::Running,
-                        Ok(ActualState::Stopped) => InstanceState::Stopped,
-                        Ok(ActualState::Paused) => InstanceState::Suspended,
-                        _ => InstanceState::Error,
-                    };
-                    next.lock_operation_id = None;
-                    next.generation += 1;
-                    set.push(Write::PutInstance {
-                        instance: next.clone(),
-                        expected_generation: Some(current.generation),
-                    });
-                    set.push(instance_event(&op.actor, "instance.updated", &next));
-                }
-                set.push(Write::PutOperation(op.clone()));
-                set.push(operation_event("operation.updated", &op));
-                self.store.apply(set).await.map_err(store_err)?;
-            } else {
-                if op.state == OperationState::Running {
-                    tracing::info!(operation = %op.id, kind = %op.kind, "resuming operation interrupted by a restart");
-                    self.metrics.operations_resumed.fetch_add(1, Ordering::Relaxed);
-                }
-                self.enqueue(op.id);
-            }
-        }
-        self.reconcile().await
-    }
-
     /// Aligns records with the host: a VM that stopped or vanished behind Nimbus's back is shown as such,
     /// host leftovers that belong to no instance are removed, and due scheduled shutdowns begin.
     pub(crate) async fn reconcile(&self) -> Result<()> {
@@ -128,10 +83,9 @@ impl Engine {
             let mut set = WriteSet::new();
             set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(instance.generation) });
             set.push(instance_event(&nimbus_core::operation::Actor::system(), "instance.updated", &next));
-            // Losing to a concurrent writer is fine: the next pass looks again.
-            if self.store.apply(set).await.is_ok() {
-                self.wake();
-            }
+            // Losing to a concurrent writer (another server's reconciler, say) is fine: the next pass looks
+            // again.
+            let _ = self.store.apply(set).await;
         }
         Ok(())
     }

@@ -1,11 +1,12 @@
 //! Resources that instances refer to: snapshots, SSH keys, security groups and anti-affinity groups.
 
 use base64::Engine as _;
+use nimbus_core::instance::Instance;
 use nimbus_core::operation::Operation;
 use nimbus_core::resources::{AntiAffinityGroup, SecurityGroup, SecurityGroupRule, Snapshot, SshKey};
 use nimbus_core::tenancy::Role;
 use nimbus_core::DomainError;
-use nimbus_store::{Record, Write, WriteSet};
+use nimbus_store::{Record, Write};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -15,6 +16,8 @@ use crate::{store_err, Context, Engine, Result};
 pub(crate) const SNAPSHOT: &str = "snapshot";
 pub(crate) const PASSWORD: &str = "password";
 pub(crate) const SSH_KEY: &str = "ssh_key";
+/// Alias kind of SSH key names, unique per project.
+const SSH_KEY_NAME: &str = "ssh_key.name";
 pub(crate) const SECURITY_GROUP: &str = "security_group";
 pub(crate) const ANTI_AFFINITY_GROUP: &str = "anti_affinity_group";
 
@@ -35,41 +38,6 @@ pub fn ssh_fingerprint(public_key: &str) -> Result<String> {
 }
 
 impl Engine {
-    pub(crate) async fn records<T: for<'de> serde::Deserialize<'de>>(
-        &self,
-        kind: &str,
-        ctx: &Context,
-    ) -> Result<Vec<T>> {
-        let records = self.store.list_records(kind, Some(ctx.project.id)).await.map_err(store_err)?;
-        records.iter().filter(|r| r.project_id == Some(ctx.project.id)).map(|r| r.decode().map_err(store_err)).collect()
-    }
-
-    pub(crate) async fn record<T: for<'de> serde::Deserialize<'de>>(
-        &self,
-        kind: &'static str,
-        ctx: &Context,
-        id: Uuid,
-    ) -> Result<T> {
-        let record = self.store.get_record(kind, id).await.map_err(store_err)?;
-        record
-            .filter(|r| r.project_id == Some(ctx.project.id))
-            .ok_or_else(|| DomainError::not_found(kind_name(kind), id))?
-            .decode()
-            .map_err(store_err)
-    }
-
-    pub(crate) async fn put(&self, record: Record) -> Result<()> {
-        let mut set = WriteSet::new();
-        set.push(Write::PutRecord(record));
-        self.store.apply(set).await.map_err(store_err)
-    }
-
-    pub(crate) async fn delete(&self, kind: &str, id: Uuid) -> Result<()> {
-        let mut set = WriteSet::new();
-        set.push(Write::DeleteRecord { kind: kind.into(), id });
-        self.store.apply(set).await.map_err(store_err)
-    }
-
     // Snapshots.
 
     pub async fn list_snapshots(&self, ctx: &Context, instance_id: Option<Uuid>) -> Result<Vec<Snapshot>> {
@@ -79,6 +47,41 @@ impl Engine {
 
     pub async fn snapshot(&self, ctx: &Context, id: Uuid) -> Result<Snapshot> {
         self.record(SNAPSHOT, ctx, id).await
+    }
+
+    /// The caller's snapshot `id`, which must be of `instance`.
+    pub(crate) async fn snapshot_of(&self, ctx: &Context, instance: &Instance, id: Uuid) -> Result<Snapshot> {
+        let snapshot = self.snapshot(ctx, id).await?;
+        if snapshot.instance_id != instance.id {
+            return Err(DomainError::invalid(
+                "snapshot_id",
+                format!("snapshot {id} is not of instance {}", instance.id),
+            ));
+        }
+        Ok(snapshot)
+    }
+
+    /// The writes that remove the records of the instance's snapshots that the host no longer has (an
+    /// interrupted reinstall took them), so records and host agree.
+    pub(crate) async fn forget_snapshots_gone_from_host(&self, instance: &Instance) -> Result<Vec<Write>> {
+        let Ok(on_host) = self.driver.snapshots(instance.id).await else { return Ok(Vec::new()) };
+        let records = self.store.list_records(SNAPSHOT, Some(instance.project_id)).await.map_err(store_err)?;
+        Ok(records
+            .into_iter()
+            .filter(|r| r.decode::<Snapshot>().map(|s| s.instance_id == instance.id).unwrap_or(false))
+            .filter(|r| !on_host.contains(&r.id))
+            .map(|r| Write::DeleteRecord { kind: SNAPSHOT.into(), id: r.id, expected_generation: Some(r.generation) })
+            .collect())
+    }
+
+    /// The writes that remove the records of the instance's snapshots (whose files went with its disk).
+    pub(crate) async fn forget_snapshots_of(&self, instance: &Instance) -> Result<Vec<Write>> {
+        let records = self.store.list_records(SNAPSHOT, Some(instance.project_id)).await.map_err(store_err)?;
+        Ok(records
+            .into_iter()
+            .filter(|r| r.decode::<Snapshot>().map(|s| s.instance_id == instance.id).unwrap_or(false))
+            .map(|r| Write::DeleteRecord { kind: SNAPSHOT.into(), id: r.id, expected_generation: None })
+            .collect())
     }
 
     /// Deleting a snapshot changes the instance's disk chain, so it runs as an operation under its lock.
@@ -93,10 +96,6 @@ impl Engine {
         ctx.require(Role::Member)?;
         nimbus_core::instance::validate_name("name", name)?;
         let fingerprint = ssh_fingerprint(public_key)?;
-        let existing: Vec<SshKey> = self.records(SSH_KEY, ctx).await?;
-        if existing.iter().any(|k| k.name == name) {
-            return Err(DomainError::Conflict(format!("an SSH key named {name:?} already exists")));
-        }
         let key = SshKey {
             id: nimbus_core::new_id(),
             project_id: ctx.project.id,
@@ -105,8 +104,14 @@ impl Engine {
             fingerprint,
             created_at: nimbus_core::now(),
         };
-        self.put(Record::new(SSH_KEY, key.id, Some(ctx.project.id), name, &key)).await?;
-        Ok(key)
+        // The name is unique in the project: held as an alias, so two servers cannot both take it.
+        let name_alias = Write::PutAlias { kind: SSH_KEY_NAME.into(), alias: ssh_key_alias(ctx, name), id: key.id };
+        match self.insert(Record::new(SSH_KEY, key.id, Some(ctx.project.id), name, &key), vec![name_alias]).await {
+            Err(DomainError::Conflict(_)) => {
+                Err(DomainError::Conflict(format!("an SSH key named {name:?} already exists")))
+            }
+            other => other.map(|()| key),
+        }
     }
 
     pub async fn list_ssh_keys(&self, ctx: &Context) -> Result<Vec<SshKey>> {
@@ -124,7 +129,10 @@ impl Engine {
     pub async fn delete_ssh_key(&self, ctx: &Context, name_or_id: &str) -> Result<()> {
         ctx.require(Role::Member)?;
         let key = self.ssh_key(ctx, name_or_id).await?;
-        self.delete(SSH_KEY, key.id).await
+        self.delete_record_if::<SshKey>(SSH_KEY, ctx, key.id, |k| {
+            Ok(vec![Write::DeleteAlias { kind: SSH_KEY_NAME.into(), alias: ssh_key_alias(ctx, &k.name) }])
+        })
+        .await
     }
 
     /// Resolves names or ids of registered keys to their names, refusing unknown ones.
@@ -167,7 +175,7 @@ impl Engine {
             rules,
             created_at: nimbus_core::now(),
         };
-        self.put(Record::new(SECURITY_GROUP, group.id, Some(ctx.project.id), name, &group)).await?;
+        self.insert(Record::new(SECURITY_GROUP, group.id, Some(ctx.project.id), name, &group), vec![]).await?;
         Ok(group)
     }
 
@@ -189,19 +197,26 @@ impl Engine {
         rules: Option<Vec<SecurityGroupRule>>,
     ) -> Result<SecurityGroup> {
         ctx.require(Role::Member)?;
-        let mut group = self.security_group(ctx, id).await?;
         if let Some(name) = name {
             nimbus_core::instance::validate_name("name", name)?;
-            group.name = name.into();
         }
-        if let Some(description) = description {
-            group.description = description.into();
+        if let Some(rules) = &rules {
+            validate_rules(rules)?;
         }
-        if let Some(rules) = rules {
-            validate_rules(&rules)?;
-            group.rules = rules;
-        }
-        self.put(Record::new(SECURITY_GROUP, group.id, Some(ctx.project.id), &group.name, &group)).await?;
+        let (group, ()) = self
+            .edit_record(SECURITY_GROUP, ctx, id, |group: &mut SecurityGroup| {
+                if let Some(name) = name {
+                    group.name = name.into();
+                }
+                if let Some(description) = description {
+                    group.description = description.into();
+                }
+                if let Some(rules) = &rules {
+                    group.rules = rules.clone();
+                }
+                Ok((group.name.clone(), vec![], ()))
+            })
+            .await?;
         Ok(group)
     }
 
@@ -209,7 +224,7 @@ impl Engine {
         ctx.require(Role::Member)?;
         self.security_group(ctx, id).await?;
         self.refuse_if_referenced(ctx, |i| i.security_groups.contains(&id), "security group", id).await?;
-        self.delete(SECURITY_GROUP, id).await
+        self.delete_record_if::<SecurityGroup>(SECURITY_GROUP, ctx, id, |_| Ok(vec![])).await
     }
 
     /// Adds a rule to a group; the rule gets a new id, which the returned group shows.
@@ -217,7 +232,7 @@ impl Engine {
         &self,
         ctx: &Context,
         group_id: Uuid,
-        mut rule: SecurityGroupRule,
+        rule: SecurityGroupRule,
     ) -> Result<(SecurityGroup, Uuid)> {
         ctx.require(Role::Member)?;
         rule.validate()?;
@@ -226,30 +241,35 @@ impl Engine {
                 DomainError::invalid("security_group", format!("no security group {source} in this project"))
             })?;
         }
-        let _serial = self.resource_writes.lock().await;
-        let mut group = self.security_group(ctx, group_id).await?;
         let same =
             |r: &SecurityGroupRule| SecurityGroupRule { id: Uuid::nil(), description: String::new(), ..r.clone() };
-        if group.rules.iter().any(|r| same(r) == same(&rule)) {
-            return Err(DomainError::Conflict("the security group already has this rule".into()));
-        }
-        rule.id = nimbus_core::new_id();
-        let id = rule.id;
-        group.rules.push(rule);
-        self.put(Record::new(SECURITY_GROUP, group.id, Some(ctx.project.id), &group.name, &group)).await?;
+        let (group, id) = self
+            .edit_record(SECURITY_GROUP, ctx, group_id, |group: &mut SecurityGroup| {
+                if group.rules.iter().any(|r| same(r) == same(&rule)) {
+                    return Err(DomainError::Conflict("the security group already has this rule".into()));
+                }
+                let mut rule = rule.clone();
+                rule.id = nimbus_core::new_id();
+                let id = rule.id;
+                group.rules.push(rule);
+                Ok((group.name.clone(), vec![], id))
+            })
+            .await?;
         Ok((group, id))
     }
 
     pub async fn delete_security_group_rule(&self, ctx: &Context, group_id: Uuid, rule_id: Uuid) -> Result<()> {
         ctx.require(Role::Member)?;
-        let _serial = self.resource_writes.lock().await;
-        let mut group = self.security_group(ctx, group_id).await?;
-        let before = group.rules.len();
-        group.rules.retain(|r| r.id != rule_id);
-        if group.rules.len() == before {
-            return Err(DomainError::not_found("security group rule", rule_id));
-        }
-        self.put(Record::new(SECURITY_GROUP, group.id, Some(ctx.project.id), &group.name, &group)).await
+        self.edit_record(SECURITY_GROUP, ctx, group_id, |group: &mut SecurityGroup| {
+            let before = group.rules.len();
+            group.rules.retain(|r| r.id != rule_id);
+            if group.rules.len() == before {
+                return Err(DomainError::not_found("security group rule", rule_id));
+            }
+            Ok((group.name.clone(), vec![], ()))
+        })
+        .await
+        .map(|_| ())
     }
 
     pub async fn create_anti_affinity_group(
@@ -267,7 +287,7 @@ impl Engine {
             description: description.into(),
             created_at: nimbus_core::now(),
         };
-        self.put(Record::new(ANTI_AFFINITY_GROUP, group.id, Some(ctx.project.id), name, &group)).await?;
+        self.insert(Record::new(ANTI_AFFINITY_GROUP, group.id, Some(ctx.project.id), name, &group), vec![]).await?;
         Ok(group)
     }
 
@@ -283,7 +303,7 @@ impl Engine {
         ctx.require(Role::Member)?;
         self.anti_affinity_group(ctx, id).await?;
         self.refuse_if_referenced(ctx, |i| i.anti_affinity_groups.contains(&id), "anti-affinity group", id).await?;
-        self.delete(ANTI_AFFINITY_GROUP, id).await
+        self.delete_record_if::<AntiAffinityGroup>(ANTI_AFFINITY_GROUP, ctx, id, |_| Ok(vec![])).await
     }
 
     // Dialect records: documents a dialect keeps about its own provider-only objects (Exoscale's operation
@@ -304,7 +324,7 @@ impl Engine {
         value: &serde_json::Value,
     ) -> Result<()> {
         let kind = Self::dialect_kind(dialect, kind);
-        self.put(Record::new(&kind, id, Some(ctx.project.id), &id.to_string(), value)).await
+        self.put_record(&kind, id, Some(ctx.project.id), &id.to_string(), value).await
     }
 
     /// A dialect's document of the caller's project, if there is one.
@@ -353,7 +373,12 @@ fn validate_rules(rules: &[SecurityGroupRule]) -> Result<()> {
     rules.iter().try_for_each(SecurityGroupRule::validate)
 }
 
-fn kind_name(kind: &'static str) -> &'static str {
+/// The alias that holds an SSH key's name within its project.
+fn ssh_key_alias(ctx: &Context, name: &str) -> String {
+    format!("{}/{name}", ctx.project.id)
+}
+
+pub(crate) fn kind_name(kind: &'static str) -> &'static str {
     match kind {
         SNAPSHOT => "snapshot",
         SSH_KEY => "ssh key",

@@ -10,7 +10,6 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use nimbus_driver::{Driver, QemuConfig, QemuDriver, SimConfig, SimDriver};
 use nimbus_engine::{BootstrapOutcome, Engine, EngineConfig};
-use nimbus_store::{SqliteStore, Store};
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum DriverKind {
@@ -30,9 +29,14 @@ pub struct ServerArgs {
     data_dir: PathBuf,
     #[arg(long, env = "NIMBUS_DRIVER", value_enum, default_value = "qemu")]
     driver: DriverKind,
-    /// Database URL; default: SQLite inside the data dir.
+    /// Database URL: `sqlite://PATH` (default: SQLite inside the data dir, for one server) or
+    /// `postgres://USER@HOST:PORT/DB` (any number of servers, each with its own data dir, share it).
     #[arg(long, env = "NIMBUS_DATABASE")]
     database: Option<String>,
+    /// Seconds an operation stays with this server without renewal: after a crash, how long before
+    /// another server on the same database takes its operations over.
+    #[arg(long, default_value_t = 15)]
+    lease_secs: u64,
     /// Name of the zone this server serves.
     #[arg(long, default_value = "local")]
     zone: String,
@@ -65,6 +69,10 @@ pub struct ServerArgs {
     /// sim driver: delay of one action, ACTION=MILLISECONDS (repeatable), e.g. start=3000.
     #[arg(long = "sim-delay", value_name = "ACTION=MS")]
     sim_delays: Vec<String>,
+    /// sim driver: where the simulated host keeps its VMs (default `<data-dir>/sim-host`). Servers that
+    /// stand for one host share it, as they would share a real host's disks.
+    #[arg(long)]
+    sim_state_dir: Option<PathBuf>,
     /// sim driver: fail the next N calls of ACTION, ACTION=N (repeatable), e.g. start=1.
     #[arg(long = "sim-fail", value_name = "ACTION=N")]
     sim_failures: Vec<String>,
@@ -97,7 +105,7 @@ async fn build_driver(
         DriverKind::Sim => {
             let mut config = SimConfig {
                 delay: Duration::from_millis(args.sim_delay_ms),
-                state_file: Some(args.data_dir.join("sim-host.json")),
+                state_dir: Some(args.sim_state_dir.clone().unwrap_or_else(|| data_dir.join("sim-host"))),
                 ..Default::default()
             };
             for (action, ms) in SimConfig::parse_pairs(&args.sim_delays).map_err(anyhow::Error::msg)? {
@@ -131,11 +139,17 @@ async fn build_driver(
 async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
+    // One server per data dir: its id (below) names the leases it holds, and two processes sharing it would
+    // take each other's operations. The lock goes with the process, however it ends.
+    let lock = std::fs::File::create(data_dir.join("server.lock"))?;
+    lock.try_lock().map_err(|_| {
+        anyhow::anyhow!("another nimbus server uses {}; give each server its own --data-dir", data_dir.display())
+    })?;
     let url = args.database.clone().unwrap_or_else(|| format!("sqlite://{}/nimbus.db", data_dir.display()));
-    if !url.starts_with("sqlite:") {
-        anyhow::bail!("unsupported database URL {url:?}: this build has the SQLite store (sqlite://PATH)");
+    if !(url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+        anyhow::bail!("unsupported database URL {url:?}: use sqlite://PATH or postgres://...");
     }
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.with_context(|| format!("opening {url}"))?);
+    let store = nimbus_store::open(&url).await.with_context(|| format!("opening {}", redact(&url)))?;
     let (driver, qemu) = build_driver(&args, &data_dir).await?;
     let config = EngineConfig {
         zone: args.zone.clone(),
@@ -143,6 +157,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         elastic_ip_cidr: args.elastic_ip_cidr.clone(),
         stop_grace: Duration::from_secs(args.stop_grace_secs),
         reconcile_every: Duration::from_secs(args.reconcile_secs.max(1)),
+        worker_id: server_id(&data_dir)?,
+        lease: Duration::from_secs(args.lease_secs.max(3)),
         ..Default::default()
     };
     nimbus_engine::network::Network::parse(&config.network_cidr).map_err(|e| anyhow::anyhow!("--network-cidr: {e}"))?;
@@ -172,6 +188,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    // Operations under way are left where they are, their leases given back: this server resumes them
+    // when it starts again, or another server on the same database does now.
+    engine.shutdown().await;
+    drop(lock);
     if let Some(qemu) = qemu {
         // VMs keep running across a control-plane restart; only an empty namespace is removed.
         if let Err(e) = qemu.shutdown().await {
@@ -180,6 +200,33 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     }
     tracing::info!("nimbus server stopped");
     Ok(())
+}
+
+/// This server's lasting name as a holder of operation leases, kept in its data dir so that a restart
+/// resumes its own operations at once.
+fn server_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("server-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        if !id.trim().is_empty() {
+            return Ok(id.trim().to_string());
+        }
+    }
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let id = format!("{}-{}", host.trim(), uuid::Uuid::new_v4().simple());
+    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 async fn shutdown_signal() {

@@ -131,6 +131,8 @@ pub struct OperationView {
     #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
     pub attempts: u32,
+    /// How far its steps have come.
+    pub progress: ProgressView,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -154,12 +156,27 @@ impl From<&Operation> for OperationView {
             target: TargetView { kind: o.target.kind.clone(), id: o.target.id },
             result: o.result.clone(),
             attempts: o.attempts,
+            progress: ProgressView {
+                steps_done: o.progress.steps_done,
+                steps_total: o.progress.steps_total,
+                step: o.progress.step.clone(),
+            },
             key_id: o.actor.key_id.clone(),
             request_id: o.actor.request_id.clone(),
             created_at: o.created_at,
             updated_at: o.updated_at,
         }
     }
+}
+
+/// An operation's steps: how many are done of how many (0 until a worker has taken it up), and the name of
+/// the one under way or last done.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProgressView {
+    pub steps_done: u32,
+    pub steps_total: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

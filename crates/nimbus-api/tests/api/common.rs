@@ -1,4 +1,6 @@
-//! A Nimbus cloud in the test process: the real router, engine and SQLite store, on the sim driver.
+//! A Nimbus cloud in the test process: the real router, engine and store, on the sim driver. The store is
+//! SQLite, or PostgreSQL when `NIMBUS_TEST_DATABASE_URL` names a server (a fresh database per cloud), so the
+//! same tests run on both backends.
 
 #![allow(dead_code)]
 
@@ -10,7 +12,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use nimbus_driver::{SimConfig, SimDriver};
 use nimbus_engine::{Engine, EngineConfig};
-use nimbus_store::SqliteStore;
+use nimbus_store::testing::TestStore;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -21,8 +23,14 @@ pub struct Cloud {
     pub engine: Arc<Engine>,
     pub sim: Arc<SimDriver>,
     /// The store under the engine, for checking what no API shows (a deleted account's project, say).
-    pub store: Arc<SqliteStore>,
-    _dir: tempfile::TempDir,
+    pub store: TestStore,
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        // Its tasks end with it, before its database goes.
+        self.engine.halt();
+    }
 }
 
 pub struct Reply {
@@ -50,14 +58,12 @@ impl Cloud {
     }
 
     pub async fn with(sim: SimConfig, config: EngineConfig) -> Cloud {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/nimbus.db", dir.path().display());
-        let store = Arc::new(SqliteStore::open(&url).await.unwrap());
+        let store = nimbus_store::testing::test_store().await;
         let sim = Arc::new(SimDriver::new(sim));
-        let engine = Engine::start(store.clone(), sim.clone(), config).await.unwrap();
+        let engine = Engine::start(store.store.clone(), sim.clone(), config).await.unwrap();
         engine.bootstrap(Some(("NIMadmin".into(), ADMIN.into()))).await.unwrap();
         let app = nimbus_api::router(nimbus_api::AppState::new(engine.clone()));
-        Cloud { app, engine, sim, store, _dir: dir }
+        Cloud { app, engine, sim, store }
     }
 
     pub async fn send(&self, req: Request<Body>) -> Reply {

@@ -82,13 +82,23 @@ impl Progress {
 }
 
 fn describe(op: &Value) -> String {
-    format!(
+    let mut line = format!(
         "{} {} {}: {}",
         str_field(op, "kind"),
         str_field(op, "target.type"),
         str_field(op, "target.id"),
         str_field(op, "state")
-    )
+    );
+    let total = op["progress"]["steps_total"].as_u64().unwrap_or(0);
+    if total > 0 && str_field(op, "state") == "running" {
+        let done = op["progress"]["steps_done"].as_u64().unwrap_or(0);
+        line.push_str(&format!(" (step {}/{total}", (done + 1).min(total)));
+        if let Some(step) = op["progress"]["step"].as_str() {
+            line.push_str(&format!(": {step}"));
+        }
+        line.push(')');
+    }
+    line
 }
 
 /// Waits until the operation ends (or `timeout` passes) and returns its last state; Ctrl-C leaves it running.

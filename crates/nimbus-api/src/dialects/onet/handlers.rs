@@ -84,7 +84,8 @@ impl Renderer {
     }
 
     async fn render(&self, app: &AppState, ctx: &Context, i: &Instance) -> OnetResult<Value> {
-        let legacy = app.engine.alias(LEGACY_ID, i.id, new_legacy_id).await?;
+        // An older Nimbus stored a random one; otherwise the instance's store-assigned number.
+        let legacy = app.engine.alias_or(LEGACY_ID, i.id, || i.numeric_id.to_string()).await?;
         // Figures are best effort: an instance the host does not run (yet) simply has none.
         let metrics = if i.host.is_some() || i.state != InstanceState::Creating {
             app.engine.instance_metrics(ctx, i.id).await.ok()
@@ -110,13 +111,6 @@ impl Renderer {
         };
         Ok(views::instance(i, &c))
     }
-}
-
-/// A fresh positive int32 for `legacy_id`; the engine stores it once and retries on a collision.
-fn new_legacy_id() -> String {
-    let b = Uuid::new_v4();
-    let n = u32::from_le_bytes([b.as_bytes()[0], b.as_bytes()[1], b.as_bytes()[2], b.as_bytes()[3]]) & 0x7fff_ffff;
-    n.max(1).to_string()
 }
 
 /// DRF's absolute URL of another page: the request's URL with `page` replaced (dropped for page 1).

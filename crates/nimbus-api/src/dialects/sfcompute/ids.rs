@@ -1,5 +1,10 @@
-//! SF Compute ids (`inst_…`, `wksp_…`, `image_…`, ...): stable aliases of Nimbus's ids, made once by the
-//! engine and stored, and the lookups that turn them (or resource paths) back into Nimbus resources.
+//! SF Compute ids (`inst_…`, `wksp_…`, `image_…`, ...): stable aliases of Nimbus's ids, and the lookups
+//! that turn them (or resource paths) back into Nimbus resources.
+//!
+//! An instance created through SF gets a random id stored with it in the create's transaction (SF names an
+//! unnamed instance after it). Every other resource's SF id is derived from its UUID, reversibly: 21 nanoid
+//! characters carry 126 bits, which is the UUID less its two fixed variant bits. So reading never has to
+//! store an id, and every server derives the same one.
 
 use nimbus_core::instance::Instance;
 use nimbus_engine::{Context, Engine, InstanceFilter};
@@ -50,9 +55,33 @@ pub fn generate(kind: &str) -> String {
     format!("{}{}", prefix(kind), nanoid())
 }
 
-/// The stored SF id of a Nimbus resource, made on first use.
+/// The SF id of a Nimbus resource: the one stored with it, else the one derived from its UUID.
 pub async fn alias_of(engine: &Engine, kind: &str, id: Uuid) -> SfResult<String> {
-    Ok(engine.alias(kind, id, || generate(kind)).await?)
+    Ok(engine.alias_or(kind, id, || derive(kind, id)).await?)
+}
+
+/// The SF id derived from a UUID: its 128 bits less the two variant bits (RFC 9562 UUIDs all have `10`
+/// there), six bits per nanoid character, most significant first.
+pub fn derive(kind: &str, id: Uuid) -> String {
+    let bits = id.as_u128();
+    // Bits 63 and 62 (counting from the least significant) are the variant: squeeze them out.
+    let packed = ((bits >> 64) << 62) | (bits & ((1u128 << 62) - 1));
+    let chars: String = (0..21).rev().map(|i| ALPHABET[((packed >> (i * 6)) & 63) as usize] as char).collect();
+    format!("{}{chars}", prefix(kind))
+}
+
+/// The UUID a derived SF id stands for (any well-formed 21 characters decode to one; it may name nothing).
+fn underive(rest: &str) -> Option<Uuid> {
+    if rest.len() != 21 {
+        return None;
+    }
+    let mut packed: u128 = 0;
+    for b in rest.bytes() {
+        packed = (packed << 6) | ALPHABET.iter().position(|&a| a == b)? as u128;
+    }
+    let high = packed >> 62;
+    let low = packed & ((1u128 << 62) - 1);
+    Some(Uuid::from_u128((high << 64) | (0b10u128 << 62) | low))
 }
 
 /// Zones have names, not UUIDs; this derives one per zone so that capacity and pool ids can be aliased like
@@ -81,7 +110,10 @@ pub async fn resolve(engine: &Engine, kind: &str, given: &str) -> SfResult<Optio
     if !well_formed(&current, wanted) {
         return Ok(None);
     }
-    Ok(engine.resolve_alias(kind, &current).await?)
+    if let Some(stored) = engine.resolve_alias(kind, &current).await? {
+        return Ok(Some(stored));
+    }
+    Ok(underive(&current[wanted.len()..]))
 }
 
 /// The caller's instance named by an SF id (`inst_…`, legacy `vm_…`) or a resource path
@@ -110,6 +142,17 @@ pub async fn instance(engine: &Engine, ctx: &Context, given: &str) -> SfResult<I
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_ids_turn_back_into_their_uuid() {
+        for id in [Uuid::new_v4(), Uuid::now_v7(), Uuid::new_v5(&Uuid::NAMESPACE_OID, b"zone")] {
+            let sf = derive(INSTANCE, id);
+            assert!(well_formed(&sf, "inst_"), "{sf}");
+            assert_eq!(sf.len(), 5 + 21);
+            assert_eq!(underive(&sf[5..]), Some(id), "{sf}");
+        }
+        assert_ne!(derive(INSTANCE, Uuid::new_v4()), derive(INSTANCE, Uuid::new_v4()));
+    }
 
     #[test]
     fn generated_ids_have_the_documented_shape() {

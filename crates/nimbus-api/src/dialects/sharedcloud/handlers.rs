@@ -230,7 +230,7 @@ fn plan(gpus: &[Gpu], current: Option<&Instance>, input: &Input) -> ScResult<Pla
     Ok(Plan { instance_type, gpu_model, max_num_parallel_jobs: input.max_num_parallel_jobs.unwrap_or(current_max) })
 }
 
-/// The catalog's GPU models with their SharedCloud uuids (stored aliases, made at first sight).
+/// The catalog's GPU models with their SharedCloud uuids (stored by an older Nimbus, else derived).
 async fn gpu_models(app: &AppState) -> ScResult<Vec<GpuModel>> {
     Ok(app.engine.list_gpu_models().await?)
 }
@@ -238,7 +238,7 @@ async fn gpu_models(app: &AppState) -> ScResult<Vec<GpuModel>> {
 async fn gpu_uuids<'a>(app: &AppState, models: &'a [GpuModel]) -> ScResult<Vec<Gpu<'a>>> {
     let mut gpus = Vec::with_capacity(models.len());
     for model in models {
-        let alias = app.engine.alias(views::GPU_ALIAS, model.id, || views::new_gpu_uuid(model).to_string()).await?;
+        let alias = app.engine.alias_or(views::GPU_ALIAS, model.id, || views::new_gpu_uuid(model).to_string()).await?;
         let uuid = Uuid::parse_str(&alias)
             .map_err(|_| ScError::from(DomainError::Internal(format!("GPU alias {alias:?}"))))?;
         gpus.push(Gpu { model, uuid });

@@ -32,7 +32,7 @@ pub const GPU_ALIAS: &str = "sharedcloud.gpu";
 /// SharedCloud's public uuid of its Titan V, which its CLI's tests use.
 const TITAN_V: Uuid = uuid::uuid!("caf0daeb-ba23-4499-b4f9-8b4965714366");
 
-/// The uuid SharedCloud gives a GPU model, made once and stored as its alias: the public one where it is
+/// The uuid SharedCloud gives a GPU model (unless an older Nimbus stored one as its alias): the public one where it is
 /// known, otherwise one derived from the codename under the Titan V's, the same on every server.
 pub fn new_gpu_uuid(model: &GpuModel) -> Uuid {
     match model.codename.as_str() {

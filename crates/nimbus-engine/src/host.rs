@@ -1,0 +1,46 @@
+//! What the driver is told about an instance: the one spec every API's instances are built from.
+
+use nimbus_core::instance::Instance;
+use nimbus_core::resources::InstancePassword;
+use nimbus_core::DomainError;
+use nimbus_driver::{DriverError, DriverResult, InstanceSpec};
+
+use crate::resources::PASSWORD;
+use crate::{Engine, Result};
+
+impl Engine {
+    /// What the driver needs to build and boot this instance, the same for every API.
+    pub(crate) async fn spec(&self, instance: &Instance) -> Result<InstanceSpec> {
+        use base64::Engine as _;
+        let template = self.template_by_id(instance.template_id).await?;
+        let user_data = instance
+            .user_data
+            .as_deref()
+            .map(|b64| base64::engine::general_purpose::STANDARD.decode(b64))
+            .transpose()
+            .map_err(|e| DomainError::Internal(format!("stored user-data is not base64: {e}")))?;
+        let password = self.record_of::<InstancePassword>(PASSWORD, instance.id).await?.map(|(p, _)| p.password);
+        let net = crate::network::Network::parse(&self.config.network_cidr)?;
+        Ok(InstanceSpec {
+            id: instance.id,
+            name: instance.name.clone(),
+            hostname: instance.hostname.clone(),
+            vcpus: instance.vcpus,
+            memory_mib: instance.memory_mib,
+            disk_size_gb: instance.disk_size_gb,
+            template,
+            user_data,
+            ssh_keys: self.public_keys(instance.project_id, &instance.ssh_keys).await?,
+            password,
+            mac_address: instance.mac_address.clone(),
+            ip_address: instance.ip_addresses.first().map(|a| format!("{a}/{}", net.prefix)),
+            gateway: Some(net.gateway()),
+            tpm: instance.tpm_enabled,
+        })
+    }
+
+    /// [`Engine::spec`] inside a step: a failure to build it fails the step.
+    pub(crate) async fn spec_for_driver(&self, instance: &Instance) -> DriverResult<InstanceSpec> {
+        self.spec(instance).await.map_err(|e| DriverError::Failed(e.to_string()))
+    }
+}

@@ -1,0 +1,210 @@
+//! `create`: a new instance, from the request to a booted VM.
+//!
+//! Plan (one transaction): the instance record with its address of the instance network (claimed in the
+//! same transaction, so a refused or crashed create holds none), its initial password, its dialect ids, the
+//! operation and the events, all checked against the project's quota. Steps: `provision` (disk and seed on
+//! the host) and, unless the caller asked for a stopped instance, `boot`. A failure leaves the instance as the
+//! host shows it (usually `error`), for its owner to delete; its address goes with it.
+
+use async_trait::async_trait;
+use nimbus_core::instance::{validate_name, Instance, InstanceState};
+use nimbus_core::labels::{self, Labels};
+use nimbus_core::operation::{Operation, Target};
+use nimbus_core::resources::{InstancePassword, PASSWORD_LIFETIME};
+use nimbus_core::state_machine::Action;
+use nimbus_core::tenancy::Role;
+use nimbus_core::DomainError;
+use nimbus_driver::DriverResult;
+use nimbus_store::{Record, Write, WriteSet};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Planned, Saga, StepCx, Succeeded};
+use crate::instances::{decode_user_data, instance_event, operation_event, validate_disk, CreateInstance};
+use crate::resources::PASSWORD;
+use crate::{store_err, Context, Engine, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Params {
+    /// `false`: the instance is left stopped once provisioned.
+    pub auto_start: bool,
+}
+
+pub(crate) struct Create;
+
+#[async_trait]
+impl Saga for Create {
+    type Params = Params;
+
+    fn steps(p: &Params, _: &Operation) -> Vec<&'static str> {
+        if p.auto_start {
+            vec!["provision", "boot"]
+        } else {
+            vec!["provision"]
+        }
+    }
+
+    fn shows(step: &'static str) -> Option<InstanceState> {
+        (step == "boot").then_some(InstanceState::Starting)
+    }
+
+    async fn run(cx: &StepCx<'_>, _: &Params, step: &'static str) -> DriverResult<Value> {
+        let spec = cx.engine.spec_for_driver(cx.instance).await?;
+        match step {
+            "provision" => cx.engine.driver.create(&spec).await?,
+            _ => cx.engine.driver.start(&spec).await?,
+        }
+        Ok(Value::Null)
+    }
+
+    async fn succeeded(_: &StepCx<'_>, p: &Params, next: &mut Instance, _: &[Value]) -> Result<Succeeded> {
+        if !p.auto_start {
+            next.state = InstanceState::Stopped;
+        }
+        Ok(Succeeded::default())
+    }
+}
+
+/// The checked request, the instance it makes, and the request's transaction, with host number `host` of
+/// the instance network claimed for it.
+pub(crate) async fn plan(
+    engine: &Engine,
+    ctx: &Context,
+    req: &CreateInstance,
+    host: u32,
+) -> Result<(Instance, Operation, WriteSet)> {
+    ctx.require(Role::Member)?;
+    validate_name("name", &req.name)?;
+    let hostname = req.hostname.clone().unwrap_or_else(|| nimbus_core::instance::hostname_from_name(&req.name));
+    nimbus_core::instance::validate_hostname("hostname", &hostname)?;
+    labels::validate_labels("labels", &req.labels)?;
+    let itype = engine.instance_type(&req.instance_type).await.map_err(|_| {
+        DomainError::invalid(
+            "instance_type",
+            format!("no instance type {:?}; see GET /v1/instance-types", req.instance_type),
+        )
+    })?;
+    let zone = &engine.config.zone;
+    if !itype.authorized || !itype.zones.contains(zone) {
+        return Err(DomainError::invalid("instance_type", format!("{} is not offered in zone {zone}", itype.name)));
+    }
+    let template = engine.template(ctx, &req.template).await.map_err(|_| {
+        DomainError::invalid("template", format!("no template {:?}; see GET /v1/templates", req.template))
+    })?;
+    let gpu_model = engine.choose_gpu_model(&itype, req.gpu_model.as_deref(), None).await?;
+    let disk = req.disk_size_gb.unwrap_or(itype.default_disk_gb.max(template.min_disk_gb));
+    validate_disk("disk_size_gb", disk, itype.min_disk_gb.max(template.min_disk_gb))?;
+    if let Some(ud) = &req.user_data {
+        decode_user_data(ud)?;
+    }
+    if let Some(price) = req.price_hourly {
+        nimbus_core::instance::validate_price("price_hourly", price)?;
+    }
+    if let Some(password) = &req.password {
+        nimbus_core::instance::validate_password("password", password)?;
+        if !template.password_enabled {
+            return Err(DomainError::invalid(
+                "password",
+                format!("template {} does not support passwords", template.name),
+            ));
+        }
+    }
+    let ssh_keys = engine.resolve_ssh_key_names(ctx, &req.ssh_keys).await?;
+    if !ssh_keys.is_empty() && !template.ssh_key_enabled {
+        return Err(DomainError::invalid("ssh_keys", format!("template {} does not take SSH keys", template.name)));
+    }
+    engine.check_group_refs(ctx, &req.security_groups, &req.anti_affinity_groups).await?;
+    if req.tpm_enabled && !engine.driver.supports_tpm() {
+        return Err(DomainError::Unsupported(format!("the {} driver cannot attach a TPM here", engine.driver.name())));
+    }
+
+    let now = nimbus_core::now();
+    let id = nimbus_core::new_id();
+    let net = crate::network::Network::parse(&engine.config.network_cidr)?;
+    let mut op = Operation::new(ctx.project.id, Action::Create, Target::instance(id), None, ctx.actor.clone());
+    let planned = Planned::of::<Create>(&Params { auto_start: req.auto_start });
+    op.params = planned.params;
+    op.params_version = planned.params_version;
+    let mut system_labels = Labels::new();
+    system_labels.insert("nimbus.zone".into(), zone.clone());
+    system_labels.insert("nimbus.instance-type.family".into(), itype.family.clone());
+    let instance = Instance {
+        id,
+        project_id: ctx.project.id,
+        name: req.name.clone(),
+        hostname,
+        description: req.description.clone(),
+        zone: zone.clone(),
+        instance_type: itype.name.clone(),
+        template_id: template.id,
+        template: template.name.clone(),
+        state: InstanceState::Creating,
+        labels: req.labels.clone(),
+        system_labels,
+        vcpus: itype.vcpus,
+        memory_mib: itype.memory_mib,
+        gpus: itype.gpus,
+        gpu_model,
+        disk_size_gb: disk,
+        user_data: req.user_data.clone().map(|s| s.trim().to_string()),
+        ssh_keys,
+        security_groups: req.security_groups.clone(),
+        anti_affinity_groups: req.anti_affinity_groups.clone(),
+        private_networks: vec![],
+        ip_addresses: vec![net.address(host)],
+        mac_address: Instance::mac_for(id),
+        protected: req.protected,
+        tpm_enabled: req.tpm_enabled,
+        secure_boot: req.secure_boot,
+        price_hourly: req.price_hourly,
+        expected_shutdown_at: req.expected_shutdown_at,
+        host: None,
+        lock_operation_id: Some(op.id),
+        create_operation_id: Some(op.id),
+        generation: 1,
+        numeric_id: 0,
+        extensions: req.extensions.clone(),
+        created_at: now,
+        updated_at: now,
+    };
+    let mut set = WriteSet::new();
+    set.push(Write::PutInstance { instance: instance.clone(), expected_generation: None });
+    set.push(Write::ClaimAddress { network: engine.config.network_cidr.clone(), host, owner: id });
+    set.push(Write::InsertOperation(op.clone()));
+    // A password-enabled template's default user gets the caller's password, or a generated one, at
+    // creation, revealable for a day like reset-password's (validated above: only such templates take one).
+    if template.password_enabled {
+        let password = InstancePassword {
+            instance_id: id,
+            password: req.password.clone().unwrap_or_else(crate::auth::new_password),
+            expires_at: now + PASSWORD_LIFETIME,
+        };
+        set.push(Write::InsertRecord(Record::new(PASSWORD, id, Some(ctx.project.id), "password", &password)));
+    }
+    for (kind, alias) in &req.aliases {
+        set.push(Write::PutAlias { kind: kind.clone(), alias: alias.clone(), id });
+    }
+    set.push(instance_event(&ctx.actor, "instance.created", &instance));
+    set.push(operation_event("operation.created", &op));
+    set.enforce_quota_of = Some(ctx.project.id);
+    Ok((instance, op, set))
+}
+
+/// Candidate host numbers of the instance network for a new instance: the lowest free one first, and on a
+/// retry (another create took it meanwhile) a random one of the lowest few, so racing creates spread out.
+pub(crate) async fn address_candidate(engine: &Engine, attempt: usize) -> Result<u32> {
+    let net = crate::network::Network::parse(&engine.config.network_cidr)?;
+    let free = engine
+        .store
+        .free_addresses(&engine.config.network_cidr, net.first_host(), net.last_host(), 16)
+        .await
+        .map_err(store_err)?;
+    if free.is_empty() {
+        return Err(DomainError::Conflict(format!("no free address left in {}", engine.config.network_cidr)));
+    }
+    if attempt == 0 {
+        return Ok(free[0]);
+    }
+    use rand::Rng;
+    Ok(free[rand::thread_rng().gen_range(0..free.len())])
+}

@@ -1,0 +1,103 @@
+//! `reset`: reinstalls the instance from its template (or a new one), wiping the disk, and boots it again
+//! if it was running.
+//!
+//! Plan: the record takes the template and disk size at once (quota-checked). Steps: `shutdown`,
+//! `reinstall`, and `boot` when the instance was running. Success forgets the snapshots of the old disk,
+//! which went with it. Failure before the reinstall puts the old template back on the record; in every
+//! failure the record takes the disk size the host's disk has, and forgets snapshots the host no longer has.
+
+use async_trait::async_trait;
+use nimbus_core::instance::{Instance, InstanceState};
+use nimbus_core::operation::Operation;
+use nimbus_core::DomainError;
+use nimbus_driver::DriverResult;
+use nimbus_store::Write;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{Planned, Saga, StepCx, Succeeded};
+use crate::instances::validate_disk;
+use crate::{Context, Engine, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Params {
+    pub from_template: Uuid,
+    pub from_disk: u64,
+    pub template: Uuid,
+    pub disk_size_gb: u64,
+}
+
+pub(crate) struct Reset;
+
+#[async_trait]
+impl Saga for Reset {
+    type Params = Params;
+
+    fn steps(_: &Params, op: &Operation) -> Vec<&'static str> {
+        if op.state_before == Some(InstanceState::Running) {
+            vec!["shutdown", "reinstall", "boot"]
+        } else {
+            vec!["shutdown", "reinstall"]
+        }
+    }
+
+    async fn run(cx: &StepCx<'_>, _: &Params, step: &'static str) -> DriverResult<Value> {
+        let engine = cx.engine;
+        match step {
+            "shutdown" => engine.driver.stop(cx.instance.id, engine.config.stop_grace).await?,
+            "reinstall" => engine.driver.reinstall(&engine.spec_for_driver(cx.instance).await?).await?,
+            _ => engine.driver.start(&engine.spec_for_driver(cx.instance).await?).await?,
+        }
+        Ok(Value::Null)
+    }
+
+    async fn succeeded(cx: &StepCx<'_>, _: &Params, _: &mut Instance, _: &[Value]) -> Result<Succeeded> {
+        // The old disk's snapshots went with it.
+        Ok(Succeeded { writes: cx.engine.forget_snapshots_of(cx.instance).await?, result: None })
+    }
+
+    async fn failed(cx: &StepCx<'_>, p: &Params, next: &mut Instance, steps_done: u32) -> Result<Vec<Write>> {
+        let reinstalled = steps_done >= 2;
+        if !reinstalled {
+            if let Ok(template) = cx.engine.template_by_id(p.from_template).await {
+                next.template_id = template.id;
+                next.template = template.name;
+            }
+        }
+        next.disk_size_gb = match cx.engine.driver.disk_size_gb(cx.instance.id).await {
+            Ok(size) => size,
+            Err(_) if reinstalled => p.disk_size_gb,
+            Err(_) => p.from_disk,
+        };
+        cx.engine.forget_snapshots_gone_from_host(cx.instance).await
+    }
+}
+
+pub(crate) async fn plan(
+    engine: &Engine,
+    ctx: &Context,
+    current: &Instance,
+    next: &mut Instance,
+    template: Option<&str>,
+    disk_size_gb: Option<u64>,
+) -> Result<Planned> {
+    let template = match template {
+        Some(t) => {
+            engine.template(ctx, t).await.map_err(|_| DomainError::invalid("template", format!("no template {t:?}")))?
+        }
+        None => engine.template_by_id(current.template_id).await?,
+    };
+    let disk = disk_size_gb.unwrap_or(current.disk_size_gb);
+    validate_disk("disk_size_gb", disk, template.min_disk_gb)?;
+    let params = Params {
+        from_template: current.template_id,
+        from_disk: current.disk_size_gb,
+        template: template.id,
+        disk_size_gb: disk,
+    };
+    next.template_id = template.id;
+    next.template = template.name;
+    next.disk_size_gb = disk;
+    Ok(Planned::of::<Reset>(&params).with_quota())
+}
