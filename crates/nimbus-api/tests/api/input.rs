@@ -165,5 +165,15 @@ async fn health_and_metrics_are_served() {
         metrics.text
     );
     assert!(metrics.text.contains("nimbus_http_request_duration_seconds_bucket"));
-    assert!(metrics.text.contains("nimbus_operations_succeeded_total 1"), "{}", metrics.text);
+    // The worker counts an outcome just after committing it, so a waiter may see the operation end a moment
+    // before the counter moves.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let metrics = c.send(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+        if metrics.text.contains("nimbus_operations_succeeded_total 1") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", metrics.text);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
