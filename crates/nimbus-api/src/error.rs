@@ -42,6 +42,7 @@ pub fn classify(e: &DomainError) -> (StatusCode, &'static str) {
         DomainError::QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota_exceeded"),
         DomainError::PreconditionFailed { .. } => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
         DomainError::Unsupported(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported"),
+        DomainError::NoCapacity(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"),
         DomainError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
         DomainError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }

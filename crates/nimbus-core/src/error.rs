@@ -31,6 +31,10 @@ pub enum DomainError {
     /// `If-Match` named a version that is no longer current.
     #[error("the resource has changed since version {expected}; fetch it again")]
     PreconditionFailed { expected: String },
+    /// No host can take it now (every host is full, unreachable, disabled, or excluded by an
+    /// anti-affinity group): the message says which.
+    #[error("no capacity: {0}")]
+    NoCapacity(String),
     /// This deployment cannot do it (a driver without TPM support, for example).
     #[error("unsupported: {0}")]
     Unsupported(String),

@@ -26,10 +26,12 @@ pub enum InstanceState {
     Destroyed,
     /// Paused in memory by a suspend: the VM keeps its RAM and process but runs no code until resumed.
     Suspended,
+    /// Its host stopped answering: what runs there is not known until the host is back (see `state_reason`).
+    Unknown,
 }
 
 impl InstanceState {
-    pub const ALL: [InstanceState; 14] = [
+    pub const ALL: [InstanceState; 15] = [
         Self::Creating,
         Self::Starting,
         Self::Running,
@@ -44,6 +46,7 @@ impl InstanceState {
         Self::Destroying,
         Self::Destroyed,
         Self::Suspended,
+        Self::Unknown,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +65,7 @@ impl InstanceState {
             Self::Destroying => "destroying",
             Self::Destroyed => "destroyed",
             Self::Suspended => "suspended",
+            Self::Unknown => "unknown",
         }
     }
 
@@ -71,7 +75,7 @@ impl InstanceState {
 
     /// States that only exist while an operation is working on the instance.
     pub fn is_transitional(self) -> bool {
-        !matches!(self, Self::Running | Self::Stopped | Self::Error | Self::Destroyed | Self::Suspended)
+        !matches!(self, Self::Running | Self::Stopped | Self::Error | Self::Destroyed | Self::Suspended | Self::Unknown)
     }
 }
 
@@ -93,6 +97,9 @@ pub struct Instance {
     pub template_id: Uuid,
     pub template: String,
     pub state: InstanceState,
+    /// Why it is in its state when that is not the result of an action (`host-unreachable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<String>,
     /// User labels; read-only system labels live in `system_labels` and are never changed by a patch.
     pub labels: Labels,
     pub system_labels: Labels,

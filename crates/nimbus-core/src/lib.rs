@@ -7,6 +7,7 @@
 pub mod catalog;
 pub mod error;
 pub mod event;
+pub mod host;
 pub mod instance;
 pub mod labels;
 pub mod networking;

@@ -148,6 +148,7 @@ fn rule(action: Action) -> (&'static [InstanceState], &'static str, InstanceStat
                 Migrating,
                 Error,
                 Suspended,
+                Unknown,
             ],
             "the instance is already being destroyed",
             Destroying,

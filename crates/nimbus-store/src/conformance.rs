@@ -48,6 +48,7 @@ pub(crate) fn instance(project_id: Uuid, name: &str, vcpus: u32) -> Instance {
         template_id: Uuid::new_v4(),
         template: "busybox".into(),
         state: InstanceState::Creating,
+        state_reason: None,
         labels: Default::default(),
         system_labels: Default::default(),
         vcpus,
@@ -576,6 +577,149 @@ pub async fn concurrent_creates_never_overrun_the_quota(store: Arc<dyn Store>) {
     assert_eq!(store.list_instances(&q).await.unwrap().len(), 5);
 }
 
+fn host(name: &str, vcpus: u64) -> nimbus_core::host::Host {
+    use nimbus_core::host::{Capacity, Host, HostState};
+    Host {
+        id: Uuid::new_v4(),
+        name: name.into(),
+        zone: "z".into(),
+        admin_state: HostState::Ready,
+        capacity: Capacity { vcpus, memory_mib: 1 << 20, disk_gb: 1 << 20, gpus: Default::default() },
+        accelerator: "none".into(),
+        driver: "sim".into(),
+        underlay_address: None,
+        agent_version: "test".into(),
+        registered_at: nimbus_core::now(),
+        updated_at: nimbus_core::now(),
+    }
+}
+
+fn register(h: &nimbus_core::host::Host) -> WriteSet {
+    let mut set = WriteSet::new();
+    set.push(Write::PutHost { host: h.clone(), generation: 1, expected_generation: None });
+    set
+}
+
+/// An instance placed on `host`, with the placement check on `limit_vcpus`.
+fn placed(project_id: Uuid, name: &str, host: &str, limit_vcpus: u64, groups: &[Uuid]) -> WriteSet {
+    let mut i = instance(project_id, name, 1);
+    i.host = Some(host.into());
+    i.anti_affinity_groups = groups.to_vec();
+    let mut set = insert(&i);
+    set.placement = Some(Placement {
+        host: host.into(),
+        limit: nimbus_core::host::Capacity {
+            vcpus: limit_vcpus,
+            memory_mib: 1 << 30,
+            disk_gb: 1 << 30,
+            gpus: Default::default(),
+        },
+        instance_id: i.id,
+        anti_affinity_groups: groups.to_vec(),
+    });
+    set
+}
+
+pub async fn hosts_register_heartbeat_and_change_by_generation(store: &dyn Store) {
+    let h = host("h1", 8);
+    store.apply(register(&h)).await.unwrap();
+    assert!(matches!(store.apply(register(&h)).await, Err(StoreError::AlreadyExists(_))), "one host per name");
+    let got = store.get_host("h1").await.unwrap().unwrap();
+    assert_eq!((got.generation, got.reachable), (1, false), "not reachable before its first heartbeat");
+    assert!(store.renew_host("h1", Duration::from_secs(30)).await.unwrap());
+    assert!(store.get_host("h1").await.unwrap().unwrap().reachable);
+    assert!(!store.renew_host("nope", Duration::from_secs(30)).await.unwrap());
+    // A short lease runs out by the database's clock.
+    store.renew_host("h1", Duration::from_millis(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!store.get_host("h1").await.unwrap().unwrap().reachable);
+    // Changes are compare-and-swaps on the generation.
+    let mut changed = h.clone();
+    changed.admin_state = nimbus_core::host::HostState::Disabled;
+    let mut set = WriteSet::new();
+    set.push(Write::PutHost { host: changed.clone(), generation: 2, expected_generation: Some(1) });
+    store.apply(set).await.unwrap();
+    let mut stale = WriteSet::new();
+    stale.push(Write::PutHost { host: h.clone(), generation: 2, expected_generation: Some(1) });
+    assert!(matches!(store.apply(stale).await, Err(StoreError::Conflict(_))));
+    assert_eq!(store.get_host("h1").await.unwrap().unwrap().host.admin_state, changed.admin_state);
+    assert_eq!(store.list_hosts().await.unwrap().len(), 1);
+}
+
+pub async fn hosts_carry_what_is_placed_on_them(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    store.apply(register(&host("a", 8))).await.unwrap();
+    store.apply(register(&host("b", 8))).await.unwrap();
+    let group = Uuid::new_v4();
+    store.apply(placed(p.id, "x", "a", 8, &[group])).await.unwrap();
+    store.apply(placed(p.id, "y", "a", 8, &[])).await.unwrap();
+    store.apply(placed(p.id, "z", "b", 8, &[group])).await.unwrap();
+    let alloc = store.host_allocations().await.unwrap();
+    assert_eq!((alloc["a"].instances, alloc["a"].vcpus), (2, 2));
+    assert_eq!(alloc["b"].instances, 1);
+    let mut members: Vec<String> =
+        store.group_members_hosts(&[group]).await.unwrap().into_iter().map(|(h, _)| h).collect();
+    members.sort();
+    assert_eq!(members, ["a", "b"]);
+    let on_a = InstanceQuery { host: Some("a".into()), ..Default::default() };
+    assert_eq!(store.list_instances(&on_a).await.unwrap().len(), 2);
+    // A second member of the group on a host that holds one is refused, and nothing of it is written.
+    let refused = placed(p.id, "w", "a", 8, &[group]);
+    assert!(matches!(store.apply(refused).await, Err(StoreError::NoRoom(m)) if m.contains(&group.to_string())));
+    assert_eq!(store.host_allocations().await.unwrap()["a"].instances, 2);
+}
+
+pub async fn concurrent_placements_never_overfill_a_host(store: Arc<dyn Store>) {
+    let p = project(&*store, Quota::default()).await;
+    store.apply(register(&host("small", 5))).await.unwrap();
+    let places: Vec<_> = (0..20)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move { store.apply(placed(p.id, &format!("i{n}"), "small", 5, &[])).await })
+        })
+        .collect();
+    let mut placed_ok = 0;
+    for c in places {
+        match c.await.unwrap() {
+            Ok(()) => placed_ok += 1,
+            Err(StoreError::NoRoom(_)) => {}
+            Err(e) => panic!("a placement failed otherwise than on room: {e:?}"),
+        }
+    }
+    assert_eq!(placed_ok, 5);
+    assert_eq!(store.host_allocations().await.unwrap()["small"].vcpus, 5);
+}
+
+pub async fn concurrent_placements_keep_a_group_apart(store: Arc<dyn Store>) {
+    let p = project(&*store, Quota::default()).await;
+    store.apply(register(&host("h", 100))).await.unwrap();
+    let group = Uuid::new_v4();
+    let places: Vec<_> = (0..8)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move { store.apply(placed(p.id, &format!("m{n}"), "h", 100, &[group])).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for c in places {
+        if c.await.unwrap().is_ok() {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 1, "one member of the group per host");
+}
+
+pub async fn records_are_listed_by_name(store: &dyn Store) {
+    let mut set = WriteSet::new();
+    for (name, n) in [("host-a", 1), ("host-b", 2), ("host-a", 3)] {
+        set.push(Write::InsertRecord(Record::new("host_call", Uuid::now_v7(), None, name, &n)));
+    }
+    store.apply(set).await.unwrap();
+    let a = store.list_records_named("host_call", "host-a").await.unwrap();
+    assert_eq!(a.iter().map(|r| r.body.as_i64().unwrap()).collect::<Vec<_>>(), [1, 3]);
+    assert!(store.list_records_named("host_call", "host-c").await.unwrap().is_empty());
+}
+
 pub async fn racing_address_claims_never_share_a_host(store: Arc<dyn Store>) {
     let claimers: Vec<_> = (0..10)
         .map(|_| {
@@ -744,6 +888,9 @@ macro_rules! conformance_tests {
             quota_is_enforced_inside_the_transaction,
             instances_page_by_id_within_a_project,
             instances_are_numbered_once_and_never_reuse_a_number,
+            hosts_register_heartbeat_and_change_by_generation,
+            hosts_carry_what_is_placed_on_them,
+            records_are_listed_by_name,
             events_are_sequenced_and_scoped,
             idempotency_keys_replay_reject_and_release,
             aliases_are_unique_both_ways,
@@ -767,6 +914,8 @@ macro_rules! conformance_tests {
             concurrent_creates_never_overrun_the_quota,
             racing_address_claims_never_share_a_host,
             a_polling_reader_sees_every_event_once_in_order,
+            concurrent_placements_never_overfill_a_host,
+            concurrent_placements_keep_a_group_apart,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

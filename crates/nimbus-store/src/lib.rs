@@ -19,6 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nimbus_core::catalog::Zone;
 use nimbus_core::event::Event;
+use nimbus_core::host::{Allocation, Capacity, Host};
 use nimbus_core::instance::{Instance, InstanceState};
 use nimbus_core::operation::Operation;
 use nimbus_core::tenancy::{ApiKey, Organization, Project, Quota, Usage};
@@ -41,6 +42,10 @@ pub enum StoreError {
     AlreadyExists(String),
     #[error("quota exceeded: {0}")]
     QuotaExceeded(String),
+    /// The placement's host has no room for the set's result (or would hold two members of one
+    /// anti-affinity group): the caller places again on fresh figures.
+    #[error("no room: {0}")]
+    NoRoom(String),
     #[error("{0} not found")]
     NotFound(String),
     #[error("store: {0}")]
@@ -144,6 +149,10 @@ pub enum Write {
     DeleteProject { id: Uuid },
     /// Removes an organization that has no projects left: `Conflict` otherwise, `NotFound` when missing.
     DeleteOrganization { id: Uuid },
+    /// Inserts a host (`AlreadyExists` when its name or id is taken) when `expected_generation` is `None`,
+    /// else replaces it only if it is still at that generation (`Conflict` otherwise). Its heartbeat
+    /// lease is left as it is (see [`Store::renew_host`]).
+    PutHost { host: Host, generation: i64, expected_generation: Option<i64> },
 }
 
 /// An all-or-nothing transaction.
@@ -154,6 +163,31 @@ pub struct WriteSet {
     /// that check the same project's quota are serialized (on PostgreSQL the project's row is locked at the
     /// start of the transaction), so two servers creating at once cannot overrun it together.
     pub enforce_quota_of: Option<Uuid>,
+    /// After the writes, the placement's host must still have room for what is placed on it, and must not
+    /// hold two members of one anti-affinity group, or everything rolls back with `NoRoom`. Sets placing on
+    /// one host are serialized (its row is locked first), so two servers placing at once cannot overfill it.
+    pub placement: Option<Placement>,
+}
+
+/// The check of [`WriteSet::placement`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The host's name.
+    pub host: String,
+    /// The most it may carry (its capacity with the operator's overcommit applied).
+    pub limit: Capacity,
+    /// The instance placed, and the anti-affinity groups none of whose other members may be on the host.
+    pub instance_id: Uuid,
+    pub anti_affinity_groups: Vec<Uuid>,
+}
+
+/// A host as stored: the document, its version, and whether its heartbeat lease is current (judged by
+/// the database's clock).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredHost {
+    pub host: Host,
+    pub generation: i64,
+    pub reachable: bool,
 }
 
 impl WriteSet {
@@ -169,6 +203,8 @@ impl WriteSet {
 #[derive(Debug, Clone, Default)]
 pub struct InstanceQuery {
     pub project_id: Option<Uuid>,
+    /// Only instances placed on this host.
+    pub host: Option<String>,
     pub state: Option<InstanceState>,
     pub name: Option<String>,
     /// Keyset pagination: only ids greater than this one.
@@ -291,6 +327,21 @@ pub trait Store: Send + Sync + 'static {
     async fn free_addresses(&self, network: &str, first: u32, last: u32, limit: u32) -> StoreResult<Vec<u32>>;
     /// Every address held (in `network`, if given), for audits and tests: an address held by nothing is a leak.
     async fn list_addresses(&self, network: Option<&str>) -> StoreResult<Vec<AddressHold>>;
+
+    // Hosts.
+    async fn get_host(&self, name: &str) -> StoreResult<Option<StoredHost>>;
+    /// Every host, by name.
+    async fn list_hosts(&self) -> StoreResult<Vec<StoredHost>>;
+    /// Extends the host's heartbeat lease to `lease` from now (by the database's clock): `false` when
+    /// there is no such host. A host whose lease ran out is unreachable.
+    async fn renew_host(&self, name: &str, lease: Duration) -> StoreResult<bool>;
+    /// What the instances placed on each host take of it (every instance but a destroyed one), by host.
+    async fn host_allocations(&self) -> StoreResult<std::collections::BTreeMap<String, Allocation>>;
+    /// Where the members of these anti-affinity groups are placed: (host, instance) pairs.
+    async fn group_members_hosts(&self, groups: &[Uuid]) -> StoreResult<Vec<(String, Uuid)>>;
+
+    /// Records of a kind with the given name (hosts' pending calls are named by their host), in id order.
+    async fn list_records_named(&self, kind: &str, name: &str) -> StoreResult<Vec<Record>>;
 
     // Idempotency keys, scoped by project.
     async fn idempotency_claim(&self, project_id: Uuid, key: &str, request_hash: &str)

@@ -139,6 +139,7 @@ pub(crate) async fn plan(
         template_id: template.id,
         template: template.name.clone(),
         state: InstanceState::Creating,
+        state_reason: None,
         labels: req.labels.clone(),
         system_labels,
         vcpus: itype.vcpus,

@@ -13,6 +13,7 @@
 //!   [`migrations`] (DDL) and [`notify`] (hearing other servers' writes).
 
 mod backend;
+mod hosts;
 mod migrations;
 mod notify;
 mod writes;
@@ -102,6 +103,11 @@ impl From<Uuid> for Arg {
 impl From<Option<Uuid>> for Arg {
     fn from(id: Option<Uuid>) -> Arg {
         id.map_or(Arg::Null, Arg::from)
+    }
+}
+impl From<Option<&String>> for Arg {
+    fn from(s: Option<&String>) -> Arg {
+        s.map_or(Arg::Null, Arg::from)
     }
 }
 
@@ -557,6 +563,9 @@ impl Store for SqlStore {
         if let Some(p) = q.project_id {
             sql.and("project_id = ", p);
         }
+        if let Some(h) = &q.host {
+            sql.and("host = ", h);
+        }
         if let Some(state) = q.state {
             sql.and("state = ", state.as_str());
         }
@@ -679,6 +688,63 @@ impl Store for SqlStore {
         }
         let row = sql.query().fetch_one(&self.pool).await.map_err(self.fail("reading the latest event"))?;
         column(&row, "seq")
+    }
+
+    async fn get_host(&self, name: &str) -> StoreResult<Option<StoredHost>> {
+        let sql = format!("{} WHERE name = $1", hosts::select(self.backend));
+        let row = query(&sql, args![name]).fetch_optional(&self.pool).await.map_err(self.fail("reading a host"))?;
+        row.as_ref().map(hosts::host_from_row).transpose()
+    }
+
+    async fn list_hosts(&self) -> StoreResult<Vec<StoredHost>> {
+        let sql = format!("{} ORDER BY name", hosts::select(self.backend));
+        let rows = query(&sql, vec![]).fetch_all(&self.pool).await.map_err(self.fail("listing hosts"))?;
+        rows.iter().map(hosts::host_from_row).collect()
+    }
+
+    async fn renew_host(&self, name: &str, lease: Duration) -> StoreResult<bool> {
+        let sql = format!("UPDATE hosts SET heartbeat_expires = {} + $1 WHERE name = $2", self.backend.now_ms());
+        let mut w = self.write().await?;
+        let result = query(&sql, args![lease_ms(lease), name])
+            .execute(w.conn())
+            .await
+            .map_err(self.fail("renewing a host's heartbeat"))
+            .map(|r| r.rows_affected() > 0);
+        // Like lease renewals: nothing anyone waits for changed.
+        self.end(w, result, false).await
+    }
+
+    async fn host_allocations(&self) -> StoreResult<std::collections::BTreeMap<String, nimbus_core::host::Allocation>> {
+        let mut conn = self.pool.acquire().await.map_err(self.fail("connecting"))?;
+        hosts::allocations(&mut conn, self.backend).await
+    }
+
+    async fn group_members_hosts(&self, groups: &[Uuid]) -> StoreResult<Vec<(String, Uuid)>> {
+        let mut out = Vec::new();
+        for g in groups {
+            let rows = query(
+                "SELECT host, id FROM instances WHERE host IS NOT NULL AND state <> 'destroyed' AND anti_affinity LIKE $1",
+                args![format!("%{g} %")],
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.fail("finding anti-affinity members"))?;
+            for r in &rows {
+                out.push((column(r, "host")?, parse_uuid(&column::<String>(r, "id")?)?));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn list_records_named(&self, kind: &str, name: &str) -> StoreResult<Vec<Record>> {
+        let rows = query(
+            "SELECT id, project_id, name, body, generation FROM records WHERE kind = $1 AND name = $2 ORDER BY id",
+            args![kind, name],
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.fail("listing records"))?;
+        rows.iter().map(|r| record_from_row(kind, r)).collect()
     }
 
     fn changes(&self) -> tokio::sync::watch::Receiver<u64> {

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::backend::{is_unique_violation, Backend};
 use super::{args, column, encode, project_from_row, query, usage_in, Arg};
-use crate::{StoreError, StoreResult, Write, WriteSet};
+use crate::{Placement, StoreError, StoreResult, Write, WriteSet};
 
 pub(super) async fn apply(conn: &mut AnyConnection, backend: Backend, set: &WriteSet) -> StoreResult<()> {
     let quota = match set.enforce_quota_of {
@@ -34,10 +34,21 @@ pub(super) async fn apply(conn: &mut AnyConnection, backend: Backend, set: &Writ
         }
         None => None,
     };
+    if let Some(p) = &set.placement {
+        let lock = format!("SELECT name FROM hosts WHERE name = $1{}", backend.for_update());
+        query(&lock, args![&p.host])
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| backend.error("locking the host", e))?
+            .ok_or_else(|| StoreError::NoRoom(format!("host {} is gone", p.host)))?;
+    }
     let (events, writes): (Vec<&Write>, Vec<&Write>) =
         set.writes.iter().partition(|w| matches!(w, Write::AppendEvent(_)));
     for write in writes {
         apply_one(conn, backend, write).await?;
+    }
+    if let Some(p) = &set.placement {
+        check_placement(conn, backend, p).await?;
     }
     if let Some((project_id, quota)) = quota {
         let usage = usage_in(conn, backend, project_id).await?;
@@ -122,7 +133,8 @@ async fn apply_one(conn: &mut AnyConnection, backend: Backend, write: &Write) ->
                 backend,
                 "inserting an instance",
                 "INSERT INTO instances (id, project_id, name, state, generation, vcpus, memory_mib, disk_gb, body,
-                 numeric_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                 numeric_id, host, gpus, gpu_model, anti_affinity)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                 args![
                     i.id,
                     i.project_id,
@@ -133,7 +145,11 @@ async fn apply_one(conn: &mut AnyConnection, backend: Backend, write: &Write) ->
                     i.memory_mib,
                     i.disk_size_gb,
                     encode(&i),
-                    i.numeric_id
+                    i.numeric_id,
+                    i.host.as_ref(),
+                    i.gpus,
+                    i.gpu_model.as_ref(),
+                    anti_affinity_column(&i)
                 ],
                 || StoreError::AlreadyExists(format!("instance {}", i.id)),
             )
@@ -145,7 +161,8 @@ async fn apply_one(conn: &mut AnyConnection, backend: Backend, write: &Write) ->
                 backend,
                 "updating an instance",
                 "UPDATE instances SET name = $1, state = $2, generation = $3, vcpus = $4, memory_mib = $5,
-                 disk_gb = $6, body = $7 WHERE id = $8 AND generation = $9",
+                 disk_gb = $6, body = $7, host = $10, gpus = $11, gpu_model = $12, anti_affinity = $13
+                 WHERE id = $8 AND generation = $9",
                 args![
                     &i.name,
                     i.state.as_str(),
@@ -155,7 +172,11 @@ async fn apply_one(conn: &mut AnyConnection, backend: Backend, write: &Write) ->
                     i.disk_size_gb,
                     encode(i),
                     i.id,
-                    *expected
+                    *expected,
+                    i.host.as_ref(),
+                    i.gpus,
+                    i.gpu_model.as_ref(),
+                    anti_affinity_column(i)
                 ],
             )
             .await?;
@@ -283,6 +304,60 @@ async fn apply_one(conn: &mut AnyConnection, backend: Backend, write: &Write) ->
         Write::PutApiKey(key) => insert_api_key(conn, backend, key).await?,
         Write::DeleteProject { id } => delete_project(conn, backend, *id).await?,
         Write::DeleteOrganization { id } => delete_organization(conn, backend, *id).await?,
+        Write::PutHost { host, generation, expected_generation: None } => {
+            run(
+                conn,
+                backend,
+                "registering a host",
+                "INSERT INTO hosts (name, id, generation, body) VALUES ($1, $2, $3, $4)",
+                args![&host.name, host.id, *generation, encode(host)],
+                || StoreError::AlreadyExists(format!("host {}", host.name)),
+            )
+            .await?;
+        }
+        Write::PutHost { host, generation, expected_generation: Some(expected) } => {
+            let touched = exec(
+                conn,
+                backend,
+                "updating a host",
+                "UPDATE hosts SET generation = $1, body = $2 WHERE name = $3 AND generation = $4",
+                args![*generation, encode(host), &host.name, *expected],
+            )
+            .await?;
+            swapped(touched, || format!("host {} (not at generation {expected})", host.name))?;
+        }
+    }
+    Ok(())
+}
+
+/// The `anti_affinity` column: each group id followed by a space, so that `LIKE '%<id> %'` finds members.
+fn anti_affinity_column(i: &nimbus_core::instance::Instance) -> String {
+    i.anti_affinity_groups.iter().map(|g| format!("{g} ")).collect()
+}
+
+/// Checks [`WriteSet::placement`] on the set's result: the host's row is locked (PostgreSQL) before this,
+/// at the start of the transaction.
+async fn check_placement(conn: &mut AnyConnection, backend: Backend, p: &Placement) -> StoreResult<()> {
+    let used = super::hosts::allocation_of(conn, backend, &p.host).await?;
+    let demand = nimbus_core::host::Demand { vcpus: 0, memory_mib: 0, disk_gb: 0, gpus: None };
+    if let Some(why) = nimbus_core::host::refusal(&p.limit, &used, &demand) {
+        return Err(StoreError::NoRoom(format!("host {}: {why}", p.host)));
+    }
+    for group in &p.anti_affinity_groups {
+        let row = query(
+            "SELECT COUNT(*) AS n FROM instances WHERE host = $1 AND id <> $2 AND state <> 'destroyed'
+             AND anti_affinity LIKE $3",
+            args![&p.host, p.instance_id, format!("%{group} %")],
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| backend.error("checking anti-affinity", e))?;
+        if column::<i64>(&row, "n")? > 0 {
+            return Err(StoreError::NoRoom(format!(
+                "host {} already runs a member of anti-affinity group {group}",
+                p.host
+            )));
+        }
     }
     Ok(())
 }

@@ -102,7 +102,8 @@ pub fn instance_state(state: InstanceState, before: Option<InstanceState>) -> &'
             _ => "running",
         },
         InstanceState::Migrating => "migrating",
-        InstanceState::Error => "error",
+        // Exoscale has no word for a VM whose host stopped answering: it is in no state the client can act on.
+        InstanceState::Error | InstanceState::Unknown => "error",
         InstanceState::Destroying => "destroying",
         InstanceState::Destroyed => "destroyed",
     }

@@ -133,6 +133,15 @@ impl From<DomainError> for GcoreError {
             e @ (DomainError::Conflict(_) | DomainError::Unsupported(_) | DomainError::PreconditionFailed { .. }) => {
                 GcoreError::bad_request(e.to_string())
             }
+            // Nova's word for it: no compute host qualifies.
+            DomainError::NoCapacity(m) => GcoreError {
+                retry: true,
+                ..GcoreError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "NoValidHost",
+                    format!("No valid host was found. {m}"),
+                )
+            },
             DomainError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 GcoreError {

@@ -191,6 +191,8 @@ pub fn status(
         InstanceState::Reverting => ("REBUILD", "stopped", Some("rebuilding")),
         InstanceState::Migrating => ("MIGRATING", "active", Some("migrating")),
         InstanceState::Error => ("ERROR", "error", None),
+        // Nova shows UNKNOWN while the compute host is down, keeping the vm_state it had.
+        InstanceState::Unknown => ("UNKNOWN", at_rest(before).1, None),
         InstanceState::Destroying => {
             let (s, v) = at_rest(before);
             (s, v, Some("deleting"))

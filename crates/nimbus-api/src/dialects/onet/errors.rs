@@ -106,6 +106,7 @@ impl From<DomainError> for OnetError {
             | DomainError::Conflict(_)
             | DomainError::Unsupported(_)
             | DomainError::PreconditionFailed { .. }) => OnetError::detail(StatusCode::BAD_REQUEST, e.to_string()),
+            DomainError::NoCapacity(m) => OnetError::detail(StatusCode::SERVICE_UNAVAILABLE, m),
             DomainError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 OnetError::detail(StatusCode::INTERNAL_SERVER_ERROR, "A server error occurred.")

@@ -98,6 +98,7 @@ impl From<DomainError> for ScError {
             | DomainError::Conflict(_)
             | DomainError::Unsupported(_)
             | DomainError::PreconditionFailed { .. }) => ScError::non_field(e.to_string()),
+            DomainError::NoCapacity(m) => ScError::detail(StatusCode::SERVICE_UNAVAILABLE, m),
             DomainError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 ScError::detail(StatusCode::INTERNAL_SERVER_ERROR, "A server error occurred.")

@@ -1,0 +1,110 @@
+//! Hosts: their documents, their heartbeat leases (judged by the database's clock, like operation leases),
+//! and what the instances placed on them take of them.
+
+use std::collections::BTreeMap;
+
+use nimbus_core::host::{Allocation, Host};
+use sqlx::any::AnyRow;
+use sqlx::AnyConnection;
+
+use super::backend::Backend;
+use super::{args, column, decode, query};
+use crate::{StoreError, StoreResult, StoredHost};
+
+/// The columns [`host_from_row`] reads, with `reachable` computed by the database's clock.
+pub(super) fn select(backend: Backend) -> String {
+    format!(
+        "SELECT body, generation, CASE WHEN heartbeat_expires IS NOT NULL AND heartbeat_expires > {} THEN 1 ELSE 0 END
+         AS reachable FROM hosts",
+        backend.now_ms()
+    )
+}
+
+pub(super) fn host_from_row(row: &AnyRow) -> StoreResult<StoredHost> {
+    Ok(StoredHost {
+        host: decode::<Host>("host", &column::<String>(row, "body")?)?,
+        generation: column(row, "generation")?,
+        reachable: column::<i64>(row, "reachable")? != 0,
+    })
+}
+
+fn count(row: &AnyRow, name: &str) -> StoreResult<u64> {
+    let n: i64 = column(row, name)?;
+    u64::try_from(n).map_err(|_| StoreError::Backend(format!("corrupt allocation {name} = {n}")))
+}
+
+/// The `SELECT` that sums what instances take, grouped as `group_by` says (CAST: PostgreSQL sums BIGINTs
+/// into NUMERIC, which the Any driver cannot carry). Destroyed instances take nothing.
+fn sums(group_by: &str, filter: &str) -> String {
+    format!(
+        "SELECT {group_by} AS grp, COUNT(*) AS instances, CAST(COALESCE(SUM(vcpus), 0) AS BIGINT) AS vcpus,
+                CAST(COALESCE(SUM(memory_mib), 0) AS BIGINT) AS memory_mib,
+                CAST(COALESCE(SUM(disk_gb), 0) AS BIGINT) AS disk_gb
+         FROM instances WHERE host IS NOT NULL AND state <> 'destroyed' {filter} GROUP BY {group_by}"
+    )
+}
+
+fn gpu_sums(filter: &str) -> String {
+    format!(
+        "SELECT host, gpu_model, CAST(COALESCE(SUM(gpus), 0) AS BIGINT) AS gpus FROM instances
+         WHERE host IS NOT NULL AND state <> 'destroyed' AND gpus > 0 AND gpu_model IS NOT NULL {filter}
+         GROUP BY host, gpu_model"
+    )
+}
+
+/// What each host carries, as `conn` sees it.
+pub(super) async fn allocations(
+    conn: &mut AnyConnection,
+    backend: Backend,
+) -> StoreResult<BTreeMap<String, Allocation>> {
+    let rows = query(&sums("host", ""), vec![])
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| backend.error("summing host allocations", e))?;
+    let mut out = BTreeMap::new();
+    for r in &rows {
+        out.insert(
+            column::<String>(r, "grp")?,
+            Allocation {
+                instances: count(r, "instances")?,
+                vcpus: count(r, "vcpus")?,
+                memory_mib: count(r, "memory_mib")?,
+                disk_gb: count(r, "disk_gb")?,
+                gpus: BTreeMap::new(),
+            },
+        );
+    }
+    let gpus =
+        query(&gpu_sums(""), vec![]).fetch_all(&mut *conn).await.map_err(|e| backend.error("summing host GPUs", e))?;
+    for r in &gpus {
+        let host: String = column(r, "host")?;
+        out.entry(host).or_default().gpus.insert(column(r, "gpu_model")?, count(r, "gpus")?);
+    }
+    Ok(out)
+}
+
+/// What one host carries, as `conn` sees it (inside a write set: including its writes).
+pub(super) async fn allocation_of(conn: &mut AnyConnection, backend: Backend, host: &str) -> StoreResult<Allocation> {
+    let row = query(&sums("host", "AND host = $1"), args![host])
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| backend.error("summing the host's allocation", e))?;
+    let mut a = match row {
+        Some(r) => Allocation {
+            instances: count(&r, "instances")?,
+            vcpus: count(&r, "vcpus")?,
+            memory_mib: count(&r, "memory_mib")?,
+            disk_gb: count(&r, "disk_gb")?,
+            gpus: BTreeMap::new(),
+        },
+        None => Allocation::default(),
+    };
+    let gpus = query(&gpu_sums("AND host = $1"), args![host])
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| backend.error("summing the host's GPUs", e))?;
+    for r in &gpus {
+        a.gpus.insert(column(r, "gpu_model")?, count(r, "gpus")?);
+    }
+    Ok(a)
+}
