@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::native::{access, catalog, groups, instances, operations, views};
+use crate::native::{access, catalog, groups, hosts, instances, operations, views};
 
 struct BearerAuth;
 
@@ -40,6 +40,7 @@ impl Modify for BearerAuth {
         groups::create_security_group, groups::list_security_groups, groups::get_security_group, groups::delete_security_group,
         groups::create_anti_affinity_group, groups::list_anti_affinity_groups, groups::get_anti_affinity_group,
         groups::delete_anti_affinity_group,
+        hosts::list, hosts::get, hosts::action, hosts::create_token, hosts::list_tokens, hosts::revoke_token,
     ),
     components(schemas(
         views::ErrorBody, views::ErrorDetail,

@@ -76,6 +76,9 @@ pub struct Host {
     /// The address other hosts reach it at for the instance overlay network (VXLAN), if it has one.
     #[serde(default)]
     pub underlay_address: Option<String>,
+    /// Whether its driver can attach a virtual TPM.
+    #[serde(default)]
+    pub tpm: bool,
     pub agent_version: String,
     #[serde(with = "time::serde::rfc3339")]
     pub registered_at: OffsetDateTime,
@@ -113,21 +116,27 @@ pub struct Demand {
     pub gpus: Option<(String, u64)>,
 }
 
-/// How much a host may promise beyond its physical CPUs: vCPUs are time-shared, memory and disk are not.
+/// How much a host may promise beyond what it has: vCPUs are time-shared and guests seldom touch all their
+/// memory, so both may be promised more than once (OpenStack Nova's defaults: 16 and 1.5); disks are not.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Overcommit {
     pub cpu: f64,
+    pub memory: f64,
 }
 
 impl Default for Overcommit {
     fn default() -> Self {
-        Overcommit { cpu: 4.0 }
+        Overcommit { cpu: 16.0, memory: 1.5 }
     }
 }
 
-/// The most a host may carry: its capacity with the CPU overcommit applied.
+/// The most a host may carry: its capacity with the overcommit applied.
 pub fn limits(capacity: &Capacity, overcommit: Overcommit) -> Capacity {
-    Capacity { vcpus: (capacity.vcpus as f64 * overcommit.cpu).floor() as u64, ..capacity.clone() }
+    Capacity {
+        vcpus: (capacity.vcpus as f64 * overcommit.cpu).floor() as u64,
+        memory_mib: (capacity.memory_mib as f64 * overcommit.memory).floor() as u64,
+        ..capacity.clone()
+    }
 }
 
 /// Why a host cannot take an instance, in the words the refused user reads; `None` when it can.
@@ -232,6 +241,7 @@ mod tests {
                 accelerator: "none".into(),
                 driver: "sim".into(),
                 underlay_address: None,
+                tpm: false,
                 agent_version: "t".into(),
                 registered_at: crate::now(),
                 updated_at: crate::now(),
@@ -249,16 +259,17 @@ mod tests {
     fn the_least_loaded_host_with_room_wins() {
         let (a, b) = (view("a", 8, 6), view("b", 8, 2));
         let c = [Candidate { view: &a, holds_group_member: false }, Candidate { view: &b, holds_group_member: false }];
-        assert_eq!(place(&c, &demand(1), Overcommit { cpu: 1.0 }, &[]).unwrap(), "b");
+        assert_eq!(place(&c, &demand(1), Overcommit { cpu: 1.0, memory: 1.0 }, &[]).unwrap(), "b");
     }
 
     #[test]
     fn overcommit_stretches_vcpus_only() {
         let a = view("a", 2, 7);
         let c = [Candidate { view: &a, holds_group_member: false }];
-        assert!(place(&c, &demand(1), Overcommit { cpu: 4.0 }, &[]).is_ok());
-        assert!(place(&c, &demand(2), Overcommit { cpu: 4.0 }, &[]).is_err(), "9 vCPUs on a 2x4 host");
-        assert!(place(&c, &demand(1), Overcommit { cpu: 1.0 }, &[]).is_err());
+        let four = Overcommit { cpu: 4.0, memory: 1.0 };
+        assert!(place(&c, &demand(1), four, &[]).is_ok());
+        assert!(place(&c, &demand(2), four, &[]).is_err(), "9 vCPUs on a 2x4 host");
+        assert!(place(&c, &demand(1), Overcommit { cpu: 1.0, memory: 1.0 }, &[]).is_err());
     }
 
     #[test]

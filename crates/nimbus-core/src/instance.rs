@@ -100,6 +100,9 @@ pub struct Instance {
     /// Why it is in its state when that is not the result of an action (`host-unreachable`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_reason: Option<String>,
+    /// While `unknown`: the state it had when its host stopped answering (what an evacuation restores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_known_state: Option<InstanceState>,
     /// User labels; read-only system labels live in `system_labels` and are never changed by a patch.
     pub labels: Labels,
     pub system_labels: Labels,

@@ -35,6 +35,9 @@ pub enum Action {
     /// Joins or leaves anti-affinity groups: the record changes at once, and placement honours it from the
     /// next start; the host has nothing to do.
     ChangeAntiAffinityGroups,
+    /// Moves an instance off a host that stopped answering, by an operator's choice: recreated on another
+    /// host from its template (its disk's contents are lost), or left stopped.
+    Evacuate,
 }
 
 impl Action {
@@ -58,6 +61,7 @@ impl Action {
             Action::Delete => "delete",
             Action::ScheduledStop => "scheduled_stop",
             Action::ChangeAntiAffinityGroups => "change_anti_affinity_groups",
+            Action::Evacuate => "evacuate",
         }
     }
 }
@@ -130,6 +134,10 @@ fn rule(action: Action) -> (&'static [InstanceState], &'static str, InstanceStat
             Running, // replaced by the current state below
             Landing::Previous,
         ),
+        // Where it lands (running, stopped) depends on what it was before its host went away: the saga says.
+        Action::Evacuate => {
+            (&[Unknown], "evacuate moves instances whose host stopped answering", Creating, Landing::In(Stopped))
+        }
         // Neither shows a state of its own while it runs: the instance is running until it is suspended, and
         // suspended until it runs again (the operation holding the lock says which change is under way).
         Action::Suspend => (&[Running], "suspend needs the instance running", Running, Landing::In(Suspended)),

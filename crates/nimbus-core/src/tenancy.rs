@@ -70,6 +70,8 @@ pub enum Role {
     ReadOnly,
     Member,
     Admin,
+    /// Above every organization: runs the cloud (hosts, host tokens). The bootstrap key is one.
+    Operator,
 }
 
 impl Role {
@@ -78,6 +80,7 @@ impl Role {
             Role::ReadOnly => "read-only",
             Role::Member => "member",
             Role::Admin => "admin",
+            Role::Operator => "operator",
         }
     }
     pub fn parse(s: &str) -> Option<Role> {
@@ -85,6 +88,7 @@ impl Role {
             "read-only" | "read_only" | "readonly" => Some(Role::ReadOnly),
             "member" => Some(Role::Member),
             "admin" => Some(Role::Admin),
+            "operator" => Some(Role::Operator),
             _ => None,
         }
     }

@@ -14,13 +14,15 @@ use nimbus_core::catalog::Template;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod call;
 pub mod qemu;
 pub mod sim;
 
 pub use qemu::{QemuConfig, QemuDriver};
 pub use sim::{SimConfig, SimDriver};
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "message", rename_all = "snake_case")]
 pub enum DriverError {
     #[error("instance {0} is not known to the driver")]
     NotFound(Uuid),
@@ -32,6 +34,9 @@ pub enum DriverError {
     Timeout(String),
     #[error("{0}")]
     Failed(String),
+    /// The host that runs the instance does not answer (its agent missed its heartbeats).
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 pub type DriverResult<T> = Result<T, DriverError>;
@@ -79,6 +84,9 @@ pub struct HostInfo {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub disk_gb: u64,
+    /// GPUs the host can give instances, by model codename.
+    #[serde(default)]
+    pub gpus: std::collections::BTreeMap<String, u64>,
 }
 
 /// Usage figures of one instance, as the host measures them.

@@ -89,7 +89,7 @@ impl Engine {
             key_id: key_id.clone(),
             name: "bootstrap".into(),
             project_id: project.id,
-            role: Role::Admin,
+            role: Role::Operator,
             secret_sha256: sha256_hex(&secret),
             secret: secret.clone(),
             created_at: nimbus_core::now(),

@@ -51,14 +51,16 @@ impl Engine {
         for m in default_gpu_models() {
             self.seed(GPU_MODEL, m.id, &m.codename, &m).await?;
         }
-        let templates = self.driver.templates().await.map_err(|e| DomainError::Internal(e.to_string()))?;
-        for t in templates {
-            // Keep the creation time of a template registered on an earlier start.
-            let existing = self.record_of::<Template>(TEMPLATE, t.id).await?;
-            let t = Template { created_at: existing.map_or(t.created_at, |(old, _)| old.created_at), ..t };
-            self.seed(TEMPLATE, t.id, &t.name, &t).await?;
-        }
+        // Templates that hosts' drivers offer join the catalog when their agents register.
         Ok(())
+    }
+
+    /// Makes a template a host's driver offers part of the public catalog.
+    pub(crate) async fn seed_template(&self, t: &Template) -> Result<()> {
+        // Keep the creation time of a template registered before (by this host or another).
+        let existing = self.record_of::<Template>(TEMPLATE, t.id).await?;
+        let t = Template { created_at: existing.map_or(t.created_at, |(old, _)| old.created_at), ..t.clone() };
+        self.seed(TEMPLATE, t.id, &t.name, &t).await
     }
 
     /// Makes a public catalog record say `value`, writing only when it says something else (every server

@@ -225,12 +225,13 @@ impl Engine {
     /// Records a new instance and the operation that creates it on the host, in one transaction with its
     /// address, password and quota check (see `sagas::create`).
     pub async fn create_instance(&self, ctx: &Context, req: CreateInstance) -> Result<(Operation, Instance)> {
+        let mut refused = None;
         for attempt in 0..CAS_RETRIES {
             if attempt > 0 {
                 backoff(attempt).await;
             }
-            let host = sagas::create::address_candidate(self, attempt).await?;
-            let (instance, op, set) = sagas::create::plan(self, ctx, &req, host).await?;
+            let address = sagas::create::address_candidate(self, attempt).await?;
+            let (instance, op, set) = sagas::create::plan(self, ctx, &req, address).await?;
             match self.store.apply(set).await {
                 Ok(()) => {
                     self.kick_workers();
@@ -238,8 +239,16 @@ impl Engine {
                 }
                 // Another create claimed the address first: take another.
                 Err(StoreError::Conflict(_)) => continue,
+                // Another placement filled the host first: place again on fresh figures.
+                Err(StoreError::NoRoom(why)) if attempt < crate::placement::PLACEMENT_RETRIES => {
+                    refused = Some(why);
+                    continue;
+                }
                 Err(e) => return Err(store_err(e)),
             }
+        }
+        if let Some(why) = refused {
+            return Err(crate::placement::no_room(why));
         }
         Err(DomainError::Conflict("the instance network is busy with other creates; retry".into()))
     }
@@ -271,6 +280,7 @@ impl Engine {
             let batch = self
                 .store
                 .list_instances(&InstanceQuery {
+                    host: None,
                     project_id: Some(ctx.project.id),
                     state: filter.state,
                     name: filter.name.clone(),
@@ -466,6 +476,7 @@ impl Engine {
                     return Ok(op);
                 }
                 Err(StoreError::Conflict(_)) => continue,
+                Err(StoreError::NoRoom(why)) => return Err(DomainError::NoCapacity(why)),
                 Err(e) => return Err(store_err(e)),
             }
         }
@@ -541,7 +552,7 @@ impl Engine {
                 sagas::delete_snapshot::plan(self, ctx, current, *snapshot_id).await?
             }
             ActionRequest::ResetPassword => sagas::reset_password::plan(self, current).await?,
-            ActionRequest::EnableTpm => sagas::enable_tpm::plan(self, current)?,
+            ActionRequest::EnableTpm => sagas::enable_tpm::plan(self, current).await?,
             ActionRequest::ChangeAntiAffinityGroups { join, leave } => {
                 sagas::anti_affinity::plan(self, ctx, &mut next, join, leave).await?
             }
@@ -551,6 +562,13 @@ impl Engine {
             | ActionRequest::Suspend
             | ActionRequest::Resume
             | ActionRequest::Delete => Planned::nothing(),
+        };
+        // A new size must still fit the host the instance's disk is on.
+        let planned = match req {
+            ActionRequest::Scale { .. } | ActionRequest::ScaleTo { .. } | ActionRequest::ResizeDisk { .. } => {
+                Planned { placement: self.placement_in_place(&next).await?, ..planned }
+            }
+            _ => planned,
         };
         Ok(begin_operation(current, next, t.during, action, planned, &ctx.actor))
     }
@@ -622,7 +640,7 @@ impl Engine {
 
     pub async fn console(&self, ctx: &Context, id: Uuid) -> Result<String> {
         let instance = self.instance(ctx, id).await?;
-        match self.driver.console(instance.id).await {
+        match self.driver_of(&instance).console(instance.id).await {
             Ok(log) => Ok(log),
             Err(nimbus_driver::DriverError::NotFound(_)) => Ok(String::new()),
             Err(e) => Err(DomainError::Internal(e.to_string())),
@@ -639,7 +657,7 @@ impl Engine {
                 hint: "the interactive console needs the instance running".into(),
             });
         }
-        self.driver.console_stream(instance.id).await.map_err(|e| match e {
+        self.driver_of(&instance).console_stream(instance.id).await.map_err(|e| match e {
             nimbus_driver::DriverError::Unsupported(m) => DomainError::Unsupported(m),
             other => DomainError::Internal(other.to_string()),
         })
@@ -647,7 +665,7 @@ impl Engine {
 
     pub async fn instance_metrics(&self, ctx: &Context, id: Uuid) -> Result<nimbus_driver::InstanceMetrics> {
         let instance = self.instance(ctx, id).await?;
-        self.driver.metrics(instance.id).await.map_err(|e| DomainError::Internal(e.to_string()))
+        self.driver_of(&instance).metrics(instance.id).await.map_err(|e| DomainError::Internal(e.to_string()))
     }
 
     pub(crate) async fn template_by_id(&self, id: Uuid) -> Result<nimbus_core::catalog::Template> {
@@ -662,7 +680,7 @@ impl Engine {
 
 /// The request's transaction of a lifecycle action: the instance's next version (showing `during`, locked by
 /// the new operation), the operation with its kind's parameters, the plan's other writes, and the events.
-fn begin_operation(
+pub(crate) fn begin_operation(
     current: &Instance,
     mut next: Instance,
     during: InstanceState,
@@ -687,6 +705,7 @@ fn begin_operation(
     if planned.quota {
         set.enforce_quota_of = Some(current.project_id);
     }
+    set.placement = planned.placement;
     (op, set)
 }
 

@@ -28,11 +28,15 @@ pub mod accounts;
 pub mod auth;
 pub mod catalog;
 pub mod console;
+pub mod fleet;
 mod host;
+pub mod hosts;
 pub mod instances;
+pub mod local_agent;
 pub mod network;
 pub mod networking;
 pub mod operations;
+mod placement;
 mod reconciler;
 mod records;
 pub mod resources;
@@ -42,6 +46,8 @@ mod worker;
 pub use accounts::{AccountPatch, NewAccount};
 pub use auth::{BootstrapOutcome, WhoAmI};
 pub use console::{ConsoleTicket, CONSOLE_TICKET_LIFETIME};
+pub use fleet::LocalHost;
+pub use hosts::{AgentRegistration, HostAdminState, HostReport, PendingCall};
 pub use instances::{ActionRequest, CreateInstance, InstanceFilter, InstancePatch};
 pub use networking::PrivateNetworkSpec;
 pub use sagas::{CrashHook, CrashPoint, CrashWhen};
@@ -106,6 +112,17 @@ pub struct EngineConfig {
     pub poll_every: Duration,
     /// Tests only: makes workers die at chosen points of a saga, as if the server had been killed.
     pub crash_hook: Option<CrashHook>,
+    /// The name the server's own host registers under when it runs an embedded agent (two servers on one
+    /// machine share it: they stand for one host).
+    pub host_name: String,
+    /// How far hosts may be promised beyond what they have.
+    pub overcommit: nimbus_core::host::Overcommit,
+    /// A host that has not heartbeat for this long is unreachable.
+    pub host_lease: Duration,
+    /// How often an agent heartbeats (and reports what runs on its host).
+    pub heartbeat_every: Duration,
+    /// How long a driver call waits for a remote host's agent before it fails.
+    pub host_call_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -123,8 +140,22 @@ impl Default for EngineConfig {
             lease: Duration::from_secs(15),
             poll_every: worker::DEFAULT_POLL,
             crash_hook: None,
+            host_name: default_host_name(),
+            overcommit: nimbus_core::host::Overcommit::default(),
+            host_lease: Duration::from_secs(10),
+            heartbeat_every: Duration::from_secs(2),
+            host_call_timeout: Duration::from_secs(600),
         }
     }
+}
+
+/// The machine's host name, the default name of the server's own host.
+pub fn default_host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "local".into())
 }
 
 impl std::fmt::Debug for CrashHookSlot<'_> {
@@ -156,6 +187,8 @@ impl std::fmt::Debug for EngineConfig {
             .field("reconcile_every", &self.reconcile_every)
             .field("max_attempts", &self.max_attempts)
             .field("worker_id", &self.worker_id)
+            .field("host_name", &self.host_name)
+            .field("overcommit", &self.overcommit)
             .field("lease", &self.lease)
             .field("crash_hook", &CrashHookSlot(&self.crash_hook))
             .finish()
@@ -164,7 +197,9 @@ impl std::fmt::Debug for EngineConfig {
 
 pub struct Engine {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) driver: Arc<dyn Driver>,
+    /// The server's own host, when it runs an embedded agent (single-node mode); `None` for a control plane
+    /// whose instances all live on remote agents' hosts.
+    pub(crate) local: Option<LocalHost>,
     pub(crate) config: EngineConfig,
     /// The lease holder's name of this server's workers (`EngineConfig::worker_id`).
     pub(crate) worker_id: String,
@@ -178,13 +213,24 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Builds the engine, seeds the catalog, takes back the leases an earlier run of this server held, runs
-    /// one reconcile pass and starts the workers and the reconciler. Must be called inside a tokio runtime.
+    /// A server whose own host runs `driver` under `config.host_name`: the single-node cloud.
     pub async fn start(store: Arc<dyn Store>, driver: Arc<dyn Driver>, config: EngineConfig) -> Result<Arc<Engine>> {
+        let local = LocalHost { name: config.host_name.clone(), driver };
+        Engine::start_with(store, Some(local), config).await
+    }
+
+    /// Builds the engine, seeds the catalog, takes back the leases an earlier run of this server held,
+    /// registers its own host (when it has one, with one report of what runs there) and starts the workers,
+    /// the reconciler and the embedded agent. Must be called inside a tokio runtime.
+    pub async fn start_with(
+        store: Arc<dyn Store>,
+        local: Option<LocalHost>,
+        config: EngineConfig,
+    ) -> Result<Arc<Engine>> {
         network::check_elastic_ip_pool(&config.network_cidr, &config.elastic_ip_cidr)?;
         let engine = Arc::new(Engine {
             store,
-            driver,
+            local,
             worker_id: config.worker_id.clone(),
             config,
             kick: Notify::new(),
@@ -194,9 +240,15 @@ impl Engine {
         });
         engine.seed_catalog().await?;
         engine.release_own_leases().await?;
-        engine.reconcile().await?;
+        if engine.local.is_some() {
+            engine.register_local_host().await?;
+            engine.local_heartbeat().await?;
+        }
         worker::spawn(engine.clone());
         reconciler::spawn(engine.clone());
+        if engine.local.is_some() {
+            local_agent::spawn(engine.clone());
+        }
         Ok(engine)
     }
 
@@ -227,12 +279,25 @@ impl Engine {
         self.tasks.lock().expect("task list").push(task);
     }
 
+    /// The driver of the server's own host (`none` for a control plane without one).
     pub fn driver_name(&self) -> &'static str {
-        self.driver.name()
+        self.local.as_ref().map_or("none", |l| l.driver.name())
     }
 
+    /// What the server's own host is, or, for a control plane without one, a host of nothing.
     pub async fn host_info(&self) -> nimbus_driver::HostInfo {
-        self.driver.host_info().await
+        match &self.local {
+            Some(l) => l.driver.host_info().await,
+            None => nimbus_driver::HostInfo {
+                name: "none".into(),
+                driver: "none".into(),
+                accelerator: "none".into(),
+                vcpus: 0,
+                memory_mib: 0,
+                disk_gb: 0,
+                gpus: Default::default(),
+            },
+        }
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -264,6 +329,7 @@ pub(crate) fn store_err(e: StoreError) -> DomainError {
         StoreError::Conflict(what) => DomainError::Conflict(format!("{what} changed concurrently; retry")),
         StoreError::AlreadyExists(what) => DomainError::Conflict(format!("{what} already exists")),
         StoreError::QuotaExceeded(why) => DomainError::QuotaExceeded(why),
+        StoreError::NoRoom(why) => placement::no_room(why),
         StoreError::NotFound(what) => DomainError::NotFound { kind: "resource", id: what },
         StoreError::Backend(msg) => DomainError::Internal(msg),
     }

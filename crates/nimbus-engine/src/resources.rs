@@ -64,7 +64,7 @@ impl Engine {
     /// The writes that remove the records of the instance's snapshots that the host no longer has (an
     /// interrupted reinstall took them), so records and host agree.
     pub(crate) async fn forget_snapshots_gone_from_host(&self, instance: &Instance) -> Result<Vec<Write>> {
-        let Ok(on_host) = self.driver.snapshots(instance.id).await else { return Ok(Vec::new()) };
+        let Ok(on_host) = self.driver_of(instance).snapshots(instance.id).await else { return Ok(Vec::new()) };
         let records = self.store.list_records(SNAPSHOT, Some(instance.project_id)).await.map_err(store_err)?;
         Ok(records
             .into_iter()

@@ -32,11 +32,14 @@ pub(crate) fn spawn(engine: Arc<Engine>) {
             };
             // Marked seen before the claim: a change committed after it wakes the wait below.
             changes.borrow_and_update();
-            match engine.store.claim_operation(&engine.worker_id, engine.config.lease).await {
+            // Every claim holds the lease under a name of its own, so that a worker of this very server that
+            // stalled past its lease cannot write over the one that took the operation over.
+            let owner = format!("{}/{}", engine.worker_id, uuid::Uuid::new_v4().simple());
+            match engine.store.claim_operation(&owner, engine.config.lease).await {
                 Ok(Some(op)) => {
                     let engine = engine.clone();
                     tokio::spawn(async move {
-                        engine.run_claimed(op).await;
+                        engine.run_claimed(op, &owner).await;
                         drop(slot);
                     });
                 }
@@ -68,25 +71,26 @@ impl Engine {
     }
 
     /// Runs one claimed operation to its end, or until this server stops holding it.
-    async fn run_claimed(self: &Arc<Self>, mut op: Operation) {
+    async fn run_claimed(self: &Arc<Self>, mut op: Operation, owner: &str) {
         let id = op.id;
         if op.state == OperationState::Running {
             tracing::info!(operation = %op.id, kind = %op.kind, attempt = op.attempts + 1, "resuming an interrupted operation");
             self.metrics.operations_resumed.fetch_add(1, Ordering::Relaxed);
         }
-        if let Err(e) = self.mark_running(&mut op).await {
+        if let Err(e) = self.mark_running(&mut op, owner).await {
             tracing::warn!(operation = %id, error = %e, "could not start an operation");
-            let _ = self.store.release_lease(id, &self.worker_id).await;
+            let _ = self.store.release_lease(id, owner).await;
             return;
         }
         self.metrics.operations_started.fetch_add(1, Ordering::Relaxed);
         let (lost_tx, lost) = tokio::sync::oneshot::channel::<()>();
         let renewer = {
             let engine = self.clone();
+            let owner = owner.to_string();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(engine.config.lease / 3).await;
-                    match engine.store.renew_lease(id, &engine.worker_id, engine.config.lease).await {
+                    match engine.store.renew_lease(id, &owner, engine.config.lease).await {
                         Ok(true) => {}
                         Ok(false) => {
                             let _ = lost_tx.send(());
@@ -99,7 +103,7 @@ impl Engine {
         };
         let mut halted = self.halted();
         let outcome = tokio::select! {
-            outcome = sagas::execute(self, &self.worker_id, op) => Some(outcome),
+            outcome = sagas::execute(self, owner, op) => Some(outcome),
             _ = lost => Some(Err(Abandon::LeaseLost)),
             // The server is going away: stop dead, exactly as a kill would; another holder resumes.
             _ = halted.changed() => None,
@@ -112,18 +116,18 @@ impl Engine {
             }
             Some(Err(Abandon::Store(e))) => {
                 tracing::error!(operation = %id, error = %e, "operation could not be recorded; it will be retried");
-                let _ = self.store.release_lease(id, &self.worker_id).await;
+                let _ = self.store.release_lease(id, owner).await;
             }
         }
     }
 
     /// Marks a claimed operation running and counts the attempt, under the lease.
-    async fn mark_running(&self, op: &mut Operation) -> Result<()> {
+    async fn mark_running(&self, op: &mut Operation, owner: &str) -> Result<()> {
         op.state = OperationState::Running;
         op.attempts += 1;
         op.updated_at = nimbus_core::now();
         let mut set = WriteSet::new();
-        set.push(Write::UpdateOperation { operation: op.clone(), lease_owner: self.worker_id.clone() });
+        set.push(Write::UpdateOperation { operation: op.clone(), lease_owner: owner.to_string() });
         set.push(operation_event("operation.updated", op));
         match self.store.apply(set).await {
             Err(StoreError::Conflict(what)) => {
@@ -147,13 +151,9 @@ impl Engine {
     /// Gives back, at start, the leases an earlier run of this server held when it died (a server keeps its
     /// id across restarts), so its operations resume now instead of after the leases expire.
     pub(crate) async fn release_own_leases(&self) -> Result<()> {
-        let unfinished = self
-            .store
-            .list_operations(&nimbus_store::OperationQuery { unfinished: true, ..Default::default() })
-            .await
-            .map_err(store_err)?;
-        for op in unfinished {
-            self.store.release_lease(op.id, &self.worker_id).await.map_err(store_err)?;
+        let released = self.store.release_leases_of(&self.worker_id).await.map_err(store_err)?;
+        if released > 0 {
+            tracing::info!(operations = released, "took back the operations an earlier run of this server held");
         }
         Ok(())
     }

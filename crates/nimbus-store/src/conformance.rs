@@ -49,6 +49,7 @@ pub(crate) fn instance(project_id: Uuid, name: &str, vcpus: u32) -> Instance {
         template: "busybox".into(),
         state: InstanceState::Creating,
         state_reason: None,
+        last_known_state: None,
         labels: Default::default(),
         system_labels: Default::default(),
         vcpus,
@@ -588,6 +589,7 @@ fn host(name: &str, vcpus: u64) -> nimbus_core::host::Host {
         accelerator: "none".into(),
         driver: "sim".into(),
         underlay_address: None,
+        tpm: false,
         agent_version: "test".into(),
         registered_at: nimbus_core::now(),
         updated_at: nimbus_core::now(),
@@ -618,6 +620,24 @@ fn placed(project_id: Uuid, name: &str, host: &str, limit_vcpus: u64, groups: &[
         anti_affinity_groups: groups.to_vec(),
     });
     set
+}
+
+pub async fn a_restarted_server_takes_back_every_lease_its_claims_held(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let (a, b, c) = (operation(p.id), operation(p.id), operation(p.id));
+    for op in [&a, &b, &c] {
+        insert_operation(store, op).await;
+    }
+    let lease = Duration::from_secs(60);
+    assert!(store.claim_operation("srv/1", lease).await.unwrap().is_some());
+    assert!(store.claim_operation("srv/2", lease).await.unwrap().is_some());
+    assert!(store.claim_operation("srv2/1", lease).await.unwrap().is_some(), "another server's");
+    assert!(store.claim_operation("x", lease).await.unwrap().is_none(), "all held");
+    assert_eq!(store.release_leases_of("srv").await.unwrap(), 2, "its two claims, not srv2's");
+    let first = store.claim_operation("x", lease).await.unwrap().unwrap();
+    let second = store.claim_operation("x", lease).await.unwrap().unwrap();
+    assert_ne!(first.id, second.id);
+    assert!(store.claim_operation("x", lease).await.unwrap().is_none());
 }
 
 pub async fn hosts_register_heartbeat_and_change_by_generation(store: &dyn Store) {
@@ -888,6 +908,7 @@ macro_rules! conformance_tests {
             quota_is_enforced_inside_the_transaction,
             instances_page_by_id_within_a_project,
             instances_are_numbered_once_and_never_reuse_a_number,
+            a_restarted_server_takes_back_every_lease_its_claims_held,
             hosts_register_heartbeat_and_change_by_generation,
             hosts_carry_what_is_placed_on_them,
             records_are_listed_by_name,

@@ -305,6 +305,9 @@ pub trait Store: Send + Sync + 'static {
     /// Gives a held lease up at once (a worker stopping cleanly), so another worker may claim it now
     /// instead of after expiry. Not holding it is no error.
     async fn release_lease(&self, id: Uuid, owner: &str) -> StoreResult<()>;
+    /// Gives up every lease held by `server` or by any of its claims (owners named `<server>/<claim>`): a
+    /// server restarting after a crash takes back what its earlier run held. Returns how many.
+    async fn release_leases_of(&self, server: &str) -> StoreResult<u64>;
 
     // Events, in sequence order.
     async fn events_after(&self, project_id: Option<Uuid>, after_seq: i64, limit: u32) -> StoreResult<Vec<Event>>;

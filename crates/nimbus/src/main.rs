@@ -2,7 +2,9 @@
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+mod agent;
 mod cli;
+mod host;
 mod server;
 
 #[derive(Parser)]
@@ -16,8 +18,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the control plane: the API, the operation workers and the driver.
+    /// Run the control plane: the API, the operation workers and (unless --no-local-agent) the server's own
+    /// host.
     Server(server::ServerArgs),
+    /// Run a host's agent: register the host with the control plane at --server, heartbeat, and run the
+    /// driver steps of the instances placed on it.
+    Agent(agent::AgentArgs),
     /// Print the native API's OpenAPI document.
     Openapi,
     #[command(flatten)]
@@ -28,6 +34,7 @@ fn main() -> std::process::ExitCode {
     let args = Cli::parse();
     match args.command {
         Command::Server(args) => server::run(args),
+        Command::Agent(args) => agent::run(args),
         Command::Openapi => {
             print!("{}", nimbus_api::openapi::document_json());
             std::process::ExitCode::SUCCESS

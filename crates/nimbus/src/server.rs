@@ -3,21 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, ValueEnum};
-use nimbus_driver::{Driver, QemuConfig, QemuDriver, SimConfig, SimDriver};
-use nimbus_engine::{BootstrapOutcome, Engine, EngineConfig};
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum DriverKind {
-    /// Real VMs: one QEMU process per instance.
-    Qemu,
-    /// Simulated host in memory, for tests and scale runs.
-    Sim,
-}
+use clap::Args;
+use nimbus_engine::{BootstrapOutcome, Engine, EngineConfig, LocalHost};
 
 #[derive(Args, Debug)]
 pub struct ServerArgs {
@@ -27,8 +17,6 @@ pub struct ServerArgs {
     /// Where the database, instance disks and logs live.
     #[arg(long, env = "NIMBUS_DATA_DIR", default_value = "nimbus-data")]
     data_dir: PathBuf,
-    #[arg(long, env = "NIMBUS_DRIVER", value_enum, default_value = "qemu")]
-    driver: DriverKind,
     /// Database URL: `sqlite://PATH` (default: SQLite inside the data dir, for one server) or
     /// `postgres://USER@HOST:PORT/DB` (any number of servers, each with its own data dir, share it).
     #[arg(long, env = "NIMBUS_DATABASE")]
@@ -53,29 +41,25 @@ pub struct ServerArgs {
     /// Seconds between reconciler passes.
     #[arg(long, default_value_t = 5)]
     reconcile_secs: u64,
-    /// qemu driver: accelerator (auto probes KVM and falls back to TCG).
-    #[arg(long, env = "NIMBUS_ACCEL", default_value = "auto")]
-    accel: String,
-    /// qemu driver: the network namespace Nimbus creates for instance networks.
-    #[arg(long, env = "NIMBUS_NETNS", default_value = "nimbus")]
-    netns: String,
-    /// qemu driver: where templates live (one directory each, as `guest/build.sh` makes them).
-    /// Default: `<data-dir>/templates`.
-    #[arg(long, env = "NIMBUS_TEMPLATE_DIR")]
-    template_dir: Option<PathBuf>,
-    /// sim driver: delay of every action, in milliseconds.
-    #[arg(long, default_value_t = 0)]
-    sim_delay_ms: u64,
-    /// sim driver: delay of one action, ACTION=MILLISECONDS (repeatable), e.g. start=3000.
-    #[arg(long = "sim-delay", value_name = "ACTION=MS")]
-    sim_delays: Vec<String>,
-    /// sim driver: where the simulated host keeps its VMs (default `<data-dir>/sim-host`). Servers that
-    /// stand for one host share it, as they would share a real host's disks.
+    #[command(flatten)]
+    host: crate::host::DriverArgs,
+    /// Run no embedded agent: this server is a control plane only, and every instance lives on a host
+    /// whose `nimbus agent` registered (see `nimbus host token create`).
     #[arg(long)]
-    sim_state_dir: Option<PathBuf>,
-    /// sim driver: fail the next N calls of ACTION, ACTION=N (repeatable), e.g. start=1.
-    #[arg(long = "sim-fail", value_name = "ACTION=N")]
-    sim_failures: Vec<String>,
+    no_local_agent: bool,
+    /// The name this server's own host registers under (default: the machine's hostname; servers on one
+    /// machine share it and stand for one host).
+    #[arg(long, env = "NIMBUS_HOST_NAME")]
+    host_name: Option<String>,
+    /// How many vCPUs a host may promise per CPU it has.
+    #[arg(long, default_value_t = 16.0)]
+    cpu_overcommit: f64,
+    /// How much memory a host may promise per MiB it has.
+    #[arg(long, default_value_t = 1.5)]
+    memory_overcommit: f64,
+    /// Seconds without a heartbeat before a host is unreachable and its instances `unknown`.
+    #[arg(long, default_value_t = 10)]
+    host_timeout_secs: u64,
 }
 
 pub fn run(args: ServerArgs) -> ExitCode {
@@ -96,46 +80,6 @@ pub fn run(args: ServerArgs) -> ExitCode {
     }
 }
 
-/// The driver, and the qemu driver again when it is one, for its clean-shutdown duties.
-async fn build_driver(
-    args: &ServerArgs,
-    data_dir: &std::path::Path,
-) -> anyhow::Result<(Arc<dyn Driver>, Option<Arc<QemuDriver>>)> {
-    match args.driver {
-        DriverKind::Sim => {
-            let mut config = SimConfig {
-                delay: Duration::from_millis(args.sim_delay_ms),
-                state_dir: Some(args.sim_state_dir.clone().unwrap_or_else(|| data_dir.join("sim-host"))),
-                ..Default::default()
-            };
-            for (action, ms) in SimConfig::parse_pairs(&args.sim_delays).map_err(anyhow::Error::msg)? {
-                config.action_delays.insert(action, Duration::from_millis(ms));
-            }
-            for (action, n) in SimConfig::parse_pairs(&args.sim_failures).map_err(anyhow::Error::msg)? {
-                config.failures.insert(action, n as u32);
-            }
-            tracing::warn!("running the sim driver: instances are simulated, no VM boots");
-            Ok((Arc::new(SimDriver::new(config)), None))
-        }
-        DriverKind::Qemu => {
-            let network = nimbus_engine::network::Network::parse(&args.network_cidr)
-                .map_err(|e| anyhow::anyhow!("--network-cidr: {e}"))?;
-            let templates = args.template_dir.clone().unwrap_or_else(|| data_dir.join("templates"));
-            let mut config = QemuConfig::new(data_dir.join("qemu"), templates);
-            config.accel = args.accel.parse().map_err(anyhow::Error::msg)?;
-            config.netns = args.netns.clone();
-            config.bridge_cidr = format!("{}/{}", network.gateway(), network.prefix);
-            let driver = Arc::new(QemuDriver::new(config).await.map_err(|e| anyhow::anyhow!("qemu driver: {e}"))?);
-            if driver.templates().await.map(|t| t.is_empty()).unwrap_or(true) {
-                tracing::warn!(
-                    "no template found; build the stock one with guest/build.sh <data-dir>/templates/busybox"
-                );
-            }
-            Ok((driver.clone(), Some(driver)))
-        }
-    }
-}
-
 async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
@@ -150,7 +94,12 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         anyhow::bail!("unsupported database URL {url:?}: use sqlite://PATH or postgres://...");
     }
     let store = nimbus_store::open(&url).await.with_context(|| format!("opening {}", redact(&url)))?;
-    let (driver, qemu) = build_driver(&args, &data_dir).await?;
+    let (driver, qemu) = if args.no_local_agent {
+        (None, None)
+    } else {
+        let (d, q) = crate::host::build_driver(&args.host, &data_dir, &args.network_cidr).await?;
+        (Some(d), q)
+    };
     let config = EngineConfig {
         zone: args.zone.clone(),
         network_cidr: args.network_cidr.clone(),
@@ -159,10 +108,15 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         reconcile_every: Duration::from_secs(args.reconcile_secs.max(1)),
         worker_id: server_id(&data_dir)?,
         lease: Duration::from_secs(args.lease_secs.max(3)),
+        host_name: args.host_name.clone().unwrap_or_else(nimbus_engine::default_host_name),
+        overcommit: nimbus_core::host::Overcommit { cpu: args.cpu_overcommit, memory: args.memory_overcommit },
+        host_lease: Duration::from_secs(args.host_timeout_secs.max(2)),
         ..Default::default()
     };
     nimbus_engine::network::Network::parse(&config.network_cidr).map_err(|e| anyhow::anyhow!("--network-cidr: {e}"))?;
-    let engine = Engine::start(store, driver, config).await.map_err(|e| anyhow::anyhow!("starting the engine: {e}"))?;
+    let local = driver.map(|driver| LocalHost { name: config.host_name.clone(), driver });
+    let engine =
+        Engine::start_with(store, local, config).await.map_err(|e| anyhow::anyhow!("starting the engine: {e}"))?;
 
     let bootstrap_key = match (std::env::var("NIMBUS_BOOTSTRAP_KEY"), std::env::var("NIMBUS_BOOTSTRAP_SECRET")) {
         (Ok(k), Ok(s)) if !k.is_empty() && !s.is_empty() => Some((k, s)),

@@ -321,7 +321,7 @@ fn api_keys_and_whoami() {
     let s = Server::start();
     let me = s.json(&["whoami"]);
     assert_eq!(me["key_id"], KEY);
-    assert_eq!(me["role"], "admin");
+    assert_eq!(me["role"], "operator", "the bootstrap key runs the cloud");
     assert!(me["project"]["id"].is_string() && me["organization"]["id"].is_string(), "{me}");
 
     let key = s.json(&["api-key", "create", "ci", "--role", "read-only"]);

@@ -197,14 +197,17 @@ pub async fn list(
         .engine
         .list_instances(&ctx, InstanceFilter { labels, state, name: q.name, limit: q.limit, page_token: q.page_token })
         .await?;
-    Ok(Json(InstanceList { items: page.items.iter().map(Into::into).collect(), next_page_token: page.next_page_token }))
+    Ok(Json(InstanceList {
+        items: page.items.iter().map(|i| InstanceView::for_caller(&ctx, i)).collect(),
+        next_page_token: page.next_page_token,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/instances/{id}", tag = "instances", params(("id" = Uuid, Path)),
     responses((status = 200, body = InstanceView, headers(("etag" = String))), (status = 404, body = ErrorBody)))]
 pub async fn get(State(app): State<AppState>, Caller(ctx): Caller, Path(id): Path<String>) -> ApiResult<Response> {
     let instance = app.engine.instance(&ctx, parse_uuid("instance", &id)?).await?;
-    Ok(with_etag((&instance).into(), instance.etag()))
+    Ok(with_etag(InstanceView::for_caller(&ctx, &instance), instance.etag()))
 }
 
 /// `If-Match: "7"` (or `W/"7"`, or `*` for any version).
@@ -239,7 +242,7 @@ pub async fn update(
     let expected = if_match(&headers)?;
     let patch = patch_from_json(&body)?;
     let instance = app.engine.update_instance(&ctx, id, patch, expected).await?;
-    Ok(with_etag((&instance).into(), instance.etag()))
+    Ok(with_etag(InstanceView::for_caller(&ctx, &instance), instance.etag()))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -281,7 +284,10 @@ pub async fn batch_update(
             e
         }
     })?;
-    Ok(Json(InstanceList { items: updated.iter().map(Into::into).collect(), next_page_token: None }))
+    Ok(Json(InstanceList {
+        items: updated.iter().map(|i| InstanceView::for_caller(&ctx, i)).collect(),
+        next_page_token: None,
+    }))
 }
 
 #[utoipa::path(delete, path = "/v1/instances/{id}", tag = "instances", params(("id" = Uuid, Path)),
@@ -392,7 +398,7 @@ pub async fn action(
         "add-protection" | "remove-protection" => {
             optional::<EmptyParams>(body)?;
             let instance = app.engine.set_protection(&ctx, id, action == "add-protection").await?;
-            return Ok(with_etag((&instance).into(), instance.etag()));
+            return Ok(with_etag(InstanceView::for_caller(&ctx, &instance), instance.etag()));
         }
         other => {
             return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no instance action {other:?}")));

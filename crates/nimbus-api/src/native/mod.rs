@@ -6,8 +6,10 @@ use axum::Router;
 use crate::AppState;
 
 pub mod access;
+pub mod agent;
 pub mod catalog;
 pub mod groups;
+pub mod hosts;
 pub mod instances;
 pub mod operations;
 pub mod views;
@@ -25,6 +27,16 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/v1/operations", get(operations::list))
         .route("/v1/operations/{id}", get(operations::get))
         .route("/v1/events", get(operations::events))
+        .route("/v1/hosts", get(hosts::list))
+        .route("/v1/hosts/{name}", get(hosts::get))
+        .route("/v1/hosts/{name}/{action}", post(hosts::action))
+        .route("/v1/host-tokens", get(hosts::list_tokens).post(hosts::create_token))
+        .route("/v1/host-tokens/{id}", axum::routing::delete(hosts::revoke_token))
+        .route("/v1/agent/config", get(agent::config))
+        .route("/v1/agent/register", post(agent::register))
+        .route("/v1/agent/heartbeat", post(agent::heartbeat))
+        .route("/v1/agent/calls", get(agent::calls))
+        .route("/v1/agent/calls/{id}", post(agent::reply))
         .route("/v1/whoami", get(access::whoami))
         .route("/v1/ping", get(access::ping))
         .route("/v1/api-keys", get(access::list_api_keys).post(access::create_api_key))

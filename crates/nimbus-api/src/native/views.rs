@@ -25,8 +25,14 @@ pub struct InstanceView {
     pub template: String,
     pub template_id: Uuid,
     /// creating, starting, running, stopping, stopped, rebooting, resizing, snapshotting, reverting,
-    /// migrating, error, destroying, suspended
+    /// migrating, error, destroying, suspended, unknown (its host stopped answering)
     pub state: String,
+    /// Why it shows its state when no action put it there (`host-unreachable`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<String>,
+    /// The host it runs on: shown to operators only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub labels: BTreeMap<String, String>,
     /// Set by Nimbus; a patch never changes them.
     pub system_labels: BTreeMap<String, String>,
@@ -74,6 +80,8 @@ impl From<&Instance> for InstanceView {
             template: i.template.clone(),
             template_id: i.template_id,
             state: i.state.as_str().into(),
+            state_reason: i.state_reason.clone(),
+            host: None,
             labels: i.labels.clone(),
             system_labels: i.system_labels.clone(),
             vcpus: i.vcpus,
@@ -96,6 +104,17 @@ impl From<&Instance> for InstanceView {
             created_at: i.created_at,
             updated_at: i.updated_at,
         }
+    }
+}
+
+impl InstanceView {
+    /// The view a caller gets: the host only for operators, who run the hosts.
+    pub fn for_caller(ctx: &nimbus_engine::Context, i: &Instance) -> InstanceView {
+        let mut view = InstanceView::from(i);
+        if ctx.role() == nimbus_core::tenancy::Role::Operator {
+            view.host = i.host.clone();
+        }
+        view
     }
 }
 

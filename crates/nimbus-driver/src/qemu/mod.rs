@@ -769,6 +769,8 @@ impl Driver for QemuDriver {
             vcpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             memory_mib: host::memory_mib(),
             disk_gb: host::disk_gb(&self.config.state_dir),
+            // No GPU passthrough: GPUs are declared by the operator (`--host-gpus`).
+            gpus: Default::default(),
         }
     }
 

@@ -226,6 +226,8 @@ impl Driver for SimDriver {
             vcpus: if self.config.host_vcpus == 0 { 1024 } else { self.config.host_vcpus },
             memory_mib: if self.config.host_memory_mib == 0 { 4 << 20 } else { self.config.host_memory_mib },
             disk_gb: 1 << 20,
+            // Plenty of every GPU model of the catalog, like its plenty of CPUs.
+            gpus: nimbus_core::catalog::default_gpu_models().into_iter().map(|m| (m.codename, 1024)).collect(),
         }
     }
 

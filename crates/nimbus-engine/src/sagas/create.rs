@@ -1,8 +1,9 @@
 //! `create`: a new instance, from the request to a booted VM.
 //!
-//! Plan (one transaction): the instance record with its address of the instance network (claimed in the
-//! same transaction, so a refused or crashed create holds none), its initial password, its dialect ids, the
-//! operation and the events, all checked against the project's quota. Steps: `provision` (disk and seed on
+//! Plan (one transaction): the instance record, placed on a host (whose room the store re-checks in the same
+//! transaction), with its address of the instance network (claimed in the same transaction, so a refused or
+//! crashed create holds none), its initial password, its dialect ids, the operation and the events, all
+//! checked against the project's quota. Steps: `provision` (disk and seed on
 //! the host) and, unless the caller asked for a stopped instance, `boot`. A failure leaves the instance as the
 //! host shows it (usually `error`), for its owner to delete; its address goes with it.
 
@@ -51,8 +52,8 @@ impl Saga for Create {
     async fn run(cx: &StepCx<'_>, _: &Params, step: &'static str) -> DriverResult<Value> {
         let spec = cx.engine.spec_for_driver(cx.instance).await?;
         match step {
-            "provision" => cx.engine.driver.create(&spec).await?,
-            _ => cx.engine.driver.start(&spec).await?,
+            "provision" => cx.driver().create(&spec).await?,
+            _ => cx.driver().start(&spec).await?,
         }
         Ok(Value::Null)
     }
@@ -114,9 +115,6 @@ pub(crate) async fn plan(
         return Err(DomainError::invalid("ssh_keys", format!("template {} does not take SSH keys", template.name)));
     }
     engine.check_group_refs(ctx, &req.security_groups, &req.anti_affinity_groups).await?;
-    if req.tpm_enabled && !engine.driver.supports_tpm() {
-        return Err(DomainError::Unsupported(format!("the {} driver cannot attach a TPM here", engine.driver.name())));
-    }
 
     let now = nimbus_core::now();
     let id = nimbus_core::new_id();
@@ -128,7 +126,7 @@ pub(crate) async fn plan(
     let mut system_labels = Labels::new();
     system_labels.insert("nimbus.zone".into(), zone.clone());
     system_labels.insert("nimbus.instance-type.family".into(), itype.family.clone());
-    let instance = Instance {
+    let mut instance = Instance {
         id,
         project_id: ctx.project.id,
         name: req.name.clone(),
@@ -140,6 +138,7 @@ pub(crate) async fn plan(
         template: template.name.clone(),
         state: InstanceState::Creating,
         state_reason: None,
+        last_known_state: None,
         labels: req.labels.clone(),
         system_labels,
         vcpus: itype.vcpus,
@@ -168,7 +167,14 @@ pub(crate) async fn plan(
         created_at: now,
         updated_at: now,
     };
+    // Placed in this very transaction: the store re-checks the host's room when it commits.
+    let placement = engine.place(&instance).await?;
+    if req.tpm_enabled {
+        engine.check_tpm_support(Some(&placement.host)).await?;
+    }
+    instance.host = Some(placement.host.clone());
     let mut set = WriteSet::new();
+    set.placement = Some(placement);
     set.push(Write::PutInstance { instance: instance.clone(), expected_generation: None });
     set.push(Write::ClaimAddress { network: engine.config.network_cidr.clone(), host, owner: id });
     set.push(Write::InsertOperation(op.clone()));

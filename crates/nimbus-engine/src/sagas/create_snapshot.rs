@@ -35,12 +35,12 @@ impl Saga for CreateSnapshot {
     }
 
     async fn run(cx: &StepCx<'_>, p: &Params, _: &'static str) -> DriverResult<Value> {
-        let bytes = cx.engine.driver.snapshot(cx.instance.id, p.snapshot_id).await?;
+        let bytes = cx.driver().snapshot(cx.instance.id, p.snapshot_id).await?;
         Ok(json!({ "bytes": bytes }))
     }
 
     async fn undo(cx: &StepCx<'_>, p: &Params, _: &'static str) -> DriverResult<()> {
-        cx.engine.driver.delete_snapshot(cx.instance.id, p.snapshot_id).await
+        cx.driver().delete_snapshot(cx.instance.id, p.snapshot_id).await
     }
 
     async fn succeeded(cx: &StepCx<'_>, p: &Params, _: &mut Instance, outputs: &[Value]) -> Result<Succeeded> {
@@ -60,7 +60,7 @@ impl Saga for CreateSnapshot {
     async fn failed(cx: &StepCx<'_>, p: &Params, _: &mut Instance, _: u32) -> Result<Vec<Write>> {
         // The step may have finished on the host without being recorded (a crash in between): remove what
         // it may have made. Idempotent, and the undo above already did it when the step was recorded.
-        if let Err(e) = cx.engine.driver.delete_snapshot(cx.instance.id, p.snapshot_id).await {
+        if let Err(e) = cx.driver().delete_snapshot(cx.instance.id, p.snapshot_id).await {
             tracing::warn!(snapshot = %p.snapshot_id, error = %e, "could not remove a failed snapshot from the host");
         }
         Ok(vec![Write::DeleteRecord { kind: SNAPSHOT.into(), id: p.snapshot_id, expected_generation: None }])

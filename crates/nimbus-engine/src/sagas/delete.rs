@@ -23,7 +23,7 @@ impl Saga for Delete {
     }
 
     async fn run(cx: &StepCx<'_>, _: &NoParams, _: &'static str) -> DriverResult<Value> {
-        cx.engine.driver.destroy(cx.instance.id).await?;
+        cx.driver().destroy(cx.instance.id).await?;
         Ok(Value::Null)
     }
 

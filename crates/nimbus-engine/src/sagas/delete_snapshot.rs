@@ -31,7 +31,7 @@ impl Saga for DeleteSnapshot {
     }
 
     async fn run(cx: &StepCx<'_>, p: &Params, _: &'static str) -> DriverResult<Value> {
-        cx.engine.driver.delete_snapshot(cx.instance.id, p.snapshot_id).await?;
+        cx.driver().delete_snapshot(cx.instance.id, p.snapshot_id).await?;
         Ok(Value::Null)
     }
 

@@ -21,7 +21,7 @@ impl Saga for EnableTpm {
     }
 
     async fn run(cx: &StepCx<'_>, _: &NoParams, _: &'static str) -> DriverResult<Value> {
-        cx.engine.driver.enable_tpm(cx.instance.id).await?;
+        cx.driver().enable_tpm(cx.instance.id).await?;
         Ok(Value::Null)
     }
 
@@ -31,12 +31,10 @@ impl Saga for EnableTpm {
     }
 }
 
-pub(crate) fn plan(engine: &Engine, current: &Instance) -> Result<Planned> {
+pub(crate) async fn plan(engine: &Engine, current: &Instance) -> Result<Planned> {
     if current.tpm_enabled {
         return Err(DomainError::Conflict("the TPM is already enabled".into()));
     }
-    if !engine.driver.supports_tpm() {
-        return Err(DomainError::Unsupported(format!("the {} driver cannot attach a TPM here", engine.driver.name())));
-    }
+    engine.check_tpm_support(current.host.as_deref()).await?;
     Ok(Planned::of::<EnableTpm>(&NoParams {}))
 }

@@ -41,6 +41,7 @@ pub(crate) mod create_snapshot;
 pub(crate) mod delete;
 pub(crate) mod delete_snapshot;
 pub(crate) mod enable_tpm;
+pub(crate) mod evacuate;
 pub(crate) mod reboot;
 pub(crate) mod reset;
 pub(crate) mod reset_password;
@@ -56,6 +57,13 @@ pub(crate) mod suspend;
 pub(crate) struct StepCx<'a> {
     pub engine: &'a Engine,
     pub instance: &'a Instance,
+}
+
+impl StepCx<'_> {
+    /// The driver of the instance's host: its own when the server runs the host, its agent's otherwise.
+    pub fn driver(&self) -> std::sync::Arc<dyn nimbus_driver::Driver> {
+        self.engine.driver_of(self.instance)
+    }
 }
 
 /// The parameters of a kind that needs nothing but its instance.
@@ -137,6 +145,8 @@ pub(crate) struct Planned {
     pub writes: Vec<Write>,
     /// Whether the instance's new size must fit the project's quota.
     pub quota: bool,
+    /// The check that the instance's new size still fits its host.
+    pub placement: Option<nimbus_store::Placement>,
 }
 
 impl Planned {
@@ -146,11 +156,12 @@ impl Planned {
             params_version: K::PARAMS_VERSION,
             writes: Vec::new(),
             quota: false,
+            placement: None,
         }
     }
     /// The plan of a kind whose parameters are [`NoParams`].
     pub fn nothing() -> Planned {
-        Planned { params: serde_json::json!({}), params_version: 1, writes: Vec::new(), quota: false }
+        Planned { params: serde_json::json!({}), params_version: 1, writes: Vec::new(), quota: false, placement: None }
     }
     pub fn with_quota(mut self) -> Planned {
         self.quota = true;
@@ -218,6 +229,7 @@ pub(crate) fn failure_of(e: &DriverError) -> Failure {
         DriverError::Invalid(_) => (OperationState::Failure, Reason::Incorrect),
         DriverError::Timeout(_) => (OperationState::Timeout, Reason::Unavailable),
         DriverError::Failed(_) => (OperationState::Failure, Reason::Fault),
+        DriverError::Unreachable(_) => (OperationState::Failure, Reason::Unavailable),
     };
     Failure { state, reason, message: e.to_string() }
 }
@@ -228,6 +240,8 @@ pub(crate) fn observed_state(actual: DriverResult<ActualState>) -> InstanceState
         Ok(ActualState::Running) => InstanceState::Running,
         Ok(ActualState::Stopped) => InstanceState::Stopped,
         Ok(ActualState::Paused) => InstanceState::Suspended,
+        // Nothing is known of a VM whose host does not answer: it may well still run there.
+        Err(DriverError::Unreachable(_)) => InstanceState::Unknown,
         Ok(ActualState::Missing) | Err(_) => InstanceState::Error,
     }
 }
@@ -254,6 +268,7 @@ pub(crate) async fn execute(engine: &Engine, lease_owner: &str, op: Operation) -
         Action::ChangeAntiAffinityGroups => {
             Runner::<anti_affinity::ChangeAntiAffinityGroups>::new(engine, lease_owner, op).run().await
         }
+        Action::Evacuate => Runner::<evacuate::Evacuate>::new(engine, lease_owner, op).run().await,
     }
 }
 
@@ -280,6 +295,7 @@ pub fn step_names(op: &Operation) -> Result<Vec<&'static str>> {
         Action::Resume => of::<resume::Resume>(op),
         Action::Delete => of::<delete::Delete>(op),
         Action::ChangeAntiAffinityGroups => of::<anti_affinity::ChangeAntiAffinityGroups>(op),
+        Action::Evacuate => of::<evacuate::Evacuate>(op),
     }
 }
 
@@ -503,7 +519,7 @@ impl<'a, K: Saga> Runner<'a, K> {
             if let Some(current) = self.instance().await?.filter(|i| self.holds_lock(i)) {
                 let cx = StepCx { engine: self.engine, instance: &current };
                 let mut next = current.clone();
-                next.state = observed_state(self.engine.driver.inspect(current.id).await);
+                next.state = observed_state(self.engine.driver_of(&current).inspect(current.id).await);
                 next.lock_operation_id = None;
                 let writes = K::failed(&cx, p, &mut next, self.op.progress.steps_done).await?;
                 next.generation += 1;
@@ -537,7 +553,7 @@ impl<'a, K: Saga> Runner<'a, K> {
             let mut set = WriteSet::new();
             if let Some(current) = self.instance().await?.filter(|i| self.holds_lock(i)) {
                 let mut next = current.clone();
-                next.state = observed_state(self.engine.driver.inspect(current.id).await);
+                next.state = observed_state(self.engine.driver_of(&current).inspect(current.id).await);
                 next.lock_operation_id = None;
                 next.generation += 1;
                 next.updated_at = nimbus_core::now();

@@ -45,9 +45,9 @@ impl Saga for Reset {
     async fn run(cx: &StepCx<'_>, _: &Params, step: &'static str) -> DriverResult<Value> {
         let engine = cx.engine;
         match step {
-            "shutdown" => engine.driver.stop(cx.instance.id, engine.config.stop_grace).await?,
-            "reinstall" => engine.driver.reinstall(&engine.spec_for_driver(cx.instance).await?).await?,
-            _ => engine.driver.start(&engine.spec_for_driver(cx.instance).await?).await?,
+            "shutdown" => cx.driver().stop(cx.instance.id, engine.config.stop_grace).await?,
+            "reinstall" => cx.driver().reinstall(&engine.spec_for_driver(cx.instance).await?).await?,
+            _ => cx.driver().start(&engine.spec_for_driver(cx.instance).await?).await?,
         }
         Ok(Value::Null)
     }
@@ -65,7 +65,7 @@ impl Saga for Reset {
                 next.template = template.name;
             }
         }
-        next.disk_size_gb = match cx.engine.driver.disk_size_gb(cx.instance.id).await {
+        next.disk_size_gb = match cx.driver().disk_size_gb(cx.instance.id).await {
             Ok(size) => size,
             Err(_) if reinstalled => p.disk_size_gb,
             Err(_) => p.from_disk,

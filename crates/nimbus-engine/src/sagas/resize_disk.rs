@@ -35,13 +35,13 @@ impl Saga for ResizeDisk {
     }
 
     async fn run(cx: &StepCx<'_>, p: &Params, _: &'static str) -> DriverResult<Value> {
-        cx.engine.driver.resize_disk(cx.instance.id, p.to).await?;
+        cx.driver().resize_disk(cx.instance.id, p.to).await?;
         Ok(Value::Null)
     }
 
     async fn failed(cx: &StepCx<'_>, p: &Params, next: &mut Instance, _: u32) -> Result<Vec<Write>> {
         // The host's disk is the truth: an interrupted grow may or may not have happened.
-        next.disk_size_gb = match cx.engine.driver.disk_size_gb(cx.instance.id).await {
+        next.disk_size_gb = match cx.driver().disk_size_gb(cx.instance.id).await {
             Ok(size) => size,
             Err(_) => p.from,
         };

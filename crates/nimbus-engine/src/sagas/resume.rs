@@ -17,7 +17,7 @@ impl Saga for Resume {
     }
 
     async fn run(cx: &StepCx<'_>, _: &NoParams, _step: &'static str) -> DriverResult<Value> {
-        cx.engine.driver.resume(cx.instance.id).await?;
+        cx.driver().resume(cx.instance.id).await?;
         Ok(Value::Null)
     }
 }

@@ -29,7 +29,7 @@ impl Saga for RevertSnapshot {
     }
 
     async fn run(cx: &StepCx<'_>, p: &Params, _: &'static str) -> DriverResult<Value> {
-        cx.engine.driver.revert(cx.instance.id, p.snapshot_id).await?;
+        cx.driver().revert(cx.instance.id, p.snapshot_id).await?;
         Ok(Value::Null)
     }
 }

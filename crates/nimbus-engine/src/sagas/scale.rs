@@ -64,8 +64,8 @@ impl Saga for ScaleWithRestart {
 
     async fn run(cx: &StepCx<'_>, _: &Params, step: &'static str) -> DriverResult<Value> {
         match step {
-            "shutdown" => cx.engine.driver.stop(cx.instance.id, cx.engine.config.stop_grace).await?,
-            _ => cx.engine.driver.start(&cx.engine.spec_for_driver(cx.instance).await?).await?,
+            "shutdown" => cx.driver().stop(cx.instance.id, cx.engine.config.stop_grace).await?,
+            _ => cx.driver().start(&cx.engine.spec_for_driver(cx.instance).await?).await?,
         }
         Ok(Value::Null)
     }

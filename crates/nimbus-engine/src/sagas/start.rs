@@ -17,7 +17,7 @@ impl Saga for Start {
     }
 
     async fn run(cx: &StepCx<'_>, _: &NoParams, _step: &'static str) -> DriverResult<Value> {
-        cx.engine.driver.start(&cx.engine.spec_for_driver(cx.instance).await?).await?;
+        cx.driver().start(&cx.engine.spec_for_driver(cx.instance).await?).await?;
         Ok(Value::Null)
     }
 }

@@ -18,7 +18,7 @@ impl Saga for Stop {
     }
 
     async fn run(cx: &StepCx<'_>, _: &NoParams, _step: &'static str) -> DriverResult<Value> {
-        cx.engine.driver.stop(cx.instance.id, cx.engine.config.stop_grace).await?;
+        cx.driver().stop(cx.instance.id, cx.engine.config.stop_grace).await?;
         Ok(Value::Null)
     }
 }

@@ -17,7 +17,7 @@ impl Saga for Suspend {
     }
 
     async fn run(cx: &StepCx<'_>, _: &NoParams, _step: &'static str) -> DriverResult<Value> {
-        cx.engine.driver.suspend(cx.instance.id).await?;
+        cx.driver().suspend(cx.instance.id).await?;
         Ok(Value::Null)
     }
 }

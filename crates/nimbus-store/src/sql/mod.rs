@@ -667,6 +667,30 @@ impl Store for SqlStore {
         self.end(w, result, released).await.map(|_| ())
     }
 
+    async fn release_leases_of(&self, server: &str) -> StoreResult<u64> {
+        let mut w = self.write().await?;
+        let result = async {
+            // `/` is not a LIKE wildcard; the prefix itself is matched exactly, so no other server's name that
+            // merely starts like this one's is caught (`a` does not release `ab/...`).
+            let released: u64 = query(
+                "UPDATE operations SET lease_owner = NULL, lease_expires = NULL
+                 WHERE state IN ('pending', 'running') AND (lease_owner = $1 OR substr(lease_owner, 1, CAST($2 AS INTEGER)) = $3)",
+                args![server, (server.len() + 1) as i64, format!("{server}/")],
+            )
+            .execute(w.conn())
+            .await
+            .map_err(self.fail("releasing a server's leases"))?
+            .rows_affected();
+            if let (true, Some(notify)) = (released > 0, self.backend.notify_others()) {
+                query(notify, vec![]).execute(w.conn()).await.map_err(self.fail("notifying"))?;
+            }
+            Ok(released)
+        }
+        .await;
+        let released = matches!(result, Ok(n) if n > 0);
+        self.end(w, result, released).await
+    }
+
     async fn events_after(&self, project_id: Option<Uuid>, after_seq: i64, limit: u32) -> StoreResult<Vec<Event>> {
         // Here 0 means none, not all (as `LIMIT 0`): a caller asking for nothing gets nothing.
         if limit == 0 {

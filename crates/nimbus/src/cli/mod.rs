@@ -76,6 +76,14 @@ pub enum ClientCommand {
     /// Projects and their quotas.
     #[command(subcommand, after_help = "Example:\n  nimbus project list")]
     Project(commands::access::ProjectCmd),
+    /// Hosts and their agents' tokens (operators).
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  nimbus host list
+  nimbus host token create node-2"
+    )]
+    Host(commands::host::HostCmd),
     /// Show who the token belongs to: key, role, project, organization, zone.
     #[command(after_help = "Example:\n  nimbus whoami -o json")]
     Whoami,
@@ -157,6 +165,7 @@ async fn dispatch(ctx: &Ctx, command: ClientCommand) -> Result<(), CliError> {
         ClientCommand::ApiKey(c) => commands::access::run_api_key(ctx, c).await,
         ClientCommand::Project(c) => commands::access::run_project(ctx, c).await,
         ClientCommand::Whoami => commands::access::whoami(ctx).await,
+        ClientCommand::Host(c) => commands::host::run(ctx, c).await,
         ClientCommand::Events(a) => commands::events::run(ctx, a).await,
         ClientCommand::Config(c) => commands::config::run(ctx, c),
         ClientCommand::Completion(_) => Ok(()),

@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod config;
 pub mod console;
 pub mod events;
+pub mod host;
 pub mod instance;
 pub mod operation;
 pub mod snapshot;

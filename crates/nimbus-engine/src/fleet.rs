@@ -1,0 +1,259 @@
+//! Where each instance's driver steps run: on the server's own host through its embedded agent's driver,
+//! directly; on any other host through its agent, which pulls the calls queued for it from the store.
+//!
+//! A remote call is a record (`host_call`, named after the host) holding a [`DriverCall`]; the host's agent
+//! lists its host's calls (through any API server), runs each with its driver and writes the reply into the
+//! record; the caller, waiting on the store's change counter, reads the reply and removes the record. Calls
+//! are idempotent like every driver step, so an agent that restarts and runs a call again, or a caller that
+//! is replaced by another server and queues the call again, converge. A host whose heartbeat lease ran out
+//! answers nothing: its calls fail at once as `Unreachable`, except `destroy`, which succeeds (the record
+//! goes; what the host keeps is removed as a leftover when it comes back).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nimbus_core::instance::Instance;
+use nimbus_driver::call::{decode, DriverCall, DriverReply};
+use nimbus_driver::{
+    ActualState, ConsoleStream, Driver, DriverError, DriverResult, HostInfo, InstanceMetrics, InstanceSpec,
+    TemplateRegistration,
+};
+use nimbus_store::{Record, Store, StoreError, Write, WriteSet};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::Engine;
+
+pub(crate) const HOST_CALL: &str = "host_call";
+
+/// The server's own host: its name and the driver its embedded agent runs.
+#[derive(Clone)]
+pub struct LocalHost {
+    pub name: String,
+    pub driver: Arc<dyn Driver>,
+}
+
+/// What the store keeps of a call to a host's agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostCallRecord {
+    pub call: DriverCall,
+    /// Set by the agent when it has run the call.
+    #[serde(default)]
+    pub reply: Option<DriverReply>,
+}
+
+impl Engine {
+    /// The driver of the host `host` (the local one directly, any other through its agent).
+    pub(crate) fn host_driver(&self, host: &str) -> Arc<dyn Driver> {
+        match &self.local {
+            Some(local) if local.name == host => local.driver.clone(),
+            _ => Arc::new(RemoteDriver {
+                store: self.store.clone(),
+                host: host.to_string(),
+                timeout: self.config.host_call_timeout,
+            }),
+        }
+    }
+
+    /// The driver of the host an instance is placed on. An instance placed before hosts existed lives on
+    /// the server's own host.
+    pub(crate) fn driver_of(&self, instance: &Instance) -> Arc<dyn Driver> {
+        match (&instance.host, &self.local) {
+            (Some(h), _) => self.host_driver(h),
+            (None, Some(local)) => local.driver.clone(),
+            (None, None) => Arc::new(RemoteDriver {
+                store: self.store.clone(),
+                host: String::new(),
+                timeout: self.config.host_call_timeout,
+            }),
+        }
+    }
+}
+
+/// A host's driver reached through its agent (see the module's documentation).
+struct RemoteDriver {
+    store: Arc<dyn Store>,
+    host: String,
+    timeout: Duration,
+}
+
+fn store_failure(e: StoreError) -> DriverError {
+    DriverError::Failed(format!("the store failed while calling a host: {e}"))
+}
+
+impl RemoteDriver {
+    fn unreachable(&self) -> DriverError {
+        if self.host.is_empty() {
+            return DriverError::Unreachable("the instance is placed on no host".into());
+        }
+        DriverError::Unreachable(format!("host {} does not answer (its agent missed its heartbeats)", self.host))
+    }
+
+    async fn reachable(&self) -> DriverResult<bool> {
+        Ok(self.store.get_host(&self.host).await.map_err(store_failure)?.is_some_and(|h| h.reachable))
+    }
+
+    /// Queues `call` for the host's agent and waits for its reply.
+    async fn call(&self, call: DriverCall) -> DriverReply {
+        if !self.reachable().await? {
+            return Err(self.unreachable());
+        }
+        let id = nimbus_core::new_id();
+        let record = Record::new(HOST_CALL, id, None, &self.host, &HostCallRecord { call, reply: None });
+        let mut set = WriteSet::new();
+        set.push(Write::InsertRecord(record));
+        let mut changes = self.store.changes();
+        changes.borrow_and_update();
+        self.store.apply(set).await.map_err(store_failure)?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut last_check = tokio::time::Instant::now();
+        let outcome = loop {
+            if let Some(r) = self.store.get_record(HOST_CALL, id).await.map_err(store_failure)? {
+                let body: HostCallRecord = r.decode().map_err(store_failure)?;
+                if let Some(reply) = body.reply {
+                    break reply;
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break Err(DriverError::Timeout(format!(
+                    "host {} did not answer within {:?}",
+                    self.host, self.timeout
+                )));
+            }
+            // The host may die while the call waits: look every few seconds.
+            if now.duration_since(last_check) > Duration::from_secs(2) {
+                last_check = now;
+                if !self.reachable().await? {
+                    break Err(self.unreachable());
+                }
+            }
+            let _ = tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), changes.changed()).await;
+            changes.borrow_and_update();
+        };
+        let mut set = WriteSet::new();
+        set.push(Write::DeleteRecord { kind: HOST_CALL.into(), id, expected_generation: None });
+        if let Err(e) = self.store.apply(set).await {
+            tracing::warn!(call = %id, error = %e, "could not remove an answered host call");
+        }
+        outcome
+    }
+}
+
+#[async_trait]
+impl Driver for RemoteDriver {
+    fn name(&self) -> &'static str {
+        "remote"
+    }
+
+    async fn host_info(&self) -> HostInfo {
+        match self.call(DriverCall::HostInfo).await.and_then(|v| decode(Ok(v))) {
+            Ok(info) => info,
+            Err(_) => HostInfo {
+                name: self.host.clone(),
+                driver: "unknown".into(),
+                accelerator: "unknown".into(),
+                vcpus: 0,
+                memory_mib: 0,
+                disk_gb: 0,
+                gpus: Default::default(),
+            },
+        }
+    }
+
+    async fn templates(&self) -> DriverResult<Vec<TemplateRegistration>> {
+        decode(self.call(DriverCall::Templates).await)
+    }
+
+    async fn create(&self, spec: &InstanceSpec) -> DriverResult<()> {
+        decode(self.call(DriverCall::Create { spec: spec.clone() }).await)
+    }
+
+    async fn start(&self, spec: &InstanceSpec) -> DriverResult<()> {
+        decode(self.call(DriverCall::Start { spec: spec.clone() }).await)
+    }
+
+    async fn stop(&self, id: Uuid, grace: Duration) -> DriverResult<()> {
+        decode(self.call(DriverCall::Stop { id, grace_ms: grace.as_millis() as u64 }).await)
+    }
+
+    async fn reboot(&self, spec: &InstanceSpec) -> DriverResult<()> {
+        decode(self.call(DriverCall::Reboot { spec: spec.clone() }).await)
+    }
+
+    async fn reinstall(&self, spec: &InstanceSpec) -> DriverResult<()> {
+        decode(self.call(DriverCall::Reinstall { spec: spec.clone() }).await)
+    }
+
+    async fn resize_disk(&self, id: Uuid, size_gb: u64) -> DriverResult<()> {
+        decode(self.call(DriverCall::ResizeDisk { id, size_gb }).await)
+    }
+
+    async fn disk_size_gb(&self, id: Uuid) -> DriverResult<u64> {
+        decode(self.call(DriverCall::DiskSizeGb { id }).await)
+    }
+
+    async fn snapshots(&self, id: Uuid) -> DriverResult<Vec<Uuid>> {
+        decode(self.call(DriverCall::Snapshots { id }).await)
+    }
+
+    async fn snapshot(&self, id: Uuid, snapshot_id: Uuid) -> DriverResult<u64> {
+        decode(self.call(DriverCall::Snapshot { id, snapshot_id }).await)
+    }
+
+    async fn revert(&self, id: Uuid, snapshot_id: Uuid) -> DriverResult<()> {
+        decode(self.call(DriverCall::Revert { id, snapshot_id }).await)
+    }
+
+    async fn delete_snapshot(&self, id: Uuid, snapshot_id: Uuid) -> DriverResult<()> {
+        decode(self.call(DriverCall::DeleteSnapshot { id, snapshot_id }).await)
+    }
+
+    async fn destroy(&self, id: Uuid) -> DriverResult<()> {
+        match self.call(DriverCall::Destroy { id }).await {
+            // Deleting an instance of a lost host succeeds: its leftovers go when the host comes back.
+            Err(DriverError::Unreachable(_)) => Ok(()),
+            other => decode(other),
+        }
+    }
+
+    async fn inspect(&self, id: Uuid) -> DriverResult<ActualState> {
+        decode(self.call(DriverCall::Inspect { id }).await)
+    }
+
+    async fn instances(&self) -> DriverResult<Vec<Uuid>> {
+        decode(self.call(DriverCall::Instances).await)
+    }
+
+    async fn console(&self, id: Uuid) -> DriverResult<String> {
+        decode(self.call(DriverCall::Console { id }).await)
+    }
+
+    async fn metrics(&self, id: Uuid) -> DriverResult<InstanceMetrics> {
+        decode(self.call(DriverCall::Metrics { id }).await)
+    }
+
+    async fn suspend(&self, id: Uuid) -> DriverResult<()> {
+        decode(self.call(DriverCall::Suspend { id }).await)
+    }
+
+    async fn resume(&self, id: Uuid) -> DriverResult<()> {
+        decode(self.call(DriverCall::Resume { id }).await)
+    }
+
+    fn supports_tpm(&self) -> bool {
+        false
+    }
+
+    async fn enable_tpm(&self, id: Uuid) -> DriverResult<()> {
+        decode(self.call(DriverCall::EnableTpm { id }).await)
+    }
+
+    async fn console_stream(&self, _id: Uuid) -> DriverResult<ConsoleStream> {
+        Err(DriverError::Unsupported(format!(
+            "the interactive console of an instance on host {} is not carried across hosts yet",
+            self.host
+        )))
+    }
+}

@@ -1,0 +1,532 @@
+//! Hosts: agents registering and heartbeating (remote ones through the API, the server's own embedded one
+//! directly), what they report of their VMs, the calls they pull, host tokens, operators' management of
+//! hosts, and what happens when a host stops answering.
+//!
+//! A host answers while its heartbeat lease (renewed by every heartbeat, judged by the database's clock)
+//! is current. When it runs out, any server's reconciler shows the host's instances `unknown` with the
+//! reason `host-unreachable`; nothing is recreated elsewhere unless an operator evacuates the host. When
+//! the agent heartbeats again, its report of what really runs there re-aligns the records: running VMs are
+//! adopted as they are, never rebooted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use nimbus_core::host::{Capacity, Host, HostState, HostToken, HostView};
+use nimbus_core::instance::{Instance, InstanceState};
+use nimbus_core::operation::Actor;
+use nimbus_core::tenancy::Role;
+use nimbus_core::DomainError;
+pub use nimbus_driver::call::{DriverCall, DriverReply};
+use nimbus_driver::{ActualState, TemplateRegistration};
+use nimbus_store::{InstanceQuery, Record, StoreError, Write, WriteSet};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::auth::{random_token, sha256_hex};
+use crate::fleet::{HostCallRecord, HOST_CALL};
+use crate::instances::{backoff, instance_event, CAS_RETRIES};
+use crate::{store_err, Context, Engine, Result};
+
+pub(crate) const HOST_TOKEN: &str = "host_token";
+/// Alias kind that finds a host token by its secret's hash.
+const HOST_TOKEN_HASH: &str = "host_token.sha256";
+/// The reason an instance of a host that stopped answering shows.
+pub const HOST_UNREACHABLE: &str = "host-unreachable";
+
+/// What an agent says about its host when it registers (and again whenever it restarts).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentRegistration {
+    pub zone: String,
+    pub capacity: Capacity,
+    pub accelerator: String,
+    pub driver: String,
+    #[serde(default)]
+    pub underlay_address: Option<String>,
+    #[serde(default)]
+    pub tpm: bool,
+    pub agent_version: String,
+    /// The templates its driver offers out of the box.
+    #[serde(default)]
+    pub templates: Vec<TemplateRegistration>,
+}
+
+/// What a host's agent sees on its host at a heartbeat: every VM it has something of, with its state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HostReport {
+    pub instances: Vec<(Uuid, ActualState)>,
+}
+
+/// A call waiting for an agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingCall {
+    pub id: Uuid,
+    pub call: DriverCall,
+}
+
+/// What an evacuation does with an instance of the lost host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvacuationMode {
+    /// Recreated on another host from its template; its disk's contents are lost.
+    Recreate,
+    /// Left where it is, shown stopped.
+    Stop,
+}
+
+/// What an operator may set a host to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostAdminState {
+    Ready,
+    Disabled,
+    Draining,
+}
+
+impl Engine {
+    // Host tokens.
+
+    /// Mints a credential for the agent of host `host_name` (which need not be registered yet). The secret
+    /// is returned this once; the store keeps its hash.
+    pub async fn create_host_token(&self, ctx: &Context, host_name: &str) -> Result<(HostToken, String)> {
+        ctx.require(Role::Operator)?;
+        validate_host_name(host_name)?;
+        let secret = format!("nht_{}", random_token(32));
+        let token = HostToken {
+            id: Uuid::new_v4(),
+            host_name: host_name.to_string(),
+            secret_sha256: sha256_hex(&secret),
+            created_at: nimbus_core::now(),
+        };
+        let mut set = WriteSet::new();
+        set.push(Write::InsertRecord(Record::new(HOST_TOKEN, token.id, None, host_name, &token)));
+        set.push(Write::PutAlias { kind: HOST_TOKEN_HASH.into(), alias: token.secret_sha256.clone(), id: token.id });
+        self.store.apply(set).await.map_err(store_err)?;
+        Ok((token, secret))
+    }
+
+    pub async fn list_host_tokens(&self, ctx: &Context) -> Result<Vec<HostToken>> {
+        ctx.require(Role::Operator)?;
+        let records = self.store.list_records(HOST_TOKEN, None).await.map_err(store_err)?;
+        records.iter().map(|r| r.decode().map_err(store_err)).collect()
+    }
+
+    /// Revokes a host token: its agent's next call is refused.
+    pub async fn revoke_host_token(&self, ctx: &Context, id: Uuid) -> Result<()> {
+        ctx.require(Role::Operator)?;
+        let (token, _) = self
+            .record_of::<HostToken>(HOST_TOKEN, id)
+            .await?
+            .ok_or_else(|| DomainError::not_found("host token", id))?;
+        let mut set = WriteSet::new();
+        set.push(Write::DeleteRecord { kind: HOST_TOKEN.into(), id, expected_generation: None });
+        set.push(Write::DeleteAlias { kind: HOST_TOKEN_HASH.into(), alias: token.secret_sha256 });
+        self.store.apply(set).await.map_err(store_err)
+    }
+
+    /// The host a token's secret acts for; an unknown or revoked token is refused.
+    pub async fn authenticate_host(&self, secret: &str) -> Result<String> {
+        let refused = || DomainError::Unauthenticated("invalid or revoked host token".into());
+        let hash = sha256_hex(secret);
+        let id = self.store.resolve_alias(HOST_TOKEN_HASH, &hash).await.map_err(store_err)?.ok_or_else(refused)?;
+        let (token, _) = self.record_of::<HostToken>(HOST_TOKEN, id).await?.ok_or_else(refused)?;
+        if !bool::from(token.secret_sha256.as_bytes().ct_eq(hash.as_bytes())) {
+            return Err(refused());
+        }
+        Ok(token.host_name)
+    }
+
+    // What agents do.
+
+    /// Registers the host (or updates what its agent reports of it: capacity, accelerator, addresses),
+    /// keeping what operators set (disabled, draining). Its templates join the catalog.
+    pub async fn register_host(&self, name: &str, reg: AgentRegistration) -> Result<Host> {
+        validate_host_name(name)?;
+        if reg.zone != self.config.zone {
+            return Err(DomainError::invalid(
+                "zone",
+                format!("this control plane serves zone {}, not {}", self.config.zone, reg.zone),
+            ));
+        }
+        for t in &reg.templates {
+            self.seed_template(t).await?;
+        }
+        for attempt in 0..CAS_RETRIES {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            let now = nimbus_core::now();
+            let existing = self.store.get_host(name).await.map_err(store_err)?;
+            let (host, generation, expected) = match &existing {
+                Some(stored) => (
+                    Host {
+                        zone: reg.zone.clone(),
+                        capacity: reg.capacity.clone(),
+                        accelerator: reg.accelerator.clone(),
+                        driver: reg.driver.clone(),
+                        underlay_address: reg.underlay_address.clone(),
+                        tpm: reg.tpm,
+                        agent_version: reg.agent_version.clone(),
+                        updated_at: now,
+                        ..stored.host.clone()
+                    },
+                    stored.generation + 1,
+                    Some(stored.generation),
+                ),
+                None => (
+                    Host {
+                        id: Uuid::new_v4(),
+                        name: name.to_string(),
+                        zone: reg.zone.clone(),
+                        admin_state: HostState::Ready,
+                        capacity: reg.capacity.clone(),
+                        accelerator: reg.accelerator.clone(),
+                        driver: reg.driver.clone(),
+                        underlay_address: reg.underlay_address.clone(),
+                        tpm: reg.tpm,
+                        agent_version: reg.agent_version.clone(),
+                        registered_at: now,
+                        updated_at: now,
+                    },
+                    1,
+                    None,
+                ),
+            };
+            let mut set = WriteSet::new();
+            set.push(Write::PutHost { host: host.clone(), generation, expected_generation: expected });
+            match self.store.apply(set).await {
+                Ok(()) => {
+                    self.store.renew_host(name, self.config.host_lease).await.map_err(store_err)?;
+                    tracing::info!(host = name, "host registered");
+                    return Ok(host);
+                }
+                Err(StoreError::Conflict(_) | StoreError::AlreadyExists(_)) => continue,
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+        Err(DomainError::Conflict(format!("host {name} is being registered by many agents at once")))
+    }
+
+    /// A heartbeat: renews the host's lease and re-aligns the records of its instances with what it reports.
+    pub async fn host_heartbeat(&self, name: &str, report: HostReport) -> Result<()> {
+        if !self.store.renew_host(name, self.config.host_lease).await.map_err(store_err)? {
+            return Err(DomainError::not_found("host", format!("{name} (register it first)")));
+        }
+        self.apply_host_report(name, report).await
+    }
+
+    /// The calls waiting for the host's agent, after waiting up to `wait` for one to come.
+    pub async fn host_calls(&self, name: &str, wait: Duration) -> Result<Vec<PendingCall>> {
+        let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(60));
+        let mut changes = self.changes();
+        loop {
+            let records = self.store.list_records_named(HOST_CALL, name).await.map_err(store_err)?;
+            let mut pending = Vec::new();
+            for r in records {
+                let call: HostCallRecord = r.decode().map_err(store_err)?;
+                if call.reply.is_none() {
+                    pending.push(PendingCall { id: r.id, call: call.call });
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if !pending.is_empty() || now >= deadline {
+                return Ok(pending);
+            }
+            Engine::wait_for_change(&mut changes, deadline - now).await;
+        }
+    }
+
+    /// An agent's reply to one of its host's calls. A call already answered, or given up by its caller, is
+    /// left alone.
+    pub async fn host_reply(&self, name: &str, id: Uuid, reply: DriverReply) -> Result<()> {
+        let Some((mut call, record)) = self.record_of::<HostCallRecord>(HOST_CALL, id).await? else { return Ok(()) };
+        if record.name != name {
+            return Err(DomainError::Forbidden(format!("call {id} is not for host {name}")));
+        }
+        if call.reply.is_some() {
+            return Ok(());
+        }
+        call.reply = Some(reply);
+        let mut set = WriteSet::new();
+        set.push(Write::UpdateRecord { record: record.next(name, &call), expected_generation: record.generation });
+        match self.store.apply(set).await {
+            Ok(()) | Err(StoreError::Conflict(_)) => Ok(()),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    /// Aligns the records of the host's instances with what its agent reports: a VM that stopped or
+    /// vanished behind Nimbus's back is shown as such, an `unknown` one gets its state back, and a VM that
+    /// no instance placed on this host owns (created before a restore, or evacuated meanwhile) is removed.
+    pub(crate) async fn apply_host_report(&self, name: &str, report: HostReport) -> Result<()> {
+        let query = InstanceQuery { host: Some(name.to_string()), ..Default::default() };
+        let mut placed = self.store.list_instances(&query).await.map_err(store_err)?;
+        if self.local.as_ref().is_some_and(|l| l.name == name) {
+            // Instances from before hosts existed live on the server's own host.
+            let legacy = self.store.list_instances(&InstanceQuery::default()).await.map_err(store_err)?;
+            placed.extend(legacy.into_iter().filter(|i| i.host.is_none()));
+        }
+        let actual: HashMap<Uuid, ActualState> = report.instances.iter().copied().collect();
+        let known: HashMap<Uuid, &Instance> = placed.iter().map(|i| (i.id, i)).collect();
+        for id in actual.keys().filter(|id| !known.contains_key(id)) {
+            // A record may have just been written: only a VM that no record of this host owns is removed.
+            let owner = self.store.get_instance(*id).await.map_err(store_err)?;
+            if owner.as_ref().is_some_and(|i| i.host.as_deref().is_none_or(|h| h == name)) {
+                continue;
+            }
+            tracing::warn!(instance = %id, host = name, "removing host leftovers of an instance no record places here");
+            if let Err(e) = self.host_driver(name).destroy(*id).await {
+                tracing::warn!(instance = %id, error = %e, "could not remove leftovers");
+            }
+        }
+        let now = nimbus_core::now();
+        for instance in placed {
+            if instance.lock_operation_id.is_some() {
+                continue;
+            }
+            let seen = actual.get(&instance.id).copied().unwrap_or(ActualState::Missing);
+            let Some(observed) = observed(instance.state, seen) else { continue };
+            tracing::info!(instance = %instance.id, recorded = %instance.state, observed = %observed, "instance changed outside Nimbus");
+            let mut next = instance.clone();
+            next.state = observed;
+            next.state_reason = None;
+            next.last_known_state = None;
+            next.generation += 1;
+            next.updated_at = now;
+            let mut set = WriteSet::new();
+            set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(instance.generation) });
+            set.push(instance_event(&Actor::system(), "instance.updated", &next));
+            // Losing to a concurrent writer is fine: the next report looks again.
+            let _ = self.store.apply(set).await;
+        }
+        Ok(())
+    }
+
+    /// Shows the instances of every host that stopped answering as `unknown`, `host-unreachable` (an
+    /// instance busy with an operation is left to that operation, whose driver calls now fail the same way).
+    pub(crate) async fn sweep_unreachable_hosts(&self) -> Result<()> {
+        for stored in self.store.list_hosts().await.map_err(store_err)? {
+            if stored.reachable {
+                continue;
+            }
+            let query = InstanceQuery { host: Some(stored.host.name.clone()), ..Default::default() };
+            for instance in self.store.list_instances(&query).await.map_err(store_err)? {
+                if instance.lock_operation_id.is_some()
+                    || matches!(instance.state, InstanceState::Unknown | InstanceState::Destroyed)
+                {
+                    continue;
+                }
+                tracing::warn!(instance = %instance.id, host = %stored.host.name, "host unreachable: instance state unknown");
+                let mut next = instance.clone();
+                next.last_known_state = Some(instance.state);
+                next.state = InstanceState::Unknown;
+                next.state_reason = Some(HOST_UNREACHABLE.into());
+                next.generation += 1;
+                next.updated_at = nimbus_core::now();
+                let mut set = WriteSet::new();
+                set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(instance.generation) });
+                set.push(instance_event(&Actor::system(), "instance.updated", &next));
+                let _ = self.store.apply(set).await;
+            }
+        }
+        Ok(())
+    }
+
+    // What operators do.
+
+    /// Every host, with whether it answers and what it carries.
+    pub async fn list_hosts(&self, ctx: &Context) -> Result<Vec<HostView>> {
+        ctx.require(Role::Operator)?;
+        self.host_views().await
+    }
+
+    pub(crate) async fn host_views(&self) -> Result<Vec<HostView>> {
+        let allocations = self.store.host_allocations().await.map_err(store_err)?;
+        let hosts = self.store.list_hosts().await.map_err(store_err)?;
+        Ok(hosts
+            .into_iter()
+            .map(|h| {
+                let allocation = allocations.get(&h.host.name).cloned().unwrap_or_default();
+                HostView { host: h.host, reachable: h.reachable, allocation }
+            })
+            .collect())
+    }
+
+    pub async fn host(&self, ctx: &Context, name: &str) -> Result<HostView> {
+        ctx.require(Role::Operator)?;
+        self.host_views()
+            .await?
+            .into_iter()
+            .find(|h| h.host.name == name)
+            .ok_or_else(|| DomainError::not_found("host", name))
+    }
+
+    /// Enables, disables or drains a host. A disabled or draining host takes no new instances; a draining
+    /// one shows how many it still carries, and is drained once the operator has moved or deleted them.
+    pub async fn set_host_state(&self, ctx: &Context, name: &str, state: HostAdminState) -> Result<HostView> {
+        ctx.require(Role::Operator)?;
+        for attempt in 0..CAS_RETRIES {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            let stored = self
+                .store
+                .get_host(name)
+                .await
+                .map_err(store_err)?
+                .ok_or_else(|| DomainError::not_found("host", name))?;
+            let mut host = stored.host.clone();
+            host.admin_state = match state {
+                HostAdminState::Ready => HostState::Ready,
+                HostAdminState::Disabled => HostState::Disabled,
+                HostAdminState::Draining => HostState::Draining,
+            };
+            host.updated_at = nimbus_core::now();
+            let mut set = WriteSet::new();
+            set.push(Write::PutHost {
+                host,
+                generation: stored.generation + 1,
+                expected_generation: Some(stored.generation),
+            });
+            match self.store.apply(set).await {
+                Ok(()) => return self.host(ctx, name).await,
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+        Err(DomainError::Conflict(format!("host {name} is being changed by many writers at once; retry")))
+    }
+
+    /// Moves the instances of a host that stopped answering, each as `choices` says (else `default`): one
+    /// `evacuate` operation per instance, begun now. An instance busy with an operation is left to it (that
+    /// operation fails soon, its host not answering); evacuate again afterwards.
+    pub async fn evacuate_host(
+        &self,
+        ctx: &Context,
+        name: &str,
+        default: EvacuationMode,
+        choices: &BTreeMap<Uuid, EvacuationMode>,
+    ) -> Result<Vec<nimbus_core::operation::Operation>> {
+        use nimbus_core::state_machine::{transition, Action};
+        ctx.require(Role::Operator)?;
+        let stored =
+            self.store.get_host(name).await.map_err(store_err)?.ok_or_else(|| DomainError::not_found("host", name))?;
+        if stored.reachable {
+            return Err(DomainError::Conflict(format!(
+                "host {name} answers: drain it, and move or delete its instances instead of evacuating it"
+            )));
+        }
+        // Its instances show `unknown` before anything is decided about them.
+        self.sweep_unreachable_hosts().await?;
+        let query = InstanceQuery { host: Some(name.to_string()), ..Default::default() };
+        let mut ops = Vec::new();
+        for first in self.store.list_instances(&query).await.map_err(store_err)? {
+            let mode = choices.get(&first.id).copied().unwrap_or(default);
+            let mut begun = None;
+            for attempt in 0..CAS_RETRIES {
+                if attempt > 0 {
+                    backoff(attempt).await;
+                }
+                let Some(current) = self.store.get_instance(first.id).await.map_err(store_err)? else { break };
+                if current.lock_operation_id.is_some() || current.host.as_deref() != Some(name) {
+                    break;
+                }
+                let t = transition(Action::Evacuate, current.state)?;
+                let mut next = current.clone();
+                let was_running = current.last_known_state == Some(InstanceState::Running);
+                let mut planned;
+                let params = match mode {
+                    EvacuationMode::Recreate => {
+                        let placement = self.place(&next).await?;
+                        next.host = Some(placement.host.clone());
+                        let p = crate::sagas::evacuate::Params {
+                            from_host: current.host.clone(),
+                            to_host: Some(placement.host.clone()),
+                            was_running,
+                        };
+                        planned = crate::sagas::Planned::of::<crate::sagas::evacuate::Evacuate>(&p);
+                        planned.placement = Some(placement);
+                        p
+                    }
+                    EvacuationMode::Stop => {
+                        let p = crate::sagas::evacuate::Params {
+                            from_host: current.host.clone(),
+                            to_host: None,
+                            was_running,
+                        };
+                        planned = crate::sagas::Planned::of::<crate::sagas::evacuate::Evacuate>(&p);
+                        p
+                    }
+                };
+                let (mut op, set) =
+                    crate::instances::begin_operation(&current, next, t.during, Action::Evacuate, planned, &ctx.actor);
+                if params.to_host.is_some() {
+                    op.message =
+                        Some("recreating from the template on another host: the disk's contents are lost".into());
+                }
+                let mut set = set;
+                for w in &mut set.writes {
+                    if let Write::InsertOperation(o) = w {
+                        o.message = op.message.clone();
+                    }
+                }
+                match self.store.apply(set).await {
+                    Ok(()) => {
+                        begun = Some(op);
+                        break;
+                    }
+                    Err(StoreError::Conflict(_) | StoreError::NoRoom(_)) => continue,
+                    Err(e) => return Err(store_err(e)),
+                }
+            }
+            match begun {
+                Some(op) => ops.push(op),
+                None => tracing::warn!(instance = %first.id, host = name, "not evacuated: busy, moved or changing"),
+            }
+        }
+        self.kick_workers();
+        Ok(ops)
+    }
+
+    /// The names of the hosts instances may be placed on, with their views, for placement.
+    pub(crate) async fn placement_candidates(&self) -> Result<BTreeMap<String, HostView>> {
+        Ok(self
+            .host_views()
+            .await?
+            .into_iter()
+            .filter(|v| v.host.zone == self.config.zone)
+            .map(|v| (v.host.name.clone(), v))
+            .collect())
+    }
+}
+
+/// The state an unlocked instance should show given what its host reports, when it differs.
+fn observed(recorded: InstanceState, actual: ActualState) -> Option<InstanceState> {
+    use ActualState as A;
+    use InstanceState as S;
+    Some(match (recorded, actual) {
+        (S::Running, A::Stopped) => S::Stopped,
+        (S::Stopped, A::Running) => S::Running,
+        (S::Running | S::Stopped, A::Missing) => S::Error,
+        (S::Error, A::Running) => S::Running,
+        (S::Error, A::Stopped) => S::Stopped,
+        (S::Running | S::Error, A::Paused) => S::Suspended,
+        (S::Suspended, A::Running) => S::Running,
+        (S::Suspended, A::Stopped) => S::Stopped,
+        (S::Suspended, A::Missing) => S::Error,
+        (S::Unknown, A::Running) => S::Running,
+        (S::Unknown, A::Stopped) => S::Stopped,
+        (S::Unknown, A::Paused) => S::Suspended,
+        (S::Unknown, A::Missing) => S::Error,
+        _ => return None,
+    })
+}
+
+/// Host names: what an operator types, and what a host token names.
+fn validate_host_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if !ok {
+        return Err(DomainError::invalid("name", "a host name is 1 to 63 letters, digits, '-', '.' or '_'"));
+    }
+    Ok(())
+}
