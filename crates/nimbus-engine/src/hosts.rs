@@ -73,6 +73,13 @@ pub enum EvacuationMode {
     Stop,
 }
 
+/// What an evacuation began, and what it left where it was (with why).
+#[derive(Debug, Clone)]
+pub struct Evacuation {
+    pub operations: Vec<nimbus_core::operation::Operation>,
+    pub left: Vec<(Uuid, String)>,
+}
+
 /// What an operator may set a host to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostAdminState {
@@ -396,15 +403,16 @@ impl Engine {
     }
 
     /// Moves the instances of a host that stopped answering, each as `choices` says (else `default`): one
-    /// `evacuate` operation per instance, begun now. An instance busy with an operation is left to it (that
-    /// operation fails soon, its host not answering); evacuate again afterwards.
+    /// `evacuate` operation per instance, begun now. An instance no other host can take (full, or excluded
+    /// by its anti-affinity group), or busy with an operation (which fails soon, its host not answering), is
+    /// left where it is and listed with why; evacuate again once that changes.
     pub async fn evacuate_host(
         &self,
         ctx: &Context,
         name: &str,
         default: EvacuationMode,
         choices: &BTreeMap<Uuid, EvacuationMode>,
-    ) -> Result<Vec<nimbus_core::operation::Operation>> {
+    ) -> Result<Evacuation> {
         use nimbus_core::state_machine::{transition, Action};
         ctx.require(Role::Operator)?;
         let stored =
@@ -418,9 +426,11 @@ impl Engine {
         self.sweep_unreachable_hosts().await?;
         let query = InstanceQuery { host: Some(name.to_string()), ..Default::default() };
         let mut ops = Vec::new();
+        let mut left = Vec::new();
         for first in self.store.list_instances(&query).await.map_err(store_err)? {
             let mode = choices.get(&first.id).copied().unwrap_or(default);
             let mut begun = None;
+            let mut why = "busy with another operation".to_string();
             for attempt in 0..CAS_RETRIES {
                 if attempt > 0 {
                     backoff(attempt).await;
@@ -435,7 +445,13 @@ impl Engine {
                 let mut planned;
                 let params = match mode {
                     EvacuationMode::Recreate => {
-                        let placement = self.place(&next).await?;
+                        let placement = match self.place(&next).await {
+                            Ok(p) => p,
+                            Err(e) => {
+                                why = e.to_string();
+                                break;
+                            }
+                        };
                         next.host = Some(placement.host.clone());
                         let p = crate::sagas::evacuate::Params {
                             from_host: current.host.clone(),
@@ -479,11 +495,14 @@ impl Engine {
             }
             match begun {
                 Some(op) => ops.push(op),
-                None => tracing::warn!(instance = %first.id, host = name, "not evacuated: busy, moved or changing"),
+                None => {
+                    tracing::warn!(instance = %first.id, host = name, reason = %why, "not evacuated");
+                    left.push((first.id, why));
+                }
             }
         }
         self.kick_workers();
-        Ok(ops)
+        Ok(Evacuation { operations: ops, left })
     }
 
     /// The names of the hosts instances may be placed on, with their views, for placement.

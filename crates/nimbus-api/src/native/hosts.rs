@@ -129,8 +129,16 @@ pub struct EvacuateParams {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EvacuationView {
-    /// One operation per instance of the host.
+    /// One operation per instance of the host that is being moved.
     pub items: Vec<OperationView>,
+    /// The instances left where they are, with why (no other host can take them, or busy).
+    pub left: Vec<LeftInstance>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LeftInstance {
+    pub instance_id: Uuid,
+    pub reason: String,
 }
 
 fn mode(s: &str) -> Result<EvacuationMode, ApiError> {
@@ -165,8 +173,11 @@ pub async fn action(
             for (id, m) in &p.instances {
                 choices.insert(*id, mode(m)?);
             }
-            let ops = app.engine.evacuate_host(&ctx, &name, default, &choices).await?;
-            let view = EvacuationView { items: ops.iter().map(Into::into).collect() };
+            let done = app.engine.evacuate_host(&ctx, &name, default, &choices).await?;
+            let view = EvacuationView {
+                items: done.operations.iter().map(Into::into).collect(),
+                left: done.left.into_iter().map(|(instance_id, reason)| LeftInstance { instance_id, reason }).collect(),
+            };
             return Ok((StatusCode::ACCEPTED, Json(view)).into_response());
         }
         other => {
