@@ -26,6 +26,21 @@ use uuid::Uuid;
 use crate::Engine;
 
 pub(crate) const HOST_CALL: &str = "host_call";
+/// A request for a host's agent to carry an instance's interactive console to this server.
+pub(crate) const CONSOLE_SESSION: &str = "console_session";
+
+/// The consoles this server is waiting for a host's agent to bring (by session id). A console is a live
+/// connection between one user and one agent through this server, so the wait is this server's alone.
+pub(crate) type ConsoleWaiters =
+    Arc<std::sync::Mutex<std::collections::HashMap<Uuid, tokio::sync::oneshot::Sender<ConsoleStream>>>>;
+
+/// What the store keeps of a console session: the instance, and the server the agent must connect to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsoleSession {
+    pub instance_id: Uuid,
+    /// The base URL of the server waiting for it (`/v1/agent/console/{session}` there).
+    pub server_url: String,
+}
 
 /// The server's own host: its name and the driver its embedded agent runs.
 #[derive(Clone)]
@@ -48,11 +63,30 @@ impl Engine {
     pub(crate) fn host_driver(&self, host: &str) -> Arc<dyn Driver> {
         match &self.local {
             Some(local) if local.name == host => local.driver.clone(),
-            _ => Arc::new(RemoteDriver {
-                store: self.store.clone(),
-                host: host.to_string(),
-                timeout: self.config.host_call_timeout,
-            }),
+            _ => Arc::new(self.remote(host)),
+        }
+    }
+
+    fn remote(&self, host: &str) -> RemoteDriver {
+        RemoteDriver {
+            store: self.store.clone(),
+            host: host.to_string(),
+            timeout: self.config.host_call_timeout,
+            console_waiters: self.console_waiters.clone(),
+            server_url: self.config.advertise_url.clone(),
+        }
+    }
+
+    /// Hands the console stream an agent brought for session `id` to the request waiting for it on this
+    /// server. `NotFound` when nothing waits here (it timed out, or the agent connected to another server).
+    pub fn attach_console(&self, host: &str, id: Uuid, stream: ConsoleStream) -> crate::Result<()> {
+        let waiter = self.console_waiters.lock().expect("console waiters").remove(&id);
+        match waiter {
+            Some(tx) => tx.send(stream).map_err(|_| nimbus_core::DomainError::not_found("console session", id)),
+            None => {
+                tracing::warn!(host, session = %id, "an agent brought a console nobody waits for here");
+                Err(nimbus_core::DomainError::not_found("console session", id))
+            }
         }
     }
 
@@ -62,11 +96,7 @@ impl Engine {
         match (&instance.host, &self.local) {
             (Some(h), _) => self.host_driver(h),
             (None, Some(local)) => local.driver.clone(),
-            (None, None) => Arc::new(RemoteDriver {
-                store: self.store.clone(),
-                host: String::new(),
-                timeout: self.config.host_call_timeout,
-            }),
+            (None, None) => Arc::new(self.remote("")),
         }
     }
 }
@@ -76,6 +106,9 @@ struct RemoteDriver {
     store: Arc<dyn Store>,
     host: String,
     timeout: Duration,
+    console_waiters: ConsoleWaiters,
+    /// Where this server is reached by agents: consoles come back there.
+    server_url: Option<String>,
 }
 
 fn store_failure(e: StoreError) -> DriverError {
@@ -250,10 +283,35 @@ impl Driver for RemoteDriver {
         decode(self.call(DriverCall::EnableTpm { id }).await)
     }
 
-    async fn console_stream(&self, _id: Uuid) -> DriverResult<ConsoleStream> {
-        Err(DriverError::Unsupported(format!(
-            "the interactive console of an instance on host {} is not carried across hosts yet",
-            self.host
-        )))
+    /// Asks the host's agent to bring the console to this server: a session record the agent lists with its
+    /// calls, and a wait here for the agent's connection (`Engine::attach_console`).
+    async fn console_stream(&self, id: Uuid) -> DriverResult<ConsoleStream> {
+        let Some(server_url) = self.server_url.clone() else {
+            return Err(DriverError::Unsupported(
+                "this server has no address agents reach it at (--advertise-url), so it cannot carry consoles".into(),
+            ));
+        };
+        if !self.reachable().await? {
+            return Err(self.unreachable());
+        }
+        let session = Uuid::new_v4();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.console_waiters.lock().expect("console waiters").insert(session, tx);
+        let record =
+            Record::new(CONSOLE_SESSION, session, None, &self.host, &ConsoleSession { instance_id: id, server_url });
+        let mut set = WriteSet::new();
+        set.push(Write::InsertRecord(record));
+        let outcome = match self.store.apply(set).await {
+            Ok(()) => match tokio::time::timeout(Duration::from_secs(15), rx).await {
+                Ok(Ok(stream)) => Ok(stream),
+                _ => Err(DriverError::Timeout(format!("host {} did not bring the console", self.host))),
+            },
+            Err(e) => Err(store_failure(e)),
+        };
+        self.console_waiters.lock().expect("console waiters").remove(&session);
+        let mut set = WriteSet::new();
+        set.push(Write::DeleteRecord { kind: CONSOLE_SESSION.into(), id: session, expected_generation: None });
+        let _ = self.store.apply(set).await;
+        outcome
     }
 }

@@ -24,7 +24,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::auth::{random_token, sha256_hex};
-use crate::fleet::{HostCallRecord, HOST_CALL};
+use crate::fleet::{ConsoleSession, HostCallRecord, CONSOLE_SESSION, HOST_CALL};
 use crate::instances::{backoff, instance_event, CAS_RETRIES};
 use crate::{store_err, Context, Engine, Result};
 
@@ -62,6 +62,22 @@ pub struct HostReport {
 pub struct PendingCall {
     pub id: Uuid,
     pub call: DriverCall,
+}
+
+/// A console an agent is asked to bring to a server: connect to `{server_url}/v1/agent/console/{id}` and
+/// carry the instance's serial console over it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingConsole {
+    pub id: Uuid,
+    pub instance_id: Uuid,
+    pub server_url: String,
+}
+
+/// What waits for a host's agent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HostWork {
+    pub calls: Vec<PendingCall>,
+    pub consoles: Vec<PendingConsole>,
 }
 
 /// What an evacuation does with an instance of the lost host.
@@ -212,30 +228,38 @@ impl Engine {
         Err(DomainError::Conflict(format!("host {name} is being registered by many agents at once")))
     }
 
-    /// A heartbeat: renews the host's lease and re-aligns the records of its instances with what it reports.
-    pub async fn host_heartbeat(&self, name: &str, report: HostReport) -> Result<()> {
+    /// A heartbeat: renews the host's lease and, when it carries one, re-aligns the records of its instances
+    /// with its report. Agents heartbeat often and report less often: a report of many VMs takes time to
+    /// make and to apply, and must never hold up the renewal that keeps the host reachable.
+    pub async fn host_heartbeat(&self, name: &str, report: Option<HostReport>) -> Result<()> {
         if !self.store.renew_host(name, self.config.host_lease).await.map_err(store_err)? {
             return Err(DomainError::not_found("host", format!("{name} (register it first)")));
         }
-        self.apply_host_report(name, report).await
+        match report {
+            Some(report) => self.apply_host_report(name, report).await,
+            None => Ok(()),
+        }
     }
 
-    /// The calls waiting for the host's agent, after waiting up to `wait` for one to come.
-    pub async fn host_calls(&self, name: &str, wait: Duration) -> Result<Vec<PendingCall>> {
+    /// The calls and consoles waiting for the host's agent, after waiting up to `wait` for one to come.
+    pub async fn host_work(&self, name: &str, wait: Duration) -> Result<HostWork> {
         let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(60));
         let mut changes = self.changes();
         loop {
-            let records = self.store.list_records_named(HOST_CALL, name).await.map_err(store_err)?;
-            let mut pending = Vec::new();
-            for r in records {
+            let mut work = HostWork::default();
+            for r in self.store.list_records_named(HOST_CALL, name).await.map_err(store_err)? {
                 let call: HostCallRecord = r.decode().map_err(store_err)?;
                 if call.reply.is_none() {
-                    pending.push(PendingCall { id: r.id, call: call.call });
+                    work.calls.push(PendingCall { id: r.id, call: call.call });
                 }
             }
+            for r in self.store.list_records_named(CONSOLE_SESSION, name).await.map_err(store_err)? {
+                let s: ConsoleSession = r.decode().map_err(store_err)?;
+                work.consoles.push(PendingConsole { id: r.id, instance_id: s.instance_id, server_url: s.server_url });
+            }
             let now = tokio::time::Instant::now();
-            if !pending.is_empty() || now >= deadline {
-                return Ok(pending);
+            if !work.calls.is_empty() || !work.consoles.is_empty() || now >= deadline {
+                return Ok(work);
             }
             Engine::wait_for_change(&mut changes, deadline - now).await;
         }

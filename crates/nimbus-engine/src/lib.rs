@@ -47,7 +47,7 @@ pub use accounts::{AccountPatch, NewAccount};
 pub use auth::{BootstrapOutcome, WhoAmI};
 pub use console::{ConsoleTicket, CONSOLE_TICKET_LIFETIME};
 pub use fleet::LocalHost;
-pub use hosts::{AgentRegistration, HostAdminState, HostReport, PendingCall};
+pub use hosts::{AgentRegistration, HostAdminState, HostReport, HostWork, PendingCall, PendingConsole};
 pub use instances::{ActionRequest, CreateInstance, InstanceFilter, InstancePatch};
 pub use networking::PrivateNetworkSpec;
 pub use sagas::{CrashHook, CrashPoint, CrashWhen};
@@ -119,10 +119,14 @@ pub struct EngineConfig {
     pub overcommit: nimbus_core::host::Overcommit,
     /// A host that has not heartbeat for this long is unreachable.
     pub host_lease: Duration,
-    /// How often an agent heartbeats (and reports what runs on its host).
+    /// How often an agent heartbeats.
     pub heartbeat_every: Duration,
+    /// How often an agent reports what runs on its host (with a heartbeat).
+    pub report_every: Duration,
     /// How long a driver call waits for a remote host's agent before it fails.
     pub host_call_timeout: Duration,
+    /// The base URL agents reach this server at (they bring interactive consoles back to it).
+    pub advertise_url: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -144,7 +148,9 @@ impl Default for EngineConfig {
             overcommit: nimbus_core::host::Overcommit::default(),
             host_lease: Duration::from_secs(10),
             heartbeat_every: Duration::from_secs(2),
+            report_every: Duration::from_secs(5),
             host_call_timeout: Duration::from_secs(600),
+            advertise_url: None,
         }
     }
 }
@@ -207,6 +213,8 @@ pub struct Engine {
     pub(crate) kick: Notify,
     /// Set when the engine halts: its background tasks stop.
     halt: watch::Sender<bool>,
+    /// Consoles this server waits for agents to bring (see `fleet.rs`).
+    pub(crate) console_waiters: fleet::ConsoleWaiters,
     /// The engine's background tasks, aborted by [`Engine::halt`].
     tasks: Mutex<Vec<AbortHandle>>,
     pub metrics: EngineMetrics,
@@ -235,6 +243,7 @@ impl Engine {
             config,
             kick: Notify::new(),
             halt: watch::Sender::new(false),
+            console_waiters: Default::default(),
             tasks: Mutex::new(Vec::new()),
             metrics: EngineMetrics::default(),
         });

@@ -53,15 +53,29 @@ pub async fn report(driver: &dyn Driver) -> Result<HostReport> {
 
 pub(crate) fn spawn(engine: Arc<Engine>) {
     let owner = engine.clone();
-    let task = tokio::spawn(async move {
+    let renewals = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(engine.config.heartbeat_every).await;
+                if let Some(local) = &engine.local {
+                    if let Err(e) = engine.host_heartbeat(&local.name, None).await {
+                        tracing::warn!(error = %e, "the embedded agent's heartbeat failed");
+                    }
+                }
+            }
+        })
+    };
+    let reports = tokio::spawn(async move {
         loop {
-            tokio::time::sleep(engine.config.heartbeat_every).await;
+            tokio::time::sleep(engine.config.report_every).await;
             if let Err(e) = engine.local_heartbeat().await {
-                tracing::warn!(error = %e, "the embedded agent's heartbeat failed");
+                tracing::warn!(error = %e, "the embedded agent's report failed");
             }
         }
     });
-    owner.track(task.abort_handle());
+    owner.track(renewals.abort_handle());
+    owner.track(reports.abort_handle());
 }
 
 impl Engine {
@@ -72,15 +86,15 @@ impl Engine {
         Ok(())
     }
 
-    /// One heartbeat of the embedded agent: a report of what the server's own host runs.
+    /// One report of the embedded agent: what the server's own host runs (with a heartbeat).
     pub(crate) async fn local_heartbeat(&self) -> Result<()> {
         let Some(local) = &self.local else { return Ok(()) };
         let report = report(&*local.driver).await?;
-        match self.host_heartbeat(&local.name, report.clone()).await {
+        match self.host_heartbeat(&local.name, Some(report.clone())).await {
             // Removed meanwhile (a restore of an older store, say): register again.
             Err(DomainError::NotFound { .. }) => {
                 self.register_local_host().await?;
-                self.host_heartbeat(&local.name, report).await
+                self.host_heartbeat(&local.name, Some(report)).await
             }
             other => other,
         }

@@ -76,17 +76,27 @@ struct AgentConfig {
     zone: String,
     network_cidr: String,
     heartbeat_every_ms: u64,
+    report_every_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
-struct CallList {
-    items: Vec<PendingCall>,
+struct HostWork {
+    calls: Vec<PendingCall>,
+    #[serde(default)]
+    consoles: Vec<PendingConsole>,
 }
 
 #[derive(Debug, Deserialize)]
 struct PendingCall {
     id: Uuid,
     call: DriverCall,
+}
+
+#[derive(Debug, Deserialize)]
+struct PendingConsole {
+    id: Uuid,
+    instance_id: Uuid,
+    server_url: String,
 }
 
 impl ControlPlane {
@@ -143,11 +153,25 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     tracing::info!(host = %args.name, server = %args.server, driver = driver.name(), "host registered; taking calls");
 
     let heartbeat_every = Duration::from_millis(config.heartbeat_every_ms.max(200));
-    let heartbeats = {
-        let (cp, driver, name) = (cp.clone(), driver.clone(), args.name.clone());
+    let report_every = Duration::from_millis(config.report_every_ms.max(200));
+    // Heartbeats keep the host reachable and must never wait for a report, which takes longer to make: the
+    // reports go on a loop of their own.
+    let reports = {
+        let (cp, driver) = (cp.clone(), driver.clone());
         tokio::spawn(async move {
             loop {
-                match heartbeat(&cp, &*driver).await {
+                if let Err(e) = heartbeat(&cp, Some(&*driver)).await {
+                    tracing::warn!(error = %e, "report failed");
+                }
+                tokio::time::sleep(report_every).await;
+            }
+        })
+    };
+    let heartbeats = {
+        let (cp, name) = (cp.clone(), args.name.clone());
+        tokio::spawn(async move {
+            loop {
+                match heartbeat(&cp, None).await {
                     Ok(StatusCode::NOT_FOUND) => {
                         // The control plane forgot the host (a restored store): the next loop registers it.
                         tracing::warn!(host = %name, "the control plane does not know this host; register again");
@@ -165,6 +189,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
         tokio::spawn(async move { take_calls(cp, driver, slots).await })
     };
+    let _reports = AbortOnDrop(reports);
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("stopping; the host's VMs keep running"),
         r = heartbeats => { r?; anyhow::bail!("the control plane lost this host: restart the agent to register it again") }
@@ -173,11 +198,24 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One heartbeat with a report of what runs on the host; the status the control plane answered.
-async fn heartbeat(cp: &ControlPlane, driver: &dyn Driver) -> anyhow::Result<StatusCode> {
-    let report = nimbus_engine::local_agent::report(driver).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One heartbeat, with a report of what runs on the host when `driver` is given; the status the control
+/// plane answered.
+async fn heartbeat(cp: &ControlPlane, driver: Option<&dyn Driver>) -> anyhow::Result<StatusCode> {
+    let report = match driver {
+        Some(d) => Some(nimbus_engine::local_agent::report(d).await.map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
     let (status, body) =
-        cp.send(reqwest::Method::POST, "/v1/agent/heartbeat", Some(serde_json::to_value(&report)?)).await?;
+        cp.send(reqwest::Method::POST, "/v1/agent/heartbeat", Some(json!({ "report": report }))).await?;
     if !status.is_success() && status != StatusCode::NOT_FOUND {
         anyhow::bail!("heartbeat answered {status}: {body}");
     }
@@ -193,8 +231,8 @@ async fn take_calls(
     // Calls under way: the long poll lists a call until it is replied to.
     let running: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
     loop {
-        let list = match cp.send(reqwest::Method::GET, "/v1/agent/calls?wait=20", None).await {
-            Ok((status, body)) if status.is_success() => serde_json::from_value::<CallList>(body)?,
+        let work = match cp.send(reqwest::Method::GET, "/v1/agent/calls?wait=20", None).await {
+            Ok((status, body)) if status.is_success() => serde_json::from_value::<HostWork>(body)?,
             Ok((status, body)) => {
                 tracing::warn!(%status, %body, "could not list calls");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -208,7 +246,21 @@ async fn take_calls(
             }
         };
         let mut fresh = 0;
-        for PendingCall { id, call } in list.items {
+        for console in work.consoles {
+            if !running.lock().expect("call set").insert(console.id) {
+                continue;
+            }
+            fresh += 1;
+            let (cp, driver, running) = (cp.clone(), driver.clone(), running.clone());
+            tokio::spawn(async move {
+                let id = console.id;
+                if let Err(e) = bring_console(&cp, &*driver, console).await {
+                    tracing::warn!(session = %id, error = %e, "could not bring a console");
+                }
+                running.lock().expect("call set").remove(&id);
+            });
+        }
+        for PendingCall { id, call } in work.calls {
             if !running.lock().expect("call set").insert(id) {
                 continue;
             }
@@ -235,6 +287,48 @@ async fn take_calls(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Carries an instance's serial console to the server that asked for it, over a websocket to
+/// `{server_url}/v1/agent/console/{session}`, until either end closes.
+async fn bring_console(cp: &ControlPlane, driver: &dyn Driver, console: PendingConsole) -> anyhow::Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let stream = driver.console_stream(console.instance_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let url = format!("{}/v1/agent/console/{}", console.server_url.trim_end_matches('/'), console.id)
+        .replacen("http", "ws", 1);
+    let mut request = url.as_str().into_client_request()?;
+    request.headers_mut().insert("authorization", format!("Bearer {}", cp.token).parse()?);
+    let (socket, _) =
+        tokio_tungstenite::connect_async(request).await.with_context(|| format!("connecting to {url}"))?;
+    let (mut to_server, mut from_server) = socket.split();
+    let (mut serial_read, mut serial_write) = tokio::io::split(stream);
+    let outbound = async {
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n @ 1..) = serial_read.read(&mut buf).await {
+            if to_server.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
+                break;
+            }
+        }
+    };
+    let inbound = async {
+        while let Some(Ok(msg)) = from_server.next().await {
+            let bytes = match msg {
+                Message::Binary(b) => b.to_vec(),
+                Message::Text(t) => t.as_bytes().to_vec(),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if serial_write.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! { _ = outbound => {}, _ = inbound => {} }
+    Ok(())
 }
 
 /// Retries a call to the control plane until it answers (it may be starting, or restarting).

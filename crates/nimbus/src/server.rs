@@ -57,6 +57,10 @@ pub struct ServerArgs {
     /// How much memory a host may promise per MiB it has.
     #[arg(long, default_value_t = 1.5)]
     memory_overcommit: f64,
+    /// The base URL agents reach this server at, for the interactive consoles they bring back to it
+    /// (default: `http://` and --listen).
+    #[arg(long, env = "NIMBUS_ADVERTISE_URL")]
+    advertise_url: Option<String>,
     /// Seconds without a heartbeat before a host is unreachable and its instances `unknown`.
     #[arg(long, default_value_t = 10)]
     host_timeout_secs: u64,
@@ -111,6 +115,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         host_name: args.host_name.clone().unwrap_or_else(nimbus_engine::default_host_name),
         overcommit: nimbus_core::host::Overcommit { cpu: args.cpu_overcommit, memory: args.memory_overcommit },
         host_lease: Duration::from_secs(args.host_timeout_secs.max(2)),
+        advertise_url: Some(args.advertise_url.clone().unwrap_or_else(|| format!("http://{}", args.listen))),
         ..Default::default()
     };
     nimbus_engine::network::Network::parse(&config.network_cidr).map_err(|e| anyhow::anyhow!("--network-cidr: {e}"))?;

@@ -6,6 +6,8 @@
 //! - `POST /v1/agent/heartbeat`: renews the host's lease, with a report of every VM it has and its state.
 //! - `GET /v1/agent/calls?wait=SECONDS`: the driver calls waiting for the host (a long poll).
 //! - `POST /v1/agent/calls/{id}`: the reply to one.
+//! - `GET /v1/agent/console/{session}` (websocket): an interactive console the agent was asked (in the
+//!   calls' answer) to bring to this server, for a user's request waiting here.
 //!
 //! These are the agent's protocol, not part of the API documented for clients (`/openapi.json`).
 
@@ -17,7 +19,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use nimbus_core::DomainError;
 use nimbus_engine::hosts::DriverReply;
-use nimbus_engine::{AgentRegistration, HostReport, PendingCall};
+use nimbus_engine::{AgentRegistration, HostReport, HostWork};
 use serde::{Deserialize, Serialize};
 
 use super::instances::parse_uuid;
@@ -49,6 +51,7 @@ pub struct AgentConfig {
     pub zone: String,
     pub network_cidr: String,
     pub heartbeat_every_ms: u64,
+    pub report_every_ms: u64,
 }
 
 pub async fn config(State(app): State<AppState>, HostCaller(host): HostCaller) -> Json<AgentConfig> {
@@ -58,6 +61,7 @@ pub async fn config(State(app): State<AppState>, HostCaller(host): HostCaller) -
         zone: c.zone.clone(),
         network_cidr: c.network_cidr.clone(),
         heartbeat_every_ms: c.heartbeat_every.as_millis() as u64,
+        report_every_ms: c.report_every.as_millis() as u64,
     })
 }
 
@@ -66,6 +70,8 @@ pub struct Registered {
     pub host: String,
     /// How often the control plane expects a heartbeat.
     pub heartbeat_every_ms: u64,
+    /// How often it expects a report of what runs on the host.
+    pub report_every_ms: u64,
 }
 
 pub async fn register(
@@ -77,15 +83,24 @@ pub async fn register(
     Ok(Json(Registered {
         host: registered.name,
         heartbeat_every_ms: app.engine.config().heartbeat_every.as_millis() as u64,
+        report_every_ms: app.engine.config().report_every.as_millis() as u64,
     }))
+}
+
+/// A heartbeat, with a report of what runs on the host now and then.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    #[serde(default)]
+    pub report: Option<HostReport>,
 }
 
 pub async fn heartbeat(
     State(app): State<AppState>,
     HostCaller(host): HostCaller,
-    JsonBody(report): JsonBody<HostReport>,
+    JsonBody(beat): JsonBody<Heartbeat>,
 ) -> ApiResult<StatusCode> {
-    app.engine.host_heartbeat(&host, report).await?;
+    app.engine.host_heartbeat(&host, beat.report).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -97,18 +112,58 @@ pub struct CallsQuery {
     pub wait: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct CallList {
-    pub items: Vec<PendingCall>,
-}
-
 pub async fn calls(
     State(app): State<AppState>,
     HostCaller(host): HostCaller,
     QueryParams(q): QueryParams<CallsQuery>,
-) -> ApiResult<Json<CallList>> {
-    let items = app.engine.host_calls(&host, Duration::from_secs(q.wait.unwrap_or(0))).await?;
-    Ok(Json(CallList { items }))
+) -> ApiResult<Json<HostWork>> {
+    Ok(Json(app.engine.host_work(&host, Duration::from_secs(q.wait.unwrap_or(0))).await?))
+}
+
+/// The agent's end of an interactive console it was asked to bring here: its websocket becomes the
+/// console stream the user's request on this server is waiting for.
+pub async fn console(
+    State(app): State<AppState>,
+    HostCaller(host): HostCaller,
+    Path(id): Path<String>,
+    ws: axum::extract::WebSocketUpgrade,
+) -> ApiResult<axum::response::Response> {
+    use axum::extract::ws::Message;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let id = parse_uuid("console session", &id)?;
+    Ok(ws.on_upgrade(move |socket| async move {
+        // The agent's websocket, seen by the user's request as a byte stream.
+        let (ours, theirs) = tokio::io::duplex(16 * 1024);
+        if app.engine.attach_console(&host, id, Box::new(ours)).is_err() {
+            return;
+        }
+        let (mut to_agent, mut from_agent) = socket.split();
+        let (mut read, mut write) = tokio::io::split(theirs);
+        let outbound = async {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n @ 1..) = read.read(&mut buf).await {
+                if to_agent.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let inbound = async {
+            while let Some(Ok(msg)) = from_agent.next().await {
+                let bytes = match msg {
+                    Message::Binary(b) => b.to_vec(),
+                    Message::Text(t) => t.as_bytes().to_vec(),
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                if write.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::select! { _ = outbound => {}, _ = inbound => {} }
+    }))
 }
 
 #[derive(Debug, Deserialize)]

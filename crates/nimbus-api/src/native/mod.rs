@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/v1/agent/heartbeat", post(agent::heartbeat))
         .route("/v1/agent/calls", get(agent::calls))
         .route("/v1/agent/calls/{id}", post(agent::reply))
+        .route("/v1/agent/console/{id}", get(agent::console))
         .route("/v1/whoami", get(access::whoami))
         .route("/v1/ping", get(access::ping))
         .route("/v1/api-keys", get(access::list_api_keys).post(access::create_api_key))
