@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub mod call;
+pub mod overlay;
 pub mod qemu;
 pub mod sim;
 
@@ -154,6 +155,11 @@ pub trait Driver: Send + Sync + 'static {
     /// Attaches a virtual TPM (instance stopped).
     async fn enable_tpm(&self, _id: Uuid) -> DriverResult<()> {
         Err(DriverError::Unsupported(format!("the {} driver has no TPM support", self.name())))
+    }
+    /// Joins the host's instance network to the zone's overlay across hosts (see `overlay`), or brings it up
+    /// to date. Default: nothing to join (a simulated host has no network).
+    async fn join_overlay(&self, _spec: &overlay::OverlaySpec) -> DriverResult<()> {
+        Ok(())
     }
     /// Opens the interactive serial console. Default: not supported.
     async fn console_stream(&self, _id: Uuid) -> DriverResult<ConsoleStream> {

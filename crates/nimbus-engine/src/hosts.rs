@@ -31,6 +31,9 @@ use crate::{store_err, Context, Engine, Result};
 pub(crate) const HOST_TOKEN: &str = "host_token";
 /// Alias kind that finds a host token by its secret's hash.
 const HOST_TOKEN_HASH: &str = "host_token.sha256";
+/// The zone's overlay segment is this plus the zone's number.
+const OVERLAY_VNI_BASE: u32 = 10_000;
+
 /// The reason an instance of a host that stopped answering shows.
 pub const HOST_UNREACHABLE: &str = "host-unreachable";
 
@@ -527,6 +530,36 @@ impl Engine {
         }
         self.kick_workers();
         Ok(Evacuation { operations: ops, left })
+    }
+
+    /// What host `name`'s side of the zone's overlay network must be, when it has an underlay address:
+    /// the zone's other hosts that have one, and every instance placed on them (its MAC, its host).
+    pub async fn overlay_for(&self, name: &str) -> Result<Option<nimbus_driver::overlay::OverlaySpec>> {
+        let hosts = self.store.list_hosts().await.map_err(store_err)?;
+        let Some(local) = hosts.iter().find(|h| h.host.name == name).and_then(|h| h.host.underlay_address.clone())
+        else {
+            return Ok(None);
+        };
+        let peers: BTreeMap<String, String> = hosts
+            .iter()
+            .filter(|h| h.host.name != name && h.host.zone == self.config.zone)
+            .filter_map(|h| Some((h.host.name.clone(), h.host.underlay_address.clone()?)))
+            .collect();
+        let mut neighbors = Vec::new();
+        for (host, address) in &peers {
+            let query = InstanceQuery { host: Some(host.clone()), ..Default::default() };
+            for i in self.store.list_instances(&query).await.map_err(store_err)? {
+                neighbors.push((i.mac_address.clone(), address.clone()));
+            }
+        }
+        let zone = self.zone().await?;
+        Ok(Some(nimbus_driver::overlay::OverlaySpec {
+            vni: OVERLAY_VNI_BASE + zone.numeric_id as u32,
+            port: 4789,
+            local,
+            peers: peers.into_values().collect(),
+            neighbors,
+        }))
     }
 
     /// The names of the hosts instances may be placed on, with their views, for placement.

@@ -163,6 +163,9 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
                 if let Err(e) = heartbeat(&cp, Some(&*driver)).await {
                     tracing::warn!(error = %e, "report failed");
                 }
+                if let Err(e) = join_overlay(&cp, &*driver).await {
+                    tracing::warn!(error = %e, "could not bring the overlay network up to date");
+                }
                 tokio::time::sleep(report_every).await;
             }
         })
@@ -196,6 +199,16 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         r = calls => r??,
     }
     Ok(())
+}
+
+/// Brings the host's side of the zone's overlay network up to date (nothing when it has no underlay).
+async fn join_overlay(cp: &ControlPlane, driver: &dyn Driver) -> anyhow::Result<()> {
+    let (status, body) = cp.send(reqwest::Method::GET, "/v1/agent/overlay", None).await?;
+    if status == StatusCode::NO_CONTENT || !status.is_success() {
+        return Ok(());
+    }
+    let spec: nimbus_driver::overlay::OverlaySpec = serde_json::from_value(body)?;
+    driver.join_overlay(&spec).await.map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Aborts a task when dropped.

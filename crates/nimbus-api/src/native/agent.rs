@@ -6,6 +6,7 @@
 //! - `POST /v1/agent/heartbeat`: renews the host's lease, with a report of every VM it has and its state.
 //! - `GET /v1/agent/calls?wait=SECONDS`: the driver calls waiting for the host (a long poll).
 //! - `POST /v1/agent/calls/{id}`: the reply to one.
+//! - `GET /v1/agent/overlay`: the host's side of the zone's overlay network (peers, remote instances).
 //! - `GET /v1/agent/console/{session}` (websocket): an interactive console the agent was asked (in the
 //!   calls' answer) to bring to this server, for a user's request waiting here.
 //!
@@ -85,6 +86,15 @@ pub async fn register(
         heartbeat_every_ms: app.engine.config().heartbeat_every.as_millis() as u64,
         report_every_ms: app.engine.config().report_every.as_millis() as u64,
     }))
+}
+
+/// The host's side of the zone's overlay network (204 when the host has no underlay address).
+pub async fn overlay(State(app): State<AppState>, HostCaller(host): HostCaller) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    Ok(match app.engine.overlay_for(&host).await? {
+        Some(spec) => Json(spec).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
 }
 
 /// A heartbeat, with a report of what runs on the host now and then.

@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/v1/agent/calls", get(agent::calls))
         .route("/v1/agent/calls/{id}", post(agent::reply))
         .route("/v1/agent/console/{id}", get(agent::console))
+        .route("/v1/agent/overlay", get(agent::overlay))
         .route("/v1/whoami", get(access::whoami))
         .route("/v1/ping", get(access::ping))
         .route("/v1/api-keys", get(access::list_api_keys).post(access::create_api_key))

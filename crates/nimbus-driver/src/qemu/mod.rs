@@ -864,6 +864,10 @@ impl Driver for QemuDriver {
         Self::write_seed(&dir, spec)
     }
 
+    async fn join_overlay(&self, spec: &crate::overlay::OverlaySpec) -> DriverResult<()> {
+        crate::overlay::sync(&self.config.netns, BRIDGE, spec).await.map_err(failed)
+    }
+
     async fn disk_size_gb(&self, id: Uuid) -> DriverResult<u64> {
         let dir = self.existing_dir(id)?;
         Ok(self.virtual_size(&dir.join("disk.qcow2")).await?.div_ceil(1 << 30))
