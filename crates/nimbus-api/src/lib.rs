@@ -21,6 +21,7 @@ pub mod extract;
 pub mod middleware;
 pub mod native;
 pub mod openapi;
+pub mod relay;
 
 pub use error::ApiError;
 

@@ -181,40 +181,24 @@ impl Engine {
             }
             let now = nimbus_core::now();
             let existing = self.store.get_host(name).await.map_err(store_err)?;
+            // What the agent reports replaces what it reported before; what operators set stays.
+            let reported = Host {
+                id: existing.as_ref().map_or_else(Uuid::new_v4, |s| s.host.id),
+                name: name.to_string(),
+                zone: reg.zone.clone(),
+                admin_state: existing.as_ref().map_or(HostState::Ready, |s| s.host.admin_state),
+                capacity: reg.capacity.clone(),
+                accelerator: reg.accelerator.clone(),
+                driver: reg.driver.clone(),
+                underlay_address: reg.underlay_address.clone(),
+                tpm: reg.tpm,
+                agent_version: reg.agent_version.clone(),
+                registered_at: existing.as_ref().map_or(now, |s| s.host.registered_at),
+                updated_at: now,
+            };
             let (host, generation, expected) = match &existing {
-                Some(stored) => (
-                    Host {
-                        zone: reg.zone.clone(),
-                        capacity: reg.capacity.clone(),
-                        accelerator: reg.accelerator.clone(),
-                        driver: reg.driver.clone(),
-                        underlay_address: reg.underlay_address.clone(),
-                        tpm: reg.tpm,
-                        agent_version: reg.agent_version.clone(),
-                        updated_at: now,
-                        ..stored.host.clone()
-                    },
-                    stored.generation + 1,
-                    Some(stored.generation),
-                ),
-                None => (
-                    Host {
-                        id: Uuid::new_v4(),
-                        name: name.to_string(),
-                        zone: reg.zone.clone(),
-                        admin_state: HostState::Ready,
-                        capacity: reg.capacity.clone(),
-                        accelerator: reg.accelerator.clone(),
-                        driver: reg.driver.clone(),
-                        underlay_address: reg.underlay_address.clone(),
-                        tpm: reg.tpm,
-                        agent_version: reg.agent_version.clone(),
-                        registered_at: now,
-                        updated_at: now,
-                    },
-                    1,
-                    None,
-                ),
+                Some(stored) => (reported, stored.generation + 1, Some(stored.generation)),
+                None => (reported, 1, None),
             };
             let mut set = WriteSet::new();
             set.push(Write::PutHost { host: host.clone(), generation, expected_generation: expected });

@@ -10,7 +10,6 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,23 +44,6 @@ pub struct AgentArgs {
     concurrency: usize,
     #[command(flatten)]
     host: crate::host::DriverArgs,
-}
-
-pub fn run(args: AgentArgs) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG").unwrap_or_else(|_| "info,reqwest=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(serve(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("nimbus agent: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
 }
 
 /// The agent's side of the control plane's `/v1/agent/...`.
@@ -128,7 +110,7 @@ impl ControlPlane {
     }
 }
 
-async fn serve(args: AgentArgs) -> anyhow::Result<()> {
+pub async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
     let cp = Arc::new(ControlPlane {

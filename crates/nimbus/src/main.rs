@@ -30,11 +30,34 @@ enum Command {
     Client(cli::ClientCommand),
 }
 
+/// Runs a long-lived process (`server`, `agent`): logs to stderr (`NIMBUS_LOG` filters), a multi-threaded
+/// runtime, and the exit code of `body`, whose error is printed after `what`.
+fn daemon<F: std::future::Future<Output = anyhow::Result<()>>>(
+    what: &str,
+    log_default: &str,
+    body: F,
+) -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG").unwrap_or_else(|_| log_default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(body) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{what}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let args = Cli::parse();
     match args.command {
-        Command::Server(args) => server::run(args),
-        Command::Agent(args) => agent::run(args),
+        Command::Server(args) => daemon("nimbus server", "info,sqlx=warn,tower_http=warn", server::serve(args)),
+        Command::Agent(args) => daemon("nimbus agent", "info,reqwest=warn", agent::serve(args)),
         Command::Openapi => {
             print!("{}", nimbus_api::openapi::document_json());
             std::process::ExitCode::SUCCESS

@@ -138,41 +138,13 @@ pub async fn console(
     Path(id): Path<String>,
     ws: axum::extract::WebSocketUpgrade,
 ) -> ApiResult<axum::response::Response> {
-    use axum::extract::ws::Message;
-    use futures_util::{SinkExt, StreamExt};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let id = parse_uuid("console session", &id)?;
     Ok(ws.on_upgrade(move |socket| async move {
         // The agent's websocket, seen by the user's request as a byte stream.
         let (ours, theirs) = tokio::io::duplex(16 * 1024);
-        if app.engine.attach_console(&host, id, Box::new(ours)).is_err() {
-            return;
+        if app.engine.attach_console(&host, id, Box::new(ours)).is_ok() {
+            crate::relay::relay(socket, theirs).await;
         }
-        let (mut to_agent, mut from_agent) = socket.split();
-        let (mut read, mut write) = tokio::io::split(theirs);
-        let outbound = async {
-            let mut buf = vec![0u8; 4096];
-            while let Ok(n @ 1..) = read.read(&mut buf).await {
-                if to_agent.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
-                    break;
-                }
-            }
-        };
-        let inbound = async {
-            while let Some(Ok(msg)) = from_agent.next().await {
-                let bytes = match msg {
-                    Message::Binary(b) => b.to_vec(),
-                    Message::Text(t) => t.as_bytes().to_vec(),
-                    Message::Close(_) => break,
-                    _ => continue,
-                };
-                if write.write_all(&bytes).await.is_err() {
-                    break;
-                }
-            }
-        };
-        tokio::select! { _ = outbound => {}, _ = inbound => {} }
     }))
 }
 

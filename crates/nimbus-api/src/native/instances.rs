@@ -493,45 +493,11 @@ pub async fn console_stream(
     Path(id): Path<String>,
     ws: axum::extract::WebSocketUpgrade,
 ) -> ApiResult<Response> {
-    use axum::extract::ws::Message;
-    use futures_util::{SinkExt, StreamExt};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let id = parse_uuid("instance", &id)?;
     let ctx = match caller {
         ConsoleCaller::Key(ctx) => *ctx,
         ConsoleCaller::Ticket { token, actor } => app.engine.redeem_console_ticket(&token, id, actor).await?,
     };
     let stream = app.engine.console_stream(&ctx, id).await?;
-    Ok(ws.on_upgrade(move |socket| async move {
-        let (mut to_client, mut from_client) = socket.split();
-        let (mut serial_read, mut serial_write) = tokio::io::split(stream);
-        let outbound = async {
-            let mut buf = vec![0u8; 4096];
-            loop {
-                match serial_read.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if to_client.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        };
-        let inbound = async {
-            while let Some(Ok(msg)) = from_client.next().await {
-                let bytes = match msg {
-                    Message::Binary(b) => b.to_vec(),
-                    Message::Text(t) => t.as_bytes().to_vec(),
-                    Message::Close(_) => break,
-                    _ => continue,
-                };
-                if serial_write.write_all(&bytes).await.is_err() {
-                    break;
-                }
-            }
-        };
-        tokio::select! { _ = outbound => {}, _ = inbound => {} }
-    }))
+    Ok(ws.on_upgrade(move |socket| crate::relay::relay(socket, stream)))
 }

@@ -46,12 +46,7 @@ impl Saga for Evacuate {
     }
 
     async fn run(cx: &StepCx<'_>, _: &Params, step: &'static str) -> DriverResult<Value> {
-        let spec = cx.engine.spec_for_driver(cx.instance).await?;
-        match step {
-            "provision" => cx.driver().create(&spec).await?,
-            _ => cx.driver().start(&spec).await?,
-        }
-        Ok(Value::Null)
+        super::build_on_host(cx, step).await
     }
 
     async fn succeeded(cx: &StepCx<'_>, p: &Params, next: &mut Instance, _: &[Value]) -> Result<Succeeded> {

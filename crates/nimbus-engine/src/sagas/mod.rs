@@ -136,6 +136,17 @@ pub(crate) trait Saga: Send + Sync + 'static {
     }
 }
 
+/// The steps that build an instance on its host from its template (`provision`) and boot it (`boot`), for
+/// the kinds that make an instance anew (create, evacuate).
+pub(crate) async fn build_on_host(cx: &StepCx<'_>, step: &'static str) -> DriverResult<Value> {
+    let spec = cx.engine.spec_for_driver(cx.instance).await?;
+    match step {
+        "provision" => cx.driver().create(&spec).await?,
+        _ => cx.driver().start(&spec).await?,
+    }
+    Ok(Value::Null)
+}
+
 /// A plan's contribution to the request's transaction.
 #[derive(Debug)]
 pub(crate) struct Planned {
