@@ -194,6 +194,9 @@ impl Engine {
         });
         engine.seed_catalog().await?;
         engine.release_own_leases().await?;
+        // The requests of an earlier run of this server are gone: their idempotency holds that applied
+        // nothing are forgotten now, so retries run at once instead of after the holds' leases.
+        engine.store.idempotency_sweep(Some(&engine.worker_id)).await.map_err(store_err)?;
         engine.reconcile().await?;
         worker::spawn(engine.clone());
         reconciler::spawn(engine.clone());
@@ -216,6 +219,10 @@ impl Engine {
         self.halt();
         if let Err(e) = self.release_own_leases().await {
             tracing::warn!(error = %e, "could not give leases back at shutdown");
+        }
+        // Called once the API has stopped serving: no request holds an idempotency key any more.
+        if let Err(e) = self.store.idempotency_sweep(Some(&self.worker_id)).await {
+            tracing::warn!(error = %e, "could not give idempotency keys back at shutdown");
         }
     }
 
@@ -266,6 +273,7 @@ pub(crate) fn store_err(e: StoreError) -> DomainError {
         StoreError::QuotaExceeded(why) => DomainError::QuotaExceeded(why),
         StoreError::NotFound(what) => DomainError::NotFound { kind: "resource", id: what },
         StoreError::Backend(msg) => DomainError::Internal(msg),
+        StoreError::Superseded(why) => DomainError::Conflict(format!("{why}; its answer is the retry's")),
     }
 }
 

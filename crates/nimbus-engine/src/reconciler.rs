@@ -20,6 +20,11 @@ pub(crate) fn spawn(engine: Arc<Engine>) {
             if let Err(e) = engine.reconcile().await {
                 tracing::warn!(error = %e, "reconcile pass failed");
             }
+            // Idempotency holds of requests whose server died hold nothing up once their leases expire
+            // (a retry takes them over); swept here so that none lingers unretried.
+            if let Err(e) = engine.store.idempotency_sweep(None).await {
+                tracing::warn!(error = %e, "could not sweep idempotency keys");
+            }
         }
     });
     handle.track(task.abort_handle());

@@ -125,7 +125,7 @@ pub fn parse_uuid(kind: &'static str, s: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(s).map_err(|_| ApiError::from(DomainError::not_found(kind, s)))
 }
 
-fn with_etag(view: InstanceView, etag: String) -> Response {
+pub(crate) fn with_etag(view: InstanceView, etag: String) -> Response {
     let mut response = Json(view).into_response();
     if let Ok(v) = header::HeaderValue::from_str(&etag) {
         response.headers_mut().insert(header::ETAG, v);

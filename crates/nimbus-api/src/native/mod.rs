@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod groups;
 pub mod instances;
 pub mod operations;
+pub mod replay;
 pub mod views;
 
 pub fn router(state: AppState) -> Router<AppState> {

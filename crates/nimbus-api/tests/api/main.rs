@@ -3,6 +3,7 @@
 
 mod common;
 mod console;
+mod idempotency;
 mod input;
 mod lifecycle;
 mod operations;
