@@ -34,7 +34,7 @@ impl Modify for BearerAuth {
         access::whoami, access::ping, access::create_api_key, access::list_api_keys, access::delete_api_key,
         access::create_project, access::list_projects, access::get_project, access::set_quota,
         access::create_ssh_key, access::list_ssh_keys, access::get_ssh_key, access::delete_ssh_key,
-        catalog::zones, catalog::host, catalog::instance_types, catalog::templates, catalog::template,
+        catalog::zones, catalog::host, catalog::remove_unknown_instance, catalog::instance_types, catalog::templates, catalog::template,
         catalog::register_template, catalog::delete_template,
         groups::list_snapshots, groups::get_snapshot, groups::delete_snapshot,
         groups::create_security_group, groups::list_security_groups, groups::get_security_group, groups::delete_security_group,

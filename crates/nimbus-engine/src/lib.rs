@@ -44,6 +44,7 @@ pub use auth::{BootstrapOutcome, WhoAmI};
 pub use console::{ConsoleTicket, CONSOLE_TICKET_LIFETIME};
 pub use instances::{ActionRequest, CreateInstance, InstanceFilter, InstancePatch};
 pub use networking::PrivateNetworkSpec;
+pub use reconciler::UnknownHostInstance;
 pub use sagas::{CrashHook, CrashPoint, CrashWhen};
 
 pub type Result<T, E = DomainError> = std::result::Result<T, E>;

@@ -22,6 +22,7 @@ pub async fn zones(State(app): State<AppState>, Caller(_): Caller) -> ApiResult<
 #[utoipa::path(get, path = "/v1/host", tag = "catalog", responses((status = 200, body = HostView)))]
 pub async fn host(State(app): State<AppState>, Caller(_): Caller) -> ApiResult<Json<HostView>> {
     let h = app.engine.host_info().await;
+    let unknown = app.engine.unknown_host_instances().await?;
     Ok(Json(HostView {
         name: h.name,
         driver: h.driver,
@@ -29,7 +30,31 @@ pub async fn host(State(app): State<AppState>, Caller(_): Caller) -> ApiResult<J
         vcpus: h.vcpus,
         memory_mib: h.memory_mib,
         disk_gb: h.disk_gb,
+        unknown_instances: unknown
+            .into_iter()
+            .map(|u| UnknownHostInstanceView {
+                id: u.id,
+                host_state: u.host_state.map(|s| {
+                    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+                }),
+                found_at: u.found_at,
+            })
+            .collect(),
     }))
+}
+
+/// Destroys, on purpose, an instance the host runs that no record knows (see `GET /v1/host`): its
+/// processes and files are gone for good. Admin only.
+#[utoipa::path(delete, path = "/v1/host/unknown-instances/{id}", tag = "catalog", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn remove_unknown_instance(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = super::instances::parse_uuid("unknown host instance", &id)?;
+    app.engine.remove_unknown_host_instance(&ctx, id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/instance-types", tag = "catalog", responses((status = 200, body = InstanceTypeList)))]

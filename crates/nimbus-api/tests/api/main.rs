@@ -3,6 +3,7 @@
 
 mod common;
 mod console;
+mod host;
 mod idempotency;
 mod input;
 mod lifecycle;
