@@ -381,6 +381,26 @@ pub async fn a_sweep_drops_holds_that_can_no_longer_apply(store: &dyn Store) {
     assert_eq!(claim(store, &live, "h", LONG).await, IdempotencyClaim::InProgress);
 }
 
+/// A store written through its own API passes its integrity check; a row that references nothing is found.
+pub async fn the_integrity_check_passes_a_sound_store_and_finds_a_dangling_address(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let mut set = WriteSet::new();
+    let i = instance(p.id, "web", 1);
+    set.push(Write::PutInstance { instance: i.clone(), expected_generation: None });
+    set.push(Write::ClaimAddress { network: "net".into(), host: 2, owner: i.id });
+    store.apply(set).await.unwrap();
+    let report = store.check_integrity().await.unwrap();
+    assert_eq!(report.problems, Vec::<String>::new(), "{report:?}");
+    assert!(report.checked.len() >= 2, "a physical and a logical half: {report:?}");
+    let nobody = Uuid::new_v4();
+    let mut set = WriteSet::new();
+    set.push(Write::ClaimAddress { network: "net".into(), host: 3, owner: nobody });
+    store.apply(set).await.unwrap();
+    let report = store.check_integrity().await.unwrap();
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    assert!(report.problems[0].contains(&nobody.to_string()), "{report:?}");
+}
+
 pub async fn aliases_are_unique_both_ways(store: &dyn Store) {
     let id = Uuid::new_v4();
     let mut set = WriteSet::new();
@@ -873,6 +893,7 @@ macro_rules! conformance_tests {
             a_request_that_applied_is_answered_from_what_it_made,
             only_the_holding_request_marks_its_key,
             a_sweep_drops_holds_that_can_no_longer_apply,
+            the_integrity_check_passes_a_sound_store_and_finds_a_dangling_address,
             aliases_are_unique_both_ways,
             addresses_are_lowest_free_and_released,
             api_keys_are_found_by_secret_hash,

@@ -29,6 +29,7 @@ pub mod conformance;
 pub mod sql;
 pub mod testing;
 
+pub use sql::integrity::{backup_sqlite, restore_sqlite, sqlite_file, Restored};
 pub use sql::SqlStore;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -414,6 +415,17 @@ pub trait Store: Send + Sync + 'static {
     /// expired; and keys older than a day. Returns how many holds it dropped.
     async fn idempotency_sweep(&self, server: Option<&str>) -> StoreResult<u64>;
     async fn idempotency_audit(&self) -> StoreResult<IdempotencyAudit>;
+
+    /// Checks the database, physically (the backend's own checks) and logically (documents against their
+    /// columns, references between rows); see [`sql::integrity`].
+    async fn check_integrity(&self) -> StoreResult<IntegrityReport>;
+}
+
+/// What [`Store::check_integrity`] checked and found wrong; nothing wrong when `problems` is empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IntegrityReport {
+    pub checked: Vec<String>,
+    pub problems: Vec<String>,
 }
 
 /// Opens the store a database URL names: `sqlite://PATH` (created if missing), `sqlite::memory:`, or

@@ -325,6 +325,9 @@ impl Store for FaultyStore {
     async fn idempotency_audit(&self) -> StoreResult<IdempotencyAudit> {
         self.inner.idempotency_audit().await
     }
+    async fn check_integrity(&self) -> StoreResult<crate::IntegrityReport> {
+        self.inner.check_integrity().await
+    }
 }
 
 /// A directory removed with everything in it when dropped.

@@ -13,6 +13,7 @@
 //!   [`migrations`] (DDL) and [`notify`] (hearing other servers' writes).
 
 mod backend;
+pub mod integrity;
 mod migrations;
 mod notify;
 mod writes;
@@ -922,6 +923,10 @@ impl Store for SqlStore {
         .await;
         let changed = matches!(result, Ok((e, d)) if e + d > 0);
         self.end(w, result, changed).await.map(|(_, dropped)| dropped)
+    }
+
+    async fn check_integrity(&self) -> StoreResult<IntegrityReport> {
+        self.integrity().await
     }
 
     async fn idempotency_audit(&self) -> StoreResult<IdempotencyAudit> {
