@@ -44,6 +44,7 @@ pub fn classify(e: &DomainError) -> (StatusCode, &'static str) {
         DomainError::Unsupported(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported"),
         DomainError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
         DomainError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        DomainError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     }
 }
 
@@ -64,6 +65,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
         }
         response
     }

@@ -274,6 +274,7 @@ pub(crate) fn store_err(e: StoreError) -> DomainError {
         StoreError::QuotaExceeded(why) => DomainError::QuotaExceeded(why),
         StoreError::NotFound(what) => DomainError::NotFound { kind: "resource", id: what },
         StoreError::Backend(msg) => DomainError::Internal(msg),
+        StoreError::Unavailable(why) => DomainError::Unavailable(format!("the database: {why}")),
         StoreError::Superseded(why) => DomainError::Conflict(format!("{why}; its answer is the retry's")),
     }
 }

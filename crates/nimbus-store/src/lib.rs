@@ -46,6 +46,10 @@ pub enum StoreError {
     NotFound(String),
     #[error("store: {0}")]
     Backend(String),
+    /// The database cannot take the write now, for a reason that should pass: its disk is full or
+    /// read-only, it cannot be reached. Nothing was written; retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// The request's hold on its idempotency key was taken over by a retry (this request's server stalled
     /// past the hold's lease): nothing was written, and the retry answers for the key.
     #[error("superseded: {0}")]

@@ -59,6 +59,12 @@ pub struct ServerArgs {
     /// qemu driver: the network namespace Nimbus creates for instance networks.
     #[arg(long, env = "NIMBUS_NETNS", default_value = "nimbus")]
     netns: String,
+    /// qemu driver: the QEMU system emulator to run (a name looked up in PATH, or a path).
+    #[arg(long, env = "NIMBUS_QEMU", default_value = "qemu-system-x86_64")]
+    qemu_binary: String,
+    /// qemu driver: the `qemu-img` to make and inspect disks with (a name looked up in PATH, or a path).
+    #[arg(long, env = "NIMBUS_QEMU_IMG", default_value = "qemu-img")]
+    qemu_img: String,
     /// qemu driver: where templates live (one directory each, as `guest/build.sh` makes them).
     /// Default: `<data-dir>/templates`.
     #[arg(long, env = "NIMBUS_TEMPLATE_DIR")]
@@ -124,6 +130,8 @@ async fn build_driver(
             let mut config = QemuConfig::new(data_dir.join("qemu"), templates);
             config.accel = args.accel.parse().map_err(anyhow::Error::msg)?;
             config.netns = args.netns.clone();
+            config.qemu_binary = args.qemu_binary.clone();
+            config.qemu_img = args.qemu_img.clone();
             config.bridge_cidr = format!("{}/{}", network.gateway(), network.prefix);
             let driver = Arc::new(QemuDriver::new(config).await.map_err(|e| anyhow::anyhow!("qemu driver: {e}"))?);
             if driver.templates().await.map(|t| t.is_empty()).unwrap_or(true) {
@@ -141,7 +149,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.canonicalize()?;
     // One server per data dir: its id (below) names the leases it holds, and two processes sharing it would
     // take each other's operations. The lock goes with the process, however it ends.
-    let lock = std::fs::File::create(data_dir.join("server.lock"))?;
+    let lock_path = data_dir.join("server.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}: the data dir must be writable", lock_path.display()))?;
     lock.try_lock().map_err(|_| {
         anyhow::anyhow!("another nimbus server uses {}; give each server its own --data-dir", data_dir.display())
     })?;

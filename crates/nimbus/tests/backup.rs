@@ -56,7 +56,13 @@ async fn a_backup_taken_under_load_restores_every_write_acknowledged_before_it()
                     } else {
                         let id = mine[k % mine.len()].clone();
                         let (key, value) = (format!("k{k}"), format!("v{n}"));
-                        let a = c.native(Method::PATCH, &format!("/v1/instances/{id}"), Some(json!({"labels": {&key: &value}}))).await;
+                        let a = c
+                            .native(
+                                Method::PATCH,
+                                &format!("/v1/instances/{id}"),
+                                Some(json!({"labels": {&key: &value}})),
+                            )
+                            .await;
                         assert_eq!(a.status, 200, "{}", a.body);
                         acked.lock().unwrap().push((Instant::now(), Write::Label { id, key, value }));
                     }
@@ -90,7 +96,13 @@ async fn a_backup_taken_under_load_restores_every_write_acknowledged_before_it()
     assert!(!again.status.success(), "a backup never overwrites a file");
 
     // After the backup: one instance made, one deleted.
-    let made = c.native(Method::POST, "/v1/instances", Some(json!({"name": "after", "instance_type": "standard.micro", "template": "busybox"}))).await;
+    let made = c
+        .native(
+            Method::POST,
+            "/v1/instances",
+            Some(json!({"name": "after", "instance_type": "standard.micro", "template": "busybox"})),
+        )
+        .await;
     let made_op = c.wait(&made.str("/id").unwrap(), LONG).await;
     let made_id: uuid::Uuid = made_op["target"]["id"].as_str().unwrap().parse().unwrap();
     let Write::Created { id: gone, .. } = before.iter().find(|w| matches!(w, Write::Created { .. })).unwrap() else {
@@ -120,6 +132,7 @@ async fn a_backup_taken_under_load_restores_every_write_acknowledged_before_it()
         host_dir: setup.host_dir.clone(),
         args: setup.args.clone(),
         port: free_port(),
+        log: dir.path().join("restored.log"),
     };
     let out = nimbus(&["restore", file.to_str().unwrap(), "--data-dir", restored.data_dir.to_str().unwrap()]);
     assert!(out.status.success(), "nimbus restore: {}", String::from_utf8_lossy(&out.stderr));
@@ -130,12 +143,17 @@ async fn a_backup_taken_under_load_restores_every_write_acknowledged_before_it()
     for w in &before {
         match w {
             Write::Created { id, name } => {
-                let i = find(id).unwrap_or_else(|| panic!("instance {name} ({id}), created before the backup, is lost"));
+                let i =
+                    find(id).unwrap_or_else(|| panic!("instance {name} ({id}), created before the backup, is lost"));
                 assert_eq!(i["name"].as_str(), Some(name.as_str()));
             }
             Write::Label { id, key, value } => {
                 let i = find(id).unwrap_or_else(|| panic!("instance {id} is lost"));
-                assert_eq!(i["labels"][key].as_str(), Some(value.as_str()), "label {key} of {id}, set before the backup: {i}");
+                assert_eq!(
+                    i["labels"][key].as_str(),
+                    Some(value.as_str()),
+                    "label {key} of {id}, set before the backup: {i}"
+                );
             }
         }
     }

@@ -44,6 +44,8 @@ struct Knobs {
     calls: u64,
     clients: u64,
     seed: u64,
+    /// The most instances a client keeps at once.
+    max_live: usize,
 }
 
 impl Knobs {
@@ -54,6 +56,7 @@ impl Knobs {
             calls: var("NIMBUS_CRASH_LOOP_CALLS", calls),
             clients: var("NIMBUS_CRASH_LOOP_CLIENTS", clients),
             seed: var("NIMBUS_CRASH_LOOP_SEED", rand::thread_rng().gen()),
+            max_live: 6,
         }
     }
 }
@@ -90,7 +93,8 @@ async fn crash_loop_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let args: Vec<&str> = SERVER_ARGS.iter().chain(SIM_FAULTS).copied().collect();
     let setup = Setup::sim(dir.path(), Database::Sqlite, &args);
-    run(setup, Knobs::from_env(30, 300, 8), "sim").await;
+    let host = setup.host();
+    run(&setup, Knobs::from_env(30, 300, 8), "sim", &host).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -99,7 +103,35 @@ async fn crash_loop_on_postgres() {
     let dir = tempfile::tempdir().unwrap();
     let args: Vec<&str> = SERVER_ARGS.iter().chain(SIM_FAULTS).copied().collect();
     let setup = Setup::sim(dir.path(), db, &args);
-    run(setup, Knobs::from_env(30, 300, 8), "sim").await;
+    let host = setup.host();
+    run(&setup, Knobs::from_env(30, 300, 8), "sim", &host).await;
+}
+
+/// The short run on real VMs (QEMU under TCG here): fewer kills, calls and instances, the same checks,
+/// and no QEMU process of the data dir that no running instance accounts for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_loop_on_real_vms() {
+    if !can_run_vms("crash_loop_on_real_vms") {
+        return;
+    }
+    let cloud = VmCloud::new(3, &["--lease-secs", "5", "--reconcile-secs", "1", "--stop-grace-secs", "2"]);
+    let host = cloud.host().await;
+    let knobs = Knobs { max_live: 2, ..Knobs::from_env(6, 40, 2) };
+    run(&cloud.setup, knobs, "qemu", &host).await;
+    let store = cloud.setup.store().await;
+    let running: Vec<String> = store
+        .list_instances(&Default::default())
+        .await
+        .unwrap()
+        .iter()
+        .filter(|i| i.state == nimbus_core::instance::InstanceState::Running)
+        .map(|i| i.id.to_string())
+        .collect();
+    let pids = qemu_pids(&cloud.setup.data_dir.display().to_string());
+    assert_eq!(pids.len(), running.len(), "one QEMU per running instance, none else: {pids:?} for {running:?}");
+    for id in &running {
+        assert_eq!(qemu_pids(id).len(), 1, "instance {id}");
+    }
 }
 
 /// What the clients learned, for the end.
@@ -231,7 +263,7 @@ impl Shared {
     }
 }
 
-async fn run(setup: Setup, knobs: Knobs, driver: &str) {
+async fn run(setup: &Setup, knobs: Knobs, driver: &str, host: &dyn nimbus_driver::Driver) {
     let store_name = setup.database.name();
     println!(
         "crash loop on {store_name}/{driver}: seed {} (NIMBUS_CRASH_LOOP_SEED), {} kills, {} calls, {} clients",
@@ -273,7 +305,8 @@ async fn run(setup: Setup, knobs: Knobs, driver: &str) {
         .map(|n| {
             let shared = shared.clone();
             let seed = knobs.seed.wrapping_add(n + 1);
-            tokio::spawn(async move { client_loop(shared, n, seed).await })
+            let max_live = knobs.max_live;
+            tokio::spawn(async move { client_loop(shared, n, seed, max_live).await })
         })
         .collect();
 
@@ -386,8 +419,7 @@ async fn run(setup: Setup, knobs: Knobs, driver: &str) {
 
     // A clean stop leaves nothing held; then the store and the host, compared.
     server.stop(Duration::from_secs(60));
-    let host = setup.host();
-    let audit = audit(shared.store.as_ref(), &host).await;
+    let audit = audit(shared.store.as_ref(), host).await;
     stuck.extend(audit.stuck.iter().cloned());
 
     let calls = shared.calls.load(Ordering::SeqCst);
@@ -463,7 +495,7 @@ const ACTS: &[(Act, u32)] = &[
     (Act::GcoreDelete, 2),
 ];
 
-async fn client_loop(shared: Arc<Shared>, n: u64, seed: u64) {
+async fn client_loop(shared: Arc<Shared>, n: u64, seed: u64, max_live: usize) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut mine: Vec<Owned> = Vec::new();
     let total: u32 = ACTS.iter().map(|(_, w)| w).sum();
@@ -471,9 +503,10 @@ async fn client_loop(shared: Arc<Shared>, n: u64, seed: u64) {
         let k = shared.calls.fetch_add(1, Ordering::SeqCst);
         let call = format!("c{n}k{k}");
         let live: Vec<usize> = (0..mine.len()).filter(|i| mine[*i].deleted_by.is_none()).collect();
-        if live.len() < 2 || (live.len() < 6 && rng.gen_bool(0.12)) {
+        if live.len() < max_live.min(2) || (live.len() < max_live && rng.gen_bool(0.12)) {
             if let Some(owned) = create(&shared, &call, rng.gen_bool(0.3), rng.gen_bool(0.8)).await {
                 mine.push(owned);
+                wait_for_call(&shared, &call, &mut rng).await;
             }
             continue;
         }
@@ -564,8 +597,12 @@ async fn create(shared: &Shared, call: &str, through_gcore: bool, auto_start: bo
 }
 
 async fn act_on(shared: &Shared, call: &str, i: &mut Owned, act: Act, rng: &mut StdRng) {
-    // Most clients wait for what they began before the next call on the instance; some do not.
     act_once(shared, call, i, act, rng).await;
+    wait_for_call(shared, call, rng).await;
+}
+
+/// Most clients wait for what they began before their next call; some do not.
+async fn wait_for_call(shared: &Shared, call: &str, rng: &mut StdRng) {
     let began = shared.ledger.lock().unwrap().ops.iter().rev().find(|(c, _)| c == call).map(|(_, op)| *op);
     if let (Some(op), true) = (began, rng.gen_bool(0.7)) {
         let _ = shared.client.native(Method::GET, &format!("/v1/operations/{op}?wait=10"), None).await;

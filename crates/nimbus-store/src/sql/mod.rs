@@ -27,6 +27,7 @@ use nimbus_core::instance::Instance;
 use nimbus_core::operation::Operation;
 use nimbus_core::tenancy::{ApiKey, Organization, Project, Quota, Usage};
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
+use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Row};
 use tokio::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
@@ -221,15 +222,30 @@ fn host_of(n: i64) -> StoreResult<u32> {
 }
 
 /// An open write transaction; see [`SqlStore::write`]. End it with [`SqlStore::finish`].
+///
+/// The transaction is begun, committed and rolled back with plain statements on a pooled connection, so
+/// that this code, not the driver's bookkeeping, decides what happens to the connection after a failure: a
+/// connection whose transaction did not end cleanly (a COMMIT refused by a full disk, a future dropped in
+/// the middle) is closed rather than handed to the next writer with a transaction still open on it.
 pub(crate) struct WriteTx<'s> {
-    tx: sqlx::Transaction<'static, Any>,
-    // Declared after `tx`, so that it is released only once the transaction has ended.
+    conn: PoolConnection<Any>,
+    /// Set once COMMIT or ROLLBACK went through.
+    ended: bool,
+    // Declared after `conn`, so that it is released only once the connection is back (or closed).
     _sqlite_writer: Option<MutexGuard<'s, ()>>,
 }
 
 impl WriteTx<'_> {
     pub(crate) fn conn(&mut self) -> &mut AnyConnection {
-        &mut self.tx
+        &mut self.conn
+    }
+}
+
+impl Drop for WriteTx<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.conn.close_on_drop();
+        }
     }
 }
 
@@ -282,8 +298,12 @@ impl SqlStore {
             Some(m) => Some(m.lock().await),
             None => None,
         };
-        let tx = self.pool.begin_with(self.backend.begin_write()).await.map_err(self.fail("beginning a write"))?;
-        Ok(WriteTx { tx, _sqlite_writer: guard })
+        let mut conn = self.pool.acquire().await.map_err(self.fail("connecting"))?;
+        if let Err(e) = query(self.backend.begin_write(), vec![]).execute(&mut *conn).await {
+            // No transaction was begun: the connection is as it was.
+            return Err(self.backend.error("beginning a write", e));
+        }
+        Ok(WriteTx { conn, ended: false, _sqlite_writer: guard })
     }
 
     /// Commits `w` when `result` is a success and tells waiters; otherwise rolls it back, now rather than
@@ -294,19 +314,27 @@ impl SqlStore {
 
     /// [`SqlStore::finish`], telling waiters only when `changed`: a write that found nothing to do (a claim
     /// with nothing to claim) must not wake them, or idle workers would wake each other forever.
-    async fn end<T>(&self, w: WriteTx<'_>, result: StoreResult<T>, changed: bool) -> StoreResult<T> {
-        let WriteTx { tx, _sqlite_writer } = w;
+    async fn end<T>(&self, mut w: WriteTx<'_>, result: StoreResult<T>, changed: bool) -> StoreResult<T> {
         match result {
-            Ok(value) => {
-                tx.commit().await.map_err(self.fail("committing"))?;
-                if changed {
-                    self.changes.bump();
+            Ok(value) => match query("COMMIT", vec![]).execute(w.conn()).await {
+                Ok(_) => {
+                    w.ended = true;
+                    if changed {
+                        self.changes.bump();
+                    }
+                    Ok(value)
                 }
-                Ok(value)
-            }
+                Err(e) => {
+                    // SQLite may or may not have rolled back already (a full disk, an I/O error); either
+                    // way the connection is closed when `w` drops, never reused with a transaction open.
+                    let _ = query("ROLLBACK", vec![]).execute(w.conn()).await;
+                    Err(self.backend.error("committing", e))
+                }
+            },
             Err(e) => {
-                if let Err(rollback) = tx.rollback().await {
-                    tracing::warn!(error = %rollback, "rolling back a failed write");
+                match query("ROLLBACK", vec![]).execute(w.conn()).await {
+                    Ok(_) => w.ended = true,
+                    Err(rollback) => tracing::warn!(error = %rollback, "rolling back a failed write"),
                 }
                 Err(e)
             }

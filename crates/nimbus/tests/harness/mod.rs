@@ -54,6 +54,8 @@ pub struct Setup {
     pub host_dir: Option<PathBuf>,
     pub args: Vec<String>,
     pub port: u16,
+    /// The server's log, appended to by every start.
+    pub log: PathBuf,
 }
 
 impl Setup {
@@ -64,6 +66,7 @@ impl Setup {
             host_dir: Some(root.join("host")),
             args: args.iter().map(|a| a.to_string()).collect(),
             port: free_port(),
+            log: root.join("server.log"),
         }
     }
 
@@ -75,7 +78,7 @@ impl Setup {
     }
 
     pub fn log_path(&self) -> PathBuf {
-        self.data_dir.with_extension("log")
+        self.log.clone()
     }
 
     /// Starts a server (without waiting for it).
@@ -450,5 +453,143 @@ pub fn report(line: &str) {
     use std::io::Write as _;
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = writeln!(f, "{line}");
+    }
+}
+
+/// Whether this test process runs as root (tmpfs mounts, network namespaces).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
+}
+
+pub fn have(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+/// Real VMs need QEMU and root (Nimbus's network namespace); says why when they cannot run.
+pub fn can_run_vms(test: &str) -> bool {
+    if !have("qemu-system-x86_64") || !have("qemu-img") {
+        println!("SKIPPED {test}: QEMU is not installed (scripts/install-deps.sh installs it)");
+        return false;
+    }
+    if !is_root() {
+        println!("SKIPPED {test}: not root (Nimbus's network namespace needs CAP_NET_ADMIN)");
+        return false;
+    }
+    true
+}
+
+/// The busybox template, built once by guest/build.sh into a directory keyed by guest/'s files and the
+/// installed kernels (the same cache `vms.rs` uses, so a run builds it once). Returns the template dir.
+pub fn templates() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_templates).clone()
+}
+
+fn fnv(hash: &mut u64, bytes: &[u8]) {
+    for b in bytes {
+        *hash ^= u64::from(*b);
+        *hash = hash.wrapping_mul(0x100_0000_01b3);
+    }
+}
+
+fn build_templates() -> PathBuf {
+    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest").canonicalize().unwrap();
+    let mut key = 0xcbf2_9ce4_8422_2325u64;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&guest).unwrap().flatten().map(|e| e.path()).collect();
+    files.sort();
+    for f in files.iter().filter(|f| f.is_file()) {
+        fnv(&mut key, f.file_name().unwrap().as_encoded_bytes());
+        fnv(&mut key, &std::fs::read(f).unwrap());
+    }
+    for dir in ["/boot", "/lib/modules"] {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        fnv(&mut key, names.join("\n").as_bytes());
+    }
+    let root = std::env::temp_dir().join(format!("nimbus-vms-templates-{key:016x}"));
+    if root.join("busybox/template.json").is_file() {
+        return root;
+    }
+    // Built aside and renamed into place, so that a concurrent test process never sees half a template.
+    let scratch = root.join(format!(".build-{}", std::process::id()));
+    let status = Command::new("sh").arg(guest.join("build.sh")).arg(scratch.join("busybox")).status().unwrap();
+    assert!(status.success(), "guest/build.sh failed (are guest/packages.txt's packages installed?)");
+    let _ = std::fs::rename(scratch.join("busybox"), root.join("busybox"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    assert!(root.join("busybox/template.json").is_file(), "no template in {}", root.display());
+    root
+}
+
+/// Live QEMU processes whose command line mentions `needle` (an instance id, a data dir).
+pub fn qemu_pids(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')));
+        let program = cmdline.split('\0').next().unwrap_or_default();
+        let is_qemu = program.rsplit('/').next().unwrap_or_default().starts_with("qemu-system");
+        if alive && is_qemu && cmdline.contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A server on real VMs: its own data dir (short: QEMU's sockets live there), network namespace and
+/// instance network. Dropping it kills the server, every QEMU of the data dir, and the namespace.
+pub struct VmCloud {
+    pub setup: Setup,
+    pub netns: String,
+    _dir: tempfile::TempDir,
+}
+
+impl VmCloud {
+    /// `n` picks the instance network 10.213.<200+n>.0/24 and names the namespace.
+    pub fn new(n: u8, extra: &[&str]) -> VmCloud {
+        let dir = tempfile::Builder::new().prefix("nr-").tempdir_in("/tmp").unwrap();
+        let netns = format!("nrt{}-{n}", std::process::id());
+        let mut args: Vec<String> = vec![
+            "--template-dir".into(),
+            templates().display().to_string(),
+            "--netns".into(),
+            netns.clone(),
+            "--network-cidr".into(),
+            format!("10.213.{}.0/24", 200 + u16::from(n)),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let setup = Setup {
+            data_dir: dir.path().join("d"),
+            database: Database::Sqlite,
+            host_dir: None,
+            args,
+            port: free_port(),
+            log: dir.path().join("server.log"),
+        };
+        VmCloud { setup, netns, _dir: dir }
+    }
+
+    /// The host as the qemu driver sees it, read by a driver of this process (no network of its own).
+    pub async fn host(&self) -> nimbus_driver::QemuDriver {
+        let mut config = nimbus_driver::QemuConfig::new(self.setup.data_dir.join("qemu"), templates());
+        config.network = false;
+        nimbus_driver::QemuDriver::new(config).await.unwrap()
+    }
+}
+
+impl Drop for VmCloud {
+    fn drop(&mut self) {
+        for pid in qemu_pids(&self.setup.data_dir.display().to_string()) {
+            // SAFETY: a QEMU process of this test's own data dir.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = Command::new("ip").args(["netns", "delete", &self.netns]).status();
     }
 }

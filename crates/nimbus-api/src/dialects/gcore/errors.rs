@@ -133,6 +133,17 @@ impl From<DomainError> for GcoreError {
             e @ (DomainError::Conflict(_) | DomainError::Unsupported(_) | DomainError::PreconditionFailed { .. }) => {
                 GcoreError::bad_request(e.to_string())
             }
+            DomainError::Unavailable(m) => {
+                tracing::error!(error = %m, "unavailable");
+                GcoreError {
+                    retry: true,
+                    ..GcoreError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "ServiceUnavailable",
+                        &format!("Service unavailable: {m}"),
+                    )
+                }
+            }
             DomainError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 GcoreError {
