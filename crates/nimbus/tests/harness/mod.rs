@@ -87,14 +87,18 @@ impl Setup {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
         // Another build may stand in (an older one, to see a test fail where a defect was).
         let bin = std::env::var("NIMBUS_TEST_SERVER_BIN").unwrap_or_else(|_| BIN.to_string());
-        let mut cmd = Command::new(bin);
+        let mut cmd = Command::new(&bin);
         cmd.args(["server", "--listen", &format!("127.0.0.1:{}", self.port)]).arg("--data-dir").arg(&self.data_dir);
         if let Database::Postgres { url, .. } = &self.database {
             cmd.args(["--database", url]);
         }
         match &self.host_dir {
-            Some(host) => {
+            // A build from before the sim host lived in a directory keeps it in memory.
+            Some(host) if knows_sim_state_dir(&bin) => {
                 cmd.args(["--driver", "sim", "--sim-state-dir"]).arg(host);
+            }
+            Some(_) => {
+                cmd.args(["--driver", "sim"]);
             }
             None => {
                 cmd.args(["--driver", "qemu"]);
@@ -131,6 +135,14 @@ impl Setup {
         let dir = self.host_dir.clone().expect("a sim setup");
         nimbus_driver::SimDriver::new(nimbus_driver::SimConfig { state_dir: Some(dir), ..Default::default() })
     }
+}
+
+fn knows_sim_state_dir(bin: &str) -> bool {
+    static KNOWS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KNOWS.get_or_init(|| {
+        let help = Command::new(bin).args(["server", "--help"]).output().expect("the server binary runs");
+        String::from_utf8_lossy(&help.stdout).contains("--sim-state-dir")
+    })
 }
 
 pub fn free_port() -> u16 {

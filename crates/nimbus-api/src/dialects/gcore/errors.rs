@@ -140,7 +140,7 @@ impl From<DomainError> for GcoreError {
                     ..GcoreError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "ServiceUnavailable",
-                        &format!("Service unavailable: {m}"),
+                        format!("Service unavailable: {m}"),
                     )
                 }
             }

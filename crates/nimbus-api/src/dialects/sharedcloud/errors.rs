@@ -104,7 +104,7 @@ impl From<DomainError> for ScError {
             }
             DomainError::Unavailable(m) => {
                 tracing::error!(error = %m, "unavailable");
-                ScError::detail(StatusCode::SERVICE_UNAVAILABLE, &format!("Service temporarily unavailable: {m}"))
+                ScError::detail(StatusCode::SERVICE_UNAVAILABLE, format!("Service temporarily unavailable: {m}"))
             }
         }
     }
