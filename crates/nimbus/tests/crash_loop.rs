@@ -410,7 +410,7 @@ async fn run(setup: &Setup, knobs: Knobs, driver: &str, host: &dyn nimbus_driver
     duplicated.extend(names.iter().filter(|(_, n)| **n > 1).map(|(name, n)| format!("{n} instances named {name}")));
     let mut per_call: HashMap<String, Vec<Uuid>> = HashMap::new();
     for op in shared.store.list_operations(&OperationQuery::default()).await.unwrap() {
-        if let Some((call, _)) = op.actor.request_id.as_deref().and_then(|r| r.rsplit_once("-a")) {
+        if let Some(call) = op.actor.request_id.as_deref().and_then(call_of) {
             per_call.entry(call.to_string()).or_default().push(op.id);
         }
     }
@@ -462,6 +462,14 @@ async fn run(setup: &Setup, knobs: Knobs, driver: &str, host: &dyn nimbus_driver
         setup.log_path().display()
     );
     assert!(kills >= knobs.kills && calls >= knobs.calls);
+}
+
+/// The call a request id `c{client}k{call}-a{attempt}` was sent for; `None` for other requests.
+fn call_of(request_id: &str) -> Option<&str> {
+    let (call, attempt) = request_id.rsplit_once("-a")?;
+    let (client, n) = call.strip_prefix('c')?.split_once('k')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(client) && digits(n) && digits(attempt)).then_some(call)
 }
 
 /// What a client does next with one of its instances.
