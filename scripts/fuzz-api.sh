@@ -12,7 +12,7 @@
 # left out: it is a Server-Sent Events stream that never ends, which a request/response fuzzer cannot read.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target=${CARGO_TARGET_DIR:-target}
+target=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 venv=$target/fuzz
 if [ ! -f "$venv/.requirements" ] || ! cmp -s "$venv/.requirements" scripts/fuzz-requirements.txt; then
     rm -rf "$venv"
@@ -39,7 +39,7 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 set +e
-(cd "$work" && "$OLDPWD/$venv/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" \
+(cd "$work" && "$venv/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" \
     --header "Authorization: Bearer $secret" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
     --exclude-path /v1/events --phases examples,coverage,fuzzing,stateful \

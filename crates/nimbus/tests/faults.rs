@@ -202,6 +202,8 @@ async fn a_read_only_postgres_database_is_answered_clearly_and_recovered_from() 
         async move {
             use sqlx::Connection;
             let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            // This session may itself have started read-only: it is the operator's, and writes.
+            let sql = format!("SET default_transaction_read_only = off; {sql}");
             sqlx::raw_sql(&sql).execute(&mut conn).await.unwrap();
             conn.close().await.unwrap();
         }
