@@ -45,6 +45,7 @@ pub fn classify(e: &DomainError) -> (StatusCode, &'static str) {
         DomainError::NoCapacity(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"),
         DomainError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
         DomainError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        DomainError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     }
 }
 
@@ -65,6 +66,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
         }
         response
     }

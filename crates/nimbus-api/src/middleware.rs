@@ -9,7 +9,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use nimbus_store::IdempotencyClaim;
+use nimbus_store::{IdempotencyClaim, IdempotencyHold};
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
@@ -96,13 +96,29 @@ pub async fn render_metrics(State(state): State<AppState>) -> Response {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-/// `Idempotency-Key` on a POST: the first response for a key and body is stored and replayed for repeats;
-/// the same key with another body is refused, and so is a repeat while the first is still running.
+/// `Idempotency-Key` on a POST: a key belongs to the API key that sends it, and its request applies at most
+/// once, across crashes and servers. The first request holds the key while it runs (renewing the hold's
+/// lease) and whatever it commits records, in the same transaction, that the key's request applied and what
+/// it made; its response is stored after. A repeat gets the stored response; if the first request applied
+/// but its response was lost (its server died in between), one rebuilt from what it made
+/// ([`crate::native::replay`]); if the first request died before applying anything, the repeat takes the
+/// key over once the hold's lease has run out (at once when that server restarted) and runs. The same key
+/// with another request is refused (422), and so is a repeat while the first still runs (409, retry).
 pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let key = req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
     let (Some(key), true) = (key, req.method() == Method::POST) else {
         return next.run(req).await;
     };
+    // A console ticket is a single-use secret the store keeps only a hash of: a lost answer cannot be
+    // given again, and minting another is harmless. Every such request mints one.
+    if req.uri().path().ends_with("/console/ticket") {
+        return next.run(req).await;
+    }
+    // A host's admin state is set, not added to, so a repeat changes nothing; an evacuation's repeat finds
+    // the host's instances already moving (or moved) and moves none twice. Both answer the host as it is.
+    if req.uri().path().starts_with("/v1/hosts/") {
+        return next.run(req).await;
+    }
     let (parts, body) = req.into_parts();
     // Unauthenticated requests go on and fail in the handler with the usual 401.
     let Some(secret) = credential(&parts.headers, "Bearer") else {
@@ -123,44 +139,90 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
     hasher.update(parts.uri.path());
     hasher.update(&bytes);
     let hash = hex::encode(hasher.finalize());
-    match state.engine.idempotency_claim(&ctx, &key, &hash).await {
-        Err(e) => ApiError::from(e).into_response(),
+    let mut response = match state.engine.idempotency_claim(&ctx, &key, &hash).await {
+        Err(e) => return ApiError::from(e).into_response(),
+        Ok(IdempotencyClaim::New(hold)) => {
+            return run_holding(&state, hold, Request::from_parts(parts, Body::from(bytes)), next).await
+        }
         Ok(IdempotencyClaim::Replay { status, body }) => {
             let mut response = (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), body).into_response();
-            let headers = response.headers_mut();
-            headers.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+            response
+                .headers_mut()
+                .insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
-        Ok(IdempotencyClaim::InProgress) => ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            "a request with this Idempotency-Key is still being processed; retry later",
-        )
-        .into_response(),
-        Ok(IdempotencyClaim::Mismatch) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency_key_reused",
-            "this Idempotency-Key was used with a different request",
-        )
-        .into_response(),
-        Ok(IdempotencyClaim::New) => {
-            let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
-            let (rparts, rbody) = response.into_parts();
-            let rbytes: Bytes = axum::body::to_bytes(rbody, usize::MAX).await.unwrap_or_default();
-            // Server errors are not remembered: the retry the key exists for should get a real try.
-            let stored = if rparts.status.is_server_error() {
-                state.engine.idempotency_release(&ctx, &key).await
-            } else {
-                state
-                    .engine
-                    .idempotency_finish(&ctx, &key, rparts.status.as_u16(), &String::from_utf8_lossy(&rbytes))
-                    .await
-            };
-            if let Err(e) = stored {
-                tracing::warn!(error = %e, "could not record idempotency key");
+        Ok(IdempotencyClaim::Applied { result }) => crate::native::replay::applied(&state, &ctx, &parts, &result).await,
+        Ok(IdempotencyClaim::InProgress) => {
+            let mut response = ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "a request with this Idempotency-Key is still being processed; retry later",
+            )
+            .into_response();
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+        Ok(IdempotencyClaim::Mismatch) => {
+            return ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request",
+            )
+            .into_response()
+        }
+    };
+    response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+/// Runs the request holding its key, renewing the hold while it runs, and stores its answer.
+async fn run_holding(state: &AppState, hold: IdempotencyHold, req: Request, next: Next) -> Response {
+    let engine = &state.engine;
+    // If the request is dropped before it answers (the client went away, so the server drops its handler
+    // mid-way), the hold is given back now rather than when its lease runs out; what it applied stays.
+    let mut unanswered = GiveBackOnDrop(Some((engine.clone(), hold.clone())));
+    let run = engine.holding(hold.clone(), next.run(req));
+    tokio::pin!(run);
+    let mut renew = tokio::time::interval(engine.idempotency_renew_every());
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    renew.tick().await;
+    let response = loop {
+        tokio::select! {
+            response = &mut run => break response,
+            _ = renew.tick() => {
+                if let Err(e) = engine.idempotency_renew(&hold).await {
+                    tracing::warn!(error = %e, "could not renew an idempotency key's hold");
+                }
             }
-            Response::from_parts(rparts, Body::from(rbytes))
+        }
+    };
+    let (rparts, rbody) = response.into_parts();
+    let rbytes: Bytes = axum::body::to_bytes(rbody, usize::MAX).await.unwrap_or_default();
+    // Server errors are not remembered: the retry the key exists for should get a real try (unless the
+    // request applied, which the release keeps).
+    let stored = if rparts.status.is_server_error() {
+        engine.idempotency_release(&hold).await
+    } else {
+        engine.idempotency_finish(&hold, rparts.status.as_u16(), &String::from_utf8_lossy(&rbytes)).await
+    };
+    unanswered.0 = None;
+    if let Err(e) = stored {
+        // The hold stays; its lease runs out and what the request applied answers a retry.
+        tracing::warn!(error = %e, "could not record an idempotency key's answer");
+    }
+    Response::from_parts(rparts, Body::from(rbytes))
+}
+
+struct GiveBackOnDrop(Option<(std::sync::Arc<nimbus_engine::Engine>, IdempotencyHold)>);
+
+impl Drop for GiveBackOnDrop {
+    fn drop(&mut self) {
+        if let (Some((engine, hold)), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move {
+                if let Err(e) = engine.idempotency_release(&hold).await {
+                    tracing::warn!(error = %e, "could not give an idempotency key back");
+                }
+            });
         }
     }
 }

@@ -44,6 +44,10 @@ pub enum DomainError {
     /// Something broke inside Nimbus; not the caller's fault.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Nimbus cannot do it now for a reason outside it that should pass (the database's disk is full or
+    /// read-only, the database is unreachable): nothing was changed; retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl DomainError {

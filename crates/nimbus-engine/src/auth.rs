@@ -257,7 +257,10 @@ impl Engine {
     }
 }
 
+/// `Idempotency-Key`s: each belongs to the API key that sent it, and is held by one request at a time under
+/// a lease, recording what it applied in the request's own transactions (see [`nimbus_store::IdempotencyHold`]).
 impl Engine {
+    /// Claims `key` for the caller's request whose method, path and body hash to `request_hash`.
     pub async fn idempotency_claim(
         &self,
         ctx: &Context,
@@ -267,14 +270,49 @@ impl Engine {
         if key.is_empty() || key.len() > 255 {
             return Err(DomainError::invalid("Idempotency-Key", "must be 1 to 255 characters"));
         }
-        self.store.idempotency_claim(ctx.project.id, key, request_hash).await.map_err(store_err)
+        let scope = nimbus_store::IdempotencyScope {
+            project_id: ctx.project.id,
+            api_key_id: ctx.key.key_id.clone(),
+            key: key.to_string(),
+        };
+        self.store.idempotency_claim(&scope, request_hash, &self.worker_id, self.config.lease).await.map_err(store_err)
     }
 
-    pub async fn idempotency_finish(&self, ctx: &Context, key: &str, status: u16, body: &str) -> Result<()> {
-        self.store.idempotency_finish(ctx.project.id, key, status, body).await.map_err(store_err)
+    /// Runs `f` (the request) under `hold`: whatever it commits records that the key's request applied.
+    pub async fn holding<F: std::future::Future>(&self, hold: nimbus_store::IdempotencyHold, f: F) -> F::Output {
+        nimbus_store::holding(hold, f).await
     }
 
-    pub async fn idempotency_release(&self, ctx: &Context, key: &str) -> Result<()> {
-        self.store.idempotency_release(ctx.project.id, key).await.map_err(store_err)
+    /// How often a running request renews its hold.
+    pub fn idempotency_renew_every(&self) -> std::time::Duration {
+        self.config.lease / 3
+    }
+
+    pub async fn idempotency_renew(&self, hold: &nimbus_store::IdempotencyHold) -> Result<bool> {
+        self.store.idempotency_renew(hold, self.config.lease).await.map_err(store_err)
+    }
+
+    pub async fn idempotency_finish(
+        &self,
+        hold: &nimbus_store::IdempotencyHold,
+        status: u16,
+        body: &str,
+    ) -> Result<()> {
+        self.store.idempotency_finish(hold, status, body).await.map_err(store_err)
+    }
+
+    pub async fn idempotency_release(&self, hold: &nimbus_store::IdempotencyHold) -> Result<()> {
+        self.store.idempotency_release(hold).await.map_err(store_err)
+    }
+
+    /// An API key of the caller's project, with its secret (for answering the request that created it).
+    pub async fn api_key(&self, ctx: &Context, key_id: &str) -> Result<ApiKey> {
+        ctx.require(Role::Admin)?;
+        let key = self.store.get_api_key(key_id).await.map_err(store_err)?;
+        match key {
+            // A key of another project of the caller's organization (an admin may create those).
+            Some(k) if k.project_id == ctx.project.id || self.project_in_org(ctx, k.project_id).await.is_ok() => Ok(k),
+            _ => Err(DomainError::not_found("api key", key_id)),
+        }
     }
 }

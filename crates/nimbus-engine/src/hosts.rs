@@ -273,7 +273,8 @@ impl Engine {
 
     /// Aligns the records of the host's instances with what its agent reports: a VM that stopped or
     /// vanished behind Nimbus's back is shown as such, an `unknown` one gets its state back, and a VM that
-    /// no instance placed on this host owns (created before a restore, or evacuated meanwhile) is removed.
+    /// no instance placed on this host owns is removed when the store's history knows it (deleted or
+    /// evacuated meanwhile) and reported otherwise (see `reconciler.rs`).
     pub(crate) async fn apply_host_report(&self, name: &str, report: HostReport) -> Result<()> {
         let query = InstanceQuery { host: Some(name.to_string()), ..Default::default() };
         let mut placed = self.store.list_instances(&query).await.map_err(store_err)?;
@@ -290,11 +291,9 @@ impl Engine {
             if owner.as_ref().is_some_and(|i| i.host.as_deref().is_none_or(|h| h == name)) {
                 continue;
             }
-            tracing::warn!(instance = %id, host = name, "removing host leftovers of an instance no record places here");
-            if let Err(e) = self.host_driver(name).destroy(*id).await {
-                tracing::warn!(instance = %id, error = %e, "could not remove leftovers");
-            }
+            self.host_instance_without_record(name, *id, actual[id]).await;
         }
+        self.forget_unknown_host_instances(name, &actual.keys().copied().collect()).await?;
         let now = nimbus_core::now();
         for instance in placed {
             if instance.lock_operation_id.is_some() {

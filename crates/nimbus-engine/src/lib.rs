@@ -50,6 +50,7 @@ pub use fleet::LocalHost;
 pub use hosts::{AgentRegistration, HostAdminState, HostReport, HostWork, PendingCall, PendingConsole};
 pub use instances::{ActionRequest, CreateInstance, InstanceFilter, InstancePatch};
 pub use networking::PrivateNetworkSpec;
+pub use reconciler::UnknownHostInstance;
 pub use sagas::{CrashHook, CrashPoint, CrashWhen};
 
 pub type Result<T, E = DomainError> = std::result::Result<T, E>;
@@ -249,6 +250,9 @@ impl Engine {
         });
         engine.seed_catalog().await?;
         engine.release_own_leases().await?;
+        // The requests of an earlier run of this server are gone: their idempotency holds that applied
+        // nothing are forgotten now, so retries run at once instead of after the holds' leases.
+        engine.store.idempotency_sweep(Some(&engine.worker_id)).await.map_err(store_err)?;
         if engine.local.is_some() {
             engine.register_local_host().await?;
             engine.local_heartbeat().await?;
@@ -277,6 +281,10 @@ impl Engine {
         self.halt();
         if let Err(e) = self.release_own_leases().await {
             tracing::warn!(error = %e, "could not give leases back at shutdown");
+        }
+        // Called once the API has stopped serving: no request holds an idempotency key any more.
+        if let Err(e) = self.store.idempotency_sweep(Some(&self.worker_id)).await {
+            tracing::warn!(error = %e, "could not give idempotency keys back at shutdown");
         }
     }
 
@@ -341,6 +349,8 @@ pub(crate) fn store_err(e: StoreError) -> DomainError {
         StoreError::NoRoom(why) => placement::no_room(why),
         StoreError::NotFound(what) => DomainError::NotFound { kind: "resource", id: what },
         StoreError::Backend(msg) => DomainError::Internal(msg),
+        StoreError::Unavailable(why) => DomainError::Unavailable(format!("the database: {why}")),
+        StoreError::Superseded(why) => DomainError::Conflict(format!("{why}; its answer is the retry's")),
     }
 }
 

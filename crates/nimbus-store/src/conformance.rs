@@ -246,19 +246,161 @@ pub async fn events_are_sequenced_and_scoped(store: &dyn Store) {
     assert_eq!(store.events_after(None, 0, 100).await.unwrap().len(), 6);
 }
 
+fn scope(project_id: Uuid, api_key_id: &str, key: &str) -> IdempotencyScope {
+    IdempotencyScope { project_id, api_key_id: api_key_id.into(), key: key.into() }
+}
+
+async fn claim(store: &dyn Store, s: &IdempotencyScope, hash: &str, lease: Duration) -> IdempotencyClaim {
+    store.idempotency_claim(s, hash, "server-a", lease).await.unwrap()
+}
+
+async fn claim_new(store: &dyn Store, s: &IdempotencyScope, hash: &str, lease: Duration) -> IdempotencyHold {
+    match claim(store, s, hash, lease).await {
+        IdempotencyClaim::New(hold) => hold,
+        other => panic!("expected a new claim of {}, got {other:?}", s.key),
+    }
+}
+
+/// A write set that makes one record, as a request would.
+fn a_record(project_id: Uuid) -> (Uuid, WriteSet) {
+    let id = Uuid::new_v4();
+    let mut set = WriteSet::new();
+    set.push(Write::InsertRecord(Record::new("thing", id, Some(project_id), "t", &serde_json::json!({}))));
+    (id, set)
+}
+
 pub async fn idempotency_keys_replay_reject_and_release(store: &dyn Store) {
     let p = project(store, Quota::default()).await;
-    assert_eq!(store.idempotency_claim(p.id, "k", "h1").await.unwrap(), IdempotencyClaim::New);
-    assert_eq!(store.idempotency_claim(p.id, "k", "h1").await.unwrap(), IdempotencyClaim::InProgress);
-    store.idempotency_finish(p.id, "k", 202, "{}").await.unwrap();
+    let k = scope(p.id, "KEY1", "k");
+    let hold = claim_new(store, &k, "h1", LONG).await;
+    assert_eq!(claim(store, &k, "h1", LONG).await, IdempotencyClaim::InProgress, "held by a live request");
+    store.idempotency_finish(&hold, 202, "{}").await.unwrap();
+    assert_eq!(claim(store, &k, "h1", LONG).await, IdempotencyClaim::Replay { status: 202, body: "{}".into() });
+    assert_eq!(claim(store, &k, "h2", LONG).await, IdempotencyClaim::Mismatch);
+    let other = scope(p.id, "KEY1", "other");
+    let hold = claim_new(store, &other, "h", LONG).await;
+    store.idempotency_release(&hold).await.unwrap();
+    claim_new(store, &other, "h", LONG).await;
+}
+
+pub async fn an_idempotency_key_belongs_to_its_api_key(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let mine = claim_new(store, &scope(p.id, "KEY1", "k"), "h", LONG).await;
+    store.idempotency_finish(&mine, 201, "mine").await.unwrap();
+    // Another key of the same project, same key and request: its own, never the first key's response.
+    let theirs = claim_new(store, &scope(p.id, "KEY2", "k"), "h", LONG).await;
+    store.idempotency_finish(&theirs, 201, "theirs").await.unwrap();
     assert_eq!(
-        store.idempotency_claim(p.id, "k", "h1").await.unwrap(),
-        IdempotencyClaim::Replay { status: 202, body: "{}".into() }
+        claim(store, &scope(p.id, "KEY1", "k"), "h", LONG).await,
+        IdempotencyClaim::Replay { status: 201, body: "mine".into() }
     );
-    assert_eq!(store.idempotency_claim(p.id, "k", "h2").await.unwrap(), IdempotencyClaim::Mismatch);
-    assert_eq!(store.idempotency_claim(p.id, "other", "h").await.unwrap(), IdempotencyClaim::New);
-    store.idempotency_release(p.id, "other").await.unwrap();
-    assert_eq!(store.idempotency_claim(p.id, "other", "h").await.unwrap(), IdempotencyClaim::New);
+    assert_eq!(
+        claim(store, &scope(p.id, "KEY2", "k"), "h", LONG).await,
+        IdempotencyClaim::Replay { status: 201, body: "theirs".into() }
+    );
+}
+
+/// A request that died before committing anything: once its lease runs out a retry takes the key over and
+/// runs; a late write of the first one is refused whole.
+pub async fn a_dead_holder_that_applied_nothing_is_taken_over_and_its_late_write_refused(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let k = scope(p.id, "KEY1", "k");
+    let first = claim_new(store, &k, "h", Duration::from_millis(200)).await;
+    assert_eq!(claim(store, &k, "h", LONG).await, IdempotencyClaim::InProgress);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let second = claim_new(store, &k, "h", LONG).await;
+    assert_ne!(first.holder, second.holder);
+
+    let (late, set) = a_record(p.id);
+    let err = holding(first.clone(), store.apply(set)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Superseded(_)), "{err:?}");
+    assert!(store.get_record("thing", late).await.unwrap().is_none(), "the late write rolled back whole");
+    assert!(!store.idempotency_renew(&first, LONG).await.unwrap(), "the first hold is gone");
+
+    let (made, set) = a_record(p.id);
+    holding(second.clone(), store.apply(set)).await.unwrap();
+    assert!(store.get_record("thing", made).await.unwrap().is_some());
+    // The first one's finish, however late, answers nothing.
+    store.idempotency_finish(&first, 500, "late").await.unwrap();
+    assert_eq!(
+        claim(store, &k, "h", LONG).await,
+        IdempotencyClaim::Applied { result: serde_json::json!({"record": {"kind": "thing", "id": made}}) }
+    );
+}
+
+/// A request that committed and then died before its response was stored: its key is answered from what
+/// it made, at once and forever, and is never run again, whatever happens to its hold.
+pub async fn a_request_that_applied_is_answered_from_what_it_made(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let k = scope(p.id, "KEY1", "k");
+    let hold = claim_new(store, &k, "h", Duration::from_millis(200)).await;
+    let (made, set) = a_record(p.id);
+    holding(hold.clone(), store.apply(set)).await.unwrap();
+    let (second, set) = a_record(p.id);
+    holding(hold.clone(), store.apply(set)).await.unwrap();
+    let applied = IdempotencyClaim::Applied { result: serde_json::json!({"record": {"kind": "thing", "id": made}}) };
+    assert_eq!(claim(store, &k, "h", LONG).await, applied, "answered while its request still runs");
+    assert!(store.get_record("thing", second).await.unwrap().is_some(), "a request may commit more than once");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(claim(store, &k, "h", LONG).await, applied, "its lease expired: still never run again");
+    store.idempotency_sweep(None).await.unwrap();
+    store.idempotency_sweep(Some("server-a")).await.unwrap();
+    store.idempotency_release(&hold).await.unwrap();
+    assert_eq!(claim(store, &k, "h", LONG).await, applied, "a sweep or a release keeps what applied");
+    assert_eq!(claim(store, &k, "other", LONG).await, IdempotencyClaim::Mismatch);
+    let audit = store.idempotency_audit().await.unwrap();
+    assert_eq!((audit.applied, audit.held, audit.abandoned), (1, 0, 0), "{audit:?}");
+}
+
+/// Writes outside a hold, or of a hold over another key, mark nothing.
+pub async fn only_the_holding_request_marks_its_key(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let k = scope(p.id, "KEY1", "k");
+    let hold = claim_new(store, &k, "h", LONG).await;
+    let (_, set) = a_record(p.id);
+    store.apply(set).await.unwrap();
+    assert_eq!(claim(store, &k, "h", LONG).await, IdempotencyClaim::InProgress, "a write outside the hold");
+    store.idempotency_release(&hold).await.unwrap();
+    claim_new(store, &k, "h", LONG).await;
+}
+
+/// A server that restarts after a crash, or stops cleanly, drops its own holds that applied nothing; a
+/// sweep also drops anyone's expired ones, and leaves live ones alone.
+pub async fn a_sweep_drops_holds_that_can_no_longer_apply(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let (dead, live, expired) = (scope(p.id, "K", "dead"), scope(p.id, "K", "live"), scope(p.id, "K", "expired"));
+    store.idempotency_claim(&dead, "h", "server-a", LONG).await.unwrap();
+    store.idempotency_claim(&live, "h", "server-b", LONG).await.unwrap();
+    store.idempotency_claim(&expired, "h", "server-b", Duration::from_millis(100)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let audit = store.idempotency_audit().await.unwrap();
+    assert_eq!((audit.held, audit.abandoned), (2, 1), "{audit:?}");
+    assert_eq!(store.idempotency_sweep(Some("server-a")).await.unwrap(), 2, "server-a's, and the expired one");
+    let audit = store.idempotency_audit().await.unwrap();
+    assert_eq!((audit.held, audit.abandoned), (1, 0), "{audit:?}");
+    claim_new(store, &dead, "h", LONG).await;
+    claim_new(store, &expired, "h", LONG).await;
+    assert_eq!(claim(store, &live, "h", LONG).await, IdempotencyClaim::InProgress);
+}
+
+/// A store written through its own API passes its integrity check; a row that references nothing is found.
+pub async fn the_integrity_check_passes_a_sound_store_and_finds_a_dangling_address(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let mut set = WriteSet::new();
+    let i = instance(p.id, "web", 1);
+    set.push(Write::PutInstance { instance: i.clone(), expected_generation: None });
+    set.push(Write::ClaimAddress { network: "net".into(), host: 2, owner: i.id });
+    store.apply(set).await.unwrap();
+    let report = store.check_integrity().await.unwrap();
+    assert_eq!(report.problems, Vec::<String>::new(), "{report:?}");
+    assert!(report.checked.len() >= 2, "a physical and a logical half: {report:?}");
+    let nobody = Uuid::new_v4();
+    let mut set = WriteSet::new();
+    set.push(Write::ClaimAddress { network: "net".into(), host: 3, owner: nobody });
+    store.apply(set).await.unwrap();
+    let report = store.check_integrity().await.unwrap();
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    assert!(report.problems[0].contains(&nobody.to_string()), "{report:?}");
 }
 
 pub async fn aliases_are_unique_both_ways(store: &dyn Store) {
@@ -914,6 +1056,12 @@ macro_rules! conformance_tests {
             records_are_listed_by_name,
             events_are_sequenced_and_scoped,
             idempotency_keys_replay_reject_and_release,
+            an_idempotency_key_belongs_to_its_api_key,
+            a_dead_holder_that_applied_nothing_is_taken_over_and_its_late_write_refused,
+            a_request_that_applied_is_answered_from_what_it_made,
+            only_the_holding_request_marks_its_key,
+            a_sweep_drops_holds_that_can_no_longer_apply,
+            the_integrity_check_passes_a_sound_store_and_finds_a_dangling_address,
             aliases_are_unique_both_ways,
             addresses_are_lowest_free_and_released,
             api_keys_are_found_by_secret_hash,

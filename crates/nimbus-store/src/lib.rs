@@ -30,6 +30,7 @@ pub mod conformance;
 pub mod sql;
 pub mod testing;
 
+pub use sql::integrity::{backup_sqlite, restore_sqlite, sqlite_file, Restored};
 pub use sql::SqlStore;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +51,14 @@ pub enum StoreError {
     NotFound(String),
     #[error("store: {0}")]
     Backend(String),
+    /// The database cannot take the write now, for a reason that should pass: its disk is full or
+    /// read-only, it cannot be reached. Nothing was written; retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The request's hold on its idempotency key was taken over by a retry (this request's server stalled
+    /// past the hold's lease): nothing was written, and the retry answers for the key.
+    #[error("superseded: {0}")]
+    Superseded(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -224,17 +233,113 @@ pub struct OperationQuery {
     pub limit: u32,
 }
 
+/// Whose an `Idempotency-Key` is: a key belongs to the API key that sent it, so two API keys of one project
+/// may use the same string without ever meeting (neither is answered with the other's response).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyScope {
+    pub project_id: Uuid,
+    pub api_key_id: String,
+    pub key: String,
+}
+
+/// One request's hold on an idempotency key, from [`IdempotencyClaim::New`] until its response is stored.
+///
+/// The hold is what makes a key apply at most once across crashes and servers: every write set committed
+/// while the request runs inside [`holding`] also records, in the same transaction and only if this hold
+/// still holds the key, that the key's request has applied (and what it made). So after a crash a retry
+/// finds either a key whose request committed nothing, which it may take over once the hold's lease has
+/// expired (a late write of the old holder is then refused, its transaction rolled back), or a key whose
+/// request committed, which is answered from what it made and never run again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyHold {
+    pub scope: IdempotencyScope,
+    /// The server the request runs on (its lease-holder id): a restarted server drops the holds of its
+    /// earlier run at once ([`Store::idempotency_sweep`]).
+    pub server: String,
+    /// This request's own name; unique.
+    pub holder: String,
+}
+
 /// What a request with an `Idempotency-Key` finds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdempotencyClaim {
-    /// First time: the caller runs the request and then calls `idempotency_finish`.
-    New,
-    /// Done before with the same body: here is the stored response.
+    /// First time, or a retry taking over from a request that died before committing anything: run the
+    /// request inside [`holding`] this hold, then store the response with `idempotency_finish`.
+    New(IdempotencyHold),
+    /// Done before with the same request: here is the stored response.
     Replay { status: u16, body: String },
-    /// Another request with the same key is still running.
+    /// The first request committed its writes but its response was never stored (its server died, or the
+    /// store failed, in between): `result` names what it made (see [`applied_result`]). Answer from that;
+    /// never run the request again.
+    Applied { result: serde_json::Value },
+    /// Another request with the same key is running now (its hold's lease is live): retry shortly.
     InProgress,
-    /// The key was used before with a different body.
+    /// The key was used before with a different request.
     Mismatch,
+}
+
+/// Idempotency keys by what became of them, for audits and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IdempotencyAudit {
+    /// Answered: the response is stored.
+    pub answered: u64,
+    /// The request committed, its response was never stored; answered from what it made.
+    pub applied: u64,
+    /// Held by a running request whose lease is live.
+    pub held: u64,
+    /// Held by a request whose lease expired before it committed anything: its server died. A retry takes
+    /// it over; [`Store::idempotency_sweep`] removes it.
+    pub abandoned: u64,
+    /// Unanswered keys from before keys had holders (schema version 2 and older): refused as in progress
+    /// until they expire, since nothing tells whether their request committed.
+    pub unknown: u64,
+}
+
+tokio::task_local! {
+    static HOLD: IdempotencyHold;
+}
+
+/// Runs `f` (a request's handler) holding an idempotency key: every write set the store commits inside it
+/// (in this task) records that the key's request applied, in the same transaction, and fails with
+/// [`StoreError::Superseded`] (writing nothing) if the hold was taken over meanwhile.
+pub async fn holding<F: std::future::Future>(hold: IdempotencyHold, f: F) -> F::Output {
+    HOLD.scope(hold, f).await
+}
+
+/// The hold the current task runs under, if any.
+pub fn current_hold() -> Option<IdempotencyHold> {
+    HOLD.try_with(|h| h.clone()).ok()
+}
+
+/// What a write set made, as an [`IdempotencyClaim::Applied`] result names it: the operation it recorded
+/// (`{"operation": id}`), else the API key, record or instance it wrote first (`{"api_key": key_id}`,
+/// `{"record": {"kind": k, "id": id}}`, `{"instance": id}`), else `{}`.
+pub fn applied_result(set: &WriteSet) -> serde_json::Value {
+    use serde_json::json;
+    let first = |f: &dyn Fn(&Write) -> Option<serde_json::Value>| set.writes.iter().find_map(f);
+    first(&|w| match w {
+        Write::InsertOperation(op) => Some(json!({ "operation": op.id })),
+        _ => None,
+    })
+    .or_else(|| {
+        first(&|w| match w {
+            Write::PutApiKey(k) => Some(json!({ "api_key": k.key_id })),
+            _ => None,
+        })
+    })
+    .or_else(|| {
+        first(&|w| match w {
+            Write::InsertRecord(r) => Some(json!({ "record": { "kind": r.kind, "id": r.id } })),
+            _ => None,
+        })
+    })
+    .or_else(|| {
+        first(&|w| match w {
+            Write::PutInstance { instance, .. } => Some(json!({ "instance": instance.id })),
+            _ => None,
+        })
+    })
+    .unwrap_or_else(|| json!({}))
 }
 
 /// An address held in the store's allocator: host number `host` of `network`, held by `owner`.
@@ -346,12 +451,39 @@ pub trait Store: Send + Sync + 'static {
     /// Records of a kind with the given name (hosts' pending calls are named by their host), in id order.
     async fn list_records_named(&self, kind: &str, name: &str) -> StoreResult<Vec<Record>>;
 
-    // Idempotency keys, scoped by project.
-    async fn idempotency_claim(&self, project_id: Uuid, key: &str, request_hash: &str)
-        -> StoreResult<IdempotencyClaim>;
-    async fn idempotency_finish(&self, project_id: Uuid, key: &str, status: u16, body: &str) -> StoreResult<()>;
-    /// Forgets a claim whose request failed before doing anything, so that a retry can run.
-    async fn idempotency_release(&self, project_id: Uuid, key: &str) -> StoreResult<()>;
+    // Idempotency keys, scoped by API key (see [`IdempotencyHold`]).
+    /// Claims `scope` for a request whose method, path and body hash to `request_hash`, held by `server`
+    /// under a lease of `lease` (by the database's clock), or says what became of an earlier claim.
+    async fn idempotency_claim(
+        &self,
+        scope: &IdempotencyScope,
+        request_hash: &str,
+        server: &str,
+        lease: Duration,
+    ) -> StoreResult<IdempotencyClaim>;
+    /// Extends a hold's lease while its request runs: `false` when it no longer holds the key.
+    async fn idempotency_renew(&self, hold: &IdempotencyHold, lease: Duration) -> StoreResult<bool>;
+    /// Stores the response, answering the key for good. Does nothing if the hold was taken over.
+    async fn idempotency_finish(&self, hold: &IdempotencyHold, status: u16, body: &str) -> StoreResult<()>;
+    /// Gives a hold up without a response (the request failed on the server's side): a key whose request
+    /// committed nothing is forgotten, so a retry runs; one whose request applied stays answerable.
+    async fn idempotency_release(&self, hold: &IdempotencyHold) -> StoreResult<()>;
+    /// Forgets holds whose request committed nothing and never will: those of `server` (a server starting
+    /// again after a crash, or stopping cleanly, has no request running) and every hold whose lease
+    /// expired; and keys older than a day. Returns how many holds it dropped.
+    async fn idempotency_sweep(&self, server: Option<&str>) -> StoreResult<u64>;
+    async fn idempotency_audit(&self) -> StoreResult<IdempotencyAudit>;
+
+    /// Checks the database, physically (the backend's own checks) and logically (documents against their
+    /// columns, references between rows); see [`sql::integrity`].
+    async fn check_integrity(&self) -> StoreResult<IntegrityReport>;
+}
+
+/// What [`Store::check_integrity`] checked and found wrong; nothing wrong when `problems` is empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IntegrityReport {
+    pub checked: Vec<String>,
+    pub problems: Vec<String>,
 }
 
 /// Opens the store a database URL names: `sqlite://PATH` (created if missing), `sqlite::memory:`, or

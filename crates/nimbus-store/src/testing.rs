@@ -13,7 +13,19 @@ use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Executor};
 use uuid::Uuid;
 
-use crate::{SqlStore, Store};
+use std::time::Duration;
+
+use nimbus_core::catalog::Zone;
+use nimbus_core::event::Event;
+use nimbus_core::instance::Instance;
+use nimbus_core::operation::Operation;
+use nimbus_core::tenancy::{ApiKey, Organization, Project, Quota, Usage};
+
+use crate::{
+    AddressHold, IdempotencyAudit, IdempotencyClaim, IdempotencyHold, IdempotencyScope, InstanceQuery, OperationQuery,
+    Record, SqlStore, Store, StoreError, StoreResult, StoredHost, WriteSet,
+};
+use nimbus_core::host::Allocation;
 
 /// A PostgreSQL server URL (`postgres://postgres@127.0.0.1:5433/postgres`): tests make their databases on it.
 pub const DATABASE_URL_VAR: &str = "NIMBUS_TEST_DATABASE_URL";
@@ -138,6 +150,208 @@ fn with_database(server_url: &str, name: &str) -> String {
     let authority_start = base.find("://").map_or(0, |i| i + 3);
     let authority_end = base[authority_start..].find('/').map_or(base.len(), |i| authority_start + i);
     format!("{}/{name}{query}", &base[..authority_end])
+}
+
+/// A store that fails chosen calls, in front of a real one: for tests of what callers do when the store
+/// fails between two writes (a full disk, a lost connection), which no real fault hits on cue.
+/// `fail_next("idempotency_finish", 1)` makes the next such call fail with a `Backend` error, writing
+/// nothing; every other call goes to the inner store.
+pub struct FaultyStore {
+    inner: Arc<dyn Store>,
+    faults: std::sync::Mutex<std::collections::HashMap<&'static str, u32>>,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn Store>) -> FaultyStore {
+        FaultyStore { inner, faults: Default::default() }
+    }
+
+    /// Fails the next `times` calls of the method named `method`.
+    pub fn fail_next(&self, method: &'static str, times: u32) {
+        self.faults.lock().expect("faults").insert(method, times);
+    }
+
+    fn check(&self, method: &'static str) -> StoreResult<()> {
+        let mut faults = self.faults.lock().expect("faults");
+        match faults.get_mut(method) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                Err(StoreError::Backend(format!("injected failure of {method}")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for FaultyStore {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn put_organization(&self, org: &Organization) -> StoreResult<()> {
+        self.check("put_organization")?;
+        self.inner.put_organization(org).await
+    }
+    async fn get_organization(&self, id: Uuid) -> StoreResult<Option<Organization>> {
+        self.inner.get_organization(id).await
+    }
+    async fn create_project(&self, project: &Project) -> StoreResult<Project> {
+        self.check("create_project")?;
+        self.inner.create_project(project).await
+    }
+    async fn get_project(&self, id: Uuid) -> StoreResult<Option<Project>> {
+        self.inner.get_project(id).await
+    }
+    async fn get_project_by_numeric_id(&self, numeric_id: i64) -> StoreResult<Option<Project>> {
+        self.inner.get_project_by_numeric_id(numeric_id).await
+    }
+    async fn list_projects(&self, organization_id: Uuid) -> StoreResult<Vec<Project>> {
+        self.inner.list_projects(organization_id).await
+    }
+    async fn set_quota(&self, project_id: Uuid, quota: Quota) -> StoreResult<()> {
+        self.check("set_quota")?;
+        self.inner.set_quota(project_id, quota).await
+    }
+    async fn usage(&self, project_id: Uuid) -> StoreResult<Usage> {
+        self.inner.usage(project_id).await
+    }
+    async fn count_api_keys(&self) -> StoreResult<u64> {
+        self.inner.count_api_keys().await
+    }
+    async fn put_api_key(&self, key: &ApiKey) -> StoreResult<()> {
+        self.check("put_api_key")?;
+        self.inner.put_api_key(key).await
+    }
+    async fn get_api_key(&self, key_id: &str) -> StoreResult<Option<ApiKey>> {
+        self.inner.get_api_key(key_id).await
+    }
+    async fn get_api_key_by_secret_hash(&self, sha256_hex: &str) -> StoreResult<Option<ApiKey>> {
+        self.inner.get_api_key_by_secret_hash(sha256_hex).await
+    }
+    async fn list_api_keys(&self, project_id: Uuid) -> StoreResult<Vec<ApiKey>> {
+        self.inner.list_api_keys(project_id).await
+    }
+    async fn delete_api_key(&self, key_id: &str) -> StoreResult<bool> {
+        self.check("delete_api_key")?;
+        self.inner.delete_api_key(key_id).await
+    }
+    async fn put_zone(&self, zone: &Zone) -> StoreResult<()> {
+        self.check("put_zone")?;
+        self.inner.put_zone(zone).await
+    }
+    async fn list_zones(&self) -> StoreResult<Vec<Zone>> {
+        self.inner.list_zones().await
+    }
+    async fn get_record(&self, kind: &str, id: Uuid) -> StoreResult<Option<Record>> {
+        self.inner.get_record(kind, id).await
+    }
+    async fn list_records(&self, kind: &str, project_id: Option<Uuid>) -> StoreResult<Vec<Record>> {
+        self.inner.list_records(kind, project_id).await
+    }
+    async fn get_instance(&self, id: Uuid) -> StoreResult<Option<Instance>> {
+        self.inner.get_instance(id).await
+    }
+    async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {
+        self.inner.list_instances(query).await
+    }
+    async fn get_operation(&self, id: Uuid) -> StoreResult<Option<Operation>> {
+        self.inner.get_operation(id).await
+    }
+    async fn list_operations(&self, query: &OperationQuery) -> StoreResult<Vec<Operation>> {
+        self.inner.list_operations(query).await
+    }
+    async fn apply(&self, set: WriteSet) -> StoreResult<()> {
+        self.check("apply")?;
+        self.inner.apply(set).await
+    }
+    async fn claim_operation(&self, owner: &str, lease: Duration) -> StoreResult<Option<Operation>> {
+        self.check("claim_operation")?;
+        self.inner.claim_operation(owner, lease).await
+    }
+    async fn renew_lease(&self, id: Uuid, owner: &str, lease: Duration) -> StoreResult<bool> {
+        self.check("renew_lease")?;
+        self.inner.renew_lease(id, owner, lease).await
+    }
+    async fn release_lease(&self, id: Uuid, owner: &str) -> StoreResult<()> {
+        self.check("release_lease")?;
+        self.inner.release_lease(id, owner).await
+    }
+    async fn release_leases_of(&self, server: &str) -> StoreResult<u64> {
+        self.check("release_leases_of")?;
+        self.inner.release_leases_of(server).await
+    }
+    async fn get_host(&self, name: &str) -> StoreResult<Option<StoredHost>> {
+        self.inner.get_host(name).await
+    }
+    async fn list_hosts(&self) -> StoreResult<Vec<StoredHost>> {
+        self.inner.list_hosts().await
+    }
+    async fn renew_host(&self, name: &str, lease: Duration) -> StoreResult<bool> {
+        self.check("renew_host")?;
+        self.inner.renew_host(name, lease).await
+    }
+    async fn host_allocations(&self) -> StoreResult<std::collections::BTreeMap<String, Allocation>> {
+        self.inner.host_allocations().await
+    }
+    async fn group_members_hosts(&self, groups: &[Uuid]) -> StoreResult<Vec<(String, Uuid)>> {
+        self.inner.group_members_hosts(groups).await
+    }
+    async fn list_records_named(&self, kind: &str, name: &str) -> StoreResult<Vec<Record>> {
+        self.inner.list_records_named(kind, name).await
+    }
+    async fn events_after(&self, project_id: Option<Uuid>, after_seq: i64, limit: u32) -> StoreResult<Vec<Event>> {
+        self.inner.events_after(project_id, after_seq, limit).await
+    }
+    async fn latest_event_seq(&self, project_id: Option<Uuid>) -> StoreResult<i64> {
+        self.inner.latest_event_seq(project_id).await
+    }
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changes()
+    }
+    async fn resolve_alias(&self, kind: &str, alias: &str) -> StoreResult<Option<Uuid>> {
+        self.inner.resolve_alias(kind, alias).await
+    }
+    async fn alias_of(&self, kind: &str, id: Uuid) -> StoreResult<Option<String>> {
+        self.inner.alias_of(kind, id).await
+    }
+    async fn free_addresses(&self, network: &str, first: u32, last: u32, limit: u32) -> StoreResult<Vec<u32>> {
+        self.inner.free_addresses(network, first, last, limit).await
+    }
+    async fn list_addresses(&self, network: Option<&str>) -> StoreResult<Vec<AddressHold>> {
+        self.inner.list_addresses(network).await
+    }
+    async fn idempotency_claim(
+        &self,
+        scope: &IdempotencyScope,
+        request_hash: &str,
+        server: &str,
+        lease: Duration,
+    ) -> StoreResult<IdempotencyClaim> {
+        self.check("idempotency_claim")?;
+        self.inner.idempotency_claim(scope, request_hash, server, lease).await
+    }
+    async fn idempotency_renew(&self, hold: &IdempotencyHold, lease: Duration) -> StoreResult<bool> {
+        self.check("idempotency_renew")?;
+        self.inner.idempotency_renew(hold, lease).await
+    }
+    async fn idempotency_finish(&self, hold: &IdempotencyHold, status: u16, body: &str) -> StoreResult<()> {
+        self.check("idempotency_finish")?;
+        self.inner.idempotency_finish(hold, status, body).await
+    }
+    async fn idempotency_release(&self, hold: &IdempotencyHold) -> StoreResult<()> {
+        self.check("idempotency_release")?;
+        self.inner.idempotency_release(hold).await
+    }
+    async fn idempotency_sweep(&self, server: Option<&str>) -> StoreResult<u64> {
+        self.check("idempotency_sweep")?;
+        self.inner.idempotency_sweep(server).await
+    }
+    async fn idempotency_audit(&self) -> StoreResult<IdempotencyAudit> {
+        self.inner.idempotency_audit().await
+    }
+    async fn check_integrity(&self) -> StoreResult<crate::IntegrityReport> {
+        self.inner.check_integrity().await
+    }
 }
 
 /// A directory removed with everything in it when dropped.

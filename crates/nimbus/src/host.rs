@@ -26,6 +26,12 @@ pub struct DriverArgs {
     /// qemu driver: the network namespace Nimbus creates for instance networks.
     #[arg(long, env = "NIMBUS_NETNS", default_value = "nimbus")]
     pub netns: String,
+    /// qemu driver: the QEMU system emulator to run (a name looked up in PATH, or a path).
+    #[arg(long, env = "NIMBUS_QEMU", default_value = "qemu-system-x86_64")]
+    pub qemu_binary: String,
+    /// qemu driver: the `qemu-img` to make and inspect disks with (a name looked up in PATH, or a path).
+    #[arg(long, env = "NIMBUS_QEMU_IMG", default_value = "qemu-img")]
+    pub qemu_img: String,
     /// qemu driver: where templates live (one directory each, as `guest/build.sh` makes them).
     /// Default: `<data-dir>/templates`.
     #[arg(long, env = "NIMBUS_TEMPLATE_DIR")]
@@ -92,6 +98,8 @@ pub async fn build_driver(
             let mut config = QemuConfig::new(data_dir.join("qemu"), templates);
             config.accel = args.accel.parse().map_err(anyhow::Error::msg)?;
             config.netns = args.netns.clone();
+            config.qemu_binary = args.qemu_binary.clone();
+            config.qemu_img = args.qemu_img.clone();
             config.bridge_cidr = format!("{}/{}", network.gateway(), network.prefix);
             let driver = Arc::new(QemuDriver::new(config).await.map_err(|e| anyhow::anyhow!("qemu driver: {e}"))?);
             if driver.templates().await.map(|t| t.is_empty()).unwrap_or(true) {

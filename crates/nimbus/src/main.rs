@@ -2,6 +2,7 @@
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+mod admin;
 mod agent;
 mod cli;
 mod host;
@@ -26,6 +27,10 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Print the native API's OpenAPI document.
     Openapi,
+    /// Back up the store while the server runs: a consistent copy of its SQLite database.
+    Backup(admin::BackupArgs),
+    /// Put a backup in place as a data dir's store (no server may run there).
+    Restore(admin::RestoreArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -62,6 +67,8 @@ fn main() -> std::process::ExitCode {
             print!("{}", nimbus_api::openapi::document_json());
             std::process::ExitCode::SUCCESS
         }
+        Command::Backup(args) => admin::backup(args),
+        Command::Restore(args) => admin::restore(args),
         Command::Client(command) => cli::run(args.global, command, Cli::command),
     }
 }

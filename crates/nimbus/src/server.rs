@@ -70,7 +70,9 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.canonicalize()?;
     // One server per data dir: its id (below) names the leases it holds, and two processes sharing it would
     // take each other's operations. The lock goes with the process, however it ends.
-    let lock = std::fs::File::create(data_dir.join("server.lock"))?;
+    let lock_path = data_dir.join("server.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}: the data dir must be writable", lock_path.display()))?;
     lock.try_lock().map_err(|_| {
         anyhow::anyhow!("another nimbus server uses {}; give each server its own --data-dir", data_dir.display())
     })?;

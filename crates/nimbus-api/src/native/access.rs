@@ -41,15 +41,18 @@ pub async fn ping(Caller(_): Caller) -> Json<PingView> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKeyParams {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length = 255, example = "web-1")]
     pub name: String,
     /// admin, member or read-only
+    #[schema(pattern = "^(admin|member|read-only)$", example = "member")]
     pub role: String,
     /// Defaults to the caller's project; must be in the caller's organization.
     pub project_id: Option<Uuid>,
 }
 
 #[utoipa::path(post, path = "/v1/api-keys", tag = "access", request_body = CreateApiKeyParams,
-    responses((status = 201, body = ApiKeyView, description = "The only response that shows the secret"), (status = 403, body = ErrorBody)))]
+    responses((status = 201, body = ApiKeyView, description = "The only response that shows the secret"), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "No such project in the caller's organization")))]
 pub async fn create_api_key(
     State(app): State<AppState>,
     Caller(ctx): Caller,
@@ -71,7 +74,8 @@ pub async fn list_api_keys(State(app): State<AppState>, Caller(ctx): Caller) -> 
 }
 
 #[utoipa::path(delete, path = "/v1/api-keys/{key_id}", tag = "access", params(("key_id" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "A key cannot delete itself")))]
 pub async fn delete_api_key(
     State(app): State<AppState>,
     Caller(ctx): Caller,
@@ -84,6 +88,7 @@ pub async fn delete_api_key(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProjectParams {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length = 255, example = "web-1")]
     pub name: String,
 }
 
@@ -134,8 +139,10 @@ pub async fn set_quota(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSshKeyParams {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length = 255, example = "web-1")]
     pub name: String,
     /// An OpenSSH public key line.
+    #[schema(example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@laptop")]
     pub public_key: String,
 }
 

@@ -13,15 +13,16 @@ use crate::error::ApiResult;
 use crate::extract::JsonBody;
 use crate::AppState;
 
-#[utoipa::path(get, path = "/v1/zones", tag = "catalog", responses((status = 200, body = ZoneList)))]
+#[utoipa::path(get, path = "/v1/zones", operation_id = "list_zones", tag = "catalog", responses((status = 200, body = ZoneList)))]
 pub async fn zones(State(app): State<AppState>, Caller(_): Caller) -> ApiResult<Json<ZoneList>> {
     let zones = app.engine.list_zones().await?;
     Ok(Json(ZoneList { items: zones.iter().map(Into::into).collect() }))
 }
 
-#[utoipa::path(get, path = "/v1/host", tag = "catalog", responses((status = 200, body = HostView)))]
+#[utoipa::path(get, path = "/v1/host", operation_id = "get_host", tag = "catalog", responses((status = 200, body = HostView)))]
 pub async fn host(State(app): State<AppState>, Caller(_): Caller) -> ApiResult<Json<HostView>> {
     let h = app.engine.host_info().await;
+    let unknown = app.engine.unknown_host_instances().await?;
     Ok(Json(HostView {
         name: h.name,
         driver: h.driver,
@@ -29,22 +30,46 @@ pub async fn host(State(app): State<AppState>, Caller(_): Caller) -> ApiResult<J
         vcpus: h.vcpus,
         memory_mib: h.memory_mib,
         disk_gb: h.disk_gb,
+        unknown_instances: unknown
+            .into_iter()
+            .map(|u| UnknownHostInstanceView {
+                id: u.id,
+                host_state: u.host_state.map(|s| {
+                    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+                }),
+                found_at: u.found_at,
+            })
+            .collect(),
     }))
 }
 
-#[utoipa::path(get, path = "/v1/instance-types", tag = "catalog", responses((status = 200, body = InstanceTypeList)))]
+/// Destroys, on purpose, an instance the host runs that no record knows (see `GET /v1/host`): its
+/// processes and files are gone for good. Admin only.
+#[utoipa::path(delete, path = "/v1/host/unknown-instances/{id}", operation_id = "remove_unknown_host_instance", tag = "catalog", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn remove_unknown_instance(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = super::instances::parse_uuid("unknown host instance", &id)?;
+    app.engine.remove_unknown_host_instance(&ctx, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/instance-types", operation_id = "list_instance_types", tag = "catalog", responses((status = 200, body = InstanceTypeList)))]
 pub async fn instance_types(State(app): State<AppState>, Caller(_): Caller) -> ApiResult<Json<InstanceTypeList>> {
     let types = app.engine.list_instance_types().await?;
     Ok(Json(InstanceTypeList { items: types.iter().map(Into::into).collect() }))
 }
 
-#[utoipa::path(get, path = "/v1/templates", tag = "catalog", responses((status = 200, body = TemplateList)))]
+#[utoipa::path(get, path = "/v1/templates", operation_id = "list_templates", tag = "catalog", responses((status = 200, body = TemplateList)))]
 pub async fn templates(State(app): State<AppState>, Caller(ctx): Caller) -> ApiResult<Json<TemplateList>> {
     let templates = app.engine.list_templates(&ctx).await?;
     Ok(Json(TemplateList { items: templates.iter().map(Into::into).collect() }))
 }
 
-#[utoipa::path(get, path = "/v1/templates/{id}", tag = "catalog", params(("id" = String, Path, description = "id or name")),
+#[utoipa::path(get, path = "/v1/templates/{id}", operation_id = "get_template", tag = "catalog", params(("id" = String, Path, description = "id or name")),
     responses((status = 200, body = TemplateView), (status = 404, body = ErrorBody)))]
 pub async fn template(
     State(app): State<AppState>,
@@ -57,6 +82,7 @@ pub async fn template(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterTemplateParams {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length = 255, example = "web-1")]
     pub name: String,
     #[serde(default)]
     pub description: String,

@@ -17,6 +17,7 @@ use crate::extract::{JsonBody, QueryParams};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListSnapshotsQuery {
     pub instance_id: Option<Uuid>,
@@ -69,6 +70,7 @@ pub struct RuleParams {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSecurityGroupParams {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length = 255, example = "web-1")]
     pub name: String,
     #[serde(default)]
     pub description: String,
@@ -134,6 +136,7 @@ pub async fn delete_security_group(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAntiAffinityGroupParams {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length = 255, example = "web-1")]
     pub name: String,
     #[serde(default)]
     pub description: String,

@@ -25,13 +25,16 @@ use crate::AppState;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInstanceParams {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length = 255, example = "web-1")]
     pub name: String,
     /// Name (`standard.small`) or id.
+    #[schema(example = "standard.small")]
     pub instance_type: String,
     /// Codename of the GPU model (`titanv`) of a type with GPUs; the default model when absent.
     #[serde(default)]
     pub gpu_model: Option<String>,
     /// Name (`busybox`) or id.
+    #[schema(example = "busybox")]
     pub template: String,
     pub disk_size_gb: Option<u64>,
     #[serde(default)]
@@ -61,6 +64,7 @@ pub struct CreateInstanceParams {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListInstancesQuery {
     /// Label selector: `env=prod,tier!=web,team,!legacy`.
@@ -72,6 +76,7 @@ pub struct ListInstancesQuery {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ActionQuery {
     /// Block up to this many seconds for the operation to end before answering.
@@ -125,7 +130,7 @@ pub fn parse_uuid(kind: &'static str, s: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(s).map_err(|_| ApiError::from(DomainError::not_found(kind, s)))
 }
 
-fn with_etag(view: InstanceView, etag: String) -> Response {
+pub(crate) fn with_etag(view: InstanceView, etag: String) -> Response {
     let mut response = Json(view).into_response();
     if let Ok(v) = header::HeaderValue::from_str(&etag) {
         response.headers_mut().insert(header::ETAG, v);
@@ -142,7 +147,7 @@ pub fn accepted(op: &nimbus_core::operation::Operation) -> Response {
     response
 }
 
-#[utoipa::path(post, path = "/v1/instances", tag = "instances", request_body = CreateInstanceParams,
+#[utoipa::path(post, path = "/v1/instances", operation_id = "create_instance", tag = "instances", request_body = CreateInstanceParams,
     responses((status = 202, body = OperationView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn create(
     State(app): State<AppState>,
@@ -178,7 +183,7 @@ pub async fn create(
     Ok(accepted(&op))
 }
 
-#[utoipa::path(get, path = "/v1/instances", tag = "instances", params(ListInstancesQuery),
+#[utoipa::path(get, path = "/v1/instances", operation_id = "list_instances", tag = "instances", params(ListInstancesQuery),
     responses((status = 200, body = InstanceList), (status = 400, body = ErrorBody)))]
 pub async fn list(
     State(app): State<AppState>,
@@ -203,7 +208,7 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/v1/instances/{id}", tag = "instances", params(("id" = Uuid, Path)),
+#[utoipa::path(get, path = "/v1/instances/{id}", operation_id = "get_instance", tag = "instances", params(("id" = Uuid, Path)),
     responses((status = 200, body = InstanceView, headers(("etag" = String))), (status = 404, body = ErrorBody)))]
 pub async fn get(State(app): State<AppState>, Caller(ctx): Caller, Path(id): Path<String>) -> ApiResult<Response> {
     let instance = app.engine.instance(&ctx, parse_uuid("instance", &id)?).await?;
@@ -227,7 +232,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     })
 }
 
-#[utoipa::path(patch, path = "/v1/instances/{id}", tag = "instances", params(("id" = Uuid, Path)),
+#[utoipa::path(patch, path = "/v1/instances/{id}", operation_id = "update_instance", tag = "instances", params(("id" = Uuid, Path)),
     request_body(content = Object, description = "JSON merge patch of name, hostname, description, labels, expected_shutdown_at",
         content_type = "application/merge-patch+json"),
     responses((status = 200, body = InstanceView), (status = 400, body = ErrorBody), (status = 412, body = ErrorBody)))]
@@ -253,7 +258,7 @@ pub struct BatchUpdateParams {
     pub items: Vec<serde_json::Value>,
 }
 
-#[utoipa::path(patch, path = "/v1/instances", tag = "instances", request_body = BatchUpdateParams,
+#[utoipa::path(patch, path = "/v1/instances", operation_id = "update_instances", tag = "instances", request_body = BatchUpdateParams,
     responses((status = 200, body = InstanceList), (status = 422, body = ErrorBody)))]
 pub async fn batch_update(
     State(app): State<AppState>,
@@ -290,7 +295,7 @@ pub async fn batch_update(
     }))
 }
 
-#[utoipa::path(delete, path = "/v1/instances/{id}", tag = "instances", params(("id" = Uuid, Path)),
+#[utoipa::path(delete, path = "/v1/instances/{id}", operation_id = "delete_instance", tag = "instances", params(("id" = Uuid, Path)),
     responses((status = 202, body = OperationView), (status = 409, body = ErrorBody)))]
 pub async fn delete(State(app): State<AppState>, Caller(ctx): Caller, Path(id): Path<String>) -> ApiResult<Response> {
     let op = app.engine.act(&ctx, parse_uuid("instance", &id)?, ActionRequest::Delete).await?;
@@ -350,7 +355,7 @@ fn optional<T: for<'de> Deserialize<'de> + Default>(body: Option<serde_json::Val
     }
 }
 
-#[utoipa::path(post, path = "/v1/instances/{id}/{action}", tag = "instances",
+#[utoipa::path(post, path = "/v1/instances/{id}/{action}", operation_id = "instance_action", tag = "instances",
     params(("id" = Uuid, Path), ("action" = String, Path, description = "start | stop | reboot | reset | scale | resize-disk | create-snapshot | revert-snapshot | reset-password | add-protection | remove-protection | enable-tpm | suspend | resume"), ActionQuery),
     request_body(content = Object, description = "scale: {instance_type}; resize-disk: {disk_size_gb}; create-snapshot: {name?}; revert-snapshot: {snapshot_id}; reset: {template?, disk_size_gb?}; others: none"),
     responses((status = 202, body = OperationView), (status = 200, body = InstanceView, description = "add-protection, remove-protection"),
@@ -413,7 +418,7 @@ pub async fn action(
     Ok(accepted(&op))
 }
 
-#[utoipa::path(get, path = "/v1/instances/{id}/password", tag = "instances", params(("id" = Uuid, Path)),
+#[utoipa::path(get, path = "/v1/instances/{id}/password", operation_id = "get_instance_password", tag = "instances", params(("id" = Uuid, Path)),
     responses((status = 200, body = PasswordView), (status = 404, body = ErrorBody)))]
 pub async fn password(
     State(app): State<AppState>,
@@ -424,14 +429,14 @@ pub async fn password(
     Ok(Json(PasswordView { password: p.password, expires_at: p.expires_at }))
 }
 
-#[utoipa::path(get, path = "/v1/instances/{id}/console", tag = "instances", params(("id" = Uuid, Path)),
+#[utoipa::path(get, path = "/v1/instances/{id}/console", operation_id = "get_instance_console", tag = "instances", params(("id" = Uuid, Path)),
     responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = ErrorBody)))]
 pub async fn console(State(app): State<AppState>, Caller(ctx): Caller, Path(id): Path<String>) -> ApiResult<Response> {
     let log = app.engine.console(&ctx, parse_uuid("instance", &id)?).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], log).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/instances/{id}/metrics", tag = "instances", params(("id" = Uuid, Path)),
+#[utoipa::path(get, path = "/v1/instances/{id}/metrics", operation_id = "get_instance_metrics", tag = "instances", params(("id" = Uuid, Path)),
     responses((status = 200, body = InstanceMetricsView), (status = 404, body = ErrorBody)))]
 pub async fn metrics(
     State(app): State<AppState>,
@@ -471,7 +476,7 @@ pub fn console_url(headers: &HeaderMap, ticket: &nimbus_engine::ConsoleTicket) -
 
 /// A single-use ticket to the interactive console of a running instance, valid for 60 seconds to connect:
 /// `url` opens the websocket without the API secret (for browsers and other clouds' clients).
-#[utoipa::path(post, path = "/v1/instances/{id}/console/ticket", tag = "instances", params(("id" = Uuid, Path)),
+#[utoipa::path(post, path = "/v1/instances/{id}/console/ticket", operation_id = "create_console_ticket", tag = "instances", params(("id" = Uuid, Path)),
     responses((status = 201, body = ConsoleTicketView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn console_ticket(
     State(app): State<AppState>,

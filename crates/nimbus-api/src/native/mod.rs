@@ -12,6 +12,7 @@ pub mod groups;
 pub mod hosts;
 pub mod instances;
 pub mod operations;
+pub mod replay;
 pub mod views;
 
 pub fn router(state: AppState) -> Router<AppState> {
@@ -50,6 +51,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/v1/ssh-keys/{id}", get(access::get_ssh_key).delete(access::delete_ssh_key))
         .route("/v1/zones", get(catalog::zones))
         .route("/v1/host", get(catalog::host))
+        .route("/v1/host/unknown-instances/{id}", axum::routing::delete(catalog::remove_unknown_instance))
         .route("/v1/instance-types", get(catalog::instance_types))
         .route("/v1/templates", get(catalog::templates).post(catalog::register_template))
         .route("/v1/templates/{id}", get(catalog::template).delete(catalog::delete_template))

@@ -20,13 +20,14 @@ use crate::extract::QueryParams;
 use crate::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct GetOperationQuery {
     /// Block up to this many seconds (at most 300) until the operation ends.
     pub wait: Option<u64>,
 }
 
-#[utoipa::path(get, path = "/v1/operations/{id}", tag = "operations", params(("id" = Uuid, Path), GetOperationQuery),
+#[utoipa::path(get, path = "/v1/operations/{id}", operation_id = "get_operation", tag = "operations", params(("id" = Uuid, Path), GetOperationQuery),
     responses((status = 200, body = OperationView), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(app): State<AppState>,
@@ -43,6 +44,7 @@ pub async fn get(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListOperationsQuery {
     /// Only operations on this instance.
@@ -51,7 +53,7 @@ pub struct ListOperationsQuery {
     pub page_token: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/operations", tag = "operations", params(ListOperationsQuery),
+#[utoipa::path(get, path = "/v1/operations", operation_id = "list_operations", tag = "operations", params(ListOperationsQuery),
     responses((status = 200, body = OperationList)))]
 pub async fn list(
     State(app): State<AppState>,
@@ -66,13 +68,14 @@ pub async fn list(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Replay events after this sequence number (0: from the beginning). Without it, only new events.
     pub after: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery),
+#[utoipa::path(get, path = "/v1/events", operation_id = "stream_events", tag = "events", params(EventsQuery),
     responses((status = 200, description = "Server-Sent Events: `id` is the sequence number, `event` the kind (operation.created, operation.updated, instance.created, instance.updated, instance.deleted), `data` the JSON event with its actor (key, request id, source) — the audit log", content_type = "text/event-stream")))]
 pub async fn events(
     State(app): State<AppState>,

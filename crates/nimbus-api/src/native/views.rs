@@ -587,6 +587,20 @@ pub struct HostView {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub disk_gb: u64,
+    /// Instances the host runs that no record knows and that this cloud has no history of (after a
+    /// restore from a backup: the ones created since). Never touched by Nimbus; an admin may remove one
+    /// with `DELETE /v1/host/unknown-instances/{id}`.
+    pub unknown_instances: Vec<UnknownHostInstanceView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UnknownHostInstanceView {
+    pub id: Uuid,
+    /// running, stopped, paused or missing, when it was found; null if the host could not tell.
+    pub host_state: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub found_at: OffsetDateTime,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

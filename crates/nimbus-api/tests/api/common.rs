@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use nimbus_driver::{SimConfig, SimDriver};
 use nimbus_engine::{Engine, EngineConfig};
-use nimbus_store::testing::TestStore;
+use nimbus_store::testing::{FaultyStore, TestStore};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -24,6 +24,8 @@ pub struct Cloud {
     pub sim: Arc<SimDriver>,
     /// The store under the engine, for checking what no API shows (a deleted account's project, say).
     pub store: TestStore,
+    /// The engine's store is this one, in front of `store`: it fails chosen calls on demand.
+    pub faults: Arc<FaultyStore>,
 }
 
 impl Drop for Cloud {
@@ -59,11 +61,12 @@ impl Cloud {
 
     pub async fn with(sim: SimConfig, config: EngineConfig) -> Cloud {
         let store = nimbus_store::testing::test_store().await;
+        let faults = Arc::new(FaultyStore::new(store.store.clone()));
         let sim = Arc::new(SimDriver::new(sim));
-        let engine = Engine::start(store.store.clone(), sim.clone(), config).await.unwrap();
+        let engine = Engine::start(faults.clone(), sim.clone(), config).await.unwrap();
         engine.bootstrap(Some(("NIMadmin".into(), ADMIN.into()))).await.unwrap();
         let app = nimbus_api::router(nimbus_api::AppState::new(engine.clone()));
-        Cloud { app, engine, sim, store }
+        Cloud { app, engine, sim, store, faults }
     }
 
     pub async fn send(&self, req: Request<Body>) -> Reply {

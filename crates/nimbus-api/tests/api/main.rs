@@ -3,6 +3,8 @@
 
 mod common;
 mod console;
+mod host;
+mod idempotency;
 mod input;
 mod lifecycle;
 mod operations;

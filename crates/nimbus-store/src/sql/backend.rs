@@ -105,11 +105,35 @@ impl Backend {
         }
     }
 
-    /// A database error as the trait reports it: `Conflict` when retrying may succeed, `Backend`
-    /// otherwise, naming what was being done.
+    /// Whether `e` says the database cannot take writes (or be reached) for now, for a reason outside
+    /// Nimbus: SQLite's disk full, read-only, I/O error or cannot-open; PostgreSQL's insufficient resources
+    /// (disk full, out of memory, too many connections), read-only transaction, shutting down or not
+    /// accepting connections yet, and lost connections; the pool finding no connection.
+    pub(crate) fn is_unavailable(self, e: &sqlx::Error) -> bool {
+        match e {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+            sqlx::Error::Database(db) => {
+                let Some(code) = db.code() else { return false };
+                match self {
+                    Backend::Sqlite => code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 8 | 10 | 13 | 14)),
+                    Backend::Postgres => {
+                        code.starts_with("53")
+                            || code.starts_with("08")
+                            || matches!(&*code, "25006" | "57P01" | "57P03")
+                    }
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// A database error as the trait reports it: `Conflict` when retrying at once may succeed,
+    /// `Unavailable` when retrying later may, `Backend` otherwise, naming what was being done.
     pub(crate) fn error(self, doing: &str, e: sqlx::Error) -> StoreError {
         if self.is_retryable(&e) {
             StoreError::Conflict(format!("{doing}: {e}"))
+        } else if self.is_unavailable(&e) {
+            StoreError::Unavailable(format!("{doing}: {e}"))
         } else {
             StoreError::Backend(format!("{doing}: {e}"))
         }

@@ -147,7 +147,37 @@ UPDATE api_keys SET body = json_set(body, '$.role', 'operator')
     WHERE key_id = (SELECT key_id FROM api_keys WHERE json_extract(body, '$.name') = 'bootstrap'
                     ORDER BY json_extract(body, '$.created_at') LIMIT 1);
 "#,
+    IDEMPOTENCY_HOLDS_SQLITE,
 ];
+
+/// SQLite 4 (PostgreSQL 3): idempotency keys belong to the API key that sent them, and a request holds its
+/// key under a lease, recording in its own transaction what it applied (see `IdempotencyHold`). SQLite
+/// cannot change a primary key in place, so the table is rebuilt. Keys stored before keep an empty
+/// `api_key_id` (they answer for every key of their project, as they did, until they expire within a day);
+/// an unanswered one cannot tell whether its request committed, so it stays refused as in progress until
+/// then, its `lease_expires` set to its expiry.
+const IDEMPOTENCY_HOLDS_SQLITE: &str = r#"
+CREATE TABLE idempotency_keys (
+    project_id TEXT NOT NULL,
+    api_key_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    holder_server TEXT,
+    holder TEXT,
+    lease_expires INTEGER,
+    result TEXT,
+    status INTEGER,
+    body TEXT,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (project_id, api_key_id, key)
+);
+INSERT INTO idempotency_keys (project_id, api_key_id, key, request_hash, lease_expires, status, body, created_at)
+    SELECT project_id, '', key, request_hash, (created_at + 86400) * 1000, status, body, created_at FROM idempotency;
+DROP TABLE idempotency;
+ALTER TABLE idempotency_keys RENAME TO idempotency;
+CREATE INDEX idempotency_by_age ON idempotency (created_at);
+CREATE INDEX idempotency_by_server ON idempotency (holder_server) WHERE holder_server IS NOT NULL;
+"#;
 
 /// PostgreSQL's schema: the same tables and columns as SQLite's latest, in PostgreSQL's types. Keys are
 /// `COLLATE "C"` so that they sort bytewise, as on SQLite, whatever the database's locale: keyset pagination
@@ -259,6 +289,18 @@ UPDATE api_keys SET body = jsonb_set(body::jsonb, '{role}', '"operator"')::text
     WHERE key_id = (SELECT key_id FROM api_keys WHERE body::jsonb ->> 'name' = 'bootstrap'
                     ORDER BY body::jsonb ->> 'created_at' LIMIT 1);
 "#,
+    r#"
+-- As SQLite's version 4: idempotency keys per API key, held by one request under a lease.
+ALTER TABLE idempotency ADD COLUMN api_key_id TEXT COLLATE "C" NOT NULL DEFAULT '';
+ALTER TABLE idempotency ADD COLUMN holder_server TEXT COLLATE "C";
+ALTER TABLE idempotency ADD COLUMN holder TEXT COLLATE "C";
+ALTER TABLE idempotency ADD COLUMN lease_expires BIGINT;
+ALTER TABLE idempotency ADD COLUMN result TEXT;
+UPDATE idempotency SET lease_expires = (created_at + 86400) * 1000;
+ALTER TABLE idempotency DROP CONSTRAINT idempotency_pkey;
+ALTER TABLE idempotency ADD PRIMARY KEY (project_id, api_key_id, key);
+CREATE INDEX idempotency_by_server ON idempotency (holder_server) WHERE holder_server IS NOT NULL;
+"#,
 ];
 
 /// The session advisory lock held on PostgreSQL while migrating ("nimbus", 1): a second server opening
@@ -359,6 +401,17 @@ mod tests {
         );
     }
 
+    #[test]
+    fn shipped_migrations_are_the_ones_that_shipped() {
+        // SQLite 2 and PostgreSQL 1 shipped with the many-servers store: databases out there were made by them.
+        assert_eq!((SQLITE[1].len(), fingerprint(SQLITE[1])), (2175, 0x72a07044dc96073e), "SQLite 2 was edited");
+        assert_eq!(
+            (super::POSTGRES[0].len(), fingerprint(super::POSTGRES[0])),
+            (2861, 0x50376c3fc2f232ed),
+            "PostgreSQL 1 was edited"
+        );
+    }
+
     #[tokio::test]
     async fn a_version_1_sqlite_database_is_upgraded_in_place_keeping_its_rows() {
         let dir = tempfile::tempdir().unwrap();
@@ -434,5 +487,143 @@ mod tests {
         });
         store.apply(set).await.unwrap();
         assert_eq!(store.get_record("template", record).await.unwrap().unwrap().generation, 2);
+    }
+
+    /// A database as version 2 (the many-servers store) left it, with idempotency keys answered and
+    /// unanswered, opened by this build: every row is kept, an answered key still replays (for any API key
+    /// of its project, as it did), an unanswered one stays refused as in progress (nothing tells whether its
+    /// request committed) until it expires, and new keys are per API key.
+    #[tokio::test]
+    async fn a_version_2_sqlite_database_is_upgraded_in_place_keeping_its_rows() {
+        use crate::{IdempotencyClaim, IdempotencyScope};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nimbus.db");
+        let (org, project) = (Uuid::new_v4(), Uuid::new_v4());
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let project_body = json!({"id": project, "numeric_id": 0, "organization_id": org, "name": "p",
+            "quota": {"instances": 4, "vcpus": 8, "memory_mib": 8192, "disk_gb": 100},
+            "created_at": "2026-01-02T03:04:05Z"});
+        let web = Instance { numeric_id: 7, ..crate::conformance::instance(project, "web", 1) };
+        let mut old = SqliteConnectOptions::new().filename(&path).create_if_missing(true).connect().await.unwrap();
+        sqlx::raw_sql("CREATE TABLE schema_version (version INTEGER NOT NULL)").execute(&mut old).await.unwrap();
+        for (n, migration) in SQLITE[..2].iter().enumerate() {
+            sqlx::raw_sql(migration).execute(&mut old).await.unwrap();
+            sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
+                .bind(n as i64 + 1)
+                .execute(&mut old)
+                .await
+                .unwrap();
+        }
+        let rows: [(&str, Vec<String>); 5] = [
+            (
+                "INSERT INTO projects (id, organization_id, body) VALUES (?, ?, ?)",
+                vec![project.to_string(), org.to_string(), project_body.to_string()],
+            ),
+            (
+                "INSERT INTO instances (id, project_id, name, state, generation, vcpus, memory_mib, disk_gb, body,
+                 numeric_id) VALUES (?, ?, 'web', 'creating', 1, 1, 1024, 10, ?, 7)",
+                vec![web.id.to_string(), project.to_string(), serde_json::to_string(&web).unwrap()],
+            ),
+            ("UPDATE counters SET value = 7 WHERE name = 'instance'", vec![]),
+            (
+                "INSERT INTO idempotency (project_id, key, request_hash, status, body, created_at)
+                 VALUES (?, 'answered', 'h', 202, '{\"id\":1}', ?)",
+                vec![project.to_string(), now.to_string()],
+            ),
+            (
+                "INSERT INTO idempotency (project_id, key, request_hash, status, body, created_at)
+                 VALUES (?, 'cut', 'h', NULL, NULL, ?)",
+                vec![project.to_string(), now.to_string()],
+            ),
+        ];
+        for (sql, binds) in rows {
+            binds.into_iter().fold(sqlx::query(sql), |q, b| q.bind(b)).execute(&mut old).await.unwrap();
+        }
+        old.close().await.unwrap();
+
+        let store = SqlStore::open(&format!("sqlite://{}", path.display())).await.unwrap();
+        let version: i64 =
+            sqlx::query_scalar("SELECT MAX(version) FROM schema_version").fetch_one(&store.pool).await.unwrap();
+        assert_eq!(version as usize, SQLITE.len(), "migrated to the latest version");
+        assert_eq!(store.get_instance(web.id).await.unwrap().unwrap().numeric_id, 7);
+        let next = crate::conformance::instance(project, "next", 1);
+        let mut set = WriteSet::new();
+        set.push(Write::PutInstance { instance: next.clone(), expected_generation: None });
+        store.apply(set).await.unwrap();
+        assert_eq!(store.get_instance(next.id).await.unwrap().unwrap().numeric_id, 8, "numbers go on");
+
+        let lease = std::time::Duration::from_secs(60);
+        let scope = |key: &str| IdempotencyScope { project_id: project, api_key_id: "NIMany".into(), key: key.into() };
+        assert_eq!(
+            store.idempotency_claim(&scope("answered"), "h", "s", lease).await.unwrap(),
+            IdempotencyClaim::Replay { status: 202, body: "{\"id\":1}".into() }
+        );
+        assert_eq!(
+            store.idempotency_claim(&scope("cut"), "h", "s", lease).await.unwrap(),
+            IdempotencyClaim::InProgress
+        );
+        store.idempotency_sweep(Some("s")).await.unwrap();
+        assert_eq!(
+            store.idempotency_claim(&scope("cut"), "h", "s", lease).await.unwrap(),
+            IdempotencyClaim::InProgress,
+            "no sweep takes an old unanswered key for dead"
+        );
+        assert_eq!(store.idempotency_audit().await.unwrap().unknown, 1);
+        assert!(matches!(
+            store.idempotency_claim(&scope("fresh"), "h", "s", lease).await.unwrap(),
+            IdempotencyClaim::New(_)
+        ));
+    }
+
+    /// A PostgreSQL database as version 1 left it, with an answered and an unanswered idempotency key,
+    /// brought up to date (skipped without `NIMBUS_TEST_DATABASE_URL`).
+    #[tokio::test]
+    async fn a_version_1_postgres_database_is_upgraded_in_place_keeping_its_rows() {
+        use sqlx::PgConnection;
+
+        use crate::{IdempotencyClaim, IdempotencyScope};
+        let Some((url, _db)) = crate::testing::fresh_postgres_database().await else { return };
+        let project = Uuid::new_v4();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut old = PgConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql(super::POSTGRES[0]).execute(&mut old).await.unwrap();
+        sqlx::raw_sql("CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (1);")
+            .execute(&mut old)
+            .await
+            .unwrap();
+        for (key, status, body) in [("answered", Some(201i64), Some("{}")), ("cut", None, None)] {
+            sqlx::query(
+                "INSERT INTO idempotency (project_id, key, request_hash, status, body, created_at)
+                 VALUES ($1, $2, 'h', $3, $4, $5)",
+            )
+            .bind(project.to_string())
+            .bind(key)
+            .bind(status)
+            .bind(body)
+            .bind(now)
+            .execute(&mut old)
+            .await
+            .unwrap();
+        }
+        old.close().await.unwrap();
+
+        let store = SqlStore::open(&url).await.unwrap();
+        let version: i32 =
+            sqlx::query_scalar("SELECT MAX(version) FROM schema_version").fetch_one(&store.pool).await.unwrap();
+        assert_eq!(version as usize, super::POSTGRES.len());
+        let lease = std::time::Duration::from_secs(60);
+        let scope = |key: &str| IdempotencyScope { project_id: project, api_key_id: "NIMk".into(), key: key.into() };
+        assert_eq!(
+            store.idempotency_claim(&scope("answered"), "h", "s", lease).await.unwrap(),
+            IdempotencyClaim::Replay { status: 201, body: "{}".into() }
+        );
+        assert_eq!(
+            store.idempotency_claim(&scope("cut"), "h", "s", lease).await.unwrap(),
+            IdempotencyClaim::InProgress
+        );
+        assert!(matches!(
+            store.idempotency_claim(&scope("fresh"), "h", "s", lease).await.unwrap(),
+            IdempotencyClaim::New(_)
+        ));
     }
 }

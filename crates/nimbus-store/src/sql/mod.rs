@@ -14,6 +14,7 @@
 
 mod backend;
 mod hosts;
+pub mod integrity;
 mod migrations;
 mod notify;
 mod writes;
@@ -27,6 +28,7 @@ use nimbus_core::instance::Instance;
 use nimbus_core::operation::Operation;
 use nimbus_core::tenancy::{ApiKey, Organization, Project, Quota, Usage};
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
+use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Row};
 use tokio::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
@@ -226,15 +228,30 @@ fn host_of(n: i64) -> StoreResult<u32> {
 }
 
 /// An open write transaction; see [`SqlStore::write`]. End it with [`SqlStore::finish`].
+///
+/// The transaction is begun, committed and rolled back with plain statements on a pooled connection, so
+/// that this code, not the driver's bookkeeping, decides what happens to the connection after a failure: a
+/// connection whose transaction did not end cleanly (a COMMIT refused by a full disk, a future dropped in
+/// the middle) is closed rather than handed to the next writer with a transaction still open on it.
 pub(crate) struct WriteTx<'s> {
-    tx: sqlx::Transaction<'static, Any>,
-    // Declared after `tx`, so that it is released only once the transaction has ended.
+    conn: PoolConnection<Any>,
+    /// Set once COMMIT or ROLLBACK went through.
+    ended: bool,
+    // Declared after `conn`, so that it is released only once the connection is back (or closed).
     _sqlite_writer: Option<MutexGuard<'s, ()>>,
 }
 
 impl WriteTx<'_> {
     pub(crate) fn conn(&mut self) -> &mut AnyConnection {
-        &mut self.tx
+        &mut self.conn
+    }
+}
+
+impl Drop for WriteTx<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.conn.close_on_drop();
+        }
     }
 }
 
@@ -287,8 +304,12 @@ impl SqlStore {
             Some(m) => Some(m.lock().await),
             None => None,
         };
-        let tx = self.pool.begin_with(self.backend.begin_write()).await.map_err(self.fail("beginning a write"))?;
-        Ok(WriteTx { tx, _sqlite_writer: guard })
+        let mut conn = self.pool.acquire().await.map_err(self.fail("connecting"))?;
+        if let Err(e) = query(self.backend.begin_write(), vec![]).execute(&mut *conn).await {
+            // No transaction was begun: the connection is as it was.
+            return Err(self.backend.error("beginning a write", e));
+        }
+        Ok(WriteTx { conn, ended: false, _sqlite_writer: guard })
     }
 
     /// Commits `w` when `result` is a success and tells waiters; otherwise rolls it back, now rather than
@@ -299,19 +320,27 @@ impl SqlStore {
 
     /// [`SqlStore::finish`], telling waiters only when `changed`: a write that found nothing to do (a claim
     /// with nothing to claim) must not wake them, or idle workers would wake each other forever.
-    async fn end<T>(&self, w: WriteTx<'_>, result: StoreResult<T>, changed: bool) -> StoreResult<T> {
-        let WriteTx { tx, _sqlite_writer } = w;
+    async fn end<T>(&self, mut w: WriteTx<'_>, result: StoreResult<T>, changed: bool) -> StoreResult<T> {
         match result {
-            Ok(value) => {
-                tx.commit().await.map_err(self.fail("committing"))?;
-                if changed {
-                    self.changes.bump();
+            Ok(value) => match query("COMMIT", vec![]).execute(w.conn()).await {
+                Ok(_) => {
+                    w.ended = true;
+                    if changed {
+                        self.changes.bump();
+                    }
+                    Ok(value)
                 }
-                Ok(value)
-            }
+                Err(e) => {
+                    // SQLite may or may not have rolled back already (a full disk, an I/O error); either
+                    // way the connection is closed when `w` drops, never reused with a transaction open.
+                    let _ = query("ROLLBACK", vec![]).execute(w.conn()).await;
+                    Err(self.backend.error("committing", e))
+                }
+            },
             Err(e) => {
-                if let Err(rollback) = tx.rollback().await {
-                    tracing::warn!(error = %rollback, "rolling back a failed write");
+                match query("ROLLBACK", vec![]).execute(w.conn()).await {
+                    Ok(_) => w.ended = true,
+                    Err(rollback) => tracing::warn!(error = %rollback, "rolling back a failed write"),
                 }
                 Err(e)
             }
@@ -321,7 +350,12 @@ impl SqlStore {
     /// One statement in a transaction of its own.
     async fn write_one(&self, doing: &str, sql: &str, args: Vec<Arg>) -> StoreResult<u64> {
         let mut w = self.write().await?;
-        let result = query(sql, args).execute(w.conn()).await.map(|r| r.rows_affected()).map_err(self.fail(doing));
+        let result = async {
+            let n = query(sql, args).execute(w.conn()).await.map(|r| r.rows_affected()).map_err(self.fail(doing))?;
+            self.mark_applied(w.conn(), || serde_json::json!({})).await?;
+            Ok(n)
+        }
+        .await;
         let changed = matches!(result, Ok(n) if n > 0);
         self.end(w, result, changed).await
     }
@@ -428,6 +462,7 @@ impl Store for SqlStore {
                 e if is_unique_violation(&e) => StoreError::AlreadyExists(format!("project {}", project.id)),
                 e => self.backend.error("creating a project", e),
             })?;
+            self.mark_applied(w.conn(), || serde_json::json!({ "project": project.id })).await?;
             Ok(Project { numeric_id: column(&row, "numeric_id")?, ..project.clone() })
         }
         .await;
@@ -467,7 +502,7 @@ impl Store for SqlStore {
                 .execute(w.conn())
                 .await
                 .map_err(self.fail("setting a quota"))?;
-            Ok(())
+            self.mark_applied(w.conn(), || serde_json::json!({ "project": project_id })).await
         }
         .await;
         self.finish(w, result).await
@@ -488,7 +523,11 @@ impl Store for SqlStore {
 
     async fn put_api_key(&self, key: &ApiKey) -> StoreResult<()> {
         let mut w = self.write().await?;
-        let result = writes::insert_api_key(w.conn(), self.backend, key).await;
+        let result = async {
+            writes::insert_api_key(w.conn(), self.backend, key).await?;
+            self.mark_applied(w.conn(), || serde_json::json!({ "api_key": key.key_id })).await
+        }
+        .await;
         self.finish(w, result).await
     }
 
@@ -601,7 +640,11 @@ impl Store for SqlStore {
 
     async fn apply(&self, set: WriteSet) -> StoreResult<()> {
         let mut w = self.write().await?;
-        let result = writes::apply(w.conn(), self.backend, &set).await;
+        let result = async {
+            writes::apply(w.conn(), self.backend, &set).await?;
+            self.mark_applied(w.conn(), || crate::applied_result(&set)).await
+        }
+        .await;
         self.finish(w, result).await
     }
 
@@ -842,73 +885,312 @@ impl Store for SqlStore {
 
     async fn idempotency_claim(
         &self,
-        project_id: Uuid,
-        key: &str,
+        scope: &IdempotencyScope,
         request_hash: &str,
+        server: &str,
+        lease: Duration,
     ) -> StoreResult<IdempotencyClaim> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let hold = IdempotencyHold {
+            scope: scope.clone(),
+            server: server.to_string(),
+            holder: Uuid::new_v4().simple().to_string(),
+        };
         let mut w = self.write().await?;
         let result = async {
             query("DELETE FROM idempotency WHERE created_at < $1", args![now - IDEMPOTENCY_TTL_SECONDS])
                 .execute(w.conn())
                 .await
                 .map_err(self.fail("expiring idempotency keys"))?;
+            // A key stored before keys had an API key answers for every key of its project until it expires.
+            if !scope.api_key_id.is_empty() {
+                let legacy = IdempotencyScope { api_key_id: String::new(), ..scope.clone() };
+                if let Some(row) = self.idempotency_row(w.conn(), &legacy).await? {
+                    return self.judge_claim(w.conn(), row, request_hash, &hold, lease).await;
+                }
+            }
             // ON CONFLICT DO NOTHING: of two servers claiming one new key at once, one inserts and the
             // other (on PostgreSQL, after waiting for it) finds its row below.
             let inserted = query(
-                "INSERT INTO idempotency (project_id, key, request_hash, created_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (project_id, key) DO NOTHING",
-                args![project_id, key, request_hash, now],
+                &format!(
+                    "INSERT INTO idempotency (project_id, api_key_id, key, request_hash, holder_server, holder,
+                                              lease_expires, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, {} + $7, $8)
+                     ON CONFLICT (project_id, api_key_id, key) DO NOTHING",
+                    self.backend.now_ms()
+                ),
+                args![
+                    scope.project_id,
+                    &scope.api_key_id,
+                    &scope.key,
+                    request_hash,
+                    server,
+                    &hold.holder,
+                    lease_ms(lease),
+                    now
+                ],
             )
             .execute(w.conn())
             .await
             .map_err(self.fail("claiming an idempotency key"))?
             .rows_affected();
             if inserted > 0 {
-                return Ok(IdempotencyClaim::New);
+                return Ok(IdempotencyClaim::New(hold.clone()));
             }
-            let row = query(
-                "SELECT request_hash, status, body FROM idempotency WHERE project_id = $1 AND key = $2",
-                args![project_id, key],
-            )
-            .fetch_optional(w.conn())
+            let row = self
+                .idempotency_row(w.conn(), scope)
+                .await?
+                .ok_or_else(|| StoreError::Conflict(format!("idempotency key {} vanished while claimed", scope.key)))?;
+            self.judge_claim(w.conn(), row, request_hash, &hold, lease).await
+        }
+        .await;
+        let taken = matches!(result, Ok(IdempotencyClaim::New(_)));
+        self.end(w, result, taken).await
+    }
+
+    async fn idempotency_renew(&self, hold: &IdempotencyHold, lease: Duration) -> StoreResult<bool> {
+        let s = &hold.scope;
+        let sql = format!(
+            "UPDATE idempotency SET lease_expires = {} + $1
+             WHERE project_id = $2 AND api_key_id = $3 AND key = $4 AND holder = $5 AND status IS NULL",
+            self.backend.now_ms()
+        );
+        let mut w = self.write().await?;
+        let result = query(&sql, args![lease_ms(lease), s.project_id, &s.api_key_id, &s.key, &hold.holder])
+            .execute(w.conn())
             .await
-            .map_err(self.fail("reading an idempotency key"))?
-            .ok_or_else(|| StoreError::Conflict(format!("idempotency key {key} vanished while claimed")))?;
-            if column::<String>(&row, "request_hash")? != request_hash {
-                return Ok(IdempotencyClaim::Mismatch);
-            }
-            match (column::<Option<i64>>(&row, "status")?, column::<Option<String>>(&row, "body")?) {
-                (Some(status), Some(body)) => {
-                    let status = u16::try_from(status)
-                        .map_err(|_| StoreError::Backend(format!("corrupt stored status {status}")))?;
-                    Ok(IdempotencyClaim::Replay { status, body })
-                }
-                _ => Ok(IdempotencyClaim::InProgress),
-            }
+            .map_err(self.fail("renewing an idempotency key"))
+            .map(|r| r.rows_affected() > 0);
+        self.end(w, result, false).await
+    }
+
+    async fn idempotency_finish(&self, hold: &IdempotencyHold, status: u16, body: &str) -> StoreResult<()> {
+        let s = &hold.scope;
+        self.write_one(
+            "finishing an idempotency key",
+            "UPDATE idempotency SET status = $1, body = $2, holder = NULL, holder_server = NULL, lease_expires = NULL
+             WHERE project_id = $3 AND api_key_id = $4 AND key = $5 AND holder = $6",
+            args![i64::from(status), body, s.project_id, &s.api_key_id, &s.key, &hold.holder],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn idempotency_release(&self, hold: &IdempotencyHold) -> StoreResult<()> {
+        let s = &hold.scope;
+        let mut w = self.write().await?;
+        let result = async {
+            let key = args![s.project_id, &s.api_key_id, &s.key, &hold.holder];
+            query(
+                "DELETE FROM idempotency
+                 WHERE project_id = $1 AND api_key_id = $2 AND key = $3 AND holder = $4
+                   AND result IS NULL AND status IS NULL",
+                key.clone(),
+            )
+            .execute(w.conn())
+            .await
+            .map_err(self.fail("releasing an idempotency key"))?;
+            // Applied: it stays, answerable from what its request made, held by nobody.
+            query(
+                "UPDATE idempotency SET holder = NULL, holder_server = NULL, lease_expires = NULL
+                 WHERE project_id = $1 AND api_key_id = $2 AND key = $3 AND holder = $4",
+                key,
+            )
+            .execute(w.conn())
+            .await
+            .map_err(self.fail("releasing an idempotency key"))?;
+            Ok(())
         }
         .await;
         self.finish(w, result).await
     }
 
-    async fn idempotency_finish(&self, project_id: Uuid, key: &str, status: u16, body: &str) -> StoreResult<()> {
-        self.write_one(
-            "finishing an idempotency key",
-            "UPDATE idempotency SET status = $1, body = $2 WHERE project_id = $3 AND key = $4",
-            args![i64::from(status), body, project_id, key],
-        )
-        .await
-        .map(|_| ())
+    async fn idempotency_sweep(&self, server: Option<&str>) -> StoreResult<u64> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut w = self.write().await?;
+        let result = async {
+            let expired = query("DELETE FROM idempotency WHERE created_at < $1", args![now - IDEMPOTENCY_TTL_SECONDS])
+                .execute(w.conn())
+                .await
+                .map_err(self.fail("expiring idempotency keys"))?
+                .rows_affected();
+            let sql = format!(
+                "DELETE FROM idempotency
+                 WHERE holder IS NOT NULL AND result IS NULL AND status IS NULL
+                   AND (lease_expires < {} OR holder_server = $1)",
+                self.backend.now_ms()
+            );
+            let dropped = query(&sql, args![server.unwrap_or("")])
+                .execute(w.conn())
+                .await
+                .map_err(self.fail("sweeping idempotency keys"))?
+                .rows_affected();
+            // Applied keys of a server that is gone keep their answer; their hold means nothing any more.
+            if let Some(server) = server {
+                query(
+                    "UPDATE idempotency SET holder = NULL, holder_server = NULL, lease_expires = NULL
+                     WHERE holder_server = $1",
+                    args![server],
+                )
+                .execute(w.conn())
+                .await
+                .map_err(self.fail("sweeping idempotency keys"))?;
+            }
+            Ok((expired, dropped))
+        }
+        .await;
+        let changed = matches!(result, Ok((e, d)) if e + d > 0);
+        self.end(w, result, changed).await.map(|(_, dropped)| dropped)
     }
 
-    async fn idempotency_release(&self, project_id: Uuid, key: &str) -> StoreResult<()> {
-        self.write_one(
-            "releasing an idempotency key",
-            "DELETE FROM idempotency WHERE project_id = $1 AND key = $2 AND status IS NULL",
-            args![project_id, key],
+    async fn check_integrity(&self) -> StoreResult<IntegrityReport> {
+        self.integrity().await
+    }
+
+    async fn idempotency_audit(&self) -> StoreResult<IdempotencyAudit> {
+        let sql = format!(
+            "SELECT
+               CAST(COALESCE(SUM(CASE WHEN status IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS answered,
+               CAST(COALESCE(SUM(CASE WHEN status IS NULL AND result IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT)
+                 AS applied,
+               CAST(COALESCE(SUM(CASE WHEN status IS NULL AND result IS NULL AND holder IS NOT NULL
+                                       AND lease_expires >= {now} THEN 1 ELSE 0 END), 0) AS BIGINT) AS held,
+               CAST(COALESCE(SUM(CASE WHEN status IS NULL AND result IS NULL AND holder IS NOT NULL
+                                       AND lease_expires < {now} THEN 1 ELSE 0 END), 0) AS BIGINT) AS abandoned,
+               CAST(COALESCE(SUM(CASE WHEN status IS NULL AND result IS NULL AND holder IS NULL
+                                 THEN 1 ELSE 0 END), 0) AS BIGINT) AS unknown
+             FROM idempotency",
+            now = self.backend.now_ms()
+        );
+        let row = query(&sql, vec![]).fetch_one(&self.pool).await.map_err(self.fail("auditing idempotency keys"))?;
+        let n = |name: &str| -> StoreResult<u64> {
+            let v: i64 = column(&row, name)?;
+            u64::try_from(v).map_err(|_| StoreError::Backend(format!("corrupt count {name} = {v}")))
+        };
+        Ok(IdempotencyAudit {
+            answered: n("answered")?,
+            applied: n("applied")?,
+            held: n("held")?,
+            abandoned: n("abandoned")?,
+            unknown: n("unknown")?,
+        })
+    }
+}
+
+/// A stored idempotency key, as a claim judges it.
+struct IdempotencyRow {
+    scope: IdempotencyScope,
+    request_hash: String,
+    holder: Option<String>,
+    expired: bool,
+    result: Option<String>,
+    status: Option<i64>,
+    body: Option<String>,
+}
+
+impl SqlStore {
+    async fn idempotency_row(
+        &self,
+        conn: &mut AnyConnection,
+        scope: &IdempotencyScope,
+    ) -> StoreResult<Option<IdempotencyRow>> {
+        let sql = format!(
+            "SELECT request_hash, holder, CASE WHEN lease_expires < {} THEN 1 ELSE 0 END AS expired,
+                    result, status, body
+             FROM idempotency WHERE project_id = $1 AND api_key_id = $2 AND key = $3{}",
+            self.backend.now_ms(),
+            self.backend.for_update()
+        );
+        let row = query(&sql, args![scope.project_id, &scope.api_key_id, &scope.key])
+            .fetch_optional(conn)
+            .await
+            .map_err(self.fail("reading an idempotency key"))?;
+        row.map(|row| {
+            Ok(IdempotencyRow {
+                scope: scope.clone(),
+                request_hash: column(&row, "request_hash")?,
+                holder: column(&row, "holder")?,
+                expired: column::<i64>(&row, "expired")? == 1,
+                result: column(&row, "result")?,
+                status: column(&row, "status")?,
+                body: column(&row, "body")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// What a claim finds in an existing key; takes it over for `hold` when its holder died before
+    /// committing anything.
+    async fn judge_claim(
+        &self,
+        conn: &mut AnyConnection,
+        row: IdempotencyRow,
+        request_hash: &str,
+        hold: &IdempotencyHold,
+        lease: Duration,
+    ) -> StoreResult<IdempotencyClaim> {
+        if row.request_hash != request_hash {
+            return Ok(IdempotencyClaim::Mismatch);
+        }
+        if let (Some(status), Some(body)) = (row.status, row.body) {
+            let status =
+                u16::try_from(status).map_err(|_| StoreError::Backend(format!("corrupt stored status {status}")))?;
+            return Ok(IdempotencyClaim::Replay { status, body });
+        }
+        if let Some(result) = row.result {
+            return Ok(IdempotencyClaim::Applied { result: decode("idempotency result", &result)? });
+        }
+        let Some(old) = row.holder.filter(|_| row.expired) else {
+            return Ok(IdempotencyClaim::InProgress);
+        };
+        // The holder's lease ran out and it applied nothing: it died (or stalled, and its late writes will be
+        // refused). Compare-and-swap on the old holder, so that of two retries only one takes over.
+        let s = &row.scope;
+        let sql = format!(
+            "UPDATE idempotency SET holder = $1, holder_server = $2, lease_expires = {} + $3
+             WHERE project_id = $4 AND api_key_id = $5 AND key = $6 AND holder = $7
+               AND result IS NULL AND status IS NULL",
+            self.backend.now_ms()
+        );
+        let taken =
+            query(&sql, args![&hold.holder, &hold.server, lease_ms(lease), s.project_id, &s.api_key_id, &s.key, &old])
+                .execute(conn)
+                .await
+                .map_err(self.fail("taking over an idempotency key"))?
+                .rows_affected();
+        if taken == 0 {
+            return Err(StoreError::Conflict(format!("idempotency key {} changed while claimed", s.key)));
+        }
+        Ok(IdempotencyClaim::New(IdempotencyHold { scope: s.clone(), ..hold.clone() }))
+    }
+
+    /// Inside a write transaction run while a request holds an idempotency key ([`crate::holding`]):
+    /// records that the key's request applied `result` (the first result stays), or fails with
+    /// `Superseded` when the hold was taken over, so that the transaction rolls back. Outside a hold,
+    /// nothing.
+    pub(crate) async fn mark_applied(
+        &self,
+        conn: &mut AnyConnection,
+        result: impl FnOnce() -> serde_json::Value,
+    ) -> StoreResult<()> {
+        let Some(hold) = crate::current_hold() else { return Ok(()) };
+        let s = &hold.scope;
+        let marked = query(
+            "UPDATE idempotency SET result = COALESCE(result, $1)
+             WHERE project_id = $2 AND api_key_id = $3 AND key = $4 AND holder = $5 AND status IS NULL",
+            args![result().to_string(), s.project_id, &s.api_key_id, &s.key, &hold.holder],
         )
+        .execute(conn)
         .await
-        .map(|_| ())
+        .map_err(self.fail("recording what an idempotent request applied"))?
+        .rows_affected();
+        if marked == 0 {
+            return Err(StoreError::Superseded(format!(
+                "the request with Idempotency-Key {:?} was taken over by a retry",
+                s.key
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -82,6 +82,10 @@ impl From<DomainError> for ExoError {
                 tracing::error!(error = %m, "internal error");
                 ExoError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")
             }
+            DomainError::Unavailable(m) => {
+                tracing::error!(error = %m, "unavailable");
+                ExoError::new(StatusCode::SERVICE_UNAVAILABLE, format!("Service unavailable: {m}"))
+            }
         }
     }
 }

@@ -142,6 +142,17 @@ impl From<DomainError> for GcoreError {
                     format!("No valid host was found. {m}"),
                 )
             },
+            DomainError::Unavailable(m) => {
+                tracing::error!(error = %m, "unavailable");
+                GcoreError {
+                    retry: true,
+                    ..GcoreError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "ServiceUnavailable",
+                        format!("Service unavailable: {m}"),
+                    )
+                }
+            }
             DomainError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 GcoreError {

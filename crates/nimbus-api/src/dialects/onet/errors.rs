@@ -111,6 +111,10 @@ impl From<DomainError> for OnetError {
                 tracing::error!(error = %m, "internal error");
                 OnetError::detail(StatusCode::INTERNAL_SERVER_ERROR, "A server error occurred.")
             }
+            DomainError::Unavailable(m) => {
+                tracing::error!(error = %m, "unavailable");
+                OnetError::detail(StatusCode::SERVICE_UNAVAILABLE, format!("Service temporarily unavailable: {m}"))
+            }
         }
     }
 }

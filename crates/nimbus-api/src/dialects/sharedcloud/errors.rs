@@ -103,6 +103,10 @@ impl From<DomainError> for ScError {
                 tracing::error!(error = %m, "internal error");
                 ScError::detail(StatusCode::INTERNAL_SERVER_ERROR, "A server error occurred.")
             }
+            DomainError::Unavailable(m) => {
+                tracing::error!(error = %m, "unavailable");
+                ScError::detail(StatusCode::SERVICE_UNAVAILABLE, format!("Service temporarily unavailable: {m}"))
+            }
         }
     }
 }
