@@ -51,14 +51,7 @@ impl Engine {
         for m in default_gpu_models() {
             self.seed(GPU_MODEL, m.id, &m.codename, &m).await?;
         }
-        let templates = self.driver.templates().await.map_err(|e| DomainError::Internal(e.to_string()))?;
-        for t in templates {
-            // Keep the creation time of a template registered on an earlier start.
-            let existing = self.record_of::<Template>(TEMPLATE, t.id).await?;
-            let t = Template { created_at: existing.map_or(t.created_at, |(old, _)| old.created_at), ..t };
-            self.seed(TEMPLATE, t.id, &t.name, &t).await?;
-        }
-        Ok(())
+        self.seed_templates().await
     }
 
     /// Makes a public catalog record say `value`, writing only when it says something else (every server
@@ -163,10 +156,32 @@ impl Engine {
         Ok(t)
     }
 
+    /// Deletes a template's record; an imported or promoted template's files go too, unless an instance
+    /// still boots from them (their disks are overlays over the template's disk).
     pub async fn delete_template(&self, ctx: &Context, name_or_id: &str) -> Result<()> {
         let t = self.template(ctx, name_or_id).await?;
         ctx.require(if t.project_id.is_none() { Role::Admin } else { Role::Member })?;
-        self.delete(TEMPLATE, t.id).await
+        self.delete(TEMPLATE, t.id).await?;
+        let instances = self.store.list_instances(&nimbus_store::InstanceQuery::default()).await.map_err(store_err)?;
+        if !instances.iter().any(|i| i.template_id == t.id) {
+            if let Err(e) = self.driver.remove_template(t.id).await {
+                tracing::warn!(template = %t.id, error = %e, "could not remove a deleted template's files");
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers the stock templates the driver finds (a template built while the server runs is seen at
+    /// the next reconciler pass), writing only what changed.
+    pub(crate) async fn seed_templates(&self) -> Result<()> {
+        let templates = self.driver.templates().await.map_err(|e| DomainError::Internal(e.to_string()))?;
+        for t in templates {
+            // Keep the creation time of a template registered on an earlier start.
+            let existing = self.record_of::<Template>(TEMPLATE, t.id).await?;
+            let t = Template { created_at: existing.map_or(t.created_at, |(old, _)| old.created_at), ..t };
+            self.seed(TEMPLATE, t.id, &t.name, &t).await?;
+        }
+        Ok(())
     }
 }
 

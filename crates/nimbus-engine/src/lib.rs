@@ -44,6 +44,8 @@ pub use auth::{BootstrapOutcome, WhoAmI};
 pub use console::{ConsoleTicket, CONSOLE_TICKET_LIFETIME};
 pub use instances::{ActionRequest, CreateInstance, InstanceFilter, InstancePatch};
 pub use networking::PrivateNetworkSpec;
+pub use sagas::import_template::ImportTemplate;
+pub use sagas::promote_snapshot::PromoteRequest;
 pub use sagas::{CrashHook, CrashPoint, CrashWhen};
 
 pub type Result<T, E = DomainError> = std::result::Result<T, E>;
@@ -266,6 +268,17 @@ pub(crate) fn store_err(e: StoreError) -> DomainError {
         StoreError::QuotaExceeded(why) => DomainError::QuotaExceeded(why),
         StoreError::NotFound(what) => DomainError::NotFound { kind: "resource", id: what },
         StoreError::Backend(msg) => DomainError::Internal(msg),
+    }
+}
+
+/// A driver failure met by a request (not an operation): what the user can do about it.
+pub(crate) fn driver_err(e: nimbus_driver::DriverError) -> DomainError {
+    use nimbus_driver::DriverError as D;
+    match e {
+        D::NotFound(id) => DomainError::NotFound { kind: "instance", id: id.to_string() },
+        D::Unsupported(m) => DomainError::Unsupported(m),
+        D::Invalid(m) => DomainError::Conflict(m),
+        D::Timeout(m) | D::Failed(m) => DomainError::Internal(m),
     }
 }
 
