@@ -487,45 +487,87 @@ pub async fn console_stream(
     Path(id): Path<String>,
     ws: axum::extract::WebSocketUpgrade,
 ) -> ApiResult<Response> {
-    use axum::extract::ws::Message;
-    use futures_util::{SinkExt, StreamExt};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let id = parse_uuid("instance", &id)?;
     let ctx = match caller {
         ConsoleCaller::Key(ctx) => *ctx,
         ConsoleCaller::Ticket { token, actor } => app.engine.redeem_console_ticket(&token, id, actor).await?,
     };
     let stream = app.engine.console_stream(&ctx, id).await?;
-    Ok(ws.on_upgrade(move |socket| async move {
-        let (mut to_client, mut from_client) = socket.split();
-        let (mut serial_read, mut serial_write) = tokio::io::split(stream);
-        let outbound = async {
-            let mut buf = vec![0u8; 4096];
-            loop {
-                match serial_read.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if to_client.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
-                            break;
-                        }
+    Ok(ws.on_upgrade(move |socket| bridge(socket, stream)))
+}
+
+/// Carries bytes both ways between a websocket (binary frames) and a stream of the host, until either end
+/// closes.
+async fn bridge(socket: axum::extract::ws::WebSocket, stream: nimbus_driver::ConsoleStream) {
+    use axum::extract::ws::Message;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (mut to_client, mut from_client) = socket.split();
+    let (mut host_read, mut host_write) = tokio::io::split(stream);
+    let outbound = async {
+        let mut buf = vec![0u8; 16384];
+        loop {
+            match host_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to_client.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
+                        break;
                     }
                 }
             }
-        };
-        let inbound = async {
-            while let Some(Ok(msg)) = from_client.next().await {
-                let bytes = match msg {
-                    Message::Binary(b) => b.to_vec(),
-                    Message::Text(t) => t.as_bytes().to_vec(),
-                    Message::Close(_) => break,
-                    _ => continue,
-                };
-                if serial_write.write_all(&bytes).await.is_err() {
-                    break;
-                }
+        }
+        let _ = to_client.send(Message::Close(None)).await;
+    };
+    let inbound = async {
+        while let Some(Ok(msg)) = from_client.next().await {
+            let bytes = match msg {
+                Message::Binary(b) => b.to_vec(),
+                Message::Text(t) => t.as_bytes().to_vec(),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if host_write.write_all(&bytes).await.is_err() {
+                break;
             }
-        };
-        tokio::select! { _ = outbound => {}, _ = inbound => {} }
+        }
+        let _ = host_write.shutdown().await;
+    };
+    tokio::select! { _ = outbound => {}, _ = inbound => {} }
+}
+
+/// A TCP tunnel to a port of a running instance, over a websocket (binary frames both ways), made from
+/// inside the instance network: `nimbus instance ssh` and `port-forward` use it, so the caller needs no
+/// route to the instance network, only an API key.
+pub async fn tunnel(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path((id, port)): Path<(String, String)>,
+    ws: axum::extract::WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let id = parse_uuid("instance", &id)?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| nimbus_core::DomainError::invalid("port", "must be a TCP port, 1 to 65535"))?;
+    let stream = app.engine.connect(&ctx, id, port).await?;
+    Ok(ws.on_upgrade(move |socket| bridge(socket, stream)))
+}
+
+/// The guest's own view of its network interfaces, from its guest agent (qemu-guest-agent).
+#[utoipa::path(get, path = "/v1/instances/{id}/guest", tag = "instances", params(("id" = Uuid, Path)),
+    responses((status = 200, body = GuestView), (status = 404, body = ErrorBody), (status = 501, body = ErrorBody)))]
+pub async fn guest(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<GuestView>> {
+    let interfaces = app.engine.guest_interfaces(&ctx, parse_uuid("instance", &id)?).await?;
+    Ok(Json(GuestView {
+        interfaces: interfaces
+            .into_iter()
+            .map(|i| GuestInterfaceView { name: i.name, mac_address: i.mac_address, addresses: i.addresses })
+            .collect(),
     }))
 }
