@@ -59,7 +59,9 @@ trap cleanup EXIT INT TERM
 R=$W/root
 
 # 1. The root filesystem, from the cache when the recipe has not changed.
-key=$( (cat "$0"; echo "$PACKAGES $SUITE $MIRROR") | sha256sum | cut -c1-16)
+# The cache key covers what the cached part is made from: the package list, suite and mirror, and the
+# version of the steps below up to the tarball (bump it when they change).
+key=$(echo "rootfs-v1 $PACKAGES $SUITE $MIRROR" | sha256sum | cut -c1-16)
 cached=${NIMBUS_ROOTFS_CACHE:+$NIMBUS_ROOTFS_CACHE/debian-12-rootfs-$key.tar}
 if [ -n "$cached" ] && [ -r "$cached" ]; then
     echo "build-debian.sh: root filesystem from $cached"
@@ -90,11 +92,22 @@ else
     rm -f "$R/usr/sbin/policy-rc.d"
     echo "build-debian.sh: debootstrap took $(( $(date +%s) - t0 ))s"
 
-    # The image's configuration: cloud-init reads only the NoCloud seed the driver attaches (no network
-    # probing for metadata services), and its default user is `debian`, as on Debian's own cloud images.
-    cat > "$R/etc/cloud/cloud.cfg.d/90-nimbus.cfg" <<'EOF'
+    for m in dev/pts dev sys proc; do umount "$R/$m"; done
+    rm -rf "$R"/var/lib/apt/lists/* "$R"/var/cache/apt/*.bin "$R"/var/cache/apt/archives/*.deb "$R"/var/log/*.log \
+        "$R"/debootstrap "$R"/tmp/* "$R"/var/tmp/*
+    if [ -n "$cached" ]; then
+        mkdir -p "$NIMBUS_ROOTFS_CACHE"
+        tar -C "$R" --numeric-owner -cpf "$cached.tmp" . && mv "$cached.tmp" "$cached"
+    fi
+fi
+# 2. The image's configuration (not cached: changing it costs no download). cloud-init reads only the NoCloud seed the driver attaches (no network
+# probing for metadata services), and its default user is `debian`, as on Debian's own cloud images.
+cat > "$R/etc/cloud/cloud.cfg.d/90-nimbus.cfg" <<'EOF'
 # Nimbus attaches a NoCloud seed (a disk labelled cidata) to every instance.
 datasource_list: [NoCloud, None]
+# C.UTF-8 needs no locale generation; RSA host keys take seconds to make under TCG, ed25519 and ECDSA do not.
+locale: C.UTF-8
+ssh_genkeytypes: [ed25519, ecdsa]
 system_info:
   default_user:
     name: debian
@@ -104,7 +117,7 @@ system_info:
     sudo: ["ALL=(ALL) NOPASSWD:ALL"]
     shell: /bin/bash
 EOF
-    cat > "$R/etc/systemd/system/nimbus-ready.service" <<'EOF'
+cat > "$R/etc/systemd/system/nimbus-ready.service" <<'EOF'
 [Unit]
 Description=Tell the host on the serial console that the guest can be logged into
 After=cloud-init.service ssh.service
@@ -112,32 +125,25 @@ Wants=ssh.service
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'echo "NIMBUS-READY uptime=$(cut -d" " -f1 /proc/uptime)" > /dev/ttyS0'
+# A line of its own: getty's login prompt may be on the console's current line.
+ExecStart=/bin/sh -c 'printf "\\nNIMBUS-READY uptime=%%s\\n" "$(cut -d" " -f1 /proc/uptime)" > /dev/ttyS0'
 
 [Install]
 WantedBy=multi-user.target
 EOF
-    chroot "$R" systemctl enable nimbus-ready.service >/dev/null 2>&1
-    printf 'LABEL=rootfs / ext4 defaults,discard,errors=remount-ro 0 1\n' > "$R/etc/fstab"
-    printf 'auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n' > "$R/etc/network/interfaces"
-    # Per-instance identity is made at first boot: cloud-init writes new SSH host keys, systemd a machine id.
-    rm -f "$R"/etc/ssh/ssh_host_*
-    : > "$R/etc/machine-id"
-    rm -f "$R/var/lib/dbus/machine-id" "$R/etc/hostname"
-    for m in dev/pts dev sys proc; do umount "$R/$m"; done
-    rm -rf "$R"/var/lib/apt/lists/* "$R"/var/cache/apt/*.bin "$R"/var/cache/apt/archives/*.deb "$R"/var/log/*.log \
-        "$R"/debootstrap "$R"/tmp/* "$R"/var/tmp/*
-    if [ -n "$cached" ]; then
-        mkdir -p "$NIMBUS_ROOTFS_CACHE"
-        tar -C "$R" --numeric-owner -cpf "$cached.tmp" . && mv "$cached.tmp" "$cached"
-    fi
-fi
+chroot "$R" systemctl enable nimbus-ready.service >/dev/null 2>&1
+printf 'LABEL=rootfs / ext4 defaults,discard,errors=remount-ro 0 1\n' > "$R/etc/fstab"
+printf 'auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n' > "$R/etc/network/interfaces"
+# Per-instance identity is made at first boot: cloud-init writes new SSH host keys, systemd a machine id.
+rm -f "$R"/etc/ssh/ssh_host_*
+: > "$R/etc/machine-id"
+rm -f "$R/var/lib/dbus/machine-id" "$R/etc/hostname"
 KERNEL=$(ls "$R"/boot/vmlinuz-* | sort -V | tail -1)
 INITRD=$R/boot/initrd.img-${KERNEL##*/vmlinuz-}
 [ -r "$INITRD" ] || { echo "build-debian.sh: no initrd for $KERNEL" >&2; exit 1; }
 KVER=${KERNEL##*/vmlinuz-}
 
-# 2. Signed UEFI boot loaders from the same archive (downloaded, not installed on this host).
+# 3. Signed UEFI boot loaders from the same archive (downloaded, not installed on this host).
 mkdir -p "$W/efi"
 (cd "$W/efi" && apt-get download -q shim-signed grub-efi-amd64-signed >/dev/null 2>&1) || {
     echo "build-debian.sh: apt-get download shim-signed grub-efi-amd64-signed failed (run apt-get update?)" >&2
@@ -148,7 +154,7 @@ SHIM=$W/efi/x/usr/lib/shim/shimx64.efi.signed
 GRUB=$W/efi/x/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed
 [ -r "$SHIM" ] && [ -r "$GRUB" ] || { echo "build-debian.sh: shim or grub missing from the packages" >&2; exit 1; }
 
-# 3. The boot partition (FAT): kernel, initrd, syslinux for BIOS, shim + GRUB for UEFI.
+# 4. The boot partition (FAT): kernel, initrd, syslinux for BIOS, shim + GRUB for UEFI.
 CMDLINE="root=LABEL=rootfs ro console=ttyS0,115200n8 net.ifnames=0"
 B=$W/bootfs
 mkdir -p "$B/syslinux" "$B/EFI/BOOT" "$B/EFI/debian"
@@ -173,12 +179,12 @@ mkfs.vfat -F 32 -n NIMBOOT -i 4e494d42 -C "$W/boot.vfat" $((BOOT_MB * 1024)) >/d
 (cd "$B" && find . -mindepth 1 -type d | sort | while read -r d; do mmd -i "$W/boot.vfat" "::${d#.}"; done)
 (cd "$B" && find . -type f | sort | while read -r f; do mcopy -m -i "$W/boot.vfat" "$f" "::${f#.}"; done)
 
-# 4. The root partition (ext4, fixed UUID and hash seed).
+# 5. The root partition (ext4, fixed UUID and hash seed).
 E2FSPROGS_FAKE_TIME=$((SOURCE_DATE_EPOCH > 0 ? SOURCE_DATE_EPOCH : 1)) mkfs.ext4 -q -F -L rootfs \
     -U 6e696d62-7573-4000-8000-0000000000d1 -E hash_seed=6e696d62-7573-4000-8000-0000000000d2 \
     -d "$R" "$W/root.ext4" "${ROOT_MB}M"
 
-# 5. The disk: GPT, boot partition first (legacy-bootable for gptmbr.bin), root last.
+# 6. The disk: GPT, boot partition first (legacy-bootable for gptmbr.bin), root last.
 boot_start=2048
 boot_sectors=$((BOOT_MB * 2048))
 root_start=$((boot_start + boot_sectors))

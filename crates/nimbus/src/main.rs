@@ -3,6 +3,7 @@
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod cli;
+mod guest;
 mod server;
 
 #[derive(Parser)]

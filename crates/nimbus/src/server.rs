@@ -59,8 +59,9 @@ pub struct ServerArgs {
     /// qemu driver: the network namespace Nimbus creates for instance networks.
     #[arg(long, env = "NIMBUS_NETNS", default_value = "nimbus")]
     netns: String,
-    /// qemu driver: where templates live (one directory each, as `guest/build.sh` makes them).
-    /// Default: `<data-dir>/templates`.
+    /// qemu driver: where templates live (one directory each), shared by the servers of this host. Default:
+    /// /var/lib/nimbus/templates (as root), outside any data dir. When it holds no template at start, the
+    /// server builds the stock `busybox` one there.
     #[arg(long, env = "NIMBUS_TEMPLATE_DIR")]
     template_dir: Option<PathBuf>,
     /// sim driver: delay of every action, in milliseconds.
@@ -120,16 +121,23 @@ async fn build_driver(
         DriverKind::Qemu => {
             let network = nimbus_engine::network::Network::parse(&args.network_cidr)
                 .map_err(|e| anyhow::anyhow!("--network-cidr: {e}"))?;
-            let templates = args.template_dir.clone().unwrap_or_else(|| data_dir.join("templates"));
+            let templates = args.template_dir.clone().unwrap_or_else(crate::guest::default_template_dir);
+            if !crate::guest::has_templates(&templates) {
+                // A new cloud is never one without images.
+                tracing::info!(dir = %templates.display(), "no template found; building the stock busybox template");
+                let dir = templates.clone();
+                match tokio::task::spawn_blocking(move || crate::guest::build("busybox", &dir, None)).await? {
+                    Ok(()) => tracing::info!("built the busybox template"),
+                    Err(e) => tracing::error!("cannot build the busybox template (see guest/packages.txt): {e}"),
+                }
+            }
             let mut config = QemuConfig::new(data_dir.join("qemu"), templates);
             config.accel = args.accel.parse().map_err(anyhow::Error::msg)?;
             config.netns = args.netns.clone();
             config.bridge_cidr = format!("{}/{}", network.gateway(), network.prefix);
             let driver = Arc::new(QemuDriver::new(config).await.map_err(|e| anyhow::anyhow!("qemu driver: {e}"))?);
             if driver.templates().await.map(|t| t.is_empty()).unwrap_or(true) {
-                tracing::warn!(
-                    "no template found; build the stock one with guest/build.sh <data-dir>/templates/busybox"
-                );
+                tracing::warn!("no template found; build one with `nimbus template build busybox`");
             }
             Ok((driver.clone(), Some(driver)))
         }
