@@ -110,8 +110,14 @@ pub fn args(m: &Machine) -> Vec<String> {
     if let Some(disk) = &m.disk {
         let file = format!("driver=file,filename={},node-name=f0", opt_path(disk));
         push(&["-blockdev", &file, "-blockdev", "driver=qcow2,file=f0,node-name=d0"]);
-        // bootindex: the firmware boots the system disk, never the seed.
-        push(&["-device", "virtio-blk-pci,drive=d0,serial=disk0,bootindex=0"]);
+        // The firmware boots the system disk, never the seed. A directly loaded kernel takes bootindex 0
+        // itself (QEMU's linuxboot ROM), so the disk gets none then.
+        let dev = if matches!(m.boot, Boot::Kernel { .. }) {
+            "virtio-blk-pci,drive=d0,serial=disk0"
+        } else {
+            "virtio-blk-pci,drive=d0,serial=disk0,bootindex=0"
+        };
+        push(&["-device", dev]);
     }
     if let Some(iso) = &m.seed_iso {
         let file = format!("driver=file,filename={},node-name=f1,read-only=on", opt_path(iso));
