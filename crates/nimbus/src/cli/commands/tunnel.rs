@@ -107,6 +107,10 @@ pub fn ssh(
         .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
         .arg("-o")
         .arg(format!("HostKeyAlias=nimbus-{id}"));
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        // Nobody to type a password or confirm a host key: fail instead of waiting for /dev/tty.
+        cmd.args(["-o", "BatchMode=yes"]);
+    }
     if let Some(key) = identity {
         cmd.arg("-i").arg(key).args(["-o", "IdentitiesOnly=yes"]);
     }
