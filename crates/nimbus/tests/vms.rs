@@ -745,8 +745,10 @@ async fn images_are_imported_from_a_file_and_a_url_and_bad_ones_are_refused() {
     // user-data from the NoCloud seed.
     let id = cloud.create_from("imp", "mine-url", "#!/bin/sh\necho imported-$(hostname)\n").await;
     let console = cloud.console_after(&id, 0, "USERDATA rc=").await;
-    assert!(console.contains("SeaBIOS"), "booted by the firmware: {console}");
-    assert!(console.contains("UD| imported-imp"), "{console}");
+    let args = cmdline(qemu_of(&id));
+    assert!(!args.iter().any(|a| a == "-kernel"), "booted by the firmware from the image: {args:?}");
+    assert!(console.contains("SEED nocloud"), "the guest read the NoCloud seed: {console}");
+    assert!(console.contains("UD| imported-imp"), "hostname and user-data from the seed: {console}");
     cloud.delete_leaves_nothing(&id, 0).await;
 }
 

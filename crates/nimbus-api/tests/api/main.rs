@@ -6,5 +6,6 @@ mod console;
 mod input;
 mod lifecycle;
 mod operations;
+mod templates;
 mod tenancy;
 mod updates;

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! disk.qcow2      overlay over the template's immutable disk (absolute backing path), of the instance's size
-//! seed/, seed.iso what the guest is told at boot (fw_cfg files, or a NoCloud cidata disk; see seeds.rs)
+//! seed/          what a fw_cfg template's guest is told at boot (seeds.rs)
+//! nocloud/, seed.iso   the same for a cloud image: the documents and their NoCloud cidata disk
 //! efivars.fd      the instance's UEFI variable store (UEFI boots only)
 //! tpm/            swtpm's state of the instance's TPM (once enabled)
 //! qemu.json       the running process (pid + /proc start time) and where its boot began in serial.log
@@ -307,7 +308,10 @@ impl QemuDriver {
             boot: boot_spec,
             disk: Some(dir.join("disk.qcow2")),
             seed_iso: (tf.manifest.seed() == SeedKind::Nocloud).then(|| dir.join("seed.iso")),
-            fw_cfg: seeds::fw_cfg_files(dir).await.into_iter().map(|(k, p)| (k.to_string(), p)).collect(),
+            fw_cfg: match tf.manifest.seed() {
+                SeedKind::FwCfg => seeds::fw_cfg_files(dir).await.into_iter().map(|(k, p)| (k.to_string(), p)).collect(),
+                SeedKind::Nocloud => Vec::new(),
+            },
             nic: tap.clone().map(|tap| Nic {
                 tap,
                 mac: Self::mac(spec),

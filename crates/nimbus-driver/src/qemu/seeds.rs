@@ -3,12 +3,13 @@
 //!
 //! Two deliveries, chosen by the template's manifest:
 //! - **fw_cfg** (the busybox guest): one QEMU fw_cfg file per key under `opt/nimbus/`, from `seed/<key>`.
+//!   Only fw_cfg templates get them: a disk image is told through its NoCloud seed alone.
 //! - **NoCloud** (cloud images): `seed.iso`, a `cidata` ISO 9660 disk made by Debian's `cloud-localds`
 //!   (cloud-image-utils), which upstream cloud-init reads as its NoCloud datasource:
 //!   `meta-data` (instance-id, local-hostname, public-keys: cloud-init gives the keys to the image's default
 //!   user), `network-config` (version 2: the static address from Nimbus's IPAM, matched by MAC),
 //!   `vendor-data` (a `#cloud-config` with the default user's password: user-data given by the user
-//!   overrides it, as on any cloud), and `user-data` exactly as the user gave it (`#cloud-config`, a shell
+//!   overrides it, as on any cloud), and `user-data` exactly as the user gave it (kept in `nocloud/`) (`#cloud-config`, a shell
 //!   script, MIME multipart: cloud-init decides).
 //!
 //! Invariant: seed files are replaced atomically (written aside, then renamed), and rewritten before every
@@ -116,9 +117,9 @@ pub fn nocloud_documents(spec: &InstanceSpec) -> Vec<(&'static str, Vec<u8>)> {
     docs
 }
 
-/// Writes the NoCloud documents to `seed/` and makes `seed.iso` from them with cloud-localds.
+/// Writes the NoCloud documents to `nocloud/` and makes `seed.iso` from them with cloud-localds.
 pub async fn write_nocloud(dir: &Path, spec: &InstanceSpec) -> DriverResult<PathBuf> {
-    let seed = dir.join("seed");
+    let seed = dir.join("nocloud");
     let docs = nocloud_documents(spec);
     {
         let seed = seed.clone();
