@@ -847,3 +847,47 @@ runcmd:
     assert!(!log.contains("forcing"), "the power-down was forced: {log}");
     cloud.delete_leaves_nothing(&id, 0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_12_boots_uefi_with_secure_boot_and_a_tpm() {
+    if !can_run_vms("debian_12_boots_uefi_with_secure_boot_and_a_tpm") {
+        return;
+    }
+    let _vm = VMS.acquire().await.unwrap();
+    let cloud = Cloud::start_with(6, &["debian-12"]).await;
+    let key = cloud.data_dir().join("id_ed25519");
+    let made = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "ci", "-f"]).arg(&key).status();
+    assert!(made.unwrap().success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let (status, body) =
+        cloud.call(reqwest::Method::POST, "/v1/ssh-keys", Some(json!({"name": "ci", "public_key": public.trim()}))).await;
+    assert_eq!(status, 201, "{body}");
+    let body = json!({"name": "sb", "instance_type": "standard.micro", "template": "debian-12", "ssh_keys": ["ci"],
+        "tpm_enabled": true, "secure_boot": true});
+    let op = {
+        let _turn = BOOT.lock().await;
+        let (status, op) = cloud.call(reqwest::Method::POST, "/v1/instances", Some(body)).await;
+        assert_eq!(status, 202, "{op}");
+        cloud.ends(&op, DEBIAN_DEADLINE).await
+    };
+    assert_eq!(op["state"], "success", "{op}");
+    let id = op["target"]["id"].as_str().unwrap().to_string();
+    // OVMF with Microsoft's keys enrolled ran Debian's signed shim, GRUB and kernel.
+    let console = cloud.console_after(&id, 0, "NIMBUS-READY").await;
+    assert!(console.contains("Secure boot enabled"), "{console}");
+    let args = cmdline(qemu_of(&id)).join(" ");
+    assert!(args.contains("OVMF_CODE_4M.secboot.fd") && args.contains("tpm-crb"), "{args}");
+    // The guest sees a TPM 2.0 (swtpm's), and swtpm's state is the instance's.
+    let out = cloud
+        .cli()
+        .args(["instance", "ssh", "sb", "-i"])
+        .arg(&key)
+        .args(["--", "cat /sys/class/tpm/tpm0/tpm_version_major; mokutil --sb-state 2>/dev/null || true"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.starts_with('2'), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(cloud.instance_dir(&id).join("tpm").read_dir().unwrap().next().is_some(), "swtpm keeps its state");
+    cloud.act(&format!("/v1/instances/{id}/stop"), json!({})).await;
+    cloud.delete_leaves_nothing(&id, 0).await;
+}

@@ -75,6 +75,8 @@ impl QemuDriver {
     /// when QEMU closes that socket (`--terminate`), so it never outlives its VM.
     pub(super) async fn start_swtpm(&self, dir: &Path) -> DriverResult<std::path::PathBuf> {
         let state = dir.join("tpm");
+        // An instance created with a TPM never went through enable_tpm: its state begins here.
+        tokio::fs::create_dir_all(&state).await.map_err(failed)?;
         let sock = dir.join("swtpm.sock");
         let _ = tokio::fs::remove_file(&sock).await;
         let tpmstate = format!("dir={}", state.display());
