@@ -859,8 +859,9 @@ async fn debian_12_boots_uefi_with_secure_boot_and_a_tpm() {
     let made = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "ci", "-f"]).arg(&key).status();
     assert!(made.unwrap().success());
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    let (status, body) =
-        cloud.call(reqwest::Method::POST, "/v1/ssh-keys", Some(json!({"name": "ci", "public_key": public.trim()}))).await;
+    let (status, body) = cloud
+        .call(reqwest::Method::POST, "/v1/ssh-keys", Some(json!({"name": "ci", "public_key": public.trim()})))
+        .await;
     assert_eq!(status, 201, "{body}");
     let body = json!({"name": "sb", "instance_type": "standard.micro", "template": "debian-12", "ssh_keys": ["ci"],
         "tpm_enabled": true, "secure_boot": true});
@@ -888,6 +889,36 @@ async fn debian_12_boots_uefi_with_secure_boot_and_a_tpm() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.starts_with('2'), "{text} {}", String::from_utf8_lossy(&out.stderr));
     assert!(cloud.instance_dir(&id).join("tpm").read_dir().unwrap().next().is_some(), "swtpm keeps its state");
+
+    // A guest that ignores the ACPI power button is asked through its guest agent, and powers off cleanly.
+    let out = cloud
+        .cli()
+        .args(["instance", "ssh", "sb", "-i"])
+        .arg(&key)
+        .args([
+            "--",
+            "sudo mkdir -p /etc/systemd/logind.conf.d && printf '[Login]\\nHandlePowerKey=ignore\\n' \
+            | sudo tee /etc/systemd/logind.conf.d/ignore.conf && sudo systemctl restart systemd-logind",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let before = cloud.console(&id).await.len();
     cloud.act(&format!("/v1/instances/{id}/stop"), json!({})).await;
+    cloud.console_after(&id, before, "reboot: Power down").await;
+    let log = std::fs::read_to_string(cloud.data_dir().join("server.log")).unwrap_or_default();
+    assert!(log.contains("asking its agent"), "the guest agent was not asked: {log}");
+    assert!(!log.contains("forcing"), "the power-down was forced: {log}");
     cloud.delete_leaves_nothing(&id, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_no_template_builds_the_stock_busybox_one() {
+    if !can_run_vms("a_server_with_no_template_builds_the_stock_busybox_one") {
+        return;
+    }
+    let cloud = Cloud::start_with(7, &[]).await;
+    let templates = cloud.get("/v1/templates").await;
+    assert_eq!(templates["items"][0]["name"], "busybox", "{templates}");
+    assert!(cloud.data_dir().join("templates/busybox/template.json").is_file());
 }

@@ -11,7 +11,11 @@ use crate::common::{Cloud, ADMIN};
 async fn an_image_import_is_an_operation_and_bad_ones_change_nothing() {
     let c = Cloud::new().await;
     let r = c
-        .post("/v1/templates", ADMIN, json!({"name": "bookworm", "url": "http://127.0.0.1:1/d.qcow2", "default_user": "debian"}))
+        .post(
+            "/v1/templates",
+            ADMIN,
+            json!({"name": "bookworm", "url": "http://127.0.0.1:1/d.qcow2", "default_user": "debian"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     assert_eq!(r.body["kind"], "import_template");
@@ -19,7 +23,12 @@ async fn an_image_import_is_an_operation_and_bad_ones_change_nothing() {
     assert_eq!(op["state"], "success", "{op}");
     let id = op["result"]["template_id"].as_str().unwrap();
     let t = c.get(&format!("/v1/templates/{id}"), ADMIN).await;
-    assert_eq!((t.body["name"].as_str(), t.body["default_user"].as_str()), (Some("bookworm"), Some("debian")), "{}", t.text);
+    assert_eq!(
+        (t.body["name"].as_str(), t.body["default_user"].as_str()),
+        (Some("bookworm"), Some("debian")),
+        "{}",
+        t.text
+    );
 
     // Refused at once, nothing recorded: a relative path, a malformed checksum, a taken name, both sources.
     for (body, field) in [
@@ -34,6 +43,13 @@ async fn an_image_import_is_an_operation_and_bad_ones_change_nothing() {
     }
     let taken = c.post("/v1/templates", ADMIN, json!({"name": "bookworm", "path": "/srv/d.qcow2"})).await;
     assert_eq!(taken.status, StatusCode::CONFLICT, "{}", taken.text);
+    // A file of the server's host (a block device is a raw disk too) is the operator's to import.
+    let member = c.key("member", None).await;
+    let r = c.post("/v1/templates", &member, json!({"name": "host-disk", "path": "/dev/vda"})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    let r = c.post("/v1/templates", &member, json!({"name": "theirs", "url": "http://127.0.0.1:1/d.qcow2"})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "a member imports from a URL: {}", r.text);
+    c.wait(&r.id(), &member).await;
 
     // Refused by the host: the operation fails saying why, and no template appears.
     let r = c.post("/v1/templates", ADMIN, json!({"name": "junk", "path": "/srv/corrupt.img"})).await;
@@ -46,7 +62,7 @@ async fn an_image_import_is_an_operation_and_bad_ones_change_nothing() {
         .iter()
         .map(|t| t["name"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(names, ["bookworm", "busybox"]);
+    assert_eq!(names, ["bookworm", "busybox", "theirs"]);
 
     // An imported template goes with its files.
     let gone = c.call(Method::DELETE, &format!("/v1/templates/{id}"), ADMIN, None).await;

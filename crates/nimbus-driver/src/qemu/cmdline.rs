@@ -62,9 +62,12 @@ pub fn opt_path(p: &Path) -> String {
 pub fn args(m: &Machine) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    // TCG's translation cache defaults to 1 GiB and a systemd + Python guest (debian-12) fills it: an idle
+    // VM then holds 1.4 GiB. Capped at 256 MiB it holds 0.6 GiB (BENCHMARKS.md), more than twice the VMs
+    // per host; the busybox guest's working set (about 46 MiB) is far below the cap.
     let (accel, cpu) = match m.accel {
         Accel::Kvm => ("kvm", "host"),
-        _ => ("tcg", "max"),
+        _ => ("tcg,tb-size=256", "max"),
     };
     let smp = m.vcpus.max(1).to_string();
     let mem = if m.memory_mib == 0 { 256 } else { m.memory_mib }.to_string();

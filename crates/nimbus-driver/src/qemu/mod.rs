@@ -309,7 +309,9 @@ impl QemuDriver {
             disk: Some(dir.join("disk.qcow2")),
             seed_iso: (tf.manifest.seed() == SeedKind::Nocloud).then(|| dir.join("seed.iso")),
             fw_cfg: match tf.manifest.seed() {
-                SeedKind::FwCfg => seeds::fw_cfg_files(dir).await.into_iter().map(|(k, p)| (k.to_string(), p)).collect(),
+                SeedKind::FwCfg => {
+                    seeds::fw_cfg_files(dir).await.into_iter().map(|(k, p)| (k.to_string(), p)).collect()
+                }
                 SeedKind::Nocloud => Vec::new(),
             },
             nic: tap.clone().map(|tap| Nic {

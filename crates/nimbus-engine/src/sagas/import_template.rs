@@ -74,6 +74,12 @@ impl Engine {
                 "give an http(s) URL or an absolute path of a file on the server's host",
             ));
         }
+        if !is_url {
+            // A path reads the host's own files (a block device is a raw disk too): the operator's call.
+            ctx.require(Role::Admin).map_err(|_| {
+                DomainError::Forbidden("importing a file of the server's host needs an admin key; give a URL".into())
+            })?;
+        }
         if let Some(c) = &req.checksum {
             let hex = c.strip_prefix("sha256:").unwrap_or(c);
             if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
