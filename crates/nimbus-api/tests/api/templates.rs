@@ -67,7 +67,8 @@ async fn an_image_import_is_an_operation_and_bad_ones_change_nothing() {
     // An imported template goes with its files.
     let gone = c.call(Method::DELETE, &format!("/v1/templates/{id}"), ADMIN, None).await;
     assert_eq!(gone.status, StatusCode::NO_CONTENT, "{}", gone.text);
-    assert!(c.sim.template_files().is_empty());
+    let id: uuid::Uuid = id.parse().unwrap();
+    assert!(!c.sim.template_files().contains(&id), "the deleted template's files are gone");
 }
 
 #[tokio::test]
