@@ -38,7 +38,7 @@ fi
 
 # Initramfs root.
 R=$W/root
-mkdir -p "$R"/bin "$R"/dev "$R"/proc "$R"/sys "$R"/run "$R"/tmp "$R"/mnt/data "$R"/etc/acpi/PWRF "$R"/lib/modules \
+mkdir -p "$R"/bin "$R"/dev "$R"/proc "$R"/sys "$R"/run "$R"/tmp "$R"/mnt/data "$R"/mnt/seed "$R"/etc/acpi/PWRF "$R"/lib/modules \
     "$R"/root "$R"/usr "$R"/lib64 "$R"/lib/x86_64-linux-gnu
 cp "$BUSYBOX" "$R"/bin/busybox
 for a in $("$BUSYBOX" --list); do [ "$a" = busybox ] || ln -s busybox "$R/bin/$a"; done
@@ -54,7 +54,7 @@ ldd /sbin/resize2fs | awk '$2=="=>"{print $3} $1 ~ /^\//{print $1}' | while read
     esac
 done
 : > "$R"/etc/modules
-for m in virtio_pci virtio_blk virtio_net virtio_rng crc32c_generic ext4 qemu_fw_cfg evdev button; do
+for m in virtio_pci virtio_blk virtio_net virtio_rng crc32c_generic ext4 isofs qemu_fw_cfg evdev button; do
     modprobe -S "$KVER" --show-depends "$m" | awk '$1=="insmod"{print $2}'
 done | awk '!seen[$0]++' | while read -r ko; do
     case $ko in

@@ -159,6 +159,10 @@ pub struct Template {
     pub source: String,
     pub checksum: Option<String>,
     pub size_bytes: u64,
+    /// The host that keeps its files, for a template imported or promoted there; `None` for the stock
+    /// templates every host offers. Instances of it are placed on that host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }

@@ -21,6 +21,9 @@ pub struct Snapshot {
     pub name: String,
     pub state: SnapshotState,
     pub size_gb: u64,
+    /// What the snapshot takes on the host, in bytes (its own file: the clusters the instance had written).
+    #[serde(default)]
+    pub size_bytes: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }

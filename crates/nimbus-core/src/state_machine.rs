@@ -38,6 +38,10 @@ pub enum Action {
     /// Moves an instance off a host that stopped answering, by an operator's choice: recreated on another
     /// host from its template (its disk's contents are lost), or left stopped.
     Evacuate,
+    /// Makes a template of one of the instance's snapshots (a standalone copy of its disk).
+    PromoteSnapshot,
+    /// Takes a disk image in as a template. Not done to an instance: its operation targets the template.
+    ImportTemplate,
 }
 
 impl Action {
@@ -62,6 +66,8 @@ impl Action {
             Action::ScheduledStop => "scheduled_stop",
             Action::ChangeAntiAffinityGroups => "change_anti_affinity_groups",
             Action::Evacuate => "evacuate",
+            Action::PromoteSnapshot => "promote_snapshot",
+            Action::ImportTemplate => "import_template",
         }
     }
 }
@@ -128,6 +134,14 @@ fn rule(action: Action) -> (&'static [InstanceState], &'static str, InstanceStat
             Landing::Previous,
         ),
         Action::EnableTpm => (&[Stopped], "enable-tpm needs the instance stopped", Stopped, Landing::In(Stopped)),
+        Action::PromoteSnapshot => (
+            &[Running, Stopped],
+            "promote-snapshot needs the instance running or stopped",
+            Running, // replaced by the current state below
+            Landing::Previous,
+        ),
+        // No instance: `transition` refuses it for every state.
+        Action::ImportTemplate => (&[], "templates are imported, not instances", Creating, Landing::Previous),
         Action::ChangeAntiAffinityGroups => (
             &[Running, Stopped, Suspended, Error],
             "anti-affinity groups change while the instance is at rest",
@@ -168,7 +182,7 @@ fn rule(action: Action) -> (&'static [InstanceState], &'static str, InstanceStat
 /// Decides whether `action` may begin on an instance in `state`.
 pub fn transition(action: Action, state: InstanceState) -> Result<Transition> {
     let (from, hint, during, on_success) = rule(action);
-    if action != Action::Create && !from.contains(&state) {
+    if action != Action::Create && !from.contains(&state) || action == Action::ImportTemplate {
         return Err(DomainError::InvalidState {
             action: action.as_str().replace('_', "-"),
             state,
@@ -176,8 +190,10 @@ pub fn transition(action: Action, state: InstanceState) -> Result<Transition> {
         });
     }
     // These change nothing the instance shows: it keeps its state while they run.
-    let keeps_state =
-        matches!(action, Action::ResetPassword | Action::DeleteSnapshot | Action::ChangeAntiAffinityGroups);
+    let keeps_state = matches!(
+        action,
+        Action::ResetPassword | Action::DeleteSnapshot | Action::PromoteSnapshot | Action::ChangeAntiAffinityGroups
+    );
     let during = if keeps_state { state } else { during };
     Ok(Transition { during, on_success })
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Driver, DriverError, HostInfo, InstanceSpec, TemplateRegistration};
+use crate::{Driver, DriverError, HostInfo, InstanceSpec, TemplateImport, TemplateRegistration};
 
 /// One call of a `Driver` method on an instance of the host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +35,10 @@ pub enum DriverCall {
     EnableTpm { id: Uuid },
     HostInfo,
     Templates,
+    GuestInterfaces { id: Uuid },
+    ImportTemplate { request: TemplateImport },
+    PromoteSnapshot { id: Uuid, snapshot_id: Uuid, template_id: Uuid, name: String },
+    RemoveTemplate { template_id: Uuid },
 }
 
 impl DriverCall {
@@ -56,8 +60,14 @@ impl DriverCall {
             | DriverCall::Metrics { id }
             | DriverCall::Suspend { id }
             | DriverCall::Resume { id }
-            | DriverCall::EnableTpm { id } => Some(*id),
-            DriverCall::Instances | DriverCall::HostInfo | DriverCall::Templates => None,
+            | DriverCall::EnableTpm { id }
+            | DriverCall::GuestInterfaces { id }
+            | DriverCall::PromoteSnapshot { id, .. } => Some(*id),
+            DriverCall::Instances
+            | DriverCall::HostInfo
+            | DriverCall::Templates
+            | DriverCall::ImportTemplate { .. }
+            | DriverCall::RemoveTemplate { .. } => None,
         }
     }
 }
@@ -93,6 +103,12 @@ pub async fn dispatch(driver: &dyn Driver, call: DriverCall) -> DriverReply {
         DriverCall::EnableTpm { id } => reply(driver.enable_tpm(id).await),
         DriverCall::HostInfo => reply(Ok::<HostInfo, DriverError>(driver.host_info().await)),
         DriverCall::Templates => reply::<Vec<TemplateRegistration>>(driver.templates().await),
+        DriverCall::GuestInterfaces { id } => reply(driver.guest_interfaces(id).await),
+        DriverCall::ImportTemplate { request } => reply(driver.import_template(&request).await),
+        DriverCall::PromoteSnapshot { id, snapshot_id, template_id, name } => {
+            reply(driver.promote_snapshot(id, snapshot_id, template_id, &name).await)
+        }
+        DriverCall::RemoveTemplate { template_id } => reply(driver.remove_template(template_id).await),
     }
 }
 

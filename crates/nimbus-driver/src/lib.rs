@@ -62,6 +62,33 @@ pub struct InstanceSpec {
     pub ip_address: Option<String>,
     pub gateway: Option<String>,
     pub tpm: bool,
+    /// Boot with UEFI secure boot (Microsoft's keys enrolled); needs a UEFI-capable template.
+    #[serde(default)]
+    pub secure_boot: bool,
+}
+
+/// A disk image to take in as a template (`import_template`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TemplateImport {
+    /// The id the template's record will have: the import's files are kept under it.
+    pub template_id: Uuid,
+    pub name: String,
+    /// An http(s) URL, or an absolute path on the driver's host.
+    pub source: String,
+    /// `sha256:<hex>`: the file must have it.
+    pub checksum: Option<String>,
+    /// `Legacy` (BIOS) or `Uefi`.
+    pub boot_mode: nimbus_core::catalog::BootMode,
+    pub default_user: String,
+}
+
+/// One network interface of a running guest, as its agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestInterface {
+    pub name: String,
+    pub mac_address: Option<String>,
+    /// `address/prefix`.
+    pub addresses: Vec<String>,
 }
 
 /// What the host says about an instance, whatever the records say.
@@ -117,8 +144,8 @@ pub trait Driver: Send + Sync + 'static {
     /// Graceful power-down, forced after `grace`.
     async fn stop(&self, id: Uuid, grace: Duration) -> DriverResult<()>;
     async fn reboot(&self, spec: &InstanceSpec) -> DriverResult<()>;
-    /// Reinstalls the disk from the template (instance stopped by the engine first). Snapshots of the old
-    /// disk are gone afterwards.
+    /// Reinstalls the disk from the template (instance stopped by the engine first). The instance's
+    /// snapshots stay: they are files of their own, and `revert` works after a reinstall.
     async fn reinstall(&self, spec: &InstanceSpec) -> DriverResult<()>;
     /// Grows the disk (instance stopped). Shrinking is refused.
     async fn resize_disk(&self, id: Uuid, size_gb: u64) -> DriverResult<()>;
@@ -130,7 +157,7 @@ pub trait Driver: Send + Sync + 'static {
     async fn snapshot(&self, id: Uuid, snapshot_id: Uuid) -> DriverResult<u64>;
     async fn revert(&self, id: Uuid, snapshot_id: Uuid) -> DriverResult<()>;
     async fn delete_snapshot(&self, id: Uuid, snapshot_id: Uuid) -> DriverResult<()>;
-    /// Removes every process and file of the instance.
+    /// Removes every process and file of the instance, its snapshots included.
     async fn destroy(&self, id: Uuid) -> DriverResult<()>;
     async fn inspect(&self, id: Uuid) -> DriverResult<ActualState>;
     /// Ids of every instance the host has something of (processes or files): used to find orphans.
@@ -164,6 +191,39 @@ pub trait Driver: Send + Sync + 'static {
     /// Opens the interactive serial console. Default: not supported.
     async fn console_stream(&self, _id: Uuid) -> DriverResult<ConsoleStream> {
         Err(DriverError::Unsupported(format!("the {} driver has no interactive console", self.name())))
+    }
+    /// A TCP connection to `address:port` of a running instance, made from inside the instance network
+    /// (for `ssh` and port forwarding). Like `console_stream`, it returns a byte stream.
+    async fn connect(&self, _id: Uuid, _address: &str, _port: u16) -> DriverResult<ConsoleStream> {
+        Err(DriverError::Unsupported(format!("the {} driver cannot reach into instance networks", self.name())))
+    }
+    /// The guest's own view of its network interfaces, from its guest agent.
+    async fn guest_interfaces(&self, _id: Uuid) -> DriverResult<Vec<GuestInterface>> {
+        Err(DriverError::Unsupported(format!("the {} driver has no guest agent channel", self.name())))
+    }
+    /// Takes a disk image in as a template: copied or downloaded, its checksum verified, refused unless it
+    /// is a sound qcow2 or raw disk. Idempotent per `template_id`; a refused image leaves nothing behind.
+    async fn import_template(&self, _req: &TemplateImport) -> DriverResult<Template> {
+        Err(DriverError::Unsupported(format!("the {} driver cannot import images", self.name())))
+    }
+    /// Makes a standalone template (`template_id`, named `name`) of a snapshot, booting the way the
+    /// snapshot's own template boots. Idempotent per `template_id`.
+    async fn promote_snapshot(
+        &self,
+        _id: Uuid,
+        _snapshot_id: Uuid,
+        _template_id: Uuid,
+        _name: &str,
+    ) -> DriverResult<Template> {
+        Err(DriverError::Unsupported(format!("the {} driver cannot promote snapshots", self.name())))
+    }
+    /// Removes the files of an imported or promoted template. Idempotent.
+    async fn remove_template(&self, _template_id: Uuid) -> DriverResult<()> {
+        Ok(())
+    }
+    /// A standalone qcow2 of a snapshot, for download: its path on the driver's host.
+    async fn export_snapshot(&self, _id: Uuid, _snapshot_id: Uuid) -> DriverResult<String> {
+        Err(DriverError::Unsupported(format!("the {} driver cannot export snapshots", self.name())))
     }
 }
 

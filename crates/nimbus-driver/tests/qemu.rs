@@ -153,6 +153,7 @@ async fn qemu_instance_lifecycle() {
         ip_address: Some("10.213.0.10/24".into()),
         gateway: Some("10.213.0.1".into()),
         tpm: false,
+        secure_boot: false,
     };
     let tap = QemuDriver::tap_name(id);
 
@@ -243,17 +244,28 @@ async fn qemu_instance_lifecycle() {
     d.reboot(&spec).await.unwrap();
     wait_console(&d, id, from, &["READY", "count=3"]).await;
 
-    // Reinstall: a fresh disk from the template, of the instance's size.
+    // Reinstall: a fresh disk from the template, of the instance's size. Snapshots are files of their own
+    // and stay.
     d.stop(id, Duration::from_secs(20)).await.unwrap();
     assert!(processes(&needle, "qemu-system").is_empty());
     d.reinstall(&spec).await.unwrap();
+    assert_eq!(d.snapshots(id).await.unwrap(), vec![s1], "reinstall keeps the snapshots");
     d.delete_snapshot(id, s1).await.unwrap();
+    assert!(d.snapshots(id).await.unwrap().is_empty());
     let from = console_len(&d, id).await;
     d.start(&spec).await.unwrap();
     wait_console(&d, id, from, &["count=1", "size=2147483648"]).await;
 
-    // No TPM with direct kernel boot (see TPM_UNSUPPORTED in the driver): refused, not half-done.
-    assert!(matches!(d.enable_tpm(id).await, Err(DriverError::Unsupported(_))));
+    // A TPM needs the instance stopped, and a UEFI template: the busybox guest boots its kernel directly.
+    assert!(matches!(d.enable_tpm(id).await, Err(DriverError::Invalid(_) | DriverError::Unsupported(_))));
+    let with_tpm = InstanceSpec { tpm: true, ..spec.clone() };
+    match d.reboot(&InstanceSpec { id: Uuid::new_v4(), ..with_tpm.clone() }).await {
+        Err(DriverError::NotFound(_)) => {}
+        other => panic!("reboot of an unknown instance: {other:?}"),
+    }
+    let other = Uuid::new_v4();
+    let refused = d.create(&InstanceSpec { id: other, ..with_tpm }).await;
+    assert!(matches!(refused, Err(DriverError::Invalid(ref m)) if m.contains("UEFI")), "{refused:?}");
 
     // Destroy a running instance: no process, tap or file remains.
     d.destroy(id).await.unwrap();
@@ -306,6 +318,7 @@ fn small_spec(id: Uuid, template: nimbus_core::catalog::Template, ip: &str) -> I
         ip_address: Some(ip.into()),
         gateway: Some("10.213.0.1".into()),
         tpm: false,
+        secure_boot: false,
     }
 }
 

@@ -159,16 +159,40 @@ impl Engine {
             source: new.source,
             checksum: new.checksum,
             size_bytes: 0,
+            host: None,
             created_at: nimbus_core::now(),
         };
         self.insert(Record::new(TEMPLATE, t.id, t.project_id, &t.name, &t), vec![]).await?;
         Ok(t)
     }
 
+    /// Deletes a template's record; an imported or promoted template's files go too, unless an instance
+    /// still boots from them (their disks are overlays over the template's disk).
     pub async fn delete_template(&self, ctx: &Context, name_or_id: &str) -> Result<()> {
         let t = self.template(ctx, name_or_id).await?;
         ctx.require(if t.project_id.is_none() { Role::Admin } else { Role::Member })?;
-        self.delete(TEMPLATE, t.id).await
+        self.delete(TEMPLATE, t.id).await?;
+        let instances = self.store.list_instances(&nimbus_store::InstanceQuery::default()).await.map_err(store_err)?;
+        if !instances.iter().any(|i| i.template_id == t.id) {
+            // Its files are on the host that imported or promoted it: every host is asked (it is idempotent);
+            // a host that does not answer keeps them until an operator removes them.
+            for host in self.store.list_hosts().await.map_err(store_err)? {
+                if let Err(e) = self.host_driver(&host.host.name).remove_template(t.id).await {
+                    tracing::warn!(template = %t.id, host = %host.host.name, error = %e, "could not remove a deleted template's files");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers the templates the server's own host offers (a template built while the server runs is seen
+    /// at the next reconciler pass), writing only what changed. Other hosts' come with their agents.
+    pub(crate) async fn seed_templates(&self) -> Result<()> {
+        let Some(local) = &self.local else { return Ok(()) };
+        for t in local.driver.templates().await.map_err(|e| DomainError::Internal(e.to_string()))? {
+            self.seed_template(&t).await?;
+        }
+        Ok(())
     }
 }
 

@@ -15,9 +15,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nimbus_core::instance::Instance;
 use nimbus_driver::call::{decode, DriverCall, DriverReply};
+use nimbus_core::catalog::Template;
 use nimbus_driver::{
-    ActualState, ConsoleStream, Driver, DriverError, DriverResult, HostInfo, InstanceMetrics, InstanceSpec,
-    TemplateRegistration,
+    ActualState, ConsoleStream, Driver, DriverError, DriverResult, GuestInterface, HostInfo, InstanceMetrics,
+    InstanceSpec, TemplateImport, TemplateRegistration,
 };
 use nimbus_store::{Record, Store, StoreError, Write, WriteSet};
 use serde::{Deserialize, Serialize};
@@ -265,6 +266,44 @@ impl Driver for RemoteDriver {
 
     async fn metrics(&self, id: Uuid) -> DriverResult<InstanceMetrics> {
         decode(self.call(DriverCall::Metrics { id }).await)
+    }
+
+    async fn guest_interfaces(&self, id: Uuid) -> DriverResult<Vec<GuestInterface>> {
+        decode(self.call(DriverCall::GuestInterfaces { id }).await)
+    }
+
+    async fn import_template(&self, request: &TemplateImport) -> DriverResult<Template> {
+        decode(self.call(DriverCall::ImportTemplate { request: request.clone() }).await)
+    }
+
+    async fn promote_snapshot(
+        &self,
+        id: Uuid,
+        snapshot_id: Uuid,
+        template_id: Uuid,
+        name: &str,
+    ) -> DriverResult<Template> {
+        decode(self.call(DriverCall::PromoteSnapshot { id, snapshot_id, template_id, name: name.into() }).await)
+    }
+
+    async fn remove_template(&self, template_id: Uuid) -> DriverResult<()> {
+        decode(self.call(DriverCall::RemoveTemplate { template_id }).await)
+    }
+
+    // Byte streams to an instance's ports, and files for download, do not cross the agent's link yet (only
+    // the serial console does).
+    async fn connect(&self, _id: Uuid, _address: &str, _port: u16) -> DriverResult<ConsoleStream> {
+        Err(DriverError::Unsupported(format!(
+            "tunnels to instances of host {} (reached through its agent) are not supported yet; use the console",
+            self.host
+        )))
+    }
+
+    async fn export_snapshot(&self, _id: Uuid, _snapshot_id: Uuid) -> DriverResult<String> {
+        Err(DriverError::Unsupported(format!(
+            "snapshots of instances of host {} (reached through its agent) cannot be exported yet; promote it instead",
+            self.host
+        )))
     }
 
     async fn suspend(&self, id: Uuid) -> DriverResult<()> {

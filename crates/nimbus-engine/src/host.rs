@@ -36,6 +36,7 @@ impl Engine {
             ip_address: instance.ip_addresses.first().map(|a| format!("{a}/{}", net.prefix)),
             gateway: Some(net.gateway()),
             tpm: instance.tpm_enabled,
+            secure_boot: instance.secure_boot,
         })
     }
 

@@ -122,6 +122,11 @@ pub enum ActionRequest {
     DeleteSnapshot {
         snapshot_id: Uuid,
     },
+    /// Makes a template of the snapshot.
+    PromoteSnapshot {
+        snapshot_id: Uuid,
+        template: crate::sagas::promote_snapshot::PromoteRequest,
+    },
     ResetPassword,
     EnableTpm,
     Suspend,
@@ -147,6 +152,7 @@ impl ActionRequest {
             ActionRequest::CreateSnapshot { .. } => Action::CreateSnapshot,
             ActionRequest::RevertSnapshot { .. } => Action::RevertSnapshot,
             ActionRequest::DeleteSnapshot { .. } => Action::DeleteSnapshot,
+            ActionRequest::PromoteSnapshot { .. } => Action::PromoteSnapshot,
             ActionRequest::ResetPassword => Action::ResetPassword,
             ActionRequest::EnableTpm => Action::EnableTpm,
             ActionRequest::Suspend => Action::Suspend,
@@ -551,6 +557,9 @@ impl Engine {
             ActionRequest::DeleteSnapshot { snapshot_id } => {
                 sagas::delete_snapshot::plan(self, ctx, current, *snapshot_id).await?
             }
+            ActionRequest::PromoteSnapshot { snapshot_id, template } => {
+                sagas::promote_snapshot::plan(self, ctx, current, *snapshot_id, template).await?
+            }
             ActionRequest::ResetPassword => sagas::reset_password::plan(self, current).await?,
             ActionRequest::EnableTpm => sagas::enable_tpm::plan(self, current).await?,
             ActionRequest::ChangeAntiAffinityGroups { join, leave } => {
@@ -661,6 +670,31 @@ impl Engine {
             nimbus_driver::DriverError::Unsupported(m) => DomainError::Unsupported(m),
             other => DomainError::Internal(other.to_string()),
         })
+    }
+
+    /// The guest's own view of its network interfaces (its guest agent's answer).
+    pub async fn guest_interfaces(&self, ctx: &Context, id: Uuid) -> Result<Vec<nimbus_driver::GuestInterface>> {
+        let instance = self.instance(ctx, id).await?;
+        self.driver_of(&instance).guest_interfaces(instance.id).await.map_err(crate::driver_err)
+    }
+
+    /// A TCP connection to a port of a running instance, from inside the instance network: what
+    /// `nimbus instance ssh` and `port-forward` tunnel through.
+    pub async fn connect(&self, ctx: &Context, id: Uuid, port: u16) -> Result<nimbus_driver::ConsoleStream> {
+        ctx.require(Role::Member)?;
+        let instance = self.instance(ctx, id).await?;
+        if instance.state != InstanceState::Running {
+            return Err(DomainError::InvalidState {
+                action: "connect".into(),
+                state: instance.state,
+                hint: "a tunnel needs the instance running".into(),
+            });
+        }
+        let address = instance
+            .ip_addresses
+            .first()
+            .ok_or_else(|| DomainError::Conflict(format!("instance {id} has no address")))?;
+        self.driver_of(&instance).connect(instance.id, address, port).await.map_err(crate::driver_err)
     }
 
     pub async fn instance_metrics(&self, ctx: &Context, id: Uuid) -> Result<nimbus_driver::InstanceMetrics> {

@@ -51,6 +51,8 @@ pub use hosts::{AgentRegistration, HostAdminState, HostReport, HostWork, Pending
 pub use instances::{ActionRequest, CreateInstance, InstanceFilter, InstancePatch};
 pub use networking::PrivateNetworkSpec;
 pub use reconciler::UnknownHostInstance;
+pub use sagas::import_template::ImportTemplate;
+pub use sagas::promote_snapshot::PromoteRequest;
 pub use sagas::{CrashHook, CrashPoint, CrashWhen};
 
 pub type Result<T, E = DomainError> = std::result::Result<T, E>;
@@ -351,6 +353,18 @@ pub(crate) fn store_err(e: StoreError) -> DomainError {
         StoreError::Backend(msg) => DomainError::Internal(msg),
         StoreError::Unavailable(why) => DomainError::Unavailable(format!("the database: {why}")),
         StoreError::Superseded(why) => DomainError::Conflict(format!("{why}; its answer is the retry's")),
+    }
+}
+
+/// A driver failure met by a request (not an operation): what the user can do about it.
+pub(crate) fn driver_err(e: nimbus_driver::DriverError) -> DomainError {
+    use nimbus_driver::DriverError as D;
+    match e {
+        D::NotFound(id) => DomainError::NotFound { kind: "instance", id: id.to_string() },
+        D::Unsupported(m) => DomainError::Unsupported(m),
+        D::Invalid(m) => DomainError::Conflict(m),
+        D::Unreachable(m) => DomainError::Unavailable(m),
+        D::Timeout(m) | D::Failed(m) => DomainError::Internal(m),
     }
 }
 

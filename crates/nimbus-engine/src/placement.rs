@@ -31,7 +31,14 @@ impl Engine {
     /// Chooses a host for `instance` (its size, its anti-affinity groups) and the check that goes with the
     /// transaction that records it.
     pub(crate) async fn place(&self, instance: &Instance) -> Result<Placement> {
-        let candidates = self.placement_candidates().await?;
+        let mut candidates = self.placement_candidates().await?;
+        if let Some(host) = self.template_host(instance).await? {
+            // Its template's files are on one host only.
+            candidates.retain(|name, _| *name == host);
+            if candidates.is_empty() {
+                return Err(no_room(format!("its template is kept on host {host} only, which is not in this zone")));
+            }
+        }
         let members = self.store.group_members_hosts(&instance.anti_affinity_groups).await.map_err(store_err)?;
         let taken: Vec<&str> =
             members.iter().filter(|(_, id)| *id != instance.id).map(|(host, _)| host.as_str()).collect();
@@ -60,6 +67,12 @@ impl Engine {
         let Some(name) = &instance.host else { return Ok(None) };
         let stored = self.store.get_host(name).await.map_err(store_err)?;
         Ok(stored.map(|h| self.placement_on(&h.host, instance)))
+    }
+
+    /// The host that keeps the instance's template, when only one does (imported or promoted there).
+    async fn template_host(&self, instance: &Instance) -> Result<Option<String>> {
+        let t = self.record_of::<nimbus_core::catalog::Template>(crate::catalog::TEMPLATE, instance.template_id).await?;
+        Ok(t.and_then(|(t, _)| t.host))
     }
 
     /// The names of the instance's anti-affinity groups, for a refusal that names them.

@@ -30,6 +30,9 @@ pub(crate) fn spawn(engine: Arc<Engine>) {
     let task = tokio::spawn(async move {
         loop {
             tokio::time::sleep(engine.config.reconcile_every).await;
+            if let Err(e) = engine.seed_templates().await {
+                tracing::warn!(error = %e, "could not register the driver's templates");
+            }
             if let Err(e) = engine.reconcile().await {
                 tracing::warn!(error = %e, "reconcile pass failed");
             }

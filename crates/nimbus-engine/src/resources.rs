@@ -90,6 +90,31 @@ impl Engine {
         self.act(ctx, snapshot.instance_id, ActionRequest::DeleteSnapshot { snapshot_id: id }).await
     }
 
+    /// Makes a template of a snapshot: an operation on its instance (see `sagas::promote_snapshot`).
+    pub async fn promote_snapshot(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        template: crate::sagas::promote_snapshot::PromoteRequest,
+    ) -> Result<Operation> {
+        let snapshot = self.snapshot(ctx, id).await?;
+        self.act(ctx, snapshot.instance_id, ActionRequest::PromoteSnapshot { snapshot_id: id, template }).await
+    }
+
+    /// A standalone qcow2 of the snapshot on the server's host, to download: its path and size.
+    pub async fn export_snapshot(&self, ctx: &Context, id: Uuid) -> Result<(std::path::PathBuf, u64)> {
+        let snapshot = self.snapshot(ctx, id).await?;
+        if snapshot.state != nimbus_core::resources::SnapshotState::Ready {
+            return Err(DomainError::Conflict(format!("snapshot {id} is not ready")));
+        }
+        let instance = self.store.get_instance(snapshot.instance_id).await.map_err(store_err)?;
+        let instance = instance.ok_or_else(|| DomainError::not_found("instance", snapshot.instance_id))?;
+        let path = self.driver_of(&instance).export_snapshot(snapshot.instance_id, id).await.map_err(crate::driver_err)?;
+        let path = std::path::PathBuf::from(path);
+        let size = tokio::fs::metadata(&path).await.map_err(|e| DomainError::Internal(e.to_string()))?.len();
+        Ok((path, size))
+    }
+
     // SSH keys.
 
     pub async fn create_ssh_key(&self, ctx: &Context, name: &str, public_key: &str) -> Result<SshKey> {

@@ -149,6 +149,13 @@ impl Cloud {
                     Req::DeleteFirstSnapshot => {
                         ActionRequest::DeleteSnapshot { snapshot_id: self.snapshot_id(id).await }
                     }
+                    Req::PromoteFirstSnapshot => ActionRequest::PromoteSnapshot {
+                        snapshot_id: self.snapshot_id(id).await,
+                        template: nimbus_engine::PromoteRequest {
+                            name: format!("{name}-golden"),
+                            ..Default::default()
+                        },
+                    },
                 };
                 self.engine.act(&self.ctx, id, req).await.unwrap()
             }
@@ -200,7 +207,16 @@ impl Cloud {
             // Every snapshot record has its snapshot on the host and the other way round.
             snapshots_agree: snapshot_ids == host_snapshots,
             password: self.engine.reveal_password(&self.ctx, id).await.is_ok(),
+            promoted: self.promoted(op).await,
         }
+    }
+
+    /// Whether the operation made a template that has both its record and its files on the host.
+    async fn promoted(&self, op: &Operation) -> bool {
+        let Some(id) = op.result.as_ref().and_then(|r| r["template_id"].as_str()) else { return false };
+        let recorded = self.engine.template(&self.ctx, id).await.is_ok();
+        let on_host = self.sim.template_files().iter().any(|t| t.to_string() == id);
+        recorded && on_host
     }
 
     /// Nothing left behind anywhere in the store: every address is held by an instance that exists, every
@@ -223,6 +239,14 @@ impl Cloud {
         for id in on_host {
             assert!(live.contains(&id), "{case}: the host keeps instance {id}, which no record knows");
         }
+        // Every imported or promoted template's files belong to a template record, and the other way round.
+        let templates = self.engine.list_templates(&self.ctx).await.unwrap();
+        for id in self.sim.template_files() {
+            assert!(templates.iter().any(|t| t.id == id), "{case}: the host keeps template files {id} of no record");
+        }
+        for t in templates.iter().filter(|t| t.project_id.is_some()) {
+            assert!(self.sim.template_files().contains(&t.id), "{case}: template {} has no files", t.name);
+        }
     }
 }
 
@@ -241,6 +265,7 @@ struct Observed {
     snapshot_states: Vec<String>,
     snapshots_agree: bool,
     password: bool,
+    promoted: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -258,6 +283,8 @@ enum Req {
     Plain(ActionRequest),
     RevertToFirstSnapshot,
     DeleteFirstSnapshot,
+    /// Promotes the first snapshot to a template named after the instance.
+    PromoteFirstSnapshot,
 }
 
 #[derive(Debug, Clone)]
@@ -352,6 +379,12 @@ fn scenarios(group: Uuid) -> Vec<Scenario> {
             act: Act::Request(Req::DeleteFirstSnapshot),
         },
         Scenario {
+            name: "promote-snapshot",
+            kind: Action::PromoteSnapshot,
+            setup: Setup::StoppedWithSnapshot,
+            act: Act::Request(Req::PromoteFirstSnapshot),
+        },
+        Scenario {
             name: "reset-password",
             kind: Action::ResetPassword,
             setup: Setup::Running,
@@ -393,9 +426,11 @@ fn every_operation_kind_has_a_scenario() {
         Action::Resume,
         Action::Delete,
         Action::ChangeAntiAffinityGroups,
+        Action::PromoteSnapshot,
     ] {
         assert!(covered.contains(&kind), "no saga scenario for {kind}");
     }
+    // Action::ImportTemplate targets no instance: `an_import_converges_...` below covers it.
 }
 
 /// The crash points an uninterrupted run of the scenario passes, in order.
@@ -489,4 +524,72 @@ async fn an_operation_killed_every_time_is_given_up_and_leaves_nothing_behind() 
             c.assert_nothing_leaked(&case).await;
         }
     }
+}
+
+impl Cloud {
+    async fn import(&self, name: &str, source: &str, checksum: Option<&str>) -> Operation {
+        let req = nimbus_engine::ImportTemplate {
+            name: name.into(),
+            source: source.into(),
+            checksum: checksum.map(String::from),
+            default_user: Some("debian".into()),
+            ..Default::default()
+        };
+        let op = self.engine.import_template(&self.ctx, req).await.unwrap();
+        self.wait(op.id).await
+    }
+}
+
+/// The import of a template (a kind whose target is a template, not an instance) killed before and after
+/// its step, and just before its outcome: it converges to the template an uninterrupted import makes, and
+/// killed every time it is given up leaving neither a record nor files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_converges_after_a_crash_at_every_point_and_a_refused_one_leaves_nothing() {
+    let c = cloud().await;
+    c.arm(None, false);
+    let op = c.import("ref", "http://127.0.0.1:9/image.qcow2", None).await;
+    let plan = c.disarm();
+    assert_eq!(op.state, OperationState::Success, "{op:?}");
+    let points: Vec<(usize, CrashWhen)> =
+        plan.seen.iter().filter(|p| p.operation == op.id).map(|p| (p.step, p.when)).collect();
+    assert_eq!(points.len(), 3, "before and after the step, and before the outcome: {points:?}");
+    for (n, &(step, when)) in points.iter().enumerate() {
+        let case = format!("import crashed {when:?} step {step}");
+        c.arm(Some((Action::ImportTemplate, step, when)), false);
+        let name = format!("img-{n}");
+        let op = c.import(&name, "/srv/image.qcow2", Some(nimbus_driver::sim::SIM_CHECKSUM)).await;
+        let plan = c.disarm();
+        assert_eq!(plan.fired, 1, "{case}: the crash point was not reached");
+        assert!(op.attempts >= 2, "{case}: not resumed");
+        assert_eq!(op.state, OperationState::Success, "{case}: {op:?}");
+        let t = c.engine.template(&c.ctx, &name).await.unwrap();
+        assert_eq!(op.result.as_ref().unwrap()["template_id"], t.id.to_string(), "{case}");
+        assert_eq!(t.default_user, "debian", "{case}");
+        c.assert_nothing_leaked(&case).await;
+    }
+    for (n, (step, when)) in [points[0], points[2]].into_iter().enumerate() {
+        let case = format!("import killed every time {when:?} step {step}");
+        c.arm(Some((Action::ImportTemplate, step, when)), true);
+        let name = format!("killed-{n}");
+        let op = c.import(&name, "/srv/image.qcow2", None).await;
+        c.disarm();
+        assert_eq!(op.state, OperationState::Failure, "{case}: {op:?}");
+        assert_eq!(op.reason, Some(nimbus_core::operation::Reason::Interrupted), "{case}");
+        assert!(c.engine.template(&c.ctx, &name).await.is_err(), "{case}: a given-up import left a template");
+        c.assert_nothing_leaked(&case).await;
+    }
+    // Refused by the host: a file that is not a disk image, a checksum that does not match.
+    let bad = c.import("bad", "/srv/corrupt.qcow2", None).await;
+    assert_eq!(bad.state, OperationState::Failure);
+    assert!(bad.message.as_deref().unwrap_or("").contains("not a disk image"), "{bad:?}");
+    let sum = format!("sha256:{}", "1".repeat(64));
+    let mismatch = c.import("mismatch", "/srv/image.qcow2", Some(&sum)).await;
+    assert!(mismatch.message.as_deref().unwrap_or("").contains("checksum mismatch"), "{mismatch:?}");
+    for name in ["bad", "mismatch"] {
+        assert!(c.engine.template(&c.ctx, name).await.is_err(), "a refused import left template {name}");
+    }
+    c.assert_nothing_leaked("refused imports").await;
+    // A name already taken is refused before anything begins.
+    let req = nimbus_engine::ImportTemplate { name: "ref".into(), source: "/srv/x.qcow2".into(), ..Default::default() };
+    assert!(matches!(c.engine.import_template(&c.ctx, req).await, Err(nimbus_core::DomainError::Conflict(_))));
 }

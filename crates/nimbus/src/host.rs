@@ -32,8 +32,9 @@ pub struct DriverArgs {
     /// qemu driver: the `qemu-img` to make and inspect disks with (a name looked up in PATH, or a path).
     #[arg(long, env = "NIMBUS_QEMU_IMG", default_value = "qemu-img")]
     pub qemu_img: String,
-    /// qemu driver: where templates live (one directory each, as `guest/build.sh` makes them).
-    /// Default: `<data-dir>/templates`.
+    /// qemu driver: where templates live (one directory each), shared by the servers and agent of this
+    /// host. Default: /var/lib/nimbus/templates (as root), outside any data dir. When it holds no template
+    /// at start, the stock `busybox` one is built there.
     #[arg(long, env = "NIMBUS_TEMPLATE_DIR")]
     pub template_dir: Option<PathBuf>,
     /// GPUs the host offers, MODEL=COUNT (repeatable), e.g. titanv=2.
@@ -94,7 +95,16 @@ pub async fn build_driver(
         DriverKind::Qemu => {
             let network = nimbus_engine::network::Network::parse(network_cidr)
                 .map_err(|e| anyhow::anyhow!("--network-cidr: {e}"))?;
-            let templates = args.template_dir.clone().unwrap_or_else(|| data_dir.join("templates"));
+            let templates = args.template_dir.clone().unwrap_or_else(crate::guest::default_template_dir);
+            if !crate::guest::has_templates(&templates) {
+                // A new cloud is never one without images.
+                tracing::info!(dir = %templates.display(), "no template found; building the stock busybox template");
+                let dir = templates.clone();
+                match tokio::task::spawn_blocking(move || crate::guest::build("busybox", &dir, None)).await? {
+                    Ok(()) => tracing::info!("built the busybox template"),
+                    Err(e) => tracing::error!("cannot build the busybox template (see guest/packages.txt): {e}"),
+                }
+            }
             let mut config = QemuConfig::new(data_dir.join("qemu"), templates);
             config.accel = args.accel.parse().map_err(anyhow::Error::msg)?;
             config.netns = args.netns.clone();
@@ -103,9 +113,7 @@ pub async fn build_driver(
             config.bridge_cidr = format!("{}/{}", network.gateway(), network.prefix);
             let driver = Arc::new(QemuDriver::new(config).await.map_err(|e| anyhow::anyhow!("qemu driver: {e}"))?);
             if driver.templates().await.map(|t| t.is_empty()).unwrap_or(true) {
-                tracing::warn!(
-                    "no template found; build the stock one with guest/build.sh <data-dir>/templates/busybox"
-                );
+                tracing::warn!("no template found; build one with `nimbus template build busybox`");
             }
             Ok((driver.clone(), Some(driver)))
         }

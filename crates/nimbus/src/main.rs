@@ -6,6 +6,7 @@ mod admin;
 mod agent;
 mod cli;
 mod host;
+mod guest;
 mod server;
 
 #[derive(Parser)]

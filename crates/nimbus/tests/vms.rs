@@ -56,43 +56,64 @@ fn fnv(hash: &mut u64, bytes: &[u8]) {
     }
 }
 
-/// The busybox template, built once by guest/build.sh and reused by every test and every later run until
-/// guest/ or the installed kernels change. Returns the template dir the server takes (`<dir>/busybox`).
-fn templates() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT.get_or_init(build_templates).clone()
+/// A stock template, built once by its script in guest/ and reused by every test and every later run until
+/// its inputs change (the script and, for busybox, the installed kernels). Kept under the target dir's
+/// tmp/, never committed. Returns the template's own directory (`.../<name>`).
+fn stock_template(name: &'static str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(&'static str, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, dir)) = built.iter().find(|(n, _)| *n == name) {
+        return dir.clone();
+    }
+    let dir = build_stock_template(name);
+    built.push((name, dir.clone()));
+    dir
 }
 
-fn build_templates() -> PathBuf {
+fn build_stock_template(name: &str) -> PathBuf {
     let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest").canonicalize().unwrap();
+    let script = if name == "busybox" { "build.sh" } else { "build-debian.sh" };
     let mut key = 0xcbf2_9ce4_8422_2325u64;
     let mut files: Vec<PathBuf> = std::fs::read_dir(&guest).unwrap().flatten().map(|e| e.path()).collect();
     files.sort();
     for f in files.iter().filter(|f| f.is_file()) {
-        fnv(&mut key, f.file_name().unwrap().as_encoded_bytes());
-        fnv(&mut key, &std::fs::read(f).unwrap());
+        // The debian image depends on its own script only; busybox on the rest of guest/ and the kernels.
+        let mine =
+            f.file_name().unwrap() == script || (name == "busybox" && f.file_name().unwrap() != "build-debian.sh");
+        if mine {
+            fnv(&mut key, f.file_name().unwrap().as_encoded_bytes());
+            fnv(&mut key, &std::fs::read(f).unwrap());
+        }
     }
-    for dir in ["/boot", "/lib/modules"] {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-            .unwrap_or_default();
-        names.sort();
-        fnv(&mut key, names.join("\n").as_bytes());
+    if name == "busybox" {
+        for dir in ["/boot", "/lib/modules"] {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            names.sort();
+            fnv(&mut key, names.join("\n").as_bytes());
+        }
     }
-    let root = std::env::temp_dir().join(format!("nimbus-vms-templates-{key:016x}"));
-    if root.join("busybox/template.json").is_file() {
-        return root;
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nimbus-templates");
+    let root = cache.join(format!("{name}-{key:016x}"));
+    if root.join(name).join("template.json").is_file() {
+        return root.join(name);
     }
     // Built aside and renamed into place, so that a concurrent test process never sees half a template.
     let scratch = root.join(format!(".build-{}", std::process::id()));
     let t = Instant::now();
-    let status = Command::new("sh").arg(guest.join("build.sh")).arg(scratch.join("busybox")).status().unwrap();
-    assert!(status.success(), "guest/build.sh failed (are guest/packages.txt's packages installed?)");
-    let _ = std::fs::rename(scratch.join("busybox"), root.join("busybox"));
+    let status = Command::new("sh")
+        .arg(guest.join(script))
+        .arg(scratch.join(name))
+        .env("NIMBUS_ROOTFS_CACHE", cache.join("rootfs"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "guest/{script} failed (are guest/packages.txt's packages installed?)");
+    let _ = std::fs::rename(scratch.join(name), root.join(name));
     let _ = std::fs::remove_dir_all(&scratch);
-    assert!(root.join("busybox/template.json").is_file(), "no template in {}", root.display());
-    println!("busybox template built in {:.1}s into {}", t.elapsed().as_secs_f64(), root.display());
-    root
+    assert!(root.join(name).join("template.json").is_file(), "no template in {}", root.display());
+    println!("{name} template built in {:.1}s into {}", t.elapsed().as_secs_f64(), root.display());
+    root.join(name)
 }
 
 fn base64(data: &[u8]) -> String {
@@ -162,8 +183,18 @@ struct Cloud {
 impl Cloud {
     /// `n` picks the instance network 10.213.<100+n>.0/24 and names the namespace.
     async fn start(n: u8) -> Cloud {
+        Cloud::start_with(n, &["busybox"]).await
+    }
+
+    /// A cloud offering these stock templates.
+    async fn start_with(n: u8, stock: &'static [&'static str]) -> Cloud {
         // Short: QEMU's unix sockets live under the data dir and their paths are limited to 108 bytes.
         let data = tempfile::Builder::new().prefix("nv-").tempdir_in("/tmp").unwrap();
+        let templates = data.path().join("templates");
+        std::fs::create_dir_all(&templates).unwrap();
+        for name in stock {
+            std::os::unix::fs::symlink(stock_template(name), templates.join(name)).unwrap();
+        }
         let mut cloud = Cloud {
             data,
             netns: format!("nvt{}-{n}", std::process::id()),
@@ -193,7 +224,7 @@ impl Cloud {
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--template-dir")
-            .arg(templates())
+            .arg(self.data_dir().join("templates"))
             .args(["--netns", &self.netns, "--network-cidr", &self.cidr])
             .env_remove("NIMBUS_DRIVER")
             .env_remove("NIMBUS_DATABASE")
@@ -241,16 +272,33 @@ impl Cloud {
 
     /// Waits for an operation to end and insists that it succeeded.
     async fn succeeds(&self, op: &Value) -> Value {
+        let v = self.ends(op, OPERATION_DEADLINE).await;
+        assert_eq!(v["state"], "success", "operation failed: {v}");
+        v
+    }
+
+    /// Waits for an operation to end, however it ends.
+    async fn ends(&self, op: &Value, within: Duration) -> Value {
         let id = op["id"].as_str().unwrap_or_else(|| panic!("not an operation: {op}"));
-        let deadline = Instant::now() + OPERATION_DEADLINE;
+        let deadline = Instant::now() + within;
         loop {
             let v = self.get(&format!("/v1/operations/{id}?wait=30")).await;
             match v["state"].as_str() {
-                Some("success") => return v,
                 Some("pending" | "running") => assert!(Instant::now() < deadline, "operation still running: {v}"),
-                _ => panic!("operation failed: {v}"),
+                _ => return v,
             }
         }
+    }
+
+    /// The real `nimbus` client, pointed at this cloud, with its own config and known_hosts.
+    fn cli(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nimbus"));
+        cmd.env("NIMBUS_URL", &self.base)
+            .env("NIMBUS_TOKEN", SECRET)
+            .env("NIMBUS_CONFIG", self.data_dir().join("cli.yaml"))
+            .env("XDG_CONFIG_HOME", self.data_dir().join("xdg"))
+            .stdin(Stdio::null());
+        cmd
     }
 
     /// POSTs an action (or a create) that answers 202 with an operation, and waits for its success.
@@ -268,7 +316,11 @@ impl Cloud {
 
     /// Creates and boots an instance of the smallest type; returns its id once it is running.
     async fn create(&self, name: &str, user_data: &str) -> String {
-        let body = json!({"name": name, "instance_type": "standard.micro", "template": "busybox",
+        self.create_from(name, "busybox", user_data).await
+    }
+
+    async fn create_from(&self, name: &str, template: &str, user_data: &str) -> String {
+        let body = json!({"name": name, "instance_type": "standard.micro", "template": template,
             "user_data": base64(user_data.as_bytes())});
         let op = self.boot("/v1/instances", body).await;
         op["target"]["id"].as_str().unwrap().to_string()
@@ -432,11 +484,11 @@ async fn an_instance_is_a_real_vm_from_create_to_delete() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disks_grow_snapshots_revert_and_reset_reinstalls() {
-    if !can_run_vms("disks_grow_snapshots_revert_and_reset_reinstalls") {
+async fn disks_grow_snapshots_outlive_a_reset_and_become_templates() {
+    if !can_run_vms("disks_grow_snapshots_outlive_a_reset_and_become_templates") {
         return;
     }
-    let _vm = VMS.acquire().await.unwrap();
+    let _vms = VMS.acquire_many(2).await.unwrap();
     let cloud = Cloud::start(2).await;
     // At every boot the guest reports its disk and counts its boots on the persistent data disk.
     let script = "#!/bin/sh
@@ -488,16 +540,62 @@ echo boots=$(wc -l < /mnt/data/boots)
     assert_eq!(ud_value(&third, "boots"), 2, "the boot after the snapshot is gone: {third}");
     assert_eq!(ud_value(&third, "disk_bytes"), grown << 30, "a revert never shrinks the disk: {third}");
 
-    // Reset reinstalls the template: a fresh disk that never booted, and the old disk's snapshots are gone.
+    // Reset reinstalls the template: a fresh disk that never booted. The snapshot is a file of its own: it
+    // stays, with its real size.
     let before = cloud.console(&id).await.len();
     cloud.boot(&format!("/v1/instances/{id}/reset"), json!({})).await;
     assert_eq!(cloud.instance(&id).await["state"], "running", "a running instance runs again after reset");
     let fresh = cloud.console_after(&id, before, "USERDATA rc=").await;
     assert_eq!(ud_value(&fresh, "boots"), 1, "{fresh}");
     let snapshots = cloud.get(&format!("/v1/snapshots?instance_id={id}")).await;
-    assert_eq!(snapshots["items"], json!([]), "{snapshots}");
+    assert_eq!(snapshots["items"][0]["id"], snapshot.as_str(), "reset keeps the snapshots: {snapshots}");
+    let size = snapshots["items"][0]["size_bytes"].as_u64().unwrap();
+    let file = cloud.data_dir().join(format!("qemu/snapshots/{id}/{snapshot}.qcow2"));
+    assert!(size > 0 && size < 1 << 30, "the snapshot holds the written data only: {size} bytes");
+    assert_eq!(size, std::fs::metadata(&file).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512).unwrap());
 
-    cloud.delete_leaves_nothing(&id, 0).await;
+    // Revert works after the reset: the disk written before the snapshot is back.
+    cloud.act(&format!("/v1/instances/{id}/stop"), json!({})).await;
+    cloud.act(&format!("/v1/instances/{id}/revert-snapshot"), json!({"snapshot_id": snapshot})).await;
+    let before = cloud.console(&id).await.len();
+    cloud.boot(&format!("/v1/instances/{id}/start"), json!({})).await;
+    let reverted = cloud.console_after(&id, before, "USERDATA rc=").await;
+    assert_eq!(ud_value(&reverted, "boots"), 2, "the snapshot's disk is back after the reset: {reverted}");
+
+    // Promoted, the snapshot is a template; a new instance of it has the snapshot's disk.
+    let op = cloud.act(&format!("/v1/snapshots/{snapshot}/promote"), json!({"name": "db-golden"})).await;
+    let template_id = op["result"]["template_id"].as_str().unwrap().to_string();
+    let template = cloud.get(&format!("/v1/templates/{template_id}")).await;
+    assert_eq!(template["name"], "db-golden", "{template}");
+    let copy = cloud.create_from("db-copy", "db-golden", script).await;
+    let copied = cloud.console_after(&copy, 0, "USERDATA rc=").await;
+    assert_eq!(ud_value(&copied, "boots"), 2, "the promoted disk carries the snapshot's file: {copied}");
+
+    // Exported, the snapshot is one standalone qcow2 file.
+    let response = cloud
+        .http
+        .get(format!("{}/v1/snapshots/{snapshot}/export", cloud.base))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let bytes = response.bytes().await.unwrap();
+    assert_eq!(&bytes[..4], b"QFI\xfb", "a qcow2 image");
+    let exported = cloud.data_dir().join("exported.qcow2");
+    std::fs::write(&exported, &bytes).unwrap();
+    let info = Command::new("qemu-img").args(["info", "--output=json"]).arg(&exported).output().unwrap();
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert!(info.get("backing-filename").is_none(), "an export depends on no other file: {info}");
+
+    // Deleting the instance deletes its snapshots; the promoted template and its instance live on.
+    cloud.delete_leaves_nothing(&id, 1).await;
+    let snapshots = cloud.get("/v1/snapshots").await;
+    assert_eq!(snapshots["items"], json!([]), "{snapshots}");
+    assert!(!file.exists(), "the snapshot's file went with its instance");
+    cloud.get(&format!("/v1/templates/{template_id}")).await;
+    assert_eq!(cloud.instance(&copy).await["state"], "running");
+    cloud.delete_leaves_nothing(&copy, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -556,4 +654,271 @@ async fn a_killed_server_is_restarted_and_adopts_the_running_vms() {
 
     cloud.delete_leaves_nothing(left, 1).await;
     cloud.delete_leaves_nothing(right, 0).await;
+}
+
+fn sha256_of(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    format!("sha256:{}", String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap())
+}
+
+/// An http server on the loopback serving one directory, killed when dropped.
+struct HttpServer(Child);
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_imported_from_a_file_and_a_url_and_bad_ones_are_refused() {
+    if !can_run_vms("images_are_imported_from_a_file_and_a_url_and_bad_ones_are_refused") {
+        return;
+    }
+    let _vm = VMS.acquire().await.unwrap();
+    let cloud = Cloud::start(4).await;
+    // The test's own bootable image: syslinux, Debian's kernel and the busybox guest on an MBR disk.
+    let images = cloud.data_dir().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let image = images.join("bb.qcow2");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/images/bootable-busybox.sh");
+    let status = Command::new("sh").arg(script).arg(stock_template("busybox")).arg(&image).status().unwrap();
+    assert!(status.success(), "could not make the test image");
+    let sum = sha256_of(&image);
+
+    // From a file on the server's host, with its checksum.
+    let body = json!({"name": "mine", "path": image, "checksum": sum, "default_user": "root"});
+    let op = cloud.act("/v1/templates", body).await;
+    let mine = cloud.get(&format!("/v1/templates/{}", op["result"]["template_id"].as_str().unwrap())).await;
+    assert_eq!((mine["name"].as_str(), mine["checksum"].as_str()), (Some("mine"), Some(sum.as_str())), "{mine}");
+
+    // From an http URL served on the loopback, through the CLI.
+    let port = free_port();
+    let _http = HttpServer(
+        Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+            .arg(&images)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the http server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let url = format!("http://127.0.0.1:{port}/bb.qcow2");
+    let out =
+        cloud.cli().args(["template", "import", "mine-url", &url, "--checksum", &sum, "-o", "json"]).output().unwrap();
+    assert!(out.status.success(), "nimbus template import: {}", String::from_utf8_lossy(&out.stderr));
+    let imported: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(imported["name"], "mine-url", "{imported}");
+
+    // Refused, leaving nothing behind: a file that is not a disk image, and a checksum that does not match.
+    let corrupt = images.join("corrupt.qcow2");
+    std::fs::write(&corrupt, "this is not a disk image\n".repeat(4096)).unwrap();
+    let (status, op) =
+        cloud.call(reqwest::Method::POST, "/v1/templates", Some(json!({"name": "bad", "path": corrupt}))).await;
+    assert_eq!(status, 202, "{op}");
+    let failed = cloud.ends(&op, OPERATION_DEADLINE).await;
+    assert_eq!(failed["state"], "failure", "{failed}");
+    assert!(failed["message"].as_str().unwrap_or("").contains("not a disk image"), "{failed}");
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let body = json!({"name": "mismatch", "url": url, "checksum": wrong});
+    let (_, op) = cloud.call(reqwest::Method::POST, "/v1/templates", Some(body)).await;
+    let failed = cloud.ends(&op, OPERATION_DEADLINE).await;
+    assert_eq!(failed["state"], "failure", "{failed}");
+    assert!(failed["message"].as_str().unwrap_or("").contains("checksum mismatch"), "{failed}");
+    let names: Vec<String> = cloud.get("/v1/templates").await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["busybox", "mine", "mine-url"]);
+    let kept = std::fs::read_dir(cloud.data_dir().join("templates/.imported")).unwrap().count();
+    assert_eq!(kept, 2, "only the two good images are kept");
+
+    // An instance boots from the imported image (SeaBIOS, the image's own boot loader) and reads its
+    // user-data from the NoCloud seed.
+    let id = cloud.create_from("imp", "mine-url", "#!/bin/sh\necho imported-$(hostname)\n").await;
+    let console = cloud.console_after(&id, 0, "USERDATA rc=").await;
+    let args = cmdline(qemu_of(&id));
+    assert!(!args.iter().any(|a| a == "-kernel"), "booted by the firmware from the image: {args:?}");
+    assert!(console.contains("SEED nocloud"), "the guest read the NoCloud seed: {console}");
+    assert!(console.contains("UD| imported-imp"), "hostname and user-data from the seed: {console}");
+    cloud.delete_leaves_nothing(&id, 0).await;
+}
+
+/// How long the debian-12 guest may take to boot under TCG on a busy 2-core host (cloud-init is Python).
+const DEBIAN_DEADLINE: Duration = Duration::from_secs(600);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_12_applies_cloud_config_takes_ssh_logins_and_powers_off_cleanly() {
+    if !can_run_vms("debian_12_applies_cloud_config_takes_ssh_logins_and_powers_off_cleanly") {
+        return;
+    }
+    let _vm = VMS.acquire().await.unwrap();
+    let cloud = Cloud::start_with(5, &["busybox", "debian-12"]).await;
+    let key = cloud.data_dir().join("id_ed25519");
+    let made = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "ci", "-f"]).arg(&key).status();
+    assert!(made.unwrap().success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let (status, body) = cloud
+        .call(reqwest::Method::POST, "/v1/ssh-keys", Some(json!({"name": "ci", "public_key": public.trim()})))
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    // Upstream cloud-config, unchanged from what any cloud takes.
+    let user_data = "#cloud-config
+write_files:
+  - path: /etc/nimbus-ci
+    content: written-by-cloud-init
+runcmd:
+  - [sh, -c, 'echo ran-on-$(hostname) > /var/tmp/runcmd-out']
+";
+    let body = json!({"name": "deb", "instance_type": "standard.micro", "template": "debian-12", "disk_size_gb": 5,
+        "ssh_keys": ["ci"], "user_data": base64(user_data.as_bytes())});
+    let started = Instant::now();
+    let op = {
+        let _turn = BOOT.lock().await;
+        let (status, op) = cloud.call(reqwest::Method::POST, "/v1/instances", Some(body)).await;
+        assert_eq!(status, 202, "{op}");
+        cloud.ends(&op, DEBIAN_DEADLINE).await
+    };
+    assert_eq!(op["state"], "success", "{op}");
+    println!(
+        "debian-12: create to running (cloud-init applied users and keys) in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let id = op["target"]["id"].as_str().unwrap().to_string();
+    let vm = cloud.instance(&id).await;
+    let address = Cloud::address(&vm);
+
+    // `nimbus instance ssh` logs in as the template's default user with the key given at create; runcmd
+    // runs in cloud-init's last stage, so it may take a moment after the login works.
+    let ssh = |command: &str| {
+        cloud.cli().args(["instance", "ssh", "deb", "-i"]).arg(&key).args(["--", command]).output().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let seen = loop {
+        let out = ssh("whoami; cat /etc/nimbus-ci; echo; cat /var/tmp/runcmd-out");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() && text.contains("ran-on-deb") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no login with cloud-init's results: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    };
+    println!("debian-12: create to runcmd done, seen over ssh, in {:.1}s", started.elapsed().as_secs_f64());
+    assert!(seen.starts_with("debian\n"), "the template's default user: {seen}");
+    assert!(seen.contains("written-by-cloud-init"), "write_files: {seen}");
+
+    // The disk is the instance's size and the guest grew its root filesystem to it (the image's is 2 GiB).
+    let out = ssh("lsblk -bdno SIZE /dev/vda; df -B1 --output=size / | tail -1");
+    let sizes: Vec<u64> =
+        String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(sizes.first(), Some(&(5u64 << 30)), "{sizes:?}");
+    assert!(sizes.get(1).is_some_and(|fs| *fs > 4 << 30), "the root filesystem was grown: {sizes:?}");
+
+    // The guest agent reports the address Nimbus gave.
+    let guest = cloud.get(&format!("/v1/instances/{id}/guest")).await;
+    let addresses: Vec<&str> = guest["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["addresses"].as_array().unwrap().iter().filter_map(|a| a.as_str()))
+        .collect();
+    assert!(addresses.contains(&format!("{address}/24").as_str()), "{guest}");
+
+    // A clean stop: the guest's systemd powers it off on the ACPI button, nothing is forced.
+    let before = cloud.console(&id).await.len();
+    cloud.act(&format!("/v1/instances/{id}/stop"), json!({})).await;
+    assert_eq!(cloud.instance(&id).await["state"], "stopped");
+    let shutdown = cloud.console_after(&id, before, "reboot: Power down").await;
+    assert!(shutdown.contains("System Power Off") || shutdown.contains("Power-Off"), "{shutdown}");
+    let log = std::fs::read_to_string(cloud.data_dir().join("server.log")).unwrap_or_default();
+    assert!(!log.contains("forcing"), "the power-down was forced: {log}");
+    cloud.delete_leaves_nothing(&id, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_12_boots_uefi_with_secure_boot_and_a_tpm() {
+    if !can_run_vms("debian_12_boots_uefi_with_secure_boot_and_a_tpm") {
+        return;
+    }
+    let _vm = VMS.acquire().await.unwrap();
+    let cloud = Cloud::start_with(6, &["debian-12"]).await;
+    let key = cloud.data_dir().join("id_ed25519");
+    let made = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "ci", "-f"]).arg(&key).status();
+    assert!(made.unwrap().success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let (status, body) = cloud
+        .call(reqwest::Method::POST, "/v1/ssh-keys", Some(json!({"name": "ci", "public_key": public.trim()})))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let body = json!({"name": "sb", "instance_type": "standard.micro", "template": "debian-12", "ssh_keys": ["ci"],
+        "tpm_enabled": true, "secure_boot": true});
+    let op = {
+        let _turn = BOOT.lock().await;
+        let (status, op) = cloud.call(reqwest::Method::POST, "/v1/instances", Some(body)).await;
+        assert_eq!(status, 202, "{op}");
+        cloud.ends(&op, DEBIAN_DEADLINE).await
+    };
+    assert_eq!(op["state"], "success", "{op}");
+    let id = op["target"]["id"].as_str().unwrap().to_string();
+    // OVMF with Microsoft's keys enrolled ran Debian's signed shim, GRUB and kernel.
+    let console = cloud.console_after(&id, 0, "NIMBUS-READY").await;
+    assert!(console.contains("Secure boot enabled"), "{console}");
+    let args = cmdline(qemu_of(&id)).join(" ");
+    assert!(args.contains("OVMF_CODE_4M.secboot.fd") && args.contains("tpm-crb"), "{args}");
+    // The guest sees a TPM 2.0 (swtpm's), and swtpm's state is the instance's.
+    let out = cloud
+        .cli()
+        .args(["instance", "ssh", "sb", "-i"])
+        .arg(&key)
+        .args(["--", "cat /sys/class/tpm/tpm0/tpm_version_major; mokutil --sb-state 2>/dev/null || true"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.starts_with('2'), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(cloud.instance_dir(&id).join("tpm").read_dir().unwrap().next().is_some(), "swtpm keeps its state");
+
+    // A guest that ignores the ACPI power button is asked through its guest agent, and powers off cleanly.
+    let out = cloud
+        .cli()
+        .args(["instance", "ssh", "sb", "-i"])
+        .arg(&key)
+        .args([
+            "--",
+            "sudo mkdir -p /etc/systemd/logind.conf.d && printf '[Login]\\nHandlePowerKey=ignore\\n' \
+            | sudo tee /etc/systemd/logind.conf.d/ignore.conf && sudo systemctl restart systemd-logind",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let before = cloud.console(&id).await.len();
+    cloud.act(&format!("/v1/instances/{id}/stop"), json!({})).await;
+    cloud.console_after(&id, before, "reboot: Power down").await;
+    let log = std::fs::read_to_string(cloud.data_dir().join("server.log")).unwrap_or_default();
+    assert!(log.contains("asking its agent"), "the guest agent was not asked: {log}");
+    assert!(!log.contains("forcing"), "the power-down was forced: {log}");
+    cloud.delete_leaves_nothing(&id, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_no_template_builds_the_stock_busybox_one() {
+    if !can_run_vms("a_server_with_no_template_builds_the_stock_busybox_one") {
+        return;
+    }
+    let cloud = Cloud::start_with(7, &[]).await;
+    let templates = cloud.get("/v1/templates").await;
+    assert_eq!(templates["items"][0]["name"], "busybox", "{templates}");
+    assert!(cloud.data_dir().join("templates/busybox/template.json").is_file());
 }

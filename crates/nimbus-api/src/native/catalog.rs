@@ -90,8 +90,14 @@ pub struct RegisterTemplateParams {
     pub os_name: String,
     #[serde(default)]
     pub os_version: String,
-    /// Directory with the template's files (as built by `guest/build.sh`).
-    pub source: String,
+    /// Registers a directory of the server's host holding a template as `guest/` builds them (admins).
+    pub source: Option<String>,
+    /// Imports a disk image (qcow2 or raw) downloaded from this http(s) URL: answers 202 with the operation.
+    pub url: Option<String>,
+    /// Imports a disk image (qcow2 or raw) copied from this absolute path on the server's host: 202.
+    pub path: Option<String>,
+    /// Of an imported image: `bios` (default) or `uefi`.
+    pub boot_mode: Option<String>,
     pub min_disk_gb: Option<u64>,
     #[serde(default)]
     pub password_enabled: bool,
@@ -104,13 +110,51 @@ pub struct RegisterTemplateParams {
     pub checksum: Option<String>,
 }
 
+/// Imports a disk image as a template (`url` or `path`: 202 and an operation, whose result names the
+/// template once the image is in and checked), or registers a template directory (`source`: 201).
 #[utoipa::path(post, path = "/v1/templates", tag = "catalog", request_body = RegisterTemplateParams,
-    responses((status = 201, body = TemplateView), (status = 400, body = ErrorBody)))]
+    responses((status = 201, body = TemplateView), (status = 202, body = OperationView), (status = 400, body = ErrorBody)))]
 pub async fn register_template(
     State(app): State<AppState>,
     Caller(ctx): Caller,
     JsonBody(p): JsonBody<RegisterTemplateParams>,
-) -> ApiResult<(StatusCode, Json<TemplateView>)> {
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    if let Some(source) = p.url.clone().or(p.path.clone()) {
+        if p.url.is_some() && p.path.is_some() || p.source.is_some() {
+            return Err(nimbus_core::DomainError::invalid("url", "give one of url, path or source").into());
+        }
+        let uefi = match p.boot_mode.as_deref() {
+            None | Some("bios") | Some("legacy") => false,
+            Some("uefi") => true,
+            Some(other) => {
+                return Err(nimbus_core::DomainError::invalid("boot_mode", format!("{other:?}: bios or uefi")).into())
+            }
+        };
+        let op = app
+            .engine
+            .import_template(
+                &ctx,
+                nimbus_engine::ImportTemplate {
+                    name: p.name,
+                    description: p.description,
+                    source,
+                    checksum: p.checksum,
+                    uefi,
+                    default_user: p.default_user,
+                    os_name: p.os_name,
+                    os_version: p.os_version,
+                    public: p.public,
+                },
+            )
+            .await?;
+        return Ok(super::instances::accepted(&op));
+    }
+    let Some(source) = p.source else {
+        return Err(
+            nimbus_core::DomainError::invalid("url", "give the image's url or path (or a template source)").into()
+        );
+    };
     let t = app
         .engine
         .register_template(
@@ -120,7 +164,7 @@ pub async fn register_template(
                 description: p.description,
                 os_name: p.os_name,
                 os_version: p.os_version,
-                source: p.source,
+                source,
                 min_disk_gb: p.min_disk_gb,
                 password_enabled: p.password_enabled,
                 ssh_key_enabled: p.ssh_key_enabled,
@@ -130,7 +174,7 @@ pub async fn register_template(
             },
         )
         .await?;
-    Ok((StatusCode::CREATED, Json((&t).into())))
+    Ok((StatusCode::CREATED, Json(TemplateView::from(&t))).into_response())
 }
 
 #[utoipa::path(delete, path = "/v1/templates/{id}", tag = "catalog", params(("id" = String, Path)),

@@ -56,6 +56,80 @@ pub async fn delete_snapshot(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+pub struct PromoteSnapshotParams {
+    /// The new template's name.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// The user cloud-init gives SSH keys to; default: the snapshot's template's.
+    pub default_user: Option<String>,
+    /// Every project sees it (needs an admin key); default: the caller's project only.
+    #[serde(default)]
+    pub public: bool,
+}
+
+/// Makes a template of the snapshot: a standalone copy of its disk that boots like the template the
+/// snapshot's instance was made from. The operation's result names the template.
+#[utoipa::path(post, path = "/v1/snapshots/{id}/promote", tag = "snapshots", params(("id" = Uuid, Path)),
+    request_body = PromoteSnapshotParams,
+    responses((status = 202, body = OperationView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn promote_snapshot(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path(id): Path<String>,
+    JsonBody(p): JsonBody<PromoteSnapshotParams>,
+) -> ApiResult<Response> {
+    let request = nimbus_engine::PromoteRequest {
+        name: p.name,
+        description: p.description,
+        default_user: p.default_user,
+        public: p.public,
+    };
+    let op = app.engine.promote_snapshot(&ctx, parse_uuid("snapshot", &id)?, request).await?;
+    Ok(accepted(&op))
+}
+
+/// The snapshot as a standalone qcow2 image (its template's disk and its own data, flattened).
+#[utoipa::path(get, path = "/v1/snapshots/{id}/export", tag = "snapshots", params(("id" = Uuid, Path)),
+    responses((status = 200, description = "the qcow2 image", content_type = "application/octet-stream"),
+        (status = 404, body = ErrorBody)))]
+pub async fn export_snapshot(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    use axum::response::IntoResponse;
+    use tokio::io::AsyncReadExt;
+    let id = parse_uuid("snapshot", &id)?;
+    let (path, size) = app.engine.export_snapshot(&ctx, id).await?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| nimbus_core::DomainError::Internal(format!("{}: {e}", path.display())))?;
+    let chunks = futures_util::stream::unfold(file, |mut file| async move {
+        let mut buf = vec![0u8; 1 << 20];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    let disposition = format!("attachment; filename=\"snapshot-{id}.qcow2\"");
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (axum::http::header::CONTENT_LENGTH, size.to_string()),
+            (axum::http::header::CONTENT_DISPOSITION, disposition),
+        ],
+        axum::body::Body::from_stream(chunks),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RuleParams {
     /// ingress or egress
     pub flow_direction: String,

@@ -506,3 +506,39 @@ pub async fn console_stream(
     let stream = app.engine.console_stream(&ctx, id).await?;
     Ok(ws.on_upgrade(move |socket| crate::relay::relay(socket, stream)))
 }
+
+/// A TCP tunnel to a port of a running instance, over a websocket (binary frames both ways), made from
+/// inside the instance network: `nimbus instance ssh` and `port-forward` use it, so the caller needs no
+/// route to the instance network, only an API key.
+pub async fn tunnel(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path((id, port)): Path<(String, String)>,
+    ws: axum::extract::WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let id = parse_uuid("instance", &id)?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| nimbus_core::DomainError::invalid("port", "must be a TCP port, 1 to 65535"))?;
+    let stream = app.engine.connect(&ctx, id, port).await?;
+    Ok(ws.on_upgrade(move |socket| crate::relay::relay(socket, stream)))
+}
+
+/// The guest's own view of its network interfaces, from its guest agent (qemu-guest-agent).
+#[utoipa::path(get, path = "/v1/instances/{id}/guest", tag = "instances", params(("id" = Uuid, Path)),
+    responses((status = 200, body = GuestView), (status = 404, body = ErrorBody), (status = 501, body = ErrorBody)))]
+pub async fn guest(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<GuestView>> {
+    let interfaces = app.engine.guest_interfaces(&ctx, parse_uuid("instance", &id)?).await?;
+    Ok(Json(GuestView {
+        interfaces: interfaces
+            .into_iter()
+            .map(|i| GuestInterfaceView { name: i.name, mac_address: i.mac_address, addresses: i.addresses })
+            .collect(),
+    }))
+}

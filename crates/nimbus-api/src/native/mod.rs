@@ -24,6 +24,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/v1/instances/{id}/console/stream", get(instances::console_stream))
         .route("/v1/instances/{id}/console/ticket", post(instances::console_ticket))
         .route("/v1/instances/{id}/metrics", get(instances::metrics))
+        .route("/v1/instances/{id}/guest", get(instances::guest))
+        .route("/v1/instances/{id}/tunnel/{port}", get(instances::tunnel))
         .route("/v1/instances/{id}/{action}", post(instances::action))
         .route("/v1/operations", get(operations::list))
         .route("/v1/operations/{id}", get(operations::get))
@@ -57,6 +59,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/v1/templates/{id}", get(catalog::template).delete(catalog::delete_template))
         .route("/v1/snapshots", get(groups::list_snapshots))
         .route("/v1/snapshots/{id}", get(groups::get_snapshot).delete(groups::delete_snapshot))
+        .route("/v1/snapshots/{id}/promote", post(groups::promote_snapshot))
+        .route("/v1/snapshots/{id}/export", get(groups::export_snapshot))
         .route("/v1/security-groups", get(groups::list_security_groups).post(groups::create_security_group))
         .route("/v1/security-groups/{id}", get(groups::get_security_group).delete(groups::delete_security_group))
         .route(

@@ -349,7 +349,10 @@ pub struct SnapshotView {
     pub name: String,
     /// snapshotting, ready, error, deleting
     pub state: String,
+    /// `size_bytes` rounded up to whole GiB (at least 1).
     pub size_gb: u64,
+    /// What the snapshot's own file takes on the host: the data the instance had written.
+    pub size_bytes: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }
@@ -362,6 +365,7 @@ impl From<&Snapshot> for SnapshotView {
             name: s.name.clone(),
             state: snake(&s.state),
             size_gb: s.size_gb,
+            size_bytes: s.size_bytes,
             created_at: s.created_at,
         }
     }
@@ -625,4 +629,18 @@ pub struct ErrorDetail {
     pub code: String,
     pub message: String,
     pub request_id: String,
+}
+
+/// What the guest agent reports.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GuestView {
+    pub interfaces: Vec<GuestInterfaceView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GuestInterfaceView {
+    pub name: String,
+    pub mac_address: Option<String>,
+    /// `address/prefix`
+    pub addresses: Vec<String>,
 }

@@ -28,6 +28,7 @@ async fn spec(c: &Cloud, id: Uuid) -> InstanceSpec {
         ip_address: None,
         gateway: None,
         tpm: false,
+        secure_boot: false,
     }
 }
 

@@ -63,6 +63,9 @@ async fn routes(c: &Cloud) -> Vec<Route> {
     let running = c.instance(ADMIN, "running", json!({})).await;
     let other = c.instance(ADMIN, "other", json!({})).await;
     let project_id = c.get("/v1/whoami", ADMIN).await.body["project"]["id"].as_str().unwrap().to_string();
+    let snapshot_op = c.act(ADMIN, &other, "create-snapshot", Some(json!({"name": "before"}))).await;
+    assert_eq!(snapshot_op["state"], "success", "{snapshot_op}");
+    let snapshot = snapshot_op["result"]["snapshot_id"].as_str().unwrap().to_string();
     let route = |name, path: String, body: Option<Value>, status, list: Option<String>| Route {
         name,
         path,
@@ -93,6 +96,13 @@ async fn routes(c: &Cloud) -> Vec<Route> {
             Some(format!("/v1/operations?target={other}")),
         ),
         route("add-protection", format!("/v1/instances/{other}/add-protection"), None, StatusCode::OK, None),
+        route(
+            "promote a snapshot",
+            format!("/v1/snapshots/{snapshot}/promote"),
+            Some(json!({"name": "golden"})),
+            StatusCode::ACCEPTED,
+            Some(format!("/v1/operations?target={other}")),
+        ),
         route(
             "an API key",
             "/v1/api-keys".into(),
@@ -222,6 +232,7 @@ async fn every_post_route_is_covered_by_the_lost_answer_test() {
             "/v1/instances/{id}/{action}",
             "/v1/projects",
             "/v1/security-groups",
+            "/v1/snapshots/{id}/promote",
             "/v1/ssh-keys",
             "/v1/templates",
         ],

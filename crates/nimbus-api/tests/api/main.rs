@@ -8,5 +8,6 @@ mod idempotency;
 mod input;
 mod lifecycle;
 mod operations;
+mod templates;
 mod tenancy;
 mod updates;

@@ -208,3 +208,30 @@ impl NetNs {
         }
     }
 }
+
+impl NetNs {
+    /// A TCP connection to `address:port` made from inside the namespace. The socket is created by a thread
+    /// of its own that enters the namespace (setns affects only the calling thread) and then ends: a pool
+    /// thread must never be left in another namespace, since processes it spawns would inherit it.
+    pub async fn connect(&self, address: &str, port: u16) -> Result<tokio::net::TcpStream, String> {
+        let ip: std::net::IpAddr = address.parse().map_err(|_| format!("{address:?} is not an IP address"))?;
+        let path = Path::new("/run/netns").join(&self.name);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let result = (|| -> Result<std::net::TcpStream, String> {
+                let ns = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                // SAFETY: a valid fd of a network namespace file; only this short-lived thread moves.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(format!("setns: {}", std::io::Error::last_os_error()));
+                }
+                let s = std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(10))
+                    .map_err(|e| e.to_string())?;
+                s.set_nonblocking(true).map_err(|e| e.to_string())?;
+                Ok(s)
+            })();
+            let _ = tx.send(result);
+        });
+        let std_stream = rx.await.map_err(|_| "the connecting thread died".to_string())??;
+        tokio::net::TcpStream::from_std(std_stream).map_err(|e| e.to_string())
+    }
+}

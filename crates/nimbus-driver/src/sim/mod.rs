@@ -16,7 +16,7 @@ use nimbus_core::catalog::{BootMode, Template, Visibility};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{ActualState, Driver, DriverError, DriverResult, HostInfo, InstanceSpec};
+use crate::{ActualState, Driver, DriverError, DriverResult, HostInfo, InstanceSpec, TemplateImport};
 
 #[derive(Debug, Clone, Default)]
 pub struct SimConfig {
@@ -62,34 +62,37 @@ struct SimVm {
     paused: bool,
 }
 
-/// Where the simulated VMs live.
-enum Vms {
-    Memory(Mutex<HashMap<Uuid, SimVm>>),
+type Vms = Store<SimVm>;
+
+/// Where the simulated VMs (and templates) live.
+enum Store<T> {
+    Memory(Mutex<HashMap<Uuid, T>>),
     /// One JSON file per VM, named by its id. Small files, read and written whole: the blocking calls are
     /// as short as a memory copy, and this driver only serves tests and scale runs.
     Dir(PathBuf),
 }
 
-impl Vms {
+impl<T: Clone + Serialize + serde::de::DeserializeOwned> Store<T> {
     fn path(dir: &std::path::Path, id: Uuid) -> PathBuf {
         dir.join(format!("{id}.json"))
     }
 
-    fn get(&self, id: Uuid) -> Option<SimVm> {
+    fn get(&self, id: Uuid) -> Option<T> {
         match self {
-            Vms::Memory(m) => m.lock().unwrap().get(&id).cloned(),
-            Vms::Dir(dir) => std::fs::read(Self::path(dir, id)).ok().and_then(|b| serde_json::from_slice(&b).ok()),
+            Store::Memory(m) => m.lock().unwrap().get(&id).cloned(),
+            Store::Dir(dir) => std::fs::read(Self::path(dir, id)).ok().and_then(|b| serde_json::from_slice(&b).ok()),
         }
     }
 
-    fn put(&self, id: Uuid, vm: &SimVm) -> DriverResult<()> {
+    fn put(&self, id: Uuid, vm: &T) -> DriverResult<()> {
         match self {
-            Vms::Memory(m) => {
+            Store::Memory(m) => {
                 m.lock().unwrap().insert(id, vm.clone());
                 Ok(())
             }
-            Vms::Dir(dir) => {
+            Store::Dir(dir) => {
                 // Write-then-rename so that a kill in the middle never leaves a torn file.
+                let _ = std::fs::create_dir_all(dir);
                 let path = Self::path(dir, id);
                 let tmp = dir.join(format!(".{id}.{}.tmp", Uuid::new_v4().simple()));
                 let bytes = serde_json::to_vec(vm).map_err(|e| DriverError::Failed(format!("sim: {e}")))?;
@@ -102,11 +105,11 @@ impl Vms {
 
     fn remove(&self, id: Uuid) -> DriverResult<()> {
         match self {
-            Vms::Memory(m) => {
+            Store::Memory(m) => {
                 m.lock().unwrap().remove(&id);
                 Ok(())
             }
-            Vms::Dir(dir) => match std::fs::remove_file(Self::path(dir, id)) {
+            Store::Dir(dir) => match std::fs::remove_file(Self::path(dir, id)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     Err(DriverError::Failed(format!("sim: removing VM {id}: {e}")))
                 }
@@ -117,8 +120,8 @@ impl Vms {
 
     fn ids(&self) -> Vec<Uuid> {
         match self {
-            Vms::Memory(m) => m.lock().unwrap().keys().copied().collect(),
-            Vms::Dir(dir) => std::fs::read_dir(dir)
+            Store::Memory(m) => m.lock().unwrap().keys().copied().collect(),
+            Store::Dir(dir) => std::fs::read_dir(dir)
                 .map(|entries| {
                     entries
                         .filter_map(|e| e.ok())
@@ -132,9 +135,14 @@ impl Vms {
     }
 }
 
+/// What a sim import reports as the checksum of every file.
+pub const SIM_CHECKSUM: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
 pub struct SimDriver {
     config: SimConfig,
     vms: Vms,
+    /// Imported and promoted templates, kept like VMs (one file each in `<state_dir>/templates/`).
+    templates: Store<Template>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -146,12 +154,21 @@ impl SimDriver {
                 if let Err(e) = std::fs::create_dir_all(dir) {
                     tracing::warn!(dir = %dir.display(), error = %e, "sim: cannot create the state directory");
                 }
-                Vms::Dir(dir.clone())
+                Store::Dir(dir.clone())
             }
-            None => Vms::Memory(Mutex::new(HashMap::new())),
+            None => Store::Memory(Mutex::new(HashMap::new())),
+        };
+        let templates = match &config.state_dir {
+            Some(dir) => Store::Dir(dir.join("templates")),
+            None => Store::Memory(Mutex::new(HashMap::new())),
         };
         let failures = config.failures.clone();
-        SimDriver { config, vms, failures: Mutex::new(failures) }
+        SimDriver { config, vms, templates, failures: Mutex::new(failures) }
+    }
+
+    /// The imported and promoted templates this host has files of.
+    pub fn template_files(&self) -> Vec<Uuid> {
+        self.templates.ids()
     }
 
     /// Makes the next `times` calls of `action` fail.
@@ -190,7 +207,7 @@ fn same(a: &SimVm, b: &SimVm) -> bool {
     serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
 }
 
-fn busybox_template() -> Template {
+pub(crate) fn busybox_template() -> Template {
     Template {
         id: Template::id_for_name("busybox"),
         project_id: None,
@@ -208,6 +225,7 @@ fn busybox_template() -> Template {
         source: "sim".into(),
         checksum: None,
         size_bytes: 0,
+        host: None,
         created_at: nimbus_core::now(),
     }
 }
@@ -296,9 +314,9 @@ impl Driver for SimDriver {
     async fn reinstall(&self, spec: &InstanceSpec) -> DriverResult<()> {
         self.act("reinstall").await?;
         self.with_vm(spec.id, |vm| {
+            // Snapshots are kept apart from the disk, as the qemu driver keeps them.
             vm.disk_version = 0;
             vm.disk_size_gb = spec.disk_size_gb;
-            vm.snapshots.clear();
             Ok(())
         })
     }
@@ -425,6 +443,57 @@ impl Driver for SimDriver {
         true
     }
 
+    /// Refuses a source whose name says `corrupt`, or a checksum that is not the one a sim file "has"
+    /// (`sha256:` followed by 64 zeros), the way the qemu driver refuses bad images.
+    async fn import_template(&self, req: &TemplateImport) -> DriverResult<Template> {
+        self.act("import_template").await?;
+        if req.source.contains("corrupt") {
+            return Err(DriverError::Invalid("not a disk image: neither qcow2 nor a raw disk".into()));
+        }
+        if req.checksum.as_deref().is_some_and(|c| c != SIM_CHECKSUM) {
+            return Err(DriverError::Invalid(format!("checksum mismatch: the file has {SIM_CHECKSUM}")));
+        }
+        let t = Template {
+            id: req.template_id,
+            name: req.name.clone(),
+            boot_mode: req.boot_mode,
+            source: format!("sim:{}", req.source),
+            checksum: Some(SIM_CHECKSUM.into()),
+            size_bytes: 1 << 20,
+            default_user: req.default_user.clone(),
+            ..busybox_template()
+        };
+        self.templates.put(req.template_id, &t)?;
+        Ok(t)
+    }
+
+    async fn promote_snapshot(
+        &self,
+        id: Uuid,
+        snapshot_id: Uuid,
+        template_id: Uuid,
+        name: &str,
+    ) -> DriverResult<Template> {
+        self.act("promote_snapshot").await?;
+        let vm = self.vms.get(id).ok_or(DriverError::NotFound(id))?;
+        if !vm.snapshots.contains_key(&snapshot_id) {
+            return Err(DriverError::Invalid(format!("instance {id} has no snapshot {snapshot_id}")));
+        }
+        let t = Template {
+            id: template_id,
+            name: name.into(),
+            source: format!("sim:snapshot:{snapshot_id}"),
+            min_disk_gb: vm.disk_size_gb,
+            ..busybox_template()
+        };
+        self.templates.put(template_id, &t)?;
+        Ok(t)
+    }
+
+    async fn remove_template(&self, template_id: Uuid) -> DriverResult<()> {
+        self.templates.remove(template_id)
+    }
+
     async fn enable_tpm(&self, id: Uuid) -> DriverResult<()> {
         self.act("enable_tpm").await?;
         self.with_vm(id, |vm| {
@@ -454,6 +523,7 @@ mod tests {
             ip_address: None,
             gateway: None,
             tpm: false,
+            secure_boot: false,
         }
     }
 

@@ -49,6 +49,7 @@ impl Saga for CreateSnapshot {
             let bytes = outputs.first().and_then(|o| o["bytes"].as_u64()).unwrap_or(0);
             snapshot.state = SnapshotState::Ready;
             snapshot.size_gb = bytes.div_ceil(1 << 30).max(1);
+            snapshot.size_bytes = bytes;
             writes.push(Write::UpdateRecord {
                 record: record.next(&snapshot.name, &snapshot),
                 expected_generation: record.generation,
@@ -77,6 +78,7 @@ pub(crate) fn plan(current: &Instance, name: Option<&str>) -> Result<Planned> {
             .unwrap_or_else(|| format!("{}-{}", current.name, nimbus_core::now().unix_timestamp())),
         state: SnapshotState::Snapshotting,
         size_gb: current.disk_size_gb,
+        size_bytes: 0,
         created_at: nimbus_core::now(),
     };
     validate_name("name", &snapshot.name)?;

@@ -42,6 +42,8 @@ pub(crate) mod delete;
 pub(crate) mod delete_snapshot;
 pub(crate) mod enable_tpm;
 pub(crate) mod evacuate;
+pub(crate) mod import_template;
+pub(crate) mod promote_snapshot;
 pub(crate) mod reboot;
 pub(crate) mod reset;
 pub(crate) mod reset_password;
@@ -280,6 +282,11 @@ pub(crate) async fn execute(engine: &Engine, lease_owner: &str, op: Operation) -
             Runner::<anti_affinity::ChangeAntiAffinityGroups>::new(engine, lease_owner, op).run().await
         }
         Action::Evacuate => Runner::<evacuate::Evacuate>::new(engine, lease_owner, op).run().await,
+        Action::PromoteSnapshot => {
+            Runner::<promote_snapshot::PromoteSnapshot>::new(engine, lease_owner, op).run().await
+        }
+        // Not on an instance: its own runner.
+        Action::ImportTemplate => import_template::run(engine, lease_owner, op).await,
     }
 }
 
@@ -307,6 +314,8 @@ pub fn step_names(op: &Operation) -> Result<Vec<&'static str>> {
         Action::Delete => of::<delete::Delete>(op),
         Action::ChangeAntiAffinityGroups => of::<anti_affinity::ChangeAntiAffinityGroups>(op),
         Action::Evacuate => of::<evacuate::Evacuate>(op),
+        Action::PromoteSnapshot => of::<promote_snapshot::PromoteSnapshot>(op),
+        Action::ImportTemplate => Ok(import_template::step_names()),
     }
 }
 

@@ -2,9 +2,10 @@
 //! if it was running.
 //!
 //! Plan: the record takes the template and disk size at once (quota-checked). Steps: `shutdown`,
-//! `reinstall`, and `boot` when the instance was running. Success forgets the snapshots of the old disk,
-//! which went with it. Failure before the reinstall puts the old template back on the record; in every
-//! failure the record takes the disk size the host's disk has, and forgets snapshots the host no longer has.
+//! `reinstall`, and `boot` when the instance was running. The instance's snapshots are files of their own
+//! on the host and outlive the reinstall: they stay, and can be reverted to afterwards. Failure before the
+//! reinstall puts the old template back on the record; in every failure the record takes the disk size the
+//! host's disk has, and forgets snapshots the host no longer has.
 
 use async_trait::async_trait;
 use nimbus_core::instance::{Instance, InstanceState};
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{Planned, Saga, StepCx, Succeeded};
+use super::{Planned, Saga, StepCx};
 use crate::instances::validate_disk;
 use crate::{Context, Engine, Result};
 
@@ -50,11 +51,6 @@ impl Saga for Reset {
             _ => cx.driver().start(&engine.spec_for_driver(cx.instance).await?).await?,
         }
         Ok(Value::Null)
-    }
-
-    async fn succeeded(cx: &StepCx<'_>, _: &Params, _: &mut Instance, _: &[Value]) -> Result<Succeeded> {
-        // The old disk's snapshots went with it.
-        Ok(Succeeded { writes: cx.engine.forget_snapshots_of(cx.instance).await?, result: None })
     }
 
     async fn failed(cx: &StepCx<'_>, p: &Params, next: &mut Instance, steps_done: u32) -> Result<Vec<Write>> {

@@ -35,6 +35,8 @@ pub enum CliError {
     OperationFailed(String),
     /// Ctrl-C while waiting; the message says how to pick it up again.
     Interrupted(String),
+    /// A program run on the user's behalf (`ssh`) ended with this status; it said why itself.
+    Exit(u8),
     Other(String),
 }
 
@@ -47,6 +49,7 @@ impl CliError {
             CliError::Network(_) => exit::SERVER,
             CliError::Interrupted(_) => exit::INTERRUPTED,
             CliError::Other(_) => exit::OTHER,
+            CliError::Exit(code) => *code,
             CliError::Api { status, code, .. } => match *status {
                 StatusCode::BAD_REQUEST => exit::USAGE,
                 StatusCode::NOT_FOUND => exit::NOT_FOUND,
@@ -78,6 +81,7 @@ impl CliError {
                 eprintln!("{line}");
             }
             CliError::Interrupted(m) => eprintln!("{m}"),
+            CliError::Exit(_) => {}
             CliError::Usage(m)
             | CliError::NotFound(m)
             | CliError::Network(m)
@@ -92,6 +96,7 @@ pub struct Reply {
     pub body: Value,
 }
 
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     pub url: String,

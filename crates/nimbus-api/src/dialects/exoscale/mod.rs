@@ -44,7 +44,10 @@ pub fn router(_state: AppState) -> Router<AppState> {
         .route("/v2/template", get(r::list_templates).fallback(mna))
         .route("/v2/template/{id}", get(r::get_template).fallback(mna))
         .route("/v2/snapshot", get(r::list_snapshots).fallback(mna))
-        .route("/v2/snapshot/{id}", get(r::get_snapshot).delete(r::delete_snapshot).fallback(mna))
+        .route(
+            "/v2/snapshot/{id}",
+            get(r::get_snapshot).post(r::post_snapshot_segment).delete(r::delete_snapshot).fallback(mna),
+        )
         .route("/v2/ssh-key", get(r::list_ssh_keys).post(r::register_ssh_key).fallback(mna))
         .route("/v2/ssh-key/{name}", get(r::get_ssh_key).delete(r::delete_ssh_key).fallback(mna))
         .route("/v2/security-group", get(r::list_security_groups).post(r::create_security_group).fallback(mna))

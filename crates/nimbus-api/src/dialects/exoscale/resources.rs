@@ -126,6 +126,46 @@ pub async fn delete_snapshot(
     Ok(Json(views::operation(&op)))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct PromoteBody {
+    name: Option<String>,
+    #[serde(default)]
+    description: String,
+    default_user: Option<String>,
+    // Nimbus templates take keys and passwords as their image does (cloud-init); accepted for the client.
+    #[allow(dead_code)]
+    ssh_key_enabled: Option<bool>,
+    #[allow(dead_code)]
+    password_enabled: Option<bool>,
+}
+
+/// `POST /v2/snapshot/{id}:promote` (`promote-snapshot-to-template`): a template of the snapshot, private to
+/// the caller's organization; the operation's reference is the template.
+pub async fn post_snapshot_segment(
+    State(app): State<AppState>,
+    Path(segment): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let Some((id, action)) = segment.split_once(':') else {
+        return Err(ExoError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "Method POST not allowed"));
+    };
+    let id = parse_id("Snapshot", id)?;
+    if action != "promote" {
+        return Err(ExoError::not_found("Operation"));
+    }
+    let body: PromoteBody = signed.json()?;
+    let name = body.name.ok_or_else(|| ExoError::bad_request("Missing parameter name"))?;
+    let request = nimbus_engine::PromoteRequest {
+        name,
+        description: body.description,
+        default_user: body.default_user,
+        public: false,
+    };
+    let op = app.engine.promote_snapshot(&signed.ctx, id, request).await?;
+    Ok(Json(views::operation(&op)))
+}
+
 // SSH keys: named, not numbered.
 
 #[derive(Debug, Deserialize)]

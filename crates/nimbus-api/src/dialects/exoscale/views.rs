@@ -246,7 +246,12 @@ pub fn operation(op: &Operation) -> Value {
         OperationState::Cancelled => ("failure", Some("interrupted")),
     };
     let snapshot = op.params.get("snapshot_id").and_then(Value::as_str);
+    let template = op.params.get("template_id").and_then(Value::as_str);
     let reference_ = match (op.kind, snapshot) {
+        (Action::PromoteSnapshot, _) if template.is_some() => {
+            let t = template.unwrap_or_default();
+            reference("template", t, t)
+        }
         (Action::CreateSnapshot | Action::DeleteSnapshot, Some(s)) => reference("snapshot", s, s),
         _ => reference("instance", op.target.id, &op.target.id.to_string()),
     };

@@ -51,14 +51,16 @@ impl Drop for RawMode {
     }
 }
 
-pub async fn attach(client: &Client, id: &str) -> Result<(), CliError> {
-    let ws_url = format!("{}/v1/instances/{}/console/stream", client.url, encode(id))
-        .replacen("http://", "ws://", 1)
-        .replacen("https://", "wss://", 1);
+/// A websocket to `path` of the API, authenticated like every other call.
+pub async fn open_websocket(
+    client: &Client,
+    path: &str,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, CliError> {
+    let ws_url = format!("{}{path}", client.url).replacen("http://", "ws://", 1).replacen("https://", "wss://", 1);
     let mut request = ws_url
         .as_str()
         .into_client_request()
-        .map_err(|e| CliError::Usage(format!("invalid console URL {ws_url}: {e}")))?;
+        .map_err(|e| CliError::Usage(format!("invalid websocket URL {ws_url}: {e}")))?;
     if let Some(token) = client.token() {
         let value = format!("Bearer {token}")
             .parse()
@@ -81,12 +83,17 @@ pub async fn attach(client: &Client, id: &str) -> Result<(), CliError> {
                 message: err["message"]
                     .as_str()
                     .map(String::from)
-                    .unwrap_or_else(|| format!("console refused: {status}")),
+                    .unwrap_or_else(|| format!("websocket refused: {status}")),
                 request_id: err["request_id"].as_str().map(String::from),
             }
         }
-        other => CliError::Network(format!("cannot attach to the console at {ws_url}: {other}")),
+        other => CliError::Network(format!("cannot open the websocket at {ws_url}: {other}")),
     })?;
+    Ok(socket)
+}
+
+pub async fn attach(client: &Client, id: &str) -> Result<(), CliError> {
+    let socket = open_websocket(client, &format!("/v1/instances/{}/console/stream", encode(id))).await?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!("attached to {id}; detach with Ctrl-]\r");

@@ -230,6 +230,36 @@ pub enum InstanceCmd {
     /// Show the instance's resource use (CPU time, memory, disk, network).
     #[command(after_help = "Example:\n  nimbus instance metrics web")]
     Metrics { instance: String },
+    /// Log in with ssh as the template's default user, through the API (no route to the instance needed).
+    #[command(
+        after_help = "Examples:\n  nimbus instance ssh web\n  nimbus instance ssh web -i ~/.ssh/id_ed25519 -- uname -a"
+    )]
+    Ssh {
+        instance: String,
+        /// The private key (default: ssh's own, e.g. ~/.ssh/id_ed25519 or the agent's).
+        #[arg(short = 'i', long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+        /// Log in as this user instead of the template's default user.
+        #[arg(short = 'l', long)]
+        user: Option<String>,
+        /// Arguments for ssh after the destination (a command to run, say).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Publish a port of the instance on 127.0.0.1 for as long as this runs (Ctrl-C ends it).
+    #[command(name = "port-forward", after_help = "Example:\n  nimbus instance port-forward web 8080:80")]
+    PortForward {
+        instance: String,
+        /// LOCAL:REMOTE (a local port of 0 picks a free one).
+        #[arg(value_name = "LOCAL:REMOTE")]
+        ports: String,
+    },
+    /// Join stdin and stdout to a TCP port of the instance (ssh's ProxyCommand).
+    #[command(after_help = "Example:\n  ssh -o ProxyCommand='nimbus instance tunnel web 22' debian@web")]
+    Tunnel { instance: String, port: u16 },
+    /// Show the guest's own network interfaces and addresses (from its guest agent).
+    #[command(after_help = "Example:\n  nimbus instance guest web")]
+    Guest { instance: String },
 }
 
 /// The id of the instance named `wanted` (or `wanted` itself when it is an id).
@@ -473,6 +503,54 @@ pub async fn run(ctx: &Ctx, cmd: InstanceCmd) -> Result<(), CliError> {
                 print!("{log}");
                 Ok(())
             }
+        }
+        InstanceCmd::Ssh { instance, identity, user, args } => {
+            let id = resolve(&client, &instance).await?;
+            let vm = client.get(&instance_path(&id)).await?;
+            let user = match user {
+                Some(u) => u,
+                None => {
+                    let template = str_field(&vm, "template");
+                    let t = client.get(&format!("/v1/templates/{}", encode(&template))).await?;
+                    let u = str_field(&t, "default_user");
+                    if u.is_empty() {
+                        "root".to_string()
+                    } else {
+                        u
+                    }
+                }
+            };
+            let status = super::tunnel::ssh(&client, &id, &str_field(&vm, "name"), &user, identity.as_deref(), &args)?;
+            match status.code() {
+                Some(0) => Ok(()),
+                Some(code) => Err(CliError::Exit(code.clamp(1, 255) as u8)),
+                None => Err(CliError::Exit(255)),
+            }
+        }
+        InstanceCmd::PortForward { instance, ports } => {
+            let (local, remote) = ports
+                .split_once(':')
+                .and_then(|(l, r)| Some((l.parse::<u16>().ok()?, r.parse::<u16>().ok().filter(|p| *p > 0)?)))
+                .ok_or_else(|| CliError::Usage(format!("{ports:?}: give LOCAL:REMOTE, two port numbers")))?;
+            let id = resolve(&client, &instance).await?;
+            super::tunnel::forward(&client, &id, local, remote).await
+        }
+        InstanceCmd::Tunnel { instance, port } => {
+            let id = resolve(&client, &instance).await?;
+            super::tunnel::stdio(&client, &id, port).await
+        }
+        InstanceCmd::Guest { instance } => {
+            let id = resolve(&client, &instance).await?;
+            let g = client.get(&format!("{}/guest", instance_path(&id))).await?;
+            if ctx.out.structured() {
+                return ctx.out.data(&g);
+            }
+            for i in g["interfaces"].as_array().into_iter().flatten() {
+                let addrs: Vec<&str> =
+                    i["addresses"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
+                println!("{}\t{}\t{}", str_field(i, "name"), str_field(i, "mac_address"), addrs.join(" "));
+            }
+            Ok(())
         }
         InstanceCmd::Metrics { instance } => {
             let id = resolve(&client, &instance).await?;

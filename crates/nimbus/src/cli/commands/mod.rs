@@ -18,6 +18,7 @@ pub mod host;
 pub mod instance;
 pub mod operation;
 pub mod snapshot;
+pub mod tunnel;
 
 /// `k=v` as given to `--label`.
 pub fn parse_label(s: &str) -> Result<(String, String), String> {

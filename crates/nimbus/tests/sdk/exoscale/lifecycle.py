@@ -283,6 +283,13 @@ step("revert while stopped keeps the grown disk")
 c.wait(c.revert_instance_to_snapshot(instance_id=iid, id=snap)["id"])
 i = c.get_instance(id=iid)
 assert i["state"] == "stopped" and i["disk-size"] == 20, i
+
+step("promote the snapshot to a template")
+op = c.promote_snapshot_to_template(id=snap, name="promoted", default_user="root")
+done = c.wait(op["id"])
+assert done["reference"]["command"] == "get-template", done
+t = c.get_template(id=done["reference"]["id"])
+assert t["name"] == "promoted" and t["visibility"] == "private", t
 c.wait(c.delete_snapshot(id=snap)["id"])
 assert c.list_snapshots()["snapshots"] == [] and c.get_instance(id=iid)["snapshots"] == []
 
@@ -390,7 +397,7 @@ wanted = {
     "create-instance", "get-instance", "list-instances", "update-instance", "reset-instance-field",
     "delete-instance", "start-instance", "stop-instance", "reboot-instance", "reset-instance",
     "scale-instance", "resize-instance-disk", "create-snapshot", "revert-instance-to-snapshot",
-    "get-snapshot", "list-snapshots", "delete-snapshot", "reveal-instance-password",
+    "get-snapshot", "list-snapshots", "delete-snapshot", "promote-snapshot-to-template", "reveal-instance-password",
     "reset-instance-password", "add-instance-protection", "remove-instance-protection", "enable-tpm",
     "get-console-proxy-url", "get-operation", "get-reverse-dns-instance", "update-reverse-dns-instance",
     "delete-reverse-dns-instance",
