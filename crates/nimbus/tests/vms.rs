@@ -922,3 +922,209 @@ async fn a_server_with_no_template_builds_the_stock_busybox_one() {
     assert_eq!(templates["items"][0]["name"], "busybox", "{templates}");
     assert!(cloud.data_dir().join("templates/busybox/template.json").is_file());
 }
+
+#[path = "topology/mod.rs"]
+mod topology;
+
+/// What the two-hosts test leaves on the machine beyond its fabric: the QEMUs of its agents' data dirs and
+/// the instance namespaces their drivers made. Removed when dropped, also when an assertion fails.
+struct HostLeftovers {
+    data_dirs: Vec<String>,
+    namespaces: Vec<String>,
+}
+
+impl Drop for HostLeftovers {
+    fn drop(&mut self) {
+        for needle in &self.data_dirs {
+            for pid in qemu_pids(needle) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// Two hosts, each a network namespace with its own `nimbus agent` running the qemu driver, and a control
+/// plane on the fabric between them: two busybox VMs kept apart by an anti-affinity group land on different
+/// hosts, and one reaches the other across the hosts' VXLAN overlay (its user-data pings the other's address
+/// and says so on its console). The agent of a host is then killed with SIGKILL: its VM keeps running (same
+/// QEMU process), shows `unknown` while the host is silent, and `running` again, not rebooted, once the agent
+/// is back and adopts it.
+#[test]
+fn vms_on_two_hosts_reach_each_other_across_the_overlay_and_survive_their_agent() {
+    if !can_run_vms("vms_on_two_hosts_reach_each_other_across_the_overlay_and_survive_their_agent") {
+        return;
+    }
+    let template = stock_template("busybox");
+    let template_dir = template.parent().unwrap().to_path_buf();
+    let fabric = topology::Fabric::new(2);
+    fabric.run_inside(move |mut f| async move {
+        let _vms = VMS.acquire_many(2).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let agent_data = |i: usize| dir.path().join(format!("agent-{i}"));
+        let tag = f.tag.clone();
+        let netns = |i: usize| format!("nbt-vm{}-{tag}", i + 1);
+        let _leftovers = HostLeftovers {
+            data_dirs: (0..2).map(|i| agent_data(i).display().to_string()).collect(),
+            namespaces: (0..2).map(netns).collect(),
+        };
+        let port = 18790;
+        let base = format!("http://{}:{port}", topology::Fabric::server_address());
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let server = Command::new(env!("CARGO_BIN_EXE_nimbus"))
+            .args(["server", "--no-local-agent", "--driver", "sim", "--listen"])
+            .arg(format!("{}:{port}", topology::Fabric::server_address()))
+            .args(["--network-cidr", "10.212.0.0/24", "--host-timeout-secs", "6", "--reconcile-secs", "1"])
+            .arg("--data-dir")
+            .arg(dir.path().join("server"))
+            .env("NIMBUS_BOOTSTRAP_KEY", "NIMtwohosts")
+            .env("NIMBUS_BOOTSTRAP_SECRET", SECRET)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        f.adopt("server", server);
+        let http = reqwest::Client::new();
+        let call = |method: reqwest::Method, path: String, body: Option<Value>| {
+            let (http, base) = (http.clone(), base.clone());
+            async move {
+                let mut req = http.request(method, format!("{base}{path}")).bearer_auth(SECRET);
+                if let Some(b) = body {
+                    req = req.json(&b);
+                }
+                let r = req.send().await.expect("the API answers");
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.unwrap_or(Value::Null))
+            }
+        };
+        topology::until("the server to come up", Duration::from_secs(30), || {
+            let (http, base) = (http.clone(), base.clone());
+            async move { http.get(format!("{base}/healthz")).send().await.ok().map(|_| ()) }
+        })
+        .await;
+
+        let mut tokens = Vec::new();
+        for i in 0..2 {
+            let (s, t) = call(reqwest::Method::POST, "/v1/host-tokens".into(), Some(json!({"host": format!("h{}", i + 1)})))
+                .await;
+            assert_eq!(s, 201, "{t}");
+            tokens.push(t["token"].as_str().unwrap().to_string());
+        }
+        let start_agent = |f: &mut topology::Fabric, i: usize| {
+            let log =
+                std::fs::File::options().create(true).append(true).open(dir.path().join(format!("agent-{i}.log"))).unwrap();
+            let child = f
+                .in_host(i, Path::new(env!("CARGO_BIN_EXE_nimbus")))
+                .args(["agent", "--driver", "qemu", "--name", &format!("h{}", i + 1), "--token", &tokens[i]])
+                .arg("--server")
+                .arg(&base)
+                .arg("--data-dir")
+                .arg(agent_data(i))
+                .args(["--netns", &netns(i)])
+                .arg("--template-dir")
+                .arg(&template_dir)
+                .arg("--underlay-address")
+                .arg(topology::Fabric::host_address(i))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            f.adopt(&format!("agent-{i}"), child);
+        };
+        for i in 0..2 {
+            start_agent(&mut f, i);
+        }
+        let host_state = |name: &'static str| {
+            let call = call;
+            async move {
+                let (_, hosts) = call(reqwest::Method::GET, "/v1/hosts".into(), None).await;
+                hosts["items"].as_array()?.iter().find(|h| h["name"] == name).map(|h| h["state"].clone())
+            }
+        };
+        topology::until("two ready hosts", Duration::from_secs(60), || async {
+            (host_state("h1").await? == "ready" && host_state("h2").await? == "ready").then_some(())
+        })
+        .await;
+
+        let (s, group) =
+            call(reqwest::Method::POST, "/v1/anti-affinity-groups".into(), Some(json!({"name": "apart"}))).await;
+        assert_eq!(s, 201, "{group}");
+        let create = |name: &'static str, user_data: String| {
+            let (call, group) = (call, group["id"].clone());
+            async move {
+                let _boot = BOOT.lock().await;
+                let body = json!({"name": name, "instance_type": "standard.micro", "template": "busybox",
+                    "anti_affinity_groups": [group], "user_data": base64(user_data.as_bytes())});
+                let (s, op) = call(reqwest::Method::POST, "/v1/instances?wait=150".into(), Some(body)).await;
+                assert!(s == 200 || s == 202, "{op}");
+                let id = op["target"]["id"].as_str().unwrap().to_string();
+                let deadline = Instant::now() + OPERATION_DEADLINE;
+                loop {
+                    let (_, op) = call(reqwest::Method::GET, format!("/v1/operations/{}?wait=30", op["id"].as_str().unwrap()), None).await;
+                    if op["state"] == "success" {
+                        break;
+                    }
+                    assert!(op["state"] == "pending" || op["state"] == "running", "{name}: {op}");
+                    assert!(Instant::now() < deadline, "{name} never booted: {op}");
+                }
+                call(reqwest::Method::GET, format!("/v1/instances/{id}"), None).await.1
+            }
+        };
+        let b = create("b", "#!/bin/sh\necho b is up\n".into()).await;
+        let b_address = b["ip_addresses"][0].as_str().unwrap().to_string();
+        let script = format!(
+            "#!/bin/sh\nfor i in $(seq 90); do\n  if ping -c 1 -W 1 {b_address} >/dev/null 2>&1; then echo reached={b_address}; exit 0; fi\n  sleep 1\ndone\necho reached=none\nexit 1\n"
+        );
+        let a = create("a", script).await;
+        assert_eq!(b["state"], "running", "{b}");
+        assert_ne!(a["host"], b["host"], "the anti-affinity group keeps them apart: {a} {b}");
+        let a_id = a["id"].as_str().unwrap().to_string();
+        let console = |id: String| {
+            let (http, base) = (http.clone(), base.clone());
+            async move {
+                let r = http.get(format!("{base}/v1/instances/{id}/console")).bearer_auth(SECRET).send().await.unwrap();
+                r.text().await.unwrap()
+            }
+        };
+        let reached = topology::until("a's user-data to finish pinging b", Duration::from_secs(150), || {
+            let console = console(a_id.clone());
+            async move { console.await.lines().find(|l| l.contains("UD| reached=")).map(str::to_string) }
+        })
+        .await;
+        assert!(reached.ends_with(&format!("reached={b_address}")), "a never reached b across the overlay: {reached}");
+
+        // The agent of a's host goes, as `kill -9` would: the VM does not.
+        let a_host: usize = if a["host"] == "h1" { 0 } else { 1 };
+        let pid = qemu_of(&a_id);
+        let started = start_time(pid);
+        f.kill9(&format!("agent-{a_host}"));
+        let instance_state = |id: String| {
+            let call = call;
+            async move { call(reqwest::Method::GET, format!("/v1/instances/{id}"), None).await.1["state"].clone() }
+        };
+        topology::until("a to show unknown while its host is silent", Duration::from_secs(30), || {
+            let state = instance_state(a_id.clone());
+            async move { (state.await == "unknown").then_some(()) }
+        })
+        .await;
+        assert_eq!(qemu_of(&a_id), pid, "the VM runs on without its agent");
+
+        start_agent(&mut f, a_host);
+        topology::until("a to be running again once its agent is back", Duration::from_secs(60), || {
+            let state = instance_state(a_id.clone());
+            async move { (state.await == "running").then_some(()) }
+        })
+        .await;
+        assert_eq!(qemu_of(&a_id), pid, "adopted, not restarted");
+        assert_eq!(start_time(pid), started);
+        let boots = console(a_id.clone()).await.matches("READY").count();
+        assert_eq!(boots, 1, "the guest booted once");
+
+        for id in [a_id.clone(), b["id"].as_str().unwrap().to_string()] {
+            let (s, op) = call(reqwest::Method::DELETE, format!("/v1/instances/{id}?wait=60"), None).await;
+            assert!(s == 200 || s == 202, "{op}");
+        }
+    });
+}
