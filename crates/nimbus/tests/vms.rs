@@ -1037,7 +1037,6 @@ fn vms_on_two_hosts_reach_each_other_across_the_overlay_and_survive_their_agent(
             start_agent(&mut f, i);
         }
         let host_state = |name: &'static str| {
-            let call = call;
             async move {
                 let (_, hosts) = call(reqwest::Method::GET, "/v1/hosts".into(), None).await;
                 hosts["items"].as_array()?.iter().find(|h| h["name"] == name).map(|h| h["state"].clone())
@@ -1052,7 +1051,7 @@ fn vms_on_two_hosts_reach_each_other_across_the_overlay_and_survive_their_agent(
             call(reqwest::Method::POST, "/v1/anti-affinity-groups".into(), Some(json!({"name": "apart"}))).await;
         assert_eq!(s, 201, "{group}");
         let create = |name: &'static str, user_data: String| {
-            let (call, group) = (call, group["id"].clone());
+            let group = group["id"].clone();
             async move {
                 let _boot = BOOT.lock().await;
                 let body = json!({"name": name, "instance_type": "standard.micro", "template": "busybox",
@@ -1101,7 +1100,6 @@ fn vms_on_two_hosts_reach_each_other_across_the_overlay_and_survive_their_agent(
         let started = start_time(pid);
         f.kill9(&format!("agent-{a_host}"));
         let instance_state = |id: String| {
-            let call = call;
             async move { call(reqwest::Method::GET, format!("/v1/instances/{id}"), None).await.1["state"].clone() }
         };
         topology::until("a to show unknown while its host is silent", Duration::from_secs(30), || {
