@@ -42,7 +42,7 @@ run ping "GET /v1/ping (authenticated no-op)" "$URL/v1/ping"
 run get "GET /v1/instances/{id}" "$URL/v1/instances/$ID"
 python3 -c "print(f'\ninstance read at {100*$(cat "$DIR/get.rps")/$(cat "$DIR/ping.rps"):.0f}% of the no-op handler\'s throughput')"
 
-ended() { curl -sf "$URL/metrics" | awk '$1=="nimbus_operations_succeeded_total" || $1=="nimbus_operations_failed_total" {n += $2} END {print n}'; }
+ended() { curl -sf -H "$AUTH" "$URL/metrics" | awk '$1=="nimbus_operations_succeeded_total" || $1=="nimbus_operations_failed_total" {n += $2} END {print n}'; }
 before=$(ended)
 out=$(wrk -t2 -c16 -d"${SECS}s" --latency -H "$AUTH" -s bench/create.lua "$URL")
 accepted_rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
@@ -60,7 +60,7 @@ echo "| creations | value |"
 echo "|---|---|"
 echo "| POST /v1/instances accepted (202) per second, ${SECS}s, 16 connections | $accepted_rps |"
 echo "| creates accepted / refused | $((total - non2xx)) / $non2xx |"
-failed=$(curl -sf "$URL/metrics" | awk '$1=="nimbus_operations_failed_total" {print $2}')
+failed=$(curl -sf -H "$AUTH" "$URL/metrics" | awk '$1=="nimbus_operations_failed_total" {print $2}')
 echo "| create operations that failed | $failed |"
 echo "| time for the workers to finish the backlog after the load stopped | ${drain}s |"
 python3 -c "print(f'| creations completed per second (accepted / (load + drain)) | {($total - $non2xx) / ($SECS + $drain):.0f} |')"

@@ -84,7 +84,8 @@ class Server:
             self.proc.wait()
 
     def finished_operations(self):
-        text = urllib.request.urlopen(self.base + "/metrics", timeout=10).read().decode()
+        req = urllib.request.Request(self.base + "/metrics", headers={"Authorization": "Bearer " + SECRET})
+        text = urllib.request.urlopen(req, timeout=10).read().decode()
         n = 0
         for line in text.splitlines():
             parts = line.split()

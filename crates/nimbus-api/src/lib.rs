@@ -9,10 +9,12 @@
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue};
 use axum::routing::get;
 use axum::Router;
 use nimbus_engine::Engine;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 pub mod auth;
 pub mod dialects;
@@ -40,6 +42,12 @@ impl AppState {
     }
 }
 
+/// `/metrics` alone, unauthenticated, for a Prometheus scraping a separate address (`--metrics-listen`)
+/// that only the operator's network reaches.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new().route("/metrics", get(middleware::render_metrics)).with_state(state)
+}
+
 /// The whole HTTP surface of a Nimbus server.
 pub fn router(state: AppState) -> Router {
     let request_id = axum::http::HeaderName::from_static("x-request-id");
@@ -47,10 +55,18 @@ pub fn router(state: AppState) -> Router {
         .merge(native::router(state.clone()))
         .merge(dialects::router(state.clone()))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(middleware::render_metrics))
+        .route("/metrics", get(middleware::metrics_for_operators))
         .route("/openapi.json", get(openapi::serve))
         .fallback(error::unknown_route)
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::track))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::public_url))
+        // Answers are data, never to be sniffed into something a browser runs, nor kept by a shared cache
+        // (they carry secrets and per-key views). A handler that means otherwise sets its own.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))

@@ -68,6 +68,32 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
     response
 }
 
+/// `/metrics` on the API's address: for operators only (it tells the load and the failures of every
+/// tenant). Prometheus without a key scrapes `--metrics-listen` instead.
+pub async fn metrics_for_operators(state: State<AppState>, crate::auth::Caller(ctx): crate::auth::Caller) -> Response {
+    if let Err(e) = ctx.require(nimbus_core::tenancy::Role::Operator) {
+        return ApiError::from(e).into_response();
+    }
+    render_metrics(state).await
+}
+
+/// Handlers build absolute URLs (console URLs, Exoscale's zone endpoints, DRF page links) from the request's
+/// Host and `X-Forwarded-Proto`, which the client chooses. With a configured public URL every request carries
+/// that URL's host and scheme instead, before any handler sees it, so no answer points where a client said.
+pub async fn public_url(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if let Some(url) = state.engine.config().public_url.as_deref() {
+        if let Ok(uri) = url.parse::<axum::http::Uri>() {
+            let headers = req.headers_mut();
+            if let Some(host) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                headers.insert(axum::http::header::HOST, host);
+            }
+            let proto = if uri.scheme_str() == Some("https") { "https" } else { "http" };
+            headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        }
+    }
+    next.run(req).await
+}
+
 pub async fn render_metrics(State(state): State<AppState>) -> Response {
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&state.metrics.registry.gather(), &mut out);

@@ -26,7 +26,8 @@ enum Payload<'a> {
 
 impl SharedCloud {
     async fn new() -> SharedCloud {
-        SharedCloud { cloud: Cloud::new().await }
+        let config = nimbus_engine::EngineConfig { allow_registration: true, ..Default::default() };
+        SharedCloud { cloud: Cloud::with(nimbus_driver::SimConfig::default(), config).await }
     }
 
     async fn send(&self, method: Method, path: &str, token: Option<&str>, body: Payload<'_>) -> Reply {

@@ -17,6 +17,10 @@ pub fn validate_labels(field: &str, labels: &Labels) -> Result<()> {
         if v.len() > 255 {
             return Err(DomainError::invalid(format!("{field}.{k}"), "value longer than 255 characters"));
         }
+        // A NUL or an escape sequence in a value ends up in logs, terminals and other systems' files.
+        if v.chars().any(char::is_control) {
+            return Err(DomainError::invalid(format!("{field}.{k}"), "value may not contain control characters"));
+        }
     }
     Ok(())
 }
@@ -24,6 +28,9 @@ pub fn validate_labels(field: &str, labels: &Labels) -> Result<()> {
 fn validate_key(field: &str, k: &str) -> Result<()> {
     if k.is_empty() || k.len() > 128 {
         return Err(DomainError::invalid(field, format!("label key {k:?} must be 1 to 128 characters long")));
+    }
+    if k.chars().any(char::is_control) {
+        return Err(DomainError::invalid(field, format!("label key {k:?} may not contain control characters")));
     }
     if k.contains([',', '=', '!', ' ']) {
         return Err(DomainError::invalid(field, format!("label key {k:?} may not contain ',', '=', '!' or spaces")));

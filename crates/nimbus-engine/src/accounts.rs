@@ -165,6 +165,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 impl Engine {
     /// Registers an account with an organization and a project of its own.
     pub async fn register_account(&self, new: NewAccount) -> Result<Account> {
+        if !self.config.allow_registration {
+            return Err(DomainError::Forbidden(
+                "registration is closed on this cloud: ask its operator for an account (or to run the server with \
+                 --allow-registration)"
+                    .into(),
+            ));
+        }
         validate_username(&new.username)?;
         validate_email(&new.email)?;
         validate_password(&new.password, &new.username)?;

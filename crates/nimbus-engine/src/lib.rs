@@ -130,6 +130,12 @@ pub struct EngineConfig {
     pub host_call_timeout: Duration,
     /// The base URL agents reach this server at (they bring interactive consoles back to it).
     pub advertise_url: Option<String>,
+    /// The base URL clients reach this server at (`--public-url`): absolute URLs in answers are built from
+    /// it, never from the Host header a client chose. `None` (in-process tests): the request's Host.
+    pub public_url: Option<String>,
+    /// Whether anyone may register an account (SharedCloud's `POST /api/v1/auth/register`); an operator's
+    /// choice (`--allow-registration`), off by default.
+    pub allow_registration: bool,
 }
 
 impl Default for EngineConfig {
@@ -154,6 +160,8 @@ impl Default for EngineConfig {
             report_every: Duration::from_secs(5),
             host_call_timeout: Duration::from_secs(600),
             advertise_url: None,
+            public_url: None,
+            allow_registration: false,
         }
     }
 }

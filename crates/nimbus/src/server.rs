@@ -63,10 +63,32 @@ pub struct ServerArgs {
     /// Seconds without a heartbeat before a host is unreachable and its instances `unknown`.
     #[arg(long, default_value_t = 10)]
     host_timeout_secs: u64,
+    /// The base URL clients reach the API at (console URLs, Exoscale's zone endpoints and page links are
+    /// built from it, never from a request's Host header). Default: `http://` and --listen (the machine's
+    /// name when --listen is a wildcard address).
+    #[arg(long, env = "NIMBUS_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Let anyone register an account (SharedCloud's register endpoint); each gets an organization of its
+    /// own with the default quotas. Off by default: accounts are made by operators.
+    #[arg(long)]
+    allow_registration: bool,
+    /// Serve `/metrics` without a key on this address too (for Prometheus on the operator's network); on
+    /// the API's address it needs an operator key.
+    #[arg(long, env = "NIMBUS_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
+    // The data dir holds the database (secrets, password hashes) and the instances' disks: this server's
+    // alone. Everything it creates there is the owner's only.
+    // SAFETY: umask only changes the process's file-creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} the server's own", args.data_dir.display()))?;
+    }
     let data_dir = args.data_dir.canonicalize()?;
     // One server per data dir: its id (below) names the leases it holds, and two processes sharing it would
     // take each other's operations. The lock goes with the process, however it ends.
@@ -99,6 +121,8 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         overcommit: nimbus_core::host::Overcommit { cpu: args.cpu_overcommit, memory: args.memory_overcommit },
         host_lease: Duration::from_secs(args.host_timeout_secs.max(2)),
         advertise_url: Some(args.advertise_url.clone().unwrap_or_else(|| format!("http://{}", args.listen))),
+        public_url: Some(public_url(&args)?),
+        allow_registration: args.allow_registration,
         ..Default::default()
     };
     nimbus_engine::network::Network::parse(&config.network_cidr).map_err(|e| anyhow::anyhow!("--network-cidr: {e}"))?;
@@ -123,7 +147,16 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         }
     }
 
-    let app = nimbus_api::router(nimbus_api::AppState::new(engine.clone()));
+    let state = nimbus_api::AppState::new(engine.clone());
+    if let Some(address) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding --metrics-listen {address}"))?;
+        tracing::info!(listen = %address, "serving /metrics");
+        let metrics = nimbus_api::metrics_router(state.clone());
+        tokio::spawn(async move { axum::serve(listener, metrics).with_graceful_shutdown(shutdown_signal()).await });
+    }
+    let app = nimbus_api::router(state);
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, driver = engine.driver_name(), data_dir = %data_dir.display(), "nimbus server ready");
@@ -142,6 +175,23 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     }
     tracing::info!("nimbus server stopped");
     Ok(())
+}
+
+/// The base URL clients reach this server at: `--public-url`, or one made of --listen.
+fn public_url(args: &ServerArgs) -> anyhow::Result<String> {
+    if let Some(url) = &args.public_url {
+        let uri: axum::http::Uri = url.parse().with_context(|| format!("--public-url {url:?}"))?;
+        anyhow::ensure!(
+            matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some(),
+            "--public-url {url:?}: give an http(s) URL with a host, e.g. https://cloud.example.com"
+        );
+        return Ok(url.trim_end_matches('/').to_string());
+    }
+    Ok(if args.listen.ip().is_unspecified() {
+        format!("http://{}:{}", nimbus_engine::default_host_name(), args.listen.port())
+    } else {
+        format!("http://{}", args.listen)
+    })
 }
 
 /// This server's lasting name as a holder of operation leases, kept in its data dir so that a restart

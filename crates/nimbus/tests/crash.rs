@@ -109,7 +109,8 @@ async fn a_kill_during_an_operation_loses_nothing_and_the_operation_resumes() {
     assert_eq!(warm_now["operation_id"], json!(null), "the lock was released");
     let cold_now = server.get(&format!("/v1/instances/{}", cold.as_str().unwrap())).await;
     assert_eq!(cold_now["state"], "stopped", "{cold_now}");
-    let metrics = server.http.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
+    let metrics = server.http.get(format!("{}/metrics", server.base)).bearer_auth(SECRET).send().await;
+    let metrics = metrics.unwrap().text().await.unwrap();
     assert!(metrics.contains("nimbus_operations_resumed_total 1"), "{metrics}");
     // The new server works as before.
     let (status, stop) = server.call(reqwest::Method::POST, &format!("/v1/instances/{warm}/stop"), None).await;

@@ -199,7 +199,7 @@ async fn health_and_metrics_are_served() {
     c.instance(ADMIN, "a", json!({})).await;
     let health = c.send(Request::get("/healthz").body(Body::empty()).unwrap()).await;
     assert_eq!(health.status, StatusCode::OK);
-    let metrics = c.send(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    let metrics = c.get("/metrics", ADMIN).await;
     assert!(
         metrics.text.contains(r#"nimbus_http_requests_total{method="POST",route="/v1/instances",status="202"} 1"#),
         "{}",
@@ -210,7 +210,7 @@ async fn health_and_metrics_are_served() {
     // before the counter moves.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let metrics = c.send(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+        let metrics = c.get("/metrics", ADMIN).await;
         if metrics.text.contains("nimbus_operations_succeeded_total 1") {
             break;
         }

@@ -8,6 +8,7 @@ mod idempotency;
 mod input;
 mod lifecycle;
 mod operations;
+mod security;
 mod templates;
 mod tenancy;
 mod updates;

@@ -1,0 +1,116 @@
+//! The holes an attacker's probe found (issue 16), each tried again through HTTP and now refused.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use nimbus_driver::SimConfig;
+use nimbus_engine::EngineConfig;
+use serde_json::json;
+
+use crate::common::*;
+
+/// A NUL or an escape sequence in a label ends up in logs, terminals and other systems' files: refused in
+/// keys and values, natively and through a dialect (SF Compute's tags are labels), and nothing changes.
+#[tokio::test]
+async fn control_characters_in_labels_are_refused_everywhere() {
+    let c = Cloud::new().await;
+    for labels in [json!({"env": "a\u{0}b"}), json!({"e\u{1b}[31m": "x"}), json!({"env": "line\nbreak"})] {
+        let r = c
+            .post(
+                "/v1/instances",
+                ADMIN,
+                json!({"name": "a", "instance_type": "standard.small", "template": "busybox",
+                "labels": labels}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{labels}: {}", r.text);
+        assert!(r.text.contains("control characters"), "{}", r.text);
+    }
+    let id = c.instance(ADMIN, "kept", json!({"labels": {"env": "prod"}})).await;
+    let r = c
+        .call(
+            axum::http::Method::PATCH,
+            &format!("/v1/instances/{id}"),
+            ADMIN,
+            Some(json!({"labels": {"env": "\u{7}bell"}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    let listed = c.get("/preview/v2/instances?limit=200", ADMIN).await;
+    let sf_id = listed.body["data"].as_array().unwrap().iter().find(|i| i["name"] == "kept").unwrap()["id"].clone();
+    let sf = c
+        .call(
+            axum::http::Method::PATCH,
+            "/preview/v2/instances",
+            ADMIN,
+            Some(json!({"data": [{"id": sf_id, "tags": {"env": "\u{0}"}}]})),
+        )
+        .await;
+    // SF Compute answers a field it cannot take with 422, in its own shape.
+    assert_eq!(sf.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", sf.text);
+    assert!(sf.text.contains("control characters") && sf.text.contains("no instance was changed"), "{}", sf.text);
+    assert_eq!(c.get(&format!("/v1/instances/{id}"), ADMIN).await.body["labels"], json!({"env": "prod"}));
+}
+
+/// Answers are never sniffed into something a browser runs, nor kept by a shared cache: on the native API,
+/// on a dialect, and on errors.
+#[tokio::test]
+async fn every_answer_says_nosniff_and_no_store() {
+    let c = Cloud::new().await;
+    for (path, token) in
+        [("/v1/instances", ADMIN), ("/v1/instances", "wrong"), ("/v2/zone", ADMIN), ("/nowhere", ADMIN)]
+    {
+        let r = c.get(path, token).await;
+        assert_eq!(r.headers["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(r.headers["cache-control"], "no-store", "{path}");
+    }
+}
+
+/// `/metrics` tells every tenant's load and failures: operators only on the API's address.
+#[tokio::test]
+async fn metrics_are_for_operators_only() {
+    let c = Cloud::new().await;
+    let anonymous = c.send(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED, "{}", anonymous.text);
+    let member = c.key("member", None).await;
+    let r = c.get("/metrics", &member).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    assert!(!r.text.contains("nimbus_http_requests_total"));
+    assert_eq!(c.get("/metrics", ADMIN).await.status, StatusCode::OK);
+}
+
+/// A client chooses its Host header: with a public URL configured, the console URL and Exoscale's zone
+/// endpoint name the configured server, not the host a client said.
+#[tokio::test]
+async fn absolute_urls_come_from_the_public_url_not_the_host_header() {
+    let config = EngineConfig { public_url: Some("https://cloud.example.test".into()), ..Default::default() };
+    let c = Cloud::with(SimConfig::default(), config).await;
+    let id = c.instance(ADMIN, "web", json!({})).await;
+    let req = Request::post(format!("/v1/instances/{id}/console/ticket"))
+        .header("host", "evil.example")
+        .header("x-forwarded-proto", "http")
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(Body::empty())
+        .unwrap();
+    let r = c.send(req).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert!(r.body["url"].as_str().unwrap().starts_with("wss://cloud.example.test/v1/instances/"), "{}", r.text);
+    let zones = c.send(Request::get("/v2/zone").header("host", "evil.example").body(Body::empty()).unwrap()).await;
+    assert!(!zones.text.contains("evil.example"), "{}", zones.text);
+    assert!(zones.text.contains("https://cloud.example.test/v2"), "{}", zones.text);
+}
+
+/// Registration is unauthenticated and makes an organization: closed unless the operator opens it, and
+/// refused in SharedCloud's own error shape.
+#[tokio::test]
+async fn registration_is_closed_unless_the_operator_opens_it() {
+    let c = Cloud::new().await;
+    let form = "email=eve%40example.com&username=eve&password=Sup3r-secret-pass&password2=Sup3r-secret-pass";
+    let req = Request::post("/api/v1/users/")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(form))
+        .unwrap();
+    let r = c.send(req).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    assert!(r.text.contains("registration is closed"), "{}", r.text);
+    assert!(r.body.get("error").is_none(), "SharedCloud's shape, not the native one: {}", r.text);
+}
