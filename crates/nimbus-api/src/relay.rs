@@ -7,6 +7,15 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub async fn relay<S: AsyncRead + AsyncWrite + Send>(socket: WebSocket, stream: S) {
+    relay_until(socket, stream, std::future::pending()).await
+}
+
+/// The same, ended early when `stop` resolves (the user's key was revoked).
+pub async fn relay_until<S: AsyncRead + AsyncWrite + Send>(
+    socket: WebSocket,
+    stream: S,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let (mut to_peer, mut from_peer) = socket.split();
     let (mut read, mut write) = tokio::io::split(stream);
     let outbound = async {
@@ -30,5 +39,5 @@ pub async fn relay<S: AsyncRead + AsyncWrite + Send>(socket: WebSocket, stream: 
             }
         }
     };
-    tokio::select! { _ = outbound => {}, _ = inbound => {} }
+    tokio::select! { _ = outbound => {}, _ = inbound => {}, _ = stop => {} }
 }

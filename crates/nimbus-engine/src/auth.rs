@@ -257,6 +257,28 @@ impl Engine {
     }
 }
 
+/// Revocation for what outlives one request (event streams, console websockets): they end when their key goes.
+impl Engine {
+    /// Whether the caller's API key still stands: not deleted since the request was authenticated. A
+    /// store that cannot answer keeps the stream (it fails on its own if the store stays down).
+    pub async fn key_stands(&self, ctx: &Context) -> bool {
+        !matches!(self.store.get_api_key(&ctx.key.key_id).await, Ok(None))
+    }
+
+    /// Resolves once the caller's API key is deleted, through any server: every change to the store is a
+    /// moment to look, and a deletion is one.
+    pub async fn key_revoked(&self, ctx: &Context) {
+        let mut changes = self.changes();
+        loop {
+            changes.borrow_and_update();
+            if !self.key_stands(ctx).await {
+                return;
+            }
+            Engine::wait_for_change(&mut changes, std::time::Duration::from_secs(30)).await;
+        }
+    }
+}
+
 /// `Idempotency-Key`s: each belongs to the API key that sent it, and is held by one request at a time under
 /// a lease, recording what it applied in the request's own transactions (see [`nimbus_store::IdempotencyHold`]).
 impl Engine {

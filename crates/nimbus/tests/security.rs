@@ -20,8 +20,13 @@ async fn the_data_dir_and_the_database_are_the_owners_alone_and_metrics_need_a_k
     let setup = Setup::sim(dir.path(), Database::Sqlite, &["--metrics-listen", &metrics_listen]);
     let mut server = setup.start().await;
     let c = Client::new(&server.base);
-    let created = c.native(reqwest::Method::POST, "/v1/ssh-keys", Some(serde_json::json!({"name": "k",
-        "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@laptop"})))
+    let created = c
+        .native(
+            reqwest::Method::POST,
+            "/v1/ssh-keys",
+            Some(serde_json::json!({"name": "k",
+        "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@laptop"})),
+        )
         .await;
     assert!(created.ok(), "{:?}", created.body);
 

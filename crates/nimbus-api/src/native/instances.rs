@@ -504,7 +504,10 @@ pub async fn console_stream(
         ConsoleCaller::Ticket { token, actor } => app.engine.redeem_console_ticket(&token, id, actor).await?,
     };
     let stream = app.engine.console_stream(&ctx, id).await?;
-    Ok(ws.on_upgrade(move |socket| crate::relay::relay(socket, stream)))
+    let engine = app.engine.clone();
+    Ok(ws.on_upgrade(
+        move |socket| async move { crate::relay::relay_until(socket, stream, engine.key_revoked(&ctx)).await },
+    ))
 }
 
 /// A TCP tunnel to a port of a running instance, over a websocket (binary frames both ways), made from
@@ -523,7 +526,10 @@ pub async fn tunnel(
         .filter(|p| *p > 0)
         .ok_or_else(|| nimbus_core::DomainError::invalid("port", "must be a TCP port, 1 to 65535"))?;
     let stream = app.engine.connect(&ctx, id, port).await?;
-    Ok(ws.on_upgrade(move |socket| crate::relay::relay(socket, stream)))
+    let engine = app.engine.clone();
+    Ok(ws.on_upgrade(
+        move |socket| async move { crate::relay::relay_until(socket, stream, engine.key_revoked(&ctx)).await },
+    ))
 }
 
 /// The guest's own view of its network interfaces, from its guest agent (qemu-guest-agent).

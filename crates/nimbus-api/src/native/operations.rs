@@ -109,6 +109,10 @@ pub async fn events(
                     }
                     // Marked seen before the read: a change committed after it (through any server) ends the wait.
                     changes.borrow_and_update();
+                    // A deleted key's stream ends: its deletion is a change, so within one wake-up.
+                    if !engine.key_stands(&ctx).await {
+                        return None;
+                    }
                     let batch = match engine.events_after(&ctx, seq, 500).await {
                         Ok(b) => b,
                         Err(_) => return None,

@@ -176,3 +176,56 @@ async fn an_expired_ticket_or_one_whose_key_was_deleted_is_refused() {
     let (status, body) = refused(r.body["url"].as_str().unwrap()).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
 }
+
+/// A member key for these tests: its id (to delete it) and its secret.
+async fn member_key(c: &Cloud) -> (String, String) {
+    let r = c.post("/v1/api-keys", ADMIN, json!({"name": "soon-revoked", "role": "member"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    (r.body["key_id"].as_str().unwrap().to_string(), r.body["secret"].as_str().unwrap().to_string())
+}
+
+async fn revoke(c: &Cloud, key_id: &str) {
+    let r = c.call(axum::http::Method::DELETE, &format!("/v1/api-keys/{key_id}"), ADMIN, None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+}
+
+/// An open event stream does not outlive its key: deleting the key ends it at once.
+#[tokio::test]
+async fn an_event_stream_ends_when_its_key_is_deleted() {
+    let c = std::sync::Arc::new(Cloud::new().await);
+    let (key_id, secret) = member_key(&c).await;
+    let stream = {
+        let c = c.clone();
+        tokio::spawn(async move { c.get("/v1/events", &secret).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!stream.is_finished(), "the stream is open while its key stands");
+    revoke(&c, &key_id).await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream).await;
+    let reply = ended.expect("the stream ended once its key was deleted").unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+/// An open console websocket does not outlive its key either: whether opened with the key or with a
+/// ticket the key minted, it closes when the key is deleted.
+#[tokio::test]
+async fn a_console_closes_when_its_key_is_deleted() {
+    let c = Cloud::new().await;
+    let addr = serve(&c).await;
+    let id = c.instance(ADMIN, "con-revoked", json!({})).await;
+    let (key_id, secret) = member_key(&c).await;
+    let r = ticket(&c, addr, &secret, &id).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let mut socket = open(r.body["url"].as_str().unwrap()).await.expect("the ticket opens the console");
+    socket.send(Message::Binary(b"still here\n".to_vec().into())).await.unwrap();
+    revoke(&c, &key_id).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(msg)) = socket.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the console stayed open after its key was deleted");
+}
