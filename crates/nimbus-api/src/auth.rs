@@ -58,3 +58,16 @@ impl FromRequestParts<AppState> for ConsoleCaller {
         }
     }
 }
+
+/// The address a request came from (the peer of its connection), for limits on unauthenticated attempts.
+/// `None` when the server was not given connection info (in-process tests). A proxy in front makes every
+/// request come from the proxy: limits then apply to it as a whole.
+pub struct SourceAddress(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for SourceAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(SourceAddress(parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|ci| ci.0.ip().to_string())))
+    }
+}

@@ -19,11 +19,13 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds until a refused attempt may be made again (429), sent as `Retry-After`.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), retry_after: None }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
@@ -44,6 +46,7 @@ pub fn classify(e: &DomainError) -> (StatusCode, &'static str) {
         DomainError::Unsupported(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unsupported"),
         DomainError::NoCapacity(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"),
         DomainError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+        DomainError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         DomainError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         DomainError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     }
@@ -55,7 +58,11 @@ impl From<DomainError> for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %e, "internal error");
         }
-        ApiError { status, code, message: e.to_string() }
+        let retry_after = match &e {
+            DomainError::RateLimited { retry_after_secs, .. } => Some(*retry_after_secs),
+            _ => None,
+        };
+        ApiError { status, code, message: e.to_string(), retry_after }
     }
 }
 
@@ -69,6 +76,9 @@ impl IntoResponse for ApiError {
         }
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        }
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
         }
         response
     }

@@ -539,3 +539,61 @@ async fn gpus_are_the_catalogs_gpu_models_with_stable_sharedcloud_uuids() {
     let again = other.send(Method::GET, "/api/v1/gpus/", Some(ADMIN), Payload::None).await;
     assert_eq!(&again.body, &r.body);
 }
+
+/// A login attempt, as the CLI sends it, from `source` (the connection's peer).
+async fn attempt_from(sc: &SharedCloud, source: [u8; 4], username: &str, password: &str) -> Reply {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("username", username), ("password", password)])
+        .finish();
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/api-token-auth/")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(body))
+        .unwrap();
+    req.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((source, 40000))));
+    sc.cloud.send(req).await
+}
+
+/// Password guessing is throttled, per account and per source address, in DRF's shape with `Retry-After`;
+/// the account's owner elsewhere is throttled too until the window passes, and other accounts from other
+/// addresses are not.
+#[tokio::test]
+async fn password_guessing_is_throttled_per_account_and_per_address() {
+    let limits = nimbus_engine::throttle::AttemptLimits { per_source_per_minute: 6, per_account_per_minute: 4 };
+    let config = nimbus_engine::EngineConfig { allow_registration: true, attempt_limits: limits, ..Default::default() };
+    let sc = SharedCloud { cloud: Cloud::with(nimbus_driver::SimConfig::default(), config).await };
+    sc.user("victim").await;
+
+    // Guesses at one account from many addresses: the account's allowance runs out.
+    let mut statuses = Vec::new();
+    for n in 0..6u8 {
+        statuses.push(attempt_from(&sc, [192, 0, 2, n], "victim", "guess").await);
+    }
+    let throttled = statuses.iter().position(|r| r.status == StatusCode::TOO_MANY_REQUESTS);
+    let first = throttled
+        .unwrap_or_else(|| panic!("never throttled: {:?}", statuses.iter().map(|r| r.status).collect::<Vec<_>>()));
+    assert!(first <= 3, "throttled after at most the account's allowance, at attempt {first}");
+    let r = &statuses[first];
+    assert!(
+        r.body["detail"].as_str().unwrap().starts_with("Request was throttled. Expected available in"),
+        "{}",
+        r.text
+    );
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+
+    // Guesses at many accounts from one address: the address's allowance runs out.
+    let names: Vec<String> = (0..8).map(|n| format!("user{n}")).collect();
+    let from_one: Vec<StatusCode> =
+        futures_util::future::join_all(names.iter().map(|name| attempt_from(&sc, [198, 51, 100, 7], name, "guess")))
+            .await
+            .iter()
+            .map(|r| r.status)
+            .collect();
+    assert!(from_one.contains(&StatusCode::TOO_MANY_REQUESTS), "{from_one:?}");
+    assert!(from_one.iter().filter(|s| **s != StatusCode::TOO_MANY_REQUESTS).count() <= 6, "{from_one:?}");
+
+    // Someone else, from elsewhere, logs in as usual.
+    sc.user("bystander").await;
+}

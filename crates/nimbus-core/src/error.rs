@@ -38,6 +38,10 @@ pub enum DomainError {
     /// This deployment cannot do it (a driver without TPM support, for example).
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// Too many attempts (sign-ins, registrations) from one address or at one account: try again after
+    /// `retry_after_secs`.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_secs: u64 },
     /// Missing or wrong credentials.
     #[error("{0}")]
     Unauthenticated(String),

@@ -157,14 +157,18 @@ fn decoy_hash() -> &'static str {
     DECOY.get_or_init(|| hash_password(&random_token(32)).expect("hashing works"))
 }
 
-/// Argon2 takes tens of milliseconds of CPU on purpose: off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| DomainError::Internal(format!("password hashing: {e}")))
+impl Engine {
+    /// Argon2 takes tens of milliseconds of CPU on purpose: off the async workers, and one per core at most
+    /// (the others wait their turn).
+    async fn hashing<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let _turn = self.throttle.hashing.acquire().await.map_err(|e| DomainError::Internal(e.to_string()))?;
+        tokio::task::spawn_blocking(f).await.map_err(|e| DomainError::Internal(format!("password hashing: {e}")))
+    }
 }
 
 impl Engine {
     /// Registers an account with an organization and a project of its own.
-    pub async fn register_account(&self, new: NewAccount) -> Result<Account> {
+    pub async fn register_account(&self, source: Option<&str>, new: NewAccount) -> Result<Account> {
         if !self.config.allow_registration {
             return Err(DomainError::Forbidden(
                 "registration is closed on this cloud: ask its operator for an account (or to run the server with \
@@ -172,6 +176,7 @@ impl Engine {
                     .into(),
             ));
         }
+        self.throttle.attempt(source, &new.username)?;
         validate_username(&new.username)?;
         validate_email(&new.email)?;
         validate_password(&new.password, &new.username)?;
@@ -179,7 +184,7 @@ impl Engine {
             return Err(username_taken());
         }
         let password = new.password.clone();
-        let password_hash = blocking(move || hash_password(&password)).await??;
+        let password_hash = self.hashing(move || hash_password(&password)).await??;
         let now = nimbus_core::now();
         let organization = Organization { id: Uuid::new_v4(), name: new.username.clone(), created_at: now };
         self.store.put_organization(&organization).await.map_err(store_err)?;
@@ -229,15 +234,16 @@ impl Engine {
     /// same one afterwards, as token logins do). The key and the login time are written only while the
     /// username still names the account with the password that matched: a login that loses a race with the
     /// account's deletion, renaming or password change is refused.
-    pub async fn log_in(&self, username: &str, password: &str) -> Result<(Account, ApiKey)> {
+    pub async fn log_in(&self, source: Option<&str>, username: &str, password: &str) -> Result<(Account, ApiKey)> {
         let refused = || DomainError::Unauthenticated("Unable to log in with provided credentials.".into());
+        self.throttle.attempt(source, username)?;
         let account = match self.store.resolve_alias(USERNAME, username).await.map_err(store_err)? {
             Some(id) => self.account_by_id(id).await?.map(|(a, _)| a),
             None => None,
         };
         let hash = account.as_ref().map_or_else(|| decoy_hash().to_string(), |a| a.password_hash.clone());
         let (given, verified) = (password.to_string(), hash.clone());
-        let matches = blocking(move || password_matches(&given, &verified)).await?;
+        let matches = self.hashing(move || password_matches(&given, &verified)).await?;
         let id = match account {
             Some(a) if matches => a.id,
             _ => return Err(refused()),
@@ -317,7 +323,7 @@ impl Engine {
             Some(password) => {
                 validate_password(password, patch.username.as_deref().unwrap_or(&first.username))?;
                 let password = password.clone();
-                Some(blocking(move || hash_password(&password)).await??)
+                Some(self.hashing(move || hash_password(&password)).await??)
             }
             None => None,
         };

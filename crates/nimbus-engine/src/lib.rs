@@ -41,6 +41,7 @@ mod reconciler;
 mod records;
 pub mod resources;
 pub mod sagas;
+pub mod throttle;
 mod worker;
 
 pub use accounts::{AccountPatch, NewAccount};
@@ -136,6 +137,8 @@ pub struct EngineConfig {
     /// Whether anyone may register an account (SharedCloud's `POST /api/v1/auth/register`); an operator's
     /// choice (`--allow-registration`), off by default.
     pub allow_registration: bool,
+    /// Sign-ins and registrations allowed per minute from one address and at one account.
+    pub attempt_limits: throttle::AttemptLimits,
 }
 
 impl Default for EngineConfig {
@@ -162,6 +165,7 @@ impl Default for EngineConfig {
             advertise_url: None,
             public_url: None,
             allow_registration: false,
+            attempt_limits: throttle::AttemptLimits::default(),
         }
     }
 }
@@ -229,6 +233,8 @@ pub struct Engine {
     /// The engine's background tasks, aborted by [`Engine::halt`].
     tasks: Mutex<Vec<AbortHandle>>,
     pub metrics: EngineMetrics,
+    /// Sign-in and registration limits (see `throttle.rs`).
+    pub(crate) throttle: throttle::Throttle,
 }
 
 impl Engine {
@@ -247,6 +253,7 @@ impl Engine {
         config: EngineConfig,
     ) -> Result<Arc<Engine>> {
         network::check_elastic_ip_pool(&config.network_cidr, &config.elastic_ip_cidr)?;
+        let throttle = throttle::Throttle::new(config.attempt_limits);
         let engine = Arc::new(Engine {
             store,
             local,
@@ -257,6 +264,7 @@ impl Engine {
             console_waiters: Default::default(),
             tasks: Mutex::new(Vec::new()),
             metrics: EngineMetrics::default(),
+            throttle,
         });
         engine.seed_catalog().await?;
         engine.release_own_leases().await?;

@@ -77,6 +77,7 @@ impl From<DomainError> for ExoError {
             }
             DomainError::Forbidden(m) | DomainError::QuotaExceeded(m) => ExoError::forbidden(capital_str(&m)),
             DomainError::Unauthenticated(_) => ExoError::forbidden("Invalid request signature"),
+            DomainError::RateLimited { message, .. } => ExoError::new(StatusCode::TOO_MANY_REQUESTS, message),
             DomainError::NoCapacity(m) => ExoError::new(StatusCode::SERVICE_UNAVAILABLE, capital_str(&m)),
             DomainError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");

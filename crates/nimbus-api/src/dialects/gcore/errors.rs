@@ -110,6 +110,9 @@ impl From<DomainError> for GcoreError {
                 GcoreError::not_found(format!("{} {id} could not be found", capitalized(kind)))
             }
             DomainError::Unauthenticated(_) => GcoreError::invalid_key(),
+            DomainError::RateLimited { message, .. } => {
+                GcoreError::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message)
+            }
             DomainError::Forbidden(m) => GcoreError::new(StatusCode::FORBIDDEN, "ForbiddenError", m),
             DomainError::QuotaExceeded(m) => {
                 GcoreError::new(StatusCode::BAD_REQUEST, "QuotaLimitExceed", format!("Quota exceeded: {m}"))

@@ -99,6 +99,10 @@ impl From<DomainError> for OnetError {
             DomainError::NotFound { kind: "instance", .. } => OnetError::no_instance(),
             DomainError::NotFound { .. } => OnetError::not_found(),
             DomainError::Unauthenticated(_) => OnetError::invalid_token(),
+            DomainError::RateLimited { retry_after_secs, .. } => OnetError::detail(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("Request was throttled. Expected available in {retry_after_secs} seconds."),
+            ),
             DomainError::Forbidden(m) | DomainError::QuotaExceeded(m) => OnetError::detail(StatusCode::FORBIDDEN, m),
             // ONET documents no 409: a request the instance's state or rules refuse is a bad request.
             e @ (DomainError::InvalidState { .. }

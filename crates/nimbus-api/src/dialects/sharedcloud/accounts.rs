@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 use super::errors::{FieldErrors, ScError, ScResult};
 use super::handlers::{body_object, ScCaller};
 use super::views;
+use crate::auth::SourceAddress;
 use crate::AppState;
 
 /// The required string fields of a body, with DRF's messages for missing and blank ones.
@@ -45,10 +46,15 @@ fn strings<const N: usize>(map: &Map<String, Value>, keys: [&str; N]) -> ScResul
 }
 
 /// Registration needs no credentials.
-pub async fn register(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> ScResult<Response> {
+pub async fn register(
+    State(app): State<AppState>,
+    source: SourceAddress,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ScResult<Response> {
     let map = body_object(&headers, &body)?;
     let [email, username, password] = strings(&map, ["email", "username", "password"])?;
-    let account = app.engine.register_account(NewAccount { username, email, password }).await?;
+    let account = app.engine.register_account(source.0.as_deref(), NewAccount { username, email, password }).await?;
     Ok((StatusCode::CREATED, Json(views::user(&account, nimbus_core::now()))).into_response())
 }
 
@@ -104,10 +110,15 @@ pub async fn delete(State(app): State<AppState>, ScCaller(ctx): ScCaller) -> ScR
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn log_in(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> ScResult<Json<Value>> {
+pub async fn log_in(
+    State(app): State<AppState>,
+    source: SourceAddress,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ScResult<Json<Value>> {
     let map = body_object(&headers, &body)?;
     let [username, password] = strings(&map, ["username", "password"])?;
-    match app.engine.log_in(&username, &password).await {
+    match app.engine.log_in(source.0.as_deref(), &username, &password).await {
         Ok((_, key)) => Ok(Json(json!({ "token": key.secret }))),
         Err(DomainError::Unauthenticated(m)) => Err(ScError::non_field(m)),
         Err(e) => Err(e.into()),

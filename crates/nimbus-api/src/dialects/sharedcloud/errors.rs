@@ -13,13 +13,15 @@ use serde_json::{json, Value};
 pub struct ScError {
     pub status: StatusCode,
     pub body: Value,
+    /// Seconds until a throttled request may be made again, sent as `Retry-After` (as DRF does).
+    pub retry_after: Option<u64>,
 }
 
 pub type ScResult<T> = Result<T, ScError>;
 
 impl ScError {
     pub fn detail(status: StatusCode, detail: impl Into<String>) -> ScError {
-        ScError { status, body: json!({ "detail": detail.into() }) }
+        ScError { status, body: json!({ "detail": detail.into() }), retry_after: None }
     }
 
     pub fn not_found() -> ScError {
@@ -63,7 +65,7 @@ impl FieldErrors {
     }
 
     pub fn into_error(self) -> ScError {
-        ScError { status: StatusCode::BAD_REQUEST, body: json!(self.0) }
+        ScError { status: StatusCode::BAD_REQUEST, body: json!(self.0), retry_after: None }
     }
 
     /// `Err` when anything was collected, so that nothing is written after a failed validation.
@@ -91,6 +93,14 @@ impl From<DomainError> for ScError {
             DomainError::Invalid { field, message } => ScError::field(sc_field(&field), message),
             DomainError::NotFound { .. } => ScError::not_found(),
             DomainError::Unauthenticated(_) => ScError::invalid_token(),
+            // DRF's throttling answer.
+            DomainError::RateLimited { retry_after_secs, .. } => ScError {
+                retry_after: Some(retry_after_secs),
+                ..ScError::detail(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("Request was throttled. Expected available in {retry_after_secs} seconds."),
+                )
+            },
             DomainError::Forbidden(m) | DomainError::QuotaExceeded(m) => ScError::detail(StatusCode::FORBIDDEN, m),
             // SharedCloud documents no 409: what the instance's state or rules refuse is a bad request.
             e @ (DomainError::InvalidState { .. }
@@ -114,6 +124,9 @@ impl From<DomainError> for ScError {
 impl IntoResponse for ScError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             // DRF's TokenAuthentication names its scheme; without it DRF would have answered 403.
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Token"));
