@@ -41,6 +41,7 @@ mod reconciler;
 mod records;
 pub mod resources;
 pub mod sagas;
+pub mod web_sessions;
 mod worker;
 
 pub use accounts::{AccountPatch, NewAccount};
