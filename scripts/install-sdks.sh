@@ -19,3 +19,14 @@ sed 's/#.*//' sdk/requirements.txt | while read -r name reqs; do
     echo "$reqs" >"$venv/.requirements"
     echo "install-sdks: $name ready ($reqs)"
 done
+# axe-core, the accessibility checker the web console's browser test injects into every page
+# (crates/nimbus/tests/web_console.rs); pinned like the SDKs, from npm.
+axe="$root/axe"
+axe_version=4.14.1
+if [ "$(cat "$axe/.version" 2>/dev/null)" != "$axe_version" ]; then
+    rm -rf "$axe"
+    mkdir -p "$axe"
+    npm install --silent --no-audit --no-fund --prefix "$axe" "axe-core@$axe_version"
+    echo "$axe_version" >"$axe/.version"
+    echo "install-sdks: axe-core $axe_version ready"
+fi

@@ -8,6 +8,7 @@ import { pages } from './pages.js';
 const main = document.getElementById('main');
 let me = null; // whoami, with `canWrite` and `isOperator`
 let leavePage = null;
+let signedOutReason = null; // why the last session ended, shown on the sign-in page until the next one
 
 // One EventSource for the whole session; pages subscribe with `events.on`. The browser reconnects by
 // itself after a drop, resuming from the last event id it saw.
@@ -70,7 +71,7 @@ function markCurrent(section) {
 
 async function route() {
   if (leavePage) { leavePage(); leavePage = null; }
-  if (!me) return signInPage();
+  if (!me) return signInPage(signedOutReason);
   const [path, query] = (location.hash.replace(/^#\/?/, '') || 'instances').split('?');
   const parts = path.split('/').filter(Boolean);
   let name = parts[0] || 'instances';
@@ -86,6 +87,8 @@ async function route() {
     const ctx = { me, events, params: new URLSearchParams(query || ''), id: parts[1] };
     leavePage = (await page(main, ctx)) || null;
   } catch (e) {
+    // The session ended while the page loaded: the sign-in page, with why, is already there.
+    if (!me) return;
     // Whatever went wrong, the user reads it: never a blank page.
     main.replaceChildren(h('h1', { text: 'Something went wrong' }), errorBox(e));
   }
@@ -129,6 +132,7 @@ function signInPage(message) {
 
 async function start() {
   const who = await get('/v1/whoami');
+  signedOutReason = null;
   me = { ...who, canWrite: who.role !== 'read-only', isOperator: who.role === 'operator' };
   renderNav();
   events.start();
@@ -141,7 +145,8 @@ function signedOut(error) {
   me = null;
   events.stop();
   if (leavePage) { leavePage(); leavePage = null; }
-  signInPage(error ? `Signed out: ${error.message}` : null);
+  signedOutReason = error ? `Signed out: ${error.message}` : null;
+  signInPage(signedOutReason);
   announce('Signed out');
 }
 

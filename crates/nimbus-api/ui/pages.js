@@ -615,7 +615,7 @@ async function hostsPage(main, { me }) {
       { label: 'vCPUs', cell: (x) => `${x.allocation.vcpus} / ${x.capacity.vcpus}` },
       { label: 'Memory', cell: (x) => `${formatBytes(x.allocation.memory_mib * 1048576)} / ${formatBytes(x.capacity.memory_mib * 1048576)}` },
       { label: 'Instances', cell: (x) => x.instances },
-      { label: 'Last seen', cell: (x) => formatTime(x.last_heartbeat_at) },
+      { label: 'Last seen', cell: (x) => formatTime(x.updated_at) },
       { label: 'Actions', cell: (x) => me.isOperator ? h('div', { class: 'buttons' },
         ['enable', 'disable', 'drain'].map((a) => h('button', { type: 'button', text: a, class: a === 'enable' ? '' : 'danger', 'aria-label': `${a} ${x.name}`,
           onclick: async () => {

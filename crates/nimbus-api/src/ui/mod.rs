@@ -42,13 +42,10 @@ pub fn router() -> Router<AppState> {
         .route("/ui/session", post(session::sign_in).delete(session::sign_out))
 }
 
-
 /// Browsers asking for `/` land on the console; API clients keep the API's JSON 404.
 async fn root(headers: HeaderMap, uri: axum::http::Uri) -> Response {
-    let wants_html = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/html"));
+    let wants_html =
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|accept| accept.contains("text/html"));
     if wants_html {
         Redirect::to("/ui/").into_response()
     } else {

@@ -48,9 +48,11 @@ pub async fn sign_in(State(app): State<AppState>, parts: Parts, body: axum::body
             app.engine.authenticate_secret(api_key, actor_of(&parts)).await?
         }
         SignIn::Password { username, password } => {
-            let (_, key) = app.engine.log_in(username.trim(), &password).await.map_err(|_| {
-                DomainError::Unauthenticated("wrong username or password".into())
-            })?;
+            let (_, key) = app
+                .engine
+                .log_in(username.trim(), &password)
+                .await
+                .map_err(|_| DomainError::Unauthenticated("wrong username or password".into()))?;
             app.engine.context_for_key(key, actor_of(&parts)).await?
         }
     };
