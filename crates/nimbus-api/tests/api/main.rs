@@ -8,3 +8,4 @@ mod lifecycle;
 mod operations;
 mod tenancy;
 mod updates;
+mod web_session;
