@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Nimbus needs on Debian 12 to build, to boot real VMs and to run its tests: the guest and
-# qemu packages (guest/packages.txt), the build tools, Chromium and npm (the web console's browser tests),
-# and PostgreSQL (for the tests of the store that
+# qemu packages (guest/packages.txt), the build tools, and PostgreSQL (for the tests of the store that
 # many servers share; no cluster is created or started here). Idempotent; run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,16 +9,13 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-missing=$(for p in $(sed 's/#.*//' guest/packages.txt) build-essential pkg-config curl python3 python3-venv chromium; do
+missing=$(for p in $(sed 's/#.*//' guest/packages.txt) build-essential pkg-config curl python3 python3-venv; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || echo "$p"
 done)
 if [ -n "$missing" ]; then
     sh guest/install-deps.sh
-    # chromium: the headless browser the web console's tests drive.
-    apt-get install -y -q --no-install-recommends build-essential pkg-config curl python3 python3-venv chromium
+    apt-get install -y -q --no-install-recommends build-essential pkg-config curl python3 python3-venv
 fi
-# npm fetches axe-core for the web console's tests; any npm will do (a Node.js from elsewhere ships its own).
-command -v npm >/dev/null || apt-get install -y -q --no-install-recommends npm
 if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
     # Debian's package would create and try to start a `main` cluster; the tests start their own.
     mkdir -p /etc/postgresql-common

@@ -567,7 +567,7 @@ async fn a_user_types_into_a_vm_console_in_the_web_console() {
     if !can_run_vms("a_user_types_into_a_vm_console_in_the_web_console") {
         return;
     }
-    assert!(Path::new("/usr/bin/chromium").exists(), "no /usr/bin/chromium — run scripts/install-deps.sh");
+    assert!(Path::new("/usr/bin/chromium").exists(), "no /usr/bin/chromium — run scripts/install-sdks.sh");
     let python = sdk::venv_dir("ui").join("bin/python");
     assert!(python.exists(), "no {} — run scripts/install-sdks.sh", python.display());
     let _vm = VMS.acquire().await.unwrap();

@@ -1,6 +1,6 @@
 //! The web console (`/ui/`) in a real headless Chromium, driven by Playwright for Python
 //! (`tests/sdk/ui/console.py`) against a real `nimbus server --driver sim`. The browser is Debian's
-//! `chromium` package (`scripts/install-deps.sh`); Playwright and axe-core are pinned and installed by
+//! `chromium` package; it, Playwright and axe-core (pinned) are installed by
 //! `scripts/install-sdks.sh`. The run writes the screenshots of `docs/screenshots/`, so they show the
 //! console as it is.
 
@@ -13,7 +13,7 @@ fn a_user_drives_instances_through_the_web_console() {
     let chromium = Path::new("/usr/bin/chromium");
     assert!(
         chromium.exists(),
-        "no {} — run scripts/install-deps.sh (the README's test command does)",
+        "no {} — run scripts/install-sdks.sh (the README's test command does)",
         chromium.display()
     );
     let axe = sdk::venv_dir("axe").join("node_modules/axe-core/axe.min.js");

@@ -151,6 +151,12 @@ def run(browser):
     expect(page.locator("tr", has_text="api-made")).to_contain_text("running")
     accessible(page, "instances")
     shot(page, "instances")
+    # At 200% zoom (half the CSS pixels across) the page reflows: nothing wider than the window but the
+    # table, which scrolls inside its own box.
+    page.set_viewport_size({"width": 640, "height": 900})
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page is {overflow}px wider than the window at 200% zoom"
+    page.set_viewport_size({"width": 1280, "height": 900})
 
     # Stop, through a confirmation; cancelling it does nothing.
     page.get_by_role("link", name="web-1").click()
@@ -159,6 +165,13 @@ def run(browser):
     dialog = page.get_by_role("dialog")
     expect(dialog).to_contain_text("Stop web-1?")
     dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_be_hidden()
+    # By keyboard alone: Enter on the button opens the question with the safe answer focused; Escape
+    # answers no.
+    page.locator("button[data-action=stop]").focus()
+    page.keyboard.press("Enter")
+    expect(dialog.get_by_role("button", name="Cancel")).to_be_focused()
+    page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
     assert api("GET", f"/v1/instances/{instance_id}")[1]["state"] == "running"
     page.locator("button[data-action=stop]").click()
