@@ -52,7 +52,14 @@ pub async fn sign_in(State(app): State<AppState>, parts: Parts, body: axum::body
                 .engine
                 .log_in(username.trim(), &password)
                 .await
-                .map_err(|_| DomainError::Unauthenticated("wrong username or password".into()))?;
+                // The engine's refusal is worded for SharedCloud's CLI; a person reads this one. Other
+                // errors (the store failing) keep their own words.
+                .map_err(|e| match e {
+                    DomainError::Unauthenticated(_) => {
+                        DomainError::Unauthenticated("wrong username or password".into())
+                    }
+                    other => other,
+                })?;
             app.engine.context_for_key(key, actor_of(&parts)).await?
         }
     };
