@@ -48,7 +48,9 @@ class Server:
         self.url = f"http://127.0.0.1:{free_port()}"
         env = dict(os.environ, NIMBUS_BOOTSTRAP_KEY="NIMuibench", NIMBUS_BOOTSTRAP_SECRET=SECRET, RUST_LOG="warn")
         self.proc = subprocess.Popen(
-            [BIN, "server", "--driver", "sim", "--listen", self.url[7:], "--data-dir", os.path.join(self.dir.name, "data")],
+            [BIN, "server", "--driver", "sim", "--listen", self.url[7:], "--data-dir", os.path.join(self.dir.name, "data"),
+             # 1,000 instances need more addresses than the default /24.
+             "--network-cidr", "10.213.0.0/20"],
             env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir.name, "server.log"), "w"))
         deadline = time.time() + 30
         while True:
@@ -64,9 +66,12 @@ class Server:
         req = urllib.request.Request(self.url + path, method=method, data=json.dumps(body).encode() if body is not None else None)
         req.add_header("Authorization", f"Bearer {SECRET}")
         req.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(req) as r:
-            text = r.read()
-            return json.loads(text) if text else None
+        try:
+            with urllib.request.urlopen(req) as r:
+                text = r.read()
+                return json.loads(text) if text else None
+        except urllib.error.HTTPError as e:
+            raise SystemExit(f"{method} {path}: {e.code} {e.read().decode()}")
 
     def stop(self):
         self.proc.terminate()
@@ -98,9 +103,9 @@ def load_instances(context, url):
     """Opens `url` in a fresh page; returns (ms to the rendered mark, ms to first contentful paint)."""
     page = context.new_page()
     page.goto(url, wait_until="commit")
-    page.wait_for_function("performance.getEntriesByName('nimbus:instances-rendered').length > 0", timeout=60_000)
+    page.wait_for_function("() => performance.getEntriesByName('nimbus:instances-rendered').length > 0", timeout=60_000)
     rendered = page.evaluate("performance.getEntriesByName('nimbus:instances-rendered')[0].startTime")
-    page.wait_for_function("performance.getEntriesByName('first-contentful-paint').length > 0")
+    page.wait_for_function("() => performance.getEntriesByName('first-contentful-paint').length > 0")
     fcp = page.evaluate("performance.getEntriesByName('first-contentful-paint')[0].startTime")
     page.close()
     return rendered, fcp
