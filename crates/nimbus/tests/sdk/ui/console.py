@@ -214,14 +214,20 @@ def run(browser):
             shot(page, section)
 
     # A read-only key: no action buttons, and the API refuses the action when the page forces it.
-    ro = browser.new_context()
+    # This browser prefers a dark theme: the console follows it, and stays readable (axe checks contrast).
+    ro = browser.new_context(color_scheme="dark")
     ro.set_default_timeout(TIMEOUT)
     ro_page = ro.new_page()
     sign_in(ro_page, secret)
     expect(ro_page.get_by_role("heading", name="Instances")).to_be_visible()
     expect(ro_page.get_by_role("link", name="Create instance")).to_have_count(0)
+    background = ro_page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(20, 23, 28)", f"not the dark theme: {background}"
+    accessible(ro_page, "instances, dark")
     ro_page.get_by_role("link", name="api-made").click()
     expect(ro_page.locator(".page-head .state")).to_have_text("running")
+    accessible(ro_page, "instance, dark")
+    shot(ro_page, "instance-dark")
     expect(ro_page.locator("button[data-action]")).to_have_count(0)
     expect(ro_page.get_by_role("button", name="Save")).to_have_count(0)
     api_made = ro_page.url.split("#/instances/")[1]
