@@ -2,7 +2,7 @@
 // it needs, and returns what to undo when the user leaves. Buttons that change something appear only for
 // keys that may change it (`ctx.me.canWrite`); the API refuses them anyway for a read-only key.
 
-import { get, post, patch, del, all, follow } from './api.js';
+import { api, get, post, patch, del, all, follow } from './api.js';
 import {
   h, announce, errorBox, showError, confirmAction, stateBadge, labelsList, formatBytes, formatTime, table,
   renderOperation, parseLabels, labelsText, field,
@@ -649,9 +649,23 @@ async function projectsPage(main, { me }) {
       { label: 'ID', cell: (p) => h('code', { text: p.id }) },
       { label: 'Quota', cell: (p) => `${p.quota.instances} instances, ${p.quota.vcpus} vCPUs, ${formatBytes(p.quota.memory_mib * 1048576)}, ${p.quota.disk_gb} GB` },
       { label: 'Created', cell: (p) => formatTime(p.created_at) },
+      { label: 'Change quota', cell: (p) => (me.isOperator ? quotaForm(p, status, load) : '') },
     ], projects));
   };
   await load();
+}
+
+// An operator's form for one project's quota; the API checks it against what the project already uses.
+function quotaForm(project, status, load) {
+  const inputs = ['instances', 'vcpus', 'memory_mib', 'disk_gb'].map((k) =>
+    [k, h('input', { type: 'number', min: 0, value: project.quota[k], name: k })]);
+  const labels = { instances: 'Instances', vcpus: 'vCPUs', memory_mib: 'Memory (MiB)', disk_gb: 'Disk (GB)' };
+  return h('details', {}, h('summary', { text: `Quota of ${project.name}` }),
+    h('form', { class: 'inline', onsubmit: async (e) => {
+      e.preventDefault();
+      const quota = Object.fromEntries(inputs.map(([k, input]) => [k, Number(input.value)]));
+      if (await runAction(status, () => api('PUT', `/v1/projects/${project.id}/quota`, quota)) !== null) load();
+    } }, inputs.map(([k, input]) => field(labels[k], input)), h('button', { type: 'submit', text: 'Set quota' })));
 }
 
 export const pages = {

@@ -213,6 +213,14 @@ def run(browser):
         if section in ("events", "hosts", "quotas"):
             shot(page, section)
 
+    # An operator changes a project's quota from the projects page (the last one visited above).
+    page.get_by_text("Quota of default").click()
+    page.get_by_label("Instances", exact=True).fill("100")
+    page.get_by_role("button", name="Set quota").click()
+    expect(page.locator("tr", has_text="default")).to_contain_text("100 instances")
+    project = api("GET", "/v1/whoami")[1]["project"]["id"]
+    assert api("GET", f"/v1/projects/{project}")[1]["quota"]["instances"] == 100
+
     # A read-only key: no action buttons, and the API refuses the action when the page forces it.
     # This browser prefers a dark theme: the console follows it, and stays readable (axe checks contrast).
     ro = browser.new_context(color_scheme="dark")
