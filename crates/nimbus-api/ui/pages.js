@@ -166,16 +166,40 @@ async function instancePage(main, { me, events, id, params }) {
   const act = async (action, label, confirmText, body) => {
     if (confirmText && !(await confirmAction(`${label} ${instance.name}?`, confirmText, label))) return;
     const op = await runAction(opSlot, () => post(`/v1/instances/${id}/${action}`, body));
-    if (op && op.result && op.result.password) {
-      opSlot.append(h('p', {}, 'New password (shown once): ', h('code', { text: op.result.password })));
+    if (op && op.state === 'success' && action === 'reset-password') await showPassword();
+  };
+
+  // The root password is revealed by its own endpoint, to members only, while it has not expired.
+  const showPassword = async () => {
+    const slot = h('div');
+    opSlot.append(slot);
+    try {
+      const p = await get(`/v1/instances/${id}/password`);
+      slot.replaceChildren(h('p', { class: 'secret' }, 'Root password: ', h('code', { id: 'root-password', text: p.password }),
+        p.expires_at ? [' (until ', formatTime(p.expires_at), ')'] : null));
+    } catch (e) {
+      showError(slot, e);
     }
   };
 
+  let actionsShownFor = null;
   const renderActions = () => {
     if (!me.canWrite) { actions.replaceChildren(); return; }
+    // Which actions apply depends on these alone; other updates leave the forms (and what is typed) alone.
+    const key = `${instance.state}/${instance.protected}/${instance.disk_size_gb}/${instance.instance_type}`;
+    if (key === actionsShownFor) return;
+    actionsShownFor = key;
+    // A live update must not take the focus from a keyboard user: the same button gets it back.
+    const focused = actions.contains(document.activeElement) ? document.activeElement.textContent : null;
+    renderActionButtons();
+    if (focused) [...actions.querySelectorAll('button')].find((b) => b.textContent === focused)?.focus();
+  };
+
+  const renderActionButtons = () => {
     const buttons = ACTIONS.filter(([, , states]) => states.includes(instance.state)).map(([action, label, , confirmText]) =>
       h('button', { type: 'button', 'data-action': action, text: label, class: confirmText ? 'danger' : '',
         onclick: () => act(action, label, confirmText) }));
+    buttons.push(h('button', { type: 'button', text: 'Show root password', onclick: () => { opSlot.replaceChildren(); showPassword(); } }));
     buttons.push(h('button', { type: 'button', 'data-action': instance.protected ? 'remove-protection' : 'add-protection',
       text: instance.protected ? 'Remove protection' : 'Protect from deletion',
       onclick: () => act(instance.protected ? 'remove-protection' : 'add-protection', 'Protection', null) }));

@@ -133,6 +133,8 @@ def run(browser):
     expect(page.locator(".facts .labels").first).to_contain_text("env=prod")
     accessible(page, "instance")
     shot(page, "instance")
+    page.get_by_role("button", name="Show root password").click()
+    expect(page.locator("#root-password")).to_have_text(api("GET", f"/v1/instances/{instance_id}/password")[1]["password"])
 
     # The list shows it, filters by label selector, and stays live: a change made elsewhere appears.
     nav(page).get_by_role("link", name="Instances", exact=True).click()
