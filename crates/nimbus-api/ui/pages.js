@@ -577,24 +577,45 @@ async function apiKeysPage(main, { me }) {
 
 async function groupsPage(main, { me }) {
   main.append(h('h1', { text: 'Groups' }), h('h2', { text: 'Security groups' }));
-  const groupForm = (path) => (load, status) => {
+  // The API takes a security group's rules when it is created: one per line, `ingress tcp 22 0.0.0.0/0`.
+  const parseRules = (text) => text.split('\n').map((l) => l.trim()).filter(Boolean).map((line) => {
+    const [flow_direction, protocol, ports, network] = line.split(/\s+/);
+    if (!protocol) throw new Error(`"${line}" is not a rule: write direction protocol [port[-port]] [network]`);
+    const rule = { flow_direction, protocol };
+    if (ports) {
+      const [start, end] = ports.split('-').map(Number);
+      rule.start_port = start;
+      rule.end_port = end || start;
+    }
+    if (network) rule.network = network;
+    return rule;
+  });
+  const groupForm = (path, withRules) => (load, status) => {
     const name = h('input', { type: 'text', required: true });
     const description = h('input', { type: 'text' });
+    const rules = h('textarea', { rows: 2, spellcheck: false, placeholder: 'ingress tcp 22 0.0.0.0/0' });
     return h('form', { class: 'inline', onsubmit: async (e) => {
       e.preventDefault();
-      if (await runAction(status, () => post(path, { name: name.value, description: description.value })) !== null) { name.value = ''; load(); }
-    } }, field('Name', name), field('Description', description), h('button', { type: 'submit', text: 'Create group' }));
+      const body = { name: name.value, description: description.value };
+      if (withRules) {
+        try { body.rules = parseRules(rules.value); } catch (err) { showError(status, err); return; }
+      }
+      if (await runAction(status, () => post(path, body)) !== null) { name.value = ''; rules.value = ''; load(); }
+    } }, field('Name', name), field('Description', description),
+    withRules ? field('Rules', rules, 'One per line: direction protocol [port or range] [network].') : null,
+    h('button', { type: 'submit', text: 'Create group' }));
   };
   await resourceList(main, { title: 'Security groups', path: '/v1/security-groups', me, empty: 'No security group.', columns: [
     { label: 'Name', cell: (g) => g.name },
     { label: 'Description', cell: (g) => g.description },
-    { label: 'Rules', cell: (g) => g.rules.length ? h('ul', {}, g.rules.map((r) => h('li', { text: `${r.flow_direction} ${r.protocol} ${r.start_port ?? ''}${r.end_port && r.end_port !== r.start_port ? `-${r.end_port}` : ''} ${r.network || ''}` }))) : 'none' },
-  ], deleteWhat: () => 'Its rules go with it.', form: groupForm('/v1/security-groups') });
+    { label: 'Rules', cell: (g) => (g.rules.length ? h('ul', {}, g.rules.map((r) => h('li', { text: [r.flow_direction, r.protocol,
+      r.start_port ? (r.end_port && r.end_port !== r.start_port ? `${r.start_port}-${r.end_port}` : r.start_port) : '', r.network || ''].join(' ').trim() }))) : 'none') },
+  ], deleteWhat: () => 'Its rules go with it.', form: groupForm('/v1/security-groups', true) });
   main.append(h('h2', { text: 'Anti-affinity groups' }));
   await resourceList(main, { title: 'Anti-affinity groups', path: '/v1/anti-affinity-groups', me, empty: 'No anti-affinity group.', columns: [
     { label: 'Name', cell: (g) => g.name },
     { label: 'Description', cell: (g) => g.description },
-  ], deleteWhat: () => 'Its members are no longer kept apart.', form: groupForm('/v1/anti-affinity-groups') });
+  ], deleteWhat: () => 'Its members are no longer kept apart.', form: groupForm('/v1/anti-affinity-groups', false) });
 }
 
 async function quotasPage(main, { me }) {

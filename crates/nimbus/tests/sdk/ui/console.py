@@ -199,6 +199,19 @@ def run(browser):
     accessible(page, "api-keys")
     shot(page, "api-keys")
 
+    # A security group with its rules, made from the groups page; a bad rule is refused in words.
+    nav(page).get_by_role("link", name="Groups").click()
+    form = page.locator("form", has=page.get_by_label("Rules"))
+    form.get_by_label("Name", exact=True).fill("ssh")
+    form.get_by_label("Rules").fill("ingress tcp 22 0.0.0.0/0")
+    form.get_by_role("button", name="Create group").click()
+    expect(page.locator("tr", has_text="ssh")).to_contain_text("ingress tcp 22 0.0.0.0/0")
+    form.get_by_label("Name", exact=True).fill("broken")
+    form.get_by_label("Rules").fill("sideways tcp 22")
+    form.get_by_role("button", name="Create group").click()
+    expect(page.get_by_role("alert")).to_contain_text("must be ingress or egress")
+    expect(page.locator("tr", has_text="broken")).to_have_count(0)
+
     # Every other page renders and passes the accessibility check.
     api("POST", "/v1/ssh-keys", {"name": "laptop", "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDs8cYQ5RrUQWLhAqk7f4eYt1q0o0e8Vb8Ck8m4lQyE5 me@laptop"})
     api("POST", "/v1/security-groups", {"name": "web", "description": "HTTP in"})
