@@ -517,7 +517,7 @@ async function resourceList(container, { title, path, columns, me, form, deleteW
 }
 
 async function snapshotsPage(main, { me }) {
-  main.append(h('h1', { text: 'Snapshots' }), h('p', { class: 'muted', text: 'Take a snapshot from an instance\'s page; revert from there too.' }));
+  main.append(h('h1', { text: 'Snapshots' }), h('p', { class: 'muted', text: 'Take a snapshot from an instance\'s page; revert to one or delete it here.' }));
   await resourceList(main, { title: 'Snapshots', path: '/v1/snapshots', me, empty: 'No snapshot yet.', columns: [
     { label: 'Name', cell: (s) => s.name },
     { label: 'Instance', cell: (s) => link(`#/instances/${s.instance_id}`, s.instance_id.slice(0, 8)) },

@@ -160,9 +160,20 @@ def run(browser):
     assert overflow <= 0, f"the page is {overflow}px wider than the window at 200% zoom"
     page.set_viewport_size({"width": 1280, "height": 900})
 
-    # Stop, through a confirmation; cancelling it does nothing.
+    # A snapshot, with its operation's progress shown until it ends.
     page.get_by_role("link", name="web-1").click()
     expect(state).to_have_text("running")
+    page.get_by_text("Snapshot, resize, scale, reset").click()
+    page.get_by_label("Snapshot name").fill("before-stop")
+    page.get_by_role("button", name="Take snapshot").click()
+    expect(page.locator(".operation")).to_contain_text("create_snapshot: success")
+    expect(state).to_have_text("running")
+    nav(page).get_by_role("link", name="Snapshots").click()
+    expect(page.locator("tr", has_text="before-stop")).to_be_visible()
+    page.go_back()
+    expect(state).to_have_text("running")
+
+    # Stop, through a confirmation; cancelling it does nothing.
     page.locator("button[data-action=stop]").click()
     dialog = page.get_by_role("dialog")
     expect(dialog).to_contain_text("Stop web-1?")
