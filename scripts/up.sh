@@ -11,5 +11,5 @@ if [ ! -f "$DATA/templates/busybox/template.json" ]; then
     echo "building the busybox template into $DATA/templates/busybox"
     bash guest/build.sh "$DATA/templates/busybox"
 fi
-echo "Nimbus: http://${NIMBUS_LISTEN:-127.0.0.1:8700}  (on first start, the admin key is printed below)"
+echo "Nimbus: http://${NIMBUS_LISTEN:-127.0.0.1:8700}  (a browser there opens the web console; on first start, the admin key is printed below)"
 exec target/release/nimbus server --data-dir "$DATA" "$@"
