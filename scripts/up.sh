@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo build --release --locked -p nimbus
 DATA=${NIMBUS_DATA_DIR:-nimbus-data}
-echo "Nimbus: http://${NIMBUS_LISTEN:-127.0.0.1:8700}  (on first start, the admin key is printed below)"
+echo "Nimbus: http://${NIMBUS_LISTEN:-127.0.0.1:8700}  (a browser there opens the web console; on first start, the admin key is printed below)"
 echo "More images: target/release/nimbus template build debian-12; nimbus template import NAME FILE|URL"
 exec target/release/nimbus server --data-dir "$DATA" "$@"

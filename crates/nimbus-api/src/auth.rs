@@ -1,4 +1,5 @@
-//! Bearer authentication for the native API: `Authorization: Bearer <secret>`.
+//! Authentication for the native API: `Authorization: Bearer <secret>`, or the web console's session
+//! cookie (`ui::session`, which also checks its CSRF header on changes).
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
@@ -30,6 +31,11 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if credential(&parts.headers, "Bearer").is_none() {
+            if let Some(session) = crate::ui::session::cookie(&parts.headers, crate::ui::session::SESSION_COOKIE) {
+                return Ok(Caller(crate::ui::session::authenticate(parts, state, session).await?));
+            }
+        }
         let secret = credential(&parts.headers, "Bearer").ok_or_else(|| {
             ApiError::from(DomainError::Unauthenticated(
                 "missing credentials: send 'Authorization: Bearer <secret>'".into(),

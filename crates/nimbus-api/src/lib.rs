@@ -5,6 +5,7 @@
 //! - `dialects/<provider>/`: wire-compatible APIs of other clouds over the same services.
 //! - `error.rs`, `extract.rs`, `auth.rs`: the native error shape, strict JSON bodies, bearer authentication.
 //! - `middleware.rs`: request ids, metrics, idempotency keys.
+//! - `ui/`: the web console under `/ui/` (its files are in `crates/nimbus-api/ui/`).
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ pub mod middleware;
 pub mod native;
 pub mod openapi;
 pub mod relay;
+pub mod ui;
 
 pub use error::ApiError;
 
@@ -54,6 +56,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(native::router(state.clone()))
         .merge(dialects::router(state.clone()))
+        .merge(ui::router())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(middleware::metrics_for_operators))
         .route("/openapi.json", get(openapi::serve))

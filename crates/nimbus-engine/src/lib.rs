@@ -42,6 +42,7 @@ mod records;
 pub mod resources;
 pub mod sagas;
 pub mod throttle;
+pub mod web_sessions;
 mod worker;
 
 pub use accounts::{AccountPatch, NewAccount};

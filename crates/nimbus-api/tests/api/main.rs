@@ -12,3 +12,4 @@ mod security;
 mod templates;
 mod tenancy;
 mod updates;
+mod web_session;
