@@ -118,11 +118,14 @@ async fn accounts_sign_in_with_their_password() {
     let cloud = Cloud::with(nimbus_driver::SimConfig::default(), config).await;
     cloud
         .engine
-        .register_account(None, nimbus_engine::accounts::NewAccount {
-            username: "ada".into(),
-            email: "ada@example.com".into(),
-            password: "correct horse 42".into(),
-        })
+        .register_account(
+            None,
+            nimbus_engine::accounts::NewAccount {
+                username: "ada".into(),
+                email: "ada@example.com".into(),
+                password: "correct horse 42".into(),
+            },
+        )
         .await
         .unwrap();
     let r = sign_in(&cloud, json!({"username": "ada", "password": "wrong"})).await;
