@@ -69,7 +69,10 @@ impl Quota {
 pub enum Role {
     ReadOnly,
     Member,
+    /// Manages its own project: its keys (up to its own role), its instances and resources.
     Admin,
+    /// Manages its organization: its projects and their keys. Quotas are the operator's.
+    OrgAdmin,
     /// Above every organization: runs the cloud (hosts, host tokens). The bootstrap key is one.
     Operator,
 }
@@ -80,6 +83,7 @@ impl Role {
             Role::ReadOnly => "read-only",
             Role::Member => "member",
             Role::Admin => "admin",
+            Role::OrgAdmin => "org-admin",
             Role::Operator => "operator",
         }
     }
@@ -88,6 +92,7 @@ impl Role {
             "read-only" | "read_only" | "readonly" => Some(Role::ReadOnly),
             "member" => Some(Role::Member),
             "admin" => Some(Role::Admin),
+            "org-admin" | "org_admin" => Some(Role::OrgAdmin),
             "operator" => Some(Role::Operator),
             _ => None,
         }

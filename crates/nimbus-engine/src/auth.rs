@@ -175,9 +175,21 @@ impl Engine {
         project_id: Option<Uuid>,
     ) -> Result<ApiKey> {
         ctx.require(Role::Admin)?;
+        if role > ctx.role() {
+            return Err(DomainError::Forbidden(format!(
+                "a {} key cannot make a {} key: no key makes one above its own role",
+                ctx.role().as_str(),
+                role.as_str()
+            )));
+        }
         let project = match project_id {
             None => ctx.project.clone(),
-            Some(id) => self.project_in_org(ctx, id).await?,
+            Some(id) if id == ctx.project.id => ctx.project.clone(),
+            // Another project's keys are its organization's admins' to make.
+            Some(id) => {
+                ctx.require(Role::OrgAdmin)?;
+                self.project_in_org(ctx, id).await?
+            }
         };
         let secret = random_token(32);
         let key = ApiKey {
@@ -221,7 +233,7 @@ impl Engine {
     }
 
     pub async fn create_project(&self, ctx: &Context, name: &str) -> Result<Project> {
-        ctx.require(Role::Admin)?;
+        ctx.require(Role::OrgAdmin)?;
         nimbus_core::instance::validate_name("name", name)?;
         self.store
             .create_project(&Project {
@@ -249,9 +261,16 @@ impl Engine {
         self.store.usage(project.id).await.map_err(store_err)
     }
 
+    /// Quotas are what a tenant may take of the cloud: the operator's to set, never a tenant's own.
     pub async fn set_quota(&self, ctx: &Context, id: Uuid, quota: Quota) -> Result<Project> {
-        ctx.require(Role::Admin)?;
-        let project = self.project_in_org(ctx, id).await?;
+        ctx.require(Role::Operator)?;
+        // Above every organization: any project.
+        let project = self
+            .store
+            .get_project(id)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| DomainError::not_found("project", id))?;
         self.store.set_quota(project.id, quota).await.map_err(store_err)?;
         Ok(Project { quota, ..project })
     }

@@ -137,7 +137,7 @@ impl Engine {
     }
 
     pub async fn register_template(&self, ctx: &Context, new: NewTemplate) -> Result<Template> {
-        ctx.require(if new.public { Role::Admin } else { Role::Member })?;
+        ctx.require(if new.public { Role::Operator } else { Role::Member })?;
         nimbus_core::instance::validate_name("name", &new.name)?;
         if new.source.trim().is_empty() {
             return Err(DomainError::invalid("source", "must name the template's files (a directory or URL)"));
@@ -170,7 +170,7 @@ impl Engine {
     /// still boots from them (their disks are overlays over the template's disk).
     pub async fn delete_template(&self, ctx: &Context, name_or_id: &str) -> Result<()> {
         let t = self.template(ctx, name_or_id).await?;
-        ctx.require(if t.project_id.is_none() { Role::Admin } else { Role::Member })?;
+        ctx.require(if t.project_id.is_none() { Role::Operator } else { Role::Member })?;
         self.delete(TEMPLATE, t.id).await?;
         let instances = self.store.list_instances(&nimbus_store::InstanceQuery::default()).await.map_err(store_err)?;
         if !instances.iter().any(|i| i.template_id == t.id) {

@@ -35,7 +35,11 @@ async fn spec(c: &Cloud, id: Uuid) -> InstanceSpec {
 async fn quick_reconciler() -> Cloud {
     Cloud::with(
         SimConfig::default(),
-        EngineConfig { reconcile_every: Duration::from_millis(100), ..Default::default() },
+        EngineConfig {
+            reconcile_every: Duration::from_millis(100),
+            report_every: Duration::from_millis(100),
+            ..Default::default()
+        },
     )
     .await
 }

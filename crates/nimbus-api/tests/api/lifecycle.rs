@@ -229,7 +229,11 @@ async fn create_without_auto_start_leaves_the_instance_stopped() {
 
 #[tokio::test]
 async fn a_scheduled_shutdown_stops_the_instance_when_due() {
-    let config = EngineConfig { reconcile_every: Duration::from_millis(100), ..Default::default() };
+    let config = EngineConfig {
+        reconcile_every: Duration::from_millis(100),
+        report_every: Duration::from_millis(100),
+        ..Default::default()
+    };
     let c = Cloud::with(SimConfig::default(), config).await;
     let id = c.instance(ADMIN, "batch-job", json!({})).await;
     let due = (time::OffsetDateTime::now_utc() - time::Duration::seconds(1))
@@ -251,7 +255,11 @@ async fn a_scheduled_shutdown_stops_the_instance_when_due() {
 #[tokio::test]
 async fn the_reconciler_shows_an_instance_that_stopped_behind_nimbus_back() {
     use nimbus_driver::Driver;
-    let config = EngineConfig { reconcile_every: Duration::from_millis(100), ..Default::default() };
+    let config = EngineConfig {
+        reconcile_every: Duration::from_millis(100),
+        report_every: Duration::from_millis(100),
+        ..Default::default()
+    };
     let c = Cloud::with(SimConfig::default(), config).await;
     let id = c.instance(ADMIN, "crashy", json!({})).await;
     c.sim.stop(id.parse().unwrap(), Duration::ZERO).await.unwrap();
@@ -281,7 +289,11 @@ async fn a_suspended_instance_only_resumes_or_is_deleted() {
 #[tokio::test]
 async fn the_reconciler_shows_an_instance_paused_or_resumed_behind_nimbus_back() {
     use nimbus_driver::Driver;
-    let config = EngineConfig { reconcile_every: Duration::from_millis(100), ..Default::default() };
+    let config = EngineConfig {
+        reconcile_every: Duration::from_millis(100),
+        report_every: Duration::from_millis(100),
+        ..Default::default()
+    };
     let c = Cloud::with(SimConfig::default(), config).await;
     let id = c.instance(ADMIN, "paused", json!({})).await;
     c.sim.suspend(id.parse().unwrap()).await.unwrap();

@@ -114,3 +114,76 @@ async fn registration_is_closed_unless_the_operator_opens_it() {
     assert!(r.text.contains("registration is closed"), "{}", r.text);
     assert!(r.body.get("error").is_none(), "SharedCloud's shape, not the native one: {}", r.text);
 }
+
+/// Roles mean what they say: a project's admin acts inside its project (no quotas, no projects, no keys
+/// for other projects, no key above its own role); an organization's admin manages its projects and their
+/// keys but not quotas; quotas are the operator's, for any project.
+#[tokio::test]
+async fn tenants_cannot_raise_their_quotas_or_reach_past_their_role() {
+    let c = Cloud::new().await;
+    let project = c.get("/v1/whoami", ADMIN).await.body["project"]["id"].as_str().unwrap().to_string();
+    let other = c.post("/v1/projects", ADMIN, json!({"name": "neighbour"})).await;
+    assert_eq!(other.status, StatusCode::CREATED, "{}", other.text);
+    let other = other.id();
+    let admin = c.key("admin", None).await;
+    let org_admin = c.key("org-admin", None).await;
+    let huge =
+        json!({"instances": 1_000_000_000, "vcpus": 1_000_000_000, "memory_mib": 1u64 << 50, "disk_gb": 1u64 << 40});
+    let before = c.get(&format!("/v1/projects/{project}"), ADMIN).await.body["quota"].clone();
+
+    for (who, key) in [("a project admin", &admin), ("an organization admin", &org_admin)] {
+        let r =
+            c.call(axum::http::Method::PUT, &format!("/v1/projects/{project}/quota"), key, Some(huge.clone())).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{who} raising its own quota: {}", r.text);
+        let r = c.post("/v1/api-keys", key, json!({"name": "up", "role": "operator"})).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{who} minting an operator key: {}", r.text);
+    }
+    let r = c.post("/v1/projects", &admin, json!({"name": "mine"})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "a project admin making projects: {}", r.text);
+    let r = c.post("/v1/api-keys", &admin, json!({"name": "x", "role": "admin", "project_id": other})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "a project admin minting keys for another project: {}", r.text);
+    let r = c.post("/v1/api-keys", &admin, json!({"name": "x", "role": "org-admin"})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "a project admin minting an organization admin: {}", r.text);
+    assert_eq!(c.get(&format!("/v1/projects/{project}"), ADMIN).await.body["quota"], before, "nothing changed");
+
+    // An organization admin manages its projects and their keys.
+    let r = c.post("/v1/projects", &org_admin, json!({"name": "team-b"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = c.post("/v1/api-keys", &org_admin, json!({"name": "b", "role": "admin", "project_id": other})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    // The operator sets quotas.
+    let r = c.call(axum::http::Method::PUT, &format!("/v1/projects/{other}/quota"), ADMIN, Some(huge)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+}
+
+/// A self-registered SharedCloud account (when registration is open) gets a project of its own with the
+/// default quotas, and its login token cannot raise them or make projects.
+#[tokio::test]
+async fn a_registered_tenant_cannot_raise_its_quota() {
+    let config = EngineConfig { allow_registration: true, ..Default::default() };
+    let c = Cloud::with(SimConfig::default(), config).await;
+    let form = "email=eve%40example.com&username=eve&password=Sup3r-secret-pass";
+    let post = |path: &str, body: &'static str| {
+        Request::post(path).header("content-type", "application/x-www-form-urlencoded").body(Body::from(body)).unwrap()
+    };
+    assert_eq!(c.send(post("/api/v1/users/", form)).await.status, StatusCode::CREATED);
+    let token = c.send(post("/api/v1/api-token-auth/", "username=eve&password=Sup3r-secret-pass")).await;
+    let token = token.body["token"].as_str().unwrap().to_string();
+    let me = c.get("/v1/whoami", &token).await;
+    let project = me.body["project"]["id"].as_str().unwrap().to_string();
+    let r = c
+        .call(
+            axum::http::Method::PUT,
+            &format!("/v1/projects/{project}/quota"),
+            &token,
+            Some(json!({"instances": 1_000_000_000, "vcpus": 1, "memory_mib": 1, "disk_gb": 1})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    let r = c.post("/v1/projects", &token, json!({"name": "more"})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    assert_eq!(
+        c.get(&format!("/v1/projects/{project}"), &token).await.body["quota"],
+        json!(nimbus_core::tenancy::Quota::default())
+    );
+}

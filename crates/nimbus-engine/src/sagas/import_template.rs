@@ -69,7 +69,7 @@ pub struct ImportTemplate {
 impl Engine {
     /// Records the import operation; a worker of any server carries it out.
     pub async fn import_template(&self, ctx: &Context, req: ImportTemplate) -> Result<Operation> {
-        ctx.require(if req.public { Role::Admin } else { Role::Member })?;
+        ctx.require(if req.public { Role::Operator } else { Role::Member })?;
         nimbus_core::instance::validate_name("name", &req.name)?;
         let source = req.source.trim();
         let is_url = source.starts_with("http://") || source.starts_with("https://");
@@ -81,8 +81,8 @@ impl Engine {
         }
         if !is_url {
             // A path reads the host's own files (a block device is a raw disk too): the operator's call.
-            ctx.require(Role::Admin).map_err(|_| {
-                DomainError::Forbidden("importing a file of the server's host needs an admin key; give a URL".into())
+            ctx.require(Role::Operator).map_err(|_| {
+                DomainError::Forbidden("importing a file of the server's host needs an operator key; give a URL".into())
             })?;
         }
         if let Some(c) = &req.checksum {

@@ -106,7 +106,7 @@ pub(crate) async fn plan(
     snapshot_id: Uuid,
     req: &PromoteRequest,
 ) -> Result<Planned> {
-    ctx.require(if req.public { Role::Admin } else { Role::Member })?;
+    ctx.require(if req.public { Role::Operator } else { Role::Member })?;
     let snapshot = engine.snapshot_of(ctx, current, snapshot_id).await?;
     if snapshot.state != SnapshotState::Ready {
         return Err(DomainError::Conflict(format!("snapshot {snapshot_id} is not ready")));
