@@ -34,10 +34,28 @@ pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes
                 "payload_too_large",
                 format!("request body larger than {} bytes", crate::MAX_BODY_BYTES),
             )
+        } else if timed_out(&rejection) {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time; send it again",
+            )
         } else {
             ApiError::bad_request(rejection.body_text())
         }
     })
+}
+
+/// Whether reading the body failed because the client took too long (the router's body timeout).
+fn timed_out(rejection: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(rejection);
+    while let Some(e) = cause {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// A JSON request body. Unlike axum's `Json`, its errors are in the native shape and name the field.

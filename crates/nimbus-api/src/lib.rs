@@ -36,11 +36,18 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub metrics: Arc<middleware::HttpMetrics>,
+    /// How long a client has to send a request's body once its headers came: a body that never finishes
+    /// is answered 408 instead of holding the connection.
+    pub body_timeout: std::time::Duration,
 }
 
 impl AppState {
     pub fn new(engine: Arc<Engine>) -> AppState {
-        AppState { engine, metrics: Arc::new(middleware::HttpMetrics::new()) }
+        AppState {
+            engine,
+            metrics: Arc::new(middleware::HttpMetrics::new()),
+            body_timeout: std::time::Duration::from_secs(30),
+        }
     }
 }
 
@@ -71,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(state.body_timeout))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)

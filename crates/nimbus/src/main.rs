@@ -7,6 +7,7 @@ mod agent;
 mod cli;
 mod guest;
 mod host;
+mod listen;
 mod server;
 
 #[derive(Parser)]

@@ -76,6 +76,15 @@ pub struct ServerArgs {
     /// the API's address it needs an operator key.
     #[arg(long, env = "NIMBUS_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Seconds a client has to send a request's headers; a connection that takes longer is closed.
+    #[arg(long, default_value_t = 10)]
+    header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body; a body that takes longer is answered 408.
+    #[arg(long, default_value_t = 30)]
+    body_timeout_secs: u64,
+    /// Connections held at once; more wait in the kernel's backlog until one closes.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
 }
 
 pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
@@ -86,8 +95,13 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     {
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("making {} the server's own", args.data_dir.display()))?;
+        let mode = std::fs::metadata(&args.data_dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            // A read-only data dir cannot be changed; the database's own check says what that means.
+            if let Err(e) = std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o700)) {
+                tracing::warn!(dir = %args.data_dir.display(), error = %e, "could not make the data dir the server's own (0700)");
+            }
+        }
     }
     let data_dir = args.data_dir.canonicalize()?;
     // One server per data dir: its id (below) names the leases it holds, and two processes sharing it would
@@ -147,7 +161,8 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         }
     }
 
-    let state = nimbus_api::AppState::new(engine.clone());
+    let mut state = nimbus_api::AppState::new(engine.clone());
+    state.body_timeout = Duration::from_secs(args.body_timeout_secs.max(1));
     if let Some(address) = args.metrics_listen {
         let listener = tokio::net::TcpListener::bind(address)
             .await
@@ -160,9 +175,11 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, driver = engine.driver_name(), data_dir = %data_dir.display(), "nimbus server ready");
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let limits = crate::listen::Limits {
+        header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+        max_connections: args.max_connections,
+    };
+    crate::listen::serve(listener, app, limits, shutdown_signal(), Duration::from_secs(10)).await;
     // Operations under way are left where they are, their leases given back: this server resumes them
     // when it starts again, or another server on the same database does now.
     engine.shutdown().await;
