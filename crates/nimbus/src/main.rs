@@ -23,7 +23,7 @@ struct Cli {
 enum Command {
     /// Run the control plane: the API, the operation workers and (unless --no-local-agent) the server's own
     /// host.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Run a host's agent: register the host with the control plane at --server, heartbeat, and run the
     /// driver steps of the instances placed on it.
     Agent(agent::AgentArgs),
@@ -63,7 +63,7 @@ fn daemon<F: std::future::Future<Output = anyhow::Result<()>>>(
 fn main() -> std::process::ExitCode {
     let args = Cli::parse();
     match args.command {
-        Command::Server(args) => daemon("nimbus server", "info,sqlx=warn,tower_http=warn", server::serve(args)),
+        Command::Server(args) => daemon("nimbus server", "info,sqlx=warn,tower_http=warn", server::serve(*args)),
         Command::Agent(args) => daemon("nimbus agent", "info,reqwest=warn", agent::serve(args)),
         Command::Openapi => {
             print!("{}", nimbus_api::openapi::document_json());
