@@ -82,6 +82,12 @@ pub struct ServerArgs {
     /// Seconds a client has to send a request's body; a body that takes longer is answered 408.
     #[arg(long, default_value_t = 30)]
     body_timeout_secs: u64,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, env = "NIMBUS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "NIMBUS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Connections held at once; more wait in the kernel's backlog until one closes.
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
@@ -161,6 +167,10 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         }
     }
 
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::listen::tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let mut state = nimbus_api::AppState::new(engine.clone());
     state.body_timeout = Duration::from_secs(args.body_timeout_secs.max(1));
     if let Some(address) = args.metrics_listen {
@@ -179,7 +189,7 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
         max_connections: args.max_connections,
     };
-    crate::listen::serve(listener, app, limits, shutdown_signal(), Duration::from_secs(10)).await;
+    crate::listen::serve(listener, app, tls, limits, shutdown_signal(), Duration::from_secs(10)).await;
     // Operations under way are left where they are, their leases given back: this server resumes them
     // when it starts again, or another server on the same database does now.
     engine.shutdown().await;
@@ -204,10 +214,11 @@ fn public_url(args: &ServerArgs) -> anyhow::Result<String> {
         );
         return Ok(url.trim_end_matches('/').to_string());
     }
+    let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
     Ok(if args.listen.ip().is_unspecified() {
-        format!("http://{}:{}", nimbus_engine::default_host_name(), args.listen.port())
+        format!("{scheme}://{}:{}", nimbus_engine::default_host_name(), args.listen.port())
     } else {
-        format!("http://{}", args.listen)
+        format!("{scheme}://{}", args.listen)
     })
 }
 

@@ -105,3 +105,103 @@ async fn slow_clients_are_cut_off_and_connections_are_bounded() {
     drop(idle);
     server.stop(Duration::from_secs(20));
 }
+
+/// `--tls-cert`/`--tls-key`: the API is served over TLS, which a client trusting the CA reaches (the CLI
+/// with `--ca-file`, reqwest with the root added) and a client that does not is refused; plain HTTP on the
+/// same port is not served.
+#[tokio::test]
+async fn the_server_speaks_tls_to_clients_that_trust_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"), dir.path().join("ca.pem"));
+    // A CA and a server certificate it signed (a self-signed leaf is not a CA any client should take).
+    std::fs::write(
+        dir.path().join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let steps: [Vec<&str>; 3] = [
+        [
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "1", "-subj", "/CN=nimbus-test-ca", "-keyout", "ca.key", "-out", "ca.pem"],
+        ]
+        .concat(),
+        [&["req"][..], &ec, &["-subj", "/CN=127.0.0.1", "-keyout", "key.pem", "-out", "leaf.csr"]].concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "cert.pem",
+        ],
+    ];
+    for args in steps {
+        let made =
+            std::process::Command::new("openssl").args(&args).current_dir(dir.path()).output().expect("openssl runs");
+        assert!(made.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&made.stderr));
+    }
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let mut server = std::process::Command::new(BIN)
+        .args(["server", "--driver", "sim", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .env("NIMBUS_BOOTSTRAP_KEY", KEY)
+        .env("NIMBUS_BOOTSTRAP_SECRET", SECRET)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _kill = Kill(&mut server);
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca_pem).unwrap()).unwrap();
+    let trusting = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+    let url = format!("https://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = trusting.get(format!("{url}/healthz")).send().await;
+        if let Ok(r) = &answer {
+            assert_eq!(r.status().as_u16(), 200);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the TLS server never answered: {answer:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let who = trusting.get(format!("{url}/v1/whoami")).bearer_auth(SECRET).send().await.unwrap();
+    assert_eq!(who.status().as_u16(), 200);
+    let plain = reqwest::Client::new().get(format!("http://127.0.0.1:{port}/healthz")).send().await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success(), "plain HTTP answered on the TLS port");
+
+    let cli = |ca: bool| {
+        let mut c = std::process::Command::new(BIN);
+        c.args(["--url", &url, "--token", SECRET, "-o", "json"]);
+        if ca {
+            c.arg("--ca-file").arg(&ca_pem);
+        }
+        c.arg("whoami").env_remove("NIMBUS_CA_FILE").output().unwrap()
+    };
+    let ok = cli(true);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let refused = cli(false);
+    assert!(!refused.status.success(), "the CLI trusted an unknown CA");
+}

@@ -105,15 +105,20 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(conn: Connection, verbose: bool) -> Result<Client, CliError> {
+    pub fn new(conn: Connection, verbose: bool, ca_file: Option<&std::path::Path>) -> Result<Client, CliError> {
         if !conn.url.starts_with("http://") && !conn.url.starts_with("https://") {
             return Err(CliError::Usage(format!("the API URL {:?} must start with http:// or https://", conn.url)));
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("nimbus-cli/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .build()
-            .map_err(|e| CliError::Other(format!("cannot build the HTTP client: {e}")))?;
+            .connect_timeout(std::time::Duration::from_secs(10));
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path).map_err(|e| CliError::Usage(format!("--ca-file {}: {e}", path.display())))?;
+            let ca = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| CliError::Usage(format!("--ca-file {}: not a PEM certificate: {e}", path.display())))?;
+            builder = builder.add_root_certificate(ca);
+        }
+        let http = builder.build().map_err(|e| CliError::Other(format!("cannot build the HTTP client: {e}")))?;
         Ok(Client { http, url: conn.url, token: conn.token, verbose })
     }
 

@@ -44,6 +44,9 @@ pub struct GlobalArgs {
     /// Show the HTTP exchange on stderr.
     #[arg(short, long, global = true)]
     pub verbose: bool,
+    /// Trust this PEM CA certificate for an https:// API URL (a server run with --tls-cert).
+    #[arg(long, global = true, env = "NIMBUS_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The client's subcommands, flattened into the binary's top-level command list.
@@ -118,7 +121,7 @@ impl Ctx {
     /// The client is built on first use so that `config` and `completion` work without a server.
     pub fn client(&self) -> Result<Client, CliError> {
         let conn = config::resolve(&self.global, self.config_path.as_deref())?;
-        Client::new(conn, self.global.verbose)
+        Client::new(conn, self.global.verbose, self.global.ca_file.as_deref())
     }
 }
 
