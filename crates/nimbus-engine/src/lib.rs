@@ -88,6 +88,10 @@ impl Context {
 #[derive(Clone)]
 pub struct EngineConfig {
     pub zone: String,
+    /// Further names the operator gives this server's zone. Nimbus has one zone per control plane, but some
+    /// clients insist on a name of their own provider's (the `exo` CLI switches to `ch-dk-2` for its
+    /// instance-type commands whatever zone it was given), so a dialect that lists zones lists these too.
+    pub zone_aliases: Vec<String>,
     /// The instance network: addresses are handed out from it; the driver puts the gateway on its bridge.
     pub network_cidr: String,
     /// The pool elastic IPs are allocated from. It must not overlap `network_cidr`. Nimbus keeps the
@@ -136,6 +140,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             zone: "local".into(),
+            zone_aliases: Vec::new(),
             network_cidr: "10.213.0.0/24".into(),
             elastic_ip_cidr: "198.51.100.0/24".into(),
             stop_grace: Duration::from_secs(30),

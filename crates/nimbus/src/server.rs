@@ -24,9 +24,10 @@ pub struct ServerArgs {
     /// another server on the same database takes its operations over.
     #[arg(long, default_value_t = 15)]
     lease_secs: u64,
-    /// Name of the zone this server serves.
-    #[arg(long, default_value = "local")]
-    zone: String,
+    /// Name of the zone this server serves; repeat it to give the zone more names (the first is the one
+    /// hosts register with, the others are names clients may ask for: the `exo` CLI wants `ch-dk-2`).
+    #[arg(long = "zone", default_values_t = vec!["local".to_string()])]
+    zones: Vec<String>,
     /// The instance network (lives inside Nimbus's own network namespace with the qemu driver).
     #[arg(long, default_value = "10.213.0.0/24")]
     network_cidr: String,
@@ -88,7 +89,8 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         (Some(d), q)
     };
     let config = EngineConfig {
-        zone: args.zone.clone(),
+        zone: args.zones[0].clone(),
+        zone_aliases: args.zones[1..].to_vec(),
         network_cidr: args.network_cidr.clone(),
         elastic_ip_cidr: args.elastic_ip_cidr.clone(),
         stop_grace: Duration::from_secs(args.stop_grace_secs),
