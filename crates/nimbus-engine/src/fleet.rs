@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use nimbus_core::catalog::Template;
 use nimbus_core::instance::Instance;
 use nimbus_driver::call::{decode, DriverCall, DriverReply};
-use nimbus_core::catalog::Template;
 use nimbus_driver::{
     ActualState, ConsoleStream, Driver, DriverError, DriverResult, GuestInterface, HostInfo, InstanceMetrics,
     InstanceSpec, TemplateImport, TemplateRegistration,

@@ -71,7 +71,8 @@ impl Engine {
 
     /// The host that keeps the instance's template, when only one does (imported or promoted there).
     async fn template_host(&self, instance: &Instance) -> Result<Option<String>> {
-        let t = self.record_of::<nimbus_core::catalog::Template>(crate::catalog::TEMPLATE, instance.template_id).await?;
+        let t =
+            self.record_of::<nimbus_core::catalog::Template>(crate::catalog::TEMPLATE, instance.template_id).await?;
         Ok(t.and_then(|(t, _)| t.host))
     }
 

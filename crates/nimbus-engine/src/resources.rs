@@ -109,7 +109,8 @@ impl Engine {
         }
         let instance = self.store.get_instance(snapshot.instance_id).await.map_err(store_err)?;
         let instance = instance.ok_or_else(|| DomainError::not_found("instance", snapshot.instance_id))?;
-        let path = self.driver_of(&instance).export_snapshot(snapshot.instance_id, id).await.map_err(crate::driver_err)?;
+        let path =
+            self.driver_of(&instance).export_snapshot(snapshot.instance_id, id).await.map_err(crate::driver_err)?;
         let path = std::path::PathBuf::from(path);
         let size = tokio::fs::metadata(&path).await.map_err(|e| DomainError::Internal(e.to_string()))?.len();
         Ok((path, size))

@@ -5,8 +5,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 mod admin;
 mod agent;
 mod cli;
-mod host;
 mod guest;
+mod host;
 mod server;
 
 #[derive(Parser)]
