@@ -49,7 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(middleware::render_metrics))
         .route("/openapi.json", get(openapi::serve))
-        .fallback(error::unknown_route)
+        .fallback(dialects::unknown_route)
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

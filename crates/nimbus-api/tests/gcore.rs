@@ -471,3 +471,12 @@ async fn private_networks_stay_in_their_project_and_subnets_follow_the_core_rang
     let r = gcore(&c, Method::DELETE, &format!("{networks}/{}", shared["id"].as_str().unwrap()), ADMIN, None).await;
     assert_gcore_error(&r, StatusCode::BAD_REQUEST, "BadRequestError");
 }
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_gcores_error_body() {
+    let c = Cloud::new().await;
+    let r = gcore(&c, Method::GET, "/cloud/v1/nothing/1/1", ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    let r = gcore(&c, Method::PUT, &base(&c, ADMIN, "v1").await, ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::METHOD_NOT_ALLOWED, "HTTPError");
+}

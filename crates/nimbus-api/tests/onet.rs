@@ -550,3 +550,15 @@ async fn resize_goes_through_the_engines_scale_and_delete_cancels() {
     let r = o.call(Method::DELETE, &format!("/instances/{id}"), None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_drfs_detail() {
+    let o = Onet::new().await;
+    let r = o.call(Method::GET, "/nothing", None).await;
+    assert_eq!((r.status, &r.body), (StatusCode::NOT_FOUND, &json!({"detail": "Not found."})), "{}", r.text);
+    let r = o.cloud.call(Method::GET, "/v1/organizations/x/nothing", ADMIN, None).await;
+    assert_eq!((r.status, &r.body), (StatusCode::NOT_FOUND, &json!({"detail": "Not found."})), "{}", r.text);
+    let r = o.call(Method::DELETE, "/instances", None).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{}", r.text);
+    assert!(r.body["detail"].as_str().is_some_and(|d| d.contains("DELETE")), "{}", r.text);
+}

@@ -471,3 +471,16 @@ async fn the_singleton_patch_validates_names_and_tags_with_details() {
     assert_eq!(r.body["tags"], json!({}), "{}", r.text);
     assert_eq!(r.body["priority_level"], "yield");
 }
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_in_sfs_envelope() {
+    let c = Cloud::new().await;
+    for path in ["/preview/v2/nothing", "/preview/v2/instances/x/y", "/v2/instances/x/y"] {
+        assert_error(&c.get(path, ADMIN).await, StatusCode::NOT_FOUND, "not_found");
+    }
+    assert_error(
+        &c.call(Method::PUT, BASE, ADMIN, None).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+    );
+}

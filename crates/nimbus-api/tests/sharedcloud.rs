@@ -538,3 +538,15 @@ async fn gpus_are_the_catalogs_gpu_models_with_stable_sharedcloud_uuids() {
     let again = other.send(Method::GET, "/api/v1/gpus/", Some(ADMIN), Payload::None).await;
     assert_eq!(&again.body, &r.body);
 }
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_drfs_detail() {
+    let c = Cloud::new().await;
+    for path in ["/api/v1/nothing/", "/api/v2/instances/"] {
+        let r = c.get(path, ADMIN).await;
+        assert_eq!((r.status, &r.body), (StatusCode::NOT_FOUND, &json!({"detail": "Not found."})), "{}", r.text);
+    }
+    let r = c.call(Method::DELETE, "/api/v1/gpus/", ADMIN, None).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{}", r.text);
+    assert!(r.body["detail"].as_str().is_some_and(|d| d.contains("DELETE")), "{}", r.text);
+}

@@ -6,7 +6,7 @@
 //! Exoscale puts actions in the last path segment (`/v2/instance/{id}:start`), which a router cannot split,
 //! so those routes capture the whole segment and the handlers split it at the first `:`.
 
-use axum::routing::{any, delete, get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::AppState;
@@ -23,6 +23,12 @@ use errors::method_not_allowed as mna;
 use handlers as h;
 use networks as n;
 use resources as r;
+
+/// Whether a path is under this dialect's prefix (SF Compute's `/v2/...` paths are taken first, by
+/// [`super::unknown_route`]).
+pub fn owns(path: &str) -> bool {
+    path == "/v2" || path.starts_with("/v2/")
+}
 
 pub fn router(_state: AppState) -> Router<AppState> {
     Router::new()
@@ -78,8 +84,4 @@ pub fn router(_state: AppState) -> Router<AppState> {
             "/v2/anti-affinity-group/{id}",
             get(r::get_anti_affinity_group).delete(r::delete_anti_affinity_group).fallback(mna),
         )
-        // Anything else under /v2 (SF Compute's `/v2/instances` routes are more specific and win).
-        .route("/v2/{*rest}", any(errors::unknown_route))
-        .route("/v2", any(errors::unknown_route))
-        .route("/v2/", any(errors::unknown_route))
 }

@@ -31,6 +31,11 @@ const SERVER_GROUPS: &str = "/cloud/v1/servergroups/{project_id}/{region_id}";
 const NETWORKS: &str = "/cloud/v1/networks/{project_id}/{region_id}";
 const SUBNETS: &str = "/cloud/v1/subnets/{project_id}/{region_id}";
 
+/// Whether a path is under this dialect's prefix.
+pub fn owns(path: &str) -> bool {
+    path.starts_with("/cloud/")
+}
+
 pub fn router(_state: AppState) -> Router<AppState> {
     use errors::method_not_allowed as other;
     let one = |p: &str| format!("{V1}/{{instance_id}}{p}");

@@ -13,6 +13,11 @@ pub mod views;
 
 const BASE: &str = "/v1/organizations/{organization_id}/projects/{project_id}/compute";
 
+/// Whether a path is under this dialect's prefix (the native API has no `/v1/organizations`).
+pub fn owns(path: &str) -> bool {
+    path.starts_with("/v1/organizations/") || path.starts_with("/v1/compute/")
+}
+
 pub fn router(_state: AppState) -> Router<AppState> {
     let mut router = Router::new();
     // ONET documents its paths without a trailing slash; DRF clients often send one. Both are served.
