@@ -73,6 +73,10 @@ pub struct CreateInstance {
 pub struct InstancePatch {
     pub name: Option<String>,
     pub description: Option<String>,
+    /// The labels become exactly this map (before `labels` is merged, when both are given). The providers
+    /// whose updates replace the map (Exoscale, SF Compute, ONET) say so, instead of turning the instance's
+    /// labels as they read them into a merge patch that a concurrent write would make stale.
+    pub replace_labels: Option<Labels>,
     pub labels: Option<serde_json::Value>,
     /// Takes effect in the guest at its next boot.
     pub hostname: Option<String>,
@@ -170,6 +174,27 @@ pub struct InstanceFilter {
     pub name: Option<String>,
     pub limit: Option<u32>,
     pub page_token: Option<String>,
+    /// Any of these instances (empty: any).
+    pub ids: Vec<Uuid>,
+    /// In any of these states (empty: any).
+    pub states: Vec<InstanceState>,
+    /// Of any of these instance types, by name (empty: any).
+    pub instance_types: Vec<String>,
+    /// Created at or after, and strictly before.
+    pub created_after: Option<OffsetDateTime>,
+    pub created_before: Option<OffsetDateTime>,
+}
+
+impl InstanceFilter {
+    /// The conditions the store does not apply itself.
+    fn admits(&self, i: &Instance) -> bool {
+        self.labels.as_ref().is_none_or(|s| s.matches(&i.labels))
+            && (self.ids.is_empty() || self.ids.contains(&i.id))
+            && (self.states.is_empty() || self.states.contains(&i.state))
+            && (self.instance_types.is_empty() || self.instance_types.contains(&i.instance_type))
+            && self.created_after.is_none_or(|t| i.created_at >= t)
+            && self.created_before.is_none_or(|t| i.created_at < t)
+    }
 }
 
 pub const MAX_PAGE: u32 = 1000;
@@ -281,7 +306,8 @@ impl Engine {
         }
         let mut after = filter.page_token.as_deref().map(page_token::decode).transpose()?;
         let mut items = Vec::new();
-        // Label selectors are applied here, so a page is filled from as many store pages as it takes.
+        // Label selectors and the other conditions the store does not take are applied here, so a page is
+        // filled from as many store pages as it takes.
         loop {
             let batch = self
                 .store
@@ -298,7 +324,7 @@ impl Engine {
             let exhausted = batch.len() <= limit as usize;
             for i in batch {
                 after = Some(i.id);
-                if filter.labels.as_ref().is_none_or(|s| s.matches(&i.labels)) {
+                if filter.admits(&i) {
                     items.push(i);
                     if items.len() > limit as usize {
                         break;
@@ -432,17 +458,44 @@ impl Engine {
         Err(DomainError::Conflict(format!("instance {id} is being changed by many writers at once; retry")))
     }
 
-    /// Updates several instances at once: all or nothing. When an id appears more than once its last entry
-    /// wins; the result lists each instance once, in the order of first appearance.
+    /// Read-modify-write of one instance: `plan` sees the instance as it is and says what to change (`None`:
+    /// nothing), and the change is applied only if the instance is still at that version; when a concurrent
+    /// writer got there first, `plan` runs again on the fresh instance. For changes that depend on what the
+    /// instance holds (a provider refusing to change hardware it echoes back, a field that must exist).
+    pub async fn update_instance_with<E: From<DomainError>>(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        plan: impl Fn(&Instance) -> std::result::Result<Option<InstancePatch>, E>,
+    ) -> std::result::Result<Instance, E> {
+        ctx.require(Role::Member)?;
+        for attempt in 0..CAS_RETRIES {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            let current = self.instance(ctx, id).await?;
+            let Some(patch) = plan(&current)? else { return Ok(current) };
+            match self.update_instance(ctx, id, patch, Some(current.generation)).await {
+                Ok(updated) => return Ok(updated),
+                Err(DomainError::PreconditionFailed { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(DomainError::Conflict(format!("instance {id} is being changed by many writers at once; retry")).into())
+    }
+
+    /// Updates several instances at once: all or nothing. When an id appears more than once its entries are
+    /// applied in order, each over the one before (a later entry's field wins; fields it leaves out keep
+    /// what the earlier ones set); the result lists each instance once, in the order of first appearance.
     pub async fn batch_update(&self, ctx: &Context, entries: Vec<(Uuid, InstancePatch)>) -> Result<Vec<Instance>> {
         ctx.require(Role::Member)?;
         let mut order: Vec<Uuid> = Vec::new();
-        let mut latest: BTreeMap<Uuid, InstancePatch> = BTreeMap::new();
+        let mut patches: BTreeMap<Uuid, Vec<InstancePatch>> = BTreeMap::new();
         for (id, patch) in entries {
-            if !latest.contains_key(&id) {
+            if !patches.contains_key(&id) {
                 order.push(id);
             }
-            latest.insert(id, patch);
+            patches.entry(id).or_default().push(patch);
         }
         for attempt in 0..CAS_RETRIES {
             if attempt > 0 {
@@ -452,8 +505,12 @@ impl Engine {
             let mut updated = Vec::new();
             for id in &order {
                 let current = self.instance(ctx, *id).await?;
-                let next =
-                    apply_patch(&current, &latest[id]).map_err(|e| prefix_error(e, &format!("instance {id}")))?;
+                let mut next = current.clone();
+                for patch in &patches[id] {
+                    next = apply_patch(&next, patch).map_err(|e| prefix_error(e, &format!("instance {id}")))?;
+                }
+                // One version step for the batch, whatever number of entries the instance had.
+                next.generation = current.generation + 1;
                 set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(current.generation) });
                 set.push(instance_event(&ctx.actor, "instance.updated", &next));
                 updated.push(next);
@@ -773,6 +830,9 @@ fn apply_patch(current: &Instance, patch: &InstancePatch) -> Result<Instance> {
             return Err(DomainError::invalid("description", "at most 255 characters"));
         }
         next.description = description.clone();
+    }
+    if let Some(replacement) = &patch.replace_labels {
+        labels::merge_patch("labels", &mut next.labels, &labels::replacement_patch(&current.labels, replacement))?;
     }
     if let Some(labels_patch) = &patch.labels {
         labels::merge_patch("labels", &mut next.labels, labels_patch)?;

@@ -200,7 +200,17 @@ pub async fn list(
     let labels = q.labels.as_deref().map(Selector::parse).transpose()?;
     let page = app
         .engine
-        .list_instances(&ctx, InstanceFilter { labels, state, name: q.name, limit: q.limit, page_token: q.page_token })
+        .list_instances(
+            &ctx,
+            InstanceFilter {
+                labels,
+                state,
+                name: q.name,
+                limit: q.limit,
+                page_token: q.page_token,
+                ..Default::default()
+            },
+        )
         .await?;
     Ok(Json(InstanceList {
         items: page.items.iter().map(|i| InstanceView::for_caller(&ctx, i)).collect(),

@@ -428,51 +428,24 @@ struct UpdateBody {
     application_consistent_snapshot_enabled: Option<bool>,
 }
 
-/// Applies `patch` to the instance if it is still at the version it was planned on; `plan` is run again
-/// on the fresh instance when a concurrent writer got there first.
-async fn edit(
-    app: &AppState,
-    ctx: &Context,
-    id: Uuid,
-    plan: impl Fn(&Instance) -> ExoResult<InstancePatch>,
-) -> ExoResult<Instance> {
-    for _ in 0..16 {
-        let current = app.engine.instance(ctx, id).await?;
-        let patch = plan(&current)?;
-        match app.engine.update_instance(ctx, id, patch, Some(current.generation)).await {
-            Ok(i) => return Ok(i),
-            Err(DomainError::PreconditionFailed { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(DomainError::Conflict(format!("instance {id} changed concurrently; retry")).into())
-}
-
 pub async fn update(State(app): State<AppState>, Path(id): Path<String>, signed: Signed) -> ExoResult<Json<Value>> {
     let ctx = &signed.ctx;
     let id = parse_id("Instance", &id)?;
     let body: UpdateBody = signed.json()?;
     check_ip_assignment(body.public_ip_assignment.as_deref())?;
-    edit(&app, ctx, id, |current| {
-        let mut patch = InstancePatch {
-            name: body.name.clone(),
-            user_data: body.user_data.clone(),
-            labels: body.labels.as_ref().map(|wanted| nimbus_core::labels::replacement_patch(&current.labels, wanted)),
-            ..Default::default()
-        };
-        let mut ext = Map::new();
-        if let Some(a) = &body.public_ip_assignment {
-            ext.insert("public-ip-assignment".into(), json!(a));
-        }
-        if let Some(b) = body.application_consistent_snapshot_enabled {
-            ext.insert("application-consistent-snapshot-enabled".into(), json!(b));
-        }
-        if !ext.is_empty() {
-            patch.extensions.insert(EXT.into(), Value::Object(ext));
-        }
-        Ok(patch)
-    })
-    .await?;
+    let mut patch =
+        InstancePatch { name: body.name, user_data: body.user_data, replace_labels: body.labels, ..Default::default() };
+    let mut ext = Map::new();
+    if let Some(a) = &body.public_ip_assignment {
+        ext.insert("public-ip-assignment".into(), json!(a));
+    }
+    if let Some(b) = body.application_consistent_snapshot_enabled {
+        ext.insert("application-consistent-snapshot-enabled".into(), json!(b));
+    }
+    if !ext.is_empty() {
+        patch.extensions.insert(EXT.into(), Value::Object(ext));
+    }
+    app.engine.update_instance(ctx, id, patch, None).await?;
     receipt(&app, ctx, instance_ref(id)).await
 }
 
@@ -487,7 +460,9 @@ pub async fn reset_field(
     if field != "labels" {
         return Err(ExoError::bad_request(format!("Invalid parameter field: {field:?} cannot be reset (only labels)")));
     }
-    edit(&app, ctx, id, |_| Ok(InstancePatch { labels: Some(Value::Null), ..Default::default() })).await?;
+    app.engine
+        .update_instance(ctx, id, InstancePatch { labels: Some(Value::Null), ..Default::default() }, None)
+        .await?;
     receipt(&app, ctx, instance_ref(id)).await
 }
 
@@ -716,12 +691,9 @@ pub async fn set_reverse_dns(
     if !valid_domain(&name) {
         return Err(ExoError::bad_request(format!("Invalid parameter domain-name: {name:?} is not a domain name")));
     }
-    edit(&app, ctx, id, |_| {
-        let mut patch = InstancePatch::default();
-        patch.extensions.insert(EXT.into(), json!({ "reverse-dns": name }));
-        Ok(patch)
-    })
-    .await?;
+    let mut patch = InstancePatch::default();
+    patch.extensions.insert(EXT.into(), json!({ "reverse-dns": name }));
+    app.engine.update_instance(ctx, id, patch, None).await?;
     receipt(&app, ctx, instance_ref(id)).await
 }
 
@@ -732,14 +704,15 @@ pub async fn delete_reverse_dns(
 ) -> ExoResult<Json<Value>> {
     let ctx = &signed.ctx;
     let id = parse_id("Instance", &id)?;
-    edit(&app, ctx, id, |current| {
-        if views::ext_str(current, "reverse-dns").is_none() {
-            return Err(ExoError::not_found("Reverse DNS record"));
-        }
-        let mut patch = InstancePatch::default();
-        patch.extensions.insert(EXT.into(), json!({ "reverse-dns": null }));
-        Ok(patch)
-    })
-    .await?;
+    app.engine
+        .update_instance_with(ctx, id, |current| {
+            if views::ext_str(current, "reverse-dns").is_none() {
+                return Err(ExoError::not_found("Reverse DNS record"));
+            }
+            let mut patch = InstancePatch::default();
+            patch.extensions.insert(EXT.into(), json!({ "reverse-dns": null }));
+            Ok(Some(patch))
+        })
+        .await?;
     receipt(&app, ctx, instance_ref(id)).await
 }

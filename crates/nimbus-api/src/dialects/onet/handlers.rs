@@ -428,61 +428,50 @@ async fn update(
     let id = instance_id(&id)?;
     let map = body_object(&headers, &body)?;
     let renderer = Renderer::new(&app, &ctx).await?;
-    // The patch is planned on a read and applied only if the instance is still at that version, so a
-    // concurrent writer's change to the extension map or tags is never overwritten: re-plan instead.
-    for _ in 0..16 {
-        let current = app.engine.instance(&ctx, id).await?;
-        let (input, mut errors) = parse_input(&map);
-        // Clients echo the object back: the same hardware is fine, another is refused, never applied.
-        let resize = "Hardware configuration changes require the resize endpoint (POST .../resize).";
-        let current_size = renderer.types.iter().find(|t| t.name == current.instance_type).map(|t| t.id);
-        if input.size_id.is_some_and(|s| Some(s) != current_size) {
-            errors.add("size_id", resize);
-        }
-        if input.image_id.is_some_and(|i| i != current.template_id) {
-            errors.add("image_id", "The image cannot be changed here; reinstalling is a separate operation.");
-        }
-        if input.location_id.is_some_and(|l| l != views::location_id(&renderer.zone)) {
-            errors.add("location_id", "An instance cannot move to another location.");
-        }
-        if input.vpc_id.is_some_and(|v| v != Some(views::vpc_id(&renderer.zone))) {
-            errors.add("vpc_id", "An instance cannot move to another VPC.");
-        }
-        errors.check()?;
-        let mut patch = InstancePatch {
-            name: input.name.clone().filter(|n| *n != current.name),
-            hostname: input.hostname.clone().filter(|h| *h != current.hostname),
-            description: input.description.clone().filter(|d| *d != current.description),
-            labels: input
-                .tags
-                .as_ref()
-                .filter(|t| **t != current.labels)
-                .map(|t| nimbus_core::labels::replacement_patch(&current.labels, t)),
-            ..Default::default()
-        };
-        if input.billing_cycle.is_some() || input.os_name.is_some() {
-            let ext = extension(current.extensions.get(EXT), &input);
-            if current.extensions.get(EXT) != Some(&ext) {
-                patch.extensions.insert(EXT.to_string(), ext);
+    // Planned on a read and applied only if the instance is still at that version (the engine re-plans
+    // otherwise), so a concurrent writer's change is never overwritten.
+    let updated = app
+        .engine
+        .update_instance_with(&ctx, id, |current| {
+            let (input, mut errors) = parse_input(&map);
+            // Clients echo the object back: the same hardware is fine, another is refused, never applied.
+            let resize = "Hardware configuration changes require the resize endpoint (POST .../resize).";
+            let current_size = renderer.types.iter().find(|t| t.name == current.instance_type).map(|t| t.id);
+            if input.size_id.is_some_and(|s| Some(s) != current_size) {
+                errors.add("size_id", resize);
             }
-        }
-        let nothing = patch.name.is_none()
-            && patch.hostname.is_none()
-            && patch.description.is_none()
-            && patch.labels.is_none()
-            && patch.extensions.is_empty();
-        let updated = if nothing {
-            current
-        } else {
-            match app.engine.update_instance(&ctx, id, patch, Some(current.generation)).await {
-                Ok(i) => i,
-                Err(DomainError::PreconditionFailed { .. }) => continue,
-                Err(e) => return Err(e.into()),
+            if input.image_id.is_some_and(|i| i != current.template_id) {
+                errors.add("image_id", "The image cannot be changed here; reinstalling is a separate operation.");
             }
-        };
-        return Ok(Json(renderer.render(&app, &ctx, &updated).await?));
-    }
-    Err(DomainError::Conflict(format!("instance {id} changed concurrently; retry")).into())
+            if input.location_id.is_some_and(|l| l != views::location_id(&renderer.zone)) {
+                errors.add("location_id", "An instance cannot move to another location.");
+            }
+            if input.vpc_id.is_some_and(|v| v != Some(views::vpc_id(&renderer.zone))) {
+                errors.add("vpc_id", "An instance cannot move to another VPC.");
+            }
+            errors.check()?;
+            let mut patch = InstancePatch {
+                name: input.name.clone().filter(|n| *n != current.name),
+                hostname: input.hostname.clone().filter(|h| *h != current.hostname),
+                description: input.description.clone().filter(|d| *d != current.description),
+                replace_labels: input.tags.clone().filter(|t| *t != current.labels),
+                ..Default::default()
+            };
+            if input.billing_cycle.is_some() || input.os_name.is_some() {
+                let ext = extension(current.extensions.get(EXT), &input);
+                if current.extensions.get(EXT) != Some(&ext) {
+                    patch.extensions.insert(EXT.to_string(), ext);
+                }
+            }
+            let nothing = patch.name.is_none()
+                && patch.hostname.is_none()
+                && patch.description.is_none()
+                && patch.replace_labels.is_none()
+                && patch.extensions.is_empty();
+            Ok::<_, OnetError>((!nothing).then_some(patch))
+        })
+        .await?;
+    Ok(Json(renderer.render(&app, &ctx, &updated).await?))
 }
 
 pub async fn resize(
