@@ -480,3 +480,25 @@ async fn unknown_routes_and_methods_answer_gcores_error_body() {
     let r = gcore(&c, Method::PUT, &base(&c, ADMIN, "v1").await, ADMIN, None).await;
     assert_gcore_error(&r, StatusCode::METHOD_NOT_ALLOWED, "HTTPError");
 }
+
+#[tokio::test]
+async fn patch_keeps_read_only_tags_instead_of_refusing() {
+    let c = Cloud::new().await;
+    let (id, _) = create(&c, ADMIN, "keeper", json!({"team": "a"})).await;
+    let path = format!("{}/{id}", base(&c, ADMIN, "v1").await);
+    let before = gcore(&c, Method::GET, &path, ADMIN, None).await.body;
+    let read_only: Vec<Value> =
+        before["tags"].as_array().unwrap().iter().filter(|t| t["read_only"] == true).cloned().collect();
+    let key = read_only[0]["key"].as_str().unwrap().to_string();
+    // A client sending back a read-only tag (changed or removed) with its own change: the change applies.
+    for attempt in [json!({&key: "hijacked", "team": "b"}), json!({&key: null})] {
+        let r = gcore(&c, Method::PATCH, &path, ADMIN, Some(json!({"tags": attempt}))).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let kept: Vec<Value> =
+            r.body["tags"].as_array().unwrap().iter().filter(|t| t["read_only"] == true).cloned().collect();
+        assert_eq!(kept, read_only, "{}", r.text);
+    }
+    let after = gcore(&c, Method::GET, &path, ADMIN, None).await.body;
+    let team: Vec<&Value> = after["tags"].as_array().unwrap().iter().filter(|t| t["key"] == "team").collect();
+    assert_eq!(team[0]["value"], "b", "{after}");
+}
