@@ -197,7 +197,10 @@ struct Input {
     /// `Some(None)`: sent as null.
     vpc_id: Option<Option<Uuid>>,
     billing_cycle: Option<String>,
+    /// The labels `tags` stands for: a map of strings is the labels, anything else empties them.
     tags: Option<Labels>,
+    /// `tags` that are not a map of strings, kept verbatim; `Some(Null)` when they are (nothing verbatim).
+    verbatim_tags: Option<Value>,
 }
 
 /// Reads the JSON body the way DRF's parser does: 415 for another media type, 400 for malformed JSON or a
@@ -298,22 +301,22 @@ fn parse_input(map: &Map<String, Value>) -> (Input, FieldErrors) {
             e.add("billing_cycle", format!("\"{given}\" is not a valid choice."));
         }
     }
+    // ONET types `tags` as any JSON (`<unknown>`): whatever the client sends is kept and returned as given.
     if let Some(v) = map.get("tags") {
-        match v {
-            Value::Null => input.tags = Some(Labels::new()),
-            Value::Object(obj) => {
-                let mut tags = Labels::new();
-                for (k, v) in obj {
-                    match v {
-                        Value::String(s) => {
-                            tags.insert(k.clone(), s.clone());
-                        }
-                        _ => e.add("tags", format!("The value of tag \"{k}\" must be a string.")),
-                    }
-                }
-                input.tags = Some(tags);
+        let strings: Option<Labels> = match v {
+            Value::Null => Some(Labels::new()),
+            Value::Object(obj) => obj.iter().map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect(),
+            _ => None,
+        };
+        match strings {
+            Some(labels) => {
+                input.tags = Some(labels);
+                input.verbatim_tags = Some(Value::Null);
             }
-            _ => e.add("tags", "Tags must be an object of string values."),
+            None => {
+                input.tags = Some(Labels::new());
+                input.verbatim_tags = Some(v.clone());
+            }
         }
     }
     (input, e)
@@ -323,9 +326,22 @@ fn does_not_exist(id: Uuid) -> String {
     format!("Invalid pk \"{id}\" - object does not exist.")
 }
 
-/// The instance's ONET extension map with `input`'s billing cycle and OS name applied.
+/// The instance's ONET extension map with `input`'s billing cycle, OS name and verbatim tags applied, as a
+/// merge patch of the current one (a key it drops is `null`).
 fn extension(current: Option<&Value>, input: &Input) -> Value {
     let mut ext = current.and_then(Value::as_object).cloned().unwrap_or_default();
+    match &input.verbatim_tags {
+        None => {}
+        Some(Value::Null) if ext.contains_key("tags") => {
+            ext.insert("tags".into(), Value::Null);
+        }
+        Some(Value::Null) => {}
+        // Wrapped in a one-element array: the engine merges extension maps as JSON merge patches, which
+        // replace an array whole but would merge an object into the old one and drop its nulls.
+        Some(v) => {
+            ext.insert("tags".into(), json!([v]));
+        }
+    }
     if let Some(cycle) = &input.billing_cycle {
         ext.insert("billing_cycle".into(), json!(cycle));
     }
@@ -457,7 +473,7 @@ async fn update(
                 replace_labels: input.tags.clone().filter(|t| *t != current.labels),
                 ..Default::default()
             };
-            if input.billing_cycle.is_some() || input.os_name.is_some() {
+            if input.billing_cycle.is_some() || input.os_name.is_some() || input.verbatim_tags.is_some() {
                 let ext = extension(current.extensions.get(EXT), &input);
                 if current.extensions.get(EXT) != Some(&ext) {
                     patch.extensions.insert(EXT.to_string(), ext);
@@ -546,4 +562,85 @@ pub async fn task(
     };
     let name = app.engine.instance(&ctx, op.target.id).await.ok().map(|i| i.name);
     Ok(Json(views::task(&op, name.as_deref(), app.engine.config().max_attempts)))
+}
+
+/// `POST .../instances/{id}/{start|stop|shutdown|reboot|reset}`: ONET's power actions, each answered with its
+/// task (202), pollable like every task. Nimbus's stop asks the guest to power off and forces it after a
+/// grace period, so `stop` and `shutdown` are both it; its reboot is a reset of the VM, so `reboot` and
+/// `reset` are both that.
+pub async fn power(
+    State(app): State<AppState>,
+    OnetCaller(ctx): OnetCaller,
+    Path((org, project, id, action)): Path<(String, String, String, String)>,
+) -> OnetResult<Response> {
+    tenancy(&ctx, &org, &project)?;
+    let id = instance_id(&id)?;
+    let (request, verb) = match action.as_str() {
+        "start" => (ActionRequest::Start, "started"),
+        "stop" | "shutdown" => (ActionRequest::Stop, "stopped"),
+        "reboot" | "reset" => (ActionRequest::Reboot, "rebooted"),
+        _ => return Err(OnetError::not_found()),
+    };
+    let instance = app.engine.instance(&ctx, id).await?;
+    let op = app.engine.act(&ctx, id, request).await.map_err(|e| match e {
+        DomainError::InvalidState { state, .. } => {
+            OnetError::detail(StatusCode::BAD_REQUEST, format!("The instance cannot be {verb} while it is {state}."))
+        }
+        other => other.into(),
+    })?;
+    let task = views::task(&op, Some(&instance.name), app.engine.config().max_attempts);
+    Ok((StatusCode::ACCEPTED, Json(task)).into_response())
+}
+
+/// `GET .../instances/{id}/tasks/{task_id}`: a task of that instance.
+pub async fn instance_task(
+    State(app): State<AppState>,
+    OnetCaller(ctx): OnetCaller,
+    Path((org, project, id, task_id)): Path<(String, String, String, String)>,
+) -> OnetResult<Json<Value>> {
+    tenancy(&ctx, &org, &project)?;
+    let instance = app.engine.instance(&ctx, instance_id(&id)?).await?;
+    let task_id = Uuid::parse_str(&task_id).map_err(|_| OnetError::not_found())?;
+    let op = app.engine.operation(&ctx, task_id).await?;
+    if op.target.id != instance.id {
+        return Err(OnetError::not_found());
+    }
+    Ok(Json(views::task(&op, Some(&instance.name), app.engine.config().max_attempts)))
+}
+
+/// One DRF page holding a whole (small) catalog.
+fn catalog_page(results: Vec<Value>) -> Json<Value> {
+    Json(json!({ "count": results.len(), "next": null, "previous": null, "results": results }))
+}
+
+/// `GET /v1/compute/sizes` (and under the project's path): the sizes a create's `size_id` names, in the
+/// shape the instance object embeds.
+pub async fn sizes(State(app): State<AppState>, OnetCaller(_ctx): OnetCaller) -> OnetResult<Json<Value>> {
+    Ok(catalog_page(app.engine.list_instance_types().await?.iter().map(views::size).collect()))
+}
+
+/// `GET /v1/compute/locations`: the one location, this server's zone.
+pub async fn locations(State(app): State<AppState>, OnetCaller(_ctx): OnetCaller) -> OnetResult<Json<Value>> {
+    Ok(catalog_page(vec![views::location(&app.engine.zone().await?)]))
+}
+
+/// `GET /v1/compute/images`: the images the caller may install.
+pub async fn images(State(app): State<AppState>, OnetCaller(ctx): OnetCaller) -> OnetResult<Json<Value>> {
+    let org = ctx.project.organization_id;
+    Ok(catalog_page(app.engine.list_templates(&ctx).await?.iter().map(|t| views::image(t, org)).collect()))
+}
+
+/// The catalogs under the project's path: the same, once the path's tenancy is the key's.
+pub async fn project_catalog(
+    State(app): State<AppState>,
+    caller: OnetCaller,
+    Path((org, project, what)): Path<(String, String, String)>,
+) -> OnetResult<Json<Value>> {
+    tenancy(&caller.0, &org, &project)?;
+    match what.as_str() {
+        "sizes" => sizes(State(app), caller).await,
+        "locations" => locations(State(app), caller).await,
+        "images" => images(State(app), caller).await,
+        _ => Err(OnetError::not_found()),
+    }
 }
