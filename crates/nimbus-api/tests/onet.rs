@@ -542,10 +542,14 @@ async fn resize_goes_through_the_engines_scale_and_delete_cancels() {
         assert_eq!(r.body["status"], "cancelled");
         assert!(r.body["cancellation_requested_at"].is_string() && r.body["next_billing_date"].is_null());
     }
-    eventually("gone", || async {
-        o.call(Method::GET, &format!("/instances/{id}"), None).await.status == StatusCode::NOT_FOUND
+    // ONET keeps a deleted instance, terminated, listed and readable, for the retention.
+    eventually("terminated", || async {
+        o.call(Method::GET, &format!("/instances/{id}"), None).await.body["status"] == "terminated"
     })
     .await;
+    let listed = o.call(Method::GET, "/instances", None).await;
+    assert_eq!(listed.body["results"][0]["status"], "terminated", "{}", listed.text);
+    assert_eq!(o.cloud.state(ADMIN, &id).await, "gone", "the native API does not show it unasked");
     let r = o.call(Method::DELETE, &format!("/instances/{id}"), None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }

@@ -183,6 +183,9 @@ pub struct InstanceFilter {
     /// Created at or after, and strictly before.
     pub created_after: Option<OffsetDateTime>,
     pub created_before: Option<OffsetDateTime>,
+    /// With no `state`, also the deleted instances whose records are still kept (see
+    /// `EngineConfig::deleted_retention`): for the providers that list them.
+    pub with_destroyed: bool,
 }
 
 impl InstanceFilter {
@@ -253,6 +256,20 @@ impl Engine {
             .ok_or_else(|| DomainError::not_found("instance", id))
     }
 
+    /// The instance, or the record of a deleted one still kept (`destroyed`): for the providers that show
+    /// deleted instances for a while.
+    pub async fn instance_or_destroyed(&self, ctx: &Context, id: Uuid) -> Result<Instance> {
+        let query = InstanceQuery {
+            project_id: Some(ctx.project.id),
+            id: Some(id),
+            with_destroyed: true,
+            limit: 1,
+            ..Default::default()
+        };
+        let found = self.store.list_instances(&query).await.map_err(store_err)?;
+        found.into_iter().next().ok_or_else(|| DomainError::not_found("instance", id))
+    }
+
     /// Records a new instance and the operation that creates it on the host, in one transaction with its
     /// address, password and quota check (see `sagas::create`).
     pub async fn create_instance(&self, ctx: &Context, req: CreateInstance) -> Result<(Operation, Instance)> {
@@ -286,10 +303,19 @@ impl Engine {
 
     /// Every instance of the caller's project, oldest first, for dialects that filter or page themselves.
     pub async fn all_instances(&self, ctx: &Context) -> Result<Vec<Instance>> {
+        self.all_instances_with(ctx, false).await
+    }
+
+    /// Every instance and the kept records of deleted ones (see `EngineConfig::deleted_retention`).
+    pub async fn all_instances_and_destroyed(&self, ctx: &Context) -> Result<Vec<Instance>> {
+        self.all_instances_with(ctx, true).await
+    }
+
+    async fn all_instances_with(&self, ctx: &Context, with_destroyed: bool) -> Result<Vec<Instance>> {
         let mut all = Vec::new();
         let mut page_token = None;
         loop {
-            let filter = InstanceFilter { limit: Some(MAX_PAGE), page_token, ..Default::default() };
+            let filter = InstanceFilter { limit: Some(MAX_PAGE), page_token, with_destroyed, ..Default::default() };
             let page = self.list_instances(ctx, filter).await?;
             all.extend(page.items);
             match page.next_page_token {
@@ -313,8 +339,10 @@ impl Engine {
                 .store
                 .list_instances(&InstanceQuery {
                     host: None,
+                    id: None,
                     project_id: Some(ctx.project.id),
                     state: filter.state,
+                    with_destroyed: filter.with_destroyed,
                     name: filter.name.clone(),
                     after,
                     limit: limit + 1,

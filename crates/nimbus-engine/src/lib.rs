@@ -92,6 +92,10 @@ pub struct EngineConfig {
     /// clients insist on a name of their own provider's (the `exo` CLI switches to `ch-dk-2` for its
     /// instance-type commands whatever zone it was given), so a dialect that lists zones lists these too.
     pub zone_aliases: Vec<String>,
+    /// How long a deleted instance's record is kept, `destroyed` (its `updated_at` the deletion time), for the
+    /// providers that show deleted instances for a while (ONET, SF Compute: `terminated`) and the native
+    /// API's `?state=destroyed`; zero removes it with the deletion. It holds no address, quota or host.
+    pub deleted_retention: Duration,
     /// The instance network: addresses are handed out from it; the driver puts the gateway on its bridge.
     pub network_cidr: String,
     /// The pool elastic IPs are allocated from. It must not overlap `network_cidr`. Nimbus keeps the
@@ -141,6 +145,7 @@ impl Default for EngineConfig {
         EngineConfig {
             zone: "local".into(),
             zone_aliases: Vec::new(),
+            deleted_retention: Duration::from_secs(24 * 3600),
             network_cidr: "10.213.0.0/24".into(),
             elastic_ip_cidr: "198.51.100.0/24".into(),
             stop_grace: Duration::from_secs(30),

@@ -212,6 +212,11 @@ impl WriteSet {
 #[derive(Debug, Clone, Default)]
 pub struct InstanceQuery {
     pub project_id: Option<Uuid>,
+    /// Only this instance.
+    pub id: Option<Uuid>,
+    /// With no `state` asked for, destroyed instances' records (kept for a while after their deletion) are
+    /// left out, as `get_instance` leaves them out, unless this says to list them too.
+    pub with_destroyed: bool,
     /// Only instances placed on this host.
     pub host: Option<String>,
     pub state: Option<InstanceState>,

@@ -263,7 +263,8 @@ pub async fn update(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchUpdateParams {
-    /// Each entry: `{"id": ..., name?, description?, labels?, expected_shutdown_at?}`.
+    /// Each entry: `{"id": ..., name?, description?, labels?, expected_shutdown_at?}`. The entries of an id
+    /// given more than once apply in order, each over the one before.
     #[schema(value_type = Vec<Object>)]
     pub items: Vec<serde_json::Value>,
 }

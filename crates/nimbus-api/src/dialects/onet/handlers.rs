@@ -149,7 +149,8 @@ pub async fn list(
         .and_then(|s| s.parse::<usize>().ok())
         .filter(|&n| n > 0)
         .map_or(DEFAULT_PAGE_SIZE, |n| n.min(MAX_PAGE_SIZE));
-    let all = app.engine.all_instances(&ctx).await?;
+    // ONET keeps deleted instances, `terminated`, for a while: listed too.
+    let all = app.engine.all_instances_and_destroyed(&ctx).await?;
     let pages = all.len().div_ceil(page_size).max(1);
     let invalid_page = || OnetError::detail(StatusCode::NOT_FOUND, "Invalid page.");
     let page = match params.get("page").map(String::as_str) {
@@ -179,7 +180,7 @@ pub async fn get(
     Path((org, project, id)): Path<(String, String, String)>,
 ) -> OnetResult<Json<Value>> {
     tenancy(&ctx, &org, &project)?;
-    let instance = app.engine.instance(&ctx, instance_id(&id)?).await?;
+    let instance = app.engine.instance_or_destroyed(&ctx, instance_id(&id)?).await?;
     let renderer = Renderer::new(&app, &ctx).await?;
     Ok(Json(renderer.render(&app, &ctx, &instance).await?))
 }

@@ -251,9 +251,10 @@ pub async fn update(
     Ok(Json(scope.render(engine, &updated, true).await?).into_response())
 }
 
+/// `GET /v2/instances/{id}`: a deleted instance is shown `terminated` while its record is kept.
 pub async fn get(State(app): State<AppState>, SfCaller(ctx): SfCaller, Path(id): Path<String>) -> SfResult<Response> {
     let engine = &app.engine;
-    let instance = ids::instance(engine, &ctx, &id).await?;
+    let instance = ids::instance_or_destroyed(engine, &ctx, &id).await?;
     let scope = Scope::of(engine, &ctx).await?;
     Ok(Json(scope.render(engine, &instance, true).await?).into_response())
 }
@@ -358,6 +359,8 @@ pub async fn list(
                 labels: (!selector.is_empty()).then_some(Selector(selector)),
                 limit: Some(limit),
                 page_token: page,
+                // SF lists deleted instances, `terminated`, while their records are kept.
+                with_destroyed: true,
                 ..filter
             },
         )
