@@ -322,10 +322,11 @@ pub async fn list(
                 }
                 filter.states.extend(InstanceState::ALL.into_iter().filter(|s| views::status(*s) == value));
             }
-            "pool" | "capacity" => {
-                if ![&scope.pool.id, &scope.capacity.id, &scope.pool.name].contains(&&value.to_string()) {
-                    return Err(SfError::not_found(format!("{key} {value} not found")));
-                }
+            // The one zone this server runs is the only pool there is: it filters nothing out.
+            "pool" | "capacity"
+                if ![&scope.pool.id, &scope.capacity.id, &scope.pool.name].contains(&&value.to_string()) =>
+            {
+                return Err(SfError::not_found(format!("{key} {value} not found")));
             }
             "instance_sku" => {
                 let name = match ids::resolve(engine, ids::INSTANCE_SKU, &value).await? {
