@@ -181,16 +181,10 @@ pub async fn get_ssh_key(
     Path(name): Path<String>,
     signed: Signed,
 ) -> ExoResult<Json<Value>> {
-    let keys = app.engine.list_ssh_keys(&signed.ctx).await?;
-    let k = keys.iter().find(|k| addressed_as(k, &name)).ok_or_else(|| ExoError::not_found("SSH key"))?;
-    Ok(Json(views::ssh_key(k)))
-}
-
-/// Exoscale addresses keys by name. The operation that registers one refers to it by id, as every
-/// operation's reference does, and clients that re-fetch the key from the reference
-/// (`GET /v2/ssh-key/{reference.id}`, the `exoscale-connector` package) must find it: so by id as well.
-fn addressed_as(k: &nimbus_core::resources::SshKey, name_or_id: &str) -> bool {
-    k.name == name_or_id || k.id.to_string() == name_or_id
+    // By name, as Exoscale addresses keys, or by id: the operation that registers one refers to it by id,
+    // and clients that re-fetch the key from that reference (the `exoscale-connector` package) must find it.
+    let k = app.engine.ssh_key(&signed.ctx, &name).await?;
+    Ok(Json(views::ssh_key(&k)))
 }
 
 fn ssh_key_ref(k: &nimbus_core::resources::SshKey) -> Value {
@@ -210,8 +204,7 @@ pub async fn delete_ssh_key(
     Path(name): Path<String>,
     signed: Signed,
 ) -> ExoResult<Json<Value>> {
-    let keys = app.engine.list_ssh_keys(&signed.ctx).await?;
-    let k = keys.into_iter().find(|k| addressed_as(k, &name)).ok_or_else(|| ExoError::not_found("SSH key"))?;
+    let k = app.engine.ssh_key(&signed.ctx, &name).await?;
     app.engine.delete_ssh_key(&signed.ctx, &k.id.to_string()).await?;
     receipt(&app, &signed.ctx, ssh_key_ref(&k)).await
 }
