@@ -8,6 +8,7 @@ use axum::Router;
 
 use crate::AppState;
 
+pub mod common;
 pub mod exoscale;
 pub mod gcore;
 pub mod onet;

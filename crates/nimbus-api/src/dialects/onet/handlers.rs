@@ -21,7 +21,6 @@ use uuid::Uuid;
 
 use super::errors::{FieldErrors, OnetError, OnetResult};
 use super::views::{self, BILLING_CYCLES, DEFAULT_BILLING_CYCLE, EXT, LEGACY_ID};
-use crate::auth::{actor_of, credential};
 use crate::AppState;
 
 /// DRF's page size when the client names none, and the largest it may ask for.
@@ -38,12 +37,16 @@ impl FromRequestParts<AppState> for OnetCaller {
     type Rejection = OnetError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let secret = credential(&parts.headers, "Bearer").ok_or_else(OnetError::missing_credentials)?;
-        match state.engine.authenticate_secret(secret, actor_of(parts)).await {
-            Ok(ctx) => Ok(OnetCaller(ctx)),
-            Err(DomainError::Unauthenticated(_)) => Err(OnetError::invalid_token()),
-            Err(e) => Err(e.into()),
-        }
+        crate::dialects::common::caller(parts, state, "Bearer").await.map(OnetCaller)
+    }
+}
+
+impl crate::dialects::common::CredentialErrors for OnetError {
+    fn missing_credentials() -> OnetError {
+        OnetError::missing_credentials()
+    }
+    fn invalid_credentials() -> OnetError {
+        OnetError::invalid_token()
     }
 }
 

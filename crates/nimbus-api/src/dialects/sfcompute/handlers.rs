@@ -34,10 +34,16 @@ impl FromRequestParts<AppState> for SfCaller {
     type Rejection = SfError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let secret = crate::auth::credential(&parts.headers, "Bearer")
-            .ok_or_else(|| SfError::unauthenticated("missing credentials: send 'Authorization: Bearer <token>'"))?;
-        let ctx = state.engine.authenticate_secret(secret, crate::auth::actor_of(parts)).await?;
-        Ok(SfCaller(ctx))
+        crate::dialects::common::caller(parts, state, "Bearer").await.map(SfCaller)
+    }
+}
+
+impl crate::dialects::common::CredentialErrors for SfError {
+    fn missing_credentials() -> SfError {
+        SfError::unauthenticated("missing credentials: send 'Authorization: Bearer <token>'")
+    }
+    fn invalid_credentials() -> SfError {
+        DomainError::Unauthenticated("invalid API key".into()).into()
     }
 }
 

@@ -20,7 +20,6 @@ use uuid::Uuid;
 
 use super::errors::{FieldErrors, ScError, ScResult};
 use super::views::{self, Gpu, CPU, EXT, GPU};
-use crate::auth::{actor_of, credential};
 use crate::AppState;
 
 /// The instance type of a CPU instance (SharedCloud names no size; this is Nimbus's smallest general one
@@ -44,12 +43,16 @@ impl FromRequestParts<AppState> for ScCaller {
     type Rejection = ScError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let secret = credential(&parts.headers, "Token").ok_or_else(ScError::missing_credentials)?;
-        match state.engine.authenticate_secret(secret, actor_of(parts)).await {
-            Ok(ctx) => Ok(ScCaller(ctx)),
-            Err(DomainError::Unauthenticated(_)) => Err(ScError::invalid_token()),
-            Err(e) => Err(e.into()),
-        }
+        crate::dialects::common::caller(parts, state, "Token").await.map(ScCaller)
+    }
+}
+
+impl crate::dialects::common::CredentialErrors for ScError {
+    fn missing_credentials() -> ScError {
+        ScError::missing_credentials()
+    }
+    fn invalid_credentials() -> ScError {
+        ScError::invalid_token()
     }
 }
 
