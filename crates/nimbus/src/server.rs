@@ -199,3 +199,17 @@ fn parse_retention(given: &str) -> Result<Duration, String> {
     };
     Ok(Duration::from_secs(n.saturating_mul(secs)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retentions_read_as_the_help_says() {
+        assert_eq!(parse_retention("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_retention("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_retention("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_retention("0"), Ok(Duration::ZERO));
+        assert!(parse_retention("1w").is_err() && parse_retention("h").is_err() && parse_retention("").is_err());
+    }
+}
