@@ -202,6 +202,7 @@ impl InstanceFilter {
 
 pub const MAX_PAGE: u32 = 1000;
 pub const DEFAULT_PAGE: u32 = 100;
+/// The largest disk an instance may have, whatever API asks (dialects state their own range within it).
 pub const MAX_DISK_GB: u64 = 16 * 1024;
 
 pub(crate) fn event(

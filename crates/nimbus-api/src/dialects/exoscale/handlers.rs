@@ -29,9 +29,10 @@ const DIALECT: &str = "exoscale";
 /// The kind of this dialect's operation receipts (see [`receipt`]).
 const RECEIPT: &str = "operation";
 const MIN_DISK: u64 = 10;
+/// Exoscale's largest disk is 51200 GiB; Nimbus's own limit is lower, and a client is told the one that holds.
+const MAX_DISK: u64 = if nimbus_engine::MAX_DISK_GB < 51200 { nimbus_engine::MAX_DISK_GB } else { 51200 };
 /// The longest `GET /v2/operation/{id}` holds a pending operation before answering.
 const OPERATION_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
-const MAX_DISK: u64 = 51200;
 
 /// A reference to another resource in a request body. Exoscale's Go clients (egoscale v3, so the `exo`
 /// CLI and the Terraform provider) send the whole object they listed, zero-valued fields included:
@@ -658,11 +659,22 @@ pub async fn console_url(
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct ReverseDnsBody {
+pub struct ReverseDnsBody {
     domain_name: Option<String>,
 }
 
-fn valid_domain(name: &str) -> bool {
+impl ReverseDnsBody {
+    /// The PTR name asked for, checked.
+    pub fn domain_name(self) -> ExoResult<String> {
+        let name = self.domain_name.ok_or_else(|| ExoError::bad_request("Missing parameter domain-name"))?;
+        if !valid_domain(&name) {
+            return Err(ExoError::bad_request(format!("Invalid parameter domain-name: {name:?} is not a domain name")));
+        }
+        Ok(name)
+    }
+}
+
+pub fn valid_domain(name: &str) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name);
     !name.is_empty() && name.len() <= 253 && nimbus_core::instance::validate_hostname("domain-name", name).is_ok()
 }
@@ -686,11 +698,7 @@ pub async fn set_reverse_dns(
 ) -> ExoResult<Json<Value>> {
     let ctx = &signed.ctx;
     let id = parse_id("Instance", &id)?;
-    let body: ReverseDnsBody = signed.json()?;
-    let name = body.domain_name.ok_or_else(|| ExoError::bad_request("Missing parameter domain-name"))?;
-    if !valid_domain(&name) {
-        return Err(ExoError::bad_request(format!("Invalid parameter domain-name: {name:?} is not a domain name")));
-    }
+    let name = signed.json::<ReverseDnsBody>()?.domain_name()?;
     let mut patch = InstancePatch::default();
     patch.extensions.insert(EXT.into(), json!({ "reverse-dns": name }));
     app.engine.update_instance(ctx, id, patch, None).await?;

@@ -45,6 +45,13 @@ pub fn router(_state: AppState) -> Router<AppState> {
             "/v2/reverse-dns/instance/{id}",
             get(h::get_reverse_dns).post(h::set_reverse_dns).delete(h::delete_reverse_dns).fallback(mna),
         )
+        .route(
+            "/v2/reverse-dns/elastic-ip/{id}",
+            get(n::get_elastic_ip_reverse_dns)
+                .post(n::set_elastic_ip_reverse_dns)
+                .delete(n::delete_elastic_ip_reverse_dns)
+                .fallback(mna),
+        )
         .route("/v2/instance-type", get(r::list_instance_types).fallback(mna))
         .route("/v2/instance-type/{id}", get(r::get_instance_type).fallback(mna))
         .route("/v2/template", get(r::list_templates).fallback(mna))
