@@ -246,6 +246,13 @@ async fn unknown_routes_and_methods_answer_in_exoscales_shape() {
     let c = Cloud::new().await;
     assert_exo_error(&exo(&c, Method::GET, "/v2/no-such-thing", None).await, StatusCode::NOT_FOUND);
     assert_exo_error(&exo(&c, Method::DELETE, "/v2/instance-type", None).await, StatusCode::METHOD_NOT_ALLOWED);
+    // Deploy targets are listed (none: Nimbus places instances itself), not an unknown route.
+    let r = exo(&c, Method::GET, "/v2/deploy-target", None).await;
+    assert_eq!((r.status, &r.body), (StatusCode::OK, &json!({"deploy-targets": []})), "{}", r.text);
+    assert_exo_error(
+        &exo(&c, Method::GET, &format!("/v2/deploy-target/{}", uuid::Uuid::new_v4()), None).await,
+        StatusCode::NOT_FOUND,
+    );
 }
 
 #[tokio::test]

@@ -52,6 +52,8 @@ pub fn router(_state: AppState) -> Router<AppState> {
                 .delete(n::delete_elastic_ip_reverse_dns)
                 .fallback(mna),
         )
+        .route("/v2/deploy-target", get(r::list_deploy_targets).fallback(mna))
+        .route("/v2/deploy-target/{id}", get(r::get_deploy_target).fallback(mna))
         .route("/v2/instance-type", get(r::list_instance_types).fallback(mna))
         .route("/v2/instance-type/{id}", get(r::get_instance_type).fallback(mna))
         .route("/v2/template", get(r::list_templates).fallback(mna))

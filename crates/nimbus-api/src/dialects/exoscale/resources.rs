@@ -441,3 +441,13 @@ pub async fn delete_anti_affinity_group(
     app.engine.delete_anti_affinity_group(&signed.ctx, id).await?;
     receipt(&app, &signed.ctx, views::reference("anti-affinity-group", id, &id.to_string())).await
 }
+
+// Deploy targets: Nimbus places instances itself and offers none to choose (a create naming one is refused).
+
+pub async fn list_deploy_targets(_signed: Signed) -> ExoResult<Json<Value>> {
+    Ok(Json(json!({ "deploy-targets": [] })))
+}
+
+pub async fn get_deploy_target(_signed: Signed) -> ExoResult<Json<Value>> {
+    Err(ExoError::not_found("Deploy target"))
+}
