@@ -398,8 +398,8 @@ async fn bad_input_gets_drf_field_errors() {
     let r = o.call(Method::PUT, &path, Some(json!({"size_id": "not-a-uuid", "tags": ["x"]}))).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.body, json!({"size_id": ["Must be a valid UUID."]}), "any JSON is a valid tags value");
-    // Within ONET's length limit but not a name the core accepts: the engine's refusal, in ONET's shape.
-    let r = o.call(Method::PUT, &path, Some(json!({"name": "-starts-with-a-dash"}))).await;
+    // Within ONET's length limit but a name no text field takes (NUL): the engine's refusal, in ONET's shape.
+    let r = o.call(Method::PUT, &path, Some(json!({"name": "nul\u{0}inside"}))).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.body["name"][0].is_string(), "{}", r.text);
     // Nothing above was written.
@@ -645,4 +645,15 @@ async fn the_catalogs_give_the_ids_a_create_body_names() {
         assert_eq!((&r.body["size"]["id"], &r.body["image"]["id"]), (&size["id"], &image["id"]));
         assert_eq!(r.body["location"], locations[0]);
     }
+}
+
+#[tokio::test]
+async fn names_are_any_text_and_the_hostname_is_derived_from_them() {
+    let o = Onet::new().await;
+    let i = o.running("Serveur de prod n°1", json!({})).await;
+    assert_eq!((i["name"].as_str(), i["hostname"].as_str()), (Some("Serveur de prod n°1"), Some("serveur-de-prod-n-1")));
+    let path = format!("/instances/{}", i["id"].as_str().unwrap());
+    let r = o.call(Method::PATCH, &path, Some(json!({"name": "-Web (staging)"}))).await;
+    assert_eq!((r.status, r.body["name"].as_str()), (StatusCode::OK, Some("-Web (staging)")), "{}", r.text);
+    assert_eq!(r.body["hostname"], "serveur-de-prod-n-1", "a rename keeps the hostname");
 }

@@ -550,3 +550,11 @@ async fn unknown_routes_and_methods_answer_drfs_detail() {
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{}", r.text);
     assert!(r.body["detail"].as_str().is_some_and(|d| d.contains("DELETE")), "{}", r.text);
 }
+
+#[tokio::test]
+async fn names_are_any_text() {
+    let sc = SharedCloud::new().await;
+    let t = sc.user("nadia").await;
+    let r = sc.create(&t, Payload::Form(&[("name", "my first instance"), ("ask_price", "0.5")])).await;
+    assert_eq!((r.status, r.body["name"].as_str()), (StatusCode::CREATED, Some("my first instance")), "{}", r.text);
+}

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use nimbus_core::event::Event;
-use nimbus_core::instance::{validate_name, Instance, InstanceState, MAX_USER_DATA_BYTES};
+use nimbus_core::instance::{validate_name_by, Instance, InstanceState, NameRule, MAX_USER_DATA_BYTES};
 use nimbus_core::labels::{self, Labels, Selector};
 use nimbus_core::operation::{Actor, Operation, Target};
 use nimbus_core::resources::InstancePassword;
@@ -66,12 +66,16 @@ pub struct CreateInstance {
     pub password: Option<String>,
     /// Dialect ids to record beside the canonical one, as (kind, alias), in the same transaction.
     pub aliases: Vec<(String, String)>,
+    /// Which names the API the request came through allows.
+    pub name_rule: NameRule,
 }
 
 /// A partial update. `labels` is a JSON merge patch (RFC 7386); `Some(Value::Null)` clears every label.
 #[derive(Debug, Clone, Default)]
 pub struct InstancePatch {
     pub name: Option<String>,
+    /// Which names the API the request came through allows.
+    pub name_rule: NameRule,
     pub description: Option<String>,
     /// The labels become exactly this map (before `labels` is merged, when both are given). The providers
     /// whose updates replace the map (Exoscale, SF Compute, ONET) say so, instead of turning the instance's
@@ -847,7 +851,7 @@ fn apply_patch(current: &Instance, patch: &InstancePatch) -> Result<Instance> {
     }
     let mut next = current.clone();
     if let Some(name) = &patch.name {
-        validate_name("name", name)?;
+        validate_name_by(patch.name_rule, "name", name)?;
         next.name = name.clone();
     }
     if let Some(hostname) = &patch.hostname {

@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use nimbus_core::catalog::{InstanceType, Template, Zone};
-use nimbus_core::instance::{Instance, InstanceState};
+use nimbus_core::instance::{Instance, InstanceState, NameRule};
 use nimbus_core::labels::Labels;
 use nimbus_core::DomainError;
 use nimbus_engine::{ActionRequest, Context, CreateInstance, InstancePatch};
@@ -414,6 +414,8 @@ pub async fn create(
                 template: image.id.to_string(),
                 labels: input.tags.clone().unwrap_or_default(),
                 auto_start: true,
+                // ONET's "Instance name" is any text up to 255 characters.
+                name_rule: NameRule::AnyText,
                 extensions,
                 ..Default::default()
             },
@@ -472,6 +474,7 @@ async fn update(
             errors.check()?;
             let mut patch = InstancePatch {
                 name: input.name.clone().filter(|n| *n != current.name),
+                name_rule: NameRule::AnyText,
                 hostname: input.hostname.clone().filter(|h| *h != current.hostname),
                 description: input.description.clone().filter(|d| *d != current.description),
                 replace_labels: input.tags.clone().filter(|t| *t != current.labels),

@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use nimbus_core::catalog::GpuModel;
-use nimbus_core::instance::{Instance, InstanceState};
+use nimbus_core::instance::{validate_name_by, Instance, InstanceState, NameRule};
 use nimbus_core::DomainError;
 use nimbus_engine::{ActionRequest, Context, CreateInstance, InstanceFilter, InstancePatch};
 use serde_json::{json, Map, Value};
@@ -355,6 +355,8 @@ pub async fn create(
                 template: template(&app, &ctx).await?,
                 price_hourly: input.ask_price,
                 auto_start: false,
+                // SharedCloud's names are any text (a Django CharField).
+                name_rule: NameRule::AnyText,
                 extensions,
                 ..Default::default()
             },
@@ -405,7 +407,7 @@ async fn change(
     require(&map, required, &mut errors);
     let input = parse_input(&map, &mut errors);
     if let Some(name) = &input.name {
-        if let Err(DomainError::Invalid { message, .. }) = nimbus_core::instance::validate_name("name", name) {
+        if let Err(DomainError::Invalid { message, .. }) = validate_name_by(NameRule::AnyText, "name", name) {
             errors.add("name", message);
         }
     }
@@ -432,6 +434,7 @@ async fn change(
     }
     let mut patch = InstancePatch {
         name: input.name.clone().filter(|n| *n != current.name),
+        name_rule: NameRule::AnyText,
         price_hourly: input.ask_price.filter(|p| Some(*p) != current.price_hourly).map(Some),
         ..Default::default()
     };
