@@ -651,7 +651,10 @@ async fn the_catalogs_give_the_ids_a_create_body_names() {
 async fn names_are_any_text_and_the_hostname_is_derived_from_them() {
     let o = Onet::new().await;
     let i = o.running("Serveur de prod n°1", json!({})).await;
-    assert_eq!((i["name"].as_str(), i["hostname"].as_str()), (Some("Serveur de prod n°1"), Some("serveur-de-prod-n-1")));
+    assert_eq!(
+        (i["name"].as_str(), i["hostname"].as_str()),
+        (Some("Serveur de prod n°1"), Some("serveur-de-prod-n-1"))
+    );
     let path = format!("/instances/{}", i["id"].as_str().unwrap());
     let r = o.call(Method::PATCH, &path, Some(json!({"name": "-Web (staging)"}))).await;
     assert_eq!((r.status, r.body["name"].as_str()), (StatusCode::OK, Some("-Web (staging)")), "{}", r.text);
