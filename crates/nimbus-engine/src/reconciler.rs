@@ -51,7 +51,10 @@ impl Engine {
     /// instances' records past their retention removed.
     pub(crate) async fn reconcile(&self) -> Result<()> {
         self.sweep_unreachable_hosts().await?;
-        self.purge_destroyed().await?;
+        // Late purges only keep records longer: never a reason to skip the rest of the pass.
+        if let Err(e) = self.purge_destroyed().await {
+            tracing::warn!(error = %e, "could not remove deleted instances' records past their retention");
+        }
         let now = nimbus_core::now();
         for instance in self.store.list_instances(&InstanceQuery::default()).await.map_err(store_err)? {
             if instance.lock_operation_id.is_none()
