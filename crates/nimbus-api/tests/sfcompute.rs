@@ -635,3 +635,45 @@ async fn lists_filter_by_id_status_sku_and_creation_time() {
     );
     assert_error(&c.get(&format!("{BASE}?pool=pool_nope"), ADMIN).await, StatusCode::NOT_FOUND, "not_found");
 }
+
+#[tokio::test]
+async fn ending_before_pages_backwards() {
+    let c = Cloud::new().await;
+    for name in ["p1", "p2", "p3"] {
+        c.instance(ADMIN, name, json!({})).await;
+    }
+    let names = |r: &Reply| -> Vec<String> {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.body["data"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_string()).collect()
+    };
+    let all = c.get(BASE, ADMIN).await;
+    assert_eq!(names(&all), ["p1", "p2", "p3"]);
+    let last = c.get(&format!("{BASE}?limit=1&starting_after={}", cursor_of(&c, "p2").await), ADMIN).await;
+    assert_eq!(names(&last), ["p3"]);
+    // Back from p3, one at a time: p2 (more before it), then p1 (none).
+    let cursor = last.body["cursor"].as_str().unwrap();
+    let r = c.get(&format!("{BASE}?limit=1&ending_before={cursor}"), ADMIN).await;
+    assert_eq!((names(&r), r.body["has_more"].as_bool()), (vec!["p2".to_string()], Some(true)), "{}", r.text);
+    let r = c.get(&format!("{BASE}?limit=1&ending_before={}", r.body["cursor"].as_str().unwrap()), ADMIN).await;
+    assert_eq!((names(&r), r.body["has_more"].as_bool()), (vec!["p1".to_string()], Some(false)), "{}", r.text);
+    let r = c.get(&format!("{BASE}?limit=5&ending_before={cursor}"), ADMIN).await;
+    assert_eq!(names(&r), ["p1", "p2"], "a backward page is in the usual order");
+    let both = c.get(&format!("{BASE}?ending_before={cursor}&starting_after={cursor}"), ADMIN).await;
+    assert_error(&both, StatusCode::BAD_REQUEST, "invalid_request_error");
+}
+
+/// The list cursor that names the instance called `name` (the cursor of a one-item page ending with it).
+async fn cursor_of(c: &Cloud, name: &str) -> String {
+    let all = c.get(&format!("{BASE}?limit=200"), ADMIN).await;
+    let items = all.body["data"].as_array().unwrap();
+    let at = items.iter().position(|i| i["name"] == name).unwrap();
+    let mut cursor: Option<String> = None;
+    for _ in 0..=at {
+        let q = match &cursor {
+            Some(cur) => format!("{BASE}?limit=1&starting_after={cur}"),
+            None => format!("{BASE}?limit=1"),
+        };
+        cursor = c.get(&q, ADMIN).await.body["cursor"].as_str().map(str::to_string);
+    }
+    cursor.unwrap()
+}

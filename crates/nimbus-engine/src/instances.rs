@@ -190,6 +190,10 @@ pub struct InstanceFilter {
     /// With no `state`, also the deleted instances whose records are still kept (see
     /// `EngineConfig::deleted_retention`): for the providers that list them.
     pub with_destroyed: bool,
+    /// Pages backwards instead: the page just before the instance this token names (from a page's
+    /// `next_page_token` or from `page_token::encode`), in the usual order; its `next_page_token` then leads
+    /// to the page before it.
+    pub before_token: Option<String>,
 }
 
 impl InstanceFilter {
@@ -335,7 +339,9 @@ impl Engine {
         if limit == 0 || limit > MAX_PAGE {
             return Err(DomainError::invalid("limit", format!("must be between 1 and {MAX_PAGE}")));
         }
-        let mut after = filter.page_token.as_deref().map(page_token::decode).transpose()?;
+        let backwards = filter.before_token.is_some();
+        let token = if backwards { &filter.before_token } else { &filter.page_token };
+        let mut cursor = token.as_deref().map(page_token::decode).transpose()?;
         let mut items = Vec::new();
         // Label selectors and the other conditions the store does not take are applied here, so a page is
         // filled from as many store pages as it takes.
@@ -349,14 +355,15 @@ impl Engine {
                     state: filter.state,
                     with_destroyed: filter.with_destroyed,
                     name: filter.name.clone(),
-                    after,
+                    after: if backwards { None } else { cursor },
+                    before: if backwards { cursor } else { None },
                     limit: limit + 1,
                 })
                 .await
                 .map_err(store_err)?;
             let exhausted = batch.len() <= limit as usize;
             for i in batch {
-                after = Some(i.id);
+                cursor = Some(i.id);
                 if filter.admits(&i) {
                     items.push(i);
                     if items.len() > limit as usize {
@@ -374,6 +381,10 @@ impl Engine {
         } else {
             None
         };
+        // Read nearest first; shown in the usual order. The token then leads further back.
+        if backwards {
+            items.reverse();
+        }
         Ok(Page { items, next_page_token })
     }
 

@@ -223,6 +223,9 @@ pub async fn instances_page_by_id_within_a_project(store: &dyn Store) {
     let q2 = InstanceQuery { after: Some(first[1].id), ..q.clone() };
     let second = store.list_instances(&q2).await.unwrap();
     assert_eq!(second.iter().map(|i| i.id).collect::<Vec<_>>(), ids[2..4]);
+    // Backwards: the nearest smaller ids first.
+    let back = InstanceQuery { before: Some(ids[3]), ..q.clone() };
+    assert_eq!(store.list_instances(&back).await.unwrap().iter().map(|i| i.id).collect::<Vec<_>>(), [ids[2], ids[1]]);
     let by_name = InstanceQuery { project_id: Some(p.id), name: Some("i3".into()), ..Default::default() };
     assert_eq!(store.list_instances(&by_name).await.unwrap()[0].id, ids[3]);
     let by_state = InstanceQuery { project_id: Some(p.id), state: Some(InstanceState::Running), ..Default::default() };

@@ -223,6 +223,8 @@ pub struct InstanceQuery {
     pub name: Option<String>,
     /// Keyset pagination: only ids greater than this one.
     pub after: Option<Uuid>,
+    /// Keyset pagination backwards: only ids smaller than this one, the nearest first (descending order).
+    pub before: Option<Uuid>,
     /// At most this many (0: all).
     pub limit: u32,
 }

@@ -625,6 +625,12 @@ impl Store for SqlStore {
         if let Some(a) = q.after {
             sql.and("id > ", a);
         }
+        if let Some(b) = q.before {
+            sql.and("id < ", b);
+            sql.push(" ORDER BY id DESC").limit(q.limit);
+            let rows = sql.query().fetch_all(&self.pool).await.map_err(self.fail("instance"))?;
+            return rows.iter().map(|r| body_of("instance", r)).collect();
+        }
         self.documents("instance", sql, q.limit).await
     }
 

@@ -267,8 +267,9 @@ pub async fn get(State(app): State<AppState>, SfCaller(ctx): SfCaller, Path(id):
 
 /// `GET /v2/instances`: `limit` (1..200, default 50), `starting_after` (a previous `cursor`), `workspace`,
 /// `tag=key=value`, `tag_key`, `include=cloud_init_user_data`, and the repeatable filters `id`, `status`,
-/// `pool` (or `capacity`), `instance_sku`, with `created_after`/`created_before` (Unix seconds). The
-/// filters are the engine's, applied while it pages.
+/// `pool` (or `capacity`), `instance_sku`, with `created_after`/`created_before` (Unix seconds), and
+/// `ending_before` (a previous `cursor`) for the page before it. The filters are the engine's, applied while
+/// it pages.
 pub async fn list(
     State(app): State<AppState>,
     SfCaller(ctx): SfCaller,
@@ -298,7 +299,11 @@ pub async fn list(
                 page = Some(token.to_string());
             }
             "ending_before" => {
-                return Err(SfError::new(StatusCode::NOT_IMPLEMENTED, "ending_before is not supported; page forward"))
+                let token = value
+                    .strip_prefix(CURSOR_PREFIX)
+                    .filter(|t| page_token::decode(t).is_ok())
+                    .ok_or_else(|| SfError::invalid("ending_before", "not a cursor this server issued"))?;
+                filter.before_token = Some(token.to_string());
             }
             "include" => with_user_data |= value.split(',').any(|v| v == "cloud_init_user_data"),
             "workspace" => {
@@ -359,6 +364,10 @@ pub async fn list(
             _ => {}
         }
     }
+    let backwards = filter.before_token.is_some();
+    if backwards && page.is_some() {
+        return Err(SfError::invalid("ending_before", "give starting_after or ending_before, not both"));
+    }
     let result = engine
         .list_instances(
             &ctx,
@@ -372,8 +381,10 @@ pub async fn list(
             },
         )
         .await?;
-    // The cursor names the last item shown, so a client may hold on to it whether or not more follow.
-    let cursor = result.items.last().map(|i| format!("{CURSOR_PREFIX}{}", page_token::encode(i.id)));
+    // The cursor names the last item shown (the first, paging backwards with `ending_before`), so a client
+    // may hold on to it whether or not more follow, and goes on in the same direction.
+    let edge = if backwards { result.items.first() } else { result.items.last() };
+    let cursor = edge.map(|i| format!("{CURSOR_PREFIX}{}", page_token::encode(i.id)));
     Ok(Json(PagedList {
         object: "list",
         cursor,
