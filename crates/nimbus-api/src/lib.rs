@@ -67,7 +67,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(middleware::metrics_for_operators))
         .route("/openapi.json", get(openapi::serve))
-        .fallback(error::unknown_route)
+        .fallback(dialects::unknown_route)
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::track))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::public_url))
         // Answers are data, never to be sniffed into something a browser runs, nor kept by a shared cache

@@ -471,3 +471,95 @@ async fn private_networks_stay_in_their_project_and_subnets_follow_the_core_rang
     let r = gcore(&c, Method::DELETE, &format!("{networks}/{}", shared["id"].as_str().unwrap()), ADMIN, None).await;
     assert_gcore_error(&r, StatusCode::BAD_REQUEST, "BadRequestError");
 }
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_gcores_error_body() {
+    let c = Cloud::new().await;
+    let r = gcore(&c, Method::GET, "/cloud/v1/nothing/1/1", ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    let r = gcore(&c, Method::PUT, &base(&c, ADMIN, "v1").await, ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::METHOD_NOT_ALLOWED, "HTTPError");
+}
+
+#[tokio::test]
+async fn patch_keeps_read_only_tags_instead_of_refusing() {
+    let c = Cloud::new().await;
+    let (id, _) = create(&c, ADMIN, "keeper", json!({"team": "a"})).await;
+    let path = format!("{}/{id}", base(&c, ADMIN, "v1").await);
+    let before = gcore(&c, Method::GET, &path, ADMIN, None).await.body;
+    let read_only: Vec<Value> =
+        before["tags"].as_array().unwrap().iter().filter(|t| t["read_only"] == true).cloned().collect();
+    let key = read_only[0]["key"].as_str().unwrap().to_string();
+    // A client sending back a read-only tag (changed or removed) with its own change: the change applies.
+    for attempt in [json!({&key: "hijacked", "team": "b"}), json!({&key: null})] {
+        let r = gcore(&c, Method::PATCH, &path, ADMIN, Some(json!({"tags": attempt}))).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let kept: Vec<Value> =
+            r.body["tags"].as_array().unwrap().iter().filter(|t| t["read_only"] == true).cloned().collect();
+        assert_eq!(kept, read_only, "{}", r.text);
+    }
+    let after = gcore(&c, Method::GET, &path, ADMIN, None).await.body;
+    let team: Vec<&Value> = after["tags"].as_array().unwrap().iter().filter(|t| t["key"] == "team").collect();
+    assert_eq!(team[0]["value"], "b", "{after}");
+}
+
+#[tokio::test]
+async fn ssh_keys_regions_and_projects_are_what_a_create_refers_to() {
+    let c = Cloud::new().await;
+    let projects = gcore(&c, Method::GET, "/cloud/v1/projects", ADMIN, None).await;
+    assert_eq!(projects.body["count"], 1, "{}", projects.text);
+    let project = projects.body["results"][0]["id"].as_i64().unwrap();
+    let regions = gcore(&c, Method::GET, "/cloud/v1/regions", ADMIN, None).await;
+    let region = regions.body["results"][0]["id"].as_i64().unwrap();
+    assert_eq!(base(&c, ADMIN, "v1").await, format!("/cloud/v1/instances/{project}/{region}"));
+    let r = gcore(&c, Method::GET, &format!("/cloud/v1/regions/{region}"), ADMIN, None).await;
+    assert_eq!((r.status, r.body["state"].as_str()), (StatusCode::OK, Some("ACTIVE")), "{}", r.text);
+    assert_gcore_error(
+        &gcore(&c, Method::GET, "/cloud/v1/projects/999", ADMIN, None).await,
+        StatusCode::NOT_FOUND,
+        "NotFoundError",
+    );
+
+    let keys = format!("/cloud/v1/ssh_keys/{project}");
+    let public_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl t";
+    let made = gcore(&c, Method::POST, &keys, ADMIN, Some(json!({"name": "deploy", "public_key": public_key}))).await;
+    assert_eq!(made.status, StatusCode::OK, "{}", made.text);
+    assert_eq!((made.body["name"].as_str(), made.body["state"].as_str()), (Some("deploy"), Some("ACTIVE")));
+    assert!(made.body["fingerprint"].as_str().is_some_and(|f| !f.is_empty()), "{}", made.text);
+    let id = made.id();
+    let listed = gcore(&c, Method::GET, &keys, ADMIN, None).await;
+    assert_eq!(listed.body["results"][0]["id"], id.as_str(), "{}", listed.text);
+    let got = gcore(&c, Method::GET, &format!("{keys}/{id}"), ADMIN, None).await;
+    assert_eq!(got.body["public_key"], public_key);
+    // The key a create names by ssh_key_name.
+    let body = json!({
+        "name": "keyed",
+        "flavor": "standard.small",
+        "interfaces": [{"type": "external"}],
+        "volumes": [{"source": "image", "image_id": "busybox", "boot_index": 0}],
+        "ssh_key_name": "deploy",
+    });
+    let r = gcore(&c, Method::POST, &base(&c, ADMIN, "v2").await, ADMIN, Some(body)).await;
+    let op = c.wait(r.body["tasks"][0].as_str().unwrap(), ADMIN).await;
+    assert_eq!(op["state"], "success", "{op}");
+
+    // Refusals change nothing: no key pair is generated, and a duplicate name is refused.
+    let r = gcore(&c, Method::POST, &keys, ADMIN, Some(json!({"name": "generated"}))).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "ValidationError");
+    let r = gcore(&c, Method::POST, &keys, ADMIN, Some(json!({"name": "deploy", "public_key": public_key}))).await;
+    assert!(r.status.is_client_error(), "{}", r.text);
+    assert_eq!(gcore(&c, Method::GET, &keys, ADMIN, None).await.body["count"], 1);
+    assert_gcore_error(
+        &gcore(&c, Method::GET, "/cloud/v1/ssh_keys/999", ADMIN, None).await,
+        StatusCode::NOT_FOUND,
+        "NotFoundError",
+    );
+
+    let r = gcore(&c, Method::DELETE, &format!("{keys}/{id}"), ADMIN, None).await;
+    assert_eq!((r.status, r.text.as_str()), (StatusCode::NO_CONTENT, ""), "{}", r.text);
+    assert_gcore_error(
+        &gcore(&c, Method::GET, &format!("{keys}/{id}"), ADMIN, None).await,
+        StatusCode::NOT_FOUND,
+        "NotFoundError",
+    );
+}

@@ -397,10 +397,9 @@ async fn bad_input_gets_drf_field_errors() {
     );
     let r = o.call(Method::PUT, &path, Some(json!({"size_id": "not-a-uuid", "tags": ["x"]}))).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(r.body["size_id"], json!(["Must be a valid UUID."]));
-    assert!(r.body["tags"].is_array(), "{}", r.text);
-    // Within ONET's length limit but not a name the core accepts: the engine's refusal, in ONET's shape.
-    let r = o.call(Method::PUT, &path, Some(json!({"name": "-starts-with-a-dash"}))).await;
+    assert_eq!(r.body, json!({"size_id": ["Must be a valid UUID."]}), "any JSON is a valid tags value");
+    // Within ONET's length limit but a name no text field takes (NUL): the engine's refusal, in ONET's shape.
+    let r = o.call(Method::PUT, &path, Some(json!({"name": "nul\u{0}inside"}))).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.body["name"][0].is_string(), "{}", r.text);
     // Nothing above was written.
@@ -543,10 +542,121 @@ async fn resize_goes_through_the_engines_scale_and_delete_cancels() {
         assert_eq!(r.body["status"], "cancelled");
         assert!(r.body["cancellation_requested_at"].is_string() && r.body["next_billing_date"].is_null());
     }
-    eventually("gone", || async {
-        o.call(Method::GET, &format!("/instances/{id}"), None).await.status == StatusCode::NOT_FOUND
+    // ONET keeps a deleted instance, terminated, listed and readable, for the retention.
+    eventually("terminated", || async {
+        o.call(Method::GET, &format!("/instances/{id}"), None).await.body["status"] == "terminated"
     })
     .await;
+    let listed = o.call(Method::GET, "/instances", None).await;
+    assert_eq!(listed.body["results"][0]["status"], "terminated", "{}", listed.text);
+    assert_eq!(o.cloud.state(ADMIN, &id).await, "gone", "the native API does not show it unasked");
     let r = o.call(Method::DELETE, &format!("/instances/{id}"), None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_drfs_detail() {
+    let o = Onet::new().await;
+    let r = o.call(Method::GET, "/nothing", None).await;
+    assert_eq!((r.status, &r.body), (StatusCode::NOT_FOUND, &json!({"detail": "Not found."})), "{}", r.text);
+    let r = o.cloud.call(Method::GET, "/v1/organizations/x/nothing", ADMIN, None).await;
+    assert_eq!((r.status, &r.body), (StatusCode::NOT_FOUND, &json!({"detail": "Not found."})), "{}", r.text);
+    let r = o.call(Method::DELETE, "/instances", None).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{}", r.text);
+    assert!(r.body["detail"].as_str().is_some_and(|d| d.contains("DELETE")), "{}", r.text);
+}
+
+#[tokio::test]
+async fn tags_are_any_json_kept_as_given() {
+    let o = Onet::new().await;
+    let i = o.running("tagged-1", json!({"tags": {"cost": 12, "owners": ["a", "b"], "note": null}})).await;
+    let path = format!("/instances/{}", i["id"].as_str().unwrap());
+    assert_eq!(i["tags"], json!({"cost": 12, "owners": ["a", "b"], "note": null}), "{i}");
+    for tags in [json!(["x", 1]), json!("plain"), json!({"nested": {"a": null}}), json!({"env": "prod"})] {
+        let r = o.call(Method::PATCH, &path, Some(json!({"tags": tags}))).await;
+        assert_eq!((r.status, &r.body["tags"]), (StatusCode::OK, &tags), "{}", r.text);
+        assert_eq!(o.call(Method::GET, &path, None).await.body["tags"], tags);
+    }
+    // A map of strings is the instance's labels, as the native API sees them.
+    let native = o.cloud.get(&format!("/v1/instances/{}", i["id"].as_str().unwrap()), ADMIN).await;
+    assert_eq!(native.body["labels"], json!({"env": "prod"}));
+    let r = o.call(Method::PATCH, &path, Some(json!({"tags": null}))).await;
+    assert_eq!(r.body["tags"], json!({}), "{}", r.text);
+}
+
+#[tokio::test]
+async fn power_actions_are_onet_tasks_and_status_tells_stopped_from_running() {
+    let o = Onet::new().await;
+    let i = o.running("power-1", json!({})).await;
+    let id = i["id"].as_str().unwrap().to_string();
+    let run = |action: &'static str| {
+        let (o, id) = (&o, id.clone());
+        async move {
+            let r = o.call(Method::POST, &format!("/instances/{id}/{action}"), None).await;
+            assert_eq!(r.status, StatusCode::ACCEPTED, "{action}: {}", r.text);
+            let task = o.call(Method::GET, &format!("/instances/{id}/tasks/{}", r.id()), None).await;
+            assert_eq!(task.body["instance_id"], id.as_str(), "{}", task.text);
+            let done = o.call(Method::GET, &format!("/tasks/{}?wait=10", r.id()), None).await;
+            assert_eq!(done.body["status"], "completed", "{}", done.text);
+            (
+                r.body["task_type"].as_str().unwrap().to_string(),
+                o.call(Method::GET, &format!("/instances/{id}"), None).await.body,
+            )
+        }
+    };
+    let (kind, after) = run("shutdown").await;
+    assert_eq!((kind.as_str(), after["status"].as_str()), ("stop_vps", Some("suspended")), "{after}");
+    assert_eq!(after["state_sync"]["vm_status"], "stopped");
+    // Refused in ONET's words, and nothing changes.
+    let r = o.call(Method::POST, &format!("/instances/{id}/reboot"), None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert!(r.body["detail"].as_str().is_some_and(|d| d.contains("stopped")), "{}", r.text);
+    let (kind, after) = run("start").await;
+    assert_eq!((kind.as_str(), after["status"].as_str()), ("start_vps", Some("active")), "{after}");
+    let (kind, _) = run("reset").await;
+    assert_eq!(kind, "reboot_vps");
+    let r = o.call(Method::POST, &format!("/instances/{id}/explode"), None).await;
+    assert_eq!((r.status, &r.body), (StatusCode::NOT_FOUND, &json!({"detail": "Not found."})));
+}
+
+#[tokio::test]
+async fn the_catalogs_give_the_ids_a_create_body_names() {
+    let o = Onet::new().await;
+    for prefix in ["/v1/compute".to_string(), o.base()] {
+        let page = |what: &'static str| {
+            let (o, prefix) = (&o, prefix.clone());
+            async move {
+                let r = o.cloud.get(&format!("{prefix}/{what}"), ADMIN).await;
+                assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+                assert_eq!(r.body["count"].as_u64(), r.body["results"].as_array().map(|a| a.len() as u64));
+                r.body["results"].as_array().unwrap().clone()
+            }
+        };
+        let sizes = page("sizes").await;
+        let size = sizes.iter().find(|s| s["slug"] == "standard.small").expect("standard.small");
+        let images = page("images").await;
+        let image = images.iter().find(|i| i["name"] == "busybox").expect("busybox");
+        let locations = page("locations").await;
+        let name = format!("cat-{}", prefix.len());
+        let body =
+            json!({"name": name, "size_id": size["id"], "image_id": image["id"], "location_id": locations[0]["id"]});
+        let r = o.call(Method::POST, "/instances", Some(body)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        assert_eq!((&r.body["size"]["id"], &r.body["image"]["id"]), (&size["id"], &image["id"]));
+        assert_eq!(r.body["location"], locations[0]);
+    }
+}
+
+#[tokio::test]
+async fn names_are_any_text_and_the_hostname_is_derived_from_them() {
+    let o = Onet::new().await;
+    let i = o.running("Serveur de prod n°1", json!({})).await;
+    assert_eq!(
+        (i["name"].as_str(), i["hostname"].as_str()),
+        (Some("Serveur de prod n°1"), Some("serveur-de-prod-n-1"))
+    );
+    let path = format!("/instances/{}", i["id"].as_str().unwrap());
+    let r = o.call(Method::PATCH, &path, Some(json!({"name": "-Web (staging)"}))).await;
+    assert_eq!((r.status, r.body["name"].as_str()), (StatusCode::OK, Some("-Web (staging)")), "{}", r.text);
+    assert_eq!(r.body["hostname"], "serveur-de-prod-n-1", "a rename keeps the hostname");
 }

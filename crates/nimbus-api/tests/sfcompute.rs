@@ -260,7 +260,8 @@ async fn expected_shutdown_at_moved_by_the_batch_really_stops_the_instance() {
         ops.text
     );
     let r = c.get(&format!("{BASE}/{id}"), ADMIN).await;
-    assert_eq!(r.body["status"], "stopped", "{}", r.text);
+    // SF has no stopped instance: its shutdown time reached, it is terminated.
+    assert_eq!(r.body["status"], "terminated", "{}", r.text);
     assert_eq!(r.body["expected_shutdown_at"], Value::Null, "{}", r.text);
 
     // Cleared through the singleton PATCH: a started instance then keeps running.
@@ -373,8 +374,9 @@ async fn native_and_sf_see_the_same_instances() {
     // Created natively, changed here, seen natively.
     let native = c.instance(ADMIN, "shared", json!({"labels": {"keep": "1", "drop": "1"}})).await;
     let id = sf_id(&c, ADMIN, "shared").await;
-    let r = patch(&c, &format!("{BASE}/{id}"), ADMIN, json!({"tags": {"drop": null, "new": "2"}, "name": "shared-2"}))
-        .await;
+    // SF's PATCH replaces the tags: the ones left out are gone.
+    let r =
+        patch(&c, &format!("{BASE}/{id}"), ADMIN, json!({"tags": {"keep": "1", "new": "2"}, "name": "shared-2"})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["tags"], json!({"keep": "1", "new": "2"}));
     assert_eq!(r.body["resource_path"], "sfc:instance:default:default:shared-2");
@@ -470,4 +472,208 @@ async fn the_singleton_patch_validates_names_and_tags_with_details() {
     let r = patch(&c, &path, ADMIN, json!({"tags": null})).await;
     assert_eq!(r.body["tags"], json!({}), "{}", r.text);
     assert_eq!(r.body["priority_level"], "yield");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_in_sfs_envelope() {
+    let c = Cloud::new().await;
+    for path in ["/preview/v2/nothing", "/preview/v2/instances/x/y", "/v2/instances/x/y"] {
+        assert_error(&c.get(path, ADMIN).await, StatusCode::NOT_FOUND, "not_found");
+    }
+    assert_error(
+        &c.call(Method::PUT, BASE, ADMIN, None).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+    );
+}
+
+#[tokio::test]
+async fn patch_replaces_the_tags_and_null_clears_them() {
+    let c = Cloud::new().await;
+    c.instance(ADMIN, "tagged", json!({"labels": {"a": "1", "b": "2"}})).await;
+    let path = format!("{BASE}/{}", sf_id(&c, ADMIN, "tagged").await);
+    let r = patch(&c, &path, ADMIN, json!({"tags": {"c": "3"}})).await;
+    assert_eq!((r.status, &r.body["tags"]), (StatusCode::OK, &json!({"c": "3"})), "{}", r.text);
+    let r = patch(&c, &path, ADMIN, json!({"name": "renamed"})).await;
+    assert_eq!(r.body["tags"], json!({"c": "3"}), "omitted tags stay: {}", r.text);
+    let r = patch(&c, &path, ADMIN, json!({"tags": null})).await;
+    assert_eq!(r.body["tags"], json!({}), "{}", r.text);
+}
+
+#[tokio::test]
+async fn duplicate_batch_entries_apply_in_order_field_by_field() {
+    let c = Cloud::new().await;
+    c.instance(ADMIN, "dup", json!({"labels": {"old": "1"}})).await;
+    let id = sf_id(&c, ADMIN, "dup").await;
+    let body = json!({"data": [
+        {"id": id, "tags": {"a": "1"}, "priority_level": "critical"},
+        {"id": id, "name": "dup-renamed"},
+        {"id": id, "tags": {"b": "2"}},
+    ]});
+    let r = patch(&c, "/v2/instances", ADMIN, body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let i = &r.body["data"][0];
+    assert_eq!(r.body["data"].as_array().map(Vec::len), Some(1), "{}", r.text);
+    // The second entry did not undo the first one's priority, the third replaced the first one's tags.
+    assert_eq!(
+        (i["name"].as_str(), i["priority_level"].as_str(), &i["tags"]),
+        (Some("dup-renamed"), Some("critical"), &json!({"b": "2"})),
+        "{i}"
+    );
+    assert_eq!(c.get(&format!("{BASE}/{id}"), ADMIN).await.body, *i, "the response is what is stored");
+}
+
+#[tokio::test]
+async fn an_instance_is_terminated_before_it_is_deleted() {
+    let c = Cloud::new().await;
+    let native = c.instance(ADMIN, "doomed", json!({})).await;
+    let path = format!("{BASE}/{}", sf_id(&c, ADMIN, "doomed").await);
+    assert_eq!(c.get(&path, ADMIN).await.body["status"], "running");
+
+    let r = c.call(Method::DELETE, &path, ADMIN, None).await;
+    assert_error(&r, StatusCode::CONFLICT, "conflict");
+    assert_eq!(c.state(ADMIN, &native).await, "running", "a refused delete changes nothing");
+
+    let r = c.post(&format!("{path}/terminate"), ADMIN, json!({})).await;
+    assert_eq!((r.status, r.body["status"].as_str()), (StatusCode::OK, Some("terminated")), "{}", r.text);
+    assert_seed_shape(&r.body);
+    eventually("the VM to stop", || async { c.state(ADMIN, &native).await == "stopped" }).await;
+    let r = c.get(&path, ADMIN).await;
+    assert_eq!((r.status, r.body["status"].as_str()), (StatusCode::OK, Some("terminated")), "{}", r.text);
+    let listed = c.get(&format!("{BASE}?status=terminated"), ADMIN).await;
+    assert_eq!(listed.body["data"].as_array().map(Vec::len), Some(1), "{}", listed.text);
+    assert_error(&c.post(&format!("{path}/terminate"), ADMIN, json!({})).await, StatusCode::NOT_FOUND, "not_found");
+
+    let r = c.call(Method::DELETE, &path, ADMIN, None).await;
+    assert_eq!((r.status, r.text.as_str()), (StatusCode::NO_CONTENT, ""), "{}", r.text);
+    eventually("the instance to go", || async { c.state(ADMIN, &native).await == "gone" }).await;
+    // SF keeps showing a deleted instance, terminated, for the retention; it cannot be deleted twice.
+    let r = c.get(&path, ADMIN).await;
+    assert_eq!((r.status, r.body["status"].as_str()), (StatusCode::OK, Some("terminated")), "{}", r.text);
+    let listed = c.get(BASE, ADMIN).await;
+    assert_eq!(listed.body["data"][0]["id"], r.body["id"], "{}", listed.text);
+    assert_error(&c.call(Method::DELETE, &path, ADMIN, None).await, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn status_is_only_ever_one_of_sfs_values() {
+    let c = Cloud::new().await;
+    let native = c.instance(ADMIN, "stopped-natively", json!({})).await;
+    c.act(ADMIN, &native, "stop", None).await;
+    let r = c.get(&format!("{BASE}/{}", sf_id(&c, ADMIN, "stopped-natively").await), ADMIN).await;
+    assert_eq!(r.body["status"], "terminated", "SF has no stopped instance: {}", r.text);
+}
+
+#[tokio::test]
+async fn a_client_finds_what_to_put_in_a_create_body() {
+    let c = Cloud::new().await;
+    for base in ["/preview/v2", "/v2"] {
+        let list = |what: &'static str| {
+            let c = &c;
+            async move {
+                let r = c.get(&format!("{base}/{what}"), ADMIN).await;
+                assert_eq!((r.status, r.body["object"].as_str()), (StatusCode::OK, Some("list")), "{}", r.text);
+                assert_eq!(r.body["has_more"], false, "{}", r.text);
+                r.body["data"].as_array().unwrap().clone()
+            }
+        };
+        let images = list("images").await;
+        let image = images.iter().find(|i| i["name"] == "busybox").expect("busybox listed");
+        assert!(is_sf_id(&image["id"], "image_"), "{image}");
+        let skus = list("instance_skus").await;
+        let sku = skus.iter().find(|s| s["alias"] == "standard.small").expect("standard.small listed");
+        assert!(is_sf_id(&sku["id"], "isku_"), "{sku}");
+        let pools = list("pools").await;
+        assert!(is_sf_id(&pools[0]["id"], "pool_"), "{pools:?}");
+        let workspaces = list("workspaces").await;
+        assert!(is_sf_id(&workspaces[0]["id"], "wksp_"), "{workspaces:?}");
+        let me = c.get(&format!("{base}/me"), ADMIN).await;
+        assert_eq!(me.body["workspace"]["id"], workspaces[0]["id"], "{}", me.text);
+
+        let name = format!("found{}", base.len());
+        let body = json!({"pool": pools[0]["id"], "image": image["id"], "instance_sku": sku["id"], "name": name});
+        let r = c.post(&format!("{base}/instances"), ADMIN, body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        assert_eq!((&r.body["image"]["id"], &r.body["instance_sku"]["id"]), (&image["id"], &sku["id"]), "{}", r.text);
+        assert_eq!(r.body["workspace_id"], workspaces[0]["id"]);
+    }
+}
+
+#[tokio::test]
+async fn lists_filter_by_id_status_sku_and_creation_time() {
+    let c = Cloud::new().await;
+    c.instance(ADMIN, "small", json!({})).await;
+    c.instance(ADMIN, "medium", json!({"instance_type": "standard.medium"})).await;
+    let (small, medium) = (sf_id(&c, ADMIN, "small").await, sf_id(&c, ADMIN, "medium").await);
+    let names = |r: &Reply| -> Vec<String> {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let mut n: Vec<String> =
+            r.body["data"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_string()).collect();
+        n.sort();
+        n
+    };
+    let sku = c.get(&format!("{BASE}/{medium}"), ADMIN).await.body["instance_sku"]["id"].as_str().unwrap().to_string();
+    assert_eq!(names(&c.get(&format!("{BASE}?instance_sku={sku}"), ADMIN).await), ["medium"]);
+    assert_eq!(names(&c.get(&format!("{BASE}?id={small}&id={medium}"), ADMIN).await), ["medium", "small"]);
+    assert_eq!(names(&c.get(&format!("{BASE}?id={small}"), ADMIN).await), ["small"]);
+    assert_eq!(names(&c.get(&format!("{BASE}?status=running"), ADMIN).await), ["medium", "small"]);
+    assert_eq!(names(&c.get(&format!("{BASE}?status=failed"), ADMIN).await), Vec::<String>::new());
+    let future = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    assert_eq!(names(&c.get(&format!("{BASE}?created_after={future}"), ADMIN).await), Vec::<String>::new());
+    assert_eq!(names(&c.get(&format!("{BASE}?created_before={future}"), ADMIN).await), ["medium", "small"]);
+    // Paging with a filter: one at a time, both reached.
+    let first = c.get(&format!("{BASE}?status=running&limit=1"), ADMIN).await;
+    assert_eq!(first.body["has_more"], true, "{}", first.text);
+    let cursor = first.body["cursor"].as_str().unwrap();
+    let second = c.get(&format!("{BASE}?status=running&limit=1&starting_after={cursor}"), ADMIN).await;
+    assert_eq!(names(&second).len(), 1);
+    assert_ne!(names(&first), names(&second));
+    assert_error(
+        &c.get(&format!("{BASE}?status=stopped"), ADMIN).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+    );
+    assert_error(&c.get(&format!("{BASE}?pool=pool_nope"), ADMIN).await, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn ending_before_pages_backwards() {
+    let c = Cloud::new().await;
+    for name in ["p1", "p2", "p3"] {
+        c.instance(ADMIN, name, json!({})).await;
+    }
+    let names = |r: &Reply| -> Vec<String> {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.body["data"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_string()).collect()
+    };
+    let all = c.get(BASE, ADMIN).await;
+    assert_eq!(names(&all), ["p1", "p2", "p3"]);
+    let last = c.get(&format!("{BASE}?limit=1&starting_after={}", cursor_of(&c, "p2").await), ADMIN).await;
+    assert_eq!(names(&last), ["p3"]);
+    // Back from p3, one at a time: p2 (more before it), then p1 (none).
+    let cursor = last.body["cursor"].as_str().unwrap();
+    let r = c.get(&format!("{BASE}?limit=1&ending_before={cursor}"), ADMIN).await;
+    assert_eq!((names(&r), r.body["has_more"].as_bool()), (vec!["p2".to_string()], Some(true)), "{}", r.text);
+    let r = c.get(&format!("{BASE}?limit=1&ending_before={}", r.body["cursor"].as_str().unwrap()), ADMIN).await;
+    assert_eq!((names(&r), r.body["has_more"].as_bool()), (vec!["p1".to_string()], Some(false)), "{}", r.text);
+    let r = c.get(&format!("{BASE}?limit=5&ending_before={cursor}"), ADMIN).await;
+    assert_eq!(names(&r), ["p1", "p2"], "a backward page is in the usual order");
+    let both = c.get(&format!("{BASE}?ending_before={cursor}&starting_after={cursor}"), ADMIN).await;
+    assert_error(&both, StatusCode::BAD_REQUEST, "invalid_request_error");
+}
+
+/// The list cursor that names the instance called `name` (the cursor of a one-item page ending with it).
+async fn cursor_of(c: &Cloud, name: &str) -> String {
+    let all = c.get(&format!("{BASE}?limit=200"), ADMIN).await;
+    let items = all.body["data"].as_array().unwrap();
+    let at = items.iter().position(|i| i["name"] == name).unwrap();
+    let mut cursor: Option<String> = None;
+    for _ in 0..=at {
+        let q = match &cursor {
+            Some(cur) => format!("{BASE}?limit=1&starting_after={cur}"),
+            None => format!("{BASE}?limit=1"),
+        };
+        cursor = c.get(&q, ADMIN).await.body["cursor"].as_str().map(str::to_string);
+    }
+    cursor.unwrap()
 }

@@ -597,3 +597,23 @@ async fn password_guessing_is_throttled_per_account_and_per_address() {
     // Someone else, from elsewhere, logs in as usual.
     sc.user("bystander").await;
 }
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_drfs_detail() {
+    let c = Cloud::new().await;
+    for path in ["/api/v1/nothing/", "/api/v2/instances/"] {
+        let r = c.get(path, ADMIN).await;
+        assert_eq!((r.status, &r.body), (StatusCode::NOT_FOUND, &json!({"detail": "Not found."})), "{}", r.text);
+    }
+    let r = c.call(Method::DELETE, "/api/v1/gpus/", ADMIN, None).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{}", r.text);
+    assert!(r.body["detail"].as_str().is_some_and(|d| d.contains("DELETE")), "{}", r.text);
+}
+
+#[tokio::test]
+async fn names_are_any_text() {
+    let sc = SharedCloud::new().await;
+    let t = sc.user("nadia").await;
+    let r = sc.create(&t, Payload::Form(&[("name", "my first instance"), ("ask_price", "0.5")])).await;
+    assert_eq!((r.status, r.body["name"].as_str()), (StatusCode::CREATED, Some("my first instance")), "{}", r.text);
+}

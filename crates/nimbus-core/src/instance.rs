@@ -168,6 +168,35 @@ impl Instance {
 /// Longest name any dialect allows (Exoscale, ONET, SF Compute: 255).
 pub const MAX_NAME_LEN: usize = 255;
 
+/// Which names an instance may take. Providers differ, and the API a name comes through says which rule
+/// holds; hostnames stay RFC 1123 whatever the name (derived from it when not given).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NameRule {
+    /// Nimbus's own, which the native API, Exoscale, SF Compute and Gcore names fit: see [`validate_name`].
+    #[default]
+    Strict,
+    /// Any text of 1 to [`MAX_NAME_LEN`] characters but NUL (ONET's and SharedCloud's Django `CharField`):
+    /// spaces and any script included.
+    AnyText,
+}
+
+/// Validates an instance name under `rule`.
+pub fn validate_name_by(rule: NameRule, field: &str, name: &str) -> crate::Result<()> {
+    match rule {
+        NameRule::Strict => validate_name(field, name),
+        NameRule::AnyText => {
+            let len = name.chars().count();
+            if len == 0 || len > MAX_NAME_LEN {
+                return Err(crate::DomainError::invalid(field, format!("must be 1 to {MAX_NAME_LEN} characters long")));
+            }
+            if name.contains('\0') {
+                return Err(crate::DomainError::invalid(field, "must not contain NUL characters"));
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Validates a resource name: letters, digits, '-', '.', '_', starting with a letter or digit.
 pub fn validate_name(field: &str, name: &str) -> crate::Result<()> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
@@ -275,6 +304,12 @@ mod tests {
         assert!(validate_name("name", "a b").is_err());
         assert!(validate_name("name", &"a".repeat(255)).is_ok());
         assert!(validate_name("name", &"a".repeat(256)).is_err());
+        assert!(validate_name_by(NameRule::AnyText, "name", "Mon serveur de prod").is_ok());
+        assert!(validate_name_by(NameRule::AnyText, "name", &"é".repeat(255)).is_ok());
+        assert!(validate_name_by(NameRule::AnyText, "name", &"é".repeat(256)).is_err());
+        assert!(validate_name_by(NameRule::AnyText, "name", "").is_err());
+        assert!(validate_name_by(NameRule::AnyText, "name", "a\0b").is_err());
+        assert_eq!(hostname_from_name("Mon serveur de prod"), "mon-serveur-de-prod");
         assert!(validate_hostname("hostname", "web-1").is_ok());
         assert!(validate_hostname("hostname", "web_1").is_err());
         assert!(validate_hostname("hostname", &"a".repeat(64)).is_err());

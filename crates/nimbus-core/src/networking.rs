@@ -157,6 +157,9 @@ pub struct ElasticIp {
     pub instances: Vec<Uuid>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// The PTR name of the address (Exoscale's reverse DNS of an elastic IP); bookkeeping, like the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverse_dns: Option<String>,
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use nimbus_core::event::Event;
-use nimbus_core::instance::{validate_name, Instance, InstanceState, MAX_USER_DATA_BYTES};
+use nimbus_core::instance::{validate_name_by, Instance, InstanceState, NameRule, MAX_USER_DATA_BYTES};
 use nimbus_core::labels::{self, Labels, Selector};
 use nimbus_core::operation::{Actor, Operation, Target};
 use nimbus_core::resources::InstancePassword;
@@ -66,13 +66,21 @@ pub struct CreateInstance {
     pub password: Option<String>,
     /// Dialect ids to record beside the canonical one, as (kind, alias), in the same transaction.
     pub aliases: Vec<(String, String)>,
+    /// Which names the API the request came through allows.
+    pub name_rule: NameRule,
 }
 
 /// A partial update. `labels` is a JSON merge patch (RFC 7386); `Some(Value::Null)` clears every label.
 #[derive(Debug, Clone, Default)]
 pub struct InstancePatch {
     pub name: Option<String>,
+    /// Which names the API the request came through allows.
+    pub name_rule: NameRule,
     pub description: Option<String>,
+    /// The labels become exactly this map (before `labels` is merged, when both are given). The providers
+    /// whose updates replace the map (Exoscale, SF Compute, ONET) say so, instead of turning the instance's
+    /// labels as they read them into a merge patch that a concurrent write would make stale.
+    pub replace_labels: Option<Labels>,
     pub labels: Option<serde_json::Value>,
     /// Takes effect in the guest at its next boot.
     pub hostname: Option<String>,
@@ -170,10 +178,39 @@ pub struct InstanceFilter {
     pub name: Option<String>,
     pub limit: Option<u32>,
     pub page_token: Option<String>,
+    /// Any of these instances (empty: any).
+    pub ids: Vec<Uuid>,
+    /// In any of these states (empty: any).
+    pub states: Vec<InstanceState>,
+    /// Of any of these instance types, by name (empty: any).
+    pub instance_types: Vec<String>,
+    /// Created at or after, and strictly before.
+    pub created_after: Option<OffsetDateTime>,
+    pub created_before: Option<OffsetDateTime>,
+    /// With no `state`, also the deleted instances whose records are still kept (see
+    /// `EngineConfig::deleted_retention`): for the providers that list them.
+    pub with_destroyed: bool,
+    /// Pages backwards instead: the page just before the instance this token names (from a page's
+    /// `next_page_token` or from `page_token::encode`), in the usual order; its `next_page_token` then leads
+    /// to the page before it.
+    pub before_token: Option<String>,
+}
+
+impl InstanceFilter {
+    /// The conditions the store does not apply itself.
+    fn admits(&self, i: &Instance) -> bool {
+        self.labels.as_ref().is_none_or(|s| s.matches(&i.labels))
+            && (self.ids.is_empty() || self.ids.contains(&i.id))
+            && (self.states.is_empty() || self.states.contains(&i.state))
+            && (self.instance_types.is_empty() || self.instance_types.contains(&i.instance_type))
+            && self.created_after.is_none_or(|t| i.created_at >= t)
+            && self.created_before.is_none_or(|t| i.created_at < t)
+    }
 }
 
 pub const MAX_PAGE: u32 = 1000;
 pub const DEFAULT_PAGE: u32 = 100;
+/// The largest disk an instance may have, whatever API asks (dialects state their own range within it).
 pub const MAX_DISK_GB: u64 = 16 * 1024;
 
 pub(crate) fn event(
@@ -228,6 +265,20 @@ impl Engine {
             .ok_or_else(|| DomainError::not_found("instance", id))
     }
 
+    /// The instance, or the record of a deleted one still kept (`destroyed`): for the providers that show
+    /// deleted instances for a while.
+    pub async fn instance_or_destroyed(&self, ctx: &Context, id: Uuid) -> Result<Instance> {
+        let query = InstanceQuery {
+            project_id: Some(ctx.project.id),
+            id: Some(id),
+            with_destroyed: true,
+            limit: 1,
+            ..Default::default()
+        };
+        let found = self.store.list_instances(&query).await.map_err(store_err)?;
+        found.into_iter().next().ok_or_else(|| DomainError::not_found("instance", id))
+    }
+
     /// Records a new instance and the operation that creates it on the host, in one transaction with its
     /// address, password and quota check (see `sagas::create`).
     pub async fn create_instance(&self, ctx: &Context, req: CreateInstance) -> Result<(Operation, Instance)> {
@@ -261,10 +312,19 @@ impl Engine {
 
     /// Every instance of the caller's project, oldest first, for dialects that filter or page themselves.
     pub async fn all_instances(&self, ctx: &Context) -> Result<Vec<Instance>> {
+        self.all_instances_with(ctx, false).await
+    }
+
+    /// Every instance and the kept records of deleted ones (see `EngineConfig::deleted_retention`).
+    pub async fn all_instances_and_destroyed(&self, ctx: &Context) -> Result<Vec<Instance>> {
+        self.all_instances_with(ctx, true).await
+    }
+
+    async fn all_instances_with(&self, ctx: &Context, with_destroyed: bool) -> Result<Vec<Instance>> {
         let mut all = Vec::new();
         let mut page_token = None;
         loop {
-            let filter = InstanceFilter { limit: Some(MAX_PAGE), page_token, ..Default::default() };
+            let filter = InstanceFilter { limit: Some(MAX_PAGE), page_token, with_destroyed, ..Default::default() };
             let page = self.list_instances(ctx, filter).await?;
             all.extend(page.items);
             match page.next_page_token {
@@ -279,26 +339,32 @@ impl Engine {
         if limit == 0 || limit > MAX_PAGE {
             return Err(DomainError::invalid("limit", format!("must be between 1 and {MAX_PAGE}")));
         }
-        let mut after = filter.page_token.as_deref().map(page_token::decode).transpose()?;
+        let backwards = filter.before_token.is_some();
+        let token = if backwards { &filter.before_token } else { &filter.page_token };
+        let mut cursor = token.as_deref().map(page_token::decode).transpose()?;
         let mut items = Vec::new();
-        // Label selectors are applied here, so a page is filled from as many store pages as it takes.
+        // Label selectors and the other conditions the store does not take are applied here, so a page is
+        // filled from as many store pages as it takes.
         loop {
             let batch = self
                 .store
                 .list_instances(&InstanceQuery {
                     host: None,
+                    id: None,
                     project_id: Some(ctx.project.id),
                     state: filter.state,
+                    with_destroyed: filter.with_destroyed,
                     name: filter.name.clone(),
-                    after,
+                    after: if backwards { None } else { cursor },
+                    before: if backwards { cursor } else { None },
                     limit: limit + 1,
                 })
                 .await
                 .map_err(store_err)?;
             let exhausted = batch.len() <= limit as usize;
             for i in batch {
-                after = Some(i.id);
-                if filter.labels.as_ref().is_none_or(|s| s.matches(&i.labels)) {
+                cursor = Some(i.id);
+                if filter.admits(&i) {
                     items.push(i);
                     if items.len() > limit as usize {
                         break;
@@ -315,6 +381,10 @@ impl Engine {
         } else {
             None
         };
+        // Read nearest first; shown in the usual order. The token then leads further back.
+        if backwards {
+            items.reverse();
+        }
         Ok(Page { items, next_page_token })
     }
 
@@ -432,17 +502,44 @@ impl Engine {
         Err(DomainError::Conflict(format!("instance {id} is being changed by many writers at once; retry")))
     }
 
-    /// Updates several instances at once: all or nothing. When an id appears more than once its last entry
-    /// wins; the result lists each instance once, in the order of first appearance.
+    /// Read-modify-write of one instance: `plan` sees the instance as it is and says what to change (`None`:
+    /// nothing), and the change is applied only if the instance is still at that version; when a concurrent
+    /// writer got there first, `plan` runs again on the fresh instance. For changes that depend on what the
+    /// instance holds (a provider refusing to change hardware it echoes back, a field that must exist).
+    pub async fn update_instance_with<E: From<DomainError>>(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        plan: impl Fn(&Instance) -> std::result::Result<Option<InstancePatch>, E>,
+    ) -> std::result::Result<Instance, E> {
+        ctx.require(Role::Member)?;
+        for attempt in 0..CAS_RETRIES {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            let current = self.instance(ctx, id).await?;
+            let Some(patch) = plan(&current)? else { return Ok(current) };
+            match self.update_instance(ctx, id, patch, Some(current.generation)).await {
+                Ok(updated) => return Ok(updated),
+                Err(DomainError::PreconditionFailed { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(DomainError::Conflict(format!("instance {id} is being changed by many writers at once; retry")).into())
+    }
+
+    /// Updates several instances at once: all or nothing. When an id appears more than once its entries are
+    /// applied in order, each over the one before (a later entry's field wins; fields it leaves out keep
+    /// what the earlier ones set); the result lists each instance once, in the order of first appearance.
     pub async fn batch_update(&self, ctx: &Context, entries: Vec<(Uuid, InstancePatch)>) -> Result<Vec<Instance>> {
         ctx.require(Role::Member)?;
         let mut order: Vec<Uuid> = Vec::new();
-        let mut latest: BTreeMap<Uuid, InstancePatch> = BTreeMap::new();
+        let mut patches: BTreeMap<Uuid, Vec<InstancePatch>> = BTreeMap::new();
         for (id, patch) in entries {
-            if !latest.contains_key(&id) {
+            if !patches.contains_key(&id) {
                 order.push(id);
             }
-            latest.insert(id, patch);
+            patches.entry(id).or_default().push(patch);
         }
         for attempt in 0..CAS_RETRIES {
             if attempt > 0 {
@@ -452,8 +549,12 @@ impl Engine {
             let mut updated = Vec::new();
             for id in &order {
                 let current = self.instance(ctx, *id).await?;
-                let next =
-                    apply_patch(&current, &latest[id]).map_err(|e| prefix_error(e, &format!("instance {id}")))?;
+                let mut next = current.clone();
+                for patch in &patches[id] {
+                    next = apply_patch(&next, patch).map_err(|e| prefix_error(e, &format!("instance {id}")))?;
+                }
+                // One version step for the batch, whatever number of entries the instance had.
+                next.generation = current.generation + 1;
                 set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(current.generation) });
                 set.push(instance_event(&ctx.actor, "instance.updated", &next));
                 updated.push(next);
@@ -761,7 +862,7 @@ fn apply_patch(current: &Instance, patch: &InstancePatch) -> Result<Instance> {
     }
     let mut next = current.clone();
     if let Some(name) = &patch.name {
-        validate_name("name", name)?;
+        validate_name_by(patch.name_rule, "name", name)?;
         next.name = name.clone();
     }
     if let Some(hostname) = &patch.hostname {
@@ -773,6 +874,9 @@ fn apply_patch(current: &Instance, patch: &InstancePatch) -> Result<Instance> {
             return Err(DomainError::invalid("description", "at most 255 characters"));
         }
         next.description = description.clone();
+    }
+    if let Some(replacement) = &patch.replace_labels {
+        labels::merge_patch("labels", &mut next.labels, &labels::replacement_patch(&current.labels, replacement))?;
     }
     if let Some(labels_patch) = &patch.labels {
         labels::merge_patch("labels", &mut next.labels, labels_patch)?;

@@ -50,7 +50,7 @@ pub use auth::{BootstrapOutcome, WhoAmI};
 pub use console::{ConsoleTicket, CONSOLE_TICKET_LIFETIME};
 pub use fleet::LocalHost;
 pub use hosts::{AgentRegistration, HostAdminState, HostReport, HostWork, PendingCall, PendingConsole};
-pub use instances::{ActionRequest, CreateInstance, InstanceFilter, InstancePatch};
+pub use instances::{ActionRequest, CreateInstance, InstanceFilter, InstancePatch, MAX_DISK_GB};
 pub use networking::PrivateNetworkSpec;
 pub use reconciler::UnknownHostInstance;
 pub use sagas::import_template::ImportTemplate;
@@ -90,6 +90,14 @@ impl Context {
 #[derive(Clone)]
 pub struct EngineConfig {
     pub zone: String,
+    /// Further names the operator gives this server's zone. Nimbus has one zone per control plane, but some
+    /// clients insist on a name of their own provider's (the `exo` CLI switches to `ch-dk-2` for its
+    /// instance-type commands whatever zone it was given), so a dialect that lists zones lists these too.
+    pub zone_aliases: Vec<String>,
+    /// How long a deleted instance's record is kept, `destroyed` (its `updated_at` the deletion time), for the
+    /// providers that show deleted instances for a while (ONET, SF Compute: `terminated`) and the native
+    /// API's `?state=destroyed`; zero removes it with the deletion. It holds no address, quota or host.
+    pub deleted_retention: Duration,
     /// The instance network: addresses are handed out from it; the driver puts the gateway on its bridge.
     pub network_cidr: String,
     /// The pool elastic IPs are allocated from. It must not overlap `network_cidr`. Nimbus keeps the
@@ -146,6 +154,8 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             zone: "local".into(),
+            zone_aliases: Vec::new(),
+            deleted_retention: Duration::from_secs(24 * 3600),
             network_cidr: "10.213.0.0/24".into(),
             elastic_ip_cidr: "198.51.100.0/24".into(),
             stop_grace: Duration::from_secs(30),

@@ -315,6 +315,7 @@ impl Engine {
                 labels: labels.clone(),
                 instances: Vec::new(),
                 created_at: nimbus_core::now(),
+                reverse_dns: None,
             };
             let mut set = WriteSet::new();
             set.push(Write::ClaimAddress { network: ELASTIC_IP_POOL.into(), host, owner: id });
@@ -361,6 +362,19 @@ impl Engine {
             if let Some(l) = &labels {
                 eip.labels = l.clone();
             }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sets (or with `None` removes) the PTR name of an elastic IP; removing one it does not have is `NotFound`.
+    pub async fn set_elastic_ip_reverse_dns(&self, ctx: &Context, id: Uuid, name: Option<String>) -> Result<ElasticIp> {
+        ctx.require(Role::Member)?;
+        self.edit_elastic_ip(ctx, id, |eip| {
+            if name.is_none() && eip.reverse_dns.is_none() {
+                return Err(DomainError::not_found("reverse DNS record", id));
+            }
+            eip.reverse_dns = name.clone();
             Ok(())
         })
         .await

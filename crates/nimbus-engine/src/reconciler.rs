@@ -47,9 +47,14 @@ pub(crate) fn spawn(engine: Arc<Engine>) {
 }
 
 impl Engine {
-    /// One pass: unreachable hosts' instances shown `unknown`, due scheduled shutdowns begun.
+    /// One pass: unreachable hosts' instances shown `unknown`, due scheduled shutdowns begun, deleted
+    /// instances' records past their retention removed.
     pub(crate) async fn reconcile(&self) -> Result<()> {
         self.sweep_unreachable_hosts().await?;
+        // Late purges only keep records longer: never a reason to skip the rest of the pass.
+        if let Err(e) = self.purge_destroyed().await {
+            tracing::warn!(error = %e, "could not remove deleted instances' records past their retention");
+        }
         let now = nimbus_core::now();
         for instance in self.store.list_instances(&InstanceQuery::default()).await.map_err(store_err)? {
             if instance.lock_operation_id.is_none()
@@ -62,6 +67,27 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Removes the records of instances deleted longer ago than the retention. Each removal expects the
+    /// record's generation, so servers sweeping at once remove each record once.
+    async fn purge_destroyed(&self) -> Result<()> {
+        let query = InstanceQuery { state: Some(InstanceState::Destroyed), ..Default::default() };
+        let cutoff = nimbus_core::now() - self.config.deleted_retention;
+        let mut set = nimbus_store::WriteSet::new();
+        for record in self.store.list_instances(&query).await.map_err(store_err)? {
+            if record.updated_at <= cutoff {
+                set.push(nimbus_store::Write::DeleteInstance { id: record.id, expected_generation: record.generation });
+            }
+        }
+        if set.writes.is_empty() {
+            return Ok(());
+        }
+        match self.store.apply(set).await {
+            // Another server purged (some of) them first: the next pass finds what is left.
+            Ok(()) | Err(nimbus_store::StoreError::Conflict(_)) => Ok(()),
+            Err(e) => Err(store_err(e)),
+        }
     }
 
     /// A VM that host `host` runs and no record places there: leftovers when the store's history names

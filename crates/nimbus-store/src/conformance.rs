@@ -223,10 +223,44 @@ pub async fn instances_page_by_id_within_a_project(store: &dyn Store) {
     let q2 = InstanceQuery { after: Some(first[1].id), ..q.clone() };
     let second = store.list_instances(&q2).await.unwrap();
     assert_eq!(second.iter().map(|i| i.id).collect::<Vec<_>>(), ids[2..4]);
+    // Backwards: the nearest smaller ids first.
+    let back = InstanceQuery { before: Some(ids[3]), ..q.clone() };
+    assert_eq!(store.list_instances(&back).await.unwrap().iter().map(|i| i.id).collect::<Vec<_>>(), [ids[2], ids[1]]);
     let by_name = InstanceQuery { project_id: Some(p.id), name: Some("i3".into()), ..Default::default() };
     assert_eq!(store.list_instances(&by_name).await.unwrap()[0].id, ids[3]);
     let by_state = InstanceQuery { project_id: Some(p.id), state: Some(InstanceState::Running), ..Default::default() };
     assert!(store.list_instances(&by_state).await.unwrap().is_empty());
+}
+
+/// A deleted instance's record kept `destroyed` (for the dialects that show deleted instances a while) is
+/// invisible to `get_instance`, default listings and usage; it is listed when asked for, and its project's
+/// deletion takes it along.
+pub async fn destroyed_records_are_kept_out_of_sight_until_asked_for(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let live = instance(p.id, "live", 1);
+    let mut gone = instance(p.id, "gone", 2);
+    gone.state = InstanceState::Destroyed;
+    store.apply(insert(&live)).await.unwrap();
+    store.apply(insert(&gone)).await.unwrap();
+    assert!(store.get_instance(gone.id).await.unwrap().is_none());
+    let all = InstanceQuery { project_id: Some(p.id), ..Default::default() };
+    assert_eq!(store.list_instances(&all).await.unwrap().iter().map(|i| i.id).collect::<Vec<_>>(), [live.id]);
+    let with = InstanceQuery { with_destroyed: true, ..all.clone() };
+    assert_eq!(store.list_instances(&with).await.unwrap().len(), 2);
+    let asked = InstanceQuery { state: Some(InstanceState::Destroyed), ..all.clone() };
+    assert_eq!(store.list_instances(&asked).await.unwrap()[0].id, gone.id);
+    let one = InstanceQuery { id: Some(gone.id), with_destroyed: true, ..all.clone() };
+    assert_eq!(store.list_instances(&one).await.unwrap()[0].id, gone.id);
+    let usage = store.usage(p.id).await.unwrap();
+    assert_eq!((usage.instances, usage.vcpus), (1, 1));
+    // A project whose only instance is a destroyed record can be deleted, and takes the record along.
+    let mut set = WriteSet::new();
+    set.push(Write::DeleteInstance { id: live.id, expected_generation: live.generation });
+    store.apply(set).await.unwrap();
+    let mut set = WriteSet::new();
+    set.push(Write::DeleteProject { id: p.id });
+    store.apply(set).await.unwrap();
+    assert!(store.list_instances(&with).await.unwrap().is_empty());
 }
 
 pub async fn events_are_sequenced_and_scoped(store: &dyn Store) {
@@ -1049,6 +1083,7 @@ macro_rules! conformance_tests {
             a_failing_write_rolls_back_the_whole_set,
             quota_is_enforced_inside_the_transaction,
             instances_page_by_id_within_a_project,
+            destroyed_records_are_kept_out_of_sight_until_asked_for,
             instances_are_numbered_once_and_never_reuse_a_number,
             a_restarted_server_takes_back_every_lease_its_claims_held,
             hosts_register_heartbeat_and_change_by_generation,

@@ -212,12 +212,19 @@ impl WriteSet {
 #[derive(Debug, Clone, Default)]
 pub struct InstanceQuery {
     pub project_id: Option<Uuid>,
+    /// Only this instance.
+    pub id: Option<Uuid>,
+    /// With no `state` asked for, destroyed instances' records (kept for a while after their deletion) are
+    /// left out, as `get_instance` leaves them out, unless this says to list them too.
+    pub with_destroyed: bool,
     /// Only instances placed on this host.
     pub host: Option<String>,
     pub state: Option<InstanceState>,
     pub name: Option<String>,
     /// Keyset pagination: only ids greater than this one.
     pub after: Option<Uuid>,
+    /// Keyset pagination backwards: only ids smaller than this one, the nearest first (descending order).
+    pub before: Option<Uuid>,
     /// At most this many (0: all).
     pub limit: u32,
 }

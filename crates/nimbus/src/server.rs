@@ -24,9 +24,15 @@ pub struct ServerArgs {
     /// another server on the same database takes its operations over.
     #[arg(long, default_value_t = 15)]
     lease_secs: u64,
-    /// Name of the zone this server serves.
-    #[arg(long, default_value = "local")]
-    zone: String,
+    /// Name of the zone this server serves; repeat it to give the zone more names (the first is the one
+    /// hosts register with, the others are names clients may ask for: the `exo` CLI wants `ch-dk-2`).
+    #[arg(long = "zone", default_values_t = vec!["local".to_string()])]
+    zones: Vec<String>,
+    /// How long a deleted instance stays listed as `terminated` by the dialects whose provider shows deleted
+    /// instances (ONET, SF Compute) and under the native `?state=destroyed`: a number with `s`, `m`, `h` or
+    /// `d` (`0`: removed with the deletion).
+    #[arg(long, default_value = "24h", value_parser = parse_retention)]
+    deleted_retention: Duration,
     /// The instance network (lives inside Nimbus's own network namespace with the qemu driver).
     #[arg(long, default_value = "10.213.0.0/24")]
     network_cidr: String,
@@ -130,7 +136,9 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         (Some(d), q)
     };
     let config = EngineConfig {
-        zone: args.zone.clone(),
+        zone: args.zones[0].clone(),
+        zone_aliases: args.zones[1..].to_vec(),
+        deleted_retention: args.deleted_retention,
         network_cidr: args.network_cidr.clone(),
         elastic_ip_cidr: args.elastic_ip_cidr.clone(),
         stop_grace: Duration::from_secs(args.stop_grace_secs),
@@ -253,4 +261,33 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+}
+
+/// `90s`, `30m`, `24h`, `7d`, or plain seconds.
+fn parse_retention(given: &str) -> Result<Duration, String> {
+    let (number, unit) =
+        given.trim().split_at(given.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(given.trim().len()));
+    let n: u64 = number.parse().map_err(|_| format!("{given:?} is not a duration such as 24h, 30m or 90s"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{given:?}: the unit is s, m, h or d")),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(secs)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retentions_read_as_the_help_says() {
+        assert_eq!(parse_retention("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_retention("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_retention("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_retention("0"), Ok(Duration::ZERO));
+        assert!(parse_retention("1w").is_err() && parse_retention("h").is_err() && parse_retention("").is_err());
+    }
 }

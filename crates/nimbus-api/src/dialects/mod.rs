@@ -2,10 +2,13 @@
 //! requests into calls of the engine's services and renders the provider's responses and errors; none holds
 //! business logic of its own. Mounted beside the native API (paths in DESIGN.md's dialect table).
 
+use axum::http::Uri;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 
 use crate::AppState;
 
+pub mod common;
 pub mod exoscale;
 pub mod gcore;
 pub mod onet;
@@ -19,4 +22,25 @@ pub fn router(_state: AppState) -> Router<AppState> {
         .merge(sharedcloud::router(_state.clone()))
         .merge(gcore::router(_state.clone()))
         .merge(exoscale::router(_state.clone()))
+}
+
+/// The answer to a request no route takes: under a dialect's prefix, that provider's 404 in its own error
+/// shape (its clients parse nothing else); anywhere else, the native one. Unknown methods of known paths
+/// are each route's own fallback.
+pub async fn unknown_route(uri: Uri) -> Response {
+    let path = uri.path();
+    // SF Compute's `/v2/instances...` are inside Exoscale's `/v2`: asked first.
+    if sfcompute::owns(path) {
+        sfcompute::errors::unknown_route(uri).await.into_response()
+    } else if exoscale::owns(path) {
+        exoscale::errors::unknown_route().await.into_response()
+    } else if gcore::owns(path) {
+        gcore::errors::unknown_route(uri).await.into_response()
+    } else if onet::owns(path) {
+        onet::errors::unknown_route().await.into_response()
+    } else if sharedcloud::owns(path) {
+        sharedcloud::errors::unknown_route().await.into_response()
+    } else {
+        crate::error::unknown_route(uri).await.into_response()
+    }
 }

@@ -200,7 +200,17 @@ pub async fn list(
     let labels = q.labels.as_deref().map(Selector::parse).transpose()?;
     let page = app
         .engine
-        .list_instances(&ctx, InstanceFilter { labels, state, name: q.name, limit: q.limit, page_token: q.page_token })
+        .list_instances(
+            &ctx,
+            InstanceFilter {
+                labels,
+                state,
+                name: q.name,
+                limit: q.limit,
+                page_token: q.page_token,
+                ..Default::default()
+            },
+        )
         .await?;
     Ok(Json(InstanceList {
         items: page.items.iter().map(|i| InstanceView::for_caller(&ctx, i)).collect(),
@@ -253,7 +263,8 @@ pub async fn update(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchUpdateParams {
-    /// Each entry: `{"id": ..., name?, description?, labels?, expected_shutdown_at?}`.
+    /// Each entry: `{"id": ..., name?, description?, labels?, expected_shutdown_at?}`. The entries of an id
+    /// given more than once apply in order, each over the one before.
     #[schema(value_type = Vec<Object>)]
     pub items: Vec<serde_json::Value>,
 }

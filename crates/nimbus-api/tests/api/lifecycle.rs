@@ -301,3 +301,44 @@ async fn the_reconciler_shows_an_instance_paused_or_resumed_behind_nimbus_back()
     c.sim.resume(id.parse().unwrap()).await.unwrap();
     eventually("the observed resume", || async { c.state(ADMIN, &id).await == "running" }).await;
 }
+
+#[tokio::test]
+async fn a_deleted_instance_is_kept_destroyed_for_the_retention_and_holds_nothing() {
+    let config = EngineConfig {
+        reconcile_every: Duration::from_millis(100),
+        deleted_retention: Duration::from_secs(2),
+        network_cidr: "10.213.0.0/29".into(),
+        ..Default::default()
+    };
+    let c = Cloud::with(SimConfig::default(), config).await;
+    let project_id = c.get("/v1/whoami", ADMIN).await.body["project"]["id"].as_str().unwrap().to_string();
+    let quota = json!({"instances": 5, "vcpus": 100, "memory_mib": 1000000, "disk_gb": 1000});
+    let r = c.call(Method::PUT, &format!("/v1/projects/{project_id}/quota"), ADMIN, Some(quota)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // A /29 has five addresses for instances, and the quota is five instances: the record kept after the
+    // delete must hold neither a place in the quota nor an address, nor the name.
+    for n in 1..5 {
+        c.instance(ADMIN, &format!("other-{n}"), json!({})).await;
+    }
+    let id = c.instance(ADMIN, "only", json!({})).await;
+    let del = c.call(Method::DELETE, &format!("/v1/instances/{id}"), ADMIN, None).await;
+    assert_eq!(c.wait(&del.id(), ADMIN).await["state"], "success");
+
+    assert_eq!(c.get(&format!("/v1/instances/{id}"), ADMIN).await.status, StatusCode::NOT_FOUND);
+    let listed = c.get("/v1/instances", ADMIN).await;
+    assert_eq!(listed.body["items"].as_array().map(Vec::len), Some(4), "not listed unasked: {}", listed.text);
+    let kept = c.get("/v1/instances?state=destroyed", ADMIN).await;
+    let items = kept.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{}", kept.text);
+    assert_eq!((items[0]["id"].as_str(), items[0]["state"].as_str()), (Some(id.as_str()), Some("destroyed")));
+    assert_eq!(items[0]["ip_addresses"], json!([]), "{}", kept.text);
+
+    let again = c.instance(ADMIN, "only", json!({})).await;
+    assert_ne!(again, id);
+
+    // Past the retention the record goes.
+    eventually("the record to be purged", || async {
+        c.get("/v1/instances?state=destroyed", ADMIN).await.body["items"] == json!([])
+    })
+    .await;
+}

@@ -152,9 +152,9 @@ async fn a_batch_update_is_all_or_nothing() {
     assert_eq!(
         (items[0]["id"].as_str(), items[0]["name"].as_str()),
         (Some(b.as_str()), Some("last-b")),
-        "first-seen order, last entry wins"
+        "first-seen order, the last name wins"
     );
-    assert_eq!(items[1]["labels"], json!({}), "the id-only last entry for a wins over the earlier label patch");
+    assert_eq!(items[1]["labels"], json!({"n": "1"}), "entries apply in order: an id-only one undoes nothing");
 }
 
 #[tokio::test]

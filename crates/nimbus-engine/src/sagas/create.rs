@@ -8,7 +8,7 @@
 //! host shows it (usually `error`), for its owner to delete; its address goes with it.
 
 use async_trait::async_trait;
-use nimbus_core::instance::{validate_name, Instance, InstanceState};
+use nimbus_core::instance::{validate_name_by, Instance, InstanceState};
 use nimbus_core::labels::{self, Labels};
 use nimbus_core::operation::{Operation, Target};
 use nimbus_core::resources::{InstancePassword, PASSWORD_LIFETIME};
@@ -70,7 +70,7 @@ pub(crate) async fn plan(
     host: u32,
 ) -> Result<(Instance, Operation, WriteSet)> {
     ctx.require(Role::Member)?;
-    validate_name("name", &req.name)?;
+    validate_name_by(req.name_rule, "name", &req.name)?;
     let hostname = req.hostname.clone().unwrap_or_else(|| nimbus_core::instance::hostname_from_name(&req.name));
     nimbus_core::instance::validate_hostname("hostname", &hostname)?;
     labels::validate_labels("labels", &req.labels)?;

@@ -1,5 +1,6 @@
-//! `delete`: destroys the instance on the host, then removes its record and what only it held: its
-//! address, its password and its snapshots' records, in the outcome's transaction.
+//! `delete`: destroys the instance on the host, then, in the outcome's transaction, releases what only it
+//! held (its address, its password, its snapshots' records) and leaves its record `destroyed` for
+//! `EngineConfig::deleted_retention` (the runner's landing of a delete; removed at once with no retention).
 
 use async_trait::async_trait;
 use nimbus_core::instance::Instance;

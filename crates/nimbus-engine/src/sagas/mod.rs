@@ -504,8 +504,21 @@ impl<'a, K: Saga> Runner<'a, K> {
                         set.push(instance_event(&self.op.actor, "instance.updated", &next));
                     }
                     None => {
-                        set.push(Write::DeleteInstance { id: current.id, expected_generation: current.generation });
                         next.state = InstanceState::Destroyed;
+                        if self.engine.config.deleted_retention.is_zero() {
+                            set.push(Write::DeleteInstance { id: current.id, expected_generation: current.generation });
+                        } else {
+                            // Kept for the retention as a record of what was deleted, and when: it holds no
+                            // host, address or lock (the outcome's writes release the addresses).
+                            next.host = None;
+                            next.ip_addresses.clear();
+                            next.generation += 1;
+                            next.updated_at = nimbus_core::now();
+                            set.push(Write::PutInstance {
+                                instance: next.clone(),
+                                expected_generation: Some(current.generation),
+                            });
+                        }
                         set.push(instance_event(&self.op.actor, "instance.deleted", &next));
                     }
                 }

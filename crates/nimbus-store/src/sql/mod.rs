@@ -594,7 +594,9 @@ impl Store for SqlStore {
     }
 
     async fn get_instance(&self, id: Uuid) -> StoreResult<Option<Instance>> {
-        self.document("instance", "SELECT body FROM instances WHERE id = $1", id).await
+        // A destroyed instance's record is kept only to be shown by the dialects whose provider shows
+        // deleted instances for a while; for everything else it is gone.
+        self.document("instance", "SELECT body FROM instances WHERE id = $1 AND state <> 'destroyed'", id).await
     }
 
     async fn list_instances(&self, q: &InstanceQuery) -> StoreResult<Vec<Instance>> {
@@ -605,14 +607,29 @@ impl Store for SqlStore {
         if let Some(h) = &q.host {
             sql.and("host = ", h);
         }
-        if let Some(state) = q.state {
-            sql.and("state = ", state.as_str());
+        if let Some(id) = q.id {
+            sql.and("id = ", id);
+        }
+        match q.state {
+            Some(state) => {
+                sql.and("state = ", state.as_str());
+            }
+            None if !q.with_destroyed => {
+                sql.push(" AND state <> 'destroyed'");
+            }
+            None => {}
         }
         if let Some(n) = &q.name {
             sql.and("name = ", n);
         }
         if let Some(a) = q.after {
             sql.and("id > ", a);
+        }
+        if let Some(b) = q.before {
+            sql.and("id < ", b);
+            sql.push(" ORDER BY id DESC").limit(q.limit);
+            let rows = sql.query().fetch_all(&self.pool).await.map_err(self.fail("instance"))?;
+            return rows.iter().map(|r| body_of("instance", r)).collect();
         }
         self.documents("instance", sql, q.limit).await
     }

@@ -401,11 +401,14 @@ async fn delete_project(conn: &mut AnyConnection, backend: Backend, id: Uuid) ->
     // Locked first: an instance create checks its project's quota under the same lock, so it either
     // commits before this count or finds the project gone.
     lock_row(conn, backend, "project", "SELECT id FROM projects WHERE id = $1", id).await?;
-    let instances = count(conn, backend, "SELECT COUNT(*) AS n FROM instances WHERE project_id = $1", id).await?;
+    let sql = "SELECT COUNT(*) AS n FROM instances WHERE project_id = $1 AND state <> 'destroyed'";
+    let instances = count(conn, backend, sql, id).await?;
     if instances > 0 {
         return Err(StoreError::Conflict(format!("project {id} still has {instances} instance(s)")));
     }
     for sql in [
+        // Destroyed instances' records, kept for a while after their deletion, go with their project.
+        "DELETE FROM instances WHERE project_id = $1",
         "DELETE FROM api_keys WHERE project_id = $1",
         "DELETE FROM records WHERE project_id = $1",
         "DELETE FROM idempotency WHERE project_id = $1",

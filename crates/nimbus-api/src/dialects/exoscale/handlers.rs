@@ -29,20 +29,80 @@ const DIALECT: &str = "exoscale";
 /// The kind of this dialect's operation receipts (see [`receipt`]).
 const RECEIPT: &str = "operation";
 const MIN_DISK: u64 = 10;
+/// Exoscale's largest disk is 51200 GiB; Nimbus's own limit is lower, and a client is told the one that holds.
+const MAX_DISK: u64 = if nimbus_engine::MAX_DISK_GB < 51200 { nimbus_engine::MAX_DISK_GB } else { 51200 };
 /// The longest `GET /v2/operation/{id}` holds a pending operation before answering.
 const OPERATION_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
-const MAX_DISK: u64 = 51200;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IdRef {
-    pub id: Uuid,
+/// A reference to another resource in a request body. Exoscale's Go clients (egoscale v3, so the `exo`
+/// CLI and the Terraform provider) send the whole object they listed, zero-valued fields included:
+/// `{"authorized": true, "cpus": 1, "family": "standard", "id": "…", …}` for an instance type,
+/// `{"created-at": "0001-01-01T00:00:00Z", "id": "…"}` for a template. Only `id`, and `name` where the
+/// spec lets the resource be named, are read; every other field is ignored and an empty string is no value.
+#[derive(Debug, Default, Deserialize)]
+pub struct Ref {
+    id: Option<String>,
+    name: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NameRef {
-    pub name: String,
+impl Ref {
+    /// The referenced id, if one was given; `field` names the reference in the error.
+    pub fn id(&self, field: &str) -> ExoResult<Option<Uuid>> {
+        match self.id.as_deref().filter(|s| !s.is_empty()) {
+            None => Ok(None),
+            Some(s) => Uuid::parse_str(s)
+                .map(Some)
+                .map_err(|_| ExoError::bad_request(format!("Invalid parameter {field}: {s:?} is not an id"))),
+        }
+    }
+
+    pub fn required_id(&self, field: &str) -> ExoResult<Uuid> {
+        self.id(field)?.ok_or_else(|| ExoError::bad_request(format!("Invalid parameter {field}: give its id")))
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref().filter(|s| !s.is_empty())
+    }
+
+    fn has_id(&self) -> bool {
+        self.id.as_deref().is_some_and(|s| !s.is_empty())
+    }
+}
+
+/// The instance type a reference names (by id: the spec has no other way).
+async fn referenced_instance_type(app: &AppState, r: &Ref) -> ExoResult<InstanceType> {
+    let id = r.required_id("instance-type")?;
+    app.engine
+        .instance_type(&id.to_string())
+        .await
+        .map_err(|_| ExoError::bad_request(format!("Invalid parameter instance-type: no instance type {id}")))
+}
+
+/// The SSH keys a create names: Exoscale addresses keys by name.
+fn referenced_ssh_keys(refs: Vec<Ref>, field: &str) -> ExoResult<Vec<String>> {
+    refs.iter()
+        .map(|r| {
+            r.name()
+                .map(str::to_string)
+                .ok_or_else(|| ExoError::bad_request(format!("Invalid parameter {field}: give the key's name")))
+        })
+        .collect()
+}
+
+/// Security groups and anti-affinity groups are referenced by id or, in the spec, by name: `named` is the
+/// caller's groups as (id, name), read only when some reference has no id.
+fn referenced_groups(refs: &[Ref], field: &str, named: &[(Uuid, String)]) -> ExoResult<Vec<Uuid>> {
+    refs.iter()
+        .map(|r| match (r.id(field)?, r.name()) {
+            (Some(id), _) => Ok(id),
+            (None, Some(name)) => named
+                .iter()
+                .find(|(_, n)| n == name)
+                .map(|(id, _)| *id)
+                .ok_or_else(|| ExoError::bad_request(format!("Invalid parameter {field}: no group named {name:?}"))),
+            (None, None) => Err(ExoError::bad_request(format!("Invalid parameter {field}: give its id or name"))),
+        })
+        .collect()
 }
 
 pub fn parse_id(what: &str, id: &str) -> ExoResult<Uuid> {
@@ -51,7 +111,7 @@ pub fn parse_id(what: &str, id: &str) -> ExoResult<Uuid> {
 
 /// What rendering instances needs from the catalog and the referenced resources, read once per request.
 pub struct Renderer {
-    pub zone: String,
+    pub zones: Vec<String>,
     pub types: Vec<InstanceType>,
     pub templates: Vec<Template>,
     pub ssh_keys: Vec<SshKey>,
@@ -64,7 +124,7 @@ pub struct Renderer {
 impl Renderer {
     pub async fn new(app: &AppState, ctx: &Context) -> ExoResult<Renderer> {
         Ok(Renderer {
-            zone: views::zone_name(&app.engine.zone().await?.name).to_string(),
+            zones: zone_names(app),
             types: app.engine.list_instance_types().await?,
             templates: app.engine.list_templates(ctx).await?,
             ssh_keys: app.engine.list_ssh_keys(ctx).await?,
@@ -84,7 +144,7 @@ impl Renderer {
             _ => None,
         };
         views::InstanceContext {
-            zone: &self.zone,
+            zones: &self.zones,
             instance_type: self.types.iter().find(|t| t.name == i.instance_type),
             template: self.templates.iter().find(|t| t.id == i.template_id),
             ssh_keys: &self.ssh_keys,
@@ -136,10 +196,25 @@ fn api_endpoint(headers: &HeaderMap) -> String {
     format!("{scheme}://{host}/v2")
 }
 
-/// `GET /v2/zone`: anonymous, as the Python SDK calls it without credentials.
+/// The names of this server's zone, as the operator gave them (`--zone`, repeatable): Exoscale clients
+/// find their zone by name in `GET /v2/zone`, and the one zone answers to each of them.
+pub fn zone_names(app: &AppState) -> Vec<String> {
+    let config = app.engine.config();
+    let mut names = vec![config.zone.clone()];
+    for alias in &config.zone_aliases {
+        if !names.contains(alias) {
+            names.push(alias.clone());
+        }
+    }
+    names
+}
+
+/// `GET /v2/zone`: anonymous, as the Python SDK calls it without credentials. Every name of the zone has
+/// the same endpoint, this server's `/v2`.
 pub async fn list_zones(State(app): State<AppState>, headers: HeaderMap) -> ExoResult<Json<Value>> {
-    let zone = app.engine.zone().await?;
-    Ok(Json(json!({ "zones": [views::zone(views::zone_name(&zone.name), &api_endpoint(&headers))] })))
+    let endpoint = api_endpoint(&headers);
+    let zones: Vec<Value> = zone_names(&app).iter().map(|name| views::zone(name, &endpoint)).collect();
+    Ok(Json(json!({ "zones": zones })))
 }
 
 // Operations.
@@ -178,9 +253,15 @@ pub async fn list(State(app): State<AppState>, signed: Signed) -> ExoResult<Json
         None => None,
     };
     let renderer = Renderer::new(&app, ctx).await?;
+    // An instance is found by its own address or by an elastic IP attached to it (`exo compute elastic-ip
+    // show` looks the holder of an elastic IP up so).
+    let has_address = |i: &Instance, ip: &String| {
+        i.ip_addresses.contains(ip)
+            || renderer.elastic_ips.iter().any(|e| e.ip.to_string() == *ip && e.instances.contains(&i.id))
+    };
     let mut items = Vec::new();
     for i in app.engine.all_instances(ctx).await? {
-        if q.get("ip-address").is_some_and(|ip| !i.ip_addresses.contains(ip)) {
+        if q.get("ip-address").is_some_and(|ip| !has_address(&i, ip)) {
             continue;
         }
         if selector.as_ref().is_some_and(|s| !s.matches(&i.labels)) {
@@ -195,17 +276,17 @@ pub async fn list(State(app): State<AppState>, signed: Signed) -> ExoResult<Json
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct CreateBody {
     disk_size: Option<u64>,
-    instance_type: Option<IdRef>,
-    template: Option<IdRef>,
+    instance_type: Option<Ref>,
+    template: Option<Ref>,
     name: Option<String>,
     labels: Option<Labels>,
     auto_start: Option<bool>,
     user_data: Option<String>,
-    ssh_keys: Option<Vec<NameRef>>,
-    ssh_key: Option<NameRef>,
-    security_groups: Option<Vec<IdRef>>,
-    anti_affinity_groups: Option<Vec<IdRef>>,
-    deploy_target: Option<IdRef>,
+    ssh_keys: Option<Vec<Ref>>,
+    ssh_key: Option<Ref>,
+    security_groups: Option<Vec<Ref>>,
+    anti_affinity_groups: Option<Vec<Ref>>,
+    deploy_target: Option<Ref>,
     public_ip_assignment: Option<String>,
     ipv6_enabled: Option<bool>,
     secureboot_enabled: Option<bool>,
@@ -239,25 +320,37 @@ pub async fn create(State(app): State<AppState>, signed: Signed) -> ExoResult<Js
     let body: CreateBody = signed.json()?;
     let missing = |f: &str| ExoError::bad_request(format!("Missing parameter {f}"));
     let disk = check_disk(body.disk_size.ok_or_else(|| missing("disk-size"))?)?;
-    let type_id = body.instance_type.ok_or_else(|| missing("instance-type"))?.id;
-    let template_id = body.template.ok_or_else(|| missing("template"))?.id;
-    let itype =
-        app.engine.instance_type(&type_id.to_string()).await.map_err(|_| {
-            ExoError::bad_request(format!("Invalid parameter instance-type: no instance type {type_id}"))
-        })?;
-    if body.deploy_target.is_some() {
+    let itype = referenced_instance_type(&app, &body.instance_type.ok_or_else(|| missing("instance-type"))?).await?;
+    let template_id = body.template.ok_or_else(|| missing("template"))?.required_id("template")?;
+    if body.deploy_target.is_some_and(|t| t.has_id()) {
         return Err(ExoError::bad_request("Invalid parameter deploy-target: this zone has no deploy targets"));
     }
     if body.ipv6_enabled == Some(true) {
         return Err(ExoError::bad_request("Invalid parameter ipv6-enabled: IPv6 is not available"));
     }
     check_ip_assignment(body.public_ip_assignment.as_deref())?;
-    let mut ssh_keys: Vec<String> = body.ssh_keys.unwrap_or_default().into_iter().map(|k| k.name).collect();
+    let mut ssh_keys = referenced_ssh_keys(body.ssh_keys.unwrap_or_default(), "ssh-keys")?;
     if let Some(k) = body.ssh_key {
-        if !ssh_keys.contains(&k.name) {
-            ssh_keys.insert(0, k.name);
+        let name = referenced_ssh_keys(vec![k], "ssh-key")?.remove(0);
+        if !ssh_keys.contains(&name) {
+            ssh_keys.insert(0, name);
         }
     }
+    let security_group_refs = body.security_groups.unwrap_or_default();
+    let security_groups = if security_group_refs.iter().all(Ref::has_id) {
+        referenced_groups(&security_group_refs, "security-groups", &[])?
+    } else {
+        let named: Vec<_> = app.engine.list_security_groups(ctx).await?.into_iter().map(|g| (g.id, g.name)).collect();
+        referenced_groups(&security_group_refs, "security-groups", &named)?
+    };
+    let anti_affinity_refs = body.anti_affinity_groups.unwrap_or_default();
+    let anti_affinity_groups = if anti_affinity_refs.iter().all(Ref::has_id) {
+        referenced_groups(&anti_affinity_refs, "anti-affinity-groups", &[])?
+    } else {
+        let named: Vec<_> =
+            app.engine.list_anti_affinity_groups(ctx).await?.into_iter().map(|g| (g.id, g.name)).collect();
+        referenced_groups(&anti_affinity_refs, "anti-affinity-groups", &named)?
+    };
     let mut ext = Map::new();
     ext.insert("public-ip-assignment".into(), json!(body.public_ip_assignment.unwrap_or_else(|| "inet4".into())));
     ext.insert(
@@ -279,8 +372,8 @@ pub async fn create(State(app): State<AppState>, signed: Signed) -> ExoResult<Js
                 labels: body.labels.unwrap_or_default(),
                 user_data: body.user_data,
                 ssh_keys,
-                security_groups: body.security_groups.unwrap_or_default().into_iter().map(|r| r.id).collect(),
-                anti_affinity_groups: body.anti_affinity_groups.unwrap_or_default().into_iter().map(|r| r.id).collect(),
+                security_groups,
+                anti_affinity_groups,
                 auto_start: body.auto_start.unwrap_or(true),
                 tpm_enabled: body.tpm_enabled.unwrap_or(false),
                 secure_boot: body.secureboot_enabled.unwrap_or(false),
@@ -328,36 +421,12 @@ pub async fn get_segment(
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct UpdateBody {
     name: Option<String>,
-    /// `Some(None)`: sent as null, which clears every label.
-    #[serde(default, deserialize_with = "nullable")]
-    labels: Option<Option<Labels>>,
+    /// Replaces the whole map; `{}` clears it. `null` leaves it unchanged, like an absent field: egoscale v3
+    /// sends `"labels": null` on every update that does not set labels (its field has no `omitempty`).
+    labels: Option<Labels>,
     user_data: Option<String>,
     public_ip_assignment: Option<String>,
     application_consistent_snapshot_enabled: Option<bool>,
-}
-
-fn nullable<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
-}
-
-/// Applies `patch` to the instance if it is still at the version it was planned on; `plan` is run again
-/// on the fresh instance when a concurrent writer got there first.
-async fn edit(
-    app: &AppState,
-    ctx: &Context,
-    id: Uuid,
-    plan: impl Fn(&Instance) -> ExoResult<InstancePatch>,
-) -> ExoResult<Instance> {
-    for _ in 0..16 {
-        let current = app.engine.instance(ctx, id).await?;
-        let patch = plan(&current)?;
-        match app.engine.update_instance(ctx, id, patch, Some(current.generation)).await {
-            Ok(i) => return Ok(i),
-            Err(DomainError::PreconditionFailed { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(DomainError::Conflict(format!("instance {id} changed concurrently; retry")).into())
 }
 
 pub async fn update(State(app): State<AppState>, Path(id): Path<String>, signed: Signed) -> ExoResult<Json<Value>> {
@@ -365,29 +434,19 @@ pub async fn update(State(app): State<AppState>, Path(id): Path<String>, signed:
     let id = parse_id("Instance", &id)?;
     let body: UpdateBody = signed.json()?;
     check_ip_assignment(body.public_ip_assignment.as_deref())?;
-    edit(&app, ctx, id, |current| {
-        let mut patch = InstancePatch {
-            name: body.name.clone(),
-            user_data: body.user_data.clone(),
-            labels: body.labels.as_ref().map(|l| match l {
-                None => Value::Null,
-                Some(wanted) => nimbus_core::labels::replacement_patch(&current.labels, wanted),
-            }),
-            ..Default::default()
-        };
-        let mut ext = Map::new();
-        if let Some(a) = &body.public_ip_assignment {
-            ext.insert("public-ip-assignment".into(), json!(a));
-        }
-        if let Some(b) = body.application_consistent_snapshot_enabled {
-            ext.insert("application-consistent-snapshot-enabled".into(), json!(b));
-        }
-        if !ext.is_empty() {
-            patch.extensions.insert(EXT.into(), Value::Object(ext));
-        }
-        Ok(patch)
-    })
-    .await?;
+    let mut patch =
+        InstancePatch { name: body.name, user_data: body.user_data, replace_labels: body.labels, ..Default::default() };
+    let mut ext = Map::new();
+    if let Some(a) = &body.public_ip_assignment {
+        ext.insert("public-ip-assignment".into(), json!(a));
+    }
+    if let Some(b) = body.application_consistent_snapshot_enabled {
+        ext.insert("application-consistent-snapshot-enabled".into(), json!(b));
+    }
+    if !ext.is_empty() {
+        patch.extensions.insert(EXT.into(), Value::Object(ext));
+    }
+    app.engine.update_instance(ctx, id, patch, None).await?;
     receipt(&app, ctx, instance_ref(id)).await
 }
 
@@ -402,7 +461,9 @@ pub async fn reset_field(
     if field != "labels" {
         return Err(ExoError::bad_request(format!("Invalid parameter field: {field:?} cannot be reset (only labels)")));
     }
-    edit(&app, ctx, id, |_| Ok(InstancePatch { labels: Some(Value::Null), ..Default::default() })).await?;
+    app.engine
+        .update_instance(ctx, id, InstancePatch { labels: Some(Value::Null), ..Default::default() }, None)
+        .await?;
     receipt(&app, ctx, instance_ref(id)).await
 }
 
@@ -459,14 +520,14 @@ struct StartBody {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct ResetBody {
-    template: Option<IdRef>,
+    template: Option<Ref>,
     disk_size: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct ScaleBody {
-    instance_type: Option<IdRef>,
+    instance_type: Option<Ref>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -515,16 +576,14 @@ pub async fn put_segment(
         "reset" => {
             let body: ResetBody = signed.json()?;
             ActionRequest::Reset {
-                template: body.template.map(|t| t.id.to_string()),
+                template: body.template.map(|t| t.required_id("template")).transpose()?.map(|id| id.to_string()),
                 disk_size_gb: body.disk_size.map(check_disk).transpose()?,
             }
         }
         "scale" => {
             let body: ScaleBody = signed.json()?;
-            let type_id = body.instance_type.ok_or_else(|| ExoError::bad_request("Missing parameter instance-type"))?;
-            let t = app.engine.instance_type(&type_id.id.to_string()).await.map_err(|_| {
-                ExoError::bad_request(format!("Invalid parameter instance-type: no instance type {}", type_id.id))
-            })?;
+            let wanted = body.instance_type.ok_or_else(|| ExoError::bad_request("Missing parameter instance-type"))?;
+            let t = referenced_instance_type(&app, &wanted).await?;
             ActionRequest::Scale { instance_type: t.name }
         }
         "resize-disk" => {
@@ -600,11 +659,22 @@ pub async fn console_url(
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct ReverseDnsBody {
+pub struct ReverseDnsBody {
     domain_name: Option<String>,
 }
 
-fn valid_domain(name: &str) -> bool {
+impl ReverseDnsBody {
+    /// The PTR name asked for, checked.
+    pub fn domain_name(self) -> ExoResult<String> {
+        let name = self.domain_name.ok_or_else(|| ExoError::bad_request("Missing parameter domain-name"))?;
+        if !valid_domain(&name) {
+            return Err(ExoError::bad_request(format!("Invalid parameter domain-name: {name:?} is not a domain name")));
+        }
+        Ok(name)
+    }
+}
+
+pub fn valid_domain(name: &str) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name);
     !name.is_empty() && name.len() <= 253 && nimbus_core::instance::validate_hostname("domain-name", name).is_ok()
 }
@@ -628,17 +698,10 @@ pub async fn set_reverse_dns(
 ) -> ExoResult<Json<Value>> {
     let ctx = &signed.ctx;
     let id = parse_id("Instance", &id)?;
-    let body: ReverseDnsBody = signed.json()?;
-    let name = body.domain_name.ok_or_else(|| ExoError::bad_request("Missing parameter domain-name"))?;
-    if !valid_domain(&name) {
-        return Err(ExoError::bad_request(format!("Invalid parameter domain-name: {name:?} is not a domain name")));
-    }
-    edit(&app, ctx, id, |_| {
-        let mut patch = InstancePatch::default();
-        patch.extensions.insert(EXT.into(), json!({ "reverse-dns": name }));
-        Ok(patch)
-    })
-    .await?;
+    let name = signed.json::<ReverseDnsBody>()?.domain_name()?;
+    let mut patch = InstancePatch::default();
+    patch.extensions.insert(EXT.into(), json!({ "reverse-dns": name }));
+    app.engine.update_instance(ctx, id, patch, None).await?;
     receipt(&app, ctx, instance_ref(id)).await
 }
 
@@ -649,14 +712,15 @@ pub async fn delete_reverse_dns(
 ) -> ExoResult<Json<Value>> {
     let ctx = &signed.ctx;
     let id = parse_id("Instance", &id)?;
-    edit(&app, ctx, id, |current| {
-        if views::ext_str(current, "reverse-dns").is_none() {
-            return Err(ExoError::not_found("Reverse DNS record"));
-        }
-        let mut patch = InstancePatch::default();
-        patch.extensions.insert(EXT.into(), json!({ "reverse-dns": null }));
-        Ok(patch)
-    })
-    .await?;
+    app.engine
+        .update_instance_with(ctx, id, |current| {
+            if views::ext_str(current, "reverse-dns").is_none() {
+                return Err(ExoError::not_found("Reverse DNS record"));
+            }
+            let mut patch = InstancePatch::default();
+            patch.extensions.insert(EXT.into(), json!({ "reverse-dns": null }));
+            Ok(Some(patch))
+        })
+        .await?;
     receipt(&app, ctx, instance_ref(id)).await
 }

@@ -6,7 +6,7 @@
 //! Exoscale puts actions in the last path segment (`/v2/instance/{id}:start`), which a router cannot split,
 //! so those routes capture the whole segment and the handlers split it at the first `:`.
 
-use axum::routing::{any, delete, get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::AppState;
@@ -24,6 +24,12 @@ use handlers as h;
 use networks as n;
 use resources as r;
 
+/// Whether a path is under this dialect's prefix (SF Compute's `/v2/...` paths are taken first, by
+/// [`super::unknown_route`]).
+pub fn owns(path: &str) -> bool {
+    path == "/v2" || path.starts_with("/v2/")
+}
+
 pub fn router(_state: AppState) -> Router<AppState> {
     Router::new()
         .route("/v2/zone", get(h::list_zones).fallback(mna))
@@ -39,6 +45,15 @@ pub fn router(_state: AppState) -> Router<AppState> {
             "/v2/reverse-dns/instance/{id}",
             get(h::get_reverse_dns).post(h::set_reverse_dns).delete(h::delete_reverse_dns).fallback(mna),
         )
+        .route(
+            "/v2/reverse-dns/elastic-ip/{id}",
+            get(n::get_elastic_ip_reverse_dns)
+                .post(n::set_elastic_ip_reverse_dns)
+                .delete(n::delete_elastic_ip_reverse_dns)
+                .fallback(mna),
+        )
+        .route("/v2/deploy-target", get(r::list_deploy_targets).fallback(mna))
+        .route("/v2/deploy-target/{id}", get(r::get_deploy_target).fallback(mna))
         .route("/v2/instance-type", get(r::list_instance_types).fallback(mna))
         .route("/v2/instance-type/{id}", get(r::get_instance_type).fallback(mna))
         .route("/v2/template", get(r::list_templates).fallback(mna))
@@ -78,8 +93,4 @@ pub fn router(_state: AppState) -> Router<AppState> {
             "/v2/anti-affinity-group/{id}",
             get(r::get_anti_affinity_group).delete(r::delete_anti_affinity_group).fallback(mna),
         )
-        // Anything else under /v2 (SF Compute's `/v2/instances` routes are more specific and win).
-        .route("/v2/{*rest}", any(errors::unknown_route))
-        .route("/v2", any(errors::unknown_route))
-        .route("/v2/", any(errors::unknown_route))
 }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::auth::Signed;
 use super::errors::{ExoError, ExoResult};
-use super::handlers::{parse_id, receipt};
+use super::handlers::{parse_id, receipt, ReverseDnsBody};
 use super::resources::InstanceBody;
 use super::views;
 use crate::AppState;
@@ -224,4 +224,40 @@ pub async fn put_elastic_ip(
         _ => return Err(ExoError::not_found("Operation")),
     };
     receipt(&app, ctx, elastic_ip_ref(id)).await
+}
+
+// Reverse DNS of an elastic IP: its PTR name, kept on the elastic IP's record.
+
+pub async fn get_elastic_ip_reverse_dns(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let id = parse_id("Elastic IP", &id)?;
+    let eip = app.engine.elastic_ip(&signed.ctx, id).await?;
+    match eip.reverse_dns {
+        Some(name) => Ok(Json(json!({ "domain-name": name }))),
+        None => Err(ExoError::not_found("Reverse DNS record")),
+    }
+}
+
+pub async fn set_elastic_ip_reverse_dns(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let id = parse_id("Elastic IP", &id)?;
+    let name = signed.json::<ReverseDnsBody>()?.domain_name()?;
+    app.engine.set_elastic_ip_reverse_dns(&signed.ctx, id, Some(name)).await?;
+    receipt(&app, &signed.ctx, elastic_ip_ref(id)).await
+}
+
+pub async fn delete_elastic_ip_reverse_dns(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let id = parse_id("Elastic IP", &id)?;
+    app.engine.set_elastic_ip_reverse_dns(&signed.ctx, id, None).await?;
+    receipt(&app, &signed.ctx, elastic_ip_ref(id)).await
 }

@@ -10,20 +10,16 @@ use uuid::Uuid;
 
 use super::auth::Signed;
 use super::errors::{ExoError, ExoResult};
-use super::handlers::{parse_id, receipt, Renderer};
+use super::handlers::{parse_id, receipt, zone_names, Renderer};
 use super::views;
 use crate::AppState;
-
-async fn zone(app: &AppState) -> ExoResult<String> {
-    Ok(views::zone_name(&app.engine.zone().await?.name).to_string())
-}
 
 // Instance types.
 
 pub async fn list_instance_types(State(app): State<AppState>, _signed: Signed) -> ExoResult<Json<Value>> {
-    let zone = zone(&app).await?;
+    let zones = zone_names(&app);
     let types: Vec<Value> =
-        app.engine.list_instance_types().await?.iter().map(|t| views::instance_type(t, &zone)).collect();
+        app.engine.list_instance_types().await?.iter().map(|t| views::instance_type(t, &zones)).collect();
     Ok(Json(json!({ "instance-types": types })))
 }
 
@@ -35,13 +31,13 @@ pub async fn get_instance_type(
     let id = parse_id("Instance type", &id)?;
     let types = app.engine.list_instance_types().await?;
     let t = types.iter().find(|t| t.id == id).ok_or_else(|| ExoError::not_found("Instance type"))?;
-    Ok(Json(views::instance_type(t, &zone(&app).await?)))
+    Ok(Json(views::instance_type(t, &zone_names(&app))))
 }
 
 // Templates.
 
 pub async fn list_templates(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let zone = zone(&app).await?;
+    let zones = zone_names(&app);
     let visibility = match signed.query.get("visibility").map(String::as_str) {
         None => None,
         Some("public") => Some(Visibility::Public),
@@ -60,7 +56,7 @@ pub async fn list_templates(State(app): State<AppState>, signed: Signed) -> ExoR
         .iter()
         .filter(|t| visibility.is_none_or(|v| t.visibility == v))
         .filter(|t| family.is_none_or(|f| t.os_name.eq_ignore_ascii_case(f)))
-        .map(|t| views::template(t, &zone))
+        .map(|t| views::template(t, &zones))
         .collect();
     Ok(Json(json!({ "templates": templates })))
 }
@@ -72,7 +68,7 @@ pub async fn get_template(
 ) -> ExoResult<Json<Value>> {
     let id = parse_id("Template", &id)?;
     let t = app.engine.template(&signed.ctx, &id.to_string()).await?;
-    Ok(Json(views::template(&t, &zone(&app).await?)))
+    Ok(Json(views::template(&t, &zone_names(&app))))
 }
 
 // Snapshots.
@@ -185,9 +181,10 @@ pub async fn get_ssh_key(
     Path(name): Path<String>,
     signed: Signed,
 ) -> ExoResult<Json<Value>> {
-    let keys = app.engine.list_ssh_keys(&signed.ctx).await?;
-    let k = keys.iter().find(|k| k.name == name).ok_or_else(|| ExoError::not_found("SSH key"))?;
-    Ok(Json(views::ssh_key(k)))
+    // By name, as Exoscale addresses keys, or by id: the operation that registers one refers to it by id,
+    // and clients that re-fetch the key from that reference (the `exoscale-connector` package) must find it.
+    let k = app.engine.ssh_key(&signed.ctx, &name).await?;
+    Ok(Json(views::ssh_key(&k)))
 }
 
 fn ssh_key_ref(k: &nimbus_core::resources::SshKey) -> Value {
@@ -207,8 +204,7 @@ pub async fn delete_ssh_key(
     Path(name): Path<String>,
     signed: Signed,
 ) -> ExoResult<Json<Value>> {
-    let keys = app.engine.list_ssh_keys(&signed.ctx).await?;
-    let k = keys.into_iter().find(|k| k.name == name).ok_or_else(|| ExoError::not_found("SSH key"))?;
+    let k = app.engine.ssh_key(&signed.ctx, &name).await?;
     app.engine.delete_ssh_key(&signed.ctx, &k.id.to_string()).await?;
     receipt(&app, &signed.ctx, ssh_key_ref(&k)).await
 }
@@ -444,4 +440,14 @@ pub async fn delete_anti_affinity_group(
     let id = parse_id("Anti-affinity group", &id)?;
     app.engine.delete_anti_affinity_group(&signed.ctx, id).await?;
     receipt(&app, &signed.ctx, views::reference("anti-affinity-group", id, &id.to_string())).await
+}
+
+// Deploy targets: Nimbus places instances itself and offers none to choose (a create naming one is refused).
+
+pub async fn list_deploy_targets(_signed: Signed) -> ExoResult<Json<Value>> {
+    Ok(Json(json!({ "deploy-targets": [] })))
+}
+
+pub async fn get_deploy_target(_signed: Signed) -> ExoResult<Json<Value>> {
+    Err(ExoError::not_found("Deploy target"))
 }

@@ -16,18 +16,6 @@ use uuid::Uuid;
 /// The extension map key of this dialect on an instance.
 pub const EXT: &str = "exoscale";
 
-/// Exoscale's zone names: the spec's `zone-name` is a closed enum, and the SDK refuses any other zone.
-pub const ZONES: &[&str] =
-    &["at-vie-1", "at-vie-2", "bg-sof-1", "ch-dk-2", "ch-gva-2", "de-fra-1", "de-muc-1", "hr-zag-1"];
-/// The spec's default server zone: what a Nimbus zone is called here when its own name is not one of
-/// Exoscale's.
-pub const DEFAULT_ZONE: &str = "ch-gva-2";
-
-/// The Exoscale name of a Nimbus zone.
-pub fn zone_name(nimbus_zone: &str) -> &str {
-    ZONES.iter().copied().find(|z| *z == nimbus_zone).unwrap_or(DEFAULT_ZONE)
-}
-
 pub fn rfc3339(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
     t.replace_nanosecond(0).unwrap_or(t).format(&Rfc3339).unwrap_or_default()
@@ -35,7 +23,7 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 
 const MIB: u64 = 1 << 20;
 
-pub fn instance_type(t: &InstanceType, zone: &str) -> Value {
+pub fn instance_type(t: &InstanceType, zones: &[String]) -> Value {
     let mut v = json!({
         "id": t.id,
         "family": t.family,
@@ -43,7 +31,7 @@ pub fn instance_type(t: &InstanceType, zone: &str) -> Value {
         "cpus": t.vcpus,
         "memory": t.memory_mib * MIB,
         "authorized": t.authorized,
-        "zones": [zone],
+        "zones": zones,
     });
     // The spec makes `gpus` strictly positive: a type without GPUs has none to state.
     if t.gpus > 0 {
@@ -52,7 +40,7 @@ pub fn instance_type(t: &InstanceType, zone: &str) -> Value {
     v
 }
 
-pub fn template(t: &Template, zone: &str) -> Value {
+pub fn template(t: &Template, zones: &[String]) -> Value {
     let mut v = json!({
         "id": t.id,
         "name": t.name,
@@ -64,7 +52,7 @@ pub fn template(t: &Template, zone: &str) -> Value {
         // Nimbus's direct kernel boot is a legacy (BIOS-era) boot as far as a client can tell.
         "boot-mode": match t.boot_mode { BootMode::Uefi => "uefi", BootMode::Legacy | BootMode::Kernel => "legacy" },
         "visibility": match t.visibility { Visibility::Public => "public", Visibility::Private => "private" },
-        "zones": [zone],
+        "zones": zones,
         "created-at": rfc3339(t.created_at),
         "application-consistent-snapshot-enabled": false,
     });
@@ -120,7 +108,7 @@ pub fn ext_bool(i: &Instance, key: &str) -> bool {
 
 /// What rendering an instance needs beyond its record.
 pub struct InstanceContext<'a> {
-    pub zone: &'a str,
+    pub zones: &'a [String],
     pub instance_type: Option<&'a InstanceType>,
     pub template: Option<&'a Template>,
     pub ssh_keys: &'a [SshKey],
@@ -165,10 +153,10 @@ fn instance_common(i: &Instance, c: &InstanceContext) -> Map<String, Value> {
         m.insert("ssh-key".into(), first.clone());
     }
     if let Some(t) = c.instance_type {
-        m.insert("instance-type".into(), instance_type(t, c.zone));
+        m.insert("instance-type".into(), instance_type(t, c.zones));
     }
     if let Some(t) = c.template {
-        m.insert("template".into(), template(t, c.zone));
+        m.insert("template".into(), template(t, c.zones));
     }
     if let Some(ip) = public_ip(i) {
         m.insert("public-ip".into(), json!(ip));
@@ -409,11 +397,5 @@ mod tests {
             }
         }
         assert_eq!(instance_state(InstanceState::Snapshotting, Some(InstanceState::Stopped)), "stopped");
-    }
-
-    #[test]
-    fn unknown_zones_take_the_default_name() {
-        assert_eq!(zone_name("local"), DEFAULT_ZONE);
-        assert_eq!(zone_name("de-fra-1"), "de-fra-1");
     }
 }

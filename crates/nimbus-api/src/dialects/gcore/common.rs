@@ -18,7 +18,6 @@ use uuid::Uuid;
 
 use super::errors::{GcoreError, GcoreResult};
 use super::views::Scope;
-use crate::auth::{actor_of, credential};
 use crate::AppState;
 
 /// A caller authenticated by `Authorization: APIKey <secret>` (the scheme in any case).
@@ -28,12 +27,16 @@ impl FromRequestParts<AppState> for GcoreCaller {
     type Rejection = GcoreError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let secret = credential(&parts.headers, "APIKey").ok_or_else(GcoreError::missing_credentials)?;
-        match state.engine.authenticate_secret(secret, actor_of(parts)).await {
-            Ok(ctx) => Ok(GcoreCaller(ctx)),
-            Err(DomainError::Unauthenticated(_)) => Err(GcoreError::invalid_key()),
-            Err(e) => Err(e.into()),
-        }
+        crate::dialects::common::caller(parts, state, "APIKey").await.map(GcoreCaller)
+    }
+}
+
+impl crate::dialects::common::CredentialErrors for GcoreError {
+    fn missing_credentials() -> GcoreError {
+        GcoreError::missing_credentials()
+    }
+    fn invalid_credentials() -> GcoreError {
+        GcoreError::invalid_key()
     }
 }
 

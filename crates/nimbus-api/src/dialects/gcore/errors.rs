@@ -189,3 +189,8 @@ impl IntoResponse for GcoreError {
 pub async fn method_not_allowed() -> GcoreError {
     GcoreError::new(StatusCode::METHOD_NOT_ALLOWED, "HTTPError", "Method Not Allowed")
 }
+
+/// The answer to a path no route takes.
+pub async fn unknown_route(uri: axum::http::Uri) -> GcoreError {
+    GcoreError::not_found(format!("The requested URL {} was not found on the server", uri.path()))
+}

@@ -172,7 +172,9 @@ pub(super) fn check_tag_text(what: &str, s: &str, errors: &mut FieldErrors) {
     }
 }
 
-/// PATCH: the name and a JSON merge patch (RFC 7386) of the user tags; read-only tags cannot be touched.
+/// PATCH: the name and a JSON merge patch (RFC 7386) of the user tags. Read-only tags are "always
+/// preserved" (the seed): a key of one in the patch is left out of it, not refused, so a client that sends
+/// back every tag it read still succeeds.
 pub async fn update(
     State(app): State<AppState>,
     OneInstance(r, current): OneInstance,
@@ -190,11 +192,12 @@ pub async fn update(
         None => {}
         Some(Value::Null) => patch.labels = Some(Value::Null),
         Some(Value::Object(m)) => {
-            for (k, v) in m {
-                if current.system_labels.contains_key(k) {
-                    errors.add("tags", format!("Tag {k:?} is read-only"));
-                    continue;
-                }
+            let user_tags: serde_json::Map<String, Value> = m
+                .iter()
+                .filter(|(k, _)| !current.system_labels.contains_key(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for (k, v) in &user_tags {
                 match v {
                     Value::Null => {}
                     Value::String(s) => {
@@ -204,8 +207,8 @@ pub async fn update(
                     _ => errors.add("tags", format!("The value of tag {k:?} must be a string or null")),
                 }
             }
-            if !m.is_empty() {
-                patch.labels = Some(Value::Object(m.clone()));
+            if !user_tags.is_empty() {
+                patch.labels = Some(Value::Object(user_tags));
             }
         }
         Some(_) => errors.add("tags", "Input should be a valid dictionary or null"),

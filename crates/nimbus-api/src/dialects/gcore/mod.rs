@@ -10,6 +10,7 @@ use axum::Router;
 
 use crate::AppState;
 
+mod account;
 mod actions;
 mod catalog;
 mod common;
@@ -30,6 +31,11 @@ const SG_V2: &str = "/cloud/v2/security_groups/{project_id}/{region_id}";
 const SERVER_GROUPS: &str = "/cloud/v1/servergroups/{project_id}/{region_id}";
 const NETWORKS: &str = "/cloud/v1/networks/{project_id}/{region_id}";
 const SUBNETS: &str = "/cloud/v1/subnets/{project_id}/{region_id}";
+
+/// Whether a path is under this dialect's prefix.
+pub fn owns(path: &str) -> bool {
+    path.starts_with("/cloud/")
+}
 
 pub fn router(_state: AppState) -> Router<AppState> {
     use errors::method_not_allowed as other;
@@ -77,6 +83,18 @@ pub fn router(_state: AppState) -> Router<AppState> {
             &format!("{SERVER_GROUPS}/{{group_id}}"),
             get(server_groups::get).delete(server_groups::delete).fallback(other),
         )
+        .route(
+            "/cloud/v1/ssh_keys/{project_id}",
+            get(account::list_ssh_keys).post(account::create_ssh_key).fallback(other),
+        )
+        .route(
+            "/cloud/v1/ssh_keys/{project_id}/{ssh_key_id}",
+            get(account::get_ssh_key).delete(account::delete_ssh_key).fallback(other),
+        )
+        .route("/cloud/v1/projects", get(account::list_projects).fallback(other))
+        .route("/cloud/v1/projects/{project_id}", get(account::get_project).fallback(other))
+        .route("/cloud/v1/regions", get(account::list_regions).fallback(other))
+        .route("/cloud/v1/regions/{region_id}", get(account::get_region).fallback(other))
         .route("/cloud/v1/tasks", get(tasks::list).fallback(other))
         .route("/cloud/v1/tasks/{task_id}", get(tasks::get).fallback(other))
 }

@@ -137,3 +137,8 @@ impl IntoResponse for OnetError {
 pub async fn method_not_allowed(method: axum::http::Method) -> OnetError {
     OnetError::detail(StatusCode::METHOD_NOT_ALLOWED, format!("Method \"{method}\" not allowed."))
 }
+
+/// DRF's answer to a path no route takes.
+pub async fn unknown_route() -> OnetError {
+    OnetError::not_found()
+}

@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use nimbus_core::catalog::{InstanceType, Template, Zone};
-use nimbus_core::instance::{Instance, InstanceState};
+use nimbus_core::instance::{Instance, InstanceState, NameRule};
 use nimbus_core::labels::Labels;
 use nimbus_core::DomainError;
 use nimbus_engine::{ActionRequest, Context, CreateInstance, InstancePatch};
@@ -21,7 +21,6 @@ use uuid::Uuid;
 
 use super::errors::{FieldErrors, OnetError, OnetResult};
 use super::views::{self, BILLING_CYCLES, DEFAULT_BILLING_CYCLE, EXT, LEGACY_ID};
-use crate::auth::{actor_of, credential};
 use crate::AppState;
 
 /// DRF's page size when the client names none, and the largest it may ask for.
@@ -38,12 +37,16 @@ impl FromRequestParts<AppState> for OnetCaller {
     type Rejection = OnetError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let secret = credential(&parts.headers, "Bearer").ok_or_else(OnetError::missing_credentials)?;
-        match state.engine.authenticate_secret(secret, actor_of(parts)).await {
-            Ok(ctx) => Ok(OnetCaller(ctx)),
-            Err(DomainError::Unauthenticated(_)) => Err(OnetError::invalid_token()),
-            Err(e) => Err(e.into()),
-        }
+        crate::dialects::common::caller(parts, state, "Bearer").await.map(OnetCaller)
+    }
+}
+
+impl crate::dialects::common::CredentialErrors for OnetError {
+    fn missing_credentials() -> OnetError {
+        OnetError::missing_credentials()
+    }
+    fn invalid_credentials() -> OnetError {
+        OnetError::invalid_token()
     }
 }
 
@@ -149,7 +152,8 @@ pub async fn list(
         .and_then(|s| s.parse::<usize>().ok())
         .filter(|&n| n > 0)
         .map_or(DEFAULT_PAGE_SIZE, |n| n.min(MAX_PAGE_SIZE));
-    let all = app.engine.all_instances(&ctx).await?;
+    // ONET keeps deleted instances, `terminated`, for a while: listed too.
+    let all = app.engine.all_instances_and_destroyed(&ctx).await?;
     let pages = all.len().div_ceil(page_size).max(1);
     let invalid_page = || OnetError::detail(StatusCode::NOT_FOUND, "Invalid page.");
     let page = match params.get("page").map(String::as_str) {
@@ -179,7 +183,7 @@ pub async fn get(
     Path((org, project, id)): Path<(String, String, String)>,
 ) -> OnetResult<Json<Value>> {
     tenancy(&ctx, &org, &project)?;
-    let instance = app.engine.instance(&ctx, instance_id(&id)?).await?;
+    let instance = app.engine.instance_or_destroyed(&ctx, instance_id(&id)?).await?;
     let renderer = Renderer::new(&app, &ctx).await?;
     Ok(Json(renderer.render(&app, &ctx, &instance).await?))
 }
@@ -197,7 +201,10 @@ struct Input {
     /// `Some(None)`: sent as null.
     vpc_id: Option<Option<Uuid>>,
     billing_cycle: Option<String>,
+    /// The labels `tags` stands for: a map of strings is the labels, anything else empties them.
     tags: Option<Labels>,
+    /// `tags` that are not a map of strings, kept verbatim; `Some(Null)` when they are (nothing verbatim).
+    verbatim_tags: Option<Value>,
 }
 
 /// Reads the JSON body the way DRF's parser does: 415 for another media type, 400 for malformed JSON or a
@@ -298,22 +305,22 @@ fn parse_input(map: &Map<String, Value>) -> (Input, FieldErrors) {
             e.add("billing_cycle", format!("\"{given}\" is not a valid choice."));
         }
     }
+    // ONET types `tags` as any JSON (`<unknown>`): whatever the client sends is kept and returned as given.
     if let Some(v) = map.get("tags") {
-        match v {
-            Value::Null => input.tags = Some(Labels::new()),
-            Value::Object(obj) => {
-                let mut tags = Labels::new();
-                for (k, v) in obj {
-                    match v {
-                        Value::String(s) => {
-                            tags.insert(k.clone(), s.clone());
-                        }
-                        _ => e.add("tags", format!("The value of tag \"{k}\" must be a string.")),
-                    }
-                }
-                input.tags = Some(tags);
+        let strings: Option<Labels> = match v {
+            Value::Null => Some(Labels::new()),
+            Value::Object(obj) => obj.iter().map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect(),
+            _ => None,
+        };
+        match strings {
+            Some(labels) => {
+                input.tags = Some(labels);
+                input.verbatim_tags = Some(Value::Null);
             }
-            _ => e.add("tags", "Tags must be an object of string values."),
+            None => {
+                input.tags = Some(Labels::new());
+                input.verbatim_tags = Some(v.clone());
+            }
         }
     }
     (input, e)
@@ -323,9 +330,22 @@ fn does_not_exist(id: Uuid) -> String {
     format!("Invalid pk \"{id}\" - object does not exist.")
 }
 
-/// The instance's ONET extension map with `input`'s billing cycle and OS name applied.
+/// The instance's ONET extension map with `input`'s billing cycle, OS name and verbatim tags applied, as a
+/// merge patch of the current one (a key it drops is `null`).
 fn extension(current: Option<&Value>, input: &Input) -> Value {
     let mut ext = current.and_then(Value::as_object).cloned().unwrap_or_default();
+    match &input.verbatim_tags {
+        None => {}
+        Some(Value::Null) if ext.contains_key("tags") => {
+            ext.insert("tags".into(), Value::Null);
+        }
+        Some(Value::Null) => {}
+        // Wrapped in a one-element array: the engine merges extension maps as JSON merge patches, which
+        // replace an array whole but would merge an object into the old one and drop its nulls.
+        Some(v) => {
+            ext.insert("tags".into(), json!([v]));
+        }
+    }
     if let Some(cycle) = &input.billing_cycle {
         ext.insert("billing_cycle".into(), json!(cycle));
     }
@@ -394,6 +414,8 @@ pub async fn create(
                 template: image.id.to_string(),
                 labels: input.tags.clone().unwrap_or_default(),
                 auto_start: true,
+                // ONET's "Instance name" is any text up to 255 characters.
+                name_rule: NameRule::AnyText,
                 extensions,
                 ..Default::default()
             },
@@ -428,61 +450,51 @@ async fn update(
     let id = instance_id(&id)?;
     let map = body_object(&headers, &body)?;
     let renderer = Renderer::new(&app, &ctx).await?;
-    // The patch is planned on a read and applied only if the instance is still at that version, so a
-    // concurrent writer's change to the extension map or tags is never overwritten: re-plan instead.
-    for _ in 0..16 {
-        let current = app.engine.instance(&ctx, id).await?;
-        let (input, mut errors) = parse_input(&map);
-        // Clients echo the object back: the same hardware is fine, another is refused, never applied.
-        let resize = "Hardware configuration changes require the resize endpoint (POST .../resize).";
-        let current_size = renderer.types.iter().find(|t| t.name == current.instance_type).map(|t| t.id);
-        if input.size_id.is_some_and(|s| Some(s) != current_size) {
-            errors.add("size_id", resize);
-        }
-        if input.image_id.is_some_and(|i| i != current.template_id) {
-            errors.add("image_id", "The image cannot be changed here; reinstalling is a separate operation.");
-        }
-        if input.location_id.is_some_and(|l| l != views::location_id(&renderer.zone)) {
-            errors.add("location_id", "An instance cannot move to another location.");
-        }
-        if input.vpc_id.is_some_and(|v| v != Some(views::vpc_id(&renderer.zone))) {
-            errors.add("vpc_id", "An instance cannot move to another VPC.");
-        }
-        errors.check()?;
-        let mut patch = InstancePatch {
-            name: input.name.clone().filter(|n| *n != current.name),
-            hostname: input.hostname.clone().filter(|h| *h != current.hostname),
-            description: input.description.clone().filter(|d| *d != current.description),
-            labels: input
-                .tags
-                .as_ref()
-                .filter(|t| **t != current.labels)
-                .map(|t| nimbus_core::labels::replacement_patch(&current.labels, t)),
-            ..Default::default()
-        };
-        if input.billing_cycle.is_some() || input.os_name.is_some() {
-            let ext = extension(current.extensions.get(EXT), &input);
-            if current.extensions.get(EXT) != Some(&ext) {
-                patch.extensions.insert(EXT.to_string(), ext);
+    // Planned on a read and applied only if the instance is still at that version (the engine re-plans
+    // otherwise), so a concurrent writer's change is never overwritten.
+    let updated = app
+        .engine
+        .update_instance_with(&ctx, id, |current| {
+            let (input, mut errors) = parse_input(&map);
+            // Clients echo the object back: the same hardware is fine, another is refused, never applied.
+            let resize = "Hardware configuration changes require the resize endpoint (POST .../resize).";
+            let current_size = renderer.types.iter().find(|t| t.name == current.instance_type).map(|t| t.id);
+            if input.size_id.is_some_and(|s| Some(s) != current_size) {
+                errors.add("size_id", resize);
             }
-        }
-        let nothing = patch.name.is_none()
-            && patch.hostname.is_none()
-            && patch.description.is_none()
-            && patch.labels.is_none()
-            && patch.extensions.is_empty();
-        let updated = if nothing {
-            current
-        } else {
-            match app.engine.update_instance(&ctx, id, patch, Some(current.generation)).await {
-                Ok(i) => i,
-                Err(DomainError::PreconditionFailed { .. }) => continue,
-                Err(e) => return Err(e.into()),
+            if input.image_id.is_some_and(|i| i != current.template_id) {
+                errors.add("image_id", "The image cannot be changed here; reinstalling is a separate operation.");
             }
-        };
-        return Ok(Json(renderer.render(&app, &ctx, &updated).await?));
-    }
-    Err(DomainError::Conflict(format!("instance {id} changed concurrently; retry")).into())
+            if input.location_id.is_some_and(|l| l != views::location_id(&renderer.zone)) {
+                errors.add("location_id", "An instance cannot move to another location.");
+            }
+            if input.vpc_id.is_some_and(|v| v != Some(views::vpc_id(&renderer.zone))) {
+                errors.add("vpc_id", "An instance cannot move to another VPC.");
+            }
+            errors.check()?;
+            let mut patch = InstancePatch {
+                name: input.name.clone().filter(|n| *n != current.name),
+                name_rule: NameRule::AnyText,
+                hostname: input.hostname.clone().filter(|h| *h != current.hostname),
+                description: input.description.clone().filter(|d| *d != current.description),
+                replace_labels: input.tags.clone().filter(|t| *t != current.labels),
+                ..Default::default()
+            };
+            if input.billing_cycle.is_some() || input.os_name.is_some() || input.verbatim_tags.is_some() {
+                let ext = extension(current.extensions.get(EXT), &input);
+                if current.extensions.get(EXT) != Some(&ext) {
+                    patch.extensions.insert(EXT.to_string(), ext);
+                }
+            }
+            let nothing = patch.name.is_none()
+                && patch.hostname.is_none()
+                && patch.description.is_none()
+                && patch.replace_labels.is_none()
+                && patch.extensions.is_empty();
+            Ok::<_, OnetError>((!nothing).then_some(patch))
+        })
+        .await?;
+    Ok(Json(renderer.render(&app, &ctx, &updated).await?))
 }
 
 pub async fn resize(
@@ -557,4 +569,85 @@ pub async fn task(
     };
     let name = app.engine.instance(&ctx, op.target.id).await.ok().map(|i| i.name);
     Ok(Json(views::task(&op, name.as_deref(), app.engine.config().max_attempts)))
+}
+
+/// `POST .../instances/{id}/{start|stop|shutdown|reboot|reset}`: ONET's power actions, each answered with its
+/// task (202), pollable like every task. Nimbus's stop asks the guest to power off and forces it after a
+/// grace period, so `stop` and `shutdown` are both it; its reboot is a reset of the VM, so `reboot` and
+/// `reset` are both that.
+pub async fn power(
+    State(app): State<AppState>,
+    OnetCaller(ctx): OnetCaller,
+    Path((org, project, id, action)): Path<(String, String, String, String)>,
+) -> OnetResult<Response> {
+    tenancy(&ctx, &org, &project)?;
+    let id = instance_id(&id)?;
+    let (request, verb) = match action.as_str() {
+        "start" => (ActionRequest::Start, "started"),
+        "stop" | "shutdown" => (ActionRequest::Stop, "stopped"),
+        "reboot" | "reset" => (ActionRequest::Reboot, "rebooted"),
+        _ => return Err(OnetError::not_found()),
+    };
+    let instance = app.engine.instance(&ctx, id).await?;
+    let op = app.engine.act(&ctx, id, request).await.map_err(|e| match e {
+        DomainError::InvalidState { state, .. } => {
+            OnetError::detail(StatusCode::BAD_REQUEST, format!("The instance cannot be {verb} while it is {state}."))
+        }
+        other => other.into(),
+    })?;
+    let task = views::task(&op, Some(&instance.name), app.engine.config().max_attempts);
+    Ok((StatusCode::ACCEPTED, Json(task)).into_response())
+}
+
+/// `GET .../instances/{id}/tasks/{task_id}`: a task of that instance.
+pub async fn instance_task(
+    State(app): State<AppState>,
+    OnetCaller(ctx): OnetCaller,
+    Path((org, project, id, task_id)): Path<(String, String, String, String)>,
+) -> OnetResult<Json<Value>> {
+    tenancy(&ctx, &org, &project)?;
+    let instance = app.engine.instance(&ctx, instance_id(&id)?).await?;
+    let task_id = Uuid::parse_str(&task_id).map_err(|_| OnetError::not_found())?;
+    let op = app.engine.operation(&ctx, task_id).await?;
+    if op.target.id != instance.id {
+        return Err(OnetError::not_found());
+    }
+    Ok(Json(views::task(&op, Some(&instance.name), app.engine.config().max_attempts)))
+}
+
+/// One DRF page holding a whole (small) catalog.
+fn catalog_page(results: Vec<Value>) -> Json<Value> {
+    Json(json!({ "count": results.len(), "next": null, "previous": null, "results": results }))
+}
+
+/// `GET /v1/compute/sizes` (and under the project's path): the sizes a create's `size_id` names, in the
+/// shape the instance object embeds.
+pub async fn sizes(State(app): State<AppState>, OnetCaller(_ctx): OnetCaller) -> OnetResult<Json<Value>> {
+    Ok(catalog_page(app.engine.list_instance_types().await?.iter().map(views::size).collect()))
+}
+
+/// `GET /v1/compute/locations`: the one location, this server's zone.
+pub async fn locations(State(app): State<AppState>, OnetCaller(_ctx): OnetCaller) -> OnetResult<Json<Value>> {
+    Ok(catalog_page(vec![views::location(&app.engine.zone().await?)]))
+}
+
+/// `GET /v1/compute/images`: the images the caller may install.
+pub async fn images(State(app): State<AppState>, OnetCaller(ctx): OnetCaller) -> OnetResult<Json<Value>> {
+    let org = ctx.project.organization_id;
+    Ok(catalog_page(app.engine.list_templates(&ctx).await?.iter().map(|t| views::image(t, org)).collect()))
+}
+
+/// The catalogs under the project's path: the same, once the path's tenancy is the key's.
+pub async fn project_catalog(
+    State(app): State<AppState>,
+    caller: OnetCaller,
+    Path((org, project, what)): Path<(String, String, String)>,
+) -> OnetResult<Json<Value>> {
+    tenancy(&caller.0, &org, &project)?;
+    match what.as_str() {
+        "sizes" => sizes(State(app), caller).await,
+        "locations" => locations(State(app), caller).await,
+        "images" => images(State(app), caller).await,
+        _ => Err(OnetError::not_found()),
+    }
 }

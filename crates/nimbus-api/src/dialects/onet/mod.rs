@@ -13,6 +13,11 @@ pub mod views;
 
 const BASE: &str = "/v1/organizations/{organization_id}/projects/{project_id}/compute";
 
+/// Whether a path is under this dialect's prefix (the native API has no `/v1/organizations`).
+pub fn owns(path: &str) -> bool {
+    path.starts_with("/v1/organizations/") || path.starts_with("/v1/compute/")
+}
+
 pub fn router(_state: AppState) -> Router<AppState> {
     let mut router = Router::new();
     // ONET documents its paths without a trailing slash; DRF clients often send one. Both are served.
@@ -34,7 +39,25 @@ pub fn router(_state: AppState) -> Router<AppState> {
                 &format!("{BASE}/instances/{{id}}/resize{slash}"),
                 post(handlers::resize).fallback(errors::method_not_allowed),
             )
-            .route(&format!("{BASE}/tasks/{{id}}{slash}"), get(handlers::task).fallback(errors::method_not_allowed));
+            .route(
+                &format!("{BASE}/instances/{{id}}/{{action}}{slash}"),
+                post(handlers::power).fallback(errors::method_not_allowed),
+            )
+            .route(
+                &format!("{BASE}/instances/{{id}}/tasks/{{task_id}}{slash}"),
+                get(handlers::instance_task).fallback(errors::method_not_allowed),
+            )
+            .route(&format!("{BASE}/tasks/{{id}}{slash}"), get(handlers::task).fallback(errors::method_not_allowed))
+            .route(
+                &format!("{BASE}/{{catalog}}{slash}"),
+                get(handlers::project_catalog).fallback(errors::method_not_allowed),
+            )
+            .route(&format!("/v1/compute/sizes{slash}"), get(handlers::sizes).fallback(errors::method_not_allowed))
+            .route(
+                &format!("/v1/compute/locations{slash}"),
+                get(handlers::locations).fallback(errors::method_not_allowed),
+            )
+            .route(&format!("/v1/compute/images{slash}"), get(handlers::images).fallback(errors::method_not_allowed));
     }
     router
 }

@@ -70,7 +70,11 @@ pub fn vpc_id(zone: &Zone) -> Uuid {
 pub fn status(state: InstanceState) -> &'static str {
     match state {
         InstanceState::Creating => "provisioning",
-        InstanceState::Error => "suspended",
+        // ONET's enum has no "stopped": a VM that is not running (powered off, paused, failed) is the
+        // closest it has, `suspended`; `state_sync.vm_status` says which.
+        InstanceState::Stopping | InstanceState::Stopped | InstanceState::Suspended | InstanceState::Error => {
+            "suspended"
+        }
         InstanceState::Destroying => "cancelled",
         InstanceState::Destroyed => "terminated",
         _ => "active",
@@ -356,8 +360,18 @@ pub fn instance(i: &Instance, c: &Context) -> Value {
         "modified": rfc3339(i.updated_at),
         "hostname": i.hostname,
         "billing_cycle": cycle,
-        "tags": i.labels,
+        "tags": tags(i),
     })
+}
+
+/// ONET's `tags` are any JSON. A map of strings is the instance's labels; anything else is kept verbatim in
+/// the extension map (and the labels emptied), shown while the instance has no labels of its own.
+pub fn tags(i: &Instance) -> Value {
+    match i.extensions.get(EXT).and_then(|e| e.get("tags")) {
+        // Kept as `[value]` (see the handlers' `extension`).
+        Some(Value::Array(wrapped)) if i.labels.is_empty() && wrapped.len() == 1 => wrapped[0].clone(),
+        _ => json!(i.labels),
+    }
 }
 
 fn task_type(kind: Action) -> String {

@@ -92,6 +92,8 @@ fn error_type(status: StatusCode) -> &'static str {
         402 => "payment_required",
         403 => "forbidden",
         404 => "not_found",
+        // SF documents no 405: a method a path does not take is a request error.
+        405 => "invalid_request_error",
         409 => "conflict",
         413 => "invalid_request_error",
         422 => "unprocessable_entity",
@@ -149,4 +151,14 @@ impl IntoResponse for SfError {
         }
         response
     }
+}
+
+/// The answer to a method a route does not take.
+pub async fn method_not_allowed(method: axum::http::Method) -> SfError {
+    SfError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method {method} is not allowed on this path"))
+}
+
+/// The answer to a path no route takes.
+pub async fn unknown_route(uri: axum::http::Uri) -> SfError {
+    SfError::not_found(format!("no route {}", uri.path()))
 }

@@ -6,15 +6,16 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use nimbus_core::labels::{json_type, Requirement, Selector};
+use nimbus_core::instance::InstanceState;
+use nimbus_core::labels::{json_type, Labels, Requirement, Selector};
 use nimbus_core::DomainError;
-use nimbus_engine::{page_token, Context, CreateInstance, InstanceFilter, InstancePatch};
+use nimbus_engine::{page_token, ActionRequest, Context, CreateInstance, InstanceFilter, InstancePatch};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use super::errors::{SfError, SfResult};
 use super::ids;
-use super::views::{BatchList, PagedList, Scope, EXTENSION};
+use super::views::{self, BatchList, PagedList, Scope, EXTENSION};
 use crate::AppState;
 
 /// The most entries one batch PATCH takes (SF publishes no number; this one is Nimbus's).
@@ -33,10 +34,16 @@ impl FromRequestParts<AppState> for SfCaller {
     type Rejection = SfError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let secret = crate::auth::credential(&parts.headers, "Bearer")
-            .ok_or_else(|| SfError::unauthenticated("missing credentials: send 'Authorization: Bearer <token>'"))?;
-        let ctx = state.engine.authenticate_secret(secret, crate::auth::actor_of(parts)).await?;
-        Ok(SfCaller(ctx))
+        crate::dialects::common::caller(parts, state, "Bearer").await.map(SfCaller)
+    }
+}
+
+impl crate::dialects::common::CredentialErrors for SfError {
+    fn missing_credentials() -> SfError {
+        SfError::unauthenticated("missing credentials: send 'Authorization: Bearer <token>'")
+    }
+    fn invalid_credentials() -> SfError {
+        DomainError::Unauthenticated("invalid API key".into()).into()
     }
 }
 
@@ -58,7 +65,8 @@ impl FromRequest<AppState> for SfJson {
 #[derive(Debug, Default)]
 struct SfPatch {
     name: Option<String>,
-    tags: Option<Value>,
+    /// SF's PATCH replaces the whole map; `null` clears it.
+    tags: Option<Labels>,
     expected_shutdown_at: Option<Option<OffsetDateTime>>,
     priority_level: Option<String>,
     priority: Option<i64>,
@@ -136,10 +144,7 @@ fn parse_patch(obj: &Map<String, Value>, allow_id: bool) -> SfResult<SfPatch> {
         match key.as_str() {
             "id" if allow_id => {}
             "name" => p.name = Some(validate_name("name", v)?),
-            "tags" => {
-                validate_tags("tags", v)?;
-                p.tags = Some(v.clone());
-            }
+            "tags" => p.tags = Some(tags_of(v)?),
             "expected_shutdown_at" => p.expected_shutdown_at = Some(unix_seconds("expected_shutdown_at", v)?),
             "priority_level" => {
                 let level = v.as_str().filter(|l| PRIORITY_LEVELS.contains(l)).ok_or_else(|| {
@@ -161,30 +166,41 @@ fn parse_patch(obj: &Map<String, Value>, allow_id: bool) -> SfResult<SfPatch> {
     Ok(p)
 }
 
-/// The engine's patch: tags are the labels' merge patch, priorities go to this dialect's extension map
-/// (which the engine replaces as a whole, so the current map is carried over).
-fn to_engine_patch(p: SfPatch, current: &nimbus_core::instance::Instance) -> InstancePatch {
+/// The tags a body gives: validated, `null` (and a tag whose value is `null`) meaning none.
+fn tags_of(v: &Value) -> SfResult<Labels> {
+    validate_tags("tags", v)?;
+    Ok(match v {
+        Value::Object(tags) => {
+            tags.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect()
+        }
+        _ => Labels::new(),
+    })
+}
+
+/// The engine's patch: tags replace the labels, priorities are merged into this dialect's extension map.
+fn to_engine_patch(p: SfPatch) -> InstancePatch {
     let mut patch = InstancePatch {
         name: p.name,
-        labels: p.tags,
+        replace_labels: p.tags,
         expected_shutdown_at: p.expected_shutdown_at,
         ..Default::default()
     };
-    if p.priority_level.is_some() || p.priority.is_some() {
-        let mut ext = current.extensions.get(EXTENSION).and_then(Value::as_object).cloned().unwrap_or_default();
-        if let Some(level) = p.priority_level {
-            ext.insert("priority_level".into(), Value::String(level));
-        }
-        if let Some(priority) = p.priority {
-            ext.insert("priority".into(), Value::from(priority));
-        }
+    let mut ext = Map::new();
+    if let Some(level) = p.priority_level {
+        ext.insert("priority_level".into(), Value::String(level));
+    }
+    if let Some(priority) = p.priority {
+        ext.insert("priority".into(), Value::from(priority));
+    }
+    if !ext.is_empty() {
         patch.extensions.insert(EXTENSION.into(), Value::Object(ext));
     }
     patch
 }
 
-/// `PATCH /v2/instances`: every entry or none (422), the last duplicate wins, one response item per unique
-/// id in first-seen order. The engine's batch update is the one transaction that makes it so.
+/// `PATCH /v2/instances`: every entry or none (422), entries of one id applied in order (the last one's
+/// fields win), one response item per unique id in first-seen order. The engine's batch update is the one
+/// transaction that makes it so.
 pub async fn batch_update(
     State(app): State<AppState>,
     SfCaller(ctx): SfCaller,
@@ -214,7 +230,7 @@ pub async fn batch_update(
                     e
                 }
             })?;
-            Ok::<_, SfError>((current.id, to_engine_patch(patch, &current)))
+            Ok::<_, SfError>((current.id, to_engine_patch(patch)))
         }
         .await
         .map_err(|e| if e.status == StatusCode::BAD_REQUEST { e.within(&at).in_batch() } else { e.in_batch() })?;
@@ -236,20 +252,24 @@ pub async fn update(
     let obj = body.as_object().ok_or_else(|| SfError::invalid("body", "expected a JSON object"))?;
     let patch = parse_patch(obj, false)?;
     let current = ids::instance(engine, &ctx, &id).await?;
-    let updated = engine.update_instance(&ctx, current.id, to_engine_patch(patch, &current), None).await?;
+    let updated = engine.update_instance(&ctx, current.id, to_engine_patch(patch), None).await?;
     let scope = Scope::of(engine, &ctx).await?;
     Ok(Json(scope.render(engine, &updated, true).await?).into_response())
 }
 
+/// `GET /v2/instances/{id}`: a deleted instance is shown `terminated` while its record is kept.
 pub async fn get(State(app): State<AppState>, SfCaller(ctx): SfCaller, Path(id): Path<String>) -> SfResult<Response> {
     let engine = &app.engine;
-    let instance = ids::instance(engine, &ctx, &id).await?;
+    let instance = ids::instance_or_destroyed(engine, &ctx, &id).await?;
     let scope = Scope::of(engine, &ctx).await?;
     Ok(Json(scope.render(engine, &instance, true).await?).into_response())
 }
 
 /// `GET /v2/instances`: `limit` (1..200, default 50), `starting_after` (a previous `cursor`), `workspace`,
-/// `tag=key=value`, `tag_key`, `include=cloud_init_user_data`.
+/// `tag=key=value`, `tag_key`, `include=cloud_init_user_data`, and the repeatable filters `id`, `status`,
+/// `pool` (or `capacity`), `instance_sku`, with `created_after`/`created_before` (Unix seconds), and
+/// `ending_before` (a previous `cursor`) for the page before it. The filters are the engine's, applied while
+/// it pages.
 pub async fn list(
     State(app): State<AppState>,
     SfCaller(ctx): SfCaller,
@@ -261,6 +281,7 @@ pub async fn list(
     let mut page = None;
     let mut with_user_data = false;
     let mut selector = Vec::new();
+    let mut filter = InstanceFilter::default();
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match key.as_ref() {
             "limit" => {
@@ -278,7 +299,11 @@ pub async fn list(
                 page = Some(token.to_string());
             }
             "ending_before" => {
-                return Err(SfError::new(StatusCode::NOT_IMPLEMENTED, "ending_before is not supported; page forward"))
+                let token = value
+                    .strip_prefix(CURSOR_PREFIX)
+                    .filter(|t| page_token::decode(t).is_ok())
+                    .ok_or_else(|| SfError::invalid("ending_before", "not a cursor this server issued"))?;
+                filter.before_token = Some(token.to_string());
             }
             "include" => with_user_data |= value.split(',').any(|v| v == "cloud_init_user_data"),
             "workspace" => {
@@ -296,8 +321,52 @@ pub async fn list(
                 selector.push(Requirement::Equals(k.to_string(), v.to_string()));
             }
             "tag_key" => selector.push(Requirement::Exists(value.to_string())),
+            "id" => {
+                // An id that names no instance of the caller's matches none (never `nil`).
+                let id = ids::instance(engine, &ctx, &value).await.map(|i| i.id).unwrap_or(uuid::Uuid::nil());
+                filter.ids.push(id);
+            }
+            "status" => {
+                let known = [views::AWAITING_ALLOCATION, views::RUNNING, views::TERMINATED, views::FAILED];
+                if !known.contains(&value.as_ref()) {
+                    return Err(SfError::invalid("status", format!("must be one of {}", known.join(", "))));
+                }
+                filter.states.extend(InstanceState::ALL.into_iter().filter(|s| views::status(*s) == value));
+            }
+            // The one zone this server runs is the only pool there is: it filters nothing out.
+            "pool" | "capacity"
+                if ![&scope.pool.id, &scope.capacity.id, &scope.pool.name].contains(&&value.to_string()) =>
+            {
+                return Err(SfError::not_found(format!("{key} {value} not found")));
+            }
+            "instance_sku" => {
+                let name = match ids::resolve(engine, ids::INSTANCE_SKU, &value).await? {
+                    Some(id) => engine.instance_type(&id.to_string()).await.map(|t| t.name).unwrap_or_default(),
+                    None => value.to_string(),
+                };
+                filter.instance_types.push(name);
+            }
+            "created_after" | "created_before" => {
+                let at = unix_seconds(
+                    &key,
+                    &Value::from(
+                        value
+                            .parse::<i64>()
+                            .map_err(|_| SfError::invalid(key.as_ref(), "expected integer Unix seconds"))?,
+                    ),
+                )?;
+                if key == "created_after" {
+                    filter.created_after = at;
+                } else {
+                    filter.created_before = at;
+                }
+            }
             _ => {}
         }
+    }
+    let backwards = filter.before_token.is_some();
+    if backwards && page.is_some() {
+        return Err(SfError::invalid("ending_before", "give starting_after or ending_before, not both"));
     }
     let result = engine
         .list_instances(
@@ -306,12 +375,16 @@ pub async fn list(
                 labels: (!selector.is_empty()).then_some(Selector(selector)),
                 limit: Some(limit),
                 page_token: page,
-                ..Default::default()
+                // SF lists deleted instances, `terminated`, while their records are kept.
+                with_destroyed: true,
+                ..filter
             },
         )
         .await?;
-    // The cursor names the last item shown, so a client may hold on to it whether or not more follow.
-    let cursor = result.items.last().map(|i| format!("{CURSOR_PREFIX}{}", page_token::encode(i.id)));
+    // The cursor names the last item shown (the first, paging backwards with `ending_before`), so a client
+    // may hold on to it whether or not more follow, and goes on in the same direction.
+    let edge = if backwards { result.items.first() } else { result.items.last() };
+    let cursor = edge.map(|i| format!("{CURSOR_PREFIX}{}", page_token::encode(i.id)));
     Ok(Json(PagedList {
         object: "list",
         cursor,
@@ -362,13 +435,7 @@ pub async fn create(State(app): State<AppState>, SfCaller(ctx): SfCaller, SfJson
             }
             "name" => req.name = validate_name("name", v)?,
             "cloud_init_user_data" => req.user_data = text("cloud_init_user_data")?,
-            "tags" => {
-                validate_tags("tags", v)?;
-                if let Value::Object(tags) = v {
-                    req.labels =
-                        tags.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect();
-                }
-            }
+            "tags" => req.labels = tags_of(v)?,
             "expected_shutdown_at" => req.expected_shutdown_at = unix_seconds("expected_shutdown_at", v)?,
             "priority_level" | "priority" => {
                 let p = parse_patch(&Map::from_iter([(key.clone(), v.clone())]), false)?;
@@ -417,4 +484,42 @@ pub async fn create(State(app): State<AppState>, SfCaller(ctx): SfCaller, SfJson
         other => other,
     })?;
     Ok((StatusCode::CREATED, Json(scope.render(engine, &instance, true).await?)).into_response())
+}
+
+/// How long a terminate or delete waits for an operation already running on the instance (a create, a
+/// terminate's stop) to end: SF's API has no "busy" answer.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `POST /v2/instances/{id}/terminate`: SF's terminate ends the VM and keeps the record, `terminated`, until
+/// `DELETE` removes it. In Nimbus it is a stop (the disk is kept until the delete). Already terminated: 404.
+pub async fn terminate(
+    State(app): State<AppState>,
+    SfCaller(ctx): SfCaller,
+    Path(id): Path<String>,
+) -> SfResult<Response> {
+    let engine = &app.engine;
+    let instance = ids::instance(engine, &ctx, &id).await?;
+    if views::status(instance.state) == views::TERMINATED {
+        return Err(SfError::not_found(format!("instance {id} not found or already terminated")));
+    }
+    engine.act_when_free(&ctx, instance.id, ActionRequest::Stop, BUSY_WAIT).await?;
+    let instance = engine.instance(&ctx, instance.id).await?;
+    let scope = Scope::of(engine, &ctx).await?;
+    Ok(Json(scope.render(engine, &instance, true).await?).into_response())
+}
+
+/// `DELETE /v2/instances/{id}`: only a terminated (or failed) instance is deleted; any other is 409, as SF
+/// answers, and nothing happens to it.
+pub async fn delete(
+    State(app): State<AppState>,
+    SfCaller(ctx): SfCaller,
+    Path(id): Path<String>,
+) -> SfResult<StatusCode> {
+    let engine = &app.engine;
+    let instance = ids::instance(engine, &ctx, &id).await?;
+    if !matches!(views::status(instance.state), views::TERMINATED | views::FAILED) {
+        return Err(SfError::new(StatusCode::CONFLICT, "Instance must be terminated before deletion"));
+    }
+    engine.act_when_free(&ctx, instance.id, ActionRequest::Delete, BUSY_WAIT).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

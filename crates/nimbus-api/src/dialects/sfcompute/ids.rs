@@ -139,6 +139,17 @@ pub async fn instance(engine: &Engine, ctx: &Context, given: &str) -> SfResult<I
     }
 }
 
+/// [`instance`], or the kept record of a deleted one (by id: a resource path names a live instance).
+pub async fn instance_or_destroyed(engine: &Engine, ctx: &Context, given: &str) -> SfResult<Instance> {
+    match instance(engine, ctx, given).await {
+        Err(e) if e.status == axum::http::StatusCode::NOT_FOUND && !given.starts_with("sfc:") => {
+            let id = resolve(engine, INSTANCE, given).await?.ok_or(e.clone())?;
+            engine.instance_or_destroyed(ctx, id).await.map_err(|_| e)
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

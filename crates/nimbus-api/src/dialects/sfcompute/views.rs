@@ -74,9 +74,9 @@ pub struct PagedList {
 /// What every instance of one request shares: the caller's account and workspace, the zone as capacity and
 /// pool, and the instance types by name. Read once per request.
 pub struct Scope {
-    owner: String,
-    workspace: String,
-    workspace_id: String,
+    pub owner: String,
+    pub workspace: String,
+    pub workspace_id: String,
     pub capacity: Ref,
     pub pool: Ref,
     sku_ids: HashMap<String, Uuid>,
@@ -164,13 +164,41 @@ struct DeploymentExt {
     name: String,
 }
 
-/// SF's statuses (`awaiting_allocation`, `running`, `terminated`, `failed`); SF clients tolerate new values,
-/// so Nimbus's other states pass through under their own names.
+pub const AWAITING_ALLOCATION: &str = "awaiting_allocation";
+pub const RUNNING: &str = "running";
+pub const TERMINATED: &str = "terminated";
+pub const FAILED: &str = "failed";
+
+/// SF's status of an instance: only SF's four values. SF has no stopped instance: one that no longer runs
+/// (stopped by its terminate or its `expected_shutdown_at`, or through another API) is `terminated` until it
+/// is deleted; one that runs or is busy with something it comes back from is `running`; a host that stopped
+/// answering or an error is `failed`.
 pub fn status(state: InstanceState) -> &'static str {
     match state {
-        InstanceState::Creating => "awaiting_allocation",
-        InstanceState::Error => "failed",
-        InstanceState::Destroying | InstanceState::Destroyed => "terminated",
-        other => other.as_str(),
+        InstanceState::Creating | InstanceState::Starting => AWAITING_ALLOCATION,
+        InstanceState::Running
+        | InstanceState::Rebooting
+        | InstanceState::Snapshotting
+        | InstanceState::Migrating
+        | InstanceState::Suspended => RUNNING,
+        InstanceState::Stopping
+        | InstanceState::Stopped
+        | InstanceState::Resizing
+        | InstanceState::Reverting
+        | InstanceState::Destroying
+        | InstanceState::Destroyed => TERMINATED,
+        InstanceState::Error | InstanceState::Unknown => FAILED,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_has_one_of_sfs_four_statuses() {
+        for s in InstanceState::ALL {
+            assert!([AWAITING_ALLOCATION, RUNNING, TERMINATED, FAILED].contains(&status(s)), "{s}");
+        }
     }
 }

@@ -139,3 +139,8 @@ impl IntoResponse for ScError {
 pub async fn method_not_allowed(method: axum::http::Method) -> ScError {
     ScError::detail(StatusCode::METHOD_NOT_ALLOWED, format!("Method \"{method}\" not allowed."))
 }
+
+/// DRF's answer to a path no route takes.
+pub async fn unknown_route() -> ScError {
+    ScError::not_found()
+}

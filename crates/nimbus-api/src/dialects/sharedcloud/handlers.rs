@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use nimbus_core::catalog::GpuModel;
-use nimbus_core::instance::{Instance, InstanceState};
+use nimbus_core::instance::{validate_name_by, Instance, InstanceState, NameRule};
 use nimbus_core::DomainError;
 use nimbus_engine::{ActionRequest, Context, CreateInstance, InstanceFilter, InstancePatch};
 use serde_json::{json, Map, Value};
@@ -20,7 +20,6 @@ use uuid::Uuid;
 
 use super::errors::{FieldErrors, ScError, ScResult};
 use super::views::{self, Gpu, CPU, EXT, GPU};
-use crate::auth::{actor_of, credential};
 use crate::AppState;
 
 /// The instance type of a CPU instance (SharedCloud names no size; this is Nimbus's smallest general one
@@ -44,12 +43,16 @@ impl FromRequestParts<AppState> for ScCaller {
     type Rejection = ScError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let secret = credential(&parts.headers, "Token").ok_or_else(ScError::missing_credentials)?;
-        match state.engine.authenticate_secret(secret, actor_of(parts)).await {
-            Ok(ctx) => Ok(ScCaller(ctx)),
-            Err(DomainError::Unauthenticated(_)) => Err(ScError::invalid_token()),
-            Err(e) => Err(e.into()),
-        }
+        crate::dialects::common::caller(parts, state, "Token").await.map(ScCaller)
+    }
+}
+
+impl crate::dialects::common::CredentialErrors for ScError {
+    fn missing_credentials() -> ScError {
+        ScError::missing_credentials()
+    }
+    fn invalid_credentials() -> ScError {
+        ScError::invalid_token()
     }
 }
 
@@ -352,6 +355,8 @@ pub async fn create(
                 template: template(&app, &ctx).await?,
                 price_hourly: input.ask_price,
                 auto_start: false,
+                // SharedCloud's names are any text (a Django CharField).
+                name_rule: NameRule::AnyText,
                 extensions,
                 ..Default::default()
             },
@@ -402,7 +407,7 @@ async fn change(
     require(&map, required, &mut errors);
     let input = parse_input(&map, &mut errors);
     if let Some(name) = &input.name {
-        if let Err(DomainError::Invalid { message, .. }) = nimbus_core::instance::validate_name("name", name) {
+        if let Err(DomainError::Invalid { message, .. }) = validate_name_by(NameRule::AnyText, "name", name) {
             errors.add("name", message);
         }
     }
@@ -429,6 +434,7 @@ async fn change(
     }
     let mut patch = InstancePatch {
         name: input.name.clone().filter(|n| *n != current.name),
+        name_rule: NameRule::AnyText,
         price_hourly: input.ask_price.filter(|p| Some(*p) != current.price_hourly).map(Some),
         ..Default::default()
     };

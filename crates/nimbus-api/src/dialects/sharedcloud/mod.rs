@@ -21,6 +21,11 @@ pub mod views;
 
 const BASE: &str = "/api/v1";
 
+/// Whether a path is under this dialect's prefix.
+pub fn owns(path: &str) -> bool {
+    path == BASE || path.starts_with("/api/")
+}
+
 pub fn router(_state: AppState) -> Router<AppState> {
     let mut router = Router::new();
     // DRF's router makes every path end with a slash; the slash-less form is served too.
