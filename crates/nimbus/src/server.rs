@@ -78,6 +78,12 @@ pub struct ServerArgs {
     /// own with the default quotas. Off by default: accounts are made by operators.
     #[arg(long)]
     allow_registration: bool,
+    /// Sign-ins and registrations allowed per minute from one address (then 429).
+    #[arg(long, default_value_t = 20)]
+    sign_ins_per_address_per_minute: u32,
+    /// Sign-ins allowed per minute at one account (then 429).
+    #[arg(long, default_value_t = 10)]
+    sign_ins_per_account_per_minute: u32,
     /// Serve `/metrics` without a key on this address too (for Prometheus on the operator's network); on
     /// the API's address it needs an operator key.
     #[arg(long, env = "NIMBUS_METRICS_LISTEN")]
@@ -151,6 +157,10 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         advertise_url: Some(args.advertise_url.clone().unwrap_or_else(|| format!("http://{}", args.listen))),
         public_url: Some(public_url(&args)?),
         allow_registration: args.allow_registration,
+        attempt_limits: nimbus_engine::throttle::AttemptLimits {
+            per_source_per_minute: args.sign_ins_per_address_per_minute,
+            per_account_per_minute: args.sign_ins_per_account_per_minute,
+        },
         ..Default::default()
     };
     nimbus_engine::network::Network::parse(&config.network_cidr).map_err(|e| anyhow::anyhow!("--network-cidr: {e}"))?;

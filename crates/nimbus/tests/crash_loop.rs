@@ -632,13 +632,10 @@ async fn act_once(shared: &Shared, call: &str, i: &mut Owned, act: Act, rng: &mu
                 ),
                 Act::SfTags => {
                     let Some(sf) = sf_id(shared, i).await else { return };
-                    (
-                        Method::PATCH,
-                        format!("/preview/v2/instances/{sf}"),
-                        Auth::Bearer,
-                        json!({"tags": {&key: &value}}),
-                        false,
-                    )
+                    // SF Compute's PATCH replaces the tags whole.
+                    let mut all = i.labels.clone().unwrap_or_default();
+                    all.insert(key.clone(), value.clone());
+                    (Method::PATCH, format!("/preview/v2/instances/{sf}"), Auth::Bearer, json!({"tags": all}), true)
                 }
                 _ => {
                     // Exoscale replaces the labels whole.
@@ -653,7 +650,8 @@ async fn act_once(shared: &Shared, call: &str, i: &mut Owned, act: Act, rng: &mu
             settle(shared, call, outcome, NO_OP);
             match (&mut i.labels, acked, gave_up) {
                 (Some(labels), true, _) if replaces => {
-                    *labels = serde_json::from_value(body["labels"].clone()).unwrap();
+                    let given = body.get("labels").or_else(|| body.get("tags")).cloned().unwrap_or_default();
+                    *labels = serde_json::from_value(given).unwrap();
                 }
                 (Some(labels), true, _) => {
                     labels.insert(key, value);

@@ -270,7 +270,9 @@ fn many_hosts_place_within_capacity_survive_a_lost_agent_and_evacuate() {
         .await;
         let detected = lost_at.elapsed();
         eprintln!("a killed agent's {count_h1} instances showed unknown after {detected:?}");
-        assert!(detected < Duration::from_secs(HOST_TIMEOUT_SECS + 5), "detection took {detected:?}");
+        // The heartbeat bound plus a reconcile pass, with room for a loaded 2-core machine: how fast it is
+        // on a quiet one is bench/hosts.sh's to measure.
+        assert!(detected < Duration::from_secs(2 * HOST_TIMEOUT_SECS + 10), "detection took {detected:?}");
         let hosts = api.get("/v1/hosts/h1").await;
         assert_eq!(hosts["state"], "unreachable", "{hosts}");
         start_agent(&mut f, 0);

@@ -39,7 +39,9 @@ fn token(t: &str) -> String {
 
 #[test]
 fn the_real_cli_signs_up_and_manages_instances_seen_the_same_through_http_and_the_native_api() {
-    let server = sdk::Server::start();
+    // The CLI signs its users up, one per test of its suite, all from this machine: registration is open
+    // and the sign-in limit per address is raised to what a test suite needs.
+    let server = sdk::Server::start_with(&["--allow-registration", "--sign-ins-per-address-per-minute", "10000"]);
     let api = |path: &str| format!("{}{path}", server.url);
 
     let out = server.python("sharedcloud", "sharedcloud/cli_flow.py", &[("SC_USERNAME", "alice")]);
@@ -144,7 +146,9 @@ const WHEEL_EXCLUDED: &[&str] = &[
 
 #[test]
 fn the_clis_own_instance_tests_pass_against_nimbus() {
-    let server = sdk::Server::start();
+    // The CLI signs its users up, one per test of its suite, all from this machine: registration is open
+    // and the sign-in limit per address is raised to what a test suite needs.
+    let server = sdk::Server::start_with(&["--allow-registration", "--sign-ins-per-address-per-minute", "10000"]);
     let report = server.dir.path().join("wheel-report.jsonl");
     let deselect = WHEEL_EXCLUDED.join("\n");
     let out = server.python_output(
