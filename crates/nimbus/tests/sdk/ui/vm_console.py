@@ -1,6 +1,6 @@
 """Typing into a real VM's serial console in the web console: Debian's headless Chromium signs in, opens
-the instance's page, connects its terminal, logs in at the busybox guest's getty as root (the test clears
-root's password: see vms.rs), runs a command and reads its answer on the screen (crates/nimbus/tests/vms.rs starts
+the instance's page, connects its terminal, logs in at the busybox guest's getty as root (with the
+password the API reveals), runs a command and reads its answer on the screen (crates/nimbus/tests/vms.rs starts
 the qemu server and the VM).
 
 Environment: NIMBUS_URL, NIMBUS_SECRET, INSTANCE_ID, NIMBUS_SCREENSHOTS (optional).
@@ -33,6 +33,9 @@ def main():
             page.keyboard.press("Enter")
             expect(terminal).to_contain_text("login:")
             page.keyboard.type("root")
+            page.keyboard.press("Enter")
+            expect(terminal).to_contain_text("Password:")
+            page.keyboard.type(os.environ["INSTANCE_PASSWORD"])
             page.keyboard.press("Enter")
             # Typing before the shell is up would be read (and half lost) by login.
             expect(terminal).to_contain_text("~ #")
