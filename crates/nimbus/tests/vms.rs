@@ -9,7 +9,10 @@
 //! VMs run at once and boots take turns, which keeps the file to about a minute on 2 cores. A guard kills
 //! whatever a test started, also when an assertion fails.
 
+mod harness;
 mod sdk;
+
+use harness::qemu_pids;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -128,25 +131,6 @@ fn base64(data: &[u8]) -> String {
         }
     }
     out
-}
-
-/// Live QEMU processes whose command line mentions `needle` (an instance id or a data dir). Zombies do not
-/// count: an adopted QEMU's parent is init, which may take a while to reap it.
-fn qemu_pids(needle: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')));
-        let program = cmdline.split('\0').next().unwrap_or_default();
-        let is_qemu = program.rsplit('/').next().unwrap_or_default().starts_with("qemu-system");
-        if alive && is_qemu && cmdline.contains(needle) {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 /// The QEMU process of an instance; there must be exactly one.
