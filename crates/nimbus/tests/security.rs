@@ -205,3 +205,62 @@ async fn the_server_speaks_tls_to_clients_that_trust_its_ca() {
     let refused = cli(false);
     assert!(!refused.status.success(), "the CLI trusted an unknown CA");
 }
+
+/// What a copy of the data dir gives away: no secret in clear. API keys' secrets (the bootstrap key's and a
+/// new one's), an instance's generated password and the stored answer of an idempotent key creation (which
+/// carries the new secret) are sealed under the server's key ring, `seal.key`, its owner's alone; and the
+/// server still uses them all, across a restart: EXO2 signatures check against the stored secret, the
+/// password is revealed, the idempotent retry is answered with the key's secret.
+#[tokio::test]
+async fn a_copy_of_the_data_dir_holds_no_secret_in_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::sim(dir.path(), Database::Sqlite, &[]);
+    let mut server = setup.start().await;
+    let c = Client::new(&server.base);
+    let create_key = serde_json::json!({"name": "ci", "role": "member"});
+    let retry = [("idempotency-key", "make-ci-key".to_string())];
+    let made = c.send(reqwest::Method::POST, "/v1/api-keys", Auth::Bearer, Some(&create_key), &retry).await.unwrap();
+    assert_eq!(made.status, 201, "{}", made.body);
+    let new_secret = made.str("/secret").expect("the new key's secret");
+    let created = c
+        .native(
+            reqwest::Method::POST,
+            "/v1/instances",
+            Some(serde_json::json!({"name": "vm", "instance_type": "standard.micro", "template": "busybox"})),
+        )
+        .await;
+    let op = c.wait(&created.str("/id").unwrap(), Duration::from_secs(60)).await;
+    let id = op["target"]["id"].as_str().unwrap().to_string();
+    let password = c.get(&format!("/v1/instances/{id}/password")).await["password"].as_str().unwrap().to_string();
+    server.stop(Duration::from_secs(20));
+
+    let ring = setup.data_dir.join("seal.key");
+    assert_eq!(mode(&ring), 0o600, "the seal key ring");
+    let mut scanned = 0;
+    for entry in std::fs::read_dir(&setup.data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path == ring || !path.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        for (what, secret) in
+            [("the bootstrap key's secret", SECRET), ("a new key's secret", &new_secret), ("a password", &password)]
+        {
+            let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+            assert!(!found, "{what} is in clear in {}", path.display());
+        }
+        scanned += 1;
+    }
+    assert!(scanned >= 2, "the database was scanned");
+
+    let server = setup.start().await;
+    let c = Client::new(&server.base);
+    let signed = c.send(reqwest::Method::GET, "/v2/instance", Auth::Exoscale, None, &[]).await.unwrap();
+    assert_eq!(signed.status, 200, "an EXO2 signature checks against the sealed secret: {}", signed.body);
+    let again = c.send(reqwest::Method::POST, "/v1/api-keys", Auth::Bearer, Some(&create_key), &retry).await.unwrap();
+    assert_eq!(again.str("/secret").as_deref(), Some(new_secret.as_str()), "the retry's stored answer: {}", again.body);
+    let revealed = c.get(&format!("/v1/instances/{id}/password")).await;
+    assert_eq!(revealed["password"].as_str(), Some(password.as_str()));
+    let by_new_key = c.http.get(format!("{}/v1/instances", server.base)).bearer_auth(&new_secret).send().await.unwrap();
+    assert_eq!(by_new_key.status().as_u16(), 200);
+}
