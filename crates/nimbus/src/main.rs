@@ -9,6 +9,7 @@ mod guest;
 mod host;
 mod listen;
 mod server;
+mod websocket;
 
 #[derive(Parser)]
 #[command(name = "nimbus", version, about = "A self-hosted compute cloud: real VMs behind a cloud API")]

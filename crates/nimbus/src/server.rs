@@ -66,7 +66,7 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 1.5)]
     memory_overcommit: f64,
     /// The base URL agents reach this server at, for the interactive consoles they bring back to it
-    /// (default: `http://` and --listen).
+    /// (default: `http://` and --listen, `https://` with --tls-cert).
     #[arg(long, env = "NIMBUS_ADVERTISE_URL")]
     advertise_url: Option<String>,
     /// Seconds without a heartbeat before a host is unreachable and its instances `unknown`.
@@ -173,7 +173,10 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         host_name: args.host_name.clone().unwrap_or_else(nimbus_engine::default_host_name),
         overcommit: nimbus_core::host::Overcommit { cpu: args.cpu_overcommit, memory: args.memory_overcommit },
         host_lease: Duration::from_secs(args.host_timeout_secs.max(2)),
-        advertise_url: Some(args.advertise_url.clone().unwrap_or_else(|| format!("http://{}", args.listen))),
+        advertise_url: Some(args.advertise_url.clone().unwrap_or_else(|| {
+            let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
+            format!("{scheme}://{}", args.listen)
+        })),
         public_url: Some(public_url(&args)?),
         allow_registration: args.allow_registration,
         attempt_limits: nimbus_engine::throttle::AttemptLimits {
