@@ -121,22 +121,26 @@ impl Engine {
             .await
             .map_err(store_err)?
             .ok_or_else(|| DomainError::Unauthenticated("the API key's project no longer exists".into()))?;
-        let ctx = Context { actor: Actor { key_id: Some(key.key_id.clone()), ..actor }, key, project };
-        crate::audit::note_caller(&ctx);
-        Ok(ctx)
+        Ok(context_of(key, project, actor))
     }
 
     /// Authenticates a bearer-style secret (native, SF Compute, ONET, Gcore, SharedCloud).
     pub async fn authenticate_secret(&self, secret: &str, actor: Actor) -> Result<Context> {
         let unauthenticated = || DomainError::Unauthenticated("invalid API key".into());
-        let key = self.store.get_api_key_by_secret_hash(&sha256_hex(secret)).await.map_err(store_err)?;
-        let key = key.ok_or_else(unauthenticated)?;
+        let lookup = sha256_hex(secret);
         // The hash lookup already matched; the constant-time comparison keeps timing independent of the
         // secret even if the index ever returned a near match.
-        if !bool::from(key.secret.as_bytes().ct_eq(secret.as_bytes())) {
-            return Err(unauthenticated());
+        let matches = |key: &ApiKey| bool::from(key.secret.as_bytes().ct_eq(secret.as_bytes()));
+        if let Some((key, project)) = self.keys.get(&lookup).filter(|(key, _)| matches(key)) {
+            return Ok(context_of(key, project, actor));
         }
-        self.context_for(key, actor).await
+        // Read before the key: a revocation committed meanwhile makes this entry stale at once.
+        let revocations = self.keys.revocations();
+        let key = self.store.get_api_key_by_secret_hash(&lookup).await.map_err(store_err)?;
+        let key = key.filter(matches).ok_or_else(unauthenticated)?;
+        let ctx = self.context_for(key, actor).await?;
+        self.keys.put(lookup, ctx.key.clone(), ctx.project.clone(), revocations);
+        Ok(ctx)
     }
 
     /// Finds a key by its public id, for dialects that verify a signature made with the secret (Exoscale).
@@ -358,4 +362,11 @@ impl Engine {
             _ => Err(DomainError::not_found("api key", key_id)),
         }
     }
+}
+
+/// The context of a request made with `key`, noted for the audit log.
+fn context_of(key: ApiKey, project: Project, actor: Actor) -> Context {
+    let ctx = Context { actor: Actor { key_id: Some(key.key_id.clone()), ..actor }, key, project };
+    crate::audit::note_caller(&ctx);
+    ctx
 }

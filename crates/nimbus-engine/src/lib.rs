@@ -33,6 +33,7 @@ pub mod fleet;
 mod host;
 pub mod hosts;
 pub mod instances;
+mod key_cache;
 pub mod local_agent;
 pub mod network;
 pub mod networking;
@@ -252,6 +253,8 @@ pub struct Engine {
     pub(crate) throttle: throttle::Throttle,
     /// This server's audit writer (see `audit.rs`).
     pub(crate) audit: audit::AuditLog,
+    /// API keys authenticated lately (see `key_cache.rs`).
+    pub(crate) keys: key_cache::KeyCache,
 }
 
 impl Engine {
@@ -284,6 +287,7 @@ impl Engine {
             metrics: EngineMetrics::default(),
             throttle,
             audit: audit::AuditLog::start(store.clone(), audit_retention),
+            keys: key_cache::KeyCache::new(store.revocations()),
         });
         engine.seed_catalog().await?;
         engine.release_own_leases().await?;

@@ -1126,6 +1126,37 @@ pub async fn the_audit_log_is_filtered_paged_and_pruned(store: &dyn Store) {
     assert_eq!(list(AuditQuery::default()).await, ["r12960"]);
 }
 
+/// Revocations move, once committed, when a key or a project (with its keys) is deleted, and not for other
+/// writes: what caches of authenticated keys listen to.
+pub async fn revocations_move_when_keys_or_projects_go(store: &dyn Store) {
+    let mut revocations = store.revocations();
+    revocations.borrow_and_update();
+    let p = project(store, Quota::default()).await;
+    let key = ApiKey {
+        key_id: "NIMgone".into(),
+        name: "k".into(),
+        project_id: p.id,
+        role: Role::Member,
+        secret: "s".into(),
+        secret_sha256: "gone-hash".into(),
+        created_at: nimbus_core::now(),
+    };
+    store.put_api_key(&key).await.unwrap();
+    let mut set = WriteSet::new();
+    set.push(Write::InsertRecord(Record::new("template", Uuid::new_v4(), None, "t", &1)));
+    store.apply(set).await.unwrap();
+    assert!(!revocations.has_changed().unwrap(), "no revocation in creating things");
+    assert!(!store.delete_api_key("NIMnone").await.unwrap());
+    assert!(!revocations.has_changed().unwrap(), "no revocation in deleting nothing");
+    assert!(store.delete_api_key("NIMgone").await.unwrap());
+    assert!(revocations.has_changed().unwrap(), "a deleted key");
+    revocations.borrow_and_update();
+    let mut set = WriteSet::new();
+    set.push(Write::DeleteProject { id: p.id });
+    store.apply(set).await.unwrap();
+    assert!(revocations.has_changed().unwrap(), "a deleted project");
+}
+
 /// Expands to one test per conformance case, each on a fresh store made by `$make` (see the module's
 /// documentation).
 #[macro_export]
@@ -1167,6 +1198,7 @@ macro_rules! conformance_tests {
             changes_move_after_a_committed_write_set,
             the_latest_event_seq_is_the_newest_in_scope,
             the_audit_log_is_filtered_paged_and_pruned,
+            revocations_move_when_keys_or_projects_go,
         );
         $crate::conformance_tests!(@shared $make;
             racing_workers_never_share_an_operation,
@@ -1278,6 +1310,30 @@ mod postgres_conformance {
                 .unwrap();
             assert_eq!(reader.get_record("template", record.id).await.unwrap(), Some(record));
         }
+    }
+
+    /// A key deleted through one server moves the other's revocations (its key cache forgets everything).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_deleted_on_one_server_is_revoked_on_the_other() {
+        let Some((url, _database)) = fresh_postgres_database().await else { return };
+        let (a, b) = (SqlStore::open(&url).await.unwrap(), SqlStore::open(&url).await.unwrap());
+        let key = nimbus_core::tenancy::ApiKey {
+            key_id: "NIMshared".into(),
+            name: "k".into(),
+            project_id: uuid::Uuid::new_v4(),
+            role: nimbus_core::tenancy::Role::Member,
+            secret: "s".into(),
+            secret_sha256: "shared-hash".into(),
+            created_at: nimbus_core::now(),
+        };
+        a.put_api_key(&key).await.unwrap();
+        let mut revocations = b.revocations();
+        revocations.borrow_and_update();
+        assert!(a.delete_api_key("NIMshared").await.unwrap());
+        tokio::time::timeout(Duration::from_secs(1), revocations.changed())
+            .await
+            .expect("the other server heard of the revocation within a second")
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

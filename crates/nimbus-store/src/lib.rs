@@ -433,6 +433,11 @@ pub trait Store: Send + Sync + 'static {
     /// LISTEN/NOTIFY) in any other process on the same database. Workers waiting for operations, operation
     /// waiters and event streams wait on it and then re-read; it says only that something may have changed.
     fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// A counter that moves when credentials may have been revoked: after an API key, a project or an
+    /// organization is deleted, here (once committed) or, on PostgreSQL, by any other process (within the
+    /// notification's delivery, milliseconds; at once when the listener had to reconnect). Caches of
+    /// authenticated keys are dropped when it moves.
+    fn revocations(&self) -> tokio::sync::watch::Receiver<u64>;
 
     // Dialect aliases and unique names.
     async fn resolve_alias(&self, kind: &str, alias: &str) -> StoreResult<Option<Uuid>>;

@@ -308,6 +308,9 @@ impl Store for FaultyStore {
     fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.changes()
     }
+    fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.revocations()
+    }
     async fn resolve_alias(&self, kind: &str, alias: &str) -> StoreResult<Option<Uuid>> {
         self.inner.resolve_alias(kind, alias).await
     }

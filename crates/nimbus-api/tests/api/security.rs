@@ -248,3 +248,39 @@ async fn the_audit_log_tells_who_did_what_to_those_allowed_to_read_it() {
     assert!(everyone.iter().any(|e| e["path"] == "/api/v1/users/"), "the registration");
     assert!(everyone.iter().any(|e| e["key_id"].is_string() && e["organization_id"] != made_entry["organization_id"]));
 }
+
+/// Authenticated keys are kept for a moment (no store read per request), yet a deleted key is refused at
+/// once, however often it was just used; and so is the login key of an account deleted with its project.
+#[tokio::test]
+async fn a_key_just_used_is_refused_as_soon_as_it_is_deleted() {
+    let config = EngineConfig { allow_registration: true, ..Default::default() };
+    let c = Cloud::with(SimConfig::default(), config).await;
+    let member = c.key("member", None).await;
+    let key_id = c.get("/v1/whoami", &member).await.body["key_id"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        assert_eq!(c.get("/v1/instances", &member).await.status, StatusCode::OK);
+    }
+    let gone = c.call(axum::http::Method::DELETE, &format!("/v1/api-keys/{key_id}"), ADMIN, None).await;
+    assert_eq!(gone.status, StatusCode::NO_CONTENT, "{}", gone.text);
+    assert_eq!(c.get("/v1/instances", &member).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(c.get("/v2/instances", &member).await.status, StatusCode::UNAUTHORIZED, "through SF Compute too");
+
+    let form = "email=eve%40example.com&username=eve&password=Sup3r-secret-pass";
+    let post_form = |path: &str, body: &'static str| {
+        Request::post(path).header("content-type", "application/x-www-form-urlencoded").body(Body::from(body)).unwrap()
+    };
+    assert_eq!(c.send(post_form("/api/v1/users/", form)).await.status, StatusCode::CREATED);
+    let eve = c.send(post_form("/api/v1/api-token-auth/", "username=eve&password=Sup3r-secret-pass")).await;
+    let eve = eve.body["token"].as_str().unwrap().to_string();
+    assert_eq!(c.get("/v1/instances", &eve).await.status, StatusCode::OK);
+    let deleted = c
+        .send(
+            Request::delete("/api/v1/users/account/")
+                .header("authorization", format!("Token {eve}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(deleted.status.is_success(), "{}", deleted.text);
+    assert_eq!(c.get("/v1/instances", &eve).await.status, StatusCode::UNAUTHORIZED, "the account's key went with it");
+}

@@ -148,6 +148,15 @@ impl Backend {
         }
     }
 
+    /// Run inside a write that revokes credentials (deletes an API key, a project, an organization), so
+    /// that other servers drop what they cached (see [`super::notify::REVOKE`]).
+    pub(crate) fn notify_revocation(self) -> Option<&'static str> {
+        match self {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some("SELECT pg_notify('nimbus_changes', 'revoke')"),
+        }
+    }
+
     /// Run before a write set appends its events, holding until commit: PostgreSQL hands out sequence
     /// numbers at insert, not at commit, so two concurrent sets could commit seq 8 before seq 7, and a
     /// reader that saw 8 would never look back for 7. Appending last, under one transaction-scoped lock

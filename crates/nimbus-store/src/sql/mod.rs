@@ -582,9 +582,26 @@ impl Store for SqlStore {
     }
 
     async fn delete_api_key(&self, key_id: &str) -> StoreResult<bool> {
-        let deleted =
-            self.write_one("deleting an API key", "DELETE FROM api_keys WHERE key_id = $1", args![key_id]).await?;
-        Ok(deleted > 0)
+        let mut w = self.write().await?;
+        let result = async {
+            let deleted = query("DELETE FROM api_keys WHERE key_id = $1", args![key_id])
+                .execute(w.conn())
+                .await
+                .map_err(self.fail("deleting an API key"))?
+                .rows_affected();
+            if let (true, Some(notify)) = (deleted > 0, self.backend.notify_revocation()) {
+                query(notify, vec![]).execute(w.conn()).await.map_err(self.fail("notifying"))?;
+            }
+            self.mark_applied(w.conn(), || serde_json::json!({})).await?;
+            Ok(deleted > 0)
+        }
+        .await;
+        let deleted = matches!(result, Ok(true));
+        let deleted = self.end(w, result, deleted).await?;
+        if deleted {
+            self.changes.bump_revocations();
+        }
+        Ok(deleted)
     }
 
     async fn put_zone(&self, zone: &Zone) -> StoreResult<()> {
@@ -696,7 +713,11 @@ impl Store for SqlStore {
             self.mark_applied(w.conn(), || crate::applied_result(&set)).await
         }
         .await;
-        self.finish(w, result).await
+        self.finish(w, result).await?;
+        if writes::revokes(&set) {
+            self.changes.bump_revocations();
+        }
+        Ok(())
     }
 
     async fn claim_operation(&self, owner: &str, lease: Duration) -> StoreResult<Option<Operation>> {
@@ -867,6 +888,10 @@ impl Store for SqlStore {
 
     fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.revocations()
     }
 
     async fn resolve_alias(&self, kind: &str, alias: &str) -> StoreResult<Option<Uuid>> {

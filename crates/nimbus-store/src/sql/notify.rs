@@ -5,6 +5,10 @@
 //! The counter says only "something may have changed": waiters re-read what they wait for. So a
 //! notification may be spurious or doubled (this process hears its own), but never lost for long: when the
 //! listening connection drops, the counter moves anyway, since anything could have happened meanwhile.
+//! A second counter, [`Changes::revocations`], moves only when credentials may have been revoked (an API key,
+//! a project or an organization deleted): here at once after the commit, elsewhere when the notification
+//! carrying [`REVOKE`] arrives. Caches of authenticated keys drop everything when it moves.
+//!
 //! The listener task lives no longer than the store: dropping [`Changes`] aborts it, and it holds only a
 //! weak reference to the counter.
 
@@ -19,11 +23,15 @@ use crate::{StoreError, StoreResult};
 /// The channel every server LISTENs on and every write set NOTIFYs.
 pub(crate) const CHANNEL: &str = "nimbus_changes";
 
+/// The payload of the notification a revocation sends.
+pub(crate) const REVOKE: &str = "revoke";
+
 /// How long the listener waits before connecting again after the server refused it.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 pub(crate) struct Changes {
     counter: Arc<watch::Sender<u64>>,
+    revocations: Arc<watch::Sender<u64>>,
     listener: Option<tokio::task::AbortHandle>,
 }
 
@@ -31,19 +39,20 @@ impl Changes {
     /// Moved by this process's writes only: SQLite's case, where a second process on the same file (which
     /// `BEGIN IMMEDIATE` keeps correct) is noticed only when waiters re-read on their own timeouts.
     pub(crate) fn local() -> Changes {
-        Changes { counter: Arc::new(watch::channel(0).0), listener: None }
+        Changes { counter: Arc::new(watch::channel(0).0), revocations: Arc::new(watch::channel(0).0), listener: None }
     }
 
     /// Also moved by every other process writing to the PostgreSQL database at `url`. Listening starts
     /// before this returns, so a write committed by another process after `open` is never missed.
     pub(crate) async fn listening(url: &str) -> StoreResult<Changes> {
         let counter = Arc::new(watch::channel(0).0);
+        let revocations = Arc::new(watch::channel(0).0);
         let mut listener = PgListener::connect(url)
             .await
             .map_err(|e| StoreError::Backend(format!("connecting the change listener: {e}")))?;
         listener.listen(CHANNEL).await.map_err(|e| StoreError::Backend(format!("listening on {CHANNEL}: {e}")))?;
-        let task = tokio::spawn(listen(listener, Arc::downgrade(&counter)));
-        Ok(Changes { counter, listener: Some(task.abort_handle()) })
+        let task = tokio::spawn(listen(listener, Arc::downgrade(&counter), Arc::downgrade(&revocations)));
+        Ok(Changes { counter, revocations, listener: Some(task.abort_handle()) })
     }
 
     pub(crate) fn bump(&self) {
@@ -52,6 +61,14 @@ impl Changes {
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.counter.subscribe()
+    }
+
+    pub(crate) fn bump_revocations(&self) {
+        bump(&self.revocations);
+    }
+
+    pub(crate) fn revocations(&self) -> watch::Receiver<u64> {
+        self.revocations.subscribe()
     }
 }
 
@@ -68,22 +85,32 @@ fn bump(counter: &watch::Sender<u64>) {
     counter.send_modify(|n| *n = n.wrapping_add(1));
 }
 
-async fn listen(mut listener: PgListener, counter: Weak<watch::Sender<u64>>) {
+async fn listen(mut listener: PgListener, counter: Weak<watch::Sender<u64>>, revocations: Weak<watch::Sender<u64>>) {
     loop {
         let heard = listener.try_recv().await;
-        let Some(counter) = counter.upgrade() else { return };
+        let (Some(counter), Some(revocations)) = (counter.upgrade(), revocations.upgrade()) else { return };
         match heard {
-            Ok(Some(_)) => {
+            Ok(Some(first)) => {
                 // One bump for a burst: drain what is already buffered.
-                while listener.next_buffered().is_some() {}
+                let mut revoked = first.payload() == REVOKE;
+                while let Some(next) = listener.next_buffered() {
+                    revoked |= next.payload() == REVOKE;
+                }
+                if revoked {
+                    bump(&revocations);
+                }
             }
             // The connection dropped and was made again: notifications in between are lost, so wake
-            // everyone to re-read.
-            Ok(None) => tracing::warn!("change listener reconnected"),
+            // everyone to re-read, and forget every cached credential.
+            Ok(None) => {
+                tracing::warn!("change listener reconnected");
+                bump(&revocations);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "change listener lost its connection; retrying");
                 bump(&counter);
-                drop(counter);
+                bump(&revocations);
+                drop((counter, revocations));
                 tokio::time::sleep(RECONNECT_DELAY).await;
                 continue;
             }

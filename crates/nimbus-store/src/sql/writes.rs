@@ -59,6 +59,9 @@ pub(super) async fn apply(conn: &mut AnyConnection, backend: Backend, set: &Writ
     if let Some(notify) = backend.notify_others() {
         query(notify, vec![]).execute(&mut *conn).await.map_err(|e| backend.error("notifying", e))?;
     }
+    if let (true, Some(notify)) = (revokes(set), backend.notify_revocation()) {
+        query(notify, vec![]).execute(&mut *conn).await.map_err(|e| backend.error("notifying", e))?;
+    }
     if events.is_empty() {
         return Ok(());
     }
@@ -104,6 +107,11 @@ fn swapped(touched: u64, what: impl FnOnce() -> String) -> StoreResult<()> {
         return Err(StoreError::Conflict(what()));
     }
     Ok(())
+}
+
+/// Whether `set` takes credentials away: a project's deletion takes its keys with it.
+pub(super) fn revokes(set: &WriteSet) -> bool {
+    set.writes.iter().any(|w| matches!(w, Write::DeleteProject { .. } | Write::DeleteOrganization { .. }))
 }
 
 pub(super) async fn insert_api_key(conn: &mut AnyConnection, backend: Backend, key: &ApiKey) -> StoreResult<()> {
