@@ -290,10 +290,10 @@ impl Engine {
         !matches!(self.store.get_api_key(&ctx.key.key_id).await, Ok(None))
     }
 
-    /// Resolves once the caller's API key is deleted, through any server: every change to the store is a
-    /// moment to look, and a deletion is one.
+    /// Resolves once the caller's API key is deleted, through any server: every revocation the store hears
+    /// of is a moment to look.
     pub async fn key_revoked(&self, ctx: &Context) {
-        let mut changes = self.changes();
+        let mut changes = self.store.revocations();
         loop {
             changes.borrow_and_update();
             if !self.key_stands(ctx).await {

@@ -29,6 +29,7 @@ pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod console;
+pub mod event_stream;
 pub mod fleet;
 mod host;
 pub mod hosts;
@@ -255,6 +256,8 @@ pub struct Engine {
     pub(crate) audit: audit::AuditLog,
     /// API keys authenticated lately (see `key_cache.rs`).
     pub(crate) keys: key_cache::KeyCache,
+    /// Every new event, read once by this server's hub (see `event_stream.rs`).
+    pub(crate) events: tokio::sync::broadcast::Sender<Arc<nimbus_core::event::Event>>,
 }
 
 impl Engine {
@@ -288,6 +291,7 @@ impl Engine {
             throttle,
             audit: audit::AuditLog::start(store.clone(), audit_retention),
             keys: key_cache::KeyCache::new(store.revocations()),
+            events: event_stream::channel(),
         });
         engine.seed_catalog().await?;
         engine.release_own_leases().await?;
@@ -300,6 +304,7 @@ impl Engine {
         }
         worker::spawn(engine.clone());
         reconciler::spawn(engine.clone());
+        event_stream::spawn_hub(&engine);
         if engine.local.is_some() {
             local_agent::spawn(engine.clone());
         }

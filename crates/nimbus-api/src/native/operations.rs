@@ -89,40 +89,15 @@ pub async fn events(
         Some(_) => return Err(ApiError::bad_request("invalid after: must be 0 or more")),
         None => app.engine.latest_event_seq(&ctx).await?,
     };
-    let engine = app.engine.clone();
-    let changes = engine.changes();
-    let stream =
-        stream::unfold((start, Vec::new().into_iter(), changes), move |(mut seq, mut pending, mut changes)| {
-            let engine = engine.clone();
-            let ctx = ctx.clone();
-            async move {
-                loop {
-                    if let Some(event) = pending.next() {
-                        let e: nimbus_core::event::Event = event;
-                        seq = e.seq;
-                        let sse = SseEvent::default()
-                            .id(e.seq.to_string())
-                            .event(e.kind.clone())
-                            .json_data(&e)
-                            .unwrap_or_else(|_| SseEvent::default().comment("unserializable event"));
-                        return Some((Ok(sse), (seq, pending, changes)));
-                    }
-                    // Marked seen before the read: a change committed after it (through any server) ends the wait.
-                    changes.borrow_and_update();
-                    // A deleted key's stream ends: its deletion is a change, so within one wake-up.
-                    if !engine.key_stands(&ctx).await {
-                        return None;
-                    }
-                    let batch = match engine.events_after(&ctx, seq, 500).await {
-                        Ok(b) => b,
-                        Err(_) => return None,
-                    };
-                    if batch.is_empty() {
-                        nimbus_engine::Engine::wait_for_change(&mut changes, Duration::from_secs(15)).await;
-                    }
-                    pending = batch.into_iter();
-                }
-            }
-        });
+    let subscription = app.engine.subscribe_events(&ctx, start)?;
+    let stream = stream::unfold(subscription, |mut subscription| async move {
+        let e = subscription.next().await?;
+        let sse = SseEvent::default()
+            .id(e.seq.to_string())
+            .event(e.kind.clone())
+            .json_data(&e)
+            .unwrap_or_else(|_| SseEvent::default().comment("unserializable event"));
+        Some((Ok(sse), subscription))
+    });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -92,6 +92,52 @@ async fn the_event_stream_tells_who_did_what() {
     assert!(text.contains("request_id"), "{text}");
 }
 
+/// Many live subscribers (the hub reads each event once and hands it to all): every one of a project's
+/// streams gets the project's new events, in order, and none of another project's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_live_subscriber_gets_its_projects_events_and_no_others() {
+    let c = Cloud::new().await;
+    let other = c.post("/v1/projects", ADMIN, json!({"name": "other"})).await.id();
+    let neighbour = c.key("member", Some(&other)).await;
+    let open = |token: String| {
+        let app = c.app.clone();
+        async move {
+            let req = Request::get("/v1/events").header("authorization", format!("Bearer {token}")).body(Body::empty());
+            let response = app.oneshot(req.unwrap()).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response.into_body().into_data_stream()
+        }
+    };
+    let mut ours = Vec::new();
+    for _ in 0..50 {
+        ours.push(open(ADMIN.to_string()).await);
+    }
+    let mut theirs = open(neighbour.clone()).await;
+    let id = c.instance(ADMIN, "broadcast", json!({})).await;
+    let theirs_id = c.instance(&neighbour, "theirs", json!({})).await;
+    for stream in &mut ours {
+        let mut text = String::new();
+        while !(text.contains("event: operation.updated") && text.contains(&id)) {
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
+                .await
+                .expect("events arrive at every subscriber")
+                .unwrap()
+                .unwrap();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        assert!(!text.contains(&theirs_id), "another project's event: {text}");
+        let seqs: Vec<i64> = text.lines().filter_map(|l| l.strip_prefix("id: ")).map(|s| s.parse().unwrap()).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, once each: {seqs:?}");
+    }
+    let mut text = String::new();
+    while !text.contains(&theirs_id) {
+        let chunk =
+            tokio::time::timeout(std::time::Duration::from_secs(5), theirs.next()).await.unwrap().unwrap().unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!text.contains(&id), "the neighbour saw this project's instance: {text}");
+}
+
 #[tokio::test]
 async fn operations_are_listed_per_instance_and_waitable() {
     let c = Cloud::new().await;
