@@ -9,7 +9,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use nimbus_store::{IdempotencyClaim, IdempotencyHold};
+use nimbus_engine::{IdempotencyClaim, IdempotencyHold};
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;

@@ -56,6 +56,9 @@ pub use reconciler::UnknownHostInstance;
 pub use sagas::import_template::ImportTemplate;
 pub use sagas::promote_snapshot::PromoteRequest;
 pub use sagas::{CrashHook, CrashPoint, CrashWhen};
+// The store's and the driver's types the API layer names, so that it depends on the engine alone.
+pub use nimbus_driver::InstanceMetrics;
+pub use nimbus_store::{IdempotencyClaim, IdempotencyHold};
 
 pub type Result<T, E = DomainError> = std::result::Result<T, E>;
 

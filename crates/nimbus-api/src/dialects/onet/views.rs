@@ -6,7 +6,7 @@ use nimbus_core::catalog::{InstanceType, Template, Visibility, Zone};
 use nimbus_core::instance::{Instance, InstanceState};
 use nimbus_core::operation::{Operation, OperationState};
 use nimbus_core::state_machine::Action;
-use nimbus_driver::InstanceMetrics;
+use nimbus_engine::InstanceMetrics;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
