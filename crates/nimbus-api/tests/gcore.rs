@@ -563,3 +563,42 @@ async fn ssh_keys_regions_and_projects_are_what_a_create_refers_to() {
         "NotFoundError",
     );
 }
+
+/// Gcore's list: offset and limit over the count of all that match, in the order asked for, with filters
+/// the store applies (name, status) and those it cannot (tags, flavor) alike.
+#[tokio::test]
+async fn the_list_pages_by_offset_in_any_order_with_filters() {
+    let c = Cloud::new().await;
+    let mut ids = Vec::new();
+    for (name, env) in [("web-b", "prod"), ("db", "prod"), ("web-a", "dev"), ("web-c", "prod")] {
+        ids.push(create(&c, ADMIN, name, json!({ "env": env })).await.0);
+    }
+    c.act(ADMIN, &ids[1], "stop", None).await;
+    let base = base(&c, ADMIN, "v1").await;
+    let list = |query: &str| {
+        let (path, query) = (format!("{base}?{query}"), query.to_string());
+        let c = &c;
+        async move {
+            let r = gcore(c, Method::GET, &path, ADMIN, None).await;
+            assert_eq!(r.status, StatusCode::OK, "{query}: {}", r.text);
+            let names: Vec<String> =
+                r.body["results"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_string()).collect();
+            (r.body["count"].as_u64().unwrap(), names)
+        }
+    };
+    assert_eq!(list("limit=2").await, (4, vec!["web-b".into(), "db".into()]));
+    assert_eq!(list("limit=2&offset=3").await, (4, vec!["web-c".into()]));
+    assert_eq!(list("order_by=created.desc&limit=1").await, (4, vec!["web-c".into()]));
+    assert_eq!(list("order_by=name.asc&offset=1&limit=2").await, (4, vec!["web-a".into(), "web-b".into()]));
+    assert_eq!(list("order_by=name.desc&limit=1").await, (4, vec!["web-c".into()]));
+    assert_eq!(list("name=web&order_by=name.asc&limit=2").await, (3, vec!["web-a".into(), "web-b".into()]));
+    assert_eq!(list("status=SHUTOFF").await, (1, vec!["db".into()]));
+    assert_eq!(list("status=ACTIVE&offset=1").await, (3, vec!["web-a".into(), "web-c".into()]));
+    let prod =
+        form_urlencoded::Serializer::new(String::new()).append_pair("tag_key_value", r#"{"env":"prod"}"#).finish();
+    assert_eq!(list(&format!("{prod}&status=ACTIVE&limit=1")).await, (2, vec!["web-b".into()]));
+    assert_eq!(list("tag_value=dev&flavor_prefix=standard").await, (1, vec!["web-a".into()]));
+    assert_eq!(list("offset=9").await, (4, vec![]));
+    let r = gcore(&c, Method::GET, &format!("{base}?order_by=size.asc"), ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "ValidationError");
+}

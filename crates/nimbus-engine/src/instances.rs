@@ -197,11 +197,10 @@ pub struct InstanceFilter {
 }
 
 impl InstanceFilter {
-    /// The conditions the store does not apply itself.
+    /// The conditions the store does not apply itself (it applies the state, the states and the name).
     fn admits(&self, i: &Instance) -> bool {
         self.labels.as_ref().is_none_or(|s| s.matches(&i.labels))
             && (self.ids.is_empty() || self.ids.contains(&i.id))
-            && (self.states.is_empty() || self.states.contains(&i.state))
             && (self.instance_types.is_empty() || self.instance_types.contains(&i.instance_type))
             && self.created_after.is_none_or(|t| i.created_at >= t)
             && self.created_before.is_none_or(|t| i.created_at < t)
@@ -349,15 +348,15 @@ impl Engine {
             let batch = self
                 .store
                 .list_instances(&InstanceQuery {
-                    host: None,
-                    id: None,
                     project_id: Some(ctx.project.id),
                     state: filter.state,
+                    states: filter.states.clone(),
                     with_destroyed: filter.with_destroyed,
                     name: filter.name.clone(),
                     after: if backwards { None } else { cursor },
                     before: if backwards { cursor } else { None },
                     limit: limit + 1,
+                    ..Default::default()
                 })
                 .await
                 .map_err(store_err)?;

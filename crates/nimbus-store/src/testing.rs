@@ -254,6 +254,9 @@ impl Store for FaultyStore {
     async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {
         self.inner.list_instances(query).await
     }
+    async fn count_instances(&self, query: &InstanceQuery) -> StoreResult<u64> {
+        self.inner.count_instances(query).await
+    }
     async fn get_operation(&self, id: Uuid) -> StoreResult<Option<Operation>> {
         self.inner.get_operation(id).await
     }

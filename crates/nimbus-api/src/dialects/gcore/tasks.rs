@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::common::{parse_time, query_all, query_one, query_pairs, query_usize, GcoreCaller};
 use super::errors::{GcoreError, GcoreResult};
-use super::views::{self, Scope, EXT};
+use super::views::{self, Scope};
 use crate::AppState;
 
 /// The task list's page when the client names none, and the largest it may ask for.
@@ -24,10 +24,7 @@ const MAX_TASK_PAGE: usize = 1000;
 
 async fn task_view(app: &AppState, ctx: &Context, zone: &Zone, op: &Operation) -> Value {
     let hard_reboot = op.kind == Action::Reboot
-        && app.engine.instance(ctx, op.target.id).await.ok().is_some_and(|i| {
-            i.extensions.get(EXT).and_then(|e| e.get("hard_reboot_task")).and_then(Value::as_str)
-                == Some(op.id.to_string().as_str())
-        });
+        && app.engine.instance(ctx, op.target.id).await.ok().is_some_and(|i| views::hard_reboot(&i, Some(op)));
     let cidr = app.engine.config().network_cidr.clone();
     let scope = Scope { project_id: ctx.project.numeric_id, zone, network_cidr: &cidr };
     views::task(op, &scope, hard_reboot)

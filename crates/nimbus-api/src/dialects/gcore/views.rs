@@ -205,6 +205,13 @@ pub fn status(
     }
 }
 
+/// Whether `lock`, the operation holding the instance, is a reboot asked as `reboot_hard`.
+pub fn hard_reboot(i: &Instance, lock: Option<&Operation>) -> bool {
+    lock.is_some_and(|op| {
+        op.kind == Action::Reboot && ext_str(i, "hard_reboot_task") == Some(op.id.to_string().as_str())
+    })
+}
+
 /// The Gcore statuses that stand for each Nimbus state, for the list's `status` filter: what `status()`
 /// shows for an instance in that state.
 pub fn states_for_status(gcore_status: &str) -> &'static [InstanceState] {
@@ -258,8 +265,7 @@ pub struct InstanceContext<'a> {
 
 pub fn instance(i: &Instance, c: &InstanceContext) -> Value {
     let scope = c.scope;
-    let hard_reboot = c.lock.is_some_and(|op| ext_str(i, "hard_reboot_task") == Some(op.id.to_string().as_str()));
-    let (status, vm_state, task_state) = status(i, c.lock, hard_reboot);
+    let (status, vm_state, task_state) = status(i, c.lock, hard_reboot(i, c.lock));
     let interface_name = ext_str(i, "interface_name");
     let addresses: Vec<Value> = i
         .ip_addresses

@@ -15,7 +15,7 @@ use nimbus_core::catalog::{InstanceType, Template, Zone};
 use nimbus_core::instance::{Instance, InstanceState, NameRule};
 use nimbus_core::labels::Labels;
 use nimbus_core::DomainError;
-use nimbus_engine::{ActionRequest, Context, CreateInstance, InstancePatch};
+use nimbus_engine::{ActionRequest, Context, CreateInstance, InstancePatch, InstanceWindow};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -24,8 +24,8 @@ use super::views::{self, BILLING_CYCLES, DEFAULT_BILLING_CYCLE, EXT, LEGACY_ID};
 use crate::AppState;
 
 /// DRF's page size when the client names none, and the largest it may ask for.
-const DEFAULT_PAGE_SIZE: usize = 20;
-const MAX_PAGE_SIZE: usize = 100;
+const DEFAULT_PAGE_SIZE: u32 = 20;
+const MAX_PAGE_SIZE: u32 = 100;
 const MAX_NAME: usize = 255;
 const MAX_HOSTNAME: usize = 255;
 const MAX_OS_NAME: usize = 100;
@@ -117,7 +117,7 @@ impl Renderer {
 }
 
 /// DRF's absolute URL of another page: the request's URL with `page` replaced (dropped for page 1).
-fn page_url(headers: &HeaderMap, uri: &Uri, page: usize) -> String {
+fn page_url(headers: &HeaderMap, uri: &Uri, page: u64) -> String {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     let scheme = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or("http");
     let mut query: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
@@ -149,28 +149,43 @@ pub async fn list(
     // DRF falls back to the default page size on a bad one and clamps a large one.
     let page_size = params
         .get("page_size")
-        .and_then(|s| s.parse::<usize>().ok())
+        .and_then(|s| s.parse::<u32>().ok())
         .filter(|&n| n > 0)
         .map_or(DEFAULT_PAGE_SIZE, |n| n.min(MAX_PAGE_SIZE));
-    // ONET keeps deleted instances, `terminated`, for a while: listed too.
-    let all = app.engine.all_instances_and_destroyed(&ctx).await?;
-    let pages = all.len().div_ceil(page_size).max(1);
     let invalid_page = || OnetError::detail(StatusCode::NOT_FOUND, "Invalid page.");
-    let page = match params.get("page").map(String::as_str) {
+    // `None`: the last page, known once the count is.
+    let asked = match params.get("page").map(String::as_str) {
+        None => Some(1),
+        Some("last") => None,
+        Some(s) => Some(s.parse::<u64>().ok().filter(|&p| p >= 1).ok_or_else(invalid_page)?),
+    };
+    // ONET keeps deleted instances, `terminated`, for a while: listed too.
+    let window = |page: u64| InstanceWindow {
+        with_destroyed: true,
+        offset: (page - 1).saturating_mul(page_size.into()),
+        limit: Some(page_size),
+        ..Default::default()
+    };
+    let mut found = app.engine.instance_window(&ctx, &window(asked.unwrap_or(1))).await?;
+    let pages = found.count.div_ceil(page_size.into()).max(1);
+    let page = match asked {
+        Some(page) => page,
+        None if pages > 1 => {
+            found = app.engine.instance_window(&ctx, &window(pages)).await?;
+            pages
+        }
         None => 1,
-        Some("last") => pages,
-        Some(s) => s.parse::<usize>().ok().filter(|&p| p >= 1).ok_or_else(invalid_page)?,
     };
     if page > pages {
         return Err(invalid_page());
     }
     let renderer = Renderer::new(&app, &ctx).await?;
     let mut results = Vec::new();
-    for i in all.iter().skip((page - 1) * page_size).take(page_size) {
+    for i in &found.items {
         results.push(renderer.render(&app, &ctx, i).await?);
     }
     Ok(Json(json!({
-        "count": all.len(),
+        "count": found.count,
         "next": (page < pages).then(|| page_url(&headers, &uri, page + 1)),
         "previous": (page > 1).then(|| page_url(&headers, &uri, page - 1)),
         "results": results,

@@ -14,7 +14,7 @@ use axum::Json;
 use nimbus_core::catalog::GpuModel;
 use nimbus_core::instance::{validate_name_by, Instance, InstanceState, NameRule};
 use nimbus_core::DomainError;
-use nimbus_engine::{ActionRequest, Context, CreateInstance, InstanceFilter, InstancePatch};
+use nimbus_engine::{ActionRequest, Context, CreateInstance, InstanceOrder, InstancePatch, InstanceWindow};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -273,21 +273,9 @@ pub async fn list(State(app): State<AppState>, ScCaller(ctx): ScCaller) -> ScRes
     let types = app.engine.list_instance_types().await?;
     let models = gpu_models(&app).await?;
     let gpus = gpu_uuids(&app, &models).await?;
-    let mut all = Vec::new();
-    let mut page_token = None;
-    loop {
-        let page = app
-            .engine
-            .list_instances(&ctx, InstanceFilter { limit: Some(1000), page_token, ..Default::default() })
-            .await?;
-        all.extend(page.items);
-        match page.next_page_token {
-            Some(t) => page_token = Some(t),
-            None => break,
-        }
-    }
-    // Newest first; ids are time-ordered, which breaks ties of equal creation times the same way.
-    all.sort_by_key(|i| std::cmp::Reverse((i.created_at, i.id)));
+    // Newest first, the whole list: SharedCloud's is not paged.
+    let window = InstanceWindow { order: InstanceOrder::Newest, ..Default::default() };
+    let all = app.engine.instance_window(&ctx, &window).await?.items;
     let now = nimbus_core::now();
     let items: Vec<Value> = all
         .iter()
