@@ -3,6 +3,9 @@
 //! - [`caller`]: the caller of a request that sends `Authorization: <scheme> <secret>` with a Nimbus API key's
 //!   secret (ONET and SF Compute `Bearer`, Gcore `APIKey`, SharedCloud `Token`), each failure in the
 //!   dialect's own words ([`CredentialErrors`]). Exoscale signs requests instead (`exoscale/signature.rs`).
+//! - [`drf`]: Django REST Framework's error bodies, ONET's and SharedCloud's.
+
+pub mod drf;
 
 use axum::http::request::Parts;
 use nimbus_core::DomainError;

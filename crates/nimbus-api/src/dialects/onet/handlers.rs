@@ -41,15 +41,6 @@ impl FromRequestParts<AppState> for OnetCaller {
     }
 }
 
-impl crate::dialects::common::CredentialErrors for OnetError {
-    fn missing_credentials() -> OnetError {
-        OnetError::missing_credentials()
-    }
-    fn invalid_credentials() -> OnetError {
-        OnetError::invalid_token()
-    }
-}
-
 /// The path's organization and project must be the key's: any other looks like nothing at all.
 fn tenancy(ctx: &Context, organization_id: &str, project_id: &str) -> OnetResult<()> {
     let same = |given: &str, actual: Uuid| Uuid::parse_str(given).is_ok_and(|g| g == actual);
@@ -61,7 +52,7 @@ fn tenancy(ctx: &Context, organization_id: &str, project_id: &str) -> OnetResult
 }
 
 fn instance_id(id: &str) -> OnetResult<Uuid> {
-    Uuid::parse_str(id).map_err(|_| OnetError::no_instance())
+    Uuid::parse_str(id).map_err(|_| super::errors::no_instance())
 }
 
 /// What rendering needs from the catalog, read once per request.
@@ -241,14 +232,16 @@ fn body_object(headers: &HeaderMap, body: &Bytes) -> OnetResult<Map<String, Valu
         .map_err(|e| OnetError::detail(StatusCode::BAD_REQUEST, format!("JSON parse error - {e}")))?;
     match value {
         Value::Object(map) => Ok(map),
-        other => Err(OnetError {
-            status: StatusCode::BAD_REQUEST,
-            body: json!({"non_field_errors": [format!(
-                "Invalid data. Expected a dictionary, but got {}.",
-                match other { Value::Array(_) => "list", Value::String(_) => "str", Value::Bool(_) => "bool",
-                    Value::Number(_) => "int", _ => "NoneType" }
-            )]}),
-        }),
+        other => Err(OnetError::non_field(format!(
+            "Invalid data. Expected a dictionary, but got {}.",
+            match other {
+                Value::Array(_) => "list",
+                Value::String(_) => "str",
+                Value::Bool(_) => "bool",
+                Value::Number(_) => "int",
+                _ => "NoneType",
+            }
+        ))),
     }
 }
 

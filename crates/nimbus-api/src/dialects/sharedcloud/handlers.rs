@@ -47,15 +47,6 @@ impl FromRequestParts<AppState> for ScCaller {
     }
 }
 
-impl crate::dialects::common::CredentialErrors for ScError {
-    fn missing_credentials() -> ScError {
-        ScError::missing_credentials()
-    }
-    fn invalid_credentials() -> ScError {
-        ScError::invalid_token()
-    }
-}
-
 /// Reads a body the way DRF's default parsers do: form-encoded (what `sharedcloud-cli` sends) or JSON,
 /// into one object. Form values are strings; a repeated key keeps its last value.
 pub fn body_object(headers: &HeaderMap, body: &Bytes) -> ScResult<Map<String, Value>> {
