@@ -604,17 +604,29 @@ async fn power_actions_are_onet_tasks_and_status_tells_stopped_from_running() {
             )
         }
     };
+    let console = || async { o.cloud.get(&format!("/v1/instances/{id}/console"), ADMIN).await.text };
     let (kind, after) = run("shutdown").await;
-    assert_eq!((kind.as_str(), after["status"].as_str()), ("stop_vps", Some("suspended")), "{after}");
+    assert_eq!((kind.as_str(), after["status"].as_str()), ("shutdown_vps", Some("suspended")), "{after}");
     assert_eq!(after["state_sync"]["vm_status"], "stopped");
+    assert!(!console().await.contains("power cut"), "a shutdown asks the guest first");
     // Refused in ONET's words, and nothing changes.
     let r = o.call(Method::POST, &format!("/instances/{id}/reboot"), None).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
     assert!(r.body["detail"].as_str().is_some_and(|d| d.contains("stopped")), "{}", r.text);
     let (kind, after) = run("start").await;
     assert_eq!((kind.as_str(), after["status"].as_str()), ("start_vps", Some("active")), "{after}");
+    // A stop is the hard power-off.
+    let (kind, after) = run("stop").await;
+    assert_eq!((kind.as_str(), after["state_sync"]["vm_status"].as_str()), ("stop_vps", Some("stopped")), "{after}");
+    assert!(console().await.ends_with("sim: power cut\nPOWEROFF\n"), "{}", console().await);
+    run("start").await;
+    // A reset resets the VM; a reboot is asked of the guest, which powers off and boots again.
     let (kind, _) = run("reset").await;
-    assert_eq!(kind, "reboot_vps");
+    assert_eq!(kind, "reset_vps");
+    assert!(console().await.contains("sim: reboot"), "{}", console().await);
+    o.cloud.sim.inject_failure("reboot", 1);
+    let (kind, after) = run("reboot").await;
+    assert_eq!((kind.as_str(), after["state_sync"]["vm_status"].as_str()), ("reboot_vps", Some("running")), "{after}");
     let r = o.call(Method::POST, &format!("/instances/{id}/explode"), None).await;
     assert_eq!((r.status, &r.body), (StatusCode::NOT_FOUND, &json!({"detail": "Not found."})));
 }

@@ -97,8 +97,14 @@ pub struct InstancePatch {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ActionRequest {
     Start,
+    /// A graceful stop: the guest is asked to power off, and forced after the grace period.
     Stop,
+    /// A stop that pulls the plug at once.
+    PowerOff,
+    /// A reset of the VM.
     Reboot,
+    /// A reboot asked of the guest: powered off gracefully and booted again.
+    SoftReboot,
     /// Reinstalls from the template (a new one if given), wiping the disk.
     Reset {
         template: Option<String>,
@@ -151,8 +157,8 @@ impl ActionRequest {
     pub fn action(&self) -> Action {
         match self {
             ActionRequest::Start => Action::Start,
-            ActionRequest::Stop => Action::Stop,
-            ActionRequest::Reboot => Action::Reboot,
+            ActionRequest::Stop | ActionRequest::PowerOff => Action::Stop,
+            ActionRequest::Reboot | ActionRequest::SoftReboot => Action::Reboot,
             ActionRequest::Reset { .. } => Action::Reset,
             ActionRequest::ScaleTo { restart_if_running: true, .. } => Action::ScaleWithRestart,
             ActionRequest::Scale { .. } | ActionRequest::ScaleTo { .. } => Action::Scale,
@@ -665,6 +671,8 @@ impl Engine {
             ActionRequest::ChangeAntiAffinityGroups { join, leave } => {
                 sagas::anti_affinity::plan(self, ctx, &mut next, join, leave).await?
             }
+            ActionRequest::PowerOff => Planned::of::<sagas::stop::Stop>(&sagas::stop::Params { force: true }),
+            ActionRequest::SoftReboot => Planned::of::<sagas::reboot::Reboot>(&sagas::reboot::Params { soft: true }),
             ActionRequest::Start
             | ActionRequest::Stop
             | ActionRequest::Reboot

@@ -57,6 +57,8 @@ pub use networking::PrivateNetworkSpec;
 pub use reconciler::UnknownHostInstance;
 pub use sagas::import_template::ImportTemplate;
 pub use sagas::promote_snapshot::PromoteRequest;
+pub use sagas::reboot::is_hard_reboot;
+pub use sagas::stop::is_power_off;
 pub use sagas::{CrashHook, CrashPoint, CrashWhen};
 // The store's and the driver's types the API layer names, so that it depends on the engine alone.
 pub use nimbus_driver::InstanceMetrics;

@@ -153,7 +153,7 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
     };
     let shows_asked_status = |i: &Instance| {
         let lock = i.lock_operation_id.and_then(|id| locks.get(&id));
-        statuses.contains(&views::status(i, lock, views::hard_reboot(i, lock)).0)
+        statuses.contains(&views::status(i, lock, views::hard_reboot(lock)).0)
     };
     let keep = |i: &Instance| {
         let tags = all_tags(i);

@@ -5,7 +5,6 @@ use axum::http::Uri;
 use axum::Json;
 use nimbus_core::catalog::Zone;
 use nimbus_core::operation::Operation;
-use nimbus_core::state_machine::Action;
 use nimbus_core::DomainError;
 use nimbus_engine::Context;
 use serde_json::{json, Value};
@@ -22,12 +21,10 @@ const MAX_TASK_PAGE: usize = 1000;
 
 // Tasks: global, not under a project and region; the key's project and this server's zone are theirs.
 
-async fn task_view(app: &AppState, ctx: &Context, zone: &Zone, op: &Operation) -> Value {
-    let hard_reboot = op.kind == Action::Reboot
-        && app.engine.instance(ctx, op.target.id).await.ok().is_some_and(|i| views::hard_reboot(&i, Some(op)));
+fn task_view(app: &AppState, ctx: &Context, zone: &Zone, op: &Operation) -> Value {
     let cidr = app.engine.config().network_cidr.clone();
     let scope = Scope { project_id: ctx.project.numeric_id, zone, network_cidr: &cidr };
-    views::task(op, &scope, hard_reboot)
+    views::task(op, &scope, views::hard_reboot(Some(op)))
 }
 
 pub async fn get(
@@ -39,7 +36,7 @@ pub async fn get(
     let op_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
     let zone = app.engine.zone().await?;
     match app.engine.operation(&ctx, op_id).await {
-        Ok(op) => Ok(Json(task_view(&app, &ctx, &zone, &op).await)),
+        Ok(op) => Ok(Json(task_view(&app, &ctx, &zone, &op))),
         // A security group is made at once; its create task is the group (see `security_groups`).
         Err(DomainError::NotFound { .. }) => match app.engine.security_group(&ctx, op_id).await {
             Ok(group) => {
@@ -89,7 +86,7 @@ pub async fn list(State(app): State<AppState>, GcoreCaller(ctx): GcoreCaller, ur
         .filter(|op| from.is_none_or(|t| op.created_at >= t))
         .filter(|op| to.is_none_or(|t| op.created_at <= t))
     {
-        let v = task_view(&app, &ctx, &zone, op).await;
+        let v = task_view(&app, &ctx, &zone, op);
         if (states.is_empty() || states.contains(&v["state"].as_str().unwrap_or("")))
             && task_type.is_none_or(|t| v["task_type"] == t)
         {

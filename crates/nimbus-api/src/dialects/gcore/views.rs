@@ -149,7 +149,7 @@ pub fn image(t: &Template, scope: &Scope) -> Value {
 }
 
 /// Gcore's `status`, `vm_state` and `task_state` of an instance, from its state and the operation holding
-/// its lock (the Nova convention of the notes, §12). `hard_reboot` marks a reboot asked as `reboot_hard`.
+/// its lock (the Nova convention of the notes, §12). `hard_reboot` marks a reboot that resets the VM.
 pub fn status(
     i: &Instance,
     lock: Option<&Operation>,
@@ -205,11 +205,9 @@ pub fn status(
     }
 }
 
-/// Whether `lock`, the operation holding the instance, is a reboot asked as `reboot_hard`.
-pub fn hard_reboot(i: &Instance, lock: Option<&Operation>) -> bool {
-    lock.is_some_and(|op| {
-        op.kind == Action::Reboot && ext_str(i, "hard_reboot_task") == Some(op.id.to_string().as_str())
-    })
+/// Whether `lock`, the operation holding the instance, is a hard reboot (a reset of the VM).
+pub fn hard_reboot(lock: Option<&Operation>) -> bool {
+    lock.is_some_and(nimbus_engine::is_hard_reboot)
 }
 
 /// The Gcore statuses that stand for each Nimbus state, for the list's `status` filter: what `status()`
@@ -265,7 +263,7 @@ pub struct InstanceContext<'a> {
 
 pub fn instance(i: &Instance, c: &InstanceContext) -> Value {
     let scope = c.scope;
-    let (status, vm_state, task_state) = status(i, c.lock, hard_reboot(i, c.lock));
+    let (status, vm_state, task_state) = status(i, c.lock, hard_reboot(c.lock));
     let interface_name = ext_str(i, "interface_name");
     let addresses: Vec<Value> = i
         .ip_addresses

@@ -580,9 +580,9 @@ pub async fn task(
 }
 
 /// `POST .../instances/{id}/{start|stop|shutdown|reboot|reset}`: ONET's power actions, each answered with its
-/// task (202), pollable like every task. Nimbus's stop asks the guest to power off and forces it after a
-/// grace period, so `stop` and `shutdown` are both it; its reboot is a reset of the VM, so `reboot` and
-/// `reset` are both that.
+/// task (202), pollable like every task. As in the VPS panels ONET's task names come from, `shutdown` asks
+/// the guest to power off (forced after a grace period) and `stop` cuts the power at once; `reboot` asks the
+/// guest to reboot and `reset` resets the VM.
 pub async fn power(
     State(app): State<AppState>,
     OnetCaller(ctx): OnetCaller,
@@ -592,8 +592,10 @@ pub async fn power(
     let id = instance_id(&id)?;
     let (request, verb) = match action.as_str() {
         "start" => (ActionRequest::Start, "started"),
-        "stop" | "shutdown" => (ActionRequest::Stop, "stopped"),
-        "reboot" | "reset" => (ActionRequest::Reboot, "rebooted"),
+        "shutdown" => (ActionRequest::Stop, "shut down"),
+        "stop" => (ActionRequest::PowerOff, "stopped"),
+        "reboot" => (ActionRequest::SoftReboot, "rebooted"),
+        "reset" => (ActionRequest::Reboot, "reset"),
         _ => return Err(OnetError::not_found()),
     };
     let instance = app.engine.instance(&ctx, id).await?;
