@@ -402,21 +402,47 @@ pub(crate) fn driver_err(e: nimbus_driver::DriverError) -> DomainError {
     }
 }
 
-/// Opaque page tokens: the last id of the previous page, so any server can serve the next one.
+/// Opaque page tokens: a version, then the last id of the previous page (listings page in id order), so any
+/// server can serve the next page and a later Nimbus can change what a token carries without misreading an
+/// older one.
 pub mod page_token {
     use base64::Engine as _;
     use uuid::Uuid;
 
+    /// What tokens of this version carry: the last id of the previous page.
+    const VERSION: u8 = 1;
+
     pub fn encode(last: Uuid) -> String {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last.as_bytes())
+        let mut bytes = vec![VERSION];
+        bytes.extend_from_slice(last.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     }
 
     pub fn decode(token: &str) -> crate::Result<Uuid> {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(token)
-            .ok()
-            .and_then(|b| Uuid::from_slice(&b).ok())
-            .ok_or_else(|| nimbus_core::DomainError::invalid("page_token", "not a token this server issued"))
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok();
+        let id = match bytes.as_deref() {
+            Some([VERSION, id @ ..]) if id.len() == 16 => Uuid::from_slice(id).ok(),
+            // Tokens handed out before tokens had a version: the bare id (16 bytes, never 17).
+            Some(id) if id.len() == 16 => Uuid::from_slice(id).ok(),
+            _ => None,
+        };
+        id.ok_or_else(|| nimbus_core::DomainError::invalid("page_token", "not a token this server issued"))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn tokens_carry_their_version_and_older_bare_ids_still_read() {
+            let id = Uuid::now_v7();
+            assert_eq!(decode(&encode(id)).unwrap(), id);
+            let bare = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.as_bytes());
+            assert_eq!(decode(&bare).unwrap(), id);
+            let future =
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([[2u8].as_slice(), id.as_bytes()].concat());
+            assert!(decode(&future).is_err() && decode("not a token").is_err());
+        }
     }
 }
 
