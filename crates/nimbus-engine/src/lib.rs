@@ -111,6 +111,10 @@ pub struct EngineConfig {
     /// bookkeeping (which project holds which address, attached to which instances) and routes nothing:
     /// the default is TEST-NET-2 (RFC 5737), which is never routed, so nobody mistakes it for reachable.
     pub elastic_ip_cidr: String,
+    /// The prefix instances take IPv6 addresses from where a provider enables IPv6 (Exoscale's
+    /// `public-ip-assignment: dual`). Bookkeeping only, like elastic IPs: the default is the documentation
+    /// prefix (RFC 3849), never routed.
+    pub ipv6_prefix: String,
     /// How long a stop waits for the guest to power off before forcing it.
     pub stop_grace: Duration,
     /// Operations run at once.
@@ -165,6 +169,7 @@ impl Default for EngineConfig {
             deleted_retention: Duration::from_secs(24 * 3600),
             network_cidr: "10.213.0.0/24".into(),
             elastic_ip_cidr: "198.51.100.0/24".into(),
+            ipv6_prefix: "2001:db8::/64".into(),
             stop_grace: Duration::from_secs(30),
             workers: 16,
             reconcile_every: Duration::from_secs(5),
@@ -221,6 +226,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("zone", &self.zone)
             .field("network_cidr", &self.network_cidr)
             .field("elastic_ip_cidr", &self.elastic_ip_cidr)
+            .field("ipv6_prefix", &self.ipv6_prefix)
             .field("stop_grace", &self.stop_grace)
             .field("workers", &self.workers)
             .field("reconcile_every", &self.reconcile_every)
@@ -271,6 +277,7 @@ impl Engine {
         config: EngineConfig,
     ) -> Result<Arc<Engine>> {
         network::check_elastic_ip_pool(&config.network_cidr, &config.elastic_ip_cidr)?;
+        network::Ipv6Prefix::parse(&config.ipv6_prefix)?;
         let throttle = throttle::Throttle::new(config.attempt_limits);
         let engine = Arc::new(Engine {
             store,
@@ -351,6 +358,13 @@ impl Engine {
                 gpus: Default::default(),
             },
         }
+    }
+
+    /// The IPv6 address an instance shows where its provider enables IPv6 (see `EngineConfig::ipv6_prefix`).
+    pub fn ipv6_address(&self, instance: uuid::Uuid) -> std::net::Ipv6Addr {
+        // Checked when the engine started.
+        let prefix = network::Ipv6Prefix::parse(&self.config.ipv6_prefix).expect("the IPv6 prefix was checked");
+        prefix.address_of(instance)
     }
 
     pub fn config(&self) -> &EngineConfig {
