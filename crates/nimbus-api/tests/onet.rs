@@ -672,3 +672,42 @@ async fn names_are_any_text_and_the_hostname_is_derived_from_them() {
     assert_eq!((r.status, r.body["name"].as_str()), (StatusCode::OK, Some("-Web (staging)")), "{}", r.text);
     assert_eq!(r.body["hostname"], "serveur-de-prod-n-1", "a rename keeps the hostname");
 }
+
+/// An instance's console: `POST .../console` opens a session whose URL is the serial console's websocket,
+/// usable without the API token; `GET .../console/{session_id}` shows it again; a stopped instance has none.
+#[tokio::test]
+async fn a_console_session_opens_the_serial_console() {
+    let o = Onet::new().await;
+    let i = o.running("console-1", json!({})).await;
+    let id = i["id"].as_str().unwrap().to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = o.cloud.app.clone();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let path = format!("{}/instances/{id}/console", o.base());
+    let req = Request::post(&path)
+        .header("host", addr.to_string())
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(Body::empty())
+        .unwrap();
+    let r = o.cloud.send(req).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let url = r.body["url"].as_str().unwrap().to_string();
+    assert!(url.starts_with(&format!("ws://{addr}/v1/instances/{id}/console/stream?ticket=")), "{url}");
+    let session = r.body["id"].as_str().unwrap();
+    let req = Request::get(format!("{path}/{session}"))
+        .header("host", addr.to_string())
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(Body::empty())
+        .unwrap();
+    let again = o.cloud.send(req).await;
+    assert_eq!((again.status, again.body["url"].as_str()), (StatusCode::OK, Some(url.as_str())), "{}", again.text);
+    let (mut socket, response) = tokio_tungstenite::connect_async(&url).await.expect("the session's URL opens");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    socket.close(None).await.ok();
+
+    o.cloud.act(ADMIN, &id, "stop", None).await;
+    let r = o.call(Method::POST, &format!("/instances/{id}/console"), None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert!(r.body["detail"].as_str().is_some_and(|d| d.contains("stopped")), "{}", r.text);
+}

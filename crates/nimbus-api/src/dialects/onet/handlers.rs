@@ -609,6 +609,46 @@ pub async fn power(
     Ok((StatusCode::ACCEPTED, Json(task)).into_response())
 }
 
+/// `POST .../instances/{id}/console`: a console session of a running instance, whose `url` opens its serial
+/// console (the native console websocket with a single-use ticket: no API token needed, valid for a minute
+/// to connect). The session's id is the ticket, so `GET .../console/{session_id}` shows it again.
+pub async fn open_console(
+    State(app): State<AppState>,
+    OnetCaller(ctx): OnetCaller,
+    Path((org, project, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> OnetResult<Response> {
+    tenancy(&ctx, &org, &project)?;
+    let ticket = app.engine.console_ticket(&ctx, instance_id(&id)?).await.map_err(|e| match e {
+        DomainError::InvalidState { state, .. } => OnetError::detail(
+            StatusCode::BAD_REQUEST,
+            format!("The console is available while the instance runs; it is {state}."),
+        ),
+        other => other.into(),
+    })?;
+    let url = crate::native::instances::console_url(&headers, &ticket).url;
+    let session = views::console_session(&ticket.token, ticket.instance_id, &url, Some(ticket.expires_at));
+    Ok((StatusCode::CREATED, Json(session)).into_response())
+}
+
+/// `GET .../instances/{id}/console/{session_id}`: the session again (its ticket is checked when the URL is
+/// opened, not here).
+pub async fn console(
+    State(app): State<AppState>,
+    OnetCaller(ctx): OnetCaller,
+    Path((org, project, id, session)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> OnetResult<Json<Value>> {
+    tenancy(&ctx, &org, &project)?;
+    let instance = app.engine.instance(&ctx, instance_id(&id)?).await?;
+    // Only URL-safe characters go into the URL, as in the tokens the engine makes.
+    if !session.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        return Err(OnetError::not_found());
+    }
+    let url = crate::native::instances::console_url_of(&headers, instance.id, &session).url;
+    Ok(Json(views::console_session(&session, instance.id, &url, None)))
+}
+
 /// `GET .../instances/{id}/tasks/{task_id}`: a task of that instance.
 pub async fn instance_task(
     State(app): State<AppState>,
