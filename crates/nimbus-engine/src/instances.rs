@@ -619,6 +619,29 @@ impl Engine {
         }
     }
 
+    /// Makes the instance run (`running`) or stop, unless it already does or is on its way there: for the
+    /// providers whose start and stop change nothing when asked twice. Waits for the lock like
+    /// [`Engine::act_when_free`]; `None` when nothing needed doing.
+    pub async fn power_to(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        running: bool,
+        wait: std::time::Duration,
+    ) -> Result<Option<Operation>> {
+        let current = self.instance(ctx, id).await?;
+        let already = if running {
+            matches!(current.state, InstanceState::Running | InstanceState::Starting)
+        } else {
+            matches!(current.state, InstanceState::Stopped | InstanceState::Stopping)
+        };
+        if already {
+            return Ok(None);
+        }
+        let req = if running { ActionRequest::Start } else { ActionRequest::Stop };
+        self.act_when_free(ctx, id, req, wait).await.map(Some)
+    }
+
     async fn plan_action(
         &self,
         ctx: &Context,

@@ -445,16 +445,8 @@ pub async fn delete(
 /// `status` 1. Asking for the state it is already in (or heading to) changes nothing.
 async fn run_state(app: AppState, ctx: Context, uuid: String, start: bool) -> ScResult<Json<Value>> {
     let id = instance_id(&uuid)?;
-    let current = live_instance(&app, &ctx, id).await?;
-    let already = if start {
-        matches!(current.state, InstanceState::Running | InstanceState::Starting)
-    } else {
-        matches!(current.state, InstanceState::Stopped | InstanceState::Stopping)
-    };
-    if !already {
-        let req = if start { ActionRequest::Start } else { ActionRequest::Stop };
-        app.engine.act_when_free(&ctx, id, req, SETTLE).await?;
-    }
+    live_instance(&app, &ctx, id).await?;
+    app.engine.power_to(&ctx, id, start, SETTLE).await?;
     let i = app.engine.instance(&ctx, id).await?;
     Ok(Json(render(&app, &i).await?))
 }
