@@ -633,3 +633,71 @@ async fn a_soft_reboot_asks_the_guest_and_a_hard_one_resets_the_vm() {
     let g = gcore(&c, Method::GET, &format!("{}/{id}", base(&c, ADMIN, "v1").await), ADMIN, None).await.body;
     assert_eq!(g["status"], "ACTIVE", "{g}");
 }
+
+/// The task of a change made at once, FINISHED when answered.
+async fn finished(c: &Cloud, r: &Reply) -> Value {
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let path = format!("/cloud/v1/tasks/{}", r.body["tasks"][0].as_str().unwrap());
+    let t = gcore(c, Method::GET, &path, ADMIN, None).await;
+    assert_eq!(t.body["state"], "FINISHED", "{}", t.text);
+    t.body
+}
+
+/// Floating IPs are the core's elastic IPs, from the operator's pool: made (on a port or not), assigned to an
+/// instance's port and unassigned, listed with their instance, deleted only once unassigned.
+#[tokio::test]
+async fn floating_ips_are_elastic_ips_assigned_to_an_instances_port() {
+    let c = Cloud::new().await;
+    let (id, _) = create(&c, ADMIN, "fip-holder", json!({})).await;
+    let interfaces =
+        gcore(&c, Method::GET, &format!("{}/{id}/interfaces", base(&c, ADMIN, "v1").await), ADMIN, None).await;
+    assert_eq!(interfaces.status, StatusCode::OK, "{}", interfaces.text);
+    let port = interfaces.body["results"][0]["port_id"].as_str().unwrap().to_string();
+    let fips = base(&c, ADMIN, "v1").await.replace("/instances/", "/floatingips/");
+
+    let r = gcore(&c, Method::POST, &fips, ADMIN, Some(json!({"tags": {"env": "prod"}}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let t = finished(&c, &r).await;
+    let fip = t["created_resources"]["floatingips"][0].as_str().unwrap().to_string();
+    let one = format!("{fips}/{fip}");
+    let f = gcore(&c, Method::GET, &one, ADMIN, None).await.body;
+    assert_eq!(
+        (f["status"].as_str(), &f["port_id"], &f["fixed_ip_address"]),
+        (Some("DOWN"), &Value::Null, &Value::Null)
+    );
+    assert_eq!(f["tags"], json!([{"key": "env", "value": "prod", "read_only": false}]));
+    let address = f["floating_ip_address"].as_str().unwrap().to_string();
+    assert!(address.starts_with("198.51.100."), "from the operator's pool: {address}");
+
+    let r = gcore(&c, Method::POST, &format!("{one}/assign"), ADMIN, Some(json!({"port_id": port}))).await;
+    assert_eq!(
+        (r.status, r.body["status"].as_str(), r.body["port_id"].as_str()),
+        (StatusCode::OK, Some("ACTIVE"), Some(port.as_str())),
+        "{}",
+        r.text
+    );
+    let native = c.get("/v1/instances", ADMIN).await.body["items"][0]["ip_addresses"][0].clone();
+    assert_eq!(r.body["fixed_ip_address"], native);
+    let listed = gcore(&c, Method::GET, &fips, ADMIN, None).await.body;
+    assert_eq!(listed["count"], 1, "{listed}");
+    assert_eq!(listed["results"][0]["instance"]["id"], id.as_str(), "{listed}");
+    // Deleting an assigned address is refused; unassigned, it goes back to the pool.
+    let r = gcore(&c, Method::DELETE, &one, ADMIN, None).await;
+    assert!(r.status.is_client_error(), "{}", r.text);
+    let r = gcore(&c, Method::POST, &format!("{one}/unassign"), ADMIN, None).await;
+    assert_eq!((r.status, r.body["status"].as_str()), (StatusCode::OK, Some("DOWN")), "{}", r.text);
+    let r = gcore(&c, Method::DELETE, &one, ADMIN, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_gcore_error(&gcore(&c, Method::GET, &one, ADMIN, None).await, StatusCode::NOT_FOUND, "NotFoundError");
+
+    // Made on a port, it is assigned at once; an unknown port makes nothing.
+    let r =
+        gcore(&c, Method::POST, &fips, ADMIN, Some(json!({"port_id": "00000000-0000-0000-0000-000000000000"}))).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    assert_eq!(gcore(&c, Method::GET, &fips, ADMIN, None).await.body["count"], 0);
+    let r = gcore(&c, Method::POST, &fips, ADMIN, Some(json!({"port_id": port}))).await;
+    let t = finished(&c, &r).await;
+    let fip = t["created_resources"]["floatingips"][0].as_str().unwrap();
+    let f = gcore(&c, Method::GET, &format!("{fips}/{fip}"), ADMIN, None).await.body;
+    assert_eq!((f["status"].as_str(), f["port_id"].as_str()), (Some("ACTIVE"), Some(port.as_str())), "{f}");
+}
