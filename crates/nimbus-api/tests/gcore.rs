@@ -701,3 +701,36 @@ async fn floating_ips_are_elastic_ips_assigned_to_an_instances_port() {
     let f = gcore(&c, Method::GET, &format!("{fips}/{fip}"), ADMIN, None).await.body;
     assert_eq!((f["status"].as_str(), f["port_id"].as_str()), (Some("ACTIVE"), Some(port.as_str())), "{f}");
 }
+
+/// The task list: offset and limit over the count of all that match, oldest or newest first, by state and
+/// by task type.
+#[tokio::test]
+async fn the_task_list_pages_by_offset_with_filters() {
+    let c = Cloud::new().await;
+    let (id, create_task) = create(&c, ADMIN, "tasked", json!({})).await;
+    let path = format!("{}/{id}/action", base(&c, ADMIN, "v2").await);
+    let mut ids = vec![create_task];
+    for action in ["stop", "start", "reboot_hard"] {
+        let r = gcore(&c, Method::POST, &path, ADMIN, Some(json!({ "action": action }))).await;
+        let t = task(&c, ADMIN, r.body["tasks"][0].as_str().unwrap()).await;
+        ids.push(t["id"].as_str().unwrap().to_string());
+    }
+    let list = |query: &str| {
+        let path = format!("/cloud/v1/tasks?{query}");
+        let c = &c;
+        async move {
+            let r = gcore(c, Method::GET, &path, ADMIN, None).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            let ids: Vec<String> =
+                r.body["results"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+            (r.body["count"].as_u64().unwrap(), ids)
+        }
+    };
+    assert_eq!(list("limit=2").await, (4, ids[..2].to_vec()));
+    assert_eq!(list("limit=2&offset=1&order_by=desc").await, (4, vec![ids[2].clone(), ids[1].clone()]));
+    assert_eq!(list("state=FINISHED&offset=3").await, (4, vec![ids[3].clone()]));
+    assert_eq!(list("state=ERROR").await, (0, vec![]));
+    assert_eq!(list("task_type=hard_reboot_vm").await, (1, vec![ids[3].clone()]));
+    assert_eq!(list("state=FINISHED&task_type=stop_vm&limit=5").await, (1, vec![ids[1].clone()]));
+    assert_eq!(list("region_id=999").await, (0, vec![]));
+}

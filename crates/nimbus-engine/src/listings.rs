@@ -1,5 +1,6 @@
-//! Numbered pages of instances, for the providers whose lists are paged by position rather than by cursor
-//! (ONET's DRF `?page=`, Gcore's `?offset=&limit=`): one window of a listing and the count of all of it.
+//! Numbered pages of instances and operations, for the providers whose lists are paged by position rather
+//! than by cursor (ONET's DRF `?page=`, Gcore's `?offset=&limit=`): one window of a listing and the count of
+//! all of it.
 //!
 //! What the store can choose by (states, a part of the name, the order) it chooses by, and then the window
 //! and the count are the store's `LIMIT/OFFSET` and `COUNT`: nothing is loaded but the page. Conditions the
@@ -8,7 +9,7 @@
 //! however many instances there are (the count still costs a read of the candidates).
 
 use nimbus_core::instance::{Instance, InstanceState};
-use nimbus_core::operation::Operation;
+use nimbus_core::operation::{Operation, OperationState};
 use nimbus_store::{InstanceQuery, OperationQuery};
 
 use crate::instances::MAX_PAGE;
@@ -27,6 +28,17 @@ pub struct InstanceWindow {
     pub with_destroyed: bool,
     pub order: InstanceOrder,
     /// How many to skip.
+    pub offset: u64,
+    /// At most this many (`None`: all from the offset on).
+    pub limit: Option<u32>,
+}
+
+/// Which operations of the caller's project, in which order, and which window of them.
+#[derive(Debug, Clone, Default)]
+pub struct OperationWindow {
+    /// Any of these states (empty: any).
+    pub states: Vec<OperationState>,
+    pub newest_first: bool,
     pub offset: u64,
     /// At most this many (`None`: all from the offset on).
     pub limit: Option<u32>,
@@ -95,6 +107,60 @@ impl Engine {
             order: window.order,
             ..Default::default()
         }
+    }
+
+    /// One window of the caller's project's operations that `keep` keeps too (conditions the store has no
+    /// column for, checked while reading the listing one store page at a time), and their count.
+    pub async fn operation_window_where(
+        &self,
+        ctx: &Context,
+        window: &OperationWindow,
+        keep: impl Fn(&Operation) -> bool,
+    ) -> Result<NumberedPage<Operation>> {
+        let query = OperationQuery {
+            project_id: Some(ctx.project.id),
+            states: window.states.clone(),
+            newest_first: window.newest_first,
+            ..Default::default()
+        };
+        let end = window.limit.map_or(u64::MAX, |l| window.offset.saturating_add(l.into()));
+        let (mut count, mut read, mut items) = (0u64, 0u32, Vec::new());
+        loop {
+            let batch = self
+                .store
+                .list_operations(&OperationQuery { offset: read, limit: MAX_PAGE, ..query.clone() })
+                .await
+                .map_err(store_err)?;
+            let exhausted = batch.len() < MAX_PAGE as usize;
+            read = read.saturating_add(MAX_PAGE);
+            for op in batch.into_iter().filter(|op| keep(op)) {
+                if (window.offset..end).contains(&count) {
+                    items.push(op);
+                }
+                count += 1;
+            }
+            if exhausted {
+                return Ok(NumberedPage { count, items });
+            }
+        }
+    }
+
+    /// Like [`Engine::operation_window_where`] with nothing but what the store chooses by: one window and
+    /// the count, both from the store.
+    pub async fn operation_window(&self, ctx: &Context, window: &OperationWindow) -> Result<NumberedPage<Operation>> {
+        let query = OperationQuery {
+            project_id: Some(ctx.project.id),
+            states: window.states.clone(),
+            newest_first: window.newest_first,
+            ..Default::default()
+        };
+        let count = self.store.count_operations(&query).await.map_err(store_err)?;
+        let Ok(offset) = u32::try_from(window.offset) else {
+            return Ok(NumberedPage { count, items: Vec::new() });
+        };
+        let limit = window.limit.unwrap_or(0);
+        let items = self.store.list_operations(&OperationQuery { offset, limit, ..query }).await.map_err(store_err)?;
+        Ok(NumberedPage { count, items })
     }
 
     /// The caller's project's operations still pending or running: the holders of its instances' locks,

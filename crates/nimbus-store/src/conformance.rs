@@ -748,6 +748,29 @@ pub async fn a_finished_operation_is_never_claimed_again(store: &dyn Store) {
     assert!(store.list_operations(&unfinished).await.unwrap().is_empty());
 }
 
+/// Numbered pages of operations: states, newest first, an offset, and the count of all that match.
+pub async fn operations_page_by_offset_newest_first_with_a_count(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let mut ids = Vec::new();
+    for state in [OperationState::Success, OperationState::Failure, OperationState::Pending, OperationState::Success] {
+        let mut op = operation(p.id);
+        op.state = state;
+        insert_operation(store, &op).await;
+        ids.push(op.id);
+    }
+    insert_operation(store, &operation(project(store, Quota::default()).await.id)).await;
+    let ids_of = |v: Vec<Operation>| v.iter().map(|o| o.id).collect::<Vec<_>>();
+    let all = OperationQuery { project_id: Some(p.id), ..Default::default() };
+    assert_eq!(store.count_operations(&all).await.unwrap(), 4);
+    let newest = OperationQuery { newest_first: true, offset: 1, limit: 2, ..all.clone() };
+    assert_eq!(ids_of(store.list_operations(&newest).await.unwrap()), [ids[2], ids[1]]);
+    let done = OperationQuery { states: vec![OperationState::Success, OperationState::Failure], ..all.clone() };
+    assert_eq!(ids_of(store.list_operations(&done).await.unwrap()), [ids[0], ids[1], ids[3]]);
+    assert_eq!(store.count_operations(&OperationQuery { offset: 2, limit: 1, ..done.clone() }).await.unwrap(), 3);
+    let skipped = OperationQuery { offset: 2, ..done };
+    assert_eq!(ids_of(store.list_operations(&skipped).await.unwrap()), [ids[3]], "an offset without a limit");
+}
+
 pub async fn racing_workers_never_share_an_operation(store: Arc<dyn Store>) {
     let p = project(&*store, Quota::default()).await;
     let mut ids = Vec::new();
@@ -1133,6 +1156,7 @@ macro_rules! conformance_tests {
             quota_is_enforced_inside_the_transaction,
             instances_page_by_id_within_a_project,
             instances_page_by_offset_in_any_order_with_a_count,
+            operations_page_by_offset_newest_first_with_a_count,
             destroyed_records_are_kept_out_of_sight_until_asked_for,
             instances_are_numbered_once_and_never_reuse_a_number,
             a_restarted_server_takes_back_every_lease_its_claims_held,

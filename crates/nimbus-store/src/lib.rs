@@ -21,7 +21,7 @@ use nimbus_core::catalog::Zone;
 use nimbus_core::event::Event;
 use nimbus_core::host::{Allocation, Capacity, Host};
 use nimbus_core::instance::{Instance, InstanceState};
-use nimbus_core::operation::Operation;
+use nimbus_core::operation::{Operation, OperationState};
 use nimbus_core::tenancy::{ApiKey, Organization, Project, Quota, Usage};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -258,7 +258,14 @@ pub struct OperationQuery {
     pub target_id: Option<Uuid>,
     /// Only operations not yet finished (pending or running).
     pub unfinished: bool,
+    /// In any of these states (empty: any).
+    pub states: Vec<OperationState>,
+    /// Keyset pagination, oldest first: only ids greater than this one.
     pub after: Option<Uuid>,
+    /// Newest first instead of oldest first (ids are time-ordered).
+    pub newest_first: bool,
+    /// Offset pagination, for the providers whose pages are numbered: skips this many.
+    pub offset: u32,
     /// At most this many (0: all).
     pub limit: u32,
 }
@@ -424,8 +431,11 @@ pub trait Store: Send + Sync + 'static {
     /// `limit` are not looked at): the count a numbered page shows.
     async fn count_instances(&self, query: &InstanceQuery) -> StoreResult<u64>;
     async fn get_operation(&self, id: Uuid) -> StoreResult<Option<Operation>>;
-    /// In id order (ids are time-ordered UUIDv7: oldest first).
+    /// In id order (ids are time-ordered UUIDv7: oldest first), or newest first when the query says so.
     async fn list_operations(&self, query: &OperationQuery) -> StoreResult<Vec<Operation>>;
+    /// How many operations `list_operations` would list without paging (`after`, `offset` and `limit` are
+    /// not looked at).
+    async fn count_operations(&self, query: &OperationQuery) -> StoreResult<u64>;
 
     /// Applies every write or none; see [`WriteSet`].
     async fn apply(&self, set: WriteSet) -> StoreResult<()>;

@@ -263,6 +263,9 @@ impl Store for FaultyStore {
     async fn list_operations(&self, query: &OperationQuery) -> StoreResult<Vec<Operation>> {
         self.inner.list_operations(query).await
     }
+    async fn count_operations(&self, query: &OperationQuery) -> StoreResult<u64> {
+        self.inner.count_operations(query).await
+    }
     async fn apply(&self, set: WriteSet) -> StoreResult<()> {
         self.check("apply")?;
         self.inner.apply(set).await

@@ -406,18 +406,6 @@ impl SqlStore {
         row.map(|r| body_of(what, &r)).transpose()
     }
 
-    /// The JSON documents of a `SELECT body ... WHERE ...`, in id order, at most `limit` (0: all).
-    async fn documents<T: for<'de> serde::Deserialize<'de>>(
-        &self,
-        what: &str,
-        mut sql: Filtered,
-        limit: u32,
-    ) -> StoreResult<Vec<T>> {
-        sql.push(" ORDER BY id").limit(limit);
-        let rows = sql.query().fetch_all(&self.pool).await.map_err(self.fail(what))?;
-        rows.iter().map(|r| body_of(what, r)).collect()
-    }
-
     /// `select` with the conditions of `q` that choose instances (not those that page them).
     fn instances_matching(&self, select: &str, q: &InstanceQuery) -> Filtered {
         let mut sql = Filtered::new(select);
@@ -455,6 +443,24 @@ impl SqlStore {
         let row = query(sql, vec![key]).fetch_optional(&self.pool).await.map_err(self.fail("reading a project"))?;
         row.as_ref().map(project_from_row).transpose()
     }
+}
+
+/// `select` with the conditions of `q` that choose operations (not those that page them).
+fn operations_matching(select: &str, q: &OperationQuery) -> Filtered {
+    let mut sql = Filtered::new(select);
+    if let Some(p) = q.project_id {
+        sql.and("project_id = ", p);
+    }
+    if let Some(t) = q.target_id {
+        sql.and("target_id = ", t);
+    }
+    if q.unfinished {
+        sql.push(" AND state IN ('pending', 'running')");
+    }
+    if !q.states.is_empty() {
+        sql.any_of("state", q.states.iter().map(|s| Arg::from(s.as_str())));
+    }
+    sql
 }
 
 async fn set_pragmas(conn: &mut AnyConnection, in_memory: bool) -> Result<(), sqlx::Error> {
@@ -700,20 +706,19 @@ impl Store for SqlStore {
     }
 
     async fn list_operations(&self, q: &OperationQuery) -> StoreResult<Vec<Operation>> {
-        let mut sql = Filtered::new("SELECT body FROM operations WHERE 1=1");
-        if let Some(p) = q.project_id {
-            sql.and("project_id = ", p);
-        }
-        if let Some(t) = q.target_id {
-            sql.and("target_id = ", t);
-        }
-        if q.unfinished {
-            sql.push(" AND state IN ('pending', 'running')");
-        }
+        let mut sql = operations_matching("SELECT body FROM operations WHERE 1=1", q);
         if let Some(a) = q.after {
             sql.and("id > ", a);
         }
-        self.documents("operation", sql, q.limit).await
+        sql.push(if q.newest_first { " ORDER BY id DESC" } else { " ORDER BY id" }).window(q.limit, q.offset);
+        let rows = sql.query().fetch_all(&self.pool).await.map_err(self.fail("operation"))?;
+        rows.iter().map(|r| body_of("operation", r)).collect()
+    }
+
+    async fn count_operations(&self, q: &OperationQuery) -> StoreResult<u64> {
+        let sql = operations_matching("SELECT COUNT(*) AS n FROM operations WHERE 1=1", q);
+        let row = sql.query().fetch_one(&self.pool).await.map_err(self.fail("counting operations"))?;
+        Ok(u64::try_from(column::<i64>(&row, "n")?).unwrap_or(0))
     }
 
     async fn apply(&self, set: WriteSet) -> StoreResult<()> {

@@ -610,14 +610,30 @@ fn task_with_scope(mut task: Value, scope: &Scope) -> Value {
     task
 }
 
-/// An operation as Gcore's Task.
-pub fn task(op: &Operation, scope: &Scope, hard_reboot: bool) -> Value {
-    let state = match op.state {
+/// The state of the task an operation is.
+fn task_state(state: OperationState) -> &'static str {
+    match state {
         OperationState::Pending => "NEW",
         OperationState::Running => "RUNNING",
         OperationState::Success => "FINISHED",
         OperationState::Failure | OperationState::Timeout | OperationState::Cancelled => "ERROR",
-    };
+    }
+}
+
+/// The operation states a task state stands for (none for a state Gcore does not have).
+pub fn operation_states(task_state: &str) -> &'static [OperationState] {
+    match task_state {
+        "NEW" => &[OperationState::Pending],
+        "RUNNING" => &[OperationState::Running],
+        "FINISHED" => &[OperationState::Success],
+        "ERROR" => &[OperationState::Failure, OperationState::Timeout, OperationState::Cancelled],
+        _ => &[],
+    }
+}
+
+/// An operation as Gcore's Task.
+pub fn task(op: &Operation, scope: &Scope, hard_reboot: bool) -> Value {
+    let state = task_state(op.state);
     let mut resources = created_resources("instances", &[]);
     if op.kind == Action::Create {
         resources = created_resources("instances", &[op.target.id]);
