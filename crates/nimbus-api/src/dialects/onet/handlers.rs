@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -30,16 +29,7 @@ const MAX_NAME: usize = 255;
 const MAX_HOSTNAME: usize = 255;
 const MAX_OS_NAME: usize = 100;
 
-/// A caller authenticated by `Authorization: Bearer <secret>`.
-pub struct OnetCaller(pub Context);
-
-impl FromRequestParts<AppState> for OnetCaller {
-    type Rejection = OnetError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        crate::dialects::common::caller(parts, state, "Bearer").await.map(OnetCaller)
-    }
-}
+crate::dialects::common::key_caller!(OnetCaller, OnetError, "Bearer");
 
 /// The path's organization and project must be the key's: any other looks like nothing at all.
 fn tenancy(ctx: &Context, organization_id: &str, project_id: &str) -> OnetResult<()> {

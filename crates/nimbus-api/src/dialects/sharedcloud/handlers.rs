@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -36,16 +35,7 @@ const MAX_NAME: usize = 255;
 /// deletes or changes what it has just created.
 const SETTLE: Duration = Duration::from_secs(60);
 
-/// A caller authenticated by `Authorization: Token <secret>`.
-pub struct ScCaller(pub Context);
-
-impl FromRequestParts<AppState> for ScCaller {
-    type Rejection = ScError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        crate::dialects::common::caller(parts, state, "Token").await.map(ScCaller)
-    }
-}
+crate::dialects::common::key_caller!(ScCaller, ScError, "Token");
 
 /// Reads a body the way DRF's default parsers do: form-encoded (what `sharedcloud-cli` sends) or JSON,
 /// into one object. Form values are strings; a repeated key keeps its last value.
