@@ -312,4 +312,9 @@ async fn dual_assignment_gives_an_ipv6_address_from_the_operators_prefix() {
     assert_eq!(instance(&c, &dual).await["ipv6-address"], i["ipv6-address"]);
     let inet4 = create_like_exo_cli(&c, "inet4", json!({})).await;
     assert!(instance(&c, &inet4).await.get("ipv6-address").is_none());
+    // Found by its IPv6 address, as by its IPv4 one.
+    let v6 = i["ipv6-address"].as_str().unwrap();
+    let r = exo(&c, Method::GET, &format!("/v2/instance?ip-address={v6}"), None).await;
+    let found: Vec<&str> = r.body["instances"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!(found, [dual.as_str()], "{}", r.text);
 }

@@ -254,10 +254,12 @@ pub async fn list(State(app): State<AppState>, signed: Signed) -> ExoResult<Json
         None => None,
     };
     let renderer = Renderer::new(&app, ctx).await?;
-    // An instance is found by its own address or by an elastic IP attached to it (`exo compute elastic-ip
-    // show` looks the holder of an elastic IP up so).
+    // An instance is found by its own address, its IPv6 one, or an elastic IP attached to it (`exo compute
+    // elastic-ip show` looks the holder of an elastic IP up so).
     let has_address = |i: &Instance, ip: &String| {
         i.ip_addresses.contains(ip)
+            || (views::ext_str(i, "public-ip-assignment") == Some("dual")
+                && ip.parse() == Ok(app.engine.ipv6_address(i.id)))
             || renderer.elastic_ips.iter().any(|e| e.ip.to_string() == *ip && e.instances.contains(&i.id))
     };
     let mut items = Vec::new();
