@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
-use nimbus_core::instance::Instance;
+use nimbus_core::instance::{Instance, InstanceState};
 use nimbus_core::labels::Labels;
 use nimbus_core::operation::Operation;
 use nimbus_core::state_machine::Action;
@@ -120,9 +120,15 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
         other => return Err(GcoreError::field("order_by", format!("Unknown ordering {other:?}"))),
     };
     // The store chooses by name, by the states that can show the statuses asked for, and orders; what it
-    // has no column for is checked while the listing is read.
+    // has no column for is checked while the listing is read. Deleted instances are gone for Gcore, as its
+    // GET says (404), even where their records are kept.
     let window = InstanceWindow {
-        states: statuses.iter().flat_map(|s| views::states_for_status(s)).copied().collect(),
+        states: statuses
+            .iter()
+            .flat_map(|s| views::states_for_status(s))
+            .copied()
+            .filter(|s| *s != InstanceState::Destroyed)
+            .collect(),
         name_contains: query_one(&q, "name").map(str::to_string),
         order,
         offset,
