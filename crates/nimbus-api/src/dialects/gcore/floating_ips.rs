@@ -9,6 +9,7 @@ use axum::http::Uri;
 use axum::Json;
 use nimbus_core::instance::Instance;
 use nimbus_core::networking::ElasticIp;
+use nimbus_engine::InstanceWindow;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -53,14 +54,12 @@ async fn find_floating_ip(app: &AppState, r: &Region, id: &str) -> GcoreResult<E
     found("Floating IP", id, |id| app.engine.elastic_ip(&r.ctx, id)).await
 }
 
-/// The instance whose port `port_id` names.
+/// The instance whose port `port_id` names (a port's id is derived from its instance's, so it is looked for).
 async fn instance_of_port(app: &AppState, r: &Region, port_id: &str) -> GcoreResult<Instance> {
     let port = Uuid::parse_str(port_id).ok();
-    let instances = app.engine.all_instances(&r.ctx).await?;
-    instances
-        .into_iter()
-        .find(|i| Some(views::port_id(i)) == port)
-        .ok_or_else(|| GcoreError::not_found(format!("Port {port_id} could not be found")))
+    let first = InstanceWindow { limit: Some(1), ..Default::default() };
+    let found = app.engine.instance_window_where(&r.ctx, &first, |i| Some(views::port_id(i)) == port).await?;
+    found.items.into_iter().next().ok_or_else(|| GcoreError::not_found(format!("Port {port_id} could not be found")))
 }
 
 /// `port_id` (required or not) and `fixed_ip_address`, which must be the port's own address when given.
