@@ -599,6 +599,7 @@ async fn the_list_pages_by_offset_in_any_order_with_filters() {
     assert_eq!(list(&format!("{prod}&status=ACTIVE&limit=1")).await, (2, vec!["web-b".into()]));
     assert_eq!(list("tag_value=dev&flavor_prefix=standard").await, (1, vec!["web-a".into()]));
     assert_eq!(list("offset=9").await, (4, vec![]));
+    assert_eq!(list("limit=0").await, (4, vec![]));
     // A deleted instance is gone for Gcore, whatever status is asked for.
     let r = c.call(Method::DELETE, &format!("/v1/instances/{}", ids[1]), ADMIN, None).await;
     c.wait(&r.id(), ADMIN).await;

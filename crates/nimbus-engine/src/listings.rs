@@ -56,7 +56,8 @@ impl Engine {
     pub async fn instance_window(&self, ctx: &Context, window: &InstanceWindow) -> Result<NumberedPage<Instance>> {
         let query = self.window_query(ctx, window);
         let count = self.store.count_instances(&query).await.map_err(store_err)?;
-        let Ok(offset) = u32::try_from(window.offset) else {
+        // The store reads a limit of 0 as none; a window of 0 holds nothing.
+        let (Ok(offset), false) = (u32::try_from(window.offset), window.limit == Some(0)) else {
             return Ok(NumberedPage { count, items: Vec::new() });
         };
         let items = self
@@ -155,7 +156,7 @@ impl Engine {
             ..Default::default()
         };
         let count = self.store.count_operations(&query).await.map_err(store_err)?;
-        let Ok(offset) = u32::try_from(window.offset) else {
+        let (Ok(offset), false) = (u32::try_from(window.offset), window.limit == Some(0)) else {
             return Ok(NumberedPage { count, items: Vec::new() });
         };
         let limit = window.limit.unwrap_or(0);
