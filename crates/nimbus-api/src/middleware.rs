@@ -11,7 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use nimbus_core::audit::AuditEntry;
 use nimbus_engine::audit::{record_caller, AuditCaller};
-use nimbus_store::{IdempotencyClaim, IdempotencyHold};
+use nimbus_engine::{IdempotencyClaim, IdempotencyHold};
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;

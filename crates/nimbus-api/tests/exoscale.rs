@@ -286,3 +286,35 @@ async fn the_disk_size_range_stated_is_the_one_that_holds() {
     let max = nimbus_engine::MAX_DISK_GB.to_string();
     assert!(r.body["message"].as_str().unwrap().contains(&format!("between 10 and {max}")), "{}", r.text);
 }
+
+/// `public-ip-assignment: dual` (and the deprecated `ipv6-enabled`) give the instance an IPv6 address from the
+/// operator's prefix besides its IPv4 one; an update can turn it on and off.
+#[tokio::test]
+async fn dual_assignment_gives_an_ipv6_address_from_the_operators_prefix() {
+    let config = EngineConfig { ipv6_prefix: "2001:db8:77::/64".into(), ..Default::default() };
+    let c = Cloud::with(SimConfig::default(), config).await;
+    let dual = create_like_exo_cli(&c, "dual", json!({"public-ip-assignment": "dual"})).await;
+    let i = instance(&c, &dual).await;
+    assert_eq!(i["public-ip-assignment"], "dual", "{i}");
+    let v6: std::net::Ipv6Addr = i["ipv6-address"].as_str().unwrap().parse().unwrap();
+    assert!(v6.to_string().starts_with("2001:db8:77:0:"), "{v6}");
+    assert!(i["public-ip"].is_string(), "an IPv4 address too: {i}");
+    let old_style = create_like_exo_cli(&c, "old", json!({"public-ip-assignment": null, "ipv6-enabled": true})).await;
+    let o = instance(&c, &old_style).await;
+    assert_eq!(o["public-ip-assignment"], "dual", "{o}");
+    assert_ne!(o["ipv6-address"], i["ipv6-address"], "every instance its own address");
+    // The address stays the instance's, and goes with the assignment.
+    let r = exo(&c, Method::PUT, &format!("/v2/instance/{dual}"), Some(json!({"public-ip-assignment": "inet4"}))).await;
+    done(&c, &r).await;
+    assert!(instance(&c, &dual).await.get("ipv6-address").is_none());
+    let r = exo(&c, Method::PUT, &format!("/v2/instance/{dual}"), Some(json!({"public-ip-assignment": "dual"}))).await;
+    done(&c, &r).await;
+    assert_eq!(instance(&c, &dual).await["ipv6-address"], i["ipv6-address"]);
+    let inet4 = create_like_exo_cli(&c, "inet4", json!({})).await;
+    assert!(instance(&c, &inet4).await.get("ipv6-address").is_none());
+    // Found by its IPv6 address, as by its IPv4 one.
+    let v6 = i["ipv6-address"].as_str().unwrap();
+    let r = exo(&c, Method::GET, &format!("/v2/instance?ip-address={v6}"), None).await;
+    let found: Vec<&str> = r.body["instances"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!(found, [dual.as_str()], "{}", r.text);
+}

@@ -173,7 +173,7 @@ async fn a_failed_action_is_an_error_task_and_releases_the_instance() {
     );
     let path = format!("{}/{id}", base(&c, ADMIN, "v2").await);
     c.sim.inject_failure("reboot", 1);
-    let r = gcore(&c, Method::POST, &format!("{path}/action"), ADMIN, Some(json!({"action": "reboot"}))).await;
+    let r = gcore(&c, Method::POST, &format!("{path}/action"), ADMIN, Some(json!({"action": "reboot_hard"}))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let t = task(&c, ADMIN, r.body["tasks"][0].as_str().unwrap()).await;
     assert_eq!(t["state"], "ERROR", "{t}");
@@ -562,4 +562,181 @@ async fn ssh_keys_regions_and_projects_are_what_a_create_refers_to() {
         StatusCode::NOT_FOUND,
         "NotFoundError",
     );
+}
+
+/// Gcore's list: offset and limit over the count of all that match, in the order asked for, with filters
+/// the store applies (name, status) and those it cannot (tags, flavor) alike.
+#[tokio::test]
+async fn the_list_pages_by_offset_in_any_order_with_filters() {
+    let c = Cloud::new().await;
+    let mut ids = Vec::new();
+    for (name, env) in [("web-b", "prod"), ("db", "prod"), ("web-a", "dev"), ("web-c", "prod")] {
+        ids.push(create(&c, ADMIN, name, json!({ "env": env })).await.0);
+    }
+    c.act(ADMIN, &ids[1], "stop", None).await;
+    let base = base(&c, ADMIN, "v1").await;
+    let list = |query: &str| {
+        let (path, query) = (format!("{base}?{query}"), query.to_string());
+        let c = &c;
+        async move {
+            let r = gcore(c, Method::GET, &path, ADMIN, None).await;
+            assert_eq!(r.status, StatusCode::OK, "{query}: {}", r.text);
+            let names: Vec<String> =
+                r.body["results"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_string()).collect();
+            (r.body["count"].as_u64().unwrap(), names)
+        }
+    };
+    assert_eq!(list("limit=2").await, (4, vec!["web-b".into(), "db".into()]));
+    assert_eq!(list("limit=2&offset=3").await, (4, vec!["web-c".into()]));
+    assert_eq!(list("order_by=created.desc&limit=1").await, (4, vec!["web-c".into()]));
+    assert_eq!(list("order_by=name.asc&offset=1&limit=2").await, (4, vec!["web-a".into(), "web-b".into()]));
+    assert_eq!(list("order_by=name.desc&limit=1").await, (4, vec!["web-c".into()]));
+    assert_eq!(list("name=web&order_by=name.asc&limit=2").await, (3, vec!["web-a".into(), "web-b".into()]));
+    assert_eq!(list("status=SHUTOFF").await, (1, vec!["db".into()]));
+    assert_eq!(list("status=ACTIVE&offset=1").await, (3, vec!["web-a".into(), "web-c".into()]));
+    let prod =
+        form_urlencoded::Serializer::new(String::new()).append_pair("tag_key_value", r#"{"env":"prod"}"#).finish();
+    assert_eq!(list(&format!("{prod}&status=ACTIVE&limit=1")).await, (2, vec!["web-b".into()]));
+    assert_eq!(list("tag_value=dev&flavor_prefix=standard").await, (1, vec!["web-a".into()]));
+    assert_eq!(list("offset=9").await, (4, vec![]));
+    assert_eq!(list("limit=0").await, (4, vec![]));
+    // A deleted instance is gone for Gcore, whatever status is asked for.
+    let r = c.call(Method::DELETE, &format!("/v1/instances/{}", ids[1]), ADMIN, None).await;
+    c.wait(&r.id(), ADMIN).await;
+    assert_eq!(list("status=DELETED").await, (0, vec![]));
+    assert_eq!(list("order_by=name.asc&limit=1").await, (3, vec!["web-a".into()]));
+    let r = gcore(&c, Method::GET, &format!("{base}?order_by=size.asc"), ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "ValidationError");
+}
+
+/// `reboot` is asked of the guest (an ACPI power-off and a boot) and `reboot_hard` resets the VM: they are
+/// different tasks doing different things.
+#[tokio::test]
+async fn a_soft_reboot_asks_the_guest_and_a_hard_one_resets_the_vm() {
+    let c = Cloud::new().await;
+    let (id, _) = create(&c, ADMIN, "cycled", json!({})).await;
+    let path = format!("{}/{id}/action", base(&c, ADMIN, "v2").await);
+    let reboot = |action: &'static str| {
+        let (c, path) = (&c, path.clone());
+        async move {
+            let r = gcore(c, Method::POST, &path, ADMIN, Some(json!({ "action": action }))).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            task(c, ADMIN, r.body["tasks"][0].as_str().unwrap()).await
+        }
+    };
+    let console = || async { c.get(&format!("/v1/instances/{id}/console"), ADMIN).await.text };
+    // The VM's reset is broken: a soft reboot never uses it.
+    c.sim.inject_failure("reboot", 1);
+    let soft = reboot("reboot").await;
+    assert_eq!((soft["state"].as_str(), soft["task_type"].as_str()), (Some("FINISHED"), Some("reboot_vm")), "{soft}");
+    assert!(console().await.contains("POWEROFF"), "{}", console().await);
+    assert!(!console().await.contains("sim: reboot"), "{}", console().await);
+    let hard = reboot("reboot_hard").await;
+    assert_eq!((hard["state"].as_str(), hard["task_type"].as_str()), (Some("ERROR"), Some("hard_reboot_vm")), "{hard}");
+    let hard = reboot("reboot_hard").await;
+    assert_eq!(hard["state"], "FINISHED", "{hard}");
+    assert!(console().await.contains("sim: reboot"), "{}", console().await);
+    let g = gcore(&c, Method::GET, &format!("{}/{id}", base(&c, ADMIN, "v1").await), ADMIN, None).await.body;
+    assert_eq!(g["status"], "ACTIVE", "{g}");
+}
+
+/// The task of a change made at once, FINISHED when answered.
+async fn finished(c: &Cloud, r: &Reply) -> Value {
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let path = format!("/cloud/v1/tasks/{}", r.body["tasks"][0].as_str().unwrap());
+    let t = gcore(c, Method::GET, &path, ADMIN, None).await;
+    assert_eq!(t.body["state"], "FINISHED", "{}", t.text);
+    t.body
+}
+
+/// Floating IPs are the core's elastic IPs, from the operator's pool: made (on a port or not), assigned to an
+/// instance's port and unassigned, listed with their instance, deleted only once unassigned.
+#[tokio::test]
+async fn floating_ips_are_elastic_ips_assigned_to_an_instances_port() {
+    let c = Cloud::new().await;
+    let (id, _) = create(&c, ADMIN, "fip-holder", json!({})).await;
+    let interfaces =
+        gcore(&c, Method::GET, &format!("{}/{id}/interfaces", base(&c, ADMIN, "v1").await), ADMIN, None).await;
+    assert_eq!(interfaces.status, StatusCode::OK, "{}", interfaces.text);
+    let port = interfaces.body["results"][0]["port_id"].as_str().unwrap().to_string();
+    let fips = base(&c, ADMIN, "v1").await.replace("/instances/", "/floatingips/");
+
+    let r = gcore(&c, Method::POST, &fips, ADMIN, Some(json!({"tags": {"env": "prod"}}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let t = finished(&c, &r).await;
+    let fip = t["created_resources"]["floatingips"][0].as_str().unwrap().to_string();
+    let one = format!("{fips}/{fip}");
+    let f = gcore(&c, Method::GET, &one, ADMIN, None).await.body;
+    assert_eq!(
+        (f["status"].as_str(), &f["port_id"], &f["fixed_ip_address"]),
+        (Some("DOWN"), &Value::Null, &Value::Null)
+    );
+    assert_eq!(f["tags"], json!([{"key": "env", "value": "prod", "read_only": false}]));
+    let address = f["floating_ip_address"].as_str().unwrap().to_string();
+    assert!(address.starts_with("198.51.100."), "from the operator's pool: {address}");
+
+    let r = gcore(&c, Method::POST, &format!("{one}/assign"), ADMIN, Some(json!({"port_id": port}))).await;
+    assert_eq!(
+        (r.status, r.body["status"].as_str(), r.body["port_id"].as_str()),
+        (StatusCode::OK, Some("ACTIVE"), Some(port.as_str())),
+        "{}",
+        r.text
+    );
+    let native = c.get("/v1/instances", ADMIN).await.body["items"][0]["ip_addresses"][0].clone();
+    assert_eq!(r.body["fixed_ip_address"], native);
+    let listed = gcore(&c, Method::GET, &fips, ADMIN, None).await.body;
+    assert_eq!(listed["count"], 1, "{listed}");
+    assert_eq!(listed["results"][0]["instance"]["id"], id.as_str(), "{listed}");
+    // Deleting an assigned address is refused; unassigned, it goes back to the pool.
+    let r = gcore(&c, Method::DELETE, &one, ADMIN, None).await;
+    assert!(r.status.is_client_error(), "{}", r.text);
+    let r = gcore(&c, Method::POST, &format!("{one}/unassign"), ADMIN, None).await;
+    assert_eq!((r.status, r.body["status"].as_str()), (StatusCode::OK, Some("DOWN")), "{}", r.text);
+    let r = gcore(&c, Method::DELETE, &one, ADMIN, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_gcore_error(&gcore(&c, Method::GET, &one, ADMIN, None).await, StatusCode::NOT_FOUND, "NotFoundError");
+
+    // Made on a port, it is assigned at once; an unknown port makes nothing.
+    let r =
+        gcore(&c, Method::POST, &fips, ADMIN, Some(json!({"port_id": "00000000-0000-0000-0000-000000000000"}))).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    assert_eq!(gcore(&c, Method::GET, &fips, ADMIN, None).await.body["count"], 0);
+    let r = gcore(&c, Method::POST, &fips, ADMIN, Some(json!({"port_id": port}))).await;
+    let t = finished(&c, &r).await;
+    let fip = t["created_resources"]["floatingips"][0].as_str().unwrap();
+    let f = gcore(&c, Method::GET, &format!("{fips}/{fip}"), ADMIN, None).await.body;
+    assert_eq!((f["status"].as_str(), f["port_id"].as_str()), (Some("ACTIVE"), Some(port.as_str())), "{f}");
+}
+
+/// The task list: offset and limit over the count of all that match, oldest or newest first, by state and
+/// by task type.
+#[tokio::test]
+async fn the_task_list_pages_by_offset_with_filters() {
+    let c = Cloud::new().await;
+    let (id, create_task) = create(&c, ADMIN, "tasked", json!({})).await;
+    let path = format!("{}/{id}/action", base(&c, ADMIN, "v2").await);
+    let mut ids = vec![create_task];
+    for action in ["stop", "start", "reboot_hard"] {
+        let r = gcore(&c, Method::POST, &path, ADMIN, Some(json!({ "action": action }))).await;
+        let t = task(&c, ADMIN, r.body["tasks"][0].as_str().unwrap()).await;
+        ids.push(t["id"].as_str().unwrap().to_string());
+    }
+    let list = |query: &str| {
+        let path = format!("/cloud/v1/tasks?{query}");
+        let c = &c;
+        async move {
+            let r = gcore(c, Method::GET, &path, ADMIN, None).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            let ids: Vec<String> =
+                r.body["results"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+            (r.body["count"].as_u64().unwrap(), ids)
+        }
+    };
+    assert_eq!(list("limit=2").await, (4, ids[..2].to_vec()));
+    assert_eq!(list("limit=2&offset=1&order_by=desc").await, (4, vec![ids[2].clone(), ids[1].clone()]));
+    assert_eq!(list("state=FINISHED&offset=3").await, (4, vec![ids[3].clone()]));
+    assert_eq!(list("state=ERROR").await, (0, vec![]));
+    assert_eq!(list("task_type=hard_reboot_vm").await, (1, vec![ids[3].clone()]));
+    assert_eq!(list("state=FINISHED&task_type=stop_vm&limit=5").await, (1, vec![ids[1].clone()]));
+    assert_eq!(list("region_id=999").await, (0, vec![]));
 }

@@ -604,17 +604,29 @@ async fn power_actions_are_onet_tasks_and_status_tells_stopped_from_running() {
             )
         }
     };
+    let console = || async { o.cloud.get(&format!("/v1/instances/{id}/console"), ADMIN).await.text };
     let (kind, after) = run("shutdown").await;
-    assert_eq!((kind.as_str(), after["status"].as_str()), ("stop_vps", Some("suspended")), "{after}");
+    assert_eq!((kind.as_str(), after["status"].as_str()), ("shutdown_vps", Some("suspended")), "{after}");
     assert_eq!(after["state_sync"]["vm_status"], "stopped");
+    assert!(!console().await.contains("power cut"), "a shutdown asks the guest first");
     // Refused in ONET's words, and nothing changes.
     let r = o.call(Method::POST, &format!("/instances/{id}/reboot"), None).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
     assert!(r.body["detail"].as_str().is_some_and(|d| d.contains("stopped")), "{}", r.text);
     let (kind, after) = run("start").await;
     assert_eq!((kind.as_str(), after["status"].as_str()), ("start_vps", Some("active")), "{after}");
+    // A stop is the hard power-off.
+    let (kind, after) = run("stop").await;
+    assert_eq!((kind.as_str(), after["state_sync"]["vm_status"].as_str()), ("stop_vps", Some("stopped")), "{after}");
+    assert!(console().await.ends_with("sim: power cut\nPOWEROFF\n"), "{}", console().await);
+    run("start").await;
+    // A reset resets the VM; a reboot is asked of the guest, which powers off and boots again.
     let (kind, _) = run("reset").await;
-    assert_eq!(kind, "reboot_vps");
+    assert_eq!(kind, "reset_vps");
+    assert!(console().await.contains("sim: reboot"), "{}", console().await);
+    o.cloud.sim.inject_failure("reboot", 1);
+    let (kind, after) = run("reboot").await;
+    assert_eq!((kind.as_str(), after["state_sync"]["vm_status"].as_str()), ("reboot_vps", Some("running")), "{after}");
     let r = o.call(Method::POST, &format!("/instances/{id}/explode"), None).await;
     assert_eq!((r.status, &r.body), (StatusCode::NOT_FOUND, &json!({"detail": "Not found."})));
 }
@@ -659,4 +671,43 @@ async fn names_are_any_text_and_the_hostname_is_derived_from_them() {
     let r = o.call(Method::PATCH, &path, Some(json!({"name": "-Web (staging)"}))).await;
     assert_eq!((r.status, r.body["name"].as_str()), (StatusCode::OK, Some("-Web (staging)")), "{}", r.text);
     assert_eq!(r.body["hostname"], "serveur-de-prod-n-1", "a rename keeps the hostname");
+}
+
+/// An instance's console: `POST .../console` opens a session whose URL is the serial console's websocket,
+/// usable without the API token; `GET .../console/{session_id}` shows it again; a stopped instance has none.
+#[tokio::test]
+async fn a_console_session_opens_the_serial_console() {
+    let o = Onet::new().await;
+    let i = o.running("console-1", json!({})).await;
+    let id = i["id"].as_str().unwrap().to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = o.cloud.app.clone();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let path = format!("{}/instances/{id}/console", o.base());
+    let req = Request::post(&path)
+        .header("host", addr.to_string())
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(Body::empty())
+        .unwrap();
+    let r = o.cloud.send(req).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let url = r.body["url"].as_str().unwrap().to_string();
+    assert!(url.starts_with(&format!("ws://{addr}/v1/instances/{id}/console/stream?ticket=")), "{url}");
+    let session = r.body["id"].as_str().unwrap();
+    let req = Request::get(format!("{path}/{session}"))
+        .header("host", addr.to_string())
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(Body::empty())
+        .unwrap();
+    let again = o.cloud.send(req).await;
+    assert_eq!((again.status, again.body["url"].as_str()), (StatusCode::OK, Some(url.as_str())), "{}", again.text);
+    let (mut socket, response) = tokio_tungstenite::connect_async(&url).await.expect("the session's URL opens");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    socket.close(None).await.ok();
+
+    o.cloud.act(ADMIN, &id, "stop", None).await;
+    let r = o.call(Method::POST, &format!("/instances/{id}/console"), None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert!(r.body["detail"].as_str().is_some_and(|d| d.contains("stopped")), "{}", r.text);
 }

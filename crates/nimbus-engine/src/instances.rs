@@ -97,8 +97,14 @@ pub struct InstancePatch {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ActionRequest {
     Start,
+    /// A graceful stop: the guest is asked to power off, and forced after the grace period.
     Stop,
+    /// A stop that pulls the plug at once.
+    PowerOff,
+    /// A reset of the VM.
     Reboot,
+    /// A reboot asked of the guest: powered off gracefully and booted again.
+    SoftReboot,
     /// Reinstalls from the template (a new one if given), wiping the disk.
     Reset {
         template: Option<String>,
@@ -151,8 +157,8 @@ impl ActionRequest {
     pub fn action(&self) -> Action {
         match self {
             ActionRequest::Start => Action::Start,
-            ActionRequest::Stop => Action::Stop,
-            ActionRequest::Reboot => Action::Reboot,
+            ActionRequest::Stop | ActionRequest::PowerOff => Action::Stop,
+            ActionRequest::Reboot | ActionRequest::SoftReboot => Action::Reboot,
             ActionRequest::Reset { .. } => Action::Reset,
             ActionRequest::ScaleTo { restart_if_running: true, .. } => Action::ScaleWithRestart,
             ActionRequest::Scale { .. } | ActionRequest::ScaleTo { .. } => Action::Scale,
@@ -197,11 +203,10 @@ pub struct InstanceFilter {
 }
 
 impl InstanceFilter {
-    /// The conditions the store does not apply itself.
+    /// The conditions the store does not apply itself (it applies the state, the states and the name).
     fn admits(&self, i: &Instance) -> bool {
         self.labels.as_ref().is_none_or(|s| s.matches(&i.labels))
             && (self.ids.is_empty() || self.ids.contains(&i.id))
-            && (self.states.is_empty() || self.states.contains(&i.state))
             && (self.instance_types.is_empty() || self.instance_types.contains(&i.instance_type))
             && self.created_after.is_none_or(|t| i.created_at >= t)
             && self.created_before.is_none_or(|t| i.created_at < t)
@@ -349,15 +354,15 @@ impl Engine {
             let batch = self
                 .store
                 .list_instances(&InstanceQuery {
-                    host: None,
-                    id: None,
                     project_id: Some(ctx.project.id),
                     state: filter.state,
+                    states: filter.states.clone(),
                     with_destroyed: filter.with_destroyed,
                     name: filter.name.clone(),
                     after: if backwards { None } else { cursor },
                     before: if backwards { cursor } else { None },
                     limit: limit + 1,
+                    ..Default::default()
                 })
                 .await
                 .map_err(store_err)?;
@@ -614,6 +619,29 @@ impl Engine {
         }
     }
 
+    /// Makes the instance run (`running`) or stop, unless it already does or is on its way there: for the
+    /// providers whose start and stop change nothing when asked twice. Waits for the lock like
+    /// [`Engine::act_when_free`]; `None` when nothing needed doing.
+    pub async fn power_to(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        running: bool,
+        wait: std::time::Duration,
+    ) -> Result<Option<Operation>> {
+        let current = self.instance(ctx, id).await?;
+        let already = if running {
+            matches!(current.state, InstanceState::Running | InstanceState::Starting)
+        } else {
+            matches!(current.state, InstanceState::Stopped | InstanceState::Stopping)
+        };
+        if already {
+            return Ok(None);
+        }
+        let req = if running { ActionRequest::Start } else { ActionRequest::Stop };
+        self.act_when_free(ctx, id, req, wait).await.map(Some)
+    }
+
     async fn plan_action(
         &self,
         ctx: &Context,
@@ -666,6 +694,8 @@ impl Engine {
             ActionRequest::ChangeAntiAffinityGroups { join, leave } => {
                 sagas::anti_affinity::plan(self, ctx, &mut next, join, leave).await?
             }
+            ActionRequest::PowerOff => Planned::of::<sagas::stop::Stop>(&sagas::stop::Params { force: true }),
+            ActionRequest::SoftReboot => Planned::of::<sagas::reboot::Reboot>(&sagas::reboot::Params { soft: true }),
             ActionRequest::Start
             | ActionRequest::Stop
             | ActionRequest::Reboot

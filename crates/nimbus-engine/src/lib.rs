@@ -35,6 +35,7 @@ mod host;
 pub mod hosts;
 pub mod instances;
 mod key_cache;
+pub mod listings;
 pub mod local_agent;
 pub mod network;
 pub mod networking;
@@ -54,11 +55,17 @@ pub use console::{ConsoleTicket, CONSOLE_TICKET_LIFETIME};
 pub use fleet::LocalHost;
 pub use hosts::{AgentRegistration, HostAdminState, HostReport, HostWork, PendingCall, PendingConsole};
 pub use instances::{ActionRequest, CreateInstance, InstanceFilter, InstancePatch, MAX_DISK_GB};
+pub use listings::{InstanceOrder, InstanceWindow, NumberedPage, OperationWindow};
 pub use networking::PrivateNetworkSpec;
 pub use reconciler::UnknownHostInstance;
 pub use sagas::import_template::ImportTemplate;
 pub use sagas::promote_snapshot::PromoteRequest;
+pub use sagas::reboot::is_hard_reboot;
+pub use sagas::stop::is_power_off;
 pub use sagas::{CrashHook, CrashPoint, CrashWhen};
+// The store's and the driver's types the API layer names, so that it depends on the engine alone.
+pub use nimbus_driver::InstanceMetrics;
+pub use nimbus_store::{IdempotencyClaim, IdempotencyHold};
 
 pub type Result<T, E = DomainError> = std::result::Result<T, E>;
 
@@ -107,6 +114,10 @@ pub struct EngineConfig {
     /// bookkeeping (which project holds which address, attached to which instances) and routes nothing:
     /// the default is TEST-NET-2 (RFC 5737), which is never routed, so nobody mistakes it for reachable.
     pub elastic_ip_cidr: String,
+    /// The prefix instances take IPv6 addresses from where a provider enables IPv6 (Exoscale's
+    /// `public-ip-assignment: dual`). Bookkeeping only, like elastic IPs: the default is the documentation
+    /// prefix (RFC 3849), never routed.
+    pub ipv6_prefix: String,
     /// How long a stop waits for the guest to power off before forcing it.
     pub stop_grace: Duration,
     /// Operations run at once.
@@ -163,6 +174,7 @@ impl Default for EngineConfig {
             deleted_retention: Duration::from_secs(24 * 3600),
             network_cidr: "10.213.0.0/24".into(),
             elastic_ip_cidr: "198.51.100.0/24".into(),
+            ipv6_prefix: "2001:db8::/64".into(),
             stop_grace: Duration::from_secs(30),
             workers: 16,
             reconcile_every: Duration::from_secs(5),
@@ -220,6 +232,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("zone", &self.zone)
             .field("network_cidr", &self.network_cidr)
             .field("elastic_ip_cidr", &self.elastic_ip_cidr)
+            .field("ipv6_prefix", &self.ipv6_prefix)
             .field("stop_grace", &self.stop_grace)
             .field("workers", &self.workers)
             .field("reconcile_every", &self.reconcile_every)
@@ -276,6 +289,7 @@ impl Engine {
         config: EngineConfig,
     ) -> Result<Arc<Engine>> {
         network::check_elastic_ip_pool(&config.network_cidr, &config.elastic_ip_cidr)?;
+        network::Ipv6Prefix::parse(&config.ipv6_prefix)?;
         let throttle = throttle::Throttle::new(config.attempt_limits);
         let audit_retention = config.audit_retention;
         let engine = Arc::new(Engine {
@@ -364,6 +378,13 @@ impl Engine {
         }
     }
 
+    /// The IPv6 address an instance shows where its provider enables IPv6 (see `EngineConfig::ipv6_prefix`).
+    pub fn ipv6_address(&self, instance: uuid::Uuid) -> std::net::Ipv6Addr {
+        // Checked when the engine started.
+        let prefix = network::Ipv6Prefix::parse(&self.config.ipv6_prefix).expect("the IPv6 prefix was checked");
+        prefix.address_of(instance)
+    }
+
     pub fn config(&self) -> &EngineConfig {
         &self.config
     }
@@ -413,21 +434,47 @@ pub(crate) fn driver_err(e: nimbus_driver::DriverError) -> DomainError {
     }
 }
 
-/// Opaque page tokens: the last id of the previous page, so any server can serve the next one.
+/// Opaque page tokens: a version, then the last id of the previous page (listings page in id order), so any
+/// server can serve the next page and a later Nimbus can change what a token carries without misreading an
+/// older one.
 pub mod page_token {
     use base64::Engine as _;
     use uuid::Uuid;
 
+    /// What tokens of this version carry: the last id of the previous page.
+    const VERSION: u8 = 1;
+
     pub fn encode(last: Uuid) -> String {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last.as_bytes())
+        let mut bytes = vec![VERSION];
+        bytes.extend_from_slice(last.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     }
 
     pub fn decode(token: &str) -> crate::Result<Uuid> {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(token)
-            .ok()
-            .and_then(|b| Uuid::from_slice(&b).ok())
-            .ok_or_else(|| nimbus_core::DomainError::invalid("page_token", "not a token this server issued"))
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok();
+        let id = match bytes.as_deref() {
+            Some([VERSION, id @ ..]) if id.len() == 16 => Uuid::from_slice(id).ok(),
+            // Tokens handed out before tokens had a version: the bare id (16 bytes, never 17).
+            Some(id) if id.len() == 16 => Uuid::from_slice(id).ok(),
+            _ => None,
+        };
+        id.ok_or_else(|| nimbus_core::DomainError::invalid("page_token", "not a token this server issued"))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn tokens_carry_their_version_and_older_bare_ids_still_read() {
+            let id = Uuid::now_v7();
+            assert_eq!(decode(&encode(id)).unwrap(), id);
+            let bare = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.as_bytes());
+            assert_eq!(decode(&bare).unwrap(), id);
+            let future =
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([[2u8].as_slice(), id.as_bytes()].concat());
+            assert!(decode(&future).is_err() && decode("not a token").is_err());
+        }
     }
 }
 

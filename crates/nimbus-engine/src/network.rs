@@ -68,9 +68,45 @@ pub fn check_elastic_ip_pool(instance_cidr: &str, pool_cidr: &str) -> Result<()>
     Ok(())
 }
 
+/// An IPv6 prefix of at most 64 bits (`2001:db8::/64`), from which instances take addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Prefix {
+    network: std::net::Ipv6Addr,
+}
+
+impl Ipv6Prefix {
+    pub fn parse(cidr: &str) -> Result<Ipv6Prefix> {
+        let invalid =
+            || DomainError::invalid("ipv6_prefix", format!("{cidr:?} is not an IPv6 prefix of /64 or shorter"));
+        let (addr, len) = cidr.split_once('/').ok_or_else(invalid)?;
+        let addr: std::net::Ipv6Addr = addr.parse().map_err(|_| invalid())?;
+        let len: u8 = len.parse().ok().filter(|l| *l <= 64).ok_or_else(invalid)?;
+        let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+        Ok(Ipv6Prefix { network: (u128::from(addr) & mask).into() })
+    }
+
+    /// The address of an instance: the prefix, and the last 64 bits of its id (random in a UUIDv7) as the
+    /// interface id. Derived, not allocated: the same instance always gets the same address, and two
+    /// instances meet on one with a chance of one in 2^64 per pair at worst.
+    pub fn address_of(&self, instance: uuid::Uuid) -> std::net::Ipv6Addr {
+        let interface = instance.as_u128() & u128::from(u64::MAX);
+        (u128::from(self.network) | interface).into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instance_takes_the_prefix_and_its_ids_last_64_bits() {
+        let prefix = Ipv6Prefix::parse("2001:db8:1:2:ffff::/64").unwrap();
+        let id = uuid::Uuid::parse_str("01930000-0000-7000-8123-456789abcdef").unwrap();
+        assert_eq!(prefix.address_of(id).to_string(), "2001:db8:1:2:8123:4567:89ab:cdef");
+        assert!(Ipv6Prefix::parse("2001:db8::/80").is_err());
+        assert!(Ipv6Prefix::parse("198.51.100.0/24").is_err());
+        assert!(Ipv6Prefix::parse("2001:db8::").is_err());
+    }
 
     #[test]
     fn a_slash_24_gives_253_instance_addresses_after_the_gateway() {

@@ -292,7 +292,22 @@ impl Engine {
 
     /// Allocates the lowest free address of the pool to the project.
     pub async fn create_elastic_ip(&self, ctx: &Context, description: &str, labels: Labels) -> Result<ElasticIp> {
+        self.create_elastic_ip_on(ctx, description, labels, None).await
+    }
+
+    /// Like [`Engine::create_elastic_ip`], attached to `instance` in the same write when one is given (the
+    /// providers whose floating IPs are made on a port).
+    pub async fn create_elastic_ip_on(
+        &self,
+        ctx: &Context,
+        description: &str,
+        labels: Labels,
+        instance: Option<Uuid>,
+    ) -> Result<ElasticIp> {
         ctx.require(Role::Member)?;
+        if let Some(i) = instance {
+            refuse_destroying(&self.instance(ctx, i).await?, "attach-elastic-ip")?;
+        }
         let pool = Network::parse(&self.config.elastic_ip_cidr)?;
         let id = nimbus_core::new_id();
         for attempt in 0..CAS_RETRIES {
@@ -313,7 +328,7 @@ impl Engine {
                 ip: pool.address(host).parse().map_err(|_| DomainError::Internal("pool address".into()))?,
                 description: description.into(),
                 labels: labels.clone(),
-                instances: Vec::new(),
+                instances: instance.into_iter().collect(),
                 created_at: nimbus_core::now(),
                 reverse_dns: None,
             };
@@ -429,6 +444,20 @@ impl Engine {
                 )));
             }
             eip.instances.push(instance_id);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Puts the elastic IP on `to` alone, off whatever held it, or on nothing: for the providers whose
+    /// floating IPs sit on one port at a time. Already so is no error.
+    pub async fn move_elastic_ip(&self, ctx: &Context, id: Uuid, to: Option<Uuid>) -> Result<ElasticIp> {
+        ctx.require(Role::Member)?;
+        if let Some(i) = to {
+            refuse_destroying(&self.instance(ctx, i).await?, "attach-elastic-ip")?;
+        }
+        self.edit_elastic_ip(ctx, id, |eip| {
+            eip.instances = to.into_iter().collect();
             Ok(())
         })
         .await

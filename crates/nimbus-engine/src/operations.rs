@@ -80,9 +80,9 @@ impl Engine {
             .list_operations(&OperationQuery {
                 project_id: Some(ctx.project.id),
                 target_id: target,
-                unfinished: false,
                 after,
                 limit: limit + 1,
+                ..Default::default()
             })
             .await
             .map_err(store_err)?;

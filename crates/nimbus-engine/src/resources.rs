@@ -321,6 +321,23 @@ impl Engine {
         self.records(ANTI_AFFINITY_GROUP, ctx).await
     }
 
+    /// The anti-affinity groups given, each with the caller's instances in it, read once for all of them.
+    pub async fn anti_affinity_members(
+        &self,
+        ctx: &Context,
+        groups: Vec<AntiAffinityGroup>,
+    ) -> Result<Vec<(AntiAffinityGroup, Vec<Instance>)>> {
+        let query = nimbus_store::InstanceQuery { project_id: Some(ctx.project.id), ..Default::default() };
+        let instances = self.store.list_instances(&query).await.map_err(store_err)?;
+        Ok(groups
+            .into_iter()
+            .map(|g| {
+                let members = instances.iter().filter(|i| i.anti_affinity_groups.contains(&g.id)).cloned().collect();
+                (g, members)
+            })
+            .collect())
+    }
+
     pub async fn anti_affinity_group(&self, ctx: &Context, id: Uuid) -> Result<AntiAffinityGroup> {
         self.record(ANTI_AFFINITY_GROUP, ctx, id).await
     }

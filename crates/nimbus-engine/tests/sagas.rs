@@ -324,7 +324,9 @@ fn scenarios(group: Uuid) -> Vec<Scenario> {
             setup: Setup::Running,
             act: Act::ShutdownTimeComes,
         },
+        Scenario { name: "power-off", kind: Action::Stop, setup: Setup::Running, act: plain(A::PowerOff) },
         Scenario { name: "reboot", kind: Action::Reboot, setup: Setup::Running, act: plain(A::Reboot) },
+        Scenario { name: "soft-reboot", kind: Action::Reboot, setup: Setup::Running, act: plain(A::SoftReboot) },
         Scenario {
             name: "reset-running",
             kind: Action::Reset,

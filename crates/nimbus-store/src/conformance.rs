@@ -232,6 +232,55 @@ pub async fn instances_page_by_id_within_a_project(store: &dyn Store) {
     assert!(store.list_instances(&by_state).await.unwrap().is_empty());
 }
 
+/// Numbered pages (the providers that page by offset): states, a part of the name, an order with ties in id
+/// order, an offset, and the count of all that match whatever the page.
+pub async fn instances_page_by_offset_in_any_order_with_a_count(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let mut ids = Vec::new();
+    for (n, (name, state)) in [
+        ("web-b", InstanceState::Running),
+        ("db", InstanceState::Stopped),
+        ("web-a", InstanceState::Running),
+        ("web-b", InstanceState::Stopped),
+        ("gone-web", InstanceState::Destroyed),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut i = instance(p.id, name, 1);
+        i.state = state;
+        // Distinct, increasing ids even within one millisecond.
+        assert!(ids.last().is_none_or(|last| *last < i.id), "ids are time-ordered ({n})");
+        ids.push(i.id);
+        store.apply(insert(&i)).await.unwrap();
+    }
+    let ids_of = |v: Vec<Instance>| v.iter().map(|i| i.id).collect::<Vec<_>>();
+    let all = InstanceQuery { project_id: Some(p.id), ..Default::default() };
+    assert_eq!(store.count_instances(&all).await.unwrap(), 4, "destroyed records are not counted unless asked");
+    let newest = InstanceQuery { order: InstanceOrder::Newest, ..all.clone() };
+    assert_eq!(ids_of(store.list_instances(&newest).await.unwrap()), [ids[3], ids[2], ids[1], ids[0]]);
+    let by_name = InstanceQuery { order: InstanceOrder::NameAscending, ..all.clone() };
+    assert_eq!(ids_of(store.list_instances(&by_name).await.unwrap()), [ids[1], ids[2], ids[0], ids[3]]);
+    let by_name_desc = InstanceQuery { order: InstanceOrder::NameDescending, limit: 2, offset: 1, ..all.clone() };
+    assert_eq!(ids_of(store.list_instances(&by_name_desc).await.unwrap()), [ids[3], ids[2]], "ties in id order");
+    let by_state = InstanceQuery { order: InstanceOrder::StateDescending, ..all.clone() };
+    assert_eq!(ids_of(store.list_instances(&by_state).await.unwrap()), [ids[1], ids[3], ids[0], ids[2]]);
+    let webs = InstanceQuery { name_contains: Some("web".into()), offset: 1, ..all.clone() };
+    assert_eq!(ids_of(store.list_instances(&webs).await.unwrap()), [ids[2], ids[3]], "an offset without a limit");
+    assert_eq!(store.count_instances(&webs).await.unwrap(), 3, "the count ignores the page");
+    let case = InstanceQuery { name_contains: Some("WEB".into()), ..all.clone() };
+    assert_eq!(store.count_instances(&case).await.unwrap(), 0, "case counts");
+    let running_webs = InstanceQuery {
+        states: vec![InstanceState::Running, InstanceState::Destroyed],
+        name_contains: Some("web".into()),
+        ..all.clone()
+    };
+    assert_eq!(ids_of(store.list_instances(&running_webs).await.unwrap()), [ids[0], ids[2], ids[4]]);
+    assert_eq!(store.count_instances(&running_webs).await.unwrap(), 3);
+    let none = InstanceQuery { offset: 9, limit: 2, ..all.clone() };
+    assert!(store.list_instances(&none).await.unwrap().is_empty());
+}
+
 /// A deleted instance's record kept `destroyed` (for the dialects that show deleted instances a while) is
 /// invisible to `get_instance`, default listings and usage; it is listed when asked for, and its project's
 /// deletion takes it along.
@@ -697,6 +746,29 @@ pub async fn a_finished_operation_is_never_claimed_again(store: &dyn Store) {
     assert_eq!(store.get_operation(op.id).await.unwrap().unwrap().state, OperationState::Success);
     let unfinished = OperationQuery { unfinished: true, ..Default::default() };
     assert!(store.list_operations(&unfinished).await.unwrap().is_empty());
+}
+
+/// Numbered pages of operations: states, newest first, an offset, and the count of all that match.
+pub async fn operations_page_by_offset_newest_first_with_a_count(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let mut ids = Vec::new();
+    for state in [OperationState::Success, OperationState::Failure, OperationState::Pending, OperationState::Success] {
+        let mut op = operation(p.id);
+        op.state = state;
+        insert_operation(store, &op).await;
+        ids.push(op.id);
+    }
+    insert_operation(store, &operation(project(store, Quota::default()).await.id)).await;
+    let ids_of = |v: Vec<Operation>| v.iter().map(|o| o.id).collect::<Vec<_>>();
+    let all = OperationQuery { project_id: Some(p.id), ..Default::default() };
+    assert_eq!(store.count_operations(&all).await.unwrap(), 4);
+    let newest = OperationQuery { newest_first: true, offset: 1, limit: 2, ..all.clone() };
+    assert_eq!(ids_of(store.list_operations(&newest).await.unwrap()), [ids[2], ids[1]]);
+    let done = OperationQuery { states: vec![OperationState::Success, OperationState::Failure], ..all.clone() };
+    assert_eq!(ids_of(store.list_operations(&done).await.unwrap()), [ids[0], ids[1], ids[3]]);
+    assert_eq!(store.count_operations(&OperationQuery { offset: 2, limit: 1, ..done.clone() }).await.unwrap(), 3);
+    let skipped = OperationQuery { offset: 2, ..done };
+    assert_eq!(ids_of(store.list_operations(&skipped).await.unwrap()), [ids[3]], "an offset without a limit");
 }
 
 pub async fn racing_workers_never_share_an_operation(store: Arc<dyn Store>) {
@@ -1168,6 +1240,8 @@ macro_rules! conformance_tests {
             a_failing_write_rolls_back_the_whole_set,
             quota_is_enforced_inside_the_transaction,
             instances_page_by_id_within_a_project,
+            instances_page_by_offset_in_any_order_with_a_count,
+            operations_page_by_offset_newest_first_with_a_count,
             destroyed_records_are_kept_out_of_sight_until_asked_for,
             instances_are_numbered_once_and_never_reuse_a_number,
             a_restarted_server_takes_back_every_lease_its_claims_held,

@@ -22,7 +22,7 @@ use nimbus_core::catalog::Zone;
 use nimbus_core::event::Event;
 use nimbus_core::host::{Allocation, Capacity, Host};
 use nimbus_core::instance::{Instance, InstanceState};
-use nimbus_core::operation::Operation;
+use nimbus_core::operation::{Operation, OperationState};
 use nimbus_core::tenancy::{ApiKey, Organization, Project, Quota, Usage};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -224,12 +224,35 @@ pub struct InstanceQuery {
     pub host: Option<String>,
     pub state: Option<InstanceState>,
     pub name: Option<String>,
+    /// In any of these states (empty: any). With `state` too, both hold.
+    pub states: Vec<InstanceState>,
+    /// Only names that contain this text (compared as it is: case counts).
+    pub name_contains: Option<String>,
     /// Keyset pagination: only ids greater than this one.
     pub after: Option<Uuid>,
     /// Keyset pagination backwards: only ids smaller than this one, the nearest first (descending order).
     pub before: Option<Uuid>,
+    /// The order of the listing. Keyset pagination (`after`, `before`) is by id and goes with the default.
+    pub order: InstanceOrder,
+    /// Offset pagination, for the providers whose pages are numbered: skips this many.
+    pub offset: u32,
     /// At most this many (0: all).
     pub limit: u32,
+}
+
+/// How instances are listed; equal names or states are in id order (oldest first), so every order is total
+/// and an offset always means the same place.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum InstanceOrder {
+    /// By id: creation order, since ids are time-ordered UUIDv7.
+    #[default]
+    Oldest,
+    Newest,
+    NameAscending,
+    NameDescending,
+    /// By the state's name (`InstanceState::as_str`).
+    StateAscending,
+    StateDescending,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -238,7 +261,14 @@ pub struct OperationQuery {
     pub target_id: Option<Uuid>,
     /// Only operations not yet finished (pending or running).
     pub unfinished: bool,
+    /// In any of these states (empty: any).
+    pub states: Vec<OperationState>,
+    /// Keyset pagination, oldest first: only ids greater than this one.
     pub after: Option<Uuid>,
+    /// Newest first instead of oldest first (ids are time-ordered).
+    pub newest_first: bool,
+    /// Offset pagination, for the providers whose pages are numbered: skips this many.
+    pub offset: u32,
     /// At most this many (0: all).
     pub limit: u32,
 }
@@ -398,11 +428,17 @@ pub trait Store: Send + Sync + 'static {
 
     // Instances and operations.
     async fn get_instance(&self, id: Uuid) -> StoreResult<Option<Instance>>;
-    /// In id order.
+    /// In the query's order (id order by default).
     async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<Vec<Instance>>;
+    /// How many instances `list_instances` would list without paging (`after`, `before`, `offset` and
+    /// `limit` are not looked at): the count a numbered page shows.
+    async fn count_instances(&self, query: &InstanceQuery) -> StoreResult<u64>;
     async fn get_operation(&self, id: Uuid) -> StoreResult<Option<Operation>>;
-    /// In id order (ids are time-ordered UUIDv7: oldest first).
+    /// In id order (ids are time-ordered UUIDv7: oldest first), or newest first when the query says so.
     async fn list_operations(&self, query: &OperationQuery) -> StoreResult<Vec<Operation>>;
+    /// How many operations `list_operations` would list without paging (`after`, `offset` and `limit` are
+    /// not looked at).
+    async fn count_operations(&self, query: &OperationQuery) -> StoreResult<u64>;
 
     /// Applies every write or none; see [`WriteSet`].
     async fn apply(&self, set: WriteSet) -> StoreResult<()>;

@@ -254,11 +254,17 @@ impl Store for FaultyStore {
     async fn list_instances(&self, query: &InstanceQuery) -> StoreResult<Vec<Instance>> {
         self.inner.list_instances(query).await
     }
+    async fn count_instances(&self, query: &InstanceQuery) -> StoreResult<u64> {
+        self.inner.count_instances(query).await
+    }
     async fn get_operation(&self, id: Uuid) -> StoreResult<Option<Operation>> {
         self.inner.get_operation(id).await
     }
     async fn list_operations(&self, query: &OperationQuery) -> StoreResult<Vec<Operation>> {
         self.inner.list_operations(query).await
+    }
+    async fn count_operations(&self, query: &OperationQuery) -> StoreResult<u64> {
+        self.inner.count_operations(query).await
     }
     async fn apply(&self, set: WriteSet) -> StoreResult<()> {
         self.check("apply")?;

@@ -43,6 +43,11 @@ pub struct ServerArgs {
     /// routes nothing to these addresses (the default is TEST-NET-2, never routed).
     #[arg(long, default_value = "198.51.100.0/24")]
     elastic_ip_cidr: String,
+    /// The IPv6 prefix (/64 or shorter) instances take addresses from where a dialect enables IPv6
+    /// (Exoscale's `public-ip-assignment: dual`). Bookkeeping only (the default is the documentation
+    /// prefix, never routed).
+    #[arg(long, default_value = "2001:db8::/64")]
+    ipv6_prefix: String,
     /// Seconds a stop waits for the guest to power off before forcing it.
     #[arg(long, default_value_t = 30)]
     stop_grace_secs: u64,
@@ -166,6 +171,7 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         audit_retention: args.audit_retention,
         network_cidr: args.network_cidr.clone(),
         elastic_ip_cidr: args.elastic_ip_cidr.clone(),
+        ipv6_prefix: args.ipv6_prefix.clone(),
         stop_grace: Duration::from_secs(args.stop_grace_secs),
         reconcile_every: Duration::from_secs(args.reconcile_secs.max(1)),
         worker_id: server_id(&data_dir)?,

@@ -475,13 +475,18 @@ pub struct ConsoleUrl {
 }
 
 pub fn console_url(headers: &HeaderMap, ticket: &nimbus_engine::ConsoleTicket) -> ConsoleUrl {
+    console_url_of(headers, ticket.instance_id, &ticket.token)
+}
+
+/// The console URL of a ticket's `token` for `instance`.
+pub fn console_url_of(headers: &HeaderMap, instance: Uuid, token: &str) -> ConsoleUrl {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_string();
     let scheme = match headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()) {
         Some("https") => "wss",
         _ => "ws",
     };
     // The token is made of URL-safe characters only (hex, '.', base64url).
-    let path = format!("/v1/instances/{}/console/stream?ticket={}", ticket.instance_id, ticket.token);
+    let path = format!("/v1/instances/{instance}/console/stream?ticket={token}");
     ConsoleUrl { url: format!("{scheme}://{host}{path}"), host, path }
 }
 

@@ -289,12 +289,16 @@ impl Driver for SimDriver {
         })
     }
 
-    async fn stop(&self, id: Uuid, _grace: Duration) -> DriverResult<()> {
+    async fn stop(&self, id: Uuid, grace: Duration) -> DriverResult<()> {
         self.act("stop").await?;
         self.with_vm(id, |vm| {
             if vm.running {
                 vm.running = false;
                 vm.paused = false;
+                // The guest is given no time to shut down when there is no grace: a power cut.
+                if grace.is_zero() {
+                    vm.console.push_str("sim: power cut\n");
+                }
                 vm.console.push_str("POWEROFF\n");
             }
             Ok(())

@@ -45,6 +45,15 @@ impl Backend {
         }
     }
 
+    /// The condition that `column` contains the text of the placeholder `{}` as it is (SQLite's `LIKE`
+    /// ignores ASCII case and PostgreSQL's does not, so neither is used).
+    pub(crate) fn contains_text(self, column: &'static str) -> String {
+        match self {
+            Backend::Sqlite => format!("instr({column}, {{}}) > 0"),
+            Backend::Postgres => format!("strpos({column}, {{}}) > 0"),
+        }
+    }
+
     /// The statement that takes the next instance number (one row, one column): a sequence on PostgreSQL,
     /// which concurrent creates do not queue on; a counter row on SQLite, whose writers are serialized anyway.
     pub(crate) fn next_instance_number(self) -> &'static str {

@@ -26,7 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nimbus_core::catalog::Zone;
 use nimbus_core::event::Event;
-use nimbus_core::instance::Instance;
+use nimbus_core::instance::{Instance, InstanceState};
 use nimbus_core::operation::Operation;
 use nimbus_core::tenancy::{ApiKey, Organization, Project, Quota, Usage};
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
@@ -152,6 +152,13 @@ impl Filtered {
         self
     }
 
+    /// Appends ` AND {condition}` where `condition` holds `{}` for `value`'s placeholder.
+    pub(crate) fn and_where(&mut self, condition: &str, value: impl Into<Arg>) -> &mut Filtered {
+        self.args.push(value.into());
+        self.sql.push_str(&format!(" AND {}", condition.replace("{}", &format!("${}", self.args.len()))));
+        self
+    }
+
     /// Appends SQL that binds nothing.
     pub(crate) fn push(&mut self, sql: &str) -> &mut Filtered {
         self.sql.push_str(sql);
@@ -163,6 +170,34 @@ impl Filtered {
         if limit > 0 {
             self.args.push(limit.into());
             self.sql.push_str(&format!(" LIMIT ${}", self.args.len()));
+        }
+        self
+    }
+
+    /// Appends ` LIMIT $N OFFSET $M`: at most `limit` (0: all) after skipping `offset`.
+    pub(crate) fn window(&mut self, limit: u32, offset: u32) -> &mut Filtered {
+        if offset == 0 {
+            return self.limit(limit);
+        }
+        // SQLite takes an OFFSET only after a LIMIT.
+        let limit = if limit == 0 { i64::MAX } else { i64::from(limit) };
+        self.args.push(limit.into());
+        self.args.push(offset.into());
+        self.sql.push_str(&format!(" LIMIT ${} OFFSET ${}", self.args.len() - 1, self.args.len()));
+        self
+    }
+
+    /// Appends ` AND {column} IN ($N, ...)`; no values: nothing matches.
+    pub(crate) fn any_of(&mut self, column: &str, values: impl Iterator<Item = Arg>) -> &mut Filtered {
+        let mut placeholders = Vec::new();
+        for v in values {
+            self.args.push(v);
+            placeholders.push(format!("${}", self.args.len()));
+        }
+        if placeholders.is_empty() {
+            self.sql.push_str(" AND 1=0");
+        } else {
+            self.sql.push_str(&format!(" AND {column} IN ({})", placeholders.join(", ")));
         }
         self
     }
@@ -403,22 +438,61 @@ impl SqlStore {
         row.map(|r| body_of(what, &r)).transpose()
     }
 
-    /// The JSON documents of a `SELECT body ... WHERE ...`, in id order, at most `limit` (0: all).
-    async fn documents<T: for<'de> serde::Deserialize<'de>>(
-        &self,
-        what: &str,
-        mut sql: Filtered,
-        limit: u32,
-    ) -> StoreResult<Vec<T>> {
-        sql.push(" ORDER BY id").limit(limit);
-        let rows = sql.query().fetch_all(&self.pool).await.map_err(self.fail(what))?;
-        rows.iter().map(|r| body_of(what, r)).collect()
+    /// `select` with the conditions of `q` that choose instances (not those that page them).
+    fn instances_matching(&self, select: &str, q: &InstanceQuery) -> Filtered {
+        let mut sql = Filtered::new(select);
+        if let Some(p) = q.project_id {
+            sql.and("project_id = ", p);
+        }
+        if let Some(h) = &q.host {
+            sql.and("host = ", h);
+        }
+        if let Some(id) = q.id {
+            sql.and("id = ", id);
+        }
+        match q.state {
+            Some(state) => {
+                sql.and("state = ", state.as_str());
+            }
+            None if !q.with_destroyed && !q.states.contains(&InstanceState::Destroyed) => {
+                sql.push(" AND state <> 'destroyed'");
+            }
+            None => {}
+        }
+        if !q.states.is_empty() {
+            sql.any_of("state", q.states.iter().map(|s| Arg::from(s.as_str())));
+        }
+        if let Some(n) = &q.name {
+            sql.and("name = ", n);
+        }
+        if let Some(part) = &q.name_contains {
+            sql.and_where(&self.backend.contains_text("name"), part);
+        }
+        sql
     }
 
     async fn project_row(&self, sql: &str, key: Arg) -> StoreResult<Option<Project>> {
         let row = query(sql, vec![key]).fetch_optional(&self.pool).await.map_err(self.fail("reading a project"))?;
         row.as_ref().map(project_from_row).transpose()
     }
+}
+
+/// `select` with the conditions of `q` that choose operations (not those that page them).
+fn operations_matching(select: &str, q: &OperationQuery) -> Filtered {
+    let mut sql = Filtered::new(select);
+    if let Some(p) = q.project_id {
+        sql.and("project_id = ", p);
+    }
+    if let Some(t) = q.target_id {
+        sql.and("target_id = ", t);
+    }
+    if q.unfinished {
+        sql.push(" AND state IN ('pending', 'running')");
+    }
+    if !q.states.is_empty() {
+        sql.any_of("state", q.states.iter().map(|s| Arg::from(s.as_str())));
+    }
+    sql
 }
 
 async fn set_pragmas(conn: &mut AnyConnection, in_memory: bool) -> Result<(), sqlx::Error> {
@@ -651,38 +725,31 @@ impl Store for SqlStore {
     }
 
     async fn list_instances(&self, q: &InstanceQuery) -> StoreResult<Vec<Instance>> {
-        let mut sql = Filtered::new("SELECT body FROM instances WHERE 1=1");
-        if let Some(p) = q.project_id {
-            sql.and("project_id = ", p);
-        }
-        if let Some(h) = &q.host {
-            sql.and("host = ", h);
-        }
-        if let Some(id) = q.id {
-            sql.and("id = ", id);
-        }
-        match q.state {
-            Some(state) => {
-                sql.and("state = ", state.as_str());
-            }
-            None if !q.with_destroyed => {
-                sql.push(" AND state <> 'destroyed'");
-            }
-            None => {}
-        }
-        if let Some(n) = &q.name {
-            sql.and("name = ", n);
-        }
+        let mut sql = self.instances_matching("SELECT body FROM instances WHERE 1=1", q);
         if let Some(a) = q.after {
             sql.and("id > ", a);
         }
-        if let Some(b) = q.before {
-            sql.and("id < ", b);
-            sql.push(" ORDER BY id DESC").limit(q.limit);
-            let rows = sql.query().fetch_all(&self.pool).await.map_err(self.fail("instance"))?;
-            return rows.iter().map(|r| body_of("instance", r)).collect();
-        }
-        self.documents("instance", sql, q.limit).await
+        let order = match (q.before, q.order) {
+            (Some(b), _) => {
+                sql.and("id < ", b);
+                " ORDER BY id DESC"
+            }
+            (None, InstanceOrder::Oldest) => " ORDER BY id",
+            (None, InstanceOrder::Newest) => " ORDER BY id DESC",
+            (None, InstanceOrder::NameAscending) => " ORDER BY name, id",
+            (None, InstanceOrder::NameDescending) => " ORDER BY name DESC, id",
+            (None, InstanceOrder::StateAscending) => " ORDER BY state, id",
+            (None, InstanceOrder::StateDescending) => " ORDER BY state DESC, id",
+        };
+        sql.push(order).window(q.limit, q.offset);
+        let rows = sql.query().fetch_all(&self.pool).await.map_err(self.fail("instance"))?;
+        rows.iter().map(|r| body_of("instance", r)).collect()
+    }
+
+    async fn count_instances(&self, q: &InstanceQuery) -> StoreResult<u64> {
+        let sql = self.instances_matching("SELECT COUNT(*) AS n FROM instances WHERE 1=1", q);
+        let row = sql.query().fetch_one(&self.pool).await.map_err(self.fail("counting instances"))?;
+        Ok(u64::try_from(column::<i64>(&row, "n")?).unwrap_or(0))
     }
 
     async fn get_operation(&self, id: Uuid) -> StoreResult<Option<Operation>> {
@@ -690,20 +757,19 @@ impl Store for SqlStore {
     }
 
     async fn list_operations(&self, q: &OperationQuery) -> StoreResult<Vec<Operation>> {
-        let mut sql = Filtered::new("SELECT body FROM operations WHERE 1=1");
-        if let Some(p) = q.project_id {
-            sql.and("project_id = ", p);
-        }
-        if let Some(t) = q.target_id {
-            sql.and("target_id = ", t);
-        }
-        if q.unfinished {
-            sql.push(" AND state IN ('pending', 'running')");
-        }
+        let mut sql = operations_matching("SELECT body FROM operations WHERE 1=1", q);
         if let Some(a) = q.after {
             sql.and("id > ", a);
         }
-        self.documents("operation", sql, q.limit).await
+        sql.push(if q.newest_first { " ORDER BY id DESC" } else { " ORDER BY id" }).window(q.limit, q.offset);
+        let rows = sql.query().fetch_all(&self.pool).await.map_err(self.fail("operation"))?;
+        rows.iter().map(|r| body_of("operation", r)).collect()
+    }
+
+    async fn count_operations(&self, q: &OperationQuery) -> StoreResult<u64> {
+        let sql = operations_matching("SELECT COUNT(*) AS n FROM operations WHERE 1=1", q);
+        let row = sql.query().fetch_one(&self.pool).await.map_err(self.fail("counting operations"))?;
+        Ok(u64::try_from(column::<i64>(&row, "n")?).unwrap_or(0))
     }
 
     async fn apply(&self, set: WriteSet) -> StoreResult<()> {

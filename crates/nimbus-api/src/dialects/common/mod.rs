@@ -3,6 +3,9 @@
 //! - [`caller`]: the caller of a request that sends `Authorization: <scheme> <secret>` with a Nimbus API key's
 //!   secret (ONET and SF Compute `Bearer`, Gcore `APIKey`, SharedCloud `Token`), each failure in the
 //!   dialect's own words ([`CredentialErrors`]). Exoscale signs requests instead (`exoscale/signature.rs`).
+//! - [`drf`]: Django REST Framework's error bodies, ONET's and SharedCloud's.
+
+pub mod drf;
 
 use axum::http::request::Parts;
 use nimbus_core::DomainError;
@@ -10,6 +13,27 @@ use nimbus_engine::Context;
 
 use crate::auth::{actor_of, credential};
 use crate::AppState;
+
+/// Declares `$name(pub Context)`, the extractor of the caller of a request authenticated by
+/// `Authorization: $scheme <secret>` (the scheme in any case), refused with `$error`'s [`CredentialErrors`].
+macro_rules! key_caller {
+    ($name:ident, $error:ty, $scheme:literal) => {
+        #[doc = concat!("A caller authenticated by `Authorization: ", $scheme, " <secret>`.")]
+        pub struct $name(pub nimbus_engine::Context);
+
+        impl axum::extract::FromRequestParts<crate::AppState> for $name {
+            type Rejection = $error;
+
+            async fn from_request_parts(
+                parts: &mut axum::http::request::Parts,
+                state: &crate::AppState,
+            ) -> Result<Self, Self::Rejection> {
+                crate::dialects::common::caller(parts, state, $scheme).await.map($name)
+            }
+        }
+    };
+}
+pub(crate) use key_caller;
 
 /// How a dialect answers a request without credentials and one whose credentials no key has.
 pub trait CredentialErrors: From<DomainError> {

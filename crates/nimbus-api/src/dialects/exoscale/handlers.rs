@@ -159,6 +159,7 @@ impl Renderer {
                 .collect(),
             elastic_ips: self.elastic_ips.iter().filter(|e| e.instances.contains(&i.id)).map(|e| e.id).collect(),
             state_before,
+            ipv6_address: app.engine.ipv6_address(i.id),
         }
     }
 
@@ -253,10 +254,12 @@ pub async fn list(State(app): State<AppState>, signed: Signed) -> ExoResult<Json
         None => None,
     };
     let renderer = Renderer::new(&app, ctx).await?;
-    // An instance is found by its own address or by an elastic IP attached to it (`exo compute elastic-ip
-    // show` looks the holder of an elastic IP up so).
+    // An instance is found by its own address, its IPv6 one, or an elastic IP attached to it (`exo compute
+    // elastic-ip show` looks the holder of an elastic IP up so).
     let has_address = |i: &Instance, ip: &String| {
         i.ip_addresses.contains(ip)
+            || (views::ext_str(i, "public-ip-assignment") == Some("dual")
+                && ip.parse() == Ok(app.engine.ipv6_address(i.id)))
             || renderer.elastic_ips.iter().any(|e| e.ip.to_string() == *ip && e.instances.contains(&i.id))
     };
     let mut items = Vec::new();
@@ -304,11 +307,10 @@ fn check_disk(size: u64) -> ExoResult<u64> {
     }
 }
 
-/// `inet4` and `none` are what Nimbus can honour; it has no IPv6 to give.
+/// `dual` gives the instance an IPv6 address besides its IPv4 one, from the operator's prefix.
 fn check_ip_assignment(given: Option<&str>) -> ExoResult<()> {
     match given {
-        None | Some("inet4") | Some("none") => Ok(()),
-        Some("dual") => Err(ExoError::bad_request("Invalid parameter public-ip-assignment: IPv6 is not available")),
+        None | Some("inet4") | Some("dual") | Some("none") => Ok(()),
         Some(other) => Err(ExoError::bad_request(format!(
             "Invalid parameter public-ip-assignment: {other:?} is not one of inet4, dual, none"
         ))),
@@ -325,10 +327,13 @@ pub async fn create(State(app): State<AppState>, signed: Signed) -> ExoResult<Js
     if body.deploy_target.is_some_and(|t| t.has_id()) {
         return Err(ExoError::bad_request("Invalid parameter deploy-target: this zone has no deploy targets"));
     }
-    if body.ipv6_enabled == Some(true) {
-        return Err(ExoError::bad_request("Invalid parameter ipv6-enabled: IPv6 is not available"));
-    }
     check_ip_assignment(body.public_ip_assignment.as_deref())?;
+    // The deprecated `ipv6-enabled` is the dual assignment of before.
+    let assignment = match (body.public_ip_assignment, body.ipv6_enabled) {
+        (None, Some(true)) => "dual".to_string(),
+        (Some(a), _) => a,
+        (None, _) => "inet4".to_string(),
+    };
     let mut ssh_keys = referenced_ssh_keys(body.ssh_keys.unwrap_or_default(), "ssh-keys")?;
     if let Some(k) = body.ssh_key {
         let name = referenced_ssh_keys(vec![k], "ssh-key")?.remove(0);
@@ -352,7 +357,7 @@ pub async fn create(State(app): State<AppState>, signed: Signed) -> ExoResult<Js
         referenced_groups(&anti_affinity_refs, "anti-affinity-groups", &named)?
     };
     let mut ext = Map::new();
-    ext.insert("public-ip-assignment".into(), json!(body.public_ip_assignment.unwrap_or_else(|| "inet4".into())));
+    ext.insert("public-ip-assignment".into(), json!(assignment));
     ext.insert(
         "application-consistent-snapshot-enabled".into(),
         json!(body.application_consistent_snapshot_enabled.unwrap_or(false)),

@@ -4,6 +4,7 @@
 use axum::extract::{Path, State};
 use axum::Json;
 use nimbus_core::catalog::Visibility;
+use nimbus_core::resources::AntiAffinityGroup;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -395,20 +396,18 @@ pub async fn delete_security_group(
     receipt(&app, &signed.ctx, views::reference("security-group", id, &id.to_string())).await
 }
 
-pub async fn list_anti_affinity_groups(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let instances = app.engine.all_instances(&signed.ctx).await?;
-    let groups: Vec<Value> = app
-        .engine
-        .list_anti_affinity_groups(&signed.ctx)
-        .await?
+/// The groups with their members' ids.
+async fn anti_affinity_views(app: &AppState, signed: &Signed, groups: Vec<AntiAffinityGroup>) -> ExoResult<Vec<Value>> {
+    let with_members = app.engine.anti_affinity_members(&signed.ctx, groups).await?;
+    Ok(with_members
         .iter()
-        .map(|g| {
-            let members: Vec<_> =
-                instances.iter().filter(|i| i.anti_affinity_groups.contains(&g.id)).map(|i| i.id).collect();
-            views::anti_affinity_group(g, &members)
-        })
-        .collect();
-    Ok(Json(json!({ "anti-affinity-groups": groups })))
+        .map(|(g, members)| views::anti_affinity_group(g, &members.iter().map(|i| i.id).collect::<Vec<_>>()))
+        .collect())
+}
+
+pub async fn list_anti_affinity_groups(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let groups = app.engine.list_anti_affinity_groups(&signed.ctx).await?;
+    Ok(Json(json!({ "anti-affinity-groups": anti_affinity_views(&app, &signed, groups).await? })))
 }
 
 pub async fn get_anti_affinity_group(
@@ -416,11 +415,8 @@ pub async fn get_anti_affinity_group(
     Path(id): Path<String>,
     signed: Signed,
 ) -> ExoResult<Json<Value>> {
-    let id = parse_id("Anti-affinity group", &id)?;
-    let g = app.engine.anti_affinity_group(&signed.ctx, id).await?;
-    let instances = app.engine.all_instances(&signed.ctx).await?;
-    let members: Vec<_> = instances.iter().filter(|i| i.anti_affinity_groups.contains(&id)).map(|i| i.id).collect();
-    Ok(Json(views::anti_affinity_group(&g, &members)))
+    let g = app.engine.anti_affinity_group(&signed.ctx, parse_id("Anti-affinity group", &id)?).await?;
+    Ok(Json(anti_affinity_views(&app, &signed, vec![g]).await?.remove(0)))
 }
 
 pub async fn create_anti_affinity_group(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {

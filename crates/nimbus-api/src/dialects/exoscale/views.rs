@@ -117,6 +117,8 @@ pub struct InstanceContext<'a> {
     pub private_networks: Vec<(Uuid, String)>,
     pub elastic_ips: Vec<Uuid>,
     pub state_before: Option<InstanceState>,
+    /// The address the instance shows when its assignment is `dual`.
+    pub ipv6_address: std::net::Ipv6Addr,
 }
 
 fn public_ip(i: &Instance) -> Option<&String> {
@@ -160,6 +162,9 @@ fn instance_common(i: &Instance, c: &InstanceContext) -> Map<String, Value> {
     }
     if let Some(ip) = public_ip(i) {
         m.insert("public-ip".into(), json!(ip));
+    }
+    if ext_str(i, "public-ip-assignment") == Some("dual") {
+        m.insert("ipv6-address".into(), json!(c.ipv6_address.to_string()));
     }
     v.as_object().cloned().unwrap_or_default()
 }

@@ -1,20 +1,18 @@
 //! What changes a running instance: the v2 actions, `changeflavor`, and security groups by name.
 
-use std::collections::BTreeMap;
-
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use nimbus_core::instance::Instance;
 use nimbus_core::DomainError;
-use nimbus_engine::{ActionRequest, InstancePatch};
-use serde_json::{json, Value};
+use nimbus_engine::ActionRequest;
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::common::{body_object, required_str, tasks, OneInstance, Region};
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
-use super::views::{self, EXT};
+use super::views;
 use crate::AppState;
 
 /// `POST /cloud/v2/.../action`: start, stop, reboot, reboot_hard, suspend, resume.
@@ -28,8 +26,9 @@ pub async fn action(
     let request = match name {
         "start" => ActionRequest::Start,
         "stop" => ActionRequest::Stop,
-        // Nimbus has one reboot, a reset of the VM; Gcore's soft and hard reboot both are it.
-        "reboot" | "reboot_hard" => ActionRequest::Reboot,
+        // Gcore's soft reboot is asked of the guest (ACPI); its hard reboot resets the VM.
+        "reboot" => ActionRequest::SoftReboot,
+        "reboot_hard" => ActionRequest::Reboot,
         "suspend" => ActionRequest::Suspend,
         "resume" => ActionRequest::Resume,
         other => {
@@ -43,13 +42,6 @@ pub async fn action(
         }
     };
     let op = app.engine.act(&r.ctx, instance.id, request).await?;
-    if name == "reboot_hard" {
-        // Remembered so that the instance shows HARD_REBOOT and the task is a hard reboot.
-        let mut ext = BTreeMap::new();
-        ext.insert(EXT.to_string(), json!({ "hard_reboot_task": op.id }));
-        let patch = InstancePatch { extensions: ext, ..Default::default() };
-        app.engine.update_instance(&r.ctx, instance.id, patch, None).await?;
-    }
     Ok(tasks(&[&op]))
 }
 

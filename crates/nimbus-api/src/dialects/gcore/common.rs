@@ -20,16 +20,7 @@ use super::errors::{GcoreError, GcoreResult};
 use super::views::Scope;
 use crate::AppState;
 
-/// A caller authenticated by `Authorization: APIKey <secret>` (the scheme in any case).
-pub struct GcoreCaller(pub Context);
-
-impl FromRequestParts<AppState> for GcoreCaller {
-    type Rejection = GcoreError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        crate::dialects::common::caller(parts, state, "APIKey").await.map(GcoreCaller)
-    }
-}
+crate::dialects::common::key_caller!(GcoreCaller, GcoreError, "APIKey");
 
 impl crate::dialects::common::CredentialErrors for GcoreError {
     fn missing_credentials() -> GcoreError {

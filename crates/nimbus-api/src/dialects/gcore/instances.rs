@@ -7,10 +7,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
-use nimbus_core::instance::Instance;
+use nimbus_core::instance::{Instance, InstanceState};
 use nimbus_core::labels::Labels;
+use nimbus_core::operation::Operation;
 use nimbus_core::state_machine::Action;
-use nimbus_engine::{ActionRequest, InstancePatch};
+use nimbus_engine::{ActionRequest, InstanceOrder, InstancePatch, InstanceWindow, NumberedPage};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -36,6 +37,15 @@ impl<'a> Renderer<'a> {
         let groups = app.engine.list_security_groups(&region.ctx).await?;
         let networks = super::networks::gcore_networks(app, &region.ctx).await?;
         Ok(Renderer { app, region, group_names: groups.into_iter().map(|g| (g.id, g.name)).collect(), networks })
+    }
+
+    /// A Gcore page: the count of the whole listing and the window's instances.
+    async fn page(&self, found: NumberedPage<Instance>) -> GcoreResult<Json<Value>> {
+        let mut results = Vec::with_capacity(found.items.len());
+        for i in &found.items {
+            results.push(self.render(i).await?);
+        }
+        Ok(Json(json!({ "count": found.count, "results": results })))
     }
 
     pub(super) async fn render(&self, i: &Instance) -> GcoreResult<Value> {
@@ -80,8 +90,8 @@ fn all_tags(i: &Instance) -> Labels {
 
 pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) -> GcoreResult<Json<Value>> {
     let q = query_pairs(&uri);
-    let limit = query_usize(&q, "limit")?;
-    let offset = query_usize(&q, "offset")?.unwrap_or(0);
+    let limit = query_usize(&q, "limit")?.map(|l| u32::try_from(l).unwrap_or(u32::MAX));
+    let offset = query_usize(&q, "offset")?.unwrap_or(0) as u64;
     let tag_key_value: Option<Map<String, Value>> = query_one(&q, "tag_key_value")
         .map(|v| match serde_json::from_str::<Value>(v) {
             Ok(Value::Object(m)) => Ok(m),
@@ -92,7 +102,6 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
     let statuses = query_all(&q, "status");
     let since = query_one(&q, "changes_since").map(|v| parse_time("changes_since", v)).transpose()?;
     let before = query_one(&q, "changes_before").map(|v| parse_time("changes_before", v)).transpose()?;
-    let name = query_one(&q, "name");
     let uuid = query_one(&q, "uuid");
     let ip = query_one(&q, "ip");
     let flavor_id = query_one(&q, "flavor_id");
@@ -101,61 +110,76 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
     let renderer = Renderer::new(&app, &r).await?;
     let exclude_group: Option<Uuid> = query_one(&q, "exclude_secgroup")
         .and_then(|n| renderer.group_names.iter().find(|(_, name)| name.as_str() == n).map(|(id, _)| *id));
-
-    let mut matching: Vec<Instance> = app
-        .engine
-        .all_instances(&r.ctx)
-        .await?
-        .into_iter()
-        .filter(|i| name.is_none_or(|n| i.name.contains(n)))
-        .filter(|i| uuid.is_none_or(|u| i.id.to_string().contains(u)))
-        .filter(|i| ip.is_none_or(|a| i.ip_addresses.iter().any(|x| x.contains(a))))
-        .filter(|i| flavor_id.is_none_or(|f| i.instance_type == f))
-        .filter(|i| flavor_prefix.is_none_or(|f| i.instance_type.starts_with(f)))
-        .filter(|i| exclude_flavor_prefix.is_none_or(|f| !i.instance_type.starts_with(f)))
-        .filter(|i| exclude_group.is_none_or(|g| !i.security_groups.contains(&g)))
-        .filter(|i| statuses.is_empty() || statuses.iter().any(|s| views::states_for_status(s).contains(&i.state)))
-        .filter(|i| since.is_none_or(|t| i.updated_at >= t))
-        .filter(|i| before.is_none_or(|t| i.updated_at <= t))
-        .filter(|i| {
-            let tags = all_tags(i);
-            let pairs_match = tag_key_value
-                .as_ref()
-                .is_none_or(|m| m.iter().all(|(k, v)| tags.get(k).is_some_and(|t| Some(t.as_str()) == v.as_str())));
-            pairs_match && (tag_values.is_empty() || tags.values().any(|v| tag_values.contains(&v.as_str())))
-        })
-        .collect();
-    match query_one(&q, "order_by").unwrap_or("created.asc") {
-        "created.asc" => {}
-        "created.desc" => matching.reverse(),
-        "name.asc" => matching.sort_by(|a, b| a.name.cmp(&b.name)),
-        "name.desc" => matching.sort_by(|a, b| b.name.cmp(&a.name)),
-        "status.asc" => matching.sort_by_key(|i| i.state.as_str()),
-        "status.desc" => matching.sort_by(|a, b| b.state.as_str().cmp(a.state.as_str())),
+    let order = match query_one(&q, "order_by").unwrap_or("created.asc") {
+        "created.asc" => InstanceOrder::Oldest,
+        "created.desc" => InstanceOrder::Newest,
+        "name.asc" => InstanceOrder::NameAscending,
+        "name.desc" => InstanceOrder::NameDescending,
+        "status.asc" => InstanceOrder::StateAscending,
+        "status.desc" => InstanceOrder::StateDescending,
         other => return Err(GcoreError::field("order_by", format!("Unknown ordering {other:?}"))),
+    };
+    // The store chooses by name, by the states that can show the statuses asked for, and orders; what it
+    // has no column for is checked while the listing is read. Deleted instances are gone for Gcore, as its
+    // GET says (404), even where their records are kept.
+    let window = InstanceWindow {
+        states: statuses
+            .iter()
+            .flat_map(|s| views::states_for_status(s))
+            .copied()
+            .filter(|s| *s != InstanceState::Destroyed)
+            .collect(),
+        name_contains: query_one(&q, "name").map(str::to_string),
+        order,
+        offset,
+        limit,
+        ..Default::default()
+    };
+    if statuses.is_empty()
+        && tag_key_value.is_none()
+        && tag_values.is_empty()
+        && since.is_none()
+        && before.is_none()
+        && uuid.is_none()
+        && ip.is_none()
+        && flavor_id.is_none()
+        && flavor_prefix.is_none()
+        && exclude_flavor_prefix.is_none()
+        && exclude_group.is_none()
+    {
+        // Nothing but what the store chooses by: one window and the count, from the store.
+        let found = app.engine.instance_window(&r.ctx, &window).await?;
+        return renderer.page(found).await;
     }
-    let window = |n: usize| (offset, limit.unwrap_or(usize::MAX).min(n.saturating_sub(offset)));
-    if statuses.is_empty() {
-        let (skip, take) = window(matching.len());
-        let mut results = Vec::new();
-        for i in matching.iter().skip(skip).take(take) {
-            results.push(renderer.render(i).await?);
-        }
-        return Ok(Json(json!({ "count": matching.len(), "results": results })));
-    }
-    // One state can show as several statuses (a deleting instance keeps the one it had): the candidates
-    // are rendered and filtered on what they show.
-    let mut shown = Vec::new();
-    for i in &matching {
-        let v = renderer.render(i).await?;
-        if statuses.contains(&v["status"].as_str().unwrap_or("")) {
-            shown.push(v);
-        }
-    }
-    let (skip, take) = window(shown.len());
-    let count = shown.len();
-    let results: Vec<Value> = shown.into_iter().skip(skip).take(take).collect();
-    Ok(Json(json!({ "count": count, "results": results })))
+    // One state can show as several statuses (a deleting instance keeps the one it had), told apart by the
+    // operation holding its lock: the project's unfinished operations, read once.
+    let locks: BTreeMap<Uuid, Operation> = match statuses.is_empty() {
+        true => BTreeMap::new(),
+        false => app.engine.unfinished_operations(&r.ctx).await?.into_iter().map(|op| (op.id, op)).collect(),
+    };
+    let shows_asked_status = |i: &Instance| {
+        let lock = i.lock_operation_id.and_then(|id| locks.get(&id));
+        statuses.contains(&views::status(i, lock, views::hard_reboot(lock)).0)
+    };
+    let keep = |i: &Instance| {
+        let tags = all_tags(i);
+        let pairs_match = tag_key_value
+            .as_ref()
+            .is_none_or(|m| m.iter().all(|(k, v)| tags.get(k).is_some_and(|t| Some(t.as_str()) == v.as_str())));
+        uuid.is_none_or(|u| i.id.to_string().contains(u))
+            && ip.is_none_or(|a| i.ip_addresses.iter().any(|x| x.contains(a)))
+            && flavor_id.is_none_or(|f| i.instance_type == f)
+            && flavor_prefix.is_none_or(|f| i.instance_type.starts_with(f))
+            && exclude_flavor_prefix.is_none_or(|f| !i.instance_type.starts_with(f))
+            && exclude_group.is_none_or(|g| !i.security_groups.contains(&g))
+            && since.is_none_or(|t| i.updated_at >= t)
+            && before.is_none_or(|t| i.updated_at <= t)
+            && pairs_match
+            && (tag_values.is_empty() || tags.values().any(|v| tag_values.contains(&v.as_str())))
+            && (statuses.is_empty() || shows_asked_status(i))
+    };
+    let found = app.engine.instance_window_where(&r.ctx, &window, keep).await?;
+    renderer.page(found).await
 }
 
 pub async fn get(State(app): State<AppState>, OneInstance(r, instance): OneInstance) -> GcoreResult<Json<Value>> {

@@ -1,6 +1,7 @@
 //! The Gcore Cloud dialect (seed 003): instances under `/cloud/v1/instances/{project_id}/{region_id}` (create
 //! and actions under `/cloud/v2/...`), flavors, images, tasks, security groups and server groups, networks
-//! and subnets (the core's private networks, bookkeeping only) and instance interfaces on them,
+//! and subnets (the core's private networks, bookkeeping only) and instance interfaces on them, floating IPs
+//! (the core's elastic IPs),
 //! `Authorization: APIKey <secret>`, Gcore's error body. The integer project id is the key's project's
 //! `numeric_id`, the region id the zone's. One file per area; `common.rs` has what they all share.
 //! Notes: `shared/dialects/gcore.md`; the real `gcore` Python SDK is the test client.
@@ -16,6 +17,7 @@ mod catalog;
 mod common;
 mod create;
 pub mod errors;
+mod floating_ips;
 mod instances;
 mod interfaces;
 mod metrics;
@@ -31,6 +33,7 @@ const SG_V2: &str = "/cloud/v2/security_groups/{project_id}/{region_id}";
 const SERVER_GROUPS: &str = "/cloud/v1/servergroups/{project_id}/{region_id}";
 const NETWORKS: &str = "/cloud/v1/networks/{project_id}/{region_id}";
 const SUBNETS: &str = "/cloud/v1/subnets/{project_id}/{region_id}";
+const FLOATING_IPS: &str = "/cloud/v1/floatingips/{project_id}/{region_id}";
 
 /// Whether a path is under this dialect's prefix.
 pub fn owns(path: &str) -> bool {
@@ -64,6 +67,13 @@ pub fn router(_state: AppState) -> Routes {
             &format!("{SUBNETS}/{{subnet_id}}"),
             get(networks::get_subnet).delete(networks::delete_subnet).fallback(other),
         )
+        .route(FLOATING_IPS, get(floating_ips::list).post(floating_ips::create).fallback(other))
+        .route(
+            &format!("{FLOATING_IPS}/{{floating_ip_id}}"),
+            get(floating_ips::get).delete(floating_ips::delete).fallback(other),
+        )
+        .route(&format!("{FLOATING_IPS}/{{floating_ip_id}}/assign"), post(floating_ips::assign).fallback(other))
+        .route(&format!("{FLOATING_IPS}/{{floating_ip_id}}/unassign"), post(floating_ips::unassign).fallback(other))
         .route(&one("/metrics"), post(metrics::metrics).fallback(other))
         .route(&one("/get_console"), get(metrics::console).fallback(other))
         .route("/cloud/v1/flavors/{project_id}/{region_id}", get(catalog::flavors).fallback(other))

@@ -22,22 +22,19 @@ async fn find_group(app: &AppState, r: &Region, id: &str) -> GcoreResult<AntiAff
     found("Server group", id, |id| app.engine.anti_affinity_group(&r.ctx, id)).await
 }
 
-/// The groups rendered with their members, read once for all of them.
-async fn render(app: &AppState, r: &Region, groups: &[AntiAffinityGroup]) -> GcoreResult<Vec<Value>> {
-    let instances = app.engine.all_instances(&r.ctx).await?;
+/// The groups rendered with their members.
+async fn render(app: &AppState, r: &Region, groups: Vec<AntiAffinityGroup>) -> GcoreResult<Vec<Value>> {
     let scope = r.scope();
-    Ok(groups
+    let with_members = app.engine.anti_affinity_members(&r.ctx, groups).await?;
+    Ok(with_members
         .iter()
-        .map(|g| {
-            let members: Vec<_> = instances.iter().filter(|i| i.anti_affinity_groups.contains(&g.id)).collect();
-            views::server_group(g, &members, &scope)
-        })
+        .map(|(g, members)| views::server_group(g, &members.iter().collect::<Vec<_>>(), &scope))
         .collect())
 }
 
 pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) -> GcoreResult<Json<Value>> {
     let groups = app.engine.list_anti_affinity_groups(&r.ctx).await?;
-    page(render(&app, &r, &groups).await?, &query_pairs(&uri))
+    page(render(&app, &r, groups).await?, &query_pairs(&uri))
 }
 
 pub async fn get(
@@ -46,7 +43,7 @@ pub async fn get(
     Path((_, _, id)): Path<(String, String, String)>,
 ) -> GcoreResult<Json<Value>> {
     let group = find_group(&app, &r, &id).await?;
-    Ok(Json(render(&app, &r, &[group]).await?.remove(0)))
+    Ok(Json(render(&app, &r, vec![group]).await?.remove(0)))
 }
 
 pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: Bytes) -> GcoreResult<Json<Value>> {

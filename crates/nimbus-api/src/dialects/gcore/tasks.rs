@@ -5,15 +5,14 @@ use axum::http::Uri;
 use axum::Json;
 use nimbus_core::catalog::Zone;
 use nimbus_core::operation::Operation;
-use nimbus_core::state_machine::Action;
 use nimbus_core::DomainError;
-use nimbus_engine::Context;
+use nimbus_engine::{Context, NumberedPage, OperationWindow};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::common::{parse_time, query_all, query_one, query_pairs, query_usize, GcoreCaller};
 use super::errors::{GcoreError, GcoreResult};
-use super::views::{self, Scope, EXT};
+use super::views::{self, Scope};
 use crate::AppState;
 
 /// The task list's page when the client names none, and the largest it may ask for.
@@ -22,15 +21,10 @@ const MAX_TASK_PAGE: usize = 1000;
 
 // Tasks: global, not under a project and region; the key's project and this server's zone are theirs.
 
-async fn task_view(app: &AppState, ctx: &Context, zone: &Zone, op: &Operation) -> Value {
-    let hard_reboot = op.kind == Action::Reboot
-        && app.engine.instance(ctx, op.target.id).await.ok().is_some_and(|i| {
-            i.extensions.get(EXT).and_then(|e| e.get("hard_reboot_task")).and_then(Value::as_str)
-                == Some(op.id.to_string().as_str())
-        });
+fn task_view(app: &AppState, ctx: &Context, zone: &Zone, op: &Operation) -> Value {
     let cidr = app.engine.config().network_cidr.clone();
     let scope = Scope { project_id: ctx.project.numeric_id, zone, network_cidr: &cidr };
-    views::task(op, &scope, hard_reboot)
+    views::task(op, &scope, views::hard_reboot(Some(op)))
 }
 
 pub async fn get(
@@ -42,7 +36,7 @@ pub async fn get(
     let op_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
     let zone = app.engine.zone().await?;
     match app.engine.operation(&ctx, op_id).await {
-        Ok(op) => Ok(Json(task_view(&app, &ctx, &zone, &op).await)),
+        Ok(op) => Ok(Json(task_view(&app, &ctx, &zone, &op))),
         // A security group is made at once; its create task is the group (see `security_groups`).
         Err(DomainError::NotFound { .. }) => match app.engine.security_group(&ctx, op_id).await {
             Ok(group) => {
@@ -74,36 +68,30 @@ pub async fn list(State(app): State<AppState>, GcoreCaller(ctx): GcoreCaller, ur
     // Another project or region holds no task of this key.
     let elsewhere = (!projects.is_empty() && !projects.contains(&ctx.project.numeric_id.to_string().as_str()))
         || (!regions.is_empty() && !regions.contains(&zone.numeric_id.to_string().as_str()));
-    let mut ops = Vec::new();
-    let mut token = None;
-    if !elsewhere {
-        loop {
-            let page = app.engine.list_operations(&ctx, None, 1000, token.as_deref()).await?;
-            ops.extend(page.items);
-            match page.next_page_token {
-                Some(t) => token = Some(t),
-                None => break,
-            }
-        }
+    if elsewhere {
+        return Ok(Json(json!({ "count": 0, "results": [] })));
     }
-    let mut views = Vec::new();
-    for op in ops
-        .iter()
-        .filter(|op| from.is_none_or(|t| op.created_at >= t))
-        .filter(|op| to.is_none_or(|t| op.created_at <= t))
-    {
-        let v = task_view(&app, &ctx, &zone, op).await;
-        if (states.is_empty() || states.contains(&v["state"].as_str().unwrap_or("")))
-            && task_type.is_none_or(|t| v["task_type"] == t)
-        {
-            views.push(v);
-        }
-    }
-    let descending = matches!(query_one(&q, "order_by").or(query_one(&q, "sorting")), Some("desc"));
-    if descending {
-        views.reverse();
-    }
-    let count = views.len();
-    let results: Vec<Value> = views.into_iter().skip(offset).take(limit).collect();
-    Ok(Json(json!({ "count": count, "results": results })))
+    // A task's state is its operation's; the store chooses by it and orders, and the task type and the
+    // times are checked while the listing is read.
+    let window = OperationWindow {
+        states: states.iter().flat_map(|s| views::operation_states(s)).copied().collect(),
+        newest_first: matches!(query_one(&q, "order_by").or(query_one(&q, "sorting")), Some("desc")),
+        offset: offset as u64,
+        limit: Some(u32::try_from(limit).unwrap_or(u32::MAX)),
+    };
+    let unknown_state = !states.is_empty() && window.states.is_empty();
+    let found = if unknown_state {
+        NumberedPage { count: 0, items: Vec::new() }
+    } else if task_type.is_none() && from.is_none() && to.is_none() {
+        app.engine.operation_window(&ctx, &window).await?
+    } else {
+        let keep = |op: &Operation| {
+            from.is_none_or(|t| op.created_at >= t)
+                && to.is_none_or(|t| op.created_at <= t)
+                && task_type.is_none_or(|t| views::task_type(op, views::hard_reboot(Some(op))) == t)
+        };
+        app.engine.operation_window_where(&ctx, &window, keep).await?
+    };
+    let results: Vec<Value> = found.items.iter().map(|op| task_view(&app, &ctx, &zone, op)).collect();
+    Ok(Json(json!({ "count": found.count, "results": results })))
 }

@@ -149,7 +149,7 @@ pub fn image(t: &Template, scope: &Scope) -> Value {
 }
 
 /// Gcore's `status`, `vm_state` and `task_state` of an instance, from its state and the operation holding
-/// its lock (the Nova convention of the notes, §12). `hard_reboot` marks a reboot asked as `reboot_hard`.
+/// its lock (the Nova convention of the notes, §12). `hard_reboot` marks a reboot that resets the VM.
 pub fn status(
     i: &Instance,
     lock: Option<&Operation>,
@@ -205,6 +205,11 @@ pub fn status(
     }
 }
 
+/// Whether `lock`, the operation holding the instance, is a hard reboot (a reset of the VM).
+pub fn hard_reboot(lock: Option<&Operation>) -> bool {
+    lock.is_some_and(nimbus_engine::is_hard_reboot)
+}
+
 /// The Gcore statuses that stand for each Nimbus state, for the list's `status` filter: what `status()`
 /// shows for an instance in that state.
 pub fn states_for_status(gcore_status: &str) -> &'static [InstanceState] {
@@ -258,8 +263,7 @@ pub struct InstanceContext<'a> {
 
 pub fn instance(i: &Instance, c: &InstanceContext) -> Value {
     let scope = c.scope;
-    let hard_reboot = c.lock.is_some_and(|op| ext_str(i, "hard_reboot_task") == Some(op.id.to_string().as_str()));
-    let (status, vm_state, task_state) = status(i, c.lock, hard_reboot);
+    let (status, vm_state, task_state) = status(i, c.lock, hard_reboot(c.lock));
     let interface_name = ext_str(i, "interface_name");
     let addresses: Vec<Value> = i
         .ip_addresses
@@ -606,14 +610,30 @@ fn task_with_scope(mut task: Value, scope: &Scope) -> Value {
     task
 }
 
-/// An operation as Gcore's Task.
-pub fn task(op: &Operation, scope: &Scope, hard_reboot: bool) -> Value {
-    let state = match op.state {
+/// The state of the task an operation is.
+fn task_state(state: OperationState) -> &'static str {
+    match state {
         OperationState::Pending => "NEW",
         OperationState::Running => "RUNNING",
         OperationState::Success => "FINISHED",
         OperationState::Failure | OperationState::Timeout | OperationState::Cancelled => "ERROR",
-    };
+    }
+}
+
+/// The operation states a task state stands for (none for a state Gcore does not have).
+pub fn operation_states(task_state: &str) -> &'static [OperationState] {
+    match task_state {
+        "NEW" => &[OperationState::Pending],
+        "RUNNING" => &[OperationState::Running],
+        "FINISHED" => &[OperationState::Success],
+        "ERROR" => &[OperationState::Failure, OperationState::Timeout, OperationState::Cancelled],
+        _ => &[],
+    }
+}
+
+/// An operation as Gcore's Task.
+pub fn task(op: &Operation, scope: &Scope, hard_reboot: bool) -> Value {
+    let state = task_state(op.state);
     let mut resources = created_resources("instances", &[]);
     if op.kind == Action::Create {
         resources = created_resources("instances", &[op.target.id]);

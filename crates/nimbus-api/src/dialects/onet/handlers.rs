@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,7 +14,7 @@ use nimbus_core::catalog::{InstanceType, Template, Zone};
 use nimbus_core::instance::{Instance, InstanceState, NameRule};
 use nimbus_core::labels::Labels;
 use nimbus_core::DomainError;
-use nimbus_engine::{ActionRequest, Context, CreateInstance, InstancePatch};
+use nimbus_engine::{ActionRequest, Context, CreateInstance, InstancePatch, InstanceWindow};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -24,31 +23,13 @@ use super::views::{self, BILLING_CYCLES, DEFAULT_BILLING_CYCLE, EXT, LEGACY_ID};
 use crate::AppState;
 
 /// DRF's page size when the client names none, and the largest it may ask for.
-const DEFAULT_PAGE_SIZE: usize = 20;
-const MAX_PAGE_SIZE: usize = 100;
+const DEFAULT_PAGE_SIZE: u32 = 20;
+const MAX_PAGE_SIZE: u32 = 100;
 const MAX_NAME: usize = 255;
 const MAX_HOSTNAME: usize = 255;
 const MAX_OS_NAME: usize = 100;
 
-/// A caller authenticated by `Authorization: Bearer <secret>`.
-pub struct OnetCaller(pub Context);
-
-impl FromRequestParts<AppState> for OnetCaller {
-    type Rejection = OnetError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        crate::dialects::common::caller(parts, state, "Bearer").await.map(OnetCaller)
-    }
-}
-
-impl crate::dialects::common::CredentialErrors for OnetError {
-    fn missing_credentials() -> OnetError {
-        OnetError::missing_credentials()
-    }
-    fn invalid_credentials() -> OnetError {
-        OnetError::invalid_token()
-    }
-}
+crate::dialects::common::key_caller!(OnetCaller, OnetError, "Bearer");
 
 /// The path's organization and project must be the key's: any other looks like nothing at all.
 fn tenancy(ctx: &Context, organization_id: &str, project_id: &str) -> OnetResult<()> {
@@ -61,7 +42,7 @@ fn tenancy(ctx: &Context, organization_id: &str, project_id: &str) -> OnetResult
 }
 
 fn instance_id(id: &str) -> OnetResult<Uuid> {
-    Uuid::parse_str(id).map_err(|_| OnetError::no_instance())
+    Uuid::parse_str(id).map_err(|_| super::errors::no_instance())
 }
 
 /// What rendering needs from the catalog, read once per request.
@@ -117,7 +98,7 @@ impl Renderer {
 }
 
 /// DRF's absolute URL of another page: the request's URL with `page` replaced (dropped for page 1).
-fn page_url(headers: &HeaderMap, uri: &Uri, page: usize) -> String {
+fn page_url(headers: &HeaderMap, uri: &Uri, page: u64) -> String {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     let scheme = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or("http");
     let mut query: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
@@ -149,28 +130,43 @@ pub async fn list(
     // DRF falls back to the default page size on a bad one and clamps a large one.
     let page_size = params
         .get("page_size")
-        .and_then(|s| s.parse::<usize>().ok())
+        .and_then(|s| s.parse::<u32>().ok())
         .filter(|&n| n > 0)
         .map_or(DEFAULT_PAGE_SIZE, |n| n.min(MAX_PAGE_SIZE));
-    // ONET keeps deleted instances, `terminated`, for a while: listed too.
-    let all = app.engine.all_instances_and_destroyed(&ctx).await?;
-    let pages = all.len().div_ceil(page_size).max(1);
     let invalid_page = || OnetError::detail(StatusCode::NOT_FOUND, "Invalid page.");
-    let page = match params.get("page").map(String::as_str) {
+    // `None`: the last page, known once the count is.
+    let asked = match params.get("page").map(String::as_str) {
+        None => Some(1),
+        Some("last") => None,
+        Some(s) => Some(s.parse::<u64>().ok().filter(|&p| p >= 1).ok_or_else(invalid_page)?),
+    };
+    // ONET keeps deleted instances, `terminated`, for a while: listed too.
+    let window = |page: u64| InstanceWindow {
+        with_destroyed: true,
+        offset: (page - 1).saturating_mul(page_size.into()),
+        limit: Some(page_size),
+        ..Default::default()
+    };
+    let mut found = app.engine.instance_window(&ctx, &window(asked.unwrap_or(1))).await?;
+    let pages = found.count.div_ceil(page_size.into()).max(1);
+    let page = match asked {
+        Some(page) => page,
+        None if pages > 1 => {
+            found = app.engine.instance_window(&ctx, &window(pages)).await?;
+            pages
+        }
         None => 1,
-        Some("last") => pages,
-        Some(s) => s.parse::<usize>().ok().filter(|&p| p >= 1).ok_or_else(invalid_page)?,
     };
     if page > pages {
         return Err(invalid_page());
     }
     let renderer = Renderer::new(&app, &ctx).await?;
     let mut results = Vec::new();
-    for i in all.iter().skip((page - 1) * page_size).take(page_size) {
+    for i in &found.items {
         results.push(renderer.render(&app, &ctx, i).await?);
     }
     Ok(Json(json!({
-        "count": all.len(),
+        "count": found.count,
         "next": (page < pages).then(|| page_url(&headers, &uri, page + 1)),
         "previous": (page > 1).then(|| page_url(&headers, &uri, page - 1)),
         "results": results,
@@ -226,14 +222,16 @@ fn body_object(headers: &HeaderMap, body: &Bytes) -> OnetResult<Map<String, Valu
         .map_err(|e| OnetError::detail(StatusCode::BAD_REQUEST, format!("JSON parse error - {e}")))?;
     match value {
         Value::Object(map) => Ok(map),
-        other => Err(OnetError {
-            status: StatusCode::BAD_REQUEST,
-            body: json!({"non_field_errors": [format!(
-                "Invalid data. Expected a dictionary, but got {}.",
-                match other { Value::Array(_) => "list", Value::String(_) => "str", Value::Bool(_) => "bool",
-                    Value::Number(_) => "int", _ => "NoneType" }
-            )]}),
-        }),
+        other => Err(OnetError::non_field(format!(
+            "Invalid data. Expected a dictionary, but got {}.",
+            match other {
+                Value::Array(_) => "list",
+                Value::String(_) => "str",
+                Value::Bool(_) => "bool",
+                Value::Number(_) => "int",
+                _ => "NoneType",
+            }
+        ))),
     }
 }
 
@@ -572,9 +570,9 @@ pub async fn task(
 }
 
 /// `POST .../instances/{id}/{start|stop|shutdown|reboot|reset}`: ONET's power actions, each answered with its
-/// task (202), pollable like every task. Nimbus's stop asks the guest to power off and forces it after a
-/// grace period, so `stop` and `shutdown` are both it; its reboot is a reset of the VM, so `reboot` and
-/// `reset` are both that.
+/// task (202), pollable like every task. As in the VPS panels ONET's task names come from, `shutdown` asks
+/// the guest to power off (forced after a grace period) and `stop` cuts the power at once; `reboot` asks the
+/// guest to reboot and `reset` resets the VM.
 pub async fn power(
     State(app): State<AppState>,
     OnetCaller(ctx): OnetCaller,
@@ -584,8 +582,10 @@ pub async fn power(
     let id = instance_id(&id)?;
     let (request, verb) = match action.as_str() {
         "start" => (ActionRequest::Start, "started"),
-        "stop" | "shutdown" => (ActionRequest::Stop, "stopped"),
-        "reboot" | "reset" => (ActionRequest::Reboot, "rebooted"),
+        "shutdown" => (ActionRequest::Stop, "shut down"),
+        "stop" => (ActionRequest::PowerOff, "stopped"),
+        "reboot" => (ActionRequest::SoftReboot, "rebooted"),
+        "reset" => (ActionRequest::Reboot, "reset"),
         _ => return Err(OnetError::not_found()),
     };
     let instance = app.engine.instance(&ctx, id).await?;
@@ -597,6 +597,46 @@ pub async fn power(
     })?;
     let task = views::task(&op, Some(&instance.name), app.engine.config().max_attempts);
     Ok((StatusCode::ACCEPTED, Json(task)).into_response())
+}
+
+/// `POST .../instances/{id}/console`: a console session of a running instance, whose `url` opens its serial
+/// console (the native console websocket with a single-use ticket: no API token needed, valid for a minute
+/// to connect). The session's id is the ticket, so `GET .../console/{session_id}` shows it again.
+pub async fn open_console(
+    State(app): State<AppState>,
+    OnetCaller(ctx): OnetCaller,
+    Path((org, project, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> OnetResult<Response> {
+    tenancy(&ctx, &org, &project)?;
+    let ticket = app.engine.console_ticket(&ctx, instance_id(&id)?).await.map_err(|e| match e {
+        DomainError::InvalidState { state, .. } => OnetError::detail(
+            StatusCode::BAD_REQUEST,
+            format!("The console is available while the instance runs; it is {state}."),
+        ),
+        other => other.into(),
+    })?;
+    let url = crate::native::instances::console_url(&headers, &ticket).url;
+    let session = views::console_session(&ticket.token, ticket.instance_id, &url, Some(ticket.expires_at));
+    Ok((StatusCode::CREATED, Json(session)).into_response())
+}
+
+/// `GET .../instances/{id}/console/{session_id}`: the session again (its ticket is checked when the URL is
+/// opened, not here).
+pub async fn console(
+    State(app): State<AppState>,
+    OnetCaller(ctx): OnetCaller,
+    Path((org, project, id, session)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> OnetResult<Json<Value>> {
+    tenancy(&ctx, &org, &project)?;
+    let instance = app.engine.instance(&ctx, instance_id(&id)?).await?;
+    // Only URL-safe characters go into the URL, as in the tokens the engine makes.
+    if !session.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        return Err(OnetError::not_found());
+    }
+    let url = crate::native::instances::console_url_of(&headers, instance.id, &session).url;
+    Ok(Json(views::console_session(&session, instance.id, &url, None)))
 }
 
 /// `GET .../instances/{id}/tasks/{task_id}`: a task of that instance.

@@ -40,6 +40,14 @@ pub fn router(_state: AppState) -> Routes {
                 post(handlers::resize).fallback(errors::method_not_allowed),
             )
             .route(
+                &format!("{BASE}/instances/{{id}}/console{slash}"),
+                post(handlers::open_console).fallback(errors::method_not_allowed),
+            )
+            .route(
+                &format!("{BASE}/instances/{{id}}/console/{{session_id}}{slash}"),
+                get(handlers::console).fallback(errors::method_not_allowed),
+            )
+            .route(
                 &format!("{BASE}/instances/{{id}}/{{action}}{slash}"),
                 post(handlers::power).fallback(errors::method_not_allowed),
             )

@@ -6,7 +6,7 @@ use nimbus_core::catalog::{InstanceType, Template, Visibility, Zone};
 use nimbus_core::instance::{Instance, InstanceState};
 use nimbus_core::operation::{Operation, OperationState};
 use nimbus_core::state_machine::Action;
-use nimbus_driver::InstanceMetrics;
+use nimbus_engine::InstanceMetrics;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
@@ -374,14 +374,19 @@ pub fn tags(i: &Instance) -> Value {
     }
 }
 
-fn task_type(kind: Action) -> String {
-    match kind {
+/// ONET's task types: `stop_vps` cuts the power and `shutdown_vps` asks the guest first; `reset_vps` resets
+/// the VM and `reboot_vps` asks the guest to reboot (see the handlers' `power`).
+fn task_type(op: &Operation) -> String {
+    match op.kind {
         Action::Create => "create_vps".into(),
         Action::Delete => "delete_vps".into(),
         Action::Start => "start_vps".into(),
-        Action::Stop | Action::ScheduledStop => "stop_vps".into(),
+        Action::Stop if nimbus_engine::is_power_off(op) => "stop_vps".into(),
+        Action::Stop | Action::ScheduledStop => "shutdown_vps".into(),
+        Action::Reboot if nimbus_engine::is_hard_reboot(op) => "reset_vps".into(),
         Action::Reboot => "reboot_vps".into(),
-        Action::Reset => "reset_vps".into(),
+        // A reinstall from the image.
+        Action::Reset => "reinstall_vps".into(),
         Action::Scale | Action::ResizeDisk => "resize_vps".into(),
         other => format!("{}_vps", other.as_str().replace('-', "_")),
     }
@@ -402,7 +407,7 @@ pub fn task(op: &Operation, instance_name: Option<&str>, max_retries: u32) -> Va
         "id": op.id,
         "instance_id": op.target.id,
         "instance": {"id": op.target.id, "name": instance_name},
-        "task_type": task_type(op.kind),
+        "task_type": task_type(op),
         "status": status,
         "result": op.result.clone().or_else(|| op.message.clone().map(Value::String)),
         "started_at": started,
@@ -438,4 +443,15 @@ mod tests {
         assert_eq!(decimal(-0.001), "0.00");
         assert_eq!(decimal(7.3), "7.30");
     }
+}
+
+/// A console session: what opens the instance's serial console.
+pub fn console_session(id: &str, instance_id: Uuid, url: &str, expires_at: Option<OffsetDateTime>) -> Value {
+    json!({
+        "id": id,
+        "instance_id": instance_id,
+        "url": url,
+        "protocol": "websocket",
+        "expires_at": expires_at.map(rfc3339),
+    })
 }

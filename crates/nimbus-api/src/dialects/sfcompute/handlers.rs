@@ -1,15 +1,14 @@
 //! The SF Compute instance endpoints: parse SF's request shapes, call the engine's instance services and
 //! render SF's responses. Rules (atomic batches, merge patch of tags, scheduled shutdown) live in the engine.
 
-use axum::extract::{FromRequest, FromRequestParts, Path, RawQuery, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{FromRequest, Path, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use nimbus_core::instance::InstanceState;
 use nimbus_core::labels::{json_type, Labels, Requirement, Selector};
 use nimbus_core::DomainError;
-use nimbus_engine::{page_token, ActionRequest, Context, CreateInstance, InstanceFilter, InstancePatch};
+use nimbus_engine::{page_token, ActionRequest, CreateInstance, InstanceFilter, InstancePatch};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
@@ -27,16 +26,7 @@ const CURSOR_PREFIX: &str = "nodec_";
 const MAX_TAGS: usize = 50;
 const PRIORITY_LEVELS: &[&str] = &["yield", "normal", "preferred", "critical"];
 
-/// A caller authenticated with `Authorization: Bearer <token>`.
-pub struct SfCaller(pub Context);
-
-impl FromRequestParts<AppState> for SfCaller {
-    type Rejection = SfError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        crate::dialects::common::caller(parts, state, "Bearer").await.map(SfCaller)
-    }
-}
+crate::dialects::common::key_caller!(SfCaller, SfError, "Bearer");
 
 impl crate::dialects::common::CredentialErrors for SfError {
     fn missing_credentials() -> SfError {

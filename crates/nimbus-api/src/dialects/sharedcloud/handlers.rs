@@ -6,15 +6,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use nimbus_core::catalog::GpuModel;
 use nimbus_core::instance::{validate_name_by, Instance, InstanceState, NameRule};
 use nimbus_core::DomainError;
-use nimbus_engine::{ActionRequest, Context, CreateInstance, InstanceFilter, InstancePatch};
+use nimbus_engine::{ActionRequest, Context, CreateInstance, InstanceOrder, InstancePatch, InstanceWindow};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -36,25 +35,7 @@ const MAX_NAME: usize = 255;
 /// deletes or changes what it has just created.
 const SETTLE: Duration = Duration::from_secs(60);
 
-/// A caller authenticated by `Authorization: Token <secret>`.
-pub struct ScCaller(pub Context);
-
-impl FromRequestParts<AppState> for ScCaller {
-    type Rejection = ScError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        crate::dialects::common::caller(parts, state, "Token").await.map(ScCaller)
-    }
-}
-
-impl crate::dialects::common::CredentialErrors for ScError {
-    fn missing_credentials() -> ScError {
-        ScError::missing_credentials()
-    }
-    fn invalid_credentials() -> ScError {
-        ScError::invalid_token()
-    }
-}
+crate::dialects::common::key_caller!(ScCaller, ScError, "Token");
 
 /// Reads a body the way DRF's default parsers do: form-encoded (what `sharedcloud-cli` sends) or JSON,
 /// into one object. Form values are strings; a repeated key keeps its last value.
@@ -273,21 +254,9 @@ pub async fn list(State(app): State<AppState>, ScCaller(ctx): ScCaller) -> ScRes
     let types = app.engine.list_instance_types().await?;
     let models = gpu_models(&app).await?;
     let gpus = gpu_uuids(&app, &models).await?;
-    let mut all = Vec::new();
-    let mut page_token = None;
-    loop {
-        let page = app
-            .engine
-            .list_instances(&ctx, InstanceFilter { limit: Some(1000), page_token, ..Default::default() })
-            .await?;
-        all.extend(page.items);
-        match page.next_page_token {
-            Some(t) => page_token = Some(t),
-            None => break,
-        }
-    }
-    // Newest first; ids are time-ordered, which breaks ties of equal creation times the same way.
-    all.sort_by_key(|i| std::cmp::Reverse((i.created_at, i.id)));
+    // Newest first, the whole list: SharedCloud's is not paged.
+    let window = InstanceWindow { order: InstanceOrder::Newest, ..Default::default() };
+    let all = app.engine.instance_window(&ctx, &window).await?.items;
     let now = nimbus_core::now();
     let items: Vec<Value> = all
         .iter()
@@ -469,16 +438,8 @@ pub async fn delete(
 /// `status` 1. Asking for the state it is already in (or heading to) changes nothing.
 async fn run_state(app: AppState, ctx: Context, uuid: String, start: bool) -> ScResult<Json<Value>> {
     let id = instance_id(&uuid)?;
-    let current = live_instance(&app, &ctx, id).await?;
-    let already = if start {
-        matches!(current.state, InstanceState::Running | InstanceState::Starting)
-    } else {
-        matches!(current.state, InstanceState::Stopped | InstanceState::Stopping)
-    };
-    if !already {
-        let req = if start { ActionRequest::Start } else { ActionRequest::Stop };
-        app.engine.act_when_free(&ctx, id, req, SETTLE).await?;
-    }
+    live_instance(&app, &ctx, id).await?;
+    app.engine.power_to(&ctx, id, start, SETTLE).await?;
     let i = app.engine.instance(&ctx, id).await?;
     Ok(Json(render(&app, &i).await?))
 }

@@ -214,7 +214,13 @@ assert c.get_instance(id=iid)["labels"] == {"tier": "web"}
 assert [x["id"] for x in c.list_instances(labels="tier=web")["instances"]] == [iid]
 c.wait(c.reset_instance_field(id=iid, field="labels")["id"])
 assert c.get_instance(id=iid)["labels"] == {}
-refused(lambda: c.update_instance(id=iid, public_ip_assignment="dual"), 400, "IPv6")
+step("dual assignment: an IPv6 address from the operator's prefix (bookkeeping only)")
+c.wait(c.update_instance(id=iid, public_ip_assignment="dual")["id"])
+i = c.get_instance(id=iid)
+assert i["public-ip-assignment"] == "dual" and i["ipv6-address"].startswith("2001:db8:"), i
+c.wait(c.update_instance(id=iid, public_ip_assignment="inet4")["id"])
+assert "ipv6-address" not in c.get_instance(id=iid)
+refused(lambda: c.update_instance(id=iid, public_ip_assignment="inet6"), 400, "public-ip-assignment")
 
 step("reverse DNS")
 refused(lambda: c.get_reverse_dns_instance(id=iid), 404)
