@@ -42,6 +42,7 @@ mod records;
 pub mod resources;
 pub mod sagas;
 pub mod throttle;
+pub mod volumes;
 pub mod web_sessions;
 mod worker;
 
@@ -56,6 +57,7 @@ pub use reconciler::UnknownHostInstance;
 pub use sagas::import_template::ImportTemplate;
 pub use sagas::promote_snapshot::PromoteRequest;
 pub use sagas::{CrashHook, CrashPoint, CrashWhen};
+pub use volumes::{CreateVolume, VolumePatch};
 
 pub type Result<T, E = DomainError> = std::result::Result<T, E>;
 
