@@ -131,13 +131,14 @@ pub fn volume_transition(action: VolumeAction, volume: &Volume) -> Result<Volume
         // An attach or detach that failed leaves the volume in `error`, still naming its instance: detaching
         // again is how it is put right.
         VolumeAction::Detach => (&[InUse, Error], Detaching, "detach needs the volume attached"),
-        VolumeAction::Resize => (&[Available], volume.state, "resize needs the volume detached"),
+        // An attached volume grows under its running guest too (the guest sees the new size).
+        VolumeAction::Resize => (&[Available, InUse], volume.state, "resize needs the volume available or attached"),
         VolumeAction::Delete => (&[Available, Error], Deleting, "delete needs the volume detached; detach it first"),
     };
     if action == VolumeAction::Detach && volume.instance_id.is_none() {
         return Err(DomainError::Conflict(format!("volume {} is not attached to any instance", volume.id)));
     }
-    if matches!(action, VolumeAction::Delete | VolumeAction::Resize) && volume.instance_id.is_some() {
+    if action == VolumeAction::Delete && volume.instance_id.is_some() {
         return Err(DomainError::Conflict(format!(
             "cannot {} volume {} while it is attached to instance {}: detach it first",
             action.as_str(),
@@ -194,11 +195,13 @@ mod tests {
     }
 
     #[test]
-    fn attached_volumes_are_neither_deleted_nor_resized() {
+    fn attached_volumes_are_not_deleted_but_grow() {
         let v = volume(VolumeState::InUse, Some(Uuid::nil()));
         let e = volume_transition(VolumeAction::Delete, &v).unwrap_err().to_string();
         assert!(e.contains("detach it first"), "{e}");
-        assert!(volume_transition(VolumeAction::Resize, &v).is_err());
+        assert_eq!(volume_transition(VolumeAction::Resize, &v).unwrap(), VolumeState::InUse);
+        let attaching = Volume { state: VolumeState::Attaching, ..v.clone() };
+        assert!(volume_transition(VolumeAction::Resize, &attaching).is_err());
         assert_eq!(volume_transition(VolumeAction::Detach, &v).unwrap(), VolumeState::Detaching);
         assert!(volume_transition(VolumeAction::Attach, &v).is_err());
     }

@@ -14,37 +14,106 @@ use crate::{Driver, DriverError, HostInfo, InstanceSpec, TemplateImport, Templat
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum DriverCall {
-    Create { spec: InstanceSpec },
-    Start { spec: InstanceSpec },
-    Stop { id: Uuid, grace_ms: u64 },
-    Reboot { spec: InstanceSpec },
-    Reinstall { spec: InstanceSpec },
-    ResizeDisk { id: Uuid, size_gb: u64 },
-    DiskSizeGb { id: Uuid },
-    Snapshots { id: Uuid },
-    Snapshot { id: Uuid, snapshot_id: Uuid },
-    Revert { id: Uuid, snapshot_id: Uuid },
-    DeleteSnapshot { id: Uuid, snapshot_id: Uuid },
-    Destroy { id: Uuid },
-    Inspect { id: Uuid },
+    Create {
+        spec: InstanceSpec,
+    },
+    Start {
+        spec: InstanceSpec,
+    },
+    Stop {
+        id: Uuid,
+        grace_ms: u64,
+    },
+    Reboot {
+        spec: InstanceSpec,
+    },
+    Reinstall {
+        spec: InstanceSpec,
+    },
+    ResizeDisk {
+        id: Uuid,
+        size_gb: u64,
+    },
+    DiskSizeGb {
+        id: Uuid,
+    },
+    Snapshots {
+        id: Uuid,
+    },
+    Snapshot {
+        id: Uuid,
+        snapshot_id: Uuid,
+    },
+    Revert {
+        id: Uuid,
+        snapshot_id: Uuid,
+    },
+    DeleteSnapshot {
+        id: Uuid,
+        snapshot_id: Uuid,
+    },
+    Destroy {
+        id: Uuid,
+    },
+    Inspect {
+        id: Uuid,
+    },
     Instances,
-    Console { id: Uuid },
-    Metrics { id: Uuid },
-    Suspend { id: Uuid },
-    Resume { id: Uuid },
-    EnableTpm { id: Uuid },
+    Console {
+        id: Uuid,
+    },
+    Metrics {
+        id: Uuid,
+    },
+    Suspend {
+        id: Uuid,
+    },
+    Resume {
+        id: Uuid,
+    },
+    EnableTpm {
+        id: Uuid,
+    },
     HostInfo,
     Templates,
-    GuestInterfaces { id: Uuid },
-    ImportTemplate { request: TemplateImport },
-    PromoteSnapshot { id: Uuid, snapshot_id: Uuid, template_id: Uuid, name: String },
-    RemoveTemplate { template_id: Uuid },
-    CreateVolume { volume: VolumeSpec },
-    DeleteVolume { volume_id: Uuid },
-    ResizeVolume { volume_id: Uuid, size_gb: u64 },
-    VolumeSizeGb { volume_id: Uuid },
-    AttachVolume { id: Uuid, volume: VolumeSpec },
-    DetachVolume { id: Uuid, volume_id: Uuid },
+    GuestInterfaces {
+        id: Uuid,
+    },
+    ImportTemplate {
+        request: TemplateImport,
+    },
+    PromoteSnapshot {
+        id: Uuid,
+        snapshot_id: Uuid,
+        template_id: Uuid,
+        name: String,
+    },
+    RemoveTemplate {
+        template_id: Uuid,
+    },
+    CreateVolume {
+        volume: VolumeSpec,
+    },
+    DeleteVolume {
+        volume_id: Uuid,
+    },
+    ResizeVolume {
+        volume_id: Uuid,
+        size_gb: u64,
+        #[serde(default)]
+        attached_to: Option<Uuid>,
+    },
+    VolumeSizeGb {
+        volume_id: Uuid,
+    },
+    AttachVolume {
+        id: Uuid,
+        volume: VolumeSpec,
+    },
+    DetachVolume {
+        id: Uuid,
+        volume_id: Uuid,
+    },
     Volumes,
 }
 
@@ -125,7 +194,9 @@ pub async fn dispatch(driver: &dyn Driver, call: DriverCall) -> DriverReply {
         DriverCall::RemoveTemplate { template_id } => reply(driver.remove_template(template_id).await),
         DriverCall::CreateVolume { volume } => reply(driver.create_volume(&volume).await),
         DriverCall::DeleteVolume { volume_id } => reply(driver.delete_volume(volume_id).await),
-        DriverCall::ResizeVolume { volume_id, size_gb } => reply(driver.resize_volume(volume_id, size_gb).await),
+        DriverCall::ResizeVolume { volume_id, size_gb, attached_to } => {
+            reply(driver.resize_volume(volume_id, size_gb, attached_to).await)
+        }
         DriverCall::VolumeSizeGb { volume_id } => reply(driver.volume_size_gb(volume_id).await),
         DriverCall::AttachVolume { id, volume } => reply(driver.attach_volume(id, &volume).await),
         DriverCall::DetachVolume { id, volume_id } => reply(driver.detach_volume(id, volume_id).await),

@@ -248,8 +248,9 @@ pub trait Driver: Send + Sync + 'static {
     async fn delete_volume(&self, _volume_id: Uuid) -> DriverResult<()> {
         Ok(())
     }
-    /// Grows the volume's disk (detached). Shrinking is refused.
-    async fn resize_volume(&self, _volume_id: Uuid, _size_gb: u64) -> DriverResult<()> {
+    /// Grows the volume's disk; `attached_to`: the instance it is plugged into, whose running guest then
+    /// sees the new size. Shrinking is refused.
+    async fn resize_volume(&self, _volume_id: Uuid, _size_gb: u64, _attached_to: Option<Uuid>) -> DriverResult<()> {
         Err(DriverError::Unsupported(format!("the {} driver has no volumes", self.name())))
     }
     /// The volume's size as the host has it (`NotFound` when it has no such disk).

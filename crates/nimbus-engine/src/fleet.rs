@@ -298,8 +298,8 @@ impl Driver for RemoteDriver {
         decode(self.call(DriverCall::DeleteVolume { volume_id }).await)
     }
 
-    async fn resize_volume(&self, volume_id: Uuid, size_gb: u64) -> DriverResult<()> {
-        decode(self.call(DriverCall::ResizeVolume { volume_id, size_gb }).await)
+    async fn resize_volume(&self, volume_id: Uuid, size_gb: u64, attached_to: Option<Uuid>) -> DriverResult<()> {
+        decode(self.call(DriverCall::ResizeVolume { volume_id, size_gb, attached_to }).await)
     }
 
     async fn volume_size_gb(&self, volume_id: Uuid) -> DriverResult<u64> {

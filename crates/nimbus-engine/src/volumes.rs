@@ -214,7 +214,7 @@ impl Engine {
         self.volume_action(ctx, id, VolumeAction::Detach, None, None).await
     }
 
-    /// Grows a detached volume.
+    /// Grows a volume; an attached one grows under its instance (a running guest sees the new size).
     pub async fn resize_volume(&self, ctx: &Context, id: Uuid, size_gb: u64) -> Result<Operation> {
         ctx.require(Role::Member)?;
         self.volume_action(ctx, id, VolumeAction::Resize, None, Some(size_gb)).await
@@ -250,7 +250,10 @@ impl Engine {
             let instance = match (action, attach_to, current.instance_id) {
                 (VolumeAction::Attach, Some(iid), _) => Some(self.instance(ctx, iid).await?),
                 // The instance may be gone (deleted while the volume's detach failed): nothing to unplug.
-                (VolumeAction::Detach, _, Some(iid)) => self.store.get_instance(iid).await.map_err(store_err)?,
+                // An attached volume grows under its instance, which is held still meanwhile.
+                (VolumeAction::Detach | VolumeAction::Resize, _, Some(iid)) => {
+                    self.store.get_instance(iid).await.map_err(store_err)?
+                }
                 _ => None,
             };
             let kind = match action {
@@ -293,6 +296,7 @@ impl Engine {
                         }
                         next.instance_id = Some(i.id);
                     }
+                    VolumeAction::Resize => volume::instance_takes_volumes(i.state)?,
                     _ => {
                         if !matches!(i.state, InstanceState::Running | InstanceState::Stopped | InstanceState::Error) {
                             return Err(DomainError::InvalidState {
@@ -326,7 +330,11 @@ impl Engine {
                     volume::validate_size("size_gb", to)?;
                     next.size_gb = to;
                     set.enforce_quota_of = Some(ctx.project.id);
-                    serde_json::to_value(sagas::resize_volume::Params { from: current.size_gb, to })
+                    serde_json::to_value(sagas::resize_volume::Params {
+                        from: current.size_gb,
+                        to,
+                        instance_id: instance.as_ref().map(|i| i.id),
+                    })
                 }
                 VolumeAction::Delete => Ok(json!({})),
             }

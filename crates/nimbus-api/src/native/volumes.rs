@@ -90,7 +90,7 @@ pub struct AttachVolumeParams {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResizeVolumeParams {
-    /// The new size; a volume only grows.
+    /// The new size; a volume only grows (attached too).
     pub size_gb: u64,
 }
 
@@ -173,8 +173,8 @@ pub async fn delete(State(app): State<AppState>, Caller(ctx): Caller, Path(id): 
     Ok(accepted(&app.engine.delete_volume(&ctx, parse_uuid("volume", &id)?).await?))
 }
 
-/// `attach {instance_id}` (hot-plugged into a running instance), `detach`, `resize {size_gb}` (grow a
-/// detached volume).
+/// `attach {instance_id}` (hot-plugged into a running instance), `detach`, `resize {size_gb}` (grow it; an
+/// attached one grows under its running guest).
 #[utoipa::path(post, path = "/v1/volumes/{id}/{action}", operation_id = "volume_action", tag = "volumes",
     params(("id" = Uuid, Path), ("action" = String, Path, description = "attach | detach | resize"), ActionQuery),
     request_body(content = Object, description = "attach: AttachVolumeParams; resize: ResizeVolumeParams; detach: none"),

@@ -68,15 +68,21 @@ async fn a_volume_goes_from_one_instance_to_another_and_is_deleted() {
     assert!(console.contains(&format!("virtio-{serial} appeared")), "{console}");
     assert_eq!(c.sim.volume(uuid).unwrap().attached_to, Some(Uuid::parse_str(&first).unwrap()));
 
-    // Refused while attached: deleting, growing, attaching again.
+    // Refused while attached: deleting, attaching again.
     let r = c.call(Method::DELETE, &format!("/v1/volumes/{id}"), ADMIN, None).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     assert!(r.message().contains("detach it first"), "{}", r.text);
-    let r = volume_action(&c, &id, "resize", Some(json!({"size_gb": 5}))).await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     let r = volume_action(&c, &id, "attach", Some(json!({"instance_id": second}))).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     assert_eq!(show(&c, &id).await["state"], "in-use", "refusals change nothing");
+    // Grown under the running guest, which is told.
+    let op = volume_act(&c, &id, "resize", Some(json!({"size_gb": 3}))).await;
+    assert_eq!(op["state"], "success", "{op}");
+    let v = show(&c, &id).await;
+    assert_eq!((v["size_gb"].as_u64(), v["state"].as_str()), (Some(3), Some("in-use")));
+    let console = c.get(&format!("/v1/instances/{first}/console"), ADMIN).await.text;
+    assert!(console.contains(&format!("virtio-{serial} is now 3 GB")), "{console}");
+    assert_eq!(c.get(&format!("/v1/instances/{first}"), ADMIN).await.body["operation_id"], Value::Null);
 
     // Off it, and onto a stopped one, which gets it at its next boot.
     let op = volume_act(&c, &id, "detach", None).await;
@@ -92,8 +98,8 @@ async fn a_volume_goes_from_one_instance_to_another_and_is_deleted() {
     assert_eq!(op["state"], "success", "{op}");
     volume_act(&c, &id, "detach", None).await;
 
-    // Grown while detached; never shrunk.
-    let r = volume_action(&c, &id, "resize", Some(json!({"size_gb": 1}))).await;
+    // Grown while detached too; never shrunk.
+    let r = volume_action(&c, &id, "resize", Some(json!({"size_gb": 2}))).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     assert!(r.message().contains("only grow"), "{}", r.text);
     let op = volume_act(&c, &id, "resize", Some(json!({"size_gb": 5}))).await;

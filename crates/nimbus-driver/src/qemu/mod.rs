@@ -870,8 +870,25 @@ impl Driver for QemuDriver {
         volumes::remove(&volumes::path(&self.config.state_dir, volume_id)).await
     }
 
-    async fn resize_volume(&self, volume_id: Uuid, size_gb: u64) -> DriverResult<()> {
+    async fn resize_volume(&self, volume_id: Uuid, size_gb: u64, attached_to: Option<Uuid>) -> DriverResult<()> {
         let file = volumes::path(&self.config.state_dir, volume_id);
+        if let Some(id) = attached_to {
+            let dir = self.existing_dir(id).await?;
+            let _lock = self.lock(&dir).await?;
+            let plugged = volumes::read_ports(&dir).await.get(&volume_id).cloned();
+            if let (Some(p), Some(_)) = (plugged, self.runtime(&dir).await) {
+                // QEMU holds the file: it grows it, and tells the guest.
+                return volumes::grow_plugged(
+                    &self.config.qemu_img,
+                    &dir.join("qmp.sock"),
+                    &file,
+                    volume_id,
+                    &p.serial,
+                    size_gb,
+                )
+                .await;
+            }
+        }
         volumes::grow(&self.config.qemu_img, &file, volume_id, size_gb).await
     }
 

@@ -75,7 +75,7 @@ pub async fn size_gb(qemu_img: &str, file: &Path, id: Uuid) -> DriverResult<u64>
     Ok(disks::virtual_size(qemu_img, file).await?.div_ceil(1 << 30))
 }
 
-/// Grows a detached volume's file; refuses to shrink it.
+/// Grows a volume's file that no running QEMU holds; refuses to shrink it.
 pub async fn grow(qemu_img: &str, file: &Path, id: Uuid, size_gb: u64) -> DriverResult<()> {
     let current = size_bytes(qemu_img, file, id).await?;
     let wanted = size_gb << 30;
@@ -89,6 +89,30 @@ pub async fn grow(qemu_img: &str, file: &Path, id: Uuid, size_gb: u64) -> Driver
         return Ok(());
     }
     disks::grow(qemu_img, file, wanted).await
+}
+
+/// Grows a volume a running QEMU holds, through QMP `block_resize` (the guest sees the new size at once);
+/// refuses to shrink it.
+pub async fn grow_plugged(
+    qemu_img: &str,
+    socket: &Path,
+    file: &Path,
+    id: Uuid,
+    serial: &str,
+    size_gb: u64,
+) -> DriverResult<()> {
+    let current = size_bytes(qemu_img, file, id).await?;
+    let wanted = size_gb << 30;
+    if wanted < current {
+        return Err(DriverError::Invalid(format!("a volume only grows: {size_gb} GiB is smaller than it is")));
+    }
+    if wanted == current {
+        return Ok(());
+    }
+    qmp::command(socket, "block_resize", Some(json!({"node-name": node(serial), "size": wanted})))
+        .await
+        .map(|_| ())
+        .map_err(failed)
 }
 
 async fn size_bytes(qemu_img: &str, file: &Path, id: Uuid) -> DriverResult<u64> {

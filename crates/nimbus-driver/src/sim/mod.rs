@@ -548,9 +548,21 @@ impl Driver for SimDriver {
         self.volumes.remove(volume_id)
     }
 
-    async fn resize_volume(&self, volume_id: Uuid, size_gb: u64) -> DriverResult<()> {
+    async fn resize_volume(&self, volume_id: Uuid, size_gb: u64, attached_to: Option<Uuid>) -> DriverResult<()> {
         self.act("resize_volume").await?;
         let mut v = self.volumes.get(volume_id).ok_or(DriverError::NotFound(volume_id))?;
+        if v.attached_to != attached_to {
+            return Err(DriverError::Invalid(format!("volume {volume_id} is not attached to {attached_to:?}")));
+        }
+        if let Some(id) = attached_to.filter(|_| size_gb > v.size_gb) {
+            let serial = v.serial.clone();
+            let _ = self.with_vm(id, |vm| {
+                if vm.running {
+                    vm.console.push_str(&format!("sim: disk virtio-{serial} is now {size_gb} GB\n"));
+                }
+                Ok(())
+            });
+        }
         if size_gb < v.size_gb {
             return Err(DriverError::Invalid(format!("a volume can only grow ({} GB -> {size_gb} GB)", v.size_gb)));
         }

@@ -3,8 +3,7 @@
 //! labels, the whole map), `:attach {instance}`, `:detach`, `:resize-volume {size}`, delete.
 //!
 //! States are Exoscale's words for the core's: `available` is `detached`, `in-use` is `attached`. A resize
-//! answers the volume (Exoscale's resize is not an operation): the record has the new size at once, and the
-//! host grows the disk in the background. Volume snapshots are not in the core yet: their list is empty,
+//! answers the volume once the core's operation has ended (Exoscale's resize is not an operation). Volume snapshots are not in the core yet: their list is empty,
 //! and creating one is refused.
 
 use axum::extract::{Path, State};
@@ -20,6 +19,9 @@ use super::errors::{ExoError, ExoResult};
 use super::handlers::{parse_id, receipt, Ref};
 use super::views;
 use crate::AppState;
+
+/// How long a resize is waited for before the volume is answered as it is (still growing).
+const RESIZE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn state(s: VolumeState) -> &'static str {
     match s {
@@ -150,7 +152,15 @@ pub async fn put_segment(
         }
         Some("resize-volume") => {
             let body: ResizeBody = signed.json()?;
-            app.engine.resize_volume(ctx, id, body.size).await?;
+            let op = app.engine.resize_volume(ctx, id, body.size).await?;
+            // Exoscale's resize answers once done: the volume, not an operation to wait on.
+            let done = app.engine.wait_operation(ctx, op.id, RESIZE_WAIT).await?;
+            if done.state != nimbus_core::operation::OperationState::Success && done.is_final() {
+                return Err(ExoError::new(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    done.message.unwrap_or_else(|| "The volume could not be resized".into()),
+                ));
+            }
             return Ok(Json(volume_view(&app.engine.volume(ctx, id).await?)));
         }
         Some(other) => return Err(ExoError::not_found(&format!("Action {other}"))),

@@ -239,7 +239,7 @@ pub async fn detach(
     Ok(tasks(&[&op]))
 }
 
-/// `extend {size}`: grows a detached volume.
+/// `extend {size}`: grows a volume, attached or not.
 pub async fn extend(
     State(app): State<AppState>,
     InRegion(r): InRegion,

@@ -72,7 +72,7 @@ pub enum VolumeCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
-    /// Grow a detached volume.
+    /// Grow a volume (an attached one under its running guest).
     #[command(after_help = "Example:\n  nimbus volume resize data --size 20")]
     Resize {
         volume: String,
