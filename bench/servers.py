@@ -62,7 +62,9 @@ class Server:
             args += ["--database", database]
         if host_dir:
             args += ["--sim-state-dir", host_dir]
-        env = {**os.environ, "NIMBUS_BOOTSTRAP_KEY": "NIMbench", "NIMBUS_BOOTSTRAP_SECRET": SECRET, "NIMBUS_LOG": "warn"}
+        env = {**os.environ, "NIMBUS_BOOTSTRAP_KEY": "NIMbench", "NIMBUS_BOOTSTRAP_SECRET": SECRET, "NIMBUS_LOG": "warn",
+               # Servers on one database share one seal key ring (a public test key).
+               "NIMBUS_SEAL_KEYS": "test AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"}
         self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=open(data_dir + ".log", "w"))
         CHILDREN.append(self.proc)
         deadline = time.time() + 60

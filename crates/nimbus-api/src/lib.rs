@@ -25,6 +25,7 @@ pub mod middleware;
 pub mod native;
 pub mod openapi;
 pub mod relay;
+pub mod routes;
 pub mod ui;
 
 pub use error::ApiError;
@@ -57,16 +58,22 @@ pub fn metrics_router(state: AppState) -> Router {
     Router::new().route("/metrics", get(middleware::render_metrics)).with_state(state)
 }
 
-/// The whole HTTP surface of a Nimbus server.
-pub fn router(state: AppState) -> Router {
-    let request_id = axum::http::HeaderName::from_static("x-request-id");
-    Router::new()
+/// Every route of every API family, unwrapped: what [`router`] serves, and the list of its paths.
+pub fn routes(state: AppState) -> routes::Routes {
+    routes::Routes::new()
         .merge(native::router(state.clone()))
-        .merge(dialects::router(state.clone()))
+        .merge(dialects::router(state))
         .merge(ui::router())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(middleware::metrics_for_operators))
         .route("/openapi.json", get(openapi::serve))
+}
+
+/// The whole HTTP surface of a Nimbus server.
+pub fn router(state: AppState) -> Router {
+    let request_id = axum::http::HeaderName::from_static("x-request-id");
+    routes(state.clone())
+        .into_router()
         .fallback(dialects::unknown_route)
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::track))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::public_url))

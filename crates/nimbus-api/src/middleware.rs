@@ -9,6 +9,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use nimbus_core::audit::AuditEntry;
+use nimbus_engine::audit::{record_caller, AuditCaller};
 use nimbus_store::{IdempotencyClaim, IdempotencyHold};
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 use sha2::{Digest, Sha256};
@@ -60,12 +62,57 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
     let span = tracing::info_span!("request", id = %request_id, %method, %route);
     // `instrument`, not `span.enter()`: an entered guard held across an await leaves the span entered on
     // whichever thread the task moves to, which corrupts tracing's registry (and panicked a worker).
-    let response = REQUEST_ID.scope(request_id, next.run(req).instrument(span)).await;
+    let audited = AuditedRequest::of(&req);
+    let (response, caller) = REQUEST_ID.scope(request_id.clone(), record_caller(next.run(req).instrument(span))).await;
+    audited.finish(&state, request_id, response.status(), caller);
     let elapsed = started.elapsed();
     state.metrics.requests.with_label_values(&[&method, &route, response.status().as_str()]).inc();
     state.metrics.latency.with_label_values(&[&method, &route]).observe(elapsed.as_secs_f64());
     tracing::debug!(status = response.status().as_u16(), elapsed_ms = elapsed.as_secs_f64() * 1000.0, "served");
     response
+}
+
+/// What the audit log keeps of a request (see `nimbus_engine::audit`): every request that may change
+/// something, and every one refused for its credentials or its role. Agents' own traffic (heartbeats,
+/// call replies: several a second per host) is kept only when refused.
+struct AuditedRequest {
+    method: axum::http::Method,
+    path: String,
+    source: Option<String>,
+}
+
+impl AuditedRequest {
+    fn of(req: &Request) -> AuditedRequest {
+        AuditedRequest {
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            source: req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|ci| ci.0.ip().to_string()),
+        }
+    }
+
+    fn finish(self, state: &AppState, request_id: String, status: StatusCode, caller: Option<AuditCaller>) {
+        let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+        let changing = !matches!(self.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        if !(refused || changing && !self.path.starts_with("/v1/agent/")) {
+            return;
+        }
+        state.engine.audit(AuditEntry {
+            seq: 0,
+            at: nimbus_core::now(),
+            organization_id: caller.as_ref().map(|c| c.organization_id),
+            project_id: caller.as_ref().map(|c| c.project_id),
+            key_id: caller.as_ref().map(|c| c.key_id.clone()),
+            role: caller.as_ref().map(|c| c.role),
+            source: self.source,
+            request_id,
+            method: self.method.to_string(),
+            path: self.path,
+            status: status.as_u16(),
+        });
+    }
 }
 
 /// `/metrics` on the API's address: for operators only (it tells the load and the failures of every

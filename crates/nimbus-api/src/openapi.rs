@@ -16,7 +16,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::native::{access, catalog, groups, hosts, instances, operations, views, volumes};
+use crate::native::{access, audit, catalog, groups, hosts, instances, operations, views, volumes};
 
 struct BearerAuth;
 
@@ -266,6 +266,7 @@ impl Modify for Links {
         operations::get, operations::list, operations::events,
         access::whoami, access::ping, access::create_api_key, access::list_api_keys, access::delete_api_key,
         access::create_project, access::list_projects, access::get_project, access::set_quota,
+        audit::list,
         access::create_ssh_key, access::list_ssh_keys, access::get_ssh_key, access::delete_ssh_key,
         catalog::zones, catalog::host, catalog::remove_unknown_instance, catalog::instance_types, catalog::templates, catalog::template,
         catalog::register_template, catalog::delete_template,

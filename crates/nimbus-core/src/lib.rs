@@ -4,6 +4,7 @@
 //! Invariant: nothing here knows HTTP, SQL, processes or the host. Every other crate depends on this one;
 //! this one depends on no other Nimbus crate.
 
+pub mod audit;
 pub mod catalog;
 pub mod error;
 pub mod event;

@@ -121,7 +121,9 @@ impl Engine {
             .await
             .map_err(store_err)?
             .ok_or_else(|| DomainError::Unauthenticated("the API key's project no longer exists".into()))?;
-        Ok(Context { actor: Actor { key_id: Some(key.key_id.clone()), ..actor }, key, project })
+        let ctx = Context { actor: Actor { key_id: Some(key.key_id.clone()), ..actor }, key, project };
+        crate::audit::note_caller(&ctx);
+        Ok(ctx)
     }
 
     /// Authenticates a bearer-style secret (native, SF Compute, ONET, Gcore, SharedCloud).

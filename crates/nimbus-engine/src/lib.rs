@@ -25,6 +25,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
 
 pub mod accounts;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod console;
@@ -150,6 +151,8 @@ pub struct EngineConfig {
     pub allow_registration: bool,
     /// Sign-ins and registrations allowed per minute from one address and at one account.
     pub attempt_limits: throttle::AttemptLimits,
+    /// How long audit entries are kept.
+    pub audit_retention: Duration,
 }
 
 impl Default for EngineConfig {
@@ -179,6 +182,7 @@ impl Default for EngineConfig {
             public_url: None,
             allow_registration: false,
             attempt_limits: throttle::AttemptLimits::default(),
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }
@@ -248,6 +252,8 @@ pub struct Engine {
     pub metrics: EngineMetrics,
     /// Sign-in and registration limits (see `throttle.rs`).
     pub(crate) throttle: throttle::Throttle,
+    /// This server's audit writer (see `audit.rs`).
+    pub(crate) audit: audit::AuditLog,
 }
 
 impl Engine {
@@ -267,8 +273,9 @@ impl Engine {
     ) -> Result<Arc<Engine>> {
         network::check_elastic_ip_pool(&config.network_cidr, &config.elastic_ip_cidr)?;
         let throttle = throttle::Throttle::new(config.attempt_limits);
+        let audit_retention = config.audit_retention;
         let engine = Arc::new(Engine {
-            store,
+            store: store.clone(),
             local,
             worker_id: config.worker_id.clone(),
             config,
@@ -278,6 +285,7 @@ impl Engine {
             tasks: Mutex::new(Vec::new()),
             metrics: EngineMetrics::default(),
             throttle,
+            audit: audit::AuditLog::start(store.clone(), audit_retention),
         });
         engine.seed_catalog().await?;
         engine.release_own_leases().await?;
@@ -309,6 +317,7 @@ impl Engine {
     /// Stops the workers and gives their leases back, so that another server (or this one, restarted)
     /// resumes the operations under way at once.
     pub async fn shutdown(&self) {
+        self.audit.flush().await;
         self.halt();
         if let Err(e) = self.release_own_leases().await {
             tracing::warn!(error = %e, "could not give leases back at shutdown");

@@ -1072,6 +1072,60 @@ pub async fn the_latest_event_seq_is_the_newest_in_scope(store: &dyn Store) {
     assert_eq!(store.latest_event_seq(Some(quiet.id)).await.unwrap(), 0);
 }
 
+/// The audit log keeps entries in order, filtered by organization, time, key and resource (a path segment,
+/// matched literally), pages by sequence number and forgets entries past their retention.
+pub async fn the_audit_log_is_filtered_paged_and_pruned(store: &dyn Store) {
+    use nimbus_core::audit::{AuditEntry, AuditQuery};
+    let (org, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let t0 = nimbus_core::now() - time::Duration::days(10);
+    let entry = |minutes: i64, org: Option<Uuid>, key: &str, path: &str| AuditEntry {
+        seq: 0,
+        at: t0 + time::Duration::minutes(minutes),
+        organization_id: org,
+        project_id: None,
+        key_id: Some(key.to_string()),
+        role: None,
+        source: Some("127.0.0.1".into()),
+        request_id: format!("r{minutes}"),
+        method: "POST".into(),
+        path: path.into(),
+        status: 202,
+    };
+    let id = Uuid::new_v4();
+    store
+        .append_audit(&[
+            entry(0, Some(org), "NIMa", &format!("/v1/instances/{id}/stop")),
+            entry(1, Some(other), "NIMb", "/v1/instances"),
+            entry(2, Some(org), "NIMa", "/v1/instances/a_b"),
+            entry(3, None, "NIMx", "/v1/instances/a%b"),
+            entry(60 * 24 * 9, Some(org), "NIMc", &format!("/v1/instances/{id}")),
+        ])
+        .await
+        .unwrap();
+    let list = |q: AuditQuery| async move {
+        store.list_audit(&q).await.unwrap().into_iter().map(|e| e.request_id).collect::<Vec<_>>()
+    };
+    assert_eq!(list(AuditQuery::default()).await, ["r0", "r1", "r2", "r3", "r12960"]);
+    assert_eq!(list(AuditQuery { organization_id: Some(org), ..Default::default() }).await, ["r0", "r2", "r12960"]);
+    assert_eq!(list(AuditQuery { key_id: Some("NIMb".into()), ..Default::default() }).await, ["r1"]);
+    let resource = |r: &str| AuditQuery { resource: Some(r.into()), ..Default::default() };
+    assert_eq!(list(resource(&id.to_string())).await, ["r0", "r12960"]);
+    assert_eq!(list(resource("a_b")).await, ["r2"], "'_' is no wildcard");
+    assert_eq!(list(resource("a%b")).await, ["r3"], "'%' is no wildcard");
+    let window = AuditQuery {
+        since: Some(t0 + time::Duration::minutes(1)),
+        until: Some(t0 + time::Duration::minutes(3)),
+        ..Default::default()
+    };
+    assert_eq!(list(window).await, ["r1", "r2"]);
+    let all = store.list_audit(&AuditQuery::default()).await.unwrap();
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "numbered in order");
+    let page = AuditQuery { after_seq: Some(all[1].seq), limit: 2, ..Default::default() };
+    assert_eq!(list(page).await, ["r2", "r3"]);
+    assert_eq!(store.prune_audit(t0 + time::Duration::days(1)).await.unwrap(), 4);
+    assert_eq!(list(AuditQuery::default()).await, ["r12960"]);
+}
+
 /// Expands to one test per conformance case, each on a fresh store made by `$make` (see the module's
 /// documentation).
 #[macro_export]
@@ -1112,6 +1166,7 @@ macro_rules! conformance_tests {
             every_held_address_is_listed_with_its_owner,
             changes_move_after_a_committed_write_set,
             the_latest_event_seq_is_the_newest_in_scope,
+            the_audit_log_is_filtered_paged_and_pruned,
         );
         $crate::conformance_tests!(@shared $make;
             racing_workers_never_share_an_operation,

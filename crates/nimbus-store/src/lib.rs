@@ -17,6 +17,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use nimbus_core::audit::{AuditEntry, AuditQuery};
 use nimbus_core::catalog::Zone;
 use nimbus_core::event::Event;
 use nimbus_core::host::{Allocation, Capacity, Host};
@@ -27,11 +28,13 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub mod conformance;
+pub mod seal;
 pub mod sql;
 pub mod testing;
 
+pub use seal::SealKeys;
 pub use sql::integrity::{backup_sqlite, restore_sqlite, sqlite_file, Restored};
-pub use sql::SqlStore;
+pub use sql::{SqlStore, SEALED_RECORD_KINDS};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -484,6 +487,14 @@ pub trait Store: Send + Sync + 'static {
     /// Checks the database, physically (the backend's own checks) and logically (documents against their
     /// columns, references between rows); see [`sql::integrity`].
     async fn check_integrity(&self) -> StoreResult<IntegrityReport>;
+
+    // The audit log.
+    /// Appends entries in one transaction, in order (the store numbers them).
+    async fn append_audit(&self, entries: &[AuditEntry]) -> StoreResult<()>;
+    /// Entries matching `query`, oldest first.
+    async fn list_audit(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEntry>>;
+    /// Forgets entries older than `before`; returns how many.
+    async fn prune_audit(&self, before: time::OffsetDateTime) -> StoreResult<u64>;
 }
 
 /// What [`Store::check_integrity`] checked and found wrong; nothing wrong when `problems` is empty.

@@ -352,6 +352,15 @@ impl Store for FaultyStore {
     async fn check_integrity(&self) -> StoreResult<crate::IntegrityReport> {
         self.inner.check_integrity().await
     }
+    async fn append_audit(&self, entries: &[nimbus_core::audit::AuditEntry]) -> StoreResult<()> {
+        self.inner.append_audit(entries).await
+    }
+    async fn list_audit(&self, q: &nimbus_core::audit::AuditQuery) -> StoreResult<Vec<nimbus_core::audit::AuditEntry>> {
+        self.inner.list_audit(q).await
+    }
+    async fn prune_audit(&self, before: time::OffsetDateTime) -> StoreResult<u64> {
+        self.inner.prune_audit(before).await
+    }
 }
 
 /// A directory removed with everything in it when dropped.

@@ -68,6 +68,16 @@ pub fn backup(args: BackupArgs) -> ExitCode {
         std::fs::rename(&partial, &args.file).with_context(|| format!("writing {}", args.file.display()))?;
         let bytes = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
         println!("backed up {} to {} ({bytes} bytes)", db.display(), args.file.display());
+        // The backup's secrets are sealed: without the key ring it is no use to a restore (nor to a thief).
+        let ring = args.data_dir.join("seal.key");
+        if ring.exists() {
+            let beside = key_ring_beside(&args.file);
+            copy_private(&ring, &beside)?;
+            println!(
+                "copied the seal key ring to {}: a restore needs it; keep it apart from the backup",
+                beside.display()
+            );
+        }
         Ok(())
     })
 }
@@ -87,6 +97,12 @@ pub fn restore(args: RestoreArgs) -> ExitCode {
         let lock = std::fs::File::create(args.data_dir.join("server.lock"))?;
         lock.try_lock()
             .map_err(|_| anyhow::anyhow!("a nimbus server is running on {}; stop it first", args.data_dir.display()))?;
+        let ring = key_ring_beside(&args.file);
+        let own_ring = args.data_dir.join("seal.key");
+        if ring.exists() && !own_ring.exists() {
+            copy_private(&ring, &own_ring)?;
+            println!("restored the seal key ring {} as {}", ring.display(), own_ring.display());
+        }
         let restored = nimbus_store::restore_sqlite(&args.file, &db)
             .await
             .with_context(|| format!("restoring {}", args.file.display()))?;
@@ -108,6 +124,27 @@ pub fn restore(args: RestoreArgs) -> ExitCode {
     })
 }
 
+/// Where `nimbus backup FILE` puts the seal key ring: `FILE.seal.key`.
+fn key_ring_beside(backup: &Path) -> PathBuf {
+    let mut name = backup.as_os_str().to_owned();
+    name.push(".seal.key");
+    PathBuf::from(name)
+}
+
+/// Copies a secret file, the copy readable by its owner only from the start.
+fn copy_private(from: &Path, to: &Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+        .with_context(|| format!("writing {}", to.display()))?;
+    file.write_all(&text).and_then(|()| file.sync_all()).with_context(|| format!("writing {}", to.display()))
+}
+
 fn run(what: &str, f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(f) {
@@ -115,6 +152,43 @@ fn run(what: &str, f: impl std::future::Future<Output = anyhow::Result<()>>) -> 
         Err(e) => {
             eprintln!("nimbus {what}: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The comment atop a seal key ring the server makes.
+pub const SEAL_KEY_FILE_HEADER: &str =
+    "# Nimbus seal key ring (docs/SECURITY.md): the first key seals, every key opens. Keep it \
+                                        0600 and back it up apart from the database.";
+
+/// A name for a new seal key: when it was made, so that a ring reads oldest last.
+pub fn new_seal_key_id() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("k{}", now.as_secs())
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum SealKeyCommand {
+    /// Prints a new key line (`ID BASE64KEY`). To rotate, put it first in the ring, restart the servers (each
+    /// reseals what older keys sealed), then drop the old lines.
+    New {
+        /// The key's name (default: `k` and the time).
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+pub fn seal_key(command: SealKeyCommand) -> ExitCode {
+    match command {
+        SealKeyCommand::New { id } => {
+            let id = id.unwrap_or_else(new_seal_key_id);
+            let line = nimbus_store::SealKeys::new_key_line(&id);
+            if let Err(e) = nimbus_store::SealKeys::parse(&line) {
+                eprintln!("nimbus seal-key new: {e}");
+                return ExitCode::from(2);
+            }
+            println!("{line}");
+            ExitCode::SUCCESS
         }
     }
 }

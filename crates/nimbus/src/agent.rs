@@ -42,6 +42,9 @@ pub struct AgentArgs {
     /// Driver calls run at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Trust this PEM CA certificate for an https:// --server (a server run with --tls-cert).
+    #[arg(long, env = "NIMBUS_CA_FILE")]
+    ca_file: Option<PathBuf>,
     #[command(flatten)]
     host: crate::host::DriverArgs,
 }
@@ -51,6 +54,8 @@ struct ControlPlane {
     http: reqwest::Client,
     base: String,
     token: String,
+    /// The CA the server's certificate is checked against (https:// and wss://).
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,10 +118,18 @@ impl ControlPlane {
 pub async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
+    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(90));
+    if let Some(path) = &args.ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("--ca-file {}", path.display()))?;
+        let ca = reqwest::Certificate::from_pem(&pem)
+            .with_context(|| format!("--ca-file {}: not a PEM certificate", path.display()))?;
+        http = http.add_root_certificate(ca);
+    }
     let cp = Arc::new(ControlPlane {
-        http: reqwest::Client::builder().timeout(Duration::from_secs(90)).build()?,
+        http: http.build()?,
         base: args.server.trim_end_matches('/').to_string(),
         token: args.token.clone(),
+        ca_file: args.ca_file.clone(),
     });
     // The zone and instance network come from the control plane: every host's bridge serves the same one.
     let config: AgentConfig = serde_json::from_value(
@@ -297,8 +310,9 @@ async fn bring_console(cp: &ControlPlane, driver: &dyn Driver, console: PendingC
         .replacen("http", "ws", 1);
     let mut request = url.as_str().into_client_request()?;
     request.headers_mut().insert("authorization", format!("Bearer {}", cp.token).parse()?);
-    let (socket, _) =
-        tokio_tungstenite::connect_async(request).await.with_context(|| format!("connecting to {url}"))?;
+    let socket = crate::websocket::connect(request, cp.ca_file.as_deref())
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
     let (mut to_server, mut from_server) = socket.split();
     let (mut serial_read, mut serial_write) = tokio::io::split(stream);
     let outbound = async {

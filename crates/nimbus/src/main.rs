@@ -9,6 +9,7 @@ mod guest;
 mod host;
 mod listen;
 mod server;
+mod websocket;
 
 #[derive(Parser)]
 #[command(name = "nimbus", version, about = "A self-hosted compute cloud: real VMs behind a cloud API")]
@@ -33,6 +34,9 @@ enum Command {
     Backup(admin::BackupArgs),
     /// Put a backup in place as a data dir's store (no server may run there).
     Restore(admin::RestoreArgs),
+    /// The seal key ring that seals secrets at rest (docs/SECURITY.md).
+    #[command(subcommand)]
+    SealKey(admin::SealKeyCommand),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -71,6 +75,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::Backup(args) => admin::backup(args),
         Command::Restore(args) => admin::restore(args),
+        Command::SealKey(command) => admin::seal_key(command),
         Command::Client(command) => cli::run(args.global, command, Cli::command),
     }
 }

@@ -33,6 +33,9 @@ pub struct ServerArgs {
     /// `d` (`0`: removed with the deletion).
     #[arg(long, default_value = "24h", value_parser = parse_retention)]
     deleted_retention: Duration,
+    /// How long the audit log (GET /v1/audit) keeps an entry: a number with `s`, `m`, `h` or `d`.
+    #[arg(long, default_value = "90d", value_parser = parse_retention)]
+    audit_retention: Duration,
     /// The instance network (lives inside Nimbus's own network namespace with the qemu driver).
     #[arg(long, default_value = "10.213.0.0/24")]
     network_cidr: String,
@@ -63,7 +66,7 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 1.5)]
     memory_overcommit: f64,
     /// The base URL agents reach this server at, for the interactive consoles they bring back to it
-    /// (default: `http://` and --listen).
+    /// (default: `http://` and --listen, `https://` with --tls-cert).
     #[arg(long, env = "NIMBUS_ADVERTISE_URL")]
     advertise_url: Option<String>,
     /// Seconds without a heartbeat before a host is unreachable and its instances `unknown`.
@@ -103,6 +106,12 @@ pub struct ServerArgs {
     /// Connections held at once; more wait in the kernel's backlog until one closes.
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
+    /// The key ring that seals secrets at rest (API key secrets, instance passwords, stored answers):
+    /// lines `ID BASE64KEY`, the first one sealing (make one with `nimbus seal-key new`). Default: the data
+    /// dir's `seal.key`, created on first start with SQLite; with PostgreSQL every server needs the same
+    /// ring, so it must be given (or NIMBUS_SEAL_KEYS, the ring's text itself).
+    #[arg(long, env = "NIMBUS_SEAL_KEY_FILE")]
+    seal_key_file: Option<PathBuf>,
 }
 
 pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
@@ -134,7 +143,16 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     if !(url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:")) {
         anyhow::bail!("unsupported database URL {url:?}: use sqlite://PATH or postgres://...");
     }
-    let store = nimbus_store::open(&url).await.with_context(|| format!("opening {}", redact(&url)))?;
+    let keys = seal_keys(&args, &data_dir, args.database.is_none())?;
+    let store = nimbus_store::SqlStore::open(&url)
+        .await
+        .with_context(|| format!("opening {}", redact(&url)))?
+        .with_seal_keys(keys);
+    let resealed = store.reseal().await.context("sealing the secrets at rest with the current seal key")?;
+    if resealed > 0 {
+        tracing::info!(resealed, "sealed secrets with the current seal key");
+    }
+    let store: std::sync::Arc<dyn nimbus_store::Store> = std::sync::Arc::new(store);
     let (driver, qemu) = if args.no_local_agent {
         (None, None)
     } else {
@@ -145,6 +163,7 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         zone: args.zones[0].clone(),
         zone_aliases: args.zones[1..].to_vec(),
         deleted_retention: args.deleted_retention,
+        audit_retention: args.audit_retention,
         network_cidr: args.network_cidr.clone(),
         elastic_ip_cidr: args.elastic_ip_cidr.clone(),
         stop_grace: Duration::from_secs(args.stop_grace_secs),
@@ -154,7 +173,10 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         host_name: args.host_name.clone().unwrap_or_else(nimbus_engine::default_host_name),
         overcommit: nimbus_core::host::Overcommit { cpu: args.cpu_overcommit, memory: args.memory_overcommit },
         host_lease: Duration::from_secs(args.host_timeout_secs.max(2)),
-        advertise_url: Some(args.advertise_url.clone().unwrap_or_else(|| format!("http://{}", args.listen))),
+        advertise_url: Some(args.advertise_url.clone().unwrap_or_else(|| {
+            let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
+            format!("{scheme}://{}", args.listen)
+        })),
         public_url: Some(public_url(&args)?),
         allow_registration: args.allow_registration,
         attempt_limits: nimbus_engine::throttle::AttemptLimits {
@@ -238,6 +260,40 @@ fn public_url(args: &ServerArgs) -> anyhow::Result<String> {
     } else {
         format!("{scheme}://{}", args.listen)
     })
+}
+
+/// The seal key ring: NIMBUS_SEAL_KEYS, else --seal-key-file, else the data dir's `seal.key` (made on first
+/// start when the store is the data dir's own SQLite file: no other server needs it).
+fn seal_keys(args: &ServerArgs, data_dir: &std::path::Path, own_store: bool) -> anyhow::Result<nimbus_store::SealKeys> {
+    if let Ok(text) = std::env::var("NIMBUS_SEAL_KEYS") {
+        if !text.trim().is_empty() {
+            return nimbus_store::SealKeys::parse(&text).context("NIMBUS_SEAL_KEYS");
+        }
+    }
+    let path = args.seal_key_file.clone().unwrap_or_else(|| data_dir.join("seal.key"));
+    if args.seal_key_file.is_none() && !path.exists() {
+        anyhow::ensure!(
+            own_store,
+            "with a shared database every server needs the same seal key ring: make one with `nimbus seal-key \
+             new > FILE` (mode 0600), give it to each server with --seal-key-file FILE, and back it up apart from \
+             the database"
+        );
+        let line = nimbus_store::SealKeys::new_key_line(&crate::admin::new_seal_key_id());
+        // The umask (077) makes it the server's own.
+        std::fs::write(&path, format!("{}\n{line}\n", crate::admin::SEAL_KEY_FILE_HEADER))
+            .with_context(|| format!("writing {}", path.display()))?;
+        tracing::info!(file = %path.display(), "made a seal key: back it up apart from the database");
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading the seal key ring {}", path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(file = %path.display(), mode = format!("{:o}", mode & 0o777), "the seal key ring is readable by others: chmod 600 it");
+        }
+    }
+    nimbus_store::SealKeys::parse(&text).with_context(|| format!("reading the seal key ring {}", path.display()))
 }
 
 /// This server's lasting name as a holder of operation leases, kept in its data dir so that a restart

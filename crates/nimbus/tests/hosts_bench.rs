@@ -54,6 +54,7 @@ impl Cloud {
                 .args(["server", "--no-local-agent", "--driver", "sim", "--listen"])
                 .arg(format!("{}:{port}", Fabric::server_address()))
                 .args(["--database", &database, "--network-cidr", "10.208.0.0/16"])
+                .env("NIMBUS_SEAL_KEYS", SEAL_KEYS)
                 .args(["--host-timeout-secs", &host_timeout_secs.to_string(), "--reconcile-secs", "1"])
                 .arg("--data-dir")
                 .arg(dir.path().join(format!("server-{n}")))
@@ -224,3 +225,6 @@ fn hosts_figures() {
         println!("{l}");
     }
 }
+
+/// The seal key ring the test's servers share (servers on one database must): a public test key.
+const SEAL_KEYS: &str = "test AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";

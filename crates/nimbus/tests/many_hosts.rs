@@ -111,6 +111,7 @@ fn many_hosts_place_within_capacity_survive_a_lost_agent_and_evacuate() {
                 .args(["server", "--no-local-agent", "--driver", "sim", "--listen"])
                 .arg(format!("{}:{port}", Fabric::server_address()))
                 .args(["--database", &database, "--cpu-overcommit", "1", "--memory-overcommit", "1"])
+                .env("NIMBUS_SEAL_KEYS", SEAL_KEYS)
                 .args(["--network-cidr", "10.210.0.0/20"])
                 .args(["--host-timeout-secs", &HOST_TIMEOUT_SECS.to_string(), "--reconcile-secs", "1"])
                 .arg("--data-dir")
@@ -314,3 +315,6 @@ fn many_hosts_place_within_capacity_survive_a_lost_agent_and_evacuate() {
         drop(f);
     });
 }
+
+/// The seal key ring the test's servers share (servers on one database must): a public test key.
+const SEAL_KEYS: &str = "test AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";

@@ -34,6 +34,7 @@ impl Server {
         let child = Command::new(env!("CARGO_BIN_EXE_nimbus"))
             .args(["server", "--driver", "sim", "--listen", &format!("127.0.0.1:{port}"), "--lease-secs", "3"])
             .args(["--database", database])
+            .env("NIMBUS_SEAL_KEYS", SEAL_KEYS)
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--sim-state-dir")
@@ -420,3 +421,6 @@ async fn two_servers_on_one_database_lose_nothing_and_take_over_a_killed_ones_op
         assert_eq!(i["operation_id"], Value::Null, "{i}");
     }
 }
+
+/// The seal key ring the test's servers share (servers on one database must): a public test key.
+const SEAL_KEYS: &str = "test AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";

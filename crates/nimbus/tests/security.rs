@@ -204,4 +204,145 @@ async fn the_server_speaks_tls_to_clients_that_trust_its_ca() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let refused = cli(false);
     assert!(!refused.status.success(), "the CLI trusted an unknown CA");
+
+    // The clouds' clients are sent on to https: Exoscale's zones name this server's https endpoint.
+    let zones: serde_json::Value = trusting.get(format!("{url}/v2/zone")).send().await.unwrap().json().await.unwrap();
+    let endpoint = zones["zones"][0]["api-endpoint"].as_str().unwrap_or_default().to_string();
+    assert!(endpoint.starts_with(&format!("{url}/v2")), "{zones}");
+
+    // The interactive console is a websocket: wss://, trusting the same CA.
+    let made = trusting
+        .post(format!("{url}/v1/instances"))
+        .bearer_auth(SECRET)
+        .json(&serde_json::json!({"name": "vm", "instance_type": "standard.micro", "template": "busybox"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status().as_u16(), 202);
+    let op: serde_json::Value = made.json().await.unwrap();
+    let waited = trusting
+        .get(format!("{url}/v1/operations/{}?wait=60", op["id"].as_str().unwrap()))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap();
+    let op: serde_json::Value = waited.json().await.unwrap();
+    assert_eq!(op["state"], "success", "{op}");
+    let console = |ca: bool| {
+        let mut c = std::process::Command::new(BIN);
+        c.args(["--url", &url, "--token", SECRET]);
+        if ca {
+            c.arg("--ca-file").arg(&ca_pem);
+        }
+        // Piped, empty input: the console detaches once the guest has been quiet a moment.
+        c.args(["instance", "console", "vm", "--follow"]).env_remove("NIMBUS_CA_FILE");
+        c.stdin(std::process::Stdio::null()).output().unwrap()
+    };
+    let attached = console(true);
+    assert!(attached.status.success(), "the console over wss://: {}", String::from_utf8_lossy(&attached.stderr));
+    let refused = console(false);
+    assert!(!refused.status.success(), "the console trusted an unknown CA");
+
+    // A host's agent reaches the control plane over https:// (and would bring consoles back over wss://).
+    let token = trusting
+        .post(format!("{url}/v1/host-tokens"))
+        .bearer_auth(SECRET)
+        .json(&serde_json::json!({"host": "tls-host"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(token.status().as_u16(), 201);
+    let token: serde_json::Value = token.json().await.unwrap();
+    let agent_log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let agent = std::process::Command::new(BIN)
+        .args(["agent", "--driver", "sim", "--name", "tls-host", "--server", &url, "--ca-file"])
+        .arg(&ca_pem)
+        .args(["--token", token["token"].as_str().unwrap(), "--data-dir"])
+        .arg(dir.path().join("agent"))
+        .stdout(std::process::Stdio::null())
+        .stderr(agent_log)
+        .spawn()
+        .unwrap();
+    let mut agent = agent;
+    let _kill_agent = Kill(&mut agent);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let hosts: serde_json::Value = trusting
+            .get(format!("{url}/v1/hosts/tls-host"))
+            .bearer_auth(SECRET)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if hosts["reachable"] == true || hosts["state"] == "ready" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never registered over TLS: {hosts}\n{}",
+            std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What a copy of the data dir gives away: no secret in clear. API keys' secrets (the bootstrap key's and a
+/// new one's), an instance's generated password and the stored answer of an idempotent key creation (which
+/// carries the new secret) are sealed under the server's key ring, `seal.key`, its owner's alone; and the
+/// server still uses them all, across a restart: EXO2 signatures check against the stored secret, the
+/// password is revealed, the idempotent retry is answered with the key's secret.
+#[tokio::test]
+async fn a_copy_of_the_data_dir_holds_no_secret_in_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup::sim(dir.path(), Database::Sqlite, &[]);
+    let mut server = setup.start().await;
+    let c = Client::new(&server.base);
+    let create_key = serde_json::json!({"name": "ci", "role": "member"});
+    let retry = [("idempotency-key", "make-ci-key".to_string())];
+    let made = c.send(reqwest::Method::POST, "/v1/api-keys", Auth::Bearer, Some(&create_key), &retry).await.unwrap();
+    assert_eq!(made.status, 201, "{}", made.body);
+    let new_secret = made.str("/secret").expect("the new key's secret");
+    let created = c
+        .native(
+            reqwest::Method::POST,
+            "/v1/instances",
+            Some(serde_json::json!({"name": "vm", "instance_type": "standard.micro", "template": "busybox"})),
+        )
+        .await;
+    let op = c.wait(&created.str("/id").unwrap(), Duration::from_secs(60)).await;
+    let id = op["target"]["id"].as_str().unwrap().to_string();
+    let password = c.get(&format!("/v1/instances/{id}/password")).await["password"].as_str().unwrap().to_string();
+    server.stop(Duration::from_secs(20));
+
+    let ring = setup.data_dir.join("seal.key");
+    assert_eq!(mode(&ring), 0o600, "the seal key ring");
+    let mut scanned = 0;
+    for entry in std::fs::read_dir(&setup.data_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path == ring || !path.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        for (what, secret) in
+            [("the bootstrap key's secret", SECRET), ("a new key's secret", &new_secret), ("a password", &password)]
+        {
+            let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+            assert!(!found, "{what} is in clear in {}", path.display());
+        }
+        scanned += 1;
+    }
+    assert!(scanned >= 2, "the database was scanned");
+
+    let server = setup.start().await;
+    let c = Client::new(&server.base);
+    let signed = c.send(reqwest::Method::GET, "/v2/instance", Auth::Exoscale, None, &[]).await.unwrap();
+    assert_eq!(signed.status, 200, "an EXO2 signature checks against the sealed secret: {}", signed.body);
+    let again = c.send(reqwest::Method::POST, "/v1/api-keys", Auth::Bearer, Some(&create_key), &retry).await.unwrap();
+    assert_eq!(again.str("/secret").as_deref(), Some(new_secret.as_str()), "the retry's stored answer: {}", again.body);
+    let revealed = c.get(&format!("/v1/instances/{id}/password")).await;
+    assert_eq!(revealed["password"].as_str(), Some(password.as_str()));
+    let by_new_key = c.http.get(format!("{}/v1/instances", server.base)).bearer_auth(&new_secret).send().await.unwrap();
+    assert_eq!(by_new_key.status().as_u16(), 200);
 }

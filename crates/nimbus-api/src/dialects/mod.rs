@@ -2,11 +2,10 @@
 //! requests into calls of the engine's services and renders the provider's responses and errors; none holds
 //! business logic of its own. Mounted beside the native API (paths in DESIGN.md's dialect table).
 
+use crate::routes::Routes;
+use crate::AppState;
 use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
-use axum::Router;
-
-use crate::AppState;
 
 pub mod common;
 pub mod exoscale;
@@ -15,8 +14,8 @@ pub mod onet;
 pub mod sfcompute;
 pub mod sharedcloud;
 
-pub fn router(_state: AppState) -> Router<AppState> {
-    Router::new()
+pub fn router(_state: AppState) -> Routes {
+    Routes::new()
         .merge(sfcompute::router(_state.clone()))
         .merge(onet::router(_state.clone()))
         .merge(sharedcloud::router(_state.clone()))

@@ -1,12 +1,13 @@
 //! The native API, `/v1`. Paths and field names are fixed by DESIGN.md's native API sketch.
 
 use axum::routing::{get, post};
-use axum::Router;
 
+use crate::routes::Routes;
 use crate::AppState;
 
 pub mod access;
 pub mod agent;
+pub mod audit;
 pub mod catalog;
 pub mod groups;
 pub mod hosts;
@@ -16,8 +17,8 @@ pub mod replay;
 pub mod views;
 pub mod volumes;
 
-pub fn router(state: AppState) -> Router<AppState> {
-    Router::new()
+pub fn router(state: AppState) -> Routes {
+    Routes::new()
         .route("/v1/instances", post(instances::create).get(instances::list).patch(instances::batch_update))
         .route("/v1/instances/{id}", get(instances::get).patch(instances::update).delete(instances::delete))
         .route("/v1/instances/{id}/password", get(instances::password))
@@ -44,6 +45,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/v1/agent/console/{id}", get(agent::console))
         .route("/v1/agent/overlay", get(agent::overlay))
         .route("/v1/whoami", get(access::whoami))
+        .route("/v1/audit", get(audit::list))
         .route("/v1/ping", get(access::ping))
         .route("/v1/api-keys", get(access::list_api_keys).post(access::create_api_key))
         .route("/v1/api-keys/{key_id}", axum::routing::delete(access::delete_api_key))
@@ -75,8 +77,11 @@ pub fn router(state: AppState) -> Router<AppState> {
             "/v1/anti-affinity-groups/{id}",
             get(groups::get_anti_affinity_group).delete(groups::delete_anti_affinity_group),
         )
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state, crate::middleware::idempotency))
+        .wrap(|router| {
+            router
+                .method_not_allowed_fallback(method_not_allowed)
+                .layer(axum::middleware::from_fn_with_state(state, crate::middleware::idempotency))
+        })
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> crate::ApiError {

@@ -8,6 +8,7 @@ mod idempotency;
 mod input;
 mod lifecycle;
 mod operations;
+mod role_matrix;
 mod security;
 mod templates;
 mod tenancy;

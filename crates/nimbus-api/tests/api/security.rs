@@ -187,3 +187,64 @@ async fn a_registered_tenant_cannot_raise_its_quota() {
         json!(nimbus_core::tenancy::Quota::default())
     );
 }
+
+/// The audit log: who did what, from where, with which key and request id. An organization's admin reads
+/// its organization's changes and refusals, never another organization's; the operator reads everyone's,
+/// forged credentials included; nobody below an organization admin reads it. Reads are not logged.
+#[tokio::test]
+async fn the_audit_log_tells_who_did_what_to_those_allowed_to_read_it() {
+    let config = EngineConfig { allow_registration: true, ..Default::default() };
+    let c = Cloud::with(SimConfig::default(), config).await;
+    let (org_admin, member, read_only) =
+        (c.key("org-admin", None).await, c.key("member", None).await, c.key("read-only", None).await);
+    let member_key_id = c.get("/v1/whoami", &member).await.body["key_id"].as_str().unwrap().to_string();
+    let ssh_key = |name: &str| json!({"name": name, "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@laptop"});
+    let made = c.post("/v1/ssh-keys", &member, ssh_key("laptop")).await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.text);
+    let (ssh_id, request_id) = (made.id(), made.headers["x-request-id"].to_str().unwrap().to_string());
+    let refused = c.call(axum::http::Method::DELETE, &format!("/v1/ssh-keys/{ssh_id}"), &read_only, None).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(c.post("/v1/ssh-keys", "forged-secret", ssh_key("x")).await.status, StatusCode::UNAUTHORIZED);
+    let form = "email=eve%40example.com&username=eve&password=Sup3r-secret-pass";
+    let post_form = |path: &str, body: &'static str| {
+        Request::post(path).header("content-type", "application/x-www-form-urlencoded").body(Body::from(body)).unwrap()
+    };
+    assert_eq!(c.send(post_form("/api/v1/users/", form)).await.status, StatusCode::CREATED);
+    let eve = c.send(post_form("/api/v1/api-token-auth/", "username=eve&password=Sup3r-secret-pass")).await;
+    let eve = eve.body["token"].as_str().unwrap().to_string();
+    assert_eq!(c.post("/v1/ssh-keys", &eve, ssh_key("eve")).await.status, StatusCode::CREATED);
+
+    for (who, key) in [("a member", &member), ("a read-only key", &read_only), ("another tenant", &eve)] {
+        assert_eq!(c.get("/v1/audit", key).await.status, StatusCode::FORBIDDEN, "{who} reading the audit log");
+    }
+    let log = c.get("/v1/audit", &org_admin).await;
+    assert_eq!(log.status, StatusCode::OK, "{}", log.text);
+    let items = log.body["items"].as_array().unwrap().clone();
+    let made_entry = items.iter().find(|e| e["request_id"] == request_id.as_str()).expect("the change is logged");
+    assert_eq!(made_entry["key_id"], member_key_id.as_str());
+    assert_eq!(made_entry["role"], "member");
+    assert_eq!((made_entry["method"].as_str(), made_entry["path"].as_str()), (Some("POST"), Some("/v1/ssh-keys")));
+    assert_eq!(made_entry["status"], 201);
+    assert!(items.iter().any(|e| e["status"] == 403 && e["path"] == format!("/v1/ssh-keys/{ssh_id}")), "the refusal");
+    assert!(items.iter().all(|e| e["method"] != "GET" || e["status"] == 403), "reads are not logged, refusals are");
+    assert!(items.iter().any(|e| e["path"] == "/v1/audit" && e["key_id"] == member_key_id.as_str()));
+    assert!(items.iter().all(|e| e["status"] != 401), "requests no key of the organization made are not its own");
+    assert!(!log.text.contains("/api/v1/users/") && !log.text.contains("eve"), "another organization's entries");
+
+    let by_resource = c.get(&format!("/v1/audit?resource={ssh_id}"), &org_admin).await.body["items"].clone();
+    assert_eq!(by_resource.as_array().unwrap().len(), 1, "{by_resource}");
+    let by_key = c.get(&format!("/v1/audit?key_id={member_key_id}"), &org_admin).await.body["items"].clone();
+    assert!(by_key.as_array().unwrap().iter().all(|e| e["key_id"] == member_key_id.as_str()) && by_key[0].is_object());
+    let future = c.get("/v1/audit?since=2999-01-01T00:00:00Z", &org_admin).await.body["items"].clone();
+    assert_eq!(future, json!([]));
+    let page = c.get("/v1/audit?limit=1", &org_admin).await;
+    let next = page.body["next_page_token"].as_str().expect("a next page").to_string();
+    let second = c.get(&format!("/v1/audit?limit=1&page_token={next}"), &org_admin).await.body["items"].clone();
+    assert_ne!(second[0]["seq"], page.body["items"][0]["seq"]);
+    assert_eq!(c.get("/v1/audit?since=yesterday", &org_admin).await.status, StatusCode::BAD_REQUEST);
+
+    let everyone = c.get("/v1/audit?limit=1000", ADMIN).await.body["items"].as_array().unwrap().clone();
+    assert!(everyone.iter().any(|e| e["status"] == 401 && e["organization_id"].is_null()), "the forged key");
+    assert!(everyone.iter().any(|e| e["path"] == "/api/v1/users/"), "the registration");
+    assert!(everyone.iter().any(|e| e["key_id"].is_string() && e["organization_id"] != made_entry["organization_id"]));
+}

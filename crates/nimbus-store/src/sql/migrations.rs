@@ -148,6 +148,19 @@ UPDATE api_keys SET body = json_set(body, '$.role', 'operator')
                     ORDER BY json_extract(body, '$.created_at') LIMIT 1);
 "#,
     IDEMPOTENCY_HOLDS_SQLITE,
+    r#"
+-- The audit log (GET /v1/audit): one row per changing or refused request, read by organization and time.
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    organization_id TEXT,
+    key_id TEXT,
+    path TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX audit_by_organization ON audit (organization_id, seq);
+CREATE INDEX audit_by_time ON audit (at_ms);
+"#,
 ];
 
 /// SQLite 4 (PostgreSQL 3): idempotency keys belong to the API key that sent them, and a request holds its
@@ -300,6 +313,19 @@ UPDATE idempotency SET lease_expires = (created_at + 86400) * 1000;
 ALTER TABLE idempotency DROP CONSTRAINT idempotency_pkey;
 ALTER TABLE idempotency ADD PRIMARY KEY (project_id, api_key_id, key);
 CREATE INDEX idempotency_by_server ON idempotency (holder_server) WHERE holder_server IS NOT NULL;
+"#,
+    r#"
+-- As SQLite's version 5: the audit log.
+CREATE TABLE audit (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    organization_id TEXT COLLATE "C",
+    key_id TEXT COLLATE "C",
+    path TEXT COLLATE "C" NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX audit_by_organization ON audit (organization_id, seq);
+CREATE INDEX audit_by_time ON audit (at_ms);
 "#,
 ];
 

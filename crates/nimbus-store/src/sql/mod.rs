@@ -12,11 +12,13 @@
 //! - What differs between the backends lives in [`backend`] (connections, clocks, locks, errors),
 //!   [`migrations`] (DDL) and [`notify`] (hearing other servers' writes).
 
+mod audit;
 mod backend;
 mod hosts;
 pub mod integrity;
 mod migrations;
 mod notify;
+mod sealing;
 mod writes;
 
 use std::time::Duration;
@@ -56,6 +58,8 @@ pub struct SqlStore {
     /// writers wait on row locks instead.
     sqlite_writer: Option<Mutex<()>>,
     changes: notify::Changes,
+    /// Seals secrets at rest (`crate::seal`); without, they are written in clear (tests, tools).
+    seal: Option<std::sync::Arc<SealKeys>>,
 }
 
 /// One value bound to a numbered placeholder.
@@ -206,15 +210,36 @@ pub(crate) fn project_from_row(row: &AnyRow) -> StoreResult<Project> {
     Ok(p)
 }
 
-fn record_from_row(kind: &str, row: &AnyRow) -> StoreResult<Record> {
+fn record_from_row(seal: Option<&SealKeys>, kind: &str, row: &AnyRow) -> StoreResult<Record> {
+    let id = parse_uuid(&column::<String>(row, "id")?)?;
+    let mut body: serde_json::Value = decode(kind, &column::<String>(row, "body")?)?;
+    if let serde_json::Value::String(sealed) = &body {
+        if SealKeys::is_sealed(sealed) {
+            body = decode(kind, &crate::seal::open_with(seal, &record_place(kind, id), sealed)?)?;
+        }
+    }
     Ok(Record {
         kind: kind.to_string(),
-        id: parse_uuid(&column::<String>(row, "id")?)?,
+        id,
         project_id: column::<Option<String>>(row, "project_id")?.map(|s| parse_uuid(&s)).transpose()?,
         name: column(row, "name")?,
-        body: decode(kind, &column::<String>(row, "body")?)?,
+        body,
         generation: column(row, "generation")?,
     })
+}
+
+/// Record kinds whose whole document is a secret, sealed at rest: instances' generated passwords.
+pub const SEALED_RECORD_KINDS: &[&str] = &["password"];
+
+/// What a sealed value is bound to (see `crate::seal`): the row it is stored in.
+fn record_place(kind: &str, id: Uuid) -> String {
+    format!("record:{kind}:{id}")
+}
+fn api_key_place(key_id: &str) -> String {
+    format!("api_key:{key_id}")
+}
+fn idempotency_place(s: &IdempotencyScope) -> String {
+    format!("idempotency:{}:{}:{}", s.project_id, s.api_key_id, s.key)
 }
 
 fn event_from_row(row: &AnyRow) -> StoreResult<Event> {
@@ -285,7 +310,14 @@ impl SqlStore {
             Backend::Postgres => notify::Changes::listening(url).await?,
         };
         let sqlite_writer = (backend == Backend::Sqlite).then(|| Mutex::new(()));
-        Ok(SqlStore { pool, backend, sqlite_writer, changes })
+        Ok(SqlStore { pool, backend, sqlite_writer, changes, seal: None })
+    }
+
+    /// Seals secrets with `keys` from now on; reads open what they sealed. Call [`SqlStore::reseal`] next,
+    /// so that what was written in clear, or sealed by a retired key, is sealed with the current one.
+    pub fn with_seal_keys(mut self, keys: SealKeys) -> SqlStore {
+        self.seal = Some(std::sync::Arc::new(keys));
+        self
     }
 
     /// A private in-memory SQLite database.
@@ -531,7 +563,7 @@ impl Store for SqlStore {
     async fn put_api_key(&self, key: &ApiKey) -> StoreResult<()> {
         let mut w = self.write().await?;
         let result = async {
-            writes::insert_api_key(w.conn(), self.backend, key).await?;
+            writes::insert_api_key(w.conn(), self.backend, &self.sealed_key(key)).await?;
             self.mark_applied(w.conn(), || serde_json::json!({ "api_key": key.key_id })).await
         }
         .await;
@@ -539,11 +571,13 @@ impl Store for SqlStore {
     }
 
     async fn get_api_key(&self, key_id: &str) -> StoreResult<Option<ApiKey>> {
-        self.document("API key", "SELECT body FROM api_keys WHERE key_id = $1", key_id).await
+        let key = self.document("API key", "SELECT body FROM api_keys WHERE key_id = $1", key_id).await?;
+        key.map(|k| self.opened_key(k)).transpose()
     }
 
     async fn get_api_key_by_secret_hash(&self, sha256_hex: &str) -> StoreResult<Option<ApiKey>> {
-        self.document("API key", "SELECT body FROM api_keys WHERE secret_sha256 = $1", sha256_hex).await
+        let key = self.document("API key", "SELECT body FROM api_keys WHERE secret_sha256 = $1", sha256_hex).await?;
+        key.map(|k| self.opened_key(k)).transpose()
     }
 
     async fn list_api_keys(&self, project_id: Uuid) -> StoreResult<Vec<ApiKey>> {
@@ -551,7 +585,7 @@ impl Store for SqlStore {
             .fetch_all(&self.pool)
             .await
             .map_err(self.fail("listing API keys"))?;
-        rows.iter().map(|r| body_of("API key", r)).collect()
+        rows.iter().map(|r| self.opened_key(body_of("API key", r)?)).collect()
     }
 
     async fn delete_api_key(&self, key_id: &str) -> StoreResult<bool> {
@@ -586,7 +620,7 @@ impl Store for SqlStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(self.fail("reading a record"))?;
-        row.map(|r| record_from_row(kind, &r)).transpose()
+        row.map(|r| record_from_row(self.seal.as_deref(), kind, &r)).transpose()
     }
 
     async fn list_records(&self, kind: &str, project_id: Option<Uuid>) -> StoreResult<Vec<Record>> {
@@ -597,7 +631,7 @@ impl Store for SqlStore {
         }
         sql.push(" ORDER BY id");
         let rows = sql.query().fetch_all(&self.pool).await.map_err(self.fail("listing records"))?;
-        rows.iter().map(|r| record_from_row(kind, r)).collect()
+        rows.iter().map(|r| record_from_row(self.seal.as_deref(), kind, r)).collect()
     }
 
     async fn get_instance(&self, id: Uuid) -> StoreResult<Option<Instance>> {
@@ -665,7 +699,7 @@ impl Store for SqlStore {
     async fn apply(&self, set: WriteSet) -> StoreResult<()> {
         let mut w = self.write().await?;
         let result = async {
-            writes::apply(w.conn(), self.backend, &set).await?;
+            writes::apply(w.conn(), self.backend, &self.sealed_set(&set)).await?;
             self.mark_applied(w.conn(), || crate::applied_result(&set)).await
         }
         .await;
@@ -835,7 +869,7 @@ impl Store for SqlStore {
         .fetch_all(&self.pool)
         .await
         .map_err(self.fail("listing records"))?;
-        rows.iter().map(|r| record_from_row(kind, r)).collect()
+        rows.iter().map(|r| record_from_row(self.seal.as_deref(), kind, r)).collect()
     }
 
     fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -994,7 +1028,14 @@ impl Store for SqlStore {
             "finishing an idempotency key",
             "UPDATE idempotency SET status = $1, body = $2, holder = NULL, holder_server = NULL, lease_expires = NULL
              WHERE project_id = $3 AND api_key_id = $4 AND key = $5 AND holder = $6",
-            args![i64::from(status), body, s.project_id, &s.api_key_id, &s.key, &hold.holder],
+            args![
+                i64::from(status),
+                self.sealed(&idempotency_place(s), body),
+                s.project_id,
+                &s.api_key_id,
+                &s.key,
+                &hold.holder
+            ],
         )
         .await
         .map(|_| ())
@@ -1071,6 +1112,18 @@ impl Store for SqlStore {
         self.integrity().await
     }
 
+    async fn append_audit(&self, entries: &[nimbus_core::audit::AuditEntry]) -> StoreResult<()> {
+        self.append_audit_entries(entries).await
+    }
+
+    async fn list_audit(&self, q: &nimbus_core::audit::AuditQuery) -> StoreResult<Vec<nimbus_core::audit::AuditEntry>> {
+        self.audit_entries(q).await
+    }
+
+    async fn prune_audit(&self, before: time::OffsetDateTime) -> StoreResult<u64> {
+        self.prune_audit_entries(before).await
+    }
+
     async fn idempotency_audit(&self) -> StoreResult<IdempotencyAudit> {
         let sql = format!(
             "SELECT
@@ -1137,7 +1190,9 @@ impl SqlStore {
                 expired: column::<i64>(&row, "expired")? == 1,
                 result: column(&row, "result")?,
                 status: column(&row, "status")?,
-                body: column(&row, "body")?,
+                body: column::<Option<String>>(&row, "body")?
+                    .map(|body| crate::seal::open_with(self.seal.as_deref(), &idempotency_place(scope), &body))
+                    .transpose()?,
             })
         })
         .transpose()

@@ -102,6 +102,8 @@ pub struct Client {
     pub url: String,
     token: Option<String>,
     verbose: bool,
+    /// The CA the HTTP client trusts, for the websockets too (`crate::websocket`).
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl Client {
@@ -119,7 +121,7 @@ impl Client {
             builder = builder.add_root_certificate(ca);
         }
         let http = builder.build().map_err(|e| CliError::Other(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Client { http, url: conn.url, token: conn.token, verbose })
+        Ok(Client { http, url: conn.url, token: conn.token, verbose, ca_file: ca_file.map(Into::into) })
     }
 
     pub fn token(&self) -> Option<&str> {
@@ -128,6 +130,10 @@ impl Client {
 
     pub fn verbose(&self) -> bool {
         self.verbose
+    }
+
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.ca_file.as_deref()
     }
 
     pub fn builder(&self, method: Method, path: &str) -> reqwest::RequestBuilder {

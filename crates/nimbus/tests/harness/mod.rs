@@ -90,7 +90,7 @@ impl Setup {
         let mut cmd = Command::new(&bin);
         cmd.args(["server", "--listen", &format!("127.0.0.1:{}", self.port)]).arg("--data-dir").arg(&self.data_dir);
         if let Database::Postgres { url, .. } = &self.database {
-            cmd.args(["--database", url]);
+            cmd.args(["--database", url]).env("NIMBUS_SEAL_KEYS", TEST_SEAL_KEYS);
         }
         match &self.host_dir {
             // A build from before the sim host lived in a directory keeps it in memory.
@@ -144,6 +144,10 @@ fn knows_sim_state_dir(bin: &str) -> bool {
         String::from_utf8_lossy(&help.stdout).contains("--sim-state-dir")
     })
 }
+
+/// The seal key ring every server of a test shares (servers on one database must share one); a test key,
+/// public, never a real deployment's.
+pub const TEST_SEAL_KEYS: &str = "test AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

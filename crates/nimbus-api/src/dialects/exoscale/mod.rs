@@ -7,8 +7,8 @@
 //! so those routes capture the whole segment and the handlers split it at the first `:`.
 
 use axum::routing::{delete, get, post};
-use axum::Router;
 
+use crate::routes::Routes;
 use crate::AppState;
 
 pub mod auth;
@@ -31,8 +31,8 @@ pub fn owns(path: &str) -> bool {
     path == "/v2" || path.starts_with("/v2/")
 }
 
-pub fn router(_state: AppState) -> Router<AppState> {
-    Router::new()
+pub fn router(_state: AppState) -> Routes {
+    Routes::new()
         .route("/v2/zone", get(h::list_zones).fallback(mna))
         .route("/v2/operation/{id}", get(h::get_operation).fallback(mna))
         .route("/v2/instance", get(h::list).post(h::create).fallback(mna))

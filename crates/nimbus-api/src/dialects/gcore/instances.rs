@@ -180,6 +180,9 @@ pub async fn update(
     OneInstance(r, current): OneInstance,
     body: Bytes,
 ) -> GcoreResult<Json<Value>> {
+    // A PATCH that changes nothing never reaches the engine's own check: the caller must be allowed to
+    // change the instance all the same (a read-only key's empty PATCH was answered 200).
+    r.ctx.require(nimbus_core::tenancy::Role::Member)?;
     let map = body_object(&body)?;
     let mut errors = FieldErrors::default();
     let mut patch = InstancePatch::default();

@@ -6,8 +6,8 @@
 //! Notes: `shared/dialects/gcore.md`; the real `gcore` Python SDK is the test client.
 
 use axum::routing::{get, patch, post};
-use axum::Router;
 
+use crate::routes::Routes;
 use crate::AppState;
 
 mod account;
@@ -38,10 +38,10 @@ pub fn owns(path: &str) -> bool {
     path.starts_with("/cloud/")
 }
 
-pub fn router(_state: AppState) -> Router<AppState> {
+pub fn router(_state: AppState) -> Routes {
     use errors::method_not_allowed as other;
     let one = |p: &str| format!("{V1}/{{instance_id}}{p}");
-    Router::new()
+    Routes::new()
         .route("/cloud/v2/instances/{project_id}/{region_id}", post(create::create).fallback(other))
         .route(V1, get(instances::list).fallback(other))
         .route(&one(""), get(instances::get).patch(instances::update).delete(instances::delete).fallback(other))

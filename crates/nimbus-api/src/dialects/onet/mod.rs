@@ -3,8 +3,8 @@
 //! Notes: `shared/dialects/onet.md`.
 
 use axum::routing::{get, post};
-use axum::Router;
 
+use crate::routes::Routes;
 use crate::AppState;
 
 pub mod errors;
@@ -18,8 +18,8 @@ pub fn owns(path: &str) -> bool {
     path.starts_with("/v1/organizations/") || path.starts_with("/v1/compute/")
 }
 
-pub fn router(_state: AppState) -> Router<AppState> {
-    let mut router = Router::new();
+pub fn router(_state: AppState) -> Routes {
+    let mut router = Routes::new();
     // ONET documents its paths without a trailing slash; DRF clients often send one. Both are served.
     for slash in ["", "/"] {
         router = router

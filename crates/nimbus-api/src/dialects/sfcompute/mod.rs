@@ -2,8 +2,8 @@
 //! object and error envelope, over the engine's instance services. Notes: shared/dialects/sfcompute.md.
 
 use axum::routing::{get, post};
-use axum::Router;
 
+use crate::routes::Routes;
 use crate::AppState;
 
 pub mod catalog;
@@ -25,9 +25,9 @@ pub fn owns(path: &str) -> bool {
     COLLECTIONS.contains(&collection)
 }
 
-pub fn router(_state: AppState) -> Router<AppState> {
+pub fn router(_state: AppState) -> Routes {
     use errors::method_not_allowed as other;
-    let mut router = Router::new();
+    let mut router = Routes::new();
     // SF's public URL has `/preview`; its docs name the same routes without it.
     for base in ["/preview/v2", "/v2"] {
         router = router

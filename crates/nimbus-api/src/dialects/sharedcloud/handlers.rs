@@ -400,6 +400,9 @@ async fn change(
     body: Bytes,
     required: &[&str],
 ) -> ScResult<Json<Value>> {
+    // A change that turns out to change nothing never reaches the engine's own check: the caller must
+    // be allowed to change the instance all the same (a read-only key's empty PATCH was answered 200).
+    ctx.require(nimbus_core::tenancy::Role::Member)?;
     let id = instance_id(&uuid)?;
     let current = live_instance(&app, &ctx, id).await?;
     let map = body_object(&headers, &body)?;

@@ -10,8 +10,8 @@
 //! the instance's `sharedcloud` extension map.
 
 use axum::routing::{get, patch, post};
-use axum::Router;
 
+use crate::routes::Routes;
 use crate::AppState;
 
 pub mod accounts;
@@ -26,8 +26,8 @@ pub fn owns(path: &str) -> bool {
     path == BASE || path.starts_with("/api/")
 }
 
-pub fn router(_state: AppState) -> Router<AppState> {
-    let mut router = Router::new();
+pub fn router(_state: AppState) -> Routes {
+    let mut router = Routes::new();
     // DRF's router makes every path end with a slash; the slash-less form is served too.
     for slash in ["", "/"] {
         let nope = errors::method_not_allowed;

@@ -52,10 +52,7 @@ impl Drop for RawMode {
 }
 
 /// A websocket to `path` of the API, authenticated like every other call.
-pub async fn open_websocket(
-    client: &Client,
-    path: &str,
-) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, CliError> {
+pub async fn open_websocket(client: &Client, path: &str) -> Result<crate::websocket::Socket, CliError> {
     let ws_url = format!("{}{path}", client.url).replacen("http://", "ws://", 1).replacen("https://", "wss://", 1);
     let mut request = ws_url
         .as_str()
@@ -70,7 +67,7 @@ pub async fn open_websocket(
     if client.verbose() {
         eprintln!("> GET {ws_url} (websocket)");
     }
-    let (socket, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| match e {
+    let socket = crate::websocket::connect(request, client.ca_file()).await.map_err(|e| match e {
         tokio_tungstenite::tungstenite::Error::Http(resp) => {
             let status =
                 reqwest::StatusCode::from_u16(resp.status().as_u16()).unwrap_or(reqwest::StatusCode::BAD_GATEWAY);
