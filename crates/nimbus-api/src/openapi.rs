@@ -16,7 +16,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::native::{access, audit, catalog, groups, hosts, instances, operations, views};
+use crate::native::{access, audit, catalog, groups, hosts, instances, operations, views, volumes};
 
 struct BearerAuth;
 
@@ -276,11 +276,13 @@ impl Modify for Links {
         groups::create_anti_affinity_group, groups::list_anti_affinity_groups, groups::get_anti_affinity_group,
         groups::delete_anti_affinity_group,
         hosts::list, hosts::get, hosts::action, hosts::create_token, hosts::list_tokens, hosts::revoke_token,
+        volumes::create, volumes::list, volumes::get, volumes::update, volumes::delete, volumes::action,
     ),
     components(schemas(
         views::ErrorBody, views::ErrorDetail,
         instances::ScaleParams, instances::ResizeDiskParams, instances::CreateSnapshotParams,
         instances::RevertSnapshotParams, instances::ResetParams,
+        volumes::AttachVolumeParams, volumes::ResizeVolumeParams,
     )),
 )]
 pub struct ApiDoc;

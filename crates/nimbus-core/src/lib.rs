@@ -16,6 +16,7 @@ pub mod operation;
 pub mod resources;
 pub mod state_machine;
 pub mod tenancy;
+pub mod volume;
 
 pub use error::{DomainError, Result};
 pub use uuid::Uuid;

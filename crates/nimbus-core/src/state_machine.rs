@@ -42,6 +42,13 @@ pub enum Action {
     PromoteSnapshot,
     /// Takes a disk image in as a template. Not done to an instance: its operation targets the template.
     ImportTemplate,
+    /// The volume kinds: their operations target a volume (`crate::volume`), and attach and detach also
+    /// hold the instance's lock while they run, without changing the state it shows.
+    CreateVolume,
+    AttachVolume,
+    DetachVolume,
+    ResizeVolume,
+    DeleteVolume,
 }
 
 impl Action {
@@ -68,7 +75,26 @@ impl Action {
             Action::Evacuate => "evacuate",
             Action::PromoteSnapshot => "promote_snapshot",
             Action::ImportTemplate => "import_template",
+            Action::CreateVolume => "create_volume",
+            Action::AttachVolume => "attach_volume",
+            Action::DetachVolume => "detach_volume",
+            Action::ResizeVolume => "resize_volume",
+            Action::DeleteVolume => "delete_volume",
         }
+    }
+}
+
+impl Action {
+    /// Whether operations of this kind target a volume.
+    pub fn is_volume(self) -> bool {
+        matches!(
+            self,
+            Action::CreateVolume
+                | Action::AttachVolume
+                | Action::DetachVolume
+                | Action::ResizeVolume
+                | Action::DeleteVolume
+        )
     }
 }
 
@@ -142,6 +168,12 @@ fn rule(action: Action) -> (&'static [InstanceState], &'static str, InstanceStat
         ),
         // No instance: `transition` refuses it for every state.
         Action::ImportTemplate => (&[], "templates are imported, not instances", Creating, Landing::Previous),
+        // Volumes have their own rules (`crate::volume`).
+        Action::CreateVolume
+        | Action::AttachVolume
+        | Action::DetachVolume
+        | Action::ResizeVolume
+        | Action::DeleteVolume => (&[], "volume actions are done to volumes", Creating, Landing::Previous),
         Action::ChangeAntiAffinityGroups => (
             &[Running, Stopped, Suspended, Error],
             "anti-affinity groups change while the instance is at rest",
@@ -182,7 +214,7 @@ fn rule(action: Action) -> (&'static [InstanceState], &'static str, InstanceStat
 /// Decides whether `action` may begin on an instance in `state`.
 pub fn transition(action: Action, state: InstanceState) -> Result<Transition> {
     let (from, hint, during, on_success) = rule(action);
-    if action != Action::Create && !from.contains(&state) || action == Action::ImportTemplate {
+    if action != Action::Create && !from.contains(&state) || action == Action::ImportTemplate || action.is_volume() {
         return Err(DomainError::InvalidState {
             action: action.as_str().replace('_', "-"),
             state,

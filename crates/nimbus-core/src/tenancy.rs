@@ -31,11 +31,25 @@ pub struct Quota {
     pub vcpus: u64,
     pub memory_mib: u64,
     pub disk_gb: u64,
+    /// The total size of the project's volumes (quotas stored before volumes existed get the default).
+    #[serde(default = "default_volume_gb")]
+    pub volume_gb: u64,
+}
+
+/// The volume quota of a project whose quota was set before volumes existed.
+pub fn default_volume_gb() -> u64 {
+    64 * 1024
 }
 
 impl Default for Quota {
     fn default() -> Self {
-        Quota { instances: 256, vcpus: 1024, memory_mib: 4 * 1024 * 1024, disk_gb: 64 * 1024 }
+        Quota {
+            instances: 256,
+            vcpus: 1024,
+            memory_mib: 4 * 1024 * 1024,
+            disk_gb: 64 * 1024,
+            volume_gb: default_volume_gb(),
+        }
     }
 }
 
@@ -46,6 +60,9 @@ pub struct Usage {
     pub vcpus: u64,
     pub memory_mib: u64,
     pub disk_gb: u64,
+    /// The total size of the project's volumes, whatever their state.
+    #[serde(default)]
+    pub volume_gb: u64,
 }
 
 impl Quota {
@@ -56,6 +73,7 @@ impl Quota {
             ("vcpus", usage.vcpus, self.vcpus),
             ("memory_mib", usage.memory_mib, self.memory_mib),
             ("disk_gb", usage.disk_gb, self.disk_gb),
+            ("volume_gb", usage.volume_gb, self.volume_gb),
         ];
         checks
             .into_iter()

@@ -8,37 +8,113 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Driver, DriverError, HostInfo, InstanceSpec, TemplateImport, TemplateRegistration};
+use crate::{Driver, DriverError, HostInfo, InstanceSpec, TemplateImport, TemplateRegistration, VolumeSpec};
 
 /// One call of a `Driver` method on an instance of the host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum DriverCall {
-    Create { spec: InstanceSpec },
-    Start { spec: InstanceSpec },
-    Stop { id: Uuid, grace_ms: u64 },
-    Reboot { spec: InstanceSpec },
-    Reinstall { spec: InstanceSpec },
-    ResizeDisk { id: Uuid, size_gb: u64 },
-    DiskSizeGb { id: Uuid },
-    Snapshots { id: Uuid },
-    Snapshot { id: Uuid, snapshot_id: Uuid },
-    Revert { id: Uuid, snapshot_id: Uuid },
-    DeleteSnapshot { id: Uuid, snapshot_id: Uuid },
-    Destroy { id: Uuid },
-    Inspect { id: Uuid },
+    Create {
+        spec: InstanceSpec,
+    },
+    Start {
+        spec: InstanceSpec,
+    },
+    Stop {
+        id: Uuid,
+        grace_ms: u64,
+    },
+    Reboot {
+        spec: InstanceSpec,
+    },
+    Reinstall {
+        spec: InstanceSpec,
+    },
+    ResizeDisk {
+        id: Uuid,
+        size_gb: u64,
+    },
+    DiskSizeGb {
+        id: Uuid,
+    },
+    Snapshots {
+        id: Uuid,
+    },
+    Snapshot {
+        id: Uuid,
+        snapshot_id: Uuid,
+    },
+    Revert {
+        id: Uuid,
+        snapshot_id: Uuid,
+    },
+    DeleteSnapshot {
+        id: Uuid,
+        snapshot_id: Uuid,
+    },
+    Destroy {
+        id: Uuid,
+    },
+    Inspect {
+        id: Uuid,
+    },
     Instances,
-    Console { id: Uuid },
-    Metrics { id: Uuid },
-    Suspend { id: Uuid },
-    Resume { id: Uuid },
-    EnableTpm { id: Uuid },
+    Console {
+        id: Uuid,
+    },
+    Metrics {
+        id: Uuid,
+    },
+    Suspend {
+        id: Uuid,
+    },
+    Resume {
+        id: Uuid,
+    },
+    EnableTpm {
+        id: Uuid,
+    },
     HostInfo,
     Templates,
-    GuestInterfaces { id: Uuid },
-    ImportTemplate { request: TemplateImport },
-    PromoteSnapshot { id: Uuid, snapshot_id: Uuid, template_id: Uuid, name: String },
-    RemoveTemplate { template_id: Uuid },
+    GuestInterfaces {
+        id: Uuid,
+    },
+    ImportTemplate {
+        request: TemplateImport,
+    },
+    PromoteSnapshot {
+        id: Uuid,
+        snapshot_id: Uuid,
+        template_id: Uuid,
+        name: String,
+    },
+    RemoveTemplate {
+        template_id: Uuid,
+    },
+    CreateVolume {
+        volume: VolumeSpec,
+    },
+    DeleteVolume {
+        volume_id: Uuid,
+    },
+    ResizeVolume {
+        volume_id: Uuid,
+        size_gb: u64,
+        #[serde(default)]
+        attached_to: Option<Uuid>,
+    },
+    VolumeSizeGb {
+        volume_id: Uuid,
+    },
+    AttachVolume {
+        id: Uuid,
+        volume: VolumeSpec,
+    },
+    DetachVolume {
+        id: Uuid,
+        volume_id: Uuid,
+    },
+    Volumes,
 }
 
 impl DriverCall {
@@ -62,12 +138,19 @@ impl DriverCall {
             | DriverCall::Resume { id }
             | DriverCall::EnableTpm { id }
             | DriverCall::GuestInterfaces { id }
-            | DriverCall::PromoteSnapshot { id, .. } => Some(*id),
+            | DriverCall::PromoteSnapshot { id, .. }
+            | DriverCall::AttachVolume { id, .. }
+            | DriverCall::DetachVolume { id, .. } => Some(*id),
             DriverCall::Instances
             | DriverCall::HostInfo
             | DriverCall::Templates
             | DriverCall::ImportTemplate { .. }
-            | DriverCall::RemoveTemplate { .. } => None,
+            | DriverCall::RemoveTemplate { .. }
+            | DriverCall::CreateVolume { .. }
+            | DriverCall::DeleteVolume { .. }
+            | DriverCall::ResizeVolume { .. }
+            | DriverCall::VolumeSizeGb { .. }
+            | DriverCall::Volumes => None,
         }
     }
 }
@@ -109,6 +192,15 @@ pub async fn dispatch(driver: &dyn Driver, call: DriverCall) -> DriverReply {
             reply(driver.promote_snapshot(id, snapshot_id, template_id, &name).await)
         }
         DriverCall::RemoveTemplate { template_id } => reply(driver.remove_template(template_id).await),
+        DriverCall::CreateVolume { volume } => reply(driver.create_volume(&volume).await),
+        DriverCall::DeleteVolume { volume_id } => reply(driver.delete_volume(volume_id).await),
+        DriverCall::ResizeVolume { volume_id, size_gb, attached_to } => {
+            reply(driver.resize_volume(volume_id, size_gb, attached_to).await)
+        }
+        DriverCall::VolumeSizeGb { volume_id } => reply(driver.volume_size_gb(volume_id).await),
+        DriverCall::AttachVolume { id, volume } => reply(driver.attach_volume(id, &volume).await),
+        DriverCall::DetachVolume { id, volume_id } => reply(driver.detach_volume(id, volume_id).await),
+        DriverCall::Volumes => reply(driver.volumes().await),
     }
 }
 

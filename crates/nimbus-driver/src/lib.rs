@@ -65,6 +65,19 @@ pub struct InstanceSpec {
     /// Boot with UEFI secure boot (Microsoft's keys enrolled); needs a UEFI-capable template.
     #[serde(default)]
     pub secure_boot: bool,
+    /// The volumes attached to it, which a boot gives the guest beside its own disk.
+    #[serde(default)]
+    pub volumes: Vec<VolumeSpec>,
+}
+
+/// A volume as its host needs it: a disk file of its own (`create_volume`), given to an instance's guest as
+/// a virtio disk with this serial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    pub id: Uuid,
+    pub size_gb: u64,
+    /// At most 20 bytes (virtio-blk's limit): the guest finds the disk at `/dev/disk/by-id/virtio-<serial>`.
+    pub serial: String,
 }
 
 /// A disk image to take in as a template (`import_template`).
@@ -224,6 +237,39 @@ pub trait Driver: Send + Sync + 'static {
     /// A standalone qcow2 of a snapshot, for download: its path on the driver's host.
     async fn export_snapshot(&self, _id: Uuid, _snapshot_id: Uuid) -> DriverResult<String> {
         Err(DriverError::Unsupported(format!("the {} driver cannot export snapshots", self.name())))
+    }
+
+    // Volumes: disk files of their own on the host, attached to at most one of its instances at a time.
+    /// Makes the volume's empty disk. Idempotent: an existing one is kept as it is.
+    async fn create_volume(&self, _volume: &VolumeSpec) -> DriverResult<()> {
+        Err(DriverError::Unsupported(format!("the {} driver has no volumes", self.name())))
+    }
+    /// Removes the volume's disk (detached). Idempotent: a missing one is no error.
+    async fn delete_volume(&self, _volume_id: Uuid) -> DriverResult<()> {
+        Ok(())
+    }
+    /// Grows the volume's disk; `attached_to`: the instance it is plugged into, whose running guest then
+    /// sees the new size. Shrinking is refused.
+    async fn resize_volume(&self, _volume_id: Uuid, _size_gb: u64, _attached_to: Option<Uuid>) -> DriverResult<()> {
+        Err(DriverError::Unsupported(format!("the {} driver has no volumes", self.name())))
+    }
+    /// The volume's size as the host has it (`NotFound` when it has no such disk).
+    async fn volume_size_gb(&self, volume_id: Uuid) -> DriverResult<u64> {
+        Err(DriverError::NotFound(volume_id))
+    }
+    /// Gives the volume to the instance: hot-plugged into its guest at once when it runs (the guest sees the
+    /// disk appear, no reboot), and on every later boot through its spec's `volumes`. Idempotent.
+    async fn attach_volume(&self, _id: Uuid, _volume: &VolumeSpec) -> DriverResult<()> {
+        Err(DriverError::Unsupported(format!("the {} driver has no volumes", self.name())))
+    }
+    /// Takes the volume back from the instance: hot-unplugged from a running guest (the disk disappears),
+    /// its data kept. Idempotent: a volume not attached is no error.
+    async fn detach_volume(&self, _id: Uuid, _volume_id: Uuid) -> DriverResult<()> {
+        Ok(())
+    }
+    /// Ids of every volume the host has a disk of: used to find leaks.
+    async fn volumes(&self) -> DriverResult<Vec<Uuid>> {
+        Ok(Vec::new())
     }
 }
 

@@ -154,6 +154,7 @@ async fn qemu_instance_lifecycle() {
         gateway: Some("10.213.0.1".into()),
         tpm: false,
         secure_boot: false,
+        volumes: Vec::new(),
     };
     let tap = QemuDriver::tap_name(id);
 
@@ -319,6 +320,7 @@ fn small_spec(id: Uuid, template: nimbus_core::catalog::Template, ip: &str) -> I
         gateway: Some("10.213.0.1".into()),
         tpm: false,
         secure_boot: false,
+        volumes: Vec::new(),
     }
 }
 

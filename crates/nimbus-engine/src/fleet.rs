@@ -290,6 +290,34 @@ impl Driver for RemoteDriver {
         decode(self.call(DriverCall::RemoveTemplate { template_id }).await)
     }
 
+    async fn create_volume(&self, volume: &nimbus_driver::VolumeSpec) -> DriverResult<()> {
+        decode(self.call(DriverCall::CreateVolume { volume: volume.clone() }).await)
+    }
+
+    async fn delete_volume(&self, volume_id: Uuid) -> DriverResult<()> {
+        decode(self.call(DriverCall::DeleteVolume { volume_id }).await)
+    }
+
+    async fn resize_volume(&self, volume_id: Uuid, size_gb: u64, attached_to: Option<Uuid>) -> DriverResult<()> {
+        decode(self.call(DriverCall::ResizeVolume { volume_id, size_gb, attached_to }).await)
+    }
+
+    async fn volume_size_gb(&self, volume_id: Uuid) -> DriverResult<u64> {
+        decode(self.call(DriverCall::VolumeSizeGb { volume_id }).await)
+    }
+
+    async fn attach_volume(&self, id: Uuid, volume: &nimbus_driver::VolumeSpec) -> DriverResult<()> {
+        decode(self.call(DriverCall::AttachVolume { id, volume: volume.clone() }).await)
+    }
+
+    async fn detach_volume(&self, id: Uuid, volume_id: Uuid) -> DriverResult<()> {
+        decode(self.call(DriverCall::DetachVolume { id, volume_id }).await)
+    }
+
+    async fn volumes(&self) -> DriverResult<Vec<Uuid>> {
+        decode(self.call(DriverCall::Volumes).await)
+    }
+
     // Byte streams to an instance's ports, and files for download, do not cross the agent's link yet (only
     // the serial console does).
     async fn connect(&self, _id: Uuid, _address: &str, _port: u16) -> DriverResult<ConsoleStream> {

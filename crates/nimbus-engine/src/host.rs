@@ -37,6 +37,15 @@ impl Engine {
             gateway: Some(net.gateway()),
             tpm: instance.tpm_enabled,
             secure_boot: instance.secure_boot,
+            // What a boot gives the guest beside its disk. Attaching or detaching ones hold the instance's
+            // lock, so no boot runs while a volume is between the two.
+            volumes: self
+                .volumes_of_instance(instance)
+                .await?
+                .iter()
+                .filter(|v| v.state == nimbus_core::volume::VolumeState::InUse)
+                .map(crate::volumes::spec_of)
+                .collect(),
         })
     }
 

@@ -429,6 +429,7 @@ pub(crate) fn kind_name(kind: &'static str) -> &'static str {
         ANTI_AFFINITY_GROUP => "anti-affinity group",
         crate::networking::PRIVATE_NETWORK => "private network",
         crate::networking::ELASTIC_IP => "elastic IP",
+        crate::volumes::VOLUME => "volume",
         other => other,
     }
 }

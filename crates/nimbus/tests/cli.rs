@@ -288,6 +288,30 @@ fn snapshots_are_taken_listed_reverted_and_deleted() {
 }
 
 #[test]
+fn volumes_are_created_attached_moved_grown_and_deleted() {
+    let s = Server::start();
+    s.create("web", &[]);
+    s.create("db", &[]);
+    let v = s.json(&["volume", "create", "data", "--size", "2", "--label", "env=prod"]);
+    assert_eq!((v["state"].as_str(), v["size_gb"].as_u64()), (Some("available"), Some(2)), "{v}");
+    assert_eq!(v["labels"], serde_json::json!({"env": "prod"}));
+    let attached = s.json(&["volume", "attach", "data", "web"]);
+    assert_eq!(attached["state"], "in-use", "{attached}");
+    let web = s.json(&["instance", "show", "web"]);
+    assert_eq!(attached["instance_id"], web["id"]);
+    let out = s.run(&["volume", "delete", "data"]);
+    assert_ne!(code(&out), 0, "an attached volume is not deleted");
+    assert!(stderr(&out).contains("detach it first"), "{}", stderr(&out));
+    assert_eq!(s.json(&["volume", "detach", "data"])["state"], "available");
+    assert_eq!(s.json(&["volume", "attach", "data", "db"])["instance_id"], s.json(&["instance", "show", "db"])["id"]);
+    s.ok(&["volume", "detach", "data"]);
+    assert_eq!(s.json(&["volume", "resize", "data", "--size", "5"])["size_gb"], 5);
+    assert_eq!(s.json(&["volume", "list"]).as_array().unwrap().len(), 1);
+    s.ok(&["volume", "delete", "data"]);
+    assert_eq!(s.json(&["volume", "list"]), serde_json::json!([]));
+}
+
+#[test]
 fn console_and_metrics() {
     let s = Server::start();
     s.create("web", &[]);

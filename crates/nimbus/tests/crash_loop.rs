@@ -78,6 +78,16 @@ const SIM_FAULTS: &[&str] = &[
     "resize_disk=400",
     "--sim-delay",
     "destroy=100",
+    "--sim-delay",
+    "create_volume=150",
+    "--sim-delay",
+    "attach_volume=300",
+    "--sim-delay",
+    "detach_volume=300",
+    "--sim-delay",
+    "delete_volume=100",
+    "--sim-fail",
+    "attach_volume=1",
     "--sim-fail",
     "start=1",
     "--sim-fail",
@@ -149,6 +159,8 @@ struct Ledger {
     instances: Vec<Owned>,
     /// SSH keys acknowledged as created, by name.
     ssh_keys: Vec<String>,
+    /// Volumes acknowledged as created, with the operation of an acknowledged delete.
+    volumes: Vec<(Uuid, Option<Uuid>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -402,6 +414,19 @@ async fn run(setup: &Setup, knobs: Knobs, driver: &str, host: &dyn nimbus_driver
             lost.push(format!("ssh key {k}: acknowledged, gone"));
         }
     }
+    // Every acknowledged volume is there, unless a delete of it succeeded.
+    for (v, deleted_by) in &ledger.volumes {
+        let a = client.native(Method::GET, &format!("/v1/volumes/{v}"), None).await;
+        let deleted = match deleted_by {
+            Some(op) => client.get(&format!("/v1/operations/{op}")).await["state"] == "success",
+            None => false,
+        };
+        match (a.status, deleted) {
+            (404, true) | (200, false) => {}
+            (200, true) => lost.push(format!("volume {v}: deleted, still there")),
+            (status, _) => lost.push(format!("volume {v}: acknowledged, then GET answered {status}")),
+        }
+    }
     // Nothing twice: one instance per name (every create names its own), one operation per call.
     let mut names: HashMap<String, usize> = HashMap::new();
     for i in client.all("/v1/instances").await {
@@ -464,12 +489,18 @@ async fn run(setup: &Setup, knobs: Knobs, driver: &str, host: &dyn nimbus_driver
     assert!(kills >= knobs.kills && calls >= knobs.calls);
 }
 
-/// The call a request id `c{client}k{call}-a{attempt}` was sent for; `None` for other requests.
+/// The call a request id `c{client}k{call}-a{attempt}` (or `c{client}k{call}v{step}-a{attempt}`) was sent
+/// for; `None` for other requests.
 fn call_of(request_id: &str) -> Option<&str> {
     let (call, attempt) = request_id.rsplit_once("-a")?;
     let (client, n) = call.strip_prefix('c')?.split_once('k')?;
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    (digits(client) && digits(n) && digits(attempt)).then_some(call)
+    // A volume cycle's steps are calls of their own: `c{client}k{call}v{step}`.
+    let n_ok = match n.split_once('v') {
+        Some((n, step)) => digits(n) && digits(step),
+        None => digits(n),
+    };
+    (digits(client) && n_ok && digits(attempt)).then_some(call)
 }
 
 /// What a client does next with one of its instances.
@@ -485,6 +516,9 @@ enum Act {
     OnetResize,
     NativeDelete,
     GcoreDelete,
+    /// A volume made, attached to the instance, detached (through Gcore or Exoscale or natively) and
+    /// deleted, each step its own call.
+    Volume,
 }
 
 const ACTS: &[(Act, u32)] = &[
@@ -501,6 +535,7 @@ const ACTS: &[(Act, u32)] = &[
     (Act::OnetResize, 4),
     (Act::NativeDelete, 4),
     (Act::GcoreDelete, 2),
+    (Act::Volume, 6),
 ];
 
 async fn client_loop(shared: Arc<Shared>, n: u64, seed: u64, max_live: usize) {
@@ -697,6 +732,7 @@ async fn act_once(shared: &Shared, call: &str, i: &mut Owned, act: Act, rng: &mu
                 i.instance_type = to.to_string();
             }
         }
+        Act::Volume => volume_cycle(shared, call, id, rng).await,
         Act::NativeDelete | Act::GcoreDelete => {
             let outcome = if matches!(act, Act::NativeDelete) {
                 let path = format!("/v1/instances/{id}");
@@ -711,6 +747,61 @@ async fn act_once(shared: &Shared, call: &str, i: &mut Owned, act: Act, rng: &mu
                 i.deleted_by = op.and_then(|o| o.parse().ok());
             }
         }
+    }
+}
+
+/// A volume's life on one instance, each step a call of its own (`{call}v{n}`) that the client waits for,
+/// as a user running a script would.
+async fn volume_cycle(shared: &Shared, call: &str, instance: Uuid, rng: &mut StdRng) {
+    let body = json!({"name": format!("v-{call}"), "size_gb": 1});
+    let step = |n: u32| format!("{call}v{n}");
+    let outcome = shared.call(&step(0), Method::POST, "/v1/volumes", Auth::Bearer, Some(body), Retry::Blind).await;
+    let Some(a) = settle(shared, &step(0), outcome, NATIVE_OP) else { return };
+    let Some(op) = a.str("/operation").or_else(|| a.str("/id")) else { return };
+    let done = shared.client.get(&format!("/v1/operations/{op}?wait=30")).await;
+    let Some(volume) = done["target"]["id"].as_str().and_then(|v| v.parse::<Uuid>().ok()) else { return };
+    let slot = {
+        let mut ledger = shared.ledger.lock().unwrap();
+        ledger.volumes.push((volume, None));
+        ledger.volumes.len() - 1
+    };
+    let wait = |a: &Answer, at: &[&str]| at.iter().find_map(|p| a.str(p));
+    let attach = json!({"instance_id": instance});
+    let path = format!("/v1/volumes/{volume}/attach");
+    let outcome = shared.call(&step(1), Method::POST, &path, Auth::Bearer, Some(attach), Retry::Blind).await;
+    if let Some(a) = settle(shared, &step(1), outcome, NATIVE_OP) {
+        if let Some(op) = wait(&a, NATIVE_OP) {
+            shared.client.get(&format!("/v1/operations/{op}?wait=30")).await;
+        }
+    }
+    let (outcome, op_at) = match rng.gen_range(0..3) {
+        0 => {
+            let path = format!("/cloud/v2/volumes/{}/{volume}/detach", shared.gcore_base);
+            let body = json!({"instance_id": instance});
+            (shared.call(&step(2), Method::POST, &path, Auth::Gcore, Some(body), Retry::CheckFirst).await, GCORE_OP)
+        }
+        1 => {
+            let path = format!("/v2/block-storage/{volume}:detach");
+            (
+                shared.call(&step(2), Method::PUT, &path, Auth::Exoscale, Some(json!({})), Retry::CheckFirst).await,
+                NATIVE_OP,
+            )
+        }
+        _ => {
+            let path = format!("/v1/volumes/{volume}/detach");
+            (shared.call(&step(2), Method::POST, &path, Auth::Bearer, None, Retry::Blind).await, NATIVE_OP)
+        }
+    };
+    if let Some(a) = settle(shared, &step(2), outcome, op_at) {
+        if let Some(op) = wait(&a, op_at) {
+            shared.client.get(&format!("/v1/operations/{op}?wait=30")).await;
+        }
+    }
+    let path = format!("/v1/volumes/{volume}");
+    let outcome = shared.call(&step(3), Method::DELETE, &path, Auth::Bearer, None, Retry::CheckFirst).await;
+    if let Some(a) = settle(shared, &step(3), outcome, NATIVE_OP) {
+        let op = wait(&a, NATIVE_OP).and_then(|o| o.parse().ok());
+        shared.ledger.lock().unwrap().volumes[slot].1 = op;
     }
 }
 

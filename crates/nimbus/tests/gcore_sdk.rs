@@ -31,3 +31,10 @@ fn the_gcore_sdk_manages_private_networks_subnets_and_interfaces() {
     let out = server.python("gcore", "gcore/networks.py", &[]);
     assert!(out.contains("gcore networks: ok"), "{out}");
 }
+
+#[test]
+fn the_gcore_sdk_manages_volumes() {
+    let server = sdk::Server::start();
+    let out = server.python("gcore", "gcore/volumes.py", &[]);
+    assert!(out.contains("gcore volumes: ok"), "{out}");
+}

@@ -642,6 +642,85 @@ async fn a_killed_server_is_restarted_and_adopts_the_running_vms() {
     cloud.delete_leaves_nothing(right, 0).await;
 }
 
+/// The user-data of a guest that waits for the disk with `serial` to appear, then runs `then` with `$d` its
+/// device name; markers go straight to the console (the user-data's own output shows only once it ends).
+fn volume_script(serial: &str, then: &str) -> String {
+    format!(
+        "#!/bin/sh\nS={serial}\n\
+         f() {{ for b in /sys/block/vd*; do [ \"$(cat $b/serial 2>/dev/null)\" = \"$S\" ] && {{ echo ${{b##*/}}; return 0; }}; done; return 1; }}\n\
+         until d=$(f); do sleep 0.2; done\n\
+         echo \"VOLUME-APPEARED $d\" > /dev/console\n{then}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_moves_between_running_vms_with_its_data_and_no_reboot() {
+    if !can_run_vms("a_volume_moves_between_running_vms_with_its_data_and_no_reboot") {
+        return;
+    }
+    let _vm = VMS.acquire().await.unwrap();
+    let cloud = Cloud::start(8).await;
+    let op = cloud.act("/v1/volumes", json!({"name": "data", "size_gb": 1})).await;
+    let volume = op["target"]["id"].as_str().unwrap().to_string();
+    let serial = cloud.get(&format!("/v1/volumes/{volume}")).await["serial"].as_str().unwrap().to_string();
+    assert!(cloud.data_dir().join(format!("qemu/volumes/{volume}.qcow2")).exists(), "its qcow2 is on the host");
+
+    // The writer writes a line to the raw disk once it appears, then says when it is gone again.
+    let writer = cloud
+        .create(
+            "writer",
+            &volume_script(
+                &serial,
+                "echo nimbus-volume-data-42 | dd of=/dev/$d bs=512 conv=sync,fsync 2>/dev/null\nsync\n\
+                 echo VOLUME-WRITTEN > /dev/console\n\
+                 while f >/dev/null; do sleep 0.2; done\necho VOLUME-GONE > /dev/console",
+            ),
+        )
+        .await;
+    let reader = cloud
+        .create(
+            "reader",
+            &volume_script(
+                &serial,
+                "echo \"VOLUME-READ $(dd if=/dev/$d bs=512 count=1 2>/dev/null | tr -d '\\000')\" > /dev/console",
+            ),
+        )
+        .await;
+    let (writer_pid, reader_pid) = (qemu_of(&writer), qemu_of(&reader));
+
+    // Hot-plugged into the running writer: the guest sees it appear and writes to it.
+    cloud.act(&format!("/v1/volumes/{volume}/attach"), json!({"instance_id": writer})).await;
+    let seen = cloud.console_after(&writer, 0, "VOLUME-WRITTEN").await;
+    assert!(seen.contains("VOLUME-APPEARED vd"), "{seen}");
+    assert_eq!(cloud.instance(&writer).await["volumes"], json!([volume]));
+
+    // Hot-unplugged: the guest sees it go.
+    cloud.act(&format!("/v1/volumes/{volume}/detach"), json!({})).await;
+    cloud.console_after(&writer, 0, "VOLUME-GONE").await;
+
+    // Onto the running reader, which reads what the writer wrote.
+    cloud.act(&format!("/v1/volumes/{volume}/attach"), json!({"instance_id": reader})).await;
+    let read = cloud.console_after(&reader, 0, "VOLUME-READ").await;
+    assert!(read.contains("VOLUME-READ nimbus-volume-data-42"), "{read}");
+
+    // Neither guest rebooted: the same QEMU processes, each booted once.
+    assert_eq!((qemu_of(&writer), qemu_of(&reader)), (writer_pid, reader_pid));
+    for id in [&writer, &reader] {
+        assert_eq!(cloud.console(id).await.matches("BOOTED").count(), 1, "{id} booted more than once");
+    }
+
+    // Refused while attached; the reader's deletion leaves the volume available, then it goes.
+    let (status, body) = cloud.call(reqwest::Method::DELETE, &format!("/v1/volumes/{volume}"), None).await;
+    assert_eq!(status, 409, "{body}");
+    cloud.delete_leaves_nothing(&reader, 1).await;
+    assert_eq!(cloud.get(&format!("/v1/volumes/{volume}")).await["state"], "available");
+    cloud.delete_leaves_nothing(&writer, 0).await;
+    let (status, op) = cloud.call(reqwest::Method::DELETE, &format!("/v1/volumes/{volume}"), None).await;
+    assert_eq!(status, 202, "{op}");
+    cloud.succeeds(&op).await;
+    assert!(!cloud.data_dir().join(format!("qemu/volumes/{volume}.qcow2")).exists(), "no file left");
+}
+
 fn sha256_of(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
     format!("sha256:{}", String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap())

@@ -131,7 +131,13 @@ pub async fn set_quota(
     Path(id): Path<String>,
     JsonBody(q): JsonBody<QuotaView>,
 ) -> ApiResult<Json<ProjectView>> {
-    let quota = Quota { instances: q.instances, vcpus: q.vcpus, memory_mib: q.memory_mib, disk_gb: q.disk_gb };
+    let quota = Quota {
+        instances: q.instances,
+        vcpus: q.vcpus,
+        memory_mib: q.memory_mib,
+        disk_gb: q.disk_gb,
+        volume_gb: q.volume_gb,
+    };
     let project = app.engine.set_quota(&ctx, parse_uuid("project", &id)?, quota).await?;
     Ok(Json((&project).into()))
 }

@@ -212,8 +212,15 @@ pub async fn list(
             },
         )
         .await?;
+    // One read of the project's volumes for the whole page.
+    let volumes = app.engine.list_volumes(&ctx).await?;
+    let attached = |id: Uuid| volumes.iter().filter(|v| v.instance_id == Some(id)).map(|v| v.id).collect();
     Ok(Json(InstanceList {
-        items: page.items.iter().map(|i| InstanceView::for_caller(&ctx, i)).collect(),
+        items: page
+            .items
+            .iter()
+            .map(|i| InstanceView { volumes: Some(attached(i.id)), ..InstanceView::for_caller(&ctx, i) })
+            .collect(),
         next_page_token: page.next_page_token,
     }))
 }
@@ -222,7 +229,9 @@ pub async fn list(
     responses((status = 200, body = InstanceView, headers(("etag" = String))), (status = 404, body = ErrorBody)))]
 pub async fn get(State(app): State<AppState>, Caller(ctx): Caller, Path(id): Path<String>) -> ApiResult<Response> {
     let instance = app.engine.instance(&ctx, parse_uuid("instance", &id)?).await?;
-    Ok(with_etag(InstanceView::for_caller(&ctx, &instance), instance.etag()))
+    let volumes = app.engine.volumes_of_instance(&instance).await?.iter().map(|v| v.id).collect();
+    let view = InstanceView { volumes: Some(volumes), ..InstanceView::for_caller(&ctx, &instance) };
+    Ok(with_etag(view, instance.etag()))
 }
 
 /// `If-Match: "7"` (or `W/"7"`, or `*` for any version).
@@ -354,12 +363,15 @@ pub struct ResetParams {
 #[serde(deny_unknown_fields)]
 pub struct EmptyParams {}
 
-fn required<T: for<'de> Deserialize<'de>>(action: &str, body: Option<serde_json::Value>) -> Result<T, ApiError> {
+pub(crate) fn required<T: for<'de> Deserialize<'de>>(
+    action: &str,
+    body: Option<serde_json::Value>,
+) -> Result<T, ApiError> {
     let body = body.ok_or_else(|| ApiError::bad_request(format!("{action} needs a JSON body")))?;
     parse_json(body.to_string().as_bytes())
 }
 
-fn optional<T: for<'de> Deserialize<'de> + Default>(body: Option<serde_json::Value>) -> Result<T, ApiError> {
+pub(crate) fn optional<T: for<'de> Deserialize<'de> + Default>(body: Option<serde_json::Value>) -> Result<T, ApiError> {
     match body {
         None => Ok(T::default()),
         Some(b) => parse_json(b.to_string().as_bytes()),

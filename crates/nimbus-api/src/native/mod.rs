@@ -15,6 +15,7 @@ pub mod instances;
 pub mod operations;
 pub mod replay;
 pub mod views;
+pub mod volumes;
 
 pub fn router(state: AppState) -> Routes {
     Routes::new()
@@ -59,6 +60,9 @@ pub fn router(state: AppState) -> Routes {
         .route("/v1/instance-types", get(catalog::instance_types))
         .route("/v1/templates", get(catalog::templates).post(catalog::register_template))
         .route("/v1/templates/{id}", get(catalog::template).delete(catalog::delete_template))
+        .route("/v1/volumes", post(volumes::create).get(volumes::list))
+        .route("/v1/volumes/{id}", get(volumes::get).patch(volumes::update).delete(volumes::delete))
+        .route("/v1/volumes/{id}/{action}", post(volumes::action))
         .route("/v1/snapshots", get(groups::list_snapshots))
         .route("/v1/snapshots/{id}", get(groups::get_snapshot).delete(groups::delete_snapshot))
         .route("/v1/snapshots/{id}/promote", post(groups::promote_snapshot))

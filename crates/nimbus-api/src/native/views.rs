@@ -61,6 +61,9 @@ pub struct InstanceView {
     pub expected_shutdown_at: Option<OffsetDateTime>,
     /// The operation holding the instance's lock, if one is running.
     pub operation_id: Option<Uuid>,
+    /// The volumes attached to it (`/v1/volumes`); shown by `GET /v1/instances` and `GET /v1/instances/{id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<Vec<Uuid>>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -101,6 +104,7 @@ impl From<&Instance> for InstanceView {
             price_hourly: i.price_hourly,
             expected_shutdown_at: i.expected_shutdown_at,
             operation_id: i.lock_operation_id,
+            volumes: None,
             created_at: i.created_at,
             updated_at: i.updated_at,
         }
@@ -441,17 +445,32 @@ pub struct QuotaView {
     pub vcpus: u64,
     pub memory_mib: u64,
     pub disk_gb: u64,
+    /// The total size of the project's volumes (when setting a quota, left out: the default, 65536).
+    #[serde(default = "nimbus_core::tenancy::default_volume_gb")]
+    pub volume_gb: u64,
 }
 
 impl From<Quota> for QuotaView {
     fn from(q: Quota) -> Self {
-        QuotaView { instances: q.instances, vcpus: q.vcpus, memory_mib: q.memory_mib, disk_gb: q.disk_gb }
+        QuotaView {
+            instances: q.instances,
+            vcpus: q.vcpus,
+            memory_mib: q.memory_mib,
+            disk_gb: q.disk_gb,
+            volume_gb: q.volume_gb,
+        }
     }
 }
 
 impl From<Usage> for QuotaView {
     fn from(u: Usage) -> Self {
-        QuotaView { instances: u.instances, vcpus: u.vcpus, memory_mib: u.memory_mib, disk_gb: u.disk_gb }
+        QuotaView {
+            instances: u.instances,
+            vcpus: u.vcpus,
+            memory_mib: u.memory_mib,
+            disk_gb: u.disk_gb,
+            volume_gb: u.volume_gb,
+        }
     }
 }
 

@@ -29,6 +29,7 @@ async fn spec(c: &Cloud, id: Uuid) -> InstanceSpec {
         gateway: None,
         tpm: false,
         secure_boot: false,
+        volumes: Vec::new(),
     }
 }
 

@@ -66,6 +66,8 @@ async fn routes(c: &Cloud) -> Vec<Route> {
     let snapshot_op = c.act(ADMIN, &other, "create-snapshot", Some(json!({"name": "before"}))).await;
     assert_eq!(snapshot_op["state"], "success", "{snapshot_op}");
     let snapshot = snapshot_op["result"]["snapshot_id"].as_str().unwrap().to_string();
+    let made = c.post("/v1/volumes", ADMIN, json!({"name": "spare", "size_gb": 1})).await;
+    let volume = c.wait(&made.id(), ADMIN).await["target"]["id"].as_str().unwrap().to_string();
     let route = |name, path: String, body: Option<Value>, status, list: Option<String>| Route {
         name,
         path,
@@ -138,6 +140,20 @@ async fn routes(c: &Cloud) -> Vec<Route> {
                 "start_port": 22, "end_port": 22, "network": "0.0.0.0/0"}]})),
             StatusCode::CREATED,
             Some("/v1/security-groups".into()),
+        ),
+        route(
+            "a volume",
+            "/v1/volumes".into(),
+            Some(json!({"name": "data", "size_gb": 1})),
+            StatusCode::ACCEPTED,
+            Some("/v1/volumes".into()),
+        ),
+        route(
+            "a volume action",
+            format!("/v1/volumes/{volume}/resize"),
+            Some(json!({"size_gb": 2})),
+            StatusCode::ACCEPTED,
+            Some(format!("/v1/operations?target={volume}")),
         ),
         route(
             "an anti-affinity group",
@@ -235,6 +251,8 @@ async fn every_post_route_is_covered_by_the_lost_answer_test() {
             "/v1/snapshots/{id}/promote",
             "/v1/ssh-keys",
             "/v1/templates",
+            "/v1/volumes",
+            "/v1/volumes/{id}/{action}",
         ],
         "a new POST route: add it to `routes` above"
     );

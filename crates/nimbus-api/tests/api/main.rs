@@ -13,4 +13,5 @@ mod security;
 mod templates;
 mod tenancy;
 mod updates;
+mod volumes;
 mod web_session;

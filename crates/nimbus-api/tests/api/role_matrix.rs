@@ -102,6 +102,9 @@ const RULES: &[(&str, &[(&str, Who)])] = &[
     ("/v1/host-tokens/{id}", &[("DELETE", OP)]),
     ("/v1/api-keys/{key_id}", &[("DELETE", A)]),
     ("/v1/host/unknown-instances/{id}", &[("DELETE", OP)]),
+    ("/v1/volumes", &[("GET", R), ("POST", M)]),
+    ("/v1/volumes/{id}", &[("GET", R), ("PATCH", M), ("DELETE", M)]),
+    ("/v1/volumes/{id}/{action}", &[("POST", M)]),
     // Hosts' agents: their host token, never an API key.
     ("/v1/agent/config", &[("GET", Agent)]),
     ("/v1/agent/register", &[("POST", Agent)]),
@@ -149,6 +152,10 @@ const RULES: &[(&str, &[(&str, Who)])] = &[
     ("/v2/anti-affinity-group/{id}", &[("GET", R), ("DELETE", M)]),
     ("/v2/instance/{id}/{field}", &[("DELETE", M)]),
     ("/v2/security-group/{id}/rules/{rule_id}", &[("DELETE", M)]),
+    ("/v2/block-storage", &[("GET", R), ("POST", M)]),
+    ("/v2/block-storage/{segment}", &[("GET", R), ("POST", M), ("PUT", M), ("DELETE", M)]),
+    ("/v2/block-storage-snapshot", &[("GET", R)]),
+    ("/v2/block-storage-snapshot/{id}", &[("GET", R)]),
     // Gcore.
     ("/cloud/v2/instances/{project_id}/{region_id}", &[("POST", M)]),
     ("/cloud/v1/instances/{project_id}/{region_id}", &[("GET", R)]),
@@ -188,6 +195,11 @@ const RULES: &[(&str, &[(&str, Who)])] = &[
     ("/cloud/v1/regions", &[("GET", R)]),
     ("/cloud/v1/regions/{region_id}", &[("GET", R)]),
     ("/cloud/v1/tasks", &[("GET", R)]),
+    ("/cloud/v1/volumes/{project_id}/{region_id}", &[("GET", R), ("POST", M)]),
+    ("/cloud/v1/volumes/{project_id}/{region_id}/{volume_id}", &[("GET", R), ("PATCH", M), ("DELETE", M)]),
+    ("/cloud/v2/volumes/{project_id}/{region_id}/{volume_id}/attach", &[("POST", M)]),
+    ("/cloud/v2/volumes/{project_id}/{region_id}/{volume_id}/detach", &[("POST", M)]),
+    ("/cloud/v1/volumes/{project_id}/{region_id}/{volume_id}/extend", &[("POST", M)]),
     ("/cloud/v1/tasks/{task_id}", &[("GET", R)]),
     // ONET.
     ("/v1/organizations/{organization_id}/projects/{project_id}/compute/instances", &[("GET", R), ("POST", M)]),

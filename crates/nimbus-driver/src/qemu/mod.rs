@@ -18,7 +18,8 @@
 //!
 //! Snapshots are files of their own, `<state_dir>/snapshots/<instance>/<snapshot>.qcow2`, outside the
 //! instance directory: a reinstall (reset) keeps them, and only `destroy` removes them (disks.rs).
-//! Templates live in the template dir that the servers of a host share (templates.rs).
+//! Templates live in the template dir that the servers of a host share (templates.rs). Volumes are files of
+//! their own too, `<state_dir>/volumes/<volume>.qcow2`, plugged into instances' QEMUs (volumes.rs).
 //!
 //! The rest is split by concern: `accel` (accelerator probe), `cmdline` (the one QEMU command line builder,
 //! also used by the probe), `templates`, `disks`, `seeds`, `process` (spawn, readiness, adoption, stop),
@@ -37,6 +38,7 @@ mod process;
 mod qmp;
 mod seeds;
 pub mod templates;
+mod volumes;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -55,7 +57,7 @@ use templates::{BootKind, SeedKind, TemplateFiles};
 
 use crate::{
     ActualState, ConsoleStream, Driver, DriverError, DriverResult, GuestInterface, HostInfo, InstanceMetrics,
-    InstanceSpec, TemplateImport,
+    InstanceSpec, TemplateImport, VolumeSpec,
 };
 
 /// The console log kept and returned: the tail of serial.log.
@@ -118,7 +120,7 @@ impl QemuDriver {
         let mut config = config;
         config.state_dir = std::path::absolute(&config.state_dir).map_err(failed)?;
         config.template_dir = std::path::absolute(&config.template_dir).map_err(failed)?;
-        for sub in ["instances", "snapshots", "exports"] {
+        for sub in ["instances", "snapshots", "exports", "volumes"] {
             tokio::fs::create_dir_all(config.state_dir.join(sub)).await.map_err(failed)?;
         }
         if host::which(&config.qemu_binary).is_none() {
@@ -325,7 +327,16 @@ impl QemuDriver {
             // Disk images may run qemu-guest-agent; the busybox guest has none.
             agent_socket: (boot != BootKind::Kernel || tf.manifest.guest_agent).then(|| dir.join("qga.sock")),
         };
-        let args = cmdline::args(&machine);
+        let mut args = cmdline::args(&machine);
+        // The volume ports, and the spec's volumes behind them (each on the port it had before).
+        let ports = volumes::ports_for_boot(&volumes::read_ports(dir).await, &spec.volumes)?;
+        for id in ports.keys() {
+            if !tokio::fs::try_exists(volumes::path(&self.config.state_dir, *id)).await.unwrap_or(false) {
+                return Err(DriverError::Invalid(format!("volume {id} has no disk on this host")));
+            }
+        }
+        volumes::write_ports(dir, &ports).await?;
+        args.extend(volumes::boot_args(&self.config.state_dir, &ports));
         let marker = tf.manifest.ready_marker.clone().unwrap_or_default();
         self.spawn_qemu(spec.id, dir, args, marker, tf.manifest.boot_timeout_secs, tap).await
     }
@@ -849,6 +860,80 @@ impl Driver for QemuDriver {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(failed(e)),
             _ => Ok(()),
         }
+    }
+
+    async fn create_volume(&self, volume: &VolumeSpec) -> DriverResult<()> {
+        volumes::create(&self.config.qemu_img, &volumes::path(&self.config.state_dir, volume.id), volume.size_gb).await
+    }
+
+    async fn delete_volume(&self, volume_id: Uuid) -> DriverResult<()> {
+        volumes::remove(&volumes::path(&self.config.state_dir, volume_id)).await
+    }
+
+    async fn resize_volume(&self, volume_id: Uuid, size_gb: u64, attached_to: Option<Uuid>) -> DriverResult<()> {
+        let file = volumes::path(&self.config.state_dir, volume_id);
+        if let Some(id) = attached_to {
+            let dir = self.existing_dir(id).await?;
+            let _lock = self.lock(&dir).await?;
+            let plugged = volumes::read_ports(&dir).await.get(&volume_id).cloned();
+            if let (Some(p), Some(_)) = (plugged, self.runtime(&dir).await) {
+                // QEMU holds the file: it grows it, and tells the guest.
+                return volumes::grow_plugged(
+                    &self.config.qemu_img,
+                    &dir.join("qmp.sock"),
+                    &file,
+                    volume_id,
+                    &p.serial,
+                    size_gb,
+                )
+                .await;
+            }
+        }
+        volumes::grow(&self.config.qemu_img, &file, volume_id, size_gb).await
+    }
+
+    async fn volume_size_gb(&self, volume_id: Uuid) -> DriverResult<u64> {
+        volumes::size_gb(&self.config.qemu_img, &volumes::path(&self.config.state_dir, volume_id), volume_id).await
+    }
+
+    async fn attach_volume(&self, id: Uuid, volume: &VolumeSpec) -> DriverResult<()> {
+        let dir = self.existing_dir(id).await?;
+        let file = volumes::path(&self.config.state_dir, volume.id);
+        if !tokio::fs::try_exists(&file).await.unwrap_or(false) {
+            return Err(DriverError::NotFound(volume.id));
+        }
+        let _lock = self.lock(&dir).await?;
+        // The port is recorded before the device is added: run again after a crash, the attach finds it.
+        let mut ports = volumes::read_ports(&dir).await;
+        let port = volumes::assign(&mut ports, volume)?;
+        volumes::write_ports(&dir, &ports).await?;
+        if self.runtime(&dir).await.is_some() {
+            volumes::hot_plug(&dir.join("qmp.sock"), &file, volume, port).await?;
+            tracing::info!(instance = %id, volume = %volume.id, port, "volume hot-plugged");
+        }
+        Ok(())
+    }
+
+    async fn detach_volume(&self, id: Uuid, volume_id: Uuid) -> DriverResult<()> {
+        let dir = match self.existing_dir(id).await {
+            Ok(dir) => dir,
+            // A destroyed instance holds nothing.
+            Err(DriverError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let _lock = self.lock(&dir).await?;
+        let mut ports = volumes::read_ports(&dir).await;
+        let Some(plugged) = ports.get(&volume_id).cloned() else { return Ok(()) };
+        if self.runtime(&dir).await.is_some() {
+            volumes::hot_unplug(&dir.join("qmp.sock"), &plugged.serial).await?;
+            tracing::info!(instance = %id, volume = %volume_id, "volume hot-unplugged");
+        }
+        ports.remove(&volume_id);
+        volumes::write_ports(&dir, &ports).await
+    }
+
+    async fn volumes(&self) -> DriverResult<Vec<Uuid>> {
+        Ok(volumes::ids(&self.config.state_dir).await)
     }
 
     async fn export_snapshot(&self, id: Uuid, snapshot_id: Uuid) -> DriverResult<String> {

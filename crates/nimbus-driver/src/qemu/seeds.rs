@@ -181,6 +181,7 @@ mod tests {
             gateway: Some("10.213.0.1".into()),
             tpm: false,
             secure_boot: false,
+            volumes: Vec::new(),
         };
         let docs: std::collections::BTreeMap<_, _> = nocloud_documents(&spec).into_iter().collect();
         assert_eq!(docs["user-data"], b"#cloud-config\nruncmd: [touch /x]\n", "user-data is passed as given");

@@ -16,7 +16,7 @@ use nimbus_core::catalog::{BootMode, Template, Visibility};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{ActualState, Driver, DriverError, DriverResult, HostInfo, InstanceSpec, TemplateImport};
+use crate::{ActualState, Driver, DriverError, DriverResult, HostInfo, InstanceSpec, TemplateImport, VolumeSpec};
 
 #[derive(Debug, Clone, Default)]
 pub struct SimConfig {
@@ -63,6 +63,15 @@ struct SimVm {
 }
 
 type Vms = Store<SimVm>;
+
+/// A simulated volume's disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimVolume {
+    pub size_gb: u64,
+    pub serial: String,
+    /// The instance it is plugged into.
+    pub attached_to: Option<Uuid>,
+}
 
 /// Where the simulated VMs (and templates) live.
 enum Store<T> {
@@ -143,6 +152,8 @@ pub struct SimDriver {
     vms: Vms,
     /// Imported and promoted templates, kept like VMs (one file each in `<state_dir>/templates/`).
     templates: Store<Template>,
+    /// Volumes' disks, kept like VMs (one file each in `<state_dir>/volumes/`).
+    volumes: Store<SimVolume>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -162,8 +173,17 @@ impl SimDriver {
             Some(dir) => Store::Dir(dir.join("templates")),
             None => Store::Memory(Mutex::new(HashMap::new())),
         };
+        let volumes = match &config.state_dir {
+            Some(dir) => Store::Dir(dir.join("volumes")),
+            None => Store::Memory(Mutex::new(HashMap::new())),
+        };
         let failures = config.failures.clone();
-        SimDriver { config, vms, templates, failures: Mutex::new(failures) }
+        SimDriver { config, vms, templates, volumes, failures: Mutex::new(failures) }
+    }
+
+    /// A volume's disk as the simulated host has it.
+    pub fn volume(&self, id: Uuid) -> Option<SimVolume> {
+        self.volumes.get(id)
     }
 
     /// The imported and promoted templates this host has files of.
@@ -377,6 +397,13 @@ impl Driver for SimDriver {
 
     async fn destroy(&self, id: Uuid) -> DriverResult<()> {
         self.act("destroy").await?;
+        // Its volumes outlive it, unplugged, as the qemu driver's files do.
+        for volume_id in self.volumes.ids() {
+            if let Some(mut v) = self.volumes.get(volume_id).filter(|v| v.attached_to == Some(id)) {
+                v.attached_to = None;
+                self.volumes.put(volume_id, &v)?;
+            }
+        }
         self.vms.remove(id)
     }
 
@@ -505,6 +532,90 @@ impl Driver for SimDriver {
             Ok(())
         })
     }
+
+    async fn create_volume(&self, volume: &VolumeSpec) -> DriverResult<()> {
+        self.act("create_volume").await?;
+        if self.volumes.get(volume.id).is_some() {
+            return Ok(());
+        }
+        self.volumes
+            .put(volume.id, &SimVolume { size_gb: volume.size_gb, serial: volume.serial.clone(), attached_to: None })
+    }
+
+    async fn delete_volume(&self, volume_id: Uuid) -> DriverResult<()> {
+        self.act("delete_volume").await?;
+        if let Some(v) = self.volumes.get(volume_id) {
+            if let Some(i) = v.attached_to {
+                return Err(DriverError::Invalid(format!("volume {volume_id} is attached to instance {i}")));
+            }
+        }
+        self.volumes.remove(volume_id)
+    }
+
+    async fn resize_volume(&self, volume_id: Uuid, size_gb: u64, attached_to: Option<Uuid>) -> DriverResult<()> {
+        self.act("resize_volume").await?;
+        let mut v = self.volumes.get(volume_id).ok_or(DriverError::NotFound(volume_id))?;
+        if v.attached_to != attached_to {
+            return Err(DriverError::Invalid(format!("volume {volume_id} is not attached to {attached_to:?}")));
+        }
+        if let Some(id) = attached_to.filter(|_| size_gb > v.size_gb) {
+            let serial = v.serial.clone();
+            let _ = self.with_vm(id, |vm| {
+                if vm.running {
+                    vm.console.push_str(&format!("sim: disk virtio-{serial} is now {size_gb} GB\n"));
+                }
+                Ok(())
+            });
+        }
+        if size_gb < v.size_gb {
+            return Err(DriverError::Invalid(format!("a volume can only grow ({} GB -> {size_gb} GB)", v.size_gb)));
+        }
+        v.size_gb = size_gb;
+        self.volumes.put(volume_id, &v)
+    }
+
+    async fn volume_size_gb(&self, volume_id: Uuid) -> DriverResult<u64> {
+        self.volumes.get(volume_id).map(|v| v.size_gb).ok_or(DriverError::NotFound(volume_id))
+    }
+
+    async fn attach_volume(&self, id: Uuid, volume: &VolumeSpec) -> DriverResult<()> {
+        self.act("attach_volume").await?;
+        let mut v = self.volumes.get(volume.id).ok_or(DriverError::NotFound(volume.id))?;
+        match v.attached_to {
+            Some(i) if i == id => return Ok(()),
+            Some(i) => return Err(DriverError::Invalid(format!("volume {} is attached to instance {i}", volume.id))),
+            None => {}
+        }
+        self.with_vm(id, |vm| {
+            if vm.running {
+                vm.console.push_str(&format!("sim: disk virtio-{} appeared\n", volume.serial));
+            }
+            Ok(())
+        })?;
+        v.attached_to = Some(id);
+        self.volumes.put(volume.id, &v)
+    }
+
+    async fn detach_volume(&self, id: Uuid, volume_id: Uuid) -> DriverResult<()> {
+        self.act("detach_volume").await?;
+        let Some(mut v) = self.volumes.get(volume_id) else { return Ok(()) };
+        if v.attached_to != Some(id) {
+            return Ok(());
+        }
+        // A VM already destroyed has nothing to unplug.
+        let _ = self.with_vm(id, |vm| {
+            if vm.running {
+                vm.console.push_str(&format!("sim: disk virtio-{} disappeared\n", v.serial));
+            }
+            Ok(())
+        });
+        v.attached_to = None;
+        self.volumes.put(volume_id, &v)
+    }
+
+    async fn volumes(&self) -> DriverResult<Vec<Uuid>> {
+        Ok(self.volumes.ids())
+    }
 }
 
 #[cfg(test)]
@@ -528,6 +639,7 @@ mod tests {
             gateway: None,
             tpm: false,
             secure_boot: false,
+            volumes: Vec::new(),
         }
     }
 

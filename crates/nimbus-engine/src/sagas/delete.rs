@@ -1,5 +1,5 @@
 //! `delete`: destroys the instance on the host, then, in the outcome's transaction, releases what only it
-//! held (its address, its password, its snapshots' records) and leaves its record `destroyed` for
+//! held (its address, its password, its snapshots' records; its volumes, detached and kept) and leaves its record `destroyed` for
 //! `EngineConfig::deleted_retention` (the runner's landing of a delete; removed at once with no retention).
 
 use async_trait::async_trait;
@@ -35,6 +35,7 @@ impl Saga for Delete {
             Write::DeleteRecord { kind: PASSWORD.into(), id, expected_generation: None },
         ];
         writes.extend(cx.engine.forget_snapshots_of(cx.instance).await?);
+        writes.extend(cx.engine.release_volumes_of(cx.instance).await?);
         Ok(Succeeded { writes, result: None })
     }
 }

@@ -36,10 +36,14 @@ use crate::instances::{instance_event, operation_event};
 use crate::{store_err, Engine, Result};
 
 pub(crate) mod anti_affinity;
+pub(crate) mod attach_volume;
 pub(crate) mod create;
 pub(crate) mod create_snapshot;
+pub(crate) mod create_volume;
 pub(crate) mod delete;
 pub(crate) mod delete_snapshot;
+pub(crate) mod delete_volume;
+pub(crate) mod detach_volume;
 pub(crate) mod enable_tpm;
 pub(crate) mod evacuate;
 pub(crate) mod import_template;
@@ -48,12 +52,14 @@ pub(crate) mod reboot;
 pub(crate) mod reset;
 pub(crate) mod reset_password;
 pub(crate) mod resize_disk;
+pub(crate) mod resize_volume;
 pub(crate) mod resume;
 pub(crate) mod revert_snapshot;
 pub(crate) mod scale;
 pub(crate) mod start;
 pub(crate) mod stop;
 pub(crate) mod suspend;
+pub(crate) mod volume;
 
 /// What a step sees: the engine and the instance as it was just read.
 pub(crate) struct StepCx<'a> {
@@ -287,6 +293,12 @@ pub(crate) async fn execute(engine: &Engine, lease_owner: &str, op: Operation) -
         }
         // Not on an instance: its own runner.
         Action::ImportTemplate => import_template::run(engine, lease_owner, op).await,
+        // On a volume: the volume runner.
+        Action::CreateVolume => volume::run::<create_volume::CreateVolume>(engine, lease_owner, op).await,
+        Action::AttachVolume => volume::run::<attach_volume::AttachVolume>(engine, lease_owner, op).await,
+        Action::DetachVolume => volume::run::<detach_volume::DetachVolume>(engine, lease_owner, op).await,
+        Action::ResizeVolume => volume::run::<resize_volume::ResizeVolume>(engine, lease_owner, op).await,
+        Action::DeleteVolume => volume::run::<delete_volume::DeleteVolume>(engine, lease_owner, op).await,
     }
 }
 
@@ -316,6 +328,11 @@ pub fn step_names(op: &Operation) -> Result<Vec<&'static str>> {
         Action::Evacuate => of::<evacuate::Evacuate>(op),
         Action::PromoteSnapshot => of::<promote_snapshot::PromoteSnapshot>(op),
         Action::ImportTemplate => Ok(import_template::step_names()),
+        Action::CreateVolume => Ok(volume::step_names::<create_volume::CreateVolume>()),
+        Action::AttachVolume => Ok(volume::step_names::<attach_volume::AttachVolume>()),
+        Action::DetachVolume => Ok(volume::step_names::<detach_volume::DetachVolume>()),
+        Action::ResizeVolume => Ok(volume::step_names::<resize_volume::ResizeVolume>()),
+        Action::DeleteVolume => Ok(volume::step_names::<delete_volume::DeleteVolume>()),
     }
 }
 

@@ -65,6 +65,21 @@ impl Backend {
 
     /// Appended to a `SELECT` whose rows the transaction relies on until it commits. SQLite has no row
     /// locks and needs none: its write transactions (`BEGIN IMMEDIATE`) exclude every other writer.
+    /// The total size of a project's volumes (`$1`), read from their documents: volumes are records, and
+    /// each backend reads a number out of a JSON text its own way.
+    pub(crate) fn volume_gb_of_project(self) -> &'static str {
+        match self {
+            Backend::Sqlite => {
+                "SELECT CAST(COALESCE(SUM(json_extract(body, '$.size_gb')), 0) AS BIGINT) AS volume_gb
+                 FROM records WHERE kind = 'volume' AND project_id = $1"
+            }
+            Backend::Postgres => {
+                "SELECT CAST(COALESCE(SUM(CAST(CAST(body AS jsonb) ->> 'size_gb' AS BIGINT)), 0) AS BIGINT) AS volume_gb
+                 FROM records WHERE kind = 'volume' AND project_id = $1"
+            }
+        }
+    }
+
     pub(crate) fn for_update(self) -> &'static str {
         match self {
             Backend::Sqlite => "",

@@ -512,18 +512,25 @@ pub(crate) async fn usage_in(conn: &mut AnyConnection, backend: Backend, project
          FROM instances WHERE project_id = $1 AND state NOT IN ('destroying', 'destroyed')",
         args![project_id],
     )
-    .fetch_one(conn)
+    .fetch_one(&mut *conn)
     .await
     .map_err(|e| backend.error("counting usage", e))?;
     let count = |name: &str| -> StoreResult<u64> {
         let n: i64 = column(&row, name)?;
         u64::try_from(n).map_err(|_| StoreError::Backend(format!("corrupt usage {name} = {n}")))
     };
+    let volumes = query(backend.volume_gb_of_project(), args![project_id])
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| backend.error("counting volume usage", e))?;
+    let volume_gb: i64 = column(&volumes, "volume_gb")?;
     Ok(Usage {
         instances: count("instances")?,
         vcpus: count("vcpus")?,
         memory_mib: count("memory_mib")?,
         disk_gb: count("disk_gb")?,
+        volume_gb: u64::try_from(volume_gb)
+            .map_err(|_| StoreError::Backend(format!("corrupt volume usage {volume_gb}")))?,
     })
 }
 

@@ -61,6 +61,9 @@ pub enum ClientCommand {
     /// Instance disk snapshots.
     #[command(subcommand, after_help = "Example:\n  nimbus snapshot list --instance web")]
     Snapshot(commands::snapshot::SnapshotCmd),
+    /// Volumes: disks of their own, attached to instances and moved between them.
+    #[command(subcommand, after_help = "Example:\n  nimbus volume create data --size 10")]
+    Volume(commands::volume::VolumeCmd),
     /// Operations: the record of every mutating call.
     #[command(subcommand, after_help = "Example:\n  nimbus operation wait 0190c5e2-...")]
     Operation(commands::operation::OperationCmd),
@@ -161,6 +164,7 @@ async fn dispatch(ctx: &Ctx, command: ClientCommand) -> Result<(), CliError> {
     match command {
         ClientCommand::Instance(c) => commands::instance::run(ctx, c).await,
         ClientCommand::Snapshot(c) => commands::snapshot::run(ctx, c).await,
+        ClientCommand::Volume(c) => commands::volume::run(ctx, c).await,
         ClientCommand::Operation(c) => commands::operation::run(ctx, c).await,
         ClientCommand::Type(c) => commands::catalog::run_type(ctx, c).await,
         ClientCommand::Template(c) => commands::catalog::run_template(ctx, c).await,

@@ -453,6 +453,36 @@ pub async fn audit(store: &dyn nimbus_store::Store, host: &dyn nimbus_driver::Dr
             audit.leaked.push(format!("the host keeps instance {id}, which no record knows"));
         }
     }
+    // Volumes: none locked or between two states, each (but a failed one) with its disk on the host at
+    // its size, attached only to a live instance; no disk on the host that no volume accounts for.
+    let volumes = store.list_records("volume", None).await.unwrap();
+    for v in &volumes {
+        let state = v.body["state"].as_str().unwrap_or("");
+        if !v.body["lock_operation_id"].is_null() {
+            audit.stuck.push(format!("volume {} locked by {}", v.id, v.body["lock_operation_id"]));
+        }
+        if matches!(state, "creating" | "attaching" | "detaching" | "deleting") {
+            audit.stuck.push(format!("volume {} left {state}", v.id));
+        }
+        if let Some(i) = v.body["instance_id"].as_str().and_then(|i| i.parse::<uuid::Uuid>().ok()) {
+            if !live.contains(&i) {
+                audit.leaked.push(format!("volume {} attached to instance {i}, which is gone", v.id));
+            }
+        }
+        if state != "error" {
+            match host.volume_size_gb(v.id).await {
+                Ok(size) if Some(size) == v.body["size_gb"].as_u64() => {}
+                other => {
+                    audit.disagreeing.push(format!("volume {}: record {} GB, host {other:?}", v.id, v.body["size_gb"]))
+                }
+            }
+        }
+    }
+    for id in host.volumes().await.unwrap() {
+        if !volumes.iter().any(|v| v.id == id) {
+            audit.leaked.push(format!("the host keeps volume {id}, which no record knows"));
+        }
+    }
     let holds = store.idempotency_audit().await.unwrap();
     if holds.held + holds.abandoned + holds.unknown > 0 {
         audit.leaked.push(format!("idempotency keys held by no running request: {holds:?}"));

@@ -12,6 +12,7 @@ use crate::routes::Routes;
 use crate::AppState;
 
 pub mod auth;
+pub mod block_storage;
 pub mod errors;
 pub mod handlers;
 pub mod networks;
@@ -63,6 +64,17 @@ pub fn router(_state: AppState) -> Routes {
             "/v2/snapshot/{id}",
             get(r::get_snapshot).post(r::post_snapshot_segment).delete(r::delete_snapshot).fallback(mna),
         )
+        .route("/v2/block-storage", get(block_storage::list).post(block_storage::create).fallback(mna))
+        .route(
+            "/v2/block-storage/{segment}",
+            get(block_storage::get)
+                .put(block_storage::put_segment)
+                .post(block_storage::post_segment)
+                .delete(block_storage::delete)
+                .fallback(mna),
+        )
+        .route("/v2/block-storage-snapshot", get(block_storage::list_snapshots).fallback(mna))
+        .route("/v2/block-storage-snapshot/{id}", get(block_storage::get_snapshot).fallback(mna))
         .route("/v2/ssh-key", get(r::list_ssh_keys).post(r::register_ssh_key).fallback(mna))
         .route("/v2/ssh-key/{name}", get(r::get_ssh_key).delete(r::delete_ssh_key).fallback(mna))
         .route("/v2/security-group", get(r::list_security_groups).post(r::create_security_group).fallback(mna))

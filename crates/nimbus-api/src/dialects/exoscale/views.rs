@@ -246,6 +246,10 @@ pub fn operation(op: &Operation) -> Value {
             reference("template", t, t)
         }
         (Action::CreateSnapshot | Action::DeleteSnapshot, Some(s)) => reference("snapshot", s, s),
+        (kind, _) if kind.is_volume() => {
+            let id = op.target.id;
+            json!({ "id": id, "link": format!("/v2/block-storage/{id}"), "command": "get-block-storage-volume" })
+        }
         _ => reference("instance", op.target.id, &op.target.id.to_string()),
     };
     let mut v = json!({ "id": op.id, "state": state, "reference": reference_ });

@@ -26,6 +26,7 @@ mod security_groups;
 mod server_groups;
 mod tasks;
 pub mod views;
+mod volumes;
 
 const V1: &str = "/cloud/v1/instances/{project_id}/{region_id}";
 const SG_V1: &str = "/cloud/v1/securitygroups/{project_id}/{region_id}";
@@ -105,6 +106,14 @@ pub fn router(_state: AppState) -> Routes {
         .route("/cloud/v1/projects/{project_id}", get(account::get_project).fallback(other))
         .route("/cloud/v1/regions", get(account::list_regions).fallback(other))
         .route("/cloud/v1/regions/{region_id}", get(account::get_region).fallback(other))
+        .route("/cloud/v1/volumes/{project_id}/{region_id}", get(volumes::list).post(volumes::create).fallback(other))
+        .route(
+            "/cloud/v1/volumes/{project_id}/{region_id}/{volume_id}",
+            get(volumes::get).patch(volumes::update).delete(volumes::delete).fallback(other),
+        )
+        .route("/cloud/v2/volumes/{project_id}/{region_id}/{volume_id}/attach", post(volumes::attach).fallback(other))
+        .route("/cloud/v2/volumes/{project_id}/{region_id}/{volume_id}/detach", post(volumes::detach).fallback(other))
+        .route("/cloud/v1/volumes/{project_id}/{region_id}/{volume_id}/extend", post(volumes::extend).fallback(other))
         .route("/cloud/v1/tasks", get(tasks::list).fallback(other))
         .route("/cloud/v1/tasks/{task_id}", get(tasks::get).fallback(other))
 }

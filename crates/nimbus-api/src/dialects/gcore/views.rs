@@ -557,6 +557,9 @@ pub fn task_type(op: &Operation, hard_reboot: bool) -> String {
             "put_into_servergroup".into()
         }
         Action::ChangeAntiAffinityGroups => "remove_from_servergroup".into(),
+        Action::ResizeVolume => "extend_volume".into(),
+        // create_volume, attach_volume, detach_volume, delete_volume: Gcore's names already.
+        other if other.is_volume() => other.as_str().into(),
         other => format!("{}_vm", other.as_str()),
     }
 }
@@ -638,6 +641,9 @@ pub fn task(op: &Operation, scope: &Scope, hard_reboot: bool) -> Value {
     if op.kind == Action::Create {
         resources = created_resources("instances", &[op.target.id]);
         resources["volumes"] = json!([derived_id(op.target.id, "volume.root")]);
+    }
+    if op.kind == Action::CreateVolume {
+        resources = created_resources("volumes", &[op.target.id]);
     }
     let failed = state == "ERROR";
     let task = json!({

@@ -30,6 +30,7 @@ const PROJECT_COLUMNS: &[Column] = &[
     ("VCPUS", "quota.vcpus"),
     ("MEMORY_MIB", "quota.memory_mib"),
     ("DISK_GB", "quota.disk_gb"),
+    ("VOLUME_GB", "quota.volume_gb"),
 ];
 const PROJECT_FIELDS: &[Column] = &[
     ("id", "id"),
@@ -124,6 +125,9 @@ pub enum ProjectCmd {
         memory_mib: Option<u64>,
         #[arg(long)]
         disk_gb: Option<u64>,
+        /// The total size of the project's volumes.
+        #[arg(long)]
+        volume_gb: Option<u64>,
     },
 }
 
@@ -216,16 +220,25 @@ pub async fn run_project(ctx: &Ctx, cmd: ProjectCmd) -> Result<(), CliError> {
             let p = client.get(&format!("/v1/projects/{}", encode(&id))).await?;
             ctx.out.object(&p, PROJECT_FIELDS, "id")
         }
-        ProjectCmd::Quota { project, instances, vcpus, memory_mib, disk_gb } => {
+        ProjectCmd::Quota { project, instances, vcpus, memory_mib, disk_gb, volume_gb } => {
             let id = resolve_project(&client, &project).await?;
             let path = format!("/v1/projects/{}", encode(&id));
             let mut p = client.get(&path).await?;
-            if instances.is_some() || vcpus.is_some() || memory_mib.is_some() || disk_gb.is_some() {
+            if instances.is_some()
+                || vcpus.is_some()
+                || memory_mib.is_some()
+                || disk_gb.is_some()
+                || volume_gb.is_some()
+            {
                 // The server replaces the whole quota, so the fields not given keep their current values.
                 let mut quota = p.get("quota").cloned().unwrap_or_else(|| json!({}));
-                for (k, v) in
-                    [("instances", instances), ("vcpus", vcpus), ("memory_mib", memory_mib), ("disk_gb", disk_gb)]
-                {
+                for (k, v) in [
+                    ("instances", instances),
+                    ("vcpus", vcpus),
+                    ("memory_mib", memory_mib),
+                    ("disk_gb", disk_gb),
+                    ("volume_gb", volume_gb),
+                ] {
                     if let Some(v) = v {
                         quota[k] = json!(v);
                     }
@@ -236,7 +249,7 @@ pub async fn run_project(ctx: &Ctx, cmd: ProjectCmd) -> Result<(), CliError> {
             if ctx.out.structured() || ctx.out.quiet {
                 return ctx.out.object(&p, PROJECT_FIELDS, "id");
             }
-            let rows: Vec<Vec<String>> = ["instances", "vcpus", "memory_mib", "disk_gb"]
+            let rows: Vec<Vec<String>> = ["instances", "vcpus", "memory_mib", "disk_gb", "volume_gb"]
                 .iter()
                 .map(|k| {
                     vec![k.to_string(), str_field(&p, &format!("usage.{k}")), str_field(&p, &format!("quota.{k}"))]

@@ -19,6 +19,7 @@ pub mod instance;
 pub mod operation;
 pub mod snapshot;
 pub mod tunnel;
+pub mod volume;
 
 /// `k=v` as given to `--label`.
 pub fn parse_label(s: &str) -> Result<(String, String), String> {

@@ -1,0 +1,214 @@
+//! `/v1/volumes`: block storage that outlives instances. Thin: parse, call the engine, render.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use nimbus_core::labels::Labels;
+use nimbus_core::volume::Volume;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::instances::{accepted, optional, parse_uuid, required, ActionQuery};
+use super::views::{ErrorBody, OperationView};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{JsonBody, OptionalJsonBody, QueryParams};
+use crate::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VolumeView {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub project_id: Uuid,
+    pub zone: String,
+    pub size_gb: u64,
+    /// creating, available, attaching, in-use, detaching, deleting, error
+    pub state: String,
+    /// The instance it is attached to (also while attaching and detaching).
+    pub instance_id: Option<Uuid>,
+    /// The disk's serial as the guest sees it: `/dev/disk/by-id/virtio-<serial>`.
+    pub serial: String,
+    pub labels: Labels,
+    /// The operation holding the volume's lock, if one is running.
+    pub operation_id: Option<Uuid>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<&Volume> for VolumeView {
+    fn from(v: &Volume) -> Self {
+        VolumeView {
+            id: v.id,
+            name: v.name.clone(),
+            description: v.description.clone(),
+            project_id: v.project_id,
+            zone: v.zone.clone(),
+            size_gb: v.size_gb,
+            state: v.state.as_str().into(),
+            instance_id: v.instance_id,
+            serial: v.serial.clone(),
+            labels: v.labels.clone(),
+            operation_id: v.lock_operation_id,
+            created_at: v.created_at,
+            updated_at: v.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VolumeList {
+    pub items: Vec<VolumeView>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVolumeParams {
+    pub name: String,
+    pub size_gb: u64,
+    #[serde(default)]
+    pub description: String,
+    /// Default: the server's zone.
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachVolumeParams {
+    pub instance_id: Uuid,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeVolumeParams {
+    /// The new size; a volume only grows (attached too).
+    pub size_gb: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
+/// Records the volume and the operation that makes its disk; the operation's target is the volume.
+#[utoipa::path(post, path = "/v1/volumes", operation_id = "create_volume", tag = "volumes", request_body = CreateVolumeParams,
+    responses((status = 202, body = OperationView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody,
+        description = "quota exceeded")))]
+pub async fn create(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    JsonBody(p): JsonBody<CreateVolumeParams>,
+) -> ApiResult<Response> {
+    let req = nimbus_engine::CreateVolume {
+        name: p.name,
+        description: p.description,
+        size_gb: p.size_gb,
+        zone: p.zone,
+        labels: p.labels,
+    };
+    let (op, _) = app.engine.create_volume(&ctx, req).await?;
+    Ok(accepted(&op))
+}
+
+#[utoipa::path(get, path = "/v1/volumes", operation_id = "list_volumes", tag = "volumes", responses((status = 200, body = VolumeList)))]
+pub async fn list(State(app): State<AppState>, Caller(ctx): Caller) -> ApiResult<Json<VolumeList>> {
+    let volumes = app.engine.list_volumes(&ctx).await?;
+    Ok(Json(VolumeList { items: volumes.iter().map(Into::into).collect() }))
+}
+
+#[utoipa::path(get, path = "/v1/volumes/{id}", operation_id = "get_volume", tag = "volumes", params(("id" = Uuid, Path)),
+    responses((status = 200, body = VolumeView), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<VolumeView>> {
+    Ok(Json((&app.engine.volume(&ctx, parse_uuid("volume", &id)?).await?).into()))
+}
+
+/// Merge patch of `name`, `description` and `labels` (a null label deletes it).
+#[utoipa::path(patch, path = "/v1/volumes/{id}", operation_id = "update_volume", tag = "volumes", params(("id" = Uuid, Path)),
+    request_body(content = Object, description = "JSON merge patch of name, description, labels",
+        content_type = "application/merge-patch+json"),
+    responses((status = 200, body = VolumeView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn update(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> ApiResult<Json<VolumeView>> {
+    let id = parse_uuid("volume", &id)?;
+    let fields = body.as_object().ok_or_else(|| ApiError::bad_request("a merge patch is a JSON object"))?;
+    let mut patch = nimbus_engine::VolumePatch::default();
+    for (k, v) in fields {
+        let text = || {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| ApiError::bad_request(format!("invalid {k}: must be a string")))
+        };
+        match k.as_str() {
+            "name" => patch.name = Some(text()?),
+            "description" => patch.description = Some(text()?),
+            "labels" => patch.labels = Some(v.clone()),
+            other => {
+                return Err(ApiError::bad_request(format!("invalid {other}: not a field a volume patch may change")))
+            }
+        }
+    }
+    Ok(Json((&app.engine.update_volume(&ctx, id, patch).await?).into()))
+}
+
+/// Deletes a detached volume and its data (409 while attached).
+#[utoipa::path(delete, path = "/v1/volumes/{id}", operation_id = "delete_volume", tag = "volumes", params(("id" = Uuid, Path)),
+    responses((status = 202, body = OperationView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete(State(app): State<AppState>, Caller(ctx): Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(accepted(&app.engine.delete_volume(&ctx, parse_uuid("volume", &id)?).await?))
+}
+
+/// `attach {instance_id}` (hot-plugged into a running instance), `detach`, `resize {size_gb}` (grow it; an
+/// attached one grows under its running guest).
+#[utoipa::path(post, path = "/v1/volumes/{id}/{action}", operation_id = "volume_action", tag = "volumes",
+    params(("id" = Uuid, Path), ("action" = String, Path, description = "attach | detach | resize"), ActionQuery),
+    request_body(content = Object, description = "attach: AttachVolumeParams; resize: ResizeVolumeParams; detach: none"),
+    responses((status = 202, body = OperationView), (status = 200, body = OperationView, description = "ended within ?wait"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn action(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path((id, action)): Path<(String, String)>,
+    QueryParams(q): QueryParams<ActionQuery>,
+    OptionalJsonBody(body): OptionalJsonBody<serde_json::Value>,
+) -> ApiResult<Response> {
+    let id = parse_uuid("volume", &id)?;
+    let op = match action.as_str() {
+        "attach" => {
+            let p = required::<AttachVolumeParams>("attach", body)?;
+            app.engine.attach_volume(&ctx, id, p.instance_id).await?
+        }
+        "detach" => {
+            optional::<NoParams>(body)?;
+            app.engine.detach_volume(&ctx, id).await?
+        }
+        "resize" => {
+            let p = required::<ResizeVolumeParams>("resize", body)?;
+            app.engine.resize_volume(&ctx, id, p.size_gb).await?
+        }
+        other => {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no volume action {other:?}")));
+        }
+    };
+    if let Some(wait) = q.wait {
+        let done = app.engine.wait_operation(&ctx, op.id, Duration::from_secs(wait)).await?;
+        let status = if done.state.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
+        return Ok((status, Json(OperationView::from(&done))).into_response());
+    }
+    Ok(accepted(&op))
+}

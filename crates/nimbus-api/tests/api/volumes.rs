@@ -1,0 +1,268 @@
+//! Volumes through `/v1/volumes`: made, attached to a running instance (the guest sees the disk come),
+//! detached, attached to another, grown, deleted; and every refusal a user can meet on the way.
+
+use axum::http::{Method, StatusCode};
+use nimbus_core::volume::{Volume, VolumeState};
+use nimbus_driver::Driver;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::common::*;
+
+/// Creates a volume, waits for it, returns its id.
+async fn volume(c: &Cloud, token: &str, name: &str, size_gb: u64) -> String {
+    let r = c.post("/v1/volumes", token, json!({"name": name, "size_gb": size_gb})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(r.body["target"]["type"], "volume", "{}", r.text);
+    let op = c.wait(&r.id(), token).await;
+    assert_eq!(op["state"], "success", "{op}");
+    op["target"]["id"].as_str().unwrap().to_string()
+}
+
+async fn volume_action(c: &Cloud, id: &str, action: &str, body: Option<Value>) -> crate::common::Reply {
+    c.call(Method::POST, &format!("/v1/volumes/{id}/{action}"), ADMIN, body).await
+}
+
+/// Runs a volume action and waits for its operation.
+async fn volume_act(c: &Cloud, id: &str, action: &str, body: Option<Value>) -> Value {
+    let r = volume_action(c, id, action, body).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{action}: {}", r.text);
+    c.wait(&r.id(), ADMIN).await
+}
+
+async fn show(c: &Cloud, id: &str) -> Value {
+    let r = c.get(&format!("/v1/volumes/{id}"), ADMIN).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    r.body
+}
+
+#[tokio::test]
+async fn a_volume_goes_from_one_instance_to_another_and_is_deleted() {
+    let c = Cloud::new().await;
+    let first = c.instance(ADMIN, "first", json!({})).await;
+    let second = c.instance(ADMIN, "second", json!({})).await;
+    c.act(ADMIN, &second, "stop", None).await;
+    let id = volume(&c, ADMIN, "data", 2).await;
+    let v = show(&c, &id).await;
+    assert_eq!(
+        (v["state"].as_str(), v["size_gb"].as_u64(), &v["instance_id"]),
+        (Some("available"), Some(2), &Value::Null)
+    );
+    let serial = v["serial"].as_str().unwrap().to_string();
+    assert_eq!(serial.len(), 20, "virtio-blk keeps 20 bytes of serial");
+    let uuid = Uuid::parse_str(&id).unwrap();
+    assert_eq!(c.sim.volume(uuid).unwrap().size_gb, 2, "the host has its disk");
+
+    // Onto a running instance: hot-plugged, the guest sees it without a reboot.
+    let op = volume_act(&c, &id, "attach", Some(json!({"instance_id": first}))).await;
+    assert_eq!(op["state"], "success", "{op}");
+    let v = show(&c, &id).await;
+    assert_eq!((v["state"].as_str(), v["instance_id"].as_str()), (Some("in-use"), Some(first.as_str())));
+    let i = c.get(&format!("/v1/instances/{first}"), ADMIN).await.body;
+    assert_eq!((i["state"].as_str(), &i["volumes"]), (Some("running"), &json!([id])), "{i}");
+    assert_eq!(i["operation_id"], Value::Null, "the instance's lock is released");
+    let listed = c.get("/v1/instances", ADMIN).await.body;
+    let listed_first = listed["items"].as_array().unwrap().iter().find(|i| i["id"] == first.as_str()).unwrap();
+    assert_eq!(listed_first["volumes"], json!([id]));
+    let console = c.get(&format!("/v1/instances/{first}/console"), ADMIN).await.text;
+    assert!(console.contains(&format!("virtio-{serial} appeared")), "{console}");
+    assert_eq!(c.sim.volume(uuid).unwrap().attached_to, Some(Uuid::parse_str(&first).unwrap()));
+
+    // Refused while attached: deleting, attaching again.
+    let r = c.call(Method::DELETE, &format!("/v1/volumes/{id}"), ADMIN, None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert!(r.message().contains("detach it first"), "{}", r.text);
+    let r = volume_action(&c, &id, "attach", Some(json!({"instance_id": second}))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(show(&c, &id).await["state"], "in-use", "refusals change nothing");
+    // Grown under the running guest, which is told.
+    let op = volume_act(&c, &id, "resize", Some(json!({"size_gb": 3}))).await;
+    assert_eq!(op["state"], "success", "{op}");
+    let v = show(&c, &id).await;
+    assert_eq!((v["size_gb"].as_u64(), v["state"].as_str()), (Some(3), Some("in-use")));
+    let console = c.get(&format!("/v1/instances/{first}/console"), ADMIN).await.text;
+    assert!(console.contains(&format!("virtio-{serial} is now 3 GB")), "{console}");
+    assert_eq!(c.get(&format!("/v1/instances/{first}"), ADMIN).await.body["operation_id"], Value::Null);
+
+    // Off it, and onto a stopped one, which gets it at its next boot.
+    let op = volume_act(&c, &id, "detach", None).await;
+    assert_eq!(op["state"], "success", "{op}");
+    let v = show(&c, &id).await;
+    assert_eq!((v["state"].as_str(), &v["instance_id"]), (Some("available"), &Value::Null));
+    let console = c.get(&format!("/v1/instances/{first}/console"), ADMIN).await.text;
+    assert!(console.contains(&format!("virtio-{serial} disappeared")), "{console}");
+    assert_eq!(c.get(&format!("/v1/instances/{first}"), ADMIN).await.body["volumes"], json!([]));
+    volume_act(&c, &id, "attach", Some(json!({"instance_id": second}))).await;
+    assert_eq!(show(&c, &id).await["instance_id"], second.as_str());
+    let op = c.act(ADMIN, &second, "start", None).await;
+    assert_eq!(op["state"], "success", "{op}");
+    volume_act(&c, &id, "detach", None).await;
+
+    // Grown while detached too; never shrunk.
+    let r = volume_action(&c, &id, "resize", Some(json!({"size_gb": 2}))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert!(r.message().contains("only grow"), "{}", r.text);
+    let op = volume_act(&c, &id, "resize", Some(json!({"size_gb": 5}))).await;
+    assert_eq!(op["state"], "success", "{op}");
+    assert_eq!(show(&c, &id).await["size_gb"], 5);
+    assert_eq!(c.sim.volume(uuid).unwrap().size_gb, 5);
+
+    // Renamed and relabelled, then deleted: its record and its disk are gone.
+    let r = c
+        .call(
+            Method::PATCH,
+            &format!("/v1/volumes/{id}"),
+            ADMIN,
+            Some(json!({"name": "archive", "labels": {"env": "prod"}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!((r.body["name"].as_str(), &r.body["labels"]), (Some("archive"), &json!({"env": "prod"})));
+    let r = c.call(Method::DELETE, &format!("/v1/volumes/{id}"), ADMIN, None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(c.wait(&r.id(), ADMIN).await["state"], "success");
+    assert_eq!(c.get(&format!("/v1/volumes/{id}"), ADMIN).await.status, StatusCode::NOT_FOUND);
+    assert!(c.sim.volumes().await.unwrap().is_empty(), "no disk left on the host");
+    assert!(c.get("/v1/volumes", ADMIN).await.body["items"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_deleted_instance_leaves_its_volumes_available_with_their_data() {
+    let c = Cloud::new().await;
+    let i = c.instance(ADMIN, "short-lived", json!({})).await;
+    let id = volume(&c, ADMIN, "keep", 1).await;
+    volume_act(&c, &id, "attach", Some(json!({"instance_id": i}))).await;
+    let r = c.call(Method::DELETE, &format!("/v1/instances/{i}"), ADMIN, None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(c.wait(&r.id(), ADMIN).await["state"], "success");
+    let v = show(&c, &id).await;
+    assert_eq!((v["state"].as_str(), &v["instance_id"]), (Some("available"), &Value::Null), "{v}");
+    assert_eq!(c.sim.volume(Uuid::parse_str(&id).unwrap()).unwrap().attached_to, None);
+}
+
+#[tokio::test]
+async fn volumes_refuse_other_projects_other_zones_and_bad_input() {
+    let c = Cloud::new().await;
+    let mine = c.instance(ADMIN, "mine", json!({})).await;
+    let id = volume(&c, ADMIN, "data", 1).await;
+
+    // Another project's instance looks like a missing one, and so does its volume to it.
+    let project = c.post("/v1/projects", ADMIN, json!({"name": "other"})).await;
+    assert_eq!(project.status, StatusCode::CREATED, "{}", project.text);
+    let other_key = c.key("admin", Some(&project.id())).await;
+    let theirs = c.instance(&other_key, "theirs", json!({})).await;
+    let r = volume_action(&c, &id, "attach", Some(json!({"instance_id": theirs}))).await;
+    assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "not_found"), "{}", r.text);
+    assert_eq!(c.get(&format!("/v1/volumes/{id}"), &other_key).await.status, StatusCode::NOT_FOUND);
+    let r = c
+        .call(Method::POST, &format!("/v1/volumes/{id}/attach"), &other_key, Some(json!({"instance_id": theirs})))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    assert!(c.get("/v1/volumes", &other_key).await.body["items"].as_array().unwrap().is_empty());
+
+    // A volume of another zone (kept by a host there) never attaches to this zone's instances.
+    let project_id = Uuid::parse_str(c.get("/v1/whoami", ADMIN).await.body["project"]["id"].as_str().unwrap()).unwrap();
+    let far_id = nimbus_core::new_id();
+    let far = Volume {
+        id: far_id,
+        project_id,
+        name: "far".into(),
+        description: String::new(),
+        zone: "far-away".into(),
+        size_gb: 1,
+        state: VolumeState::Available,
+        instance_id: None,
+        host: Some("far-host".into()),
+        serial: Volume::serial_for(far_id),
+        labels: Default::default(),
+        lock_operation_id: None,
+        created_at: nimbus_core::now(),
+        updated_at: nimbus_core::now(),
+    };
+    let mut set = nimbus_store::WriteSet::new();
+    set.push(nimbus_store::Write::InsertRecord(nimbus_store::Record::new(
+        "volume",
+        far_id,
+        Some(project_id),
+        "far",
+        &far,
+    )));
+    c.store.store.apply(set).await.unwrap();
+    let r = volume_action(&c, &far_id.to_string(), "attach", Some(json!({"instance_id": mine}))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert!(r.message().contains("zone"), "{}", r.text);
+    assert_eq!(show(&c, &far_id.to_string()).await["state"], "available");
+
+    // Bad input changes nothing.
+    for (body, field) in [
+        (json!({"name": "big", "size_gb": 0}), "size_gb"),
+        (json!({"name": "big", "size_gb": 100000}), "size_gb"),
+        (json!({"name": "no spaces", "size_gb": 1}), "name"),
+        (json!({"name": "z", "size_gb": 1, "zone": "nowhere"}), "zone"),
+    ] {
+        let r = c.post("/v1/volumes", ADMIN, body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
+        assert!(r.message().contains(field), "{body}: {}", r.text);
+    }
+    let r = volume_action(&c, &id, "attach", Some(json!({}))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    let r = volume_action(&c, &id, "attach", Some(json!({"instance_id": Uuid::nil()}))).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    let r = volume_action(&c, &id, "explode", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    let r = volume_action(&c, &id, "detach", None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "not attached: {}", r.text);
+    let reader = c.key("read-only", None).await;
+    let r = c.post("/v1/volumes", &reader, json!({"name": "x", "size_gb": 1})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    assert_eq!(c.get("/v1/volumes", ADMIN).await.body["items"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn the_volume_quota_counts_every_volume_and_every_resize() {
+    let c = Cloud::new().await;
+    let project_id = c.get("/v1/whoami", ADMIN).await.body["project"]["id"].as_str().unwrap().to_string();
+    let q = c
+        .call(
+            Method::PUT,
+            &format!("/v1/projects/{project_id}/quota"),
+            ADMIN,
+            Some(json!({"instances": 5, "vcpus": 100, "memory_mib": 1000000, "disk_gb": 1000, "volume_gb": 10})),
+        )
+        .await;
+    assert_eq!(q.status, StatusCode::OK, "{}", q.text);
+    assert_eq!(q.body["quota"]["volume_gb"], 10);
+    let a = volume(&c, ADMIN, "a", 6).await;
+    let r = c.post("/v1/volumes", ADMIN, json!({"name": "b", "size_gb": 5})).await;
+    assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "quota_exceeded"), "{}", r.text);
+    assert!(r.message().contains("volume_gb"), "{}", r.text);
+    let r = volume_action(&c, &a, "resize", Some(json!({"size_gb": 11}))).await;
+    assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "quota_exceeded"), "{}", r.text);
+    assert_eq!(show(&c, &a).await["size_gb"], 6, "the refused resize changed nothing");
+    let usage = c.get(&format!("/v1/projects/{project_id}"), ADMIN).await.body;
+    assert_eq!(usage["usage"]["volume_gb"], 6, "{usage}");
+    volume(&c, ADMIN, "b", 4).await;
+    // A deleted volume gives its size back.
+    let r = c.call(Method::DELETE, &format!("/v1/volumes/{a}"), ADMIN, None).await;
+    c.wait(&r.id(), ADMIN).await;
+    volume(&c, ADMIN, "c", 6).await;
+}
+
+#[tokio::test]
+async fn a_failed_attach_leaves_the_volume_available_and_the_instance_free() {
+    let c = Cloud::new().await;
+    let i = c.instance(ADMIN, "vm", json!({})).await;
+    let id = volume(&c, ADMIN, "data", 1).await;
+    c.sim.inject_failure("attach_volume", 1);
+    let op = volume_act(&c, &id, "attach", Some(json!({"instance_id": i}))).await;
+    assert_eq!((op["state"].as_str(), op["reason"].as_str()), (Some("failure"), Some("fault")), "{op}");
+    let v = show(&c, &id).await;
+    assert_eq!(
+        (v["state"].as_str(), &v["instance_id"], &v["operation_id"]),
+        (Some("available"), &Value::Null, &Value::Null)
+    );
+    let instance = c.get(&format!("/v1/instances/{i}"), ADMIN).await.body;
+    assert_eq!((instance["state"].as_str(), &instance["operation_id"]), (Some("running"), &Value::Null));
+    // And the next one goes through.
+    assert_eq!(volume_act(&c, &id, "attach", Some(json!({"instance_id": i}))).await["state"], "success");
+}

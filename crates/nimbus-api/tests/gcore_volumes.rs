@@ -1,0 +1,179 @@
+//! Gcore's volumes through HTTP on the real router, engine and store (sim driver): made, attached to an
+//! instance made through Gcore, refused while attached, detached, extended, deleted, with Gcore's tasks
+//! and errors; and the refusals of another project and of the quota.
+
+#[path = "api/common.rs"]
+mod common;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use common::{Cloud, Reply, ADMIN};
+use serde_json::{json, Value};
+
+async fn gcore(c: &Cloud, method: Method, path: &str, secret: &str, body: Option<Value>) -> Reply {
+    let req = Request::builder().method(method).uri(path).header("authorization", format!("APIKey {secret}"));
+    let req = match body {
+        Some(b) => req.header("content-type", "application/json").body(Body::from(b.to_string())),
+        None => req.body(Body::empty()),
+    };
+    c.send(req.unwrap()).await
+}
+
+/// `/cloud/{version}/{what}/{project}/{region}` of the key's project and the server's zone.
+async fn base(c: &Cloud, secret: &str, version: &str, what: &str) -> String {
+    let who = c.get("/v1/whoami", secret).await;
+    let zones = c.get("/v1/zones", secret).await;
+    format!("/cloud/{version}/{what}/{}/{}", who.body["project"]["numeric_id"], zones.body["items"][0]["numeric_id"])
+}
+
+/// Sends a call that answers `{"tasks": [id]}`, waits for the task, and returns it as Gcore shows it.
+async fn task_of(c: &Cloud, secret: &str, method: Method, path: &str, body: Option<Value>) -> Value {
+    let r = gcore(c, method, path, secret, body).await;
+    assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text);
+    let id = r.body["tasks"][0].as_str().unwrap_or_else(|| panic!("no task: {}", r.text)).to_string();
+    c.wait(&id, secret).await;
+    let t = gcore(c, Method::GET, &format!("/cloud/v1/tasks/{id}"), secret, None).await;
+    assert_eq!(t.status, StatusCode::OK, "{}", t.text);
+    t.body
+}
+
+async fn instance(c: &Cloud, secret: &str, name: &str) -> String {
+    let body = json!({
+        "name": name,
+        "flavor": "standard.small",
+        "interfaces": [{"type": "external"}],
+        "volumes": [{"source": "image", "image_id": "busybox", "boot_index": 0}],
+    });
+    let task = task_of(c, secret, Method::POST, &base(c, secret, "v2", "instances").await, Some(body)).await;
+    assert_eq!(task["state"], "FINISHED", "{task}");
+    task["created_resources"]["instances"][0].as_str().unwrap().to_string()
+}
+
+fn assert_gcore_error(r: &Reply, status: StatusCode, class: &str) {
+    assert_eq!((r.status, r.body["exception_class"].as_str()), (status, Some(class)), "{}", r.text);
+    assert!(r.body["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", r.text);
+}
+
+#[tokio::test]
+async fn a_gcore_volume_is_made_attached_detached_extended_and_deleted() {
+    let c = Cloud::new().await;
+    let volumes = base(&c, ADMIN, "v1", "volumes").await;
+    let v2 = base(&c, ADMIN, "v2", "volumes").await;
+    let vm = instance(&c, ADMIN, "vm").await;
+
+    let body = json!({"source": "new-volume", "name": "data", "size": 2, "tags": {"env": "prod"}});
+    let task = task_of(&c, ADMIN, Method::POST, &volumes, Some(body)).await;
+    assert_eq!(
+        (task["state"].as_str(), task["task_type"].as_str()),
+        (Some("FINISHED"), Some("create_volume")),
+        "{task}"
+    );
+    let id = task["created_resources"]["volumes"][0].as_str().unwrap().to_string();
+    let v = gcore(&c, Method::GET, &format!("{volumes}/{id}"), ADMIN, None).await.body;
+    assert_eq!(
+        (v["status"].as_str(), v["size"].as_u64(), v["volume_type"].as_str()),
+        (Some("available"), Some(2), Some("standard"))
+    );
+    assert_eq!(v["tags"], json!([{"key": "env", "value": "prod", "read_only": false}]));
+    assert_eq!(v["attachments"], json!([]));
+    let listed = gcore(&c, Method::GET, &volumes, ADMIN, None).await.body;
+    assert_eq!(listed["count"], 1, "{listed}");
+
+    let task = task_of(&c, ADMIN, Method::POST, &format!("{v2}/{id}/attach"), Some(json!({"instance_id": vm}))).await;
+    assert_eq!(
+        (task["state"].as_str(), task["task_type"].as_str()),
+        (Some("FINISHED"), Some("attach_volume")),
+        "{task}"
+    );
+    let v = gcore(&c, Method::GET, &format!("{volumes}/{id}"), ADMIN, None).await.body;
+    assert_eq!(v["status"], "in-use");
+    assert_eq!(
+        (v["attachments"][0]["server_id"].as_str(), v["attachments"][0]["instance_name"].as_str()),
+        (Some(vm.as_str()), Some("vm"))
+    );
+    let mine = gcore(&c, Method::GET, &format!("{volumes}?instance_id={vm}"), ADMIN, None).await.body;
+    assert_eq!(mine["count"], 1);
+    let free = gcore(&c, Method::GET, &format!("{volumes}?has_attachments=false"), ADMIN, None).await.body;
+    assert_eq!(free["count"], 0);
+
+    // Refused while attached; a detach must name the volume's instance.
+    let r = gcore(&c, Method::DELETE, &format!("{volumes}/{id}"), ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "BadRequestError");
+    // An attached volume is extended under its instance.
+    let task = task_of(&c, ADMIN, Method::POST, &format!("{volumes}/{id}/extend"), Some(json!({"size": 4}))).await;
+    assert_eq!(task["state"], "FINISHED", "{task}");
+    let v = gcore(&c, Method::GET, &format!("{volumes}/{id}"), ADMIN, None).await.body;
+    assert_eq!((v["size"].as_u64(), v["status"].as_str()), (Some(4), Some("in-use")));
+    let other_vm = instance(&c, ADMIN, "other").await;
+    let r = gcore(&c, Method::POST, &format!("{v2}/{id}/detach"), ADMIN, Some(json!({"instance_id": other_vm}))).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "BadRequestError");
+
+    let task = task_of(&c, ADMIN, Method::POST, &format!("{v2}/{id}/detach"), Some(json!({"instance_id": vm}))).await;
+    assert_eq!(task["task_type"], "detach_volume");
+    let r = gcore(&c, Method::POST, &format!("{volumes}/{id}/extend"), ADMIN, Some(json!({"size": 1}))).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "BadRequestError");
+    let task = task_of(&c, ADMIN, Method::POST, &format!("{volumes}/{id}/extend"), Some(json!({"size": 5}))).await;
+    assert_eq!((task["state"].as_str(), task["task_type"].as_str()), (Some("FINISHED"), Some("extend_volume")));
+    let r = gcore(
+        &c,
+        Method::PATCH,
+        &format!("{volumes}/{id}"),
+        ADMIN,
+        Some(json!({"name": "archive", "tags": {"env": null, "tier": "cold"}})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!((r.body["name"].as_str(), r.body["size"].as_u64()), (Some("archive"), Some(5)));
+    assert_eq!(r.body["tags"], json!([{"key": "tier", "value": "cold", "read_only": false}]));
+
+    let task = task_of(&c, ADMIN, Method::DELETE, &format!("{volumes}/{id}"), None).await;
+    assert_eq!((task["state"].as_str(), task["task_type"].as_str()), (Some("FINISHED"), Some("delete_volume")));
+    let r = gcore(&c, Method::GET, &format!("{volumes}/{id}"), ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    // The same volume as the native API sees it: gone.
+    assert_eq!(c.get(&format!("/v1/volumes/{id}"), ADMIN).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn gcore_volumes_refuse_other_projects_bad_sources_and_the_quota() {
+    let c = Cloud::new().await;
+    let volumes = base(&c, ADMIN, "v1", "volumes").await;
+    let v2 = base(&c, ADMIN, "v2", "volumes").await;
+    let task =
+        task_of(&c, ADMIN, Method::POST, &volumes, Some(json!({"source": "new-volume", "name": "d", "size": 1}))).await;
+    let id = task["created_resources"]["volumes"][0].as_str().unwrap().to_string();
+
+    let project = c.post("/v1/projects", ADMIN, json!({"name": "other"})).await;
+    let other = c.key("admin", Some(project.id().as_str())).await;
+    let theirs = instance(&c, &other, "theirs").await;
+    let r = gcore(&c, Method::POST, &format!("{v2}/{id}/attach"), ADMIN, Some(json!({"instance_id": theirs}))).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    let their_volumes = base(&c, &other, "v1", "volumes").await;
+    let r = gcore(&c, Method::GET, &format!("{their_volumes}/{id}"), &other, None).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    assert_eq!(gcore(&c, Method::GET, &their_volumes, &other, None).await.body["count"], 0);
+
+    for body in [
+        json!({"source": "image", "image_id": "busybox", "name": "x", "size": 1}),
+        json!({"source": "new-volume", "name": "x"}),
+        json!({"source": "new-volume", "name": "x", "size": 1, "type_name": "ultra"}),
+    ] {
+        let r = gcore(&c, Method::POST, &volumes, ADMIN, Some(body.clone())).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
+    }
+
+    let project_id = c.get("/v1/whoami", ADMIN).await.body["project"]["id"].as_str().unwrap().to_string();
+    let q = c
+        .call(
+            Method::PUT,
+            &format!("/v1/projects/{project_id}/quota"),
+            ADMIN,
+            Some(json!({"instances": 5, "vcpus": 100, "memory_mib": 1000000, "disk_gb": 1000, "volume_gb": 3})),
+        )
+        .await;
+    assert_eq!(q.status, StatusCode::OK, "{}", q.text);
+    let r =
+        gcore(&c, Method::POST, &volumes, ADMIN, Some(json!({"source": "new-volume", "name": "big", "size": 3}))).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "QuotaLimitExceed");
+    assert_eq!(gcore(&c, Method::GET, &volumes, ADMIN, None).await.body["count"], 1, "nothing was made");
+}

@@ -1,0 +1,388 @@
+//! Volumes: block devices of a project that outlive instances (see `nimbus_core::volume`).
+//!
+//! Every change that touches the host is an operation, recorded with the volume's next version (locked by
+//! the operation) in one transaction, like an instance's lifecycle actions; its kind's saga
+//! (`sagas/create_volume.rs` ... `sagas/delete_volume.rs`) runs it. Attach and detach also take the
+//! instance's lock for their run, so the instance is neither stopped nor deleted under them, and its state
+//! does not change. A volume's size counts against the project's `volume_gb` quota from the moment it is
+//! asked for (the store checks it in the request's transaction) until its record is removed.
+
+use nimbus_core::instance::{Instance, InstanceState};
+use nimbus_core::labels::{self, Labels};
+use nimbus_core::operation::{Operation, Target};
+use nimbus_core::state_machine::Action;
+use nimbus_core::tenancy::Role;
+use nimbus_core::volume::{self, Volume, VolumeAction, VolumeState};
+use nimbus_core::DomainError;
+use nimbus_driver::VolumeSpec;
+use nimbus_store::{Record, StoreError, Write, WriteSet};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::instances::{backoff, event, instance_event, operation_event, CAS_RETRIES};
+use crate::sagas;
+use crate::{store_err, Context, Engine, Result};
+
+/// The records' kind.
+pub const VOLUME: &str = "volume";
+
+/// A request for a new volume.
+#[derive(Debug, Clone, Default)]
+pub struct CreateVolume {
+    pub name: String,
+    pub description: String,
+    pub size_gb: u64,
+    /// `None`: the server's zone.
+    pub zone: Option<String>,
+    pub labels: Labels,
+}
+
+/// A change of what a volume is called and labelled (nothing on the host).
+#[derive(Debug, Clone, Default)]
+pub struct VolumePatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// JSON merge patch of the labels.
+    pub labels: Option<serde_json::Value>,
+    /// Replaces the labels whole (the providers that send every label each time).
+    pub replace_labels: Option<Labels>,
+}
+
+pub(crate) fn volume_event(actor: &nimbus_core::operation::Actor, kind: &str, v: &Volume) -> Write {
+    Write::AppendEvent(event(actor, v.project_id, kind, v.id, serde_json::to_value(v).expect("serializes")))
+}
+
+pub(crate) fn spec_of(v: &Volume) -> VolumeSpec {
+    VolumeSpec { id: v.id, size_gb: v.size_gb, serial: v.serial.clone() }
+}
+
+impl Engine {
+    /// Records a new volume (`creating`) and the operation that makes its disk on a host of its zone.
+    pub async fn create_volume(&self, ctx: &Context, req: CreateVolume) -> Result<(Operation, Volume)> {
+        ctx.require(Role::Member)?;
+        nimbus_core::instance::validate_name("name", &req.name)?;
+        if req.description.len() > 255 {
+            return Err(DomainError::invalid("description", "at most 255 characters"));
+        }
+        volume::validate_size("size_gb", req.size_gb)?;
+        labels::validate_labels("labels", &req.labels)?;
+        let zone = self.volume_zone(req.zone.as_deref()).await?;
+        let host = self.volume_host(&zone).await?;
+        let id = nimbus_core::new_id();
+        let op = Operation::new(
+            ctx.project.id,
+            Action::CreateVolume,
+            Target { kind: "volume".into(), id },
+            None,
+            ctx.actor.clone(),
+        );
+        let now = op.created_at;
+        let v = Volume {
+            id,
+            project_id: ctx.project.id,
+            name: req.name,
+            description: req.description,
+            zone,
+            size_gb: req.size_gb,
+            state: VolumeState::Creating,
+            instance_id: None,
+            host: Some(host),
+            serial: Volume::serial_for(id),
+            labels: req.labels,
+            lock_operation_id: Some(op.id),
+            created_at: now,
+            updated_at: now,
+        };
+        let mut set = WriteSet::new();
+        set.push(Write::InsertRecord(Record::new(VOLUME, id, Some(ctx.project.id), &v.name, &v)));
+        set.push(Write::InsertOperation(op.clone()));
+        set.push(volume_event(&ctx.actor, "volume.created", &v));
+        set.push(operation_event("operation.created", &op));
+        set.enforce_quota_of = Some(ctx.project.id);
+        self.store.apply(set).await.map_err(store_err)?;
+        self.kick_workers();
+        Ok((op, v))
+    }
+
+    /// The zone a volume asked for lives in: the server's (by its name or an alias) or another zone the
+    /// store knows.
+    async fn volume_zone(&self, asked: Option<&str>) -> Result<String> {
+        let Some(asked) = asked.filter(|z| !z.is_empty()) else { return Ok(self.config.zone.clone()) };
+        if asked == self.config.zone || self.config.zone_aliases.iter().any(|a| a == asked) {
+            return Ok(self.config.zone.clone());
+        }
+        let zones = self.list_zones().await?;
+        zones
+            .into_iter()
+            .find(|z| z.name == asked)
+            .map(|z| z.name)
+            .ok_or_else(|| DomainError::invalid("zone", format!("no zone {asked:?}")))
+    }
+
+    /// The host a new volume of `zone` is made on: the server's own when it is in that zone, else the first
+    /// ready host of the zone that answers.
+    async fn volume_host(&self, zone: &str) -> Result<String> {
+        if let Some(local) = &self.local {
+            if zone == self.config.zone {
+                return Ok(local.name.clone());
+            }
+        }
+        self.host_views()
+            .await?
+            .into_iter()
+            .find(|v| v.host.zone == zone && v.reachable && v.host.admin_state == nimbus_core::host::HostState::Ready)
+            .map(|v| v.host.name)
+            .ok_or_else(|| DomainError::NoCapacity(format!("no ready host in zone {zone} to keep the volume")))
+    }
+
+    /// The driver of the host that keeps the volume.
+    pub(crate) fn volume_driver(&self, v: &Volume) -> std::sync::Arc<dyn nimbus_driver::Driver> {
+        match (&v.host, &self.local) {
+            (Some(h), _) => self.host_driver(h),
+            (None, Some(local)) => local.driver.clone(),
+            (None, None) => self.host_driver(""),
+        }
+    }
+
+    /// The caller's project's volumes, oldest first.
+    pub async fn list_volumes(&self, ctx: &Context) -> Result<Vec<Volume>> {
+        self.records(VOLUME, ctx).await
+    }
+
+    pub async fn volume(&self, ctx: &Context, id: Uuid) -> Result<Volume> {
+        self.record(VOLUME, ctx, id).await
+    }
+
+    /// The volumes attached to an instance (attaching and detaching ones included).
+    pub async fn volumes_of_instance(&self, instance: &Instance) -> Result<Vec<Volume>> {
+        let records = self.store.list_records(VOLUME, Some(instance.project_id)).await.map_err(store_err)?;
+        let mut out = Vec::new();
+        for r in records.iter().filter(|r| r.project_id == Some(instance.project_id)) {
+            let v: Volume = r.decode().map_err(store_err)?;
+            if v.instance_id == Some(instance.id) {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Renames, describes or relabels a volume.
+    pub async fn update_volume(&self, ctx: &Context, id: Uuid, patch: VolumePatch) -> Result<Volume> {
+        ctx.require(Role::Member)?;
+        if let Some(name) = &patch.name {
+            nimbus_core::instance::validate_name("name", name)?;
+        }
+        if patch.description.as_ref().is_some_and(|d| d.len() > 255) {
+            return Err(DomainError::invalid("description", "at most 255 characters"));
+        }
+        let actor = ctx.actor.clone();
+        let (v, ()) = self
+            .edit_record(VOLUME, ctx, id, |v: &mut Volume| {
+                if v.state == VolumeState::Deleting {
+                    return Err(DomainError::Conflict(format!("volume {id} is being deleted")));
+                }
+                if let Some(name) = &patch.name {
+                    v.name = name.clone();
+                }
+                if let Some(d) = &patch.description {
+                    v.description = d.clone();
+                }
+                if let Some(replacement) = &patch.replace_labels {
+                    let p = labels::replacement_patch(&v.labels, replacement);
+                    labels::merge_patch("labels", &mut v.labels, &p)?;
+                }
+                if let Some(p) = &patch.labels {
+                    labels::merge_patch("labels", &mut v.labels, p)?;
+                }
+                v.updated_at = nimbus_core::now();
+                Ok((v.name.clone(), vec![volume_event(&actor, "volume.updated", v)], ()))
+            })
+            .await?;
+        Ok(v)
+    }
+
+    /// Attaches a volume to an instance of the same project, zone and host: hot-plugged when the instance
+    /// runs, on its next boot otherwise.
+    pub async fn attach_volume(&self, ctx: &Context, id: Uuid, instance_id: Uuid) -> Result<Operation> {
+        ctx.require(Role::Member)?;
+        self.volume_action(ctx, id, VolumeAction::Attach, Some(instance_id), None).await
+    }
+
+    /// Detaches a volume from its instance (hot-unplugged when the instance runs); its data stays.
+    pub async fn detach_volume(&self, ctx: &Context, id: Uuid) -> Result<Operation> {
+        ctx.require(Role::Member)?;
+        self.volume_action(ctx, id, VolumeAction::Detach, None, None).await
+    }
+
+    /// Grows a volume; an attached one grows under its instance (a running guest sees the new size).
+    pub async fn resize_volume(&self, ctx: &Context, id: Uuid, size_gb: u64) -> Result<Operation> {
+        ctx.require(Role::Member)?;
+        self.volume_action(ctx, id, VolumeAction::Resize, None, Some(size_gb)).await
+    }
+
+    /// Deletes a detached volume and its data.
+    pub async fn delete_volume(&self, ctx: &Context, id: Uuid) -> Result<Operation> {
+        ctx.require(Role::Member)?;
+        self.volume_action(ctx, id, VolumeAction::Delete, None, None).await
+    }
+
+    /// Checks the rules, takes the volume's lock (and the instance's, for attach and detach) and records
+    /// the operation, in one transaction; re-planned on fresh records when a concurrent writer wins.
+    async fn volume_action(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        action: VolumeAction,
+        attach_to: Option<Uuid>,
+        size_gb: Option<u64>,
+    ) -> Result<Operation> {
+        for attempt in 0..CAS_RETRIES {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            let Some((current, record)) = self.record_of::<Volume>(VOLUME, id).await? else {
+                return Err(DomainError::not_found("volume", id));
+            };
+            if current.project_id != ctx.project.id {
+                return Err(DomainError::not_found("volume", id));
+            }
+            let during = volume::volume_transition(action, &current)?;
+            let instance = match (action, attach_to, current.instance_id) {
+                (VolumeAction::Attach, Some(iid), _) => Some(self.instance(ctx, iid).await?),
+                // The instance may be gone (deleted while the volume's detach failed): nothing to unplug.
+                // An attached volume grows under its instance, which is held still meanwhile.
+                (VolumeAction::Detach | VolumeAction::Resize, _, Some(iid)) => {
+                    self.store.get_instance(iid).await.map_err(store_err)?
+                }
+                _ => None,
+            };
+            let kind = match action {
+                VolumeAction::Attach => Action::AttachVolume,
+                VolumeAction::Detach => Action::DetachVolume,
+                VolumeAction::Resize => Action::ResizeVolume,
+                VolumeAction::Delete => Action::DeleteVolume,
+            };
+            let mut op = Operation::new(
+                ctx.project.id,
+                kind,
+                Target { kind: "volume".into(), id },
+                instance.as_ref().map(|i| i.state),
+                ctx.actor.clone(),
+            );
+            let mut next = current.clone();
+            let mut set = WriteSet::new();
+            if let Some(i) = &instance {
+                if let Some(holder) = i.lock_operation_id {
+                    return Err(DomainError::Busy { instance: i.id.to_string(), operation: holder.to_string() });
+                }
+                match action {
+                    VolumeAction::Attach => {
+                        volume::instance_takes_volumes(i.state)?;
+                        if i.zone != current.zone {
+                            return Err(DomainError::Conflict(format!(
+                                "volume {id} is in zone {}, instance {} in zone {}: a volume attaches only to \
+                                 instances of its own zone",
+                                current.zone, i.id, i.zone
+                            )));
+                        }
+                        if let (Some(vh), Some(ih)) = (&current.host, &i.host) {
+                            if vh != ih {
+                                return Err(DomainError::Conflict(format!(
+                                    "volume {id} is kept by host {vh}, instance {} runs on host {ih}: moving a \
+                                     volume between hosts is not supported yet",
+                                    i.id
+                                )));
+                            }
+                        }
+                        next.instance_id = Some(i.id);
+                    }
+                    VolumeAction::Resize => volume::instance_takes_volumes(i.state)?,
+                    _ => {
+                        if !matches!(i.state, InstanceState::Running | InstanceState::Stopped | InstanceState::Error) {
+                            return Err(DomainError::InvalidState {
+                                action: "detach-volume".into(),
+                                state: i.state,
+                                hint: "volumes are detached from running, stopped or failed instances".into(),
+                            });
+                        }
+                    }
+                }
+                // The instance keeps its state; only its lock says a volume change is under way.
+                let mut locked = i.clone();
+                locked.lock_operation_id = Some(op.id);
+                locked.generation += 1;
+                locked.updated_at = op.created_at;
+                set.push(Write::PutInstance { instance: locked.clone(), expected_generation: Some(i.generation) });
+                set.push(instance_event(&ctx.actor, "instance.updated", &locked));
+            }
+            let params = match action {
+                VolumeAction::Attach | VolumeAction::Detach => {
+                    serde_json::to_value(sagas::volume::OnInstance { instance_id: instance.as_ref().map(|i| i.id) })
+                }
+                VolumeAction::Resize => {
+                    let to = size_gb.unwrap_or_default();
+                    if to <= current.size_gb {
+                        return Err(DomainError::Conflict(format!(
+                            "a volume can only grow: it has {} GB, {to} GB was asked",
+                            current.size_gb
+                        )));
+                    }
+                    volume::validate_size("size_gb", to)?;
+                    next.size_gb = to;
+                    set.enforce_quota_of = Some(ctx.project.id);
+                    serde_json::to_value(sagas::resize_volume::Params {
+                        from: current.size_gb,
+                        to,
+                        instance_id: instance.as_ref().map(|i| i.id),
+                    })
+                }
+                VolumeAction::Delete => Ok(json!({})),
+            }
+            .expect("parameters serialize");
+            op.params = params;
+            next.state = during;
+            next.lock_operation_id = Some(op.id);
+            next.updated_at = op.created_at;
+            set.push(Write::UpdateRecord {
+                record: record.next(&next.name, &next),
+                expected_generation: record.generation,
+            });
+            set.push(Write::InsertOperation(op.clone()));
+            set.push(volume_event(&ctx.actor, "volume.updated", &next));
+            set.push(operation_event("operation.created", &op));
+            match self.store.apply(set).await {
+                Ok(()) => {
+                    self.kick_workers();
+                    return Ok(op);
+                }
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+        Err(DomainError::Conflict(format!("volume {id} changed concurrently; retry")))
+    }
+}
+
+impl Engine {
+    /// The writes that leave an instance's volumes `available` and attached to nothing, for the outcome of
+    /// its deletion (the host's destroy unplugged them; their data stays). Each is a compare-and-swap on the
+    /// version read, so the outcome's transaction fails and is retried on a race.
+    pub(crate) async fn release_volumes_of(&self, instance: &Instance) -> Result<Vec<Write>> {
+        let records = self.store.list_records(VOLUME, Some(instance.project_id)).await.map_err(store_err)?;
+        let mut writes = Vec::new();
+        for r in records.iter().filter(|r| r.project_id == Some(instance.project_id)) {
+            let mut v: Volume = r.decode().map_err(store_err)?;
+            if v.instance_id != Some(instance.id) {
+                continue;
+            }
+            v.instance_id = None;
+            if matches!(v.state, VolumeState::InUse | VolumeState::Attaching | VolumeState::Detaching) {
+                v.state = VolumeState::Available;
+            }
+            v.updated_at = nimbus_core::now();
+            writes.push(Write::UpdateRecord { record: r.next(&v.name, &v), expected_generation: r.generation });
+            writes.push(volume_event(&nimbus_core::operation::Actor::system(), "volume.updated", &v));
+        }
+        Ok(writes)
+    }
+}

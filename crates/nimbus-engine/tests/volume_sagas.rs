@@ -1,0 +1,267 @@
+//! Every volume operation kind, with its worker killed before and after each of its steps (and just before
+//! its outcome is recorded), converges to the end state of an uninterrupted run with nothing leaked: no
+//! lock on the volume or its instance, no disk without a record, no attachment the records do not show.
+//! Killed at the same point every time, it is given up and leaves records that agree with the host. The
+//! volume twin of `sagas.rs`.
+//!
+//! Runs on SQLite, or on PostgreSQL when `NIMBUS_TEST_DATABASE_URL` is set.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nimbus_core::operation::{Actor, Operation, OperationState, Reason};
+use nimbus_core::state_machine::Action;
+use nimbus_core::volume::VolumeState;
+use nimbus_driver::{Driver, SimConfig, SimDriver};
+use nimbus_engine::{Context, CrashPoint, CrashWhen, CreateInstance, CreateVolume, Engine, EngineConfig};
+use nimbus_store::testing::TestStore;
+use uuid::Uuid;
+
+const SECRET: &str = "volume-saga-test-secret-0123";
+
+#[derive(Default)]
+struct Plan {
+    armed: bool,
+    target: Option<(Action, usize, CrashWhen)>,
+    always: bool,
+    fired: u32,
+    seen: Vec<CrashPoint>,
+}
+
+struct Cloud {
+    engine: Arc<Engine>,
+    sim: Arc<SimDriver>,
+    _store: TestStore,
+    ctx: Context,
+    plan: Arc<Mutex<Plan>>,
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        self.engine.halt();
+    }
+}
+
+async fn cloud() -> Cloud {
+    let store = nimbus_store::testing::test_store().await;
+    let sim = Arc::new(SimDriver::new(SimConfig::default()));
+    let plan = Arc::new(Mutex::new(Plan::default()));
+    let hook_plan = plan.clone();
+    let config = EngineConfig {
+        lease: Duration::from_millis(300),
+        poll_every: Duration::from_millis(20),
+        reconcile_every: Duration::from_millis(100),
+        stop_grace: Duration::from_millis(10),
+        crash_hook: Some(Arc::new(move |point: &CrashPoint| {
+            let mut plan = hook_plan.lock().unwrap();
+            if !plan.armed {
+                return false;
+            }
+            plan.seen.push(*point);
+            if plan.target == Some((point.kind, point.step, point.when)) {
+                plan.fired += 1;
+                if !plan.always {
+                    plan.target = None;
+                }
+                return true;
+            }
+            false
+        })),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(store.store.clone(), sim.clone(), config).await.unwrap();
+    engine.bootstrap(Some(("NIMvolsaga".into(), SECRET.into()))).await.unwrap();
+    let ctx = engine.authenticate_secret(SECRET, Actor::default()).await.unwrap();
+    Cloud { engine, sim, _store: store, ctx, plan }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Create,
+    Attach,
+    Detach,
+    Resize,
+    Delete,
+}
+
+impl Kind {
+    fn action(self) -> Action {
+        match self {
+            Kind::Create => Action::CreateVolume,
+            Kind::Attach => Action::AttachVolume,
+            Kind::Detach => Action::DetachVolume,
+            Kind::Resize => Action::ResizeVolume,
+            Kind::Delete => Action::DeleteVolume,
+        }
+    }
+}
+
+/// What a run ends with, as a user and the host see it.
+#[derive(Debug, PartialEq)]
+struct Observed {
+    op_state: OperationState,
+    /// `None`: the volume's record is gone.
+    volume_state: Option<VolumeState>,
+    attached_in_record: bool,
+    size_gb: Option<u64>,
+    /// The host's disk: exists, and plugged into an instance.
+    host_disk: bool,
+    attached_on_host: bool,
+}
+
+impl Cloud {
+    async fn wait(&self, op: Uuid) -> Operation {
+        let op = self.engine.wait_operation(&self.ctx, op, Duration::from_secs(60)).await.unwrap();
+        assert!(op.state.is_final(), "operation {} did not end: {op:?}", op.id);
+        op
+    }
+
+    fn arm(&self, target: Option<(Action, usize, CrashWhen)>, always: bool) {
+        *self.plan.lock().unwrap() = Plan { armed: true, target, always, fired: 0, seen: Vec::new() };
+    }
+
+    fn disarm(&self) -> Plan {
+        std::mem::take(&mut *self.plan.lock().unwrap())
+    }
+
+    async fn instance(&self, name: &str) -> Uuid {
+        let req = CreateInstance {
+            name: name.into(),
+            instance_type: "standard.small".into(),
+            template: "busybox".into(),
+            auto_start: true,
+            ..Default::default()
+        };
+        let op = self.engine.create_instance(&self.ctx, req).await.unwrap().0;
+        assert_eq!(self.wait(op.id).await.state, OperationState::Success);
+        op.target.id
+    }
+
+    async fn volume(&self, name: &str) -> Uuid {
+        let req = CreateVolume { name: name.into(), size_gb: 1, ..Default::default() };
+        let (op, v) = self.engine.create_volume(&self.ctx, req).await.unwrap();
+        assert_eq!(self.wait(op.id).await.state, OperationState::Success);
+        v.id
+    }
+
+    /// The volume (and instance) a kind starts from; the create makes its own.
+    async fn setup(&self, kind: Kind, name: &str) -> (Option<Uuid>, Uuid) {
+        let instance = self.instance(&format!("{name}-vm")).await;
+        if kind == Kind::Create {
+            return (None, instance);
+        }
+        let v = self.volume(name).await;
+        if kind == Kind::Detach {
+            let op = self.engine.attach_volume(&self.ctx, v, instance).await.unwrap();
+            assert_eq!(self.wait(op.id).await.state, OperationState::Success);
+        }
+        (Some(v), instance)
+    }
+
+    async fn run(&self, kind: Kind, volume: Option<Uuid>, instance: Uuid, name: &str) -> (Operation, Uuid) {
+        let op = match (kind, volume) {
+            (Kind::Create, _) => {
+                let req = CreateVolume { name: name.into(), size_gb: 1, ..Default::default() };
+                self.engine.create_volume(&self.ctx, req).await.unwrap().0
+            }
+            (Kind::Attach, Some(v)) => self.engine.attach_volume(&self.ctx, v, instance).await.unwrap(),
+            (Kind::Detach, Some(v)) => self.engine.detach_volume(&self.ctx, v).await.unwrap(),
+            (Kind::Resize, Some(v)) => self.engine.resize_volume(&self.ctx, v, 3).await.unwrap(),
+            (Kind::Delete, Some(v)) => self.engine.delete_volume(&self.ctx, v).await.unwrap(),
+            _ => unreachable!(),
+        };
+        let target = op.target.id;
+        (self.wait(op.id).await, target)
+    }
+
+    async fn observe(&self, op: &Operation, volume: Uuid) -> Observed {
+        let record = self.engine.volume(&self.ctx, volume).await.ok();
+        let disk = self.sim.volume(volume);
+        Observed {
+            op_state: op.state,
+            volume_state: record.as_ref().map(|v| v.state),
+            attached_in_record: record.as_ref().is_some_and(|v| v.instance_id.is_some()),
+            size_gb: record.as_ref().map(|v| v.size_gb),
+            host_disk: disk.is_some(),
+            attached_on_host: disk.is_some_and(|d| d.attached_to.is_some()),
+        }
+    }
+
+    /// No lock held by an ended operation, no disk without a record, no record of an attachment the host
+    /// does not have.
+    async fn assert_nothing_leaked(&self, case: &str, instance: Uuid) {
+        let i = self.engine.instance(&self.ctx, instance).await.unwrap();
+        assert_eq!(i.lock_operation_id, None, "{case}: the instance stays locked");
+        let volumes = self.engine.list_volumes(&self.ctx).await.unwrap();
+        for v in &volumes {
+            assert_eq!(v.lock_operation_id, None, "{case}: volume {} stays locked", v.id);
+            if v.state != VolumeState::Error {
+                let disk = self.sim.volume(v.id);
+                assert!(disk.is_some(), "{case}: volume {} has no disk", v.id);
+                assert_eq!(disk.unwrap().attached_to, v.instance_id, "{case}: host and record disagree on {}", v.id);
+            }
+        }
+        for id in self.sim.volumes().await.unwrap() {
+            assert!(volumes.iter().any(|v| v.id == id), "{case}: disk {id} belongs to no volume");
+        }
+    }
+}
+
+const KINDS: [Kind; 5] = [Kind::Create, Kind::Attach, Kind::Detach, Kind::Resize, Kind::Delete];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_volume_kind_converges_after_a_crash_before_and_after_each_step() {
+    let c = cloud().await;
+    for kind in KINDS {
+        let name = format!("{kind:?}-ref").to_lowercase();
+        let (volume, instance) = c.setup(kind, &name).await;
+        c.arm(None, false);
+        let (op, target) = c.run(kind, volume, instance, &name).await;
+        let plan = c.disarm();
+        let expected = c.observe(&op, target).await;
+        assert_eq!(expected.op_state, OperationState::Success, "{kind:?}: the uninterrupted run failed: {op:?}");
+        let points: Vec<_> = plan.seen.iter().filter(|p| p.operation == op.id).map(|p| (p.step, p.when)).collect();
+        assert!(points.len() >= 3, "{kind:?}: before and after its step, and before the outcome: {points:?}");
+        for (n, &(step, when)) in points.iter().enumerate() {
+            let case = format!("{kind:?} crashed {when:?} step {step}");
+            let name = format!("{kind:?}-c{n}").to_lowercase();
+            let (volume, instance) = c.setup(kind, &name).await;
+            c.arm(Some((kind.action(), step, when)), false);
+            let (op, target) = c.run(kind, volume, instance, &name).await;
+            let plan = c.disarm();
+            assert_eq!(plan.fired, 1, "{case}: the crash point was not reached");
+            assert!(op.attempts >= 2, "{case}: the operation was not resumed ({} attempts)", op.attempts);
+            assert_eq!(c.observe(&op, target).await, expected, "{case}: converged elsewhere");
+            c.assert_nothing_leaked(&case, instance).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_operation_killed_every_time_is_given_up_and_leaves_nothing_behind() {
+    let c = cloud().await;
+    for kind in KINDS {
+        // Before its step (nothing begun), and before its outcome (everything done on the host).
+        for (n, (step, when)) in [(0, CrashWhen::Before), (1, CrashWhen::Before)].into_iter().enumerate() {
+            let case = format!("{kind:?} killed every time {when:?} step {step}");
+            let name = format!("{kind:?}-k{n}").to_lowercase();
+            let (volume, instance) = c.setup(kind, &name).await;
+            c.arm(Some((kind.action(), step, when)), true);
+            let (op, target) = c.run(kind, volume, instance, &name).await;
+            c.disarm();
+            assert_eq!((op.state, op.reason), (OperationState::Failure, Some(Reason::Interrupted)), "{case}: {op:?}");
+            let got = c.observe(&op, target).await;
+            assert!(
+                !matches!(
+                    got.volume_state,
+                    Some(
+                        VolumeState::Creating | VolumeState::Attaching | VolumeState::Detaching | VolumeState::Deleting
+                    )
+                ),
+                "{case}: left {:?}",
+                got.volume_state
+            );
+            c.assert_nothing_leaked(&case, instance).await;
+        }
+    }
+}
