@@ -421,6 +421,17 @@ pub fn task(op: &Operation, instance_name: Option<&str>, max_retries: u32) -> Va
     })
 }
 
+/// A console session: what opens the instance's serial console.
+pub fn console_session(id: &str, instance_id: Uuid, url: &str, expires_at: Option<OffsetDateTime>) -> Value {
+    json!({
+        "id": id,
+        "instance_id": instance_id,
+        "url": url,
+        "protocol": "websocket",
+        "expires_at": expires_at.map(rfc3339),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,15 +454,4 @@ mod tests {
         assert_eq!(decimal(-0.001), "0.00");
         assert_eq!(decimal(7.3), "7.30");
     }
-}
-
-/// A console session: what opens the instance's serial console.
-pub fn console_session(id: &str, instance_id: Uuid, url: &str, expires_at: Option<OffsetDateTime>) -> Value {
-    json!({
-        "id": id,
-        "instance_id": instance_id,
-        "url": url,
-        "protocol": "websocket",
-        "expires_at": expires_at.map(rfc3339),
-    })
 }
