@@ -13,54 +13,53 @@ use std::time::Duration;
 
 use nimbus_core::operation::{Operation, OperationState};
 use nimbus_store::{StoreError, Write, WriteSet};
-use tokio::sync::Semaphore;
 
 use crate::instances::operation_event;
 use crate::sagas::{self, Abandon};
 use crate::{store_err, Engine, Result};
 
+/// Starts `EngineConfig::workers` workers. Each claims an operation, runs it to its end and claims the
+/// next; idle, it sleeps until something changes. They are independent loops rather than one loop handing
+/// out claims, so that their claims and writes arrive together and share commits (the store's group
+/// commit) instead of queueing one commit behind another.
 pub(crate) fn spawn(engine: Arc<Engine>) {
-    let owner = engine.clone();
-    let mut halted = engine.halted();
-    let task = tokio::spawn(async move {
-        let slots = Arc::new(Semaphore::new(engine.config.workers.max(1)));
-        let mut changes = engine.store.changes();
+    for _ in 0..engine.config.workers.max(1) {
+        let worker = engine.clone();
+        let task = tokio::spawn(async move { worker.work().await });
+        engine.track(task.abort_handle());
+    }
+}
+
+impl Engine {
+    async fn work(self: Arc<Self>) {
+        let mut halted = self.halted();
+        let mut changes = self.store.changes();
         loop {
-            let slot = tokio::select! {
-                slot = slots.clone().acquire_owned() => match slot { Ok(s) => s, Err(_) => return },
-                _ = halted.changed() => return,
-            };
             // Marked seen before the claim: a change committed after it wakes the wait below.
             changes.borrow_and_update();
             // Every claim holds the lease under a name of its own, so that a worker of this very server that
             // stalled past its lease cannot write over the one that took the operation over.
-            let owner = format!("{}/{}", engine.worker_id, uuid::Uuid::new_v4().simple());
-            match engine.store.claim_operation(&owner, engine.config.lease).await {
-                Ok(Some(op)) => {
-                    let engine = engine.clone();
-                    tokio::spawn(async move {
-                        engine.run_claimed(op, &owner).await;
-                        drop(slot);
-                    });
-                }
+            let owner = format!("{}/{}", self.worker_id, uuid::Uuid::new_v4().simple());
+            match self.store.claim_operation(&owner, self.config.lease).await {
+                Ok(Some(op)) => self.run_claimed(op, &owner).await,
                 Ok(None) => {
-                    drop(slot);
                     tokio::select! {
                         _ = changes.changed() => {}
-                        _ = engine.kick.notified() => {}
-                        _ = tokio::time::sleep(engine.config.poll_every) => {}
+                        _ = self.kick.notified() => {}
+                        _ = tokio::time::sleep(self.config.poll_every) => {}
                         _ = halted.changed() => return,
                     }
                 }
                 Err(e) => {
-                    drop(slot);
                     tracing::warn!(error = %e, "could not claim an operation");
-                    tokio::time::sleep(engine.config.poll_every).await;
+                    tokio::time::sleep(self.config.poll_every).await;
                 }
             }
+            if *halted.borrow() {
+                return;
+            }
         }
-    });
-    owner.track(task.abort_handle());
+    }
 }
 
 impl Engine {

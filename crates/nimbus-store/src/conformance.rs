@@ -164,6 +164,49 @@ pub async fn a_failing_write_rolls_back_the_whole_set(store: &dyn Store) {
     assert!(store.events_after(Some(p.id), 0, 10).await.unwrap().is_empty(), "event must be rolled back");
 }
 
+/// Sets applied at once (which the store may commit in one transaction) stand or fall alone: the one that
+/// loses its compare-and-swap writes nothing, its event included, and every other one is kept with its
+/// event, each event numbered once.
+pub async fn sets_applied_together_stand_or_fall_alone(store: Arc<dyn Store>) {
+    let p = project(&*store, Quota::default()).await;
+    let kept = instance(p.id, "kept", 1);
+    store.apply(insert(&kept)).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut loser = None;
+    for n in 0..40 {
+        let store = store.clone();
+        let mut set = WriteSet::new();
+        let i = instance(p.id, &format!("i{n}"), 1);
+        set.push(Write::PutInstance { instance: i.clone(), expected_generation: None });
+        set.push(Write::AppendEvent(Event { target_id: i.id, ..event(p.id, "instance.created") }));
+        if n == 20 {
+            set.push(Write::PutInstance { instance: kept.clone(), expected_generation: Some(99) });
+            loser = Some(i.id);
+        }
+        tasks.spawn(async move { (i.id, store.apply(set).await) });
+    }
+    let mut winners = BTreeSet::new();
+    while let Some(done) = tasks.join_next().await {
+        let (id, result) = done.unwrap();
+        if Some(id) == loser {
+            assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
+        } else {
+            result.unwrap();
+            winners.insert(id);
+        }
+    }
+    let loser = loser.unwrap();
+    assert!(store.get_instance(loser).await.unwrap().is_none(), "the losing set's instance must not be written");
+    for id in &winners {
+        assert!(store.get_instance(*id).await.unwrap().is_some());
+    }
+    let events = store.events_after(Some(p.id), 0, 100).await.unwrap();
+    let targets: BTreeSet<Uuid> = events.iter().map(|e| e.target_id).collect();
+    assert_eq!(events.len(), 39, "one event per winning set, none of the loser's");
+    assert_eq!(targets, winners);
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+}
+
 pub async fn quota_is_enforced_inside_the_transaction(store: &dyn Store) {
     let quota = Quota { instances: 2, vcpus: 3, ..Quota::default() };
     let p = project(store, quota).await;
@@ -1275,6 +1318,7 @@ macro_rules! conformance_tests {
             revocations_move_when_keys_or_projects_go,
         );
         $crate::conformance_tests!(@shared $make;
+            sets_applied_together_stand_or_fall_alone,
             racing_workers_never_share_an_operation,
             concurrent_creates_never_overrun_the_quota,
             racing_address_claims_never_share_a_host,
