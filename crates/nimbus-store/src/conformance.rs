@@ -207,6 +207,48 @@ pub async fn sets_applied_together_stand_or_fall_alone(store: Arc<dyn Store>) {
     assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
 }
 
+/// Listing by labels reads the label index, which follows every insert, label change and deletion.
+pub async fn instances_are_listed_by_label_through_the_index(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let other = project(store, Quota::default()).await;
+    let labelled = |project_id, name: &str, labels: &[(&str, &str)]| {
+        let mut i = instance(project_id, name, 1);
+        i.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        i
+    };
+    let web = labelled(p.id, "web", &[("role", "web"), ("tier", "1")]);
+    let db = labelled(p.id, "db", &[("role", "db")]);
+    let bare = labelled(p.id, "bare", &[]);
+    let elsewhere = labelled(other.id, "web", &[("role", "web")]);
+    for i in [&web, &db, &bare, &elsewhere] {
+        store.apply(insert(i)).await.unwrap();
+    }
+    let names = |labels: Vec<(&str, Option<&str>)>| {
+        let q = InstanceQuery {
+            project_id: Some(p.id),
+            labels: labels.into_iter().map(|(k, v)| (k.to_string(), v.map(str::to_string))).collect(),
+            ..Default::default()
+        };
+        async move { store.list_instances(&q).await.unwrap().into_iter().map(|i| i.name).collect::<Vec<_>>() }
+    };
+    assert_eq!(names(vec![("role", Some("web"))]).await, ["web"]);
+    assert_eq!(names(vec![("role", None)]).await, ["web", "db"]);
+    assert_eq!(names(vec![("role", Some("web")), ("tier", Some("2"))]).await, Vec::<String>::new());
+    // A label change moves the instance in the index; a state change alone leaves it.
+    let mut moved = db.clone();
+    moved.labels.insert("role".into(), "web".into());
+    moved.generation = 2;
+    let mut set = WriteSet::new();
+    set.push(Write::PutInstance { instance: moved.clone(), expected_generation: Some(1) });
+    store.apply(set).await.unwrap();
+    assert_eq!(names(vec![("role", Some("web"))]).await, ["web", "db"]);
+    assert_eq!(names(vec![("role", Some("db"))]).await, Vec::<String>::new());
+    let mut set = WriteSet::new();
+    set.push(Write::DeleteInstance { id: web.id, expected_generation: 1 });
+    store.apply(set).await.unwrap();
+    assert_eq!(names(vec![("role", None)]).await, ["db"]);
+}
+
 pub async fn quota_is_enforced_inside_the_transaction(store: &dyn Store) {
     let quota = Quota { instances: 2, vcpus: 3, ..Quota::default() };
     let p = project(store, quota).await;
@@ -1279,6 +1321,7 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@cases $make;
             projects_get_distinct_stable_numeric_ids,
+            instances_are_listed_by_label_through_the_index,
             a_stale_generation_loses_and_writes_nothing,
             a_failing_write_rolls_back_the_whole_set,
             quota_is_enforced_inside_the_transaction,

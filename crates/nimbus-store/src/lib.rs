@@ -228,6 +228,9 @@ pub struct InstanceQuery {
     pub states: Vec<InstanceState>,
     /// Only names that contain this text (compared as it is: case counts).
     pub name_contains: Option<String>,
+    /// Only instances with every one of these labels, with the value given (`None`: any value). Served by
+    /// an index, so a selector matching a few of many instances reads only those.
+    pub labels: Vec<(String, Option<String>)>,
     /// Keyset pagination: only ids greater than this one.
     pub after: Option<Uuid>,
     /// Keyset pagination backwards: only ids smaller than this one, the nearest first (descending order).

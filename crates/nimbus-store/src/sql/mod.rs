@@ -483,6 +483,16 @@ impl SqlStore {
         if let Some(part) = &q.name_contains {
             sql.and_where(&self.backend.contains_text("name"), part);
         }
+        for (key, value) in &q.labels {
+            sql.and_where("id IN (SELECT instance_id FROM instance_labels WHERE key = {}", key);
+            if let Some(p) = q.project_id {
+                sql.and("project_id = ", p);
+            }
+            if let Some(v) = value {
+                sql.and("value = ", v);
+            }
+            sql.push(")");
+        }
         sql
     }
 
