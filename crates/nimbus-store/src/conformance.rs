@@ -249,6 +249,26 @@ pub async fn instances_are_listed_by_label_through_the_index(store: &dyn Store) 
     assert_eq!(names(vec![("role", None)]).await, ["db"]);
 }
 
+/// The reconciler's narrow reads: instances with a scheduled shutdown, and instances on no host.
+pub async fn scheduled_and_unplaced_instances_are_read_alone(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let mut due = instance(p.id, "due", 1);
+    due.expected_shutdown_at = Some(nimbus_core::now());
+    let mut placed = instance(p.id, "placed", 1);
+    placed.host = Some("h1".into());
+    let plain = instance(p.id, "plain", 1);
+    for i in [&due, &placed, &plain] {
+        store.apply(insert(i)).await.unwrap();
+    }
+    let names = |q: InstanceQuery| async move {
+        store.list_instances(&q).await.unwrap().into_iter().map(|i| i.name).collect::<Vec<_>>()
+    };
+    let scheduled = InstanceQuery { project_id: Some(p.id), shutdown_scheduled: true, ..Default::default() };
+    assert_eq!(names(scheduled).await, ["due"]);
+    let unplaced = InstanceQuery { project_id: Some(p.id), unplaced: true, ..Default::default() };
+    assert_eq!(names(unplaced).await, ["due", "plain"]);
+}
+
 pub async fn quota_is_enforced_inside_the_transaction(store: &dyn Store) {
     let quota = Quota { instances: 2, vcpus: 3, ..Quota::default() };
     let p = project(store, quota).await;
@@ -1322,6 +1342,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $make;
             projects_get_distinct_stable_numeric_ids,
             instances_are_listed_by_label_through_the_index,
+            scheduled_and_unplaced_instances_are_read_alone,
             a_stale_generation_loses_and_writes_nothing,
             a_failing_write_rolls_back_the_whole_set,
             quota_is_enforced_inside_the_transaction,

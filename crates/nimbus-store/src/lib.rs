@@ -231,6 +231,11 @@ pub struct InstanceQuery {
     /// Only instances with every one of these labels, with the value given (`None`: any value). Served by
     /// an index, so a selector matching a few of many instances reads only those.
     pub labels: Vec<(String, Option<String>)>,
+    /// Only instances placed on no host (made before hosts existed).
+    pub unplaced: bool,
+    /// Only instances with a scheduled shutdown (`expected_shutdown_at`), read through a partial index so
+    /// that the reconciler's pass costs what is scheduled, not what exists.
+    pub shutdown_scheduled: bool,
     /// Keyset pagination: only ids greater than this one.
     pub after: Option<Uuid>,
     /// Keyset pagination backwards: only ids smaller than this one, the nearest first (descending order).

@@ -188,6 +188,8 @@ END;
 CREATE TRIGGER instance_labels_on_delete AFTER DELETE ON instances BEGIN
     DELETE FROM instance_labels WHERE instance_id = old.id;
 END;
+-- The reconciler's scheduled shutdowns, read without reading every instance (Backend::shutdown_scheduled).
+CREATE INDEX instances_with_shutdown ON instances (id) WHERE json_extract(body, '$.expected_shutdown_at') IS NOT NULL;
 "#,
 ];
 
@@ -390,6 +392,8 @@ CREATE TRIGGER instance_labels_on_update AFTER UPDATE OF body ON instances
     EXECUTE FUNCTION nimbus_instance_labels();
 CREATE TRIGGER instance_labels_on_delete AFTER DELETE ON instances
     FOR EACH ROW EXECUTE FUNCTION nimbus_instance_labels();
+CREATE INDEX instances_with_shutdown ON instances (id)
+    WHERE (CAST(body AS jsonb) ->> 'expected_shutdown_at') IS NOT NULL;
 "#,
 ];
 

@@ -483,6 +483,12 @@ impl SqlStore {
         if let Some(part) = &q.name_contains {
             sql.and_where(&self.backend.contains_text("name"), part);
         }
+        if q.unplaced {
+            sql.push(" AND host IS NULL");
+        }
+        if q.shutdown_scheduled {
+            sql.push(&format!(" AND {}", self.backend.shutdown_scheduled()));
+        }
         for (key, value) in &q.labels {
             sql.and_where("id IN (SELECT instance_id FROM instance_labels WHERE key = {}", key);
             if let Some(p) = q.project_id {
