@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nimbus_core::operation::{Operation, OperationState};
-use nimbus_store::{StoreError, Write, WriteSet};
+use nimbus_store::{Write, WriteSet};
 
 use crate::instances::operation_event;
 use crate::sagas::{self, Abandon};
@@ -40,7 +40,7 @@ impl Engine {
             // Every claim holds the lease under a name of its own, so that a worker of this very server that
             // stalled past its lease cannot write over the one that took the operation over.
             let owner = format!("{}/{}", self.worker_id, uuid::Uuid::new_v4().simple());
-            match self.store.claim_operation(&owner, self.config.lease).await {
+            match self.store.claim_and_start(&owner, self.config.lease, starting(owner.clone())).await {
                 Ok(Some(op)) => self.run_claimed(op, &owner).await,
                 Ok(None) => {
                     tokio::select! {
@@ -69,17 +69,13 @@ impl Engine {
         self.kick.notify_one();
     }
 
-    /// Runs one claimed operation to its end, or until this server stops holding it.
-    async fn run_claimed(self: &Arc<Self>, mut op: Operation, owner: &str) {
+    /// Runs one claimed operation, already marked running (see [`starting`]), to its end, or until this
+    /// server stops holding it.
+    async fn run_claimed(self: &Arc<Self>, op: Operation, owner: &str) {
         let id = op.id;
-        if op.state == OperationState::Running {
-            tracing::info!(operation = %op.id, kind = %op.kind, attempt = op.attempts + 1, "resuming an interrupted operation");
+        if op.attempts > 1 {
+            tracing::info!(operation = %op.id, kind = %op.kind, attempt = op.attempts, "resuming an interrupted operation");
             self.metrics.operations_resumed.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Err(e) = self.mark_running(&mut op, owner).await {
-            tracing::warn!(operation = %id, error = %e, "could not start an operation");
-            let _ = self.store.release_lease(id, owner).await;
-            return;
         }
         self.metrics.operations_started.fetch_add(1, Ordering::Relaxed);
         let (lost_tx, lost) = tokio::sync::oneshot::channel::<()>();
@@ -120,22 +116,6 @@ impl Engine {
         }
     }
 
-    /// Marks a claimed operation running and counts the attempt, under the lease.
-    async fn mark_running(&self, op: &mut Operation, owner: &str) -> Result<()> {
-        op.state = OperationState::Running;
-        op.attempts += 1;
-        op.updated_at = nimbus_core::now();
-        let mut set = WriteSet::new();
-        set.push(Write::UpdateOperation { operation: op.clone(), lease_owner: owner.to_string() });
-        set.push(operation_event("operation.updated", op));
-        match self.store.apply(set).await {
-            Err(StoreError::Conflict(what)) => {
-                Err(nimbus_core::DomainError::Conflict(format!("{what}: the lease was lost before the start")))
-            }
-            other => other.map_err(store_err),
-        }
-    }
-
     /// Counts an operation's outcome on `/metrics`.
     pub(crate) fn count_outcome(&self, op: &Operation) {
         let counter = if op.state == OperationState::Success {
@@ -156,6 +136,20 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// What a worker records on claiming an operation, in the claim's own transaction: the operation running,
+/// its attempt counted, under the lease `owner` now holds.
+fn starting(owner: String) -> nimbus_store::StartClaimed {
+    Box::new(move |mut op: Operation| {
+        op.state = OperationState::Running;
+        op.attempts += 1;
+        op.updated_at = nimbus_core::now();
+        let mut set = WriteSet::new();
+        set.push(Write::UpdateOperation { operation: op.clone(), lease_owner: owner });
+        set.push(operation_event("operation.updated", &op));
+        (op, set)
+    })
 }
 
 /// How often idle workers look for operations whose lease expired without any write to wake them.

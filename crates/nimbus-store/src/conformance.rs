@@ -713,6 +713,33 @@ pub async fn an_empty_project_and_then_its_organization_can_be_deleted(store: &d
     assert!(matches!(store.apply(again).await, Err(StoreError::NotFound(_))));
 }
 
+/// A claim and what its claimer records on taking the operation commit together, or neither does.
+pub async fn a_claim_and_its_start_commit_together(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let op = operation(p.id);
+    insert_operation(store, &op).await;
+    // The start's writes fail (a record expected at a generation it is not at): the claim is undone too.
+    let failing: StartClaimed = Box::new(|op: Operation| {
+        let mut set = update_operation(&op, OperationState::Running, "w1");
+        set.push(Write::UpdateRecord {
+            record: Record::new("x", Uuid::new_v4(), None, "x", &1),
+            expected_generation: 7,
+        });
+        (op, set)
+    });
+    assert!(store.claim_and_start("w1", LONG, failing).await.is_err());
+    let started: StartClaimed = Box::new(|op: Operation| {
+        let mut set = update_operation(&op, OperationState::Running, "w2");
+        set.push(Write::AppendEvent(Event { target_id: op.id, ..event(op.project_id, "operation.updated") }));
+        (Operation { state: OperationState::Running, ..op }, set)
+    });
+    let claimed = store.claim_and_start("w2", LONG, started).await.unwrap().expect("free again after the failed start");
+    assert_eq!((claimed.id, claimed.state), (op.id, OperationState::Running));
+    assert_eq!(store.get_operation(op.id).await.unwrap().unwrap().state, OperationState::Running);
+    assert_eq!(store.events_after(Some(p.id), 0, 10).await.unwrap().len(), 1);
+    assert!(store.claim_operation("w3", LONG).await.unwrap().is_none(), "held by w2");
+}
+
 pub async fn an_expected_alias_guards_the_whole_set(store: &dyn Store) {
     let (id, other) = (Uuid::new_v4(), Uuid::new_v4());
     let mut set = WriteSet::new();
@@ -1343,6 +1370,7 @@ macro_rules! conformance_tests {
             projects_get_distinct_stable_numeric_ids,
             instances_are_listed_by_label_through_the_index,
             scheduled_and_unplaced_instances_are_read_alone,
+            a_claim_and_its_start_commit_together,
             a_stale_generation_loses_and_writes_nothing,
             a_failing_write_rolls_back_the_whole_set,
             quota_is_enforced_inside_the_transaction,

@@ -66,6 +66,9 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// See [`Store::claim_and_start`].
+pub type StartClaimed = Box<dyn FnOnce(Operation) -> (Operation, WriteSet) + Send>;
+
 /// A document of a kind that needs no columns of its own (templates, snapshots, SSH keys, groups, ...).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -458,6 +461,17 @@ pub trait Store: Send + Sync + 'static {
     /// on PostgreSQL; a write transaction on SQLite). Expiry is judged by the database's clock, so servers'
     /// clocks need not agree.
     async fn claim_operation(&self, owner: &str, lease: Duration) -> StoreResult<Option<Operation>>;
+
+    /// [`Store::claim_operation`], and in the same transaction what the claimer records on taking the
+    /// operation: `start` gets it as claimed and gives it back as the claimer will run it, with the writes
+    /// that record that (its attempt counted, its state running, its event). One commit instead of two; if
+    /// those writes fail, the claim is undone with them.
+    async fn claim_and_start(
+        &self,
+        owner: &str,
+        lease: Duration,
+        start: StartClaimed,
+    ) -> StoreResult<Option<Operation>>;
     /// Extends `owner`'s lease on the operation to `lease` from now: `false` when `owner` no longer holds
     /// it (it expired and another worker claimed it, or the operation ended).
     async fn renew_lease(&self, id: Uuid, owner: &str, lease: Duration) -> StoreResult<bool>;

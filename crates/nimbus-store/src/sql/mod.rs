@@ -827,21 +827,22 @@ impl Store for SqlStore {
                 Box::pin(async move {
                     writes::apply_changes(conn, backend, &set).await?;
                     mark_applied_for(conn, backend, hold.as_ref(), || applied.unwrap_or_default()).await?;
-                    let events = set
-                        .writes
-                        .into_iter()
-                        .filter_map(|w| match w {
-                            Write::AppendEvent(e) => Some(e),
-                            _ => None,
-                        })
-                        .collect();
-                    Ok(group_commit::Done { value: Box::new(()), changed: true, revoked, events })
+                    Ok(group_commit::Done { value: Box::new(()), changed: true, revoked, events: events_of(set) })
                 })
             }))
             .await
     }
 
     async fn claim_operation(&self, owner: &str, lease: Duration) -> StoreResult<Option<Operation>> {
+        self.claim_and_start(owner, lease, Box::new(|op| (op, WriteSet::new()))).await
+    }
+
+    async fn claim_and_start(
+        &self,
+        owner: &str,
+        lease: Duration,
+        start: StartClaimed,
+    ) -> StoreResult<Option<Operation>> {
         let now = self.backend.now_ms();
         let sql = format!(
             "UPDATE operations SET lease_owner = $1, lease_expires = {now} + $2
@@ -856,14 +857,18 @@ impl Store for SqlStore {
             .run(Box::new(move |conn| {
                 Box::pin(async move {
                     let row = query(&sql, args![&owner, lease])
-                        .fetch_optional(conn)
+                        .fetch_optional(&mut *conn)
                         .await
                         .map_err(|e| backend.error("claiming an operation", e))?;
                     let claimed = row.map(|r| body_of::<Operation>("operation", &r)).transpose()?;
                     // A claim that found nothing must not wake waiters, or idle workers would wake each
                     // other forever.
-                    let changed = claimed.is_some();
-                    Ok(group_commit::Done::new(claimed, changed))
+                    let Some(claimed) = claimed else { return Ok(group_commit::Done::new(None::<Operation>, false)) };
+                    let (started, set) = start(claimed);
+                    writes::apply_changes(conn, backend, &set).await?;
+                    let mut done = group_commit::Done::new(Some(started), true);
+                    done.events = events_of(set);
+                    Ok(done)
                 })
             }))
             .await
@@ -1431,6 +1436,17 @@ pub(crate) async fn mark_applied_for(
         )));
     }
     Ok(())
+}
+
+/// The events a write set appends, which its batch appends after every set's other writes.
+fn events_of(set: WriteSet) -> Vec<Event> {
+    set.writes
+        .into_iter()
+        .filter_map(|w| match w {
+            Write::AppendEvent(e) => Some(e),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A lease as milliseconds, saturating (a lease of centuries is as good as forever).
