@@ -64,6 +64,11 @@ impl Changes {
         bump(&self.counter);
     }
 
+    /// The counter's value now.
+    pub(crate) fn version(&self) -> u64 {
+        *self.counter.borrow()
+    }
+
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.counter.subscribe()
     }
