@@ -49,6 +49,11 @@ pub enum Action {
     DetachVolume,
     ResizeVolume,
     DeleteVolume,
+    /// A volume's snapshots: made (detached or attached), the volume reverted to one (detached only), and
+    /// removed. Their operations target the volume, whose lock they hold.
+    CreateVolumeSnapshot,
+    RevertVolume,
+    DeleteVolumeSnapshot,
 }
 
 impl Action {
@@ -80,6 +85,9 @@ impl Action {
             Action::DetachVolume => "detach_volume",
             Action::ResizeVolume => "resize_volume",
             Action::DeleteVolume => "delete_volume",
+            Action::CreateVolumeSnapshot => "create_volume_snapshot",
+            Action::RevertVolume => "revert_volume",
+            Action::DeleteVolumeSnapshot => "delete_volume_snapshot",
         }
     }
 }
@@ -94,6 +102,9 @@ impl Action {
                 | Action::DetachVolume
                 | Action::ResizeVolume
                 | Action::DeleteVolume
+                | Action::CreateVolumeSnapshot
+                | Action::RevertVolume
+                | Action::DeleteVolumeSnapshot
         )
     }
 }
@@ -173,7 +184,10 @@ fn rule(action: Action) -> (&'static [InstanceState], &'static str, InstanceStat
         | Action::AttachVolume
         | Action::DetachVolume
         | Action::ResizeVolume
-        | Action::DeleteVolume => (&[], "volume actions are done to volumes", Creating, Landing::Previous),
+        | Action::DeleteVolume
+        | Action::CreateVolumeSnapshot
+        | Action::RevertVolume
+        | Action::DeleteVolumeSnapshot => (&[], "volume actions are done to volumes", Creating, Landing::Previous),
         Action::ChangeAntiAffinityGroups => (
             &[Running, Stopped, Suspended, Error],
             "anti-affinity groups change while the instance is at rest",

@@ -247,6 +247,10 @@ impl Engine {
                 return Err(DomainError::not_found("volume", id));
             }
             let during = volume::volume_transition(action, &current)?;
+            if action == VolumeAction::Delete {
+                // A snapshot is made under the volume's lock, so this holds until the write below.
+                self.refuse_volume_with_snapshots(&current).await?;
+            }
             let instance = match (action, attach_to, current.instance_id) {
                 (VolumeAction::Attach, Some(iid), _) => Some(self.instance(ctx, iid).await?),
                 // The instance may be gone (deleted while the volume's detach failed): nothing to unplug.
@@ -261,6 +265,7 @@ impl Engine {
                 VolumeAction::Detach => Action::DetachVolume,
                 VolumeAction::Resize => Action::ResizeVolume,
                 VolumeAction::Delete => Action::DeleteVolume,
+                _ => return Err(DomainError::Internal(format!("{} is a snapshot action", action.as_str()))),
             };
             let mut op = Operation::new(
                 ctx.project.id,
@@ -336,7 +341,7 @@ impl Engine {
                         instance_id: instance.as_ref().map(|i| i.id),
                     })
                 }
-                VolumeAction::Delete => Ok(json!({})),
+                _ => Ok(json!({})),
             }
             .expect("parameters serialize");
             op.params = params;

@@ -130,6 +130,58 @@ pub async fn remove(file: &Path) -> DriverResult<()> {
     }
 }
 
+/// Where a volume's snapshot is kept: `<state>/volume-snapshots/<volume>/<snapshot>.qcow2`, a standalone
+/// copy of the volume's file at the time.
+pub fn snapshot_path(state_dir: &Path, volume_id: Uuid, snapshot_id: Uuid) -> PathBuf {
+    state_dir.join("volume-snapshots").join(volume_id.to_string()).join(format!("{snapshot_id}.qcow2"))
+}
+
+/// Copies a volume's file to `to` under a temporary name, then renames it: a crash leaves no half snapshot
+/// under the real name. `shared`: read it while a (paused) QEMU holds it.
+pub async fn copy(qemu_img: &str, from: &Path, to: &Path, shared: bool) -> DriverResult<()> {
+    if let Some(dir) = to.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(failed)?;
+    }
+    let tmp = to.with_extension("qcow2.tmp");
+    let _ = tokio::fs::remove_file(&tmp).await;
+    let (from_s, tmp_s) = (from.display().to_string(), tmp.display().to_string());
+    let mut args = vec!["convert", "-q", "-f", "qcow2", "-O", "qcow2"];
+    if shared {
+        args.push("-U");
+    }
+    args.extend([from_s.as_str(), tmp_s.as_str()]);
+    disks::run(qemu_img, &args).await.map_err(failed)?;
+    tokio::fs::rename(&tmp, to).await.map_err(failed)
+}
+
+/// Puts a snapshot's data back into a detached volume's file: a copy of the snapshot, grown back to the
+/// volume's size if it grew since, renamed over the file.
+pub async fn restore(qemu_img: &str, snapshot: &Path, file: &Path, id: Uuid) -> DriverResult<()> {
+    let current = size_bytes(qemu_img, file, id).await?;
+    let tmp = file.with_extension("qcow2.revert");
+    let _ = tokio::fs::remove_file(&tmp).await;
+    let (from_s, tmp_s) = (snapshot.display().to_string(), tmp.display().to_string());
+    disks::run(qemu_img, &["convert", "-q", "-f", "qcow2", "-O", "qcow2", &from_s, &tmp_s]).await.map_err(failed)?;
+    if disks::virtual_size(qemu_img, &tmp).await? < current {
+        disks::grow(qemu_img, &tmp, current).await?;
+    }
+    tokio::fs::rename(&tmp, file).await.map_err(failed)
+}
+
+/// The snapshots the host keeps of a volume.
+pub async fn snapshot_ids(state_dir: &Path, volume_id: Uuid) -> Vec<Uuid> {
+    let mut out = Vec::new();
+    let dir = state_dir.join("volume-snapshots").join(volume_id.to_string());
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else { return out };
+    while let Ok(Some(e)) = entries.next_entry().await {
+        if let Some(id) = e.file_name().to_str().and_then(|n| n.strip_suffix(".qcow2")).and_then(|s| s.parse().ok()) {
+            out.push(id);
+        }
+    }
+    out.sort();
+    out
+}
+
 /// The volumes the host has files of.
 pub async fn ids(state_dir: &Path) -> Vec<Uuid> {
     let mut out = Vec::new();
