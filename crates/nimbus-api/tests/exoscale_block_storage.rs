@@ -127,7 +127,12 @@ async fn block_storage_is_made_attached_refused_detached_resized_and_deleted() {
     let s = exo(&c, Method::GET, &format!("/v2/block-storage-snapshot/{snap}"), None).await;
     assert_eq!(s.status, StatusCode::OK, "{}", s.text);
     assert_eq!(
-        (s.body["name"].as_str(), s.body["state"].as_str(), s.body["size"].as_u64(), s.body["block-storage-volume"]["id"].as_str()),
+        (
+            s.body["name"].as_str(),
+            s.body["state"].as_str(),
+            s.body["size"].as_u64(),
+            s.body["block-storage-volume"]["id"].as_str()
+        ),
         (Some("s"), Some("created"), Some(30), Some(id.as_str())),
         "{}",
         s.text

@@ -143,7 +143,9 @@ pub fn volume_transition(action: VolumeAction, volume: &Volume) -> Result<Volume
         // An attached volume grows under its running guest too (the guest sees the new size).
         VolumeAction::Resize => (&[Available, InUse], volume.state, "resize needs the volume available or attached"),
         VolumeAction::Delete => (&[Available, Error], Deleting, "delete needs the volume detached; detach it first"),
-        VolumeAction::Snapshot => (&[Available, InUse], volume.state, "a snapshot needs the volume available or attached"),
+        VolumeAction::Snapshot => {
+            (&[Available, InUse], volume.state, "a snapshot needs the volume available or attached")
+        }
         VolumeAction::Revert => (&[Available], Available, "revert needs the volume available (detached)"),
         VolumeAction::DeleteSnapshot => (&[Available, InUse, Error], volume.state, "wait for the volume to settle"),
     };

@@ -225,7 +225,9 @@ pub async fn dispatch(driver: &dyn Driver, call: DriverCall) -> DriverReply {
         DriverCall::SnapshotVolume { volume_id, snapshot_id, attached_to } => {
             reply(driver.snapshot_volume(volume_id, snapshot_id, attached_to).await)
         }
-        DriverCall::RevertVolume { volume_id, snapshot_id } => reply(driver.revert_volume(volume_id, snapshot_id).await),
+        DriverCall::RevertVolume { volume_id, snapshot_id } => {
+            reply(driver.revert_volume(volume_id, snapshot_id).await)
+        }
         DriverCall::DeleteVolumeSnapshot { volume_id, snapshot_id } => {
             reply(driver.delete_volume_snapshot(volume_id, snapshot_id).await)
         }

@@ -274,7 +274,12 @@ pub trait Driver: Send + Sync + 'static {
     /// Keeps a copy of the volume's data as snapshot `snapshot_id`, beside the volume; `attached_to`: the
     /// instance it is plugged into, whose running guest is paused for the copy (crash-consistent).
     /// Idempotent: an existing snapshot is kept.
-    async fn snapshot_volume(&self, _volume_id: Uuid, _snapshot_id: Uuid, _attached_to: Option<Uuid>) -> DriverResult<()> {
+    async fn snapshot_volume(
+        &self,
+        _volume_id: Uuid,
+        _snapshot_id: Uuid,
+        _attached_to: Option<Uuid>,
+    ) -> DriverResult<()> {
         Err(DriverError::Unsupported(format!("the {} driver has no volume snapshots", self.name())))
     }
     /// Puts a snapshot's data back into the (detached) volume; the volume keeps its size if it grew since.

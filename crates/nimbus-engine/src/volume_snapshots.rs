@@ -264,13 +264,17 @@ impl Engine {
                 }
                 (None, None) => return Err(DomainError::invalid("snapshot_id", "required")),
             };
-            op.params = serde_json::to_value(OfSnapshot { snapshot_id: sid, instance_id: instance.as_ref().map(|i| i.id) })
-                .expect("parameters serialize");
+            op.params =
+                serde_json::to_value(OfSnapshot { snapshot_id: sid, instance_id: instance.as_ref().map(|i| i.id) })
+                    .expect("parameters serialize");
             let mut next = current.clone();
             next.state = during;
             next.lock_operation_id = Some(op.id);
             next.updated_at = op.created_at;
-            set.push(Write::UpdateRecord { record: record.next(&next.name, &next), expected_generation: record.generation });
+            set.push(Write::UpdateRecord {
+                record: record.next(&next.name, &next),
+                expected_generation: record.generation,
+            });
             set.push(Write::InsertOperation(op.clone()));
             set.push(volume_event(&ctx.actor, "volume.updated", &next));
             set.push(operation_event("operation.created", &op));

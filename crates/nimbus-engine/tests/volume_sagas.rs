@@ -80,6 +80,8 @@ async fn cloud() -> Cloud {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
     Create,
+    /// And attached to a running instance in the same operation.
+    CreateAttached,
     Attach,
     Detach,
     Resize,
@@ -94,7 +96,7 @@ enum Kind {
 impl Kind {
     fn action(self) -> Action {
         match self {
-            Kind::Create => Action::CreateVolume,
+            Kind::Create | Kind::CreateAttached => Action::CreateVolume,
             Kind::Attach => Action::AttachVolume,
             Kind::Detach => Action::DetachVolume,
             Kind::Resize => Action::ResizeVolume,
@@ -162,7 +164,7 @@ impl Cloud {
     /// The volume (and instance) a kind starts from; the create makes its own.
     async fn setup(&self, kind: Kind, name: &str) -> (Option<Uuid>, Uuid) {
         let instance = self.instance(&format!("{name}-vm")).await;
-        if kind == Kind::Create {
+        if matches!(kind, Kind::Create | Kind::CreateAttached) {
             return (None, instance);
         }
         let v = self.volume(name).await;
@@ -184,6 +186,11 @@ impl Cloud {
                 let req = CreateVolume { name: name.into(), size_gb: 1, ..Default::default() };
                 self.engine.create_volume(&self.ctx, req).await.unwrap().0
             }
+            (Kind::CreateAttached, _) => {
+                let req =
+                    CreateVolume { name: name.into(), size_gb: 1, attach_to: Some(instance), ..Default::default() };
+                self.engine.create_volume(&self.ctx, req).await.unwrap().0
+            }
             (Kind::Attach, Some(v)) => self.engine.attach_volume(&self.ctx, v, instance).await.unwrap(),
             (Kind::Detach, Some(v)) => self.engine.detach_volume(&self.ctx, v).await.unwrap(),
             (Kind::Resize, Some(v)) => self.engine.resize_volume(&self.ctx, v, 3).await.unwrap(),
@@ -192,7 +199,9 @@ impl Cloud {
                 let req = CreateVolumeSnapshot { name: format!("{name}-snap"), ..Default::default() };
                 self.engine.create_volume_snapshot(&self.ctx, v, req).await.unwrap().0
             }
-            (Kind::Revert, Some(v)) => self.engine.revert_volume(&self.ctx, v, self.snapshot_of(v).await).await.unwrap(),
+            (Kind::Revert, Some(v)) => {
+                self.engine.revert_volume(&self.ctx, v, self.snapshot_of(v).await).await.unwrap()
+            }
             (Kind::DeleteSnapshot, Some(v)) => {
                 self.engine.delete_volume_snapshot(&self.ctx, self.snapshot_of(v).await).await.unwrap()
             }
@@ -209,14 +218,8 @@ impl Cloud {
     async fn observe(&self, op: &Operation, volume: Uuid) -> Observed {
         let record = self.engine.volume(&self.ctx, volume).await.ok();
         let disk = self.sim.volume(volume);
-        let mut snapshot_states: Vec<_> = self
-            .engine
-            .list_volume_snapshots(&self.ctx, Some(volume))
-            .await
-            .unwrap()
-            .iter()
-            .map(|s| s.state)
-            .collect();
+        let mut snapshot_states: Vec<_> =
+            self.engine.list_volume_snapshots(&self.ctx, Some(volume)).await.unwrap().iter().map(|s| s.state).collect();
         snapshot_states.sort_by_key(|s| s.as_str());
         Observed {
             op_state: op.state,
@@ -270,8 +273,9 @@ impl Cloud {
     }
 }
 
-const KINDS: [Kind; 8] = [
+const KINDS: [Kind; 9] = [
     Kind::Create,
+    Kind::CreateAttached,
     Kind::Attach,
     Kind::Detach,
     Kind::Resize,

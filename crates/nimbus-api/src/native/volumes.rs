@@ -80,6 +80,8 @@ pub struct CreateVolumeParams {
     pub zone: Option<String>,
     #[serde(default)]
     pub labels: Labels,
+    /// An instance to attach the new volume to, in the same operation.
+    pub instance_id: Option<Uuid>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -114,6 +116,7 @@ pub async fn create(
         size_gb: p.size_gb,
         zone: p.zone,
         labels: p.labels,
+        attach_to: p.instance_id,
     };
     let (op, _) = app.engine.create_volume(&ctx, req).await?;
     Ok(accepted(&op))
@@ -268,7 +271,12 @@ pub struct RevertVolumeParams {
 }
 
 /// A snapshot of the volume, when it is one of this volume's.
-async fn snapshot_of(app: &AppState, ctx: &nimbus_engine::Context, id: &str, snapshot: &str) -> ApiResult<VolumeSnapshot> {
+async fn snapshot_of(
+    app: &AppState,
+    ctx: &nimbus_engine::Context,
+    id: &str,
+    snapshot: &str,
+) -> ApiResult<VolumeSnapshot> {
     let (volume_id, snapshot_id) = (parse_uuid("volume", id)?, parse_uuid("volume snapshot", snapshot)?);
     let s = app.engine.volume_snapshot(ctx, snapshot_id).await?;
     if s.volume_id != volume_id {
@@ -338,7 +346,9 @@ pub async fn update_snapshot(
         match k.as_str() {
             "name" => {
                 patch.name = Some(
-                    v.as_str().map(str::to_string).ok_or_else(|| ApiError::bad_request("invalid name: must be a string"))?,
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| ApiError::bad_request("invalid name: must be a string"))?,
                 )
             }
             "labels" => patch.labels = Some(v.clone()),

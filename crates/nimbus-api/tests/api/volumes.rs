@@ -277,7 +277,9 @@ async fn a_volume_is_snapshotted_attached_reverted_detached_and_its_snapshots_de
 
     // Taken while attached to a running instance: the volume and the instance keep their states.
     let path = format!("/v1/volumes/{id}/snapshots");
-    let r = c.call(Method::POST, &format!("{path}?wait=30"), ADMIN, Some(json!({"name": "before", "labels": {"k": "v"}}))).await;
+    let r = c
+        .call(Method::POST, &format!("{path}?wait=30"), ADMIN, Some(json!({"name": "before", "labels": {"k": "v"}})))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["state"], "success", "{}", r.text);
     let listed = c.get(&path, ADMIN).await;

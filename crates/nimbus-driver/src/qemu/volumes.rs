@@ -393,6 +393,37 @@ mod tests {
         assert!(ids(dir.path()).await.is_empty());
     }
 
+    /// A snapshot keeps the data as it was; a revert puts it back and keeps the size the volume grew to.
+    #[tokio::test]
+    async fn a_snapshot_copy_is_restored_over_a_grown_volume() {
+        if super::super::host::which("qemu-img").is_none() || super::super::host::which("qemu-io").is_none() {
+            println!("SKIPPED: no qemu-img or qemu-io");
+            return;
+        }
+        let io = |file: &Path, cmd: &str| {
+            let (file, cmd) = (file.display().to_string(), cmd.to_string());
+            async move { disks::run("qemu-io", &["-f", "qcow2", "-c", &cmd, &file]).await }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (id, snap) = (Uuid::new_v4(), Uuid::new_v4());
+        let file = path(dir.path(), id);
+        create("qemu-img", &file, 1).await.unwrap();
+        io(&file, "write -P 0xab 0 64k").await.unwrap();
+        let copy_path = snapshot_path(dir.path(), id, snap);
+        copy("qemu-img", &file, &copy_path, false).await.unwrap();
+        assert_eq!(snapshot_ids(dir.path(), id).await, vec![snap]);
+        assert_eq!(ids(dir.path()).await, vec![id], "a snapshot is not a volume");
+        io(&file, "write -P 0xcd 0 64k").await.unwrap();
+        grow("qemu-img", &file, id, 2).await.unwrap();
+        restore("qemu-img", &copy_path, &file, id).await.unwrap();
+        restore("qemu-img", &copy_path, &file, id).await.unwrap();
+        let read = io(&file, "read -P 0xab 0 64k").await.unwrap();
+        assert!(!read.contains("Pattern verification failed"), "{read}");
+        assert_eq!(size_gb("qemu-img", &file, id).await.unwrap(), 2, "the size it grew to is kept");
+        remove(&copy_path).await.unwrap();
+        assert!(snapshot_ids(dir.path(), id).await.is_empty());
+    }
+
     /// A fake QEMU that answers as a real one does to an attach run twice and a detach: the second attach
     /// finds both the node and the device there already, and the detach waits for the device to go.
     #[tokio::test]

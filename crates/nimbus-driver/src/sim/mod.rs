@@ -544,8 +544,10 @@ impl Driver for SimDriver {
         if self.volumes.get(volume.id).is_some() {
             return Ok(());
         }
-        self.volumes
-            .put(volume.id, &SimVolume { size_gb: volume.size_gb, serial: volume.serial.clone(), ..SimVolume::default() })
+        self.volumes.put(
+            volume.id,
+            &SimVolume { size_gb: volume.size_gb, serial: volume.serial.clone(), ..SimVolume::default() },
+        )
     }
 
     async fn delete_volume(&self, volume_id: Uuid) -> DriverResult<()> {

@@ -50,7 +50,12 @@ impl VolumeSaga for CreateVolumeSnapshot {
         }
     }
 
-    async fn land(engine: &Engine, op: &nimbus_core::operation::Operation, p: &OfSnapshot, ok: bool) -> Result<Vec<Write>, Abandon> {
+    async fn land(
+        engine: &Engine,
+        op: &nimbus_core::operation::Operation,
+        p: &OfSnapshot,
+        ok: bool,
+    ) -> Result<Vec<Write>, Abandon> {
         let state = if ok { VolumeSnapshotState::Ready } else { VolumeSnapshotState::Error };
         crate::volume_snapshots::land_snapshot(engine, op, p.snapshot_id, Some(state)).await
     }

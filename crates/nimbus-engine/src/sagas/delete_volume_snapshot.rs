@@ -35,7 +35,12 @@ impl VolumeSaga for DeleteVolumeSnapshot {
 
     async fn failed(_: &VolumeCx<'_>, _: &OfSnapshot, _: &mut Volume) {}
 
-    async fn land(engine: &Engine, op: &nimbus_core::operation::Operation, p: &OfSnapshot, ok: bool) -> Result<Vec<Write>, Abandon> {
+    async fn land(
+        engine: &Engine,
+        op: &nimbus_core::operation::Operation,
+        p: &OfSnapshot,
+        ok: bool,
+    ) -> Result<Vec<Write>, Abandon> {
         let state = if ok { None } else { Some(VolumeSnapshotState::Error) };
         crate::volume_snapshots::land_snapshot(engine, op, p.snapshot_id, state).await
     }

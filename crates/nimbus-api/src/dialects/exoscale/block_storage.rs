@@ -229,7 +229,8 @@ pub async fn post_segment(
     match action {
         "create-snapshot" => {
             let body: CreateSnapshotBody = signed.json()?;
-            let req = CreateVolumeSnapshot { name: body.name.unwrap_or_default(), labels: body.labels.unwrap_or_default() };
+            let req =
+                CreateVolumeSnapshot { name: body.name.unwrap_or_default(), labels: body.labels.unwrap_or_default() };
             let (op, _) = app.engine.create_volume_snapshot(&signed.ctx, id, req).await?;
             Ok(Json(views::operation(&op)))
         }
@@ -245,7 +246,11 @@ pub async fn list_snapshots(State(app): State<AppState>, signed: Signed) -> ExoR
     Ok(Json(json!({ "block-storage-snapshots": snapshots.iter().map(snapshot_view).collect::<Vec<_>>() })))
 }
 
-pub async fn get_snapshot(State(app): State<AppState>, Path(id): Path<String>, signed: Signed) -> ExoResult<Json<Value>> {
+pub async fn get_snapshot(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
     let id = parse_id("Block storage snapshot", &id)?;
     Ok(Json(snapshot_view(&app.engine.volume_snapshot(&signed.ctx, id).await?)))
 }
