@@ -250,6 +250,8 @@ impl Engine {
                     set.push(Write::InsertRecord(Record::new(VOLUME_SNAPSHOT, id, Some(ctx.project.id), &s.name, &s)));
                     set.push(snapshot_event(&ctx.actor, "volume_snapshot.created", &s));
                     made = Some(s);
+                    // Shown on the operation from the start: the snapshot a client waits for.
+                    op.result = Some(serde_json::json!({ "snapshot_id": id }));
                     id
                 }
                 (None, Some((mut s, r))) => {

@@ -282,11 +282,14 @@ async fn a_volume_is_snapshotted_attached_reverted_detached_and_its_snapshots_de
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["state"], "success", "{}", r.text);
+    let made =
+        r.body["result"]["snapshot_id"].as_str().unwrap_or_else(|| panic!("no snapshot id: {}", r.text)).to_string();
     let listed = c.get(&path, ADMIN).await;
     assert_eq!(listed.status, StatusCode::OK, "{}", listed.text);
     let items = listed.body["items"].as_array().unwrap().clone();
     assert_eq!(items.len(), 1, "{}", listed.text);
     let snap = items[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(snap, made, "the operation names the snapshot it made");
     assert_eq!(
         (items[0]["name"].as_str(), items[0]["state"].as_str(), items[0]["size_gb"].as_u64(), &items[0]["labels"]),
         (Some("before"), Some("ready"), Some(2), &json!({"k": "v"}))
