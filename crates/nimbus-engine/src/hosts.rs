@@ -280,8 +280,8 @@ impl Engine {
         let mut placed = self.store.list_instances(&query).await.map_err(store_err)?;
         if self.local.as_ref().is_some_and(|l| l.name == name) {
             // Instances from before hosts existed live on the server's own host.
-            let legacy = self.store.list_instances(&InstanceQuery::default()).await.map_err(store_err)?;
-            placed.extend(legacy.into_iter().filter(|i| i.host.is_none()));
+            let unplaced = InstanceQuery { unplaced: true, ..Default::default() };
+            placed.extend(self.store.list_instances(&unplaced).await.map_err(store_err)?);
         }
         let actual: HashMap<Uuid, ActualState> = report.instances.iter().copied().collect();
         let known: HashMap<Uuid, &Instance> = placed.iter().map(|i| (i.id, i)).collect();

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use nimbus_core::event::Event;
 use nimbus_core::instance::{validate_name_by, Instance, InstanceState, NameRule, MAX_USER_DATA_BYTES};
-use nimbus_core::labels::{self, Labels, Selector};
+use nimbus_core::labels::{self, Labels, Requirement, Selector};
 use nimbus_core::operation::{Actor, Operation, Target};
 use nimbus_core::resources::InstancePassword;
 use nimbus_core::state_machine::{transition, Action};
@@ -203,7 +203,23 @@ pub struct InstanceFilter {
 }
 
 impl InstanceFilter {
-    /// The conditions the store does not apply itself (it applies the state, the states and the name).
+    /// The selector's requirements the store's label index serves (a label present, with a value or not);
+    /// the others (`!=`, absent) are checked by [`InstanceFilter::admits`] on what it reads.
+    fn indexed_labels(&self) -> Vec<(String, Option<String>)> {
+        let Some(selector) = &self.labels else { return Vec::new() };
+        selector
+            .0
+            .iter()
+            .filter_map(|r| match r {
+                Requirement::Equals(k, v) => Some((k.clone(), Some(v.clone()))),
+                Requirement::Exists(k) => Some((k.clone(), None)),
+                Requirement::NotEquals(..) | Requirement::NotExists(_) => None,
+            })
+            .collect()
+    }
+
+    /// The conditions the store does not apply itself (it applies the state, the states, the name and the
+    /// indexed labels; the selector is checked whole again here, which costs little).
     fn admits(&self, i: &Instance) -> bool {
         self.labels.as_ref().is_none_or(|s| s.matches(&i.labels))
             && (self.ids.is_empty() || self.ids.contains(&i.id))
@@ -359,6 +375,7 @@ impl Engine {
                     states: filter.states.clone(),
                     with_destroyed: filter.with_destroyed,
                     name: filter.name.clone(),
+                    labels: filter.indexed_labels(),
                     after: if backwards { None } else { cursor },
                     before: if backwards { cursor } else { None },
                     limit: limit + 1,

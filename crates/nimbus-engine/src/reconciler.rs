@@ -56,7 +56,8 @@ impl Engine {
             tracing::warn!(error = %e, "could not remove deleted instances' records past their retention");
         }
         let now = nimbus_core::now();
-        for instance in self.store.list_instances(&InstanceQuery::default()).await.map_err(store_err)? {
+        let scheduled = InstanceQuery { shutdown_scheduled: true, ..Default::default() };
+        for instance in self.store.list_instances(&scheduled).await.map_err(store_err)? {
             if instance.lock_operation_id.is_none()
                 && instance.state == InstanceState::Running
                 && instance.expected_shutdown_at.is_some_and(|at| at <= now)

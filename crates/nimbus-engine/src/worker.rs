@@ -12,55 +12,54 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nimbus_core::operation::{Operation, OperationState};
-use nimbus_store::{StoreError, Write, WriteSet};
-use tokio::sync::Semaphore;
+use nimbus_store::{Write, WriteSet};
 
 use crate::instances::operation_event;
 use crate::sagas::{self, Abandon};
 use crate::{store_err, Engine, Result};
 
+/// Starts `EngineConfig::workers` workers. Each claims an operation, runs it to its end and claims the
+/// next; idle, it sleeps until something changes. They are independent loops rather than one loop handing
+/// out claims, so that their claims and writes arrive together and share commits (the store's group
+/// commit) instead of queueing one commit behind another.
 pub(crate) fn spawn(engine: Arc<Engine>) {
-    let owner = engine.clone();
-    let mut halted = engine.halted();
-    let task = tokio::spawn(async move {
-        let slots = Arc::new(Semaphore::new(engine.config.workers.max(1)));
-        let mut changes = engine.store.changes();
+    for _ in 0..engine.config.workers.max(1) {
+        let worker = engine.clone();
+        let task = tokio::spawn(async move { worker.work().await });
+        engine.track(task.abort_handle());
+    }
+}
+
+impl Engine {
+    async fn work(self: Arc<Self>) {
+        let mut halted = self.halted();
+        let mut changes = self.store.changes();
         loop {
-            let slot = tokio::select! {
-                slot = slots.clone().acquire_owned() => match slot { Ok(s) => s, Err(_) => return },
-                _ = halted.changed() => return,
-            };
             // Marked seen before the claim: a change committed after it wakes the wait below.
             changes.borrow_and_update();
             // Every claim holds the lease under a name of its own, so that a worker of this very server that
             // stalled past its lease cannot write over the one that took the operation over.
-            let owner = format!("{}/{}", engine.worker_id, uuid::Uuid::new_v4().simple());
-            match engine.store.claim_operation(&owner, engine.config.lease).await {
-                Ok(Some(op)) => {
-                    let engine = engine.clone();
-                    tokio::spawn(async move {
-                        engine.run_claimed(op, &owner).await;
-                        drop(slot);
-                    });
-                }
+            let owner = format!("{}/{}", self.worker_id, uuid::Uuid::new_v4().simple());
+            match self.store.claim_and_start(&owner, self.config.lease, starting(owner.clone())).await {
+                Ok(Some(op)) => self.run_claimed(op, &owner).await,
                 Ok(None) => {
-                    drop(slot);
                     tokio::select! {
                         _ = changes.changed() => {}
-                        _ = engine.kick.notified() => {}
-                        _ = tokio::time::sleep(engine.config.poll_every) => {}
+                        _ = self.kick.notified() => {}
+                        _ = tokio::time::sleep(self.config.poll_every) => {}
                         _ = halted.changed() => return,
                     }
                 }
                 Err(e) => {
-                    drop(slot);
                     tracing::warn!(error = %e, "could not claim an operation");
-                    tokio::time::sleep(engine.config.poll_every).await;
+                    tokio::time::sleep(self.config.poll_every).await;
                 }
             }
+            if *halted.borrow() {
+                return;
+            }
         }
-    });
-    owner.track(task.abort_handle());
+    }
 }
 
 impl Engine {
@@ -70,17 +69,13 @@ impl Engine {
         self.kick.notify_one();
     }
 
-    /// Runs one claimed operation to its end, or until this server stops holding it.
-    async fn run_claimed(self: &Arc<Self>, mut op: Operation, owner: &str) {
+    /// Runs one claimed operation, already marked running (see [`starting`]), to its end, or until this
+    /// server stops holding it.
+    async fn run_claimed(self: &Arc<Self>, op: Operation, owner: &str) {
         let id = op.id;
-        if op.state == OperationState::Running {
-            tracing::info!(operation = %op.id, kind = %op.kind, attempt = op.attempts + 1, "resuming an interrupted operation");
+        if op.attempts > 1 {
+            tracing::info!(operation = %op.id, kind = %op.kind, attempt = op.attempts, "resuming an interrupted operation");
             self.metrics.operations_resumed.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Err(e) = self.mark_running(&mut op, owner).await {
-            tracing::warn!(operation = %id, error = %e, "could not start an operation");
-            let _ = self.store.release_lease(id, owner).await;
-            return;
         }
         self.metrics.operations_started.fetch_add(1, Ordering::Relaxed);
         let (lost_tx, lost) = tokio::sync::oneshot::channel::<()>();
@@ -121,22 +116,6 @@ impl Engine {
         }
     }
 
-    /// Marks a claimed operation running and counts the attempt, under the lease.
-    async fn mark_running(&self, op: &mut Operation, owner: &str) -> Result<()> {
-        op.state = OperationState::Running;
-        op.attempts += 1;
-        op.updated_at = nimbus_core::now();
-        let mut set = WriteSet::new();
-        set.push(Write::UpdateOperation { operation: op.clone(), lease_owner: owner.to_string() });
-        set.push(operation_event("operation.updated", op));
-        match self.store.apply(set).await {
-            Err(StoreError::Conflict(what)) => {
-                Err(nimbus_core::DomainError::Conflict(format!("{what}: the lease was lost before the start")))
-            }
-            other => other.map_err(store_err),
-        }
-    }
-
     /// Counts an operation's outcome on `/metrics`.
     pub(crate) fn count_outcome(&self, op: &Operation) {
         let counter = if op.state == OperationState::Success {
@@ -157,6 +136,20 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// What a worker records on claiming an operation, in the claim's own transaction: the operation running,
+/// its attempt counted, under the lease `owner` now holds.
+fn starting(owner: String) -> nimbus_store::StartClaimed {
+    Box::new(move |mut op: Operation| {
+        op.state = OperationState::Running;
+        op.attempts += 1;
+        op.updated_at = nimbus_core::now();
+        let mut set = WriteSet::new();
+        set.push(Write::UpdateOperation { operation: op.clone(), lease_owner: owner });
+        set.push(operation_event("operation.updated", &op));
+        (op, set)
+    })
 }
 
 /// How often idle workers look for operations whose lease expired without any write to wake them.

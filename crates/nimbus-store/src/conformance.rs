@@ -164,6 +164,111 @@ pub async fn a_failing_write_rolls_back_the_whole_set(store: &dyn Store) {
     assert!(store.events_after(Some(p.id), 0, 10).await.unwrap().is_empty(), "event must be rolled back");
 }
 
+/// Sets applied at once (which the store may commit in one transaction) stand or fall alone: the one that
+/// loses its compare-and-swap writes nothing, its event included, and every other one is kept with its
+/// event, each event numbered once.
+pub async fn sets_applied_together_stand_or_fall_alone(store: Arc<dyn Store>) {
+    let p = project(&*store, Quota::default()).await;
+    let kept = instance(p.id, "kept", 1);
+    store.apply(insert(&kept)).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut loser = None;
+    for n in 0..40 {
+        let store = store.clone();
+        let mut set = WriteSet::new();
+        let i = instance(p.id, &format!("i{n}"), 1);
+        set.push(Write::PutInstance { instance: i.clone(), expected_generation: None });
+        set.push(Write::AppendEvent(Event { target_id: i.id, ..event(p.id, "instance.created") }));
+        if n == 20 {
+            set.push(Write::PutInstance { instance: kept.clone(), expected_generation: Some(99) });
+            loser = Some(i.id);
+        }
+        tasks.spawn(async move { (i.id, store.apply(set).await) });
+    }
+    let mut winners = BTreeSet::new();
+    while let Some(done) = tasks.join_next().await {
+        let (id, result) = done.unwrap();
+        if Some(id) == loser {
+            assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
+        } else {
+            result.unwrap();
+            winners.insert(id);
+        }
+    }
+    let loser = loser.unwrap();
+    assert!(store.get_instance(loser).await.unwrap().is_none(), "the losing set's instance must not be written");
+    for id in &winners {
+        assert!(store.get_instance(*id).await.unwrap().is_some());
+    }
+    let events = store.events_after(Some(p.id), 0, 100).await.unwrap();
+    let targets: BTreeSet<Uuid> = events.iter().map(|e| e.target_id).collect();
+    assert_eq!(events.len(), 39, "one event per winning set, none of the loser's");
+    assert_eq!(targets, winners);
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+}
+
+/// Listing by labels reads the label index, which follows every insert, label change and deletion.
+pub async fn instances_are_listed_by_label_through_the_index(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let other = project(store, Quota::default()).await;
+    let labelled = |project_id, name: &str, labels: &[(&str, &str)]| {
+        let mut i = instance(project_id, name, 1);
+        i.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        i
+    };
+    let web = labelled(p.id, "web", &[("role", "web"), ("tier", "1")]);
+    let db = labelled(p.id, "db", &[("role", "db")]);
+    let bare = labelled(p.id, "bare", &[]);
+    let elsewhere = labelled(other.id, "web", &[("role", "web")]);
+    for i in [&web, &db, &bare, &elsewhere] {
+        store.apply(insert(i)).await.unwrap();
+    }
+    let names = |labels: Vec<(&str, Option<&str>)>| {
+        let q = InstanceQuery {
+            project_id: Some(p.id),
+            labels: labels.into_iter().map(|(k, v)| (k.to_string(), v.map(str::to_string))).collect(),
+            ..Default::default()
+        };
+        async move { store.list_instances(&q).await.unwrap().into_iter().map(|i| i.name).collect::<Vec<_>>() }
+    };
+    assert_eq!(names(vec![("role", Some("web"))]).await, ["web"]);
+    assert_eq!(names(vec![("role", None)]).await, ["web", "db"]);
+    assert_eq!(names(vec![("role", Some("web")), ("tier", Some("2"))]).await, Vec::<String>::new());
+    // A label change moves the instance in the index; a state change alone leaves it.
+    let mut moved = db.clone();
+    moved.labels.insert("role".into(), "web".into());
+    moved.generation = 2;
+    let mut set = WriteSet::new();
+    set.push(Write::PutInstance { instance: moved.clone(), expected_generation: Some(1) });
+    store.apply(set).await.unwrap();
+    assert_eq!(names(vec![("role", Some("web"))]).await, ["web", "db"]);
+    assert_eq!(names(vec![("role", Some("db"))]).await, Vec::<String>::new());
+    let mut set = WriteSet::new();
+    set.push(Write::DeleteInstance { id: web.id, expected_generation: 1 });
+    store.apply(set).await.unwrap();
+    assert_eq!(names(vec![("role", None)]).await, ["db"]);
+}
+
+/// The reconciler's narrow reads: instances with a scheduled shutdown, and instances on no host.
+pub async fn scheduled_and_unplaced_instances_are_read_alone(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let mut due = instance(p.id, "due", 1);
+    due.expected_shutdown_at = Some(nimbus_core::now());
+    let mut placed = instance(p.id, "placed", 1);
+    placed.host = Some("h1".into());
+    let plain = instance(p.id, "plain", 1);
+    for i in [&due, &placed, &plain] {
+        store.apply(insert(i)).await.unwrap();
+    }
+    let names = |q: InstanceQuery| async move {
+        store.list_instances(&q).await.unwrap().into_iter().map(|i| i.name).collect::<Vec<_>>()
+    };
+    let scheduled = InstanceQuery { project_id: Some(p.id), shutdown_scheduled: true, ..Default::default() };
+    assert_eq!(names(scheduled).await, ["due"]);
+    let unplaced = InstanceQuery { project_id: Some(p.id), unplaced: true, ..Default::default() };
+    assert_eq!(names(unplaced).await, ["due", "plain"]);
+}
+
 pub async fn quota_is_enforced_inside_the_transaction(store: &dyn Store) {
     let quota = Quota { instances: 2, vcpus: 3, ..Quota::default() };
     let p = project(store, quota).await;
@@ -606,6 +711,33 @@ pub async fn an_empty_project_and_then_its_organization_can_be_deleted(store: &d
     let mut again = WriteSet::new();
     again.push(Write::DeleteProject { id: p.id });
     assert!(matches!(store.apply(again).await, Err(StoreError::NotFound(_))));
+}
+
+/// A claim and what its claimer records on taking the operation commit together, or neither does.
+pub async fn a_claim_and_its_start_commit_together(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let op = operation(p.id);
+    insert_operation(store, &op).await;
+    // The start's writes fail (a record expected at a generation it is not at): the claim is undone too.
+    let failing: StartClaimed = Box::new(|op: Operation| {
+        let mut set = update_operation(&op, OperationState::Running, "w1");
+        set.push(Write::UpdateRecord {
+            record: Record::new("x", Uuid::new_v4(), None, "x", &1),
+            expected_generation: 7,
+        });
+        (op, set)
+    });
+    assert!(store.claim_and_start("w1", LONG, failing).await.is_err());
+    let started: StartClaimed = Box::new(|op: Operation| {
+        let mut set = update_operation(&op, OperationState::Running, "w2");
+        set.push(Write::AppendEvent(Event { target_id: op.id, ..event(op.project_id, "operation.updated") }));
+        (Operation { state: OperationState::Running, ..op }, set)
+    });
+    let claimed = store.claim_and_start("w2", LONG, started).await.unwrap().expect("free again after the failed start");
+    assert_eq!((claimed.id, claimed.state), (op.id, OperationState::Running));
+    assert_eq!(store.get_operation(op.id).await.unwrap().unwrap().state, OperationState::Running);
+    assert_eq!(store.events_after(Some(p.id), 0, 10).await.unwrap().len(), 1);
+    assert!(store.claim_operation("w3", LONG).await.unwrap().is_none(), "held by w2");
 }
 
 pub async fn an_expected_alias_guards_the_whole_set(store: &dyn Store) {
@@ -1236,6 +1368,9 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@cases $make;
             projects_get_distinct_stable_numeric_ids,
+            instances_are_listed_by_label_through_the_index,
+            scheduled_and_unplaced_instances_are_read_alone,
+            a_claim_and_its_start_commit_together,
             a_stale_generation_loses_and_writes_nothing,
             a_failing_write_rolls_back_the_whole_set,
             quota_is_enforced_inside_the_transaction,
@@ -1275,6 +1410,7 @@ macro_rules! conformance_tests {
             revocations_move_when_keys_or_projects_go,
         );
         $crate::conformance_tests!(@shared $make;
+            sets_applied_together_stand_or_fall_alone,
             racing_workers_never_share_an_operation,
             concurrent_creates_never_overrun_the_quota,
             racing_address_claims_never_share_a_host,

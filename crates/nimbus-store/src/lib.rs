@@ -66,6 +66,9 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// See [`Store::claim_and_start`].
+pub type StartClaimed = Box<dyn FnOnce(Operation) -> (Operation, WriteSet) + Send>;
+
 /// A document of a kind that needs no columns of its own (templates, snapshots, SSH keys, groups, ...).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -228,6 +231,14 @@ pub struct InstanceQuery {
     pub states: Vec<InstanceState>,
     /// Only names that contain this text (compared as it is: case counts).
     pub name_contains: Option<String>,
+    /// Only instances with every one of these labels, with the value given (`None`: any value). Served by
+    /// an index, so a selector matching a few of many instances reads only those.
+    pub labels: Vec<(String, Option<String>)>,
+    /// Only instances placed on no host (made before hosts existed).
+    pub unplaced: bool,
+    /// Only instances with a scheduled shutdown (`expected_shutdown_at`), read through a partial index so
+    /// that the reconciler's pass costs what is scheduled, not what exists.
+    pub shutdown_scheduled: bool,
     /// Keyset pagination: only ids greater than this one.
     pub after: Option<Uuid>,
     /// Keyset pagination backwards: only ids smaller than this one, the nearest first (descending order).
@@ -450,6 +461,17 @@ pub trait Store: Send + Sync + 'static {
     /// on PostgreSQL; a write transaction on SQLite). Expiry is judged by the database's clock, so servers'
     /// clocks need not agree.
     async fn claim_operation(&self, owner: &str, lease: Duration) -> StoreResult<Option<Operation>>;
+
+    /// [`Store::claim_operation`], and in the same transaction what the claimer records on taking the
+    /// operation: `start` gets it as claimed and gives it back as the claimer will run it, with the writes
+    /// that record that (its attempt counted, its state running, its event). One commit instead of two; if
+    /// those writes fail, the claim is undone with them.
+    async fn claim_and_start(
+        &self,
+        owner: &str,
+        lease: Duration,
+        start: StartClaimed,
+    ) -> StoreResult<Option<Operation>>;
     /// Extends `owner`'s lease on the operation to `lease` from now: `false` when `owner` no longer holds
     /// it (it expired and another worker claimed it, or the operation ended).
     async fn renew_lease(&self, id: Uuid, owner: &str, lease: Duration) -> StoreResult<bool>;

@@ -274,6 +274,15 @@ impl Store for FaultyStore {
         self.check("claim_operation")?;
         self.inner.claim_operation(owner, lease).await
     }
+    async fn claim_and_start(
+        &self,
+        owner: &str,
+        lease: Duration,
+        start: crate::StartClaimed,
+    ) -> StoreResult<Option<Operation>> {
+        self.check("claim_operation")?;
+        self.inner.claim_and_start(owner, lease, start).await
+    }
     async fn renew_lease(&self, id: Uuid, owner: &str, lease: Duration) -> StoreResult<bool> {
         self.check("renew_lease")?;
         self.inner.renew_lease(id, owner, lease).await

@@ -63,6 +63,15 @@ impl Backend {
         }
     }
 
+    /// The condition that an instance row has a scheduled shutdown, written exactly as the partial index
+    /// `instances_with_shutdown` is (see the migrations), so that the index serves it.
+    pub(crate) fn shutdown_scheduled(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "json_extract(body, '$.expected_shutdown_at') IS NOT NULL",
+            Backend::Postgres => "(CAST(body AS jsonb) ->> 'expected_shutdown_at') IS NOT NULL",
+        }
+    }
+
     /// Appended to a `SELECT` whose rows the transaction relies on until it commits. SQLite has no row
     /// locks and needs none: its write transactions (`BEGIN IMMEDIATE`) exclude every other writer.
     /// The total size of a project's volumes (`$1`), read from their documents: volumes are records, and

@@ -161,6 +161,36 @@ CREATE TABLE audit (
 CREATE INDEX audit_by_organization ON audit (organization_id, seq);
 CREATE INDEX audit_by_time ON audit (at_ms);
 "#,
+    r#"
+-- Label selectors served by an index (version 6): one row per label of an instance, kept by triggers on
+-- the instances table so no write path can forget it. The update trigger fires only when the labels
+-- changed, so state changes (most updates) cost nothing more.
+CREATE TABLE instance_labels (
+    instance_id TEXT NOT NULL,
+    project_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (instance_id, key)
+);
+CREATE INDEX instance_labels_by_value ON instance_labels (project_id, key, value, instance_id);
+INSERT INTO instance_labels (instance_id, project_id, key, value)
+    SELECT i.id, i.project_id, l.key, l.value FROM instances i, json_each(i.body, '$.labels') l;
+CREATE TRIGGER instance_labels_on_insert AFTER INSERT ON instances BEGIN
+    INSERT INTO instance_labels (instance_id, project_id, key, value)
+        SELECT new.id, new.project_id, key, value FROM json_each(new.body, '$.labels');
+END;
+CREATE TRIGGER instance_labels_on_update AFTER UPDATE OF body ON instances
+    WHEN json_extract(old.body, '$.labels') IS NOT json_extract(new.body, '$.labels') BEGIN
+    DELETE FROM instance_labels WHERE instance_id = old.id;
+    INSERT INTO instance_labels (instance_id, project_id, key, value)
+        SELECT new.id, new.project_id, key, value FROM json_each(new.body, '$.labels');
+END;
+CREATE TRIGGER instance_labels_on_delete AFTER DELETE ON instances BEGIN
+    DELETE FROM instance_labels WHERE instance_id = old.id;
+END;
+-- The reconciler's scheduled shutdowns, read without reading every instance (Backend::shutdown_scheduled).
+CREATE INDEX instances_with_shutdown ON instances (id) WHERE json_extract(body, '$.expected_shutdown_at') IS NOT NULL;
+"#,
 ];
 
 /// SQLite 4 (PostgreSQL 3): idempotency keys belong to the API key that sent them, and a request holds its
@@ -326,6 +356,44 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_by_organization ON audit (organization_id, seq);
 CREATE INDEX audit_by_time ON audit (at_ms);
+"#,
+    r#"
+-- As SQLite's version 6: label selectors served by an index, kept by triggers.
+CREATE TABLE instance_labels (
+    instance_id TEXT COLLATE "C" NOT NULL,
+    project_id TEXT COLLATE "C" NOT NULL,
+    key TEXT COLLATE "C" NOT NULL,
+    value TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (instance_id, key)
+);
+CREATE INDEX instance_labels_by_value ON instance_labels (project_id, key, value, instance_id);
+CREATE FUNCTION nimbus_labels_of(body TEXT) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN jsonb_typeof(CAST(body AS jsonb) -> 'labels') = 'object'
+                THEN CAST(body AS jsonb) -> 'labels' ELSE '{}'::jsonb END
+$$;
+INSERT INTO instance_labels (instance_id, project_id, key, value)
+    SELECT i.id, i.project_id, l.key, l.value FROM instances i, jsonb_each_text(nimbus_labels_of(i.body)) l;
+CREATE FUNCTION nimbus_instance_labels() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        DELETE FROM instance_labels WHERE instance_id = OLD.id;
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        INSERT INTO instance_labels (instance_id, project_id, key, value)
+            SELECT NEW.id, NEW.project_id, l.key, l.value FROM jsonb_each_text(nimbus_labels_of(NEW.body)) l;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER instance_labels_on_insert AFTER INSERT ON instances
+    FOR EACH ROW EXECUTE FUNCTION nimbus_instance_labels();
+CREATE TRIGGER instance_labels_on_update AFTER UPDATE OF body ON instances
+    FOR EACH ROW WHEN (nimbus_labels_of(OLD.body) IS DISTINCT FROM nimbus_labels_of(NEW.body))
+    EXECUTE FUNCTION nimbus_instance_labels();
+CREATE TRIGGER instance_labels_on_delete AFTER DELETE ON instances
+    FOR EACH ROW EXECUTE FUNCTION nimbus_instance_labels();
+CREATE INDEX instances_with_shutdown ON instances (id)
+    WHERE (CAST(body AS jsonb) ->> 'expected_shutdown_at') IS NOT NULL;
 "#,
 ];
 

@@ -14,10 +14,12 @@
 
 mod audit;
 mod backend;
+mod group_commit;
 mod hosts;
 pub mod integrity;
 mod migrations;
 mod notify;
+mod read_cache;
 mod sealing;
 mod writes;
 
@@ -32,7 +34,7 @@ use nimbus_core::tenancy::{ApiKey, Organization, Project, Quota, Usage};
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Row};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 
 use self::backend::{is_unique_violation, Backend};
@@ -56,8 +58,13 @@ pub struct SqlStore {
     /// this mutex only spares them SQLite's busy handler, which waits for the write lock by sleeping and
     /// polling, when the competing writer is in this very process. Never held on PostgreSQL, whose
     /// writers wait on row locks instead.
-    sqlite_writer: Option<Mutex<()>>,
+    sqlite_writer: Option<std::sync::Arc<Mutex<()>>>,
     changes: notify::Changes,
+    /// Where [`Store::apply`] and the lease writes go: batched with whatever else is waiting into one
+    /// transaction, one commit (one fsync) for all of them.
+    group: group_commit::GroupCommit,
+    /// SQLite only: see [`read_cache`].
+    read_cache: Option<read_cache::ReadCache>,
     /// Seals secrets at rest (`crate::seal`); without, they are written in clear (tests, tools).
     seal: Option<std::sync::Arc<SealKeys>>,
 }
@@ -293,26 +300,45 @@ fn host_of(n: i64) -> StoreResult<u32> {
 /// that this code, not the driver's bookkeeping, decides what happens to the connection after a failure: a
 /// connection whose transaction did not end cleanly (a COMMIT refused by a full disk, a future dropped in
 /// the middle) is closed rather than handed to the next writer with a transaction still open on it.
-pub(crate) struct WriteTx<'s> {
+pub(crate) struct WriteTx {
     conn: PoolConnection<Any>,
     /// Set once COMMIT or ROLLBACK went through.
     ended: bool,
     // Declared after `conn`, so that it is released only once the connection is back (or closed).
-    _sqlite_writer: Option<MutexGuard<'s, ()>>,
+    _sqlite_writer: Option<OwnedMutexGuard<()>>,
 }
 
-impl WriteTx<'_> {
+impl WriteTx {
     pub(crate) fn conn(&mut self) -> &mut AnyConnection {
         &mut self.conn
     }
 }
 
-impl Drop for WriteTx<'_> {
+impl Drop for WriteTx {
     fn drop(&mut self) {
         if !self.ended {
             self.conn.close_on_drop();
         }
     }
+}
+
+/// Begins a write transaction on a connection of `pool` (see [`Backend::begin_write`]), holding
+/// `sqlite_writer` (SQLite) until it ends.
+pub(crate) async fn begin_write(
+    pool: &AnyPool,
+    backend: Backend,
+    sqlite_writer: Option<&std::sync::Arc<Mutex<()>>>,
+) -> StoreResult<WriteTx> {
+    let guard = match sqlite_writer {
+        Some(m) => Some(m.clone().lock_owned().await),
+        None => None,
+    };
+    let mut conn = pool.acquire().await.map_err(|e| backend.error("connecting", e))?;
+    if let Err(e) = query(backend.begin_write(), vec![]).execute(&mut *conn).await {
+        // No transaction was begun: the connection is as it was.
+        return Err(backend.error("beginning a write", e));
+    }
+    Ok(WriteTx { conn, ended: false, _sqlite_writer: guard })
 }
 
 impl SqlStore {
@@ -331,6 +357,10 @@ impl SqlStore {
                     .min_connections(1)
                     .idle_timeout(None)
                     .max_lifetime(None)
+                    // A connection to a local file does not go stale, and the check before every
+                    // acquire is one more hand-off to the connection's thread per query: half the cost
+                    // of an indexed read.
+                    .test_before_acquire(false)
                     .after_connect(move |conn, _| Box::pin(set_pragmas(conn, in_memory)))
             }
             Backend::Postgres => AnyPoolOptions::new().max_connections(POSTGRES_POOL_SIZE),
@@ -344,8 +374,10 @@ impl SqlStore {
             Backend::Sqlite => notify::Changes::local(),
             Backend::Postgres => notify::Changes::listening(url).await?,
         };
-        let sqlite_writer = (backend == Backend::Sqlite).then(|| Mutex::new(()));
-        Ok(SqlStore { pool, backend, sqlite_writer, changes, seal: None })
+        let sqlite_writer = (backend == Backend::Sqlite).then(|| std::sync::Arc::new(Mutex::new(())));
+        let group = group_commit::GroupCommit::start(pool.clone(), backend, sqlite_writer.clone(), changes.bumper());
+        let read_cache = (backend == Backend::Sqlite).then(read_cache::ReadCache::default);
+        Ok(SqlStore { pool, backend, sqlite_writer, changes, group, read_cache, seal: None })
     }
 
     /// Seals secrets with `keys` from now on; reads open what they sealed. Call [`SqlStore::reseal`] next,
@@ -366,28 +398,19 @@ impl SqlStore {
     }
 
     /// Begins a write transaction (see [`Backend::begin_write`]).
-    pub(crate) async fn write(&self) -> StoreResult<WriteTx<'_>> {
-        let guard = match &self.sqlite_writer {
-            Some(m) => Some(m.lock().await),
-            None => None,
-        };
-        let mut conn = self.pool.acquire().await.map_err(self.fail("connecting"))?;
-        if let Err(e) = query(self.backend.begin_write(), vec![]).execute(&mut *conn).await {
-            // No transaction was begun: the connection is as it was.
-            return Err(self.backend.error("beginning a write", e));
-        }
-        Ok(WriteTx { conn, ended: false, _sqlite_writer: guard })
+    pub(crate) async fn write(&self) -> StoreResult<WriteTx> {
+        begin_write(&self.pool, self.backend, self.sqlite_writer.as_ref()).await
     }
 
     /// Commits `w` when `result` is a success and tells waiters; otherwise rolls it back, now rather than
     /// whenever the connection is next used, so that the next writer does not wait behind it.
-    pub(crate) async fn finish<T>(&self, w: WriteTx<'_>, result: StoreResult<T>) -> StoreResult<T> {
+    pub(crate) async fn finish<T>(&self, w: WriteTx, result: StoreResult<T>) -> StoreResult<T> {
         self.end(w, result, true).await
     }
 
     /// [`SqlStore::finish`], telling waiters only when `changed`: a write that found nothing to do (a claim
     /// with nothing to claim) must not wake them, or idle workers would wake each other forever.
-    async fn end<T>(&self, mut w: WriteTx<'_>, result: StoreResult<T>, changed: bool) -> StoreResult<T> {
+    async fn end<T>(&self, mut w: WriteTx, result: StoreResult<T>, changed: bool) -> StoreResult<T> {
         match result {
             Ok(value) => match query("COMMIT", vec![]).execute(w.conn()).await {
                 Ok(_) => {
@@ -438,6 +461,17 @@ impl SqlStore {
         row.map(|r| body_of(what, &r)).transpose()
     }
 
+    async fn read_records(&self, kind: &str, project_id: Option<Uuid>) -> StoreResult<Vec<Record>> {
+        let mut sql = Filtered::new("SELECT id, project_id, name, body, generation FROM records WHERE 1=1");
+        sql.and("kind = ", kind);
+        if let Some(p) = project_id {
+            sql.and("(project_id IS NULL OR project_id = ", p).push(")");
+        }
+        sql.push(" ORDER BY id");
+        let rows = sql.query().fetch_all(&self.pool).await.map_err(self.fail("listing records"))?;
+        rows.iter().map(|r| record_from_row(self.seal.as_deref(), kind, r)).collect()
+    }
+
     /// `select` with the conditions of `q` that choose instances (not those that page them).
     fn instances_matching(&self, select: &str, q: &InstanceQuery) -> Filtered {
         let mut sql = Filtered::new(select);
@@ -467,6 +501,22 @@ impl SqlStore {
         }
         if let Some(part) = &q.name_contains {
             sql.and_where(&self.backend.contains_text("name"), part);
+        }
+        if q.unplaced {
+            sql.push(" AND host IS NULL");
+        }
+        if q.shutdown_scheduled {
+            sql.push(&format!(" AND {}", self.backend.shutdown_scheduled()));
+        }
+        for (key, value) in &q.labels {
+            sql.and_where("id IN (SELECT instance_id FROM instance_labels WHERE key = {}", key);
+            if let Some(p) = q.project_id {
+                sql.and("project_id = ", p);
+            }
+            if let Some(v) = value {
+                sql.and("value = ", v);
+            }
+            sql.push(")");
         }
         sql
     }
@@ -715,20 +765,32 @@ impl Store for SqlStore {
     }
 
     async fn list_records(&self, kind: &str, project_id: Option<Uuid>) -> StoreResult<Vec<Record>> {
-        let mut sql = Filtered::new("SELECT id, project_id, name, body, generation FROM records WHERE 1=1");
-        sql.and("kind = ", kind);
-        if let Some(p) = project_id {
-            sql.and("(project_id IS NULL OR project_id = ", p).push(")");
+        // Secrets are not kept opened in memory longer than their reader needs them.
+        let cache = self.read_cache.as_ref().filter(|_| !SEALED_RECORD_KINDS.contains(&kind));
+        let version = self.changes.version();
+        if let Some(hit) = cache.and_then(|c| c.records(version, kind, project_id)) {
+            return Ok(hit);
         }
-        sql.push(" ORDER BY id");
-        let rows = sql.query().fetch_all(&self.pool).await.map_err(self.fail("listing records"))?;
-        rows.iter().map(|r| record_from_row(self.seal.as_deref(), kind, r)).collect()
+        let found = self.read_records(kind, project_id).await?;
+        if let Some(c) = cache {
+            c.keep_records(version, kind, project_id, &found);
+        }
+        Ok(found)
     }
 
     async fn get_instance(&self, id: Uuid) -> StoreResult<Option<Instance>> {
+        let version = self.changes.version();
+        if let Some(hit) = self.read_cache.as_ref().and_then(|c| c.instance(version, id)) {
+            return Ok(hit);
+        }
         // A destroyed instance's record is kept only to be shown by the dialects whose provider shows
         // deleted instances for a while; for everything else it is gone.
-        self.document("instance", "SELECT body FROM instances WHERE id = $1 AND state <> 'destroyed'", id).await
+        let found =
+            self.document("instance", "SELECT body FROM instances WHERE id = $1 AND state <> 'destroyed'", id).await?;
+        if let Some(c) = &self.read_cache {
+            c.keep_instance(version, id, &found);
+        }
+        Ok(found)
     }
 
     async fn list_instances(&self, q: &InstanceQuery) -> StoreResult<Vec<Instance>> {
@@ -780,20 +842,38 @@ impl Store for SqlStore {
     }
 
     async fn apply(&self, set: WriteSet) -> StoreResult<()> {
-        let mut w = self.write().await?;
-        let result = async {
-            writes::apply(w.conn(), self.backend, &self.sealed_set(&set)).await?;
-            self.mark_applied(w.conn(), || crate::applied_result(&set)).await
-        }
-        .await;
-        self.finish(w, result).await?;
-        if writes::revokes(&set) {
-            self.changes.bump_revocations();
-        }
-        Ok(())
+        // What the job needs of the caller's task (its idempotency hold) is taken now: the job runs on the
+        // committer's.
+        let hold = crate::current_hold();
+        let applied = hold.as_ref().map(|_| crate::applied_result(&set));
+        let revoked = writes::revokes(&set);
+        let sealed = match self.sealed_set(&set) {
+            std::borrow::Cow::Owned(sealed) => Some(sealed),
+            std::borrow::Cow::Borrowed(_) => None,
+        };
+        let set = sealed.unwrap_or(set);
+        let backend = self.backend;
+        self.group
+            .run(Box::new(move |conn| {
+                Box::pin(async move {
+                    writes::apply_changes(conn, backend, &set).await?;
+                    mark_applied_for(conn, backend, hold.as_ref(), || applied.unwrap_or_default()).await?;
+                    Ok(group_commit::Done { value: Box::new(()), changed: true, revoked, events: events_of(set) })
+                })
+            }))
+            .await
     }
 
     async fn claim_operation(&self, owner: &str, lease: Duration) -> StoreResult<Option<Operation>> {
+        self.claim_and_start(owner, lease, Box::new(|op| (op, WriteSet::new()))).await
+    }
+
+    async fn claim_and_start(
+        &self,
+        owner: &str,
+        lease: Duration,
+        start: StartClaimed,
+    ) -> StoreResult<Option<Operation>> {
         let now = self.backend.now_ms();
         let sql = format!(
             "UPDATE operations SET lease_owner = $1, lease_expires = {now} + $2
@@ -803,17 +883,26 @@ impl Store for SqlStore {
              RETURNING body",
             self.backend.skip_locked()
         );
-        let mut w = self.write().await?;
-        let result = async {
-            let row = query(&sql, args![owner, lease_ms(lease)])
-                .fetch_optional(w.conn())
-                .await
-                .map_err(self.fail("claiming an operation"))?;
-            row.map(|r| body_of::<Operation>("operation", &r)).transpose()
-        }
-        .await;
-        let claimed = matches!(result, Ok(Some(_)));
-        self.end(w, result, claimed).await
+        let (backend, owner, lease) = (self.backend, owner.to_string(), lease_ms(lease));
+        self.group
+            .run(Box::new(move |conn| {
+                Box::pin(async move {
+                    let row = query(&sql, args![&owner, lease])
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(|e| backend.error("claiming an operation", e))?;
+                    let claimed = row.map(|r| body_of::<Operation>("operation", &r)).transpose()?;
+                    // A claim that found nothing must not wake waiters, or idle workers would wake each
+                    // other forever.
+                    let Some(claimed) = claimed else { return Ok(group_commit::Done::new(None::<Operation>, false)) };
+                    let (started, set) = start(claimed);
+                    writes::apply_changes(conn, backend, &set).await?;
+                    let mut done = group_commit::Done::new(Some(started), true);
+                    done.events = events_of(set);
+                    Ok(done)
+                })
+            }))
+            .await
     }
 
     async fn renew_lease(&self, id: Uuid, owner: &str, lease: Duration) -> StoreResult<bool> {
@@ -824,35 +913,40 @@ impl Store for SqlStore {
              WHERE id = $2 AND lease_owner = $3 AND state IN ('pending', 'running')",
             self.backend.now_ms()
         );
-        let mut w = self.write().await?;
-        let result = query(&sql, args![lease_ms(lease), id, owner])
-            .execute(w.conn())
+        let (backend, owner, lease) = (self.backend, owner.to_string(), lease_ms(lease));
+        self.group
+            .run(Box::new(move |conn| {
+                Box::pin(async move {
+                    let renewed = query(&sql, args![lease, id, &owner])
+                        .execute(conn)
+                        .await
+                        .map_err(|e| backend.error("renewing a lease", e))?
+                        .rows_affected()
+                        > 0;
+                    Ok(group_commit::Done::new(renewed, false))
+                })
+            }))
             .await
-            .map_err(self.fail("renewing a lease"))
-            .map(|r| r.rows_affected() > 0);
-        self.end(w, result, false).await
     }
 
     async fn release_lease(&self, id: Uuid, owner: &str) -> StoreResult<()> {
-        let mut w = self.write().await?;
-        let result = async {
-            let released: u64 = query(
-                "UPDATE operations SET lease_owner = NULL, lease_expires = NULL WHERE id = $1 AND lease_owner = $2",
-                args![id, owner],
-            )
-            .execute(w.conn())
+        let (backend, owner) = (self.backend, owner.to_string());
+        self.group
+            .run(Box::new(move |conn| {
+                Box::pin(async move {
+                    let released = query(
+                        "UPDATE operations SET lease_owner = NULL, lease_expires = NULL WHERE id = $1 AND lease_owner = $2",
+                        args![id, &owner],
+                    )
+                    .execute(conn)
+                    .await
+                    .map_err(|e| backend.error("releasing a lease", e))?
+                    .rows_affected();
+                    // Another server's idle worker may claim it at once (the batch notifies when changed).
+                    Ok(group_commit::Done::new((), released > 0))
+                })
+            }))
             .await
-            .map_err(self.fail("releasing a lease"))?
-            .rows_affected();
-            // Another server's idle worker may claim it at once.
-            if let (true, Some(notify)) = (released > 0, self.backend.notify_others()) {
-                query(notify, vec![]).execute(w.conn()).await.map_err(self.fail("notifying"))?;
-            }
-            Ok(released > 0)
-        }
-        .await;
-        let released = matches!(result, Ok(true));
-        self.end(w, result, released).await.map(|_| ())
     }
 
     async fn release_leases_of(&self, server: &str) -> StoreResult<u64> {
@@ -1343,25 +1437,47 @@ impl SqlStore {
         conn: &mut AnyConnection,
         result: impl FnOnce() -> serde_json::Value,
     ) -> StoreResult<()> {
-        let Some(hold) = crate::current_hold() else { return Ok(()) };
-        let s = &hold.scope;
-        let marked = query(
-            "UPDATE idempotency SET result = COALESCE(result, $1)
-             WHERE project_id = $2 AND api_key_id = $3 AND key = $4 AND holder = $5 AND status IS NULL",
-            args![result().to_string(), s.project_id, &s.api_key_id, &s.key, &hold.holder],
-        )
-        .execute(conn)
-        .await
-        .map_err(self.fail("recording what an idempotent request applied"))?
-        .rows_affected();
-        if marked == 0 {
-            return Err(StoreError::Superseded(format!(
-                "the request with Idempotency-Key {:?} was taken over by a retry",
-                s.key
-            )));
-        }
-        Ok(())
+        mark_applied_for(conn, self.backend, crate::current_hold().as_ref(), result).await
     }
+}
+
+/// Records, inside the write, what the idempotent request holding `hold` applied (its answer is recorded
+/// after the commit); `Superseded` when a retry took the key over meanwhile. Nothing without a hold.
+pub(crate) async fn mark_applied_for(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    hold: Option<&IdempotencyHold>,
+    result: impl FnOnce() -> serde_json::Value,
+) -> StoreResult<()> {
+    let Some(hold) = hold else { return Ok(()) };
+    let s = &hold.scope;
+    let marked = query(
+        "UPDATE idempotency SET result = COALESCE(result, $1)
+         WHERE project_id = $2 AND api_key_id = $3 AND key = $4 AND holder = $5 AND status IS NULL",
+        args![result().to_string(), s.project_id, &s.api_key_id, &s.key, &hold.holder],
+    )
+    .execute(conn)
+    .await
+    .map_err(|e| backend.error("recording what an idempotent request applied", e))?
+    .rows_affected();
+    if marked == 0 {
+        return Err(StoreError::Superseded(format!(
+            "the request with Idempotency-Key {:?} was taken over by a retry",
+            s.key
+        )));
+    }
+    Ok(())
+}
+
+/// The events a write set appends, which its batch appends after every set's other writes.
+fn events_of(set: WriteSet) -> Vec<Event> {
+    set.writes
+        .into_iter()
+        .filter_map(|w| match w {
+            Write::AppendEvent(e) => Some(e),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A lease as milliseconds, saturating (a lease of centuries is as good as forever).

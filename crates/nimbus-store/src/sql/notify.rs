@@ -55,8 +55,18 @@ impl Changes {
         Ok(Changes { counter, revocations, listener: Some(task.abort_handle()) })
     }
 
+    /// What moves the counters from elsewhere (the group committer), without the listener.
+    pub(crate) fn bumper(&self) -> Bumper {
+        Bumper { counter: self.counter.clone(), revocations: self.revocations.clone() }
+    }
+
     pub(crate) fn bump(&self) {
         bump(&self.counter);
+    }
+
+    /// The counter's value now.
+    pub(crate) fn version(&self) -> u64 {
+        *self.counter.borrow()
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
@@ -69,6 +79,23 @@ impl Changes {
 
     pub(crate) fn revocations(&self) -> watch::Receiver<u64> {
         self.revocations.subscribe()
+    }
+}
+
+/// A handle on [`Changes`]' counters, moved after commits made away from the store's own methods.
+#[derive(Clone)]
+pub(crate) struct Bumper {
+    counter: Arc<watch::Sender<u64>>,
+    revocations: Arc<watch::Sender<u64>>,
+}
+
+impl Bumper {
+    pub(crate) fn bump(&self) {
+        bump(&self.counter);
+    }
+
+    pub(crate) fn bump_revocations(&self) {
+        bump(&self.revocations);
     }
 }
 

@@ -10,8 +10,11 @@
 //! 5. Event appends last, under [`Backend::serialize_event_appends`], so that sequence order is commit order
 //!    while the lock that ensures it is held only for the appends and the commit.
 //!
-//! Any error returns at once; the caller rolls everything back.
+//! Steps 1 to 3 run per set ([`apply_changes`]), 4 and 5 once per transaction ([`finish_batch`]): the group
+//! committer (`super::group_commit`) puts several sets in one transaction, each under a savepoint of its own.
+//! Any error returns at once; the caller rolls the set (or everything) back.
 
+use nimbus_core::event::Event;
 use nimbus_core::operation::Operation;
 use nimbus_core::tenancy::ApiKey;
 use sqlx::AnyConnection;
@@ -21,7 +24,9 @@ use super::backend::{is_unique_violation, Backend};
 use super::{args, column, encode, project_from_row, query, usage_in, Arg};
 use crate::{Placement, StoreError, StoreResult, Write, WriteSet};
 
-pub(super) async fn apply(conn: &mut AnyConnection, backend: Backend, set: &WriteSet) -> StoreResult<()> {
+/// Steps 1 to 3 for one set: everything but the notification and the event appends, which
+/// [`finish_batch`] does once for all the sets committed together.
+pub(super) async fn apply_changes(conn: &mut AnyConnection, backend: Backend, set: &WriteSet) -> StoreResult<()> {
     let quota = match set.enforce_quota_of {
         Some(project_id) => {
             let select = format!("SELECT numeric_id, body FROM projects WHERE id = $1{}", backend.for_update());
@@ -42,9 +47,7 @@ pub(super) async fn apply(conn: &mut AnyConnection, backend: Backend, set: &Writ
             .map_err(|e| backend.error("locking the host", e))?
             .ok_or_else(|| StoreError::NoRoom(format!("host {} is gone", p.host)))?;
     }
-    let (events, writes): (Vec<&Write>, Vec<&Write>) =
-        set.writes.iter().partition(|w| matches!(w, Write::AppendEvent(_)));
-    for write in writes {
+    for write in set.writes.iter().filter(|w| !matches!(w, Write::AppendEvent(_))) {
         apply_one(conn, backend, write).await?;
     }
     if let Some(p) = &set.placement {
@@ -56,10 +59,22 @@ pub(super) async fn apply(conn: &mut AnyConnection, backend: Backend, set: &Writ
             return Err(StoreError::QuotaExceeded(why));
         }
     }
-    if let Some(notify) = backend.notify_others() {
+    Ok(())
+}
+
+/// Steps 4 and 5 for the sets of one transaction, in their order: other servers are told (when anything
+/// changed, and that credentials went when any set revoked some), then every set's events are appended.
+pub(super) async fn finish_batch(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    changed: bool,
+    revoked: bool,
+    events: &[Event],
+) -> StoreResult<()> {
+    if let (true, Some(notify)) = (changed, backend.notify_others()) {
         query(notify, vec![]).execute(&mut *conn).await.map_err(|e| backend.error("notifying", e))?;
     }
-    if let (true, Some(notify)) = (revokes(set), backend.notify_revocation()) {
+    if let (true, Some(notify)) = (revoked, backend.notify_revocation()) {
         query(notify, vec![]).execute(&mut *conn).await.map_err(|e| backend.error("notifying", e))?;
     }
     if events.is_empty() {
@@ -68,13 +83,11 @@ pub(super) async fn apply(conn: &mut AnyConnection, backend: Backend, set: &Writ
     if let Some(lock) = backend.serialize_event_appends() {
         query(lock, vec![]).execute(&mut *conn).await.map_err(|e| backend.error("ordering events", e))?;
     }
-    for event in events {
-        if let Write::AppendEvent(e) = event {
-            query("INSERT INTO events (project_id, body) VALUES ($1, $2)", args![e.project_id, encode(e)])
-                .execute(&mut *conn)
-                .await
-                .map_err(|err| backend.error("appending an event", err))?;
-        }
+    for e in events {
+        query("INSERT INTO events (project_id, body) VALUES ($1, $2)", args![e.project_id, encode(e)])
+            .execute(&mut *conn)
+            .await
+            .map_err(|err| backend.error("appending an event", err))?;
     }
     Ok(())
 }

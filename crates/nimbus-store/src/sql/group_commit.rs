@@ -1,0 +1,210 @@
+//! Group commit: the writes that arrive while a transaction commits wait, then commit together in the next
+//! one, so that many requests' and workers' writes share one commit (one fsync on SQLite with
+//! `synchronous=FULL`, one WAL flush on PostgreSQL).
+//!
+//! Each write is a [`Job`] run by one committer task per store, in a transaction holding all the jobs that
+//! were waiting when it began (up to [`MAX_BATCH`]). Every job runs under a savepoint of its own: a job that
+//! fails (a lost compare-and-swap, a quota refusal) is rolled back to its savepoint and answered with its
+//! error, and the others go on. After the last job, the batch notifies other servers once and appends every
+//! successful job's events (in job order, under the event-order lock: [`super::writes::finish_batch`]), then
+//! commits. A job's caller is answered only after that commit: an `Ok` still means "on disk". If the commit
+//! fails, every job of the batch fails with its error and nothing of it was written.
+//!
+//! Why a task of our own and not the caller's future: a caller dropped halfway (a client gone, a worker
+//! halted) must not abandon the other callers' writes sharing its transaction. Why not a crate: the batching
+//! is a dozen lines around this store's own transaction handling (savepoints, event order, notifications).
+//!
+//! The committer serializes this server's batched writes on one connection. On SQLite that costs nothing
+//! (one writer at a time anyway); on PostgreSQL it trades concurrency inside one server for fewer commits,
+//! and keeps two transactions of one server from deadlocking each other on rows both batches touch.
+
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use nimbus_core::event::Event;
+use sqlx::{AnyConnection, AnyPool};
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use super::backend::Backend;
+use super::notify::Bumper;
+use super::{begin_write, query, writes, WriteTx};
+use crate::{StoreError, StoreResult};
+
+/// The most jobs one transaction carries: enough to amortize a commit, few enough that the writer lock is
+/// not held for long (a job is a few statements).
+const MAX_BATCH: usize = 256;
+
+/// What a job's work gives back to the batch.
+pub(crate) struct Done {
+    /// The caller's answer, taken back by [`GroupCommit::run`] as the type it asked for.
+    pub value: Box<dyn Any + Send>,
+    /// Whether it changed anything (waiters are woken and other servers told only then).
+    pub changed: bool,
+    /// Whether it revoked credentials.
+    pub revoked: bool,
+    /// Events to append once the batch's writes are all done.
+    pub events: Vec<Event>,
+}
+
+impl Done {
+    /// A job's answer `value`, having changed something when `changed`.
+    pub fn new<T: Send + 'static>(value: T, changed: bool) -> Done {
+        Done { value: Box::new(value), changed, revoked: false, events: Vec::new() }
+    }
+}
+
+pub(crate) type JobFuture<'c> = Pin<Box<dyn Future<Output = StoreResult<Done>> + Send + 'c>>;
+
+/// One write: statements run on the batch's connection, inside the batch's transaction.
+pub(crate) type Job = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> JobFuture<'c> + Send>;
+
+struct Waiting {
+    job: Job,
+    answer: oneshot::Sender<StoreResult<Box<dyn Any + Send>>>,
+}
+
+/// The handle the store sends jobs through; the committer ends when it is dropped.
+pub(crate) struct GroupCommit {
+    queue: mpsc::UnboundedSender<Waiting>,
+}
+
+impl GroupCommit {
+    pub(crate) fn start(
+        pool: AnyPool,
+        backend: Backend,
+        sqlite_writer: Option<Arc<Mutex<()>>>,
+        bumper: Bumper,
+    ) -> GroupCommit {
+        let (queue, mut waiting) = mpsc::unbounded_channel::<Waiting>();
+        tokio::spawn(async move {
+            let committer = Committer { pool, backend, sqlite_writer, bumper };
+            while let Some(first) = waiting.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match waiting.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                committer.commit(batch).await;
+            }
+        });
+        GroupCommit { queue }
+    }
+
+    /// Runs `job` in the next batch and answers once that batch committed (or failed).
+    pub(crate) async fn run<T: Send + 'static>(&self, job: Job) -> StoreResult<T> {
+        let (answer, answered) = oneshot::channel();
+        let gone = || StoreError::Unavailable("the store's committer has stopped".into());
+        self.queue.send(Waiting { job, answer }).map_err(|_| gone())?;
+        let value = answered.await.map_err(|_| gone())??;
+        Ok(*value.downcast::<T>().expect("a job answers with the type its caller asked for"))
+    }
+}
+
+struct Committer {
+    pool: AnyPool,
+    backend: Backend,
+    sqlite_writer: Option<Arc<Mutex<()>>>,
+    bumper: Bumper,
+}
+
+/// A batch's outcome so far: each job's answer, in order, and what the successful ones need at the end.
+#[derive(Default)]
+struct Outcome {
+    answers: Vec<(oneshot::Sender<StoreResult<Box<dyn Any + Send>>>, StoreResult<Box<dyn Any + Send>>)>,
+    changed: bool,
+    revoked: bool,
+    events: Vec<Event>,
+}
+
+impl Committer {
+    async fn commit(&self, batch: Vec<Waiting>) {
+        let mut tx = match begin_write(&self.pool, self.backend, self.sqlite_writer.as_ref()).await {
+            Ok(tx) => tx,
+            Err(e) => return fail_all(batch.into_iter().map(|w| w.answer), &e),
+        };
+        // One job alone needs no savepoint: its failure rolls the whole transaction back.
+        let alone = batch.len() == 1;
+        let mut outcome = Outcome::default();
+        let mut pending = batch.into_iter();
+        while let Some(Waiting { job, answer }) = pending.next() {
+            match self.run_one(&mut tx, job, alone).await {
+                Ok(Ok(done)) => {
+                    outcome.changed |= done.changed;
+                    outcome.revoked |= done.revoked;
+                    outcome.events.extend(done.events);
+                    outcome.answers.push((answer, Ok(done.value)));
+                }
+                Ok(Err(refused)) if !alone => outcome.answers.push((answer, Err(refused))),
+                // The job alone failed, or the transaction itself broke: nothing of the batch is kept.
+                Ok(Err(e)) | Err(e) => {
+                    self.rollback(&mut tx).await;
+                    let committed = outcome.answers.into_iter().map(|(a, _)| a);
+                    return fail_all(committed.chain(std::iter::once(answer)).chain(pending.map(|w| w.answer)), &e);
+                }
+            }
+        }
+        if let Err(e) = self.finish(&mut tx, outcome.changed, outcome.revoked, &outcome.events).await {
+            self.rollback(&mut tx).await;
+            return fail_all(outcome.answers.into_iter().map(|(a, _)| a), &e);
+        }
+        if outcome.changed {
+            self.bumper.bump();
+        }
+        if outcome.revoked {
+            self.bumper.bump_revocations();
+        }
+        for (answer, result) in outcome.answers {
+            // A caller that went away no longer needs its answer; its write stands.
+            let _ = answer.send(result);
+        }
+    }
+
+    /// Runs one job. `Ok(Err)`: the job refused and (unless alone) was rolled back to its savepoint;
+    /// `Err`: the transaction is unusable.
+    async fn run_one(&self, tx: &mut WriteTx, job: Job, alone: bool) -> StoreResult<StoreResult<Done>> {
+        if alone {
+            return Ok(job(tx.conn()).await);
+        }
+        self.exec(tx, "SAVEPOINT nimbus_job").await?;
+        let result = job(tx.conn()).await;
+        if result.is_err() {
+            self.exec(tx, "ROLLBACK TO SAVEPOINT nimbus_job").await?;
+        }
+        self.exec(tx, "RELEASE SAVEPOINT nimbus_job").await?;
+        Ok(result)
+    }
+
+    async fn finish(&self, tx: &mut WriteTx, changed: bool, revoked: bool, events: &[Event]) -> StoreResult<()> {
+        writes::finish_batch(tx.conn(), self.backend, changed, revoked, events).await?;
+        match query("COMMIT", vec![]).execute(tx.conn()).await {
+            Ok(_) => {
+                tx.ended = true;
+                Ok(())
+            }
+            Err(e) => Err(self.backend.error("committing", e)),
+        }
+    }
+
+    async fn exec(&self, tx: &mut WriteTx, sql: &str) -> StoreResult<()> {
+        query(sql, vec![]).execute(tx.conn()).await.map(|_| ()).map_err(|e| self.backend.error(sql, e))
+    }
+
+    /// Rolls the transaction back now (so that the next writer does not wait behind it); when that fails,
+    /// the connection is closed as `tx` drops, never reused with a transaction open.
+    async fn rollback(&self, tx: &mut WriteTx) {
+        match query("ROLLBACK", vec![]).execute(tx.conn()).await {
+            Ok(_) => tx.ended = true,
+            Err(e) => tracing::warn!(error = %e, "rolling back a failed batch"),
+        }
+    }
+}
+
+fn fail_all(answers: impl Iterator<Item = oneshot::Sender<StoreResult<Box<dyn Any + Send>>>>, error: &StoreError) {
+    for answer in answers {
+        let _ = answer.send(Err(error.clone()));
+    }
+}
