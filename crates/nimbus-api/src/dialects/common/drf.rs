@@ -167,9 +167,12 @@ impl<D: DrfDialect> super::CredentialErrors for DrfError<D> {
     }
 }
 
-impl<D> DrfError<D> {
-    /// DRF's answer to a method a route does not take.
-    pub fn method_not_allowed(method: &axum::http::Method) -> DrfError<D> {
-        DrfError::detail(StatusCode::METHOD_NOT_ALLOWED, format!("Method \"{method}\" not allowed."))
-    }
+/// DRF's answer to a method a route does not take (each route's fallback).
+pub async fn method_not_allowed<D>(method: axum::http::Method) -> DrfError<D> {
+    DrfError::detail(StatusCode::METHOD_NOT_ALLOWED, format!("Method \"{method}\" not allowed."))
+}
+
+/// DRF's answer to a path no route takes.
+pub async fn unknown_route<D>() -> DrfError<D> {
+    DrfError::not_found()
 }

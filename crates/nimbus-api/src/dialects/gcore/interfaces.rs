@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
-use nimbus_engine::InstancePatch;
+use nimbus_engine::Extensions;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -36,18 +36,10 @@ pub async fn list(
     page(all, &query_pairs(&uri))
 }
 
-/// Records the name the user gave an instance's interface on a private network (`None`: forget it).
-pub(super) async fn name_interface(
-    app: &AppState,
-    r: &super::common::Region,
-    instance_id: Uuid,
-    network_id: Uuid,
-    name: Option<&str>,
-) -> GcoreResult<()> {
-    let mut extensions = std::collections::BTreeMap::new();
-    extensions.insert(EXT.to_string(), json!({"interface_names": {network_id.to_string(): name}}));
-    app.engine.update_instance(&r.ctx, instance_id, InstancePatch { extensions, ..Default::default() }, None).await?;
-    Ok(())
+/// What an instance records about its interface on a private network: the name the user gave it (`None`:
+/// none, forgotten), written with the attachment.
+fn interface_name(network_id: Uuid, name: Option<&str>) -> Extensions {
+    Extensions::from([(EXT.to_string(), json!({"interface_names": {network_id.to_string(): name}}))])
 }
 
 /// Fields of an interface Nimbus has no counterpart for, refused unless empty.
@@ -135,10 +127,8 @@ pub async fn attach(
     };
     errors.check()?;
     let Some(g) = target else { unreachable!("a missing target was reported") };
-    app.engine.attach_private_network(&r.ctx, g.net.id, instance.id, None, false).await?;
-    if let Some(name) = name {
-        name_interface(&app, &r, instance.id, g.net.id, Some(name)).await?;
-    }
+    let named = name.map(|n| interface_name(g.net.id, Some(n))).unwrap_or_default();
+    app.engine.attach_private_network_with(&r.ctx, g.net.id, instance.id, None, false, &named).await?;
     receipt(&app, &r, "attach_interface", "ports", &[views::private_port_id(instance.id, g.net.id)]).await
 }
 
@@ -170,11 +160,7 @@ pub async fn detach(
     if let Some(held) = lease.ip.filter(|held| held.to_string() != ip) {
         return Err(GcoreError::field("ip_address", format!("Port {port} holds {held}, not {ip}")));
     }
-    app.engine.detach_private_network(&r.ctx, g.net.id, instance.id).await?;
-    let named =
-        instance.extensions.get(EXT).and_then(|e| e.get("interface_names")).and_then(|n| n.get(g.net.id.to_string()));
-    if named.is_some() {
-        name_interface(&app, &r, instance.id, g.net.id, None).await?;
-    }
+    let named = views::private_interface_name(&instance, g.net.id).map(|_| interface_name(g.net.id, None));
+    app.engine.detach_private_network_with(&r.ctx, g.net.id, instance.id, &named.unwrap_or_default()).await?;
     receipt(&app, &r, "detach_interface", "ports", &[]).await
 }

@@ -434,7 +434,7 @@ pub fn private_port_id(instance_id: Uuid, network_id: Uuid) -> Uuid {
 }
 
 /// The name the Gcore user gave an instance's interface on a private network.
-fn private_interface_name(i: &Instance, network_id: Uuid) -> Option<&str> {
+pub(super) fn private_interface_name(i: &Instance, network_id: Uuid) -> Option<&str> {
     i.extensions
         .get(EXT)
         .and_then(|e| e.get("interface_names"))

@@ -49,11 +49,3 @@ impl DrfDialect for Onet {
 pub fn no_instance() -> OnetError {
     OnetError::detail(StatusCode::NOT_FOUND, "No Instance matches the given query.")
 }
-
-pub async fn method_not_allowed(method: axum::http::Method) -> OnetError {
-    OnetError::method_not_allowed(&method)
-}
-
-pub async fn unknown_route() -> OnetError {
-    OnetError::not_found()
-}

@@ -27,11 +27,3 @@ impl DrfDialect for SharedCloud {
         ScError::non_field(message)
     }
 }
-
-pub async fn method_not_allowed(method: axum::http::Method) -> ScError {
-    ScError::method_not_allowed(&method)
-}
-
-pub async fn unknown_route() -> ScError {
-    ScError::not_found()
-}
