@@ -228,6 +228,14 @@ pub struct InstanceQuery {
     pub states: Vec<InstanceState>,
     /// Only names that contain this text (compared as it is: case counts).
     pub name_contains: Option<String>,
+    /// Only ids whose text (lowercase, hyphenated) contains this.
+    pub id_contains: Option<String>,
+    /// Of any of these instance types, by name (empty: any).
+    pub instance_types: Vec<String>,
+    /// Only instance types whose name begins with this.
+    pub instance_type_prefix: Option<String>,
+    /// Only instance types whose name does not begin with this.
+    pub instance_type_not_prefix: Option<String>,
     /// Keyset pagination: only ids greater than this one.
     pub after: Option<Uuid>,
     /// Keyset pagination backwards: only ids smaller than this one, the nearest first (descending order).

@@ -468,6 +468,27 @@ impl SqlStore {
         if let Some(part) = &q.name_contains {
             sql.and_where(&self.backend.contains_text("name"), part);
         }
+        if let Some(part) = &q.id_contains {
+            sql.and_where(&self.backend.contains_text("id"), part);
+        }
+        // The instance type has no column: read from the document, which every instance row carries.
+        let instance_type = match self.backend {
+            Backend::Sqlite => "json_extract(body, '$.instance_type')",
+            Backend::Postgres => "(CAST(body AS jsonb) ->> 'instance_type')",
+        };
+        if !q.instance_types.is_empty() {
+            sql.any_of(instance_type, q.instance_types.iter().map(|t| Arg::from(t.as_str())));
+        }
+        let starts = |negated: &str| match self.backend {
+            Backend::Sqlite => format!("{negated}(instr({instance_type}, {{}}) = 1)"),
+            Backend::Postgres => format!("{negated}(strpos({instance_type}, {{}}) = 1)"),
+        };
+        if let Some(prefix) = &q.instance_type_prefix {
+            sql.and_where(&starts(""), prefix);
+        }
+        if let Some(prefix) = &q.instance_type_not_prefix {
+            sql.and_where(&starts("NOT "), prefix);
+        }
         sql
     }
 
