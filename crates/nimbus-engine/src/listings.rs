@@ -10,6 +10,7 @@
 
 use nimbus_core::instance::{Instance, InstanceState};
 use nimbus_core::operation::{Operation, OperationState};
+use nimbus_core::state_machine::Action;
 use nimbus_store::{InstanceQuery, OperationQuery};
 
 use crate::instances::MAX_PAGE;
@@ -45,6 +46,8 @@ pub struct InstanceWindow {
 pub struct OperationWindow {
     /// Any of these states (empty: any).
     pub states: Vec<OperationState>,
+    /// Of any of these kinds (empty: any).
+    pub kinds: Vec<Action>,
     pub newest_first: bool,
     pub offset: u64,
     /// At most this many (`None`: all from the offset on).
@@ -132,6 +135,7 @@ impl Engine {
         let query = OperationQuery {
             project_id: Some(ctx.project.id),
             states: window.states.clone(),
+            kinds: window.kinds.clone(),
             newest_first: window.newest_first,
             ..Default::default()
         };
@@ -163,6 +167,7 @@ impl Engine {
         let query = OperationQuery {
             project_id: Some(ctx.project.id),
             states: window.states.clone(),
+            kinds: window.kinds.clone(),
             newest_first: window.newest_first,
             ..Default::default()
         };

@@ -766,6 +766,9 @@ pub async fn operations_page_by_offset_newest_first_with_a_count(store: &dyn Sto
     for state in [OperationState::Success, OperationState::Failure, OperationState::Pending, OperationState::Success] {
         let mut op = operation(p.id);
         op.state = state;
+        if state == OperationState::Failure {
+            op.kind = Action::Reboot;
+        }
         insert_operation(store, &op).await;
         ids.push(op.id);
     }
@@ -780,6 +783,9 @@ pub async fn operations_page_by_offset_newest_first_with_a_count(store: &dyn Sto
     assert_eq!(store.count_operations(&OperationQuery { offset: 2, limit: 1, ..done.clone() }).await.unwrap(), 3);
     let skipped = OperationQuery { offset: 2, ..done };
     assert_eq!(ids_of(store.list_operations(&skipped).await.unwrap()), [ids[3]], "an offset without a limit");
+    let reboots = OperationQuery { kinds: vec![Action::Reboot, Action::Reset], ..all.clone() };
+    assert_eq!(ids_of(store.list_operations(&reboots).await.unwrap()), [ids[1]], "by kind");
+    assert_eq!(store.count_operations(&OperationQuery { kinds: vec![Action::Start], ..all }).await.unwrap(), 3);
 }
 
 pub async fn racing_workers_never_share_an_operation(store: Arc<dyn Store>) {

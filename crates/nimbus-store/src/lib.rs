@@ -271,6 +271,8 @@ pub struct OperationQuery {
     pub unfinished: bool,
     /// In any of these states (empty: any).
     pub states: Vec<OperationState>,
+    /// Of any of these kinds (empty: any).
+    pub kinds: Vec<nimbus_core::state_machine::Action>,
     /// Keyset pagination, oldest first: only ids greater than this one.
     pub after: Option<Uuid>,
     /// Newest first instead of oldest first (ids are time-ordered).

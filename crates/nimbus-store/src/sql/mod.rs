@@ -499,7 +499,7 @@ impl SqlStore {
 }
 
 /// `select` with the conditions of `q` that choose operations (not those that page them).
-fn operations_matching(select: &str, q: &OperationQuery) -> Filtered {
+fn operations_matching(backend: Backend, select: &str, q: &OperationQuery) -> Filtered {
     let mut sql = Filtered::new(select);
     if let Some(p) = q.project_id {
         sql.and("project_id = ", p);
@@ -512,6 +512,14 @@ fn operations_matching(select: &str, q: &OperationQuery) -> Filtered {
     }
     if !q.states.is_empty() {
         sql.any_of("state", q.states.iter().map(|s| Arg::from(s.as_str())));
+    }
+    if !q.kinds.is_empty() {
+        // The kind has no column: read from the document, which every operation row carries.
+        let kind = match backend {
+            Backend::Sqlite => "json_extract(body, '$.kind')",
+            Backend::Postgres => "(CAST(body AS jsonb) ->> 'kind')",
+        };
+        sql.any_of(kind, q.kinds.iter().map(|k| Arg::from(k.as_str())));
     }
     sql
 }
@@ -785,7 +793,7 @@ impl Store for SqlStore {
     }
 
     async fn list_operations(&self, q: &OperationQuery) -> StoreResult<Vec<Operation>> {
-        let mut sql = operations_matching("SELECT body FROM operations WHERE 1=1", q);
+        let mut sql = operations_matching(self.backend, "SELECT body FROM operations WHERE 1=1", q);
         if let Some(a) = q.after {
             sql.and("id > ", a);
         }
@@ -795,7 +803,7 @@ impl Store for SqlStore {
     }
 
     async fn count_operations(&self, q: &OperationQuery) -> StoreResult<u64> {
-        let sql = operations_matching("SELECT COUNT(*) AS n FROM operations WHERE 1=1", q);
+        let sql = operations_matching(self.backend, "SELECT COUNT(*) AS n FROM operations WHERE 1=1", q);
         let row = sql.query().fetch_one(&self.pool).await.map_err(self.fail("counting operations"))?;
         Ok(u64::try_from(column::<i64>(&row, "n")?).unwrap_or(0))
     }
