@@ -54,6 +54,21 @@ impl FromRequestParts<AppState> for InRegion {
     }
 }
 
+/// A request under `/{project_id}/{region_id}/{id}`: its region, and the id of what the path names.
+pub(super) struct RegionItem(pub Region, pub String);
+
+impl FromRequestParts<AppState> for RegionItem {
+    type Rejection = GcoreError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let InRegion(r) = InRegion::from_request_parts(parts, state).await?;
+        let Path((_, _, id)) = Path::<(String, String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| GcoreError::bad_request(e.body_text()))?;
+        Ok(RegionItem(r, id))
+    }
+}
+
 /// A request under `/{project_id}/{region_id}/{instance_id}`: its region, and the instance of the project it
 /// names (any other id is not found).
 pub(super) struct OneInstance(pub Region, pub Instance);

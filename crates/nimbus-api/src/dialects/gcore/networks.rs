@@ -14,7 +14,7 @@
 use std::net::Ipv4Addr;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
 use nimbus_core::networking::AddressRange;
@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::common::{body_object, page, query_all, query_one, query_pairs, InRegion, Region};
+use super::common::{body_object, page, query_all, query_one, query_pairs, InRegion, Region, RegionItem};
 use super::create::create_tags;
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
 use super::views::{self, GcoreNetwork, Scope, SubnetInfo, EXT};
@@ -174,11 +174,7 @@ pub async fn list_networks(State(app): State<AppState>, InRegion(r): InRegion, u
     page(all, &q)
 }
 
-pub async fn get_network(
-    State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-) -> GcoreResult<Json<Value>> {
+pub async fn get_network(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<Json<Value>> {
     let scope = r.scope();
     if id == scope.network_id().to_string() {
         return Ok(Json(views::instance_network(&scope, true, false)));
@@ -212,11 +208,7 @@ pub async fn create_network(
 }
 
 /// Deletes a private network (and so its subnet); refused while an instance is attached.
-pub async fn delete_network(
-    State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-) -> GcoreResult<Json<Value>> {
+pub async fn delete_network(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<Json<Value>> {
     if let Some(e) = instance_network_is_fixed(&r.scope(), &id) {
         return Err(e);
     }
@@ -247,11 +239,7 @@ pub async fn list_subnets(State(app): State<AppState>, InRegion(r): InRegion, ur
     page(all, &q)
 }
 
-pub async fn get_subnet(
-    State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-) -> GcoreResult<Json<Value>> {
+pub async fn get_subnet(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<Json<Value>> {
     let scope = r.scope();
     if id == scope.subnet_id().to_string() {
         return Ok(Json(views::instance_subnet(&scope)));
@@ -381,11 +369,7 @@ pub async fn create_subnet(
 }
 
 /// Takes a private network's subnet away: refused while an instance holds one of its addresses.
-pub async fn delete_subnet(
-    State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-) -> GcoreResult<Json<Value>> {
+pub async fn delete_subnet(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<Json<Value>> {
     if let Some(e) = instance_network_is_fixed(&r.scope(), &id) {
         return Err(e);
     }

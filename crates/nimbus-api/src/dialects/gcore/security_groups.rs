@@ -7,13 +7,13 @@
 //! tags that would set one are refused.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::Json;
 use nimbus_core::resources::{SecurityGroup, SecurityGroupRule};
 use serde_json::{json, Value};
 
-use super::common::{body_object, found, page, query_one, query_pairs, InRegion, Region};
+use super::common::{body_object, found, page, query_one, query_pairs, InRegion, Region, RegionItem};
 use super::errors::{FieldErrors, GcoreResult};
 use super::views::{self, ANY_PROTOCOL};
 use crate::AppState;
@@ -129,11 +129,7 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
     page(all, &q)
 }
 
-pub async fn get(
-    State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-) -> GcoreResult<Json<Value>> {
+pub async fn get(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<Json<Value>> {
     let group = find_group(&app, &r, &id).await?;
     Ok(Json(views::security_group(&group, &r.scope())))
 }
@@ -159,8 +155,7 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
 
 pub async fn update(
     State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
+    RegionItem(r, id): RegionItem,
     body: Bytes,
 ) -> GcoreResult<Json<Value>> {
     let group = find_group(&app, &r, &id).await?;
@@ -185,11 +180,7 @@ pub async fn update(
     Ok(Json(json!({ "tasks": [] })))
 }
 
-pub async fn delete(
-    State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-) -> GcoreResult<StatusCode> {
+pub async fn delete(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<StatusCode> {
     let group = find_group(&app, &r, &id).await?;
     app.engine.delete_security_group(&r.ctx, group.id).await?;
     Ok(StatusCode::NO_CONTENT)
