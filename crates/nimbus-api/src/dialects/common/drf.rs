@@ -11,6 +11,20 @@ use axum::response::{IntoResponse, Response};
 use nimbus_core::DomainError;
 use serde_json::{json, Value};
 
+/// Declares a DRF provider's marker type `$dialect` (to implement [`DrfDialect`] on) and its error, result
+/// and `FieldErrors` types.
+macro_rules! drf_provider {
+    ($dialect:ident, $error:ident, $result:ident) => {
+        #[doc = concat!("What ", stringify!($dialect), " says where DRF's providers differ.")]
+        pub struct $dialect;
+
+        pub type $error = crate::dialects::common::drf::DrfError<$dialect>;
+        pub type $result<T> = Result<T, $error>;
+        pub type FieldErrors = crate::dialects::common::drf::FieldErrors<$dialect>;
+    };
+}
+pub(crate) use drf_provider;
+
 /// What one DRF provider says its own way.
 pub trait DrfDialect: Sized {
     /// The scheme named in a 401's `WWW-Authenticate` (without it DRF would have answered 403).

@@ -16,7 +16,7 @@ use nimbus_engine::Context;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::errors::{GcoreError, GcoreResult};
+use super::errors::{FieldErrors, GcoreError, GcoreResult};
 use super::views::Scope;
 use crate::AppState;
 
@@ -159,6 +159,18 @@ pub(super) fn required_str<'a>(map: &'a Map<String, Value>, key: &str) -> GcoreR
         Some(Value::String(s)) => Ok(s),
         Some(_) => Err(GcoreError::field(key, "Input should be a valid string")),
         None => Err(GcoreError::field(key, "Field required")),
+    }
+}
+
+/// A string field that may be left out or null; anything else is noted in `errors`.
+pub(super) fn optional_str<'a>(map: &'a Map<String, Value>, key: &str, errors: &mut FieldErrors) -> Option<&'a str> {
+    match map.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            errors.add(key, "Input should be a valid string");
+            None
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use nimbus_engine::Extensions;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::common::{body_object, page, query_pairs, required_str, OneInstance};
+use super::common::{body_object, optional_str, page, query_pairs, required_str, OneInstance};
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
 use super::networks::{by_subnet, gcore_networks, receipt};
 use super::views::{self, EXT};
@@ -67,14 +67,7 @@ pub async fn attach(
     if map.get("security_groups").is_some_and(|v| !v.is_null() && v != &json!([])) {
         errors.add("security_groups", "Nimbus security groups apply to the instance (addsecuritygroup), not a port");
     }
-    let name = match map.get("interface_name") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.as_str()),
-        Some(_) => {
-            errors.add("interface_name", "Input should be a valid string");
-            None
-        }
-    };
+    let name = optional_str(&map, "interface_name", &mut errors);
     let scope = r.scope();
     let one_nic = "A Nimbus instance has one NIC, on the instance network, made with it; other interfaces are \
                    private networks (type subnet or any_subnet)";

@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::common::{body_object, page, query_all, query_one, query_pairs, InRegion, Region, RegionItem};
+use super::common::{body_object, optional_str, page, query_all, query_one, query_pairs, InRegion, Region, RegionItem};
 use super::create::create_tags;
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
 use super::views::{self, GcoreNetwork, Scope, SubnetInfo, EXT};
@@ -102,17 +102,6 @@ pub(super) fn by_subnet(all: &[GcoreNetwork], id: Uuid) -> Option<&GcoreNetwork>
 fn instance_network_is_fixed(scope: &Scope, id: &str) -> Option<GcoreError> {
     let fixed = id == scope.network_id().to_string() || id == scope.subnet_id().to_string();
     fixed.then(|| GcoreError::bad_request("The instance network and its subnet belong to Nimbus and cannot be changed"))
-}
-
-fn optional_str<'a>(map: &'a Map<String, Value>, key: &str, errors: &mut FieldErrors) -> Option<&'a str> {
-    match map.get(key) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(_) => {
-            errors.add(key, "Input should be a valid string");
-            None
-        }
-    }
 }
 
 fn required_str<'a>(map: &'a Map<String, Value>, key: &str, errors: &mut FieldErrors) -> Option<&'a str> {

@@ -13,7 +13,7 @@ use axum::Json;
 use nimbus_core::resources::{SecurityGroup, SecurityGroupRule};
 use serde_json::{json, Value};
 
-use super::common::{body_object, found, page, query_one, query_pairs, InRegion, Region, RegionItem};
+use super::common::{body_object, found, optional_str, page, query_one, query_pairs, InRegion, Region, RegionItem};
 use super::errors::{FieldErrors, GcoreResult};
 use super::views::{self, ANY_PROTOCOL};
 use crate::AppState;
@@ -97,17 +97,6 @@ fn refuse_tags(v: Option<&Value>, errors: &mut FieldErrors) {
     if let Some(Value::Object(m)) = v {
         if m.values().any(|v| !v.is_null()) {
             errors.add("tags", "Security groups carry no tags in Nimbus");
-        }
-    }
-}
-
-fn optional_str<'a>(map: &'a serde_json::Map<String, Value>, key: &str, errors: &mut FieldErrors) -> Option<&'a str> {
-    match map.get(key) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(_) => {
-            errors.add(key, "Input should be a valid string");
-            None
         }
     }
 }

@@ -3,14 +3,9 @@
 
 use axum::http::StatusCode;
 
-use crate::dialects::common::drf::{self, DrfDialect, DrfError};
+use crate::dialects::common::drf::{drf_provider, DrfDialect};
 
-/// ONET's words where DRF's providers differ.
-pub struct Onet;
-
-pub type OnetError = DrfError<Onet>;
-pub type OnetResult<T> = Result<T, OnetError>;
-pub type FieldErrors = drf::FieldErrors<Onet>;
+drf_provider!(Onet, OnetError, OnetResult);
 
 impl DrfDialect for Onet {
     const AUTH_SCHEME: &'static str = "Bearer";
