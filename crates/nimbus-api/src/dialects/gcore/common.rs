@@ -4,9 +4,10 @@
 use axum::body::Bytes;
 use std::collections::HashMap;
 
-use axum::extract::{FromRequestParts, Path};
+use axum::extract::{FromRequest, FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::Uri;
+use axum::response::IntoResponse;
 use axum::Json;
 use nimbus_core::catalog::Zone;
 use nimbus_core::instance::Instance;
@@ -171,6 +172,18 @@ pub(super) fn optional_str<'a>(map: &'a Map<String, Value>, key: &str, errors: &
             errors.add(key, "Input should be a valid string");
             None
         }
+    }
+}
+
+/// The request's JSON body as an object (`body_object`), for handlers that read it before anything else.
+pub(super) struct BodyMap(pub Map<String, Value>);
+
+impl FromRequest<AppState> for BodyMap {
+    type Rejection = axum::response::Response;
+
+    async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let body = Bytes::from_request(req, state).await.map_err(IntoResponse::into_response)?;
+        body_object(&body).map(BodyMap).map_err(IntoResponse::into_response)
     }
 }
 

@@ -13,7 +13,7 @@ use nimbus_engine::InstanceWindow;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::common::{body_object, found, page, query_pairs, InRegion, Region, RegionItem};
+use super::common::{body_object, found, page, query_pairs, BodyMap, InRegion, Region, RegionItem};
 use super::create::create_tags;
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
 use super::instances::Renderer;
@@ -108,8 +108,11 @@ pub async fn get(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> 
 }
 
 /// Takes an address from the pool, assigned at once to `port_id` when given.
-pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: Bytes) -> GcoreResult<Json<Value>> {
-    let map = body_object(&body)?;
+pub async fn create(
+    State(app): State<AppState>,
+    InRegion(r): InRegion,
+    BodyMap(map): BodyMap,
+) -> GcoreResult<Json<Value>> {
     let mut errors = FieldErrors::default();
     let (port, fixed) = port_fields(&map, &mut errors);
     let labels = create_tags(map.get("tags"), &mut errors);

@@ -7,7 +7,6 @@
 //! task. An `external` interface, or a second one on the instance network, has no counterpart: the
 //! instance has exactly one NIC, made with it.
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
@@ -15,7 +14,7 @@ use nimbus_engine::Extensions;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::common::{body_object, optional_str, page, query_pairs, required_str, OneInstance};
+use super::common::{optional_str, page, query_pairs, required_str, BodyMap, OneInstance};
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
 use super::networks::{by_subnet, gcore_networks, receipt};
 use super::views::{self, EXT};
@@ -59,9 +58,8 @@ pub(super) fn refuse_port_options(item: &serde_json::Map<String, Value>, prefix:
 pub async fn attach(
     State(app): State<AppState>,
     OneInstance(r, instance): OneInstance,
-    body: Bytes,
+    BodyMap(map): BodyMap,
 ) -> GcoreResult<Json<Value>> {
-    let map = body_object(&body)?;
     let mut errors = FieldErrors::default();
     refuse_port_options(&map, "", &mut errors);
     if map.get("security_groups").is_some_and(|v| !v.is_null() && v != &json!([])) {
@@ -129,9 +127,8 @@ pub async fn attach(
 pub async fn detach(
     State(app): State<AppState>,
     OneInstance(r, instance): OneInstance,
-    body: Bytes,
+    BodyMap(map): BodyMap,
 ) -> GcoreResult<Json<Value>> {
-    let map = body_object(&body)?;
     let mut errors = FieldErrors::default();
     let port = required_str(&map, "port_id").map_err(|e| errors.add("port_id", e.message)).ok();
     let ip = required_str(&map, "ip_address").map_err(|e| errors.add("ip_address", e.message)).ok();

@@ -13,7 +13,6 @@
 
 use std::net::Ipv4Addr;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
@@ -23,7 +22,7 @@ use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::common::{body_object, optional_str, page, query_all, query_one, query_pairs, InRegion, Region, RegionItem};
+use super::common::{optional_str, page, query_all, query_one, query_pairs, BodyMap, InRegion, Region, RegionItem};
 use super::create::create_tags;
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
 use super::views::{self, GcoreNetwork, Scope, SubnetInfo, EXT};
@@ -176,9 +175,8 @@ pub async fn get_network(State(app): State<AppState>, RegionItem(r, id): RegionI
 pub async fn create_network(
     State(app): State<AppState>,
     InRegion(r): InRegion,
-    body: Bytes,
+    BodyMap(map): BodyMap,
 ) -> GcoreResult<Json<Value>> {
-    let map = body_object(&body)?;
     let mut errors = FieldErrors::default();
     let name = required_str(&map, "name", &mut errors);
     only(
@@ -310,9 +308,8 @@ fn range_of(cidr: &str, gateway: Option<&Value>, errors: &mut FieldErrors) -> Op
 pub async fn create_subnet(
     State(app): State<AppState>,
     InRegion(r): InRegion,
-    body: Bytes,
+    BodyMap(map): BodyMap,
 ) -> GcoreResult<Json<Value>> {
-    let map = body_object(&body)?;
     let mut errors = FieldErrors::default();
     let name = required_str(&map, "name", &mut errors);
     let cidr = required_str(&map, "cidr", &mut errors);

@@ -13,7 +13,9 @@ use axum::Json;
 use nimbus_core::resources::{SecurityGroup, SecurityGroupRule};
 use serde_json::{json, Value};
 
-use super::common::{body_object, found, optional_str, page, query_one, query_pairs, InRegion, Region, RegionItem};
+use super::common::{
+    body_object, found, optional_str, page, query_one, query_pairs, BodyMap, InRegion, Region, RegionItem,
+};
 use super::errors::{FieldErrors, GcoreResult};
 use super::views::{self, ANY_PROTOCOL};
 use crate::AppState;
@@ -123,8 +125,11 @@ pub async fn get(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> 
     Ok(Json(views::security_group(&group, &r.scope())))
 }
 
-pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: Bytes) -> GcoreResult<Json<Value>> {
-    let map = body_object(&body)?;
+pub async fn create(
+    State(app): State<AppState>,
+    InRegion(r): InRegion,
+    BodyMap(map): BodyMap,
+) -> GcoreResult<Json<Value>> {
     let mut errors = FieldErrors::default();
     let name = optional_str(&map, "name", &mut errors);
     if name.is_none() {

@@ -12,7 +12,7 @@ use nimbus_engine::ActionRequest;
 use serde_json::{json, Value};
 
 use super::common::{
-    body_object, found, page, query_pairs, required_str, tasks, InRegion, OneInstance, Region, RegionItem,
+    body_object, found, page, query_pairs, required_str, tasks, BodyMap, InRegion, OneInstance, Region, RegionItem,
 };
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
 use super::views;
@@ -44,8 +44,11 @@ pub async fn get(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> 
     Ok(Json(render(&app, &r, vec![group]).await?.remove(0)))
 }
 
-pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: Bytes) -> GcoreResult<Json<Value>> {
-    let map = body_object(&body)?;
+pub async fn create(
+    State(app): State<AppState>,
+    InRegion(r): InRegion,
+    BodyMap(map): BodyMap,
+) -> GcoreResult<Json<Value>> {
     let mut errors = FieldErrors::default();
     let name = required_str(&map, "name").map_err(|e| errors.add("name", e.message)).ok();
     match map.get("policy").and_then(Value::as_str) {
