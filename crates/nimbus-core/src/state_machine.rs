@@ -57,6 +57,36 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action, in declaration order.
+    pub const ALL: [Action; 26] = [
+        Action::Create,
+        Action::Start,
+        Action::Stop,
+        Action::Reboot,
+        Action::Reset,
+        Action::Scale,
+        Action::ScaleWithRestart,
+        Action::ResizeDisk,
+        Action::CreateSnapshot,
+        Action::RevertSnapshot,
+        Action::DeleteSnapshot,
+        Action::ResetPassword,
+        Action::EnableTpm,
+        Action::Suspend,
+        Action::Resume,
+        Action::Delete,
+        Action::ScheduledStop,
+        Action::ChangeAntiAffinityGroups,
+        Action::Evacuate,
+        Action::PromoteSnapshot,
+        Action::ImportTemplate,
+        Action::CreateVolume,
+        Action::AttachVolume,
+        Action::DetachVolume,
+        Action::ResizeVolume,
+        Action::DeleteVolume,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Create => "create",

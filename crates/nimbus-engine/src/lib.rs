@@ -58,7 +58,7 @@ pub use fleet::LocalHost;
 pub use hosts::{AgentRegistration, HostAdminState, HostReport, HostWork, PendingCall, PendingConsole};
 pub use instances::{ActionRequest, CreateInstance, InstanceFilter, InstancePatch, MAX_DISK_GB};
 pub use listings::{InstanceOrder, InstanceWindow, NumberedPage, OperationWindow};
-pub use networking::PrivateNetworkSpec;
+pub use networking::{Extensions, PrivateNetworkSpec};
 pub use reconciler::UnknownHostInstance;
 pub use sagas::import_template::ImportTemplate;
 pub use sagas::promote_snapshot::PromoteRequest;
