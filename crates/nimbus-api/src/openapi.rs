@@ -277,12 +277,14 @@ impl Modify for Links {
         groups::delete_anti_affinity_group,
         hosts::list, hosts::get, hosts::action, hosts::create_token, hosts::list_tokens, hosts::revoke_token,
         volumes::create, volumes::list, volumes::get, volumes::update, volumes::delete, volumes::action,
+        volumes::create_snapshot, volumes::list_snapshots, volumes::get_snapshot, volumes::update_snapshot,
+        volumes::delete_snapshot,
     ),
     components(schemas(
         views::ErrorBody, views::ErrorDetail,
         instances::ScaleParams, instances::ResizeDiskParams, instances::CreateSnapshotParams,
         instances::RevertSnapshotParams, instances::ResetParams,
-        volumes::AttachVolumeParams, volumes::ResizeVolumeParams,
+        volumes::AttachVolumeParams, volumes::ResizeVolumeParams, volumes::RevertVolumeParams,
     )),
 )]
 pub struct ApiDoc;

@@ -119,8 +119,39 @@ async fn block_storage_is_made_attached_refused_detached_resized_and_deleted() {
         exo(&c, Method::GET, "/v2/block-storage-snapshot", None).await.body,
         json!({"block-storage-snapshots": []})
     );
+    // A snapshot: the operation's reference is the snapshot, listed `created` with its volume.
     let r = exo(&c, Method::POST, &format!("/v2/block-storage/{id}:create-snapshot"), Some(json!({"name": "s"}))).await;
-    assert_exo_error(&r, StatusCode::BAD_REQUEST);
+    let op = done(&c, &r).await;
+    assert_eq!(op["reference"]["command"], "get-block-storage-snapshot", "{op}");
+    let snap = op["reference"]["id"].as_str().unwrap().to_string();
+    let s = exo(&c, Method::GET, &format!("/v2/block-storage-snapshot/{snap}"), None).await;
+    assert_eq!(s.status, StatusCode::OK, "{}", s.text);
+    assert_eq!(
+        (
+            s.body["name"].as_str(),
+            s.body["state"].as_str(),
+            s.body["size"].as_u64(),
+            s.body["block-storage-volume"]["id"].as_str()
+        ),
+        (Some("s"), Some("created"), Some(30), Some(id.as_str())),
+        "{}",
+        s.text
+    );
+    let listed = exo(&c, Method::GET, "/v2/block-storage-snapshot", None).await.body;
+    assert_eq!(listed["block-storage-snapshots"].as_array().map(Vec::len), Some(1), "{listed}");
+    let v = exo(&c, Method::GET, &format!("/v2/block-storage/{id}"), None).await.body;
+    assert_eq!(v["block-storage-snapshots"], json!([{"id": snap}]), "{v}");
+    // Renamed and relabelled (the whole map); `"labels": null` leaves them.
+    let path = format!("/v2/block-storage-snapshot/{snap}");
+    done(&c, &exo(&c, Method::PUT, &path, Some(json!({"name": "s2", "labels": {"a": "b"}}))).await).await;
+    done(&c, &exo(&c, Method::PUT, &path, Some(json!({"labels": null}))).await).await;
+    let s = exo(&c, Method::GET, &path, None).await.body;
+    assert_eq!((s["name"].as_str(), &s["labels"]), (Some("s2"), &json!({"a": "b"})), "{s}");
+    // The volume goes only once its snapshots have.
+    assert_exo_error(&exo(&c, Method::DELETE, &format!("/v2/block-storage/{id}"), None).await, StatusCode::BAD_REQUEST);
+    let op = done(&c, &exo(&c, Method::DELETE, &path, None).await).await;
+    assert_eq!(op["reference"]["id"], snap.as_str(), "{op}");
+    assert_exo_error(&exo(&c, Method::GET, &path, None).await, StatusCode::NOT_FOUND);
 
     done(&c, &exo(&c, Method::DELETE, &format!("/v2/block-storage/{id}"), None).await).await;
     assert_exo_error(&exo(&c, Method::GET, &format!("/v2/block-storage/{id}"), None).await, StatusCode::NOT_FOUND);

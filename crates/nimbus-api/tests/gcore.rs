@@ -598,6 +598,12 @@ async fn the_list_pages_by_offset_in_any_order_with_filters() {
         form_urlencoded::Serializer::new(String::new()).append_pair("tag_key_value", r#"{"env":"prod"}"#).finish();
     assert_eq!(list(&format!("{prod}&status=ACTIVE&limit=1")).await, (2, vec!["web-b".into()]));
     assert_eq!(list("tag_value=dev&flavor_prefix=standard").await, (1, vec!["web-a".into()]));
+    // Id and flavour filters are the store's: one window and one count.
+    assert_eq!(list(&format!("uuid={}", &ids[2][24..])).await, (1, vec!["web-a".into()]));
+    assert_eq!(list("flavor_prefix=standard&limit=1&offset=3").await, (4, vec!["web-c".into()]));
+    assert_eq!(list("exclude_flavor_prefix=standard").await, (0, vec![]));
+    assert_eq!(list("flavor_id=no-such-flavor").await, (0, vec![]));
+    assert_eq!(list("flavor_id=standard.small&limit=1").await, (4, vec!["web-b".into()]));
     assert_eq!(list("offset=9").await, (4, vec![]));
     assert_eq!(list("limit=0").await, (4, vec![]));
     // A deleted instance is gone for Gcore, whatever status is asked for.
@@ -738,5 +744,7 @@ async fn the_task_list_pages_by_offset_with_filters() {
     assert_eq!(list("state=ERROR").await, (0, vec![]));
     assert_eq!(list("task_type=hard_reboot_vm").await, (1, vec![ids[3].clone()]));
     assert_eq!(list("state=FINISHED&task_type=stop_vm&limit=5").await, (1, vec![ids[1].clone()]));
+    assert_eq!(list("task_type=create_vm&offset=1").await, (1, vec![]));
+    assert_eq!(list("task_type=no_such_task").await, (0, vec![]));
     assert_eq!(list("region_id=999").await, (0, vec![]));
 }

@@ -135,6 +135,36 @@ async fn a_gcore_volume_is_made_attached_detached_extended_and_deleted() {
 }
 
 #[tokio::test]
+async fn a_gcore_volume_is_made_attached_to_the_instance_it_names() {
+    let c = Cloud::new().await;
+    let volumes = base(&c, ADMIN, "v1", "volumes").await;
+    let vm = instance(&c, ADMIN, "vm").await;
+    let body = json!({"source": "new-volume", "name": "data", "size": 2, "instance_id_to_attach_to": vm});
+    let task = task_of(&c, ADMIN, Method::POST, &volumes, Some(body)).await;
+    assert_eq!(
+        (task["state"].as_str(), task["task_type"].as_str()),
+        (Some("FINISHED"), Some("create_volume")),
+        "{task}"
+    );
+    let id = task["created_resources"]["volumes"][0].as_str().unwrap().to_string();
+    let v = gcore(&c, Method::GET, &format!("{volumes}/{id}"), ADMIN, None).await.body;
+    assert_eq!(
+        (v["status"].as_str(), v["attachments"][0]["server_id"].as_str()),
+        (Some("in-use"), Some(vm.as_str())),
+        "{v}"
+    );
+    let native = c.get(&format!("/v1/instances/{vm}"), ADMIN).await.body;
+    assert_eq!((&native["volumes"], &native["operation_id"]), (&json!([id]), &Value::Null), "{native}");
+    // An instance that is not there, or not a UUID, is refused before anything is made.
+    for bad in [json!(uuid::Uuid::nil()), json!("nope")] {
+        let body = json!({"source": "new-volume", "name": "x", "size": 1, "instance_id_to_attach_to": bad});
+        let r = gcore(&c, Method::POST, &volumes, ADMIN, Some(body)).await;
+        assert!(r.status.is_client_error(), "{}", r.text);
+    }
+    assert_eq!(gcore(&c, Method::GET, &volumes, ADMIN, None).await.body["count"], 1);
+}
+
+#[tokio::test]
 async fn gcore_volumes_refuse_other_projects_bad_sources_and_the_quota() {
     let c = Cloud::new().await;
     let volumes = base(&c, ADMIN, "v1", "volumes").await;

@@ -49,9 +49,44 @@ pub enum Action {
     DetachVolume,
     ResizeVolume,
     DeleteVolume,
+    /// A volume's snapshots: made (detached or attached), the volume reverted to one (detached only), and
+    /// removed. Their operations target the volume, whose lock they hold.
+    CreateVolumeSnapshot,
+    RevertVolume,
+    DeleteVolumeSnapshot,
 }
 
 impl Action {
+    /// Every action, in declaration order.
+    pub const ALL: [Action; 26] = [
+        Action::Create,
+        Action::Start,
+        Action::Stop,
+        Action::Reboot,
+        Action::Reset,
+        Action::Scale,
+        Action::ScaleWithRestart,
+        Action::ResizeDisk,
+        Action::CreateSnapshot,
+        Action::RevertSnapshot,
+        Action::DeleteSnapshot,
+        Action::ResetPassword,
+        Action::EnableTpm,
+        Action::Suspend,
+        Action::Resume,
+        Action::Delete,
+        Action::ScheduledStop,
+        Action::ChangeAntiAffinityGroups,
+        Action::Evacuate,
+        Action::PromoteSnapshot,
+        Action::ImportTemplate,
+        Action::CreateVolume,
+        Action::AttachVolume,
+        Action::DetachVolume,
+        Action::ResizeVolume,
+        Action::DeleteVolume,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Create => "create",
@@ -80,6 +115,9 @@ impl Action {
             Action::DetachVolume => "detach_volume",
             Action::ResizeVolume => "resize_volume",
             Action::DeleteVolume => "delete_volume",
+            Action::CreateVolumeSnapshot => "create_volume_snapshot",
+            Action::RevertVolume => "revert_volume",
+            Action::DeleteVolumeSnapshot => "delete_volume_snapshot",
         }
     }
 }
@@ -94,6 +132,9 @@ impl Action {
                 | Action::DetachVolume
                 | Action::ResizeVolume
                 | Action::DeleteVolume
+                | Action::CreateVolumeSnapshot
+                | Action::RevertVolume
+                | Action::DeleteVolumeSnapshot
         )
     }
 }
@@ -173,7 +214,10 @@ fn rule(action: Action) -> (&'static [InstanceState], &'static str, InstanceStat
         | Action::AttachVolume
         | Action::DetachVolume
         | Action::ResizeVolume
-        | Action::DeleteVolume => (&[], "volume actions are done to volumes", Creating, Landing::Previous),
+        | Action::DeleteVolume
+        | Action::CreateVolumeSnapshot
+        | Action::RevertVolume
+        | Action::DeleteVolumeSnapshot => (&[], "volume actions are done to volumes", Creating, Landing::Previous),
         Action::ChangeAntiAffinityGroups => (
             &[Running, Stopped, Suspended, Error],
             "anti-affinity groups change while the instance is at rest",

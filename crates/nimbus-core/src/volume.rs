@@ -106,6 +106,12 @@ pub enum VolumeAction {
     Detach,
     Resize,
     Delete,
+    /// Takes a snapshot of the volume's data (detached or attached).
+    Snapshot,
+    /// Puts one of its snapshots' data back (detached only: a guest must not see its disk change under it).
+    Revert,
+    /// Removes one of its snapshots.
+    DeleteSnapshot,
 }
 
 impl VolumeAction {
@@ -115,6 +121,9 @@ impl VolumeAction {
             Self::Detach => "detach",
             Self::Resize => "resize",
             Self::Delete => "delete",
+            Self::Snapshot => "snapshot",
+            Self::Revert => "revert",
+            Self::DeleteSnapshot => "delete a snapshot of",
         }
     }
 }
@@ -134,11 +143,16 @@ pub fn volume_transition(action: VolumeAction, volume: &Volume) -> Result<Volume
         // An attached volume grows under its running guest too (the guest sees the new size).
         VolumeAction::Resize => (&[Available, InUse], volume.state, "resize needs the volume available or attached"),
         VolumeAction::Delete => (&[Available, Error], Deleting, "delete needs the volume detached; detach it first"),
+        VolumeAction::Snapshot => {
+            (&[Available, InUse], volume.state, "a snapshot needs the volume available or attached")
+        }
+        VolumeAction::Revert => (&[Available], Available, "revert needs the volume available (detached)"),
+        VolumeAction::DeleteSnapshot => (&[Available, InUse, Error], volume.state, "wait for the volume to settle"),
     };
     if action == VolumeAction::Detach && volume.instance_id.is_none() {
         return Err(DomainError::Conflict(format!("volume {} is not attached to any instance", volume.id)));
     }
-    if action == VolumeAction::Delete && volume.instance_id.is_some() {
+    if matches!(action, VolumeAction::Delete | VolumeAction::Revert) && volume.instance_id.is_some() {
         return Err(DomainError::Conflict(format!(
             "cannot {} volume {} while it is attached to instance {}: detach it first",
             action.as_str(),
@@ -155,6 +169,72 @@ pub fn volume_transition(action: VolumeAction, volume: &Volume) -> Result<Volume
         )));
     }
     Ok(during)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VolumeSnapshotState {
+    Creating,
+    Ready,
+    Deleting,
+    Error,
+}
+
+impl VolumeSnapshotState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Ready => "ready",
+            Self::Deleting => "deleting",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for VolumeSnapshotState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A snapshot of a volume's data, kept on the volume's host beside it. It belongs to its volume: it is made,
+/// reverted to and removed by operations that hold the volume's lock, and a volume is deleted only once its
+/// snapshots are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeSnapshot {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub volume_id: Uuid,
+    pub name: String,
+    /// The volume's size when the snapshot was taken.
+    pub size_gb: u64,
+    pub state: VolumeSnapshotState,
+    pub labels: Labels,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// Whether `snapshot` may be used by `action` (a revert or a removal): only a snapshot done being made,
+/// and of this volume.
+pub fn snapshot_usable(action: VolumeAction, volume: &Volume, snapshot: &VolumeSnapshot) -> Result<()> {
+    if snapshot.volume_id != volume.id {
+        return Err(DomainError::not_found("volume snapshot", snapshot.id));
+    }
+    let ok = match action {
+        VolumeAction::Revert => snapshot.state == VolumeSnapshotState::Ready,
+        _ => matches!(snapshot.state, VolumeSnapshotState::Ready | VolumeSnapshotState::Error),
+    };
+    if !ok {
+        return Err(DomainError::Conflict(format!(
+            "cannot {} snapshot {} in state {}",
+            if action == VolumeAction::Revert { "revert to" } else { "delete" },
+            snapshot.id,
+            snapshot.state
+        )));
+    }
+    Ok(())
 }
 
 /// Whether an instance in `state` may have a volume attached or detached: at rest or running (a running
@@ -215,6 +295,17 @@ mod tests {
         assert!(volume_transition(VolumeAction::Detach, &v).is_err());
         let busy = Volume { lock_operation_id: Some(Uuid::nil()), ..v };
         assert!(volume_transition(VolumeAction::Delete, &busy).unwrap_err().to_string().contains("busy"));
+    }
+
+    #[test]
+    fn snapshots_are_taken_attached_but_reverted_detached() {
+        let attached = volume(VolumeState::InUse, Some(Uuid::nil()));
+        assert_eq!(volume_transition(VolumeAction::Snapshot, &attached).unwrap(), VolumeState::InUse);
+        let e = volume_transition(VolumeAction::Revert, &attached).unwrap_err().to_string();
+        assert!(e.contains("detach it first"), "{e}");
+        let detached = volume(VolumeState::Available, None);
+        assert_eq!(volume_transition(VolumeAction::Revert, &detached).unwrap(), VolumeState::Available);
+        assert_eq!(volume_transition(VolumeAction::DeleteSnapshot, &attached).unwrap(), VolumeState::InUse);
     }
 
     #[test]

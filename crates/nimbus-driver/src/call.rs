@@ -115,6 +115,23 @@ pub enum DriverCall {
         volume_id: Uuid,
     },
     Volumes,
+    SnapshotVolume {
+        volume_id: Uuid,
+        snapshot_id: Uuid,
+        #[serde(default)]
+        attached_to: Option<Uuid>,
+    },
+    RevertVolume {
+        volume_id: Uuid,
+        snapshot_id: Uuid,
+    },
+    DeleteVolumeSnapshot {
+        volume_id: Uuid,
+        snapshot_id: Uuid,
+    },
+    VolumeSnapshots {
+        volume_id: Uuid,
+    },
 }
 
 impl DriverCall {
@@ -150,7 +167,11 @@ impl DriverCall {
             | DriverCall::DeleteVolume { .. }
             | DriverCall::ResizeVolume { .. }
             | DriverCall::VolumeSizeGb { .. }
-            | DriverCall::Volumes => None,
+            | DriverCall::Volumes
+            | DriverCall::SnapshotVolume { .. }
+            | DriverCall::RevertVolume { .. }
+            | DriverCall::DeleteVolumeSnapshot { .. }
+            | DriverCall::VolumeSnapshots { .. } => None,
         }
     }
 }
@@ -201,6 +222,16 @@ pub async fn dispatch(driver: &dyn Driver, call: DriverCall) -> DriverReply {
         DriverCall::AttachVolume { id, volume } => reply(driver.attach_volume(id, &volume).await),
         DriverCall::DetachVolume { id, volume_id } => reply(driver.detach_volume(id, volume_id).await),
         DriverCall::Volumes => reply(driver.volumes().await),
+        DriverCall::SnapshotVolume { volume_id, snapshot_id, attached_to } => {
+            reply(driver.snapshot_volume(volume_id, snapshot_id, attached_to).await)
+        }
+        DriverCall::RevertVolume { volume_id, snapshot_id } => {
+            reply(driver.revert_volume(volume_id, snapshot_id).await)
+        }
+        DriverCall::DeleteVolumeSnapshot { volume_id, snapshot_id } => {
+            reply(driver.delete_volume_snapshot(volume_id, snapshot_id).await)
+        }
+        DriverCall::VolumeSnapshots { volume_id } => reply(driver.volume_snapshots(volume_id).await),
     }
 }
 

@@ -271,6 +271,29 @@ pub trait Driver: Send + Sync + 'static {
     async fn volumes(&self) -> DriverResult<Vec<Uuid>> {
         Ok(Vec::new())
     }
+    /// Keeps a copy of the volume's data as snapshot `snapshot_id`, beside the volume; `attached_to`: the
+    /// instance it is plugged into, whose running guest is paused for the copy (crash-consistent).
+    /// Idempotent: an existing snapshot is kept.
+    async fn snapshot_volume(
+        &self,
+        _volume_id: Uuid,
+        _snapshot_id: Uuid,
+        _attached_to: Option<Uuid>,
+    ) -> DriverResult<()> {
+        Err(DriverError::Unsupported(format!("the {} driver has no volume snapshots", self.name())))
+    }
+    /// Puts a snapshot's data back into the (detached) volume; the volume keeps its size if it grew since.
+    async fn revert_volume(&self, _volume_id: Uuid, _snapshot_id: Uuid) -> DriverResult<()> {
+        Err(DriverError::Unsupported(format!("the {} driver has no volume snapshots", self.name())))
+    }
+    /// Removes a volume's snapshot. Idempotent: a missing one is no error.
+    async fn delete_volume_snapshot(&self, _volume_id: Uuid, _snapshot_id: Uuid) -> DriverResult<()> {
+        Ok(())
+    }
+    /// Ids of the snapshots the host keeps of a volume: used to find leaks.
+    async fn volume_snapshots(&self, _volume_id: Uuid) -> DriverResult<Vec<Uuid>> {
+        Ok(Vec::new())
+    }
 }
 
 /// A bidirectional byte stream to an instance's serial console.

@@ -318,6 +318,22 @@ impl Driver for RemoteDriver {
         decode(self.call(DriverCall::Volumes).await)
     }
 
+    async fn snapshot_volume(&self, volume_id: Uuid, snapshot_id: Uuid, attached_to: Option<Uuid>) -> DriverResult<()> {
+        decode(self.call(DriverCall::SnapshotVolume { volume_id, snapshot_id, attached_to }).await)
+    }
+
+    async fn revert_volume(&self, volume_id: Uuid, snapshot_id: Uuid) -> DriverResult<()> {
+        decode(self.call(DriverCall::RevertVolume { volume_id, snapshot_id }).await)
+    }
+
+    async fn delete_volume_snapshot(&self, volume_id: Uuid, snapshot_id: Uuid) -> DriverResult<()> {
+        decode(self.call(DriverCall::DeleteVolumeSnapshot { volume_id, snapshot_id }).await)
+    }
+
+    async fn volume_snapshots(&self, volume_id: Uuid) -> DriverResult<Vec<Uuid>> {
+        decode(self.call(DriverCall::VolumeSnapshots { volume_id }).await)
+    }
+
     // Byte streams to an instance's ports, and files for download, do not cross the agent's link yet (only
     // the serial console does).
     async fn connect(&self, _id: Uuid, _address: &str, _port: u16) -> DriverResult<ConsoleStream> {

@@ -636,6 +636,40 @@ impl Engine {
         }
     }
 
+    /// Gives the instance new hardware (`scale`, a `Scale` or `ScaleTo`, begun once the instance's lock is
+    /// free and waited for), then applies `patch` unless it changes nothing: for the providers whose one
+    /// update call does both and answers when done. Each step waits up to `wait`; `on_scale_error` turns a
+    /// refused scale into the provider's answer (it names the field that asked for it).
+    pub async fn scale_then_update<E: From<DomainError>>(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        scale: Option<ActionRequest>,
+        patch: InstancePatch,
+        wait: std::time::Duration,
+        on_scale_error: impl FnOnce(DomainError) -> E,
+    ) -> std::result::Result<Instance, E> {
+        ctx.require(Role::Member)?;
+        if let Some(scale) = scale {
+            let op = self.act_when_free(ctx, id, scale, wait).await.map_err(on_scale_error)?;
+            self.wait_operation(ctx, op.id, wait).await?;
+        }
+        let InstancePatch { name, description, replace_labels, labels, hostname, user_data, .. } = &patch;
+        let nothing = name.is_none()
+            && description.is_none()
+            && replace_labels.is_none()
+            && labels.is_none()
+            && hostname.is_none()
+            && user_data.is_none()
+            && patch.expected_shutdown_at.is_none()
+            && patch.price_hourly.is_none()
+            && patch.extensions.is_empty();
+        if nothing {
+            return Ok(self.instance(ctx, id).await?);
+        }
+        Ok(self.update_instance(ctx, id, patch, None).await?)
+    }
+
     /// Makes the instance run (`running`) or stop, unless it already does or is on its way there: for the
     /// providers whose start and stop change nothing when asked twice. Waits for the lock like
     /// [`Engine::act_when_free`]; `None` when nothing needed doing.
@@ -941,11 +975,16 @@ fn apply_patch(current: &Instance, patch: &InstancePatch) -> Result<Instance> {
         decode_user_data(ud)?;
         next.user_data = Some(ud.trim().to_string());
     }
-    for (dialect, value) in &patch.extensions {
-        let slot = next.extensions.entry(dialect.clone()).or_insert(serde_json::Value::Null);
-        labels::json_merge_patch(slot, value);
-    }
+    merge_extensions(&mut next, &patch.extensions);
     next.generation += 1;
     next.updated_at = nimbus_core::now();
     Ok(next)
+}
+
+/// Applies JSON merge patches of the named dialects' extension maps (a `null` removes a key).
+pub(crate) fn merge_extensions(next: &mut Instance, extensions: &BTreeMap<String, serde_json::Value>) {
+    for (dialect, value) in extensions {
+        let slot = next.extensions.entry(dialect.clone()).or_insert(serde_json::Value::Null);
+        labels::json_merge_patch(slot, value);
+    }
 }

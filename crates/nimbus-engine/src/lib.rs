@@ -46,6 +46,7 @@ mod records;
 pub mod resources;
 pub mod sagas;
 pub mod throttle;
+pub mod volume_snapshots;
 pub mod volumes;
 pub mod web_sessions;
 mod worker;
@@ -57,7 +58,7 @@ pub use fleet::LocalHost;
 pub use hosts::{AgentRegistration, HostAdminState, HostReport, HostWork, PendingCall, PendingConsole};
 pub use instances::{ActionRequest, CreateInstance, InstanceFilter, InstancePatch, MAX_DISK_GB};
 pub use listings::{InstanceOrder, InstanceWindow, NumberedPage, OperationWindow};
-pub use networking::PrivateNetworkSpec;
+pub use networking::{Extensions, PrivateNetworkSpec};
 pub use reconciler::UnknownHostInstance;
 pub use sagas::import_template::ImportTemplate;
 pub use sagas::promote_snapshot::PromoteRequest;
@@ -67,6 +68,7 @@ pub use sagas::{CrashHook, CrashPoint, CrashWhen};
 // The store's and the driver's types the API layer names, so that it depends on the engine alone.
 pub use nimbus_driver::InstanceMetrics;
 pub use nimbus_store::{IdempotencyClaim, IdempotencyHold};
+pub use volume_snapshots::{CreateVolumeSnapshot, VolumeSnapshotPatch};
 pub use volumes::{CreateVolume, VolumePatch};
 
 pub type Result<T, E = DomainError> = std::result::Result<T, E>;

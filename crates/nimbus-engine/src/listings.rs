@@ -2,7 +2,7 @@
 //! than by cursor (ONET's DRF `?page=`, Gcore's `?offset=&limit=`): one window of a listing and the count of
 //! all of it.
 //!
-//! What the store can choose by (states, a part of the name, the order) it chooses by, and then the window
+//! What the store can choose by (states, a part of the name or id, the instance type, the order) it chooses by, and then the window
 //! and the count are the store's `LIMIT/OFFSET` and `COUNT`: nothing is loaded but the page. Conditions the
 //! store has no column for are given as a predicate; then the listing is read in store pages of
 //! [`MAX_PAGE`], counting what the predicate keeps and holding only the window, so memory stays one page
@@ -10,6 +10,7 @@
 
 use nimbus_core::instance::{Instance, InstanceState};
 use nimbus_core::operation::{Operation, OperationState};
+use nimbus_core::state_machine::Action;
 use nimbus_store::{InstanceQuery, OperationQuery};
 
 use crate::instances::MAX_PAGE;
@@ -24,6 +25,13 @@ pub struct InstanceWindow {
     pub states: Vec<InstanceState>,
     /// Names containing this text, case counting.
     pub name_contains: Option<String>,
+    /// Ids whose text (lowercase, hyphenated) contains this.
+    pub id_contains: Option<String>,
+    /// Of this instance type, by name.
+    pub instance_type: Option<String>,
+    /// Of an instance type whose name begins, or does not begin, with this.
+    pub instance_type_prefix: Option<String>,
+    pub instance_type_not_prefix: Option<String>,
     /// Also the kept records of deleted instances (see `EngineConfig::deleted_retention`).
     pub with_destroyed: bool,
     pub order: InstanceOrder,
@@ -38,6 +46,8 @@ pub struct InstanceWindow {
 pub struct OperationWindow {
     /// Any of these states (empty: any).
     pub states: Vec<OperationState>,
+    /// Of any of these kinds (empty: any).
+    pub kinds: Vec<Action>,
     pub newest_first: bool,
     pub offset: u64,
     /// At most this many (`None`: all from the offset on).
@@ -104,6 +114,10 @@ impl Engine {
             project_id: Some(ctx.project.id),
             states: window.states.clone(),
             name_contains: window.name_contains.clone(),
+            id_contains: window.id_contains.clone(),
+            instance_types: window.instance_type.iter().cloned().collect(),
+            instance_type_prefix: window.instance_type_prefix.clone(),
+            instance_type_not_prefix: window.instance_type_not_prefix.clone(),
             with_destroyed: window.with_destroyed,
             order: window.order,
             ..Default::default()
@@ -121,6 +135,7 @@ impl Engine {
         let query = OperationQuery {
             project_id: Some(ctx.project.id),
             states: window.states.clone(),
+            kinds: window.kinds.clone(),
             newest_first: window.newest_first,
             ..Default::default()
         };
@@ -152,6 +167,7 @@ impl Engine {
         let query = OperationQuery {
             project_id: Some(ctx.project.id),
             states: window.states.clone(),
+            kinds: window.kinds.clone(),
             newest_first: window.newest_first,
             ..Default::default()
         };

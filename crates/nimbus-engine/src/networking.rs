@@ -18,11 +18,14 @@ use nimbus_core::tenancy::Role;
 use nimbus_core::DomainError;
 use nimbus_store::{Record, StoreError, Write, WriteSet};
 
-use crate::instances::{backoff, instance_event, CAS_RETRIES};
+use crate::instances::{backoff, instance_event, merge_extensions, CAS_RETRIES};
 use uuid::Uuid;
 
 use crate::network::Network;
 use crate::{store_err, Context, Engine, Result};
+
+/// JSON merge patches of dialects' extension maps, by dialect.
+pub type Extensions = std::collections::BTreeMap<String, serde_json::Value>;
 
 pub(crate) const PRIVATE_NETWORK: &str = "private_network";
 pub(crate) const ELASTIC_IP: &str = "elastic_ip";
@@ -204,6 +207,21 @@ impl Engine {
         ip: Option<Ipv4Addr>,
         move_only: bool,
     ) -> Result<(PrivateNetwork, Instance)> {
+        self.attach_private_network_with(ctx, id, instance_id, ip, move_only, &Extensions::new()).await
+    }
+
+    /// [`Engine::attach_private_network`] that also merges `extensions` (JSON merge patches of dialects'
+    /// extension maps: what a provider records about the attachment, such as its interface's name) into the
+    /// instance, in the same write.
+    pub async fn attach_private_network_with(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        instance_id: Uuid,
+        ip: Option<Ipv4Addr>,
+        move_only: bool,
+        extensions: &Extensions,
+    ) -> Result<(PrivateNetwork, Instance)> {
         ctx.require(Role::Member)?;
         if move_only && ip.is_none() {
             return Err(DomainError::invalid("ip", "give the new address"));
@@ -229,6 +247,7 @@ impl Engine {
             if !next.private_networks.contains(&id) {
                 next.private_networks.push(id);
             }
+            merge_extensions(&mut next, extensions);
             next.generation += 1;
             next.updated_at = nimbus_core::now();
             let mut set = WriteSet::new();
@@ -248,6 +267,18 @@ impl Engine {
     }
 
     pub async fn detach_private_network(&self, ctx: &Context, id: Uuid, instance_id: Uuid) -> Result<Instance> {
+        self.detach_private_network_with(ctx, id, instance_id, &Extensions::new()).await
+    }
+
+    /// [`Engine::detach_private_network`] that also merges `extensions` into the instance in the same write
+    /// (forgetting what a provider recorded about the attachment).
+    pub async fn detach_private_network_with(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        instance_id: Uuid,
+        extensions: &Extensions,
+    ) -> Result<Instance> {
         ctx.require(Role::Member)?;
         for attempt in 0..CAS_RETRIES {
             if attempt > 0 {
@@ -261,6 +292,7 @@ impl Engine {
             let current = self.instance(ctx, instance_id).await?;
             let mut next = current.clone();
             next.private_networks.retain(|n| *n != id);
+            merge_extensions(&mut next, extensions);
             next.generation += 1;
             next.updated_at = nimbus_core::now();
             let mut set = WriteSet::new();

@@ -430,6 +430,7 @@ pub(crate) fn kind_name(kind: &'static str) -> &'static str {
         crate::networking::PRIVATE_NETWORK => "private network",
         crate::networking::ELASTIC_IP => "elastic IP",
         crate::volumes::VOLUME => "volume",
+        crate::volume_snapshots::VOLUME_SNAPSHOT => "volume snapshot",
         other => other,
     }
 }

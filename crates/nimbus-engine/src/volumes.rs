@@ -26,6 +26,9 @@ use crate::{store_err, Context, Engine, Result};
 /// The records' kind.
 pub const VOLUME: &str = "volume";
 
+/// What a create that lost a race for its instance's lock says to its retry loop.
+const RACED: &str = "raced";
+
 /// A request for a new volume.
 #[derive(Debug, Clone, Default)]
 pub struct CreateVolume {
@@ -35,6 +38,9 @@ pub struct CreateVolume {
     /// `None`: the server's zone.
     pub zone: Option<String>,
     pub labels: Labels,
+    /// An instance of the project to attach the new volume to, in the same operation (its zone is the
+    /// volume's, its host the volume's host).
+    pub attach_to: Option<Uuid>,
 }
 
 /// A change of what a volume is called and labelled (nothing on the host).
@@ -67,28 +73,64 @@ impl Engine {
         volume::validate_size("size_gb", req.size_gb)?;
         labels::validate_labels("labels", &req.labels)?;
         let zone = self.volume_zone(req.zone.as_deref()).await?;
-        let host = self.volume_host(&zone).await?;
+        for attempt in 0..CAS_RETRIES {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            match self.try_create_volume(ctx, &req, &zone).await {
+                Err(DomainError::Conflict(m)) if m == RACED => continue,
+                other => return other,
+            }
+        }
+        Err(DomainError::Conflict("the instance changed concurrently; retry".into()))
+    }
+
+    async fn try_create_volume(&self, ctx: &Context, req: &CreateVolume, zone: &str) -> Result<(Operation, Volume)> {
+        let instance = match req.attach_to {
+            Some(iid) => {
+                let i = self.instance(ctx, iid).await?;
+                if let Some(holder) = i.lock_operation_id {
+                    return Err(DomainError::Busy { instance: i.id.to_string(), operation: holder.to_string() });
+                }
+                volume::instance_takes_volumes(i.state)?;
+                if i.zone != zone {
+                    return Err(DomainError::Conflict(format!(
+                        "instance {} is in zone {}, the volume would be in zone {zone}: a volume attaches only to \
+                         instances of its own zone",
+                        i.id, i.zone
+                    )));
+                }
+                Some(i)
+            }
+            None => None,
+        };
+        let host = match instance.as_ref().and_then(|i| i.host.clone()) {
+            Some(h) => h,
+            None => self.volume_host(zone).await?,
+        };
         let id = nimbus_core::new_id();
-        let op = Operation::new(
+        let mut op = Operation::new(
             ctx.project.id,
             Action::CreateVolume,
             Target { kind: "volume".into(), id },
-            None,
+            instance.as_ref().map(|i| i.state),
             ctx.actor.clone(),
         );
+        op.params = serde_json::to_value(sagas::create_volume::Params { attach_to: req.attach_to })
+            .expect("parameters serialize");
         let now = op.created_at;
         let v = Volume {
             id,
             project_id: ctx.project.id,
-            name: req.name,
-            description: req.description,
-            zone,
+            name: req.name.clone(),
+            description: req.description.clone(),
+            zone: zone.to_string(),
             size_gb: req.size_gb,
             state: VolumeState::Creating,
-            instance_id: None,
+            instance_id: req.attach_to,
             host: Some(host),
             serial: Volume::serial_for(id),
-            labels: req.labels,
+            labels: req.labels.clone(),
             lock_operation_id: Some(op.id),
             created_at: now,
             updated_at: now,
@@ -99,7 +141,20 @@ impl Engine {
         set.push(volume_event(&ctx.actor, "volume.created", &v));
         set.push(operation_event("operation.created", &op));
         set.enforce_quota_of = Some(ctx.project.id);
-        self.store.apply(set).await.map_err(store_err)?;
+        if let Some(i) = &instance {
+            // The instance keeps its state; only its lock says a volume change is under way.
+            let mut locked = i.clone();
+            locked.lock_operation_id = Some(op.id);
+            locked.generation += 1;
+            locked.updated_at = now;
+            set.push(Write::PutInstance { instance: locked.clone(), expected_generation: Some(i.generation) });
+            set.push(instance_event(&ctx.actor, "instance.updated", &locked));
+        }
+        match self.store.apply(set).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) if instance.is_some() => return Err(DomainError::Conflict(RACED.into())),
+            Err(e) => return Err(store_err(e)),
+        }
         self.kick_workers();
         Ok((op, v))
     }
@@ -247,6 +302,10 @@ impl Engine {
                 return Err(DomainError::not_found("volume", id));
             }
             let during = volume::volume_transition(action, &current)?;
+            if action == VolumeAction::Delete {
+                // A snapshot is made under the volume's lock, so this holds until the write below.
+                self.refuse_volume_with_snapshots(&current).await?;
+            }
             let instance = match (action, attach_to, current.instance_id) {
                 (VolumeAction::Attach, Some(iid), _) => Some(self.instance(ctx, iid).await?),
                 // The instance may be gone (deleted while the volume's detach failed): nothing to unplug.
@@ -261,6 +320,7 @@ impl Engine {
                 VolumeAction::Detach => Action::DetachVolume,
                 VolumeAction::Resize => Action::ResizeVolume,
                 VolumeAction::Delete => Action::DeleteVolume,
+                _ => return Err(DomainError::Internal(format!("{} is a snapshot action", action.as_str()))),
             };
             let mut op = Operation::new(
                 ctx.project.id,
@@ -336,7 +396,7 @@ impl Engine {
                         instance_id: instance.as_ref().map(|i| i.id),
                     })
                 }
-                VolumeAction::Delete => Ok(json!({})),
+                _ => Ok(json!({})),
             }
             .expect("parameters serialize");
             op.params = params;

@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use nimbus_core::operation::{Actor, Operation, OperationState, Reason};
 use nimbus_core::state_machine::Action;
-use nimbus_core::volume::VolumeState;
+use nimbus_core::volume::{VolumeSnapshotState, VolumeState};
 use nimbus_driver::{Driver, SimConfig, SimDriver};
-use nimbus_engine::{Context, CrashPoint, CrashWhen, CreateInstance, CreateVolume, Engine, EngineConfig};
+use nimbus_engine::{
+    Context, CrashPoint, CrashWhen, CreateInstance, CreateVolume, CreateVolumeSnapshot, Engine, EngineConfig,
+};
 use nimbus_store::testing::TestStore;
 use uuid::Uuid;
 
@@ -78,20 +80,30 @@ async fn cloud() -> Cloud {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
     Create,
+    /// And attached to a running instance in the same operation.
+    CreateAttached,
     Attach,
     Detach,
     Resize,
     Delete,
+    /// Of a volume attached to a running instance.
+    Snapshot,
+    /// Of a detached volume, to its snapshot.
+    Revert,
+    DeleteSnapshot,
 }
 
 impl Kind {
     fn action(self) -> Action {
         match self {
-            Kind::Create => Action::CreateVolume,
+            Kind::Create | Kind::CreateAttached => Action::CreateVolume,
             Kind::Attach => Action::AttachVolume,
             Kind::Detach => Action::DetachVolume,
             Kind::Resize => Action::ResizeVolume,
             Kind::Delete => Action::DeleteVolume,
+            Kind::Snapshot => Action::CreateVolumeSnapshot,
+            Kind::Revert => Action::RevertVolume,
+            Kind::DeleteSnapshot => Action::DeleteVolumeSnapshot,
         }
     }
 }
@@ -107,6 +119,11 @@ struct Observed {
     /// The host's disk: exists, and plugged into an instance.
     host_disk: bool,
     attached_on_host: bool,
+    /// The volume's snapshots' states in the records, and how many copies its host keeps.
+    snapshot_states: Vec<VolumeSnapshotState>,
+    host_snapshots: usize,
+    /// Whether the host's disk was reverted to a snapshot.
+    reverted_on_host: bool,
 }
 
 impl Cloud {
@@ -147,12 +164,17 @@ impl Cloud {
     /// The volume (and instance) a kind starts from; the create makes its own.
     async fn setup(&self, kind: Kind, name: &str) -> (Option<Uuid>, Uuid) {
         let instance = self.instance(&format!("{name}-vm")).await;
-        if kind == Kind::Create {
+        if matches!(kind, Kind::Create | Kind::CreateAttached) {
             return (None, instance);
         }
         let v = self.volume(name).await;
-        if kind == Kind::Detach {
+        if matches!(kind, Kind::Detach | Kind::Snapshot) {
             let op = self.engine.attach_volume(&self.ctx, v, instance).await.unwrap();
+            assert_eq!(self.wait(op.id).await.state, OperationState::Success);
+        }
+        if matches!(kind, Kind::Revert | Kind::DeleteSnapshot) {
+            let req = CreateVolumeSnapshot { name: format!("{name}-snap"), ..Default::default() };
+            let op = self.engine.create_volume_snapshot(&self.ctx, v, req).await.unwrap().0;
             assert_eq!(self.wait(op.id).await.state, OperationState::Success);
         }
         (Some(v), instance)
@@ -164,26 +186,51 @@ impl Cloud {
                 let req = CreateVolume { name: name.into(), size_gb: 1, ..Default::default() };
                 self.engine.create_volume(&self.ctx, req).await.unwrap().0
             }
+            (Kind::CreateAttached, _) => {
+                let req =
+                    CreateVolume { name: name.into(), size_gb: 1, attach_to: Some(instance), ..Default::default() };
+                self.engine.create_volume(&self.ctx, req).await.unwrap().0
+            }
             (Kind::Attach, Some(v)) => self.engine.attach_volume(&self.ctx, v, instance).await.unwrap(),
             (Kind::Detach, Some(v)) => self.engine.detach_volume(&self.ctx, v).await.unwrap(),
             (Kind::Resize, Some(v)) => self.engine.resize_volume(&self.ctx, v, 3).await.unwrap(),
             (Kind::Delete, Some(v)) => self.engine.delete_volume(&self.ctx, v).await.unwrap(),
+            (Kind::Snapshot, Some(v)) => {
+                let req = CreateVolumeSnapshot { name: format!("{name}-snap"), ..Default::default() };
+                self.engine.create_volume_snapshot(&self.ctx, v, req).await.unwrap().0
+            }
+            (Kind::Revert, Some(v)) => {
+                self.engine.revert_volume(&self.ctx, v, self.snapshot_of(v).await).await.unwrap()
+            }
+            (Kind::DeleteSnapshot, Some(v)) => {
+                self.engine.delete_volume_snapshot(&self.ctx, self.snapshot_of(v).await).await.unwrap()
+            }
             _ => unreachable!(),
         };
         let target = op.target.id;
         (self.wait(op.id).await, target)
     }
 
+    async fn snapshot_of(&self, volume: Uuid) -> Uuid {
+        self.engine.list_volume_snapshots(&self.ctx, Some(volume)).await.unwrap()[0].id
+    }
+
     async fn observe(&self, op: &Operation, volume: Uuid) -> Observed {
         let record = self.engine.volume(&self.ctx, volume).await.ok();
         let disk = self.sim.volume(volume);
+        let mut snapshot_states: Vec<_> =
+            self.engine.list_volume_snapshots(&self.ctx, Some(volume)).await.unwrap().iter().map(|s| s.state).collect();
+        snapshot_states.sort_by_key(|s| s.as_str());
         Observed {
             op_state: op.state,
             volume_state: record.as_ref().map(|v| v.state),
             attached_in_record: record.as_ref().is_some_and(|v| v.instance_id.is_some()),
             size_gb: record.as_ref().map(|v| v.size_gb),
             host_disk: disk.is_some(),
-            attached_on_host: disk.is_some_and(|d| d.attached_to.is_some()),
+            attached_on_host: disk.as_ref().is_some_and(|d| d.attached_to.is_some()),
+            snapshot_states,
+            host_snapshots: disk.as_ref().map_or(0, |d| d.snapshots.len()),
+            reverted_on_host: disk.is_some_and(|d| d.reverted_to.is_some()),
         }
     }
 
@@ -204,10 +251,39 @@ impl Cloud {
         for id in self.sim.volumes().await.unwrap() {
             assert!(volumes.iter().any(|v| v.id == id), "{case}: disk {id} belongs to no volume");
         }
+        // No copy without a snapshot record, no ready snapshot without its copy.
+        let snapshots = self.engine.list_volume_snapshots(&self.ctx, None).await.unwrap();
+        for v in &volumes {
+            for id in self.sim.volume_snapshots(v.id).await.unwrap() {
+                assert!(snapshots.iter().any(|s| s.id == id), "{case}: copy {id} belongs to no snapshot");
+            }
+        }
+        for s in &snapshots {
+            assert!(
+                !matches!(s.state, VolumeSnapshotState::Creating | VolumeSnapshotState::Deleting),
+                "{case}: snapshot {} left {}",
+                s.id,
+                s.state
+            );
+            if s.state == VolumeSnapshotState::Ready {
+                let copies = self.sim.volume_snapshots(s.volume_id).await.unwrap();
+                assert!(copies.contains(&s.id), "{case}: snapshot {} has no copy on the host", s.id);
+            }
+        }
     }
 }
 
-const KINDS: [Kind; 5] = [Kind::Create, Kind::Attach, Kind::Detach, Kind::Resize, Kind::Delete];
+const KINDS: [Kind; 9] = [
+    Kind::Create,
+    Kind::CreateAttached,
+    Kind::Attach,
+    Kind::Detach,
+    Kind::Resize,
+    Kind::Delete,
+    Kind::Snapshot,
+    Kind::Revert,
+    Kind::DeleteSnapshot,
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_volume_kind_converges_after_a_crash_before_and_after_each_step() {

@@ -384,6 +384,17 @@ pub async fn instances_page_by_offset_in_any_order_with_a_count(store: &dyn Stor
     assert_eq!(store.count_instances(&running_webs).await.unwrap(), 3);
     let none = InstanceQuery { offset: 9, limit: 2, ..all.clone() };
     assert!(store.list_instances(&none).await.unwrap().is_empty());
+    let one_id = ids[2].to_string();
+    let by_id = InstanceQuery { id_contains: Some(one_id[24..].to_string()), ..all.clone() };
+    assert_eq!(ids_of(store.list_instances(&by_id).await.unwrap()), [ids[2]], "a part of the id");
+    let small = InstanceQuery { instance_types: vec!["standard.small".into(), "x".into()], ..all.clone() };
+    assert_eq!(store.count_instances(&small).await.unwrap(), 4, "by instance type");
+    let standard = InstanceQuery { instance_type_prefix: Some("standard.".into()), ..all.clone() };
+    assert_eq!(store.count_instances(&standard).await.unwrap(), 4, "by the type's prefix");
+    let not_standard = InstanceQuery { instance_type_not_prefix: Some("standard.".into()), ..all.clone() };
+    assert_eq!(store.count_instances(&not_standard).await.unwrap(), 0, "by a prefix the type lacks");
+    let gpu = InstanceQuery { instance_type_prefix: Some("gpu".into()), ..all.clone() };
+    assert_eq!(store.count_instances(&gpu).await.unwrap(), 0);
 }
 
 /// A deleted instance's record kept `destroyed` (for the dialects that show deleted instances a while) is
@@ -887,6 +898,9 @@ pub async fn operations_page_by_offset_newest_first_with_a_count(store: &dyn Sto
     for state in [OperationState::Success, OperationState::Failure, OperationState::Pending, OperationState::Success] {
         let mut op = operation(p.id);
         op.state = state;
+        if state == OperationState::Failure {
+            op.kind = Action::Reboot;
+        }
         insert_operation(store, &op).await;
         ids.push(op.id);
     }
@@ -901,6 +915,9 @@ pub async fn operations_page_by_offset_newest_first_with_a_count(store: &dyn Sto
     assert_eq!(store.count_operations(&OperationQuery { offset: 2, limit: 1, ..done.clone() }).await.unwrap(), 3);
     let skipped = OperationQuery { offset: 2, ..done };
     assert_eq!(ids_of(store.list_operations(&skipped).await.unwrap()), [ids[3]], "an offset without a limit");
+    let reboots = OperationQuery { kinds: vec![Action::Reboot, Action::Reset], ..all.clone() };
+    assert_eq!(ids_of(store.list_operations(&reboots).await.unwrap()), [ids[1]], "by kind");
+    assert_eq!(store.count_operations(&OperationQuery { kinds: vec![Action::Start], ..all }).await.unwrap(), 3);
 }
 
 pub async fn racing_workers_never_share_an_operation(store: Arc<dyn Store>) {

@@ -239,6 +239,14 @@ pub struct InstanceQuery {
     /// Only instances with a scheduled shutdown (`expected_shutdown_at`), read through a partial index so
     /// that the reconciler's pass costs what is scheduled, not what exists.
     pub shutdown_scheduled: bool,
+    /// Only ids whose text (lowercase, hyphenated) contains this.
+    pub id_contains: Option<String>,
+    /// Of any of these instance types, by name (empty: any).
+    pub instance_types: Vec<String>,
+    /// Only instance types whose name begins with this.
+    pub instance_type_prefix: Option<String>,
+    /// Only instance types whose name does not begin with this.
+    pub instance_type_not_prefix: Option<String>,
     /// Keyset pagination: only ids greater than this one.
     pub after: Option<Uuid>,
     /// Keyset pagination backwards: only ids smaller than this one, the nearest first (descending order).
@@ -274,6 +282,8 @@ pub struct OperationQuery {
     pub unfinished: bool,
     /// In any of these states (empty: any).
     pub states: Vec<OperationState>,
+    /// Of any of these kinds (empty: any).
+    pub kinds: Vec<nimbus_core::state_machine::Action>,
     /// Keyset pagination, oldest first: only ids greater than this one.
     pub after: Option<Uuid>,
     /// Newest first instead of oldest first (ids are time-ordered).

@@ -307,6 +307,14 @@ fn volumes_are_created_attached_moved_grown_and_deleted() {
     s.ok(&["volume", "detach", "data"]);
     assert_eq!(s.json(&["volume", "resize", "data", "--size", "5"])["size_gb"], 5);
     assert_eq!(s.json(&["volume", "list"]).as_array().unwrap().len(), 1);
+    let snap = s.json(&["volume", "snapshot", "create", "data", "--name", "before"]);
+    assert_eq!((snap["name"].as_str(), snap["state"].as_str()), (Some("before"), Some("ready")), "{snap}");
+    assert_eq!(s.json(&["volume", "snapshot", "list", "data"]).as_array().unwrap().len(), 1);
+    assert_eq!(s.json(&["volume", "revert", "data", "before"])["state"], "available");
+    let out = s.run(&["volume", "delete", "data"]);
+    assert_ne!(code(&out), 0, "a volume with snapshots is not deleted");
+    s.ok(&["volume", "snapshot", "delete", "data", "before"]);
+    assert_eq!(s.json(&["volume", "snapshot", "list", "data"]), serde_json::json!([]));
     s.ok(&["volume", "delete", "data"]);
     assert_eq!(s.json(&["volume", "list"]), serde_json::json!([]));
 }

@@ -36,9 +36,9 @@ pub async fn unknown_route(uri: Uri) -> Response {
     } else if gcore::owns(path) {
         gcore::errors::unknown_route(uri).await.into_response()
     } else if onet::owns(path) {
-        onet::errors::unknown_route().await.into_response()
+        common::drf::unknown_route::<onet::errors::Onet>().await.into_response()
     } else if sharedcloud::owns(path) {
-        sharedcloud::errors::unknown_route().await.into_response()
+        common::drf::unknown_route::<sharedcloud::errors::SharedCloud>().await.into_response()
     } else {
         crate::error::unknown_route(uri).await.into_response()
     }

@@ -63,6 +63,11 @@ pub fn router(state: AppState) -> Routes {
         .route("/v1/volumes", post(volumes::create).get(volumes::list))
         .route("/v1/volumes/{id}", get(volumes::get).patch(volumes::update).delete(volumes::delete))
         .route("/v1/volumes/{id}/{action}", post(volumes::action))
+        .route("/v1/volumes/{id}/snapshots", post(volumes::create_snapshot).get(volumes::list_snapshots))
+        .route(
+            "/v1/volumes/{id}/snapshots/{snapshot_id}",
+            get(volumes::get_snapshot).patch(volumes::update_snapshot).delete(volumes::delete_snapshot),
+        )
         .route("/v1/snapshots", get(groups::list_snapshots))
         .route("/v1/snapshots/{id}", get(groups::get_snapshot).delete(groups::delete_snapshot))
         .route("/v1/snapshots/{id}/promote", post(groups::promote_snapshot))

@@ -7,7 +7,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use nimbus_core::labels::Labels;
-use nimbus_core::volume::Volume;
+use nimbus_core::operation::Operation;
+use nimbus_core::volume::{Volume, VolumeSnapshot};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -79,6 +80,8 @@ pub struct CreateVolumeParams {
     pub zone: Option<String>,
     #[serde(default)]
     pub labels: Labels,
+    /// An instance to attach the new volume to, in the same operation.
+    pub instance_id: Option<Uuid>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -113,6 +116,7 @@ pub async fn create(
         size_gb: p.size_gb,
         zone: p.zone,
         labels: p.labels,
+        attach_to: p.instance_id,
     };
     let (op, _) = app.engine.create_volume(&ctx, req).await?;
     Ok(accepted(&op))
@@ -174,10 +178,11 @@ pub async fn delete(State(app): State<AppState>, Caller(ctx): Caller, Path(id): 
 }
 
 /// `attach {instance_id}` (hot-plugged into a running instance), `detach`, `resize {size_gb}` (grow it; an
-/// attached one grows under its running guest).
+/// attached one grows under its running guest), `revert {snapshot_id}` (put a snapshot's data back; 409
+/// while attached).
 #[utoipa::path(post, path = "/v1/volumes/{id}/{action}", operation_id = "volume_action", tag = "volumes",
-    params(("id" = Uuid, Path), ("action" = String, Path, description = "attach | detach | resize"), ActionQuery),
-    request_body(content = Object, description = "attach: AttachVolumeParams; resize: ResizeVolumeParams; detach: none"),
+    params(("id" = Uuid, Path), ("action" = String, Path, description = "attach | detach | resize | revert"), ActionQuery),
+    request_body(content = Object, description = "attach: AttachVolumeParams; resize: ResizeVolumeParams; revert: RevertVolumeParams; detach: none"),
     responses((status = 202, body = OperationView), (status = 200, body = OperationView, description = "ended within ?wait"),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn action(
@@ -201,12 +206,176 @@ pub async fn action(
             let p = required::<ResizeVolumeParams>("resize", body)?;
             app.engine.resize_volume(&ctx, id, p.size_gb).await?
         }
+        "revert" => {
+            let p = required::<RevertVolumeParams>("revert", body)?;
+            app.engine.revert_volume(&ctx, id, p.snapshot_id).await?
+        }
         other => {
             return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no volume action {other:?}")));
         }
     };
+    answer(&app, &ctx, op, q).await
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VolumeSnapshotView {
+    pub id: Uuid,
+    pub volume_id: Uuid,
+    pub name: String,
+    /// The volume's size when the snapshot was taken.
+    pub size_gb: u64,
+    /// creating, ready, deleting, error
+    pub state: String,
+    pub labels: Labels,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<&VolumeSnapshot> for VolumeSnapshotView {
+    fn from(s: &VolumeSnapshot) -> Self {
+        VolumeSnapshotView {
+            id: s.id,
+            volume_id: s.volume_id,
+            name: s.name.clone(),
+            size_gb: s.size_gb,
+            state: s.state.as_str().into(),
+            labels: s.labels.clone(),
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VolumeSnapshotList {
+    pub items: Vec<VolumeSnapshotView>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVolumeSnapshotParams {
+    /// Default: the volume's name and the time.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevertVolumeParams {
+    /// One of the volume's snapshots, `ready`.
+    pub snapshot_id: Uuid,
+}
+
+/// A snapshot of the volume, when it is one of this volume's.
+async fn snapshot_of(
+    app: &AppState,
+    ctx: &nimbus_engine::Context,
+    id: &str,
+    snapshot: &str,
+) -> ApiResult<VolumeSnapshot> {
+    let (volume_id, snapshot_id) = (parse_uuid("volume", id)?, parse_uuid("volume snapshot", snapshot)?);
+    let s = app.engine.volume_snapshot(ctx, snapshot_id).await?;
+    if s.volume_id != volume_id {
+        return Err(nimbus_core::DomainError::not_found("volume snapshot", snapshot_id).into());
+    }
+    Ok(s)
+}
+
+/// Takes a snapshot of the volume's data, detached or attached (a running guest is paused for the copy);
+/// the operation's target is the volume, its `snapshot_id` parameter the new snapshot.
+#[utoipa::path(post, path = "/v1/volumes/{id}/snapshots", operation_id = "create_volume_snapshot", tag = "volumes",
+    params(("id" = Uuid, Path), ActionQuery), request_body = CreateVolumeSnapshotParams,
+    responses((status = 202, body = OperationView), (status = 200, body = OperationView, description = "ended within ?wait"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_snapshot(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path(id): Path<String>,
+    QueryParams(q): QueryParams<ActionQuery>,
+    OptionalJsonBody(body): OptionalJsonBody<serde_json::Value>,
+) -> ApiResult<Response> {
+    let id = parse_uuid("volume", &id)?;
+    let p = optional::<CreateVolumeSnapshotParams>(body)?;
+    let req = nimbus_engine::CreateVolumeSnapshot { name: p.name, labels: p.labels };
+    let (op, _) = app.engine.create_volume_snapshot(&ctx, id, req).await?;
+    answer(&app, &ctx, op, q).await
+}
+
+#[utoipa::path(get, path = "/v1/volumes/{id}/snapshots", operation_id = "list_volume_snapshots", tag = "volumes",
+    params(("id" = Uuid, Path)), responses((status = 200, body = VolumeSnapshotList), (status = 404, body = ErrorBody)))]
+pub async fn list_snapshots(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<VolumeSnapshotList>> {
+    let volume = app.engine.volume(&ctx, parse_uuid("volume", &id)?).await?;
+    let snapshots = app.engine.list_volume_snapshots(&ctx, Some(volume.id)).await?;
+    Ok(Json(VolumeSnapshotList { items: snapshots.iter().map(Into::into).collect() }))
+}
+
+#[utoipa::path(get, path = "/v1/volumes/{id}/snapshots/{snapshot_id}", operation_id = "get_volume_snapshot", tag = "volumes",
+    params(("id" = Uuid, Path), ("snapshot_id" = Uuid, Path)),
+    responses((status = 200, body = VolumeSnapshotView), (status = 404, body = ErrorBody)))]
+pub async fn get_snapshot(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path((id, snapshot)): Path<(String, String)>,
+) -> ApiResult<Json<VolumeSnapshotView>> {
+    Ok(Json((&snapshot_of(&app, &ctx, &id, &snapshot).await?).into()))
+}
+
+/// Merge patch of `name` and `labels`.
+#[utoipa::path(patch, path = "/v1/volumes/{id}/snapshots/{snapshot_id}", operation_id = "update_volume_snapshot", tag = "volumes",
+    params(("id" = Uuid, Path), ("snapshot_id" = Uuid, Path)),
+    request_body(content = Object, description = "JSON merge patch of name, labels", content_type = "application/merge-patch+json"),
+    responses((status = 200, body = VolumeSnapshotView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn update_snapshot(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path((id, snapshot)): Path<(String, String)>,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> ApiResult<Json<VolumeSnapshotView>> {
+    let s = snapshot_of(&app, &ctx, &id, &snapshot).await?;
+    let fields = body.as_object().ok_or_else(|| ApiError::bad_request("a merge patch is a JSON object"))?;
+    let mut patch = nimbus_engine::VolumeSnapshotPatch::default();
+    for (k, v) in fields {
+        match k.as_str() {
+            "name" => {
+                patch.name = Some(
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| ApiError::bad_request("invalid name: must be a string"))?,
+                )
+            }
+            "labels" => patch.labels = Some(v.clone()),
+            other => {
+                return Err(ApiError::bad_request(format!("invalid {other}: not a field a snapshot patch may change")))
+            }
+        }
+    }
+    Ok(Json((&app.engine.update_volume_snapshot(&ctx, s.id, patch).await?).into()))
+}
+
+/// Removes the snapshot.
+#[utoipa::path(delete, path = "/v1/volumes/{id}/snapshots/{snapshot_id}", operation_id = "delete_volume_snapshot", tag = "volumes",
+    params(("id" = Uuid, Path), ("snapshot_id" = Uuid, Path)),
+    responses((status = 202, body = OperationView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete_snapshot(
+    State(app): State<AppState>,
+    Caller(ctx): Caller,
+    Path((id, snapshot)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let s = snapshot_of(&app, &ctx, &id, &snapshot).await?;
+    Ok(accepted(&app.engine.delete_volume_snapshot(&ctx, s.id).await?))
+}
+
+async fn answer(app: &AppState, ctx: &nimbus_engine::Context, op: Operation, q: ActionQuery) -> ApiResult<Response> {
     if let Some(wait) = q.wait {
-        let done = app.engine.wait_operation(&ctx, op.id, Duration::from_secs(wait)).await?;
+        let done = app.engine.wait_operation(ctx, op.id, Duration::from_secs(wait)).await?;
         let status = if done.state.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
         return Ok((status, Json(OperationView::from(&done))).into_response());
     }

@@ -105,6 +105,8 @@ const RULES: &[(&str, &[(&str, Who)])] = &[
     ("/v1/volumes", &[("GET", R), ("POST", M)]),
     ("/v1/volumes/{id}", &[("GET", R), ("PATCH", M), ("DELETE", M)]),
     ("/v1/volumes/{id}/{action}", &[("POST", M)]),
+    ("/v1/volumes/{id}/snapshots", &[("GET", R), ("POST", M)]),
+    ("/v1/volumes/{id}/snapshots/{snapshot_id}", &[("GET", R), ("PATCH", M), ("DELETE", M)]),
     // Hosts' agents: their host token, never an API key.
     ("/v1/agent/config", &[("GET", Agent)]),
     ("/v1/agent/register", &[("POST", Agent)]),
@@ -155,7 +157,7 @@ const RULES: &[(&str, &[(&str, Who)])] = &[
     ("/v2/block-storage", &[("GET", R), ("POST", M)]),
     ("/v2/block-storage/{segment}", &[("GET", R), ("POST", M), ("PUT", M), ("DELETE", M)]),
     ("/v2/block-storage-snapshot", &[("GET", R)]),
-    ("/v2/block-storage-snapshot/{id}", &[("GET", R)]),
+    ("/v2/block-storage-snapshot/{id}", &[("GET", R), ("PUT", M), ("DELETE", M)]),
     // Gcore.
     ("/cloud/v2/instances/{project_id}/{region_id}", &[("POST", M)]),
     ("/cloud/v1/instances/{project_id}/{region_id}", &[("GET", R)]),

@@ -266,3 +266,80 @@ async fn a_failed_attach_leaves_the_volume_available_and_the_instance_free() {
     // And the next one goes through.
     assert_eq!(volume_act(&c, &id, "attach", Some(json!({"instance_id": i}))).await["state"], "success");
 }
+
+#[tokio::test]
+async fn a_volume_is_snapshotted_attached_reverted_detached_and_its_snapshots_deleted() {
+    let c = Cloud::new().await;
+    let vm = c.instance(ADMIN, "vm", json!({})).await;
+    let id = volume(&c, ADMIN, "data", 2).await;
+    let uuid = Uuid::parse_str(&id).unwrap();
+    volume_act(&c, &id, "attach", Some(json!({"instance_id": vm}))).await;
+
+    // Taken while attached to a running instance: the volume and the instance keep their states.
+    let path = format!("/v1/volumes/{id}/snapshots");
+    let r = c
+        .call(Method::POST, &format!("{path}?wait=30"), ADMIN, Some(json!({"name": "before", "labels": {"k": "v"}})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["state"], "success", "{}", r.text);
+    let made =
+        r.body["result"]["snapshot_id"].as_str().unwrap_or_else(|| panic!("no snapshot id: {}", r.text)).to_string();
+    let listed = c.get(&path, ADMIN).await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.text);
+    let items = listed.body["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 1, "{}", listed.text);
+    let snap = items[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(snap, made, "the operation names the snapshot it made");
+    assert_eq!(
+        (items[0]["name"].as_str(), items[0]["state"].as_str(), items[0]["size_gb"].as_u64(), &items[0]["labels"]),
+        (Some("before"), Some("ready"), Some(2), &json!({"k": "v"}))
+    );
+    assert_eq!(items[0]["volume_id"], id.as_str());
+    let snap_uuid = Uuid::parse_str(&snap).unwrap();
+    assert!(c.sim.volume(uuid).unwrap().snapshots.contains_key(&snap_uuid), "the host keeps the copy");
+    let v = show(&c, &id).await;
+    assert_eq!((v["state"].as_str(), &v["operation_id"]), (Some("in-use"), &Value::Null));
+    let i = c.get(&format!("/v1/instances/{vm}"), ADMIN).await.body;
+    assert_eq!((i["state"].as_str(), &i["operation_id"]), (Some("running"), &Value::Null), "{i}");
+
+    // Reverting is refused while attached, with the reason.
+    let r = volume_action(&c, &id, "revert", Some(json!({"snapshot_id": snap}))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert!(r.message().contains("detach it first"), "{}", r.text);
+    assert_eq!(c.sim.volume(uuid).unwrap().reverted_to, None);
+
+    // Grown, detached, then reverted: the data comes back, the size stays.
+    volume_act(&c, &id, "resize", Some(json!({"size_gb": 4}))).await;
+    volume_act(&c, &id, "detach", None).await;
+    let op = volume_act(&c, &id, "revert", Some(json!({"snapshot_id": snap}))).await;
+    assert_eq!(op["state"], "success", "{op}");
+    assert_eq!(c.sim.volume(uuid).unwrap().reverted_to, Some(snap_uuid));
+    let v = show(&c, &id).await;
+    assert_eq!((v["state"].as_str(), v["size_gb"].as_u64()), (Some("available"), Some(4)));
+
+    // Another volume's snapshot, or an unknown one, is not this volume's.
+    let other = volume(&c, ADMIN, "other", 1).await;
+    let r = volume_action(&c, &other, "revert", Some(json!({"snapshot_id": snap}))).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    let r = c.get(&format!("/v1/volumes/{other}/snapshots/{snap}"), ADMIN).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    let r = volume_action(&c, &id, "revert", Some(json!({"snapshot_id": Uuid::nil()}))).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+
+    // Renamed; a volume with snapshots is not deleted; the snapshot is, then the volume.
+    let one = format!("{path}/{snap}");
+    let r = c.call(Method::PATCH, &one, ADMIN, Some(json!({"name": "golden", "labels": {"k": null}}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!((r.body["name"].as_str(), &r.body["labels"]), (Some("golden"), &json!({})));
+    let r = c.call(Method::DELETE, &format!("/v1/volumes/{id}"), ADMIN, None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert!(r.message().contains("snapshots"), "{}", r.text);
+    let r = c.call(Method::DELETE, &one, ADMIN, None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(c.wait(&r.id(), ADMIN).await["state"], "success");
+    assert_eq!(c.get(&one, ADMIN).await.status, StatusCode::NOT_FOUND);
+    assert!(c.sim.volume(uuid).unwrap().snapshots.is_empty(), "the copy is gone from the host");
+    let r = c.call(Method::DELETE, &format!("/v1/volumes/{id}"), ADMIN, None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(c.wait(&r.id(), ADMIN).await["state"], "success");
+}

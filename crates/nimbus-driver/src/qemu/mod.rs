@@ -896,6 +896,58 @@ impl Driver for QemuDriver {
         volumes::size_gb(&self.config.qemu_img, &volumes::path(&self.config.state_dir, volume_id), volume_id).await
     }
 
+    async fn snapshot_volume(&self, volume_id: Uuid, snapshot_id: Uuid, attached_to: Option<Uuid>) -> DriverResult<()> {
+        let file = volumes::path(&self.config.state_dir, volume_id);
+        let to = volumes::snapshot_path(&self.config.state_dir, volume_id, snapshot_id);
+        if tokio::fs::try_exists(&to).await.unwrap_or(false) {
+            return Ok(());
+        }
+        if !tokio::fs::try_exists(&file).await.unwrap_or(false) {
+            return Err(DriverError::NotFound(volume_id));
+        }
+        if let Some(id) = attached_to {
+            let dir = self.existing_dir(id).await?;
+            let _lock = self.lock(&dir).await?;
+            if self.runtime(&dir).await.is_some() {
+                // Paused, QEMU has flushed the volume to its file: a read of it is a crash-consistent copy.
+                let qmp_sock = dir.join("qmp.sock");
+                let status = qmp::command(&qmp_sock, "query-status", None).await.map_err(failed)?;
+                let was_paused = status.get("status").and_then(Value::as_str) == Some("paused");
+                if !was_paused {
+                    qmp::command(&qmp_sock, "stop", None).await.map_err(failed)?;
+                }
+                let copied = volumes::copy(&self.config.qemu_img, &file, &to, true).await;
+                if !was_paused {
+                    qmp::command(&qmp_sock, "cont", None).await.map_err(failed)?;
+                }
+                return copied;
+            }
+        }
+        volumes::copy(&self.config.qemu_img, &file, &to, false).await
+    }
+
+    async fn revert_volume(&self, volume_id: Uuid, snapshot_id: Uuid) -> DriverResult<()> {
+        let snapshot = volumes::snapshot_path(&self.config.state_dir, volume_id, snapshot_id);
+        if !tokio::fs::try_exists(&snapshot).await.unwrap_or(false) {
+            return Err(DriverError::Invalid(format!("volume {volume_id} has no snapshot {snapshot_id}")));
+        }
+        let file = volumes::path(&self.config.state_dir, volume_id);
+        volumes::restore(&self.config.qemu_img, &snapshot, &file, volume_id).await
+    }
+
+    async fn delete_volume_snapshot(&self, volume_id: Uuid, snapshot_id: Uuid) -> DriverResult<()> {
+        volumes::remove(&volumes::snapshot_path(&self.config.state_dir, volume_id, snapshot_id)).await?;
+        // The volume's directory goes with its last snapshot.
+        if let Some(dir) = volumes::snapshot_path(&self.config.state_dir, volume_id, snapshot_id).parent() {
+            let _ = tokio::fs::remove_dir(dir).await;
+        }
+        Ok(())
+    }
+
+    async fn volume_snapshots(&self, volume_id: Uuid) -> DriverResult<Vec<Uuid>> {
+        Ok(volumes::snapshot_ids(&self.config.state_dir, volume_id).await)
+    }
+
     async fn attach_volume(&self, id: Uuid, volume: &VolumeSpec) -> DriverResult<()> {
         let dir = self.existing_dir(id).await?;
         let file = volumes::path(&self.config.state_dir, volume.id);

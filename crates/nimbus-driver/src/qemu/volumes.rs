@@ -130,6 +130,58 @@ pub async fn remove(file: &Path) -> DriverResult<()> {
     }
 }
 
+/// Where a volume's snapshot is kept: `<state>/volume-snapshots/<volume>/<snapshot>.qcow2`, a standalone
+/// copy of the volume's file at the time.
+pub fn snapshot_path(state_dir: &Path, volume_id: Uuid, snapshot_id: Uuid) -> PathBuf {
+    state_dir.join("volume-snapshots").join(volume_id.to_string()).join(format!("{snapshot_id}.qcow2"))
+}
+
+/// Copies a volume's file to `to` under a temporary name, then renames it: a crash leaves no half snapshot
+/// under the real name. `shared`: read it while a (paused) QEMU holds it.
+pub async fn copy(qemu_img: &str, from: &Path, to: &Path, shared: bool) -> DriverResult<()> {
+    if let Some(dir) = to.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(failed)?;
+    }
+    let tmp = to.with_extension("qcow2.tmp");
+    let _ = tokio::fs::remove_file(&tmp).await;
+    let (from_s, tmp_s) = (from.display().to_string(), tmp.display().to_string());
+    let mut args = vec!["convert", "-q", "-f", "qcow2", "-O", "qcow2"];
+    if shared {
+        args.push("-U");
+    }
+    args.extend([from_s.as_str(), tmp_s.as_str()]);
+    disks::run(qemu_img, &args).await.map_err(failed)?;
+    tokio::fs::rename(&tmp, to).await.map_err(failed)
+}
+
+/// Puts a snapshot's data back into a detached volume's file: a copy of the snapshot, grown back to the
+/// volume's size if it grew since, renamed over the file.
+pub async fn restore(qemu_img: &str, snapshot: &Path, file: &Path, id: Uuid) -> DriverResult<()> {
+    let current = size_bytes(qemu_img, file, id).await?;
+    let tmp = file.with_extension("qcow2.revert");
+    let _ = tokio::fs::remove_file(&tmp).await;
+    let (from_s, tmp_s) = (snapshot.display().to_string(), tmp.display().to_string());
+    disks::run(qemu_img, &["convert", "-q", "-f", "qcow2", "-O", "qcow2", &from_s, &tmp_s]).await.map_err(failed)?;
+    if disks::virtual_size(qemu_img, &tmp).await? < current {
+        disks::grow(qemu_img, &tmp, current).await?;
+    }
+    tokio::fs::rename(&tmp, file).await.map_err(failed)
+}
+
+/// The snapshots the host keeps of a volume.
+pub async fn snapshot_ids(state_dir: &Path, volume_id: Uuid) -> Vec<Uuid> {
+    let mut out = Vec::new();
+    let dir = state_dir.join("volume-snapshots").join(volume_id.to_string());
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else { return out };
+    while let Ok(Some(e)) = entries.next_entry().await {
+        if let Some(id) = e.file_name().to_str().and_then(|n| n.strip_suffix(".qcow2")).and_then(|s| s.parse().ok()) {
+            out.push(id);
+        }
+    }
+    out.sort();
+    out
+}
+
 /// The volumes the host has files of.
 pub async fn ids(state_dir: &Path) -> Vec<Uuid> {
     let mut out = Vec::new();
@@ -339,6 +391,37 @@ mod tests {
         remove(&file).await.unwrap();
         remove(&file).await.unwrap();
         assert!(ids(dir.path()).await.is_empty());
+    }
+
+    /// A snapshot keeps the data as it was; a revert puts it back and keeps the size the volume grew to.
+    #[tokio::test]
+    async fn a_snapshot_copy_is_restored_over_a_grown_volume() {
+        if super::super::host::which("qemu-img").is_none() || super::super::host::which("qemu-io").is_none() {
+            println!("SKIPPED: no qemu-img or qemu-io");
+            return;
+        }
+        let io = |file: &Path, cmd: &str| {
+            let (file, cmd) = (file.display().to_string(), cmd.to_string());
+            async move { disks::run("qemu-io", &["-f", "qcow2", "-c", &cmd, &file]).await }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (id, snap) = (Uuid::new_v4(), Uuid::new_v4());
+        let file = path(dir.path(), id);
+        create("qemu-img", &file, 1).await.unwrap();
+        io(&file, "write -P 0xab 0 64k").await.unwrap();
+        let copy_path = snapshot_path(dir.path(), id, snap);
+        copy("qemu-img", &file, &copy_path, false).await.unwrap();
+        assert_eq!(snapshot_ids(dir.path(), id).await, vec![snap]);
+        assert_eq!(ids(dir.path()).await, vec![id], "a snapshot is not a volume");
+        io(&file, "write -P 0xcd 0 64k").await.unwrap();
+        grow("qemu-img", &file, id, 2).await.unwrap();
+        restore("qemu-img", &copy_path, &file, id).await.unwrap();
+        restore("qemu-img", &copy_path, &file, id).await.unwrap();
+        let read = io(&file, "read -P 0xab 0 64k").await.unwrap();
+        assert!(!read.contains("Pattern verification failed"), "{read}");
+        assert_eq!(size_gb("qemu-img", &file, id).await.unwrap(), 2, "the size it grew to is kept");
+        remove(&copy_path).await.unwrap();
+        assert!(snapshot_ids(dir.path(), id).await.is_empty());
     }
 
     /// A fake QEMU that answers as a real one does to an attach run twice and a detach: the second attach

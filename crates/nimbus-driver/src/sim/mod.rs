@@ -65,12 +65,18 @@ struct SimVm {
 type Vms = Store<SimVm>;
 
 /// A simulated volume's disk.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SimVolume {
     pub size_gb: u64,
     pub serial: String,
     /// The instance it is plugged into.
     pub attached_to: Option<Uuid>,
+    /// Its snapshots, with the size the volume had when each was taken.
+    #[serde(default)]
+    pub snapshots: std::collections::BTreeMap<Uuid, u64>,
+    /// The snapshot it was last reverted to.
+    #[serde(default)]
+    pub reverted_to: Option<Uuid>,
 }
 
 /// Where the simulated VMs (and templates) live.
@@ -538,8 +544,10 @@ impl Driver for SimDriver {
         if self.volumes.get(volume.id).is_some() {
             return Ok(());
         }
-        self.volumes
-            .put(volume.id, &SimVolume { size_gb: volume.size_gb, serial: volume.serial.clone(), attached_to: None })
+        self.volumes.put(
+            volume.id,
+            &SimVolume { size_gb: volume.size_gb, serial: volume.serial.clone(), ..SimVolume::default() },
+        )
     }
 
     async fn delete_volume(&self, volume_id: Uuid) -> DriverResult<()> {
@@ -615,6 +623,43 @@ impl Driver for SimDriver {
 
     async fn volumes(&self) -> DriverResult<Vec<Uuid>> {
         Ok(self.volumes.ids())
+    }
+
+    async fn snapshot_volume(&self, volume_id: Uuid, snapshot_id: Uuid, attached_to: Option<Uuid>) -> DriverResult<()> {
+        self.act("snapshot_volume").await?;
+        let mut v = self.volumes.get(volume_id).ok_or(DriverError::NotFound(volume_id))?;
+        if v.attached_to != attached_to {
+            return Err(DriverError::Invalid(format!("volume {volume_id} is not attached to {attached_to:?}")));
+        }
+        let size = v.size_gb;
+        v.snapshots.entry(snapshot_id).or_insert(size);
+        self.volumes.put(volume_id, &v)
+    }
+
+    async fn revert_volume(&self, volume_id: Uuid, snapshot_id: Uuid) -> DriverResult<()> {
+        self.act("revert_volume").await?;
+        let mut v = self.volumes.get(volume_id).ok_or(DriverError::NotFound(volume_id))?;
+        if let Some(i) = v.attached_to {
+            return Err(DriverError::Invalid(format!("volume {volume_id} is attached to instance {i}")));
+        }
+        if !v.snapshots.contains_key(&snapshot_id) {
+            return Err(DriverError::Invalid(format!("volume {volume_id} has no snapshot {snapshot_id}")));
+        }
+        v.reverted_to = Some(snapshot_id);
+        self.volumes.put(volume_id, &v)
+    }
+
+    async fn delete_volume_snapshot(&self, volume_id: Uuid, snapshot_id: Uuid) -> DriverResult<()> {
+        self.act("delete_volume_snapshot").await?;
+        let Some(mut v) = self.volumes.get(volume_id) else { return Ok(()) };
+        if v.snapshots.remove(&snapshot_id).is_some() {
+            self.volumes.put(volume_id, &v)?;
+        }
+        Ok(())
+    }
+
+    async fn volume_snapshots(&self, volume_id: Uuid) -> DriverResult<Vec<Uuid>> {
+        Ok(self.volumes.get(volume_id).map(|v| v.snapshots.keys().copied().collect()).unwrap_or_default())
     }
 }
 

@@ -1,47 +1,82 @@
-//! `create_volume`: makes a new volume's empty disk on its host.
+//! `create_volume`: makes a new volume's empty disk on its host, and plugs it into an instance when the
+//! request named one (Gcore's `instance_id_to_attach_to`).
 //!
-//! Plan (`Engine::create_volume`): the record, `creating`, quota-checked in the request's transaction.
-//! Step: `make` (idempotent: an existing disk is kept). Success: `available`. Failure: the disk, if the
-//! step made one, is removed and the volume shows `error` until it is deleted.
+//! Plan (`Engine::create_volume`): the record, `creating`, quota-checked in the request's transaction; with
+//! an instance to attach to, the record names it and the instance is locked (its state unchanged), after
+//! the checks an attach makes (project, zone, state). Steps: `make` (idempotent: an existing disk is kept),
+//! then `plug` (nothing without an instance; hot-plugged into a running guest, listed for a stopped one's
+//! next boot). Success: `available`, or `in-use`. Failure: unplugged, the disk removed if the step made one,
+//! and the volume shows `error`, attached to nothing, until it is deleted.
 
 use async_trait::async_trait;
 use nimbus_core::volume::{Volume, VolumeState};
 use nimbus_driver::DriverResult;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use uuid::Uuid;
 
 use super::volume::{VolumeCx, VolumeSaga};
-use super::NoParams;
 use crate::volumes::spec_of;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Params {
+    /// The instance the new volume is attached to, whose lock the operation holds.
+    #[serde(default)]
+    pub attach_to: Option<Uuid>,
+}
 
 pub(crate) struct CreateVolume;
 
 #[async_trait]
 impl VolumeSaga for CreateVolume {
-    type Params = NoParams;
+    type Params = Params;
 
-    fn steps() -> &'static [&'static str] {
-        &["make"]
+    fn instance(p: &Params) -> Option<Uuid> {
+        p.attach_to
     }
 
-    async fn run(cx: &VolumeCx<'_>, _: &NoParams, _: &'static str) -> DriverResult<Value> {
-        cx.driver().create_volume(&spec_of(cx.volume)).await?;
+    fn steps() -> &'static [&'static str] {
+        &["make", "plug"]
+    }
+
+    async fn run(cx: &VolumeCx<'_>, p: &Params, step: &'static str) -> DriverResult<Value> {
+        match (step, p.attach_to) {
+            ("make", _) => cx.driver().create_volume(&spec_of(cx.volume)).await?,
+            (_, Some(id)) => {
+                if cx.instance.is_none() {
+                    return Err(nimbus_driver::DriverError::NotFound(id));
+                }
+                cx.driver().attach_volume(id, &spec_of(cx.volume)).await?
+            }
+            (_, None) => {}
+        }
         Ok(Value::Null)
     }
 
-    async fn undo(cx: &VolumeCx<'_>, _: &NoParams, _: &'static str) -> DriverResult<()> {
-        cx.driver().delete_volume(cx.volume.id).await
+    async fn undo(cx: &VolumeCx<'_>, p: &Params, step: &'static str) -> DriverResult<()> {
+        match (step, p.attach_to) {
+            ("make", _) => cx.driver().delete_volume(cx.volume.id).await,
+            (_, Some(id)) => cx.driver().detach_volume(id, cx.volume.id).await,
+            (_, None) => Ok(()),
+        }
     }
 
-    fn succeeded(_: &NoParams, next: &mut Volume) -> bool {
-        next.state = VolumeState::Available;
+    fn succeeded(p: &Params, next: &mut Volume) -> bool {
+        next.state = if p.attach_to.is_some() { VolumeState::InUse } else { VolumeState::Available };
         true
     }
 
-    async fn failed(cx: &VolumeCx<'_>, _: &NoParams, next: &mut Volume) {
-        // Given up after crashes, the step may have made the disk without it being recorded.
+    async fn failed(cx: &VolumeCx<'_>, p: &Params, next: &mut Volume) {
+        // Given up after crashes, the steps may have made the disk, or plugged it, without it being recorded.
+        if let Some(id) = p.attach_to {
+            if let Err(e) = cx.driver().detach_volume(id, cx.volume.id).await {
+                tracing::warn!(volume = %cx.volume.id, error = %e, "could not unplug a failed volume");
+            }
+        }
         if let Err(e) = cx.driver().delete_volume(cx.volume.id).await {
             tracing::warn!(volume = %cx.volume.id, error = %e, "could not remove a failed volume's disk");
         }
         next.state = VolumeState::Error;
+        next.instance_id = None;
     }
 }

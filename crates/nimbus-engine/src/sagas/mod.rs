@@ -40,9 +40,11 @@ pub(crate) mod attach_volume;
 pub(crate) mod create;
 pub(crate) mod create_snapshot;
 pub(crate) mod create_volume;
+pub(crate) mod create_volume_snapshot;
 pub(crate) mod delete;
 pub(crate) mod delete_snapshot;
 pub(crate) mod delete_volume;
+pub(crate) mod delete_volume_snapshot;
 pub(crate) mod detach_volume;
 pub(crate) mod enable_tpm;
 pub(crate) mod evacuate;
@@ -55,6 +57,7 @@ pub(crate) mod resize_disk;
 pub(crate) mod resize_volume;
 pub(crate) mod resume;
 pub(crate) mod revert_snapshot;
+pub(crate) mod revert_volume;
 pub(crate) mod scale;
 pub(crate) mod start;
 pub(crate) mod stop;
@@ -299,6 +302,13 @@ pub(crate) async fn execute(engine: &Engine, lease_owner: &str, op: Operation) -
         Action::DetachVolume => volume::run::<detach_volume::DetachVolume>(engine, lease_owner, op).await,
         Action::ResizeVolume => volume::run::<resize_volume::ResizeVolume>(engine, lease_owner, op).await,
         Action::DeleteVolume => volume::run::<delete_volume::DeleteVolume>(engine, lease_owner, op).await,
+        Action::CreateVolumeSnapshot => {
+            volume::run::<create_volume_snapshot::CreateVolumeSnapshot>(engine, lease_owner, op).await
+        }
+        Action::RevertVolume => volume::run::<revert_volume::RevertVolume>(engine, lease_owner, op).await,
+        Action::DeleteVolumeSnapshot => {
+            volume::run::<delete_volume_snapshot::DeleteVolumeSnapshot>(engine, lease_owner, op).await
+        }
     }
 }
 
@@ -333,6 +343,9 @@ pub fn step_names(op: &Operation) -> Result<Vec<&'static str>> {
         Action::DetachVolume => Ok(volume::step_names::<detach_volume::DetachVolume>()),
         Action::ResizeVolume => Ok(volume::step_names::<resize_volume::ResizeVolume>()),
         Action::DeleteVolume => Ok(volume::step_names::<delete_volume::DeleteVolume>()),
+        Action::CreateVolumeSnapshot => Ok(volume::step_names::<create_volume_snapshot::CreateVolumeSnapshot>()),
+        Action::RevertVolume => Ok(volume::step_names::<revert_volume::RevertVolume>()),
+        Action::DeleteVolumeSnapshot => Ok(volume::step_names::<delete_volume_snapshot::DeleteVolumeSnapshot>()),
     }
 }
 

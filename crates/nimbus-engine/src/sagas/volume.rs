@@ -33,6 +33,15 @@ pub(crate) struct OnInstance {
     pub instance_id: Option<Uuid>,
 }
 
+/// The parameters of the kinds done to one of a volume's snapshots (create, revert to, delete).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct OfSnapshot {
+    pub snapshot_id: Uuid,
+    /// The instance the volume is attached to, whose lock the operation holds (a snapshot's copy only).
+    #[serde(default)]
+    pub instance_id: Option<Uuid>,
+}
+
 /// What a step sees: the engine, the volume and its instance (for attach and detach) as just read.
 pub(crate) struct VolumeCx<'a> {
     pub engine: &'a Engine,
@@ -74,6 +83,12 @@ pub(crate) trait VolumeSaga: Send + Sync + 'static {
 
     /// The volume after a failure, once the undos ran: what the host really has.
     async fn failed(cx: &VolumeCx<'_>, p: &Self::Params, next: &mut Volume);
+
+    /// The writes of other records that land with the outcome, in its transaction (a volume snapshot's):
+    /// `ok` says whether the operation succeeded.
+    async fn land(_engine: &Engine, _op: &Operation, _p: &Self::Params, _ok: bool) -> Result<Vec<Write>, Abandon> {
+        Ok(Vec::new())
+    }
 }
 
 /// The steps of a volume operation (for tests that visit every step).
@@ -255,6 +270,9 @@ impl<K: VolumeSaga> VolumeRunner<'_, K> {
                     });
                     set.push(volume_event(&self.op.actor, "volume.deleted", &next));
                 }
+            }
+            if let Some(p) = p {
+                set.writes.extend(K::land(self.engine, &self.op, p, outcome.is_ok()).await?);
             }
             if let Some(i) = instance.filter(|i| i.lock_operation_id == Some(self.op.id)) {
                 let mut next = i.clone();

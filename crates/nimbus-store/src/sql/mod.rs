@@ -518,6 +518,27 @@ impl SqlStore {
             }
             sql.push(")");
         }
+        if let Some(part) = &q.id_contains {
+            sql.and_where(&self.backend.contains_text("id"), part);
+        }
+        // The instance type has no column: read from the document, which every instance row carries.
+        let instance_type = match self.backend {
+            Backend::Sqlite => "json_extract(body, '$.instance_type')",
+            Backend::Postgres => "(CAST(body AS jsonb) ->> 'instance_type')",
+        };
+        if !q.instance_types.is_empty() {
+            sql.any_of(instance_type, q.instance_types.iter().map(|t| Arg::from(t.as_str())));
+        }
+        let starts = |negated: &str| match self.backend {
+            Backend::Sqlite => format!("{negated}(instr({instance_type}, {{}}) = 1)"),
+            Backend::Postgres => format!("{negated}(strpos({instance_type}, {{}}) = 1)"),
+        };
+        if let Some(prefix) = &q.instance_type_prefix {
+            sql.and_where(&starts(""), prefix);
+        }
+        if let Some(prefix) = &q.instance_type_not_prefix {
+            sql.and_where(&starts("NOT "), prefix);
+        }
         sql
     }
 
@@ -528,7 +549,7 @@ impl SqlStore {
 }
 
 /// `select` with the conditions of `q` that choose operations (not those that page them).
-fn operations_matching(select: &str, q: &OperationQuery) -> Filtered {
+fn operations_matching(backend: Backend, select: &str, q: &OperationQuery) -> Filtered {
     let mut sql = Filtered::new(select);
     if let Some(p) = q.project_id {
         sql.and("project_id = ", p);
@@ -541,6 +562,14 @@ fn operations_matching(select: &str, q: &OperationQuery) -> Filtered {
     }
     if !q.states.is_empty() {
         sql.any_of("state", q.states.iter().map(|s| Arg::from(s.as_str())));
+    }
+    if !q.kinds.is_empty() {
+        // The kind has no column: read from the document, which every operation row carries.
+        let kind = match backend {
+            Backend::Sqlite => "json_extract(body, '$.kind')",
+            Backend::Postgres => "(CAST(body AS jsonb) ->> 'kind')",
+        };
+        sql.any_of(kind, q.kinds.iter().map(|k| Arg::from(k.as_str())));
     }
     sql
 }
@@ -826,7 +855,7 @@ impl Store for SqlStore {
     }
 
     async fn list_operations(&self, q: &OperationQuery) -> StoreResult<Vec<Operation>> {
-        let mut sql = operations_matching("SELECT body FROM operations WHERE 1=1", q);
+        let mut sql = operations_matching(self.backend, "SELECT body FROM operations WHERE 1=1", q);
         if let Some(a) = q.after {
             sql.and("id > ", a);
         }
@@ -836,7 +865,7 @@ impl Store for SqlStore {
     }
 
     async fn count_operations(&self, q: &OperationQuery) -> StoreResult<u64> {
-        let sql = operations_matching("SELECT COUNT(*) AS n FROM operations WHERE 1=1", q);
+        let sql = operations_matching(self.backend, "SELECT COUNT(*) AS n FROM operations WHERE 1=1", q);
         let row = sql.query().fetch_one(&self.pool).await.map_err(self.fail("counting operations"))?;
         Ok(u64::try_from(column::<i64>(&row, "n")?).unwrap_or(0))
     }

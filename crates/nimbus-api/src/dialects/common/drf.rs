@@ -11,6 +11,20 @@ use axum::response::{IntoResponse, Response};
 use nimbus_core::DomainError;
 use serde_json::{json, Value};
 
+/// Declares a DRF provider's marker type `$dialect` (to implement [`DrfDialect`] on) and its error, result
+/// and `FieldErrors` types.
+macro_rules! drf_provider {
+    ($dialect:ident, $error:ident, $result:ident) => {
+        #[doc = concat!("What ", stringify!($dialect), " says where DRF's providers differ.")]
+        pub struct $dialect;
+
+        pub type $error = crate::dialects::common::drf::DrfError<$dialect>;
+        pub type $result<T> = Result<T, $error>;
+        pub type FieldErrors = crate::dialects::common::drf::FieldErrors<$dialect>;
+    };
+}
+pub(crate) use drf_provider;
+
 /// What one DRF provider says its own way.
 pub trait DrfDialect: Sized {
     /// The scheme named in a 401's `WWW-Authenticate` (without it DRF would have answered 403).
@@ -167,9 +181,12 @@ impl<D: DrfDialect> super::CredentialErrors for DrfError<D> {
     }
 }
 
-impl<D> DrfError<D> {
-    /// DRF's answer to a method a route does not take.
-    pub fn method_not_allowed(method: &axum::http::Method) -> DrfError<D> {
-        DrfError::detail(StatusCode::METHOD_NOT_ALLOWED, format!("Method \"{method}\" not allowed."))
-    }
+/// DRF's answer to a method a route does not take (each route's fallback).
+pub async fn method_not_allowed<D>(method: axum::http::Method) -> DrfError<D> {
+    DrfError::detail(StatusCode::METHOD_NOT_ALLOWED, format!("Method \"{method}\" not allowed."))
+}
+
+/// DRF's answer to a path no route takes.
+pub async fn unknown_route<D>() -> DrfError<D> {
+    DrfError::not_found()
 }

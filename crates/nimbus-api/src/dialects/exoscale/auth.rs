@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::{header, StatusCode};
 use nimbus_core::DomainError;
 use nimbus_engine::Context;
@@ -19,6 +19,9 @@ use crate::AppState;
 /// query parameters it signed (the only ones a handler may act on).
 pub struct Signed {
     pub ctx: Context,
+    /// The path's last parameter, decoded (the resource's id, with `:action` where the route has one); empty
+    /// on a route without parameters.
+    pub segment: String,
     pub body: Bytes,
     pub query: BTreeMap<String, String>,
 }
@@ -31,7 +34,9 @@ impl FromRequest<AppState> for Signed {
     type Rejection = ExoError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        let params = RawPathParams::from_request_parts(&mut parts, state).await.ok();
+        let segment = params.and_then(|p| p.iter().last().map(|(_, v)| v.to_string())).unwrap_or_default();
         let header = signature::parse_header(parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()))
             .map_err(refused)?;
         let body = axum::body::to_bytes(body, crate::MAX_BODY_BYTES).await.map_err(|_| {
@@ -54,7 +59,7 @@ impl FromRequest<AppState> for Signed {
         };
         signature::verify(&header, &key.secret, &message, now).map_err(refused)?;
         let ctx = state.engine.context_for_key(key, actor_of(&parts)).await?;
-        Ok(Signed { ctx, body, query })
+        Ok(Signed { ctx, segment, body, query })
     }
 }
 

@@ -3,14 +3,18 @@
 //! labels, the whole map), `:attach {instance}`, `:detach`, `:resize-volume {size}`, delete.
 //!
 //! States are Exoscale's words for the core's: `available` is `detached`, `in-use` is `attached`. A resize
-//! answers the volume once the core's operation has ended (Exoscale's resize is not an operation). Volume snapshots are not in the core yet: their list is empty,
-//! and creating one is refused.
+//! answers the volume once the core's operation has ended (Exoscale's resize is not an operation).
+//! Snapshots (`/v2/block-storage-snapshot`: list, show, update name and labels, delete, and
+//! `POST /v2/block-storage/{id}:create-snapshot`) are the core's volume snapshots: `ready` is `created`,
+//! `deleting` is `destroying`. Exoscale's API has no revert of a volume (egoscale v3 offers none; a new
+//! volume from a snapshot is its way), so the core's revert is not offered here; nor is a volume made from
+//! a snapshot yet.
 
 use axum::extract::{Path, State};
 use axum::Json;
 use nimbus_core::labels::Labels;
-use nimbus_core::volume::{Volume, VolumeState};
-use nimbus_engine::{CreateVolume, VolumePatch};
+use nimbus_core::volume::{Volume, VolumeSnapshot, VolumeSnapshotState, VolumeState};
+use nimbus_engine::{CreateVolume, CreateVolumeSnapshot, VolumePatch, VolumeSnapshotPatch};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -33,6 +37,33 @@ fn state(s: VolumeState) -> &'static str {
         VolumeState::Deleting => "deleting",
         VolumeState::Error => "error",
     }
+}
+
+/// A volume snapshot as Exoscale's `block-storage-snapshot`.
+pub fn snapshot_view(s: &VolumeSnapshot) -> Value {
+    json!({
+        "id": s.id,
+        "name": s.name,
+        "size": s.size_gb,
+        "volume-size": s.size_gb,
+        "state": match s.state {
+            VolumeSnapshotState::Creating => "creating",
+            VolumeSnapshotState::Ready => "created",
+            VolumeSnapshotState::Deleting => "destroying",
+            VolumeSnapshotState::Error => "error",
+        },
+        "labels": s.labels,
+        "created-at": views::rfc3339(s.created_at),
+        "block-storage-volume": { "id": s.volume_id },
+    })
+}
+
+/// A volume as Exoscale's `block-storage-volume`, with its snapshots' references.
+pub fn volume_view_with(v: &Volume, snapshots: &[VolumeSnapshot]) -> Value {
+    let mut out = volume_view(v);
+    out["block-storage-snapshots"] =
+        snapshots.iter().filter(|s| s.volume_id == v.id).map(|s| json!({ "id": s.id })).collect::<Vec<_>>().into();
+    out
 }
 
 /// A volume as Exoscale's `block-storage-volume`.
@@ -94,7 +125,9 @@ struct Empty {}
 
 pub async fn list(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
     let volumes = app.engine.list_volumes(&signed.ctx).await?;
-    Ok(Json(json!({ "block-storage-volumes": volumes.iter().map(volume_view).collect::<Vec<_>>() })))
+    let snapshots = app.engine.list_volume_snapshots(&signed.ctx, None).await?;
+    let views: Vec<Value> = volumes.iter().map(|v| volume_view_with(v, &snapshots)).collect();
+    Ok(Json(json!({ "block-storage-volumes": views })))
 }
 
 pub async fn create(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
@@ -113,7 +146,9 @@ pub async fn create(State(app): State<AppState>, signed: Signed) -> ExoResult<Js
 
 pub async fn get(State(app): State<AppState>, Path(id): Path<String>, signed: Signed) -> ExoResult<Json<Value>> {
     let id = parse_id("Block storage volume", &id)?;
-    Ok(Json(volume_view(&app.engine.volume(&signed.ctx, id).await?)))
+    let v = app.engine.volume(&signed.ctx, id).await?;
+    let snapshots = app.engine.list_volume_snapshots(&signed.ctx, Some(id)).await?;
+    Ok(Json(volume_view_with(&v, &snapshots)))
 }
 
 pub async fn delete(State(app): State<AppState>, Path(id): Path<String>, signed: Signed) -> ExoResult<Json<Value>> {
@@ -168,7 +203,22 @@ pub async fn put_segment(
     Ok(Json(views::operation(&op)))
 }
 
-/// `POST /v2/block-storage/{id}:create-snapshot`: not in the core yet.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct CreateSnapshotBody {
+    name: Option<String>,
+    labels: Option<Labels>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct UpdateSnapshotBody {
+    name: Option<String>,
+    /// Replaces the whole map; `null` leaves it unchanged.
+    labels: Option<Labels>,
+}
+
+/// `POST /v2/block-storage/{id}:create-snapshot`: an operation whose reference is the new snapshot.
 pub async fn post_segment(
     State(app): State<AppState>,
     Path(segment): Path<String>,
@@ -176,17 +226,59 @@ pub async fn post_segment(
 ) -> ExoResult<Json<Value>> {
     let (id, action) = segment.split_once(':').ok_or_else(|| ExoError::not_found("Action"))?;
     let id = parse_id("Block storage volume", id)?;
-    app.engine.volume(&signed.ctx, id).await?;
     match action {
-        "create-snapshot" => Err(ExoError::bad_request("Block storage snapshots are not available in Nimbus yet")),
-        other => Err(ExoError::not_found(&format!("Action {other}"))),
+        "create-snapshot" => {
+            let body: CreateSnapshotBody = signed.json()?;
+            let req =
+                CreateVolumeSnapshot { name: body.name.unwrap_or_default(), labels: body.labels.unwrap_or_default() };
+            let (op, _) = app.engine.create_volume_snapshot(&signed.ctx, id, req).await?;
+            Ok(Json(views::operation(&op)))
+        }
+        other => {
+            app.engine.volume(&signed.ctx, id).await?;
+            Err(ExoError::not_found(&format!("Action {other}")))
+        }
     }
 }
 
-pub async fn list_snapshots(_signed: Signed) -> ExoResult<Json<Value>> {
-    Ok(Json(json!({ "block-storage-snapshots": [] })))
+pub async fn list_snapshots(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let snapshots = app.engine.list_volume_snapshots(&signed.ctx, None).await?;
+    Ok(Json(json!({ "block-storage-snapshots": snapshots.iter().map(snapshot_view).collect::<Vec<_>>() })))
 }
 
-pub async fn get_snapshot(Path(_id): Path<String>, _signed: Signed) -> ExoResult<Json<Value>> {
-    Err(ExoError::not_found("Block storage snapshot"))
+pub async fn get_snapshot(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let id = parse_id("Block storage snapshot", &id)?;
+    Ok(Json(snapshot_view(&app.engine.volume_snapshot(&signed.ctx, id).await?)))
+}
+
+/// `PUT /v2/block-storage-snapshot/{id}`: name and labels (the whole map), done at once.
+pub async fn update_snapshot(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let id = parse_id("Block storage snapshot", &id)?;
+    let body: UpdateSnapshotBody = signed.json()?;
+    let patch = VolumeSnapshotPatch { name: body.name, replace_labels: body.labels, ..Default::default() };
+    let s = app.engine.update_volume_snapshot(&signed.ctx, id, patch).await?;
+    let reference = json!({
+        "id": s.id,
+        "link": format!("/v2/block-storage-snapshot/{}", s.id),
+        "command": "get-block-storage-snapshot",
+    });
+    receipt(&app, &signed.ctx, reference).await
+}
+
+pub async fn delete_snapshot(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> ExoResult<Json<Value>> {
+    let id = parse_id("Block storage snapshot", &id)?;
+    let op = app.engine.delete_volume_snapshot(&signed.ctx, id).await?;
+    Ok(Json(views::operation(&op)))
 }

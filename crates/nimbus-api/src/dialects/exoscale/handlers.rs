@@ -220,12 +220,8 @@ pub async fn list_zones(State(app): State<AppState>, headers: HeaderMap) -> ExoR
 
 // Operations.
 
-pub async fn get_operation(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
-    let id = parse_id("Operation", &id)?;
+pub async fn get_operation(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = parse_id("Operation", &signed.segment)?;
     // Clients poll every 3 s or more; holding a pending operation up to a second lets most of them see
     // the end of a short one at their first poll instead of one sleep later.
     match app.engine.wait_operation(&signed.ctx, id, OPERATION_HOLD).await {
@@ -396,11 +392,8 @@ async fn instance_of(app: &AppState, ctx: &Context, id: &str) -> ExoResult<Insta
 }
 
 /// `GET /v2/instance/{id}` and `GET /v2/instance/{id}:password`.
-pub async fn get_segment(
-    State(app): State<AppState>,
-    Path(segment): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
+pub async fn get_segment(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let segment = signed.segment.clone();
     let ctx = &signed.ctx;
     match segment.split_once(':') {
         None => {
@@ -434,9 +427,9 @@ struct UpdateBody {
     application_consistent_snapshot_enabled: Option<bool>,
 }
 
-pub async fn update(State(app): State<AppState>, Path(id): Path<String>, signed: Signed) -> ExoResult<Json<Value>> {
+pub async fn update(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
     let ctx = &signed.ctx;
-    let id = parse_id("Instance", &id)?;
+    let id = parse_id("Instance", &signed.segment)?;
     let body: UpdateBody = signed.json()?;
     check_ip_assignment(body.public_ip_assignment.as_deref())?;
     let mut patch =
@@ -472,11 +465,8 @@ pub async fn reset_field(
     receipt(&app, ctx, instance_ref(id)).await
 }
 
-pub async fn delete(
-    State(app): State<AppState>,
-    Path(segment): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
+pub async fn delete(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let segment = signed.segment.clone();
     if segment.contains(':') {
         return Err(ExoError::not_found("Operation"));
     }
@@ -552,13 +542,10 @@ struct RevertBody {
 struct Empty {}
 
 /// `PUT /v2/instance/{id}` (update) and `PUT /v2/instance/{id}:<action>`.
-pub async fn put_segment(
-    State(app): State<AppState>,
-    Path(segment): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
+pub async fn put_segment(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let segment = signed.segment.clone();
     let Some((id, action)) = segment.split_once(':') else {
-        return update(State(app), Path(segment), signed).await;
+        return update(State(app), signed).await;
     };
     let ctx = &signed.ctx;
     let id = parse_id("Instance", id)?;
@@ -611,11 +598,8 @@ pub async fn put_segment(
 }
 
 /// `POST /v2/instance/{id}:create-snapshot|:revert-snapshot|:enable-tpm`.
-pub async fn post_segment(
-    State(app): State<AppState>,
-    Path(segment): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
+pub async fn post_segment(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let segment = signed.segment.clone();
     let Some((id, action)) = segment.split_once(':') else {
         return Err(ExoError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "Method POST not allowed"));
     };
@@ -684,11 +668,8 @@ pub fn valid_domain(name: &str) -> bool {
     !name.is_empty() && name.len() <= 253 && nimbus_core::instance::validate_hostname("domain-name", name).is_ok()
 }
 
-pub async fn get_reverse_dns(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
+pub async fn get_reverse_dns(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = signed.segment.clone();
     let i = instance_of(&app, &signed.ctx, &id).await?;
     match views::ext_str(&i, "reverse-dns") {
         Some(name) => Ok(Json(json!({ "domain-name": name }))),
@@ -696,13 +677,9 @@ pub async fn get_reverse_dns(
     }
 }
 
-pub async fn set_reverse_dns(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
+pub async fn set_reverse_dns(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
     let ctx = &signed.ctx;
-    let id = parse_id("Instance", &id)?;
+    let id = parse_id("Instance", &signed.segment)?;
     let name = signed.json::<ReverseDnsBody>()?.domain_name()?;
     let mut patch = InstancePatch::default();
     patch.extensions.insert(EXT.into(), json!({ "reverse-dns": name }));
@@ -710,13 +687,9 @@ pub async fn set_reverse_dns(
     receipt(&app, ctx, instance_ref(id)).await
 }
 
-pub async fn delete_reverse_dns(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
+pub async fn delete_reverse_dns(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
     let ctx = &signed.ctx;
-    let id = parse_id("Instance", &id)?;
+    let id = parse_id("Instance", &signed.segment)?;
     app.engine
         .update_instance_with(ctx, id, |current| {
             if views::ext_str(current, "reverse-dns").is_none() {

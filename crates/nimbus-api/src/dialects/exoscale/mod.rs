@@ -74,7 +74,13 @@ pub fn router(_state: AppState) -> Routes {
                 .fallback(mna),
         )
         .route("/v2/block-storage-snapshot", get(block_storage::list_snapshots).fallback(mna))
-        .route("/v2/block-storage-snapshot/{id}", get(block_storage::get_snapshot).fallback(mna))
+        .route(
+            "/v2/block-storage-snapshot/{id}",
+            get(block_storage::get_snapshot)
+                .put(block_storage::update_snapshot)
+                .delete(block_storage::delete_snapshot)
+                .fallback(mna),
+        )
         .route("/v2/ssh-key", get(r::list_ssh_keys).post(r::register_ssh_key).fallback(mna))
         .route("/v2/ssh-key/{name}", get(r::get_ssh_key).delete(r::delete_ssh_key).fallback(mna))
         .route("/v2/security-group", get(r::list_security_groups).post(r::create_security_group).fallback(mna))

@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use nimbus_core::labels::Labels;
 use nimbus_core::networking::AddressRange;
@@ -76,31 +76,20 @@ pub async fn create_private_network(State(app): State<AppState>, signed: Signed)
     receipt(&app, &signed.ctx, network_ref(n.id)).await
 }
 
-pub async fn get_private_network(
-    State(app): State<AppState>,
-    Path(segment): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
-    let id = parse_id("Private network", &segment)?;
+pub async fn get_private_network(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = parse_id("Private network", &signed.segment)?;
     Ok(Json(views::private_network(&app.engine.private_network(&signed.ctx, id).await?)))
 }
 
-pub async fn delete_private_network(
-    State(app): State<AppState>,
-    Path(segment): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
-    let id = parse_id("Private network", &segment)?;
+pub async fn delete_private_network(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = parse_id("Private network", &signed.segment)?;
     app.engine.delete_private_network(&signed.ctx, id).await?;
     receipt(&app, &signed.ctx, network_ref(id)).await
 }
 
 /// `PUT /v2/private-network/{id}` (update) and `{id}:attach|:detach|:update-ip`.
-pub async fn put_private_network(
-    State(app): State<AppState>,
-    Path(segment): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
+pub async fn put_private_network(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let segment = signed.segment.clone();
     let ctx = &signed.ctx;
     let Some((id, action)) = segment.split_once(':') else {
         let id = parse_id("Private network", &segment)?;
@@ -176,31 +165,20 @@ pub async fn create_elastic_ip(State(app): State<AppState>, signed: Signed) -> E
     receipt(&app, &signed.ctx, elastic_ip_ref(e.id)).await
 }
 
-pub async fn get_elastic_ip(
-    State(app): State<AppState>,
-    Path(segment): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
-    let id = parse_id("Elastic IP", &segment)?;
+pub async fn get_elastic_ip(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = parse_id("Elastic IP", &signed.segment)?;
     Ok(Json(views::elastic_ip(&app.engine.elastic_ip(&signed.ctx, id).await?)))
 }
 
-pub async fn delete_elastic_ip(
-    State(app): State<AppState>,
-    Path(segment): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
-    let id = parse_id("Elastic IP", &segment)?;
+pub async fn delete_elastic_ip(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = parse_id("Elastic IP", &signed.segment)?;
     app.engine.delete_elastic_ip(&signed.ctx, id).await?;
     receipt(&app, &signed.ctx, elastic_ip_ref(id)).await
 }
 
 /// `PUT /v2/elastic-ip/{id}` (update) and `{id}:attach|:detach`.
-pub async fn put_elastic_ip(
-    State(app): State<AppState>,
-    Path(segment): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
+pub async fn put_elastic_ip(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let segment = signed.segment.clone();
     let ctx = &signed.ctx;
     let Some((id, action)) = segment.split_once(':') else {
         let id = parse_id("Elastic IP", &segment)?;
@@ -228,12 +206,8 @@ pub async fn put_elastic_ip(
 
 // Reverse DNS of an elastic IP: its PTR name, kept on the elastic IP's record.
 
-pub async fn get_elastic_ip_reverse_dns(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
-    let id = parse_id("Elastic IP", &id)?;
+pub async fn get_elastic_ip_reverse_dns(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = parse_id("Elastic IP", &signed.segment)?;
     let eip = app.engine.elastic_ip(&signed.ctx, id).await?;
     match eip.reverse_dns {
         Some(name) => Ok(Json(json!({ "domain-name": name }))),
@@ -241,23 +215,15 @@ pub async fn get_elastic_ip_reverse_dns(
     }
 }
 
-pub async fn set_elastic_ip_reverse_dns(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
-    let id = parse_id("Elastic IP", &id)?;
+pub async fn set_elastic_ip_reverse_dns(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = parse_id("Elastic IP", &signed.segment)?;
     let name = signed.json::<ReverseDnsBody>()?.domain_name()?;
     app.engine.set_elastic_ip_reverse_dns(&signed.ctx, id, Some(name)).await?;
     receipt(&app, &signed.ctx, elastic_ip_ref(id)).await
 }
 
-pub async fn delete_elastic_ip_reverse_dns(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
-    let id = parse_id("Elastic IP", &id)?;
+pub async fn delete_elastic_ip_reverse_dns(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = parse_id("Elastic IP", &signed.segment)?;
     app.engine.set_elastic_ip_reverse_dns(&signed.ctx, id, None).await?;
     receipt(&app, &signed.ctx, elastic_ip_ref(id)).await
 }

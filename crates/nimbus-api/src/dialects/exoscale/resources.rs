@@ -24,12 +24,8 @@ pub async fn list_instance_types(State(app): State<AppState>, _signed: Signed) -
     Ok(Json(json!({ "instance-types": types })))
 }
 
-pub async fn get_instance_type(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    _signed: Signed,
-) -> ExoResult<Json<Value>> {
-    let id = parse_id("Instance type", &id)?;
+pub async fn get_instance_type(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = parse_id("Instance type", &signed.segment)?;
     let types = app.engine.list_instance_types().await?;
     let t = types.iter().find(|t| t.id == id).ok_or_else(|| ExoError::not_found("Instance type"))?;
     Ok(Json(views::instance_type(t, &zone_names(&app))))
@@ -62,12 +58,8 @@ pub async fn list_templates(State(app): State<AppState>, signed: Signed) -> ExoR
     Ok(Json(json!({ "templates": templates })))
 }
 
-pub async fn get_template(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
-    let id = parse_id("Template", &id)?;
+pub async fn get_template(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = parse_id("Template", &signed.segment)?;
     let t = app.engine.template(&signed.ctx, &id.to_string()).await?;
     Ok(Json(views::template(&t, &zone_names(&app))))
 }
@@ -100,25 +92,17 @@ async fn snapshot_view(
     v
 }
 
-pub async fn get_snapshot(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
+pub async fn get_snapshot(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
     let ctx = &signed.ctx;
-    let id = parse_id("Snapshot", &id)?;
+    let id = parse_id("Snapshot", &signed.segment)?;
     let s = app.engine.snapshot(ctx, id).await?;
     let renderer = Renderer::new(&app, ctx).await?;
     let owner = app.engine.instance(ctx, s.instance_id).await.ok();
     Ok(Json(snapshot_view(&app, ctx, &renderer, &s, owner.as_ref()).await))
 }
 
-pub async fn delete_snapshot(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
-    let id = parse_id("Snapshot", &id)?;
+pub async fn delete_snapshot(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = parse_id("Snapshot", &signed.segment)?;
     let op = app.engine.delete_snapshot(&signed.ctx, id).await?;
     Ok(Json(views::operation(&op)))
 }
@@ -139,11 +123,8 @@ struct PromoteBody {
 
 /// `POST /v2/snapshot/{id}:promote` (`promote-snapshot-to-template`): a template of the snapshot, private to
 /// the caller's organization; the operation's reference is the template.
-pub async fn post_snapshot_segment(
-    State(app): State<AppState>,
-    Path(segment): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
+pub async fn post_snapshot_segment(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let segment = signed.segment.clone();
     let Some((id, action)) = segment.split_once(':') else {
         return Err(ExoError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "Method POST not allowed"));
     };
@@ -177,11 +158,8 @@ pub async fn list_ssh_keys(State(app): State<AppState>, signed: Signed) -> ExoRe
     Ok(Json(json!({ "ssh-keys": keys })))
 }
 
-pub async fn get_ssh_key(
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
+pub async fn get_ssh_key(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let name = signed.segment.clone();
     // By name, as Exoscale addresses keys, or by id: the operation that registers one refers to it by id,
     // and clients that re-fetch the key from that reference (the `exoscale-connector` package) must find it.
     let k = app.engine.ssh_key(&signed.ctx, &name).await?;
@@ -200,11 +178,8 @@ pub async fn register_ssh_key(State(app): State<AppState>, signed: Signed) -> Ex
     receipt(&app, &signed.ctx, ssh_key_ref(&key)).await
 }
 
-pub async fn delete_ssh_key(
-    State(app): State<AppState>,
-    Path(name): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
+pub async fn delete_ssh_key(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let name = signed.segment.clone();
     let k = app.engine.ssh_key(&signed.ctx, &name).await?;
     app.engine.delete_ssh_key(&signed.ctx, &k.id.to_string()).await?;
     receipt(&app, &signed.ctx, ssh_key_ref(&k)).await
@@ -245,12 +220,8 @@ pub async fn list_security_groups(State(app): State<AppState>, signed: Signed) -
     Ok(Json(json!({ "security-groups": groups })))
 }
 
-pub async fn get_security_group(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
-    let id = parse_id("Security group", &id)?;
+pub async fn get_security_group(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = parse_id("Security group", &signed.segment)?;
     let g = app.engine.security_group(&signed.ctx, id).await?;
     let all = app.engine.list_security_groups(&signed.ctx).await?;
     Ok(Json(views::security_group(&g, &all)))
@@ -267,11 +238,8 @@ pub async fn create_security_group(State(app): State<AppState>, signed: Signed) 
 
 /// `PUT /v2/security-group/{id}:attach|:detach` `{"instance": {"id"}}`: the instance's groups change at
 /// once (Nimbus enforces no filtering yet, so nothing runs in the background).
-pub async fn put_security_group_segment(
-    State(app): State<AppState>,
-    Path(segment): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
+pub async fn put_security_group_segment(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let segment = signed.segment.clone();
     let ctx = &signed.ctx;
     let (id, action) = segment
         .split_once(':')
@@ -338,13 +306,9 @@ struct IcmpBody {
 }
 
 /// `POST /v2/security-group/{id}/rules`: the operation refers to the group, which now shows the rule.
-pub async fn add_security_group_rule(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
+pub async fn add_security_group_rule(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
     let ctx = &signed.ctx;
-    let id = parse_id("Security group", &id)?;
+    let id = parse_id("Security group", &signed.segment)?;
     let body: RuleBody = signed.json()?;
     let source = match body.security_group {
         None => None,
@@ -386,12 +350,8 @@ pub async fn delete_security_group_rule(
     receipt(&app, ctx, views::reference("security-group", id, &id.to_string())).await
 }
 
-pub async fn delete_security_group(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
-    let id = parse_id("Security group", &id)?;
+pub async fn delete_security_group(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = parse_id("Security group", &signed.segment)?;
     app.engine.delete_security_group(&signed.ctx, id).await?;
     receipt(&app, &signed.ctx, views::reference("security-group", id, &id.to_string())).await
 }
@@ -410,11 +370,8 @@ pub async fn list_anti_affinity_groups(State(app): State<AppState>, signed: Sign
     Ok(Json(json!({ "anti-affinity-groups": anti_affinity_views(&app, &signed, groups).await? })))
 }
 
-pub async fn get_anti_affinity_group(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
+pub async fn get_anti_affinity_group(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = signed.segment.clone();
     let g = app.engine.anti_affinity_group(&signed.ctx, parse_id("Anti-affinity group", &id)?).await?;
     Ok(Json(anti_affinity_views(&app, &signed, vec![g]).await?.remove(0)))
 }
@@ -428,12 +385,8 @@ pub async fn create_anti_affinity_group(State(app): State<AppState>, signed: Sig
     receipt(&app, &signed.ctx, views::reference("anti-affinity-group", g.id, &g.id.to_string())).await
 }
 
-pub async fn delete_anti_affinity_group(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
-    let id = parse_id("Anti-affinity group", &id)?;
+pub async fn delete_anti_affinity_group(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = parse_id("Anti-affinity group", &signed.segment)?;
     app.engine.delete_anti_affinity_group(&signed.ctx, id).await?;
     receipt(&app, &signed.ctx, views::reference("anti-affinity-group", id, &id.to_string())).await
 }

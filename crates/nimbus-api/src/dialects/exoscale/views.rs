@@ -246,6 +246,11 @@ pub fn operation(op: &Operation) -> Value {
             reference("template", t, t)
         }
         (Action::CreateSnapshot | Action::DeleteSnapshot, Some(s)) => reference("snapshot", s, s),
+        (Action::CreateVolumeSnapshot | Action::DeleteVolumeSnapshot, Some(s)) => json!({
+            "id": s,
+            "link": format!("/v2/block-storage-snapshot/{s}"),
+            "command": "get-block-storage-snapshot",
+        }),
         (kind, _) if kind.is_volume() => {
             let id = op.target.id;
             json!({ "id": id, "link": format!("/v2/block-storage/{id}"), "command": "get-block-storage-volume" })

@@ -4,7 +4,6 @@
 //! the core's, shared with every dialect: always shared in the project, and Nimbus generates no key pair,
 //! so a create gives `public_key`.
 
-use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri};
@@ -14,7 +13,7 @@ use nimbus_core::resources::SshKey;
 use nimbus_engine::Context;
 use serde_json::{json, Value};
 
-use super::common::{body_object, page, query_pairs, required_str, GcoreCaller};
+use super::common::{page, query_pairs, required_str, BodyMap, GcoreCaller};
 use super::errors::{GcoreError, GcoreResult};
 use super::views::rfc3339;
 use crate::AppState;
@@ -81,9 +80,8 @@ pub async fn get_ssh_key(
 pub async fn create_ssh_key(
     State(app): State<AppState>,
     InProject(ctx): InProject,
-    body: Bytes,
+    BodyMap(map): BodyMap,
 ) -> GcoreResult<Json<Value>> {
-    let map = body_object(&body)?;
     let name = required_str(&map, "name")?;
     let public_key = match map.get("public_key") {
         Some(Value::String(k)) => k,

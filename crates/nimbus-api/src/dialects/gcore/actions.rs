@@ -10,7 +10,7 @@ use nimbus_engine::ActionRequest;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::common::{body_object, required_str, tasks, OneInstance, Region};
+use super::common::{body_object, required_str, tasks, BodyMap, OneInstance, Region};
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
 use super::views;
 use crate::AppState;
@@ -19,9 +19,8 @@ use crate::AppState;
 pub async fn action(
     State(app): State<AppState>,
     OneInstance(r, instance): OneInstance,
-    body: Bytes,
+    BodyMap(map): BodyMap,
 ) -> GcoreResult<Json<Value>> {
-    let map = body_object(&body)?;
     let name = required_str(&map, "action")?;
     let request = match name {
         "start" => ActionRequest::Start,
@@ -51,9 +50,8 @@ pub async fn action(
 pub async fn resize(
     State(app): State<AppState>,
     OneInstance(r, instance): OneInstance,
-    body: Bytes,
+    BodyMap(map): BodyMap,
 ) -> GcoreResult<Json<Value>> {
-    let map = body_object(&body)?;
     let flavor = required_str(&map, "flavor_id")?.to_string();
     let scale = ActionRequest::ScaleTo {
         instance_type: flavor,

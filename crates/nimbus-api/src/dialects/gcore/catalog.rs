@@ -1,11 +1,11 @@
 //! Flavors and images: the catalog's instance types and templates, as offered in the path's region.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
 use serde_json::Value;
 
-use super::common::{page, query_bool, query_one, query_pairs, InRegion};
+use super::common::{page, query_bool, query_one, query_pairs, InRegion, RegionItem};
 use super::errors::{GcoreError, GcoreResult};
 use super::views;
 use crate::AppState;
@@ -49,11 +49,7 @@ pub async fn images(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri
     page(all, &q)
 }
 
-pub async fn image(
-    State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-) -> GcoreResult<Json<Value>> {
+pub async fn image(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<Json<Value>> {
     let template = app
         .engine
         .template(&r.ctx, &id)

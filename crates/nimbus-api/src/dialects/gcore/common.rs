@@ -4,9 +4,10 @@
 use axum::body::Bytes;
 use std::collections::HashMap;
 
-use axum::extract::{FromRequestParts, Path};
+use axum::extract::{FromRequest, FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::Uri;
+use axum::response::IntoResponse;
 use axum::Json;
 use nimbus_core::catalog::Zone;
 use nimbus_core::instance::Instance;
@@ -16,7 +17,7 @@ use nimbus_engine::Context;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::errors::{GcoreError, GcoreResult};
+use super::errors::{FieldErrors, GcoreError, GcoreResult};
 use super::views::Scope;
 use crate::AppState;
 
@@ -51,6 +52,21 @@ impl FromRequestParts<AppState> for InRegion {
         let params = path_params(parts, state).await?;
         let param = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
         Ok(InRegion(region(state, ctx, param("project_id"), param("region_id")).await?))
+    }
+}
+
+/// A request under `/{project_id}/{region_id}/{id}`: its region, and the id of what the path names.
+pub(super) struct RegionItem(pub Region, pub String);
+
+impl FromRequestParts<AppState> for RegionItem {
+    type Rejection = GcoreError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let InRegion(r) = InRegion::from_request_parts(parts, state).await?;
+        let Path((_, _, id)) = Path::<(String, String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| GcoreError::bad_request(e.body_text()))?;
+        Ok(RegionItem(r, id))
     }
 }
 
@@ -144,6 +160,30 @@ pub(super) fn required_str<'a>(map: &'a Map<String, Value>, key: &str) -> GcoreR
         Some(Value::String(s)) => Ok(s),
         Some(_) => Err(GcoreError::field(key, "Input should be a valid string")),
         None => Err(GcoreError::field(key, "Field required")),
+    }
+}
+
+/// A string field that may be left out or null; anything else is noted in `errors`.
+pub(super) fn optional_str<'a>(map: &'a Map<String, Value>, key: &str, errors: &mut FieldErrors) -> Option<&'a str> {
+    match map.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            errors.add(key, "Input should be a valid string");
+            None
+        }
+    }
+}
+
+/// The request's JSON body as an object (`body_object`), for handlers that read it before anything else.
+pub(super) struct BodyMap(pub Map<String, Value>);
+
+impl FromRequest<AppState> for BodyMap {
+    type Rejection = axum::response::Response;
+
+    async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let body = Bytes::from_request(req, state).await.map_err(IntoResponse::into_response)?;
+        body_object(&body).map(BodyMap).map_err(IntoResponse::into_response)
     }
 }
 

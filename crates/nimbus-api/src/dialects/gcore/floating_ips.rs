@@ -4,7 +4,7 @@
 //! instance. Create and delete answer a FINISHED task, as the networks' changes do.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
 use nimbus_core::instance::Instance;
@@ -13,7 +13,7 @@ use nimbus_engine::InstanceWindow;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::common::{body_object, found, page, query_pairs, InRegion, Region};
+use super::common::{body_object, found, page, query_pairs, BodyMap, InRegion, Region, RegionItem};
 use super::create::create_tags;
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
 use super::instances::Renderer;
@@ -101,19 +101,18 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
     page(all, &query_pairs(&uri))
 }
 
-pub async fn get(
-    State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-) -> GcoreResult<Json<Value>> {
+pub async fn get(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<Json<Value>> {
     let e = find_floating_ip(&app, &r, &id).await?;
     let instance = assigned(&app, &r, &e).await?;
     Ok(Json(floating_ip(&e, instance.as_ref(), &r.scope())))
 }
 
 /// Takes an address from the pool, assigned at once to `port_id` when given.
-pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: Bytes) -> GcoreResult<Json<Value>> {
-    let map = body_object(&body)?;
+pub async fn create(
+    State(app): State<AppState>,
+    InRegion(r): InRegion,
+    BodyMap(map): BodyMap,
+) -> GcoreResult<Json<Value>> {
     let mut errors = FieldErrors::default();
     let (port, fixed) = port_fields(&map, &mut errors);
     let labels = create_tags(map.get("tags"), &mut errors);
@@ -131,11 +130,7 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
 }
 
 /// Returns the address to the pool; refused while it is assigned.
-pub async fn delete(
-    State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-) -> GcoreResult<Json<Value>> {
+pub async fn delete(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<Json<Value>> {
     let e = find_floating_ip(&app, &r, &id).await?;
     app.engine.delete_elastic_ip(&r.ctx, e.id).await?;
     receipt(&app, &r, "delete_fip", "floatingips", &[]).await
@@ -144,8 +139,7 @@ pub async fn delete(
 /// `assign`: onto an instance's port, moving it from the instance it was on.
 pub async fn assign(
     State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
+    RegionItem(r, id): RegionItem,
     body: Bytes,
 ) -> GcoreResult<Json<Value>> {
     let e = find_floating_ip(&app, &r, &id).await?;
@@ -163,11 +157,7 @@ pub async fn assign(
 }
 
 /// `unassign`: from whatever it is on; unassigned already is no error.
-pub async fn unassign(
-    State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-) -> GcoreResult<Json<Value>> {
+pub async fn unassign(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<Json<Value>> {
     let e = find_floating_ip(&app, &r, &id).await?;
     let e = app.engine.move_elastic_ip(&r.ctx, e.id, None).await?;
     Ok(Json(floating_ip(&e, None, &r.scope())))

@@ -102,11 +102,7 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
     let statuses = query_all(&q, "status");
     let since = query_one(&q, "changes_since").map(|v| parse_time("changes_since", v)).transpose()?;
     let before = query_one(&q, "changes_before").map(|v| parse_time("changes_before", v)).transpose()?;
-    let uuid = query_one(&q, "uuid");
     let ip = query_one(&q, "ip");
-    let flavor_id = query_one(&q, "flavor_id");
-    let flavor_prefix = query_one(&q, "flavor_prefix");
-    let exclude_flavor_prefix = query_one(&q, "exclude_flavor_prefix");
     let renderer = Renderer::new(&app, &r).await?;
     let exclude_group: Option<Uuid> = query_one(&q, "exclude_secgroup")
         .and_then(|n| renderer.group_names.iter().find(|(_, name)| name.as_str() == n).map(|(id, _)| *id));
@@ -119,9 +115,9 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
         "status.desc" => InstanceOrder::StateDescending,
         other => return Err(GcoreError::field("order_by", format!("Unknown ordering {other:?}"))),
     };
-    // The store chooses by name, by the states that can show the statuses asked for, and orders; what it
-    // has no column for is checked while the listing is read. Deleted instances are gone for Gcore, as its
-    // GET says (404), even where their records are kept.
+    // The store chooses by name, id, flavour and the states that can show the statuses asked for, and
+    // orders; the rest (tags, addresses, groups, times, statuses) is checked while the listing is read.
+    // Deleted instances are gone for Gcore, as its GET says (404), even where their records are kept.
     let window = InstanceWindow {
         states: statuses
             .iter()
@@ -130,6 +126,10 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
             .filter(|s| *s != InstanceState::Destroyed)
             .collect(),
         name_contains: query_one(&q, "name").map(str::to_string),
+        id_contains: query_one(&q, "uuid").map(str::to_string),
+        instance_type: query_one(&q, "flavor_id").map(str::to_string),
+        instance_type_prefix: query_one(&q, "flavor_prefix").map(str::to_string),
+        instance_type_not_prefix: query_one(&q, "exclude_flavor_prefix").map(str::to_string),
         order,
         offset,
         limit,
@@ -140,11 +140,7 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
         && tag_values.is_empty()
         && since.is_none()
         && before.is_none()
-        && uuid.is_none()
         && ip.is_none()
-        && flavor_id.is_none()
-        && flavor_prefix.is_none()
-        && exclude_flavor_prefix.is_none()
         && exclude_group.is_none()
     {
         // Nothing but what the store chooses by: one window and the count, from the store.
@@ -166,11 +162,7 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
         let pairs_match = tag_key_value
             .as_ref()
             .is_none_or(|m| m.iter().all(|(k, v)| tags.get(k).is_some_and(|t| Some(t.as_str()) == v.as_str())));
-        uuid.is_none_or(|u| i.id.to_string().contains(u))
-            && ip.is_none_or(|a| i.ip_addresses.iter().any(|x| x.contains(a)))
-            && flavor_id.is_none_or(|f| i.instance_type == f)
-            && flavor_prefix.is_none_or(|f| i.instance_type.starts_with(f))
-            && exclude_flavor_prefix.is_none_or(|f| !i.instance_type.starts_with(f))
+        ip.is_none_or(|a| i.ip_addresses.iter().any(|x| x.contains(a)))
             && exclude_group.is_none_or(|g| !i.security_groups.contains(&g))
             && since.is_none_or(|t| i.updated_at >= t)
             && before.is_none_or(|t| i.updated_at <= t)

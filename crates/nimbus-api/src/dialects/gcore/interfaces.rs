@@ -7,15 +7,14 @@
 //! task. An `external` interface, or a second one on the instance network, has no counterpart: the
 //! instance has exactly one NIC, made with it.
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
-use nimbus_engine::InstancePatch;
+use nimbus_engine::Extensions;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::common::{body_object, page, query_pairs, required_str, OneInstance};
+use super::common::{optional_str, page, query_pairs, required_str, BodyMap, OneInstance};
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
 use super::networks::{by_subnet, gcore_networks, receipt};
 use super::views::{self, EXT};
@@ -36,18 +35,10 @@ pub async fn list(
     page(all, &query_pairs(&uri))
 }
 
-/// Records the name the user gave an instance's interface on a private network (`None`: forget it).
-pub(super) async fn name_interface(
-    app: &AppState,
-    r: &super::common::Region,
-    instance_id: Uuid,
-    network_id: Uuid,
-    name: Option<&str>,
-) -> GcoreResult<()> {
-    let mut extensions = std::collections::BTreeMap::new();
-    extensions.insert(EXT.to_string(), json!({"interface_names": {network_id.to_string(): name}}));
-    app.engine.update_instance(&r.ctx, instance_id, InstancePatch { extensions, ..Default::default() }, None).await?;
-    Ok(())
+/// What an instance records about its interface on a private network: the name the user gave it (`None`:
+/// none, forgotten), written with the attachment.
+fn interface_name(network_id: Uuid, name: Option<&str>) -> Extensions {
+    Extensions::from([(EXT.to_string(), json!({"interface_names": {network_id.to_string(): name}}))])
 }
 
 /// Fields of an interface Nimbus has no counterpart for, refused unless empty.
@@ -67,22 +58,14 @@ pub(super) fn refuse_port_options(item: &serde_json::Map<String, Value>, prefix:
 pub async fn attach(
     State(app): State<AppState>,
     OneInstance(r, instance): OneInstance,
-    body: Bytes,
+    BodyMap(map): BodyMap,
 ) -> GcoreResult<Json<Value>> {
-    let map = body_object(&body)?;
     let mut errors = FieldErrors::default();
     refuse_port_options(&map, "", &mut errors);
     if map.get("security_groups").is_some_and(|v| !v.is_null() && v != &json!([])) {
         errors.add("security_groups", "Nimbus security groups apply to the instance (addsecuritygroup), not a port");
     }
-    let name = match map.get("interface_name") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.as_str()),
-        Some(_) => {
-            errors.add("interface_name", "Input should be a valid string");
-            None
-        }
-    };
+    let name = optional_str(&map, "interface_name", &mut errors);
     let scope = r.scope();
     let one_nic = "A Nimbus instance has one NIC, on the instance network, made with it; other interfaces are \
                    private networks (type subnet or any_subnet)";
@@ -135,10 +118,8 @@ pub async fn attach(
     };
     errors.check()?;
     let Some(g) = target else { unreachable!("a missing target was reported") };
-    app.engine.attach_private_network(&r.ctx, g.net.id, instance.id, None, false).await?;
-    if let Some(name) = name {
-        name_interface(&app, &r, instance.id, g.net.id, Some(name)).await?;
-    }
+    let named = name.map(|n| interface_name(g.net.id, Some(n))).unwrap_or_default();
+    app.engine.attach_private_network_with(&r.ctx, g.net.id, instance.id, None, false, &named).await?;
     receipt(&app, &r, "attach_interface", "ports", &[views::private_port_id(instance.id, g.net.id)]).await
 }
 
@@ -146,9 +127,8 @@ pub async fn attach(
 pub async fn detach(
     State(app): State<AppState>,
     OneInstance(r, instance): OneInstance,
-    body: Bytes,
+    BodyMap(map): BodyMap,
 ) -> GcoreResult<Json<Value>> {
-    let map = body_object(&body)?;
     let mut errors = FieldErrors::default();
     let port = required_str(&map, "port_id").map_err(|e| errors.add("port_id", e.message)).ok();
     let ip = required_str(&map, "ip_address").map_err(|e| errors.add("ip_address", e.message)).ok();
@@ -170,11 +150,7 @@ pub async fn detach(
     if let Some(held) = lease.ip.filter(|held| held.to_string() != ip) {
         return Err(GcoreError::field("ip_address", format!("Port {port} holds {held}, not {ip}")));
     }
-    app.engine.detach_private_network(&r.ctx, g.net.id, instance.id).await?;
-    let named =
-        instance.extensions.get(EXT).and_then(|e| e.get("interface_names")).and_then(|n| n.get(g.net.id.to_string()));
-    if named.is_some() {
-        name_interface(&app, &r, instance.id, g.net.id, None).await?;
-    }
+    let named = views::private_interface_name(&instance, g.net.id).map(|_| interface_name(g.net.id, None));
+    app.engine.detach_private_network_with(&r.ctx, g.net.id, instance.id, &named.unwrap_or_default()).await?;
     receipt(&app, &r, "detach_interface", "ports", &[]).await
 }

@@ -1,12 +1,11 @@
 //! `POST .../metrics` and `GET .../get_console`: what the host measures of an instance, and its console.
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::common::{body_object, query_one, query_pairs, query_usize, OneInstance};
+use super::common::{query_one, query_pairs, query_usize, BodyMap, OneInstance};
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
 use super::views;
 use crate::AppState;
@@ -17,9 +16,8 @@ pub async fn metrics(
     State(app): State<AppState>,
     OneInstance(r, instance): OneInstance,
     uri: Uri,
-    body: Bytes,
+    BodyMap(map): BodyMap,
 ) -> GcoreResult<Json<Value>> {
-    let map = body_object(&body)?;
     let mut errors = FieldErrors::default();
     if !map.get("time_interval").is_some_and(Value::is_u64) {
         errors.add("time_interval", "Field required: a positive integer");

@@ -13,8 +13,7 @@
 
 use std::net::Ipv4Addr;
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
 use nimbus_core::networking::AddressRange;
@@ -23,7 +22,7 @@ use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::common::{body_object, page, query_all, query_one, query_pairs, InRegion, Region};
+use super::common::{optional_str, page, query_all, query_one, query_pairs, BodyMap, InRegion, Region, RegionItem};
 use super::create::create_tags;
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
 use super::views::{self, GcoreNetwork, Scope, SubnetInfo, EXT};
@@ -104,17 +103,6 @@ fn instance_network_is_fixed(scope: &Scope, id: &str) -> Option<GcoreError> {
     fixed.then(|| GcoreError::bad_request("The instance network and its subnet belong to Nimbus and cannot be changed"))
 }
 
-fn optional_str<'a>(map: &'a Map<String, Value>, key: &str, errors: &mut FieldErrors) -> Option<&'a str> {
-    match map.get(key) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(_) => {
-            errors.add(key, "Input should be a valid string");
-            None
-        }
-    }
-}
-
 fn required_str<'a>(map: &'a Map<String, Value>, key: &str, errors: &mut FieldErrors) -> Option<&'a str> {
     let v = optional_str(map, key, errors);
     if v.is_none() && !map.contains_key(key) {
@@ -174,11 +162,7 @@ pub async fn list_networks(State(app): State<AppState>, InRegion(r): InRegion, u
     page(all, &q)
 }
 
-pub async fn get_network(
-    State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-) -> GcoreResult<Json<Value>> {
+pub async fn get_network(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<Json<Value>> {
     let scope = r.scope();
     if id == scope.network_id().to_string() {
         return Ok(Json(views::instance_network(&scope, true, false)));
@@ -191,9 +175,8 @@ pub async fn get_network(
 pub async fn create_network(
     State(app): State<AppState>,
     InRegion(r): InRegion,
-    body: Bytes,
+    BodyMap(map): BodyMap,
 ) -> GcoreResult<Json<Value>> {
-    let map = body_object(&body)?;
     let mut errors = FieldErrors::default();
     let name = required_str(&map, "name", &mut errors);
     only(
@@ -212,11 +195,7 @@ pub async fn create_network(
 }
 
 /// Deletes a private network (and so its subnet); refused while an instance is attached.
-pub async fn delete_network(
-    State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-) -> GcoreResult<Json<Value>> {
+pub async fn delete_network(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<Json<Value>> {
     if let Some(e) = instance_network_is_fixed(&r.scope(), &id) {
         return Err(e);
     }
@@ -247,11 +226,7 @@ pub async fn list_subnets(State(app): State<AppState>, InRegion(r): InRegion, ur
     page(all, &q)
 }
 
-pub async fn get_subnet(
-    State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-) -> GcoreResult<Json<Value>> {
+pub async fn get_subnet(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<Json<Value>> {
     let scope = r.scope();
     if id == scope.subnet_id().to_string() {
         return Ok(Json(views::instance_subnet(&scope)));
@@ -333,9 +308,8 @@ fn range_of(cidr: &str, gateway: Option<&Value>, errors: &mut FieldErrors) -> Op
 pub async fn create_subnet(
     State(app): State<AppState>,
     InRegion(r): InRegion,
-    body: Bytes,
+    BodyMap(map): BodyMap,
 ) -> GcoreResult<Json<Value>> {
-    let map = body_object(&body)?;
     let mut errors = FieldErrors::default();
     let name = required_str(&map, "name", &mut errors);
     let cidr = required_str(&map, "cidr", &mut errors);
@@ -381,11 +355,7 @@ pub async fn create_subnet(
 }
 
 /// Takes a private network's subnet away: refused while an instance holds one of its addresses.
-pub async fn delete_subnet(
-    State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-) -> GcoreResult<Json<Value>> {
+pub async fn delete_subnet(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<Json<Value>> {
     if let Some(e) = instance_network_is_fixed(&r.scope(), &id) {
         return Err(e);
     }

@@ -7,13 +7,15 @@
 //! tags that would set one are refused.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::Json;
 use nimbus_core::resources::{SecurityGroup, SecurityGroupRule};
 use serde_json::{json, Value};
 
-use super::common::{body_object, found, page, query_one, query_pairs, InRegion, Region};
+use super::common::{
+    body_object, found, optional_str, page, query_one, query_pairs, BodyMap, InRegion, Region, RegionItem,
+};
 use super::errors::{FieldErrors, GcoreResult};
 use super::views::{self, ANY_PROTOCOL};
 use crate::AppState;
@@ -101,17 +103,6 @@ fn refuse_tags(v: Option<&Value>, errors: &mut FieldErrors) {
     }
 }
 
-fn optional_str<'a>(map: &'a serde_json::Map<String, Value>, key: &str, errors: &mut FieldErrors) -> Option<&'a str> {
-    match map.get(key) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(_) => {
-            errors.add(key, "Input should be a valid string");
-            None
-        }
-    }
-}
-
 pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) -> GcoreResult<Json<Value>> {
     let q = query_pairs(&uri);
     let name = query_one(&q, "name");
@@ -129,17 +120,16 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
     page(all, &q)
 }
 
-pub async fn get(
-    State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-) -> GcoreResult<Json<Value>> {
+pub async fn get(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<Json<Value>> {
     let group = find_group(&app, &r, &id).await?;
     Ok(Json(views::security_group(&group, &r.scope())))
 }
 
-pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: Bytes) -> GcoreResult<Json<Value>> {
-    let map = body_object(&body)?;
+pub async fn create(
+    State(app): State<AppState>,
+    InRegion(r): InRegion,
+    BodyMap(map): BodyMap,
+) -> GcoreResult<Json<Value>> {
     let mut errors = FieldErrors::default();
     let name = optional_str(&map, "name", &mut errors);
     if name.is_none() {
@@ -159,8 +149,7 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
 
 pub async fn update(
     State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
+    RegionItem(r, id): RegionItem,
     body: Bytes,
 ) -> GcoreResult<Json<Value>> {
     let group = find_group(&app, &r, &id).await?;
@@ -185,11 +174,7 @@ pub async fn update(
     Ok(Json(json!({ "tasks": [] })))
 }
 
-pub async fn delete(
-    State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-) -> GcoreResult<StatusCode> {
+pub async fn delete(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<StatusCode> {
     let group = find_group(&app, &r, &id).await?;
     app.engine.delete_security_group(&r.ctx, group.id).await?;
     Ok(StatusCode::NO_CONTENT)

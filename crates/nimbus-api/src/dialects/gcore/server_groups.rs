@@ -4,14 +4,16 @@
 //! `affinity` and `soft-anti-affinity` policies are refused. Like Nova, an instance is in one group at most.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
 use nimbus_core::resources::AntiAffinityGroup;
 use nimbus_engine::ActionRequest;
 use serde_json::{json, Value};
 
-use super::common::{body_object, found, page, query_pairs, required_str, tasks, InRegion, OneInstance, Region};
+use super::common::{
+    body_object, found, page, query_pairs, required_str, tasks, BodyMap, InRegion, OneInstance, Region, RegionItem,
+};
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
 use super::views;
 use crate::AppState;
@@ -37,17 +39,16 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
     page(render(&app, &r, groups).await?, &query_pairs(&uri))
 }
 
-pub async fn get(
-    State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-) -> GcoreResult<Json<Value>> {
+pub async fn get(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<Json<Value>> {
     let group = find_group(&app, &r, &id).await?;
     Ok(Json(render(&app, &r, vec![group]).await?.remove(0)))
 }
 
-pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: Bytes) -> GcoreResult<Json<Value>> {
-    let map = body_object(&body)?;
+pub async fn create(
+    State(app): State<AppState>,
+    InRegion(r): InRegion,
+    BodyMap(map): BodyMap,
+) -> GcoreResult<Json<Value>> {
     let mut errors = FieldErrors::default();
     let name = required_str(&map, "name").map_err(|e| errors.add("name", e.message)).ok();
     match map.get("policy").and_then(Value::as_str) {
@@ -61,11 +62,7 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
 }
 
 /// Deleting a group is immediate: no task is left to run.
-pub async fn delete(
-    State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-) -> GcoreResult<Json<Value>> {
+pub async fn delete(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<Json<Value>> {
     let group = find_group(&app, &r, &id).await?;
     app.engine.delete_anti_affinity_group(&r.ctx, group.id).await?;
     Ok(Json(json!({ "tasks": [] })))

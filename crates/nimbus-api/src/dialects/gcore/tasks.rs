@@ -71,18 +71,20 @@ pub async fn list(State(app): State<AppState>, GcoreCaller(ctx): GcoreCaller, ur
     if elsewhere {
         return Ok(Json(json!({ "count": 0, "results": [] })));
     }
-    // A task's state is its operation's; the store chooses by it and orders, and the task type and the
-    // times are checked while the listing is read.
+    // A task's state is its operation's, and its type is its kind's (a few kinds' tasks are of two types);
+    // the store chooses by both and orders, and the times and those types are checked while reading.
+    let (kinds, exact_kinds) = task_type.map_or((Vec::new(), true), views::kinds_of_task_type);
     let window = OperationWindow {
         states: states.iter().flat_map(|s| views::operation_states(s)).copied().collect(),
+        kinds,
         newest_first: matches!(query_one(&q, "order_by").or(query_one(&q, "sorting")), Some("desc")),
         offset: offset as u64,
         limit: Some(u32::try_from(limit).unwrap_or(u32::MAX)),
     };
-    let unknown_state = !states.is_empty() && window.states.is_empty();
-    let found = if unknown_state {
+    let unknown = (!states.is_empty() && window.states.is_empty()) || (task_type.is_some() && window.kinds.is_empty());
+    let found = if unknown {
         NumberedPage { count: 0, items: Vec::new() }
-    } else if task_type.is_none() && from.is_none() && to.is_none() {
+    } else if exact_kinds && from.is_none() && to.is_none() {
         app.engine.operation_window(&ctx, &window).await?
     } else {
         let keep = |op: &Operation| {

@@ -434,7 +434,7 @@ pub fn private_port_id(instance_id: Uuid, network_id: Uuid) -> Uuid {
 }
 
 /// The name the Gcore user gave an instance's interface on a private network.
-fn private_interface_name(i: &Instance, network_id: Uuid) -> Option<&str> {
+pub(super) fn private_interface_name(i: &Instance, network_id: Uuid) -> Option<&str> {
     i.extensions
         .get(EXT)
         .and_then(|e| e.get("interface_names"))
@@ -542,7 +542,24 @@ pub fn receipt_task(id: Uuid, task_type: &str, kind: &str, ids: &[Uuid], scope: 
 }
 
 pub fn task_type(op: &Operation, hard_reboot: bool) -> String {
-    match op.kind {
+    let joins = op.params["join"].as_array().is_some_and(|j| !j.is_empty());
+    task_type_of(op.kind, hard_reboot, joins)
+}
+
+/// The operation kinds whose tasks can be of `task_type`, and whether every task of them is: then the kinds
+/// alone choose the tasks of that type.
+pub fn kinds_of_task_type(task_type: &str) -> (Vec<Action>, bool) {
+    let variants = |a: Action| [(false, false), (true, false), (false, true)].map(|(h, j)| task_type_of(a, h, j));
+    let kinds: Vec<Action> =
+        Action::ALL.into_iter().filter(|a| variants(*a).contains(&task_type.to_string())).collect();
+    let exact = kinds.iter().all(|a| variants(*a).iter().all(|t| t == task_type));
+    (kinds, exact)
+}
+
+/// The Gcore task type of an operation of `kind`: a reboot that resets the VM, and a server group change
+/// that joins one, have their own.
+fn task_type_of(kind: Action, hard_reboot: bool, joins: bool) -> String {
+    match kind {
         Action::Create => "create_vm".into(),
         Action::Delete => "delete_vm".into(),
         Action::Start => "start_vm".into(),
@@ -553,9 +570,7 @@ pub fn task_type(op: &Operation, hard_reboot: bool) -> String {
         Action::Resume => "resume_vm".into(),
         Action::Scale | Action::ScaleWithRestart => "resize_vm".into(),
         Action::Reset => "rebuild_vm".into(),
-        Action::ChangeAntiAffinityGroups if op.params["join"].as_array().is_some_and(|j| !j.is_empty()) => {
-            "put_into_servergroup".into()
-        }
+        Action::ChangeAntiAffinityGroups if joins => "put_into_servergroup".into(),
         Action::ChangeAntiAffinityGroups => "remove_from_servergroup".into(),
         Action::ResizeVolume => "extend_volume".into(),
         // create_volume, attach_volume, detach_volume, delete_volume: Gcore's names already.

@@ -125,14 +125,22 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
     };
     let size = size_of(&map, &mut errors);
     let labels = labels_of(map.get("tags"), &mut errors);
-    if map.get("instance_id_to_attach_to").is_some_and(|v| !v.is_null()) {
-        errors.add("instance_id_to_attach_to", "Create the volume, then attach it (POST .../attach)");
-    }
+    let attach_to = match map.get("instance_id_to_attach_to") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_str().and_then(|s| uuid::Uuid::parse_str(s).ok()) {
+            Some(id) => Some(id),
+            None => {
+                errors.add("instance_id_to_attach_to", "Input should be a valid UUID");
+                None
+            }
+        },
+    };
     if let Some(t) = map.get("type_name").and_then(Value::as_str).filter(|t| *t != "standard") {
         errors.add("type_name", format!("Nimbus has one volume type, 'standard', not {t:?}"));
     }
     errors.check()?;
-    let req = CreateVolume { name, size_gb: size, labels, ..Default::default() };
+    // Made and attached in one operation of the engine's.
+    let req = CreateVolume { name, size_gb: size, labels, attach_to, ..Default::default() };
     let (op, _) = app.engine.create_volume(&r.ctx, req).await?;
     Ok(tasks(&[&op]))
 }

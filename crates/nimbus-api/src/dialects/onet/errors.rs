@@ -3,14 +3,9 @@
 
 use axum::http::StatusCode;
 
-use crate::dialects::common::drf::{self, DrfDialect, DrfError};
+use crate::dialects::common::drf::{drf_provider, DrfDialect};
 
-/// ONET's words where DRF's providers differ.
-pub struct Onet;
-
-pub type OnetError = DrfError<Onet>;
-pub type OnetResult<T> = Result<T, OnetError>;
-pub type FieldErrors = drf::FieldErrors<Onet>;
+drf_provider!(Onet, OnetError, OnetResult);
 
 impl DrfDialect for Onet {
     const AUTH_SCHEME: &'static str = "Bearer";
@@ -48,12 +43,4 @@ impl DrfDialect for Onet {
 /// DRF's `NotFound` for a detail route (DRF >= 3.15 words it after the model).
 pub fn no_instance() -> OnetError {
     OnetError::detail(StatusCode::NOT_FOUND, "No Instance matches the given query.")
-}
-
-pub async fn method_not_allowed(method: axum::http::Method) -> OnetError {
-    OnetError::method_not_allowed(&method)
-}
-
-pub async fn unknown_route() -> OnetError {
-    OnetError::not_found()
 }

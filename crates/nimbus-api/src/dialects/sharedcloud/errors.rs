@@ -1,13 +1,8 @@
 //! SharedCloud's error bodies, which are Django REST Framework's (`dialects/common/drf.rs`).
 
-use crate::dialects::common::drf::{self, DrfDialect, DrfError};
+use crate::dialects::common::drf::{drf_provider, DrfDialect};
 
-/// SharedCloud's words where DRF's providers differ.
-pub struct SharedCloud;
-
-pub type ScError = DrfError<SharedCloud>;
-pub type ScResult<T> = Result<T, ScError>;
-pub type FieldErrors = drf::FieldErrors<SharedCloud>;
+drf_provider!(SharedCloud, ScError, ScResult);
 
 impl DrfDialect for SharedCloud {
     /// DRF's TokenAuthentication.
@@ -26,12 +21,4 @@ impl DrfDialect for SharedCloud {
     fn refusal(message: String) -> ScError {
         ScError::non_field(message)
     }
-}
-
-pub async fn method_not_allowed(method: axum::http::Method) -> ScError {
-    ScError::method_not_allowed(&method)
-}
-
-pub async fn unknown_route() -> ScError {
-    ScError::not_found()
 }

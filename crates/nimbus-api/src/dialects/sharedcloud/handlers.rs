@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use nimbus_core::catalog::GpuModel;
@@ -336,39 +336,17 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(render(&app, &instance).await?)).into_response())
 }
 
-/// PUT: a full update, `name` and `ask_price` required.
-pub async fn replace(
-    State(app): State<AppState>,
-    ScCaller(ctx): ScCaller,
-    Path(uuid): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ScResult<Json<Value>> {
-    change(app, ctx, uuid, headers, body, &["name", "ask_price"]).await
-}
-
-/// PATCH: any subset of the fields.
+/// PUT (a full update, `name` and `ask_price` required) and PATCH (any subset of the fields): the fields
+/// checked as SharedCloud does, then one engine call that changes what differs.
 pub async fn update(
     State(app): State<AppState>,
     ScCaller(ctx): ScCaller,
     Path(uuid): Path<String>,
+    method: Method,
     headers: HeaderMap,
     body: Bytes,
 ) -> ScResult<Json<Value>> {
-    change(app, ctx, uuid, headers, body, &[]).await
-}
-
-/// A new GPU model, or CPU for GPU and back, is new hardware: Nimbus scales the instance, across families
-/// since SharedCloud asks for it, which it does only while the instance is stopped (SharedCloud's
-/// NOT_AVAILABLE).
-async fn change(
-    app: AppState,
-    ctx: Context,
-    uuid: String,
-    headers: HeaderMap,
-    body: Bytes,
-    required: &[&str],
-) -> ScResult<Json<Value>> {
+    let required: &[&str] = if method == Method::PUT { &["name", "ask_price"] } else { &[] };
     // A change that turns out to change nothing never reaches the engine's own check: the caller must
     // be allowed to change the instance all the same (a read-only key's empty PATCH was answered 200).
     ctx.require(nimbus_core::tenancy::Role::Member)?;
@@ -386,24 +364,16 @@ async fn change(
     errors.check()?;
     let models = gpu_models(&app).await?;
     let plan = plan(&gpu_uuids(&app, &models).await?, Some(&current), &input)?;
-    if plan.instance_type != current.instance_type || plan.gpu_model != current.gpu_model {
-        let field = if input.kind.is_some_and(|k| (current.gpus > 0) != (k == GPU)) { "type" } else { "gpu" };
-        let scale = ActionRequest::ScaleTo {
-            instance_type: plan.instance_type.clone(),
-            gpu_model: plan.gpu_model.clone(),
-            across_families: true,
-            restart_if_running: false,
-        };
-        let op = app.engine.act_when_free(&ctx, id, scale, SETTLE).await.map_err(|e| match e {
-            DomainError::InvalidState { hint, .. } => {
-                ScError::field(field, format!("{hint}: stop the instance first (it is AVAILABLE)"))
-            }
-            DomainError::Conflict(m) if !m.contains("concurrently") => ScError::field(field, m),
-            other => other.into(),
-        })?;
-        // SharedCloud's change is done when it answers.
-        app.engine.wait_operation(&ctx, op.id, SETTLE).await?;
-    }
+    // New hardware (a GPU model, or CPU for GPU and back) is a scale, across families since SharedCloud
+    // asks for it, which Nimbus does only while the instance is stopped (SharedCloud's NOT_AVAILABLE).
+    let rehardware = plan.instance_type != current.instance_type || plan.gpu_model != current.gpu_model;
+    let scale = rehardware.then(|| ActionRequest::ScaleTo {
+        instance_type: plan.instance_type.clone(),
+        gpu_model: plan.gpu_model.clone(),
+        across_families: true,
+        restart_if_running: false,
+    });
+    let field = if input.kind.is_some_and(|k| (current.gpus > 0) != (k == GPU)) { "type" } else { "gpu" };
     let mut patch = InstancePatch {
         name: input.name.clone().filter(|n| *n != current.name),
         name_rule: NameRule::AnyText,
@@ -413,12 +383,16 @@ async fn change(
     if plan.max_num_parallel_jobs != views::max_num_parallel_jobs(&current) {
         patch.extensions.insert(EXT.into(), json!({ "max_num_parallel_jobs": plan.max_num_parallel_jobs }));
     }
-    let nothing = patch.name.is_none() && patch.price_hourly.is_none() && patch.extensions.is_empty();
-    let updated = if nothing {
-        app.engine.instance(&ctx, id).await?
-    } else {
-        app.engine.update_instance(&ctx, id, patch, None).await?
-    };
+    let updated = app
+        .engine
+        .scale_then_update(&ctx, id, scale, patch, SETTLE, |e| match e {
+            DomainError::InvalidState { hint, .. } => {
+                ScError::field(field, format!("{hint}: stop the instance first (it is AVAILABLE)"))
+            }
+            DomainError::Conflict(m) if !m.contains("concurrently") => ScError::field(field, m),
+            other => other.into(),
+        })
+        .await?;
     Ok(Json(render(&app, &updated).await?))
 }
 

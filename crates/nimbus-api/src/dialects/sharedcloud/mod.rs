@@ -11,6 +11,7 @@
 
 use axum::routing::{get, patch, post};
 
+use crate::dialects::common::drf;
 use crate::routes::Routes;
 use crate::AppState;
 
@@ -30,13 +31,13 @@ pub fn router(_state: AppState) -> Routes {
     let mut router = Routes::new();
     // DRF's router makes every path end with a slash; the slash-less form is served too.
     for slash in ["", "/"] {
-        let nope = errors::method_not_allowed;
+        let nope = drf::method_not_allowed::<errors::SharedCloud>;
         router = router
             .route(&format!("{BASE}/instances{slash}"), get(handlers::list).post(handlers::create).fallback(nope))
             .route(
                 &format!("{BASE}/instances/{{uuid}}{slash}"),
                 get(handlers::get)
-                    .put(handlers::replace)
+                    .put(handlers::update)
                     .patch(handlers::update)
                     .delete(handlers::delete)
                     .fallback(nope),

@@ -47,6 +47,9 @@ pub enum VolumeCmd {
         /// A label, KEY=VALUE (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// An instance (id or name) to attach the new volume to.
+        #[arg(long)]
+        instance: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -82,6 +85,18 @@ pub enum VolumeCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Put one of a volume's snapshots' data back into it (the volume must be detached).
+    #[command(after_help = "Example:\n  nimbus volume revert data before-upgrade")]
+    Revert {
+        volume: String,
+        /// The snapshot (id or name).
+        snapshot: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// A volume's snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// Delete a detached volume and its data.
     #[command(visible_alias = "rm", after_help = "Example:\n  nimbus volume delete data")]
     Delete {
@@ -89,6 +104,46 @@ pub enum VolumeCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// Take a snapshot of a volume's data (attached or not).
+    #[command(after_help = "Example:\n  nimbus volume snapshot create data --name before-upgrade")]
+    Create {
+        volume: String,
+        /// Default: the volume's name and the time.
+        #[arg(long)]
+        name: Option<String>,
+        /// A label, KEY=VALUE (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// List a volume's snapshots.
+    #[command(visible_alias = "ls", after_help = "Example:\n  nimbus volume snapshot list data")]
+    List { volume: String },
+    /// Delete one of a volume's snapshots.
+    #[command(visible_alias = "rm", after_help = "Example:\n  nimbus volume snapshot delete data before-upgrade")]
+    Delete {
+        volume: String,
+        snapshot: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+const SNAPSHOT_COLUMNS: &[Column] =
+    &[("ID", "id"), ("NAME", "name"), ("SIZE_GB", "size_gb"), ("STATE", "state"), ("CREATED", "created_at")];
+
+/// The id of one of a volume's snapshots given by id or by name.
+async fn resolve_snapshot(client: &Client, volume_id: &str, wanted: &str) -> Result<String, CliError> {
+    if looks_like_uuid(wanted) {
+        return Ok(wanted.to_string());
+    }
+    let items = client.list_all(&format!("/v1/volumes/{}/snapshots", encode(volume_id)), &[], None).await?;
+    Ok(str_field(&pick_by_name("snapshot", wanted, &items, "id")?, "id"))
 }
 
 /// The id of a volume given by id or by name.
@@ -119,8 +174,11 @@ pub async fn run(ctx: &Ctx, cmd: VolumeCmd) -> Result<(), CliError> {
         }
     };
     match cmd {
-        VolumeCmd::Create { name, size, description, zone, labels, wait } => {
+        VolumeCmd::Create { name, size, description, zone, labels, instance, wait } => {
             let mut body = json!({"name": name, "size_gb": size, "labels": labels_map(&labels)});
+            if let Some(i) = instance {
+                body["instance_id"] = json!(super::instance::resolve(&client, &i).await?);
+            }
             if let Some(d) = description {
                 body["description"] = json!(d);
             }
@@ -146,6 +204,48 @@ pub async fn run(ctx: &Ctx, cmd: VolumeCmd) -> Result<(), CliError> {
         VolumeCmd::Detach { volume, wait } => act(resolve(&client, &volume).await?, "detach", None, wait).await,
         VolumeCmd::Resize { volume, size, wait } => {
             act(resolve(&client, &volume).await?, "resize", Some(json!({"size_gb": size})), wait).await
+        }
+        VolumeCmd::Revert { volume, snapshot, wait } => {
+            let id = resolve(&client, &volume).await?;
+            let snapshot_id = resolve_snapshot(&client, &id, &snapshot).await?;
+            act(id, "revert", Some(json!({"snapshot_id": snapshot_id})), wait).await
+        }
+        VolumeCmd::Snapshot(SnapshotCmd::Create { volume, name, labels, wait }) => {
+            let id = resolve(&client, &volume).await?;
+            let mut body = json!({"labels": labels_map(&labels)});
+            if let Some(n) = name {
+                body["name"] = json!(n);
+            }
+            let reply = client.post(&format!("/v1/volumes/{}/snapshots", encode(&id)), Some(&body)).await?;
+            if let Some(op) = follow_operation(ctx, &client, reply, &wait).await? {
+                let snapshot = str_field(&op, "result.snapshot_id");
+                if snapshot.is_empty() {
+                    ctx.out.data(&op)?;
+                } else {
+                    let s = client.get(&format!("/v1/volumes/{}/snapshots/{}", encode(&id), encode(&snapshot))).await?;
+                    ctx.out.object(&s, SNAPSHOT_COLUMNS, "id")?;
+                }
+            }
+            Ok(())
+        }
+        VolumeCmd::Snapshot(SnapshotCmd::List { volume }) => {
+            let id = resolve(&client, &volume).await?;
+            let items = client.list_all(&format!("/v1/volumes/{}/snapshots", encode(&id)), &[], None).await?;
+            ctx.out.list(&items, SNAPSHOT_COLUMNS, "id")
+        }
+        VolumeCmd::Snapshot(SnapshotCmd::Delete { volume, snapshot, wait }) => {
+            let id = resolve(&client, &volume).await?;
+            let snapshot_id = resolve_snapshot(&client, &id, &snapshot).await?;
+            let path = format!("/v1/volumes/{}/snapshots/{}", encode(&id), encode(&snapshot_id));
+            let reply = client.delete(&path).await?;
+            if let Some(op) = follow_operation(ctx, &client, reply, &wait).await? {
+                if ctx.out.structured() {
+                    ctx.out.data(&op)?;
+                } else if !ctx.out.quiet {
+                    println!("deleted snapshot {snapshot} ({snapshot_id}) of volume {volume}");
+                }
+            }
+            Ok(())
         }
         VolumeCmd::Delete { volume, wait } => {
             let id = resolve(&client, &volume).await?;
