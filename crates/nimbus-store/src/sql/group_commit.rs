@@ -55,6 +55,9 @@ impl Done {
     }
 }
 
+/// A job's answer, as its caller will take it back.
+type Answer = StoreResult<Box<dyn Any + Send>>;
+
 pub(crate) type JobFuture<'c> = Pin<Box<dyn Future<Output = StoreResult<Done>> + Send + 'c>>;
 
 /// One write: statements run on the batch's connection, inside the batch's transaction.
@@ -62,7 +65,7 @@ pub(crate) type Job = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> JobFuture
 
 struct Waiting {
     job: Job,
-    answer: oneshot::Sender<StoreResult<Box<dyn Any + Send>>>,
+    answer: oneshot::Sender<Answer>,
 }
 
 /// The handle the store sends jobs through; the committer ends when it is dropped.
@@ -114,7 +117,7 @@ struct Committer {
 /// A batch's outcome so far: each job's answer, in order, and what the successful ones need at the end.
 #[derive(Default)]
 struct Outcome {
-    answers: Vec<(oneshot::Sender<StoreResult<Box<dyn Any + Send>>>, StoreResult<Box<dyn Any + Send>>)>,
+    answers: Vec<(oneshot::Sender<Answer>, Answer)>,
     changed: bool,
     revoked: bool,
     events: Vec<Event>,
@@ -203,7 +206,7 @@ impl Committer {
     }
 }
 
-fn fail_all(answers: impl Iterator<Item = oneshot::Sender<StoreResult<Box<dyn Any + Send>>>>, error: &StoreError) {
+fn fail_all(answers: impl Iterator<Item = oneshot::Sender<Answer>>, error: &StoreError) {
     for answer in answers {
         let _ = answer.send(Err(error.clone()));
     }
