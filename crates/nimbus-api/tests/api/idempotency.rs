@@ -68,6 +68,8 @@ async fn routes(c: &Cloud) -> Vec<Route> {
     let snapshot = snapshot_op["result"]["snapshot_id"].as_str().unwrap().to_string();
     let made = c.post("/v1/volumes", ADMIN, json!({"name": "spare", "size_gb": 1})).await;
     let volume = c.wait(&made.id(), ADMIN).await["target"]["id"].as_str().unwrap().to_string();
+    let made = c.post("/v1/volumes", ADMIN, json!({"name": "kept", "size_gb": 1})).await;
+    let snapped = c.wait(&made.id(), ADMIN).await["target"]["id"].as_str().unwrap().to_string();
     let route = |name, path: String, body: Option<Value>, status, list: Option<String>| Route {
         name,
         path,
@@ -154,6 +156,13 @@ async fn routes(c: &Cloud) -> Vec<Route> {
             Some(json!({"size_gb": 2})),
             StatusCode::ACCEPTED,
             Some(format!("/v1/operations?target={volume}")),
+        ),
+        route(
+            "a volume snapshot",
+            format!("/v1/volumes/{snapped}/snapshots"),
+            Some(json!({"name": "s1"})),
+            StatusCode::ACCEPTED,
+            Some(format!("/v1/operations?target={snapped}")),
         ),
         route(
             "an anti-affinity group",
@@ -252,6 +261,7 @@ async fn every_post_route_is_covered_by_the_lost_answer_test() {
             "/v1/ssh-keys",
             "/v1/templates",
             "/v1/volumes",
+            "/v1/volumes/{id}/snapshots",
             "/v1/volumes/{id}/{action}",
         ],
         "a new POST route: add it to `routes` above"
