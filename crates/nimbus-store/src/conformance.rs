@@ -285,6 +285,69 @@ pub async fn quota_is_enforced_inside_the_transaction(store: &dyn Store) {
     assert_eq!(store.usage(p.id).await.unwrap().instances, 2);
 }
 
+/// The usage counters the triggers keep agree with what the instances hold after every kind of change:
+/// inserts, resizes, a host move, `destroying` (leaves the quota, still holds the host), `destroyed`
+/// (leaves both), and deletion.
+pub async fn usage_counters_follow_every_instance_change(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let (h1, h2) = (format!("h1-{}", p.id), format!("h2-{}", p.id));
+    let host_of = |host: &str| {
+        let host = host.to_string();
+        async move { store.host_allocations().await.unwrap().remove(&host).unwrap_or_default() }
+    };
+    let put = |i: &Instance| {
+        let mut next = i.clone();
+        next.generation += 1;
+        let mut set = WriteSet::new();
+        set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(i.generation) });
+        async move {
+            store.apply(set).await.unwrap();
+            next
+        }
+    };
+    let mut a = Instance { host: Some(h1.clone()), ..instance(p.id, "a", 2) };
+    let mut b = Instance { host: Some(h1.clone()), ..instance(p.id, "b", 1) };
+    let unplaced = instance(p.id, "c", 4);
+    for i in [&a, &b, &unplaced] {
+        store.apply(insert(i)).await.unwrap();
+    }
+    let usage = store.usage(p.id).await.unwrap();
+    assert_eq!((usage.instances, usage.vcpus, usage.memory_mib, usage.disk_gb), (3, 7, 3072, 30));
+    let on_h1 = host_of(&h1).await;
+    assert_eq!((on_h1.instances, on_h1.vcpus, on_h1.memory_mib), (2, 3, 2048), "the unplaced one takes no host");
+
+    // A resize and a move between hosts.
+    a.vcpus = 8;
+    a.disk_size_gb = 50;
+    a = put(&a).await;
+    b.host = Some(h2.clone());
+    b = put(&b).await;
+    let usage = store.usage(p.id).await.unwrap();
+    assert_eq!((usage.instances, usage.vcpus, usage.disk_gb), (3, 13, 70));
+    assert_eq!((host_of(&h1).await.instances, host_of(&h1).await.vcpus, host_of(&h1).await.disk_gb), (1, 8, 50));
+    assert_eq!((host_of(&h2).await.instances, host_of(&h2).await.vcpus), (1, 1));
+
+    // Being destroyed frees the quota at once; the host's room only once it is destroyed.
+    a.state = InstanceState::Destroying;
+    a = put(&a).await;
+    assert_eq!(store.usage(p.id).await.unwrap().vcpus, 5);
+    assert_eq!(host_of(&h1).await.vcpus, 8, "a destroying instance still holds its host");
+    a.state = InstanceState::Destroyed;
+    a = put(&a).await;
+    assert_eq!(host_of(&h1).await.instances, 0);
+    assert!(!store.host_allocations().await.unwrap().contains_key(&h1), "an empty host carries nothing");
+
+    // Deleting rows: a destroyed one changes nothing, a live one gives back what it held.
+    for i in [&a, &b] {
+        let mut set = WriteSet::new();
+        set.push(Write::DeleteInstance { id: i.id, expected_generation: i.generation });
+        store.apply(set).await.unwrap();
+    }
+    let usage = store.usage(p.id).await.unwrap();
+    assert_eq!((usage.instances, usage.vcpus, usage.memory_mib, usage.disk_gb), (1, 4, 1024, 10));
+    assert_eq!(host_of(&h2).await.instances, 0);
+}
+
 pub async fn instances_are_numbered_once_and_never_reuse_a_number(store: &dyn Store) {
     let p = project(store, Quota::default()).await;
     let (a, b) = (instance(p.id, "a", 1), instance(p.id, "b", 1));
@@ -1391,6 +1454,7 @@ macro_rules! conformance_tests {
             a_stale_generation_loses_and_writes_nothing,
             a_failing_write_rolls_back_the_whole_set,
             quota_is_enforced_inside_the_transaction,
+            usage_counters_follow_every_instance_change,
             instances_page_by_id_within_a_project,
             instances_page_by_offset_in_any_order_with_a_count,
             operations_page_by_offset_newest_first_with_a_count,

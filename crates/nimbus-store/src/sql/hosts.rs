@@ -33,17 +33,17 @@ fn count(row: &AnyRow, name: &str) -> StoreResult<u64> {
     u64::try_from(n).map_err(|_| StoreError::Backend(format!("corrupt allocation {name} = {n}")))
 }
 
-/// The `SELECT` that sums what instances take, grouped as `group_by` says (CAST: PostgreSQL sums BIGINTs
-/// into NUMERIC, which the Any driver cannot carry). Destroyed instances take nothing.
-fn sums(group_by: &str, filter: &str) -> String {
+/// The `SELECT` of what placed instances take of each host, from the counters the instance triggers keep
+/// (see migration 7); a host that carries nothing has no row or a row of zeros.
+fn sums(filter: &str) -> String {
     format!(
-        "SELECT {group_by} AS grp, COUNT(*) AS instances, CAST(COALESCE(SUM(vcpus), 0) AS BIGINT) AS vcpus,
-                CAST(COALESCE(SUM(memory_mib), 0) AS BIGINT) AS memory_mib,
-                CAST(COALESCE(SUM(disk_gb), 0) AS BIGINT) AS disk_gb
-         FROM instances WHERE host IS NOT NULL AND state <> 'destroyed' {filter} GROUP BY {group_by}"
+        "SELECT owner AS grp, instances, vcpus, memory_mib, disk_gb FROM usage_totals
+         WHERE scope = 'host' AND instances > 0 {filter}"
     )
 }
 
+/// GPUs are summed from the instances that have some (an index holds only those; CAST: PostgreSQL sums
+/// BIGINTs into NUMERIC, which the Any driver cannot carry). Destroyed instances take nothing.
 fn gpu_sums(filter: &str) -> String {
     format!(
         "SELECT host, gpu_model, CAST(COALESCE(SUM(gpus), 0) AS BIGINT) AS gpus FROM instances
@@ -57,7 +57,7 @@ pub(super) async fn allocations(
     conn: &mut AnyConnection,
     backend: Backend,
 ) -> StoreResult<BTreeMap<String, Allocation>> {
-    let rows = query(&sums("host", ""), vec![])
+    let rows = query(&sums(""), vec![])
         .fetch_all(&mut *conn)
         .await
         .map_err(|e| backend.error("summing host allocations", e))?;
@@ -85,7 +85,7 @@ pub(super) async fn allocations(
 
 /// What one host carries, as `conn` sees it (inside a write set: including its writes).
 pub(super) async fn allocation_of(conn: &mut AnyConnection, backend: Backend, host: &str) -> StoreResult<Allocation> {
-    let row = query(&sums("host", "AND host = $1"), args![host])
+    let row = query(&sums("AND owner = $1"), args![host])
         .fetch_optional(&mut *conn)
         .await
         .map_err(|e| backend.error("summing the host's allocation", e))?;

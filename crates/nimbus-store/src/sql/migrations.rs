@@ -191,6 +191,65 @@ END;
 -- The reconciler's scheduled shutdowns, read without reading every instance (Backend::shutdown_scheduled).
 CREATE INDEX instances_with_shutdown ON instances (id) WHERE json_extract(body, '$.expected_shutdown_at') IS NOT NULL;
 "#,
+    r#"
+-- What instances use, kept in counters by triggers (version 7), so that a create's quota and room checks
+-- read two rows instead of summing every instance of the project and of the host. Two scopes, as the
+-- sums they replace counted: a project's quota counts instances not being destroyed; a host's room counts
+-- placed instances until they are destroyed (a destroying one still holds its disk and memory).
+CREATE TABLE usage_totals (
+    scope TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    instances INTEGER NOT NULL,
+    vcpus INTEGER NOT NULL,
+    memory_mib INTEGER NOT NULL,
+    disk_gb INTEGER NOT NULL,
+    PRIMARY KEY (scope, owner)
+);
+INSERT INTO usage_totals (scope, owner, instances, vcpus, memory_mib, disk_gb)
+    SELECT 'project', project_id, COUNT(*), SUM(vcpus), SUM(memory_mib), SUM(disk_gb) FROM instances
+    WHERE state NOT IN ('destroying', 'destroyed') GROUP BY project_id;
+INSERT INTO usage_totals (scope, owner, instances, vcpus, memory_mib, disk_gb)
+    SELECT 'host', host, COUNT(*), SUM(vcpus), SUM(memory_mib), SUM(disk_gb) FROM instances
+    WHERE host IS NOT NULL AND state <> 'destroyed' GROUP BY host;
+CREATE TRIGGER usage_on_insert AFTER INSERT ON instances BEGIN
+    INSERT INTO usage_totals (scope, owner, instances, vcpus, memory_mib, disk_gb)
+        SELECT 'project', new.project_id, 1, new.vcpus, new.memory_mib, new.disk_gb
+            WHERE new.state NOT IN ('destroying', 'destroyed')
+        UNION ALL
+        SELECT 'host', new.host, 1, new.vcpus, new.memory_mib, new.disk_gb
+            WHERE new.host IS NOT NULL AND new.state <> 'destroyed'
+        ON CONFLICT (scope, owner) DO UPDATE SET instances = instances + excluded.instances,
+            vcpus = vcpus + excluded.vcpus, memory_mib = memory_mib + excluded.memory_mib,
+            disk_gb = disk_gb + excluded.disk_gb;
+END;
+CREATE TRIGGER usage_on_delete AFTER DELETE ON instances BEGIN
+    UPDATE usage_totals SET instances = instances - 1, vcpus = vcpus - old.vcpus,
+        memory_mib = memory_mib - old.memory_mib, disk_gb = disk_gb - old.disk_gb
+        WHERE (scope = 'project' AND owner = old.project_id AND old.state NOT IN ('destroying', 'destroyed'))
+           OR (scope = 'host' AND owner = old.host AND old.state <> 'destroyed');
+END;
+-- Most updates change neither state, host nor size: the trigger does not fire for them.
+CREATE TRIGGER usage_on_update AFTER UPDATE ON instances
+    WHEN old.state IS NOT new.state OR old.host IS NOT new.host OR old.project_id IS NOT new.project_id
+      OR old.vcpus IS NOT new.vcpus OR old.memory_mib IS NOT new.memory_mib OR old.disk_gb IS NOT new.disk_gb
+BEGIN
+    UPDATE usage_totals SET instances = instances - 1, vcpus = vcpus - old.vcpus,
+        memory_mib = memory_mib - old.memory_mib, disk_gb = disk_gb - old.disk_gb
+        WHERE (scope = 'project' AND owner = old.project_id AND old.state NOT IN ('destroying', 'destroyed'))
+           OR (scope = 'host' AND owner = old.host AND old.state <> 'destroyed');
+    INSERT INTO usage_totals (scope, owner, instances, vcpus, memory_mib, disk_gb)
+        SELECT 'project', new.project_id, 1, new.vcpus, new.memory_mib, new.disk_gb
+            WHERE new.state NOT IN ('destroying', 'destroyed')
+        UNION ALL
+        SELECT 'host', new.host, 1, new.vcpus, new.memory_mib, new.disk_gb
+            WHERE new.host IS NOT NULL AND new.state <> 'destroyed'
+        ON CONFLICT (scope, owner) DO UPDATE SET instances = instances + excluded.instances,
+            vcpus = vcpus + excluded.vcpus, memory_mib = memory_mib + excluded.memory_mib,
+            disk_gb = disk_gb + excluded.disk_gb;
+END;
+-- GPUs stay summed from the rows, through an index holding only the instances that have some.
+CREATE INDEX instances_with_gpus ON instances (host, gpu_model) WHERE gpus > 0;
+"#,
 ];
 
 /// SQLite 4 (PostgreSQL 3): idempotency keys belong to the API key that sent them, and a request holds its
@@ -394,6 +453,61 @@ CREATE TRIGGER instance_labels_on_delete AFTER DELETE ON instances
     FOR EACH ROW EXECUTE FUNCTION nimbus_instance_labels();
 CREATE INDEX instances_with_shutdown ON instances (id)
     WHERE (CAST(body AS jsonb) ->> 'expected_shutdown_at') IS NOT NULL;
+"#,
+    r#"
+-- As SQLite's version 7: what instances use, kept in counters by triggers.
+CREATE TABLE usage_totals (
+    scope TEXT COLLATE "C" NOT NULL,
+    owner TEXT COLLATE "C" NOT NULL,
+    instances BIGINT NOT NULL,
+    vcpus BIGINT NOT NULL,
+    memory_mib BIGINT NOT NULL,
+    disk_gb BIGINT NOT NULL,
+    PRIMARY KEY (scope, owner)
+);
+INSERT INTO usage_totals (scope, owner, instances, vcpus, memory_mib, disk_gb)
+    SELECT 'project', project_id, COUNT(*), SUM(vcpus), SUM(memory_mib), SUM(disk_gb) FROM instances
+    WHERE state NOT IN ('destroying', 'destroyed') GROUP BY project_id;
+INSERT INTO usage_totals (scope, owner, instances, vcpus, memory_mib, disk_gb)
+    SELECT 'host', host, COUNT(*), SUM(vcpus), SUM(memory_mib), SUM(disk_gb) FROM instances
+    WHERE host IS NOT NULL AND state <> 'destroyed' GROUP BY host;
+CREATE FUNCTION nimbus_usage_add(p_scope TEXT, p_owner TEXT, sign BIGINT, p_vcpus BIGINT, p_memory_mib BIGINT,
+                                 p_disk_gb BIGINT) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO usage_totals AS u (scope, owner, instances, vcpus, memory_mib, disk_gb)
+        VALUES (p_scope, p_owner, sign, sign * p_vcpus, sign * p_memory_mib, sign * p_disk_gb)
+        ON CONFLICT (scope, owner) DO UPDATE SET instances = u.instances + excluded.instances,
+            vcpus = u.vcpus + excluded.vcpus, memory_mib = u.memory_mib + excluded.memory_mib,
+            disk_gb = u.disk_gb + excluded.disk_gb
+$$;
+CREATE FUNCTION nimbus_instance_usage() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        IF OLD.state NOT IN ('destroying', 'destroyed') THEN
+            PERFORM nimbus_usage_add('project', OLD.project_id, -1, OLD.vcpus, OLD.memory_mib, OLD.disk_gb);
+        END IF;
+        IF OLD.host IS NOT NULL AND OLD.state <> 'destroyed' THEN
+            PERFORM nimbus_usage_add('host', OLD.host, -1, OLD.vcpus, OLD.memory_mib, OLD.disk_gb);
+        END IF;
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        IF NEW.state NOT IN ('destroying', 'destroyed') THEN
+            PERFORM nimbus_usage_add('project', NEW.project_id, 1, NEW.vcpus, NEW.memory_mib, NEW.disk_gb);
+        END IF;
+        IF NEW.host IS NOT NULL AND NEW.state <> 'destroyed' THEN
+            PERFORM nimbus_usage_add('host', NEW.host, 1, NEW.vcpus, NEW.memory_mib, NEW.disk_gb);
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER usage_on_insert AFTER INSERT ON instances FOR EACH ROW EXECUTE FUNCTION nimbus_instance_usage();
+CREATE TRIGGER usage_on_delete AFTER DELETE ON instances FOR EACH ROW EXECUTE FUNCTION nimbus_instance_usage();
+CREATE TRIGGER usage_on_update AFTER UPDATE ON instances FOR EACH ROW
+    WHEN (OLD.state IS DISTINCT FROM NEW.state OR OLD.host IS DISTINCT FROM NEW.host
+          OR OLD.project_id IS DISTINCT FROM NEW.project_id OR OLD.vcpus IS DISTINCT FROM NEW.vcpus
+          OR OLD.memory_mib IS DISTINCT FROM NEW.memory_mib OR OLD.disk_gb IS DISTINCT FROM NEW.disk_gb)
+    EXECUTE FUNCTION nimbus_instance_usage();
+CREATE INDEX instances_with_gpus ON instances (host, gpu_model) WHERE gpus > 0;
 "#,
 ];
 

@@ -581,21 +581,19 @@ async fn set_pragmas(conn: &mut AnyConnection, in_memory: bool) -> Result<(), sq
     Ok(())
 }
 
-/// What a project's live instances use, as seen by `conn` (inside a write set: including its writes).
+/// What a project's live instances use, as seen by `conn` (inside a write set: including its writes): its
+/// row of the counters the instance triggers keep (see migration 7), not a sum over its instances.
 pub(crate) async fn usage_in(conn: &mut AnyConnection, backend: Backend, project_id: Uuid) -> StoreResult<Usage> {
-    // CAST: PostgreSQL sums BIGINTs into NUMERIC, which the Any driver cannot carry.
     let row = query(
-        "SELECT COUNT(*) AS instances, CAST(COALESCE(SUM(vcpus), 0) AS BIGINT) AS vcpus,
-                CAST(COALESCE(SUM(memory_mib), 0) AS BIGINT) AS memory_mib,
-                CAST(COALESCE(SUM(disk_gb), 0) AS BIGINT) AS disk_gb
-         FROM instances WHERE project_id = $1 AND state NOT IN ('destroying', 'destroyed')",
+        "SELECT instances, vcpus, memory_mib, disk_gb FROM usage_totals WHERE scope = 'project' AND owner = $1",
         args![project_id],
     )
-    .fetch_one(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await
-    .map_err(|e| backend.error("counting usage", e))?;
+    .map_err(|e| backend.error("reading usage", e))?;
     let count = |name: &str| -> StoreResult<u64> {
-        let n: i64 = column(&row, name)?;
+        let Some(row) = &row else { return Ok(0) };
+        let n: i64 = column(row, name)?;
         u64::try_from(n).map_err(|_| StoreError::Backend(format!("corrupt usage {name} = {n}")))
     };
     let volumes = query(backend.volume_gb_of_project(), args![project_id])
