@@ -275,6 +275,9 @@ pub struct Engine {
     pub(crate) keys: key_cache::KeyCache,
     /// Every new event, read once by this server's hub (see `event_stream.rs`).
     pub(crate) events: tokio::sync::broadcast::Sender<Arc<nimbus_core::event::Event>>,
+    /// Where this server looks for the next free instance address (see `sagas::create::address_candidate`):
+    /// a hint, never a reservation; the store's unique hold decides who gets an address.
+    pub(crate) address_cursor: std::sync::atomic::AtomicU32,
 }
 
 impl Engine {
@@ -310,6 +313,7 @@ impl Engine {
             audit: audit::AuditLog::start(store.clone(), audit_retention),
             keys: key_cache::KeyCache::new(store.revocations()),
             events: event_stream::channel(),
+            address_cursor: Default::default(),
         });
         engine.seed_catalog().await?;
         engine.release_own_leases().await?;

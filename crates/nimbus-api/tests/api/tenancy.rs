@@ -170,3 +170,27 @@ async fn a_full_instance_network_refuses_the_create_at_once() {
     c.wait(&del.id(), ADMIN).await;
     c.instance(ADMIN, "fits-now", json!({})).await;
 }
+
+#[tokio::test]
+async fn a_deleted_instances_address_goes_to_a_new_instance_only_once_the_network_wraps() {
+    let config = nimbus_engine::EngineConfig { network_cidr: "10.213.0.0/29".into(), ..Default::default() };
+    let c = Cloud::with(nimbus_driver::SimConfig::default(), config).await;
+    let address = |id: String| {
+        let c = &c;
+        async move { c.get(&format!("/v1/instances/{id}"), ADMIN).await.body["ip_addresses"][0].clone() }
+    };
+    let first = c.instance(ADMIN, "first", json!({})).await;
+    assert_eq!(address(first.clone()).await, "10.213.0.2");
+    let del = c.call(Method::DELETE, &format!("/v1/instances/{first}"), ADMIN, None).await;
+    c.wait(&del.id(), ADMIN).await;
+    // Whatever still points at .2 (a DNS entry, a firewall rule, an ARP cache) does not reach a stranger.
+    let second = c.instance(ADMIN, "second", json!({})).await;
+    assert_eq!(address(second).await, "10.213.0.3");
+    for n in 4..=6 {
+        let id = c.instance(ADMIN, &format!("i{n}"), json!({})).await;
+        assert_eq!(address(id).await, format!("10.213.0.{n}"));
+    }
+    // The network's end is reached: the freed address is handed out again.
+    let wrapped = c.instance(ADMIN, "wrapped", json!({})).await;
+    assert_eq!(address(wrapped).await, "10.213.0.2");
+}
