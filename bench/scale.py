@@ -125,6 +125,18 @@ async def subscribers_latency(server, instance, subscribers, changes):
     return {"p50": statistics.median(lat), "p99": lat[int(len(lat) * 0.99) - 1], "max": lat[-1], "missed": missed}
 
 
+def fsync_ms(directory, writes=200):
+    """One synchronous 4 KiB write to the data dir's disk (dd oflag=dsync): what one durable commit costs at
+    least on this machine."""
+    path = os.path.join(directory, "fsync.probe")
+    t = time.perf_counter()
+    subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=4k", f"count={writes}", "oflag=dsync"],
+                   capture_output=True, check=True)
+    took = time.perf_counter() - t
+    os.remove(path)
+    return 1000 * took / writes
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -208,6 +220,8 @@ def main():
                      f"{created['completed_rps']:.0f} (accepted {created['accepted_rps']:.0f}/s, drain {created['drain']:.1f} s)"))
         seq = sequential_creates(server, 300)
         rows.append(("sequential create-and-wait, SQLite: p50 / p99", f"{seq['p50']:.2f} / {seq['p99']:.2f} ms"))
+        rows.append(("one synchronous 4 KiB write to the data dir's disk (dd oflag=dsync), the floor of a commit",
+                     f"{fsync_ms(work):.2f} ms"))
         ping = oha(server.base + "/v1/ping")
         get = oha(server.base + f"/v1/instances/{probe}")
         lxd = lxd_get(5000)

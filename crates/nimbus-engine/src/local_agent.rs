@@ -51,6 +51,13 @@ pub async fn report(driver: &dyn Driver) -> Result<HostReport> {
     Ok(HostReport { instances })
 }
 
+/// How long an agent waits after a report that took `took` before the next: `every`, or longer when the
+/// report itself is slow, so that reporting takes at most a tenth of the agent's time however many VMs the
+/// host carries (a report reads every VM of the host, and the control plane every instance placed there).
+pub fn report_pause(every: std::time::Duration, took: std::time::Duration) -> std::time::Duration {
+    every.max(took * 9)
+}
+
 pub(crate) fn spawn(engine: Arc<Engine>) {
     let owner = engine.clone();
     let renewals = {
@@ -67,11 +74,14 @@ pub(crate) fn spawn(engine: Arc<Engine>) {
         })
     };
     let reports = tokio::spawn(async move {
+        let mut pause = engine.config.report_every;
         loop {
-            tokio::time::sleep(engine.config.report_every).await;
+            tokio::time::sleep(pause).await;
+            let began = std::time::Instant::now();
             if let Err(e) = engine.local_heartbeat().await {
                 tracing::warn!(error = %e, "the embedded agent's report failed");
             }
+            pause = report_pause(engine.config.report_every, began.elapsed());
         }
     });
     owner.track(renewals.abort_handle());

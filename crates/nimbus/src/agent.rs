@@ -155,13 +155,15 @@ pub async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         let (cp, driver) = (cp.clone(), driver.clone());
         tokio::spawn(async move {
             loop {
+                let began = std::time::Instant::now();
                 if let Err(e) = heartbeat(&cp, Some(&*driver)).await {
                     tracing::warn!(error = %e, "report failed");
                 }
+                let took = began.elapsed();
                 if let Err(e) = join_overlay(&cp, &*driver).await {
                     tracing::warn!(error = %e, "could not bring the overlay network up to date");
                 }
-                tokio::time::sleep(report_every).await;
+                tokio::time::sleep(nimbus_engine::local_agent::report_pause(report_every, took)).await;
             }
         })
     };

@@ -249,6 +249,8 @@ BEGIN
 END;
 -- GPUs stay summed from the rows, through an index holding only the instances that have some.
 CREATE INDEX instances_with_gpus ON instances (host, gpu_model) WHERE gpus > 0;
+-- The reconciler's purge of kept deleted records and `?state=` lists read one state, not every instance.
+CREATE INDEX instances_by_state ON instances (state, id);
 "#,
 ];
 
@@ -508,6 +510,7 @@ CREATE TRIGGER usage_on_update AFTER UPDATE ON instances FOR EACH ROW
           OR OLD.memory_mib IS DISTINCT FROM NEW.memory_mib OR OLD.disk_gb IS DISTINCT FROM NEW.disk_gb)
     EXECUTE FUNCTION nimbus_instance_usage();
 CREATE INDEX instances_with_gpus ON instances (host, gpu_model) WHERE gpus > 0;
+CREATE INDEX instances_by_state ON instances (state, id);
 "#,
 ];
 
