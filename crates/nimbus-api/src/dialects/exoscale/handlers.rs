@@ -337,21 +337,19 @@ pub async fn create(State(app): State<AppState>, signed: Signed) -> ExoResult<Js
             ssh_keys.insert(0, name);
         }
     }
-    let security_group_refs = body.security_groups.unwrap_or_default();
-    let security_groups = if security_group_refs.iter().all(Ref::has_id) {
-        referenced_groups(&security_group_refs, "security-groups", &[])?
-    } else {
-        let named: Vec<_> = app.engine.list_security_groups(ctx).await?.into_iter().map(|g| (g.id, g.name)).collect();
-        referenced_groups(&security_group_refs, "security-groups", &named)?
+    // Groups' names are read only when some reference has no id.
+    let refs = body.security_groups.unwrap_or_default();
+    let named = match refs.iter().all(Ref::has_id) {
+        true => vec![],
+        false => app.engine.list_security_groups(ctx).await?.into_iter().map(|g| (g.id, g.name)).collect(),
     };
-    let anti_affinity_refs = body.anti_affinity_groups.unwrap_or_default();
-    let anti_affinity_groups = if anti_affinity_refs.iter().all(Ref::has_id) {
-        referenced_groups(&anti_affinity_refs, "anti-affinity-groups", &[])?
-    } else {
-        let named: Vec<_> =
-            app.engine.list_anti_affinity_groups(ctx).await?.into_iter().map(|g| (g.id, g.name)).collect();
-        referenced_groups(&anti_affinity_refs, "anti-affinity-groups", &named)?
+    let security_groups = referenced_groups(&refs, "security-groups", &named)?;
+    let refs = body.anti_affinity_groups.unwrap_or_default();
+    let named = match refs.iter().all(Ref::has_id) {
+        true => vec![],
+        false => app.engine.list_anti_affinity_groups(ctx).await?.into_iter().map(|g| (g.id, g.name)).collect(),
     };
+    let anti_affinity_groups = referenced_groups(&refs, "anti-affinity-groups", &named)?;
     let mut ext = Map::new();
     ext.insert("public-ip-assignment".into(), json!(assignment));
     ext.insert(

@@ -291,6 +291,17 @@ fn uuid_field(map: &Map<String, Value>, key: &str, errors: &mut FieldErrors) -> 
     }
 }
 
+/// A hardware relation: it may not be null when sent.
+fn hardware_field(map: &Map<String, Value>, key: &str, errors: &mut FieldErrors) -> Option<Uuid> {
+    match uuid_field(map, key, errors) {
+        Some(None) => {
+            errors.add(key, "This field may not be null.");
+            None
+        }
+        given => given.flatten(),
+    }
+}
+
 fn parse_input(map: &Map<String, Value>) -> (Input, FieldErrors) {
     let mut e = FieldErrors::default();
     let mut input = Input {
@@ -308,15 +319,10 @@ fn parse_input(map: &Map<String, Value>) -> (Input, FieldErrors) {
         vpc_id: uuid_field(map, "vpc_id", &mut e),
         ..Default::default()
     };
-    // Hardware relations are required to be non-null when sent.
     for (key, slot) in
         [("size_id", &mut input.size_id), ("location_id", &mut input.location_id), ("image_id", &mut input.image_id)]
     {
-        match uuid_field(map, key, &mut e) {
-            Some(Some(u)) => *slot = Some(u),
-            Some(None) => e.add(key, "This field may not be null."),
-            None => {}
-        }
+        *slot = hardware_field(map, key, &mut e);
     }
     if let Some(v) = map.get("billing_cycle") {
         let given = match v {
@@ -515,18 +521,10 @@ pub async fn resize(
     let map = body_object(&headers, &body)?;
     let instance = app.engine.instance(ctx, id).await?;
     let mut errors = FieldErrors::default();
-    let size_id = match uuid_field(&map, "size_id", &mut errors) {
-        Some(Some(u)) => Some(u),
-        Some(None) => {
-            errors.add("size_id", "This field may not be null.");
-            None
-        }
-        None if !map.contains_key("size_id") => {
-            errors.add("size_id", "This field is required.");
-            None
-        }
-        None => None,
-    };
+    let size_id = hardware_field(&map, "size_id", &mut errors);
+    if !map.contains_key("size_id") {
+        errors.add("size_id", "This field is required.");
+    }
     errors.check()?;
     let size_id = size_id.expect("checked");
     let types = app.engine.list_instance_types().await?;
