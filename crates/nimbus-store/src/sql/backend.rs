@@ -45,8 +45,6 @@ impl Backend {
         }
     }
 
-    /// The condition that `column` contains the text of the placeholder `{}` as it is (SQLite's `LIKE`
-    /// ignores ASCII case and PostgreSQL's does not, so neither is used).
     /// A table of the document's array `field`'s items (as text in column `value`), or of its object's
     /// entries (`key`, `value`), for a subquery of a row's document.
     pub(crate) fn json_items(self, field: &str, object: bool) -> String {
@@ -70,6 +68,8 @@ impl Backend {
         }
     }
 
+    /// The condition that `column` contains the text of the placeholder `{}` as it is (SQLite's `LIKE`
+    /// ignores ASCII case and PostgreSQL's does not, so neither is used).
     pub(crate) fn contains_text(self, column: &'static str) -> String {
         match self {
             Backend::Sqlite => format!("instr({column}, {{}}) > 0"),
