@@ -598,6 +598,15 @@ async fn the_list_pages_by_offset_in_any_order_with_filters() {
         form_urlencoded::Serializer::new(String::new()).append_pair("tag_key_value", r#"{"env":"prod"}"#).finish();
     assert_eq!(list(&format!("{prod}&status=ACTIVE&limit=1")).await, (2, vec!["web-b".into()]));
     assert_eq!(list("tag_value=dev&flavor_prefix=standard").await, (1, vec!["web-a".into()]));
+    let number = form_urlencoded::Serializer::new(String::new()).append_pair("tag_key_value", r#"{"env":1}"#).finish();
+    assert_eq!(list(&number).await, (0, vec![]), "a tag's value is text");
+    // Addresses and the time of the last change are the store's filters too.
+    let ip =
+        c.get(&format!("/v1/instances/{}", ids[2]), ADMIN).await.body["ip_addresses"][0].as_str().unwrap().to_string();
+    assert_eq!(list(&format!("ip={ip}")).await.1, vec!["web-a".to_string()], "{ip}");
+    assert_eq!(list("changes_since=2000-01-01T00:00:00Z&limit=1").await, (4, vec!["web-b".into()]));
+    assert_eq!(list("changes_before=2000-01-01T00:00:00Z").await, (0, vec![]));
+    assert_eq!(list("changes_since=2999-01-01T00:00:00Z&status=ACTIVE").await, (0, vec![]));
     // Id and flavour filters are the store's: one window and one count.
     assert_eq!(list(&format!("uuid={}", &ids[2][24..])).await, (1, vec!["web-a".into()]));
     assert_eq!(list("flavor_prefix=standard&limit=1&offset=3").await, (4, vec!["web-c".into()]));
@@ -747,4 +756,17 @@ async fn the_task_list_pages_by_offset_with_filters() {
     assert_eq!(list("task_type=create_vm&offset=1").await, (1, vec![]));
     assert_eq!(list("task_type=no_such_task").await, (0, vec![]));
     assert_eq!(list("region_id=999").await, (0, vec![]));
+    // The times are the store's filter: both bounds are included.
+    let created = |n: usize| {
+        let (c, path) = (&c, format!("/cloud/v1/tasks/{}", ids[n]));
+        async move {
+            let t = gcore(c, Method::GET, &path, ADMIN, None).await.body;
+            form_urlencoded::byte_serialize(t["created_on"].as_str().unwrap().as_bytes()).collect::<String>()
+        }
+    };
+    let (from, to) = (created(1).await, created(2).await);
+    let between = list(&format!("from_timestamp={from}&to_timestamp={to}")).await;
+    assert_eq!(between, (2, vec![ids[1].clone(), ids[2].clone()]), "{from} {to}");
+    assert_eq!(list(&format!("from_timestamp={from}&task_type=hard_reboot_vm")).await, (1, vec![ids[3].clone()]));
+    assert_eq!(list("to_timestamp=2000-01-01T00:00:00Z").await, (0, vec![]));
 }

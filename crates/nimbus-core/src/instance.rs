@@ -153,6 +153,11 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// The field `key` of `dialect`'s extension map.
+    pub fn extension(&self, dialect: &str, key: &str) -> Option<&serde_json::Value> {
+        self.extensions.get(dialect).and_then(|e| e.get(key))
+    }
+
     pub fn etag(&self) -> String {
         format!("\"{}\"", self.generation)
     }

@@ -2,9 +2,10 @@
 //! than by cursor (ONET's DRF `?page=`, Gcore's `?offset=&limit=`): one window of a listing and the count of
 //! all of it.
 //!
-//! What the store can choose by (states, a part of the name or id, the instance type, the order) it chooses by, and then the window
-//! and the count are the store's `LIMIT/OFFSET` and `COUNT`: nothing is loaded but the page. Conditions the
-//! store has no column for are given as a predicate; then the listing is read in store pages of
+//! What the store can choose by (states, a part of the name, id or an address, the instance type, tags,
+//! security groups, times, the order) it chooses by, and then the window and the count are the store's
+//! `LIMIT/OFFSET` and `COUNT`: nothing is loaded but the page. Conditions the store cannot apply (a status
+//! that depends on the operation holding an instance's lock) are given as a predicate; then the listing is read in store pages of
 //! [`MAX_PAGE`], counting what the predicate keeps and holding only the window, so memory stays one page
 //! however many instances there are (the count still costs a read of the candidates).
 
@@ -12,6 +13,8 @@ use nimbus_core::instance::{Instance, InstanceState};
 use nimbus_core::operation::{Operation, OperationState};
 use nimbus_core::state_machine::Action;
 use nimbus_store::{InstanceQuery, OperationQuery};
+use time::OffsetDateTime;
+use uuid::Uuid;
 
 use crate::instances::MAX_PAGE;
 use crate::{store_err, Context, Engine, Result};
@@ -32,6 +35,17 @@ pub struct InstanceWindow {
     /// Of an instance type whose name begins, or does not begin, with this.
     pub instance_type_prefix: Option<String>,
     pub instance_type_not_prefix: Option<String>,
+    /// With an address containing this text.
+    pub ip_contains: Option<String>,
+    /// Whose tags (labels, system labels over them) hold all these keys with these values; with a tag of
+    /// any of `tag_values` (empty: any).
+    pub tags_equal: Vec<(String, String)>,
+    pub tag_values: Vec<String>,
+    /// Not in this security group.
+    pub not_in_security_group: Option<Uuid>,
+    /// Last changed at or after, and at or before.
+    pub updated_since: Option<OffsetDateTime>,
+    pub updated_until: Option<OffsetDateTime>,
     /// Also the kept records of deleted instances (see `EngineConfig::deleted_retention`).
     pub with_destroyed: bool,
     pub order: InstanceOrder,
@@ -48,6 +62,9 @@ pub struct OperationWindow {
     pub states: Vec<OperationState>,
     /// Of any of these kinds (empty: any).
     pub kinds: Vec<Action>,
+    /// Created at or after, and at or before.
+    pub created_since: Option<OffsetDateTime>,
+    pub created_until: Option<OffsetDateTime>,
     pub newest_first: bool,
     pub offset: u64,
     /// At most this many (`None`: all from the offset on).
@@ -118,6 +135,12 @@ impl Engine {
             instance_types: window.instance_type.iter().cloned().collect(),
             instance_type_prefix: window.instance_type_prefix.clone(),
             instance_type_not_prefix: window.instance_type_not_prefix.clone(),
+            ip_contains: window.ip_contains.clone(),
+            tags_equal: window.tags_equal.clone(),
+            tag_values: window.tag_values.clone(),
+            not_in_security_group: window.not_in_security_group,
+            updated_since: window.updated_since,
+            updated_until: window.updated_until,
             with_destroyed: window.with_destroyed,
             order: window.order,
             ..Default::default()
@@ -132,13 +155,7 @@ impl Engine {
         window: &OperationWindow,
         keep: impl Fn(&Operation) -> bool,
     ) -> Result<NumberedPage<Operation>> {
-        let query = OperationQuery {
-            project_id: Some(ctx.project.id),
-            states: window.states.clone(),
-            kinds: window.kinds.clone(),
-            newest_first: window.newest_first,
-            ..Default::default()
-        };
+        let query = operation_query(ctx, window);
         let end = window.limit.map_or(u64::MAX, |l| window.offset.saturating_add(l.into()));
         let (mut count, mut read, mut items) = (0u64, 0u32, Vec::new());
         loop {
@@ -164,13 +181,7 @@ impl Engine {
     /// Like [`Engine::operation_window_where`] with nothing but what the store chooses by: one window and
     /// the count, both from the store.
     pub async fn operation_window(&self, ctx: &Context, window: &OperationWindow) -> Result<NumberedPage<Operation>> {
-        let query = OperationQuery {
-            project_id: Some(ctx.project.id),
-            states: window.states.clone(),
-            kinds: window.kinds.clone(),
-            newest_first: window.newest_first,
-            ..Default::default()
-        };
+        let query = operation_query(ctx, window);
         let count = self.store.count_operations(&query).await.map_err(store_err)?;
         let (Ok(offset), false) = (u32::try_from(window.offset), window.limit == Some(0)) else {
             return Ok(NumberedPage { count, items: Vec::new() });
@@ -185,5 +196,17 @@ impl Engine {
     pub async fn unfinished_operations(&self, ctx: &Context) -> Result<Vec<Operation>> {
         let query = OperationQuery { project_id: Some(ctx.project.id), unfinished: true, ..Default::default() };
         self.store.list_operations(&query).await.map_err(store_err)
+    }
+}
+
+fn operation_query(ctx: &Context, window: &OperationWindow) -> OperationQuery {
+    OperationQuery {
+        project_id: Some(ctx.project.id),
+        states: window.states.clone(),
+        kinds: window.kinds.clone(),
+        created_since: window.created_since,
+        created_until: window.created_until,
+        newest_first: window.newest_first,
+        ..Default::default()
     }
 }

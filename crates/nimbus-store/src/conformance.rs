@@ -460,6 +460,73 @@ pub async fn instances_page_by_offset_in_any_order_with_a_count(store: &dyn Stor
     assert_eq!(store.count_instances(&gpu).await.unwrap(), 0);
 }
 
+/// What a provider's list filters by besides names and types, chosen in the store: a part of an address,
+/// tags (a system label over a user label of the same key), a security group left out, the time of the last
+/// change; and operations by the time they were made.
+pub async fn instances_and_operations_filter_by_addresses_tags_groups_and_times(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let (group, t0) = (Uuid::new_v4(), nimbus_core::now() - time::Duration::hours(3));
+    let mut made = Vec::new();
+    for n in 0..3i64 {
+        let mut i = instance(p.id, &format!("i{n}"), 1);
+        i.ip_addresses = vec![format!("10.0.0.{}", 10 + n)];
+        i.updated_at = t0 + time::Duration::hours(n);
+        i.labels.insert("env".into(), if n == 0 { "prod".into() } else { "dev".into() });
+        made.push(i);
+    }
+    made[1].system_labels.insert("env".into(), "prod".into());
+    made[2].labels.insert("team".into(), "blue".into());
+    made[2].security_groups = vec![group];
+    for i in &made {
+        store.apply(insert(i)).await.unwrap();
+    }
+    let ids = |q: InstanceQuery| async move {
+        store.list_instances(&q).await.unwrap().iter().map(|i| i.id).collect::<Vec<_>>()
+    };
+    let all = InstanceQuery { project_id: Some(p.id), ..Default::default() };
+    let [a, b, c] = [made[0].id, made[1].id, made[2].id];
+    assert_eq!(
+        ids(InstanceQuery { ip_contains: Some("0.0.11".into()), ..all.clone() }).await,
+        [b],
+        "a part of an address"
+    );
+    assert_eq!(ids(InstanceQuery { ip_contains: Some("10.0.0.".into()), ..all.clone() }).await, [a, b, c]);
+    let prod = InstanceQuery { tags_equal: vec![("env".into(), "prod".into())], ..all.clone() };
+    assert_eq!(ids(prod).await, [a, b], "the system label over the user label");
+    let both =
+        InstanceQuery { tags_equal: vec![("env".into(), "dev".into()), ("team".into(), "blue".into())], ..all.clone() };
+    assert_eq!(ids(both).await, [c], "every pair");
+    let dev = InstanceQuery { tag_values: vec!["dev".into(), "nothing".into()], ..all.clone() };
+    assert_eq!(ids(dev).await, [c], "a user value under a system label of its key is no tag");
+    assert_eq!(ids(InstanceQuery { tag_values: vec!["blue".into()], ..all.clone() }).await, [c]);
+    assert_eq!(ids(InstanceQuery { not_in_security_group: Some(group), ..all.clone() }).await, [a, b]);
+    let since = InstanceQuery { updated_since: Some(t0 + time::Duration::minutes(30)), ..all.clone() };
+    assert_eq!(ids(since).await, [b, c], "changed since");
+    let until = InstanceQuery { updated_until: Some(made[1].updated_at), ..all.clone() };
+    assert_eq!(ids(until).await, [a, b], "changed until, the bound included");
+    assert_eq!(
+        store.count_instances(&InstanceQuery { tag_values: vec!["prod".into()], ..all.clone() }).await.unwrap(),
+        2
+    );
+
+    let mut ops = Vec::new();
+    for n in 0..3i64 {
+        let mut op = operation(p.id);
+        op.created_at = t0 + time::Duration::hours(n);
+        insert_operation(store, &op).await;
+        ops.push(op.id);
+    }
+    let all = OperationQuery { project_id: Some(p.id), ..Default::default() };
+    let window = OperationQuery {
+        created_since: Some(t0 + time::Duration::minutes(30)),
+        created_until: Some(t0 + time::Duration::hours(2)),
+        ..all
+    };
+    let found: Vec<Uuid> = store.list_operations(&window).await.unwrap().iter().map(|o| o.id).collect();
+    assert_eq!(found, [ops[1], ops[2]], "made between, the bounds included");
+    assert_eq!(store.count_operations(&window).await.unwrap(), 2);
+}
+
 /// A deleted instance's record kept `destroyed` (for the dialects that show deleted instances a while) is
 /// invisible to `get_instance`, default listings and usage; it is listed when asked for, and its project's
 /// deletion takes it along.
@@ -1458,6 +1525,7 @@ macro_rules! conformance_tests {
             instances_page_by_id_within_a_project,
             instances_page_by_offset_in_any_order_with_a_count,
             operations_page_by_offset_newest_first_with_a_count,
+            instances_and_operations_filter_by_addresses_tags_groups_and_times,
             destroyed_records_are_kept_out_of_sight_until_asked_for,
             instances_are_numbered_once_and_never_reuse_a_number,
             a_restarted_server_takes_back_every_lease_its_claims_held,

@@ -247,6 +247,18 @@ pub struct InstanceQuery {
     pub instance_type_prefix: Option<String>,
     /// Only instance types whose name does not begin with this.
     pub instance_type_not_prefix: Option<String>,
+    /// Only instances with an address whose text contains this.
+    pub ip_contains: Option<String>,
+    /// Only instances whose tags (the labels, with the system labels over them) hold every one of these
+    /// keys with that value.
+    pub tags_equal: Vec<(String, String)>,
+    /// Only instances with a tag (as in `tags_equal`) of any of these values (empty: any).
+    pub tag_values: Vec<String>,
+    /// Only instances not in this security group.
+    pub not_in_security_group: Option<Uuid>,
+    /// Only instances last changed at or after this time, and at or before this one.
+    pub updated_since: Option<time::OffsetDateTime>,
+    pub updated_until: Option<time::OffsetDateTime>,
     /// Keyset pagination: only ids greater than this one.
     pub after: Option<Uuid>,
     /// Keyset pagination backwards: only ids smaller than this one, the nearest first (descending order).
@@ -284,6 +296,9 @@ pub struct OperationQuery {
     pub states: Vec<OperationState>,
     /// Of any of these kinds (empty: any).
     pub kinds: Vec<nimbus_core::state_machine::Action>,
+    /// Only operations created at or after this time, and at or before this one.
+    pub created_since: Option<time::OffsetDateTime>,
+    pub created_until: Option<time::OffsetDateTime>,
     /// Keyset pagination, oldest first: only ids greater than this one.
     pub after: Option<Uuid>,
     /// Newest first instead of oldest first (ids are time-ordered).

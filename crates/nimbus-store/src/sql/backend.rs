@@ -45,6 +45,29 @@ impl Backend {
         }
     }
 
+    /// A table of the document's array `field`'s items (as text in column `value`), or of its object's
+    /// entries (`key`, `value`), for a subquery of a row's document.
+    pub(crate) fn json_items(self, field: &str, object: bool) -> String {
+        match (self, object) {
+            (Backend::Sqlite, _) => format!("json_each(body, '$.{field}')"),
+            (Backend::Postgres, false) => {
+                format!("jsonb_array_elements_text(CAST(body AS jsonb) -> '{field}') AS a(value)")
+            }
+            (Backend::Postgres, true) => format!("jsonb_each_text(CAST(body AS jsonb) -> '{field}') AS e(key, value)"),
+        }
+    }
+
+    /// The condition that the document's RFC 3339 time `field` is `op` (`>=`, `<=`) the time `{}` (RFC 3339
+    /// text): compared as times, since their texts differ in their fractions of a second.
+    pub(crate) fn time_compare(self, field: &str, op: &str) -> String {
+        match self {
+            Backend::Sqlite => format!("julianday(json_extract(body, '$.{field}')) {op} julianday({{}})"),
+            Backend::Postgres => {
+                format!("CAST(CAST(body AS jsonb) ->> '{field}' AS timestamptz) {op} CAST(CAST({{}} AS TEXT) AS timestamptz)")
+            }
+        }
+    }
+
     /// The condition that `column` contains the text of the placeholder `{}` as it is (SQLite's `LIKE`
     /// ignores ASCII case and PostgreSQL's does not, so neither is used).
     pub(crate) fn contains_text(self, column: &'static str) -> String {

@@ -166,6 +166,21 @@ impl Filtered {
         self
     }
 
+    /// Appends ` AND {condition}` where `condition` holds `{0}`, `{1}`, ... for `values`' placeholders (each
+    /// may stand more than once) and `{*}` for all of them, comma-separated.
+    pub(crate) fn and_with(&mut self, condition: &str, values: Vec<Arg>) -> &mut Filtered {
+        let mut condition = condition.to_string();
+        let mut all = Vec::new();
+        for (n, v) in values.into_iter().enumerate() {
+            self.args.push(v);
+            let placeholder = format!("${}", self.args.len());
+            condition = condition.replace(&format!("{{{n}}}"), &placeholder);
+            all.push(placeholder);
+        }
+        self.sql.push_str(&format!(" AND {}", condition.replace("{*}", &all.join(", "))));
+        self
+    }
+
     /// Appends SQL that binds nothing.
     pub(crate) fn push(&mut self, sql: &str) -> &mut Filtered {
         self.sql.push_str(sql);
@@ -539,6 +554,38 @@ impl SqlStore {
         if let Some(prefix) = &q.instance_type_not_prefix {
             sql.and_where(&starts("NOT "), prefix);
         }
+        // Addresses, tags, groups and the time of the last change are read from the document too.
+        let b = self.backend;
+        if let Some(part) = &q.ip_contains {
+            let items = b.json_items("ip_addresses", false);
+            sql.and_where(&format!("EXISTS (SELECT 1 FROM {items} WHERE {})", b.contains_text("value")), part);
+        }
+        let (system, user) = (b.json_items("system_labels", true), b.json_items("labels", true));
+        for (key, value) in &q.tags_equal {
+            // A tag's value: the system label's, else the user label's.
+            let tag = format!(
+                "COALESCE((SELECT value FROM {system} WHERE key = {{0}}), (SELECT value FROM {user} WHERE key = {{0}}))"
+            );
+            sql.and_with(&format!("{tag} = {{1}}"), vec![key.into(), value.into()]);
+        }
+        if !q.tag_values.is_empty() {
+            let values = q.tag_values.iter().map(Arg::from).collect();
+            let condition = format!(
+                "(EXISTS (SELECT 1 FROM {system} WHERE value IN ({{*}})) OR EXISTS (SELECT 1 FROM {user} \
+                 WHERE value IN ({{*}}) AND key NOT IN (SELECT key FROM {system})))"
+            );
+            sql.and_with(&condition, values);
+        }
+        if let Some(group) = q.not_in_security_group {
+            let items = b.json_items("security_groups", false);
+            sql.and_where(&format!("NOT EXISTS (SELECT 1 FROM {items} WHERE value = {{}})"), group);
+        }
+        if let Some(t) = q.updated_since {
+            sql.and_where(&b.time_compare("updated_at", ">="), rfc3339(t));
+        }
+        if let Some(t) = q.updated_until {
+            sql.and_where(&b.time_compare("updated_at", "<="), rfc3339(t));
+        }
         sql
     }
 
@@ -571,7 +618,17 @@ fn operations_matching(backend: Backend, select: &str, q: &OperationQuery) -> Fi
         };
         sql.any_of(kind, q.kinds.iter().map(|k| Arg::from(k.as_str())));
     }
+    if let Some(t) = q.created_since {
+        sql.and_where(&backend.time_compare("created_at", ">="), rfc3339(t));
+    }
+    if let Some(t) = q.created_until {
+        sql.and_where(&backend.time_compare("created_at", "<="), rfc3339(t));
+    }
     sql
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 async fn set_pragmas(conn: &mut AnyConnection, in_memory: bool) -> Result<(), sqlx::Error> {

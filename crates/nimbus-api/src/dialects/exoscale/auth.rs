@@ -64,6 +64,20 @@ impl FromRequest<AppState> for Signed {
 }
 
 impl Signed {
+    /// The path's resource id; a malformed one is `what` not found.
+    pub fn id(&self, what: &str) -> ExoResult<uuid::Uuid> {
+        super::handlers::parse_id(what, &self.segment)
+    }
+
+    /// The path's resource id and the `:action` after it, if there is one.
+    pub fn id_and_action(&self, what: &str) -> ExoResult<(uuid::Uuid, Option<&str>)> {
+        let (id, action) = match self.segment.split_once(':') {
+            Some((id, action)) => (id, Some(action)),
+            None => (self.segment.as_str(), None),
+        };
+        Ok((super::handlers::parse_id(what, id)?, action))
+    }
+
     /// The body as `T`. A missing or blank body is `{}`: the Python SDK sends none for `start_instance(id=…)`
     /// although the spec marks the body required.
     pub fn json<T: DeserializeOwned>(&self) -> ExoResult<T> {

@@ -10,7 +10,7 @@
 //! volume from a snapshot is its way), so the core's revert is not offered here; nor is a volume made from
 //! a snapshot yet.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use nimbus_core::labels::Labels;
 use nimbus_core::volume::{Volume, VolumeSnapshot, VolumeSnapshotState, VolumeState};
@@ -20,9 +20,12 @@ use serde_json::{json, Value};
 
 use super::auth::Signed;
 use super::errors::{ExoError, ExoResult};
-use super::handlers::{parse_id, receipt, Ref};
+use super::handlers::{receipt, Ref};
 use super::views;
 use crate::AppState;
+
+const VOLUME: &str = "Block storage volume";
+const SNAPSHOT: &str = "Block storage snapshot";
 
 /// How long a resize is waited for before the volume is answered as it is (still growing).
 const RESIZE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -99,9 +102,10 @@ struct CreateBody {
     block_storage_snapshot: Option<Ref>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A volume's or a snapshot's update, and a snapshot's create.
+#[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct UpdateBody {
+struct NameAndLabels {
     name: Option<String>,
     /// Replaces the whole map; `null` (egoscale sends it on every update) leaves it unchanged.
     labels: Option<Labels>,
@@ -144,34 +148,26 @@ pub async fn create(State(app): State<AppState>, signed: Signed) -> ExoResult<Js
     Ok(Json(views::operation(&op)))
 }
 
-pub async fn get(State(app): State<AppState>, Path(id): Path<String>, signed: Signed) -> ExoResult<Json<Value>> {
-    let id = parse_id("Block storage volume", &id)?;
+pub async fn get(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = signed.id(VOLUME)?;
     let v = app.engine.volume(&signed.ctx, id).await?;
     let snapshots = app.engine.list_volume_snapshots(&signed.ctx, Some(id)).await?;
     Ok(Json(volume_view_with(&v, &snapshots)))
 }
 
-pub async fn delete(State(app): State<AppState>, Path(id): Path<String>, signed: Signed) -> ExoResult<Json<Value>> {
-    let id = parse_id("Block storage volume", &id)?;
+pub async fn delete(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = signed.id(VOLUME)?;
     let op = app.engine.delete_volume(&signed.ctx, id).await?;
     Ok(Json(views::operation(&op)))
 }
 
 /// `PUT /v2/block-storage/{id}` (update) and `PUT /v2/block-storage/{id}:{action}`.
-pub async fn put_segment(
-    State(app): State<AppState>,
-    Path(segment): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
+pub async fn put_segment(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
     let ctx = &signed.ctx;
-    let (id, action) = match segment.split_once(':') {
-        Some((id, action)) => (id, Some(action)),
-        None => (segment.as_str(), None),
-    };
-    let id = parse_id("Block storage volume", id)?;
+    let (id, action) = signed.id_and_action(VOLUME)?;
     let op = match action {
         None => {
-            let body: UpdateBody = signed.json()?;
+            let body: NameAndLabels = signed.json()?;
             let patch = VolumePatch { name: body.name, replace_labels: body.labels, ..Default::default() };
             let v = app.engine.update_volume(ctx, id, patch).await?;
             return receipt(&app, ctx, reference(v.id)).await;
@@ -203,38 +199,18 @@ pub async fn put_segment(
     Ok(Json(views::operation(&op)))
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct CreateSnapshotBody {
-    name: Option<String>,
-    labels: Option<Labels>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct UpdateSnapshotBody {
-    name: Option<String>,
-    /// Replaces the whole map; `null` leaves it unchanged.
-    labels: Option<Labels>,
-}
-
 /// `POST /v2/block-storage/{id}:create-snapshot`: an operation whose reference is the new snapshot.
-pub async fn post_segment(
-    State(app): State<AppState>,
-    Path(segment): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
-    let (id, action) = segment.split_once(':').ok_or_else(|| ExoError::not_found("Action"))?;
-    let id = parse_id("Block storage volume", id)?;
-    match action {
-        "create-snapshot" => {
-            let body: CreateSnapshotBody = signed.json()?;
+pub async fn post_segment(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    match signed.id_and_action(VOLUME)? {
+        (_, None) => Err(ExoError::not_found("Action")),
+        (id, Some("create-snapshot")) => {
+            let body: NameAndLabels = signed.json()?;
             let req =
                 CreateVolumeSnapshot { name: body.name.unwrap_or_default(), labels: body.labels.unwrap_or_default() };
             let (op, _) = app.engine.create_volume_snapshot(&signed.ctx, id, req).await?;
             Ok(Json(views::operation(&op)))
         }
-        other => {
+        (id, Some(other)) => {
             app.engine.volume(&signed.ctx, id).await?;
             Err(ExoError::not_found(&format!("Action {other}")))
         }
@@ -246,23 +222,15 @@ pub async fn list_snapshots(State(app): State<AppState>, signed: Signed) -> ExoR
     Ok(Json(json!({ "block-storage-snapshots": snapshots.iter().map(snapshot_view).collect::<Vec<_>>() })))
 }
 
-pub async fn get_snapshot(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
-    let id = parse_id("Block storage snapshot", &id)?;
+pub async fn get_snapshot(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = signed.id(SNAPSHOT)?;
     Ok(Json(snapshot_view(&app.engine.volume_snapshot(&signed.ctx, id).await?)))
 }
 
 /// `PUT /v2/block-storage-snapshot/{id}`: name and labels (the whole map), done at once.
-pub async fn update_snapshot(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
-    let id = parse_id("Block storage snapshot", &id)?;
-    let body: UpdateSnapshotBody = signed.json()?;
+pub async fn update_snapshot(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = signed.id(SNAPSHOT)?;
+    let body: NameAndLabels = signed.json()?;
     let patch = VolumeSnapshotPatch { name: body.name, replace_labels: body.labels, ..Default::default() };
     let s = app.engine.update_volume_snapshot(&signed.ctx, id, patch).await?;
     let reference = json!({
@@ -273,12 +241,8 @@ pub async fn update_snapshot(
     receipt(&app, &signed.ctx, reference).await
 }
 
-pub async fn delete_snapshot(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
-    let id = parse_id("Block storage snapshot", &id)?;
+pub async fn delete_snapshot(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
+    let id = signed.id(SNAPSHOT)?;
     let op = app.engine.delete_volume_snapshot(&signed.ctx, id).await?;
     Ok(Json(views::operation(&op)))
 }

@@ -221,7 +221,7 @@ pub async fn list_zones(State(app): State<AppState>, headers: HeaderMap) -> ExoR
 // Operations.
 
 pub async fn get_operation(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let id = parse_id("Operation", &signed.segment)?;
+    let id = signed.id("Operation")?;
     // Clients poll every 3 s or more; holding a pending operation up to a second lets most of them see
     // the end of a short one at their first poll instead of one sleep later.
     match app.engine.wait_operation(&signed.ctx, id, OPERATION_HOLD).await {
@@ -337,21 +337,19 @@ pub async fn create(State(app): State<AppState>, signed: Signed) -> ExoResult<Js
             ssh_keys.insert(0, name);
         }
     }
-    let security_group_refs = body.security_groups.unwrap_or_default();
-    let security_groups = if security_group_refs.iter().all(Ref::has_id) {
-        referenced_groups(&security_group_refs, "security-groups", &[])?
-    } else {
-        let named: Vec<_> = app.engine.list_security_groups(ctx).await?.into_iter().map(|g| (g.id, g.name)).collect();
-        referenced_groups(&security_group_refs, "security-groups", &named)?
+    // Groups' names are read only when some reference has no id.
+    let refs = body.security_groups.unwrap_or_default();
+    let named = match refs.iter().all(Ref::has_id) {
+        true => vec![],
+        false => app.engine.list_security_groups(ctx).await?.into_iter().map(|g| (g.id, g.name)).collect(),
     };
-    let anti_affinity_refs = body.anti_affinity_groups.unwrap_or_default();
-    let anti_affinity_groups = if anti_affinity_refs.iter().all(Ref::has_id) {
-        referenced_groups(&anti_affinity_refs, "anti-affinity-groups", &[])?
-    } else {
-        let named: Vec<_> =
-            app.engine.list_anti_affinity_groups(ctx).await?.into_iter().map(|g| (g.id, g.name)).collect();
-        referenced_groups(&anti_affinity_refs, "anti-affinity-groups", &named)?
+    let security_groups = referenced_groups(&refs, "security-groups", &named)?;
+    let refs = body.anti_affinity_groups.unwrap_or_default();
+    let named = match refs.iter().all(Ref::has_id) {
+        true => vec![],
+        false => app.engine.list_anti_affinity_groups(ctx).await?.into_iter().map(|g| (g.id, g.name)).collect(),
     };
+    let anti_affinity_groups = referenced_groups(&refs, "anti-affinity-groups", &named)?;
     let mut ext = Map::new();
     ext.insert("public-ip-assignment".into(), json!(assignment));
     ext.insert(
@@ -386,23 +384,16 @@ pub async fn create(State(app): State<AppState>, signed: Signed) -> ExoResult<Js
     Ok(Json(views::operation(&op)))
 }
 
-async fn instance_of(app: &AppState, ctx: &Context, id: &str) -> ExoResult<Instance> {
-    let id = parse_id("Instance", id)?;
-    Ok(app.engine.instance(ctx, id).await?)
-}
-
 /// `GET /v2/instance/{id}` and `GET /v2/instance/{id}:password`.
 pub async fn get_segment(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let segment = signed.segment.clone();
     let ctx = &signed.ctx;
-    match segment.split_once(':') {
-        None => {
-            let i = instance_of(&app, ctx, &segment).await?;
+    match signed.id_and_action("Instance")? {
+        (id, None) => {
+            let i = app.engine.instance(ctx, id).await?;
             let renderer = Renderer::new(&app, ctx).await?;
             Ok(Json(renderer.instance(&app, ctx, &i).await))
         }
-        Some((id, "password")) => {
-            let id = parse_id("Instance", id)?;
+        (id, Some("password")) => {
             let p = app.engine.reveal_password(ctx, id).await.map_err(|e| match e {
                 DomainError::NotFound { kind: "password", .. } => {
                     ExoError::not_found("Password (none was set in the last 24 hours)")
@@ -411,7 +402,7 @@ pub async fn get_segment(State(app): State<AppState>, signed: Signed) -> ExoResu
             })?;
             Ok(Json(json!({ "password": p.password })))
         }
-        Some(_) => Err(ExoError::not_found("Operation")),
+        (_, Some(_)) => Err(ExoError::not_found("Operation")),
     }
 }
 
@@ -429,7 +420,7 @@ struct UpdateBody {
 
 pub async fn update(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
     let ctx = &signed.ctx;
-    let id = parse_id("Instance", &signed.segment)?;
+    let id = signed.id("Instance")?;
     let body: UpdateBody = signed.json()?;
     check_ip_assignment(body.public_ip_assignment.as_deref())?;
     let mut patch =
@@ -466,11 +457,9 @@ pub async fn reset_field(
 }
 
 pub async fn delete(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let segment = signed.segment.clone();
-    if segment.contains(':') {
+    let (id, None) = signed.id_and_action("Instance")? else {
         return Err(ExoError::not_found("Operation"));
-    }
-    let id = parse_id("Instance", &segment)?;
+    };
     let op = app.engine.act(&signed.ctx, id, ActionRequest::Delete).await.map_err(refusal(Action::Delete))?;
     Ok(Json(views::operation(&op)))
 }
@@ -543,12 +532,10 @@ struct Empty {}
 
 /// `PUT /v2/instance/{id}` (update) and `PUT /v2/instance/{id}:<action>`.
 pub async fn put_segment(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let segment = signed.segment.clone();
-    let Some((id, action)) = segment.split_once(':') else {
+    let (id, Some(action)) = signed.id_and_action("Instance")? else {
         return update(State(app), signed).await;
     };
     let ctx = &signed.ctx;
-    let id = parse_id("Instance", id)?;
     let request = match action {
         "start" => {
             let body: StartBody = signed.json()?;
@@ -599,12 +586,10 @@ pub async fn put_segment(State(app): State<AppState>, signed: Signed) -> ExoResu
 
 /// `POST /v2/instance/{id}:create-snapshot|:revert-snapshot|:enable-tpm`.
 pub async fn post_segment(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let segment = signed.segment.clone();
-    let Some((id, action)) = segment.split_once(':') else {
+    let (id, Some(action)) = signed.id_and_action("Instance")? else {
         return Err(ExoError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "Method POST not allowed"));
     };
     let ctx = &signed.ctx;
-    let id = parse_id("Instance", id)?;
     let request = match action {
         "create-snapshot" => {
             signed.json::<Empty>()?;
@@ -628,15 +613,9 @@ pub async fn post_segment(State(app): State<AppState>, signed: Signed) -> ExoRes
 /// Nimbus's proxy is its native serial-console websocket with a single-use console ticket in the query
 /// (`/v1/instances/{id}/console/stream?ticket=…`), so the URL works without this key's signature; `path`
 /// carries the query too, so `host` and `path` rebuild the URL.
-pub async fn console_url(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    signed: Signed,
-) -> ExoResult<Json<Value>> {
-    let i = instance_of(&app, &signed.ctx, &id).await?;
+pub async fn console_url(State(app): State<AppState>, headers: HeaderMap, signed: Signed) -> ExoResult<Json<Value>> {
     // The engine refuses a console to an instance that is not running; Exoscale words it so.
-    let ticket = app.engine.console_ticket(&signed.ctx, i.id).await.map_err(|e| match e {
+    let ticket = app.engine.console_ticket(&signed.ctx, signed.id("Instance")?).await.map_err(|e| match e {
         DomainError::InvalidState { .. } => ExoError::bad_request("Only running instances have a console."),
         other => other.into(),
     })?;
@@ -669,8 +648,7 @@ pub fn valid_domain(name: &str) -> bool {
 }
 
 pub async fn get_reverse_dns(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let id = signed.segment.clone();
-    let i = instance_of(&app, &signed.ctx, &id).await?;
+    let i = app.engine.instance(&signed.ctx, signed.id("Instance")?).await?;
     match views::ext_str(&i, "reverse-dns") {
         Some(name) => Ok(Json(json!({ "domain-name": name }))),
         None => Err(ExoError::not_found("Reverse DNS record")),
@@ -679,7 +657,7 @@ pub async fn get_reverse_dns(State(app): State<AppState>, signed: Signed) -> Exo
 
 pub async fn set_reverse_dns(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
     let ctx = &signed.ctx;
-    let id = parse_id("Instance", &signed.segment)?;
+    let id = signed.id("Instance")?;
     let name = signed.json::<ReverseDnsBody>()?.domain_name()?;
     let mut patch = InstancePatch::default();
     patch.extensions.insert(EXT.into(), json!({ "reverse-dns": name }));
@@ -689,7 +667,7 @@ pub async fn set_reverse_dns(State(app): State<AppState>, signed: Signed) -> Exo
 
 pub async fn delete_reverse_dns(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
     let ctx = &signed.ctx;
-    let id = parse_id("Instance", &signed.segment)?;
+    let id = signed.id("Instance")?;
     app.engine
         .update_instance_with(ctx, id, |current| {
             if views::ext_str(current, "reverse-dns").is_none() {

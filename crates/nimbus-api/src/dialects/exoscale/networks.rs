@@ -14,17 +14,17 @@ use serde_json::{json, Value};
 
 use super::auth::Signed;
 use super::errors::{ExoError, ExoResult};
-use super::handlers::{parse_id, receipt, ReverseDnsBody};
+use super::handlers::{receipt, ReverseDnsBody};
 use super::resources::InstanceBody;
 use super::views;
 use crate::AppState;
 
-fn network_ref(id: uuid::Uuid) -> Value {
-    views::reference("private-network", id, &id.to_string())
-}
+const NETWORK: &str = "Private network";
+const ELASTIC_IP: &str = "Elastic IP";
 
-fn elastic_ip_ref(id: uuid::Uuid) -> Value {
-    views::reference("elastic-ip", id, &id.to_string())
+/// The finished operation of a change to the `kind` (`private-network`, `elastic-ip`) `id`.
+async fn done(app: &AppState, signed: &Signed, kind: &str, id: uuid::Uuid) -> ExoResult<Json<Value>> {
+    receipt(app, &signed.ctx, views::reference(kind, id, &id.to_string())).await
 }
 
 // Private networks.
@@ -73,49 +73,42 @@ pub async fn create_private_network(State(app): State<AppState>, signed: Signed)
         return Err(ExoError::bad_request("Missing parameter name"));
     }
     let n = app.engine.create_private_network(&signed.ctx, body.spec()?).await?;
-    receipt(&app, &signed.ctx, network_ref(n.id)).await
+    done(&app, &signed, "private-network", n.id).await
 }
 
 pub async fn get_private_network(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let id = parse_id("Private network", &signed.segment)?;
-    Ok(Json(views::private_network(&app.engine.private_network(&signed.ctx, id).await?)))
+    Ok(Json(views::private_network(&app.engine.private_network(&signed.ctx, signed.id(NETWORK)?).await?)))
 }
 
 pub async fn delete_private_network(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let id = parse_id("Private network", &signed.segment)?;
+    let id = signed.id(NETWORK)?;
     app.engine.delete_private_network(&signed.ctx, id).await?;
-    receipt(&app, &signed.ctx, network_ref(id)).await
+    done(&app, &signed, "private-network", id).await
 }
 
 /// `PUT /v2/private-network/{id}` (update) and `{id}:attach|:detach|:update-ip`.
 pub async fn put_private_network(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let segment = signed.segment.clone();
     let ctx = &signed.ctx;
-    let Some((id, action)) = segment.split_once(':') else {
-        let id = parse_id("Private network", &segment)?;
-        let body: NetworkBody = signed.json()?;
-        app.engine.update_private_network(ctx, id, body.spec()?).await?;
-        return receipt(&app, ctx, network_ref(id)).await;
+    let (id, action) = signed.id_and_action(NETWORK)?;
+    let Some(action) = action else {
+        app.engine.update_private_network(ctx, id, signed.json::<NetworkBody>()?.spec()?).await?;
+        return done(&app, &signed, "private-network", id).await;
     };
-    let id = parse_id("Private network", id)?;
     let body: InstanceBody = signed.json()?;
     let instance = body.instance_id()?;
     match action {
-        "attach" => {
-            app.engine.attach_private_network(ctx, id, instance, body.ip, false).await?;
+        "attach" | "update-ip" => {
+            app.engine.attach_private_network(ctx, id, instance, body.ip, action == "update-ip").await?;
         }
-        "update-ip" => {
-            app.engine.attach_private_network(ctx, id, instance, body.ip, true).await?;
+        "detach" if body.ip.is_some() => {
+            return Err(ExoError::bad_request("Invalid parameter ip: detach takes none"));
         }
         "detach" => {
-            if body.ip.is_some() {
-                return Err(ExoError::bad_request("Invalid parameter ip: detach takes none"));
-            }
             app.engine.detach_private_network(ctx, id, instance).await?;
         }
         _ => return Err(ExoError::not_found("Operation")),
     }
-    receipt(&app, ctx, network_ref(id)).await
+    done(&app, &signed, "private-network", id).await
 }
 
 // Elastic IPs.
@@ -158,39 +151,34 @@ pub async fn list_elastic_ips(State(app): State<AppState>, signed: Signed) -> Ex
 pub async fn create_elastic_ip(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
     let body: ElasticIpBody = signed.json()?;
     body.check()?;
-    let e = app
-        .engine
-        .create_elastic_ip(&signed.ctx, body.description.as_deref().unwrap_or(""), body.labels.unwrap_or_default())
-        .await?;
-    receipt(&app, &signed.ctx, elastic_ip_ref(e.id)).await
+    let labels = body.labels.unwrap_or_default();
+    let e = app.engine.create_elastic_ip(&signed.ctx, body.description.as_deref().unwrap_or(""), labels).await?;
+    done(&app, &signed, "elastic-ip", e.id).await
 }
 
 pub async fn get_elastic_ip(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let id = parse_id("Elastic IP", &signed.segment)?;
-    Ok(Json(views::elastic_ip(&app.engine.elastic_ip(&signed.ctx, id).await?)))
+    Ok(Json(views::elastic_ip(&app.engine.elastic_ip(&signed.ctx, signed.id(ELASTIC_IP)?).await?)))
 }
 
 pub async fn delete_elastic_ip(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let id = parse_id("Elastic IP", &signed.segment)?;
+    let id = signed.id(ELASTIC_IP)?;
     app.engine.delete_elastic_ip(&signed.ctx, id).await?;
-    receipt(&app, &signed.ctx, elastic_ip_ref(id)).await
+    done(&app, &signed, "elastic-ip", id).await
 }
 
 /// `PUT /v2/elastic-ip/{id}` (update) and `{id}:attach|:detach`.
 pub async fn put_elastic_ip(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let segment = signed.segment.clone();
     let ctx = &signed.ctx;
-    let Some((id, action)) = segment.split_once(':') else {
-        let id = parse_id("Elastic IP", &segment)?;
+    let (id, action) = signed.id_and_action(ELASTIC_IP)?;
+    let Some(action) = action else {
         let body: ElasticIpBody = signed.json()?;
         if body.addressfamily.is_some() {
             return Err(ExoError::bad_request("Invalid parameter addressfamily: it cannot change"));
         }
         body.check()?;
         app.engine.update_elastic_ip(ctx, id, body.description, body.labels).await?;
-        return receipt(&app, ctx, elastic_ip_ref(id)).await;
+        return done(&app, &signed, "elastic-ip", id).await;
     };
-    let id = parse_id("Elastic IP", id)?;
     let body: InstanceBody = signed.json()?;
     if body.ip.is_some() {
         return Err(ExoError::bad_request("Invalid parameter ip: an elastic IP has its own"));
@@ -201,29 +189,27 @@ pub async fn put_elastic_ip(State(app): State<AppState>, signed: Signed) -> ExoR
         "detach" => app.engine.detach_elastic_ip(ctx, id, instance).await?,
         _ => return Err(ExoError::not_found("Operation")),
     };
-    receipt(&app, ctx, elastic_ip_ref(id)).await
+    done(&app, &signed, "elastic-ip", id).await
 }
 
 // Reverse DNS of an elastic IP: its PTR name, kept on the elastic IP's record.
 
 pub async fn get_elastic_ip_reverse_dns(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let id = parse_id("Elastic IP", &signed.segment)?;
-    let eip = app.engine.elastic_ip(&signed.ctx, id).await?;
-    match eip.reverse_dns {
-        Some(name) => Ok(Json(json!({ "domain-name": name }))),
-        None => Err(ExoError::not_found("Reverse DNS record")),
-    }
+    let eip = app.engine.elastic_ip(&signed.ctx, signed.id(ELASTIC_IP)?).await?;
+    eip.reverse_dns
+        .map(|name| Json(json!({ "domain-name": name })))
+        .ok_or_else(|| ExoError::not_found("Reverse DNS record"))
 }
 
 pub async fn set_elastic_ip_reverse_dns(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let id = parse_id("Elastic IP", &signed.segment)?;
+    let id = signed.id(ELASTIC_IP)?;
     let name = signed.json::<ReverseDnsBody>()?.domain_name()?;
     app.engine.set_elastic_ip_reverse_dns(&signed.ctx, id, Some(name)).await?;
-    receipt(&app, &signed.ctx, elastic_ip_ref(id)).await
+    done(&app, &signed, "elastic-ip", id).await
 }
 
 pub async fn delete_elastic_ip_reverse_dns(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let id = parse_id("Elastic IP", &signed.segment)?;
+    let id = signed.id(ELASTIC_IP)?;
     app.engine.set_elastic_ip_reverse_dns(&signed.ctx, id, None).await?;
-    receipt(&app, &signed.ctx, elastic_ip_ref(id)).await
+    done(&app, &signed, "elastic-ip", id).await
 }

@@ -25,7 +25,7 @@ pub async fn list_instance_types(State(app): State<AppState>, _signed: Signed) -
 }
 
 pub async fn get_instance_type(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let id = parse_id("Instance type", &signed.segment)?;
+    let id = signed.id("Instance type")?;
     let types = app.engine.list_instance_types().await?;
     let t = types.iter().find(|t| t.id == id).ok_or_else(|| ExoError::not_found("Instance type"))?;
     Ok(Json(views::instance_type(t, &zone_names(&app))))
@@ -59,7 +59,7 @@ pub async fn list_templates(State(app): State<AppState>, signed: Signed) -> ExoR
 }
 
 pub async fn get_template(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let id = parse_id("Template", &signed.segment)?;
+    let id = signed.id("Template")?;
     let t = app.engine.template(&signed.ctx, &id.to_string()).await?;
     Ok(Json(views::template(&t, &zone_names(&app))))
 }
@@ -94,7 +94,7 @@ async fn snapshot_view(
 
 pub async fn get_snapshot(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
     let ctx = &signed.ctx;
-    let id = parse_id("Snapshot", &signed.segment)?;
+    let id = signed.id("Snapshot")?;
     let s = app.engine.snapshot(ctx, id).await?;
     let renderer = Renderer::new(&app, ctx).await?;
     let owner = app.engine.instance(ctx, s.instance_id).await.ok();
@@ -102,7 +102,7 @@ pub async fn get_snapshot(State(app): State<AppState>, signed: Signed) -> ExoRes
 }
 
 pub async fn delete_snapshot(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let id = parse_id("Snapshot", &signed.segment)?;
+    let id = signed.id("Snapshot")?;
     let op = app.engine.delete_snapshot(&signed.ctx, id).await?;
     Ok(Json(views::operation(&op)))
 }
@@ -124,11 +124,9 @@ struct PromoteBody {
 /// `POST /v2/snapshot/{id}:promote` (`promote-snapshot-to-template`): a template of the snapshot, private to
 /// the caller's organization; the operation's reference is the template.
 pub async fn post_snapshot_segment(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let segment = signed.segment.clone();
-    let Some((id, action)) = segment.split_once(':') else {
+    let (id, Some(action)) = signed.id_and_action("Snapshot")? else {
         return Err(ExoError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "Method POST not allowed"));
     };
-    let id = parse_id("Snapshot", id)?;
     if action != "promote" {
         return Err(ExoError::not_found("Operation"));
     }
@@ -221,7 +219,7 @@ pub async fn list_security_groups(State(app): State<AppState>, signed: Signed) -
 }
 
 pub async fn get_security_group(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let id = parse_id("Security group", &signed.segment)?;
+    let id = signed.id("Security group")?;
     let g = app.engine.security_group(&signed.ctx, id).await?;
     let all = app.engine.list_security_groups(&signed.ctx).await?;
     Ok(Json(views::security_group(&g, &all)))
@@ -239,12 +237,10 @@ pub async fn create_security_group(State(app): State<AppState>, signed: Signed) 
 /// `PUT /v2/security-group/{id}:attach|:detach` `{"instance": {"id"}}`: the instance's groups change at
 /// once (Nimbus enforces no filtering yet, so nothing runs in the background).
 pub async fn put_security_group_segment(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let segment = signed.segment.clone();
     let ctx = &signed.ctx;
-    let (id, action) = segment
-        .split_once(':')
-        .ok_or_else(|| ExoError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "Method PUT not allowed"))?;
-    let id = parse_id("Security group", id)?;
+    let (id, Some(action)) = signed.id_and_action("Security group")? else {
+        return Err(ExoError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "Method PUT not allowed"));
+    };
     let body: InstanceBody = signed.json()?;
     let instance = body.instance_id()?;
     app.engine.security_group(ctx, id).await?;
@@ -308,7 +304,7 @@ struct IcmpBody {
 /// `POST /v2/security-group/{id}/rules`: the operation refers to the group, which now shows the rule.
 pub async fn add_security_group_rule(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
     let ctx = &signed.ctx;
-    let id = parse_id("Security group", &signed.segment)?;
+    let id = signed.id("Security group")?;
     let body: RuleBody = signed.json()?;
     let source = match body.security_group {
         None => None,
@@ -351,7 +347,7 @@ pub async fn delete_security_group_rule(
 }
 
 pub async fn delete_security_group(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let id = parse_id("Security group", &signed.segment)?;
+    let id = signed.id("Security group")?;
     app.engine.delete_security_group(&signed.ctx, id).await?;
     receipt(&app, &signed.ctx, views::reference("security-group", id, &id.to_string())).await
 }
@@ -371,8 +367,7 @@ pub async fn list_anti_affinity_groups(State(app): State<AppState>, signed: Sign
 }
 
 pub async fn get_anti_affinity_group(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let id = signed.segment.clone();
-    let g = app.engine.anti_affinity_group(&signed.ctx, parse_id("Anti-affinity group", &id)?).await?;
+    let g = app.engine.anti_affinity_group(&signed.ctx, signed.id("Anti-affinity group")?).await?;
     Ok(Json(anti_affinity_views(&app, &signed, vec![g]).await?.remove(0)))
 }
 
@@ -386,7 +381,7 @@ pub async fn create_anti_affinity_group(State(app): State<AppState>, signed: Sig
 }
 
 pub async fn delete_anti_affinity_group(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
-    let id = parse_id("Anti-affinity group", &signed.segment)?;
+    let id = signed.id("Anti-affinity group")?;
     app.engine.delete_anti_affinity_group(&signed.ctx, id).await?;
     receipt(&app, &signed.ctx, views::reference("anti-affinity-group", id, &id.to_string())).await
 }

@@ -99,11 +99,11 @@ pub fn instance_state(state: InstanceState, before: Option<InstanceState>) -> &'
 
 /// A string field of the instance's Exoscale extension map.
 pub fn ext_str<'a>(i: &'a Instance, key: &str) -> Option<&'a str> {
-    i.extensions.get(EXT).and_then(|e| e.get(key)).and_then(Value::as_str)
+    i.extension(EXT, key).and_then(Value::as_str)
 }
 
 pub fn ext_bool(i: &Instance, key: &str) -> bool {
-    i.extensions.get(EXT).and_then(|e| e.get(key)).and_then(Value::as_bool).unwrap_or(false)
+    i.extension(EXT, key).and_then(Value::as_bool).unwrap_or(false)
 }
 
 /// What rendering an instance needs beyond its record.

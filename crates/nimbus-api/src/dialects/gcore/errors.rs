@@ -28,6 +28,11 @@ impl GcoreError {
         GcoreError { status, class, message: message.into(), invalid_fields: None, retry: false }
     }
 
+    /// The same, one the SDK may retry.
+    fn retryable(self) -> GcoreError {
+        GcoreError { retry: true, ..self }
+    }
+
     pub fn not_found(message: impl Into<String>) -> GcoreError {
         GcoreError::new(StatusCode::NOT_FOUND, "NotFoundError", message)
     }
@@ -118,16 +123,14 @@ impl From<DomainError> for GcoreError {
                 GcoreError::new(StatusCode::BAD_REQUEST, "QuotaLimitExceed", format!("Quota exceeded: {m}"))
             }
             // Locked by another task: the one refusal that a retry may get past.
-            DomainError::Busy { instance, operation } => GcoreError {
-                retry: true,
-                ..GcoreError::new(
-                    StatusCode::CONFLICT,
-                    "ResourceLockedError",
-                    format!("Instance {instance} is locked by task {operation}"),
-                )
-            },
+            DomainError::Busy { instance, operation } => GcoreError::new(
+                StatusCode::CONFLICT,
+                "ResourceLockedError",
+                format!("Instance {instance} is locked by task {operation}"),
+            )
+            .retryable(),
             DomainError::Conflict(m) if m.contains("concurrently") || m.contains("many writers") => {
-                GcoreError { retry: true, ..GcoreError::new(StatusCode::CONFLICT, "ConflictError", m) }
+                GcoreError::new(StatusCode::CONFLICT, "ConflictError", m).retryable()
             }
             // Nova answers 409 to an action in the wrong state; no retry can change that.
             e @ DomainError::InvalidState { .. } => {
@@ -137,31 +140,19 @@ impl From<DomainError> for GcoreError {
                 GcoreError::bad_request(e.to_string())
             }
             // Nova's word for it: no compute host qualifies.
-            DomainError::NoCapacity(m) => GcoreError {
-                retry: true,
-                ..GcoreError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "NoValidHost",
-                    format!("No valid host was found. {m}"),
-                )
-            },
+            DomainError::NoCapacity(m) => {
+                GcoreError::new(StatusCode::SERVICE_UNAVAILABLE, "NoValidHost", format!("No valid host was found. {m}"))
+                    .retryable()
+            }
             DomainError::Unavailable(m) => {
                 tracing::error!(error = %m, "unavailable");
-                GcoreError {
-                    retry: true,
-                    ..GcoreError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "ServiceUnavailable",
-                        format!("Service unavailable: {m}"),
-                    )
-                }
+                let message = format!("Service unavailable: {m}");
+                GcoreError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", message).retryable()
             }
             DomainError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
-                GcoreError {
-                    retry: true,
-                    ..GcoreError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", "Internal server error")
-                }
+                let status = StatusCode::INTERNAL_SERVER_ERROR;
+                GcoreError::new(status, "InternalServerError", "Internal server error").retryable()
             }
         }
     }

@@ -8,11 +8,10 @@ use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
 use nimbus_core::instance::{Instance, InstanceState};
-use nimbus_core::labels::Labels;
 use nimbus_core::operation::Operation;
 use nimbus_core::state_machine::Action;
 use nimbus_engine::{ActionRequest, InstanceOrder, InstancePatch, InstanceWindow, NumberedPage};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::common::{
@@ -82,29 +81,22 @@ impl<'a> Renderer<'a> {
 
 // Instances
 
-fn all_tags(i: &Instance) -> Labels {
-    let mut tags = i.labels.clone();
-    tags.extend(i.system_labels.clone());
-    tags
-}
-
 pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) -> GcoreResult<Json<Value>> {
     let q = query_pairs(&uri);
     let limit = query_usize(&q, "limit")?.map(|l| u32::try_from(l).unwrap_or(u32::MAX));
     let offset = query_usize(&q, "offset")?.unwrap_or(0) as u64;
-    let tag_key_value: Option<Map<String, Value>> = query_one(&q, "tag_key_value")
-        .map(|v| match serde_json::from_str::<Value>(v) {
-            Ok(Value::Object(m)) => Ok(m),
-            _ => Err(GcoreError::field("tag_key_value", "Must be a JSON object of tag keys and values")),
-        })
-        .transpose()?;
-    let tag_values = query_all(&q, "tag_value");
+    // A tag's value is text: a pair asking for another value matches no instance.
+    let tags_equal: Option<Vec<(String, String)>> = match query_one(&q, "tag_key_value") {
+        None => Some(Vec::new()),
+        Some(v) => match serde_json::from_str::<Value>(v) {
+            Ok(Value::Object(m)) => m.into_iter().map(|(k, v)| v.as_str().map(|v| (k, v.to_string()))).collect(),
+            _ => return Err(GcoreError::field("tag_key_value", "Must be a JSON object of tag keys and values")),
+        },
+    };
     let statuses = query_all(&q, "status");
-    let since = query_one(&q, "changes_since").map(|v| parse_time("changes_since", v)).transpose()?;
-    let before = query_one(&q, "changes_before").map(|v| parse_time("changes_before", v)).transpose()?;
-    let ip = query_one(&q, "ip");
+    let time = |key| query_one(&q, key).map(|v| parse_time(key, v)).transpose();
     let renderer = Renderer::new(&app, &r).await?;
-    let exclude_group: Option<Uuid> = query_one(&q, "exclude_secgroup")
+    let exclude_group = query_one(&q, "exclude_secgroup")
         .and_then(|n| renderer.group_names.iter().find(|(_, name)| name.as_str() == n).map(|(id, _)| *id));
     let order = match query_one(&q, "order_by").unwrap_or("created.asc") {
         "created.asc" => InstanceOrder::Oldest,
@@ -115,9 +107,11 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
         "status.desc" => InstanceOrder::StateDescending,
         other => return Err(GcoreError::field("order_by", format!("Unknown ordering {other:?}"))),
     };
-    // The store chooses by name, id, flavour and the states that can show the statuses asked for, and
-    // orders; the rest (tags, addresses, groups, times, statuses) is checked while the listing is read.
-    // Deleted instances are gone for Gcore, as its GET says (404), even where their records are kept.
+    let Some(tags_equal) = tags_equal else {
+        return renderer.page(NumberedPage { count: 0, items: Vec::new() }).await;
+    };
+    // The store chooses by all but the statuses, and orders; it narrows statuses to the states that can show
+    // them. Deleted instances are gone for Gcore, as its GET says (404), even where their records are kept.
     let window = InstanceWindow {
         states: statuses
             .iter()
@@ -130,47 +124,30 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
         instance_type: query_one(&q, "flavor_id").map(str::to_string),
         instance_type_prefix: query_one(&q, "flavor_prefix").map(str::to_string),
         instance_type_not_prefix: query_one(&q, "exclude_flavor_prefix").map(str::to_string),
+        ip_contains: query_one(&q, "ip").map(str::to_string),
+        tags_equal,
+        tag_values: query_all(&q, "tag_value").into_iter().map(str::to_string).collect(),
+        not_in_security_group: exclude_group,
+        updated_since: time("changes_since")?,
+        updated_until: time("changes_before")?,
         order,
         offset,
         limit,
         ..Default::default()
     };
-    if statuses.is_empty()
-        && tag_key_value.is_none()
-        && tag_values.is_empty()
-        && since.is_none()
-        && before.is_none()
-        && ip.is_none()
-        && exclude_group.is_none()
-    {
+    if statuses.is_empty() {
         // Nothing but what the store chooses by: one window and the count, from the store.
-        let found = app.engine.instance_window(&r.ctx, &window).await?;
-        return renderer.page(found).await;
+        return renderer.page(app.engine.instance_window(&r.ctx, &window).await?).await;
     }
     // One state can show as several statuses (a deleting instance keeps the one it had), told apart by the
     // operation holding its lock: the project's unfinished operations, read once.
-    let locks: BTreeMap<Uuid, Operation> = match statuses.is_empty() {
-        true => BTreeMap::new(),
-        false => app.engine.unfinished_operations(&r.ctx).await?.into_iter().map(|op| (op.id, op)).collect(),
-    };
+    let locks: BTreeMap<Uuid, Operation> =
+        app.engine.unfinished_operations(&r.ctx).await?.into_iter().map(|op| (op.id, op)).collect();
     let shows_asked_status = |i: &Instance| {
         let lock = i.lock_operation_id.and_then(|id| locks.get(&id));
         statuses.contains(&views::status(i, lock, views::hard_reboot(lock)).0)
     };
-    let keep = |i: &Instance| {
-        let tags = all_tags(i);
-        let pairs_match = tag_key_value
-            .as_ref()
-            .is_none_or(|m| m.iter().all(|(k, v)| tags.get(k).is_some_and(|t| Some(t.as_str()) == v.as_str())));
-        ip.is_none_or(|a| i.ip_addresses.iter().any(|x| x.contains(a)))
-            && exclude_group.is_none_or(|g| !i.security_groups.contains(&g))
-            && since.is_none_or(|t| i.updated_at >= t)
-            && before.is_none_or(|t| i.updated_at <= t)
-            && pairs_match
-            && (tag_values.is_empty() || tags.values().any(|v| tag_values.contains(&v.as_str())))
-            && (statuses.is_empty() || shows_asked_status(i))
-    };
-    let found = app.engine.instance_window_where(&r.ctx, &window, keep).await?;
+    let found = app.engine.instance_window_where(&r.ctx, &window, shows_asked_status).await?;
     renderer.page(found).await
 }
 

@@ -71,12 +71,14 @@ pub async fn list(State(app): State<AppState>, GcoreCaller(ctx): GcoreCaller, ur
     if elsewhere {
         return Ok(Json(json!({ "count": 0, "results": [] })));
     }
-    // A task's state is its operation's, and its type is its kind's (a few kinds' tasks are of two types);
-    // the store chooses by both and orders, and the times and those types are checked while reading.
+    // A task's state is its operation's, and its type is its kind's (a few kinds' tasks are of two types):
+    // the store chooses by both, the times, and orders; only those types are told apart while reading.
     let (kinds, exact_kinds) = task_type.map_or((Vec::new(), true), views::kinds_of_task_type);
     let window = OperationWindow {
         states: states.iter().flat_map(|s| views::operation_states(s)).copied().collect(),
         kinds,
+        created_since: from,
+        created_until: to,
         newest_first: matches!(query_one(&q, "order_by").or(query_one(&q, "sorting")), Some("desc")),
         offset: offset as u64,
         limit: Some(u32::try_from(limit).unwrap_or(u32::MAX)),
@@ -84,14 +86,10 @@ pub async fn list(State(app): State<AppState>, GcoreCaller(ctx): GcoreCaller, ur
     let unknown = (!states.is_empty() && window.states.is_empty()) || (task_type.is_some() && window.kinds.is_empty());
     let found = if unknown {
         NumberedPage { count: 0, items: Vec::new() }
-    } else if exact_kinds && from.is_none() && to.is_none() {
+    } else if exact_kinds {
         app.engine.operation_window(&ctx, &window).await?
     } else {
-        let keep = |op: &Operation| {
-            from.is_none_or(|t| op.created_at >= t)
-                && to.is_none_or(|t| op.created_at <= t)
-                && task_type.is_none_or(|t| views::task_type(op, views::hard_reboot(Some(op))) == t)
-        };
+        let keep = |op: &Operation| task_type.is_none_or(|t| views::task_type(op, views::hard_reboot(Some(op))) == t);
         app.engine.operation_window_where(&ctx, &window, keep).await?
     };
     let results: Vec<Value> = found.items.iter().map(|op| task_view(&app, &ctx, &zone, op)).collect();

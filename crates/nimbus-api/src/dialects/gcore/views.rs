@@ -241,7 +241,7 @@ pub fn tags(i: &Instance) -> Vec<Value> {
 }
 
 fn ext_str<'a>(i: &'a Instance, key: &str) -> Option<&'a str> {
-    i.extensions.get(EXT).and_then(|e| e.get(key)).and_then(Value::as_str)
+    i.extension(EXT, key).and_then(Value::as_str)
 }
 
 /// Whether the instance's first interface was asked as `external` (the default for instances created
@@ -435,11 +435,7 @@ pub fn private_port_id(instance_id: Uuid, network_id: Uuid) -> Uuid {
 
 /// The name the Gcore user gave an instance's interface on a private network.
 pub(super) fn private_interface_name(i: &Instance, network_id: Uuid) -> Option<&str> {
-    i.extensions
-        .get(EXT)
-        .and_then(|e| e.get("interface_names"))
-        .and_then(|n| n.get(network_id.to_string()))
-        .and_then(Value::as_str)
+    i.extension(EXT, "interface_names").and_then(|n| n.get(network_id.to_string())).and_then(Value::as_str)
 }
 
 fn user_tags(labels: &Labels) -> Vec<Value> {

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, RawPathParams, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -31,18 +32,50 @@ const MAX_OS_NAME: usize = 100;
 
 crate::dialects::common::key_caller!(OnetCaller, OnetError, "Bearer");
 
-/// The path's organization and project must be the key's: any other looks like nothing at all.
-fn tenancy(ctx: &Context, organization_id: &str, project_id: &str) -> OnetResult<()> {
-    let same = |given: &str, actual: Uuid| Uuid::parse_str(given).is_ok_and(|g| g == actual);
-    if same(organization_id, ctx.project.organization_id) && same(project_id, ctx.project.id) {
-        Ok(())
-    } else {
-        Err(OnetError::not_found())
+/// The caller of a request under `/v1/organizations/{organization_id}/projects/{project_id}/...` and the
+/// path's other parameters. The path's organization and project must be the key's: any other looks like
+/// nothing at all.
+pub struct InProject {
+    ctx: Context,
+    params: Vec<(String, String)>,
+}
+
+impl FromRequestParts<AppState> for InProject {
+    type Rejection = OnetError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let OnetCaller(ctx) = OnetCaller::from_request_parts(parts, state).await?;
+        let raw = RawPathParams::from_request_parts(parts, state).await.map_err(|_| OnetError::not_found())?;
+        let params: Vec<(String, String)> = raw.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let same = |key: &str, actual: Uuid| {
+            params.iter().any(|(k, v)| k == key && Uuid::parse_str(v).is_ok_and(|g| g == actual))
+        };
+        if !same("organization_id", ctx.project.organization_id) || !same("project_id", ctx.project.id) {
+            return Err(OnetError::not_found());
+        }
+        Ok(InProject { ctx, params })
     }
 }
 
-fn instance_id(id: &str) -> OnetResult<Uuid> {
-    Uuid::parse_str(id).map_err(|_| super::errors::no_instance())
+impl InProject {
+    fn param(&self, key: &str) -> &str {
+        self.params.iter().find(|(k, _)| k == key).map_or("", |(_, v)| v)
+    }
+
+    /// The path's `{id}`, an instance's.
+    fn instance_id(&self) -> OnetResult<Uuid> {
+        Uuid::parse_str(self.param("id")).map_err(|_| super::errors::no_instance())
+    }
+
+    /// The path's `key`, a task's or session's id.
+    fn other_id(&self, key: &str) -> OnetResult<Uuid> {
+        Uuid::parse_str(self.param(key)).map_err(|_| OnetError::not_found())
+    }
+}
+
+/// A task answered as accepted (202): it runs in the background.
+fn accepted(app: &AppState, op: &nimbus_core::operation::Operation, name: &str) -> Response {
+    (StatusCode::ACCEPTED, Json(views::task(op, Some(name), app.engine.config().max_attempts))).into_response()
 }
 
 /// What rendering needs from the catalog, read once per request.
@@ -118,12 +151,10 @@ fn page_url(headers: &HeaderMap, uri: &Uri, page: u64) -> String {
 
 pub async fn list(
     State(app): State<AppState>,
-    OnetCaller(ctx): OnetCaller,
-    Path((org, project)): Path<(String, String)>,
+    InProject { ctx, .. }: InProject,
     headers: HeaderMap,
     uri: Uri,
 ) -> OnetResult<Json<Value>> {
-    tenancy(&ctx, &org, &project)?;
     let params: BTreeMap<String, String> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
@@ -173,15 +204,10 @@ pub async fn list(
     })))
 }
 
-pub async fn get(
-    State(app): State<AppState>,
-    OnetCaller(ctx): OnetCaller,
-    Path((org, project, id)): Path<(String, String, String)>,
-) -> OnetResult<Json<Value>> {
-    tenancy(&ctx, &org, &project)?;
-    let instance = app.engine.instance_or_destroyed(&ctx, instance_id(&id)?).await?;
-    let renderer = Renderer::new(&app, &ctx).await?;
-    Ok(Json(renderer.render(&app, &ctx, &instance).await?))
+pub async fn get(State(app): State<AppState>, p: InProject) -> OnetResult<Json<Value>> {
+    let instance = app.engine.instance_or_destroyed(&p.ctx, p.instance_id()?).await?;
+    let renderer = Renderer::new(&app, &p.ctx).await?;
+    Ok(Json(renderer.render(&app, &p.ctx, &instance).await?))
 }
 
 /// A request body's fields as ONET names them, each validated the way DRF's serializer does.
@@ -265,6 +291,17 @@ fn uuid_field(map: &Map<String, Value>, key: &str, errors: &mut FieldErrors) -> 
     }
 }
 
+/// A hardware relation: it may not be null when sent.
+fn hardware_field(map: &Map<String, Value>, key: &str, errors: &mut FieldErrors) -> Option<Uuid> {
+    match uuid_field(map, key, errors) {
+        Some(None) => {
+            errors.add(key, "This field may not be null.");
+            None
+        }
+        given => given.flatten(),
+    }
+}
+
 fn parse_input(map: &Map<String, Value>) -> (Input, FieldErrors) {
     let mut e = FieldErrors::default();
     let mut input = Input {
@@ -282,15 +319,10 @@ fn parse_input(map: &Map<String, Value>) -> (Input, FieldErrors) {
         vpc_id: uuid_field(map, "vpc_id", &mut e),
         ..Default::default()
     };
-    // Hardware relations are required to be non-null when sent.
     for (key, slot) in
         [("size_id", &mut input.size_id), ("location_id", &mut input.location_id), ("image_id", &mut input.image_id)]
     {
-        match uuid_field(map, key, &mut e) {
-            Some(Some(u)) => *slot = Some(u),
-            Some(None) => e.add(key, "This field may not be null."),
-            None => {}
-        }
+        *slot = hardware_field(map, key, &mut e);
     }
     if let Some(v) = map.get("billing_cycle") {
         let given = match v {
@@ -355,12 +387,10 @@ fn extension(current: Option<&Value>, input: &Input) -> Value {
 
 pub async fn create(
     State(app): State<AppState>,
-    OnetCaller(ctx): OnetCaller,
-    Path((org, project)): Path<(String, String)>,
+    InProject { ctx, .. }: InProject,
     headers: HeaderMap,
     body: Bytes,
 ) -> OnetResult<Response> {
-    tenancy(&ctx, &org, &project)?;
     let map = body_object(&headers, &body)?;
     let (mut input, mut errors) = parse_input(&map);
     for key in ["name", "size_id", "image_id"] {
@@ -427,32 +457,18 @@ pub async fn create(
 /// fields as they are.
 pub async fn update_instance(
     State(app): State<AppState>,
-    OnetCaller(ctx): OnetCaller,
-    Path((org, project, id)): Path<(String, String, String)>,
+    p: InProject,
     headers: HeaderMap,
     body: Bytes,
 ) -> OnetResult<Json<Value>> {
-    update(app, ctx, org, project, id, headers, body).await
-}
-
-async fn update(
-    app: AppState,
-    ctx: Context,
-    org: String,
-    project: String,
-    id: String,
-    headers: HeaderMap,
-    body: Bytes,
-) -> OnetResult<Json<Value>> {
-    tenancy(&ctx, &org, &project)?;
-    let id = instance_id(&id)?;
+    let (ctx, id) = (&p.ctx, p.instance_id()?);
     let map = body_object(&headers, &body)?;
-    let renderer = Renderer::new(&app, &ctx).await?;
+    let renderer = Renderer::new(&app, ctx).await?;
     // Planned on a read and applied only if the instance is still at that version (the engine re-plans
     // otherwise), so a concurrent writer's change is never overwritten.
     let updated = app
         .engine
-        .update_instance_with(&ctx, id, |current| {
+        .update_instance_with(ctx, id, |current| {
             let (input, mut errors) = parse_input(&map);
             // Clients echo the object back: the same hardware is fine, another is refused, never applied.
             let resize = "Hardware configuration changes require the resize endpoint (POST .../resize).";
@@ -492,80 +508,59 @@ async fn update(
             Ok::<_, OnetError>((!nothing).then_some(patch))
         })
         .await?;
-    Ok(Json(renderer.render(&app, &ctx, &updated).await?))
+    Ok(Json(renderer.render(&app, ctx, &updated).await?))
 }
 
 pub async fn resize(
     State(app): State<AppState>,
-    OnetCaller(ctx): OnetCaller,
-    Path((org, project, id)): Path<(String, String, String)>,
+    p: InProject,
     headers: HeaderMap,
     body: Bytes,
 ) -> OnetResult<Response> {
-    tenancy(&ctx, &org, &project)?;
-    let id = instance_id(&id)?;
+    let (ctx, id) = (&p.ctx, p.instance_id()?);
     let map = body_object(&headers, &body)?;
-    let instance = app.engine.instance(&ctx, id).await?;
+    let instance = app.engine.instance(ctx, id).await?;
     let mut errors = FieldErrors::default();
-    let size_id = match uuid_field(&map, "size_id", &mut errors) {
-        Some(Some(u)) => Some(u),
-        Some(None) => {
-            errors.add("size_id", "This field may not be null.");
-            None
-        }
-        None if !map.contains_key("size_id") => {
-            errors.add("size_id", "This field is required.");
-            None
-        }
-        None => None,
-    };
+    let size_id = hardware_field(&map, "size_id", &mut errors);
+    if !map.contains_key("size_id") {
+        errors.add("size_id", "This field is required.");
+    }
     errors.check()?;
     let size_id = size_id.expect("checked");
     let types = app.engine.list_instance_types().await?;
     let size =
         types.iter().find(|t| t.id == size_id).ok_or_else(|| OnetError::field("size_id", does_not_exist(size_id)))?;
-    let op = app.engine.act(&ctx, id, ActionRequest::Scale { instance_type: size.name.clone() }).await.map_err(
-        |e| match e {
-            // The engine's refusals of the target size (another family, the same size) are about size_id.
-            DomainError::Conflict(m) if !m.contains("concurrently") => OnetError::field("size_id", m),
-            DomainError::InvalidState { state, .. } => OnetError::detail(
-                StatusCode::BAD_REQUEST,
-                format!("The instance must be stopped to be resized; it is {state}."),
-            ),
-            other => other.into(),
-        },
-    )?;
-    let task = views::task(&op, Some(&instance.name), app.engine.config().max_attempts);
-    Ok((StatusCode::ACCEPTED, Json(task)).into_response())
+    let op =
+        app.engine.act(ctx, id, ActionRequest::Scale { instance_type: size.name.clone() }).await.map_err(
+            |e| match e {
+                // The engine's refusals of the target size (another family, the same size) are about size_id.
+                DomainError::Conflict(m) if !m.contains("concurrently") => OnetError::field("size_id", m),
+                DomainError::InvalidState { state, .. } => OnetError::detail(
+                    StatusCode::BAD_REQUEST,
+                    format!("The instance must be stopped to be resized; it is {state}."),
+                ),
+                other => other.into(),
+            },
+        )?;
+    Ok(accepted(&app, &op, &instance.name))
 }
 
-pub async fn delete(
-    State(app): State<AppState>,
-    OnetCaller(ctx): OnetCaller,
-    Path((org, project, id)): Path<(String, String, String)>,
-) -> OnetResult<StatusCode> {
-    tenancy(&ctx, &org, &project)?;
-    app.engine.act(&ctx, instance_id(&id)?, ActionRequest::Delete).await?;
+pub async fn delete(State(app): State<AppState>, p: InProject) -> OnetResult<StatusCode> {
+    app.engine.act(&p.ctx, p.instance_id()?, ActionRequest::Delete).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn task(
-    State(app): State<AppState>,
-    OnetCaller(ctx): OnetCaller,
-    Path((org, project, id)): Path<(String, String, String)>,
-    uri: Uri,
-) -> OnetResult<Json<Value>> {
-    tenancy(&ctx, &org, &project)?;
-    let id = Uuid::parse_str(&id).map_err(|_| OnetError::not_found())?;
+pub async fn task(State(app): State<AppState>, p: InProject, uri: Uri) -> OnetResult<Json<Value>> {
+    let (ctx, id) = (&p.ctx, p.other_id("id")?);
     // `?wait=SECONDS` blocks until the task ends, as the native operations do.
     let wait = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
         .find(|(k, _)| k == "wait")
         .and_then(|(_, v)| v.parse::<u64>().ok());
     let op = match wait {
-        Some(secs) => app.engine.wait_operation(&ctx, id, Duration::from_secs(secs)).await?,
-        None => app.engine.operation(&ctx, id).await?,
+        Some(secs) => app.engine.wait_operation(ctx, id, Duration::from_secs(secs)).await?,
+        None => app.engine.operation(ctx, id).await?,
     };
-    let name = app.engine.instance(&ctx, op.target.id).await.ok().map(|i| i.name);
+    let name = app.engine.instance(ctx, op.target.id).await.ok().map(|i| i.name);
     Ok(Json(views::task(&op, name.as_deref(), app.engine.config().max_attempts)))
 }
 
@@ -573,14 +568,9 @@ pub async fn task(
 /// task (202), pollable like every task. As in the VPS panels ONET's task names come from, `shutdown` asks
 /// the guest to power off (forced after a grace period) and `stop` cuts the power at once; `reboot` asks the
 /// guest to reboot and `reset` resets the VM.
-pub async fn power(
-    State(app): State<AppState>,
-    OnetCaller(ctx): OnetCaller,
-    Path((org, project, id, action)): Path<(String, String, String, String)>,
-) -> OnetResult<Response> {
-    tenancy(&ctx, &org, &project)?;
-    let id = instance_id(&id)?;
-    let (request, verb) = match action.as_str() {
+pub async fn power(State(app): State<AppState>, p: InProject) -> OnetResult<Response> {
+    let (ctx, id) = (&p.ctx, p.instance_id()?);
+    let (request, verb) = match p.param("action") {
         "start" => (ActionRequest::Start, "started"),
         "shutdown" => (ActionRequest::Stop, "shut down"),
         "stop" => (ActionRequest::PowerOff, "stopped"),
@@ -588,28 +578,21 @@ pub async fn power(
         "reset" => (ActionRequest::Reboot, "reset"),
         _ => return Err(OnetError::not_found()),
     };
-    let instance = app.engine.instance(&ctx, id).await?;
-    let op = app.engine.act(&ctx, id, request).await.map_err(|e| match e {
+    let instance = app.engine.instance(ctx, id).await?;
+    let op = app.engine.act(ctx, id, request).await.map_err(|e| match e {
         DomainError::InvalidState { state, .. } => {
             OnetError::detail(StatusCode::BAD_REQUEST, format!("The instance cannot be {verb} while it is {state}."))
         }
         other => other.into(),
     })?;
-    let task = views::task(&op, Some(&instance.name), app.engine.config().max_attempts);
-    Ok((StatusCode::ACCEPTED, Json(task)).into_response())
+    Ok(accepted(&app, &op, &instance.name))
 }
 
 /// `POST .../instances/{id}/console`: a console session of a running instance, whose `url` opens its serial
 /// console (the native console websocket with a single-use ticket: no API token needed, valid for a minute
 /// to connect). The session's id is the ticket, so `GET .../console/{session_id}` shows it again.
-pub async fn open_console(
-    State(app): State<AppState>,
-    OnetCaller(ctx): OnetCaller,
-    Path((org, project, id)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> OnetResult<Response> {
-    tenancy(&ctx, &org, &project)?;
-    let ticket = app.engine.console_ticket(&ctx, instance_id(&id)?).await.map_err(|e| match e {
+pub async fn open_console(State(app): State<AppState>, p: InProject, headers: HeaderMap) -> OnetResult<Response> {
+    let ticket = app.engine.console_ticket(&p.ctx, p.instance_id()?).await.map_err(|e| match e {
         DomainError::InvalidState { state, .. } => OnetError::detail(
             StatusCode::BAD_REQUEST,
             format!("The console is available while the instance runs; it is {state}."),
@@ -623,32 +606,21 @@ pub async fn open_console(
 
 /// `GET .../instances/{id}/console/{session_id}`: the session again (its ticket is checked when the URL is
 /// opened, not here).
-pub async fn console(
-    State(app): State<AppState>,
-    OnetCaller(ctx): OnetCaller,
-    Path((org, project, id, session)): Path<(String, String, String, String)>,
-    headers: HeaderMap,
-) -> OnetResult<Json<Value>> {
-    tenancy(&ctx, &org, &project)?;
-    let instance = app.engine.instance(&ctx, instance_id(&id)?).await?;
+pub async fn console(State(app): State<AppState>, p: InProject, headers: HeaderMap) -> OnetResult<Json<Value>> {
+    let instance = app.engine.instance(&p.ctx, p.instance_id()?).await?;
+    let session = p.param("session_id");
     // Only URL-safe characters go into the URL, as in the tokens the engine makes.
     if !session.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
         return Err(OnetError::not_found());
     }
-    let url = crate::native::instances::console_url_of(&headers, instance.id, &session).url;
-    Ok(Json(views::console_session(&session, instance.id, &url, None)))
+    let url = crate::native::instances::console_url_of(&headers, instance.id, session).url;
+    Ok(Json(views::console_session(session, instance.id, &url, None)))
 }
 
 /// `GET .../instances/{id}/tasks/{task_id}`: a task of that instance.
-pub async fn instance_task(
-    State(app): State<AppState>,
-    OnetCaller(ctx): OnetCaller,
-    Path((org, project, id, task_id)): Path<(String, String, String, String)>,
-) -> OnetResult<Json<Value>> {
-    tenancy(&ctx, &org, &project)?;
-    let instance = app.engine.instance(&ctx, instance_id(&id)?).await?;
-    let task_id = Uuid::parse_str(&task_id).map_err(|_| OnetError::not_found())?;
-    let op = app.engine.operation(&ctx, task_id).await?;
+pub async fn instance_task(State(app): State<AppState>, p: InProject) -> OnetResult<Json<Value>> {
+    let instance = app.engine.instance(&p.ctx, p.instance_id()?).await?;
+    let op = app.engine.operation(&p.ctx, p.other_id("task_id")?).await?;
     if op.target.id != instance.id {
         return Err(OnetError::not_found());
     }
@@ -678,13 +650,9 @@ pub async fn images(State(app): State<AppState>, OnetCaller(ctx): OnetCaller) ->
 }
 
 /// The catalogs under the project's path: the same, once the path's tenancy is the key's.
-pub async fn project_catalog(
-    State(app): State<AppState>,
-    caller: OnetCaller,
-    Path((org, project, what)): Path<(String, String, String)>,
-) -> OnetResult<Json<Value>> {
-    tenancy(&caller.0, &org, &project)?;
-    match what.as_str() {
+pub async fn project_catalog(State(app): State<AppState>, p: InProject) -> OnetResult<Json<Value>> {
+    let caller = OnetCaller(p.ctx.clone());
+    match p.param("catalog") {
         "sizes" => sizes(State(app), caller).await,
         "locations" => locations(State(app), caller).await,
         "images" => images(State(app), caller).await,

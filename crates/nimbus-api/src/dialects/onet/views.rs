@@ -83,16 +83,11 @@ pub fn status(state: InstanceState) -> &'static str {
 
 /// The instance's ONET billing cycle (recorded in its extension map at creation or by PUT).
 pub fn billing_cycle(i: &Instance) -> String {
-    i.extensions
-        .get(EXT)
-        .and_then(|e| e.get("billing_cycle"))
-        .and_then(Value::as_str)
-        .unwrap_or(DEFAULT_BILLING_CYCLE)
-        .to_string()
+    i.extension(EXT, "billing_cycle").and_then(Value::as_str).unwrap_or(DEFAULT_BILLING_CYCLE).to_string()
 }
 
 fn ext_str(i: &Instance, key: &str) -> Option<String> {
-    i.extensions.get(EXT).and_then(|e| e.get(key)).and_then(Value::as_str).map(str::to_string)
+    i.extension(EXT, key).and_then(Value::as_str).map(str::to_string)
 }
 
 /// `t` plus `months` calendar months, the day clamped to the target month's length (Jan 31 + 1 = Feb 28).
@@ -367,7 +362,7 @@ pub fn instance(i: &Instance, c: &Context) -> Value {
 /// ONET's `tags` are any JSON. A map of strings is the instance's labels; anything else is kept verbatim in
 /// the extension map (and the labels emptied), shown while the instance has no labels of its own.
 pub fn tags(i: &Instance) -> Value {
-    match i.extensions.get(EXT).and_then(|e| e.get("tags")) {
+    match i.extension(EXT, "tags") {
         // Kept as `[value]` (see the handlers' `extension`).
         Some(Value::Array(wrapped)) if i.labels.is_empty() && wrapped.len() == 1 => wrapped[0].clone(),
         _ => json!(i.labels),

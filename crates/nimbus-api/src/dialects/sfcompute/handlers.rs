@@ -5,10 +5,10 @@ use axum::extract::{FromRequest, Path, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use nimbus_core::instance::InstanceState;
+use nimbus_core::instance::{Instance, InstanceState};
 use nimbus_core::labels::{json_type, Labels, Requirement, Selector};
 use nimbus_core::DomainError;
-use nimbus_engine::{page_token, ActionRequest, CreateInstance, InstanceFilter, InstancePatch};
+use nimbus_engine::{page_token, ActionRequest, Context, CreateInstance, InstanceFilter, InstancePatch};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
@@ -176,16 +176,21 @@ fn to_engine_patch(p: SfPatch) -> InstancePatch {
         ..Default::default()
     };
     let mut ext = Map::new();
-    if let Some(level) = p.priority_level {
-        ext.insert("priority_level".into(), Value::String(level));
-    }
-    if let Some(priority) = p.priority {
-        ext.insert("priority".into(), Value::from(priority));
-    }
+    priorities(p.priority_level, p.priority, &mut ext);
     if !ext.is_empty() {
         patch.extensions.insert(EXTENSION.into(), Value::Object(ext));
     }
     patch
+}
+
+/// Priorities live in this dialect's extension map.
+fn priorities(level: Option<String>, priority: Option<i64>, ext: &mut Map<String, Value>) {
+    if let Some(level) = level {
+        ext.insert("priority_level".into(), Value::String(level));
+    }
+    if let Some(priority) = priority {
+        ext.insert("priority".into(), Value::from(priority));
+    }
 }
 
 /// `PATCH /v2/instances`: every entry or none (422), entries of one id applied in order (the last one's
@@ -231,6 +236,12 @@ pub async fn batch_update(
     Ok(Json(BatchList { object: "list", data: scope.render_all(engine, &updated, true).await? }))
 }
 
+/// One instance as SF shows it, its user data included.
+async fn shown(engine: &nimbus_engine::Engine, ctx: &Context, i: &Instance) -> SfResult<Response> {
+    let scope = Scope::of(engine, ctx).await?;
+    Ok(Json(scope.render(engine, i, true).await?).into_response())
+}
+
 /// `PATCH /v2/instances/{id}`: omitted fields stay as they are.
 pub async fn update(
     State(app): State<AppState>,
@@ -243,16 +254,12 @@ pub async fn update(
     let patch = parse_patch(obj, false)?;
     let current = ids::instance(engine, &ctx, &id).await?;
     let updated = engine.update_instance(&ctx, current.id, to_engine_patch(patch), None).await?;
-    let scope = Scope::of(engine, &ctx).await?;
-    Ok(Json(scope.render(engine, &updated, true).await?).into_response())
+    shown(engine, &ctx, &updated).await
 }
 
 /// `GET /v2/instances/{id}`: a deleted instance is shown `terminated` while its record is kept.
 pub async fn get(State(app): State<AppState>, SfCaller(ctx): SfCaller, Path(id): Path<String>) -> SfResult<Response> {
-    let engine = &app.engine;
-    let instance = ids::instance_or_destroyed(engine, &ctx, &id).await?;
-    let scope = Scope::of(engine, &ctx).await?;
-    Ok(Json(scope.render(engine, &instance, true).await?).into_response())
+    shown(&app.engine, &ctx, &ids::instance_or_destroyed(&app.engine, &ctx, &id).await?).await
 }
 
 /// `GET /v2/instances`: `limit` (1..200, default 50), `starting_after` (a previous `cursor`), `workspace`,
@@ -281,19 +288,13 @@ pub async fn list(
                     .filter(|l| (1..=MAX_LIMIT).contains(l))
                     .ok_or_else(|| SfError::invalid("limit", format!("must be an integer from 1 to {MAX_LIMIT}")))?
             }
-            "starting_after" => {
+            "starting_after" | "ending_before" => {
                 let token = value
                     .strip_prefix(CURSOR_PREFIX)
                     .filter(|t| page_token::decode(t).is_ok())
-                    .ok_or_else(|| SfError::invalid("starting_after", "not a cursor this server issued"))?;
-                page = Some(token.to_string());
-            }
-            "ending_before" => {
-                let token = value
-                    .strip_prefix(CURSOR_PREFIX)
-                    .filter(|t| page_token::decode(t).is_ok())
-                    .ok_or_else(|| SfError::invalid("ending_before", "not a cursor this server issued"))?;
-                filter.before_token = Some(token.to_string());
+                    .ok_or_else(|| SfError::invalid(key.as_ref(), "not a cursor this server issued"))?;
+                let slot = if key == "starting_after" { &mut page } else { &mut filter.before_token };
+                *slot = Some(token.to_string());
             }
             "include" => with_user_data |= value.split(',').any(|v| v == "cloud_init_user_data"),
             "workspace" => {
@@ -337,19 +338,11 @@ pub async fn list(
                 filter.instance_types.push(name);
             }
             "created_after" | "created_before" => {
-                let at = unix_seconds(
-                    &key,
-                    &Value::from(
-                        value
-                            .parse::<i64>()
-                            .map_err(|_| SfError::invalid(key.as_ref(), "expected integer Unix seconds"))?,
-                    ),
-                )?;
-                if key == "created_after" {
-                    filter.created_after = at;
-                } else {
-                    filter.created_before = at;
-                }
+                let secs = value
+                    .parse::<i64>()
+                    .map_err(|_| SfError::invalid(key.as_ref(), "expected integer Unix seconds"))?;
+                let at = unix_seconds(&key, &Value::from(secs))?;
+                *(if key == "created_after" { &mut filter.created_after } else { &mut filter.created_before }) = at;
             }
             _ => {}
         }
@@ -409,19 +402,15 @@ pub async fn create(State(app): State<AppState>, SfCaller(ctx): SfCaller, SfJson
                     return Err(SfError::not_found(format!("{key} {given} not found")));
                 }
             }
-            "image" => {
-                let given = text("image")?.unwrap_or_default();
-                req.template = match ids::resolve(engine, ids::IMAGE, &given).await? {
-                    Some(id) => id.to_string(),
-                    None => given,
+            // By SF id, or else by Nimbus name.
+            "image" | "instance_sku" => {
+                let given = text(key)?.unwrap_or_default();
+                let (kind, slot) = if key == "image" {
+                    (ids::IMAGE, &mut req.template)
+                } else {
+                    (ids::INSTANCE_SKU, &mut req.instance_type)
                 };
-            }
-            "instance_sku" => {
-                let given = text("instance_sku")?.unwrap_or_default();
-                req.instance_type = match ids::resolve(engine, ids::INSTANCE_SKU, &given).await? {
-                    Some(id) => id.to_string(),
-                    None => given,
-                };
+                *slot = ids::resolve(engine, kind, &given).await?.map_or(given, |id| id.to_string());
             }
             "name" => req.name = validate_name("name", v)?,
             "cloud_init_user_data" => req.user_data = text("cloud_init_user_data")?,
@@ -429,12 +418,7 @@ pub async fn create(State(app): State<AppState>, SfCaller(ctx): SfCaller, SfJson
             "expected_shutdown_at" => req.expected_shutdown_at = unix_seconds("expected_shutdown_at", v)?,
             "priority_level" | "priority" => {
                 let p = parse_patch(&Map::from_iter([(key.clone(), v.clone())]), false)?;
-                if let Some(level) = p.priority_level {
-                    ext.insert("priority_level".into(), Value::String(level));
-                }
-                if let Some(priority) = p.priority {
-                    ext.insert("priority".into(), Value::from(priority));
-                }
+                priorities(p.priority_level, p.priority, &mut ext);
             }
             // Accepted for compatibility; Nimbus's network decides addresses and firewalls.
             "enable_public_ipv4" | "firewall" | "_preview_enable_infiniband" => {}
@@ -493,9 +477,7 @@ pub async fn terminate(
         return Err(SfError::not_found(format!("instance {id} not found or already terminated")));
     }
     engine.act_when_free(&ctx, instance.id, ActionRequest::Stop, BUSY_WAIT).await?;
-    let instance = engine.instance(&ctx, instance.id).await?;
-    let scope = Scope::of(engine, &ctx).await?;
-    Ok(Json(scope.render(engine, &instance, true).await?).into_response())
+    shown(engine, &ctx, &engine.instance(&ctx, instance.id).await?).await
 }
 
 /// `DELETE /v2/instances/{id}`: only a terminated (or failed) instance is deleted; any other is 409, as SF

@@ -408,30 +408,18 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `start` and `stop` (what `sharedcloud instance start` calls): the instance runs, `status` 2, or stops,
-/// `status` 1. Asking for the state it is already in (or heading to) changes nothing.
-async fn run_state(app: AppState, ctx: Context, uuid: String, start: bool) -> ScResult<Json<Value>> {
+/// `start` (`RUN`) and `stop` (what `sharedcloud instance start` calls): the instance runs, `status` 2, or
+/// stops, `status` 1. Asking for the state it is already in (or heading to) changes nothing.
+pub async fn run_state<const RUN: bool>(
+    State(app): State<AppState>,
+    ScCaller(ctx): ScCaller,
+    Path(uuid): Path<String>,
+) -> ScResult<Json<Value>> {
     let id = instance_id(&uuid)?;
     live_instance(&app, &ctx, id).await?;
-    app.engine.power_to(&ctx, id, start, SETTLE).await?;
+    app.engine.power_to(&ctx, id, RUN, SETTLE).await?;
     let i = app.engine.instance(&ctx, id).await?;
     Ok(Json(render(&app, &i).await?))
-}
-
-pub async fn start(
-    State(app): State<AppState>,
-    ScCaller(ctx): ScCaller,
-    Path(uuid): Path<String>,
-) -> ScResult<Json<Value>> {
-    run_state(app, ctx, uuid, true).await
-}
-
-pub async fn stop(
-    State(app): State<AppState>,
-    ScCaller(ctx): ScCaller,
-    Path(uuid): Path<String>,
-) -> ScResult<Json<Value>> {
-    run_state(app, ctx, uuid, false).await
 }
 
 /// The GPU models of the catalog, most CUDA cores first; available when the GPU instance type that

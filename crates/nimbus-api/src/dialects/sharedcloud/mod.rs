@@ -42,8 +42,14 @@ pub fn router(_state: AppState) -> Routes {
                     .delete(handlers::delete)
                     .fallback(nope),
             )
-            .route(&format!("{BASE}/instances/{{uuid}}/start{slash}"), patch(handlers::start).fallback(nope))
-            .route(&format!("{BASE}/instances/{{uuid}}/stop{slash}"), patch(handlers::stop).fallback(nope))
+            .route(
+                &format!("{BASE}/instances/{{uuid}}/start{slash}"),
+                patch(handlers::run_state::<true>).fallback(nope),
+            )
+            .route(
+                &format!("{BASE}/instances/{{uuid}}/stop{slash}"),
+                patch(handlers::run_state::<false>).fallback(nope),
+            )
             .route(&format!("{BASE}/gpus{slash}"), get(handlers::gpus).fallback(nope))
             .route(&format!("{BASE}/users{slash}"), get(accounts::list).post(accounts::register).fallback(nope))
             .route(

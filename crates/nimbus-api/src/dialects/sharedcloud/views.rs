@@ -54,11 +54,7 @@ fn gpu_name(model: &GpuModel) -> String {
 }
 
 pub fn max_num_parallel_jobs(i: &Instance) -> i64 {
-    i.extensions
-        .get(EXT)
-        .and_then(|e| e.get("max_num_parallel_jobs"))
-        .and_then(Value::as_i64)
-        .unwrap_or(DEFAULT_MAX_NUM_PARALLEL_JOBS)
+    i.extension(EXT, "max_num_parallel_jobs").and_then(Value::as_i64).unwrap_or(DEFAULT_MAX_NUM_PARALLEL_JOBS)
 }
 
 /// An instance. `itype` is its instance type from the catalog (`None` only if the catalog lost it), `gpus`
