@@ -427,12 +427,13 @@ impl Engine {
     /// The writes that leave an instance's volumes `available` and attached to nothing, for the outcome of
     /// its deletion (the host's destroy unplugged them; their data stays). Each is a compare-and-swap on the
     /// version read, so the outcome's transaction fails and is retried on a race.
-    pub(crate) async fn release_volumes_of(&self, instance: &Instance) -> Result<Vec<Write>> {
+    /// Those in `except` (deleted with it) are left to the caller.
+    pub(crate) async fn release_volumes_of(&self, instance: &Instance, except: &[Uuid]) -> Result<Vec<Write>> {
         let records = self.store.list_records(VOLUME, Some(instance.project_id)).await.map_err(store_err)?;
         let mut writes = Vec::new();
         for r in records.iter().filter(|r| r.project_id == Some(instance.project_id)) {
             let mut v: Volume = r.decode().map_err(store_err)?;
-            if v.instance_id != Some(instance.id) {
+            if v.instance_id != Some(instance.id) || except.contains(&v.id) {
                 continue;
             }
             v.instance_id = None;
