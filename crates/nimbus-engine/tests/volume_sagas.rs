@@ -92,12 +92,14 @@ enum Kind {
     /// Of a detached volume, to its snapshot.
     Revert,
     DeleteSnapshot,
+    /// A new volume from a snapshot of another one.
+    CreateFromSnapshot,
 }
 
 impl Kind {
     fn action(self) -> Action {
         match self {
-            Kind::Create | Kind::CreateAttached => Action::CreateVolume,
+            Kind::Create | Kind::CreateAttached | Kind::CreateFromSnapshot => Action::CreateVolume,
             Kind::Attach => Action::AttachVolume,
             Kind::Detach => Action::DetachVolume,
             Kind::Resize => Action::ResizeVolume,
@@ -173,7 +175,7 @@ impl Cloud {
             let op = self.engine.attach_volume(&self.ctx, v, instance).await.unwrap();
             assert_eq!(self.wait(op.id).await.state, OperationState::Success);
         }
-        if matches!(kind, Kind::Revert | Kind::DeleteSnapshot) {
+        if matches!(kind, Kind::Revert | Kind::DeleteSnapshot | Kind::CreateFromSnapshot) {
             let req = CreateVolumeSnapshot { name: format!("{name}-snap"), ..Default::default() };
             let op = self.engine.create_volume_snapshot(&self.ctx, v, req).await.unwrap().0;
             assert_eq!(self.wait(op.id).await.state, OperationState::Success);
@@ -202,6 +204,12 @@ impl Cloud {
             }
             (Kind::Revert, Some(v)) => {
                 self.engine.revert_volume(&self.ctx, v, self.snapshot_of(v).await).await.unwrap()
+            }
+            (Kind::CreateFromSnapshot, Some(v)) => {
+                let from_snapshot = Some(self.snapshot_of(v).await);
+                let req =
+                    CreateVolume { name: format!("{name}-copy"), size_gb: 2, from_snapshot, ..Default::default() };
+                self.engine.create_volume(&self.ctx, req).await.unwrap().0
             }
             (Kind::DeleteSnapshot, Some(v)) => {
                 self.engine.delete_volume_snapshot(&self.ctx, self.snapshot_of(v).await).await.unwrap()
@@ -274,7 +282,7 @@ impl Cloud {
     }
 }
 
-const KINDS: [Kind; 9] = [
+const KINDS: [Kind; 10] = [
     Kind::Create,
     Kind::CreateAttached,
     Kind::Attach,
@@ -284,6 +292,7 @@ const KINDS: [Kind; 9] = [
     Kind::Snapshot,
     Kind::Revert,
     Kind::DeleteSnapshot,
+    Kind::CreateFromSnapshot,
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

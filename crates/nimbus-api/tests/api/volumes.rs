@@ -401,3 +401,34 @@ async fn an_instance_is_created_with_an_existing_and_a_new_volume() {
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
 }
+
+#[tokio::test]
+async fn a_volume_is_made_from_a_snapshot_of_another() {
+    let c = Cloud::new().await;
+    let id = volume(&c, ADMIN, "data", 2).await;
+    let r =
+        c.call(Method::POST, &format!("/v1/volumes/{id}/snapshots?wait=30"), ADMIN, Some(json!({"name": "s"}))).await;
+    assert_eq!((r.status, r.body["state"].as_str()), (StatusCode::OK, Some("success")), "{}", r.text);
+    let snap = r.body["result"]["snapshot_id"].as_str().unwrap().to_string();
+    let r = c.post("/v1/volumes", ADMIN, json!({"name": "copy", "snapshot_id": snap})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let op = c.wait(&r.id(), ADMIN).await;
+    assert_eq!(op["state"], "success", "{op}");
+    let copy = op["target"]["id"].as_str().unwrap().to_string();
+    let v = show(&c, &copy).await;
+    assert_eq!((v["state"].as_str(), v["size_gb"].as_u64()), (Some("available"), Some(2)), "{v}");
+    let disk = c.sim.volume(Uuid::parse_str(&copy).unwrap()).unwrap();
+    assert_eq!(disk.made_from, Some(Uuid::parse_str(&snap).unwrap()));
+    // The source is free again: its snapshot can go, then it can.
+    assert_eq!(show(&c, &id).await["operation_id"], Value::Null);
+    // Smaller than the snapshot: refused; another project's snapshot: not found.
+    let r = c.post("/v1/volumes", ADMIN, json!({"name": "small", "size_gb": 1, "snapshot_id": snap})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    let project = c.post("/v1/projects", ADMIN, json!({"name": "other"})).await;
+    let other = c.key("admin", Some(project.id().as_str())).await;
+    let r = c.post("/v1/volumes", &other, json!({"name": "theirs", "snapshot_id": snap})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    // An empty volume still needs a size.
+    let r = c.post("/v1/volumes", ADMIN, json!({"name": "sizeless"})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+}
