@@ -93,7 +93,7 @@ impl InstanceVolumeParams {
                 labels: self.labels,
             }),
             _ => Err(ApiError::from(nimbus_core::DomainError::invalid(
-                &format!("volumes.{n}"),
+                format!("volumes.{n}"),
                 "give either volume_id (an existing volume) or size_gb with an optional name and labels (a new one)",
             ))),
         }

@@ -206,7 +206,7 @@ async fn check_volumes(engine: &Engine, ctx: &Context, asked: &[InstanceVolume],
         match item {
             InstanceVolume::Existing(id) => {
                 if out.existing.iter().any(|(v, _)| v.id == *id) {
-                    return Err(DomainError::invalid(&format!("volumes.{n}"), format!("volume {id} is named twice")));
+                    return Err(DomainError::invalid(format!("volumes.{n}"), format!("volume {id} is named twice")));
                 }
                 let Some((v, record)) = engine.record_of::<Volume>(VOLUME, *id).await? else {
                     return Err(DomainError::not_found("volume", *id));

@@ -297,7 +297,7 @@ fn parse_volumes(v: Option<&Value>, errors: &mut FieldErrors) -> Volumes {
             }
             Some("new-volume") => {
                 let Some(size) = size else {
-                    if !map.get("size").is_some_and(|v| !v.is_null()) {
+                    if map.get("size").is_none_or(|v| v.is_null()) {
                         errors.add(&field("size"), "Field required");
                     }
                     continue;
