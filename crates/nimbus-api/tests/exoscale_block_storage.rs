@@ -141,6 +141,42 @@ async fn block_storage_is_made_attached_refused_detached_resized_and_deleted() {
     assert_eq!(listed["block-storage-snapshots"].as_array().map(Vec::len), Some(1), "{listed}");
     let v = exo(&c, Method::GET, &format!("/v2/block-storage/{id}"), None).await.body;
     assert_eq!(v["block-storage-snapshots"], json!([{"id": snap}]), "{v}");
+    // A new volume from the snapshot, as egoscale sends it: its size by default, or a bigger one.
+    for (size, want) in [(None, 30), (Some(40), 40)] {
+        let mut body = json!({"name": "copy", "block-storage-snapshot": {"id": snap}});
+        if let Some(s) = size {
+            body["size"] = json!(s);
+        }
+        let op = done(&c, &exo(&c, Method::POST, "/v2/block-storage", Some(body)).await).await;
+        let copy = op["reference"]["id"].as_str().unwrap().to_string();
+        let v = exo(&c, Method::GET, &format!("/v2/block-storage/{copy}"), None).await.body;
+        assert_eq!((v["state"].as_str(), v["size"].as_u64()), (Some("detached"), Some(want)), "{v}");
+        let disk = c.sim.volume(uuid::Uuid::parse_str(&copy).unwrap()).unwrap();
+        assert_eq!((disk.made_from.map(|s| s.to_string()), disk.size_gb), (Some(snap.clone()), want));
+        done(&c, &exo(&c, Method::DELETE, &format!("/v2/block-storage/{copy}"), None).await).await;
+    }
+    // Smaller than the snapshot, or from a snapshot that is not there: refused, nothing made.
+    let r = exo(
+        &c,
+        Method::POST,
+        "/v2/block-storage",
+        Some(json!({"name": "small", "size": 10, "block-storage-snapshot": {"id": snap}})),
+    )
+    .await;
+    assert_exo_error(&r, StatusCode::BAD_REQUEST);
+    let r = exo(
+        &c,
+        Method::POST,
+        "/v2/block-storage",
+        Some(json!({"name": "none", "block-storage-snapshot": {"id": uuid::Uuid::new_v4()}})),
+    )
+    .await;
+    assert_exo_error(&r, StatusCode::NOT_FOUND);
+    let all = exo(&c, Method::GET, "/v2/block-storage", None).await.body;
+    assert_eq!(all["block-storage-volumes"].as_array().map(Vec::len), Some(1), "{all}");
+    // The snapshot's volume is free again once the copies are made.
+    let v = c.get(&format!("/v1/volumes/{id}"), ADMIN).await.body;
+    assert_eq!(v["operation_id"], Value::Null, "{v}");
     // Renamed and relabelled (the whole map); `"labels": null` leaves them.
     let path = format!("/v2/block-storage-snapshot/{snap}");
     done(&c, &exo(&c, Method::PUT, &path, Some(json!({"name": "s2", "labels": {"a": "b"}}))).await).await;
@@ -164,7 +200,7 @@ async fn block_storage_refuses_bad_input_another_project_and_the_quota() {
         json!({"name": "x"}),
         json!({"size": 10}),
         json!({"name": "x", "size": 0}),
-        json!({"name": "x", "size": 10, "block-storage-snapshot": {"id": uuid::Uuid::nil()}}),
+        json!({"name": "x", "size": 10, "block-storage-snapshot": {"id": "not-an-id"}}),
     ] {
         assert_exo_error(&exo(&c, Method::POST, "/v2/block-storage", Some(body)).await, StatusCode::BAD_REQUEST);
     }

@@ -207,3 +207,140 @@ async fn gcore_volumes_refuse_other_projects_bad_sources_and_the_quota() {
     assert_gcore_error(&r, StatusCode::BAD_REQUEST, "QuotaLimitExceed");
     assert_eq!(gcore(&c, Method::GET, &volumes, ADMIN, None).await.body["count"], 1, "nothing was made");
 }
+
+/// A Gcore create body with the boot volume and `extra` volumes.
+fn create_body(name: &str, extra: Vec<Value>) -> Value {
+    let mut volumes = vec![json!({"source": "image", "image_id": "busybox", "boot_index": 0, "size": 1})];
+    volumes.extend(extra);
+    json!({"name": name, "flavor": "standard.small", "interfaces": [{"type": "external"}], "volumes": volumes})
+}
+
+async fn new_volume(c: &Cloud, secret: &str, name: &str) -> String {
+    let volumes = base(c, secret, "v1", "volumes").await;
+    let body = json!({"source": "new-volume", "name": name, "size": 1});
+    let task = task_of(c, secret, Method::POST, &volumes, Some(body)).await;
+    task["created_resources"]["volumes"][0].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_gcore_instance_is_created_with_new_and_existing_volumes_and_deleted_with_some_of_them() {
+    let c = Cloud::new().await;
+    let volumes = base(&c, ADMIN, "v1", "volumes").await;
+    let v1_instances = base(&c, ADMIN, "v1", "instances").await;
+    let existing = new_volume(&c, ADMIN, "existing").await;
+    let body = create_body(
+        "multi",
+        vec![
+            json!({"source": "existing-volume", "volume_id": existing, "boot_index": -1}),
+            json!({"source": "new-volume", "size": 2, "name": "scratch", "type_name": "standard",
+                   "tags": {"tier": "fast"}}),
+        ],
+    );
+    let task = task_of(&c, ADMIN, Method::POST, &base(&c, ADMIN, "v2", "instances").await, Some(body)).await;
+    assert_eq!(task["state"], "FINISHED", "{task}");
+    let vm = task["created_resources"]["instances"][0].as_str().unwrap().to_string();
+    // The task lists the boot volume and the one it made.
+    let made: Vec<&str> =
+        task["created_resources"]["volumes"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    assert_eq!(made.len(), 2, "{task}");
+    let scratch = made[1].to_string();
+    let i = gcore(&c, Method::GET, &format!("{v1_instances}/{vm}"), ADMIN, None).await.body;
+    assert_eq!(i["status"], "ACTIVE", "{i}");
+    let ids: Vec<&str> = i["volumes"].as_array().unwrap().iter().filter_map(|v| v["id"].as_str()).collect();
+    assert_eq!(ids.len(), 3, "{i}");
+    assert!(ids.contains(&existing.as_str()) && ids.contains(&scratch.as_str()), "{i}");
+    for id in [&existing, &scratch] {
+        let v = gcore(&c, Method::GET, &format!("{volumes}/{id}"), ADMIN, None).await.body;
+        assert_eq!(
+            (v["status"].as_str(), v["attachments"][0]["server_id"].as_str()),
+            (Some("in-use"), Some(vm.as_str())),
+            "{v}"
+        );
+    }
+    let s = gcore(&c, Method::GET, &format!("{volumes}/{scratch}"), ADMIN, None).await.body;
+    assert_eq!((s["name"].as_str(), s["size"].as_u64()), (Some("scratch"), Some(2)), "{s}");
+    assert_eq!(s["tags"], json!([{"key": "tier", "value": "fast", "read_only": false}]));
+    // The native API sees the same attachments.
+    let native = c.get(&format!("/v1/instances/{vm}"), ADMIN).await.body;
+    assert_eq!(native["volumes"].as_array().map(Vec::len), Some(2), "{native}");
+
+    // A volume in use is refused to a second create, which leaves nothing behind.
+    let before = gcore(&c, Method::GET, &volumes, ADMIN, None).await.body["count"].clone();
+    let body = create_body(
+        "taken",
+        vec![json!({"source": "new-volume", "size": 1}), json!({"source": "existing-volume", "volume_id": existing})],
+    );
+    let r = gcore(&c, Method::POST, &base(&c, ADMIN, "v2", "instances").await, ADMIN, Some(body)).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "BadRequestError");
+    assert_eq!(gcore(&c, Method::GET, &volumes, ADMIN, None).await.body["count"].clone(), before, "nothing was made");
+    let listed = gcore(&c, Method::GET, &v1_instances, ADMIN, None).await.body;
+    assert_eq!(listed["count"], 1, "{listed}");
+
+    // Deleting with a volume that is not the instance's own is refused, and nothing changes.
+    let loose = new_volume(&c, ADMIN, "loose").await;
+    let r = gcore(&c, Method::DELETE, &format!("{v1_instances}/{vm}?volumes={scratch},{loose}"), ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "BadRequestError");
+    let r = gcore(&c, Method::DELETE, &format!("{v1_instances}/{vm}?volumes=nope"), ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "ValidationError");
+    let r =
+        gcore(&c, Method::DELETE, &format!("{v1_instances}/{vm}?volumes={}", uuid::Uuid::new_v4()), ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    let i = gcore(&c, Method::GET, &format!("{v1_instances}/{vm}"), ADMIN, None).await.body;
+    assert_eq!((i["status"].as_str(), &i["task_id"]), (Some("ACTIVE"), &Value::Null), "{i}");
+    let s = gcore(&c, Method::GET, &format!("{volumes}/{scratch}"), ADMIN, None).await.body;
+    assert_eq!(s["status"], "in-use");
+
+    // Deleted with the new volume: it goes, the existing one is detached and kept.
+    let task = task_of(&c, ADMIN, Method::DELETE, &format!("{v1_instances}/{vm}?volumes={scratch}"), None).await;
+    assert_eq!(task["state"], "FINISHED", "{task}");
+    let r = gcore(&c, Method::GET, &format!("{v1_instances}/{vm}"), ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    let r = gcore(&c, Method::GET, &format!("{volumes}/{scratch}"), ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    let e = gcore(&c, Method::GET, &format!("{volumes}/{existing}"), ADMIN, None).await.body;
+    assert_eq!((e["status"].as_str(), &e["attachments"]), (Some("available"), &json!([])), "{e}");
+}
+
+#[tokio::test]
+async fn a_gcore_create_with_volumes_refuses_other_projects_and_bad_sources() {
+    let c = Cloud::new().await;
+    let instances = base(&c, ADMIN, "v2", "instances").await;
+    let project = c.post("/v1/projects", ADMIN, json!({"name": "other"})).await;
+    let other = c.key("admin", Some(project.id().as_str())).await;
+    let theirs = new_volume(&c, &other, "theirs").await;
+
+    let r = gcore(
+        &c,
+        Method::POST,
+        &instances,
+        ADMIN,
+        Some(create_body("x", vec![json!({"source": "existing-volume", "volume_id": theirs})])),
+    )
+    .await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    for (extra, field) in [
+        (json!({"source": "existing-volume"}), "volumes.1.volume_id"),
+        (json!({"source": "existing-volume", "volume_id": theirs, "boot_index": 0}), "volumes.1.boot_index"),
+        (json!({"source": "new-volume"}), "volumes.1.size"),
+        (json!({"source": "new-volume", "size": 1, "type_name": "ultra"}), "volumes.1.type_name"),
+        (json!({"source": "new-volume", "size": 1, "delete_on_termination": true}), "volumes.1.delete_on_termination"),
+        (json!({"source": "snapshot", "snapshot_id": theirs, "size": 1}), "volumes.1.source"),
+        (json!({"source": "new-volume", "size": 1, "name": "bad name!"}), "volumes.1.name"),
+    ] {
+        let r = gcore(&c, Method::POST, &instances, ADMIN, Some(create_body("x", vec![extra.clone()]))).await;
+        assert_gcore_error(&r, StatusCode::BAD_REQUEST, "ValidationError");
+        assert!(r.body["invalid_fields"].get(field).is_some(), "{extra}: {}", r.text);
+    }
+    // Still one boot volume from an image.
+    let body = json!({"name": "x", "flavor": "standard.small", "interfaces": [{"type": "external"}],
+                      "volumes": [{"source": "new-volume", "size": 1}]});
+    let r = gcore(&c, Method::POST, &instances, ADMIN, Some(body)).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "ValidationError");
+    let listed = gcore(&c, Method::GET, &base(&c, ADMIN, "v1", "instances").await, ADMIN, None).await.body;
+    assert_eq!(listed["count"], 0, "{listed}");
+    let theirs_now =
+        gcore(&c, Method::GET, &format!("{}/{theirs}", base(&c, &other, "v1", "volumes").await), &other, None)
+            .await
+            .body;
+    assert_eq!(theirs_now["status"], "available");
+}

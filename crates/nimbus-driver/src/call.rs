@@ -115,6 +115,11 @@ pub enum DriverCall {
         volume_id: Uuid,
     },
     Volumes,
+    CreateVolumeFromSnapshot {
+        volume: VolumeSpec,
+        source: Uuid,
+        snapshot_id: Uuid,
+    },
     SnapshotVolume {
         volume_id: Uuid,
         snapshot_id: Uuid,
@@ -164,6 +169,7 @@ impl DriverCall {
             | DriverCall::ImportTemplate { .. }
             | DriverCall::RemoveTemplate { .. }
             | DriverCall::CreateVolume { .. }
+            | DriverCall::CreateVolumeFromSnapshot { .. }
             | DriverCall::DeleteVolume { .. }
             | DriverCall::ResizeVolume { .. }
             | DriverCall::VolumeSizeGb { .. }
@@ -214,6 +220,9 @@ pub async fn dispatch(driver: &dyn Driver, call: DriverCall) -> DriverReply {
         }
         DriverCall::RemoveTemplate { template_id } => reply(driver.remove_template(template_id).await),
         DriverCall::CreateVolume { volume } => reply(driver.create_volume(&volume).await),
+        DriverCall::CreateVolumeFromSnapshot { volume, source, snapshot_id } => {
+            reply(driver.create_volume_from_snapshot(&volume, source, snapshot_id).await)
+        }
         DriverCall::DeleteVolume { volume_id } => reply(driver.delete_volume(volume_id).await),
         DriverCall::ResizeVolume { volume_id, size_gb, attached_to } => {
             reply(driver.resize_volume(volume_id, size_gb, attached_to).await)

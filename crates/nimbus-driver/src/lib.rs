@@ -244,6 +244,16 @@ pub trait Driver: Send + Sync + 'static {
     async fn create_volume(&self, _volume: &VolumeSpec) -> DriverResult<()> {
         Err(DriverError::Unsupported(format!("the {} driver has no volumes", self.name())))
     }
+    /// Makes the volume's disk as a copy of snapshot `snapshot_id` of volume `source` (kept on this host),
+    /// grown to the volume's size. Idempotent: an existing disk is kept as it is.
+    async fn create_volume_from_snapshot(
+        &self,
+        _volume: &VolumeSpec,
+        _source: Uuid,
+        _snapshot_id: Uuid,
+    ) -> DriverResult<()> {
+        Err(DriverError::Unsupported(format!("the {} driver has no volume snapshots", self.name())))
+    }
     /// Removes the volume's disk (detached). Idempotent: a missing one is no error.
     async fn delete_volume(&self, _volume_id: Uuid) -> DriverResult<()> {
         Ok(())

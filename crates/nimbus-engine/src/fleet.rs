@@ -294,6 +294,15 @@ impl Driver for RemoteDriver {
         decode(self.call(DriverCall::CreateVolume { volume: volume.clone() }).await)
     }
 
+    async fn create_volume_from_snapshot(
+        &self,
+        volume: &nimbus_driver::VolumeSpec,
+        source: Uuid,
+        snapshot_id: Uuid,
+    ) -> DriverResult<()> {
+        decode(self.call(DriverCall::CreateVolumeFromSnapshot { volume: volume.clone(), source, snapshot_id }).await)
+    }
+
     async fn delete_volume(&self, volume_id: Uuid) -> DriverResult<()> {
         decode(self.call(DriverCall::DeleteVolume { volume_id }).await)
     }

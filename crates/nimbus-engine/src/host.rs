@@ -37,13 +37,21 @@ impl Engine {
             gateway: Some(net.gateway()),
             tpm: instance.tpm_enabled,
             secure_boot: instance.secure_boot,
-            // What a boot gives the guest beside its disk. Attaching or detaching ones hold the instance's
-            // lock, so no boot runs while a volume is between the two.
+            // What a boot gives the guest beside its disk: its `in-use` volumes, and those the create booting
+            // it holds (attached by its `attach-volumes` step, `in-use` at its outcome). Other attaching or
+            // detaching ones hold the instance's lock, so no boot runs while a volume is between the two.
             volumes: self
                 .volumes_of_instance(instance)
                 .await?
                 .iter()
-                .filter(|v| v.state == nimbus_core::volume::VolumeState::InUse)
+                .filter(|v| {
+                    v.state == nimbus_core::volume::VolumeState::InUse
+                        || (matches!(
+                            v.state,
+                            nimbus_core::volume::VolumeState::Attaching | nimbus_core::volume::VolumeState::Creating
+                        ) && v.lock_operation_id.is_some()
+                            && v.lock_operation_id == instance.lock_operation_id)
+                })
                 .map(crate::volumes::spec_of)
                 .collect(),
         })

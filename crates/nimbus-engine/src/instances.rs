@@ -68,6 +68,18 @@ pub struct CreateInstance {
     pub aliases: Vec<(String, String)>,
     /// Which names the API the request came through allows.
     pub name_rule: NameRule,
+    /// Volumes given to the instance beside its disk, attached before its first boot (see
+    /// `sagas::create`).
+    pub volumes: Vec<InstanceVolume>,
+}
+
+/// A volume an instance is created with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InstanceVolume {
+    /// An `available` volume of the project, in the instance's zone (and on its host, where it has one).
+    Existing(Uuid),
+    /// A new, empty volume, made on the instance's host.
+    New { name: String, size_gb: u64, labels: Labels },
 }
 
 /// A partial update. `labels` is a JSON merge patch (RFC 7386); `Some(Value::Null)` clears every label.
@@ -146,6 +158,10 @@ pub enum ActionRequest {
     Suspend,
     Resume,
     Delete,
+    /// Deletes the instance and, with it, these volumes attached to it (the others are detached and kept).
+    DeleteWithVolumes {
+        volumes: Vec<Uuid>,
+    },
     /// Anti-affinity groups to join and to leave.
     ChangeAntiAffinityGroups {
         join: Vec<Uuid>,
@@ -171,7 +187,7 @@ impl ActionRequest {
             ActionRequest::EnableTpm => Action::EnableTpm,
             ActionRequest::Suspend => Action::Suspend,
             ActionRequest::Resume => Action::Resume,
-            ActionRequest::Delete => Action::Delete,
+            ActionRequest::Delete | ActionRequest::DeleteWithVolumes { .. } => Action::Delete,
             ActionRequest::ChangeAntiAffinityGroups { .. } => Action::ChangeAntiAffinityGroups,
         }
     }
@@ -753,6 +769,9 @@ impl Engine {
             | ActionRequest::Suspend
             | ActionRequest::Resume
             | ActionRequest::Delete => Planned::nothing(),
+            ActionRequest::DeleteWithVolumes { volumes } => {
+                Planned::of::<sagas::delete::Delete>(&sagas::delete::Params { volumes: volumes.clone() })
+            }
         };
         // A new size must still fit the host the instance's disk is on.
         let planned = match req {
@@ -761,7 +780,12 @@ impl Engine {
             }
             _ => planned,
         };
-        Ok(begin_operation(current, next, t.during, action, planned, &ctx.actor))
+        let (op, mut set) = begin_operation(current, next, t.during, action, planned, &ctx.actor);
+        if let ActionRequest::DeleteWithVolumes { volumes } = req {
+            // Locked by the operation, so they need its id.
+            set.writes.extend(sagas::delete::lock_volumes(self, ctx, current, volumes, &op).await?);
+        }
+        Ok((op, set))
     }
 
     /// The GPU model of an instance of `itype`: the one `asked` for, else the one it `keep`s, else the

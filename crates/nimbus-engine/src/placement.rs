@@ -31,7 +31,21 @@ impl Engine {
     /// Chooses a host for `instance` (its size, its anti-affinity groups) and the check that goes with the
     /// transaction that records it.
     pub(crate) async fn place(&self, instance: &Instance) -> Result<Placement> {
+        self.place_with(instance, None).await
+    }
+
+    /// [`Engine::place`] on `required_host` only, when given (the host that keeps volumes the instance is
+    /// created with: a volume does not move between hosts yet).
+    pub(crate) async fn place_with(&self, instance: &Instance, required_host: Option<&str>) -> Result<Placement> {
         let mut candidates = self.placement_candidates().await?;
+        if let Some(host) = required_host {
+            candidates.retain(|name, _| name == host);
+            if candidates.is_empty() {
+                return Err(DomainError::NoCapacity(format!(
+                    "its volumes are kept on host {host}, which cannot take instances now"
+                )));
+            }
+        }
         if let Some(host) = self.template_host(instance).await? {
             // Its template's files are on one host only.
             candidates.retain(|name, _| *name == host);

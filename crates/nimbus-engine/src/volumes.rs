@@ -41,6 +41,9 @@ pub struct CreateVolume {
     /// An instance of the project to attach the new volume to, in the same operation (its zone is the
     /// volume's, its host the volume's host).
     pub attach_to: Option<Uuid>,
+    /// A `ready` snapshot of a volume of the project whose data the new volume starts with (made on the
+    /// host that keeps the snapshot; `size_gb` 0: the snapshot's size, never less).
+    pub from_snapshot: Option<Uuid>,
 }
 
 /// A change of what a volume is called and labelled (nothing on the host).
@@ -70,7 +73,9 @@ impl Engine {
         if req.description.len() > 255 {
             return Err(DomainError::invalid("description", "at most 255 characters"));
         }
-        volume::validate_size("size_gb", req.size_gb)?;
+        if req.from_snapshot.is_none() || req.size_gb != 0 {
+            volume::validate_size("size_gb", req.size_gb)?;
+        }
         labels::validate_labels("labels", &req.labels)?;
         let zone = self.volume_zone(req.zone.as_deref()).await?;
         for attempt in 0..CAS_RETRIES {
@@ -104,9 +109,52 @@ impl Engine {
             }
             None => None,
         };
-        let host = match instance.as_ref().and_then(|i| i.host.clone()) {
-            Some(h) => h,
-            None => self.volume_host(zone).await?,
+        // A copy of a snapshot is made where the snapshot is kept: the host of its volume, which the
+        // operation locks meanwhile (so the snapshot is neither deleted nor reverted to under the copy).
+        let source = match req.from_snapshot {
+            Some(sid) => {
+                let s = self.volume_snapshot(ctx, sid).await?;
+                if s.state != nimbus_core::volume::VolumeSnapshotState::Ready {
+                    return Err(DomainError::Conflict(format!("snapshot {sid} is {}, not ready", s.state)));
+                }
+                let Some((from, record)) = self.record_of::<Volume>(VOLUME, s.volume_id).await? else {
+                    return Err(DomainError::not_found("volume", s.volume_id));
+                };
+                if let Some(op) = from.lock_operation_id {
+                    return Err(DomainError::Conflict(format!(
+                        "volume {} of snapshot {sid} is busy with operation {op}; retry when it is done",
+                        from.id
+                    )));
+                }
+                if from.zone != zone {
+                    return Err(DomainError::invalid(
+                        "zone",
+                        format!("snapshot {sid} is in zone {}: a volume is made from it in that zone", from.zone),
+                    ));
+                }
+                if req.size_gb != 0 && req.size_gb < s.size_gb {
+                    return Err(DomainError::invalid("size_gb", format!("at least the snapshot's {} GB", s.size_gb)));
+                }
+                Some((s, from, record))
+            }
+            None => None,
+        };
+        let size_gb = match &source {
+            Some((s, _, _)) if req.size_gb == 0 => s.size_gb,
+            _ => req.size_gb,
+        };
+        let host = match (
+            instance.as_ref().and_then(|i| i.host.clone()),
+            source.as_ref().and_then(|(_, f, _)| f.host.clone()),
+        ) {
+            (Some(ih), Some(sh)) if ih != sh => {
+                return Err(DomainError::Conflict(format!(
+                    "the snapshot is kept by host {sh}, the instance runs on host {ih}: moving a volume between \
+                     hosts is not supported yet"
+                )))
+            }
+            (Some(h), _) | (None, Some(h)) => h,
+            (None, None) => self.volume_host(zone).await?,
         };
         let id = nimbus_core::new_id();
         let mut op = Operation::new(
@@ -116,8 +164,13 @@ impl Engine {
             instance.as_ref().map(|i| i.state),
             ctx.actor.clone(),
         );
-        op.params = serde_json::to_value(sagas::create_volume::Params { attach_to: req.attach_to })
-            .expect("parameters serialize");
+        op.params = serde_json::to_value(sagas::create_volume::Params {
+            attach_to: req.attach_to,
+            from_snapshot: source
+                .as_ref()
+                .map(|(s, from, _)| sagas::create_volume::FromSnapshot { volume_id: from.id, snapshot_id: s.id }),
+        })
+        .expect("parameters serialize");
         let now = op.created_at;
         let v = Volume {
             id,
@@ -125,7 +178,7 @@ impl Engine {
             name: req.name.clone(),
             description: req.description.clone(),
             zone: zone.to_string(),
-            size_gb: req.size_gb,
+            size_gb,
             state: VolumeState::Creating,
             instance_id: req.attach_to,
             host: Some(host),
@@ -139,6 +192,16 @@ impl Engine {
         set.push(Write::InsertRecord(Record::new(VOLUME, id, Some(ctx.project.id), &v.name, &v)));
         set.push(Write::InsertOperation(op.clone()));
         set.push(volume_event(&ctx.actor, "volume.created", &v));
+        if let Some((_, from, record)) = &source {
+            let mut locked = from.clone();
+            locked.lock_operation_id = Some(op.id);
+            locked.updated_at = now;
+            set.push(Write::UpdateRecord {
+                record: record.next(&locked.name, &locked),
+                expected_generation: record.generation,
+            });
+            set.push(volume_event(&ctx.actor, "volume.updated", &locked));
+        }
         set.push(operation_event("operation.created", &op));
         set.enforce_quota_of = Some(ctx.project.id);
         if let Some(i) = &instance {
@@ -152,7 +215,9 @@ impl Engine {
         }
         match self.store.apply(set).await {
             Ok(()) => {}
-            Err(StoreError::Conflict(_)) if instance.is_some() => return Err(DomainError::Conflict(RACED.into())),
+            Err(StoreError::Conflict(_)) if instance.is_some() || source.is_some() => {
+                return Err(DomainError::Conflict(RACED.into()))
+            }
             Err(e) => return Err(store_err(e)),
         }
         self.kick_workers();
@@ -427,12 +492,13 @@ impl Engine {
     /// The writes that leave an instance's volumes `available` and attached to nothing, for the outcome of
     /// its deletion (the host's destroy unplugged them; their data stays). Each is a compare-and-swap on the
     /// version read, so the outcome's transaction fails and is retried on a race.
-    pub(crate) async fn release_volumes_of(&self, instance: &Instance) -> Result<Vec<Write>> {
+    /// Those in `except` (deleted with it) are left to the caller.
+    pub(crate) async fn release_volumes_of(&self, instance: &Instance, except: &[Uuid]) -> Result<Vec<Write>> {
         let records = self.store.list_records(VOLUME, Some(instance.project_id)).await.map_err(store_err)?;
         let mut writes = Vec::new();
         for r in records.iter().filter(|r| r.project_id == Some(instance.project_id)) {
             let mut v: Volume = r.decode().map_err(store_err)?;
-            if v.instance_id != Some(instance.id) {
+            if v.instance_id != Some(instance.id) || except.contains(&v.id) {
                 continue;
             }
             v.instance_id = None;

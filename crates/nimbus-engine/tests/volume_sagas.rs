@@ -15,6 +15,7 @@ use nimbus_core::volume::{VolumeSnapshotState, VolumeState};
 use nimbus_driver::{Driver, SimConfig, SimDriver};
 use nimbus_engine::{
     Context, CrashPoint, CrashWhen, CreateInstance, CreateVolume, CreateVolumeSnapshot, Engine, EngineConfig,
+    InstanceVolume,
 };
 use nimbus_store::testing::TestStore;
 use uuid::Uuid;
@@ -91,12 +92,14 @@ enum Kind {
     /// Of a detached volume, to its snapshot.
     Revert,
     DeleteSnapshot,
+    /// A new volume from a snapshot of another one.
+    CreateFromSnapshot,
 }
 
 impl Kind {
     fn action(self) -> Action {
         match self {
-            Kind::Create | Kind::CreateAttached => Action::CreateVolume,
+            Kind::Create | Kind::CreateAttached | Kind::CreateFromSnapshot => Action::CreateVolume,
             Kind::Attach => Action::AttachVolume,
             Kind::Detach => Action::DetachVolume,
             Kind::Resize => Action::ResizeVolume,
@@ -172,7 +175,7 @@ impl Cloud {
             let op = self.engine.attach_volume(&self.ctx, v, instance).await.unwrap();
             assert_eq!(self.wait(op.id).await.state, OperationState::Success);
         }
-        if matches!(kind, Kind::Revert | Kind::DeleteSnapshot) {
+        if matches!(kind, Kind::Revert | Kind::DeleteSnapshot | Kind::CreateFromSnapshot) {
             let req = CreateVolumeSnapshot { name: format!("{name}-snap"), ..Default::default() };
             let op = self.engine.create_volume_snapshot(&self.ctx, v, req).await.unwrap().0;
             assert_eq!(self.wait(op.id).await.state, OperationState::Success);
@@ -201,6 +204,12 @@ impl Cloud {
             }
             (Kind::Revert, Some(v)) => {
                 self.engine.revert_volume(&self.ctx, v, self.snapshot_of(v).await).await.unwrap()
+            }
+            (Kind::CreateFromSnapshot, Some(v)) => {
+                let from_snapshot = Some(self.snapshot_of(v).await);
+                let req =
+                    CreateVolume { name: format!("{name}-copy"), size_gb: 2, from_snapshot, ..Default::default() };
+                self.engine.create_volume(&self.ctx, req).await.unwrap().0
             }
             (Kind::DeleteSnapshot, Some(v)) => {
                 self.engine.delete_volume_snapshot(&self.ctx, self.snapshot_of(v).await).await.unwrap()
@@ -273,7 +282,7 @@ impl Cloud {
     }
 }
 
-const KINDS: [Kind; 9] = [
+const KINDS: [Kind; 10] = [
     Kind::Create,
     Kind::CreateAttached,
     Kind::Attach,
@@ -283,6 +292,7 @@ const KINDS: [Kind; 9] = [
     Kind::Snapshot,
     Kind::Revert,
     Kind::DeleteSnapshot,
+    Kind::CreateFromSnapshot,
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,4 +350,176 @@ async fn a_volume_operation_killed_every_time_is_given_up_and_leaves_nothing_beh
             c.assert_nothing_leaked(&case, instance).await;
         }
     }
+}
+
+/// An instance created with an existing volume and a new one: what a user and the host see at the end.
+#[derive(Debug, PartialEq)]
+struct CreatedWith {
+    op_state: OperationState,
+    /// The existing volume's state, whether its record and the host attach it to the instance.
+    existing: (Option<VolumeState>, bool, bool),
+    /// The new volume's state (`None`: no record), and whether the host has its disk.
+    new: (Option<VolumeState>, bool),
+}
+
+impl Cloud {
+    async fn create_with_volumes(&self, name: &str) -> (Operation, Uuid, Uuid) {
+        let existing = self.volume(&format!("{name}-old")).await;
+        let req = CreateInstance {
+            name: name.into(),
+            instance_type: "standard.small".into(),
+            template: "busybox".into(),
+            auto_start: true,
+            volumes: vec![
+                InstanceVolume::Existing(existing),
+                InstanceVolume::New { name: format!("{name}-new"), size_gb: 2, labels: Default::default() },
+            ],
+            ..Default::default()
+        };
+        let op = self.engine.create_instance(&self.ctx, req).await.unwrap().0;
+        (self.wait(op.id).await, op.target.id, existing)
+    }
+
+    async fn created_with(&self, op: &Operation, instance: Uuid, existing: Uuid, name: &str) -> CreatedWith {
+        let volumes = self.engine.list_volumes(&self.ctx).await.unwrap();
+        let old = volumes.iter().find(|v| v.id == existing);
+        let new = volumes.iter().find(|v| v.name == format!("{name}-new"));
+        let old_disk = self.sim.volume(existing);
+        CreatedWith {
+            op_state: op.state,
+            existing: (
+                old.map(|v| v.state),
+                old.is_some_and(|v| v.instance_id == Some(instance)),
+                old_disk.is_some_and(|d| d.attached_to == Some(instance)),
+            ),
+            new: (new.map(|v| v.state), new.is_some_and(|v| self.sim.volume(v.id).is_some())),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_created_with_volumes_converges_after_a_crash_before_and_after_each_step() {
+    let c = cloud().await;
+    c.arm(None, false);
+    let (op, instance, existing) = c.create_with_volumes("cv-ref").await;
+    let plan = c.disarm();
+    let expected = c.created_with(&op, instance, existing, "cv-ref").await;
+    assert_eq!(
+        expected,
+        CreatedWith {
+            op_state: OperationState::Success,
+            existing: (Some(VolumeState::InUse), true, true),
+            new: (Some(VolumeState::InUse), true),
+        }
+    );
+    let steps = nimbus_engine::sagas::step_names(&op).unwrap();
+    assert_eq!(steps, ["provision", "make-volumes", "attach-volumes", "boot"]);
+    // The running guest was booted with both volumes.
+    let i = c.engine.instance(&c.ctx, instance).await.unwrap();
+    assert_eq!(i.state, nimbus_core::instance::InstanceState::Running);
+    let points: Vec<_> = plan.seen.iter().filter(|p| p.operation == op.id).map(|p| (p.step, p.when)).collect();
+    assert_eq!(points.len(), 9, "before and after each of 4 steps, and before the outcome: {points:?}");
+    for (n, &(step, when)) in points.iter().enumerate() {
+        let case = format!("create with volumes crashed {when:?} step {step}");
+        let name = format!("cv-c{n}");
+        c.arm(Some((Action::Create, step, when)), false);
+        let (op, instance, existing) = c.create_with_volumes(&name).await;
+        let plan = c.disarm();
+        assert_eq!(plan.fired, 1, "{case}: the crash point was not reached");
+        assert!(op.attempts >= 2, "{case}: the operation was not resumed ({} attempts)", op.attempts);
+        assert_eq!(c.created_with(&op, instance, existing, &name).await, expected, "{case}: converged elsewhere");
+        c.assert_nothing_leaked(&case, instance).await;
+    }
+    // Killed every time: given up, the existing volume is back `available` and the new one is gone.
+    for (step, when) in [(1, CrashWhen::Before), (2, CrashWhen::After), (4, CrashWhen::Before)] {
+        let case = format!("create with volumes killed every time {when:?} step {step}");
+        let name = format!("cv-k{step}");
+        c.arm(Some((Action::Create, step, when)), true);
+        let (op, instance, existing) = c.create_with_volumes(&name).await;
+        c.disarm();
+        assert_eq!((op.state, op.reason), (OperationState::Failure, Some(Reason::Interrupted)), "{case}: {op:?}");
+        assert_eq!(
+            c.created_with(&op, instance, existing, &name).await,
+            CreatedWith {
+                op_state: OperationState::Failure,
+                existing: (Some(VolumeState::Available), false, false),
+                new: (None, false),
+            },
+            "{case}"
+        );
+        c.assert_nothing_leaked(&case, instance).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_deleted_with_one_of_its_volumes_converges_after_a_crash_before_and_after_each_step() {
+    let c = cloud().await;
+    // Each case: an instance with two volumes, deleted with the first; the second survives, detached.
+    let setup = |name: String| {
+        let c = &c;
+        async move {
+            let instance = c.instance(&format!("{name}-vm")).await;
+            let (gone, kept) = (c.volume(&format!("{name}-gone")).await, c.volume(&format!("{name}-kept")).await);
+            for v in [gone, kept] {
+                let op = c.engine.attach_volume(&c.ctx, v, instance).await.unwrap();
+                assert_eq!(c.wait(op.id).await.state, OperationState::Success);
+            }
+            (instance, gone, kept)
+        }
+    };
+    let delete = |instance: Uuid, gone: Uuid| {
+        let c = &c;
+        async move {
+            let req = nimbus_engine::ActionRequest::DeleteWithVolumes { volumes: vec![gone] };
+            let op = c.engine.act(&c.ctx, instance, req).await.unwrap();
+            c.wait(op.id).await
+        }
+    };
+    // What is left: the deleted volume's record and disk, the kept one's state, attachment and disk.
+    let left = |gone: Uuid, kept: Uuid| {
+        let c = &c;
+        async move {
+            let g = c.engine.volume(&c.ctx, gone).await.ok();
+            let k = c.engine.volume(&c.ctx, kept).await.unwrap();
+            let kd = c.sim.volume(kept);
+            assert_eq!(k.lock_operation_id, None);
+            (
+                g.map(|v| (v.state, v.lock_operation_id.is_some())),
+                c.sim.volume(gone).is_some(),
+                (k.state, k.instance_id.is_some(), kd.is_some(), kd.and_then(|d| d.attached_to).is_some()),
+            )
+        }
+    };
+    let (instance, gone, kept) = setup("dv-ref".into()).await;
+    c.arm(None, false);
+    let op = delete(instance, gone).await;
+    let plan = c.disarm();
+    assert_eq!(op.state, OperationState::Success, "{op:?}");
+    assert_eq!(nimbus_engine::sagas::step_names(&op).unwrap(), ["destroy", "remove-volumes"]);
+    let expected = (None, false, (VolumeState::Available, false, true, false));
+    assert_eq!(left(gone, kept).await, expected);
+    let points: Vec<_> = plan.seen.iter().filter(|p| p.operation == op.id).map(|p| (p.step, p.when)).collect();
+    assert_eq!(points.len(), 5, "{points:?}");
+    for (n, &(step, when)) in points.iter().enumerate() {
+        let case = format!("delete with volumes crashed {when:?} step {step}");
+        let (instance, gone, kept) = setup(format!("dv-c{n}")).await;
+        c.arm(Some((Action::Delete, step, when)), false);
+        let op = delete(instance, gone).await;
+        let plan = c.disarm();
+        assert_eq!(plan.fired, 1, "{case}: the crash point was not reached");
+        assert_eq!(op.state, OperationState::Success, "{case}: {op:?}");
+        assert_eq!(left(gone, kept).await, expected, "{case}: converged elsewhere");
+        assert!(c.engine.instance(&c.ctx, instance).await.is_err(), "{case}: the instance is still there");
+    }
+    // Killed every time before its destroy: given up with nothing done, both volumes still attached.
+    let (instance, gone, kept) = setup("dv-k".into()).await;
+    c.arm(Some((Action::Delete, 0, CrashWhen::Before)), true);
+    let op = delete(instance, gone).await;
+    c.disarm();
+    assert_eq!((op.state, op.reason), (OperationState::Failure, Some(Reason::Interrupted)), "{op:?}");
+    let g = c.engine.volume(&c.ctx, gone).await.unwrap();
+    assert_eq!((g.state, g.instance_id, g.lock_operation_id), (VolumeState::InUse, Some(instance), None));
+    let k = c.engine.volume(&c.ctx, kept).await.unwrap();
+    assert_eq!((k.state, k.instance_id), (VolumeState::InUse, Some(instance)));
+    c.assert_nothing_leaked("delete with volumes killed every time", instance).await;
 }

@@ -10,7 +10,7 @@ use axum::Json;
 use nimbus_core::instance::InstanceState;
 use nimbus_core::labels::Selector;
 use nimbus_core::DomainError;
-use nimbus_engine::{ActionRequest, CreateInstance, InstanceFilter, InstancePatch};
+use nimbus_engine::{ActionRequest, CreateInstance, InstanceFilter, InstancePatch, InstanceVolume};
 use serde::Deserialize;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
@@ -61,6 +61,43 @@ pub struct CreateInstanceParams {
     pub protected: bool,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub expected_shutdown_at: Option<OffsetDateTime>,
+    /// Volumes given to the instance beside its disk, attached before its first boot: existing ones
+    /// (`available`, of the project and zone) and new, empty ones.
+    #[serde(default)]
+    pub volumes: Vec<InstanceVolumeParams>,
+}
+
+/// A volume of a new instance: `{"volume_id"}` for an existing one, `{"size_gb", "name"?, "labels"?}` for a
+/// new one.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceVolumeParams {
+    /// An existing volume, `available`.
+    pub volume_id: Option<Uuid>,
+    /// The size of a new volume.
+    pub size_gb: Option<u64>,
+    /// A new volume's name (default: `<instance>-volume-<n>`).
+    pub name: Option<String>,
+    /// A new volume's labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl InstanceVolumeParams {
+    fn into_engine(self, n: usize, instance: &str) -> Result<InstanceVolume, ApiError> {
+        match (self.volume_id, self.size_gb) {
+            (Some(id), None) if self.name.is_none() && self.labels.is_empty() => Ok(InstanceVolume::Existing(id)),
+            (None, Some(size_gb)) => Ok(InstanceVolume::New {
+                name: self.name.unwrap_or_else(|| format!("{instance}-volume-{n}")),
+                size_gb,
+                labels: self.labels,
+            }),
+            _ => Err(ApiError::from(nimbus_core::DomainError::invalid(
+                format!("volumes.{n}"),
+                "give either volume_id (an existing volume) or size_gb with an optional name and labels (a new one)",
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -154,6 +191,8 @@ pub async fn create(
     Caller(ctx): Caller,
     JsonBody(p): JsonBody<CreateInstanceParams>,
 ) -> ApiResult<Response> {
+    let volumes =
+        p.volumes.into_iter().enumerate().map(|(n, v)| v.into_engine(n, &p.name)).collect::<Result<Vec<_>, _>>()?;
     let (op, _) = app
         .engine
         .create_instance(
@@ -176,6 +215,7 @@ pub async fn create(
                 secure_boot: p.secure_boot,
                 protected: p.protected,
                 expected_shutdown_at: p.expected_shutdown_at,
+                volumes,
                 ..Default::default()
             },
         )

@@ -73,6 +73,8 @@ pub struct VolumeList {
 #[serde(deny_unknown_fields)]
 pub struct CreateVolumeParams {
     pub name: String,
+    /// Required for an empty volume; from a snapshot, at least the snapshot's size (default: that size).
+    #[serde(default)]
     pub size_gb: u64,
     #[serde(default)]
     pub description: String,
@@ -82,6 +84,8 @@ pub struct CreateVolumeParams {
     pub labels: Labels,
     /// An instance to attach the new volume to, in the same operation.
     pub instance_id: Option<Uuid>,
+    /// A ready volume snapshot of the project whose data the new volume starts with.
+    pub snapshot_id: Option<Uuid>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -117,6 +121,7 @@ pub async fn create(
         zone: p.zone,
         labels: p.labels,
         attach_to: p.instance_id,
+        from_snapshot: p.snapshot_id,
     };
     let (op, _) = app.engine.create_volume(&ctx, req).await?;
     Ok(accepted(&op))

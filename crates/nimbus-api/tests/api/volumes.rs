@@ -343,3 +343,92 @@ async fn a_volume_is_snapshotted_attached_reverted_detached_and_its_snapshots_de
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     assert_eq!(c.wait(&r.id(), ADMIN).await["state"], "success");
 }
+
+#[tokio::test]
+async fn an_instance_is_created_with_an_existing_and_a_new_volume() {
+    let c = Cloud::new().await;
+    let existing = volume(&c, ADMIN, "existing", 1).await;
+    let vm = c
+        .instance(ADMIN, "with-volumes", json!({"volumes": [{"volume_id": existing}, {"size_gb": 2, "name": "fresh"}]}))
+        .await;
+    let i = c.get(&format!("/v1/instances/{vm}"), ADMIN).await.body;
+    assert_eq!(i["state"], "running", "{i}");
+    let ids: Vec<String> = i["volumes"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 2, "{i}");
+    assert!(ids.contains(&existing), "{i}");
+    for id in &ids {
+        let v = show(&c, id).await;
+        assert_eq!((v["state"].as_str(), v["instance_id"].as_str()), (Some("in-use"), Some(vm.as_str())), "{v}");
+        // Booted with it: the simulated host has it plugged into the instance.
+        let uuid = Uuid::parse_str(id).unwrap();
+        assert_eq!(c.sim.volume(uuid).unwrap().attached_to, Some(Uuid::parse_str(&vm).unwrap()));
+    }
+    let fresh = ids.iter().find(|id| **id != existing).unwrap();
+    assert_eq!(show(&c, fresh).await["name"], "fresh");
+
+    // In use: refused to another create, which makes nothing (no instance, no new volume).
+    let r = c
+        .post(
+            "/v1/instances",
+            ADMIN,
+            json!({"name": "second", "instance_type": "standard.small", "template": "busybox",
+                   "volumes": [{"size_gb": 1}, {"volume_id": existing}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(c.get("/v1/volumes", ADMIN).await.body["items"].as_array().map(Vec::len), Some(2));
+    // Neither an id nor a size, or both.
+    for bad in [json!({}), json!({"volume_id": existing, "size_gb": 1}), json!({"volume_id": existing, "name": "x"})] {
+        let r = c
+            .post(
+                "/v1/instances",
+                ADMIN,
+                json!({"name": "third", "instance_type": "standard.small", "template": "busybox", "volumes": [bad]}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text);
+    }
+    // Another project's volume is not found.
+    let project = c.post("/v1/projects", ADMIN, json!({"name": "other"})).await;
+    let other = c.key("admin", Some(project.id().as_str())).await;
+    let r = c
+        .post(
+            "/v1/instances",
+            &other,
+            json!({"name": "theirs", "instance_type": "standard.small", "template": "busybox",
+                   "volumes": [{"volume_id": existing}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+}
+
+#[tokio::test]
+async fn a_volume_is_made_from_a_snapshot_of_another() {
+    let c = Cloud::new().await;
+    let id = volume(&c, ADMIN, "data", 2).await;
+    let r =
+        c.call(Method::POST, &format!("/v1/volumes/{id}/snapshots?wait=30"), ADMIN, Some(json!({"name": "s"}))).await;
+    assert_eq!((r.status, r.body["state"].as_str()), (StatusCode::OK, Some("success")), "{}", r.text);
+    let snap = r.body["result"]["snapshot_id"].as_str().unwrap().to_string();
+    let r = c.post("/v1/volumes", ADMIN, json!({"name": "copy", "snapshot_id": snap})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let op = c.wait(&r.id(), ADMIN).await;
+    assert_eq!(op["state"], "success", "{op}");
+    let copy = op["target"]["id"].as_str().unwrap().to_string();
+    let v = show(&c, &copy).await;
+    assert_eq!((v["state"].as_str(), v["size_gb"].as_u64()), (Some("available"), Some(2)), "{v}");
+    let disk = c.sim.volume(Uuid::parse_str(&copy).unwrap()).unwrap();
+    assert_eq!(disk.made_from, Some(Uuid::parse_str(&snap).unwrap()));
+    // The source is free again: its snapshot can go, then it can.
+    assert_eq!(show(&c, &id).await["operation_id"], Value::Null);
+    // Smaller than the snapshot: refused; another project's snapshot: not found.
+    let r = c.post("/v1/volumes", ADMIN, json!({"name": "small", "size_gb": 1, "snapshot_id": snap})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    let project = c.post("/v1/projects", ADMIN, json!({"name": "other"})).await;
+    let other = c.key("admin", Some(project.id().as_str())).await;
+    let r = c.post("/v1/volumes", &other, json!({"name": "theirs", "snapshot_id": snap})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    // An empty volume still needs a size.
+    let r = c.post("/v1/volumes", ADMIN, json!({"name": "sizeless"})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+}

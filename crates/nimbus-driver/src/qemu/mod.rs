@@ -866,6 +866,23 @@ impl Driver for QemuDriver {
         volumes::create(&self.config.qemu_img, &volumes::path(&self.config.state_dir, volume.id), volume.size_gb).await
     }
 
+    async fn create_volume_from_snapshot(
+        &self,
+        volume: &VolumeSpec,
+        source: Uuid,
+        snapshot_id: Uuid,
+    ) -> DriverResult<()> {
+        let file = volumes::path(&self.config.state_dir, volume.id);
+        if tokio::fs::try_exists(&file).await.unwrap_or(false) {
+            return Ok(());
+        }
+        let snapshot = volumes::snapshot_path(&self.config.state_dir, source, snapshot_id);
+        if !tokio::fs::try_exists(&snapshot).await.unwrap_or(false) {
+            return Err(DriverError::Invalid(format!("volume {source} has no snapshot {snapshot_id}")));
+        }
+        volumes::from_snapshot(&self.config.qemu_img, &snapshot, &file, volume.size_gb).await
+    }
+
     async fn delete_volume(&self, volume_id: Uuid) -> DriverResult<()> {
         volumes::remove(&volumes::path(&self.config.state_dir, volume_id)).await
     }

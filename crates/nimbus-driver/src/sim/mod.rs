@@ -77,6 +77,9 @@ pub struct SimVolume {
     /// The snapshot it was last reverted to.
     #[serde(default)]
     pub reverted_to: Option<Uuid>,
+    /// The snapshot (of another volume) it was made from.
+    #[serde(default)]
+    pub made_from: Option<Uuid>,
 }
 
 /// Where the simulated VMs (and templates) live.
@@ -592,6 +595,31 @@ impl Driver for SimDriver {
         self.volumes.put(
             volume.id,
             &SimVolume { size_gb: volume.size_gb, serial: volume.serial.clone(), ..SimVolume::default() },
+        )
+    }
+
+    async fn create_volume_from_snapshot(
+        &self,
+        volume: &VolumeSpec,
+        source: Uuid,
+        snapshot_id: Uuid,
+    ) -> DriverResult<()> {
+        self.act("create_volume_from_snapshot").await?;
+        if self.volumes.get(volume.id).is_some() {
+            return Ok(());
+        }
+        let from = self.volumes.get(source).ok_or(DriverError::NotFound(source))?;
+        let Some(&size_gb) = from.snapshots.get(&snapshot_id) else {
+            return Err(DriverError::Invalid(format!("volume {source} has no snapshot {snapshot_id}")));
+        };
+        self.volumes.put(
+            volume.id,
+            &SimVolume {
+                size_gb: volume.size_gb.max(size_gb),
+                serial: volume.serial.clone(),
+                made_from: Some(snapshot_id),
+                ..SimVolume::default()
+            },
         )
     }
 

@@ -3,9 +3,16 @@
 //! Plan (one transaction): the instance record, placed on a host (whose room the store re-checks in the same
 //! transaction), with its address of the instance network (claimed in the same transaction, so a refused or
 //! crashed create holds none), its initial password, its dialect ids, the operation and the events, all
-//! checked against the project's quota. Steps: `provision` (disk and seed on
-//! the host) and, unless the caller asked for a stopped instance, `boot`. A failure leaves the instance as the
-//! host shows it (usually `error`), for its owner to delete; its address goes with it.
+//! checked against the project's quota. The volumes the request names are taken in the same transaction:
+//! an existing one must be `available`, of the project and its zone (the instance is placed on the host that
+//! keeps it), and is locked by the operation, `attaching`, naming the instance; a new one is recorded
+//! `creating`, on the instance's host, locked the same way (its size counts against the quota at once).
+//! Steps: `provision` (disk and seed on the host), `make-volumes` (the new volumes' empty disks, when there
+//! are any), `attach-volumes` (every volume given to the instance, when there are any) and, unless the caller
+//! asked for a stopped instance, `boot`, whose spec lists the volumes the operation holds. Success: the
+//! volumes `in-use`, unlocked. A failure leaves the instance as the host shows it (usually `error`), for its
+//! owner to delete, its address going with it; its volumes are unplugged, the existing ones left
+//! `available` and attached to nothing, the new ones removed (disk and record).
 
 use async_trait::async_trait;
 use nimbus_core::instance::{validate_name_by, Instance, InstanceState};
@@ -14,21 +21,32 @@ use nimbus_core::operation::{Operation, Target};
 use nimbus_core::resources::{InstancePassword, PASSWORD_LIFETIME};
 use nimbus_core::state_machine::Action;
 use nimbus_core::tenancy::Role;
+use nimbus_core::volume::{self, Volume, VolumeAction, VolumeState};
 use nimbus_core::DomainError;
-use nimbus_driver::DriverResult;
+use nimbus_driver::{DriverError, DriverResult};
 use nimbus_store::{Record, Write, WriteSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use uuid::Uuid;
 
 use super::{Planned, Saga, StepCx, Succeeded};
-use crate::instances::{decode_user_data, instance_event, operation_event, validate_disk, CreateInstance};
+use crate::instances::{
+    decode_user_data, instance_event, operation_event, validate_disk, CreateInstance, InstanceVolume,
+};
 use crate::resources::PASSWORD;
+use crate::volumes::{spec_of, volume_event, VOLUME};
 use crate::{store_err, Context, Engine, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Params {
     /// `false`: the instance is left stopped once provisioned.
     pub auto_start: bool,
+    /// Every volume the instance is created with, in the order asked; each locked by the operation.
+    #[serde(default)]
+    pub volumes: Vec<Uuid>,
+    /// Those of `volumes` the operation makes (new and empty); the others existed.
+    #[serde(default)]
+    pub new_volumes: Vec<Uuid>,
 }
 
 pub(crate) struct Create;
@@ -38,27 +56,194 @@ impl Saga for Create {
     type Params = Params;
 
     fn steps(p: &Params, _: &Operation) -> Vec<&'static str> {
-        if p.auto_start {
-            vec!["provision", "boot"]
-        } else {
-            vec!["provision"]
+        let mut steps = vec!["provision"];
+        if !p.new_volumes.is_empty() {
+            steps.push("make-volumes");
         }
+        if !p.volumes.is_empty() {
+            steps.push("attach-volumes");
+        }
+        if p.auto_start {
+            steps.push("boot");
+        }
+        steps
     }
 
     fn shows(step: &'static str) -> Option<InstanceState> {
         (step == "boot").then_some(InstanceState::Starting)
     }
 
-    async fn run(cx: &StepCx<'_>, _: &Params, step: &'static str) -> DriverResult<Value> {
-        super::build_on_host(cx, step).await
+    async fn run(cx: &StepCx<'_>, p: &Params, step: &'static str) -> DriverResult<Value> {
+        match step {
+            // Idempotent: an existing disk is kept, a plugged volume stays plugged.
+            "make-volumes" => {
+                for v in held_volumes(cx, &p.new_volumes).await? {
+                    cx.driver().create_volume(&spec_of(&v)).await?;
+                }
+                Ok(Value::Null)
+            }
+            "attach-volumes" => {
+                for v in held_volumes(cx, &p.volumes).await? {
+                    cx.driver().attach_volume(cx.instance.id, &spec_of(&v)).await?;
+                }
+                Ok(Value::Null)
+            }
+            _ => super::build_on_host(cx, step).await,
+        }
     }
 
-    async fn succeeded(_: &StepCx<'_>, p: &Params, next: &mut Instance, _: &[Value]) -> Result<Succeeded> {
+    async fn undo(cx: &StepCx<'_>, p: &Params, step: &'static str) -> DriverResult<()> {
+        match step {
+            "attach-volumes" => {
+                for id in &p.volumes {
+                    cx.driver().detach_volume(cx.instance.id, *id).await?;
+                }
+            }
+            "make-volumes" => {
+                for id in &p.new_volumes {
+                    cx.driver().delete_volume(*id).await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn succeeded(cx: &StepCx<'_>, p: &Params, next: &mut Instance, _: &[Value]) -> Result<Succeeded> {
         if !p.auto_start {
             next.state = InstanceState::Stopped;
         }
-        Ok(Succeeded::default())
+        let mut writes = Vec::new();
+        for (mut v, record) in volumes_locked_by(cx, &p.volumes).await? {
+            v.state = VolumeState::InUse;
+            v.lock_operation_id = None;
+            v.updated_at = nimbus_core::now();
+            writes
+                .push(Write::UpdateRecord { record: record.next(&v.name, &v), expected_generation: record.generation });
+            writes.push(volume_event(&nimbus_core::operation::Actor::system(), "volume.updated", &v));
+        }
+        Ok(Succeeded { writes, result: None })
     }
+
+    async fn failed(cx: &StepCx<'_>, p: &Params, _: &mut Instance, _: u32) -> Result<Vec<Write>> {
+        // Given up after crashes, a step may have plugged or made a volume unrecorded: take every one back
+        // (each call idempotent) before the records say so.
+        let mut writes = Vec::new();
+        let system = nimbus_core::operation::Actor::system();
+        for (mut v, record) in volumes_locked_by(cx, &p.volumes).await? {
+            let unplugged = cx.driver().detach_volume(cx.instance.id, v.id).await;
+            if let Err(e) = &unplugged {
+                tracing::warn!(volume = %v.id, instance = %cx.instance.id, error = %e, "could not unplug a volume of a failed create");
+            }
+            v.lock_operation_id = None;
+            v.updated_at = nimbus_core::now();
+            if p.new_volumes.contains(&v.id) {
+                match unplugged.and(cx.driver().delete_volume(v.id).await) {
+                    Ok(()) => {
+                        writes.push(Write::DeleteRecord {
+                            kind: VOLUME.into(),
+                            id: v.id,
+                            expected_generation: Some(record.generation),
+                        });
+                        writes.push(volume_event(&system, "volume.deleted", &v));
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(volume = %v.id, error = %e, "could not remove a failed create's new volume");
+                        v.state = VolumeState::Error;
+                        v.instance_id = None;
+                    }
+                }
+            } else if unplugged.is_ok() {
+                v.state = VolumeState::Available;
+                v.instance_id = None;
+            } else {
+                // Still plugged, as far as anyone knows: a detach puts it right.
+                v.state = VolumeState::Error;
+            }
+            writes
+                .push(Write::UpdateRecord { record: record.next(&v.name, &v), expected_generation: record.generation });
+            writes.push(volume_event(&system, "volume.updated", &v));
+        }
+        Ok(writes)
+    }
+}
+
+/// The records of `ids` still locked by the operation holding the instance (the create).
+async fn volumes_locked_by(cx: &StepCx<'_>, ids: &[Uuid]) -> Result<Vec<(Volume, Record)>> {
+    let mut out = Vec::new();
+    for id in ids {
+        if let Some((v, r)) = cx.engine.record_of::<Volume>(VOLUME, *id).await? {
+            if v.lock_operation_id.is_some() && v.lock_operation_id == cx.instance.lock_operation_id {
+                out.push((v, r));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The volumes a step works on, as recorded: every one must still be held by the create.
+async fn held_volumes(cx: &StepCx<'_>, ids: &[Uuid]) -> DriverResult<Vec<Volume>> {
+    let held = volumes_locked_by(cx, ids).await.map_err(|e| DriverError::Failed(e.to_string()))?;
+    if held.len() != ids.len() {
+        let missing = ids.iter().find(|id| !held.iter().any(|(v, _)| v.id == **id)).copied().unwrap_or_default();
+        return Err(DriverError::NotFound(missing));
+    }
+    Ok(held.into_iter().map(|(v, _)| v).collect())
+}
+
+/// The volumes of a create request, checked: the existing ones read (with the host that keeps them, where
+/// the instance must be placed) and the new ones validated.
+struct PlannedVolumes {
+    existing: Vec<(Volume, Record)>,
+    new: Vec<(String, u64, Labels)>,
+    host: Option<String>,
+}
+
+async fn check_volumes(engine: &Engine, ctx: &Context, asked: &[InstanceVolume], zone: &str) -> Result<PlannedVolumes> {
+    let mut out = PlannedVolumes { existing: Vec::new(), new: Vec::new(), host: None };
+    for (n, item) in asked.iter().enumerate() {
+        match item {
+            InstanceVolume::Existing(id) => {
+                if out.existing.iter().any(|(v, _)| v.id == *id) {
+                    return Err(DomainError::invalid(format!("volumes.{n}"), format!("volume {id} is named twice")));
+                }
+                let Some((v, record)) = engine.record_of::<Volume>(VOLUME, *id).await? else {
+                    return Err(DomainError::not_found("volume", *id));
+                };
+                if v.project_id != ctx.project.id {
+                    return Err(DomainError::not_found("volume", *id));
+                }
+                volume::volume_transition(VolumeAction::Attach, &v)?;
+                if v.zone != zone {
+                    return Err(DomainError::Conflict(format!(
+                        "volume {id} is in zone {}, the instance would be in zone {zone}: a volume attaches only to \
+                         instances of its own zone",
+                        v.zone
+                    )));
+                }
+                if let Some(h) = &v.host {
+                    match &out.host {
+                        Some(other) if other != h => {
+                            return Err(DomainError::Conflict(format!(
+                                "volume {id} is kept by host {h}, another of the volumes by host {other}: an instance \
+                                 takes volumes of one host only (moving a volume between hosts is not supported yet)"
+                            )))
+                        }
+                        _ => out.host = Some(h.clone()),
+                    }
+                }
+                out.existing.push((v, record));
+            }
+            InstanceVolume::New { name, size_gb, labels: l } => {
+                nimbus_core::instance::validate_name(&format!("volumes.{n}.name"), name)?;
+                volume::validate_size(&format!("volumes.{n}.size_gb"), *size_gb)?;
+                labels::validate_labels(&format!("volumes.{n}.labels"), l)?;
+                out.new.push((name.clone(), *size_gb, l.clone()));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The checked request, the instance it makes, and the request's transaction, with host number `host` of
@@ -110,12 +295,24 @@ pub(crate) async fn plan(
         return Err(DomainError::invalid("ssh_keys", format!("template {} does not take SSH keys", template.name)));
     }
     engine.check_group_refs(ctx, &req.security_groups, &req.anti_affinity_groups).await?;
+    let volumes = check_volumes(engine, ctx, &req.volumes, zone).await?;
 
     let now = nimbus_core::now();
     let id = nimbus_core::new_id();
     let net = crate::network::Network::parse(&engine.config.network_cidr)?;
     let mut op = Operation::new(ctx.project.id, Action::Create, Target::instance(id), None, ctx.actor.clone());
-    let planned = Planned::of::<Create>(&Params { auto_start: req.auto_start });
+    let new_ids: Vec<Uuid> = volumes.new.iter().map(|_| nimbus_core::new_id()).collect();
+    // In the order asked: existing and new as the request interleaved them.
+    let mut all_ids = Vec::new();
+    let (mut e, mut n) = (volumes.existing.iter(), new_ids.iter());
+    for item in &req.volumes {
+        match item {
+            InstanceVolume::Existing(_) => all_ids.extend(e.next().map(|(v, _)| v.id)),
+            InstanceVolume::New { .. } => all_ids.extend(n.next().copied()),
+        }
+    }
+    let planned =
+        Planned::of::<Create>(&Params { auto_start: req.auto_start, volumes: all_ids, new_volumes: new_ids.clone() });
     op.params = planned.params;
     op.params_version = planned.params_version;
     let mut system_labels = Labels::new();
@@ -163,7 +360,7 @@ pub(crate) async fn plan(
         updated_at: now,
     };
     // Placed in this very transaction: the store re-checks the host's room when it commits.
-    let placement = engine.place(&instance).await?;
+    let placement = engine.place_with(&instance, volumes.host.as_deref()).await?;
     if req.tpm_enabled {
         engine.check_tpm_support(Some(&placement.host)).await?;
     }
@@ -182,6 +379,35 @@ pub(crate) async fn plan(
             expires_at: now + PASSWORD_LIFETIME,
         };
         set.push(Write::InsertRecord(Record::new(PASSWORD, id, Some(ctx.project.id), "password", &password)));
+    }
+    for (mut v, record) in volumes.existing {
+        v.state = VolumeState::Attaching;
+        v.instance_id = Some(id);
+        v.lock_operation_id = Some(op.id);
+        v.updated_at = now;
+        // A compare-and-swap on the version read: a volume taken meanwhile makes the create plan again.
+        set.push(Write::UpdateRecord { record: record.next(&v.name, &v), expected_generation: record.generation });
+        set.push(volume_event(&ctx.actor, "volume.updated", &v));
+    }
+    for ((name, size_gb, labels), vid) in volumes.new.into_iter().zip(new_ids) {
+        let v = Volume {
+            id: vid,
+            project_id: ctx.project.id,
+            name,
+            description: String::new(),
+            zone: zone.clone(),
+            size_gb,
+            state: VolumeState::Creating,
+            instance_id: Some(id),
+            host: instance.host.clone(),
+            serial: Volume::serial_for(vid),
+            labels,
+            lock_operation_id: Some(op.id),
+            created_at: now,
+            updated_at: now,
+        };
+        set.push(Write::InsertRecord(Record::new(VOLUME, vid, Some(ctx.project.id), &v.name, &v)));
+        set.push(volume_event(&ctx.actor, "volume.created", &v));
     }
     for (kind, alias) in &req.aliases {
         set.push(Write::PutAlias { kind: kind.clone(), alias: alias.clone(), id });

@@ -1,5 +1,6 @@
-//! `create_volume`: makes a new volume's empty disk on its host, and plugs it into an instance when the
-//! request named one (Gcore's `instance_id_to_attach_to`).
+//! `create_volume`: makes a new volume's disk on its host, empty or a copy of a volume snapshot (Exoscale's
+//! `block-storage-snapshot`; the snapshot's volume locked by the operation meanwhile, released with the
+//! outcome), and plugs it into an instance when the request named one (Gcore's `instance_id_to_attach_to`).
 //!
 //! Plan (`Engine::create_volume`): the record, `creating`, quota-checked in the request's transaction; with
 //! an instance to attach to, the record names it and the instance is locked (its state unchanged), after
@@ -15,14 +16,28 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use nimbus_core::operation::Operation;
+use nimbus_store::Write;
+
 use super::volume::{VolumeCx, VolumeSaga};
-use crate::volumes::spec_of;
+use super::Abandon;
+use crate::volumes::{spec_of, volume_event, VOLUME};
+use crate::Engine;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Params {
     /// The instance the new volume is attached to, whose lock the operation holds.
     #[serde(default)]
     pub attach_to: Option<Uuid>,
+    /// The snapshot the new volume is a copy of; its volume's lock is the operation's until the outcome.
+    #[serde(default)]
+    pub from_snapshot: Option<FromSnapshot>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct FromSnapshot {
+    pub volume_id: Uuid,
+    pub snapshot_id: Uuid,
 }
 
 pub(crate) struct CreateVolume;
@@ -41,7 +56,12 @@ impl VolumeSaga for CreateVolume {
 
     async fn run(cx: &VolumeCx<'_>, p: &Params, step: &'static str) -> DriverResult<Value> {
         match (step, p.attach_to) {
-            ("make", _) => cx.driver().create_volume(&spec_of(cx.volume)).await?,
+            ("make", _) => match &p.from_snapshot {
+                Some(f) => {
+                    cx.driver().create_volume_from_snapshot(&spec_of(cx.volume), f.volume_id, f.snapshot_id).await?
+                }
+                None => cx.driver().create_volume(&spec_of(cx.volume)).await?,
+            },
             (_, Some(id)) => {
                 if cx.instance.is_none() {
                     return Err(nimbus_driver::DriverError::NotFound(id));
@@ -64,6 +84,23 @@ impl VolumeSaga for CreateVolume {
     fn succeeded(p: &Params, next: &mut Volume) -> bool {
         next.state = if p.attach_to.is_some() { VolumeState::InUse } else { VolumeState::Available };
         true
+    }
+
+    /// Releases the snapshot's volume, locked for the copy.
+    async fn land(engine: &Engine, op: &Operation, p: &Params, _ok: bool) -> Result<Vec<Write>, Abandon> {
+        let Some(f) = &p.from_snapshot else { return Ok(Vec::new()) };
+        let Some((mut from, record)) = engine.record_of::<Volume>(VOLUME, f.volume_id).await? else {
+            return Ok(Vec::new());
+        };
+        if from.lock_operation_id != Some(op.id) {
+            return Ok(Vec::new());
+        }
+        from.lock_operation_id = None;
+        from.updated_at = nimbus_core::now();
+        Ok(vec![
+            Write::UpdateRecord { record: record.next(&from.name, &from), expected_generation: record.generation },
+            volume_event(&op.actor, "volume.updated", &from),
+        ])
     }
 
     async fn failed(cx: &VolumeCx<'_>, p: &Params, next: &mut Volume) {

@@ -7,8 +7,8 @@
 //! Snapshots (`/v2/block-storage-snapshot`: list, show, update name and labels, delete, and
 //! `POST /v2/block-storage/{id}:create-snapshot`) are the core's volume snapshots: `ready` is `created`,
 //! `deleting` is `destroying`. Exoscale's API has no revert of a volume (egoscale v3 offers none; a new
-//! volume from a snapshot is its way), so the core's revert is not offered here; nor is a volume made from
-//! a snapshot yet.
+//! volume from a snapshot is its way), so the core's revert is not offered here. A create naming
+//! `block-storage-snapshot` makes the volume as a copy of that snapshot (the engine's `from_snapshot`).
 
 use axum::extract::State;
 use axum::Json;
@@ -136,14 +136,24 @@ pub async fn list(State(app): State<AppState>, signed: Signed) -> ExoResult<Json
 
 pub async fn create(State(app): State<AppState>, signed: Signed) -> ExoResult<Json<Value>> {
     let body: CreateBody = signed.json()?;
-    if body.block_storage_snapshot.is_some() {
-        return Err(ExoError::bad_request(
-            "Invalid parameter block-storage-snapshot: volumes are made empty in Nimbus",
-        ));
-    }
     let name = body.name.ok_or_else(|| ExoError::bad_request("Invalid parameter name: required"))?;
-    let size = body.size.ok_or_else(|| ExoError::bad_request("Invalid parameter size: required"))?;
-    let req = CreateVolume { name, size_gb: size, labels: body.labels.unwrap_or_default(), ..Default::default() };
+    // From a snapshot, the size is optional (the snapshot's); an empty volume needs one.
+    let from_snapshot = match &body.block_storage_snapshot {
+        Some(r) => Some(r.required_id("block-storage-snapshot")?),
+        None => None,
+    };
+    let size = match (body.size, from_snapshot) {
+        (Some(s), _) => s,
+        (None, Some(_)) => 0,
+        (None, None) => return Err(ExoError::bad_request("Invalid parameter size: required")),
+    };
+    let req = CreateVolume {
+        name,
+        size_gb: size,
+        labels: body.labels.unwrap_or_default(),
+        from_snapshot,
+        ..Default::default()
+    };
     let (op, _) = app.engine.create_volume(&signed.ctx, req).await?;
     Ok(Json(views::operation(&op)))
 }

@@ -1,5 +1,6 @@
-//! `POST /cloud/v2/instances`: Gcore's create body (interfaces, one boot volume from an image, tags,
-//! groups, name templates) translated into the engine's `CreateInstance`, then the private networks its
+//! `POST /cloud/v2/instances`: Gcore's create body (interfaces, a boot volume from an image and other
+//! volumes, `new-volume` or `existing-volume`, that the engine makes or takes and attaches before the first
+//! boot; tags, groups, name templates) translated into the engine's `CreateInstance`, then the private networks its
 //! interfaces name attached (bookkeeping only: the instance's one real NIC is on the instance network).
 
 use std::collections::BTreeMap;
@@ -9,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::Json;
 use nimbus_core::labels::Labels;
-use nimbus_engine::{CreateInstance, InstancePatch};
+use nimbus_engine::{CreateInstance, InstancePatch, InstanceVolume};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -219,53 +220,148 @@ fn parse_interfaces(v: Option<&Value>, scope: &Scope, nets: &[GcoreNetwork], err
     out
 }
 
-/// The boot volume: its image and size.
-fn parse_volumes(v: Option<&Value>, errors: &mut FieldErrors) -> (Option<String>, Option<u64>) {
+/// What the create's `volumes` ask for: the boot volume (its image and size), made as the instance's own
+/// disk, and the other volumes, each with its index in the body (for the engine's refusals).
+#[derive(Default)]
+struct Volumes {
+    image: Option<String>,
+    size: Option<u64>,
+    /// `(index in the body, the volume)`; a new volume's name is filled in once the instance's is known.
+    others: Vec<(usize, OtherVolume)>,
+}
+
+enum OtherVolume {
+    Existing(Uuid),
+    New { name: Option<String>, size: u64, tags: Labels },
+}
+
+fn parse_volumes(v: Option<&Value>, errors: &mut FieldErrors) -> Volumes {
+    let mut out = Volumes::default();
     let items = match v {
         Some(Value::Array(items)) if !items.is_empty() => items,
         None => {
             errors.add("volumes", "Field required");
-            return (None, None);
+            return out;
         }
         _ => {
             errors.add("volumes", "List should have at least 1 item after validation");
-            return (None, None);
+            return out;
         }
     };
-    if items.len() > 1 {
-        errors.add("volumes", "Nimbus instances have one disk: give only the boot volume");
-    }
-    let boot = &items[0];
-    let size = match boot.get("size") {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_u64().filter(|&s| s > 0) {
-            Some(s) => Some(s),
-            None => {
-                errors.add("volumes.0.size", "Input should be a positive integer");
-                None
+    let mut boot_seen = false;
+    for (n, item) in items.iter().enumerate() {
+        let field = |k: &str| format!("volumes.{n}.{k}");
+        let Some(map) = item.as_object() else {
+            errors.add(&format!("volumes.{n}"), "Input should be a valid dictionary");
+            continue;
+        };
+        let size = match map.get("size") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64().filter(|&s| s > 0) {
+                Some(s) => Some(s),
+                None => {
+                    errors.add(&field("size"), "Input should be a positive integer");
+                    None
+                }
+            },
+        };
+        let boot_index = map.get("boot_index").and_then(Value::as_i64);
+        if let Some(t) = map.get("type_name").and_then(Value::as_str).filter(|t| *t != "standard") {
+            errors.add(&field("type_name"), format!("Nimbus has one volume type, 'standard', not {t:?}"));
+        }
+        if map.get("attachment_tag").is_some_and(|t| !t.is_null()) {
+            errors.add(&field("attachment_tag"), "Attachment tags are not available in Nimbus");
+        }
+        let source = map.get("source").and_then(Value::as_str);
+        // The boot volume is the instance's own disk and goes with it; no other volume does.
+        if source != Some("image") && map.get("delete_on_termination").and_then(Value::as_bool) == Some(true) {
+            errors.add(
+                &field("delete_on_termination"),
+                "Nimbus keeps volumes when their instance is deleted: name them in the delete's `volumes` instead",
+            );
+        }
+        match source {
+            Some("image") => {
+                if boot_seen {
+                    errors.add(&field("source"), "Nimbus instances boot from one image volume");
+                }
+                boot_seen = true;
+                if boot_index.is_some_and(|b| b != 0) {
+                    errors.add(&field("boot_index"), "The image volume is the boot volume (boot_index 0)");
+                }
+                out.size = size;
+                match map.get("image_id").and_then(Value::as_str) {
+                    Some(image) => out.image = Some(image.to_string()),
+                    None => errors.add(&field("image_id"), "Field required"),
+                }
             }
-        },
-    };
-    match boot.get("source").and_then(Value::as_str) {
-        Some("image") => {}
-        Some(other) => {
-            errors.add("volumes.0.source", format!("Volumes from {other:?} are not available; use source \"image\""));
-            return (None, size);
+            Some("new-volume") => {
+                let Some(size) = size else {
+                    if map.get("size").is_none_or(|v| v.is_null()) {
+                        errors.add(&field("size"), "Field required");
+                    }
+                    continue;
+                };
+                let name = match map.get("name") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(_) => {
+                        errors.add(&field("name"), "Input should be a valid string");
+                        None
+                    }
+                };
+                let mut tag_errors = FieldErrors::default();
+                let tags = create_tags(map.get("tags"), &mut tag_errors);
+                if !tag_errors.is_empty() {
+                    errors.add(&field("tags"), "Tags are a map of strings");
+                }
+                out.others.push((n, OtherVolume::New { name, size, tags }));
+            }
+            Some("existing-volume") => match map.get("volume_id").map(uuid_of) {
+                Some(Some(id)) => out.others.push((n, OtherVolume::Existing(id))),
+                Some(None) => errors.add(&field("volume_id"), "Input should be a valid UUID"),
+                None => errors.add(&field("volume_id"), "Field required"),
+            },
+            Some(other @ ("snapshot" | "apptemplate")) => {
+                errors.add(&field("source"), format!("Volumes from {other:?} are not available in Nimbus"))
+            }
+            Some(other) => errors.add(
+                &field("source"),
+                format!(
+                    "Input tag {other:?} does not match any of 'image', 'new-volume', 'existing-volume', 'snapshot', \
+                     'apptemplate'"
+                ),
+            ),
+            None => errors.add(&field("source"), "Field required"),
         }
-        None => {
-            errors.add("volumes.0.source", "Field required");
-            return (None, size);
+        if source != Some("image") && boot_index == Some(0) {
+            errors.add(
+                &field("boot_index"),
+                "Nimbus instances boot from their image volume; other volumes take a negative or no boot_index",
+            );
         }
     }
-    if boot.get("boot_index").and_then(Value::as_i64).is_some_and(|b| b != 0) {
-        errors.add("volumes.0.boot_index", "The one volume is the boot volume (boot_index 0)");
+    if !boot_seen {
+        errors.add("volumes", "A boot volume (source 'image', boot_index 0) is required");
     }
-    match boot.get("image_id").and_then(Value::as_str) {
-        Some(image) => (Some(image.to_string()), size),
-        None => {
-            errors.add("volumes.0.image_id", "Field required");
-            (None, size)
+    out
+}
+
+/// An engine refusal that names `volumes.<k>` (the k-th volume beside the boot one) named as in the body.
+fn volume_field_in_body(e: nimbus_core::DomainError, others: &[(usize, OtherVolume)]) -> nimbus_core::DomainError {
+    match e {
+        nimbus_core::DomainError::Invalid { field, message } => {
+            let renamed = field
+                .strip_prefix("volumes.")
+                .and_then(|rest| rest.split_once('.').or(Some((rest, ""))))
+                .and_then(|(k, tail)| {
+                    let body = others.get(k.parse::<usize>().ok()?)?.0;
+                    Some(if tail.is_empty() { format!("volumes.{body}") } else { format!("volumes.{body}.{tail}") })
+                })
+                .map(|f| f.replace(".size_gb", ".size").replace(".labels", ".tags"));
+            nimbus_core::DomainError::Invalid { field: renamed.unwrap_or(field), message }
         }
+        other => other,
     }
 }
 
@@ -294,7 +390,8 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
     let nets = gcore_networks(&app, &r.ctx).await?;
     let interfaces = parse_interfaces(map.get("interfaces"), &scope, &nets, &mut errors);
     let mut groups = interfaces.groups.clone();
-    let (image, size) = parse_volumes(map.get("volumes"), &mut errors);
+    let volumes = parse_volumes(map.get("volumes"), &mut errors);
+    let (image, size) = (volumes.image.clone(), volumes.size);
     let legacy_groups = group_refs("security_groups", map.get("security_groups"), &mut errors);
     if !legacy_groups.is_empty() && !groups.is_empty() {
         errors.add("security_groups", "Give security groups either per interface or for the instance, not both");
@@ -359,6 +456,18 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
     }
     let mut extensions = BTreeMap::new();
     extensions.insert(EXT.to_string(), Value::Object(ext));
+    let engine_volumes = volumes
+        .others
+        .iter()
+        .map(|(n, v)| match v {
+            OtherVolume::Existing(id) => InstanceVolume::Existing(*id),
+            OtherVolume::New { name, size, tags } => InstanceVolume::New {
+                name: name.clone().unwrap_or_else(|| format!("{first_name}-volume-{n}")),
+                size_gb: *size,
+                labels: tags.clone(),
+            },
+        })
+        .collect();
     let (op, instance) = app
         .engine
         .create_instance(
@@ -376,10 +485,12 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
                 auto_start: true,
                 password,
                 extensions,
+                volumes: engine_volumes,
                 ..Default::default()
             },
         )
-        .await?;
+        .await
+        .map_err(|e| volume_field_in_body(e, &volumes.others))?;
     // Private networks are attached once the instance exists (bookkeeping only: no second NIC). The
     // addresses were checked above; one taken in between fails here, after the create was accepted.
     for (network, ip, _) in &interfaces.private {

@@ -66,6 +66,10 @@ impl FieldErrors {
         self.0.entry(field.to_string()).or_default().push(message.into());
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn into_error(self) -> GcoreError {
         let message = self.0.iter().map(|(f, m)| format!("{f}: {}", m.join(" "))).collect::<Vec<_>>().join("; ");
         GcoreError {

@@ -29,13 +29,27 @@ pub(super) struct Renderer<'a> {
     region: &'a Region,
     pub(super) group_names: BTreeMap<Uuid, String>,
     networks: Vec<views::GcoreNetwork>,
+    /// The project's volumes by the instance they are attached to.
+    volumes: BTreeMap<Uuid, Vec<Uuid>>,
 }
 
 impl<'a> Renderer<'a> {
     pub(super) async fn new(app: &'a AppState, region: &'a Region) -> GcoreResult<Renderer<'a>> {
         let groups = app.engine.list_security_groups(&region.ctx).await?;
         let networks = super::networks::gcore_networks(app, &region.ctx).await?;
-        Ok(Renderer { app, region, group_names: groups.into_iter().map(|g| (g.id, g.name)).collect(), networks })
+        let mut volumes: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
+        for v in app.engine.list_volumes(&region.ctx).await? {
+            if let Some(i) = v.instance_id {
+                volumes.entry(i).or_default().push(v.id);
+            }
+        }
+        Ok(Renderer {
+            app,
+            region,
+            group_names: groups.into_iter().map(|g| (g.id, g.name)).collect(),
+            networks,
+            volumes,
+        })
     }
 
     /// A Gcore page: the count of the whole listing and the window's instances.
@@ -74,6 +88,7 @@ impl<'a> Renderer<'a> {
                 .filter(|g| i.private_networks.contains(&g.net.id))
                 .filter_map(|g| g.net.lease_of(i.id).map(|l| (g, l)))
                 .collect(),
+            volumes: self.volumes.get(&i.id).cloned().unwrap_or_default(),
         };
         Ok(views::instance(i, &c))
     }
@@ -218,7 +233,22 @@ pub async fn update(
     Ok(Json(Renderer::new(&app, &r).await?.render(&updated).await?))
 }
 
-pub async fn delete(State(app): State<AppState>, OneInstance(r, instance): OneInstance) -> GcoreResult<Json<Value>> {
-    let op = app.engine.act(&r.ctx, instance.id, ActionRequest::Delete).await?;
+/// `?volumes=id,id`: volumes attached to the instance deleted with it (the engine checks they are its own);
+/// the others are detached and kept.
+pub async fn delete(
+    State(app): State<AppState>,
+    OneInstance(r, instance): OneInstance,
+    uri: Uri,
+) -> GcoreResult<Json<Value>> {
+    let q = query_pairs(&uri);
+    let mut volumes = Vec::new();
+    for part in query_all(&q, "volumes").into_iter().flat_map(|v| v.split(',')).filter(|p| !p.trim().is_empty()) {
+        match Uuid::parse_str(part.trim()) {
+            Ok(id) => volumes.push(id),
+            Err(_) => return Err(GcoreError::field("volumes", format!("{part:?} is not a valid UUID"))),
+        }
+    }
+    let req = if volumes.is_empty() { ActionRequest::Delete } else { ActionRequest::DeleteWithVolumes { volumes } };
+    let op = app.engine.act(&r.ctx, instance.id, req).await?;
     Ok(tasks(&[&op]))
 }

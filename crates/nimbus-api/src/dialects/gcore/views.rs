@@ -259,6 +259,8 @@ pub struct InstanceContext<'a> {
     pub security_group_names: Vec<String>,
     /// The private networks the instance is attached to, with its lease on each.
     pub private: Vec<(&'a GcoreNetwork, &'a Lease)>,
+    /// The volumes attached to it, beside its boot volume (its own disk).
+    pub volumes: Vec<Uuid>,
 }
 
 pub fn instance(i: &Instance, c: &InstanceContext) -> Value {
@@ -317,7 +319,9 @@ pub fn instance(i: &Instance, c: &InstanceContext) -> Value {
         "flavor": instance_flavor(i),
         "addresses": address_map,
         "fixed_ip_assignments": fixed,
-        "volumes": [{"id": derived_id(i.id, "volume.root"), "delete_on_termination": true}],
+        "volumes": std::iter::once(json!({"id": derived_id(i.id, "volume.root"), "delete_on_termination": true}))
+            .chain(c.volumes.iter().map(|id| json!({"id": id, "delete_on_termination": false})))
+            .collect::<Vec<_>>(),
         "security_groups": c.security_group_names.iter().map(|n| json!({"name": n})).collect::<Vec<_>>(),
         "tags": tags(i),
         "ssh_key_name": i.ssh_keys.first(),
@@ -651,7 +655,17 @@ pub fn task(op: &Operation, scope: &Scope, hard_reboot: bool) -> Value {
     let mut resources = created_resources("instances", &[]);
     if op.kind == Action::Create {
         resources = created_resources("instances", &[op.target.id]);
-        resources["volumes"] = json!([derived_id(op.target.id, "volume.root")]);
+        // The boot volume, and the volumes the create made (`new_volumes` of its parameters).
+        let mut made = vec![derived_id(op.target.id, "volume.root")];
+        made.extend(
+            op.params
+                .get("new_volumes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().and_then(|s| Uuid::parse_str(s).ok())),
+        );
+        resources["volumes"] = json!(made);
     }
     if op.kind == Action::CreateVolume {
         resources = created_resources("volumes", &[op.target.id]);

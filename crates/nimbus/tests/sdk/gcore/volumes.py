@@ -1,7 +1,8 @@
 """A Gcore user's volumes with the real `gcore` SDK (`client.cloud.volumes`), never touching the native API to
 make them: create and poll, get, list with filters, attach to an instance made through Gcore and poll,
 extend while attached, refusals (delete while attached, shrink, detach from another instance, an image
-source, the quota), detach and poll, update name and tags, delete and poll. Strict response validation is
+source, the quota), detach and poll, update name and tags, an instance created with it and a new volume and
+deleted with the new one, delete and poll. Strict response validation is
 on, and raw responses carry exactly the keys of the SDK's Volume model."""
 
 from gcore import BadRequestError, NotFoundError
@@ -57,6 +58,38 @@ detached = vols.get(v.id)
 assert (detached.status, detached.attachments) == ("available", []), detached
 renamed = vols.update(v.id, name="archive", tags={"env": None, "tier": "cold"})
 assert renamed.name == "archive" and {t.key: t.value for t in renamed.tags} == {"tier": "cold"}, renamed
+
+# An instance made with the detached volume and a new one, then deleted with the new one only: the
+# existing volume is detached and kept.
+multi = inst.create_and_poll(
+    name="vol-multi",
+    flavor="standard.small",
+    interfaces=EXTERNAL,
+    volumes=VOLUMES
+    + [
+        {"source": "existing-volume", "volume_id": v.id, "boot_index": -1},
+        {"source": "new-volume", "size": 1, "name": "scratch", "type_name": "standard"},
+    ],
+)
+ids = [x.id for x in multi.volumes]
+assert v.id in ids and len(ids) == 3, multi.volumes
+[scratch] = [x for x in vols.list(instance_id=multi.id).results if x.id != v.id]
+assert (scratch.name, scratch.status, scratch.size) == ("scratch", "in-use", 1), scratch
+assert vols.get(v.id).status == "in-use"
+try:
+    inst.create(name="x", flavor="standard.small", interfaces=EXTERNAL,
+                volumes=VOLUMES + [{"source": "existing-volume", "volume_id": v.id}])
+    raise AssertionError("a volume in use was given to a second instance")
+except BadRequestError as e:
+    error_body(e)
+inst.delete_and_poll(multi.id, volumes=scratch.id)
+try:
+    vols.get(scratch.id)
+    raise AssertionError("the volume deleted with its instance is still there")
+except NotFoundError:
+    pass
+kept = vols.get(v.id)
+assert (kept.status, kept.attachments) == ("available", []), kept
 
 # The volume quota, set by the operator, holds through Gcore too.
 quota = {"instances": 100, "vcpus": 1000, "memory_mib": 10000000, "disk_gb": 100000, "volume_gb": 5}
