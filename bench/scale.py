@@ -171,6 +171,8 @@ def populate(server, n, secs_per_round=30):
         before = server.finished_operations()
         done = wrk(server.base, secs_per_round, conns=64, script="create.lua")
         accepted = done["total"] - done.get("non2xx", 0)
+        if accepted == 0:
+            sys.exit(f"no create accepted at {have} instances (host or quota full?); see the server's log")
         while server.finished_operations() < before + accepted:
             time.sleep(0.5)
 
@@ -202,14 +204,18 @@ def main():
     ap.add_argument("--secs", type=int, default=10)
     ap.add_argument("--instances", type=int, default=100000)
     ap.add_argument("--subscribers", type=int, default=1000)
+    ap.add_argument("--no-build", action="store_true", help="measure target/release/nimbus as it is (say which commit built it)")
     args = ap.parse_args()
     if not shutil.which("oha"):
         sys.exit("oha is needed: cargo install oha")
     if not shutil.which("wrk"):
         subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True)
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "nimbus"], cwd=ROOT, check=True)
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "nimbus"], cwd=ROOT, check=True)
     binary = os.path.join(ROOT, "target/release/nimbus")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    if args.no_build:
+        commit += " (binary not rebuilt: --no-build)"
     work = tempfile.mkdtemp(prefix="nimbus-scale-")
     rows = []
     try:

@@ -57,7 +57,9 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         args = [binary, "server", "--driver", "sim", "--data-dir", data_dir, "--listen", f"127.0.0.1:{self.port}",
-                "--network-cidr", "10.0.0.0/12"]
+                "--network-cidr", "10.0.0.0/12",
+                # A simulated host large enough for the 100,000-instance runs (the default holds ~12,000 micros).
+                "--sim-vcpus", "1000000", "--sim-memory-mib", "1000000000"]
         if database:
             args += ["--database", database]
         if host_dir:
