@@ -288,7 +288,7 @@ impl Engine {
     }
 
     /// Builds the engine, seeds the catalog, takes back the leases an earlier run of this server held,
-    /// registers its own host (when it has one, with one report of what runs there) and starts the workers,
+    /// registers its own host (when it has one; its first report follows in the background) and starts the workers,
     /// the reconciler and the embedded agent. Must be called inside a tokio runtime.
     pub async fn start_with(
         store: Arc<dyn Store>,
@@ -320,9 +320,10 @@ impl Engine {
         // The requests of an earlier run of this server are gone: their idempotency holds that applied
         // nothing are forgotten now, so retries run at once instead of after the holds' leases.
         engine.store.idempotency_sweep(Some(&engine.worker_id)).await.map_err(store_err)?;
-        if engine.local.is_some() {
+        if let Some(local) = &engine.local {
             engine.register_local_host().await?;
-            engine.local_heartbeat().await?;
+            // Reachable at once; what runs there is reported by the embedded agent's first report.
+            engine.host_heartbeat(&local.name, None).await?;
         }
         worker::spawn(engine.clone());
         reconciler::spawn(engine.clone());

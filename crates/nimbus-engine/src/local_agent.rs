@@ -74,7 +74,9 @@ pub(crate) fn spawn(engine: Arc<Engine>) {
         })
     };
     let reports = tokio::spawn(async move {
-        let mut pause = engine.config.report_every;
+        // The first report right away, here rather than before the server is ready: with many instances
+        // it takes seconds, and nothing waits for it (workers leave instances they lock alone either way).
+        let mut pause = std::time::Duration::ZERO;
         loop {
             tokio::time::sleep(pause).await;
             let began = std::time::Instant::now();
