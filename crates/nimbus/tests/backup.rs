@@ -45,7 +45,8 @@ async fn a_backup_taken_under_load_restores_every_write_acknowledged_before_it()
                     if stop.load(std::sync::atomic::Ordering::SeqCst) {
                         return;
                     }
-                    if mine.len() < 3 || k % 4 == 0 {
+                    // Creates stop short of the instance network's 253 addresses, whatever the server's pace.
+                    if mine.len() < 3 || (k % 4 == 0 && mine.len() < 50) {
                         let name = format!("w{n}-{k}");
                         let body = json!({"name": name, "instance_type": "standard.micro", "template": "busybox"});
                         let a = c.native(Method::POST, "/v1/instances", Some(body)).await;
