@@ -344,3 +344,60 @@ async fn a_gcore_create_with_volumes_refuses_other_projects_and_bad_sources() {
             .body;
     assert_eq!(theirs_now["status"], "available");
 }
+
+#[tokio::test]
+async fn a_gcore_boot_volume_kept_at_deletion_boots_the_next_instance() {
+    let c = Cloud::new().await;
+    let volumes = base(&c, ADMIN, "v1", "volumes").await;
+    let v1_instances = base(&c, ADMIN, "v1", "instances").await;
+    let v2_instances = base(&c, ADMIN, "v2", "instances").await;
+    // `delete_on_termination: false` on the image volume: the boot disk is a volume of its own.
+    let body = json!({"name": "keeper", "flavor": "standard.small", "interfaces": [{"type": "external"}],
+        "volumes": [{"source": "image", "image_id": "busybox", "boot_index": 0, "size": 2, "name": "root",
+                     "delete_on_termination": false}]});
+    let task = task_of(&c, ADMIN, Method::POST, &v2_instances, Some(body)).await;
+    assert_eq!(task["state"], "FINISHED", "{task}");
+    let vm = task["created_resources"]["instances"][0].as_str().unwrap().to_string();
+    let root = task["created_resources"]["volumes"][0].as_str().unwrap().to_string();
+    let v = gcore(&c, Method::GET, &format!("{volumes}/{root}"), ADMIN, None).await.body;
+    assert_eq!(
+        (v["name"].as_str(), v["status"].as_str(), v["size"].as_u64(), &v["bootable"], &v["is_root_volume"]),
+        (Some("root"), Some("in-use"), Some(2), &json!(true), &json!(true)),
+        "{v}"
+    );
+    let i = gcore(&c, Method::GET, &format!("{v1_instances}/{vm}"), ADMIN, None).await.body;
+    assert_eq!(i["volumes"], json!([{"id": root, "delete_on_termination": false}]), "{i}");
+    // Gcore's detach of a root volume is refused.
+    let v2 = base(&c, ADMIN, "v2", "volumes").await;
+    let r = gcore(&c, Method::POST, &format!("{v2}/{root}/detach"), ADMIN, Some(json!({"instance_id": vm}))).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "BadRequestError");
+    assert!(r.text.contains("boot disk"), "{}", r.text);
+
+    let task = task_of(&c, ADMIN, Method::DELETE, &format!("{v1_instances}/{vm}"), None).await;
+    assert_eq!(task["state"], "FINISHED", "{task}");
+    let v = gcore(&c, Method::GET, &format!("{volumes}/{root}"), ADMIN, None).await.body;
+    assert_eq!(
+        (v["status"].as_str(), &v["bootable"], &v["is_root_volume"]),
+        (Some("available"), &json!(true), &json!(false))
+    );
+    let bootable = gcore(&c, Method::GET, &format!("{volumes}?bootable=true"), ADMIN, None).await.body;
+    assert_eq!(bootable["count"], 1, "{bootable}");
+
+    // An existing volume with boot_index 0 boots the next instance, which takes it with it.
+    let body = json!({"name": "again", "flavor": "standard.small", "interfaces": [{"type": "external"}],
+        "volumes": [{"source": "existing-volume", "volume_id": root, "boot_index": 0, "delete_on_termination": true}]});
+    let task = task_of(&c, ADMIN, Method::POST, &v2_instances, Some(body)).await;
+    assert_eq!(task["state"], "FINISHED", "{task}");
+    assert_eq!(task["created_resources"]["volumes"], json!([]), "it made no volume: {task}");
+    let vm = task["created_resources"]["instances"][0].as_str().unwrap().to_string();
+    let i = gcore(&c, Method::GET, &format!("{v1_instances}/{vm}"), ADMIN, None).await.body;
+    assert_eq!(
+        (i["status"].as_str(), &i["volumes"]),
+        (Some("ACTIVE"), &json!([{"id": root, "delete_on_termination": true}])),
+        "{i}"
+    );
+    let task = task_of(&c, ADMIN, Method::DELETE, &format!("{v1_instances}/{vm}"), None).await;
+    assert_eq!(task["state"], "FINISHED", "{task}");
+    let r = gcore(&c, Method::GET, &format!("{volumes}/{root}"), ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+}

@@ -85,6 +85,13 @@ impl std::fmt::Display for InstanceState {
     }
 }
 
+/// The volume an instance boots from (its root disk), and whether it goes when the instance is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootVolume {
+    pub id: Uuid,
+    pub delete_on_termination: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
     pub id: Uuid,
@@ -146,6 +153,9 @@ pub struct Instance {
     pub numeric_id: i64,
     /// Provider-specific fields that have no home in the core model, one map per dialect.
     pub extensions: BTreeMap<String, serde_json::Value>,
+    /// The volume it boots from, when its root disk is a volume rather than a disk of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_volume: Option<BootVolume>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -153,6 +163,16 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// The disk it holds itself, as quotas and host room count it: none when it boots from a volume (which
+    /// counts as a volume).
+    pub fn own_disk_gb(&self) -> u64 {
+        if self.boot_volume.is_some() {
+            0
+        } else {
+            self.disk_size_gb
+        }
+    }
+
     /// The field `key` of `dialect`'s extension map.
     pub fn extension(&self, dialect: &str, key: &str) -> Option<&serde_json::Value> {
         self.extensions.get(dialect).and_then(|e| e.get(key))

@@ -73,6 +73,14 @@ pub struct Volume {
     pub labels: Labels,
     /// The operation that currently holds this volume's lock.
     pub lock_operation_id: Option<Uuid>,
+    /// The template whose disk it was made from (a boot volume): an instance can boot from it, with that
+    /// template's boot files (`None`: a data volume, nothing to boot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_id: Option<Uuid>,
+    /// It is the root disk of the instance it is attached to, which boots from it: it leaves that instance
+    /// only when the instance is deleted (and goes with it unless kept).
+    #[serde(default)]
+    pub boot: bool,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -151,6 +159,15 @@ pub fn volume_transition(action: VolumeAction, volume: &Volume) -> Result<Volume
     };
     if action == VolumeAction::Detach && volume.instance_id.is_none() {
         return Err(DomainError::Conflict(format!("volume {} is not attached to any instance", volume.id)));
+    }
+    if volume.boot && matches!(action, VolumeAction::Detach | VolumeAction::Resize | VolumeAction::Revert) {
+        // Its guest runs from it: the instance's own actions (resize-disk, snapshots) change it.
+        return Err(DomainError::Conflict(format!(
+            "cannot {} volume {}: it is the boot disk of instance {}; it is freed when that instance is deleted",
+            action.as_str(),
+            volume.id,
+            volume.instance_id.unwrap_or_default()
+        )));
     }
     if matches!(action, VolumeAction::Delete | VolumeAction::Revert) && volume.instance_id.is_some() {
         return Err(DomainError::Conflict(format!(
@@ -269,9 +286,21 @@ mod tests {
             serial: Volume::serial_for(id),
             labels: Labels::new(),
             lock_operation_id: None,
+            template_id: None,
+            boot: false,
             created_at: crate::now(),
             updated_at: crate::now(),
         }
+    }
+
+    #[test]
+    fn a_boot_volume_stays_with_its_instance() {
+        let v = Volume { boot: true, template_id: Some(Uuid::nil()), ..volume(VolumeState::InUse, Some(Uuid::nil())) };
+        for action in [VolumeAction::Detach, VolumeAction::Resize] {
+            let e = volume_transition(action, &v).unwrap_err().to_string();
+            assert!(e.contains("boot disk of instance"), "{e}");
+        }
+        assert!(volume_transition(VolumeAction::Snapshot, &v).is_ok(), "a snapshot of a boot volume is fine");
     }
 
     #[test]

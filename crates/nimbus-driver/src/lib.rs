@@ -68,6 +68,18 @@ pub struct InstanceSpec {
     /// The volumes attached to it, which a boot gives the guest beside its own disk.
     #[serde(default)]
     pub volumes: Vec<VolumeSpec>,
+    /// The volume it boots from, whose disk is its root disk instead of a disk of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_volume: Option<BootVolumeSpec>,
+}
+
+/// A volume an instance boots from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootVolumeSpec {
+    pub volume: VolumeSpec,
+    /// Made by the create that runs: a missing disk is made from the template (of the volume's size). An
+    /// existing volume's missing disk is an error instead, not an empty new one.
+    pub new: bool,
 }
 
 /// A volume as its host needs it: a disk file of its own (`create_volume`), given to an instance's guest as

@@ -155,6 +155,7 @@ async fn qemu_instance_lifecycle() {
         tpm: false,
         secure_boot: false,
         volumes: Vec::new(),
+        boot_volume: None,
     };
     let tap = QemuDriver::tap_name(id);
 
@@ -321,6 +322,7 @@ fn small_spec(id: Uuid, template: nimbus_core::catalog::Template, ip: &str) -> I
         tpm: false,
         secure_boot: false,
         volumes: Vec::new(),
+        boot_volume: None,
     }
 }
 

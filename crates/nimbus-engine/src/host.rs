@@ -3,7 +3,7 @@
 use nimbus_core::instance::Instance;
 use nimbus_core::resources::InstancePassword;
 use nimbus_core::DomainError;
-use nimbus_driver::{DriverError, DriverResult, InstanceSpec};
+use nimbus_driver::{BootVolumeSpec, DriverError, DriverResult, InstanceSpec};
 
 use crate::resources::PASSWORD;
 use crate::{Engine, Result};
@@ -21,6 +21,24 @@ impl Engine {
             .map_err(|e| DomainError::Internal(format!("stored user-data is not base64: {e}")))?;
         let password = self.record_of::<InstancePassword>(PASSWORD, instance.id).await?.map(|(p, _)| p.password);
         let net = crate::network::Network::parse(&self.config.network_cidr)?;
+        let attached = self.volumes_of_instance(instance).await?;
+        let boot_id = instance.boot_volume.map(|b| b.id);
+        let boot_volume = match boot_id {
+            None => None,
+            Some(id) => {
+                let Some(v) = attached.iter().find(|v| v.id == id) else {
+                    return Err(DomainError::Internal(format!(
+                        "instance {} boots from volume {id}, which is not attached to it",
+                        instance.id
+                    )));
+                };
+                // Still `creating`: the create that makes it runs.
+                Some(BootVolumeSpec {
+                    volume: crate::volumes::spec_of(v),
+                    new: v.state == nimbus_core::volume::VolumeState::Creating,
+                })
+            }
+        };
         Ok(InstanceSpec {
             id: instance.id,
             name: instance.name.clone(),
@@ -40,10 +58,9 @@ impl Engine {
             // What a boot gives the guest beside its disk: its `in-use` volumes, and those the create booting
             // it holds (attached by its `attach-volumes` step, `in-use` at its outcome). Other attaching or
             // detaching ones hold the instance's lock, so no boot runs while a volume is between the two.
-            volumes: self
-                .volumes_of_instance(instance)
-                .await?
+            volumes: attached
                 .iter()
+                .filter(|v| Some(v.id) != boot_id)
                 .filter(|v| {
                     v.state == nimbus_core::volume::VolumeState::InUse
                         || (matches!(
@@ -54,6 +71,7 @@ impl Engine {
                 })
                 .map(crate::volumes::spec_of)
                 .collect(),
+            boot_volume,
         })
     }
 

@@ -71,6 +71,21 @@ pub struct CreateInstance {
     /// Volumes given to the instance beside its disk, attached before its first boot (see
     /// `sagas::create`).
     pub volumes: Vec<InstanceVolume>,
+    /// The volume it boots from instead of a disk of its own (see `sagas::create`).
+    pub boot_volume: Option<BootVolumeRequest>,
+}
+
+/// The volume an instance is created to boot from: its root disk, which outlives it unless
+/// `delete_on_termination`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BootVolumeRequest {
+    /// An `available` volume of the project made from a template (by an earlier boot volume, or a clone
+    /// of one's snapshot); the instance gets its template and size. `None`: a new volume made from the
+    /// request's template, of the instance's disk size.
+    pub existing: Option<Uuid>,
+    /// The new volume's name (`None`: the instance's name and `-boot`).
+    pub name: Option<String>,
+    pub delete_on_termination: bool,
 }
 
 /// A volume an instance is created with.
@@ -768,10 +783,32 @@ impl Engine {
             | ActionRequest::Reboot
             | ActionRequest::Suspend
             | ActionRequest::Resume
-            | ActionRequest::Delete => Planned::nothing(),
-            ActionRequest::DeleteWithVolumes { volumes } => {
-                Planned::of::<sagas::delete::Delete>(&sagas::delete::Params { volumes: volumes.clone() })
+            | ActionRequest::Delete
+            | ActionRequest::DeleteWithVolumes { .. } => Planned::nothing(),
+        };
+        // The volumes that go with a deleted instance: those named, and its boot volume unless kept.
+        let deleted_volumes = match req {
+            ActionRequest::Delete | ActionRequest::DeleteWithVolumes { .. } => {
+                let mut ids = match req {
+                    ActionRequest::DeleteWithVolumes { volumes } => volumes.clone(),
+                    _ => Vec::new(),
+                };
+                if let Some(boot) = current.boot_volume.filter(|b| b.delete_on_termination && !ids.contains(&b.id)) {
+                    // Gone already when the create that was to make it failed.
+                    let attached =
+                        self.record_of::<nimbus_core::volume::Volume>(crate::volumes::VOLUME, boot.id).await?;
+                    if attached.is_some_and(|(v, _)| v.instance_id == Some(current.id)) {
+                        ids.push(boot.id);
+                    }
+                }
+                ids
             }
+            _ => Vec::new(),
+        };
+        let planned = if deleted_volumes.is_empty() {
+            planned
+        } else {
+            Planned::of::<sagas::delete::Delete>(&sagas::delete::Params { volumes: deleted_volumes.clone() })
         };
         // A new size must still fit the host the instance's disk is on.
         let planned = match req {
@@ -780,10 +817,16 @@ impl Engine {
             }
             _ => planned,
         };
+        // A boot volume's record follows the disk it is: its size and template.
+        let boot_volume = match req {
+            ActionRequest::ResizeDisk { .. } | ActionRequest::Reset { .. } => self.boot_volume_follows(&next).await?,
+            _ => Vec::new(),
+        };
         let (op, mut set) = begin_operation(current, next, t.during, action, planned, &ctx.actor);
-        if let ActionRequest::DeleteWithVolumes { volumes } = req {
+        set.writes.extend(boot_volume);
+        if !deleted_volumes.is_empty() {
             // Locked by the operation, so they need its id.
-            set.writes.extend(sagas::delete::lock_volumes(self, ctx, current, volumes, &op).await?);
+            set.writes.extend(sagas::delete::lock_volumes(self, ctx, current, &deleted_volumes, &op).await?);
         }
         Ok((op, set))
     }

@@ -56,7 +56,9 @@ pub use auth::{BootstrapOutcome, WhoAmI};
 pub use console::{ConsoleTicket, CONSOLE_TICKET_LIFETIME};
 pub use fleet::LocalHost;
 pub use hosts::{AgentRegistration, HostAdminState, HostReport, HostWork, PendingCall, PendingConsole};
-pub use instances::{ActionRequest, CreateInstance, InstanceFilter, InstancePatch, InstanceVolume, MAX_DISK_GB};
+pub use instances::{
+    ActionRequest, BootVolumeRequest, CreateInstance, InstanceFilter, InstancePatch, InstanceVolume, MAX_DISK_GB,
+};
 pub use listings::{InstanceOrder, InstanceWindow, NumberedPage, OperationWindow};
 pub use networking::{Extensions, PrivateNetworkSpec};
 pub use reconciler::UnknownHostInstance;

@@ -19,7 +19,7 @@ pub(crate) fn demand_of(i: &Instance) -> Demand {
     Demand {
         vcpus: i.vcpus.into(),
         memory_mib: i.memory_mib,
-        disk_gb: i.disk_size_gb,
+        disk_gb: i.own_disk_gb(),
         gpus: match (&i.gpu_model, i.gpus) {
             (Some(model), n) if n > 0 => Some((model.clone(), n.into())),
             _ => None,

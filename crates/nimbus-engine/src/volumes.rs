@@ -185,6 +185,9 @@ impl Engine {
             serial: Volume::serial_for(id),
             labels: req.labels.clone(),
             lock_operation_id: Some(op.id),
+            // A copy of a boot volume's data boots the same way.
+            template_id: source.as_ref().and_then(|(_, from, _)| from.template_id),
+            boot: false,
             created_at: now,
             updated_at: now,
         };
@@ -493,6 +496,25 @@ impl Engine {
     /// its deletion (the host's destroy unplugged them; their data stays). Each is a compare-and-swap on the
     /// version read, so the outcome's transaction fails and is retried on a race.
     /// Those in `except` (deleted with it) are left to the caller.
+    /// The writes that make `instance`'s boot volume record show the disk the instance has (its size and
+    /// template), when it boots from one; none else, or when the record already does.
+    pub(crate) async fn boot_volume_follows(&self, instance: &Instance) -> Result<Vec<Write>> {
+        let Some(boot) = instance.boot_volume else { return Ok(Vec::new()) };
+        let Some((mut v, record)) = self.record_of::<Volume>(VOLUME, boot.id).await? else { return Ok(Vec::new()) };
+        if v.instance_id != Some(instance.id)
+            || (v.size_gb == instance.disk_size_gb && v.template_id == Some(instance.template_id))
+        {
+            return Ok(Vec::new());
+        }
+        v.size_gb = instance.disk_size_gb;
+        v.template_id = Some(instance.template_id);
+        v.updated_at = nimbus_core::now();
+        Ok(vec![
+            Write::UpdateRecord { record: record.next(&v.name, &v), expected_generation: record.generation },
+            volume_event(&nimbus_core::operation::Actor::system(), "volume.updated", &v),
+        ])
+    }
+
     pub(crate) async fn release_volumes_of(&self, instance: &Instance, except: &[Uuid]) -> Result<Vec<Write>> {
         let records = self.store.list_records(VOLUME, Some(instance.project_id)).await.map_err(store_err)?;
         let mut writes = Vec::new();
@@ -502,6 +524,7 @@ impl Engine {
                 continue;
             }
             v.instance_id = None;
+            v.boot = false;
             if matches!(v.state, VolumeState::InUse | VolumeState::Attaching | VolumeState::Detaching) {
                 v.state = VolumeState::Available;
             }

@@ -14,8 +14,8 @@ use nimbus_core::state_machine::Action;
 use nimbus_core::volume::{VolumeSnapshotState, VolumeState};
 use nimbus_driver::{Driver, SimConfig, SimDriver};
 use nimbus_engine::{
-    Context, CrashPoint, CrashWhen, CreateInstance, CreateVolume, CreateVolumeSnapshot, Engine, EngineConfig,
-    InstanceVolume,
+    BootVolumeRequest, Context, CrashPoint, CrashWhen, CreateInstance, CreateVolume, CreateVolumeSnapshot, Engine,
+    EngineConfig, InstanceVolume,
 };
 use nimbus_store::testing::TestStore;
 use uuid::Uuid;
@@ -522,4 +522,130 @@ async fn an_instance_deleted_with_one_of_its_volumes_converges_after_a_crash_bef
     let k = c.engine.volume(&c.ctx, kept).await.unwrap();
     assert_eq!((k.state, k.instance_id), (VolumeState::InUse, Some(instance)));
     c.assert_nothing_leaked("delete with volumes killed every time", instance).await;
+}
+
+impl Cloud {
+    async fn create_booting_from(&self, name: &str, boot: BootVolumeRequest, template: &str) -> (Operation, Uuid) {
+        let req = CreateInstance {
+            name: name.into(),
+            instance_type: "standard.small".into(),
+            template: template.into(),
+            auto_start: true,
+            boot_volume: Some(boot),
+            ..Default::default()
+        };
+        let op = self.engine.create_instance(&self.ctx, req).await.unwrap().0;
+        (self.wait(op.id).await, op.target.id)
+    }
+
+    async fn delete_instance(&self, id: Uuid) -> Operation {
+        let op = self.engine.act(&self.ctx, id, nimbus_engine::ActionRequest::Delete).await.unwrap();
+        self.wait(op.id).await
+    }
+}
+
+fn new_boot_volume(delete_on_termination: bool) -> BootVolumeRequest {
+    BootVolumeRequest { existing: None, name: None, delete_on_termination }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boot_volume_outlives_its_instance_and_boots_the_next_one() {
+    let c = cloud().await;
+    let (op, first) = c.create_booting_from("first", new_boot_volume(false), "busybox").await;
+    assert_eq!(op.state, OperationState::Success, "{op:?}");
+    let i = c.engine.instance(&c.ctx, first).await.unwrap();
+    let boot = i.boot_volume.expect("it boots from a volume").id;
+    let v = c.engine.volume(&c.ctx, boot).await.unwrap();
+    assert_eq!(
+        (v.name.as_str(), v.state, v.boot, v.instance_id),
+        ("first-boot", VolumeState::InUse, true, Some(first))
+    );
+    assert_eq!((v.template_id, v.size_gb), (Some(i.template_id), i.disk_size_gb));
+    assert_eq!(c.sim.volume(boot).unwrap().attached_to, Some(first), "the host's disk is the instance's root disk");
+
+    // It stays with its instance: no detach, no resize of its own; the instance's resize-disk grows it.
+    let e = c.engine.detach_volume(&c.ctx, boot).await.unwrap_err().to_string();
+    assert!(e.contains("boot disk of instance"), "{e}");
+    assert!(c.engine.resize_volume(&c.ctx, boot, 50).await.is_err());
+    let stop = c.engine.act(&c.ctx, first, nimbus_engine::ActionRequest::Stop).await.unwrap();
+    c.wait(stop.id).await;
+    let grow = nimbus_engine::ActionRequest::ResizeDisk { disk_size_gb: i.disk_size_gb + 5 };
+    let op = c.engine.act(&c.ctx, first, grow).await.unwrap();
+    assert_eq!(c.wait(op.id).await.state, OperationState::Success);
+    assert_eq!(c.engine.volume(&c.ctx, boot).await.unwrap().size_gb, i.disk_size_gb + 5);
+
+    // Deleted, the instance leaves its boot volume available, still bootable.
+    assert_eq!(c.delete_instance(first).await.state, OperationState::Success);
+    let v = c.engine.volume(&c.ctx, boot).await.unwrap();
+    assert_eq!((v.state, v.boot, v.instance_id), (VolumeState::Available, false, None));
+    assert!(c.sim.volume(boot).is_some_and(|d| d.attached_to.is_none()), "the disk is kept, unplugged");
+
+    // The next instance boots from it, with its template and size, and takes it with it when deleted.
+    let existing = BootVolumeRequest { existing: Some(boot), name: None, delete_on_termination: true };
+    let (op, second) = c.create_booting_from("second", existing.clone(), "").await;
+    assert_eq!(op.state, OperationState::Success, "{op:?}");
+    let j = c.engine.instance(&c.ctx, second).await.unwrap();
+    assert_eq!((j.template.as_str(), j.disk_size_gb), ("busybox", i.disk_size_gb + 5));
+    assert_eq!(c.engine.volume(&c.ctx, boot).await.unwrap().instance_id, Some(second));
+    // No two instances boot from one volume; a data volume boots nothing.
+    let req = CreateInstance {
+        name: "third".into(),
+        instance_type: "standard.small".into(),
+        boot_volume: Some(existing.clone()),
+        ..Default::default()
+    };
+    assert!(c.engine.create_instance(&c.ctx, req).await.is_err(), "the volume is in use");
+    let data = c.volume("data").await;
+    let req = CreateInstance {
+        name: "fourth".into(),
+        instance_type: "standard.small".into(),
+        boot_volume: Some(BootVolumeRequest { existing: Some(data), ..existing }),
+        ..Default::default()
+    };
+    let e = c.engine.create_instance(&c.ctx, req).await.unwrap_err().to_string();
+    assert!(e.contains("nothing to boot"), "{e}");
+    assert_eq!(c.delete_instance(second).await.state, OperationState::Success);
+    assert!(c.engine.volume(&c.ctx, boot).await.is_err(), "deleted with its instance");
+    assert!(c.sim.volume(boot).is_none(), "and its disk with it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_booting_from_a_new_volume_converges_after_a_crash_and_leaves_nothing_when_given_up() {
+    let c = cloud().await;
+    let observe = |op: Operation, instance: Uuid| {
+        let c = &c;
+        async move {
+            let i = c.engine.instance(&c.ctx, instance).await.unwrap();
+            let boot = i.boot_volume.unwrap().id;
+            let v = c.engine.volume(&c.ctx, boot).await.ok();
+            (op.state, v.map(|v| (v.state, v.boot, v.instance_id == Some(instance))), c.sim.volume(boot).is_some())
+        }
+    };
+    c.arm(None, false);
+    let (op, instance) = c.create_booting_from("bv-ref", new_boot_volume(true), "busybox").await;
+    let plan = c.disarm();
+    let expected = observe(op.clone(), instance).await;
+    assert_eq!(expected, (OperationState::Success, Some((VolumeState::InUse, true, true)), true));
+    assert_eq!(nimbus_engine::sagas::step_names(&op).unwrap(), ["provision", "boot"]);
+    let points: Vec<_> = plan.seen.iter().filter(|p| p.operation == op.id).map(|p| (p.step, p.when)).collect();
+    assert_eq!(points.len(), 5, "before and after each of 2 steps, and before the outcome: {points:?}");
+    for (n, &(step, when)) in points.iter().enumerate() {
+        let case = format!("boot volume create crashed {when:?} step {step}");
+        c.arm(Some((Action::Create, step, when)), false);
+        let (op, instance) = c.create_booting_from(&format!("bv-c{n}"), new_boot_volume(true), "busybox").await;
+        assert_eq!(c.disarm().fired, 1, "{case}: the crash point was not reached");
+        assert_eq!(observe(op, instance).await, expected, "{case}");
+        c.assert_nothing_leaked(&case, instance).await;
+    }
+    // Killed every time at provision (which makes the disk): given up, no volume record and no disk.
+    for when in [CrashWhen::Before, CrashWhen::After] {
+        let case = format!("boot volume create killed every time {when:?} provision");
+        c.arm(Some((Action::Create, 1, when)), true);
+        let (op, instance) = c.create_booting_from(&format!("bv-k{when:?}"), new_boot_volume(true), "busybox").await;
+        c.disarm();
+        assert_eq!(observe(op, instance).await, (OperationState::Failure, None, false), "{case}");
+        c.assert_nothing_leaked(&case, instance).await;
+        // Its owner deletes the failed instance, whose boot volume is gone already.
+        assert_eq!(c.delete_instance(instance).await.state, OperationState::Success, "{case}");
+    }
 }

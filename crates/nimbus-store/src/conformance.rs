@@ -75,6 +75,7 @@ pub(crate) fn instance(project_id: Uuid, name: &str, vcpus: u32) -> Instance {
         generation: 1,
         numeric_id: 0,
         extensions: Default::default(),
+        boot_volume: None,
         created_at: now,
         updated_at: now,
     }

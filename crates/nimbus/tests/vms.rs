@@ -721,6 +721,49 @@ async fn a_volume_moves_between_running_vms_with_its_data_and_no_reboot() {
     assert!(!cloud.data_dir().join(format!("qemu/volumes/{volume}.qcow2")).exists(), "no file left");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_boots_from_a_volume_that_outlives_it_and_boots_the_next_one() {
+    if !can_run_vms("an_instance_boots_from_a_volume_that_outlives_it_and_boots_the_next_one") {
+        return;
+    }
+    let _vm = VMS.acquire().await.unwrap();
+    let cloud = Cloud::start(6).await;
+    // Every boot counts itself on the guest's persistent disk, which is the volume's.
+    let script = base64(
+        b"#!/bin/sh\necho disk_bytes=$(( $(cat /sys/block/vda/size) * 512 ))\necho boot >> /mnt/data/boots\nsync\n\
+          echo boots=$(wc -l < /mnt/data/boots)\n",
+    );
+    let body = json!({"name": "first", "instance_type": "standard.micro", "template": "busybox", "user_data": script,
+        "boot_volume": {"name": "root"}});
+    let first = cloud.boot("/v1/instances", body).await["target"]["id"].as_str().unwrap().to_string();
+    let volume = cloud.instance(&first).await["boot_volume"]["volume_id"].as_str().unwrap().to_string();
+    assert_eq!(ud_value(&cloud.console_after(&first, 0, "USERDATA rc=").await, "boots"), 1);
+    let file = cloud.data_dir().join(format!("qemu/volumes/{volume}.qcow2"));
+    let disk = std::fs::read_link(cloud.instance_dir(&first).join("disk.qcow2")).unwrap();
+    assert_eq!(disk, file, "the instance's disk is the volume's file");
+    // The instance's resize-disk grows the volume.
+    cloud.act(&format!("/v1/instances/{first}/stop"), json!({})).await;
+    let size_gb = cloud.instance(&first).await["disk_size_gb"].as_u64().unwrap() + 1;
+    cloud.act(&format!("/v1/instances/{first}/resize-disk"), json!({"disk_size_gb": size_gb})).await;
+    assert_eq!(cloud.get(&format!("/v1/volumes/{volume}")).await["size_gb"], size_gb);
+
+    // Deleted, the instance leaves nothing of its own; the volume stays, with what the guest wrote.
+    cloud.delete_leaves_nothing(&first, 0).await;
+    assert!(file.exists(), "the boot volume outlives its instance");
+    assert_eq!(cloud.get(&format!("/v1/volumes/{volume}")).await["state"], "available");
+
+    // The next instance boots from it (its template and size come with it) and finds the first one's boots.
+    let body = json!({"name": "second", "instance_type": "standard.micro", "user_data": script,
+        "boot_volume": {"volume_id": volume, "delete_on_termination": true}});
+    let second = cloud.boot("/v1/instances", body).await["target"]["id"].as_str().unwrap().to_string();
+    let booted = cloud.console_after(&second, 0, "USERDATA rc=").await;
+    assert_eq!((ud_value(&booted, "boots"), ud_value(&booted, "disk_bytes")), (2, size_gb << 30), "{booted}");
+    cloud.delete_leaves_nothing(&second, 0).await;
+    let (status, _) = cloud.call(reqwest::Method::GET, &format!("/v1/volumes/{volume}"), None).await;
+    assert_eq!(status, 404, "deleted with the instance that asked so");
+    assert!(!file.exists(), "and its file");
+}
+
 fn sha256_of(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
     format!("sha256:{}", String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap())

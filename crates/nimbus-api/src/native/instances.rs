@@ -10,7 +10,7 @@ use axum::Json;
 use nimbus_core::instance::InstanceState;
 use nimbus_core::labels::Selector;
 use nimbus_core::DomainError;
-use nimbus_engine::{ActionRequest, CreateInstance, InstanceFilter, InstancePatch, InstanceVolume};
+use nimbus_engine::{ActionRequest, BootVolumeRequest, CreateInstance, InstanceFilter, InstancePatch, InstanceVolume};
 use serde::Deserialize;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
@@ -33,8 +33,9 @@ pub struct CreateInstanceParams {
     /// Codename of the GPU model (`titanv`) of a type with GPUs; the default model when absent.
     #[serde(default)]
     pub gpu_model: Option<String>,
-    /// Name (`busybox`) or id.
+    /// Name (`busybox`) or id. May be left out when booting from an existing volume, whose template it is.
     #[schema(example = "busybox")]
+    #[serde(default)]
     pub template: String,
     pub disk_size_gb: Option<u64>,
     #[serde(default)]
@@ -65,6 +66,23 @@ pub struct CreateInstanceParams {
     /// (`available`, of the project and zone) and new, empty ones.
     #[serde(default)]
     pub volumes: Vec<InstanceVolumeParams>,
+    /// Boot from a volume instead of a disk of the instance's own: `{}` makes a new one from the template,
+    /// of the instance's disk size; `{"volume_id"}` boots an existing volume made from a template (the
+    /// instance takes its template and size). The volume outlives the instance unless
+    /// `delete_on_termination`.
+    pub boot_volume: Option<BootVolumeParams>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BootVolumeParams {
+    /// An existing volume, `available`, made from a template.
+    pub volume_id: Option<Uuid>,
+    /// A new volume's name (default: `<instance>-boot`).
+    pub name: Option<String>,
+    /// Delete the volume with the instance (default: keep it).
+    #[serde(default)]
+    pub delete_on_termination: bool,
 }
 
 /// A volume of a new instance: `{"volume_id"}` for an existing one, `{"size_gb", "name"?, "labels"?}` for a
@@ -193,6 +211,14 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let volumes =
         p.volumes.into_iter().enumerate().map(|(n, v)| v.into_engine(n, &p.name)).collect::<Result<Vec<_>, _>>()?;
+    if p.boot_volume.as_ref().is_some_and(|b| b.volume_id.is_some() && b.name.is_some()) {
+        return Err(nimbus_core::DomainError::invalid("boot_volume.name", "only a new boot volume is named").into());
+    }
+    let boot_volume = p.boot_volume.map(|b| BootVolumeRequest {
+        existing: b.volume_id,
+        name: b.name,
+        delete_on_termination: b.delete_on_termination,
+    });
     let (op, _) = app
         .engine
         .create_instance(
@@ -216,6 +242,7 @@ pub async fn create(
                 protected: p.protected,
                 expected_shutdown_at: p.expected_shutdown_at,
                 volumes,
+                boot_volume,
                 ..Default::default()
             },
         )

@@ -64,10 +64,21 @@ pub struct InstanceView {
     /// The volumes attached to it (`/v1/volumes`); shown by `GET /v1/instances` and `GET /v1/instances/{id}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub volumes: Option<Vec<Uuid>>,
+    /// The volume it boots from, when its root disk is a volume (also listed in `volumes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_volume: Option<BootVolumeView>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+/// The volume an instance boots from.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BootVolumeView {
+    pub volume_id: Uuid,
+    /// Deleted with the instance; kept (`available`, bootable) otherwise.
+    pub delete_on_termination: bool,
 }
 
 impl From<&Instance> for InstanceView {
@@ -105,6 +116,9 @@ impl From<&Instance> for InstanceView {
             expected_shutdown_at: i.expected_shutdown_at,
             operation_id: i.lock_operation_id,
             volumes: None,
+            boot_volume: i
+                .boot_volume
+                .map(|b| BootVolumeView { volume_id: b.id, delete_on_termination: b.delete_on_termination }),
             created_at: i.created_at,
             updated_at: i.updated_at,
         }

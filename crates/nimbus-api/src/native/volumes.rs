@@ -38,6 +38,10 @@ pub struct VolumeView {
     pub labels: Labels,
     /// The operation holding the volume's lock, if one is running.
     pub operation_id: Option<Uuid>,
+    /// The template whose disk it holds: an instance can boot from it (`boot_volume.volume_id` on create).
+    pub template_id: Option<Uuid>,
+    /// It is the boot disk of the instance it is attached to.
+    pub boot: bool,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -58,6 +62,8 @@ impl From<&Volume> for VolumeView {
             serial: v.serial.clone(),
             labels: v.labels.clone(),
             operation_id: v.lock_operation_id,
+            template_id: v.template_id,
+            boot: v.boot,
             created_at: v.created_at,
             updated_at: v.updated_at,
         }

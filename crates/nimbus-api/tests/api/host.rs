@@ -30,6 +30,7 @@ async fn spec(c: &Cloud, id: Uuid) -> InstanceSpec {
         tpm: false,
         secure_boot: false,
         volumes: Vec::new(),
+        boot_volume: None,
     }
 }
 

@@ -176,6 +176,8 @@ async fn volumes_refuse_other_projects_other_zones_and_bad_input() {
         serial: Volume::serial_for(far_id),
         labels: Default::default(),
         lock_operation_id: None,
+        template_id: None,
+        boot: false,
         created_at: nimbus_core::now(),
         updated_at: nimbus_core::now(),
     };
@@ -431,4 +433,51 @@ async fn a_volume_is_made_from_a_snapshot_of_another() {
     // An empty volume still needs a size.
     let r = c.post("/v1/volumes", ADMIN, json!({"name": "sizeless"})).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+}
+
+#[tokio::test]
+async fn an_instance_boots_from_a_volume_that_it_leaves_behind() {
+    let c = Cloud::new().await;
+    let first = c.instance(ADMIN, "first", json!({"boot_volume": {"name": "root"}, "disk_size_gb": 12})).await;
+    let i = c.get(&format!("/v1/instances/{first}"), ADMIN).await.body;
+    let root = i["boot_volume"]["volume_id"].as_str().unwrap_or_else(|| panic!("no boot volume: {i}")).to_string();
+    assert_eq!(i["boot_volume"]["delete_on_termination"], false, "{i}");
+    assert_eq!(i["volumes"], json!([root]), "{i}");
+    let v = show(&c, &root).await;
+    assert_eq!(
+        (v["name"].as_str(), v["state"].as_str(), v["size_gb"].as_u64(), &v["boot"]),
+        (Some("root"), Some("in-use"), Some(12), &json!(true)),
+        "{v}"
+    );
+    assert_eq!(v["template_id"], i["template_id"], "{v}");
+    // Its disk counts once, as a volume.
+    let project_id = c.get("/v1/whoami", ADMIN).await.body["project"]["id"].as_str().unwrap().to_string();
+    let usage = c.get(&format!("/v1/projects/{project_id}"), ADMIN).await.body["usage"].clone();
+    assert_eq!((&usage["disk_gb"], &usage["volume_gb"]), (&json!(0), &json!(12)), "{usage}");
+    let r = volume_action(&c, &root, "detach", None).await;
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "conflict"), "{}", r.text);
+
+    let r = c.call(Method::DELETE, &format!("/v1/instances/{first}"), ADMIN, None).await;
+    assert_eq!(c.wait(&r.id(), ADMIN).await["state"], "success");
+    let v = show(&c, &root).await;
+    assert_eq!((v["state"].as_str(), &v["boot"], &v["instance_id"]), (Some("available"), &json!(false), &Value::Null));
+
+    // Refused: a name for an existing volume, a data volume, another size.
+    let data = volume(&c, ADMIN, "data", 1).await;
+    for (body, field) in [
+        (json!({"boot_volume": {"volume_id": root, "name": "x"}}), "boot_volume.name"),
+        (json!({"boot_volume": {"volume_id": data}}), "boot_volume.id"),
+        (json!({"boot_volume": {"volume_id": root}, "disk_size_gb": 20}), "disk_size_gb"),
+    ] {
+        let mut req = json!({"name": "second", "instance_type": "standard.small"});
+        req.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
+        let r = c.post("/v1/instances", ADMIN, req).await;
+        assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "invalid_request"), "{body}: {}", r.text);
+        assert!(r.text.contains(field), "{body}: {}", r.text);
+    }
+    // Its template and size come with it.
+    let second = c.instance(ADMIN, "second", json!({"boot_volume": {"volume_id": root}})).await;
+    let j = c.get(&format!("/v1/instances/{second}"), ADMIN).await.body;
+    assert_eq!((j["template"].as_str(), j["disk_size_gb"].as_u64()), (Some("busybox"), Some(12)), "{j}");
+    assert_eq!(show(&c, &root).await["instance_id"].as_str(), Some(second.as_str()));
 }

@@ -259,7 +259,9 @@ impl QemuDriver {
     /// The disk, seed and firmware state an instance needs before it boots; idempotent.
     async fn provision(&self, dir: &Path, tf: &TemplateFiles, spec: &InstanceSpec, boot: BootKind) -> DriverResult<()> {
         let disk = dir.join("disk.qcow2");
-        if !tokio::fs::try_exists(&disk).await.unwrap_or(false) {
+        if let Some(bv) = &spec.boot_volume {
+            self.link_boot_volume(dir, tf, spec, bv).await?;
+        } else if !tokio::fs::try_exists(&disk).await.unwrap_or(false) {
             disks::create_overlay(
                 &self.config.qemu_img,
                 &tf.disk,
@@ -281,6 +283,43 @@ impl QemuDriver {
             SeedKind::FwCfg => seeds::write_fw_cfg(dir, spec).await,
             SeedKind::Nocloud => seeds::write_nocloud(dir, spec).await.map(|_| ()),
         }
+    }
+
+    /// Makes the instance's `disk.qcow2` a link to its boot volume's file (made from the template first when
+    /// the create makes the volume), so that every call on the instance's disk (boot, snapshot, revert,
+    /// reinstall, resize) works on the volume, and `destroy`, which removes the instance's directory, leaves
+    /// the volume. Idempotent.
+    async fn link_boot_volume(
+        &self,
+        dir: &Path,
+        tf: &TemplateFiles,
+        spec: &InstanceSpec,
+        bv: &crate::BootVolumeSpec,
+    ) -> DriverResult<()> {
+        let file = volumes::path(&self.config.state_dir, bv.volume.id);
+        if !tokio::fs::try_exists(&file).await.unwrap_or(false) {
+            if !bv.new {
+                return Err(DriverError::Invalid(format!("volume {} has no disk on this host", bv.volume.id)));
+            }
+            if let Some(parent) = file.parent() {
+                tokio::fs::create_dir_all(parent).await.map_err(failed)?;
+            }
+            let size = bv.volume.size_gb.max(spec.disk_size_gb) << 30;
+            disks::create_overlay(&self.config.qemu_img, &tf.disk, &tf.manifest.disk_format, size, &file).await?;
+        }
+        let disk = dir.join("disk.qcow2");
+        if tokio::fs::read_link(&disk).await.ok().as_deref() == Some(file.as_path()) {
+            return Ok(());
+        }
+        let _ = tokio::fs::remove_file(&disk).await;
+        tokio::fs::symlink(&file, &disk).await.map_err(failed)
+    }
+
+    /// The file behind an instance's disk: its own, or its boot volume's. Writes that replace the file
+    /// (a rename over it) go there, not over the link.
+    async fn disk_file(dir: &Path) -> PathBuf {
+        let disk = dir.join("disk.qcow2");
+        tokio::fs::canonicalize(&disk).await.unwrap_or(disk)
     }
 
     async fn spawn(&self, spec: &InstanceSpec, dir: &Path) -> DriverResult<process::Runtime> {
@@ -496,8 +535,9 @@ impl Driver for QemuDriver {
         self.require_stopped(&dir, "reinstall").await?;
         let tf = templates::resolve(&self.config.template_dir, &spec.template).await?;
         let boot = Self::boot_kind(&tf, spec).await?;
-        // The new overlay replaces the old one in one rename. Snapshots are files of their own: they stay.
-        let disk = dir.join("disk.qcow2");
+        // The new overlay replaces the old one in one rename. Snapshots are files of their own: they stay. A
+        // boot volume is reinstalled in place: the instance keeps booting from it.
+        let disk = Self::disk_file(&dir).await;
         disks::create_overlay(
             &self.config.qemu_img,
             &tf.disk,
@@ -590,7 +630,7 @@ impl Driver for QemuDriver {
         if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
             return Err(DriverError::Invalid(format!("instance {id} has no snapshot {snapshot_id}")));
         }
-        let disk = dir.join("disk.qcow2");
+        let disk = Self::disk_file(&dir).await;
         let size = disks::virtual_size(&self.config.qemu_img, &disk).await?;
         disks::copy_overlay(&self.config.qemu_img, &path, &disk, false).await?;
         // Reverting brings back the snapshot's virtual size too; the disk keeps the size the instance has

@@ -182,6 +182,7 @@ mod tests {
             tpm: false,
             secure_boot: false,
             volumes: Vec::new(),
+            boot_volume: None,
         };
         let docs: std::collections::BTreeMap<_, _> = nocloud_documents(&spec).into_iter().collect();
         assert_eq!(docs["user-data"], b"#cloud-config\nruncmd: [touch /x]\n", "user-data is passed as given");

@@ -332,6 +332,18 @@ impl Driver for SimDriver {
         if self.vms.get(spec.id).is_some() {
             return Ok(());
         }
+        if let Some(bv) = &spec.boot_volume {
+            // Its root disk is the volume's, plugged into it from the start.
+            let mut v = match self.volumes.get(bv.volume.id) {
+                Some(v) => v,
+                None if bv.new => {
+                    SimVolume { size_gb: bv.volume.size_gb, serial: bv.volume.serial.clone(), ..SimVolume::default() }
+                }
+                None => return Err(DriverError::Invalid(format!("volume {} has no disk on this host", bv.volume.id))),
+            };
+            v.attached_to = Some(spec.id);
+            self.volumes.put(bv.volume.id, &v)?;
+        }
         self.vms.put(
             spec.id,
             &SimVm {
@@ -758,6 +770,7 @@ mod tests {
             tpm: false,
             secure_boot: false,
             volumes: Vec::new(),
+            boot_volume: None,
         }
     }
 

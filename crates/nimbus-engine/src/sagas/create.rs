@@ -13,6 +13,13 @@
 //! volumes `in-use`, unlocked. A failure leaves the instance as the host shows it (usually `error`), for its
 //! owner to delete, its address going with it; its volumes are unplugged, the existing ones left
 //! `available` and attached to nothing, the new ones removed (disk and record).
+//!
+//! Boot volume: an instance may boot from a volume instead of a disk of its own (`boot_volume`). A new one
+//! is recorded `creating` like the other new volumes, with the template it is made from, and its disk is
+//! made from that template by `provision`; an existing one (made from a template earlier) gives the
+//! instance its template and size. Either is taken by the plan's transaction like the other volumes,
+//! marked `boot`, and handled like them at the outcome. The instance's own disk then counts nothing (the
+//! volume counts as a volume).
 
 use async_trait::async_trait;
 use nimbus_core::instance::{validate_name_by, Instance, InstanceState};
@@ -47,6 +54,25 @@ pub(crate) struct Params {
     /// Those of `volumes` the operation makes (new and empty); the others existed.
     #[serde(default)]
     pub new_volumes: Vec<Uuid>,
+    /// The volume it boots from, locked by the operation like `volumes` (not one of them: it is not
+    /// plugged in beside the root disk, it is the root disk).
+    #[serde(default)]
+    pub boot_volume: Option<Uuid>,
+    /// Whether the operation makes `boot_volume` (from the template, at `provision`).
+    #[serde(default)]
+    pub new_boot_volume: bool,
+}
+
+impl Params {
+    /// Every volume the operation holds.
+    fn held(&self) -> Vec<Uuid> {
+        self.volumes.iter().copied().chain(self.boot_volume).collect()
+    }
+
+    /// Whether the operation makes volume `id`.
+    fn makes(&self, id: Uuid) -> bool {
+        self.new_volumes.contains(&id) || (self.new_boot_volume && self.boot_volume == Some(id))
+    }
 }
 
 pub(crate) struct Create;
@@ -114,7 +140,7 @@ impl Saga for Create {
             next.state = InstanceState::Stopped;
         }
         let mut writes = Vec::new();
-        for (mut v, record) in volumes_locked_by(cx, &p.volumes).await? {
+        for (mut v, record) in volumes_locked_by(cx, &p.held()).await? {
             v.state = VolumeState::InUse;
             v.lock_operation_id = None;
             v.updated_at = nimbus_core::now();
@@ -130,14 +156,14 @@ impl Saga for Create {
         // (each call idempotent) before the records say so.
         let mut writes = Vec::new();
         let system = nimbus_core::operation::Actor::system();
-        for (mut v, record) in volumes_locked_by(cx, &p.volumes).await? {
+        for (mut v, record) in volumes_locked_by(cx, &p.held()).await? {
             let unplugged = cx.driver().detach_volume(cx.instance.id, v.id).await;
             if let Err(e) = &unplugged {
                 tracing::warn!(volume = %v.id, instance = %cx.instance.id, error = %e, "could not unplug a volume of a failed create");
             }
             v.lock_operation_id = None;
             v.updated_at = nimbus_core::now();
-            if p.new_volumes.contains(&v.id) {
+            if p.makes(v.id) {
                 match unplugged.and(cx.driver().delete_volume(v.id).await) {
                     Ok(()) => {
                         writes.push(Write::DeleteRecord {
@@ -152,11 +178,13 @@ impl Saga for Create {
                         tracing::warn!(volume = %v.id, error = %e, "could not remove a failed create's new volume");
                         v.state = VolumeState::Error;
                         v.instance_id = None;
+                        v.boot = false;
                     }
                 }
             } else if unplugged.is_ok() {
                 v.state = VolumeState::Available;
                 v.instance_id = None;
+                v.boot = false;
             } else {
                 // Still plugged, as far as anyone knows: a detach puts it right.
                 v.state = VolumeState::Error;
@@ -198,42 +226,76 @@ struct PlannedVolumes {
     existing: Vec<(Volume, Record)>,
     new: Vec<(String, u64, Labels)>,
     host: Option<String>,
+    /// The existing volume to boot from.
+    boot: Option<(Volume, Record)>,
 }
 
-async fn check_volumes(engine: &Engine, ctx: &Context, asked: &[InstanceVolume], zone: &str) -> Result<PlannedVolumes> {
-    let mut out = PlannedVolumes { existing: Vec::new(), new: Vec::new(), host: None };
+impl PlannedVolumes {
+    /// Existing volume `id`, checked for an instance of `zone`: the project's, attachable, of the zone, and
+    /// kept by the host the others are (which the instance is then placed on).
+    async fn take_existing(
+        &mut self,
+        engine: &Engine,
+        ctx: &Context,
+        id: Uuid,
+        zone: &str,
+    ) -> Result<(Volume, Record)> {
+        let Some((v, record)) = engine.record_of::<Volume>(VOLUME, id).await? else {
+            return Err(DomainError::not_found("volume", id));
+        };
+        if v.project_id != ctx.project.id {
+            return Err(DomainError::not_found("volume", id));
+        }
+        volume::volume_transition(VolumeAction::Attach, &v)?;
+        if v.zone != zone {
+            return Err(DomainError::Conflict(format!(
+                "volume {id} is in zone {}, the instance would be in zone {zone}: a volume attaches only to \
+                 instances of its own zone",
+                v.zone
+            )));
+        }
+        if let Some(h) = &v.host {
+            match &self.host {
+                Some(other) if other != h => {
+                    return Err(DomainError::Conflict(format!(
+                        "volume {id} is kept by host {h}, another of the volumes by host {other}: an instance \
+                         takes volumes of one host only (moving a volume between hosts is not supported yet)"
+                    )))
+                }
+                _ => self.host = Some(h.clone()),
+            }
+        }
+        Ok((v, record))
+    }
+}
+
+async fn check_volumes(
+    engine: &Engine,
+    ctx: &Context,
+    asked: &[InstanceVolume],
+    boot: Option<Uuid>,
+    zone: &str,
+) -> Result<PlannedVolumes> {
+    let mut out = PlannedVolumes { existing: Vec::new(), new: Vec::new(), host: None, boot: None };
+    if let Some(id) = boot {
+        let (v, record) = out.take_existing(engine, ctx, id, zone).await?;
+        if v.template_id.is_none() {
+            return Err(DomainError::invalid(
+                "boot_volume.id",
+                format!("volume {id} was not made from a template: there is nothing to boot on it"),
+            ));
+        }
+        out.boot = Some((v, record));
+    }
     for (n, item) in asked.iter().enumerate() {
         match item {
             InstanceVolume::Existing(id) => {
-                if out.existing.iter().any(|(v, _)| v.id == *id) {
+                let taken = out.existing.iter().chain(&out.boot).any(|(v, _)| v.id == *id);
+                if taken {
                     return Err(DomainError::invalid(format!("volumes.{n}"), format!("volume {id} is named twice")));
                 }
-                let Some((v, record)) = engine.record_of::<Volume>(VOLUME, *id).await? else {
-                    return Err(DomainError::not_found("volume", *id));
-                };
-                if v.project_id != ctx.project.id {
-                    return Err(DomainError::not_found("volume", *id));
-                }
-                volume::volume_transition(VolumeAction::Attach, &v)?;
-                if v.zone != zone {
-                    return Err(DomainError::Conflict(format!(
-                        "volume {id} is in zone {}, the instance would be in zone {zone}: a volume attaches only to \
-                         instances of its own zone",
-                        v.zone
-                    )));
-                }
-                if let Some(h) = &v.host {
-                    match &out.host {
-                        Some(other) if other != h => {
-                            return Err(DomainError::Conflict(format!(
-                                "volume {id} is kept by host {h}, another of the volumes by host {other}: an instance \
-                                 takes volumes of one host only (moving a volume between hosts is not supported yet)"
-                            )))
-                        }
-                        _ => out.host = Some(h.clone()),
-                    }
-                }
-                out.existing.push((v, record));
+                let existing = out.take_existing(engine, ctx, *id, zone).await?;
+                out.existing.push(existing);
             }
             InstanceVolume::New { name, size_gb, labels: l } => {
                 nimbus_core::instance::validate_name(&format!("volumes.{n}.name"), name)?;
@@ -269,12 +331,46 @@ pub(crate) async fn plan(
     if !itype.authorized || !itype.zones.contains(zone) {
         return Err(DomainError::invalid("instance_type", format!("{} is not offered in zone {zone}", itype.name)));
     }
-    let template = engine.template(ctx, &req.template).await.map_err(|_| {
-        DomainError::invalid("template", format!("no template {:?}; see GET /v1/templates", req.template))
-    })?;
+    let volumes =
+        check_volumes(engine, ctx, &req.volumes, req.boot_volume.as_ref().and_then(|b| b.existing), zone).await?;
+    let template = match &volumes.boot {
+        // Booting from an existing volume: its template, its size.
+        Some((v, _)) => {
+            let template = engine.template_by_id(v.template_id.unwrap_or_default()).await.map_err(|_| {
+                DomainError::Conflict(format!("volume {}'s template is gone: it cannot be booted", v.id))
+            })?;
+            if !req.template.is_empty() && req.template != template.name && req.template != template.id.to_string() {
+                return Err(DomainError::invalid(
+                    "template",
+                    format!("volume {} boots template {}: give that one or none", v.id, template.name),
+                ));
+            }
+            if req.disk_size_gb.is_some_and(|d| d != v.size_gb) {
+                return Err(DomainError::invalid(
+                    "disk_size_gb",
+                    format!("an instance booting from volume {} has its size, {} GB", v.id, v.size_gb),
+                ));
+            }
+            template
+        }
+        None => engine.template(ctx, &req.template).await.map_err(|_| {
+            DomainError::invalid("template", format!("no template {:?}; see GET /v1/templates", req.template))
+        })?,
+    };
     let gpu_model = engine.choose_gpu_model(&itype, req.gpu_model.as_deref(), None).await?;
-    let disk = req.disk_size_gb.unwrap_or(itype.default_disk_gb.max(template.min_disk_gb));
+    let disk = match &volumes.boot {
+        Some((v, _)) => v.size_gb,
+        None => req.disk_size_gb.unwrap_or(itype.default_disk_gb.max(template.min_disk_gb)),
+    };
     validate_disk("disk_size_gb", disk, itype.min_disk_gb.max(template.min_disk_gb))?;
+    let boot_name = match &req.boot_volume {
+        Some(b) if b.existing.is_none() => {
+            let name = b.name.clone().unwrap_or_else(|| format!("{}-boot", req.name));
+            nimbus_core::instance::validate_name("boot_volume.name", &name)?;
+            Some(name)
+        }
+        _ => None,
+    };
     if let Some(ud) = &req.user_data {
         decode_user_data(ud)?;
     }
@@ -295,7 +391,6 @@ pub(crate) async fn plan(
         return Err(DomainError::invalid("ssh_keys", format!("template {} does not take SSH keys", template.name)));
     }
     engine.check_group_refs(ctx, &req.security_groups, &req.anti_affinity_groups).await?;
-    let volumes = check_volumes(engine, ctx, &req.volumes, zone).await?;
 
     let now = nimbus_core::now();
     let id = nimbus_core::new_id();
@@ -311,8 +406,18 @@ pub(crate) async fn plan(
             InstanceVolume::New { .. } => all_ids.extend(n.next().copied()),
         }
     }
-    let planned =
-        Planned::of::<Create>(&Params { auto_start: req.auto_start, volumes: all_ids, new_volumes: new_ids.clone() });
+    let boot_id = match (&volumes.boot, &boot_name) {
+        (Some((v, _)), _) => Some(v.id),
+        (None, Some(_)) => Some(nimbus_core::new_id()),
+        (None, None) => None,
+    };
+    let planned = Planned::of::<Create>(&Params {
+        auto_start: req.auto_start,
+        volumes: all_ids,
+        new_volumes: new_ids.clone(),
+        boot_volume: boot_id,
+        new_boot_volume: boot_name.is_some(),
+    });
     op.params = planned.params;
     op.params_version = planned.params_version;
     let mut system_labels = Labels::new();
@@ -356,6 +461,10 @@ pub(crate) async fn plan(
         generation: 1,
         numeric_id: 0,
         extensions: req.extensions.clone(),
+        boot_volume: boot_id.map(|id| nimbus_core::instance::BootVolume {
+            id,
+            delete_on_termination: req.boot_volume.as_ref().is_some_and(|b| b.delete_on_termination),
+        }),
         created_at: now,
         updated_at: now,
     };
@@ -380,7 +489,11 @@ pub(crate) async fn plan(
         };
         set.push(Write::InsertRecord(Record::new(PASSWORD, id, Some(ctx.project.id), "password", &password)));
     }
-    for (mut v, record) in volumes.existing {
+    let boot_existing = volumes.boot.map(|(mut v, record)| {
+        v.boot = true;
+        (v, record)
+    });
+    for (mut v, record) in volumes.existing.into_iter().chain(boot_existing) {
         v.state = VolumeState::Attaching;
         v.instance_id = Some(id);
         v.lock_operation_id = Some(op.id);
@@ -389,7 +502,9 @@ pub(crate) async fn plan(
         set.push(Write::UpdateRecord { record: record.next(&v.name, &v), expected_generation: record.generation });
         set.push(volume_event(&ctx.actor, "volume.updated", &v));
     }
-    for ((name, size_gb, labels), vid) in volumes.new.into_iter().zip(new_ids) {
+    let new_boot = boot_name.map(|name| ((name, disk, Labels::new()), boot_id.unwrap_or_default(), true));
+    let new_data = volumes.new.into_iter().zip(new_ids).map(|(asked, vid)| (asked, vid, false));
+    for ((name, size_gb, labels), vid, boot) in new_data.chain(new_boot) {
         let v = Volume {
             id: vid,
             project_id: ctx.project.id,
@@ -403,6 +518,8 @@ pub(crate) async fn plan(
             serial: Volume::serial_for(vid),
             labels,
             lock_operation_id: Some(op.id),
+            template_id: boot.then_some(template.id),
+            boot,
             created_at: now,
             updated_at: now,
         };

@@ -66,7 +66,9 @@ impl Saga for Reset {
             Err(_) if reinstalled => p.disk_size_gb,
             Err(_) => p.from_disk,
         };
-        cx.engine.forget_snapshots_gone_from_host(cx.instance).await
+        let mut writes = cx.engine.forget_snapshots_gone_from_host(cx.instance).await?;
+        writes.extend(cx.engine.boot_volume_follows(next).await?);
+        Ok(writes)
     }
 }
 

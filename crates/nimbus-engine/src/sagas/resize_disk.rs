@@ -2,7 +2,7 @@
 //!
 //! Plan: the record takes the new size at once (quota-checked in the request's transaction). Step: `grow`
 //! on the host. A failure, or an operation given up after crashes, leaves the record with the size the
-//! host's disk really has, so record and disk never disagree.
+//! host's disk really has, so record and disk never disagree. A boot volume's record takes the size too.
 
 use async_trait::async_trait;
 use nimbus_core::instance::Instance;
@@ -45,7 +45,7 @@ impl Saga for ResizeDisk {
             Ok(size) => size,
             Err(_) => p.from,
         };
-        Ok(Vec::new())
+        cx.engine.boot_volume_follows(next).await
     }
 }
 

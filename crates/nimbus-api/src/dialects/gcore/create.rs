@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::Json;
 use nimbus_core::labels::Labels;
-use nimbus_engine::{CreateInstance, InstancePatch, InstanceVolume};
+use nimbus_engine::{BootVolumeRequest, CreateInstance, InstancePatch, InstanceVolume};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -220,12 +220,15 @@ fn parse_interfaces(v: Option<&Value>, scope: &Scope, nets: &[GcoreNetwork], err
     out
 }
 
-/// What the create's `volumes` ask for: the boot volume (its image and size), made as the instance's own
-/// disk, and the other volumes, each with its index in the body (for the engine's refusals).
+/// What the create's `volumes` ask for: the boot volume (its image and size, made as the instance's own
+/// disk, or as a volume that outlives it when `delete_on_termination` is false; or an existing volume with
+/// `boot_index` 0), and the other volumes, each with its index in the body (for the engine's refusals).
 #[derive(Default)]
 struct Volumes {
     image: Option<String>,
     size: Option<u64>,
+    /// The boot volume, when it is a volume rather than the instance's own disk.
+    boot: Option<BootVolumeRequest>,
     /// `(index in the body, the volume)`; a new volume's name is filled in once the instance's is known.
     others: Vec<(usize, OtherVolume)>,
 }
@@ -273,8 +276,18 @@ fn parse_volumes(v: Option<&Value>, errors: &mut FieldErrors) -> Volumes {
             errors.add(&field("attachment_tag"), "Attachment tags are not available in Nimbus");
         }
         let source = map.get("source").and_then(Value::as_str);
-        // The boot volume is the instance's own disk and goes with it; no other volume does.
-        if source != Some("image") && map.get("delete_on_termination").and_then(Value::as_bool) == Some(true) {
+        let delete_on_termination = map.get("delete_on_termination").and_then(Value::as_bool);
+        let name = match map.get("name") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                errors.add(&field("name"), "Input should be a valid string");
+                None
+            }
+        };
+        let boots = source == Some("image") || (source == Some("existing-volume") && boot_index == Some(0));
+        // The boot volume may go with its instance; no other volume does.
+        if !boots && delete_on_termination == Some(true) {
             errors.add(
                 &field("delete_on_termination"),
                 "Nimbus keeps volumes when their instance is deleted: name them in the delete's `volumes` instead",
@@ -290,6 +303,10 @@ fn parse_volumes(v: Option<&Value>, errors: &mut FieldErrors) -> Volumes {
                     errors.add(&field("boot_index"), "The image volume is the boot volume (boot_index 0)");
                 }
                 out.size = size;
+                if delete_on_termination == Some(false) {
+                    // Kept when the instance goes: a volume of its own, bootable again.
+                    out.boot = Some(BootVolumeRequest { existing: None, name, delete_on_termination: false });
+                }
                 match map.get("image_id").and_then(Value::as_str) {
                     Some(image) => out.image = Some(image.to_string()),
                     None => errors.add(&field("image_id"), "Field required"),
@@ -302,14 +319,6 @@ fn parse_volumes(v: Option<&Value>, errors: &mut FieldErrors) -> Volumes {
                     }
                     continue;
                 };
-                let name = match map.get("name") {
-                    None | Some(Value::Null) => None,
-                    Some(Value::String(s)) => Some(s.clone()),
-                    Some(_) => {
-                        errors.add(&field("name"), "Input should be a valid string");
-                        None
-                    }
-                };
                 let mut tag_errors = FieldErrors::default();
                 let tags = create_tags(map.get("tags"), &mut tag_errors);
                 if !tag_errors.is_empty() {
@@ -318,6 +327,14 @@ fn parse_volumes(v: Option<&Value>, errors: &mut FieldErrors) -> Volumes {
                 out.others.push((n, OtherVolume::New { name, size, tags }));
             }
             Some("existing-volume") => match map.get("volume_id").map(uuid_of) {
+                Some(Some(id)) if boot_index == Some(0) => {
+                    if boot_seen {
+                        errors.add(&field("boot_index"), "Nimbus instances boot from one volume");
+                    }
+                    boot_seen = true;
+                    let delete_on_termination = delete_on_termination.unwrap_or(false);
+                    out.boot = Some(BootVolumeRequest { existing: Some(id), name: None, delete_on_termination });
+                }
                 Some(Some(id)) => out.others.push((n, OtherVolume::Existing(id))),
                 Some(None) => errors.add(&field("volume_id"), "Input should be a valid UUID"),
                 None => errors.add(&field("volume_id"), "Field required"),
@@ -334,15 +351,16 @@ fn parse_volumes(v: Option<&Value>, errors: &mut FieldErrors) -> Volumes {
             ),
             None => errors.add(&field("source"), "Field required"),
         }
-        if source != Some("image") && boot_index == Some(0) {
+        if !boots && boot_index == Some(0) {
             errors.add(
                 &field("boot_index"),
-                "Nimbus instances boot from their image volume; other volumes take a negative or no boot_index",
+                "Nimbus instances boot from an image or an existing volume; new volumes take a negative or no \
+                 boot_index",
             );
         }
     }
     if !boot_seen {
-        errors.add("volumes", "A boot volume (source 'image', boot_index 0) is required");
+        errors.add("volumes", "A boot volume (source 'image', or an 'existing-volume' with boot_index 0) is required");
     }
     out
 }
@@ -433,7 +451,7 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
         }
     }
     errors.check()?;
-    let (Some(flavor), Some(image)) = (flavor, image) else { unreachable!("required fields were checked") };
+    let Some(flavor) = flavor else { unreachable!("required fields were checked") };
     // A template's placeholders need the address, which the create reserves: a placeholder-free name first.
     let final_name = name.clone().or_else(|| name_template.clone());
     let first_name = match (&name, &name_template) {
@@ -475,7 +493,8 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
             CreateInstance {
                 name: first_name.clone(),
                 instance_type: flavor,
-                template: image,
+                // None when booting from an existing volume, which brings its own.
+                template: image.unwrap_or_default(),
                 disk_size_gb: size,
                 labels: tags,
                 user_data,
@@ -486,6 +505,7 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
                 password,
                 extensions,
                 volumes: engine_volumes,
+                boot_volume: volumes.boot.clone(),
                 ..Default::default()
             },
         )

@@ -319,9 +319,18 @@ pub fn instance(i: &Instance, c: &InstanceContext) -> Value {
         "flavor": instance_flavor(i),
         "addresses": address_map,
         "fixed_ip_assignments": fixed,
-        "volumes": std::iter::once(json!({"id": derived_id(i.id, "volume.root"), "delete_on_termination": true}))
-            .chain(c.volumes.iter().map(|id| json!({"id": id, "delete_on_termination": false})))
-            .collect::<Vec<_>>(),
+        // The boot volume first: a volume of its own, or the instance's own disk (which goes with it).
+        "volumes": std::iter::once(match i.boot_volume {
+            Some(b) => json!({"id": b.id, "delete_on_termination": b.delete_on_termination}),
+            None => json!({"id": derived_id(i.id, "volume.root"), "delete_on_termination": true}),
+        })
+        .chain(
+            c.volumes
+                .iter()
+                .filter(|id| i.boot_volume.is_none_or(|b| b.id != **id))
+                .map(|id| json!({"id": id, "delete_on_termination": false})),
+        )
+        .collect::<Vec<_>>(),
         "security_groups": c.security_group_names.iter().map(|n| json!({"name": n})).collect::<Vec<_>>(),
         "tags": tags(i),
         "ssh_key_name": i.ssh_keys.first(),
@@ -655,8 +664,14 @@ pub fn task(op: &Operation, scope: &Scope, hard_reboot: bool) -> Value {
     let mut resources = created_resources("instances", &[]);
     if op.kind == Action::Create {
         resources = created_resources("instances", &[op.target.id]);
-        // The boot volume, and the volumes the create made (`new_volumes` of its parameters).
-        let mut made = vec![derived_id(op.target.id, "volume.root")];
+        // The boot volume (the instance's own disk, or a volume it made, not one that existed), and the
+        // volumes the create made (`boot_volume`, `new_boot_volume` and `new_volumes` of its parameters).
+        let boot = op.params.get("boot_volume").and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok());
+        let mut made = match (boot, op.params.get("new_boot_volume").and_then(Value::as_bool)) {
+            (None, _) => vec![derived_id(op.target.id, "volume.root")],
+            (Some(id), Some(true)) => vec![id],
+            (Some(_), _) => Vec::new(),
+        };
         made.extend(
             op.params
                 .get("new_volumes")

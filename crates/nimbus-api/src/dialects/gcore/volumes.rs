@@ -42,8 +42,8 @@ pub fn volume_view(v: &Volume, instance: Option<&Instance>, scope: &Scope) -> Va
     json!({
         "id": v.id,
         "name": v.name,
-        "bootable": false,
-        "is_root_volume": false,
+        "bootable": v.template_id.is_some(),
+        "is_root_volume": v.boot,
         "created_at": rfc3339(v.created_at),
         "updated_at": rfc3339(v.updated_at),
         "project_id": scope.project_id,
@@ -58,7 +58,10 @@ pub fn volume_view(v: &Volume, instance: Option<&Instance>, scope: &Scope) -> Va
         "task_id": v.lock_operation_id,
         "snapshot_ids": [],
         "limiter_stats": null,
-        "volume_image_metadata": {},
+        "volume_image_metadata": match v.template_id {
+            Some(t) => json!({"image_id": t}),
+            None => json!({}),
+        },
     })
 }
 
@@ -151,7 +154,6 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
     let has_attachments = query_one(&q, "has_attachments").map(|_| query_bool(&q, "has_attachments"));
     let name_part = query_one(&q, "name_part");
     let id_part = query_one(&q, "id_part");
-    // No Nimbus volume is bootable.
     let bootable_only = query_bool(&q, "bootable");
     let tag = query_one(&q, "tag_key_value").and_then(|kv| serde_json::from_str::<Map<String, Value>>(kv).ok());
     let mut all = Vec::new();
@@ -160,7 +162,7 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
             && has_attachments.is_none_or(|h| h == v.instance_id.is_some())
             && name_part.is_none_or(|n| v.name.contains(n))
             && id_part.is_none_or(|p| v.id.to_string().contains(p))
-            && !bootable_only
+            && (!bootable_only || v.template_id.is_some())
             && tag
                 .as_ref()
                 .is_none_or(|t| t.iter().all(|(k, val)| v.labels.get(k).map(String::as_str) == val.as_str()));
