@@ -119,6 +119,15 @@ impl Backend {
         }
     }
 
+    /// Like [`Backend::for_update`], for a row that must only not vanish: updates of its other columns
+    /// (a host's heartbeat, a project's quota) go on meanwhile.
+    pub(crate) fn for_key_share(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR KEY SHARE",
+        }
+    }
+
     /// Like [`Backend::for_update`], for a row that must only not change or vanish (a precondition).
     pub(crate) fn for_share(self) -> &'static str {
         match self {

@@ -26,26 +26,33 @@ use crate::{Placement, StoreError, StoreResult, Write, WriteSet};
 
 /// Steps 1 to 3 for one set: everything but the notification and the event appends, which
 /// [`finish_batch`] does once for all the sets committed together.
+///
+/// The checks of quota and host room lock the usage counters they read (PostgreSQL; SQLite has one writer),
+/// which the instance triggers update anyway, in the order every instance write takes them (the project's,
+/// then the host's): so concurrent transactions queue on them instead of deadlocking, and the project and
+/// host rows themselves are only kept from vanishing, never held against a host's heartbeat.
 pub(super) async fn apply_changes(conn: &mut AnyConnection, backend: Backend, set: &WriteSet) -> StoreResult<()> {
     let quota = match set.enforce_quota_of {
         Some(project_id) => {
-            let select = format!("SELECT numeric_id, body FROM projects WHERE id = $1{}", backend.for_update());
+            lock_usage(conn, backend, "project", &project_id.to_string()).await?;
+            let select = format!("SELECT numeric_id, body FROM projects WHERE id = $1{}", backend.for_key_share());
             let row = query(&select, args![project_id])
                 .fetch_optional(&mut *conn)
                 .await
-                .map_err(|e| backend.error("locking the project", e))?
+                .map_err(|e| backend.error("reading the project", e))?
                 .ok_or_else(|| StoreError::NotFound(format!("project {project_id}")))?;
             Some((project_id, project_from_row(&row)?.quota))
         }
         None => None,
     };
     if let Some(p) = &set.placement {
-        let lock = format!("SELECT name FROM hosts WHERE name = $1{}", backend.for_update());
-        query(&lock, args![&p.host])
+        let select = format!("SELECT name FROM hosts WHERE name = $1{}", backend.for_key_share());
+        query(&select, args![&p.host])
             .fetch_optional(&mut *conn)
             .await
-            .map_err(|e| backend.error("locking the host", e))?
+            .map_err(|e| backend.error("reading the host", e))?
             .ok_or_else(|| StoreError::NoRoom(format!("host {} is gone", p.host)))?;
+        lock_usage(conn, backend, "host", &p.host).await?;
     }
     for write in set.writes.iter().filter(|w| !matches!(w, Write::AppendEvent(_))) {
         apply_one(conn, backend, write).await?;
@@ -356,8 +363,30 @@ fn anti_affinity_column(i: &nimbus_core::instance::Instance) -> String {
     i.anti_affinity_groups.iter().map(|g| format!("{g} ")).collect()
 }
 
-/// Checks [`WriteSet::placement`] on the set's result: the host's row is locked (PostgreSQL) before this,
-/// at the start of the transaction.
+/// Locks the usage counters of `owner` in `scope` (PostgreSQL), made first when there are none yet so that
+/// there is a row to lock.
+async fn lock_usage(conn: &mut AnyConnection, backend: Backend, scope: &str, owner: &str) -> StoreResult<()> {
+    if backend != Backend::Postgres {
+        return Ok(());
+    }
+    query(
+        "INSERT INTO usage_totals (scope, owner, instances, vcpus, memory_mib, disk_gb) VALUES ($1, $2, 0, 0, 0, 0)
+         ON CONFLICT (scope, owner) DO NOTHING",
+        args![scope, owner],
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| backend.error("making usage counters", e))?;
+    let lock = format!("SELECT instances FROM usage_totals WHERE scope = $1 AND owner = $2{}", backend.for_update());
+    query(&lock, args![scope, owner])
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| backend.error("locking usage", e))?;
+    Ok(())
+}
+
+/// Checks [`WriteSet::placement`] on the set's result: the host's usage counters are locked (PostgreSQL)
+/// before this, at the start of the set.
 async fn check_placement(conn: &mut AnyConnection, backend: Backend, p: &Placement) -> StoreResult<()> {
     let used = super::hosts::allocation_of(conn, backend, &p.host).await?;
     let demand = nimbus_core::host::Demand { vcpus: 0, memory_mib: 0, disk_gb: 0, gpus: None };
