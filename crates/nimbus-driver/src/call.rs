@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Driver, DriverError, HostInfo, InstanceSpec, TemplateImport, TemplateRegistration, VolumeSpec};
+use crate::{
+    Driver, DriverError, HostInfo, InstanceSpec, TemplateImport, TemplateRegistration, VolumeChunk, VolumeSpec,
+};
 
 /// One call of a `Driver` method on an instance of the host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,6 +139,15 @@ pub enum DriverCall {
     VolumeSnapshots {
         volume_id: Uuid,
     },
+    ReadVolume {
+        volume_id: Uuid,
+        offset: u64,
+        len: u64,
+    },
+    WriteVolume {
+        volume_id: Uuid,
+        chunk: VolumeChunk,
+    },
 }
 
 impl DriverCall {
@@ -177,7 +188,9 @@ impl DriverCall {
             | DriverCall::SnapshotVolume { .. }
             | DriverCall::RevertVolume { .. }
             | DriverCall::DeleteVolumeSnapshot { .. }
-            | DriverCall::VolumeSnapshots { .. } => None,
+            | DriverCall::VolumeSnapshots { .. }
+            | DriverCall::ReadVolume { .. }
+            | DriverCall::WriteVolume { .. } => None,
         }
     }
 }
@@ -241,6 +254,8 @@ pub async fn dispatch(driver: &dyn Driver, call: DriverCall) -> DriverReply {
             reply(driver.delete_volume_snapshot(volume_id, snapshot_id).await)
         }
         DriverCall::VolumeSnapshots { volume_id } => reply(driver.volume_snapshots(volume_id).await),
+        DriverCall::ReadVolume { volume_id, offset, len } => reply(driver.read_volume(volume_id, offset, len).await),
+        DriverCall::WriteVolume { volume_id, chunk } => reply(driver.write_volume(volume_id, &chunk).await),
     }
 }
 

@@ -92,6 +92,50 @@ pub struct VolumeSpec {
     pub serial: String,
 }
 
+/// A piece of a volume's disk file, as it travels from one host to another when a detached volume moves
+/// (`read_volume`, `write_volume`). Base64, since it travels as JSON through the hosts' agents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeChunk {
+    pub offset: u64,
+    pub data: String,
+    /// The file ends with this piece.
+    pub last: bool,
+}
+
+impl VolumeChunk {
+    /// How many bytes it carries (its base64 decoded).
+    pub fn len(&self) -> u64 {
+        let padding = self.data.bytes().rev().take_while(|b| *b == b'=').count();
+        (self.data.len() / 4 * 3).saturating_sub(padding) as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+/// How much of a volume's file one call carries: within the control plane's 1 MiB body limit once in
+/// base64.
+pub const VOLUME_CHUNK_BYTES: u64 = 512 * 1024;
+
+/// Copies detached volume `id`'s file from host `from` to host `to`, piece by piece ([`VolumeChunk`]); it
+/// exists on `to` once the last piece is written, and `from` keeps it. Returns the bytes copied.
+pub async fn copy_volume(from: &dyn Driver, to: &dyn Driver, id: Uuid) -> DriverResult<u64> {
+    let mut offset = 0;
+    loop {
+        let chunk = from.read_volume(id, offset, VOLUME_CHUNK_BYTES).await?;
+        to.write_volume(id, &chunk).await?;
+        let len = chunk.len();
+        offset += len;
+        if chunk.last {
+            return Ok(offset);
+        }
+        if len == 0 {
+            return Err(DriverError::Failed(format!("volume {id}: its host sent an empty piece at {offset}")));
+        }
+    }
+}
+
 /// A disk image to take in as a template (`import_template`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TemplateImport {
@@ -313,6 +357,18 @@ pub trait Driver: Send + Sync + 'static {
         Ok(())
     }
     /// Ids of the snapshots the host keeps of a volume: used to find leaks.
+    /// Up to `len` bytes of a detached volume's disk file from `offset`, to be written on another host.
+    async fn read_volume(&self, _volume_id: Uuid, _offset: u64, _len: u64) -> DriverResult<VolumeChunk> {
+        Err(DriverError::Unsupported(format!("the {} driver cannot move volumes", self.name())))
+    }
+
+    /// Writes a piece of a volume's file read on another host: pieces come in order, the one at offset 0
+    /// starts the file afresh (a move that was interrupted starts over), and the last one puts the whole
+    /// file in place at once (until then the volume does not exist on this host). Idempotent.
+    async fn write_volume(&self, _volume_id: Uuid, _chunk: &VolumeChunk) -> DriverResult<()> {
+        Err(DriverError::Unsupported(format!("the {} driver cannot move volumes", self.name())))
+    }
+
     async fn volume_snapshots(&self, _volume_id: Uuid) -> DriverResult<Vec<Uuid>> {
         Ok(Vec::new())
     }

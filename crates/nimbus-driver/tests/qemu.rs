@@ -304,6 +304,48 @@ async fn qemu_driver_without_network() {
     d.destroy(id).await.unwrap();
 }
 
+/// A volume's file moves between two hosts' drivers piece by piece and arrives the same, with the data
+/// written into it; until the last piece the receiving host has no volume.
+#[tokio::test]
+async fn a_volume_file_moves_between_two_qemu_hosts() {
+    if !have("qemu-io") {
+        println!("SKIPPED: qemu-io is not installed");
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let driver = |name: &str| {
+        let mut config = QemuConfig::new(state.path().join(name), state.path().join("no-templates"));
+        config.accel = Accel::Tcg;
+        config.network = false;
+        QemuDriver::new(config)
+    };
+    let (a, b) = (driver("a").await.unwrap(), driver("b").await.unwrap());
+    let volume = nimbus_driver::VolumeSpec { id: Uuid::new_v4(), size_gb: 1, serial: "moving".into() };
+    a.create_volume(&volume).await.unwrap();
+    let file = |host: &str| state.path().join(host).join(format!("volumes/{}.qcow2", volume.id));
+    // 1.5 MiB of data: the file travels in several pieces.
+    let io = |host: &str, cmd: &str| {
+        Command::new("qemu-io").args(["-f", "qcow2", "-c", cmd]).arg(file(host)).output().unwrap()
+    };
+    assert!(io("a", "write -P 0xab 0 1536k").status.success());
+    let first = a.read_volume(volume.id, 0, nimbus_driver::VOLUME_CHUNK_BYTES).await.unwrap();
+    assert!(!first.last && first.len() == nimbus_driver::VOLUME_CHUNK_BYTES, "{} bytes", first.len());
+    b.write_volume(volume.id, &first).await.unwrap();
+    assert!(b.volumes().await.unwrap().is_empty(), "not there before its last piece");
+
+    // Interrupted and run again: it starts over at offset 0.
+    let bytes = nimbus_driver::copy_volume(&a, &b, volume.id).await.unwrap();
+    assert_eq!(bytes, std::fs::metadata(file("a")).unwrap().len());
+    assert_eq!(b.volumes().await.unwrap(), vec![volume.id]);
+    let same = Command::new("qemu-img").arg("compare").arg(file("a")).arg(file("b")).output().unwrap();
+    assert!(same.status.success(), "{}", String::from_utf8_lossy(&same.stdout));
+    let read = io("b", "read -P 0xab 0 1536k");
+    assert!(read.status.success() && !String::from_utf8_lossy(&read.stdout).contains("Pattern verification failed"));
+    assert_eq!(b.volume_size_gb(volume.id).await.unwrap(), 1);
+    // A missing volume is named.
+    assert!(matches!(a.read_volume(Uuid::new_v4(), 0, 1).await, Err(DriverError::NotFound(_))));
+}
+
 fn small_spec(id: Uuid, template: nimbus_core::catalog::Template, ip: &str) -> InstanceSpec {
     InstanceSpec {
         id,

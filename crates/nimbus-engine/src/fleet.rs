@@ -343,6 +343,14 @@ impl Driver for RemoteDriver {
         decode(self.call(DriverCall::VolumeSnapshots { volume_id }).await)
     }
 
+    async fn read_volume(&self, volume_id: Uuid, offset: u64, len: u64) -> DriverResult<nimbus_driver::VolumeChunk> {
+        decode(self.call(DriverCall::ReadVolume { volume_id, offset, len }).await)
+    }
+
+    async fn write_volume(&self, volume_id: Uuid, chunk: &nimbus_driver::VolumeChunk) -> DriverResult<()> {
+        decode(self.call(DriverCall::WriteVolume { volume_id, chunk: chunk.clone() }).await)
+    }
+
     // Byte streams to an instance's ports, and files for download, do not cross the agent's link yet (only
     // the serial console does).
     async fn connect(&self, _id: Uuid, _address: &str, _port: u16) -> DriverResult<ConsoleStream> {

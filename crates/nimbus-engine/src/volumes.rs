@@ -349,6 +349,22 @@ impl Engine {
         self.volume_action(ctx, id, VolumeAction::Delete, None, None).await
     }
 
+    /// Whether detached volume `v`, kept by host `from`, may move to host `to` (where the instance it is
+    /// being attached to runs): its file moves, so what lives beside it on `from` must not stay behind.
+    async fn check_volume_moves(&self, v: &Volume, from: &str, to: &str) -> Result<()> {
+        if v.template_id.is_some() {
+            // Its file is an overlay on the template's disk of `from`.
+            return Err(DomainError::Conflict(format!(
+                "volume {} holds a template's disk kept by host {from}: a boot volume does not move to host {to} \
+                 (where the instance runs) yet",
+                v.id
+            )));
+        }
+        self.refuse_volume_with_snapshots(v).await.map_err(|e| {
+            DomainError::Conflict(format!("{e}: they stay on host {from}, and the volume would move to host {to}"))
+        })
+    }
+
     /// Checks the rules, takes the volume's lock (and the instance's, for attach and detach) and records
     /// the operation, in one transaction; re-planned on fresh records when a concurrent writer wins.
     async fn volume_action(
@@ -399,6 +415,8 @@ impl Engine {
             );
             let mut next = current.clone();
             let mut set = WriteSet::new();
+            // (from, to): the hosts a detached volume moves between to reach the instance it is attached to.
+            let mut moves: Option<(String, String)> = None;
             if let Some(i) = &instance {
                 if let Some(holder) = i.lock_operation_id {
                     return Err(DomainError::Busy { instance: i.id.to_string(), operation: holder.to_string() });
@@ -415,11 +433,8 @@ impl Engine {
                         }
                         if let (Some(vh), Some(ih)) = (&current.host, &i.host) {
                             if vh != ih {
-                                return Err(DomainError::Conflict(format!(
-                                    "volume {id} is kept by host {vh}, instance {} runs on host {ih}: moving a \
-                                     volume between hosts is not supported yet",
-                                    i.id
-                                )));
+                                self.check_volume_moves(&current, vh, ih).await?;
+                                moves = Some((vh.clone(), ih.clone()));
                             }
                         }
                         next.instance_id = Some(i.id);
@@ -444,9 +459,11 @@ impl Engine {
                 set.push(instance_event(&ctx.actor, "instance.updated", &locked));
             }
             let params = match action {
-                VolumeAction::Attach | VolumeAction::Detach => {
-                    serde_json::to_value(sagas::volume::OnInstance { instance_id: instance.as_ref().map(|i| i.id) })
-                }
+                VolumeAction::Attach | VolumeAction::Detach => serde_json::to_value(sagas::volume::OnInstance {
+                    instance_id: instance.as_ref().map(|i| i.id),
+                    move_from: moves.as_ref().map(|(from, _)| from.clone()),
+                    move_to: moves.as_ref().map(|(_, to)| to.clone()),
+                }),
                 VolumeAction::Resize => {
                     let to = size_gb.unwrap_or_default();
                     if to <= current.size_gb {

@@ -2,6 +2,7 @@
 //! namespace, three `nimbus agent`s each in a namespace of its own standing for a host (sim driver), joined
 //! to the fabric by veth pairs. Checks what an operator of many hosts relies on:
 //! - 1,000 instances created through both servers land within the hosts' capacity, spread across them;
+//! - a detached volume attached to an instance of another host moves there, and again to a third;
 //! - an anti-affinity group of 3 gets 3 hosts, and a 4th member is refused with the group named;
 //! - a host whose agent is killed with SIGKILL shows its instances `unknown` within the heartbeat bound,
 //!   and `running` again, not rebooted, once the agent is back;
@@ -235,6 +236,38 @@ fn many_hosts_place_within_capacity_survive_a_lost_agent_and_evacuate() {
             assert!(seen.contains("READY"), "the guest's serial log came first: {seen:?}");
         }
 
+        // A detached volume follows the instance it is attached to, to that instance's host, and again.
+        {
+            let (s, op) = api.post(0, "/v1/volumes", json!({"name": "traveller", "size_gb": 1})).await;
+            assert_eq!(s, 202, "{op}");
+            let made = api.wait(op["id"].as_str().unwrap()).await;
+            assert_eq!(made["state"], "success", "{made}");
+            let volume = made["target"]["id"].as_str().unwrap().to_string();
+            let mut host = api.get(&format!("/v1/volumes/{volume}")).await["host"].as_str().unwrap().to_string();
+            let all = api.instances().await;
+            for round in 0..2 {
+                let target = all.iter().find(|i| i["host"] != host.as_str()).unwrap();
+                let (to, instance) = (target["host"].as_str().unwrap(), target["id"].as_str().unwrap());
+                let path = format!("/v1/volumes/{volume}/attach");
+                let (s, op) = api.post(round, &path, json!({"instance_id": instance})).await;
+                assert_eq!(s, 202, "{op}");
+                let done = api.wait(op["id"].as_str().unwrap()).await;
+                assert_eq!(done["state"], "success", "round {round}: {done}");
+                let v = api.get(&format!("/v1/volumes/{volume}")).await;
+                assert_eq!((v["state"].as_str(), v["host"].as_str()), (Some("in-use"), Some(to)), "{v}");
+                let from = host.trim_start_matches('h').parse::<usize>().unwrap() - 1;
+                let left = files_naming(&dir.path().join(format!("agent-{from}")), &volume);
+                assert!(left.is_empty(), "the old host keeps nothing of it: {left:?}");
+                let (s, op) = api.post(round, &format!("/v1/volumes/{volume}/detach"), json!({})).await;
+                assert_eq!(s, 202, "{op}");
+                assert_eq!(api.wait(op["id"].as_str().unwrap()).await["state"], "success");
+                host = to.to_string();
+            }
+            let (s, op) = api.call(0, reqwest::Method::DELETE, &format!("/v1/volumes/{volume}"), None).await;
+            assert_eq!(s, 202, "{op}");
+            assert_eq!(api.wait(op["id"].as_str().unwrap()).await["state"], "success");
+        }
+
         // Anti-affinity: three members on three hosts, a fourth refused with the group's name.
         let (s, g) = api.post(0, "/v1/anti-affinity-groups", json!({"name": "spread-me"})).await;
         assert_eq!(s, 201, "{g}");
@@ -314,6 +347,20 @@ fn many_hosts_place_within_capacity_survive_a_lost_agent_and_evacuate() {
         assert_eq!(all.len(), 1002);
         drop(f);
     });
+}
+
+/// The files under `dir` whose names mention `id`.
+fn files_naming(dir: &Path, id: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_naming(&path, id));
+        } else if entry.file_name().to_string_lossy().contains(id) {
+            out.push(path);
+        }
+    }
+    out
 }
 
 /// The seal key ring the test's servers share (servers on one database must): a public test key.

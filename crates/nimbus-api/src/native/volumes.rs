@@ -42,6 +42,9 @@ pub struct VolumeView {
     pub template_id: Option<Uuid>,
     /// It is the boot disk of the instance it is attached to.
     pub boot: bool,
+    /// The host that keeps its disk: shown to operators only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -64,9 +67,21 @@ impl From<&Volume> for VolumeView {
             operation_id: v.lock_operation_id,
             template_id: v.template_id,
             boot: v.boot,
+            host: None,
             created_at: v.created_at,
             updated_at: v.updated_at,
         }
+    }
+}
+
+impl VolumeView {
+    /// The view a caller gets: the host only for operators, who run the hosts.
+    pub fn for_caller(ctx: &nimbus_engine::Context, v: &Volume) -> VolumeView {
+        let mut view = VolumeView::from(v);
+        if ctx.role() == nimbus_core::tenancy::Role::Operator {
+            view.host = v.host.clone();
+        }
+        view
     }
 }
 
@@ -136,7 +151,7 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/volumes", operation_id = "list_volumes", tag = "volumes", responses((status = 200, body = VolumeList)))]
 pub async fn list(State(app): State<AppState>, Caller(ctx): Caller) -> ApiResult<Json<VolumeList>> {
     let volumes = app.engine.list_volumes(&ctx).await?;
-    Ok(Json(VolumeList { items: volumes.iter().map(Into::into).collect() }))
+    Ok(Json(VolumeList { items: volumes.iter().map(|v| VolumeView::for_caller(&ctx, v)).collect() }))
 }
 
 #[utoipa::path(get, path = "/v1/volumes/{id}", operation_id = "get_volume", tag = "volumes", params(("id" = Uuid, Path)),
@@ -146,7 +161,7 @@ pub async fn get(
     Caller(ctx): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<VolumeView>> {
-    Ok(Json((&app.engine.volume(&ctx, parse_uuid("volume", &id)?).await?).into()))
+    Ok(Json(VolumeView::for_caller(&ctx, &app.engine.volume(&ctx, parse_uuid("volume", &id)?).await?)))
 }
 
 /// Merge patch of `name`, `description` and `labels` (a null label deletes it).
@@ -178,7 +193,7 @@ pub async fn update(
             }
         }
     }
-    Ok(Json((&app.engine.update_volume(&ctx, id, patch).await?).into()))
+    Ok(Json(VolumeView::for_caller(&ctx, &app.engine.update_volume(&ctx, id, patch).await?)))
 }
 
 /// Deletes a detached volume and its data (409 while attached).

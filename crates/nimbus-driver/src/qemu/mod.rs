@@ -1005,6 +1005,14 @@ impl Driver for QemuDriver {
         Ok(volumes::snapshot_ids(&self.config.state_dir, volume_id).await)
     }
 
+    async fn read_volume(&self, volume_id: Uuid, offset: u64, len: u64) -> DriverResult<crate::VolumeChunk> {
+        volumes::read_chunk(&volumes::path(&self.config.state_dir, volume_id), volume_id, offset, len).await
+    }
+
+    async fn write_volume(&self, volume_id: Uuid, chunk: &crate::VolumeChunk) -> DriverResult<()> {
+        volumes::write_chunk(&volumes::path(&self.config.state_dir, volume_id), chunk).await
+    }
+
     async fn attach_volume(&self, id: Uuid, volume: &VolumeSpec) -> DriverResult<()> {
         let dir = self.existing_dir(id).await?;
         let file = volumes::path(&self.config.state_dir, volume.id);

@@ -130,6 +130,61 @@ pub async fn remove(file: &Path) -> DriverResult<()> {
     }
 }
 
+/// Up to `len` bytes of a volume's file from `offset` (a detached volume: nothing writes to it).
+pub async fn read_chunk(file: &Path, volume_id: Uuid, offset: u64, len: u64) -> DriverResult<crate::VolumeChunk> {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = match tokio::fs::File::open(file).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(DriverError::NotFound(volume_id)),
+        Err(e) => return Err(failed(e)),
+    };
+    let size = f.metadata().await.map_err(failed)?.len();
+    f.seek(std::io::SeekFrom::Start(offset)).await.map_err(failed)?;
+    let mut data = Vec::with_capacity(len.min(size.saturating_sub(offset)) as usize);
+    (&mut f).take(len).read_to_end(&mut data).await.map_err(failed)?;
+    let last = offset + data.len() as u64 >= size;
+    Ok(crate::VolumeChunk { offset, data: base64::engine::general_purpose::STANDARD.encode(&data), last })
+}
+
+/// Writes a piece of a volume's file read on another host into `<file>.part` (the piece at offset 0 starts
+/// it afresh); the last piece is synced and renamed over `file`, so the volume exists here whole or not
+/// at all.
+pub async fn write_chunk(file: &Path, chunk: &crate::VolumeChunk) -> DriverResult<()> {
+    use base64::Engine as _;
+    use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(&chunk.data)
+        .map_err(|e| DriverError::Invalid(format!("a volume piece is not base64: {e}")))?;
+    if let Some(dir) = file.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(failed)?;
+    }
+    let part = file.with_extension("qcow2.part");
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(chunk.offset == 0)
+        .open(&part)
+        .await
+        .map_err(failed)?;
+    let have = f.metadata().await.map_err(failed)?.len();
+    if chunk.offset > have {
+        return Err(DriverError::Invalid(format!(
+            "a volume piece at {} follows {have} bytes: pieces come in order",
+            chunk.offset
+        )));
+    }
+    f.seek(std::io::SeekFrom::Start(chunk.offset)).await.map_err(failed)?;
+    f.write_all(&data).await.map_err(failed)?;
+    if chunk.last {
+        f.set_len(chunk.offset + data.len() as u64).await.map_err(failed)?;
+        f.sync_all().await.map_err(failed)?;
+        drop(f);
+        tokio::fs::rename(&part, file).await.map_err(failed)?;
+    }
+    Ok(())
+}
+
 /// Where a volume's snapshot is kept: `<state>/volume-snapshots/<volume>/<snapshot>.qcow2`, a standalone
 /// copy of the volume's file at the time.
 pub fn snapshot_path(state_dir: &Path, volume_id: Uuid, snapshot_id: Uuid) -> PathBuf {

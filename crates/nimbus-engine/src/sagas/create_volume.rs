@@ -50,8 +50,8 @@ impl VolumeSaga for CreateVolume {
         p.attach_to
     }
 
-    fn steps() -> &'static [&'static str] {
-        &["make", "plug"]
+    fn steps(_: &Self::Params) -> Vec<&'static str> {
+        vec!["make", "plug"]
     }
 
     async fn run(cx: &VolumeCx<'_>, p: &Params, step: &'static str) -> DriverResult<Value> {

@@ -26,8 +26,8 @@ impl VolumeSaga for CreateVolumeSnapshot {
         p.instance_id
     }
 
-    fn steps() -> &'static [&'static str] {
-        &["copy"]
+    fn steps(_: &Self::Params) -> Vec<&'static str> {
+        vec!["copy"]
     }
 
     async fn run(cx: &VolumeCx<'_>, p: &OfSnapshot, _: &'static str) -> DriverResult<Value> {

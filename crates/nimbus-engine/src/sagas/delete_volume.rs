@@ -17,8 +17,8 @@ pub(crate) struct DeleteVolume;
 impl VolumeSaga for DeleteVolume {
     type Params = NoParams;
 
-    fn steps() -> &'static [&'static str] {
-        &["remove"]
+    fn steps(_: &Self::Params) -> Vec<&'static str> {
+        vec!["remove"]
     }
 
     async fn run(cx: &VolumeCx<'_>, _: &NoParams, _: &'static str) -> DriverResult<Value> {

@@ -20,8 +20,8 @@ pub(crate) struct DeleteVolumeSnapshot;
 impl VolumeSaga for DeleteVolumeSnapshot {
     type Params = OfSnapshot;
 
-    fn steps() -> &'static [&'static str] {
-        &["remove"]
+    fn steps(_: &Self::Params) -> Vec<&'static str> {
+        vec!["remove"]
     }
 
     async fn run(cx: &VolumeCx<'_>, p: &OfSnapshot, _: &'static str) -> DriverResult<Value> {

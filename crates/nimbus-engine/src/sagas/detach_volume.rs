@@ -23,8 +23,8 @@ impl VolumeSaga for DetachVolume {
         p.instance_id
     }
 
-    fn steps() -> &'static [&'static str] {
-        &["unplug"]
+    fn steps(_: &Self::Params) -> Vec<&'static str> {
+        vec!["unplug"]
     }
 
     async fn run(cx: &VolumeCx<'_>, p: &OnInstance, _: &'static str) -> DriverResult<Value> {

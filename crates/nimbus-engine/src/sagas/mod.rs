@@ -338,14 +338,14 @@ pub fn step_names(op: &Operation) -> Result<Vec<&'static str>> {
         Action::Evacuate => of::<evacuate::Evacuate>(op),
         Action::PromoteSnapshot => of::<promote_snapshot::PromoteSnapshot>(op),
         Action::ImportTemplate => Ok(import_template::step_names()),
-        Action::CreateVolume => Ok(volume::step_names::<create_volume::CreateVolume>()),
-        Action::AttachVolume => Ok(volume::step_names::<attach_volume::AttachVolume>()),
-        Action::DetachVolume => Ok(volume::step_names::<detach_volume::DetachVolume>()),
-        Action::ResizeVolume => Ok(volume::step_names::<resize_volume::ResizeVolume>()),
-        Action::DeleteVolume => Ok(volume::step_names::<delete_volume::DeleteVolume>()),
-        Action::CreateVolumeSnapshot => Ok(volume::step_names::<create_volume_snapshot::CreateVolumeSnapshot>()),
-        Action::RevertVolume => Ok(volume::step_names::<revert_volume::RevertVolume>()),
-        Action::DeleteVolumeSnapshot => Ok(volume::step_names::<delete_volume_snapshot::DeleteVolumeSnapshot>()),
+        Action::CreateVolume => volume::step_names::<create_volume::CreateVolume>(op),
+        Action::AttachVolume => volume::step_names::<attach_volume::AttachVolume>(op),
+        Action::DetachVolume => volume::step_names::<detach_volume::DetachVolume>(op),
+        Action::ResizeVolume => volume::step_names::<resize_volume::ResizeVolume>(op),
+        Action::DeleteVolume => volume::step_names::<delete_volume::DeleteVolume>(op),
+        Action::CreateVolumeSnapshot => volume::step_names::<create_volume_snapshot::CreateVolumeSnapshot>(op),
+        Action::RevertVolume => volume::step_names::<revert_volume::RevertVolume>(op),
+        Action::DeleteVolumeSnapshot => volume::step_names::<delete_volume_snapshot::DeleteVolumeSnapshot>(op),
     }
 }
 

@@ -32,8 +32,8 @@ impl VolumeSaga for ResizeVolume {
         p.instance_id
     }
 
-    fn steps() -> &'static [&'static str] {
-        &["grow"]
+    fn steps(_: &Self::Params) -> Vec<&'static str> {
+        vec!["grow"]
     }
 
     async fn run(cx: &VolumeCx<'_>, p: &Params, _: &'static str) -> DriverResult<Value> {

@@ -19,8 +19,8 @@ pub(crate) struct RevertVolume;
 impl VolumeSaga for RevertVolume {
     type Params = OfSnapshot;
 
-    fn steps() -> &'static [&'static str] {
-        &["restore"]
+    fn steps(_: &Self::Params) -> Vec<&'static str> {
+        vec!["restore"]
     }
 
     async fn run(cx: &VolumeCx<'_>, p: &OfSnapshot, _: &'static str) -> DriverResult<Value> {

@@ -31,6 +31,12 @@ use crate::{store_err, Engine, Result};
 pub(crate) struct OnInstance {
     /// `None` for a detach from an instance that no longer exists.
     pub instance_id: Option<Uuid>,
+    /// An attach to an instance of another host: the host that keeps the volume, whose file moves...
+    #[serde(default)]
+    pub move_from: Option<String>,
+    /// ...to the instance's host.
+    #[serde(default)]
+    pub move_to: Option<String>,
 }
 
 /// The parameters of the kinds done to one of a volume's snapshots (create, revert to, delete).
@@ -68,7 +74,7 @@ pub(crate) trait VolumeSaga: Send + Sync + 'static {
         None
     }
 
-    fn steps() -> &'static [&'static str];
+    fn steps(p: &Self::Params) -> Vec<&'static str>;
 
     /// Runs one step on the host; idempotent.
     async fn run(cx: &VolumeCx<'_>, p: &Self::Params, step: &'static str) -> DriverResult<Value>;
@@ -92,8 +98,10 @@ pub(crate) trait VolumeSaga: Send + Sync + 'static {
 }
 
 /// The steps of a volume operation (for tests that visit every step).
-pub(crate) fn step_names<K: VolumeSaga>() -> Vec<&'static str> {
-    K::steps().to_vec()
+pub(crate) fn step_names<K: VolumeSaga>(op: &Operation) -> Result<Vec<&'static str>> {
+    let p: K::Params = serde_json::from_value(op.params.clone())
+        .map_err(|e| DomainError::Internal(format!("operation {} has unreadable parameters: {e}", op.id)))?;
+    Ok(K::steps(&p))
 }
 
 /// Runs a claimed volume operation of kind `K` to its end.
@@ -159,7 +167,7 @@ impl<K: VolumeSaga> VolumeRunner<'_, K> {
                 return self.finish(None, Err(failure)).await;
             }
         };
-        let steps = K::steps();
+        let steps = K::steps(&p);
         self.op.progress.steps_total = steps.len() as u32;
         if self.op.attempts > self.engine.config.max_attempts && self.op.progress.unwinding.is_none() {
             tracing::warn!(operation = %self.op.id, kind = %self.op.kind, attempts = self.op.attempts, "giving up on an operation interrupted too often");
