@@ -227,4 +227,11 @@ async fn block_storage_refuses_bad_input_another_project_and_the_quota() {
         exo(&c, Method::GET, "/v2/block-storage", None).await.body["block-storage-volumes"].as_array().unwrap().len(),
         1
     );
+    // A volume of another zone does not attach to this zone's instance.
+    let far = c.volume_of_another_zone().await;
+    let mine = c.instance(ADMIN, "mine", json!({})).await;
+    let r =
+        exo(&c, Method::PUT, &format!("/v2/block-storage/{far}:attach"), Some(json!({"instance": {"id": mine}}))).await;
+    assert_exo_error(&r, StatusCode::BAD_REQUEST);
+    assert!(r.body["message"].as_str().unwrap().contains("zone"), "{}", r.text);
 }

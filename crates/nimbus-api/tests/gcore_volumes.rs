@@ -206,6 +206,13 @@ async fn gcore_volumes_refuse_other_projects_bad_sources_and_the_quota() {
         gcore(&c, Method::POST, &volumes, ADMIN, Some(json!({"source": "new-volume", "name": "big", "size": 3}))).await;
     assert_gcore_error(&r, StatusCode::BAD_REQUEST, "QuotaLimitExceed");
     assert_eq!(gcore(&c, Method::GET, &volumes, ADMIN, None).await.body["count"], 1, "nothing was made");
+
+    // A volume of another zone does not attach to this zone's instance.
+    let far = c.volume_of_another_zone().await;
+    let mine = instance(&c, ADMIN, "mine").await;
+    let r = gcore(&c, Method::POST, &format!("{v2}/{far}/attach"), ADMIN, Some(json!({"instance_id": mine}))).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "BadRequestError");
+    assert!(r.text.contains("zone"), "{}", r.text);
 }
 
 /// A Gcore create body with the boot volume and `extra` volumes.

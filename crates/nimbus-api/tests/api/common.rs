@@ -143,6 +143,39 @@ impl Cloud {
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
         r.body["secret"].as_str().unwrap().to_string()
     }
+
+    /// An `available` volume of the admin's project in another zone (kept by a host there), which this
+    /// server's zone has no way to make: written straight into the store. Returns its id.
+    #[allow(dead_code)] // Not every test crate sharing this file uses it.
+    pub async fn volume_of_another_zone(&self) -> String {
+        use nimbus_core::volume::{Volume, VolumeState};
+        let project = self.get("/v1/whoami", ADMIN).await.body["project"]["id"].as_str().unwrap().to_string();
+        let project_id = uuid::Uuid::parse_str(&project).unwrap();
+        let id = nimbus_core::new_id();
+        let far = Volume {
+            id,
+            project_id,
+            name: "far".into(),
+            description: String::new(),
+            zone: "far-away".into(),
+            size_gb: 1,
+            state: VolumeState::Available,
+            instance_id: None,
+            host: Some("far-host".into()),
+            serial: Volume::serial_for(id),
+            labels: Default::default(),
+            lock_operation_id: None,
+            template_id: None,
+            boot: false,
+            created_at: nimbus_core::now(),
+            updated_at: nimbus_core::now(),
+        };
+        let mut set = nimbus_store::WriteSet::new();
+        let record = nimbus_store::Record::new("volume", id, Some(project_id), "far", &far);
+        set.push(nimbus_store::Write::InsertRecord(record));
+        self.store.store.apply(set).await.unwrap();
+        id.to_string()
+    }
 }
 
 pub async fn eventually<F, Fut>(what: &str, mut check: F)

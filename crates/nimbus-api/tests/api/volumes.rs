@@ -2,7 +2,6 @@
 //! detached, attached to another, grown, deleted; and every refusal a user can meet on the way.
 
 use axum::http::{Method, StatusCode};
-use nimbus_core::volume::{Volume, VolumeState};
 use nimbus_driver::Driver;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -161,39 +160,11 @@ async fn volumes_refuse_other_projects_other_zones_and_bad_input() {
     assert!(c.get("/v1/volumes", &other_key).await.body["items"].as_array().unwrap().is_empty());
 
     // A volume of another zone (kept by a host there) never attaches to this zone's instances.
-    let project_id = Uuid::parse_str(c.get("/v1/whoami", ADMIN).await.body["project"]["id"].as_str().unwrap()).unwrap();
-    let far_id = nimbus_core::new_id();
-    let far = Volume {
-        id: far_id,
-        project_id,
-        name: "far".into(),
-        description: String::new(),
-        zone: "far-away".into(),
-        size_gb: 1,
-        state: VolumeState::Available,
-        instance_id: None,
-        host: Some("far-host".into()),
-        serial: Volume::serial_for(far_id),
-        labels: Default::default(),
-        lock_operation_id: None,
-        template_id: None,
-        boot: false,
-        created_at: nimbus_core::now(),
-        updated_at: nimbus_core::now(),
-    };
-    let mut set = nimbus_store::WriteSet::new();
-    set.push(nimbus_store::Write::InsertRecord(nimbus_store::Record::new(
-        "volume",
-        far_id,
-        Some(project_id),
-        "far",
-        &far,
-    )));
-    c.store.store.apply(set).await.unwrap();
-    let r = volume_action(&c, &far_id.to_string(), "attach", Some(json!({"instance_id": mine}))).await;
+    let far_id = c.volume_of_another_zone().await;
+    let r = volume_action(&c, &far_id, "attach", Some(json!({"instance_id": mine}))).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     assert!(r.message().contains("zone"), "{}", r.text);
-    assert_eq!(show(&c, &far_id.to_string()).await["state"], "available");
+    assert_eq!(show(&c, &far_id).await["state"], "available");
 
     // Bad input changes nothing.
     for (body, field) in [
