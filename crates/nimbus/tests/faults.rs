@@ -212,14 +212,18 @@ async fn a_read_only_postgres_database_is_answered_clearly_and_recovered_from() 
     let cut = format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
     );
-    admin(format!("ALTER DATABASE \"{name}\" SET default_transaction_read_only = on; {cut}")).await;
+    // The setting committed before the sessions are cut: sent together, they would run in one transaction,
+    // and a session the server opened between the cut and that commit would still write.
+    admin(format!("ALTER DATABASE \"{name}\" SET default_transaction_read_only = on")).await;
+    admin(cut.clone()).await;
     let key = [("idempotency-key", "label-read-only".to_string())];
     let refused = answered(&c, Method::POST, &format!("/v1/instances/{id}/stop"), None, &key).await;
     assert_unavailable(&refused, "a stop", "read-only");
     let listed = answered(&c, Method::GET, "/v1/instances", None, &[]).await;
     assert_eq!(listed.status, 200, "reads go on: {}", listed.body);
 
-    admin(format!("ALTER DATABASE \"{name}\" RESET default_transaction_read_only; {cut}")).await;
+    admin(format!("ALTER DATABASE \"{name}\" RESET default_transaction_read_only")).await;
+    admin(cut).await;
     let deadline = Instant::now() + LONG;
     let stop = loop {
         let a = answered(&c, Method::POST, &format!("/v1/instances/{id}/stop"), None, &key).await;
