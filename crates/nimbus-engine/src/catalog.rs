@@ -173,7 +173,11 @@ impl Engine {
         ctx.require(if t.project_id.is_none() { Role::Operator } else { Role::Member })?;
         self.delete(TEMPLATE, t.id).await?;
         let instances = self.store.list_instances(&nimbus_store::InstanceQuery::default()).await.map_err(store_err)?;
-        if !instances.iter().any(|i| i.template_id == t.id) {
+        // A boot volume made from it is an overlay on its disk too, whatever instance it boots.
+        let mut volumes = self.store.list_records(crate::volumes::VOLUME, None).await.map_err(store_err)?.into_iter();
+        let volume_uses =
+            volumes.any(|r| r.decode::<nimbus_core::volume::Volume>().is_ok_and(|v| v.template_id == Some(t.id)));
+        if !volume_uses && !instances.iter().any(|i| i.template_id == t.id) {
             // Its files are on the host that imported or promoted it: every host is asked (it is idempotent);
             // a host that does not answer keeps them until an operator removes them.
             for host in self.store.list_hosts().await.map_err(store_err)? {

@@ -452,3 +452,18 @@ async fn an_instance_boots_from_a_volume_that_it_leaves_behind() {
     assert_eq!((j["template"].as_str(), j["disk_size_gb"].as_u64()), (Some("busybox"), Some(12)), "{j}");
     assert_eq!(show(&c, &root).await["instance_id"].as_str(), Some(second.as_str()));
 }
+
+#[tokio::test]
+async fn a_deleted_template_keeps_its_files_while_a_boot_volume_is_made_of_them() {
+    let c = Cloud::new().await;
+    let body = json!({"name": "bookworm", "url": "http://127.0.0.1:1/d.qcow2", "default_user": "debian"});
+    let r = c.post("/v1/templates", ADMIN, body).await;
+    let template = c.wait(&r.id(), ADMIN).await["result"]["template_id"].as_str().unwrap().to_string();
+    let vm = c.instance(ADMIN, "vm", json!({"template": "bookworm", "boot_volume": {}})).await;
+    let r = c.call(Method::DELETE, &format!("/v1/instances/{vm}"), ADMIN, None).await;
+    assert_eq!(c.wait(&r.id(), ADMIN).await["state"], "success");
+    let gone = c.call(Method::DELETE, &format!("/v1/templates/{template}"), ADMIN, None).await;
+    assert_eq!(gone.status, StatusCode::NO_CONTENT, "{}", gone.text);
+    let id: Uuid = template.parse().unwrap();
+    assert!(c.sim.template_files().contains(&id), "the kept boot volume's disk still stands on them");
+}
