@@ -293,6 +293,41 @@ fn volumes_are_created_attached_moved_grown_and_deleted() {
     s.create("web", &[]);
     s.create("db", &[]);
     let v = s.json(&["volume", "create", "data", "--size", "2", "--label", "env=prod"]);
+    // An instance created with it, and one booting from a volume of its own that outlives it.
+    let with = s.json(&[
+        "instance",
+        "create",
+        "with",
+        "--type",
+        "standard.micro",
+        "--template",
+        "busybox",
+        "--volume",
+        "data",
+        "--boot-volume",
+    ]);
+    let boot = with["boot_volume"]["volume_id"].as_str().unwrap_or_else(|| panic!("{with}")).to_string();
+    assert_eq!(with["volumes"].as_array().map(Vec::len), Some(2), "{with}");
+    s.ok(&["instance", "delete", "with"]);
+    assert_eq!(s.json(&["volume", "show", &boot])["state"], "available");
+    let again = s.json(&[
+        "instance",
+        "create",
+        "again",
+        "--type",
+        "standard.micro",
+        "--boot-from",
+        "with-boot",
+        "--delete-boot-volume",
+    ]);
+    assert_eq!(
+        (again["template"].as_str(), again["boot_volume"]["volume_id"].as_str()),
+        (Some("busybox"), Some(boot.as_str()))
+    );
+    s.ok(&["instance", "delete", "again"]);
+    assert_ne!(code(&s.run(&["volume", "show", &boot])), 0, "deleted with the instance");
+    let out = s.run(&["instance", "create", "x", "--type", "standard.micro"]);
+    assert_ne!(code(&out), 0, "a template or a boot volume is needed");
     assert_eq!((v["state"].as_str(), v["size_gb"].as_u64()), (Some("available"), Some(2)), "{v}");
     assert_eq!(v["labels"], serde_json::json!({"env": "prod"}));
     let attached = s.json(&["volume", "attach", "data", "web"]);

@@ -43,6 +43,8 @@ const SHOW_FIELDS: &[Column] = &[
     ("ssh_keys", "ssh_keys"),
     ("protected", "protected"),
     ("tpm_enabled", "tpm_enabled"),
+    ("volumes", "volumes"),
+    ("boot_volume", "boot_volume.volume_id"),
     ("operation", "operation_id"),
     ("created_at", "created_at"),
     ("updated_at", "updated_at"),
@@ -59,9 +61,9 @@ pub enum InstanceCmd {
         /// Instance type, e.g. standard.small (`nimbus type list`).
         #[arg(long = "type", value_name = "TYPE")]
         instance_type: String,
-        /// Template name or id (`nimbus template list`).
-        #[arg(long)]
-        template: String,
+        /// Template name or id (`nimbus template list`); left out with --boot-from, whose volume has one.
+        #[arg(long, required_unless_present = "boot_from")]
+        template: Option<String>,
         /// Disk size in GB (default: the type's default).
         #[arg(long, value_name = "GB")]
         disk_size: Option<u64>,
@@ -84,6 +86,18 @@ pub enum InstanceCmd {
         /// Refuse deletion until `nimbus instance unprotect`.
         #[arg(long)]
         protect: bool,
+        /// A volume (name or id, `available`) attached before the first boot (repeatable).
+        #[arg(long = "volume", value_name = "VOLUME")]
+        volumes: Vec<String>,
+        /// Boot from a new volume made from the template, kept when the instance is deleted.
+        #[arg(long, conflicts_with = "boot_from")]
+        boot_volume: bool,
+        /// Boot from this volume (name or id), made from a template by an earlier --boot-volume.
+        #[arg(long, value_name = "VOLUME")]
+        boot_from: Option<String>,
+        /// Delete the boot volume with the instance.
+        #[arg(long)]
+        delete_boot_volume: bool,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -311,12 +325,21 @@ pub async fn run(ctx: &Ctx, cmd: InstanceCmd) -> Result<(), CliError> {
             hostname,
             no_start,
             protect,
+            volumes,
+            boot_volume,
+            boot_from,
+            delete_boot_volume,
             wait,
         } => {
+            let mut attached = Vec::new();
+            for v in &volumes {
+                attached.push(json!({"volume_id": super::volume::resolve(&client, v).await?}));
+            }
             let mut body = json!({
                 "name": name,
                 "instance_type": instance_type,
-                "template": template,
+                "template": template.unwrap_or_default(),
+                "volumes": attached,
                 "labels": labels_map(&labels),
                 "ssh_keys": ssh_keys,
                 "auto_start": !no_start,
@@ -331,6 +354,22 @@ pub async fn run(ctx: &Ctx, cmd: InstanceCmd) -> Result<(), CliError> {
             }
             if let Some(h) = hostname {
                 obj.insert("hostname".into(), json!(h));
+            }
+            match (boot_volume, boot_from) {
+                (_, Some(v)) => {
+                    let id = super::volume::resolve(&client, &v).await?;
+                    obj.insert(
+                        "boot_volume".into(),
+                        json!({"volume_id": id, "delete_on_termination": delete_boot_volume}),
+                    );
+                }
+                (true, None) => {
+                    obj.insert("boot_volume".into(), json!({"delete_on_termination": delete_boot_volume}));
+                }
+                (false, None) if delete_boot_volume => {
+                    return Err(CliError::Usage("--delete-boot-volume goes with --boot-volume or --boot-from".into()))
+                }
+                (false, None) => {}
             }
             if let Some(path) = user_data_file {
                 let data = std::fs::read(&path)
