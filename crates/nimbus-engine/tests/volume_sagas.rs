@@ -649,3 +649,100 @@ async fn an_instance_booting_from_a_new_volume_converges_after_a_crash_and_leave
         assert_eq!(c.delete_instance(instance).await.state, OperationState::Success, "{case}");
     }
 }
+
+/// A second simulated host, "far", served in this process the way an agent serves one: registered, kept
+/// alive, and answering the calls the control plane queues for it with its own sim driver.
+async fn far_host(c: &Cloud) -> (Arc<SimDriver>, tokio::task::JoinHandle<()>) {
+    use nimbus_core::host::Capacity;
+    let sim = Arc::new(SimDriver::new(SimConfig::default()));
+    let reg = nimbus_engine::AgentRegistration {
+        zone: "local".into(),
+        capacity: Capacity { vcpus: 64, memory_mib: 1 << 20, disk_gb: 1 << 20, gpus: Default::default() },
+        accelerator: "none".into(),
+        driver: "sim".into(),
+        underlay_address: None,
+        tpm: false,
+        agent_version: "test".into(),
+        templates: Vec::new(),
+    };
+    c.engine.register_host("far", reg).await.unwrap();
+    let (engine, driver) = (c.engine.clone(), sim.clone());
+    let agent = tokio::spawn(async move {
+        loop {
+            let _ = engine.host_heartbeat("far", None).await;
+            let Ok(work) = engine.host_work("far", Duration::from_millis(200)).await else { continue };
+            for call in work.calls {
+                let reply = nimbus_driver::call::dispatch(driver.as_ref(), call.call).await;
+                let _ = engine.host_reply("far", call.id, reply).await;
+            }
+        }
+    });
+    (sim, agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_moving_to_another_host_converges_after_a_crash_and_leaves_no_copy_when_given_up() {
+    let c = cloud().await;
+    let (far, agent) = far_host(&c).await;
+    // An instance on each host (placement spreads them).
+    let mut on = std::collections::BTreeMap::new();
+    for n in 0..6 {
+        let id = c.instance(&format!("vm{n}")).await;
+        let host = c.engine.instance(&c.ctx, id).await.unwrap().host.unwrap();
+        on.entry(host).or_insert(id);
+    }
+    assert_eq!(on.len(), 2, "an instance on each host: {on:?}");
+    let sim_of = |host: &str| if host == "far" { far.clone() } else { c.sim.clone() };
+    let volume = c.volume("traveller").await;
+    // Attached to the instance of the host that does not keep it: it moves there, whatever crashes.
+    let attach_elsewhere = |armed: Option<(usize, CrashWhen, bool)>| {
+        let (c, on, sim_of) = (&c, &on, &sim_of);
+        async move {
+            let from = c.engine.volume(&c.ctx, volume).await.unwrap().host.unwrap();
+            let (to, instance) = on.iter().find(|(h, _)| **h != from).map(|(h, i)| (h.clone(), *i)).unwrap();
+            if let Some((step, when, always)) = armed {
+                c.arm(Some((Action::AttachVolume, step, when)), always);
+            }
+            let op = c.engine.attach_volume(&c.ctx, volume, instance).await.unwrap();
+            let op = c.wait(op.id).await;
+            let plan = c.disarm();
+            let v = c.engine.volume(&c.ctx, volume).await.unwrap();
+            let (src, dst) = (sim_of(&from).volume(volume), sim_of(&to).volume(volume));
+            (op, plan, v, from, to, src, dst, instance)
+        }
+    };
+    let (op, _, v, _, to, src, dst, instance) = attach_elsewhere(None).await;
+    assert_eq!(op.state, OperationState::Success, "{op:?}");
+    assert_eq!(nimbus_engine::sagas::step_names(&op).unwrap(), ["move", "plug", "release-source"]);
+    assert_eq!((v.state, v.host.as_deref(), v.instance_id), (VolumeState::InUse, Some(to.as_str()), Some(instance)));
+    assert!(src.is_none() && dst.is_some_and(|d| d.attached_to == Some(instance)), "moved, plugged, released");
+    let detach = || {
+        let c = &c;
+        async move {
+            let op = c.engine.detach_volume(&c.ctx, volume).await.unwrap();
+            assert_eq!(c.wait(op.id).await.state, OperationState::Success);
+        }
+    };
+    detach().await;
+
+    // Killed once before or after each step: resumed, it ends as the run above did.
+    for step in 0..3 {
+        for when in [CrashWhen::Before, CrashWhen::After] {
+            let case = format!("a move crashed {when:?} step {step}");
+            let (op, plan, v, _, to, src, dst, instance) = attach_elsewhere(Some((step, when, false))).await;
+            assert_eq!(plan.fired, 1, "{case}: the crash point was not reached");
+            assert_eq!(op.state, OperationState::Success, "{case}: {op:?}");
+            assert_eq!((v.host.as_deref(), v.lock_operation_id), (Some(to.as_str()), None), "{case}");
+            assert!(src.is_none(), "{case}: the old host keeps a copy");
+            assert!(dst.is_some_and(|d| d.attached_to == Some(instance)), "{case}: not plugged where it went");
+            detach().await;
+        }
+    }
+    // Killed every time right after the copy: given up, the volume stays where it was and the copy goes.
+    let (op, _, v, from, to, src, dst, _) = attach_elsewhere(Some((0, CrashWhen::After, true))).await;
+    assert_eq!((op.state, op.reason), (OperationState::Failure, Some(Reason::Interrupted)), "{op:?}");
+    assert_eq!((v.state, v.host.as_deref(), v.instance_id), (VolumeState::Available, Some(from.as_str()), None));
+    assert!(src.is_some(), "the volume is still on its host");
+    assert!(dst.is_none(), "host {to} keeps a copy of a move that was given up");
+    agent.abort();
+}

@@ -106,11 +106,19 @@ impl VolumeSaga for AttachVolume {
                 return;
             }
         }
-        // Gone from its old host (released before the end was recorded): the volume is its copy now.
         if let (Some((from, to)), Some(host)) = (Self::hosts(cx, p), &p.move_to) {
-            let copied = to.volumes().await.is_ok_and(|ids| ids.contains(&cx.volume.id));
-            if copied && Self::source_has(cx, from.as_ref()).await == Some(false) {
-                next.host = Some(host.clone());
+            match Self::source_has(cx, from.as_ref()).await {
+                // The source stands: a copy the move made (also one a crash left unrecorded) goes.
+                Some(true) => {
+                    if let Err(e) = to.delete_volume(cx.volume.id).await {
+                        tracing::warn!(volume = %cx.volume.id, host = %host, error = %e, "a failed move's copy is left behind");
+                    }
+                }
+                // Gone from its old host (released before the end was recorded): the volume is its copy now.
+                Some(false) if to.volumes().await.is_ok_and(|ids| ids.contains(&cx.volume.id)) => {
+                    next.host = Some(host.clone());
+                }
+                _ => {}
             }
         }
         next.state = VolumeState::Available;
