@@ -788,20 +788,9 @@ impl Engine {
         };
         // The volumes that go with a deleted instance: those named, and its boot volume unless kept.
         let deleted_volumes = match req {
-            ActionRequest::Delete | ActionRequest::DeleteWithVolumes { .. } => {
-                let mut ids = match req {
-                    ActionRequest::DeleteWithVolumes { volumes } => volumes.clone(),
-                    _ => Vec::new(),
-                };
-                if let Some(boot) = current.boot_volume.filter(|b| b.delete_on_termination && !ids.contains(&b.id)) {
-                    // Gone already when the create that was to make it failed.
-                    let attached =
-                        self.record_of::<nimbus_core::volume::Volume>(crate::volumes::VOLUME, boot.id).await?;
-                    if attached.is_some_and(|(v, _)| v.instance_id == Some(current.id)) {
-                        ids.push(boot.id);
-                    }
-                }
-                ids
+            ActionRequest::Delete => sagas::delete::volumes_going_with(self, current, &[]).await?,
+            ActionRequest::DeleteWithVolumes { volumes } => {
+                sagas::delete::volumes_going_with(self, current, volumes).await?
             }
             _ => Vec::new(),
         };

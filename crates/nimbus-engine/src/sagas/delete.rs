@@ -123,6 +123,19 @@ async fn locked_volumes(cx: &StepCx<'_>, ids: &[Uuid]) -> Result<Vec<(Volume, Re
     Ok(out)
 }
 
+/// The volumes a delete of `instance` removes with it: those `named`, and its boot volume unless it is kept
+/// (and unless it is gone already, when the create that was to make it failed).
+pub(crate) async fn volumes_going_with(engine: &Engine, instance: &Instance, named: &[Uuid]) -> Result<Vec<Uuid>> {
+    let mut ids = named.to_vec();
+    if let Some(boot) = instance.boot_volume.filter(|b| b.delete_on_termination && !ids.contains(&b.id)) {
+        let attached = engine.record_of::<Volume>(VOLUME, boot.id).await?;
+        if attached.is_some_and(|(v, _)| v.instance_id == Some(instance.id)) {
+            ids.push(boot.id);
+        }
+    }
+    Ok(ids)
+}
+
 /// The writes that lock the volumes a delete removes with `instance`, for operation `op`: each must be
 /// attached to it and settled. A compare-and-swap on each version read.
 pub(crate) async fn lock_volumes(
