@@ -111,6 +111,9 @@ pub struct QemuDriver {
     net: Option<NetNs>,
 }
 
+/// In an instance's directory while a copy of its disks holds its VM paused (see `while_paused`).
+const COPY_PAUSE: &str = "copy-pause";
+
 fn failed(e: impl std::fmt::Display) -> DriverError {
     DriverError::Failed(e.to_string())
 }
@@ -313,6 +316,39 @@ impl QemuDriver {
         }
         let _ = tokio::fs::remove_file(&disk).await;
         tokio::fs::symlink(&file, &disk).await.map_err(failed)
+    }
+
+    /// Runs `copy` with the instance's running VM paused: paused, QEMU has flushed everything to its files,
+    /// so a read of them is a crash-consistent copy. A VM its owner paused (suspended) stays paused. The pause
+    /// is marked in the instance's directory before it is made, so that a control plane killed mid-copy does
+    /// not leave the guest paused: the step runs again and [`Self::end_copy_pause`] resumes it first.
+    async fn while_paused<T>(
+        &self,
+        dir: &Path,
+        copy: impl std::future::Future<Output = DriverResult<T>>,
+    ) -> DriverResult<T> {
+        let qmp_sock = dir.join("qmp.sock");
+        let status = qmp::command(&qmp_sock, "query-status", None).await.map_err(failed)?;
+        if status.get("status").and_then(Value::as_str) == Some("paused") {
+            return copy.await;
+        }
+        tokio::fs::write(dir.join(COPY_PAUSE), b"").await.map_err(failed)?;
+        qmp::command(&qmp_sock, "stop", None).await.map_err(failed)?;
+        let copied = copy.await;
+        self.end_copy_pause(dir).await?;
+        copied
+    }
+
+    /// Resumes a VM that a copy paused ([`Self::while_paused`]), also one whose copy was cut short by a crash.
+    async fn end_copy_pause(&self, dir: &Path) -> DriverResult<()> {
+        let mark = dir.join(COPY_PAUSE);
+        if !tokio::fs::try_exists(&mark).await.unwrap_or(false) {
+            return Ok(());
+        }
+        if self.runtime(dir).await.is_some() {
+            qmp::command(&dir.join("qmp.sock"), "cont", None).await.map_err(failed)?;
+        }
+        tokio::fs::remove_file(&mark).await.map_err(failed)
     }
 
     /// The file behind an instance's disk: its own, or its boot volume's. Writes that replace the file
@@ -595,25 +631,14 @@ impl Driver for QemuDriver {
     async fn snapshot(&self, id: Uuid, snapshot_id: Uuid) -> DriverResult<u64> {
         let dir = self.existing_dir(id).await?;
         let _lock = self.lock(&dir).await?;
+        self.end_copy_pause(&dir).await?;
         let path = self.snapshot_path(id, snapshot_id);
         if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
             tokio::fs::create_dir_all(self.snapshot_dir(id)).await.map_err(failed)?;
             let disk = dir.join("disk.qcow2");
             match self.runtime(&dir).await {
                 Some(_) => {
-                    // Paused, QEMU has flushed everything to the file: a read of it is a consistent copy
-                    // (crash-consistent for the guest). A suspended VM stays paused afterwards.
-                    let qmp_sock = dir.join("qmp.sock");
-                    let status = qmp::command(&qmp_sock, "query-status", None).await.map_err(failed)?;
-                    let was_paused = status.get("status").and_then(Value::as_str) == Some("paused");
-                    if !was_paused {
-                        qmp::command(&qmp_sock, "stop", None).await.map_err(failed)?;
-                    }
-                    let copied = disks::copy_overlay(&self.config.qemu_img, &disk, &path, true).await;
-                    if !was_paused {
-                        qmp::command(&qmp_sock, "cont", None).await.map_err(failed)?;
-                    }
-                    copied?;
+                    self.while_paused(&dir, disks::copy_overlay(&self.config.qemu_img, &disk, &path, true)).await?
                 }
                 None => disks::copy_overlay(&self.config.qemu_img, &disk, &path, false).await?,
             }
@@ -956,31 +981,28 @@ impl Driver for QemuDriver {
     async fn snapshot_volume(&self, volume_id: Uuid, snapshot_id: Uuid, attached_to: Option<Uuid>) -> DriverResult<()> {
         let file = volumes::path(&self.config.state_dir, volume_id);
         let to = volumes::snapshot_path(&self.config.state_dir, volume_id, snapshot_id);
+        // The instance it is attached to, locked for the copy.
+        let (dir, _lock) = match attached_to {
+            Some(id) => {
+                let dir = self.existing_dir(id).await?;
+                let lock = self.lock(&dir).await?;
+                self.end_copy_pause(&dir).await?;
+                (Some(dir), Some(lock))
+            }
+            None => (None, None),
+        };
         if tokio::fs::try_exists(&to).await.unwrap_or(false) {
             return Ok(());
         }
         if !tokio::fs::try_exists(&file).await.unwrap_or(false) {
             return Err(DriverError::NotFound(volume_id));
         }
-        if let Some(id) = attached_to {
-            let dir = self.existing_dir(id).await?;
-            let _lock = self.lock(&dir).await?;
-            if self.runtime(&dir).await.is_some() {
-                // Paused, QEMU has flushed the volume to its file: a read of it is a crash-consistent copy.
-                let qmp_sock = dir.join("qmp.sock");
-                let status = qmp::command(&qmp_sock, "query-status", None).await.map_err(failed)?;
-                let was_paused = status.get("status").and_then(Value::as_str) == Some("paused");
-                if !was_paused {
-                    qmp::command(&qmp_sock, "stop", None).await.map_err(failed)?;
-                }
-                let copied = volumes::copy(&self.config.qemu_img, &file, &to, true).await;
-                if !was_paused {
-                    qmp::command(&qmp_sock, "cont", None).await.map_err(failed)?;
-                }
-                return copied;
+        match dir {
+            Some(dir) if self.runtime(&dir).await.is_some() => {
+                self.while_paused(&dir, volumes::copy(&self.config.qemu_img, &file, &to, true)).await
             }
+            _ => volumes::copy(&self.config.qemu_img, &file, &to, false).await,
         }
-        volumes::copy(&self.config.qemu_img, &file, &to, false).await
     }
 
     async fn revert_volume(&self, volume_id: Uuid, snapshot_id: Uuid) -> DriverResult<()> {
