@@ -40,8 +40,15 @@ NIMBUS_TEST_DATABASE_URL="$url" NIMBUS_REQUIRE_POSTGRES=1 \
     cargo test --locked -p nimbus --test crash_loop --test faults postgres 2>&1 | tee -a "$log" || status=$?
 
 echo "== the native API fuzzed (schemathesis)"
-scripts/fuzz-api.sh >"$log.fuzz" 2>&1 || status=$?
-tail -n 30 "$log.fuzz"
+fuzz_status=0
+scripts/fuzz-api.sh >"$log.fuzz" 2>&1 || fuzz_status=$?
+# Whole when something went wrong (schemathesis prints its errors' details above its summary), else the summary.
+if [ "$fuzz_status" != 0 ] || grep -q "raised an error of its own" "$log.fuzz"; then
+    cat "$log.fuzz"
+else
+    tail -n 30 "$log.fuzz"
+fi
+[ "$fuzz_status" = 0 ] || status=$fuzz_status
 
 echo "== reliability"
 cat "$summary" 2>/dev/null || echo "no crash loop ran"
