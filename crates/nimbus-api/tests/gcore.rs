@@ -770,3 +770,142 @@ async fn the_task_list_pages_by_offset_with_filters() {
     assert_eq!(list(&format!("from_timestamp={from}&task_type=hard_reboot_vm")).await, (1, vec![ids[3].clone()]));
     assert_eq!(list("to_timestamp=2000-01-01T00:00:00Z").await, (0, vec![]));
 }
+
+/// A reserved fixed IP is an address of the instance network held by the project: the instance made with it
+/// (an interface `reserved_fixed_ip` naming its port) gets that address and shows the port as its NIC's;
+/// no other create is given it, not while an instance holds it nor after; the instance's delete leaves it
+/// reserved unless the delete names it; another project sees none of it.
+#[tokio::test]
+async fn a_reserved_fixed_ip_gives_its_address_to_the_instance_made_with_it_and_outlives_it() {
+    let c = Cloud::new().await;
+    let instances = base(&c, ADMIN, "v1").await;
+    let reserved = instances.replace("/instances/", "/reserved_fixed_ips/");
+    let r = gcore(&c, Method::POST, &reserved, ADMIN, Some(json!({"type": "external", "is_vip": false}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let t = finished(&c, &r).await;
+    let port = t["created_resources"]["ports"][0].as_str().unwrap().to_string();
+    let one = format!("{reserved}/{port}");
+    let f = gcore(&c, Method::GET, &one, ADMIN, None).await.body;
+    assert_eq!(
+        (f["status"].as_str(), f["reservation"]["status"].as_str(), &f["attachments"], &f["is_external"]),
+        (Some("DOWN"), Some("available"), &json!([]), &json!(true)),
+        "{f}"
+    );
+    let address = f["fixed_ip_address"].as_str().unwrap().to_string();
+    assert!(address.starts_with("10.213.0."), "an address of the instance network: {address}");
+
+    // An instance made with it has its address, and its NIC is the reservation's port.
+    let with_reservation = |name: &str| {
+        json!({
+            "name": name,
+            "flavor": "standard.small",
+            "interfaces": [{"type": "reserved_fixed_ip", "port_id": port}],
+            "volumes": [{"source": "image", "image_id": "busybox", "boot_index": 0}],
+        })
+    };
+    // Two creates racing for it: one has it, the other is refused.
+    let v2 = base(&c, ADMIN, "v2").await;
+    let (a, b) = tokio::join!(
+        gcore(&c, Method::POST, &v2, ADMIN, Some(with_reservation("reserved-1"))),
+        gcore(&c, Method::POST, &v2, ADMIN, Some(with_reservation("reserved-1b"))),
+    );
+    let (r, refused) = if a.status == StatusCode::OK { (a, b) } else { (b, a) };
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_gcore_error(&refused, StatusCode::BAD_REQUEST, "BadRequestError");
+    let op = c.wait(r.body["tasks"][0].as_str().unwrap(), ADMIN).await;
+    let id = op["target"]["id"].as_str().unwrap().to_string();
+    let native = c.get(&format!("/v1/instances/{id}"), ADMIN).await.body;
+    assert_eq!(native["ip_addresses"], json!([address]), "{native}");
+    let nics = gcore(&c, Method::GET, &format!("{instances}/{id}/interfaces"), ADMIN, None).await.body;
+    assert_eq!(nics["results"][0]["port_id"], port.as_str(), "{nics}");
+    let f = gcore(&c, Method::GET, &one, ADMIN, None).await.body;
+    assert_eq!(
+        (f["status"].as_str(), f["reservation"]["resource_id"].as_str()),
+        (Some("ACTIVE"), Some(id.as_str())),
+        "{f}"
+    );
+    assert_eq!(f["attachments"], json!([{"resource_id": id, "resource_type": "instance"}]));
+    let listed = |query: &str| {
+        let (c, path) = (&c, format!("{reserved}?{query}"));
+        async move { gcore(c, Method::GET, &path, ADMIN, None).await.body["count"].as_u64().unwrap() }
+    };
+    assert_eq!(
+        (listed("").await, listed("available_only=true").await, listed(&format!("device_id={id}")).await),
+        (1, 0, 1)
+    );
+
+    // One holder at a time: a second create with it is refused and makes nothing; the reservation cannot
+    // be deleted from under its instance (400s: Gcore keeps 409 for "locked by a task", which clients retry).
+    let r = gcore(&c, Method::POST, &v2, ADMIN, Some(with_reservation("reserved-2"))).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "BadRequestError");
+    assert_eq!(c.get("/v1/instances", ADMIN).await.body["items"].as_array().unwrap().len(), 1);
+    let r = gcore(&c, Method::DELETE, &one, ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "BadRequestError");
+
+    // Deleted, the instance gives the address back to the reservation, not to the network.
+    let r = gcore(&c, Method::DELETE, &format!("{instances}/{id}"), ADMIN, None).await;
+    c.wait(r.body["tasks"][0].as_str().unwrap(), ADMIN).await;
+    assert_eq!(gcore(&c, Method::GET, &one, ADMIN, None).await.body["reservation"]["status"], "available");
+    for n in 0..3 {
+        let (other, _) = create(&c, ADMIN, &format!("plain-{n}"), json!({})).await;
+        let ip = c.get(&format!("/v1/instances/{other}"), ADMIN).await.body["ip_addresses"][0].clone();
+        assert_ne!(ip, address.as_str(), "a plain create is never given a reserved address");
+    }
+    // Made again with it, and deleted naming it: the reservation goes too, and its address is free.
+    let r = gcore(&c, Method::POST, &v2, ADMIN, Some(with_reservation("reserved-3"))).await;
+    let op = c.wait(r.body["tasks"][0].as_str().unwrap(), ADMIN).await;
+    let id = op["target"]["id"].as_str().unwrap().to_string();
+    let r = gcore(&c, Method::DELETE, &format!("{instances}/{id}?reserved_fixed_ips=not-an-id"), ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "ValidationError");
+    let r = gcore(&c, Method::DELETE, &format!("{instances}/{id}?reserved_fixed_ips={port}"), ADMIN, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(c.wait(r.body["tasks"][0].as_str().unwrap(), ADMIN).await["state"], "success");
+    assert_gcore_error(&gcore(&c, Method::GET, &one, ADMIN, None).await, StatusCode::NOT_FOUND, "NotFoundError");
+    let network_id = f["network_id"].as_str().unwrap();
+    let again = json!({"type": "ip_address", "network_id": network_id, "ip_address": address});
+    let r = gcore(&c, Method::POST, &reserved, ADMIN, Some(again.clone())).await;
+    let t = finished(&c, &r).await;
+    let port = t["created_resources"]["ports"][0].as_str().unwrap().to_string();
+    let f = gcore(&c, Method::GET, &format!("{reserved}/{port}"), ADMIN, None).await.body;
+    assert_eq!(f["fixed_ip_address"], address.as_str(), "{f}");
+    // That address is taken now.
+    let r = gcore(&c, Method::POST, &reserved, ADMIN, Some(again)).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "BadRequestError");
+
+    // Refusals, which reserve nothing.
+    let before = listed("").await;
+    for body in [
+        json!({"type": "external", "is_vip": true}),
+        json!({"type": "external", "ip_family": "ipv6"}),
+        json!({"type": "subnet", "subnet_id": "00000000-0000-0000-0000-000000000001"}),
+        json!({"type": "port", "port_id": port}),
+        json!({"type": "ip_address", "network_id": network_id, "ip_address": "192.0.2.7"}),
+        json!({"type": "floating"}),
+        json!({}),
+    ] {
+        let r = gcore(&c, Method::POST, &reserved, ADMIN, Some(body.clone())).await;
+        assert_gcore_error(&r, StatusCode::BAD_REQUEST, "ValidationError");
+    }
+    assert_eq!(listed("").await, before);
+    let unknown = json!({
+        "name": "nowhere",
+        "flavor": "standard.small",
+        "interfaces": [{"type": "reserved_fixed_ip", "port_id": "00000000-0000-0000-0000-000000000002"}],
+        "volumes": [{"source": "image", "image_id": "busybox", "boot_index": 0}],
+    });
+    assert_gcore_error(
+        &gcore(&c, Method::POST, &v2, ADMIN, Some(unknown)).await,
+        StatusCode::NOT_FOUND,
+        "NotFoundError",
+    );
+
+    // Another project sees none of it and cannot make an instance with it.
+    let project = c.post("/v1/projects", ADMIN, json!({"name": "other"})).await;
+    let other = c.key("member", Some(project.id().as_str())).await;
+    let theirs = base(&c, &other, "v1").await.replace("/instances/", "/reserved_fixed_ips/");
+    let r = gcore(&c, Method::GET, &format!("{theirs}/{port}"), &other, None).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    assert_eq!(gcore(&c, Method::GET, &theirs, &other, None).await.body["count"], 0);
+    let r = gcore(&c, Method::POST, &base(&c, &other, "v2").await, &other, Some(with_reservation("stolen"))).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+}

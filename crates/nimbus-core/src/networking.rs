@@ -162,6 +162,23 @@ pub struct ElasticIp {
     pub reverse_dns: Option<String>,
 }
 
+/// An address of the instance network a project holds apart from any instance (Gcore's reserved fixed IP):
+/// no create is given it unless it asks for it, and the instance created with it gives it back to the
+/// reservation, not to the network, when it is deleted. One instance at a time holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReservedAddress {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    /// The instance created with it, while that instance is not destroyed.
+    pub instance_id: Option<Uuid>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

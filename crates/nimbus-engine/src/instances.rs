@@ -73,6 +73,9 @@ pub struct CreateInstance {
     pub volumes: Vec<InstanceVolume>,
     /// The volume it boots from instead of a disk of its own (see `sagas::create`).
     pub boot_volume: Option<BootVolumeRequest>,
+    /// A reservation of the project whose address the instance gets instead of a free one (see
+    /// `reserved_addresses`).
+    pub reserved_address: Option<Uuid>,
 }
 
 /// The volume an instance is created to boot from: its root disk, which outlives it unless
@@ -173,9 +176,11 @@ pub enum ActionRequest {
     Suspend,
     Resume,
     Delete,
-    /// Deletes the instance and, with it, these volumes attached to it (the others are detached and kept).
-    DeleteWithVolumes {
+    /// Deletes the instance and, with it, these volumes attached to it (the others are detached and kept)
+    /// and these reserved addresses it holds (the others go back to their reservations).
+    DeleteWith {
         volumes: Vec<Uuid>,
+        reserved_addresses: Vec<Uuid>,
     },
     /// Anti-affinity groups to join and to leave.
     ChangeAntiAffinityGroups {
@@ -202,7 +207,7 @@ impl ActionRequest {
             ActionRequest::EnableTpm => Action::EnableTpm,
             ActionRequest::Suspend => Action::Suspend,
             ActionRequest::Resume => Action::Resume,
-            ActionRequest::Delete | ActionRequest::DeleteWithVolumes { .. } => Action::Delete,
+            ActionRequest::Delete | ActionRequest::DeleteWith { .. } => Action::Delete,
             ActionRequest::ChangeAntiAffinityGroups { .. } => Action::ChangeAntiAffinityGroups,
         }
     }
@@ -339,7 +344,10 @@ impl Engine {
             if attempt > 0 {
                 backoff(attempt).await;
             }
-            let address = sagas::create::address_candidate(self, attempt).await?;
+            let address = match req.reserved_address {
+                Some(_) => 0, // the plan takes the reservation's
+                None => sagas::create::address_candidate(self, attempt).await?,
+            };
             let (instance, op, set) = sagas::create::plan(self, ctx, &req, address).await?;
             match self.store.apply(set).await {
                 Ok(()) => {
@@ -784,20 +792,24 @@ impl Engine {
             | ActionRequest::Suspend
             | ActionRequest::Resume
             | ActionRequest::Delete
-            | ActionRequest::DeleteWithVolumes { .. } => Planned::nothing(),
+            | ActionRequest::DeleteWith { .. } => Planned::nothing(),
         };
         // The volumes that go with a deleted instance: those named, and its boot volume unless kept.
-        let deleted_volumes = match req {
-            ActionRequest::Delete => sagas::delete::volumes_going_with(self, current, &[]).await?,
-            ActionRequest::DeleteWithVolumes { volumes } => {
-                sagas::delete::volumes_going_with(self, current, volumes).await?
-            }
-            _ => Vec::new(),
+        let (deleted_volumes, reserved_addresses) = match req {
+            ActionRequest::Delete => (sagas::delete::volumes_going_with(self, current, &[]).await?, Vec::new()),
+            ActionRequest::DeleteWith { volumes, reserved_addresses } => (
+                sagas::delete::volumes_going_with(self, current, volumes).await?,
+                sagas::delete::reserved_addresses_going_with(self, ctx, current, reserved_addresses).await?,
+            ),
+            _ => (Vec::new(), Vec::new()),
         };
-        let planned = if deleted_volumes.is_empty() {
+        let planned = if deleted_volumes.is_empty() && reserved_addresses.is_empty() {
             planned
         } else {
-            Planned::of::<sagas::delete::Delete>(&sagas::delete::Params { volumes: deleted_volumes.clone() })
+            Planned::of::<sagas::delete::Delete>(&sagas::delete::Params {
+                volumes: deleted_volumes.clone(),
+                reserved_addresses,
+            })
         };
         // A new size must still fit the host the instance's disk is on.
         let planned = match req {

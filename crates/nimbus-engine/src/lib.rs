@@ -43,6 +43,7 @@ pub mod operations;
 mod placement;
 mod reconciler;
 mod records;
+pub mod reserved_addresses;
 pub mod resources;
 pub mod sagas;
 pub mod throttle;

@@ -46,6 +46,12 @@ impl Network {
         Ipv4Addr::from(self.base + host).to_string()
     }
 
+    /// The host number of `ip` if it is one instances get (not the network, gateway or broadcast address).
+    pub fn host_of(&self, ip: Ipv4Addr) -> Option<u32> {
+        let host = u32::from(ip).checked_sub(self.base)?;
+        (self.first_host()..=self.last_host()).contains(&host).then_some(host)
+    }
+
     fn last(&self) -> u32 {
         self.base + (self.size() - 1)
     }

@@ -429,6 +429,7 @@ pub(crate) fn kind_name(kind: &'static str) -> &'static str {
         ANTI_AFFINITY_GROUP => "anti-affinity group",
         crate::networking::PRIVATE_NETWORK => "private network",
         crate::networking::ELASTIC_IP => "elastic IP",
+        crate::reserved_addresses::RESERVED_ADDRESS => "reserved address",
         crate::volumes::VOLUME => "volume",
         crate::volume_snapshots::VOLUME_SNAPSHOT => "volume snapshot",
         other => other,

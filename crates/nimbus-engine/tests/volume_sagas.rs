@@ -470,7 +470,7 @@ async fn an_instance_deleted_with_one_of_its_volumes_converges_after_a_crash_bef
     let delete = |instance: Uuid, gone: Uuid| {
         let c = &c;
         async move {
-            let req = nimbus_engine::ActionRequest::DeleteWithVolumes { volumes: vec![gone] };
+            let req = nimbus_engine::ActionRequest::DeleteWith { volumes: vec![gone], reserved_addresses: vec![] };
             let op = c.engine.act(&c.ctx, instance, req).await.unwrap();
             c.wait(op.id).await
         }

@@ -720,6 +720,16 @@ pub async fn the_integrity_check_passes_a_sound_store_and_finds_a_dangling_addre
     let i = instance(p.id, "web", 1);
     set.push(Write::PutInstance { instance: i.clone(), expected_generation: None });
     set.push(Write::ClaimAddress { network: "net".into(), host: 2, owner: i.id });
+    // A reserved address holds one of the instance network's addresses as an instance does.
+    let reservation = Uuid::new_v4();
+    set.push(Write::InsertRecord(Record::new(
+        "reserved_address",
+        reservation,
+        Some(p.id),
+        "r",
+        &serde_json::json!({}),
+    )));
+    set.push(Write::ClaimAddress { network: "net".into(), host: 4, owner: reservation });
     store.apply(set).await.unwrap();
     let report = store.check_integrity().await.unwrap();
     assert_eq!(report.problems, Vec::<String>::new(), "{report:?}");

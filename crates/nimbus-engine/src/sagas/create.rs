@@ -2,7 +2,7 @@
 //!
 //! Plan (one transaction): the instance record, placed on a host (whose room the store re-checks in the same
 //! transaction), with its address of the instance network (claimed in the same transaction, so a refused or
-//! crashed create holds none), its initial password, its dialect ids, the operation and the events, all
+//! crashed create holds none; or a reservation's, which the transaction names the instance in), its initial password, its dialect ids, the operation and the events, all
 //! checked against the project's quota. The volumes the request names are taken in the same transaction:
 //! an existing one must be `available`, of the project and its zone (the instance is placed on the host that
 //! keeps it), and is locked by the operation, `attaching`, naming the instance; a new one is recorded
@@ -309,7 +309,7 @@ async fn check_volumes(
 }
 
 /// The checked request, the instance it makes, and the request's transaction, with host number `host` of
-/// the instance network claimed for it.
+/// the instance network claimed for it (unless it asked for a reservation, whose address it gets).
 pub(crate) async fn plan(
     engine: &Engine,
     ctx: &Context,
@@ -395,6 +395,19 @@ pub(crate) async fn plan(
     let now = nimbus_core::now();
     let id = nimbus_core::new_id();
     let net = crate::network::Network::parse(&engine.config.network_cidr)?;
+    let reserved = match req.reserved_address {
+        Some(r) => Some(engine.take_reserved_address(ctx, r).await?),
+        None => None,
+    };
+    let host = match &reserved {
+        Some((r, _)) => net.host_of(r.ip).ok_or_else(|| {
+            DomainError::Conflict(format!(
+                "reserved address {} is not in the instance network {} any more",
+                r.ip, engine.config.network_cidr
+            ))
+        })?,
+        None => host,
+    };
     let mut op = Operation::new(ctx.project.id, Action::Create, Target::instance(id), None, ctx.actor.clone());
     let new_ids: Vec<Uuid> = volumes.new.iter().map(|_| nimbus_core::new_id()).collect();
     // In the order asked: existing and new as the request interleaved them.
@@ -477,7 +490,17 @@ pub(crate) async fn plan(
     let mut set = WriteSet::new();
     set.placement = Some(placement);
     set.push(Write::PutInstance { instance: instance.clone(), expected_generation: None });
-    set.push(Write::ClaimAddress { network: engine.config.network_cidr.clone(), host, owner: id });
+    match reserved {
+        // The reservation keeps holding the address; the instance is named in it, if it is still free.
+        Some((mut r, record)) => {
+            r.instance_id = Some(id);
+            r.updated_at = now;
+            set.push(Write::UpdateRecord { record: record.next(&r.name, &r), expected_generation: record.generation });
+        }
+        None => {
+            set.push(Write::ClaimAddress { network: engine.config.network_cidr.clone(), host, owner: id });
+        }
+    }
     set.push(Write::InsertOperation(op.clone()));
     // A password-enabled template's default user gets the caller's password, or a generated one, at
     // creation, revealable for a day like reset-password's (validated above: only such templates take one).

@@ -1,6 +1,7 @@
 //! `delete`: destroys the instance on the host, removes the disks of the volumes the request names with it
 //! (Gcore's `volumes`), then, in the outcome's transaction, releases what only it held (its address, its
-//! password, its snapshots' records; its other volumes, detached and kept) and leaves its record `destroyed`
+//! password, its snapshots' records; its other volumes, detached and kept; the reserved addresses the
+//! request names, deleted, its other reservation kept) and leaves its record `destroyed`
 //! for `EngineConfig::deleted_retention` (the runner's landing of a delete; removed at once with no
 //! retention).
 //!
@@ -23,6 +24,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{Saga, StepCx, Succeeded};
+use crate::reserved_addresses::RESERVED_ADDRESS;
 use crate::resources::PASSWORD;
 use crate::volumes::{volume_event, VOLUME};
 use crate::{Context, Engine, Result};
@@ -32,6 +34,10 @@ pub(crate) struct Params {
     /// Volumes attached to the instance that are deleted with it (locked by the operation).
     #[serde(default)]
     pub volumes: Vec<Uuid>,
+    /// Reserved addresses the instance holds that are deleted with it (Gcore's `reserved_fixed_ips`); its
+    /// others stay reserved.
+    #[serde(default)]
+    pub reserved_addresses: Vec<Uuid>,
 }
 
 pub(crate) struct Delete;
@@ -68,6 +74,11 @@ impl Saga for Delete {
             Write::DeleteRecord { kind: PASSWORD.into(), id, expected_generation: None },
         ];
         writes.extend(cx.engine.forget_snapshots_of(cx.instance).await?);
+        for r in &p.reserved_addresses {
+            // Its address goes back to the network with the record (the instance held it through them).
+            writes.push(Write::DeleteRecord { kind: RESERVED_ADDRESS.into(), id: *r, expected_generation: None });
+            writes.push(Write::ReleaseAddresses { owner: *r });
+        }
         writes.extend(cx.engine.release_volumes_of(cx.instance, &p.volumes).await?);
         for (v, record) in locked_volumes(cx, &p.volumes).await? {
             writes.push(Write::DeleteRecord {
@@ -176,4 +187,31 @@ pub(crate) async fn lock_volumes(
         writes.push(volume_event(&ctx.actor, "volume.updated", &v));
     }
     Ok(writes)
+}
+
+/// The reserved addresses a delete asked to remove with the instance: each must be one the instance holds.
+pub(crate) async fn reserved_addresses_going_with(
+    engine: &Engine,
+    ctx: &Context,
+    instance: &Instance,
+    asked: &[Uuid],
+) -> Result<Vec<Uuid>> {
+    for id in asked {
+        let r = engine.reserved_address(ctx, *id).await.map_err(|e| match e {
+            DomainError::NotFound { .. } => {
+                DomainError::invalid("reserved_addresses", format!("no reserved address {id}"))
+            }
+            e => e,
+        })?;
+        if r.instance_id != Some(instance.id) {
+            return Err(DomainError::invalid(
+                "reserved_addresses",
+                format!("reserved address {} is not held by instance {}", r.ip, instance.id),
+            ));
+        }
+    }
+    let mut ids = asked.to_vec();
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
 }

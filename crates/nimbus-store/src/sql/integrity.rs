@@ -5,7 +5,7 @@
 //! invariants), when the extension can be had (it ships with PostgreSQL; creating it needs a superuser, so
 //! without one the physical half says it was skipped). Logical, on both: every column a query filters on
 //! agrees with the JSON document beside it, every instance's lock names an operation that exists, and
-//! every held address belongs to an instance or an elastic IP that exists.
+//! every held address belongs to an instance, an elastic IP or a reserved address that exists.
 //!
 //! A backup is `VACUUM INTO`: one read transaction, so a consistent copy of the database as of one commit,
 //! taken beside a serving server (readers and the writer do not block each other in WAL mode). A restore
@@ -135,10 +135,11 @@ impl SqlStore {
                 report.problems.push(format!("operation {}: columns disagree with its document", op.id));
             }
         }
-        let elastic_ips = query("SELECT id FROM records WHERE kind = 'elastic_ip'", vec![])
+        // Elastic IPs hold their pool's addresses, reservations addresses of the instance network.
+        let elastic_ips = query("SELECT id FROM records WHERE kind IN ('elastic_ip', 'reserved_address')", vec![])
             .fetch_all(&self.pool)
             .await
-            .map_err(self.fail("reading elastic IPs"))?
+            .map_err(self.fail("reading elastic IPs and reserved addresses"))?
             .iter()
             .map(|r| parse_uuid(&column::<String>(r, "id")?))
             .collect::<StoreResult<std::collections::HashSet<_>>>()?;

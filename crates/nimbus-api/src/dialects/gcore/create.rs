@@ -72,11 +72,13 @@ fn group_refs(field: &str, v: Option<&Value>, errors: &mut FieldErrors) -> Vec<U
 /// What the create's `interfaces` ask for: the instance's one real NIC on the instance network (its type
 /// and name; `external` when no interface names that network: the instance has the NIC all the same),
 /// the security groups given per interface (Nimbus groups apply to the whole instance), and the private
-/// networks to attach, each with its static address if one was asked.
+/// networks to attach, each with its static address if one was asked. A `reserved_fixed_ip` interface is
+/// the NIC on the instance network with the address of the reservation its `port_id` names.
 #[derive(Default)]
 struct Interfaces {
     kind: Option<String>,
     name: Option<String>,
+    reserved: Option<Uuid>,
     groups: Vec<Uuid>,
     private: Vec<(Uuid, Option<Ipv4Addr>, Option<String>)>,
 }
@@ -152,10 +154,13 @@ fn parse_interfaces(v: Option<&Value>, scope: &Scope, nets: &[GcoreNetwork], err
                 },
                 None => Err(()),
             },
-            "reserved_fixed_ip" => {
-                errors.add(&field("type"), "Reserved fixed IPs are not available in Nimbus");
-                Err(())
-            }
+            "reserved_fixed_ip" => match id_of("port_id", errors) {
+                Some(port) => {
+                    out.reserved = Some(port);
+                    Ok(None)
+                }
+                None => Err(()),
+            },
             other => {
                 errors.add(
                     &field("type"),
@@ -464,6 +469,10 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
     if let Some(n) = &interfaces.name {
         ext.insert("interface_name".into(), json!(n));
     }
+    // The reservation is the port: the instance's NIC shows its id.
+    if let Some(port) = interfaces.reserved {
+        ext.insert("port_id".into(), json!(port));
+    }
     let names: Map<String, Value> = interfaces
         .private
         .iter()
@@ -506,11 +515,17 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
                 extensions,
                 volumes: engine_volumes,
                 boot_volume: volumes.boot.clone(),
+                reserved_address: interfaces.reserved,
                 ..Default::default()
             },
         )
         .await
-        .map_err(|e| volume_field_in_body(e, &volumes.others))?;
+        .map_err(|e| match e {
+            nimbus_core::DomainError::Invalid { field, .. } if field == "reserved_address" => GcoreError::not_found(
+                format!("Reserved fixed IP {} could not be found", interfaces.reserved.unwrap_or_default()),
+            ),
+            e => volume_field_in_body(e, &volumes.others).into(),
+        })?;
     // Private networks are attached once the instance exists (bookkeeping only: no second NIC). The
     // addresses were checked above; one taken in between fails here, after the create was accepted.
     for (network, ip, _) in &interfaces.private {

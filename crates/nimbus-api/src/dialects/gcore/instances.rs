@@ -241,14 +241,27 @@ pub async fn delete(
     uri: Uri,
 ) -> GcoreResult<Json<Value>> {
     let q = query_pairs(&uri);
-    let mut volumes = Vec::new();
-    for part in query_all(&q, "volumes").into_iter().flat_map(|v| v.split(',')).filter(|p| !p.trim().is_empty()) {
-        match Uuid::parse_str(part.trim()) {
-            Ok(id) => volumes.push(id),
-            Err(_) => return Err(GcoreError::field("volumes", format!("{part:?} is not a valid UUID"))),
+    // Comma-separated ids, in one value or several.
+    let ids = |key: &str| -> GcoreResult<Vec<Uuid>> {
+        let parts = query_all(&q, key).into_iter().flat_map(|v| v.split(',')).filter(|p| !p.trim().is_empty());
+        parts
+            .map(|part| {
+                Uuid::parse_str(part.trim())
+                    .map_err(|_| GcoreError::field(key, format!("{part:?} is not a valid UUID")))
+            })
+            .collect()
+    };
+    let (volumes, reserved_addresses) = (ids("volumes")?, ids("reserved_fixed_ips")?);
+    let req = if volumes.is_empty() && reserved_addresses.is_empty() {
+        ActionRequest::Delete
+    } else {
+        ActionRequest::DeleteWith { volumes, reserved_addresses }
+    };
+    let op = app.engine.act(&r.ctx, instance.id, req).await.map_err(|e| match e {
+        nimbus_core::DomainError::Invalid { field, message } if field == "reserved_addresses" => {
+            GcoreError::field("reserved_fixed_ips", message)
         }
-    }
-    let req = if volumes.is_empty() { ActionRequest::Delete } else { ActionRequest::DeleteWithVolumes { volumes } };
-    let op = app.engine.act(&r.ctx, instance.id, req).await?;
+        e => e.into(),
+    })?;
     Ok(tasks(&[&op]))
 }

@@ -103,7 +103,11 @@ pub async fn attach(
             Err(e) => return Err(e),
         },
         "reserved_fixed_ip" => {
-            errors.add("type", "Reserved fixed IPs are not available in Nimbus");
+            errors.add(
+                "type",
+                "A reserved fixed IP is the address of an instance's one NIC on the instance network: create the \
+                 instance with it",
+            );
             None
         }
         other => {

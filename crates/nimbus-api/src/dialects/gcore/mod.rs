@@ -1,7 +1,7 @@
 //! The Gcore Cloud dialect (seed 003): instances under `/cloud/v1/instances/{project_id}/{region_id}` (create
 //! and actions under `/cloud/v2/...`), flavors, images, tasks, security groups and server groups, networks
 //! and subnets (the core's private networks, bookkeeping only) and instance interfaces on them, floating IPs
-//! (the core's elastic IPs),
+//! (the core's elastic IPs), reserved fixed IPs (the core's reserved addresses of the instance network),
 //! `Authorization: APIKey <secret>`, Gcore's error body. The integer project id is the key's project's
 //! `numeric_id`, the region id the zone's. One file per area; `common.rs` has what they all share.
 //! Notes: `shared/dialects/gcore.md`; the real `gcore` Python SDK is the test client.
@@ -22,6 +22,7 @@ mod instances;
 mod interfaces;
 mod metrics;
 mod networks;
+mod reserved_fixed_ips;
 mod security_groups;
 mod server_groups;
 mod tasks;
@@ -35,6 +36,7 @@ const SERVER_GROUPS: &str = "/cloud/v1/servergroups/{project_id}/{region_id}";
 const NETWORKS: &str = "/cloud/v1/networks/{project_id}/{region_id}";
 const SUBNETS: &str = "/cloud/v1/subnets/{project_id}/{region_id}";
 const FLOATING_IPS: &str = "/cloud/v1/floatingips/{project_id}/{region_id}";
+const RESERVED_FIXED_IPS: &str = "/cloud/v1/reserved_fixed_ips/{project_id}/{region_id}";
 
 /// Whether a path is under this dialect's prefix.
 pub fn owns(path: &str) -> bool {
@@ -75,6 +77,14 @@ pub fn router(_state: AppState) -> Routes {
         )
         .route(&format!("{FLOATING_IPS}/{{floating_ip_id}}/assign"), post(floating_ips::assign).fallback(other))
         .route(&format!("{FLOATING_IPS}/{{floating_ip_id}}/unassign"), post(floating_ips::unassign).fallback(other))
+        .route(RESERVED_FIXED_IPS, get(reserved_fixed_ips::list).post(reserved_fixed_ips::create).fallback(other))
+        .route(
+            &format!("{RESERVED_FIXED_IPS}/{{port_id}}"),
+            get(reserved_fixed_ips::get)
+                .patch(reserved_fixed_ips::update)
+                .delete(reserved_fixed_ips::delete)
+                .fallback(other),
+        )
         .route(&one("/metrics"), post(metrics::metrics).fallback(other))
         .route(&one("/get_console"), get(metrics::console).fallback(other))
         .route("/cloud/v1/flavors/{project_id}/{region_id}", get(catalog::flavors).fallback(other))

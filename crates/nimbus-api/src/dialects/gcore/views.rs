@@ -60,8 +60,10 @@ pub fn derived_id(owner: Uuid, what: &str) -> Uuid {
     Uuid::new_v5(&owner, what.as_bytes())
 }
 
+/// The id of the instance's NIC on the instance network: the reserved fixed IP's it was created with, or one
+/// derived from the instance's.
 pub fn port_id(i: &Instance) -> Uuid {
-    derived_id(i.id, "port.0")
+    ext_str(i, "port_id").and_then(|p| Uuid::parse_str(p).ok()).unwrap_or_else(|| derived_id(i.id, "port.0"))
 }
 
 fn ram_text(mib: u64) -> String {

@@ -1,14 +1,15 @@
 """A Gcore user's private networks with the real `gcore` SDK: networks and their one subnet (create and
 poll, get, list, delete), instances created with interfaces on them (static address or the first free
 one), interfaces attached and detached (each polled as a task), and the refusals: an address outside the
-subnet, a second subnet, DHCP, detaching what is not attached. Strict response validation is on, and raw
+subnet, a second subnet, DHCP, detaching what is not attached; and a reserved fixed IP an instance is made
+with, kept past it. Strict response validation is on, and raw
 responses carry exactly the keys of the SDK's models.
 
 Nimbus private networks are bookkeeping only: the VM gets no second NIC, so what is checked here is what
 the API records and shows, not traffic."""
 
 from gcore import BadRequestError, NotFoundError
-from gcore.types.cloud import Network, Subnet, Task
+from gcore.types.cloud import Network, ReservedFixedIP, Subnet, Task
 from gcore.types.cloud.instance_interface import InstanceInterface
 
 from common import client, error_body, exact, required
@@ -150,4 +151,26 @@ nets.delete_and_poll(net.id)
 nets.delete_and_poll(other.id)
 refused(NotFoundError, lambda: nets.get(net.id))
 assert nets.list().count == 0
+# --- A reserved fixed IP: an address of the instance network held apart, given to the instance made with
+# it, kept when that instance goes, deleted with the one whose delete names it.
+fixed = gc.cloud.reserved_fixed_ips
+reserved = fixed.create_and_poll(type="external")
+exact(ReservedFixedIP, fixed.with_raw_response.get(reserved.port_id).http_response.json(), "reserved fixed ip")
+assert reserved.reservation.status == "available" and reserved.is_external and not reserved.is_vip, reserved
+holder = inst.create_and_poll(flavor="standard.small", name="holder", volumes=VOLUMES,
+                              interfaces=[{"type": "reserved_fixed_ip", "port_id": reserved.port_id}])
+[held] = [a.addr for a in holder.addresses[next(iter(holder.addresses))]]
+assert held == reserved.fixed_ip_address, (held, reserved.fixed_ip_address)
+assert fixed.get(reserved.port_id).reservation.resource_id == holder.id
+assert [r.port_id for r in fixed.list(available_only=True)] == []
+refused(BadRequestError, lambda: fixed.delete(reserved.port_id))
+refused(BadRequestError, lambda: fixed.create(type="external", is_vip=True), "is_vip")
+inst.delete_and_poll(holder.id)
+assert fixed.get(reserved.port_id).reservation.status == "available"
+holder = inst.create_and_poll(flavor="standard.small", name="holder-again", volumes=VOLUMES,
+                              interfaces=[{"type": "reserved_fixed_ip", "port_id": reserved.port_id}])
+inst.delete_and_poll(holder.id, reserved_fixed_ips=reserved.port_id)
+refused(NotFoundError, lambda: fixed.get(reserved.port_id))
+assert fixed.list().count == 0
+
 print("gcore networks: ok")
