@@ -15,7 +15,7 @@ use nimbus_core::networking::ReservedAddress;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::common::{found, page, query_one, query_pairs, BodyMap, InRegion, Region, RegionItem};
+use super::common::{found, optional_str, page, query_one, query_pairs, BodyMap, InRegion, Region, RegionItem};
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
 use super::networks::receipt;
 use super::views::{self, rfc3339, Scope};
@@ -60,25 +60,14 @@ async fn find(app: &AppState, r: &Region, id: &str) -> GcoreResult<ReservedAddre
     found("Reserved fixed IP", id, |id| app.engine.reserved_address(&r.ctx, id)).await
 }
 
-fn text<'a>(map: &'a Map<String, Value>, key: &str, errors: &mut FieldErrors) -> Option<&'a str> {
-    match map.get(key) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(_) => {
-            errors.add(key, "Input should be a valid string");
-            None
-        }
-    }
-}
-
 const INSTANCE_NETWORK_ONLY: &str =
     "Nimbus reserves addresses of the instance network only (type external, or its network and subnet)";
 
 /// Which address a create asks for: `None` the next free one, `Some` that one (`type: ip_address`).
 fn asked_address(map: &Map<String, Value>, scope: &Scope, errors: &mut FieldErrors) -> Option<Ipv4Addr> {
-    let kind = text(map, "type", errors);
+    let kind = optional_str(map, "type", errors);
     // The ids a type names must be the instance network's (or subnet's).
-    let must_be = |key: &str, ours: Uuid, errors: &mut FieldErrors| match text(map, key, errors) {
+    let must_be = |key: &str, ours: Uuid, errors: &mut FieldErrors| match optional_str(map, key, errors) {
         None => errors.add(key, "Field required"),
         Some(id) if Uuid::parse_str(id) == Ok(ours) => {}
         Some(_) => errors.add(key, INSTANCE_NETWORK_ONLY),
@@ -95,7 +84,7 @@ fn asked_address(map: &Map<String, Value>, scope: &Scope, errors: &mut FieldErro
         }
         Some("ip_address") => {
             must_be("network_id", scope.network_id(), errors);
-            match text(map, "ip_address", errors).map(str::parse::<Ipv4Addr>) {
+            match optional_str(map, "ip_address", errors).map(str::parse::<Ipv4Addr>) {
                 Some(Ok(ip)) => Some(ip),
                 Some(Err(_)) => {
                     errors.add("ip_address", "Input should be a valid IPv4 address");
