@@ -318,3 +318,34 @@ async fn dual_assignment_gives_an_ipv6_address_from_the_operators_prefix() {
     let found: Vec<&str> = r.body["instances"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
     assert_eq!(found, [dual.as_str()], "{}", r.text);
 }
+
+/// `exo compute instance start --rescue-profile netboot`: the instance boots the host's rescue system, for
+/// that boot only (the next start boots its own); a profile Exoscale does not have is refused and starts
+/// nothing, as is a rescue start of a running instance.
+#[tokio::test]
+async fn a_rescue_profile_start_boots_the_rescue_system_once() {
+    let c = Cloud::new().await;
+    let id = create_like_exo_cli(&c, "rescued", json!({})).await;
+    let console = || {
+        let (c, path) = (&c, format!("/v1/instances/{id}/console"));
+        async move { c.get(&path, ADMIN).await.text }
+    };
+    let r = exo(&c, Method::PUT, &format!("/v2/instance/{id}:start"), Some(json!({"rescue-profile": "netboot"}))).await;
+    assert_exo_error(&r, StatusCode::BAD_REQUEST);
+    done(&c, &exo(&c, Method::PUT, &format!("/v2/instance/{id}:stop"), None).await).await;
+    let r = exo(&c, Method::PUT, &format!("/v2/instance/{id}:start"), Some(json!({"rescue-profile": "pxe"}))).await;
+    assert_exo_error(&r, StatusCode::BAD_REQUEST);
+    assert_eq!(instance(&c, &id).await["state"], "stopped", "a refused start starts nothing");
+
+    let r = exo(&c, Method::PUT, &format!("/v2/instance/{id}:start"), Some(json!({"rescue-profile": "netboot"}))).await;
+    done(&c, &r).await;
+    assert_eq!(instance(&c, &id).await["state"], "running");
+    let last_boot = |log: &str| log.lines().rev().find(|l| l.contains("booted")).unwrap_or_default().to_string();
+    let log = console().await;
+    assert!(last_boot(&log).contains("booted the rescue system"), "{log}");
+
+    done(&c, &exo(&c, Method::PUT, &format!("/v2/instance/{id}:stop"), None).await).await;
+    done(&c, &exo(&c, Method::PUT, &format!("/v2/instance/{id}:start"), None).await).await;
+    let log = console().await;
+    assert!(last_boot(&log).contains("booted its own system"), "{log}");
+}

@@ -71,6 +71,12 @@ pub struct InstanceSpec {
     /// The volume it boots from, whose disk is its root disk instead of a disk of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_volume: Option<BootVolumeSpec>,
+    /// Boot the host's rescue system instead of the instance's own (a `start` asked for it, as Exoscale's
+    /// `rescue-profile` and Nova's rescue do): the stock busybox kernel and initramfs, told the instance's
+    /// address, keys and password, with the instance's disk and volumes attached but not booted nor mounted,
+    /// and no user-data run. For this boot only: the next start boots the instance's own system.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rescue: bool,
 }
 
 /// A volume an instance boots from.

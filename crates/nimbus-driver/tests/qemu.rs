@@ -156,6 +156,7 @@ async fn qemu_instance_lifecycle() {
         secure_boot: false,
         volumes: Vec::new(),
         boot_volume: None,
+        rescue: false,
     };
     let tap = QemuDriver::tap_name(id);
 
@@ -372,6 +373,7 @@ fn small_spec(id: Uuid, template: nimbus_core::catalog::Template, ip: &str) -> I
         secure_boot: false,
         volumes: Vec::new(),
         boot_volume: None,
+        rescue: false,
     }
 }
 

@@ -72,6 +72,7 @@ impl Engine {
                 .map(crate::volumes::spec_of)
                 .collect(),
             boot_volume,
+            rescue: false,
         })
     }
 

@@ -127,6 +127,8 @@ pub struct InstancePatch {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ActionRequest {
     Start,
+    /// A start into the host's rescue system instead of the instance's own (for this boot only).
+    StartRescue,
     /// A graceful stop: the guest is asked to power off, and forced after the grace period.
     Stop,
     /// A stop that pulls the plug at once.
@@ -192,7 +194,7 @@ pub enum ActionRequest {
 impl ActionRequest {
     pub fn action(&self) -> Action {
         match self {
-            ActionRequest::Start => Action::Start,
+            ActionRequest::Start | ActionRequest::StartRescue => Action::Start,
             ActionRequest::Stop | ActionRequest::PowerOff => Action::Stop,
             ActionRequest::Reboot | ActionRequest::SoftReboot => Action::Reboot,
             ActionRequest::Reset { .. } => Action::Reset,
@@ -785,6 +787,7 @@ impl Engine {
                 sagas::anti_affinity::plan(self, ctx, &mut next, join, leave).await?
             }
             ActionRequest::PowerOff => Planned::of::<sagas::stop::Stop>(&sagas::stop::Params { force: true }),
+            ActionRequest::StartRescue => Planned::of::<sagas::start::Start>(&sagas::start::Params { rescue: true }),
             ActionRequest::SoftReboot => Planned::of::<sagas::reboot::Reboot>(&sagas::reboot::Params { soft: true }),
             ActionRequest::Start
             | ActionRequest::Stop

@@ -189,6 +189,12 @@ fn stop_start_and_a_refused_action() {
     assert_eq!(s.json(&["instance", "stop", "web"])["state"], "stopped");
     assert_eq!(s.json(&["instance", "start", "web"])["state"], "running");
     assert_eq!(s.json(&["instance", "reboot", "web"])["state"], "running");
+    // A rescue start boots the rescue system (the sim guest says which system it booted).
+    s.ok(&["instance", "stop", "web"]);
+    assert_eq!(s.json(&["instance", "start", "web", "--rescue"])["state"], "running");
+    let log = s.ok(&["instance", "console", "web"]);
+    let last_boot = log.lines().rev().find(|l| l.contains("booted")).unwrap_or_default();
+    assert!(last_boot.contains("the rescue system"), "{log}");
 
     let out = s.run(&["instance", "start", "web"]);
     assert_eq!(code(&out), 4, "starting a running instance is refused: {}", stderr(&out));

@@ -764,6 +764,44 @@ async fn an_instance_boots_from_a_volume_that_outlives_it_and_boots_the_next_one
     assert!(!file.exists(), "and its file");
 }
 
+/// A rescue start boots the host's rescue system with the instance's disk attached and left alone: its
+/// address answers, nothing is mounted, no user-data runs; the next plain start boots the instance's own
+/// system, which finds its disk as it left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rescue_start_boots_the_rescue_system_and_leaves_the_disk_alone() {
+    if !can_run_vms("a_rescue_start_boots_the_rescue_system_and_leaves_the_disk_alone") {
+        return;
+    }
+    let _vm = VMS.acquire().await.unwrap();
+    let cloud = Cloud::start(9).await;
+    // Every boot of the instance's own system counts itself on its disk.
+    let script = base64(b"#!/bin/sh\necho boot >> /mnt/data/boots\nsync\necho boots=$(wc -l < /mnt/data/boots)\n");
+    let body =
+        json!({"name": "rescuable", "instance_type": "standard.micro", "template": "busybox", "user_data": script});
+    let id = cloud.boot("/v1/instances", body).await["target"]["id"].as_str().unwrap().to_string();
+    assert_eq!(ud_value(&cloud.console_after(&id, 0, "USERDATA rc=").await, "boots"), 1);
+    let address = Cloud::address(&cloud.instance(&id).await);
+
+    cloud.act(&format!("/v1/instances/{id}/stop"), json!({})).await;
+    let from = cloud.console(&id).await.len();
+    cloud.boot(&format!("/v1/instances/{id}/start"), json!({"rescue": true})).await;
+    let rescued = cloud.console_after(&id, from, "READY").await;
+    assert!(rescued.contains("RESCUE disks: vda"), "the rescue system, with the disk: {rescued}");
+    assert!(!rescued.contains("DISK /dev/"), "the disk is not mounted: {rescued}");
+    assert!(cloud.pings(&address, 10), "the rescue system has the instance's address");
+    // User-data runs in the background after READY: give it the time it takes on a normal boot.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!cloud.console(&id).await[from..].contains("USERDATA"), "no user-data in rescue");
+
+    cloud.act(&format!("/v1/instances/{id}/stop"), json!({})).await;
+    let from = cloud.console(&id).await.len();
+    cloud.boot(&format!("/v1/instances/{id}/start"), json!({})).await;
+    let own = cloud.console_after(&id, from, "USERDATA rc=").await;
+    assert!(!own.contains("RESCUE"), "{own}");
+    assert_eq!(ud_value(&own, "boots"), 2, "its own system again, its disk as it was: {own}");
+    cloud.delete_leaves_nothing(&id, 0).await;
+}
+
 fn sha256_of(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
     format!("sha256:{}", String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap())

@@ -430,6 +430,14 @@ pub struct ResetParams {
 #[serde(deny_unknown_fields)]
 pub struct EmptyParams {}
 
+#[derive(Debug, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StartParams {
+    /// Boot the host's rescue system instead of the instance's own, for this boot only: the busybox kernel
+    /// and initramfs with the instance's address, keys and password, its disks attached but not mounted.
+    pub rescue: Option<bool>,
+}
+
 pub(crate) fn required<T: for<'de> Deserialize<'de>>(
     action: &str,
     body: Option<serde_json::Value>,
@@ -447,7 +455,7 @@ pub(crate) fn optional<T: for<'de> Deserialize<'de> + Default>(body: Option<serd
 
 #[utoipa::path(post, path = "/v1/instances/{id}/{action}", operation_id = "instance_action", tag = "instances",
     params(("id" = Uuid, Path), ("action" = String, Path, description = "start | stop | reboot | reset | scale | resize-disk | create-snapshot | revert-snapshot | reset-password | add-protection | remove-protection | enable-tpm | suspend | resume"), ActionQuery),
-    request_body(content = Object, description = "scale: {instance_type}; resize-disk: {disk_size_gb}; create-snapshot: {name?}; revert-snapshot: {snapshot_id}; reset: {template?, disk_size_gb?}; others: none"),
+    request_body(content = Object, description = "start: {rescue?}; scale: {instance_type}; resize-disk: {disk_size_gb}; create-snapshot: {name?}; revert-snapshot: {snapshot_id}; reset: {template?, disk_size_gb?}; others: none"),
     responses((status = 202, body = OperationView), (status = 200, body = InstanceView, description = "add-protection, remove-protection"),
         (status = 409, body = ErrorBody)))]
 pub async fn action(
@@ -459,7 +467,10 @@ pub async fn action(
 ) -> ApiResult<Response> {
     let id = parse_uuid("instance", &id)?;
     let request = match action.as_str() {
-        "start" => ActionRequest::Start,
+        "start" => match optional::<StartParams>(body)?.rescue {
+            Some(true) => ActionRequest::StartRescue,
+            _ => ActionRequest::Start,
+        },
         "stop" => ActionRequest::Stop,
         "reboot" => ActionRequest::Reboot,
         "reset" => {

@@ -31,6 +31,7 @@ async fn spec(c: &Cloud, id: Uuid) -> InstanceSpec {
         secure_boot: false,
         volumes: Vec::new(),
         boot_volume: None,
+        rescue: false,
     }
 }
 

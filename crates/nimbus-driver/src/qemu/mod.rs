@@ -113,6 +113,8 @@ pub struct QemuDriver {
 
 /// In an instance's directory while a copy of its disks holds its VM paused (see `while_paused`).
 const COPY_PAUSE: &str = "copy-pause";
+/// The stock template whose kernel and initramfs are the rescue system (see `InstanceSpec::rescue`).
+const RESCUE_TEMPLATE: &str = "busybox";
 
 fn failed(e: impl std::fmt::Display) -> DriverError {
     DriverError::Failed(e.to_string())
@@ -362,6 +364,9 @@ impl QemuDriver {
         let tf = templates::resolve(&self.config.template_dir, &spec.template).await?;
         let boot = Self::boot_kind(&tf, spec).await?;
         self.provision(dir, &tf, spec, boot).await?;
+        if spec.rescue {
+            return self.spawn_rescue(spec, dir).await;
+        }
         let tpm_socket = if spec.tpm { Some(self.start_swtpm(dir).await?) } else { None };
         let boot_spec = match boot {
             BootKind::Kernel => Boot::Kernel {
@@ -402,8 +407,61 @@ impl QemuDriver {
             // Disk images may run qemu-guest-agent; the busybox guest has none.
             agent_socket: (boot != BootKind::Kernel || tf.manifest.guest_agent).then(|| dir.join("qga.sock")),
         };
-        let mut args = cmdline::args(&machine);
-        // The volume ports, and the spec's volumes behind them (each on the port it had before).
+        let marker = tf.manifest.ready_marker.clone().unwrap_or_default();
+        self.spawn_machine(spec, dir, &machine, marker, tf.manifest.boot_timeout_secs, tap).await
+    }
+
+    /// Boots the rescue system (`InstanceSpec::rescue`): the stock busybox template's kernel and initramfs,
+    /// told about the instance through fw_cfg whatever its template, with its disk (already provisioned)
+    /// and volumes attached as they are for its own boots. No TPM, firmware or guest agent: none of the
+    /// instance's own boot chain runs.
+    async fn spawn_rescue(&self, spec: &InstanceSpec, dir: &Path) -> DriverResult<process::Runtime> {
+        let rescue_dir = self.config.template_dir.join(RESCUE_TEMPLATE);
+        let manifest = templates::read_manifest(&rescue_dir).await.map_err(|e| {
+            DriverError::Unsupported(format!(
+                "a rescue boot needs the stock busybox template on this host (nimbus template build busybox): {e}"
+            ))
+        })?;
+        let tf = templates::files(rescue_dir, manifest).await?;
+        let Some(kernel) = tf.kernel.clone() else {
+            return Err(DriverError::Unsupported("the busybox template on this host boots no kernel".into()));
+        };
+        seeds::write_fw_cfg(dir, spec).await?;
+        let tap = self.net.as_ref().map(|_| Self::tap_name(spec.id));
+        let machine = Machine {
+            name: format!("nimbus-{}", spec.id),
+            accel: self.accel,
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            boot: Boot::Kernel { kernel, initrd: tf.initrd.clone(), cmdline: tf.cmdline.clone() },
+            disk: Some(dir.join("disk.qcow2")),
+            seed_iso: None,
+            fw_cfg: seeds::fw_cfg_files(dir).await.into_iter().map(|(k, p)| (k.to_string(), p)).collect(),
+            nic: tap.clone().map(|tap| Nic {
+                tap,
+                mac: Self::mac(spec),
+                ifup_script: self.config.state_dir.join("qemu-ifup"),
+            }),
+            dir: Some(dir.to_path_buf()),
+            serial_file: None,
+            tpm_socket: None,
+            agent_socket: None,
+        };
+        let marker = tf.manifest.ready_marker.clone().unwrap_or_default();
+        self.spawn_machine(spec, dir, &machine, marker, tf.manifest.boot_timeout_secs, tap).await
+    }
+
+    /// Starts QEMU for `machine` with the spec's volumes plugged in (each on the port it had before).
+    async fn spawn_machine(
+        &self,
+        spec: &InstanceSpec,
+        dir: &Path,
+        machine: &Machine,
+        marker: String,
+        boot_timeout_secs: Option<u64>,
+        tap: Option<String>,
+    ) -> DriverResult<process::Runtime> {
+        let mut args = cmdline::args(machine);
         let ports = volumes::ports_for_boot(&volumes::read_ports(dir).await, &spec.volumes)?;
         for id in ports.keys() {
             if !tokio::fs::try_exists(volumes::path(&self.config.state_dir, *id)).await.unwrap_or(false) {
@@ -412,8 +470,7 @@ impl QemuDriver {
         }
         volumes::write_ports(dir, &ports).await?;
         args.extend(volumes::boot_args(&self.config.state_dir, &ports));
-        let marker = tf.manifest.ready_marker.clone().unwrap_or_default();
-        self.spawn_qemu(spec.id, dir, args, marker, tf.manifest.boot_timeout_secs, tap).await
+        self.spawn_qemu(spec.id, dir, args, marker, boot_timeout_secs, tap).await
     }
 
     async fn snapshot_ids(&self, id: Uuid) -> Vec<Uuid> {

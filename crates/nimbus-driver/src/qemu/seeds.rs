@@ -3,7 +3,8 @@
 //!
 //! Two deliveries, chosen by the template's manifest:
 //! - **fw_cfg** (the busybox guest): one QEMU fw_cfg file per key under `opt/nimbus/`, from `seed/<key>`.
-//!   Only fw_cfg templates get them: a disk image is told through its NoCloud seed alone.
+//!   Only fw_cfg templates get them: a disk image is told through its NoCloud seed alone (but for a rescue
+//!   boot, which runs the busybox guest's kernel and initramfs whatever the instance's template).
 //! - **NoCloud** (cloud images): `seed.iso`, a `cidata` ISO 9660 disk made by Debian's `cloud-localds`
 //!   (cloud-image-utils), which upstream cloud-init reads as its NoCloud datasource:
 //!   `meta-data` (instance-id, local-hostname, public-keys: cloud-init gives the keys to the image's default
@@ -24,7 +25,8 @@ use serde_json::json;
 
 use crate::{DriverError, DriverResult, InstanceSpec};
 
-pub const FW_CFG_KEYS: &[&str] = &["hostname", "ip", "gateway", "ssh-keys", "password", "user-data"];
+/// `rescue` is set for a rescue boot (the busybox init then runs no user-data and mounts nothing).
+pub const FW_CFG_KEYS: &[&str] = &["hostname", "ip", "gateway", "ssh-keys", "password", "user-data", "rescue"];
 
 fn hostname(spec: &InstanceSpec) -> &str {
     if spec.hostname.is_empty() {
@@ -56,6 +58,7 @@ pub async fn write_fw_cfg(dir: &Path, spec: &InstanceSpec) -> DriverResult<()> {
         ("ssh-keys", Some(keys.into_bytes())),
         ("password", spec.password.as_ref().map(|s| s.as_bytes().to_vec())),
         ("user-data", spec.user_data.clone()),
+        ("rescue", spec.rescue.then(|| b"1".to_vec())),
     ];
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&seed)?;
@@ -183,6 +186,7 @@ mod tests {
             secure_boot: false,
             volumes: Vec::new(),
             boot_volume: None,
+            rescue: false,
         };
         let docs: std::collections::BTreeMap<_, _> = nocloud_documents(&spec).into_iter().collect();
         assert_eq!(docs["user-data"], b"#cloud-config\nruncmd: [touch /x]\n", "user-data is passed as given");

@@ -366,7 +366,8 @@ impl Driver for SimDriver {
             if !vm.running {
                 vm.running = true;
                 vm.disk_version += 1;
-                vm.console.push_str(&format!("sim: {} booted, disk {} GB\n", spec.hostname, vm.disk_size_gb));
+                let system = if spec.rescue { "the rescue system" } else { "its own system" };
+                vm.console.push_str(&format!("sim: {} booted {system}, disk {} GB\n", spec.hostname, vm.disk_size_gb));
                 // What the real guest's init does with a password in its seed (never the password itself).
                 if spec.password.is_some() {
                     vm.console.push_str(&format!("sim: {} password set\n", spec.template.default_user));
@@ -818,6 +819,7 @@ mod tests {
             secure_boot: false,
             volumes: Vec::new(),
             boot_volume: None,
+            rescue: false,
         }
     }
 

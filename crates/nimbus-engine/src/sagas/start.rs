@@ -1,23 +1,32 @@
-//! `start`: boots a stopped instance. One step on the host; success lands it `running`.
+//! `start`: boots a stopped instance. One step on the host; success lands it `running`. A rescue start boots
+//! the host's rescue system instead of the instance's own (`InstanceSpec::rescue`), for that boot only.
 
 use async_trait::async_trait;
 use nimbus_driver::DriverResult;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{NoParams, Saga, StepCx};
+use super::{Saga, StepCx};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Params {
+    #[serde(default)]
+    pub rescue: bool,
+}
 
 pub(crate) struct Start;
 
 #[async_trait]
 impl Saga for Start {
-    type Params = NoParams;
+    type Params = Params;
 
-    fn steps(_: &NoParams, _: &nimbus_core::operation::Operation) -> Vec<&'static str> {
+    fn steps(_: &Params, _: &nimbus_core::operation::Operation) -> Vec<&'static str> {
         vec!["boot"]
     }
 
-    async fn run(cx: &StepCx<'_>, _: &NoParams, _step: &'static str) -> DriverResult<Value> {
-        cx.driver().start(&cx.engine.spec_for_driver(cx.instance).await?).await?;
+    async fn run(cx: &StepCx<'_>, p: &Params, _step: &'static str) -> DriverResult<Value> {
+        let spec = nimbus_driver::InstanceSpec { rescue: p.rescue, ..cx.engine.spec_for_driver(cx.instance).await? };
+        cx.driver().start(&spec).await?;
         Ok(Value::Null)
     }
 }

@@ -539,10 +539,16 @@ pub async fn put_segment(State(app): State<AppState>, signed: Signed) -> ExoResu
     let request = match action {
         "start" => {
             let body: StartBody = signed.json()?;
-            if body.rescue_profile.is_some() {
-                return Err(ExoError::bad_request("Invalid parameter rescue-profile: rescue boots are not available"));
+            // Exoscale's profiles network-boot a rescue system (BIOS or UEFI); Nimbus boots the host's own.
+            match body.rescue_profile.as_deref() {
+                None => ActionRequest::Start,
+                Some("netboot" | "netboot-efi") => ActionRequest::StartRescue,
+                Some(other) => {
+                    return Err(ExoError::bad_request(format!(
+                        "Invalid parameter rescue-profile: {other:?} is not one of netboot, netboot-efi"
+                    )))
+                }
             }
-            ActionRequest::Start
         }
         "stop" => {
             signed.json::<Empty>()?;

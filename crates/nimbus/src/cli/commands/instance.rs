@@ -150,9 +150,13 @@ pub enum InstanceCmd {
         wait: WaitArgs,
     },
     /// Start a stopped instance.
-    #[command(after_help = "Example:\n  nimbus instance start web")]
+    #[command(after_help = "Examples:\n  nimbus instance start web\n  nimbus instance start web --rescue")]
     Start {
         instance: String,
+        /// Boot the host's rescue system instead of the instance's own, this once: its disks attached but not
+        /// mounted, no user-data run; log in on its console with the instance's password or SSH keys.
+        #[arg(long)]
+        rescue: bool,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -459,9 +463,10 @@ pub async fn run(ctx: &Ctx, cmd: InstanceCmd) -> Result<(), CliError> {
             }
             Ok(())
         }
-        InstanceCmd::Start { instance, wait } => {
+        InstanceCmd::Start { instance, rescue, wait } => {
             let id = resolve(&client, &instance).await?;
-            act(ctx, &client, &id, "start", None, &wait).await
+            let body = rescue.then(|| json!({"rescue": true}));
+            act(ctx, &client, &id, "start", body, &wait).await
         }
         InstanceCmd::Stop { instance, wait } => {
             let id = resolve(&client, &instance).await?;
