@@ -149,8 +149,8 @@ impl Engine {
         ) {
             (Some(ih), Some(sh)) if ih != sh => {
                 return Err(DomainError::Conflict(format!(
-                    "the snapshot is kept by host {sh}, the instance runs on host {ih}: moving a volume between \
-                     hosts is not supported yet"
+                    "the snapshot is kept by host {sh}, the instance runs on host {ih}: create the volume \
+                     without an instance, then attach it (an attach moves a detached volume to the instance's host)"
                 )))
             }
             (Some(h), _) | (None, Some(h)) => h,

@@ -259,7 +259,8 @@ impl PlannedVolumes {
                 Some(other) if other != h => {
                     return Err(DomainError::Conflict(format!(
                         "volume {id} is kept by host {h}, another of the volumes by host {other}: an instance \
-                         takes volumes of one host only (moving a volume between hosts is not supported yet)"
+                         is created with volumes of one host only (attach the others once it runs: an attach moves a \
+                         detached volume to the instance's host)"
                     )))
                 }
                 _ => self.host = Some(h.clone()),
