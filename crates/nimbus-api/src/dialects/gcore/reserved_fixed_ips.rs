@@ -195,6 +195,8 @@ pub async fn update(
     RegionItem(r, id): RegionItem,
     BodyMap(map): BodyMap,
 ) -> GcoreResult<Json<Value>> {
+    // A change, though Nimbus's only answer to one is the reservation as it is.
+    r.ctx.require(nimbus_core::tenancy::Role::Member)?;
     let reserved = find(&app, &r, &id).await?;
     let mut errors = FieldErrors::default();
     if !map.contains_key("is_vip") {
