@@ -184,7 +184,8 @@ async fn gcore_volumes_refuse_other_projects_bad_sources_and_the_quota() {
     assert_eq!(gcore(&c, Method::GET, &their_volumes, &other, None).await.body["count"], 0);
 
     for body in [
-        json!({"source": "image", "image_id": "busybox", "name": "x", "size": 1}),
+        json!({"source": "snapshot", "snapshot_id": "00000000-0000-0000-0000-000000000001", "name": "x", "size": 1}),
+        json!({"source": "image", "name": "x", "size": 1}),
         json!({"source": "new-volume", "name": "x"}),
         json!({"source": "new-volume", "name": "x", "size": 1, "type_name": "ultra"}),
     ] {
@@ -407,4 +408,59 @@ async fn a_gcore_boot_volume_kept_at_deletion_boots_the_next_instance() {
     assert_eq!(task["state"], "FINISHED", "{task}");
     let r = gcore(&c, Method::GET, &format!("{volumes}/{root}"), ADMIN, None).await;
     assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+}
+
+/// The Terraform provider's way to a boot disk: a volume made from an image first (`source: image`), then an
+/// instance made with it as an `existing-volume` of `boot_index` 0; kept when the instance goes. An unknown
+/// image is refused and makes nothing.
+#[tokio::test]
+async fn a_gcore_volume_made_from_an_image_boots_an_instance() {
+    let c = Cloud::new().await;
+    let volumes = base(&c, ADMIN, "v1", "volumes").await;
+    let body = json!({"source": "image", "image_id": "busybox", "name": "boot", "size": 3, "tags": {"tf": "yes"}});
+    let task = task_of(&c, ADMIN, Method::POST, &volumes, Some(body)).await;
+    assert_eq!(task["state"], "FINISHED", "{task}");
+    let boot = task["created_resources"]["volumes"][0].as_str().unwrap().to_string();
+    let v = gcore(&c, Method::GET, &format!("{volumes}/{boot}"), ADMIN, None).await.body;
+    let template = c.get("/v1/templates", ADMIN).await.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "busybox")
+        .unwrap()["id"]
+        .clone();
+    assert_eq!(
+        (v["status"].as_str(), v["size"].as_u64(), &v["bootable"], &v["volume_image_metadata"]["image_id"]),
+        (Some("available"), Some(3), &json!(true), &template),
+        "{v}"
+    );
+    // Its size may be left out: the image's smallest disk.
+    let body = json!({"source": "image", "image_id": "busybox", "name": "small"});
+    let task = task_of(&c, ADMIN, Method::POST, &volumes, Some(body)).await;
+    assert_eq!(task["state"], "FINISHED", "{task}");
+
+    let v2_instances = base(&c, ADMIN, "v2", "instances").await;
+    let body = json!({"name": "from-volume", "flavor": "standard.small", "interfaces": [{"type": "external"}],
+        "volumes": [{"source": "existing-volume", "volume_id": boot, "boot_index": 0}]});
+    let task = task_of(&c, ADMIN, Method::POST, &v2_instances, Some(body)).await;
+    assert_eq!(task["state"], "FINISHED", "{task}");
+    let vm = task["created_resources"]["instances"][0].as_str().unwrap().to_string();
+    let native = c.get(&format!("/v1/instances/{vm}"), ADMIN).await.body;
+    assert_eq!(
+        (native["state"].as_str(), native["template"].as_str(), native["disk_size_gb"].as_u64()),
+        (Some("running"), Some("busybox"), Some(3)),
+        "{native}"
+    );
+    assert_eq!(native["boot_volume"]["volume_id"], boot.as_str(), "{native}");
+    let v1_instances = base(&c, ADMIN, "v1", "instances").await;
+    let task = task_of(&c, ADMIN, Method::DELETE, &format!("{v1_instances}/{vm}"), None).await;
+    assert_eq!(task["state"], "FINISHED", "{task}");
+    let v = gcore(&c, Method::GET, &format!("{volumes}/{boot}"), ADMIN, None).await.body;
+    assert_eq!(v["status"], "available", "kept by default: {v}");
+
+    let before = gcore(&c, Method::GET, &volumes, ADMIN, None).await.body["count"].clone();
+    let r = gcore(&c, Method::POST, &volumes, ADMIN, Some(json!({"source": "image", "image_id": "nope", "name": "x"})))
+        .await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    assert_eq!(gcore(&c, Method::GET, &volumes, ADMIN, None).await.body["count"], before, "nothing was made");
 }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use nimbus_core::catalog::Template;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -122,6 +123,10 @@ pub enum DriverCall {
         source: Uuid,
         snapshot_id: Uuid,
     },
+    CreateVolumeFromTemplate {
+        volume: VolumeSpec,
+        template: Template,
+    },
     SnapshotVolume {
         volume_id: Uuid,
         snapshot_id: Uuid,
@@ -181,6 +186,7 @@ impl DriverCall {
             | DriverCall::RemoveTemplate { .. }
             | DriverCall::CreateVolume { .. }
             | DriverCall::CreateVolumeFromSnapshot { .. }
+            | DriverCall::CreateVolumeFromTemplate { .. }
             | DriverCall::DeleteVolume { .. }
             | DriverCall::ResizeVolume { .. }
             | DriverCall::VolumeSizeGb { .. }
@@ -235,6 +241,9 @@ pub async fn dispatch(driver: &dyn Driver, call: DriverCall) -> DriverReply {
         DriverCall::CreateVolume { volume } => reply(driver.create_volume(&volume).await),
         DriverCall::CreateVolumeFromSnapshot { volume, source, snapshot_id } => {
             reply(driver.create_volume_from_snapshot(&volume, source, snapshot_id).await)
+        }
+        DriverCall::CreateVolumeFromTemplate { volume, template } => {
+            reply(driver.create_volume_from_template(&volume, &template).await)
         }
         DriverCall::DeleteVolume { volume_id } => reply(driver.delete_volume(volume_id).await),
         DriverCall::ResizeVolume { volume_id, size_gb, attached_to } => {

@@ -306,6 +306,11 @@ pub trait Driver: Send + Sync + 'static {
     async fn create_volume(&self, _volume: &VolumeSpec) -> DriverResult<()> {
         Err(DriverError::Unsupported(format!("the {} driver has no volumes", self.name())))
     }
+    /// Makes the volume's disk from the template's, of the volume's size: a volume an instance can boot from.
+    /// Idempotent: an existing disk is kept as it is.
+    async fn create_volume_from_template(&self, _volume: &VolumeSpec, _template: &Template) -> DriverResult<()> {
+        Err(DriverError::Unsupported(format!("the {} driver has no volumes", self.name())))
+    }
     /// Makes the volume's disk as a copy of snapshot `snapshot_id` of volume `source` (kept on this host),
     /// grown to the volume's size. Idempotent: an existing disk is kept as it is.
     async fn create_volume_from_snapshot(

@@ -354,6 +354,41 @@ async fn a_volume_file_moves_between_two_qemu_hosts() {
     assert!(matches!(a.read_volume(Uuid::new_v4(), 0, 1).await, Err(DriverError::NotFound(_))));
 }
 
+/// A volume made from a template is an overlay on the template's disk, of the volume's size (what an
+/// instance booting from it reads as its disk); made again it is kept as it is.
+#[tokio::test]
+async fn a_volume_made_from_a_template_is_an_overlay_on_its_disk() {
+    if !have("qemu-img") {
+        println!("SKIPPED: qemu-img is not installed");
+        return;
+    }
+    let template_dir = build_template();
+    let state = tempfile::tempdir().unwrap();
+    let mut config = QemuConfig::new(state.path(), &template_dir);
+    config.accel = Accel::Tcg;
+    config.network = false;
+    let d = QemuDriver::new(config).await.unwrap();
+    let template = d.templates().await.unwrap().into_iter().find(|t| t.name == "busybox").expect("busybox template");
+    let volume = nimbus_driver::VolumeSpec { id: Uuid::new_v4(), size_gb: 2, serial: "root".into() };
+    d.create_volume_from_template(&volume, &template).await.unwrap();
+    let file = state.path().join(format!("volumes/{}.qcow2", volume.id));
+    let info = |file: &Path| -> serde_json::Value {
+        let out = Command::new("qemu-img").args(["info", "--output", "json", "-U"]).arg(file).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let i = info(&file);
+    assert_eq!(i["virtual-size"].as_u64(), Some(2 << 30), "{i}");
+    let backing = i["full-backing-filename"].as_str().or(i["backing-filename"].as_str()).unwrap_or_default();
+    assert!(backing.starts_with(template_dir.join("busybox").to_str().unwrap()), "on the template's disk: {i}");
+    let written = std::fs::metadata(&file).unwrap().modified().unwrap();
+    d.create_volume_from_template(&volume, &template).await.unwrap();
+    assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), written, "kept as it was");
+    assert_eq!(d.volumes().await.unwrap(), vec![volume.id]);
+    let gone = nimbus_core::catalog::Template { name: "gone".into(), source: String::new(), ..template };
+    let other = nimbus_driver::VolumeSpec { id: Uuid::new_v4(), ..volume };
+    assert!(d.create_volume_from_template(&other, &gone).await.is_err(), "no such template on this host");
+}
+
 fn small_spec(id: Uuid, template: nimbus_core::catalog::Template, ip: &str) -> InstanceSpec {
     InstanceSpec {
         id,

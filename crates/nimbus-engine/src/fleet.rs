@@ -303,6 +303,15 @@ impl Driver for RemoteDriver {
         decode(self.call(DriverCall::CreateVolumeFromSnapshot { volume: volume.clone(), source, snapshot_id }).await)
     }
 
+    async fn create_volume_from_template(
+        &self,
+        volume: &nimbus_driver::VolumeSpec,
+        template: &nimbus_core::catalog::Template,
+    ) -> DriverResult<()> {
+        let call = DriverCall::CreateVolumeFromTemplate { volume: volume.clone(), template: template.clone() };
+        decode(self.call(call).await)
+    }
+
     async fn delete_volume(&self, volume_id: Uuid) -> DriverResult<()> {
         decode(self.call(DriverCall::DeleteVolume { volume_id }).await)
     }

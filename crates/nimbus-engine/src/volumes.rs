@@ -44,6 +44,9 @@ pub struct CreateVolume {
     /// A `ready` snapshot of a volume of the project whose data the new volume starts with (made on the
     /// host that keeps the snapshot; `size_gb` 0: the snapshot's size, never less).
     pub from_snapshot: Option<Uuid>,
+    /// A template (name or id) whose disk the new volume starts with, so that an instance can boot from it
+    /// (`size_gb` 0: the template's smallest disk, never less).
+    pub from_template: Option<String>,
 }
 
 /// A change of what a volume is called and labelled (nothing on the host).
@@ -73,7 +76,13 @@ impl Engine {
         if req.description.len() > 255 {
             return Err(DomainError::invalid("description", "at most 255 characters"));
         }
-        if req.from_snapshot.is_none() || req.size_gb != 0 {
+        if req.from_snapshot.is_some() && req.from_template.is_some() {
+            return Err(DomainError::invalid(
+                "from_template",
+                "a volume starts from a snapshot or a template, not both",
+            ));
+        }
+        if (req.from_snapshot.is_none() && req.from_template.is_none()) || req.size_gb != 0 {
             volume::validate_size("size_gb", req.size_gb)?;
         }
         labels::validate_labels("labels", &req.labels)?;
@@ -139,8 +148,24 @@ impl Engine {
             }
             None => None,
         };
-        let size_gb = match &source {
-            Some((s, _, _)) if req.size_gb == 0 => s.size_gb,
+        let template = match &req.from_template {
+            Some(t) => {
+                let t = self.template(ctx, t).await.map_err(|_| {
+                    DomainError::invalid("from_template", format!("no template {t:?}; see GET /v1/templates"))
+                })?;
+                if req.size_gb != 0 && req.size_gb < t.min_disk_gb {
+                    return Err(DomainError::invalid(
+                        "size_gb",
+                        format!("at least template {}'s {} GB", t.name, t.min_disk_gb),
+                    ));
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        let size_gb = match (&source, &template) {
+            (Some((s, _, _)), _) if req.size_gb == 0 => s.size_gb,
+            (_, Some(t)) if req.size_gb == 0 => t.min_disk_gb.max(1),
             _ => req.size_gb,
         };
         let host = match (
@@ -169,6 +194,7 @@ impl Engine {
             from_snapshot: source
                 .as_ref()
                 .map(|(s, from, _)| sagas::create_volume::FromSnapshot { volume_id: from.id, snapshot_id: s.id }),
+            from_template: template.as_ref().map(|t| t.id),
         })
         .expect("parameters serialize");
         let now = op.created_at;
@@ -185,8 +211,8 @@ impl Engine {
             serial: Volume::serial_for(id),
             labels: req.labels.clone(),
             lock_operation_id: Some(op.id),
-            // A copy of a boot volume's data boots the same way.
-            template_id: source.as_ref().and_then(|(_, from, _)| from.template_id),
+            // A copy of a boot volume's data boots the same way; a template's disk boots as the template.
+            template_id: template.as_ref().map(|t| t.id).or(source.as_ref().and_then(|(_, from, _)| from.template_id)),
             boot: false,
             created_at: now,
             updated_at: now,

@@ -94,7 +94,7 @@ pub struct VolumeList {
 #[serde(deny_unknown_fields)]
 pub struct CreateVolumeParams {
     pub name: String,
-    /// Required for an empty volume; from a snapshot, at least the snapshot's size (default: that size).
+    /// Required for an empty volume; from a snapshot or a template, at least its size (default: that size).
     #[serde(default)]
     pub size_gb: u64,
     #[serde(default)]
@@ -107,6 +107,9 @@ pub struct CreateVolumeParams {
     pub instance_id: Option<Uuid>,
     /// A ready volume snapshot of the project whose data the new volume starts with.
     pub snapshot_id: Option<Uuid>,
+    /// A template (name or id) whose disk the new volume starts with: a volume an instance boots from
+    /// (`boot_volume: {volume_id}` of an instance create). Default size: the template's smallest disk.
+    pub template: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -143,6 +146,7 @@ pub async fn create(
         labels: p.labels,
         attach_to: p.instance_id,
         from_snapshot: p.snapshot_id,
+        from_template: p.template,
     };
     let (op, _) = app.engine.create_volume(&ctx, req).await?;
     Ok(accepted(&op))

@@ -172,6 +172,8 @@ async fn volumes_refuse_other_projects_other_zones_and_bad_input() {
         (json!({"name": "big", "size_gb": 100000}), "size_gb"),
         (json!({"name": "no spaces", "size_gb": 1}), "name"),
         (json!({"name": "z", "size_gb": 1, "zone": "nowhere"}), "zone"),
+        (json!({"name": "t", "template": "nope"}), "from_template"),
+        (json!({"name": "t", "template": "busybox", "snapshot_id": Uuid::nil()}), "from_template"),
     ] {
         let r = c.post("/v1/volumes", ADMIN, body.clone()).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
@@ -466,4 +468,34 @@ async fn a_deleted_template_keeps_its_files_while_a_boot_volume_is_made_of_them(
     assert_eq!(gone.status, StatusCode::NO_CONTENT, "{}", gone.text);
     let id: Uuid = template.parse().unwrap();
     assert!(c.sim.template_files().contains(&id), "the kept boot volume's disk still stands on them");
+}
+
+/// A volume made from a template (`template`) is one an instance boots from: it gets the template's disk
+/// and the template's smallest size unless asked for more.
+#[tokio::test]
+async fn a_volume_made_from_a_template_boots_an_instance() {
+    let c = Cloud::new().await;
+    let r = c.post("/v1/volumes", ADMIN, json!({"name": "root", "template": "busybox", "size_gb": 5})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let op = c.wait(r.body["id"].as_str().unwrap(), ADMIN).await;
+    assert_eq!(op["state"], "success", "{op}");
+    let root = op["target"]["id"].as_str().unwrap().to_string();
+    let v = show(&c, &root).await;
+    let busybox = c.get("/v1/templates", ADMIN).await.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "busybox")
+        .cloned()
+        .unwrap();
+    assert_eq!((v["size_gb"].as_u64(), &v["template_id"]), (Some(5), &busybox["id"]), "{v}");
+    let vm = c.instance(ADMIN, "booted", json!({"boot_volume": {"volume_id": root}})).await;
+    let i = c.get(&format!("/v1/instances/{vm}"), ADMIN).await.body;
+    assert_eq!((i["state"].as_str(), i["disk_size_gb"].as_u64()), (Some("running"), Some(5)), "{i}");
+    assert_eq!(i["boot_volume"]["volume_id"], root.as_str(), "{i}");
+    // Without a size: the template's smallest disk.
+    let r = c.post("/v1/volumes", ADMIN, json!({"name": "small", "template": "busybox"})).await;
+    let op = c.wait(r.body["id"].as_str().unwrap(), ADMIN).await;
+    let small = show(&c, op["target"]["id"].as_str().unwrap()).await;
+    assert_eq!(small["size_gb"], busybox["min_disk_gb"], "{small}");
 }

@@ -988,6 +988,19 @@ impl Driver for QemuDriver {
         volumes::create(&self.config.qemu_img, &volumes::path(&self.config.state_dir, volume.id), volume.size_gb).await
     }
 
+    async fn create_volume_from_template(&self, volume: &VolumeSpec, template: &Template) -> DriverResult<()> {
+        let file = volumes::path(&self.config.state_dir, volume.id);
+        if tokio::fs::try_exists(&file).await.unwrap_or(false) {
+            return Ok(());
+        }
+        let tf = templates::resolve(&self.config.template_dir, template).await?;
+        if let Some(parent) = file.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(failed)?;
+        }
+        disks::create_overlay(&self.config.qemu_img, &tf.disk, &tf.manifest.disk_format, volume.size_gb << 30, &file)
+            .await
+    }
+
     async fn create_volume_from_snapshot(
         &self,
         volume: &VolumeSpec,

@@ -613,6 +613,17 @@ impl Driver for SimDriver {
         )
     }
 
+    async fn create_volume_from_template(&self, volume: &VolumeSpec, _template: &Template) -> DriverResult<()> {
+        self.act("create_volume_from_template").await?;
+        if self.volumes.get(volume.id).is_some() {
+            return Ok(());
+        }
+        self.volumes.put(
+            volume.id,
+            &SimVolume { size_gb: volume.size_gb, serial: volume.serial.clone(), ..SimVolume::default() },
+        )
+    }
+
     async fn create_volume_from_snapshot(
         &self,
         volume: &VolumeSpec,

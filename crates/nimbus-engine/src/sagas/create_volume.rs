@@ -1,6 +1,6 @@
-//! `create_volume`: makes a new volume's disk on its host, empty or a copy of a volume snapshot (Exoscale's
+//! `create_volume`: makes a new volume's disk on its host, empty, a copy of a volume snapshot (Exoscale's
 //! `block-storage-snapshot`; the snapshot's volume locked by the operation meanwhile, released with the
-//! outcome), and plugs it into an instance when the request named one (Gcore's `instance_id_to_attach_to`).
+//! outcome) or from a template's disk (Gcore's `source: image`: a volume an instance boots from), and plugs it into an instance when the request named one (Gcore's `instance_id_to_attach_to`).
 //!
 //! Plan (`Engine::create_volume`): the record, `creating`, quota-checked in the request's transaction; with
 //! an instance to attach to, the record names it and the instance is locked (its state unchanged), after
@@ -32,6 +32,9 @@ pub(crate) struct Params {
     /// The snapshot the new volume is a copy of; its volume's lock is the operation's until the outcome.
     #[serde(default)]
     pub from_snapshot: Option<FromSnapshot>,
+    /// The template whose disk the new volume starts with (a volume to boot from).
+    #[serde(default)]
+    pub from_template: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,11 +59,19 @@ impl VolumeSaga for CreateVolume {
 
     async fn run(cx: &VolumeCx<'_>, p: &Params, step: &'static str) -> DriverResult<Value> {
         match (step, p.attach_to) {
-            ("make", _) => match &p.from_snapshot {
-                Some(f) => {
+            ("make", _) => match (&p.from_snapshot, p.from_template) {
+                (Some(f), _) => {
                     cx.driver().create_volume_from_snapshot(&spec_of(cx.volume), f.volume_id, f.snapshot_id).await?
                 }
-                None => cx.driver().create_volume(&spec_of(cx.volume)).await?,
+                (None, Some(t)) => {
+                    let template = cx
+                        .engine
+                        .template_by_id(t)
+                        .await
+                        .map_err(|_| nimbus_driver::DriverError::Invalid(format!("template {t} is gone")))?;
+                    cx.driver().create_volume_from_template(&spec_of(cx.volume), &template).await?
+                }
+                (None, None) => cx.driver().create_volume(&spec_of(cx.volume)).await?,
             },
             (_, Some(id)) => {
                 if cx.instance.is_none() {

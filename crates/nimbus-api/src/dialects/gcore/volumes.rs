@@ -3,8 +3,9 @@
 //! Every change that touches the host is a core operation, which is Gcore's task: create, delete, attach,
 //! detach and extend answer `{"tasks": [...]}`. Statuses are the core's (`creating`, `available`,
 //! `attaching`, `in-use`, `detaching`, `deleting`, `error`), which are Gcore's words too. Tags are the
-//! volume's labels. Volumes are made empty (`source: new-volume`); images and snapshots as sources, and
-//! `instance_id_to_attach_to`, are refused with a field error rather than half done.
+//! volume's labels. Volumes are made empty (`source: new-volume`) or from an image's disk (`source: image`,
+//! a volume an instance then boots from with `existing-volume` and `boot_index` 0); snapshots as sources
+//! are refused with a field error rather than half done.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -113,12 +114,32 @@ fn size_of(map: &Map<String, Value>, errors: &mut FieldErrors) -> u64 {
 pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: Bytes) -> GcoreResult<Json<Value>> {
     let map = body_object(&body)?;
     let mut errors = FieldErrors::default();
-    match map.get("source").and_then(Value::as_str) {
-        Some("new-volume") => {}
-        Some("image" | "snapshot") => errors.add("source", "Nimbus makes empty volumes only: use 'new-volume'"),
-        Some(_) => errors.add("source", "Input should be 'image', 'snapshot' or 'new-volume'"),
-        None => errors.add("source", "Field required"),
-    }
+    // `image`: the image's disk, a volume an instance boots from (an `existing-volume` with `boot_index` 0).
+    let image = match map.get("source").and_then(Value::as_str) {
+        Some("new-volume") => None,
+        Some("image") => match required_str(&map, "image_id") {
+            Ok(id) => Some(id.to_string()),
+            Err(e) => {
+                errors.add("image_id", e.message);
+                None
+            }
+        },
+        Some("snapshot") => {
+            errors.add(
+                "source",
+                "Nimbus has no Gcore volume snapshots to make a volume from: use 'new-volume' or 'image'",
+            );
+            None
+        }
+        Some(_) => {
+            errors.add("source", "Input should be 'image', 'snapshot' or 'new-volume'");
+            None
+        }
+        None => {
+            errors.add("source", "Field required");
+            None
+        }
+    };
     let name = match required_str(&map, "name") {
         Ok(n) => n.to_string(),
         Err(_) => {
@@ -126,7 +147,8 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
             String::new()
         }
     };
-    let size = size_of(&map, &mut errors);
+    // An image's volume may leave its size out: the image's smallest disk.
+    let size = if image.is_some() && !map.contains_key("size") { 0 } else { size_of(&map, &mut errors) };
     let labels = labels_of(map.get("tags"), &mut errors);
     let attach_to = match map.get("instance_id_to_attach_to") {
         None | Some(Value::Null) => None,
@@ -143,8 +165,16 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
     }
     errors.check()?;
     // Made and attached in one operation of the engine's.
-    let req = CreateVolume { name, size_gb: size, labels, attach_to, ..Default::default() };
-    let (op, _) = app.engine.create_volume(&r.ctx, req).await?;
+    let req = CreateVolume { name, size_gb: size, labels, attach_to, from_template: image, ..Default::default() };
+    let (op, _) = app.engine.create_volume(&r.ctx, req).await.map_err(|e| match e {
+        nimbus_core::DomainError::Invalid { field, message } if field == "from_template" => {
+            GcoreError::not_found(message.replace("see GET /v1/templates", "see the image list"))
+        }
+        nimbus_core::DomainError::Invalid { field, message } if field == "size_gb" => {
+            GcoreError::field("size", message)
+        }
+        e => e.into(),
+    })?;
     Ok(tasks(&[&op]))
 }
 

@@ -1,9 +1,9 @@
 """A Gcore user's volumes with the real `gcore` SDK (`client.cloud.volumes`), never touching the native API to
 make them: create and poll, get, list with filters, attach to an instance made through Gcore and poll,
-extend while attached, refusals (delete while attached, shrink, detach from another instance, an image
-source, the quota), detach and poll, update name and tags, an instance created with it and a new volume and
-deleted with the new one, delete and poll. Strict response validation is
-on, and raw responses carry exactly the keys of the SDK's Volume model."""
+extend while attached, refusals (delete while attached, shrink, detach from another instance, the quota),
+detach and poll, update name and tags, an instance created with it and a new volume and deleted with the
+new one, delete and poll; a volume made from an image that an instance boots from. Strict response
+validation is on, and raw responses carry exactly the keys of the SDK's Volume model."""
 
 from gcore import BadRequestError, NotFoundError
 from gcore.types.cloud import Volume
@@ -45,7 +45,6 @@ for what, call in [
     ("delete while attached", lambda: vols.delete(v.id)),
     ("detach from another instance", lambda: vols.detach_from_instance(v.id, instance_id=other.id)),
     ("shrink", lambda: vols.resize(v.id, size=1)),
-    ("an image source", lambda: vols.create(source="image", image_id=image.id, name="img", size=1)),
 ]:
     try:
         call()
@@ -108,4 +107,16 @@ except NotFoundError:
     pass
 inst.delete_and_poll(vm.id)
 inst.delete_and_poll(other.id)
+
+# A volume made from an image boots an instance (the Terraform provider's way): `existing-volume` with
+# `boot_index` 0; kept when the instance goes, bootable.
+boot = vols.create_and_poll(source="image", image_id=image.id, name="root", size=2)
+exact(Volume, vols.with_raw_response.get(boot.id).http_response.json(), "image volume")
+assert (boot.bootable, boot.status, boot.size) == (True, "available", 2), boot
+booted = inst.create_and_poll(name="from-root", flavor="standard.small", interfaces=EXTERNAL,
+                              volumes=[{"source": "existing-volume", "volume_id": boot.id, "boot_index": 0}])
+assert booted.status == "ACTIVE" and [x.id for x in booted.volumes] == [boot.id], booted
+inst.delete_and_poll(booted.id)
+assert vols.get(boot.id).status == "available"
+vols.delete_and_poll(boot.id)
 print("gcore volumes: ok")
