@@ -455,6 +455,18 @@ impl Engine {
                 let mut planned;
                 let params = match mode {
                     EvacuationMode::Recreate => {
+                        // A volume's disk is a file on the lost host: recreated elsewhere, the instance would
+                        // boot without its root disk or find its volumes missing.
+                        let kept = self.volumes_of_instance(&current).await?;
+                        if let Some(v) = kept.iter().find(|v| v.host.as_deref() == Some(name)) {
+                            let what = if v.boot { "boots from volume" } else { "has volume" };
+                            why = format!(
+                                "it {what} {}, whose disk is on host {name}: it cannot be recreated elsewhere \
+                                 without it; evacuate it with stop, or wait for the host to come back",
+                                v.id
+                            );
+                            break;
+                        }
                         let placement = match self.place(&next).await {
                             Ok(p) => p,
                             Err(e) => {

@@ -9,10 +9,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nimbus_core::instance::InstanceState;
 use nimbus_core::operation::{Actor, Operation, OperationState, Reason};
 use nimbus_core::state_machine::Action;
 use nimbus_core::volume::{VolumeSnapshotState, VolumeState};
 use nimbus_driver::{Driver, SimConfig, SimDriver};
+use nimbus_engine::hosts::EvacuationMode;
 use nimbus_engine::{
     BootVolumeRequest, Context, CrashPoint, CrashWhen, CreateInstance, CreateVolume, CreateVolumeSnapshot, Engine,
     EngineConfig, InstanceVolume,
@@ -46,6 +48,11 @@ impl Drop for Cloud {
 }
 
 async fn cloud() -> Cloud {
+    cloud_with(|_| {}).await
+}
+
+/// A cloud whose engine's configuration `tweak` changes.
+async fn cloud_with(tweak: impl FnOnce(&mut EngineConfig)) -> Cloud {
     let store = nimbus_store::testing::test_store().await;
     let sim = Arc::new(SimDriver::new(SimConfig::default()));
     let plan = Arc::new(Mutex::new(Plan::default()));
@@ -72,6 +79,8 @@ async fn cloud() -> Cloud {
         })),
         ..EngineConfig::default()
     };
+    let mut config = config;
+    tweak(&mut config);
     let engine = Engine::start(store.store.clone(), sim.clone(), config).await.unwrap();
     engine.bootstrap(Some(("NIMvolsaga".into(), SECRET.into()))).await.unwrap();
     let ctx = engine.authenticate_secret(SECRET, Actor::default()).await.unwrap();
@@ -745,4 +754,72 @@ async fn a_volume_moving_to_another_host_converges_after_a_crash_and_leaves_no_c
     assert!(src.is_some(), "the volume is still on its host");
     assert!(dst.is_none(), "host {to} keeps a copy of a move that was given up");
     agent.abort();
+}
+
+/// Evacuating a lost host recreates elsewhere only the instances whose disks are not on it: one booting
+/// from a volume kept by the lost host is left where it is, saying why, and `stop` still applies to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_booting_from_a_volume_of_a_lost_host_is_not_recreated_elsewhere() {
+    let c = cloud_with(|config| {
+        config.host_lease = Duration::from_millis(800);
+        config.heartbeat_every = Duration::from_millis(100);
+    })
+    .await;
+    let (_far, agent) = far_host(&c).await;
+    // Instances on both hosts, with and without a boot volume (placement spreads them).
+    let mut plain_on_far = None;
+    let mut booting_on_far = None;
+    for n in 0..8 {
+        let boot_volume =
+            (n % 2 == 1).then(|| BootVolumeRequest { existing: None, name: None, delete_on_termination: false });
+        let req = CreateInstance {
+            name: format!("vm{n}"),
+            instance_type: "standard.small".into(),
+            template: "busybox".into(),
+            auto_start: true,
+            boot_volume: boot_volume.clone(),
+            ..Default::default()
+        };
+        let op = c.engine.create_instance(&c.ctx, req).await.unwrap().0;
+        assert_eq!(c.wait(op.id).await.state, OperationState::Success);
+        let i = c.engine.instance(&c.ctx, op.target.id).await.unwrap();
+        if i.host.as_deref() == Some("far") {
+            match boot_volume {
+                Some(_) => booting_on_far = booting_on_far.or(Some(i.id)),
+                None => plain_on_far = plain_on_far.or(Some(i.id)),
+            }
+        }
+    }
+    let (Some(plain), Some(booting)) = (plain_on_far, booting_on_far) else {
+        panic!("placement put no instance of each kind on the far host");
+    };
+    // The far host's agent dies; once its lease runs out, the host is lost.
+    agent.abort();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let ev = loop {
+        match c.engine.evacuate_host(&c.ctx, "far", EvacuationMode::Recreate, &Default::default()).await {
+            Ok(ev) => break ev,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "the far host never became unreachable: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let left: Vec<_> = ev.left.iter().filter(|(id, _)| *id == booting).collect();
+    assert_eq!(left.len(), 1, "{ev:?}");
+    assert!(left[0].1.contains("boots from volume") && left[0].1.contains("far"), "{}", left[0].1);
+    assert!(ev.operations.iter().any(|op| op.target.id == plain), "the plain instance is recreated: {ev:?}");
+    assert!(ev.operations.iter().all(|op| op.target.id != booting), "{ev:?}");
+    for op in &ev.operations {
+        assert_eq!(c.wait(op.id).await.state, OperationState::Success, "{op:?}");
+    }
+    assert_eq!(c.engine.instance(&c.ctx, booting).await.unwrap().host.as_deref(), Some("far"), "left where it is");
+    // `stop` leaves it where it is, stopped, for the host to come back.
+    let choices = [(booting, EvacuationMode::Stop)].into_iter().collect();
+    let ev = c.engine.evacuate_host(&c.ctx, "far", EvacuationMode::Recreate, &choices).await.unwrap();
+    assert!(ev.operations.iter().any(|op| op.target.id == booting), "{ev:?}");
+    for op in &ev.operations {
+        assert_eq!(c.wait(op.id).await.state, OperationState::Success, "{op:?}");
+    }
+    assert_eq!(c.engine.instance(&c.ctx, booting).await.unwrap().state, InstanceState::Stopped);
 }
