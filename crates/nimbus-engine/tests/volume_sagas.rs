@@ -771,7 +771,7 @@ async fn an_instance_booting_from_a_volume_of_a_lost_host_is_not_recreated_elsew
     let mut booting_on_far = None;
     for n in 0..8 {
         let boot_volume =
-            (n % 2 == 1).then(|| BootVolumeRequest { existing: None, name: None, delete_on_termination: false });
+            (n % 2 == 1).then_some(BootVolumeRequest { existing: None, name: None, delete_on_termination: false });
         let req = CreateInstance {
             name: format!("vm{n}"),
             instance_type: "standard.small".into(),
