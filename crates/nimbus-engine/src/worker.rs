@@ -4,8 +4,15 @@
 //! claimed, or whose holder's lease expired because that server died), marks it running and counts the
 //! attempt, renews its lease while the saga runs, and records the outcome under it. A worker that loses its
 //! lease (it stalled and another server took the operation over) stops at once: its writes would be refused
-//! anyway. Workers sleep until the store says something changed (LISTEN/NOTIFY across servers on
-//! PostgreSQL), a local request kicks them, or a short poll comes round for leases that expire silently.
+//! anyway. Idle workers sleep until they are handed the turn to claim, or a short poll comes round for
+//! leases that expire silently.
+//!
+//! The turn to claim: a change in the store (LISTEN/NOTIFY across servers on PostgreSQL) or a local
+//! request wakes one idle worker, not all of them; a worker that claimed something hands the turn on to
+//! two more (there may be more to claim), one that found nothing keeps it. So a burst of operations wakes
+//! workers as fast as claims succeed, doubling each round, and a change with nothing to claim costs one
+//! claim, not one per worker: woken all at once, every idle worker ran a claim (a write, in the writer's
+//! transaction) after every commit, which cost creations most of their throughput.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,23 +35,33 @@ pub(crate) fn spawn(engine: Arc<Engine>) {
         let task = tokio::spawn(async move { worker.work().await });
         engine.track(task.abort_handle());
     }
+    // Every change in the store hands the turn to claim to one idle worker (or to the next one to be idle).
+    let watcher = engine.clone();
+    let task = tokio::spawn(async move {
+        let mut changes = watcher.store.changes();
+        while changes.changed().await.is_ok() {
+            watcher.kick.notify_one();
+        }
+    });
+    engine.track(task.abort_handle());
 }
 
 impl Engine {
     async fn work(self: Arc<Self>) {
         let mut halted = self.halted();
-        let mut changes = self.store.changes();
         loop {
-            // Marked seen before the claim: a change committed after it wakes the wait below.
-            changes.borrow_and_update();
             // Every claim holds the lease under a name of its own, so that a worker of this very server that
             // stalled past its lease cannot write over the one that took the operation over.
             let owner = format!("{}/{}", self.worker_id, uuid::Uuid::new_v4().simple());
             match self.store.claim_and_start(&owner, self.config.lease, starting(owner.clone())).await {
-                Ok(Some(op)) => self.run_claimed(op, &owner).await,
+                Ok(Some(op)) => {
+                    // There may be more: two more workers try (a stored turn if none is idle yet).
+                    self.kick.notify_one();
+                    self.kick.notify_one();
+                    self.run_claimed(op, &owner).await
+                }
                 Ok(None) => {
                     tokio::select! {
-                        _ = changes.changed() => {}
                         _ = self.kick.notified() => {}
                         _ = tokio::time::sleep(self.config.poll_every) => {}
                         _ = halted.changed() => return,
@@ -63,8 +80,8 @@ impl Engine {
 }
 
 impl Engine {
-    /// Wakes this server's workers at once (an operation was just recorded); other servers' workers are
-    /// woken by the store.
+    /// Hands the turn to claim to an idle worker of this server at once (an operation was just recorded);
+    /// other servers' workers are woken by the store's change.
     pub(crate) fn kick_workers(&self) {
         self.kick.notify_one();
     }
