@@ -236,9 +236,22 @@ async fn an_instance_is_found_by_its_elastic_ip() {
     let attach = json!({"instance": {"id": id, "created-at": "0001-01-01T00:00:00Z", "name": ""}});
     done(&c, &exo(&c, Method::PUT, &format!("/v2/elastic-ip/{eip}:attach"), Some(attach)).await).await;
     // `exo compute elastic-ip show`'s look-up of the holder.
-    let r = exo(&c, Method::GET, &format!("/v2/instance?ip-address={ip}"), None).await;
-    let ids: Vec<&str> = r.body["instances"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, [id.as_str()], "{}", r.text);
+    let listed = |query: String| {
+        let c = &c;
+        async move {
+            let r = exo(c, Method::GET, &format!("/v2/instance?{query}"), None).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            let items = r.body["instances"].as_array().unwrap().clone();
+            items.iter().map(|i| i["id"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(format!("ip-address={ip}")).await, [id.clone()]);
+    // By its own address too, and by labels.
+    let own = instance(&c, &id).await["public-ip"].as_str().unwrap().to_string();
+    assert_eq!(listed(format!("ip-address={own}")).await, [id.clone()]);
+    assert_eq!(listed("ip-address=192.0.2.250".into()).await, Vec::<String>::new());
+    assert_eq!(listed("labels=env%3Dprod".into()).await.len(), 2);
+    assert_eq!(listed("labels=env%3Dstaging".into()).await, Vec::<String>::new());
 }
 
 #[tokio::test]

@@ -383,10 +383,16 @@ impl Engine {
     }
 
     async fn all_instances_with(&self, ctx: &Context, with_destroyed: bool) -> Result<Vec<Instance>> {
+        self.all_instances_where(ctx, InstanceFilter { with_destroyed, ..Default::default() }).await
+    }
+
+    /// Every instance `filter` admits (its limit and page tokens aside), read page by page, in id order:
+    /// for the providers whose lists are not paged.
+    pub async fn all_instances_where(&self, ctx: &Context, filter: InstanceFilter) -> Result<Vec<Instance>> {
         let mut all = Vec::new();
         let mut page_token = None;
         loop {
-            let filter = InstanceFilter { limit: Some(MAX_PAGE), page_token, with_destroyed, ..Default::default() };
+            let filter = InstanceFilter { limit: Some(MAX_PAGE), page_token, before_token: None, ..filter.clone() };
             let page = self.list_instances(ctx, filter).await?;
             all.extend(page.items);
             match page.next_page_token {

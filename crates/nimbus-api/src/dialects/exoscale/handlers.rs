@@ -15,7 +15,7 @@ use nimbus_core::networking::{ElasticIp, PrivateNetwork};
 use nimbus_core::resources::{SecurityGroup, Snapshot, SshKey};
 use nimbus_core::state_machine::Action;
 use nimbus_core::DomainError;
-use nimbus_engine::{ActionRequest, Context, CreateInstance, InstancePatch};
+use nimbus_engine::{ActionRequest, Context, CreateInstance, InstanceFilter, InstancePatch, InstanceWindow};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -258,8 +258,32 @@ pub async fn list(State(app): State<AppState>, signed: Signed) -> ExoResult<Json
                 && ip.parse() == Ok(app.engine.ipv6_address(i.id)))
             || renderer.elastic_ips.iter().any(|e| e.ip.to_string() == *ip && e.instances.contains(&i.id))
     };
+    // Exoscale's list is not paged: what the store can choose by (an IPv4 address, the indexed labels) it
+    // chooses by, and an elastic IP's instances are added by id.
+    let candidates = match q.get("ip-address") {
+        Some(ip) if ip.parse::<std::net::Ipv4Addr>().is_ok() => {
+            let own = InstanceWindow { ip_contains: Some(ip.clone()), ..Default::default() };
+            let mut found = app.engine.instance_window(ctx, &own).await?.items;
+            let holders = renderer.elastic_ips.iter().filter(|e| e.ip.to_string() == *ip).flat_map(|e| &e.instances);
+            for id in holders {
+                if !found.iter().any(|i| i.id == *id) {
+                    if let Ok(i) = app.engine.instance(ctx, *id).await {
+                        found.push(i);
+                    }
+                }
+            }
+            found.sort_by_key(|i| i.id);
+            found
+        }
+        // An IPv6 address is derived from the instance's id, which no index holds.
+        _ => {
+            app.engine
+                .all_instances_where(ctx, InstanceFilter { labels: selector.clone(), ..Default::default() })
+                .await?
+        }
+    };
     let mut items = Vec::new();
-    for i in app.engine.all_instances(ctx).await? {
+    for i in candidates {
         if q.get("ip-address").is_some_and(|ip| !has_address(&i, ip)) {
             continue;
         }
