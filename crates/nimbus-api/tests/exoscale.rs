@@ -245,10 +245,10 @@ async fn an_instance_is_found_by_its_elastic_ip() {
             items.iter().map(|i| i["id"].as_str().unwrap().to_string()).collect::<Vec<_>>()
         }
     };
-    assert_eq!(listed(format!("ip-address={ip}")).await, [id.clone()]);
+    assert_eq!(listed(format!("ip-address={ip}")).await, vec![id.clone()]);
     // By its own address too, and by labels.
     let own = instance(&c, &id).await["public-ip"].as_str().unwrap().to_string();
-    assert_eq!(listed(format!("ip-address={own}")).await, [id.clone()]);
+    assert_eq!(listed(format!("ip-address={own}")).await, vec![id.clone()]);
     assert_eq!(listed("ip-address=192.0.2.250".into()).await, Vec::<String>::new());
     assert_eq!(listed("labels=env%3Dprod".into()).await.len(), 2);
     assert_eq!(listed("labels=env%3Dstaging".into()).await, Vec::<String>::new());
