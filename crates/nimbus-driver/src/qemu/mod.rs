@@ -396,11 +396,7 @@ impl QemuDriver {
                 }
                 SeedKind::Nocloud => Vec::new(),
             },
-            nic: tap.clone().map(|tap| Nic {
-                tap,
-                mac: Self::mac(spec),
-                ifup_script: self.config.state_dir.join("qemu-ifup"),
-            }),
+            nic: self.nic(spec, tap.clone()),
             dir: Some(dir.to_path_buf()),
             serial_file: None,
             tpm_socket,
@@ -409,6 +405,11 @@ impl QemuDriver {
         };
         let marker = tf.manifest.ready_marker.clone().unwrap_or_default();
         self.spawn_machine(spec, dir, &machine, marker, tf.manifest.boot_timeout_secs, tap).await
+    }
+
+    /// The instance's NIC on tap `tap`, when the host has an instance network.
+    fn nic(&self, spec: &InstanceSpec, tap: Option<String>) -> Option<Nic> {
+        tap.map(|tap| Nic { tap, mac: Self::mac(spec), ifup_script: self.config.state_dir.join("qemu-ifup") })
     }
 
     /// Boots the rescue system (`InstanceSpec::rescue`): the stock busybox template's kernel and initramfs,
@@ -437,11 +438,7 @@ impl QemuDriver {
             disk: Some(dir.join("disk.qcow2")),
             seed_iso: None,
             fw_cfg: seeds::fw_cfg_files(dir).await.into_iter().map(|(k, p)| (k.to_string(), p)).collect(),
-            nic: tap.clone().map(|tap| Nic {
-                tap,
-                mac: Self::mac(spec),
-                ifup_script: self.config.state_dir.join("qemu-ifup"),
-            }),
+            nic: self.nic(spec, tap.clone()),
             dir: Some(dir.to_path_buf()),
             serial_file: None,
             tpm_socket: None,
