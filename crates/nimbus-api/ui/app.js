@@ -44,6 +44,7 @@ const sections = [
   ['instances', 'Instances'],
   ['create', 'Create instance'],
   ['snapshots', 'Snapshots'],
+  ['volumes', 'Volumes'],
   ['ssh-keys', 'SSH keys'],
   ['api-keys', 'API keys'],
   ['groups', 'Groups'],

@@ -158,6 +158,10 @@ async function instancePage(main, { me, events, id, params }) {
       ['System labels', labelsList(instance.system_labels)], ['SSH keys', instance.ssh_keys.join(', ') || '—'],
       ['Security groups', instance.security_groups.join(', ') || '—'],
       ['Anti-affinity groups', instance.anti_affinity_groups.join(', ') || '—'],
+      ['Volumes', (instance.volumes || []).length
+        ? h('span', {}, ...(instance.volumes || []).flatMap((v, n) => [n ? ', ' : '',
+          link(`#/volumes?id=${v}`, v.slice(0, 8) + (instance.boot_volume && instance.boot_volume.volume_id === v ? ' (boot)' : ''))]))
+        : '—'],
       ['Protected', instance.protected ? 'yes (delete refused)' : 'no'], ['TPM', instance.tpm_enabled ? 'yes' : 'no'],
       ['Secure boot', instance.secure_boot ? 'yes' : 'no'],
       ['Created', formatTime(instance.created_at)], ['Updated', formatTime(instance.updated_at)]]
@@ -532,6 +536,64 @@ async function snapshotsPage(main, { me }) {
   ], deleteWhat: () => 'The snapshot is destroyed.' });
 }
 
+// Volumes: disks of their own, made here (empty, or from a template to boot from), attached to an instance
+// and detached (hot-plugged into a running guest), deleted; each change shows its operation's progress.
+async function volumesPage(main, { me, events, params }) {
+  main.append(h('h1', { text: 'Volumes' }),
+    h('p', { class: 'muted', text: 'An attached volume is the guest\'s /dev/disk/by-id/virtio-<serial>; it outlives its instance.' }));
+  const instances = await all('/v1/instances');
+  const nameOf = (id) => (instances.find((i) => i.id === id) || { name: id.slice(0, 8) }).name;
+  const status = h('div', { class: 'op-slot' });
+  const change = async (request, reload) => {
+    const op = await runAction(status, request);
+    if (op !== null) reload();
+  };
+  const attachControl = (v, reload) => {
+    const choice = h('select', { 'aria-label': `Instance to attach ${v.name} to` },
+      h('option', { value: '', text: 'Attach to…' }),
+      ...instances.filter((i) => i.zone === v.zone).map((i) => h('option', { value: i.id, text: i.name })));
+    choice.addEventListener('change', () => {
+      if (choice.value) change(() => post(`/v1/volumes/${v.id}/attach`, { instance_id: choice.value }), reload);
+    });
+    return choice;
+  };
+  let reload = () => {};
+  reload = await resourceList(main, { title: 'Volumes', path: '/v1/volumes', me, empty: 'No volume yet.', columns: [
+    { label: 'Name', cell: (v) => (params.get('id') === v.id ? h('strong', { text: v.name }) : v.name) },
+    { label: 'State', cell: (v) => stateBadge(v.state) },
+    { label: 'Size', cell: (v) => `${v.size_gb} GB` },
+    { label: 'Serial', cell: (v) => h('code', { text: v.serial }) },
+    { label: 'Attached to', cell: (v) => (v.instance_id ? link(`#/instances/${v.instance_id}`, nameOf(v.instance_id) + (v.boot ? ' (boot disk)' : '')) : '—') },
+    { label: 'Attach', cell: (v) => {
+      if (!me.canWrite || v.boot) return '';
+      if (v.instance_id) {
+        return h('button', { type: 'button', text: 'Detach', 'aria-label': `Detach ${v.name}`,
+          onclick: () => change(() => post(`/v1/volumes/${v.id}/detach`), reload) });
+      }
+      return v.state === 'available' ? attachControl(v, reload) : '';
+    } },
+    { label: 'Created', cell: (v) => formatTime(v.created_at) },
+  ], deleteWhat: () => 'The volume and its data are destroyed.', form: (load, formStatus) => {
+    const name = h('input', { type: 'text', required: true });
+    const size = h('input', { type: 'number', min: 1, step: 1 });
+    const template = h('select', {}, h('option', { value: '', text: 'Empty' }));
+    get('/v1/templates').then((t) => template.append(...(t.items || []).map((x) => h('option', { value: x.name, text: x.name }))),
+      () => {});
+    return h('form', { class: 'inline', onsubmit: async (e) => {
+      e.preventDefault();
+      const body = { name: name.value };
+      if (size.value) body.size_gb = Number(size.value);
+      if (template.value) body.template = template.value;
+      if (await runAction(formStatus, () => post('/v1/volumes', body)) !== null) { name.value = ''; size.value = ''; load(); }
+    } }, h('h2', { text: 'Create a volume' }), field('Name', name), field('Size (GB)', size, 'From a template: empty for its smallest disk.'),
+    field('From template', template, 'A volume made from a template can boot an instance.'), h('button', { type: 'submit', text: 'Create volume' }));
+  } });
+  main.append(status);
+  // Live: a volume changed through any API or by another user shows here.
+  const refresh = debounce(() => reload(), 300);
+  return events.on((e) => { if (e.kind.startsWith('volume.')) refresh(); });
+}
+
 async function sshKeysPage(main, { me }) {
   main.append(h('h1', { text: 'SSH keys' }));
   await resourceList(main, { title: 'SSH keys', path: '/v1/ssh-keys', me, empty: 'No SSH key yet.', columns: [
@@ -718,6 +780,7 @@ export const pages = {
   instance: instancePage,
   create: createPage,
   snapshots: snapshotsPage,
+  volumes: volumesPage,
   'ssh-keys': sshKeysPage,
   'api-keys': apiKeysPage,
   groups: groupsPage,

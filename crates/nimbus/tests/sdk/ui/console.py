@@ -3,7 +3,8 @@
 
 What a user does and sees: a wrong key is refused in words; signing in with a key and with a password;
 creating an instance and watching it reach `running` without reloading; editing its labels; stopping and
-deleting it through confirmations; a read-only key sees no action buttons and the API refuses the action
+deleting it through confirmations; a volume made, attached to a running instance and detached with each
+change's progress shown, and deleted; a read-only key sees no action buttons and the API refuses the action
 when forced; revoking a key ends its session. Every page passes axe-core with no serious or critical
 violation, and the main pages are photographed into docs/screenshots/.
 
@@ -222,6 +223,38 @@ def run(browser):
     form.get_by_role("button", name="Create group").click()
     expect(page.get_by_role("alert")).to_contain_text("must be ingress or egress")
     expect(page.locator("tr", has_text="broken")).to_have_count(0)
+
+    # Volumes: made from the page, attached to a running instance and detached (each change's progress
+    # shown until it ends), deleted through a confirmation; the instance's page lists what it has.
+    nav(page).get_by_role("link", name="Volumes", exact=True).click()
+    expect(page.get_by_role("heading", name="Volumes", exact=True)).to_be_visible()
+    form = page.locator("form", has=page.get_by_label("Size (GB)"))
+    form.get_by_label("Name", exact=True).fill("data-1")
+    form.get_by_label("Size (GB)").fill("2")
+    form.get_by_role("button", name="Create volume").click()
+    expect(page.locator(".operation", has_text="create_volume")).to_contain_text("success")
+    volume = page.locator("tr", has_text="data-1")
+    expect(volume).to_contain_text("available")
+    volume.get_by_label("Instance to attach data-1 to").select_option(label="api-made")
+    expect(page.locator(".operation", has_text="attach_volume")).to_contain_text("success", timeout=30_000)
+    expect(volume).to_contain_text("in-use")
+    expect(volume).to_contain_text("api-made")
+    made = next(v for v in api("GET", "/v1/volumes")[1]["items"] if v["name"] == "data-1")
+    holder = api("GET", f"/v1/instances/{made['instance_id']}")[1]
+    assert holder["name"] == "api-made" and made["id"] in holder["volumes"], (made, holder)
+    accessible(page, "volumes")
+    shot(page, "volumes")
+    volume.get_by_role("link", name="api-made").click()
+    expect(page.locator(".facts")).to_contain_text(made["id"][:8])
+    page.go_back()
+    volume = page.locator("tr", has_text="data-1")
+    volume.get_by_role("button", name="Detach data-1").click()
+    expect(page.locator(".operation", has_text="detach_volume")).to_contain_text("success", timeout=30_000)
+    expect(volume).to_contain_text("available")
+    volume.get_by_role("button", name="Delete data-1").click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+    expect(page.locator("tr", has_text="data-1")).to_have_count(0, timeout=30_000)
+    assert not [v for v in api("GET", "/v1/volumes")[1]["items"] if v["name"] == "data-1"]
 
     # Every other page renders and passes the accessibility check.
     api("POST", "/v1/ssh-keys", {"name": "laptop", "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDs8cYQ5RrUQWLhAqk7f4eYt1q0o0e8Vb8Ck8m4lQyE5 me@laptop"})
