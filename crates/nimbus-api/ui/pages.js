@@ -119,8 +119,11 @@ function instanceTable(items) {
 // ----------------------------------------------------------------------------------------- instance detail
 
 const ACTIONS = [
-  // [action, label, shown in these states, confirmation (what is lost) or null]
+  // [action, label, shown in these states, confirmation (what is lost) or null, the call when not the action's own]
   ['start', 'Start', ['stopped'], null],
+  ['start-rescue', 'Rescue', ['stopped'], 'It boots the host\'s rescue system (busybox) this once: ' +
+    'its disks are attached but not mounted, no user-data runs; log in on the console. The next start boots its own.',
+  { path: 'start', body: { rescue: true } }],
   ['stop', 'Stop', ['running'], 'The instance is shut down; what runs in it stops.'],
   ['reboot', 'Reboot', ['running'], 'The instance restarts; what runs in it is interrupted.'],
   ['suspend', 'Suspend', ['running'], 'The instance is paused; its programs stop answering until resumed.'],
@@ -200,9 +203,9 @@ async function instancePage(main, { me, events, id, params }) {
   };
 
   const renderActionButtons = () => {
-    const buttons = ACTIONS.filter(([, , states]) => states.includes(instance.state)).map(([action, label, , confirmText]) =>
+    const buttons = ACTIONS.filter(([, , states]) => states.includes(instance.state)).map(([action, label, , confirmText, call]) =>
       h('button', { type: 'button', 'data-action': action, text: label, class: confirmText ? 'danger' : '',
-        onclick: () => act(action, label, confirmText) }));
+        onclick: () => act(call ? call.path : action, label, confirmText, call && call.body) }));
     buttons.push(h('button', { type: 'button', text: 'Show root password', onclick: () => { opSlot.replaceChildren(); showPassword(); } }));
     buttons.push(h('button', { type: 'button', 'data-action': instance.protected ? 'remove-protection' : 'add-protection',
       text: instance.protected ? 'Remove protection' : 'Protect from deletion',
