@@ -909,3 +909,36 @@ async fn a_reserved_fixed_ip_gives_its_address_to_the_instance_made_with_it_and_
     let r = gcore(&c, Method::POST, &base(&c, &other, "v2").await, &other, Some(with_reservation("stolen"))).await;
     assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
 }
+
+/// A reserved fixed IP deleted while an instance is being made with it: one of the two wins, never both
+/// (both winning would leave an instance on an address nothing holds, for the next create to be given).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_is_never_deleted_from_under_the_create_taking_it() {
+    let c = Cloud::new().await;
+    let reserved = base(&c, ADMIN, "v1").await.replace("/instances/", "/reserved_fixed_ips/");
+    let v2 = base(&c, ADMIN, "v2").await;
+    let mut outcomes = std::collections::BTreeMap::new();
+    for n in 0..30 {
+        let r = gcore(&c, Method::POST, &reserved, ADMIN, Some(json!({"type": "external"}))).await;
+        let port = finished(&c, &r).await["created_resources"]["ports"][0].as_str().unwrap().to_string();
+        let body = json!({
+            "name": format!("racer-{n}"),
+            "flavor": "standard.small",
+            "interfaces": [{"type": "reserved_fixed_ip", "port_id": port}],
+            "volumes": [{"source": "image", "image_id": "busybox", "boot_index": 0}],
+        });
+        let one = format!("{reserved}/{port}");
+        let (created, deleted) = tokio::join!(
+            gcore(&c, Method::POST, &v2, ADMIN, Some(body)),
+            gcore(&c, Method::DELETE, &one, ADMIN, None),
+        );
+        let (created, deleted) = (created.status == StatusCode::OK, deleted.status == StatusCode::OK);
+        assert!(created != deleted, "round {n}: the create {created}, the delete {deleted}");
+        if created {
+            let held = gcore(&c, Method::GET, &format!("{reserved}/{port}"), ADMIN, None).await;
+            assert_eq!(held.status, StatusCode::OK, "round {n}: {}", held.text);
+        }
+        *outcomes.entry(created).or_insert(0) += 1;
+    }
+    println!("create won {:?} rounds, delete won {:?}", outcomes.get(&true), outcomes.get(&false));
+}

@@ -107,10 +107,15 @@ impl Engine {
     /// Gives the address back to the network; refused while an instance holds it.
     pub async fn delete_reserved_address(&self, ctx: &Context, id: Uuid) -> Result<()> {
         ctx.require(Role::Member)?;
-        let holder = self.reserved_address(ctx, id).await?.instance_id;
+        let read: ReservedAddress = self.record(RESERVED_ADDRESS, ctx, id).await?;
+        let holder = self.live_holder(ctx, &read).await?;
         self.delete_record_if::<ReservedAddress>(RESERVED_ADDRESS, ctx, id, |r| {
-            // The holder read above is still the one named unless the record changed, which refuses the delete.
-            if let Some(i) = holder.filter(|i| r.instance_id == Some(*i)) {
+            // Whether its instance is alive was judged for the instance named when it was read: named another
+            // since (a create took it meanwhile), it is judged again by the caller, not deleted under it.
+            if r.instance_id != read.instance_id {
+                return Err(DomainError::Conflict(format!("reserved address {} was just taken; retry", r.ip)));
+            }
+            if let Some(i) = holder {
                 return Err(DomainError::Conflict(format!(
                     "reserved address {} is held by instance {i}: delete the instance first",
                     r.ip
