@@ -24,6 +24,9 @@ pub struct ServerArgs {
     /// another server on the same database takes its operations over.
     #[arg(long, default_value_t = 15)]
     lease_secs: u64,
+    /// How many operations this server runs at once (each waits on its host and on the database).
+    #[arg(long, default_value_t = nimbus_engine::EngineConfig::default().workers)]
+    workers: usize,
     /// Name of the zone this server serves; repeat it to give the zone more names (the first is the one
     /// hosts register with, the others are names clients may ask for: the `exo` CLI wants `ch-dk-2`).
     #[arg(long = "zone", default_values_t = vec!["local".to_string()])]
@@ -176,6 +179,7 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         reconcile_every: Duration::from_secs(args.reconcile_secs.max(1)),
         worker_id: server_id(&data_dir)?,
         lease: Duration::from_secs(args.lease_secs.max(3)),
+        workers: args.workers.max(1),
         host_name: args.host_name.clone().unwrap_or_else(nimbus_engine::default_host_name),
         overcommit: nimbus_core::host::Overcommit { cpu: args.cpu_overcommit, memory: args.memory_overcommit },
         host_lease: Duration::from_secs(args.host_timeout_secs.max(2)),
