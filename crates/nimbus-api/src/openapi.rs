@@ -16,7 +16,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::native::{access, audit, catalog, groups, hosts, instances, operations, views, volumes};
+use crate::native::{access, addresses, audit, catalog, groups, hosts, instances, operations, views, volumes};
 
 struct BearerAuth;
 
@@ -268,6 +268,7 @@ impl Modify for Links {
         access::create_project, access::list_projects, access::get_project, access::set_quota,
         audit::list,
         access::create_ssh_key, access::list_ssh_keys, access::get_ssh_key, access::delete_ssh_key,
+        addresses::create, addresses::list, addresses::get, addresses::delete,
         catalog::zones, catalog::host, catalog::remove_unknown_instance, catalog::instance_types, catalog::templates, catalog::template,
         catalog::register_template, catalog::delete_template,
         groups::list_snapshots, groups::get_snapshot, groups::delete_snapshot, groups::promote_snapshot,

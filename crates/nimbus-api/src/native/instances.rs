@@ -71,6 +71,9 @@ pub struct CreateInstanceParams {
     /// instance takes its template and size). The volume outlives the instance unless
     /// `delete_on_termination`.
     pub boot_volume: Option<BootVolumeParams>,
+    /// A reserved address of the project (`/v1/reserved-addresses`) the instance gets instead of a free one;
+    /// it goes back to the reservation when the instance is deleted.
+    pub reserved_address_id: Option<Uuid>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -243,6 +246,7 @@ pub async fn create(
                 expected_shutdown_at: p.expected_shutdown_at,
                 volumes,
                 boot_volume,
+                reserved_address: p.reserved_address_id,
                 ..Default::default()
             },
         )

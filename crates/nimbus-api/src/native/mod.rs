@@ -6,6 +6,7 @@ use crate::routes::Routes;
 use crate::AppState;
 
 pub mod access;
+pub mod addresses;
 pub mod agent;
 pub mod audit;
 pub mod catalog;
@@ -52,6 +53,8 @@ pub fn router(state: AppState) -> Routes {
         .route("/v1/projects", get(access::list_projects).post(access::create_project))
         .route("/v1/projects/{id}", get(access::get_project))
         .route("/v1/projects/{id}/quota", axum::routing::put(access::set_quota))
+        .route("/v1/reserved-addresses", get(addresses::list).post(addresses::create))
+        .route("/v1/reserved-addresses/{id}", get(addresses::get).delete(addresses::delete))
         .route("/v1/ssh-keys", get(access::list_ssh_keys).post(access::create_ssh_key))
         .route("/v1/ssh-keys/{id}", get(access::get_ssh_key).delete(access::delete_ssh_key))
         .route("/v1/zones", get(catalog::zones))

@@ -87,6 +87,9 @@ async fn rebuild(state: &AppState, ctx: &Context, parts: &Parts, result: &Value)
     let id = id_in(result, "/record/id")?;
     let view = match result.pointer("/record/kind").and_then(Value::as_str) {
         Some("ssh_key") => Json(SshKeyView::from(&engine.ssh_key(ctx, &id.to_string()).await?)).into_response(),
+        Some("reserved_address") => {
+            Json(super::addresses::ReservedAddressView::from(&engine.reserved_address(ctx, id).await?)).into_response()
+        }
         Some("template") => Json(TemplateView::from(&engine.template(ctx, &id.to_string()).await?)).into_response(),
         Some("security_group") => Json(SecurityGroupView::from(&engine.security_group(ctx, id).await?)).into_response(),
         Some("anti_affinity_group") => {

@@ -129,6 +129,13 @@ async fn routes(c: &Cloud) -> Vec<Route> {
             Some("/v1/ssh-keys".into()),
         ),
         route(
+            "a reserved address",
+            "/v1/reserved-addresses".into(),
+            Some(json!({"name": "front"})),
+            StatusCode::CREATED,
+            Some("/v1/reserved-addresses".into()),
+        ),
+        route(
             "a template",
             "/v1/templates".into(),
             Some(json!({"name": "mine", "source": "/srv/templates/mine"})),
@@ -256,6 +263,7 @@ async fn every_post_route_is_covered_by_the_lost_answer_test() {
             "/v1/instances/{id}/console/ticket",
             "/v1/instances/{id}/{action}",
             "/v1/projects",
+            "/v1/reserved-addresses",
             "/v1/security-groups",
             "/v1/snapshots/{id}/promote",
             "/v1/ssh-keys",

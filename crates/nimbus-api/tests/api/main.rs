@@ -1,6 +1,7 @@
 //! The native API driven through the real router, engine and SQLite store on the sim driver: the stories a
 //! user of `/v1` lives through.
 
+mod addresses;
 mod common;
 mod console;
 mod host;

@@ -178,6 +178,8 @@ const RULES: &[(&str, &[(&str, Who)])] = &[
     ("/cloud/v1/floatingips/{project_id}/{region_id}/{floating_ip_id}/assign", &[("POST", M)]),
     ("/cloud/v1/floatingips/{project_id}/{region_id}/{floating_ip_id}/unassign", &[("POST", M)]),
     ("/cloud/v1/reserved_fixed_ips/{project_id}/{region_id}", &[("GET", R), ("POST", M)]),
+    ("/v1/reserved-addresses", &[("GET", R), ("POST", M)]),
+    ("/v1/reserved-addresses/{id}", &[("GET", R), ("DELETE", M)]),
     ("/cloud/v1/reserved_fixed_ips/{project_id}/{region_id}/{port_id}", &[("GET", R), ("PATCH", M), ("DELETE", M)]),
     ("/cloud/v1/instances/{project_id}/{region_id}/{instance_id}/metrics", &[("POST", M)]),
     ("/cloud/v1/instances/{project_id}/{region_id}/{instance_id}/get_console", &[("GET", M)]),
