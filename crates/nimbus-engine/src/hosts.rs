@@ -58,7 +58,14 @@ pub struct AgentRegistration {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HostReport {
     pub instances: Vec<(Uuid, ActualState)>,
+    /// How long the agent took to look at its VMs: what it saw of a VM may be that old when it arrives.
+    #[serde(default)]
+    pub took_ms: u64,
 }
+
+/// How far the clocks of the servers that write records may be apart, at most, for the report's
+/// staleness check (`apply_host_report`).
+const CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A call waiting for an agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -295,8 +302,12 @@ impl Engine {
         }
         self.forget_unknown_host_instances(name, &actual.keys().copied().collect()).await?;
         let now = nimbus_core::now();
+        // What the agent saw of a VM is as old as its report: a record changed since (an operation that ended
+        // while the report was under way) is newer than what the report says of it, and is left for the
+        // next report to judge.
+        let seen_since = now - std::time::Duration::from_millis(report.took_ms) - CLOCK_SKEW;
         for instance in placed {
-            if instance.lock_operation_id.is_some() {
+            if instance.lock_operation_id.is_some() || instance.updated_at > seen_since {
                 continue;
             }
             let seen = actual.get(&instance.id).copied().unwrap_or(ActualState::Missing);

@@ -40,6 +40,7 @@ pub async fn registration(
 /// What the host's driver has, instance by instance. An instance the driver cannot inspect right now is
 /// left out of this report (and so not judged missing) rather than failing the heartbeat.
 pub async fn report(driver: &dyn Driver) -> Result<HostReport> {
+    let began = std::time::Instant::now();
     let ids = driver.instances().await.map_err(|e| DomainError::Internal(e.to_string()))?;
     let mut instances = Vec::with_capacity(ids.len());
     for id in ids {
@@ -48,7 +49,7 @@ pub async fn report(driver: &dyn Driver) -> Result<HostReport> {
             Err(e) => tracing::warn!(instance = %id, error = %e, "could not inspect instance"),
         }
     }
-    Ok(HostReport { instances })
+    Ok(HostReport { instances, took_ms: began.elapsed().as_millis() as u64 })
 }
 
 /// How long an agent waits after a report that took `took` before the next: `every`, or longer when the

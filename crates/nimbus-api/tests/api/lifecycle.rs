@@ -342,3 +342,25 @@ async fn a_deleted_instance_is_kept_destroyed_for_the_retention_and_holds_nothin
     })
     .await;
 }
+
+/// A host report taken before an operation ended says what the VM was, not what it is: applied after the
+/// operation (the report was under way meanwhile), it must not undo what the operation just did.
+#[tokio::test]
+async fn a_report_older_than_an_operations_end_does_not_undo_it() {
+    use nimbus_driver::Driver;
+    let c = Cloud::new().await;
+    let id = c.instance(ADMIN, "sleepy", json!({})).await;
+    assert_eq!(c.act(ADMIN, &id, "suspend", None).await["state"], "success");
+    let host = c.get(&format!("/v1/instances/{id}"), ADMIN).await.body["host"].as_str().unwrap().to_string();
+    // The agent looks at its VMs (this one paused), then the resume ends, then the report arrives.
+    let stale = nimbus_engine::local_agent::report(c.sim.as_ref()).await.unwrap();
+    assert_eq!(c.act(ADMIN, &id, "resume", None).await["state"], "success");
+    c.engine.host_heartbeat(&host, Some(stale)).await.unwrap();
+    assert_eq!(c.state(ADMIN, &id).await, "running", "the stale report flipped it back");
+    // A VM that really changed behind Nimbus's back is still seen, by a report taken after the change.
+    c.sim.stop(id.parse().unwrap(), Duration::ZERO).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fresh = nimbus_engine::local_agent::report(c.sim.as_ref()).await.unwrap();
+    c.engine.host_heartbeat(&host, Some(fresh)).await.unwrap();
+    assert_eq!(c.state(ADMIN, &id).await, "stopped");
+}
