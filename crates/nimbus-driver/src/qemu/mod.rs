@@ -381,14 +381,7 @@ impl QemuDriver {
                 secure_boot: spec.secure_boot,
             },
         };
-        let tap = self.net.as_ref().map(|_| Self::tap_name(spec.id));
         let machine = Machine {
-            name: format!("nimbus-{}", spec.id),
-            accel: self.accel,
-            vcpus: spec.vcpus,
-            memory_mib: spec.memory_mib,
-            boot: boot_spec,
-            disk: Some(dir.join("disk.qcow2")),
             seed_iso: (tf.manifest.seed() == SeedKind::Nocloud).then(|| dir.join("seed.iso")),
             fw_cfg: match tf.manifest.seed() {
                 SeedKind::FwCfg => {
@@ -396,20 +389,33 @@ impl QemuDriver {
                 }
                 SeedKind::Nocloud => Vec::new(),
             },
-            nic: self.nic(spec, tap.clone()),
-            dir: Some(dir.to_path_buf()),
-            serial_file: None,
             tpm_socket,
             // Disk images may run qemu-guest-agent; the busybox guest has none.
             agent_socket: (boot != BootKind::Kernel || tf.manifest.guest_agent).then(|| dir.join("qga.sock")),
+            ..self.instance_machine(spec, dir, boot_spec)
         };
-        let marker = tf.manifest.ready_marker.clone().unwrap_or_default();
-        self.spawn_machine(spec, dir, &machine, marker, tf.manifest.boot_timeout_secs, tap).await
+        self.spawn_machine(spec, dir, &machine, &tf.manifest).await
     }
 
-    /// The instance's NIC on tap `tap`, when the host has an instance network.
-    fn nic(&self, spec: &InstanceSpec, tap: Option<String>) -> Option<Nic> {
-        tap.map(|tap| Nic { tap, mac: Self::mac(spec), ifup_script: self.config.state_dir.join("qemu-ifup") })
+    /// The instance's machine booted by `boot`: its size, its disk, its NIC on the instance network when the
+    /// host has one, its directory; no seed, TPM or guest agent (each boot adds what it has).
+    fn instance_machine(&self, spec: &InstanceSpec, dir: &Path, boot: Boot) -> Machine {
+        let tap = self.net.as_ref().map(|_| Self::tap_name(spec.id));
+        Machine {
+            name: format!("nimbus-{}", spec.id),
+            accel: self.accel,
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            boot,
+            disk: Some(dir.join("disk.qcow2")),
+            seed_iso: None,
+            fw_cfg: Vec::new(),
+            nic: tap.map(|tap| Nic { tap, mac: Self::mac(spec), ifup_script: self.config.state_dir.join("qemu-ifup") }),
+            dir: Some(dir.to_path_buf()),
+            serial_file: None,
+            tpm_socket: None,
+            agent_socket: None,
+        }
     }
 
     /// Boots the rescue system (`InstanceSpec::rescue`): the stock busybox template's kernel and initramfs,
@@ -428,35 +434,22 @@ impl QemuDriver {
             return Err(DriverError::Unsupported("the busybox template on this host boots no kernel".into()));
         };
         seeds::write_fw_cfg(dir, spec).await?;
-        let tap = self.net.as_ref().map(|_| Self::tap_name(spec.id));
+        let boot = Boot::Kernel { kernel, initrd: tf.initrd.clone(), cmdline: tf.cmdline.clone() };
         let machine = Machine {
-            name: format!("nimbus-{}", spec.id),
-            accel: self.accel,
-            vcpus: spec.vcpus,
-            memory_mib: spec.memory_mib,
-            boot: Boot::Kernel { kernel, initrd: tf.initrd.clone(), cmdline: tf.cmdline.clone() },
-            disk: Some(dir.join("disk.qcow2")),
-            seed_iso: None,
             fw_cfg: seeds::fw_cfg_files(dir).await.into_iter().map(|(k, p)| (k.to_string(), p)).collect(),
-            nic: self.nic(spec, tap.clone()),
-            dir: Some(dir.to_path_buf()),
-            serial_file: None,
-            tpm_socket: None,
-            agent_socket: None,
+            ..self.instance_machine(spec, dir, boot)
         };
-        let marker = tf.manifest.ready_marker.clone().unwrap_or_default();
-        self.spawn_machine(spec, dir, &machine, marker, tf.manifest.boot_timeout_secs, tap).await
+        self.spawn_machine(spec, dir, &machine, &tf.manifest).await
     }
 
-    /// Starts QEMU for `machine` with the spec's volumes plugged in (each on the port it had before).
+    /// Starts QEMU for `machine` with the spec's volumes plugged in (each on the port it had before), and
+    /// waits for the ready marker of the template it boots.
     async fn spawn_machine(
         &self,
         spec: &InstanceSpec,
         dir: &Path,
         machine: &Machine,
-        marker: String,
-        boot_timeout_secs: Option<u64>,
-        tap: Option<String>,
+        booted: &templates::Manifest,
     ) -> DriverResult<process::Runtime> {
         let mut args = cmdline::args(machine);
         let ports = volumes::ports_for_boot(&volumes::read_ports(dir).await, &spec.volumes)?;
@@ -467,7 +460,9 @@ impl QemuDriver {
         }
         volumes::write_ports(dir, &ports).await?;
         args.extend(volumes::boot_args(&self.config.state_dir, &ports));
-        self.spawn_qemu(spec.id, dir, args, marker, boot_timeout_secs, tap).await
+        let marker = booted.ready_marker.clone().unwrap_or_default();
+        let tap = machine.nic.as_ref().map(|n| n.tap.clone());
+        self.spawn_qemu(spec.id, dir, args, marker, booted.boot_timeout_secs, tap).await
     }
 
     async fn snapshot_ids(&self, id: Uuid) -> Vec<Uuid> {

@@ -214,6 +214,17 @@ pub struct SimDriver {
 }
 
 impl SimDriver {
+    /// Records a new volume's disk, unless it has one already.
+    fn new_volume(&self, volume: &VolumeSpec) -> DriverResult<()> {
+        if self.volumes.get(volume.id).is_some() {
+            return Ok(());
+        }
+        self.volumes.put(
+            volume.id,
+            &SimVolume { size_gb: volume.size_gb, serial: volume.serial.clone(), ..SimVolume::default() },
+        )
+    }
+
     /// A simulated host; with `state_dir`, its VMs are those found there (created if missing).
     pub fn new(config: SimConfig) -> SimDriver {
         let vms = match &config.state_dir {
@@ -604,24 +615,13 @@ impl Driver for SimDriver {
 
     async fn create_volume(&self, volume: &VolumeSpec) -> DriverResult<()> {
         self.act("create_volume").await?;
-        if self.volumes.get(volume.id).is_some() {
-            return Ok(());
-        }
-        self.volumes.put(
-            volume.id,
-            &SimVolume { size_gb: volume.size_gb, serial: volume.serial.clone(), ..SimVolume::default() },
-        )
+        self.new_volume(volume)
     }
 
+    /// A template's disk is nothing the simulated host holds: the volume is made as an empty one is.
     async fn create_volume_from_template(&self, volume: &VolumeSpec, _template: &Template) -> DriverResult<()> {
         self.act("create_volume_from_template").await?;
-        if self.volumes.get(volume.id).is_some() {
-            return Ok(());
-        }
-        self.volumes.put(
-            volume.id,
-            &SimVolume { size_gb: volume.size_gb, serial: volume.serial.clone(), ..SimVolume::default() },
-        )
+        self.new_volume(volume)
     }
 
     async fn create_volume_from_snapshot(
