@@ -1,10 +1,10 @@
 //! The `sim` driver: a simulated host kept in memory, with per-action delays and injected failures.
 //!
 //! It exists for tests and scale runs, never as the default. When given a state directory its simulated
-//! VMs live there, one small file each, and outlive the control plane like real QEMU processes do: a
-//! restarted server, or a second server process on the same host, finds them there. Every call reads the
-//! VM's file afresh and replaces it atomically (write, then rename), so processes sharing the directory see
-//! each other's changes; the engine never runs two operations on one instance at once.
+//! VMs live there, in a journal ([`journal`]), and outlive the control plane like real QEMU processes do: a
+//! restarted server, or a second server process on the same host, finds them there. Every call first
+//! reads what the journal gained, so processes sharing the directory see each other's changes; the engine
+//! never runs two operations on one instance at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -15,6 +15,8 @@ use async_trait::async_trait;
 use nimbus_core::catalog::{BootMode, Template, Visibility};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+mod journal;
 
 use crate::{ActualState, Driver, DriverError, DriverResult, HostInfo, InstanceSpec, TemplateImport, VolumeSpec};
 
@@ -27,7 +29,7 @@ pub struct SimConfig {
     pub action_delays: HashMap<String, Duration>,
     /// Fail the next N calls of an action.
     pub failures: HashMap<String, u32>,
-    /// Keep the simulated host's VMs here (one file each), so that they survive a restart of the control
+    /// Keep the simulated host's VMs here (a journal), so that they survive a restart of the control
     /// plane and are shared by every server process on this host. `None`: in this process's memory only.
     pub state_dir: Option<PathBuf>,
     pub host_vcpus: u32,
@@ -82,55 +84,26 @@ pub struct SimVolume {
     pub made_from: Option<Uuid>,
 }
 
-/// Where the simulated VMs (and templates) live.
+/// Where the simulated VMs (and templates, and volumes) live.
 enum Store<T> {
     Memory(Mutex<HashMap<Uuid, T>>),
-    /// Two JSON files per VM (see [`Slot`]), named by its id. Small files, read and written whole: the
-    /// blocking calls are as short as a memory copy, and this driver only serves tests and scale runs.
-    Dir(PathBuf),
-}
-
-/// One of a VM's two files in a state dir. Each write overwrites the older of the two, numbered one past
-/// the newer, and a read takes the newest that parses: a write torn by a kill (or read half-done by another
-/// process) is as if it had not happened. Overwriting in place rather than writing a new file and renaming
-/// it over the old matters at scale: every new file is a new inode, and allocating inodes among many just
-/// freed ones was a third of a busy server's CPU (ext4's `recently_deleted`).
-#[derive(Serialize, Deserialize)]
-struct Slot<T> {
-    seq: u64,
-    value: T,
+    /// In the state directory's journal, shared with every process using that directory.
+    Journal(journal::Journal<T>),
 }
 
 impl<T: Clone + Serialize + serde::de::DeserializeOwned> Store<T> {
-    fn slot_path(dir: &std::path::Path, id: Uuid, slot: usize) -> PathBuf {
-        dir.join(format!("{id}.{slot}.json"))
-    }
-
-    /// What each slot holds, when it parses; a state dir of earlier builds (one `<id>.json` per VM) is
-    /// read as slot 0's first version.
-    fn slots(dir: &std::path::Path, id: Uuid) -> [Option<Slot<T>>; 2] {
-        let read = |slot| -> Option<Slot<T>> {
-            let bytes = std::fs::read(Self::slot_path(dir, id, slot)).ok()?;
-            serde_json::from_slice(&bytes).ok()
-        };
-        let (zero, one) = (read(0), read(1));
-        let zero = zero.or_else(|| {
-            let bytes = std::fs::read(dir.join(format!("{id}.json"))).ok()?;
-            Some(Slot { seq: 0, value: serde_json::from_slice(&bytes).ok()? })
-        });
-        [zero, one]
+    /// In `dir`'s journal when given, in this process's memory otherwise.
+    fn at(dir: Option<PathBuf>) -> Store<T> {
+        match dir {
+            Some(dir) => Store::Journal(journal::Journal::open(&dir)),
+            None => Store::Memory(Mutex::new(HashMap::new())),
+        }
     }
 
     fn get(&self, id: Uuid) -> Option<T> {
         match self {
             Store::Memory(m) => m.lock().unwrap().get(&id).cloned(),
-            Store::Dir(dir) => {
-                let [zero, one] = Self::slots(dir, id);
-                match (zero, one) {
-                    (Some(a), Some(b)) => Some(if a.seq >= b.seq { a.value } else { b.value }),
-                    (a, b) => a.or(b).map(|s| s.value),
-                }
-            }
+            Store::Journal(j) => j.get(id),
         }
     }
 
@@ -140,18 +113,7 @@ impl<T: Clone + Serialize + serde::de::DeserializeOwned> Store<T> {
                 m.lock().unwrap().insert(id, vm.clone());
                 Ok(())
             }
-            Store::Dir(dir) => {
-                let _ = std::fs::create_dir_all(dir);
-                let seqs = Self::slots(dir, id).map(|s| s.map(|s| s.seq));
-                // The older (or unreadable) slot is overwritten, so the newer survives a torn write.
-                let target = usize::from(seqs[1] < seqs[0]);
-                let seq = seqs.iter().flatten().max().map_or(1, |n| n + 1);
-                let path = Self::slot_path(dir, id, target);
-                let bytes = serde_json::to_vec(&Slot { seq, value: vm })
-                    .map_err(|e| DriverError::Failed(format!("sim: {e}")))?;
-                std::fs::write(&path, bytes)
-                    .map_err(|e| DriverError::Failed(format!("sim: writing {}: {e}", path.display())))
-            }
+            Store::Journal(j) => j.put(id, vm),
         }
     }
 
@@ -161,39 +123,18 @@ impl<T: Clone + Serialize + serde::de::DeserializeOwned> Store<T> {
                 m.lock().unwrap().remove(&id);
                 Ok(())
             }
-            Store::Dir(dir) => {
-                let files = [Self::slot_path(dir, id, 0), Self::slot_path(dir, id, 1), dir.join(format!("{id}.json"))];
-                for path in files {
-                    match std::fs::remove_file(&path) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                            return Err(DriverError::Failed(format!("sim: removing {}: {e}", path.display())))
-                        }
-                        _ => {}
-                    }
-                }
-                Ok(())
-            }
+            Store::Journal(j) => j.remove(id),
         }
     }
 
     fn ids(&self) -> Vec<Uuid> {
         match self {
-            Store::Memory(m) => m.lock().unwrap().keys().copied().collect(),
-            Store::Dir(dir) => {
-                let ids: std::collections::BTreeSet<Uuid> = std::fs::read_dir(dir)
-                    .map(|entries| {
-                        entries
-                            .filter_map(|e| e.ok())
-                            .filter_map(|e| {
-                                let name = e.file_name().to_str()?.strip_suffix(".json")?.to_string();
-                                let id = name.strip_suffix(".0").or(name.strip_suffix(".1")).unwrap_or(&name);
-                                Uuid::parse_str(id).ok()
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                ids.into_iter().collect()
+            Store::Memory(m) => {
+                let mut ids: Vec<Uuid> = m.lock().unwrap().keys().copied().collect();
+                ids.sort();
+                ids
             }
+            Store::Journal(j) => j.ids(),
         }
     }
 }
@@ -204,9 +145,9 @@ pub const SIM_CHECKSUM: &str = "sha256:00000000000000000000000000000000000000000
 pub struct SimDriver {
     config: SimConfig,
     vms: Vms,
-    /// Imported and promoted templates, kept like VMs (one file each in `<state_dir>/templates/`).
+    /// Imported and promoted templates, kept like VMs (in `<state_dir>/templates/`).
     templates: Store<Template>,
-    /// Volumes' disks, kept like VMs (one file each in `<state_dir>/volumes/`).
+    /// Volumes' disks, kept like VMs (in `<state_dir>/volumes/`).
     volumes: Store<SimVolume>,
     /// Volumes arriving from another host (`write_volume`), until their last piece.
     incoming: Mutex<HashMap<Uuid, Vec<u8>>>,
@@ -227,23 +168,10 @@ impl SimDriver {
 
     /// A simulated host; with `state_dir`, its VMs are those found there (created if missing).
     pub fn new(config: SimConfig) -> SimDriver {
-        let vms = match &config.state_dir {
-            Some(dir) => {
-                if let Err(e) = std::fs::create_dir_all(dir) {
-                    tracing::warn!(dir = %dir.display(), error = %e, "sim: cannot create the state directory");
-                }
-                Store::Dir(dir.clone())
-            }
-            None => Store::Memory(Mutex::new(HashMap::new())),
-        };
-        let templates = match &config.state_dir {
-            Some(dir) => Store::Dir(dir.join("templates")),
-            None => Store::Memory(Mutex::new(HashMap::new())),
-        };
-        let volumes = match &config.state_dir {
-            Some(dir) => Store::Dir(dir.join("volumes")),
-            None => Store::Memory(Mutex::new(HashMap::new())),
-        };
+        let dir = config.state_dir.clone();
+        let vms = Store::at(dir.clone());
+        let templates = Store::at(dir.as_ref().map(|d| d.join("templates")));
+        let volumes = Store::at(dir.as_ref().map(|d| d.join("volumes")));
         let failures = config.failures.clone();
         SimDriver { config, vms, templates, volumes, incoming: Mutex::default(), failures: Mutex::new(failures) }
     }
@@ -886,59 +814,6 @@ mod tests {
         assert_eq!(d.inspect(id).await.unwrap(), ActualState::Paused);
         d.resume(id).await.unwrap();
         assert_eq!(d.inspect(id).await.unwrap(), ActualState::Running);
-    }
-
-    #[test]
-    fn a_torn_state_write_leaves_the_state_before_it_and_writes_reuse_two_files() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let store: Store<u32> = Store::Dir(dir.path().to_path_buf());
-        let id = Uuid::new_v4();
-        store.put(id, &1).unwrap();
-        store.put(id, &2).unwrap();
-        let inodes = || {
-            let mut v: Vec<u64> =
-                std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().ino()).collect();
-            v.sort();
-            v
-        };
-        let before = inodes();
-        for n in 3..10 {
-            store.put(id, &n).unwrap();
-            assert_eq!(store.get(id), Some(n));
-        }
-        assert_eq!(inodes(), before, "the same two files, overwritten in turn");
-        // A kill in the middle of writing 10 leaves its slot torn: 9 is still there.
-        let newest = (0..2)
-            .map(|s| Store::<u32>::slot_path(dir.path(), id, s))
-            .find(|p| serde_json::from_slice::<Slot<u32>>(&std::fs::read(p).unwrap()).unwrap().value == 9);
-        let older = Store::<u32>::slot_path(
-            dir.path(),
-            id,
-            if newest == Some(Store::<u32>::slot_path(dir.path(), id, 0)) { 1 } else { 0 },
-        );
-        std::fs::write(&older, b"{\"seq\": 10, \"val").unwrap();
-        assert_eq!(store.get(id), Some(9));
-        store.put(id, &11).unwrap();
-        assert_eq!(store.get(id), Some(11));
-        assert_eq!(store.ids(), vec![id]);
-        store.remove(id).unwrap();
-        assert_eq!(store.get(id), None);
-        assert!(store.ids().is_empty());
-    }
-
-    #[test]
-    fn a_state_dir_of_one_file_per_vm_is_read_and_carried_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let id = Uuid::new_v4();
-        std::fs::write(dir.path().join(format!("{id}.json")), b"7").unwrap();
-        let store: Store<u32> = Store::Dir(dir.path().to_path_buf());
-        assert_eq!((store.get(id), store.ids()), (Some(7), vec![id]));
-        store.put(id, &8).unwrap();
-        store.put(id, &9).unwrap();
-        assert_eq!(store.get(id), Some(9));
-        store.remove(id).unwrap();
-        assert!(store.ids().is_empty() && std::fs::read_dir(dir.path()).unwrap().next().is_none());
     }
 
     #[tokio::test]
