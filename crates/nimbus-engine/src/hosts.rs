@@ -534,7 +534,6 @@ impl Engine {
                 }
             }
         }
-        self.kick_workers();
         Ok(Evacuation { operations: ops, left })
     }
 

@@ -353,7 +353,6 @@ impl Engine {
             let (instance, op, set) = sagas::create::plan(self, ctx, &req, address).await?;
             match self.store.apply(set).await {
                 Ok(()) => {
-                    self.kick_workers();
                     return Ok((op, instance));
                 }
                 // Another create claimed the address first: take another.
@@ -648,7 +647,6 @@ impl Engine {
             let (op, set) = self.plan_action(ctx, &current, &req).await?;
             match self.store.apply(set).await {
                 Ok(()) => {
-                    self.kick_workers();
                     return Ok(op);
                 }
                 Err(StoreError::Conflict(_)) => continue,
@@ -886,7 +884,6 @@ impl Engine {
             }
         }
         self.store.apply(set).await.map_err(store_err)?;
-        self.kick_workers();
         Ok(())
     }
 

@@ -282,7 +282,6 @@ impl Engine {
             set.push(operation_event("operation.created", &op));
             match self.store.apply(set).await {
                 Ok(()) => {
-                    self.kick_workers();
                     return Ok((op, made));
                 }
                 Err(StoreError::Conflict(_)) => continue,

@@ -249,7 +249,6 @@ impl Engine {
             }
             Err(e) => return Err(store_err(e)),
         }
-        self.kick_workers();
         Ok((op, v))
     }
 
@@ -523,7 +522,6 @@ impl Engine {
             set.push(operation_event("operation.created", &op));
             match self.store.apply(set).await {
                 Ok(()) => {
-                    self.kick_workers();
                     return Ok(op);
                 }
                 Err(StoreError::Conflict(_)) => continue,

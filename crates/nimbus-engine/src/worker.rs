@@ -7,12 +7,13 @@
 //! anyway. Idle workers sleep until they are handed the turn to claim, or a short poll comes round for
 //! leases that expire silently.
 //!
-//! The turn to claim: a change in the store (LISTEN/NOTIFY across servers on PostgreSQL) or a local
-//! request wakes one idle worker, not all of them; a worker that claimed something hands the turn on to
-//! two more (there may be more to claim), one that found nothing keeps it. So a burst of operations wakes
-//! workers as fast as claims succeed, doubling each round, and a change with nothing to claim costs one
-//! claim, not one per worker: woken all at once, every idle worker ran a claim (a write, in the writer's
-//! transaction) after every commit, which cost creations most of their throughput.
+//! The turn to claim: a commit that recorded claimable work (an operation, a lease given back; heard through
+//! LISTEN/NOTIFY from other servers on PostgreSQL) wakes one idle worker, not all of them, and other commits
+//! (a step's progress, an outcome) wake none. A worker whose claim left more to claim hands the turn on to
+//! two more; one that found nothing keeps it. So a burst of operations wakes workers as fast as claims
+//! succeed, doubling each round, and a lone operation costs one claim: woken all at once, or by every
+//! commit, idle workers ran claims (writes, in the writer's transaction) that found nothing, which cost
+//! creations most of their throughput.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -35,10 +36,12 @@ pub(crate) fn spawn(engine: Arc<Engine>) {
         let task = tokio::spawn(async move { worker.work().await });
         engine.track(task.abort_handle());
     }
-    // Every change in the store hands the turn to claim to one idle worker (or to the next one to be idle).
+    // Every commit that recorded claimable work hands the turn to claim to one idle worker (or to the next
+    // one to be idle). Other commits (a step's progress, an outcome) wake nobody: a claim after each of
+    // them found nothing most times, a write for nothing.
     let watcher = engine.clone();
     let task = tokio::spawn(async move {
-        let mut changes = watcher.store.changes();
+        let mut changes = watcher.store.new_work();
         while changes.changed().await.is_ok() {
             watcher.kick.notify_one();
         }
@@ -54,11 +57,13 @@ impl Engine {
             // stalled past its lease cannot write over the one that took the operation over.
             let owner = format!("{}/{}", self.worker_id, uuid::Uuid::new_v4().simple());
             match self.store.claim_and_start(&owner, self.config.lease, starting(owner.clone())).await {
-                Ok(Some(op)) => {
-                    // There may be more: two more workers try (a stored turn if none is idle yet).
-                    self.kick.notify_one();
-                    self.kick.notify_one();
-                    self.run_claimed(op, &owner).await
+                Ok(Some(claim)) => {
+                    if claim.more {
+                        // Two more workers try (a stored turn if none is idle yet), so a burst fans out.
+                        self.kick.notify_one();
+                        self.kick.notify_one();
+                    }
+                    self.run_claimed(claim.operation, &owner).await
                 }
                 Ok(None) => {
                     tokio::select! {
@@ -80,12 +85,6 @@ impl Engine {
 }
 
 impl Engine {
-    /// Hands the turn to claim to an idle worker of this server at once (an operation was just recorded);
-    /// other servers' workers are woken by the store's change.
-    pub(crate) fn kick_workers(&self) {
-        self.kick.notify_one();
-    }
-
     /// Runs one claimed operation, already marked running (see [`starting`]), to its end, or until this
     /// server stops holding it.
     async fn run_claimed(self: &Arc<Self>, op: Operation, owner: &str) {

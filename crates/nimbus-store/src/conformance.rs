@@ -886,6 +886,8 @@ pub async fn a_claim_and_its_start_commit_together(store: &dyn Store) {
         (Operation { state: OperationState::Running, ..op }, set)
     });
     let claimed = store.claim_and_start("w2", LONG, started).await.unwrap().expect("free again after the failed start");
+    assert!(!claimed.more, "nothing else was left to claim");
+    let claimed = claimed.operation;
     assert_eq!((claimed.id, claimed.state), (op.id, OperationState::Running));
     assert_eq!(store.get_operation(op.id).await.unwrap().unwrap().state, OperationState::Running);
     assert_eq!(store.events_after(Some(p.id), 0, 10).await.unwrap().len(), 1);

@@ -66,6 +66,14 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// An operation claimed by [`Store::claim_and_start`], as its claimer will run it.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub operation: Operation,
+    /// Whether another operation was left to claim at that moment (so idle workers are worth waking).
+    pub more: bool,
+}
+
 /// See [`Store::claim_and_start`].
 pub type StartClaimed = Box<dyn FnOnce(Operation) -> (Operation, WriteSet) + Send>;
 
@@ -496,7 +504,7 @@ pub trait Store: Send + Sync + 'static {
         owner: &str,
         lease: Duration,
         start: StartClaimed,
-    ) -> StoreResult<Option<Operation>>;
+    ) -> StoreResult<Option<Claimed>>;
     /// Extends `owner`'s lease on the operation to `lease` from now: `false` when `owner` no longer holds
     /// it (it expired and another worker claimed it, or the operation ended).
     async fn renew_lease(&self, id: Uuid, owner: &str, lease: Duration) -> StoreResult<bool>;
@@ -521,6 +529,10 @@ pub trait Store: Send + Sync + 'static {
     /// notification's delivery, milliseconds; at once when the listener had to reconnect). Caches of
     /// authenticated keys are dropped when it moves.
     fn revocations(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// A counter that moves when an operation may have become claimable: one was recorded, or a lease was
+    /// given back (here once committed, or by any other process on PostgreSQL). Idle workers wait on it
+    /// (and on a short poll for leases that expire without a write).
+    fn new_work(&self) -> tokio::sync::watch::Receiver<u64>;
 
     // Dialect aliases and unique names.
     async fn resolve_alias(&self, kind: &str, alias: &str) -> StoreResult<Option<Uuid>>;

@@ -279,7 +279,7 @@ impl Store for FaultyStore {
         owner: &str,
         lease: Duration,
         start: crate::StartClaimed,
-    ) -> StoreResult<Option<Operation>> {
+    ) -> StoreResult<Option<crate::Claimed>> {
         self.check("claim_operation")?;
         self.inner.claim_and_start(owner, lease, start).await
     }
@@ -322,6 +322,10 @@ impl Store for FaultyStore {
     }
     fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.changes()
+    }
+
+    fn new_work(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.new_work()
     }
     fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.revocations()

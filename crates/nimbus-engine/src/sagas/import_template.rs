@@ -114,7 +114,6 @@ impl Engine {
         set.push(Write::InsertOperation(op.clone()));
         set.push(operation_event("operation.created", &op));
         self.store.apply(set).await.map_err(store_err)?;
-        self.kick_workers();
         Ok(op)
     }
 

@@ -33,8 +33,8 @@ impl SqlStore {
             Ok(())
         }
         .await;
-        // Nothing waits on the audit log: no change to announce.
-        self.end(w, result, false).await
+        // Nothing waits on the audit log, nor is it cached: no change to announce or forget.
+        self.end_touching(w, result, false, &read_cache::Touched::nothing()).await
     }
 
     pub(super) async fn audit_entries(&self, q: &AuditQuery) -> StoreResult<Vec<AuditEntry>> {

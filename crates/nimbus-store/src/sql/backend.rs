@@ -213,6 +213,15 @@ impl Backend {
         }
     }
 
+    /// Run instead of [`Backend::notify_others`] inside a write that recorded claimable work (an operation,
+    /// a lease given back), so that other servers' idle workers claim it (see [`super::notify::WORK`]).
+    pub(crate) fn notify_work(self) -> Option<&'static str> {
+        match self {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some("SELECT pg_notify('nimbus_changes', 'work')"),
+        }
+    }
+
     /// Run inside a write that revokes credentials (deletes an API key, a project, an organization), so
     /// that other servers drop what they cached (see [`super::notify::REVOKE`]).
     pub(crate) fn notify_revocation(self) -> Option<&'static str> {

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::backend::Backend;
 use super::notify::Bumper;
+use super::read_cache::{ReadCache, Touched};
 use super::{begin_write, query, writes, WriteTx};
 use crate::{StoreError, StoreResult};
 
@@ -44,14 +45,20 @@ pub(crate) struct Done {
     pub changed: bool,
     /// Whether it revoked credentials.
     pub revoked: bool,
+    /// Whether it made an operation claimable (idle workers are woken only then).
+    pub work: bool,
+    /// What cached reads it made stale.
+    pub touched: Touched,
     /// Events to append once the batch's writes are all done.
     pub events: Vec<Event>,
 }
 
 impl Done {
-    /// A job's answer `value`, having changed something when `changed`.
+    /// A job's answer `value`, having changed something when `changed` (then, unless the job says more
+    /// precisely, any cached read may be stale).
     pub fn new<T: Send + 'static>(value: T, changed: bool) -> Done {
-        Done { value: Box::new(value), changed, revoked: false, events: Vec::new() }
+        let touched = if changed { Touched::Everything } else { Touched::nothing() };
+        Done { value: Box::new(value), changed, revoked: false, work: false, touched, events: Vec::new() }
     }
 }
 
@@ -79,10 +86,11 @@ impl GroupCommit {
         backend: Backend,
         sqlite_writer: Option<Arc<Mutex<()>>>,
         bumper: Bumper,
+        read_cache: Option<Arc<ReadCache>>,
     ) -> GroupCommit {
         let (queue, mut waiting) = mpsc::unbounded_channel::<Waiting>();
         tokio::spawn(async move {
-            let committer = Committer { pool, backend, sqlite_writer, bumper };
+            let committer = Committer { pool, backend, sqlite_writer, bumper, read_cache };
             while let Some(first) = waiting.recv().await {
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
@@ -112,14 +120,16 @@ struct Committer {
     backend: Backend,
     sqlite_writer: Option<Arc<Mutex<()>>>,
     bumper: Bumper,
+    read_cache: Option<Arc<ReadCache>>,
 }
 
 /// A batch's outcome so far: each job's answer, in order, and what the successful ones need at the end.
-#[derive(Default)]
 struct Outcome {
     answers: Vec<(oneshot::Sender<Answer>, Answer)>,
     changed: bool,
     revoked: bool,
+    work: bool,
+    touched: Touched,
     events: Vec<Event>,
 }
 
@@ -131,13 +141,22 @@ impl Committer {
         };
         // One job alone needs no savepoint: its failure rolls the whole transaction back.
         let alone = batch.len() == 1;
-        let mut outcome = Outcome::default();
+        let mut outcome = Outcome {
+            answers: Vec::new(),
+            changed: false,
+            revoked: false,
+            work: false,
+            touched: Touched::nothing(),
+            events: Vec::new(),
+        };
         let mut pending = batch.into_iter();
         while let Some(Waiting { job, answer }) = pending.next() {
             match self.run_one(&mut tx, job, alone).await {
                 Ok(Ok(done)) => {
                     outcome.changed |= done.changed;
                     outcome.revoked |= done.revoked;
+                    outcome.work |= done.work;
+                    outcome.touched.add(done.touched);
                     outcome.events.extend(done.events);
                     outcome.answers.push((answer, Ok(done.value)));
                 }
@@ -150,15 +169,23 @@ impl Committer {
                 }
             }
         }
-        if let Err(e) = self.finish(&mut tx, outcome.changed, outcome.revoked, &outcome.events).await {
+        let notice = writes::Notice { changed: outcome.changed, revoked: outcome.revoked, work: outcome.work };
+        if let Err(e) = self.finish(&mut tx, notice, &outcome.events).await {
             self.rollback(&mut tx).await;
             return fail_all(outcome.answers.into_iter().map(|(a, _)| a), &e);
+        }
+        // Before anyone is answered or woken, so that nobody reads the cache's older answer after this.
+        if let Some(cache) = &self.read_cache {
+            cache.invalidate(&outcome.touched);
         }
         if outcome.changed {
             self.bumper.bump();
         }
         if outcome.revoked {
             self.bumper.bump_revocations();
+        }
+        if outcome.work {
+            self.bumper.bump_work();
         }
         for (answer, result) in outcome.answers {
             // A caller that went away no longer needs its answer; its write stands.
@@ -181,8 +208,8 @@ impl Committer {
         Ok(result)
     }
 
-    async fn finish(&self, tx: &mut WriteTx, changed: bool, revoked: bool, events: &[Event]) -> StoreResult<()> {
-        writes::finish_batch(tx.conn(), self.backend, changed, revoked, events).await?;
+    async fn finish(&self, tx: &mut WriteTx, notice: writes::Notice, events: &[Event]) -> StoreResult<()> {
+        writes::finish_batch(tx.conn(), self.backend, notice, events).await?;
         match query("COMMIT", vec![]).execute(tx.conn()).await {
             Ok(_) => {
                 tx.ended = true;

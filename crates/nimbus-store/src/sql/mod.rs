@@ -64,7 +64,7 @@ pub struct SqlStore {
     /// transaction, one commit (one fsync) for all of them.
     group: group_commit::GroupCommit,
     /// SQLite only: see [`read_cache`].
-    read_cache: Option<read_cache::ReadCache>,
+    read_cache: Option<std::sync::Arc<read_cache::ReadCache>>,
     /// Seals secrets at rest (`crate::seal`); without, they are written in clear (tests, tools).
     seal: Option<std::sync::Arc<SealKeys>>,
 }
@@ -390,8 +390,14 @@ impl SqlStore {
             Backend::Postgres => notify::Changes::listening(url).await?,
         };
         let sqlite_writer = (backend == Backend::Sqlite).then(|| std::sync::Arc::new(Mutex::new(())));
-        let group = group_commit::GroupCommit::start(pool.clone(), backend, sqlite_writer.clone(), changes.bumper());
-        let read_cache = (backend == Backend::Sqlite).then(read_cache::ReadCache::default);
+        let read_cache = (backend == Backend::Sqlite).then(|| std::sync::Arc::new(read_cache::ReadCache::default()));
+        let group = group_commit::GroupCommit::start(
+            pool.clone(),
+            backend,
+            sqlite_writer.clone(),
+            changes.bumper(),
+            read_cache.clone(),
+        );
         Ok(SqlStore { pool, backend, sqlite_writer, changes, group, read_cache, seal: None })
     }
 
@@ -425,11 +431,26 @@ impl SqlStore {
 
     /// [`SqlStore::finish`], telling waiters only when `changed`: a write that found nothing to do (a claim
     /// with nothing to claim) must not wake them, or idle workers would wake each other forever.
-    async fn end<T>(&self, mut w: WriteTx, result: StoreResult<T>, changed: bool) -> StoreResult<T> {
+    async fn end<T>(&self, w: WriteTx, result: StoreResult<T>, changed: bool) -> StoreResult<T> {
+        // Writes outside write sets are not classified: cached reads all go.
+        self.end_touching(w, result, changed, &read_cache::Touched::Everything).await
+    }
+
+    /// [`SqlStore::end`] for a write that touched only what `touched` says of what reads are cached.
+    pub(crate) async fn end_touching<T>(
+        &self,
+        mut w: WriteTx,
+        result: StoreResult<T>,
+        changed: bool,
+        touched: &read_cache::Touched,
+    ) -> StoreResult<T> {
         match result {
             Ok(value) => match query("COMMIT", vec![]).execute(w.conn()).await {
                 Ok(_) => {
                     w.ended = true;
+                    if let Some(cache) = &self.read_cache {
+                        cache.invalidate(touched);
+                    }
                     if changed {
                         self.changes.bump();
                     }
@@ -838,6 +859,11 @@ impl Store for SqlStore {
     }
 
     async fn get_record(&self, kind: &str, id: Uuid) -> StoreResult<Option<Record>> {
+        let cache = self.read_cache.as_deref().filter(|_| !SEALED_RECORD_KINDS.contains(&kind));
+        if let Some(hit) = cache.and_then(|c| c.record(kind, id)) {
+            return Ok(hit);
+        }
+        let stamp = cache.map(|c| c.stamp());
         let row = query(
             "SELECT id, project_id, name, body, generation FROM records WHERE kind = $1 AND id = $2",
             args![kind, id],
@@ -845,34 +871,38 @@ impl Store for SqlStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(self.fail("reading a record"))?;
-        row.map(|r| record_from_row(self.seal.as_deref(), kind, &r)).transpose()
+        let found = row.map(|r| record_from_row(self.seal.as_deref(), kind, &r)).transpose()?;
+        if let (Some(c), Some(stamp)) = (cache, stamp) {
+            c.keep_record(stamp, kind, id, &found);
+        }
+        Ok(found)
     }
 
     async fn list_records(&self, kind: &str, project_id: Option<Uuid>) -> StoreResult<Vec<Record>> {
         // Secrets are not kept opened in memory longer than their reader needs them.
-        let cache = self.read_cache.as_ref().filter(|_| !SEALED_RECORD_KINDS.contains(&kind));
-        let version = self.changes.version();
-        if let Some(hit) = cache.and_then(|c| c.records(version, kind, project_id)) {
+        let cache = self.read_cache.as_deref().filter(|_| !SEALED_RECORD_KINDS.contains(&kind));
+        if let Some(hit) = cache.and_then(|c| c.records(kind, project_id)) {
             return Ok(hit);
         }
+        let stamp = cache.map(|c| c.stamp());
         let found = self.read_records(kind, project_id).await?;
-        if let Some(c) = cache {
-            c.keep_records(version, kind, project_id, &found);
+        if let (Some(c), Some(stamp)) = (cache, stamp) {
+            c.keep_records(stamp, kind, project_id, &found);
         }
         Ok(found)
     }
 
     async fn get_instance(&self, id: Uuid) -> StoreResult<Option<Instance>> {
-        let version = self.changes.version();
-        if let Some(hit) = self.read_cache.as_ref().and_then(|c| c.instance(version, id)) {
+        if let Some(hit) = self.read_cache.as_ref().and_then(|c| c.instance(id)) {
             return Ok(hit);
         }
+        let stamp = self.read_cache.as_ref().map(|c| c.stamp());
         // A destroyed instance's record is kept only to be shown by the dialects whose provider shows
         // deleted instances for a while; for everything else it is gone.
         let found =
             self.document("instance", "SELECT body FROM instances WHERE id = $1 AND state <> 'destroyed'", id).await?;
-        if let Some(c) = &self.read_cache {
-            c.keep_instance(version, id, &found);
+        if let (Some(c), Some(stamp)) = (&self.read_cache, stamp) {
+            c.keep_instance(stamp, id, &found);
         }
         Ok(found)
     }
@@ -931,6 +961,8 @@ impl Store for SqlStore {
         let hold = crate::current_hold();
         let applied = hold.as_ref().map(|_| crate::applied_result(&set));
         let revoked = writes::revokes(&set);
+        let work = set.writes.iter().any(|w| matches!(w, Write::InsertOperation(_)));
+        let touched = read_cache::Touched::of(&set);
         let sealed = match self.sealed_set(&set) {
             std::borrow::Cow::Owned(sealed) => Some(sealed),
             std::borrow::Cow::Borrowed(_) => None,
@@ -942,28 +974,28 @@ impl Store for SqlStore {
                 Box::pin(async move {
                     writes::apply_changes(conn, backend, &set).await?;
                     mark_applied_for(conn, backend, hold.as_ref(), || applied.unwrap_or_default()).await?;
-                    Ok(group_commit::Done { value: Box::new(()), changed: true, revoked, events: events_of(set) })
+                    let events = events_of(set);
+                    Ok(group_commit::Done { value: Box::new(()), changed: true, revoked, work, touched, events })
                 })
             }))
             .await
     }
 
     async fn claim_operation(&self, owner: &str, lease: Duration) -> StoreResult<Option<Operation>> {
-        self.claim_and_start(owner, lease, Box::new(|op| (op, WriteSet::new()))).await
+        let claimed = self.claim_and_start(owner, lease, Box::new(|op| (op, WriteSet::new()))).await?;
+        Ok(claimed.map(|c| c.operation))
     }
 
-    async fn claim_and_start(
-        &self,
-        owner: &str,
-        lease: Duration,
-        start: StartClaimed,
-    ) -> StoreResult<Option<Operation>> {
+    async fn claim_and_start(&self, owner: &str, lease: Duration, start: StartClaimed) -> StoreResult<Option<Claimed>> {
         let now = self.backend.now_ms();
+        let claimable = format!(
+            "SELECT id FROM operations
+             WHERE state IN ('pending', 'running') AND (lease_owner IS NULL OR lease_expires < {now})
+             ORDER BY id LIMIT 1"
+        );
         let sql = format!(
             "UPDATE operations SET lease_owner = $1, lease_expires = {now} + $2
-             WHERE id = (SELECT id FROM operations
-                         WHERE state IN ('pending', 'running') AND (lease_owner IS NULL OR lease_expires < {now})
-                         ORDER BY id LIMIT 1{})
+             WHERE id = ({claimable}{})
              RETURNING body",
             self.backend.skip_locked()
         );
@@ -978,10 +1010,16 @@ impl Store for SqlStore {
                     let claimed = row.map(|r| body_of::<Operation>("operation", &r)).transpose()?;
                     // A claim that found nothing must not wake waiters, or idle workers would wake each
                     // other forever.
-                    let Some(claimed) = claimed else { return Ok(group_commit::Done::new(None::<Operation>, false)) };
-                    let (started, set) = start(claimed);
+                    let Some(claimed) = claimed else { return Ok(group_commit::Done::new(None::<Claimed>, false)) };
+                    let more = query(&claimable, vec![])
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(|e| backend.error("looking for more operations", e))?
+                        .is_some();
+                    let (operation, set) = start(claimed);
                     writes::apply_changes(conn, backend, &set).await?;
-                    let mut done = group_commit::Done::new(Some(started), true);
+                    let mut done = group_commit::Done::new(Some(Claimed { operation, more }), true);
+                    done.touched = read_cache::Touched::of(&set);
                     done.events = events_of(set);
                     Ok(done)
                 })
@@ -1026,8 +1064,10 @@ impl Store for SqlStore {
                     .await
                     .map_err(|e| backend.error("releasing a lease", e))?
                     .rows_affected();
-                    // Another server's idle worker may claim it at once (the batch notifies when changed).
-                    Ok(group_commit::Done::new((), released > 0))
+                    // Another server's idle worker may claim it at once.
+                    let mut done = group_commit::Done::new((), released > 0);
+                    done.work = released > 0;
+                    Ok(done)
                 })
             }))
             .await
@@ -1047,14 +1087,18 @@ impl Store for SqlStore {
             .await
             .map_err(self.fail("releasing a server's leases"))?
             .rows_affected();
-            if let (true, Some(notify)) = (released > 0, self.backend.notify_others()) {
+            if let (true, Some(notify)) = (released > 0, self.backend.notify_work()) {
                 query(notify, vec![]).execute(w.conn()).await.map_err(self.fail("notifying"))?;
             }
             Ok(released)
         }
         .await;
         let released = matches!(result, Ok(n) if n > 0);
-        self.end(w, result, released).await
+        let released = self.end(w, result, released).await?;
+        if released > 0 {
+            self.changes.bump_work();
+        }
+        Ok(released)
     }
 
     async fn events_after(&self, project_id: Option<Uuid>, after_seq: i64, limit: u32) -> StoreResult<Vec<Event>> {
@@ -1143,6 +1187,10 @@ impl Store for SqlStore {
 
     fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.revocations()
+    }
+
+    fn new_work(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.work()
     }
 
     async fn resolve_alias(&self, kind: &str, alias: &str) -> StoreResult<Option<Uuid>> {

@@ -8,6 +8,10 @@
 //! A second counter, [`Changes::revocations`], moves only when credentials may have been revoked (an API key,
 //! a project or an organization deleted): here at once after the commit, elsewhere when the notification
 //! carrying [`REVOKE`] arrives. Caches of authenticated keys drop everything when it moves.
+//! A third, [`Changes::work`], moves only when an operation may have become claimable (one was recorded,
+//! or a lease given back): here after the commit, elsewhere when the notification carrying [`WORK`]
+//! arrives. Idle workers wait on it alone: woken by every commit, each found nothing to claim most times,
+//! a write transaction for nothing.
 //!
 //! The listener task lives no longer than the store: dropping [`Changes`] aborts it, and it holds only a
 //! weak reference to the counter.
@@ -26,12 +30,16 @@ pub(crate) const CHANNEL: &str = "nimbus_changes";
 /// The payload of the notification a revocation sends.
 pub(crate) const REVOKE: &str = "revoke";
 
+/// The payload of the notification a write that recorded claimable work sends.
+pub(crate) const WORK: &str = "work";
+
 /// How long the listener waits before connecting again after the server refused it.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 pub(crate) struct Changes {
     counter: Arc<watch::Sender<u64>>,
     revocations: Arc<watch::Sender<u64>>,
+    work: Arc<watch::Sender<u64>>,
     listener: Option<tokio::task::AbortHandle>,
 }
 
@@ -39,7 +47,12 @@ impl Changes {
     /// Moved by this process's writes only: SQLite's case, where a second process on the same file (which
     /// `BEGIN IMMEDIATE` keeps correct) is noticed only when waiters re-read on their own timeouts.
     pub(crate) fn local() -> Changes {
-        Changes { counter: Arc::new(watch::channel(0).0), revocations: Arc::new(watch::channel(0).0), listener: None }
+        Changes {
+            counter: Arc::new(watch::channel(0).0),
+            revocations: Arc::new(watch::channel(0).0),
+            work: Arc::new(watch::channel(0).0),
+            listener: None,
+        }
     }
 
     /// Also moved by every other process writing to the PostgreSQL database at `url`. Listening starts
@@ -47,26 +60,36 @@ impl Changes {
     pub(crate) async fn listening(url: &str) -> StoreResult<Changes> {
         let counter = Arc::new(watch::channel(0).0);
         let revocations = Arc::new(watch::channel(0).0);
+        let work = Arc::new(watch::channel(0).0);
         let mut listener = PgListener::connect(url)
             .await
             .map_err(|e| StoreError::Backend(format!("connecting the change listener: {e}")))?;
         listener.listen(CHANNEL).await.map_err(|e| StoreError::Backend(format!("listening on {CHANNEL}: {e}")))?;
-        let task = tokio::spawn(listen(listener, Arc::downgrade(&counter), Arc::downgrade(&revocations)));
-        Ok(Changes { counter, revocations, listener: Some(task.abort_handle()) })
+        let heard = Heard {
+            counter: Arc::downgrade(&counter),
+            revocations: Arc::downgrade(&revocations),
+            work: Arc::downgrade(&work),
+        };
+        let task = tokio::spawn(listen(listener, heard));
+        Ok(Changes { counter, revocations, work, listener: Some(task.abort_handle()) })
     }
 
     /// What moves the counters from elsewhere (the group committer), without the listener.
     pub(crate) fn bumper(&self) -> Bumper {
-        Bumper { counter: self.counter.clone(), revocations: self.revocations.clone() }
+        Bumper { counter: self.counter.clone(), revocations: self.revocations.clone(), work: self.work.clone() }
     }
 
     pub(crate) fn bump(&self) {
         bump(&self.counter);
     }
 
-    /// The counter's value now.
-    pub(crate) fn version(&self) -> u64 {
-        *self.counter.borrow()
+    /// Tells idle workers (after a commit that recorded claimable work).
+    pub(crate) fn bump_work(&self) {
+        bump(&self.work);
+    }
+
+    pub(crate) fn work(&self) -> watch::Receiver<u64> {
+        self.work.subscribe()
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
@@ -87,6 +110,7 @@ impl Changes {
 pub(crate) struct Bumper {
     counter: Arc<watch::Sender<u64>>,
     revocations: Arc<watch::Sender<u64>>,
+    work: Arc<watch::Sender<u64>>,
 }
 
 impl Bumper {
@@ -96,6 +120,10 @@ impl Bumper {
 
     pub(crate) fn bump_revocations(&self) {
         bump(&self.revocations);
+    }
+
+    pub(crate) fn bump_work(&self) {
+        bump(&self.work);
     }
 }
 
@@ -112,19 +140,34 @@ fn bump(counter: &watch::Sender<u64>) {
     counter.send_modify(|n| *n = n.wrapping_add(1));
 }
 
-async fn listen(mut listener: PgListener, counter: Weak<watch::Sender<u64>>, revocations: Weak<watch::Sender<u64>>) {
+/// The counters the listener moves, held weakly so that it ends with the store.
+struct Heard {
+    counter: Weak<watch::Sender<u64>>,
+    revocations: Weak<watch::Sender<u64>>,
+    work: Weak<watch::Sender<u64>>,
+}
+
+async fn listen(mut listener: PgListener, heard: Heard) {
     loop {
-        let heard = listener.try_recv().await;
-        let (Some(counter), Some(revocations)) = (counter.upgrade(), revocations.upgrade()) else { return };
-        match heard {
+        let message = listener.try_recv().await;
+        let (Some(counter), Some(revocations), Some(work)) =
+            (heard.counter.upgrade(), heard.revocations.upgrade(), heard.work.upgrade())
+        else {
+            return;
+        };
+        match message {
             Ok(Some(first)) => {
                 // One bump for a burst: drain what is already buffered.
-                let mut revoked = first.payload() == REVOKE;
+                let (mut revoked, mut new_work) = (first.payload() == REVOKE, first.payload() == WORK);
                 while let Some(next) = listener.next_buffered() {
                     revoked |= next.payload() == REVOKE;
+                    new_work |= next.payload() == WORK;
                 }
                 if revoked {
                     bump(&revocations);
+                }
+                if new_work {
+                    bump(&work);
                 }
             }
             // The connection dropped and was made again: notifications in between are lost, so wake
@@ -132,12 +175,14 @@ async fn listen(mut listener: PgListener, counter: Weak<watch::Sender<u64>>, rev
             Ok(None) => {
                 tracing::warn!("change listener reconnected");
                 bump(&revocations);
+                bump(&work);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "change listener lost its connection; retrying");
                 bump(&counter);
                 bump(&revocations);
-                drop((counter, revocations));
+                bump(&work);
+                drop((counter, revocations, work));
                 tokio::time::sleep(RECONNECT_DELAY).await;
                 continue;
             }
