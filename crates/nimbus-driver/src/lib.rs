@@ -208,6 +208,12 @@ pub type TemplateRegistration = Template;
 #[async_trait]
 pub trait Driver: Send + Sync + 'static {
     fn name(&self) -> &'static str;
+    /// Whether every call ends at once, without waiting on anything (the sim driver without delays). The
+    /// engine then runs an operation's steps without recording its progress between them: a worker taking
+    /// over repeats them for nothing, and nobody could have seen the state a step shows.
+    fn instant(&self) -> bool {
+        false
+    }
     async fn host_info(&self) -> HostInfo;
     /// Templates this driver provides out of the box.
     async fn templates(&self) -> DriverResult<Vec<TemplateRegistration>>;

@@ -251,6 +251,10 @@ impl Driver for SimDriver {
         "sim"
     }
 
+    fn instant(&self) -> bool {
+        self.config.delay.is_zero() && self.config.action_delays.values().all(|d| d.is_zero())
+    }
+
     async fn host_info(&self) -> HostInfo {
         HostInfo {
             name: "sim-host".into(),

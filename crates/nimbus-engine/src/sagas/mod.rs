@@ -441,13 +441,17 @@ impl<'a, K: Saga> Runner<'a, K> {
 
         // Forward, from where the last holder stopped. A step's completion is made durable before the next
         // step begins (with the state that step shows, in one transaction), or with the outcome after the
-        // last one: a worker taking over never runs a step whose predecessor is not recorded as done.
+        // last one: a worker taking over never runs a step whose predecessor is not recorded as done. On a
+        // driver whose calls end at once there is nothing to save by it: the steps run back to back, and
+        // one taking over repeats them all (each is idempotent).
         let mut unrecorded = false;
+        let mut instance = None;
         while self.op.progress.unwinding.is_none() && (self.op.progress.steps_done as usize) < steps.len() {
             let index = self.op.progress.steps_done as usize;
             let step = steps[index];
             let shown = K::shows(step);
-            if unrecorded || shown.is_some() {
+            let instant = instance.as_ref().is_some_and(|i| self.engine.driver_of(i).instant());
+            if (unrecorded || shown.is_some()) && !instant {
                 self.op.progress.step = Some(step.to_string());
                 self.record_progress(shown).await?;
                 unrecorded = false;
@@ -455,8 +459,9 @@ impl<'a, K: Saga> Runner<'a, K> {
             if self.crash_here(index, CrashWhen::Before) {
                 return Err(Abandon::Crashed);
             }
-            let Some(instance) = self.instance().await? else { break };
-            let outcome = K::run(&StepCx { engine: self.engine, instance: &instance }, &p, step).await;
+            let Some(current) = self.instance().await? else { break };
+            let instance = instance.insert(current);
+            let outcome = K::run(&StepCx { engine: self.engine, instance }, &p, step).await;
             match outcome {
                 Ok(output) => {
                     if self.crash_here(index, CrashWhen::After) {
