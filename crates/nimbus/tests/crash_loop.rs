@@ -178,6 +178,8 @@ struct Owned {
 struct Shared {
     client: Client,
     store: Arc<dyn Store>,
+    /// The database, when PostgreSQL: see [`Shared::landed`].
+    postgres_url: Option<String>,
     ledger: Mutex<Ledger>,
     calls: AtomicU64,
     attempts: AtomicU64,
@@ -253,8 +255,12 @@ impl Shared {
     }
 
     /// The operation an earlier attempt of `call` recorded, if any. Asked only after an attempt got no
-    /// answer, that is after the server died: no attempt of it can land later.
+    /// answer, that is after the server died, and (on PostgreSQL) once the transactions it had under way
+    /// ended: a COMMIT the dead server sent may still be landing, and no attempt of it can land after that.
     async fn landed(&self, call: &str) -> Option<nimbus_core::operation::Operation> {
+        if let Some(url) = &self.postgres_url {
+            transactions_begun_before_now_ended(url).await;
+        }
         let prefix = format!("{call}-a");
         for _ in 0..100 {
             match self.store.list_operations(&OperationQuery::default()).await {
@@ -299,6 +305,7 @@ async fn run(setup: &Setup, knobs: Knobs, driver: &str, host: &dyn nimbus_driver
     let shared = Arc::new(Shared {
         client: client.clone(),
         store: setup.store().await,
+        postgres_url: matches!(setup.database, Database::Postgres { .. }).then(|| setup.url()),
         ledger: Mutex::new(Ledger::default()),
         calls: AtomicU64::new(0),
         attempts: AtomicU64::new(0),
@@ -613,6 +620,32 @@ fn settle(shared: &Shared, call: &str, outcome: Outcome, op_at: &[&str]) -> Opti
             ledger.gave_up.push(format!("{call}: no definitive answer"));
             None
         }
+    }
+}
+
+/// Waits until every transaction other sessions of the database at `url` had begun by now has ended
+/// (committed or rolled back): the dead server's backend finishes a COMMIT it had received.
+async fn transactions_begun_before_now_ended(url: &str) {
+    use sqlx::Connection;
+    let Ok(mut conn) = sqlx::PgConnection::connect(url).await else { return };
+    let Ok(now) = sqlx::query_scalar::<_, f64>("SELECT extract(epoch FROM clock_timestamp())::float8").fetch_one(&mut conn).await
+    else {
+        return;
+    };
+    for _ in 0..100 {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE pid <> pg_backend_pid() AND datname = current_database() AND xact_start IS NOT NULL
+               AND extract(epoch FROM xact_start)::float8 < $1",
+        )
+        .bind(now)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_or(0);
+        if open == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
