@@ -5,7 +5,8 @@
 //! catches up from the store (its project's events after the sequence number it asked for), then takes
 //! the broadcast, keeping its project's events; one that falls behind the broadcast's buffer reads from
 //! the store again. So a change costs one store read per server, not one per subscriber (each of whom
-//! used to re-read on every change, with a key check).
+//! used to re-read on every change, with a key check), and none while nobody subscribes (then the hub
+//! reads once a second).
 //!
 //! A subscription ends when its key is revoked: it checks whether its key still stands whenever the
 //! store's revocation counter moves, never in between.
@@ -24,6 +25,9 @@ use crate::{Context, Engine, Result};
 const BUFFER: usize = 4096;
 /// Events read from the store at a time.
 const BATCH: u32 = 500;
+/// While nobody subscribes, how often the hub looks for subscribers, and (at most) how often it reads.
+const UNHEARD_LOOK_EVERY: Duration = Duration::from_millis(100);
+const UNHEARD_READ_EVERY: Duration = Duration::from_secs(1);
 
 pub(crate) fn channel() -> broadcast::Sender<Arc<Event>> {
     broadcast::channel(BUFFER).0
@@ -43,10 +47,21 @@ pub(crate) fn spawn_hub(engine: &Arc<Engine>) {
                 }
             }
         };
+        let (mut read_at, mut caught_up) = (tokio::time::Instant::now(), true);
         loop {
+            // Nobody subscribed: reading after every commit would be two store reads per commit for no one
+            // (a busy server commits hundreds of times a second). The hub still reads now and then, so that
+            // a new subscriber's stream does not start with a long backlog to broadcast; a subscriber catches
+            // up from the store on its own until the broadcast takes over, so nothing is missed meanwhile.
+            while caught_up && events.receiver_count() == 0 && read_at.elapsed() < UNHEARD_READ_EVERY {
+                tokio::time::sleep(UNHEARD_LOOK_EVERY).await;
+            }
+            read_at = tokio::time::Instant::now();
             // Marked seen before the read: a change committed after it ends the wait below.
             changes.borrow_and_update();
-            match store.events_after(None, last, BATCH).await {
+            let read = store.events_after(None, last, BATCH).await;
+            caught_up = matches!(&read, Ok(batch) if batch.is_empty());
+            match read {
                 Ok(batch) if batch.is_empty() => Engine::wait_for_change(&mut changes, Duration::from_secs(15)).await,
                 Ok(batch) => {
                     for event in batch {
