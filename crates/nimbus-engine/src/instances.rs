@@ -350,9 +350,13 @@ impl Engine {
                 Some(_) => 0, // the plan takes the reservation's
                 None => sagas::create::address_candidate(self, attempt).await?,
             };
-            let (instance, op, set) = sagas::create::plan(self, ctx, &req, address).await?;
+            let (instance, mut op, mut set) = sagas::create::plan(self, ctx, &req, address).await?;
+            let here = self.lease_here(&mut op, &mut set);
             match self.store.apply(set).await {
                 Ok(()) => {
+                    if let Some(here) = here {
+                        self.run_here(here);
+                    }
                     return Ok((op, instance));
                 }
                 // Another create claimed the address first: take another.
@@ -644,9 +648,13 @@ impl Engine {
                 backoff(attempt).await;
             }
             let current = self.instance(ctx, id).await?;
-            let (op, set) = self.plan_action(ctx, &current, &req).await?;
+            let (mut op, mut set) = self.plan_action(ctx, &current, &req).await?;
+            let here = self.lease_here(&mut op, &mut set);
             match self.store.apply(set).await {
                 Ok(()) => {
+                    if let Some(here) = here {
+                        self.run_here(here);
+                    }
                     return Ok(op);
                 }
                 Err(StoreError::Conflict(_)) => continue,

@@ -261,8 +261,13 @@ pub struct Engine {
     pub(crate) config: EngineConfig,
     /// The lease holder's name of this server's workers (`EngineConfig::worker_id`).
     pub(crate) worker_id: String,
-    /// Wakes this server's idle workers at once when this server records an operation.
+    /// Hands the turn to claim to one of this server's idle workers (see `worker.rs`).
     pub(crate) kick: Notify,
+    /// How many operations this server may run at once (`EngineConfig::workers`): a worker takes a place
+    /// before it claims, a request that runs its own operation (see `worker.rs`) takes one before recording it.
+    pub(crate) places: Arc<tokio::sync::Semaphore>,
+    /// This engine, for the tasks its requests start (set once built).
+    pub(crate) me: std::sync::OnceLock<std::sync::Weak<Engine>>,
     /// Set when the engine halts: its background tasks stop.
     halt: watch::Sender<bool>,
     /// Consoles this server waits for agents to bring (see `fleet.rs`).
@@ -306,8 +311,10 @@ impl Engine {
             store: store.clone(),
             local,
             worker_id: config.worker_id.clone(),
-            config,
             kick: Notify::new(),
+            places: Arc::new(tokio::sync::Semaphore::new(config.workers.max(1))),
+            me: std::sync::OnceLock::new(),
+            config,
             halt: watch::Sender::new(false),
             console_waiters: Default::default(),
             tasks: Mutex::new(Vec::new()),
@@ -318,6 +325,7 @@ impl Engine {
             events: event_stream::channel(),
             address_cursor: Default::default(),
         });
+        let _ = engine.me.set(Arc::downgrade(&engine));
         engine.seed_catalog().await?;
         engine.release_own_leases().await?;
         // The requests of an earlier run of this server are gone: their idempotency holds that applied
@@ -366,7 +374,10 @@ impl Engine {
     }
 
     pub(crate) fn track(&self, task: AbortHandle) {
-        self.tasks.lock().expect("task list").push(task);
+        let mut tasks = self.tasks.lock().expect("task list");
+        // Operations run by requests' own tasks end by the thousand: the list keeps only the live ones.
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
     }
 
     /// The driver of the server's own host (`none` for a control plane without one).

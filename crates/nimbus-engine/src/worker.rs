@@ -14,6 +14,11 @@
 //! succeed, doubling each round, and a lone operation costs one claim: woken all at once, or by every
 //! commit, idle workers ran claims (writes, in the writer's transaction) that found nothing, which cost
 //! creations most of their throughput.
+//!
+//! A request's own server runs the operation it records when one of its places is free ([`Engine::lease_here`]):
+//! the request's transaction holds it under this server's lease, and a task runs it once committed. That
+//! spares the claim's commit and the wake-up of a worker (a create's latency). A server runs at most
+//! `EngineConfig::workers` operations at once, claimed or its own: each takes a place first.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -53,9 +58,14 @@ impl Engine {
     async fn work(self: Arc<Self>) {
         let mut halted = self.halted();
         loop {
+            // A place first: requests running their own operations take places too (see `lease_here`).
+            let place = tokio::select! {
+                place = self.places.clone().acquire_owned() => place.expect("the places are never closed"),
+                _ = halted.changed() => return,
+            };
             // Every claim holds the lease under a name of its own, so that a worker of this very server that
             // stalled past its lease cannot write over the one that took the operation over.
-            let owner = format!("{}/{}", self.worker_id, uuid::Uuid::new_v4().simple());
+            let owner = self.lease_owner();
             match self.store.claim_and_start(&owner, self.config.lease, starting(owner.clone())).await {
                 Ok(Some(claim)) => {
                     if claim.more {
@@ -63,9 +73,11 @@ impl Engine {
                         self.kick.notify_one();
                         self.kick.notify_one();
                     }
-                    self.run_claimed(claim.operation, &owner).await
+                    self.run_claimed(claim.operation, &owner).await;
+                    drop(place);
                 }
                 Ok(None) => {
+                    drop(place);
                     tokio::select! {
                         _ = self.kick.notified() => {}
                         _ = tokio::time::sleep(self.config.poll_every) => {}
@@ -73,6 +85,7 @@ impl Engine {
                     }
                 }
                 Err(e) => {
+                    drop(place);
                     tracing::warn!(error = %e, "could not claim an operation");
                     tokio::time::sleep(self.config.poll_every).await;
                 }
@@ -82,6 +95,51 @@ impl Engine {
             }
         }
     }
+
+    fn lease_owner(&self) -> String {
+        format!("{}/{}", self.worker_id, uuid::Uuid::new_v4().simple())
+    }
+
+    /// Makes the operation that `set` records (`op`, also returned to the caller) this server's to run, when
+    /// one of its places is free: the set then also holds it under a lease of this server's, running, its
+    /// first attempt counted, and once the set is committed [`Engine::run_here`] runs it at once. No claim, no
+    /// worker woken, one commit fewer: a request's own server is the natural one to run it. When this
+    /// server dies before the end, the lease expires and any server's worker claims it as usual.
+    pub(crate) fn lease_here(&self, op: &mut Operation, set: &mut WriteSet) -> Option<RunHere> {
+        let place = self.places.clone().try_acquire_owned().ok()?;
+        let recorded = set.writes.iter_mut().find_map(|w| match w {
+            Write::InsertOperation(recorded) if recorded.id == op.id => Some(recorded),
+            _ => None,
+        })?;
+        // Recorded as a claim would have marked it: running, its first attempt counted.
+        op.state = OperationState::Running;
+        op.attempts += 1;
+        *recorded = op.clone();
+        let owner = self.lease_owner();
+        set.push(Write::LeaseOperation { id: op.id, lease_owner: owner.clone(), lease: self.config.lease });
+        set.push(operation_event("operation.updated", op));
+        Some(RunHere { op: op.clone(), owner, place })
+    }
+
+    /// Runs, in a task of its own, the operation [`Engine::lease_here`] made this server's, now that it is
+    /// recorded.
+    pub(crate) fn run_here(&self, here: RunHere) {
+        let Some(engine) = self.me.get().and_then(|me| me.upgrade()) else { return };
+        let RunHere { op, owner, place } = here;
+        let runner = engine.clone();
+        let task = tokio::spawn(async move {
+            runner.run_claimed(op, &owner).await;
+            drop(place);
+        });
+        engine.track(task.abort_handle());
+    }
+}
+
+/// An operation this server runs itself: see [`Engine::lease_here`].
+pub(crate) struct RunHere {
+    op: Operation,
+    owner: String,
+    place: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Engine {

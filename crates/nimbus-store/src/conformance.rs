@@ -1034,6 +1034,31 @@ pub async fn a_finished_operation_is_never_claimed_again(store: &dyn Store) {
     assert!(store.list_operations(&unfinished).await.unwrap().is_empty());
 }
 
+/// An operation recorded with its lease in one set (its server runs it itself) is nobody else's until the
+/// lease runs out, wakes no idle worker, and cannot be leased twice.
+pub async fn an_operation_leased_as_it_is_recorded_is_claimed_only_when_its_lease_runs_out(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let op = operation(p.id);
+    let mut work = store.new_work();
+    work.borrow_and_update();
+    let mut set = WriteSet::new();
+    set.push(Write::InsertOperation(op.clone()));
+    set.push(Write::LeaseOperation { id: op.id, lease_owner: "here".into(), lease: Duration::from_millis(300) });
+    store.apply(set).await.unwrap();
+    assert!(!work.has_changed().unwrap(), "no idle worker is woken for it");
+    assert_eq!(store.claim_operation("b", LONG).await.unwrap(), None, "held by the server that recorded it");
+    assert!(store.renew_lease(op.id, "here", Duration::from_millis(300)).await.unwrap());
+    let mut again = WriteSet::new();
+    again.push(Write::LeaseOperation { id: op.id, lease_owner: "other".into(), lease: LONG });
+    assert!(matches!(store.apply(again).await, Err(StoreError::Conflict(_))), "held already");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let claimed = store.claim_operation("b", LONG).await.unwrap().expect("its lease ran out");
+    assert_eq!(claimed.id, op.id);
+    // A plain record is work.
+    insert_operation(store, &operation(p.id)).await;
+    assert!(work.has_changed().unwrap(), "an unheld operation wakes a worker");
+}
+
 /// Numbered pages of operations: states, newest first, an offset, and the count of all that match.
 pub async fn operations_page_by_offset_newest_first_with_a_count(store: &dyn Store) {
     let p = project(store, Quota::default()).await;
@@ -1531,6 +1556,7 @@ macro_rules! conformance_tests {
             instances_are_listed_by_label_through_the_index,
             scheduled_and_unplaced_instances_are_read_alone,
             a_claim_and_its_start_commit_together,
+            an_operation_leased_as_it_is_recorded_is_claimed_only_when_its_lease_runs_out,
             a_stale_generation_loses_and_writes_nothing,
             a_failing_write_rolls_back_the_whole_set,
             quota_is_enforced_inside_the_transaction,

@@ -134,6 +134,10 @@ pub enum Write {
     /// Records a new operation, unclaimed: any server's worker may claim it ([`Store::claim_operation`]).
     /// `AlreadyExists` if its id is taken.
     InsertOperation(Operation),
+    /// Holds the operation inserted earlier in the same set for `lease_owner` until `lease` from now (by the
+    /// database's clock): the server recording it runs it itself, without a claim. When the holder dies
+    /// the lease expires and any server's worker claims it as usual. `Conflict` when it is held already.
+    LeaseOperation { id: Uuid, lease_owner: String, lease: Duration },
     /// Updates an operation on behalf of the worker holding its lease: `Conflict` unless `lease_owner`
     /// still holds it (another worker took it over when the lease expired). An operation written in a final
     /// state is no longer claimable and its lease is dropped.
@@ -499,12 +503,7 @@ pub trait Store: Send + Sync + 'static {
     /// operation: `start` gets it as claimed and gives it back as the claimer will run it, with the writes
     /// that record that (its attempt counted, its state running, its event). One commit instead of two; if
     /// those writes fail, the claim is undone with them.
-    async fn claim_and_start(
-        &self,
-        owner: &str,
-        lease: Duration,
-        start: StartClaimed,
-    ) -> StoreResult<Option<Claimed>>;
+    async fn claim_and_start(&self, owner: &str, lease: Duration, start: StartClaimed) -> StoreResult<Option<Claimed>>;
     /// Extends `owner`'s lease on the operation to `lease` from now: `false` when `owner` no longer holds
     /// it (it expired and another worker claimed it, or the operation ended).
     async fn renew_lease(&self, id: Uuid, owner: &str, lease: Duration) -> StoreResult<bool>;

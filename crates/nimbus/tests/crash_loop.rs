@@ -628,7 +628,8 @@ fn settle(shared: &Shared, call: &str, outcome: Outcome, op_at: &[&str]) -> Opti
 async fn transactions_begun_before_now_ended(url: &str) {
     use sqlx::Connection;
     let Ok(mut conn) = sqlx::PgConnection::connect(url).await else { return };
-    let Ok(now) = sqlx::query_scalar::<_, f64>("SELECT extract(epoch FROM clock_timestamp())::float8").fetch_one(&mut conn).await
+    let Ok(now) =
+        sqlx::query_scalar::<_, f64>("SELECT extract(epoch FROM clock_timestamp())::float8").fetch_one(&mut conn).await
     else {
         return;
     };

@@ -99,7 +99,9 @@ impl<T: Clone + Serialize + DeserializeOwned> Journal<T> {
         bytes.push(b'\n');
         self.with(|open| {
             // One write: with O_APPEND, another process's line lands wholly before or after it.
-            (&open.file).write_all(&bytes).map_err(|e| format!("sim: writing {}: {e}", self.dir.join(JOURNAL).display()))?;
+            (&open.file)
+                .write_all(&bytes)
+                .map_err(|e| format!("sim: writing {}: {e}", self.dir.join(JOURNAL).display()))?;
             match line.value {
                 Some(value) => open.records.insert(line.id, value),
                 None => open.records.remove(&line.id),

@@ -961,7 +961,14 @@ impl Store for SqlStore {
         let hold = crate::current_hold();
         let applied = hold.as_ref().map(|_| crate::applied_result(&set));
         let revoked = writes::revokes(&set);
-        let work = set.writes.iter().any(|w| matches!(w, Write::InsertOperation(_)));
+        // An operation recorded without a holder is work for any idle worker; one leased in the same set
+        // is run by the server recording it.
+        let work = set.writes.iter().any(|w| match w {
+            Write::InsertOperation(op) => {
+                !set.writes.iter().any(|l| matches!(l, Write::LeaseOperation { id, .. } if *id == op.id))
+            }
+            _ => false,
+        });
         let touched = read_cache::Touched::of(&set);
         let sealed = match self.sealed_set(&set) {
             std::borrow::Cow::Owned(sealed) => Some(sealed),

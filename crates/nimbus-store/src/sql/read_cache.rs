@@ -60,6 +60,7 @@ impl Touched {
                 Write::DeleteProject { .. } | Write::DeleteOrganization { .. } => touched = Touched::Everything,
                 // Neither instances' nor records' rows.
                 Write::InsertOperation(_)
+                | Write::LeaseOperation { .. }
                 | Write::UpdateOperation { .. }
                 | Write::AppendEvent(_)
                 | Write::PutAlias { .. }

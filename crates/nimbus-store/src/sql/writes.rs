@@ -239,6 +239,18 @@ async fn apply_one(conn: &mut AnyConnection, backend: Backend, write: &Write) ->
             .await?;
             swapped(touched, || format!("instance {id} (not at generation {expected_generation})"))?;
         }
+        Write::LeaseOperation { id, lease_owner, lease } => {
+            let sql = format!(
+                "UPDATE operations SET lease_owner = $1, lease_expires = {} + $2 WHERE id = $3 AND lease_owner IS NULL",
+                backend.now_ms()
+            );
+            let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+            let touched = run(conn, backend, "leasing an operation", &sql, args![lease_owner, lease, *id], || {
+                StoreError::AlreadyExists(format!("operation {id}"))
+            })
+            .await?;
+            swapped(touched, || format!("operation {id} (held already)"))?;
+        }
         Write::InsertOperation(op) => {
             run(
                 conn,
