@@ -86,6 +86,23 @@ pub fn json_merge_patch(target: &mut serde_json::Value, patch: &serde_json::Valu
     }
 }
 
+/// Applies an update's label changes in the order every API means them: the whole replacement first (the
+/// providers whose update replaces the map), then the merge patch.
+pub fn apply_update(
+    labels: &mut Labels,
+    replacement: Option<&Labels>,
+    patch: Option<&serde_json::Value>,
+) -> Result<()> {
+    if let Some(wanted) = replacement {
+        let p = replacement_patch(labels, wanted);
+        merge_patch("labels", labels, &p)?;
+    }
+    if let Some(p) = patch {
+        merge_patch("labels", labels, p)?;
+    }
+    Ok(())
+}
+
 /// The merge patch that turns `current` into exactly `wanted`, for APIs whose update replaces the whole map.
 pub fn replacement_patch(current: &Labels, wanted: &Labels) -> serde_json::Value {
     let removed = current.keys().filter(|k| !wanted.contains_key(*k)).map(|k| (k.clone(), serde_json::Value::Null));
@@ -199,5 +216,15 @@ mod tests {
         assert!(!s.matches(&labels(&[("env", "prod"), ("team", "a"), ("legacy", "1")])));
         assert!(!s.matches(&labels(&[("env", "dev"), ("team", "a")])));
         assert!(Selector::parse("env==prod").unwrap().matches(&labels(&[("env", "prod")])));
+    }
+
+    #[test]
+    fn an_update_replaces_the_labels_first_then_merges_its_patch() {
+        let mut l = labels(&[("a", "1"), ("b", "2")]);
+        apply_update(&mut l, Some(&labels(&[("b", "3"), ("c", "4")])), Some(&json!({"c": null, "d": "5"}))).unwrap();
+        assert_eq!(l, labels(&[("b", "3"), ("d", "5")]));
+        apply_update(&mut l, None, None).unwrap();
+        assert_eq!(l, labels(&[("b", "3"), ("d", "5")]), "nothing asked, nothing changed");
+        assert!(apply_update(&mut l, None, Some(&json!({"Bad Key!": "x"}))).is_err());
     }
 }

@@ -1038,12 +1038,7 @@ fn apply_patch(current: &Instance, patch: &InstancePatch) -> Result<Instance> {
         }
         next.description = description.clone();
     }
-    if let Some(replacement) = &patch.replace_labels {
-        labels::merge_patch("labels", &mut next.labels, &labels::replacement_patch(&current.labels, replacement))?;
-    }
-    if let Some(labels_patch) = &patch.labels {
-        labels::merge_patch("labels", &mut next.labels, labels_patch)?;
-    }
+    labels::apply_update(&mut next.labels, patch.replace_labels.as_ref(), patch.labels.as_ref())?;
     if let Some(at) = patch.expected_shutdown_at {
         next.expected_shutdown_at = at;
     }

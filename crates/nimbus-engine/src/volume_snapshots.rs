@@ -107,13 +107,7 @@ impl Engine {
                 if let Some(name) = &patch.name {
                     s.name = name.clone();
                 }
-                if let Some(replacement) = &patch.replace_labels {
-                    let p = labels::replacement_patch(&s.labels, replacement);
-                    labels::merge_patch("labels", &mut s.labels, &p)?;
-                }
-                if let Some(p) = &patch.labels {
-                    labels::merge_patch("labels", &mut s.labels, p)?;
-                }
+                labels::apply_update(&mut s.labels, patch.replace_labels.as_ref(), patch.labels.as_ref())?;
                 s.updated_at = nimbus_core::now();
                 Ok((s.name.clone(), vec![snapshot_event(&actor, "volume_snapshot.updated", s)], ()))
             })

@@ -335,13 +335,7 @@ impl Engine {
                 if let Some(d) = &patch.description {
                     v.description = d.clone();
                 }
-                if let Some(replacement) = &patch.replace_labels {
-                    let p = labels::replacement_patch(&v.labels, replacement);
-                    labels::merge_patch("labels", &mut v.labels, &p)?;
-                }
-                if let Some(p) = &patch.labels {
-                    labels::merge_patch("labels", &mut v.labels, p)?;
-                }
+                labels::apply_update(&mut v.labels, patch.replace_labels.as_ref(), patch.labels.as_ref())?;
                 v.updated_at = nimbus_core::now();
                 Ok((v.name.clone(), vec![volume_event(&actor, "volume.updated", v)], ()))
             })
