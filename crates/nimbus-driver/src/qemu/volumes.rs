@@ -176,6 +176,9 @@ pub async fn write_chunk(file: &Path, chunk: &crate::VolumeChunk) -> DriverResul
     }
     f.seek(std::io::SeekFrom::Start(chunk.offset)).await.map_err(failed)?;
     f.write_all(&data).await.map_err(failed)?;
+    // A tokio file hands its write to a blocking thread and may be dropped before it lands: flushed, the
+    // piece is in the file when this returns, where the next piece's length check looks.
+    f.flush().await.map_err(failed)?;
     if chunk.last {
         f.set_len(chunk.offset + data.len() as u64).await.map_err(failed)?;
         f.sync_all().await.map_err(failed)?;
@@ -411,6 +414,26 @@ mod tests {
 
     fn spec(serial: &str) -> VolumeSpec {
         VolumeSpec { id: Uuid::new_v4(), size_gb: 1, serial: serial.into() }
+    }
+
+    /// Each piece is on the file when its call returns: the next one, sent at once, finds it there (a
+    /// dropped tokio file finishes its last write in the background, after the next piece looked).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pieces_written_one_after_another_make_the_whole_file() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("volumes/moving.qcow2");
+        let piece = crate::VOLUME_CHUNK_BYTES as usize;
+        let whole: Vec<u8> = (0..64 * piece).map(|i| (i % 251) as u8).collect();
+        for (n, data) in whole.chunks(piece).enumerate() {
+            let chunk = crate::VolumeChunk {
+                offset: (n * piece) as u64,
+                data: base64::engine::general_purpose::STANDARD.encode(data),
+                last: (n + 1) * piece >= whole.len(),
+            };
+            write_chunk(&file, &chunk).await.unwrap();
+        }
+        assert!(std::fs::read(&file).unwrap() == whole, "the file is the pieces in order");
     }
 
     #[test]
