@@ -655,6 +655,52 @@ async fn a_soft_reboot_asks_the_guest_and_a_hard_one_resets_the_vm() {
     assert_eq!(g["status"], "ACTIVE", "{g}");
 }
 
+/// An instance running its rescue system (a rescue start through another API) is Nova's rescued one:
+/// `RESCUE`/`rescued`, found by that status and not by `ACTIVE`; stopped, it is `SHUTOFF` and then `ACTIVE`
+/// again once started.
+#[tokio::test]
+async fn a_rescued_instance_shows_novas_rescue_status() {
+    let c = Cloud::new().await;
+    let (id, _) = create(&c, ADMIN, "rescued", json!({})).await;
+    let (other, _) = create(&c, ADMIN, "plain", json!({})).await;
+    let v1 = base(&c, ADMIN, "v1").await;
+    let show = |id: &str| {
+        let (c, path) = (&c, format!("{v1}/{id}"));
+        async move {
+            let g = gcore(c, Method::GET, &path, ADMIN, None).await.body;
+            (
+                g["status"].as_str().unwrap_or_default().to_string(),
+                g["vm_state"].as_str().unwrap_or_default().to_string(),
+            )
+        }
+    };
+    let listed = |status: &'static str| {
+        let (c, path) = (&c, format!("{v1}?status={status}"));
+        async move {
+            let r = gcore(c, Method::GET, &path, ADMIN, None).await;
+            let names = r.body["results"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_string());
+            names.collect::<Vec<_>>()
+        }
+    };
+    let act = |id: &str, action: &'static str, body: Option<Value>| {
+        let (c, id) = (&c, id.to_string());
+        async move {
+            let op = c.call(Method::POST, &format!("/v1/instances/{id}/{action}"), ADMIN, body).await;
+            assert_eq!(c.wait(&op.id(), ADMIN).await["state"], "success");
+        }
+    };
+    act(&id, "stop", None).await;
+    act(&id, "start", Some(json!({"rescue": true}))).await;
+    assert_eq!(show(&id).await, ("RESCUE".into(), "rescued".into()));
+    assert_eq!(show(&other).await, ("ACTIVE".into(), "active".into()));
+    assert_eq!(listed("RESCUE").await, ["rescued"]);
+    assert_eq!(listed("ACTIVE").await, ["plain"]);
+    act(&id, "stop", None).await;
+    assert_eq!(show(&id).await, ("SHUTOFF".into(), "stopped".into()));
+    act(&id, "start", None).await;
+    assert_eq!(show(&id).await, ("ACTIVE".into(), "active".into()));
+}
+
 /// The task of a change made at once, FINISHED when answered.
 async fn finished(c: &Cloud, r: &Reply) -> Value {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);

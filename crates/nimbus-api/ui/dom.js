@@ -57,8 +57,9 @@ export function confirmAction(title, detail, yesLabel) {
   });
 }
 
-export function stateBadge(state) {
-  return h('span', { class: `state state-${state}`, text: state });
+// `note`: what else the state means (an instance running its rescue system), shown beside it.
+export function stateBadge(state, note) {
+  return h('span', { class: `state state-${state}`, text: note ? `${state} (${note})` : state });
 }
 
 export function labelsList(labels) {

@@ -108,7 +108,7 @@ async function instancesPage(main, { me, events, params }) {
 function instanceTable(items) {
   return table('Instances', [
     { label: 'Name', cell: (i) => link(`#/instances/${i.id}`, i.name) },
-    { label: 'State', cell: (i) => stateBadge(i.state) },
+    { label: 'State', cell: (i) => stateBadge(i.state, i.rescue && 'rescue') },
     { label: 'Type', cell: (i) => i.instance_type },
     { label: 'Template', cell: (i) => i.template },
     { label: 'Addresses', cell: (i) => i.ip_addresses.join(', ') || '—' },
@@ -121,7 +121,7 @@ function instanceTable(items) {
 const ACTIONS = [
   // [action, label, shown in these states, confirmation (what is lost) or null, the call when not the action's own]
   ['start', 'Start', ['stopped'], null],
-  ['start-rescue', 'Rescue', ['stopped'], 'It boots the host\'s rescue system (busybox) this once: ' +
+  ['start-rescue', 'Rescue', ['stopped'], 'It boots the host\'s rescue system (busybox) until it stops: ' +
     'its disks are attached but not mounted, no user-data runs; log in on the console. The next start boots its own.',
   { path: 'start', body: { rescue: true } }],
   ['stop', 'Stop', ['running'], 'The instance is shut down; what runs in it stops.'],
@@ -148,11 +148,12 @@ async function instancePage(main, { me, events, id, params }) {
 
   const renderHead = () => head.replaceChildren(
     h('p', { class: 'crumbs' }, link('#/instances', 'Instances'), ' / ', instance.name),
-    h('div', { class: 'page-head' }, h('h1', { text: instance.name }), stateBadge(instance.state)));
+    h('div', { class: 'page-head' }, h('h1', { text: instance.name }), stateBadge(instance.state, instance.rescue && 'rescue')));
 
   const renderFacts = () => facts.replaceChildren(h('h2', { text: 'Details' }), h('dl', { class: 'facts' },
     [['ID', instance.id], ['Hostname', instance.hostname], ['Description', instance.description || '—'],
-      ['State', instance.state + (instance.state_reason ? ` (${instance.state_reason})` : '')],
+      ['State', instance.state + (instance.state_reason ? ` (${instance.state_reason})` : '') +
+        (instance.rescue ? ' — the host\'s rescue system, until it stops' : '')],
       ['Type', `${instance.instance_type} · ${instance.vcpus} vCPU · ${formatBytes(instance.memory_mib * 1048576)}` +
         (instance.gpus ? ` · ${instance.gpus}× ${instance.gpu_model}` : '')],
       ['Template', instance.template], ['Disk', `${instance.disk_size_gb} GB`], ['Zone', instance.zone],

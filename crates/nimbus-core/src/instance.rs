@@ -131,6 +131,10 @@ pub struct Instance {
     pub protected: bool,
     pub tpm_enabled: bool,
     pub secure_boot: bool,
+    /// It runs the host's rescue system, not its own (a rescue start put it there), until it stops: reboots
+    /// and restarts by the control plane boot the rescue system again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rescue: bool,
     /// The hourly price its owner set for the instance (a marketplace's ask price); `None`: the instance
     /// type's list price applies.
     #[serde(default)]
@@ -170,6 +174,15 @@ impl Instance {
             0
         } else {
             self.disk_size_gb
+        }
+    }
+
+    /// Ends the rescue boot once the VM is off: a rescue lasts until the instance stops (or fails, or goes);
+    /// a reboot, a suspend or its host going quiet keep it. Called wherever the state is written from an
+    /// outcome or from what the host reports.
+    pub fn end_rescue_if_off(&mut self) {
+        if matches!(self.state, InstanceState::Stopped | InstanceState::Error | InstanceState::Destroyed) {
+            self.rescue = false;
         }
     }
 

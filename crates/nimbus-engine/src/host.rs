@@ -72,7 +72,8 @@ impl Engine {
                 .map(crate::volumes::spec_of)
                 .collect(),
             boot_volume,
-            rescue: false,
+            // A rescued instance booted again by a reboot, a recovery or an evacuation stays in rescue.
+            rescue: instance.rescue,
         })
     }
 

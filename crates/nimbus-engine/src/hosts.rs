@@ -317,6 +317,7 @@ impl Engine {
             next.state = observed;
             next.state_reason = None;
             next.last_known_state = None;
+            next.end_rescue_if_off();
             next.generation += 1;
             next.updated_at = now;
             let mut set = WriteSet::new();

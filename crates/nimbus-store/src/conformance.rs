@@ -67,6 +67,7 @@ pub(crate) fn instance(project_id: Uuid, name: &str, vcpus: u32) -> Instance {
         protected: false,
         tpm_enabled: false,
         secure_boot: false,
+        rescue: false,
         price_hourly: None,
         expected_shutdown_at: None,
         host: None,

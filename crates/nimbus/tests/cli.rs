@@ -195,6 +195,8 @@ fn stop_start_and_a_refused_action() {
     let log = s.ok(&["instance", "console", "web"]);
     let last_boot = log.lines().rev().find(|l| l.contains("booted")).unwrap_or_default();
     assert!(last_boot.contains("the rescue system"), "{log}");
+    let shown = s.ok(&["instance", "show", "web"]);
+    assert!(shown.lines().any(|l| l.starts_with("rescue:") && l.trim_end().ends_with("yes")), "{shown}");
 
     let out = s.run(&["instance", "start", "web"]);
     assert_eq!(code(&out), 4, "starting a running instance is refused: {}", stderr(&out));

@@ -789,6 +789,7 @@ async fn a_rescue_start_boots_the_rescue_system_and_leaves_the_disk_alone() {
     assert!(rescued.contains("RESCUE disks: vda"), "the rescue system, with the disk: {rescued}");
     assert!(!rescued.contains("DISK /dev/"), "the disk is not mounted: {rescued}");
     assert!(cloud.pings(&address, 10), "the rescue system has the instance's address");
+    assert_eq!(cloud.instance(&id).await["rescue"], true, "the instance says it runs its rescue system");
     // User-data runs in the background after READY: give it the time it takes on a normal boot.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!cloud.console(&id).await[from..].contains("USERDATA"), "no user-data in rescue");
@@ -799,6 +800,7 @@ async fn a_rescue_start_boots_the_rescue_system_and_leaves_the_disk_alone() {
     let own = cloud.console_after(&id, from, "USERDATA rc=").await;
     assert!(!own.contains("RESCUE"), "{own}");
     assert_eq!(ud_value(&own, "boots"), 2, "its own system again, its disk as it was: {own}");
+    assert_eq!(cloud.instance(&id).await["rescue"], false);
     cloud.delete_leaves_nothing(&id, 0).await;
 }
 

@@ -437,7 +437,8 @@ pub struct EmptyParams {}
 #[derive(Debug, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct StartParams {
-    /// Boot the host's rescue system instead of the instance's own, for this boot only: the busybox kernel
+    /// Boot the host's rescue system instead of the instance's own until it stops (`rescue` shows it; reboots
+    /// boot it again, the next start its own system): the busybox kernel
     /// and initramfs with the instance's address, keys and password, its disks attached but not mounted.
     pub rescue: Option<bool>,
 }

@@ -53,6 +53,8 @@ pub struct InstanceView {
     pub protected: bool,
     pub tpm_enabled: bool,
     pub secure_boot: bool,
+    /// It runs the host's rescue system (a start with `rescue`), not its own, until it stops.
+    pub rescue: bool,
     /// The hourly price its owner set (a marketplace ask price, SharedCloud's `ask_price`); absent when
     /// the instance type's list price applies.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,6 +114,7 @@ impl From<&Instance> for InstanceView {
             protected: i.protected,
             tpm_enabled: i.tpm_enabled,
             secure_boot: i.secure_boot,
+            rescue: i.rescue,
             price_hourly: i.price_hourly,
             expected_shutdown_at: i.expected_shutdown_at,
             operation_id: i.lock_operation_id,

@@ -364,3 +364,41 @@ async fn a_report_older_than_an_operations_end_does_not_undo_it() {
     c.engine.host_heartbeat(&host, Some(fresh)).await.unwrap();
     assert_eq!(c.state(ADMIN, &id).await, "stopped");
 }
+
+/// A rescue start shows on the instance (`rescue`) for as long as the rescue system runs: a reboot boots it
+/// again, a stop ends it, and a reset of a rescued instance boots its own fresh system.
+#[tokio::test]
+async fn a_rescued_instance_says_so_until_it_stops() {
+    let c = Cloud::new().await;
+    let id = c.instance(ADMIN, "rescuable", json!({})).await;
+    async fn rescue(c: &Cloud, id: &str) -> Value {
+        c.get(&format!("/v1/instances/{id}"), ADMIN).await.body["rescue"].clone()
+    }
+    async fn last_boot(c: &Cloud, id: &str) -> String {
+        let log = c.get(&format!("/v1/instances/{id}/console"), ADMIN).await.text;
+        log.lines().rev().find(|l| l.contains("booted")).unwrap_or_default().to_string()
+    }
+    assert_eq!(rescue(&c, &id).await, false);
+    assert_eq!(c.act(ADMIN, &id, "stop", None).await["state"], "success");
+    assert_eq!(c.act(ADMIN, &id, "start", Some(json!({"rescue": true}))).await["state"], "success");
+    assert_eq!(rescue(&c, &id).await, true, "running the rescue system");
+    assert!(last_boot(&c, &id).await.contains("the rescue system"));
+    let listed = c.get("/v1/instances", ADMIN).await;
+    assert_eq!(listed.body["items"][0]["rescue"], true, "{}", listed.text);
+
+    assert_eq!(c.act(ADMIN, &id, "reboot", None).await["state"], "success");
+    assert_eq!(rescue(&c, &id).await, true, "a reboot boots the rescue system again");
+    assert!(last_boot(&c, &id).await.contains("the rescue system"));
+
+    assert_eq!(c.act(ADMIN, &id, "stop", None).await["state"], "success");
+    assert_eq!(rescue(&c, &id).await, false, "a stop ends the rescue");
+    assert_eq!(c.act(ADMIN, &id, "start", None).await["state"], "success");
+    assert!(last_boot(&c, &id).await.contains("its own system"));
+    assert_eq!(rescue(&c, &id).await, false);
+
+    assert_eq!(c.act(ADMIN, &id, "stop", None).await["state"], "success");
+    assert_eq!(c.act(ADMIN, &id, "start", Some(json!({"rescue": true}))).await["state"], "success");
+    assert_eq!(c.act(ADMIN, &id, "reset", None).await["state"], "success");
+    assert_eq!((c.state(ADMIN, &id).await.as_str(), rescue(&c, &id).await), ("running", json!(false)));
+    assert!(last_boot(&c, &id).await.contains("its own system"), "a reset boots the fresh system");
+}

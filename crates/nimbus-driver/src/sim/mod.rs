@@ -342,7 +342,9 @@ impl Driver for SimDriver {
         self.with_vm(spec.id, |vm| {
             vm.running = true;
             vm.paused = false;
-            vm.console.push_str("sim: reboot\nREADY\n");
+            // A reset keeps the VM's kernel: a rescued one boots the rescue system again.
+            let system = if spec.rescue { "the rescue system" } else { "its own system" };
+            vm.console.push_str(&format!("sim: reboot\nsim: {} booted {system} again\nREADY\n", spec.hostname));
             Ok(())
         })
     }

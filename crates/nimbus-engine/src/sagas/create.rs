@@ -467,6 +467,7 @@ pub(crate) async fn plan(
         protected: req.protected,
         tpm_enabled: req.tpm_enabled,
         secure_boot: req.secure_boot,
+        rescue: false,
         price_hourly: req.price_hourly,
         expected_shutdown_at: req.expected_shutdown_at,
         host: None,

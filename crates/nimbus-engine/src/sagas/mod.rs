@@ -527,6 +527,7 @@ impl<'a, K: Saga> Runner<'a, K> {
                     next.state = state;
                 }
                 let done = K::succeeded(&cx, p, &mut next, &self.op.progress.outputs).await?;
+                next.end_rescue_if_off();
                 result = done.result;
                 match landed {
                     Some(_) => {
@@ -590,6 +591,7 @@ impl<'a, K: Saga> Runner<'a, K> {
                 next.state = observed_state(self.engine.driver_of(&current).inspect(current.id).await);
                 next.lock_operation_id = None;
                 let writes = K::failed(&cx, p, &mut next, self.op.progress.steps_done).await?;
+                next.end_rescue_if_off();
                 next.generation += 1;
                 next.updated_at = nimbus_core::now();
                 set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(current.generation) });
@@ -623,6 +625,7 @@ impl<'a, K: Saga> Runner<'a, K> {
                 let mut next = current.clone();
                 next.state = observed_state(self.engine.driver_of(&current).inspect(current.id).await);
                 next.lock_operation_id = None;
+                next.end_rescue_if_off();
                 next.generation += 1;
                 next.updated_at = nimbus_core::now();
                 set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(current.generation) });

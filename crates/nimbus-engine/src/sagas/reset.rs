@@ -47,10 +47,15 @@ impl Saga for Reset {
         let engine = cx.engine;
         match step {
             "shutdown" => cx.driver().stop(cx.instance.id, engine.config.stop_grace).await?,
-            "reinstall" => cx.driver().reinstall(&engine.spec_for_driver(cx.instance).await?).await?,
-            _ => cx.driver().start(&engine.spec_for_driver(cx.instance).await?).await?,
+            "reinstall" => cx.driver().reinstall(&own_system(cx).await?).await?,
+            _ => cx.driver().start(&own_system(cx).await?).await?,
         }
         Ok(Value::Null)
+    }
+
+    async fn succeeded(_: &StepCx<'_>, _: &Params, next: &mut Instance, _: &[Value]) -> Result<super::Succeeded> {
+        next.rescue = false;
+        Ok(super::Succeeded::default())
     }
 
     async fn failed(cx: &StepCx<'_>, p: &Params, next: &mut Instance, steps_done: u32) -> Result<Vec<Write>> {
@@ -70,6 +75,11 @@ impl Saga for Reset {
         writes.extend(cx.engine.boot_volume_follows(next).await?);
         Ok(writes)
     }
+}
+
+/// A reset boots the fresh system, never the rescue one a rescued instance ran.
+async fn own_system(cx: &StepCx<'_>) -> DriverResult<nimbus_driver::InstanceSpec> {
+    Ok(nimbus_driver::InstanceSpec { rescue: false, ..cx.engine.spec_for_driver(cx.instance).await? })
 }
 
 pub(crate) async fn plan(

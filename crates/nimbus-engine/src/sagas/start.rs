@@ -1,5 +1,6 @@
 //! `start`: boots a stopped instance. One step on the host; success lands it `running`. A rescue start boots
-//! the host's rescue system instead of the instance's own (`InstanceSpec::rescue`), for that boot only.
+//! the host's rescue system instead of the instance's own (`InstanceSpec::rescue`), until it stops
+//! (`Instance::rescue`).
 
 use async_trait::async_trait;
 use nimbus_driver::DriverResult;
@@ -28,5 +29,15 @@ impl Saga for Start {
         let spec = nimbus_driver::InstanceSpec { rescue: p.rescue, ..cx.engine.spec_for_driver(cx.instance).await? };
         cx.driver().start(&spec).await?;
         Ok(Value::Null)
+    }
+
+    async fn succeeded(
+        _: &StepCx<'_>,
+        p: &Params,
+        next: &mut nimbus_core::instance::Instance,
+        _: &[Value],
+    ) -> crate::Result<super::Succeeded> {
+        next.rescue = p.rescue;
+        Ok(super::Succeeded::default())
     }
 }

@@ -175,6 +175,8 @@ pub fn status(
             Some(Action::Suspend) => ("ACTIVE", "active", Some("suspending")),
             Some(Action::ResetPassword) => ("PASSWORD", "active", None),
             Some(Action::CreateSnapshot) => ("ACTIVE", "active", Some("image_snapshot")),
+            // Nova's rescued instance: running its rescue system.
+            None if i.rescue => ("RESCUE", "rescued", None),
             _ => ("ACTIVE", "active", None),
         },
         InstanceState::Stopping => ("ACTIVE", "active", Some("powering-off")),
@@ -224,6 +226,7 @@ pub fn states_for_status(gcore_status: &str) -> &'static [InstanceState] {
         "RESIZE" => &[Resizing],
         "REBUILD" => &[Creating, Reverting],
         "MIGRATING" => &[Migrating],
+        "RESCUE" => &[Running],
         "ERROR" => &[Error, Destroying],
         "SUSPENDED" => &[Suspended, Destroying],
         "DELETED" => &[Destroyed],

@@ -29,6 +29,7 @@ const SHOW_FIELDS: &[Column] = &[
     ("hostname", "hostname"),
     ("description", "description"),
     ("state", "state"),
+    ("rescue", "rescue"),
     ("zone", "zone"),
     ("type", "instance_type"),
     ("vcpus", "vcpus"),
@@ -153,7 +154,7 @@ pub enum InstanceCmd {
     #[command(after_help = "Examples:\n  nimbus instance start web\n  nimbus instance start web --rescue")]
     Start {
         instance: String,
-        /// Boot the host's rescue system instead of the instance's own, this once: its disks attached but not
+        /// Boot the host's rescue system instead of the instance's own, until it stops: its disks attached but not
         /// mounted, no user-data run; log in on its console with the instance's password or SSH keys.
         #[arg(long)]
         rescue: bool,

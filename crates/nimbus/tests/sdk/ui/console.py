@@ -3,7 +3,7 @@
 
 What a user does and sees: a wrong key is refused in words; signing in with a key and with a password;
 creating an instance and watching it reach `running` without reloading; editing its labels; stopping it,
-starting its rescue system and deleting it through confirmations; a volume made, attached to a running instance and detached with each
+starting its rescue system (its state says so) and deleting it through confirmations; a volume made, attached to a running instance and detached with each
 change's progress shown, and deleted; a read-only key sees no action buttons and the API refuses the action
 when forced; revoking a key ends its session. Every page passes axe-core with no serious or critical
 violation, and the main pages are photographed into docs/screenshots/.
@@ -193,11 +193,11 @@ def run(browser):
     expect(state).to_have_text("stopped", timeout=30_000)
     expect(page.locator(".operation")).to_contain_text("stop: success")
 
-    # Rescue: a start into the rescue system, once, after saying what it does.
+    # Rescue: a start into the rescue system until it stops, after saying what it does; the state says so.
     page.locator("button[data-action=start-rescue]").click()
     expect(page.get_by_role("dialog")).to_contain_text("rescue system")
     page.get_by_role("dialog").get_by_role("button", name="Rescue").click()
-    expect(state).to_have_text("running", timeout=30_000)
+    expect(state).to_have_text("running (rescue)", timeout=30_000)
     expect(page.locator(".operation")).to_contain_text("start: success")
     log = urllib.request.urlopen(urllib.request.Request(f"{URL}/v1/instances/{instance_id}/console",
                                                         headers={"Authorization": f"Bearer {ADMIN}"})).read().decode()
