@@ -956,6 +956,125 @@ async fn a_reserved_fixed_ip_gives_its_address_to_the_instance_made_with_it_and_
     assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
 }
 
+/// A reserved fixed IP of a private network's subnet (`any_subnet`, `subnet`, `ip_address` naming the
+/// network): no attach is given its address but the one made with it, at the instance's create (an
+/// interface `reserved_fixed_ip`) or later (`attach_interface`); the interface shows the reservation as its
+/// port; detached, the instance gives it back to the reservation; the network is not deleted from under it.
+#[tokio::test]
+async fn a_private_networks_reserved_fixed_ip_is_leased_only_through_it() {
+    let c = Cloud::new().await;
+    let instances = base(&c, ADMIN, "v1").await;
+    let reserved = instances.replace("/instances/", "/reserved_fixed_ips/");
+    let networks = network_base(&c, ADMIN, "networks").await;
+    let r = gcore(&c, Method::POST, &networks, ADMIN, Some(json!({"name": "back"}))).await;
+    let net = finished(&c, &r).await["created_resources"]["networks"][0].as_str().unwrap().to_string();
+    let subnet = json!({"name": "s", "network_id": net, "cidr": "10.9.0.0/29", "gateway_ip": "10.9.0.6"});
+    let r = gcore(&c, Method::POST, &network_base(&c, ADMIN, "subnets").await, ADMIN, Some(subnet)).await;
+    let subnet_id = finished(&c, &r).await["created_resources"]["subnets"][0].as_str().unwrap().to_string();
+    let reserve = |body: Value| {
+        let (c, path) = (&c, reserved.clone());
+        async move {
+            let r = gcore(c, Method::POST, &path, ADMIN, Some(body)).await;
+            let t = finished(c, &r).await;
+            let port = t["created_resources"]["ports"][0].as_str().unwrap().to_string();
+            gcore(c, Method::GET, &format!("{path}/{port}"), ADMIN, None).await.body
+        }
+    };
+    let first = reserve(json!({"type": "any_subnet", "network_id": net})).await;
+    assert_eq!(
+        (first["fixed_ip_address"].as_str(), first["network_id"].as_str(), first["subnet_id"].as_str()),
+        (Some("10.9.0.1"), Some(net.as_str()), Some(subnet_id.as_str())),
+        "{first}"
+    );
+    assert_eq!((&first["is_external"], &first["network"]["name"]), (&json!(false), &json!("back")), "{first}");
+    let port = first["port_id"].as_str().unwrap().to_string();
+    let third = reserve(json!({"type": "ip_address", "network_id": net, "ip_address": "10.9.0.3"})).await;
+    let by_subnet = reserve(json!({"type": "subnet", "subnet_id": subnet_id})).await;
+    assert_eq!(by_subnet["fixed_ip_address"], "10.9.0.2", "{by_subnet}");
+    let taken = json!({"type": "ip_address", "network_id": net, "ip_address": "10.9.0.3"});
+    assert_gcore_error(
+        &gcore(&c, Method::POST, &reserved, ADMIN, Some(taken)).await,
+        StatusCode::BAD_REQUEST,
+        "BadRequestError",
+    );
+    let r =
+        gcore(&c, Method::DELETE, &format!("{reserved}/{}", by_subnet["port_id"].as_str().unwrap()), ADMIN, None).await;
+    finished(&c, &r).await;
+    let count = |query: &'static str| {
+        let (c, path) = (&c, format!("{reserved}?{query}"));
+        async move { gcore(c, Method::GET, &path, ADMIN, None).await.body["count"].as_u64().unwrap() }
+    };
+    assert_eq!((count("internal_only=true").await, count("external_only=true").await), (2, 0));
+    let native = c.get("/v1/reserved-addresses", ADMIN).await.body;
+    assert_eq!(native["items"][0]["network_id"], net.as_str(), "{native}");
+
+    // Made with it: the instance has the reservation's address on the network, on the reservation's port.
+    let body = json!({
+        "name": "held",
+        "flavor": "standard.small",
+        "interfaces": [{"type": "external"}, {"type": "reserved_fixed_ip", "port_id": port, "interface_name": "eth9"}],
+        "volumes": [{"source": "image", "image_id": "busybox", "boot_index": 0}],
+    });
+    let r = gcore(&c, Method::POST, &base(&c, ADMIN, "v2").await, ADMIN, Some(body.clone())).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let id = c.wait(r.body["tasks"][0].as_str().unwrap(), ADMIN).await["target"]["id"].as_str().unwrap().to_string();
+    let nics = gcore(&c, Method::GET, &format!("{instances}/{id}/interfaces"), ADMIN, None).await.body;
+    let nic = nics["results"].as_array().unwrap().iter().find(|n| n["network_id"] == net.as_str()).cloned().unwrap();
+    assert_eq!(
+        (nic["port_id"].as_str(), nic["ip_assignments"][0]["ip_address"].as_str(), nic["interface_name"].as_str()),
+        (Some(port.as_str()), Some("10.9.0.1"), Some("eth9")),
+        "{nics}"
+    );
+    let f = gcore(&c, Method::GET, &format!("{reserved}/{port}"), ADMIN, None).await.body;
+    assert_eq!((f["status"].as_str(), f["reservation"]["resource_id"].as_str()), (Some("ACTIVE"), Some(id.as_str())));
+    let r = gcore(&c, Method::POST, &base(&c, ADMIN, "v2").await, ADMIN, Some(body)).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "ValidationError");
+
+    // Plain attaches skip the held addresses: .2, then .4 (.1 and .3 are held).
+    let attach = |id: &str, body: Value| {
+        let (c, path) = (&c, format!("{instances}/{id}/attach_interface"));
+        async move { gcore(c, Method::POST, &path, ADMIN, Some(body)).await }
+    };
+    let mut plain = Vec::new();
+    for name in ["plain-a", "plain-b"] {
+        let (other, _) = create(&c, ADMIN, name, json!({})).await;
+        finished(&c, &attach(&other, json!({"type": "any_subnet", "network_id": net})).await).await;
+        let nics = gcore(&c, Method::GET, &format!("{instances}/{other}/interfaces"), ADMIN, None).await.body;
+        plain.push(nics["results"][1]["ip_assignments"][0]["ip_address"].as_str().unwrap().to_string());
+    }
+    assert_eq!(plain, ["10.9.0.2", "10.9.0.4"]);
+    let subnet = format!("{}/{subnet_id}", network_base(&c, ADMIN, "subnets").await);
+    let subnet = gcore(&c, Method::GET, &subnet, ADMIN, None).await.body;
+    assert_eq!(subnet["available_ips"], 1, "5 addresses: 3 leased, .3 reserved: {subnet}");
+
+    // Held: not deleted; its network neither. Detached, the instance gives it back to the reservation.
+    let one = format!("{reserved}/{port}");
+    assert_gcore_error(&gcore(&c, Method::DELETE, &one, ADMIN, None).await, StatusCode::BAD_REQUEST, "BadRequestError");
+    let r = gcore(&c, Method::DELETE, &format!("{networks}/{net}"), ADMIN, None).await;
+    assert!(r.status.is_client_error(), "{}", r.text);
+    let detach = json!({"port_id": port, "ip_address": "10.9.0.1"});
+    let r = gcore(&c, Method::POST, &format!("{instances}/{id}/detach_interface"), ADMIN, Some(detach)).await;
+    finished(&c, &r).await;
+    assert_eq!(gcore(&c, Method::GET, &one, ADMIN, None).await.body["reservation"]["status"], "available");
+    // Attached with a reservation after the create.
+    let third_port = third["port_id"].as_str().unwrap();
+    let r = attach(&id, json!({"type": "reserved_fixed_ip", "port_id": third_port})).await;
+    assert_eq!(finished(&c, &r).await["created_resources"]["ports"][0], third_port);
+    let nics = gcore(&c, Method::GET, &format!("{instances}/{id}/interfaces"), ADMIN, None).await.body;
+    assert_eq!(nics["results"][1]["ip_assignments"][0]["ip_address"], "10.9.0.3", "{nics}");
+    let r = gcore(&c, Method::DELETE, &one, ADMIN, None).await;
+    finished(&c, &r).await;
+    let r = attach(&id, json!({"type": "reserved_fixed_ip", "port_id": port})).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    // Deleted with its instance: the reservation goes, and its address is the network's again.
+    let r = gcore(&c, Method::DELETE, &format!("{instances}/{id}?reserved_fixed_ips={third_port}"), ADMIN, None).await;
+    assert_eq!(c.wait(r.body["tasks"][0].as_str().unwrap(), ADMIN).await["state"], "success");
+    let r = gcore(&c, Method::GET, &format!("{reserved}/{third_port}"), ADMIN, None).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    let again = reserve(json!({"type": "ip_address", "network_id": net, "ip_address": "10.9.0.3"})).await;
+    assert_eq!(again["fixed_ip_address"], "10.9.0.3", "{again}");
+}
+
 /// A reserved fixed IP deleted while an instance is being made with it: one of the two wins, never both
 /// (both winning would leave an instance on an address nothing holds, for the next create to be given).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,8 +88,19 @@ pub struct PrivateNetwork {
     /// The instances attached. The instance's `private_networks` lists the network in the same
     /// transaction; a lease whose instance is gone is stale and ignored (see [`PrivateNetwork::live_leases`]).
     pub leases: Vec<Lease>,
+    /// Addresses of its range that reservations hold ([`ReservedAddress`] on this network): leased only to
+    /// the instance made or attached with the reservation. Written with the reservation's record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<HeldAddress>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+}
+
+/// An address of a private network's range that a reservation holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldAddress {
+    pub reservation_id: Uuid,
+    pub ip: Ipv4Addr,
 }
 
 impl PrivateNetwork {
@@ -103,7 +114,8 @@ impl PrivateNetwork {
     }
 
     /// The address an instance gets: `wanted` if it is in the range and free (leases of `instance_id`
-    /// itself excepted), else the lowest free one. A network without a range gives none and takes none.
+    /// itself excepted; addresses reservations hold are not free), else the lowest free one. A network
+    /// without a range gives none and takes none.
     pub fn choose_ip(&self, instance_id: Uuid, wanted: Option<Ipv4Addr>) -> Result<Option<Ipv4Addr>> {
         let Some(range) = self.range else {
             return match wanted {
@@ -111,13 +123,21 @@ impl PrivateNetwork {
                 None => Ok(None),
             };
         };
-        let used: Vec<Ipv4Addr> =
-            self.leases.iter().filter(|l| l.instance_id != instance_id).filter_map(|l| l.ip).collect();
+        let used: Vec<Ipv4Addr> = self
+            .leases
+            .iter()
+            .filter(|l| l.instance_id != instance_id)
+            .filter_map(|l| l.ip)
+            .chain(self.held.iter().map(|h| h.ip))
+            .collect();
         match wanted {
             Some(ip) if !range.contains(ip) => Err(DomainError::invalid(
                 "ip",
                 format!("{ip} is outside the network's range {}-{}", range.start, range.end),
             )),
+            Some(ip) if self.held.iter().any(|h| h.ip == ip) => {
+                Err(DomainError::Conflict(format!("{ip} is held by a reservation of this network")))
+            }
             Some(ip) if used.contains(&ip) => {
                 Err(DomainError::Conflict(format!("{ip} is already leased to another instance of this network")))
             }
@@ -129,7 +149,31 @@ impl PrivateNetwork {
         }
     }
 
-    /// Refuses a new range that would leave a current lease outside it.
+    /// Holds `wanted` (or the lowest free address) for reservation `reservation_id`: free as
+    /// [`PrivateNetwork::choose_ip`] judges it. A network that manages no range has nothing to reserve.
+    pub fn hold(&mut self, reservation_id: Uuid, wanted: Option<Ipv4Addr>) -> Result<Ipv4Addr> {
+        if self.range.is_none() {
+            return Err(DomainError::invalid("network_id", "this private network manages no addresses to reserve"));
+        }
+        let ip = self.choose_ip(Uuid::nil(), wanted)?.expect("a network with a range gives an address");
+        self.held.push(HeldAddress { reservation_id, ip });
+        Ok(ip)
+    }
+
+    /// Leases reservation `reservation_id`'s address to `instance_id` (its lease, if any, replaced).
+    pub fn lease_held(&mut self, reservation_id: Uuid, instance_id: Uuid) -> Result<Ipv4Addr> {
+        let held = self.held.iter().find(|h| h.reservation_id == reservation_id).copied().ok_or_else(|| {
+            DomainError::Internal(format!("reservation {reservation_id} holds no address of network {}", self.id))
+        })?;
+        if let Some(other) = self.leases.iter().find(|l| l.ip == Some(held.ip) && l.instance_id != instance_id) {
+            return Err(DomainError::Conflict(format!("{} is leased to instance {}", held.ip, other.instance_id)));
+        }
+        self.leases.retain(|l| l.instance_id != instance_id);
+        self.leases.push(Lease { instance_id, ip: Some(held.ip), mac_address: Lease::mac_for(instance_id, self.id) });
+        Ok(held.ip)
+    }
+
+    /// Refuses a new range that would leave a current lease or a reserved address outside it.
     pub fn check_range(&self, range: Option<AddressRange>) -> Result<()> {
         for lease in &self.leases {
             if let (Some(ip), Some(r)) = (lease.ip, range) {
@@ -139,6 +183,14 @@ impl PrivateNetwork {
                         format!("instance {} holds {ip}, outside the new range", lease.instance_id),
                     ));
                 }
+            }
+        }
+        for held in &self.held {
+            if !range.is_some_and(|r| r.contains(held.ip)) {
+                return Err(DomainError::invalid(
+                    "start_ip",
+                    format!("reservation {} holds {}, outside the new range", held.reservation_id, held.ip),
+                ));
             }
         }
         Ok(())
@@ -162,15 +214,19 @@ pub struct ElasticIp {
     pub reverse_dns: Option<String>,
 }
 
-/// An address of the instance network a project holds apart from any instance (Gcore's reserved fixed IP):
-/// no create is given it unless it asks for it, and the instance created with it gives it back to the
-/// reservation, not to the network, when it is deleted. One instance at a time holds it.
+/// An address a project holds apart from any instance (Gcore's reserved fixed IP), of the instance network
+/// or of one of its private networks' ranges: no create or attach is given it unless it asks for it, and
+/// the instance made with it gives it back to the reservation, not to the network, when it is deleted (or,
+/// on a private network, detached). One instance at a time holds it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReservedAddress {
     pub id: Uuid,
     pub project_id: Uuid,
     pub name: String,
     pub ip: Ipv4Addr,
+    /// The private network whose address it is; `None`: the instance network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_id: Option<Uuid>,
     /// The instance created with it, while that instance is not destroyed.
     pub instance_id: Option<Uuid>,
     #[serde(with = "time::serde::rfc3339")]
@@ -213,6 +269,7 @@ mod tests {
             labels: Labels::new(),
             range: Some(range("10.0.0.10", "10.0.0.11", "255.255.255.0").unwrap()),
             leases: Vec::new(),
+            held: Vec::new(),
             created_at: crate::now(),
         };
         assert_eq!(n.choose_ip(a, None).unwrap(), Some(ip("10.0.0.10")));
@@ -230,5 +287,34 @@ mod tests {
         assert_ne!(Lease::mac_for(a, n.id), Lease::mac_for(b, n.id));
         n.range = None;
         assert!(n.choose_ip(a, Some(ip("10.0.0.10"))).is_err());
+    }
+
+    #[test]
+    fn a_held_address_is_leased_only_through_its_reservation() {
+        let (a, b, r) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(7));
+        let mut n = PrivateNetwork {
+            id: Uuid::from_u128(9),
+            project_id: Uuid::from_u128(8),
+            name: "n".into(),
+            description: String::new(),
+            labels: Labels::new(),
+            range: Some(range("10.0.0.10", "10.0.0.12", "255.255.255.0").unwrap()),
+            leases: Vec::new(),
+            held: Vec::new(),
+            created_at: crate::now(),
+        };
+        assert_eq!(n.hold(r, None).unwrap(), ip("10.0.0.10"));
+        assert!(matches!(n.hold(Uuid::from_u128(6), Some(ip("10.0.0.10"))), Err(DomainError::Conflict(_))));
+        assert!(matches!(n.choose_ip(a, Some(ip("10.0.0.10"))), Err(DomainError::Conflict(_))), "not free");
+        assert_eq!(n.choose_ip(a, None).unwrap(), Some(ip("10.0.0.11")), "skipped");
+        assert_eq!(n.lease_held(r, b).unwrap(), ip("10.0.0.10"));
+        assert_eq!(n.lease_of(b).and_then(|l| l.ip), Some(ip("10.0.0.10")));
+        assert!(matches!(n.lease_held(r, a), Err(DomainError::Conflict(_))), "one instance at a time");
+        assert!(n.check_range(Some(range("10.0.0.11", "10.0.0.12", "255.255.255.0").unwrap())).is_err());
+        n.leases.clear();
+        assert!(n.check_range(Some(range("10.0.0.11", "10.0.0.12", "255.255.255.0").unwrap())).is_err(), "held");
+        assert!(n.check_range(None).is_err());
+        n.range = None;
+        assert!(n.hold(Uuid::from_u128(5), None).is_err(), "nothing to reserve without a range");
     }
 }

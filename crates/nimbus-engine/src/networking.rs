@@ -42,6 +42,15 @@ pub struct PrivateNetworkSpec {
     pub range: Option<Option<AddressRange>>,
 }
 
+/// Which address an attach leases.
+#[derive(Debug, Clone, Copy)]
+enum LeaseOf {
+    /// This one, or (`None`) the lowest free one.
+    Address(Option<Ipv4Addr>),
+    /// The one this reservation holds.
+    Reservation(Uuid),
+}
+
 fn refuse_destroying(i: &Instance, action: &str) -> Result<()> {
     if matches!(i.state, InstanceState::Destroying | InstanceState::Destroyed) {
         return Err(DomainError::InvalidState {
@@ -75,7 +84,7 @@ impl Engine {
     }
 
     /// [`Engine::live_network`] and the record it was read from (for a compare-and-swap).
-    async fn live_network_record(&self, ctx: &Context, id: Uuid) -> Result<(PrivateNetwork, Record)> {
+    pub(crate) async fn live_network_record(&self, ctx: &Context, id: Uuid) -> Result<(PrivateNetwork, Record)> {
         let (mut n, record) = self
             .record_of::<PrivateNetwork>(PRIVATE_NETWORK, id)
             .await?
@@ -98,6 +107,7 @@ impl Engine {
             labels: spec.labels.unwrap_or_default(),
             range: spec.range.flatten(),
             leases: Vec::new(),
+            held: Vec::new(),
             created_at: nimbus_core::now(),
         };
         self.insert(self.network_record(ctx, &n), vec![]).await?;
@@ -174,7 +184,13 @@ impl Engine {
             }
             // The version read before the check: an attach that commits meanwhile changes it, and the
             // delete below then loses and checks again.
-            let (_, record) = self.live_network_record(ctx, id).await?;
+            let (network, record) = self.live_network_record(ctx, id).await?;
+            if let Some(held) = network.held.first() {
+                return Err(DomainError::Conflict(format!(
+                    "reserved address {} ({}) holds an address of private network {id}: delete it first",
+                    held.reservation_id, held.ip
+                )));
+            }
             self.refuse_if_referenced(
                 ctx,
                 |i| i.state != InstanceState::Destroyed && i.private_networks.contains(&id),
@@ -222,10 +238,42 @@ impl Engine {
         move_only: bool,
         extensions: &Extensions,
     ) -> Result<(PrivateNetwork, Instance)> {
-        ctx.require(Role::Member)?;
         if move_only && ip.is_none() {
             return Err(DomainError::invalid("ip", "give the new address"));
         }
+        self.attach_to_network(ctx, id, instance_id, LeaseOf::Address(ip), move_only, extensions).await
+    }
+
+    /// Attaches an instance to the private network of reservation `reservation_id` with the reservation's
+    /// address (Gcore's `reserved_fixed_ip` interface), naming the instance in the reservation in the same
+    /// write: a compare-and-swap, so two instances racing for one reservation cannot both have it.
+    pub async fn attach_reserved_address(
+        &self,
+        ctx: &Context,
+        reservation_id: Uuid,
+        instance_id: Uuid,
+        extensions: &Extensions,
+    ) -> Result<(PrivateNetwork, Instance)> {
+        let (r, _) = self.take_reserved_address(ctx, reservation_id).await?;
+        let Some(network) = r.network_id else {
+            return Err(DomainError::invalid(
+                "port_id",
+                format!("reserved address {} is of the instance network, which an instance gets at its create", r.ip),
+            ));
+        };
+        self.attach_to_network(ctx, network, instance_id, LeaseOf::Reservation(reservation_id), false, extensions).await
+    }
+
+    async fn attach_to_network(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        instance_id: Uuid,
+        lease_of: LeaseOf,
+        move_only: bool,
+        extensions: &Extensions,
+    ) -> Result<(PrivateNetwork, Instance)> {
+        ctx.require(Role::Member)?;
         for attempt in 0..CAS_RETRIES {
             if attempt > 0 {
                 backoff(attempt).await;
@@ -238,9 +286,28 @@ impl Engine {
             if !move_only && already {
                 return Err(DomainError::Conflict(format!("instance {instance_id} is already attached")));
             }
-            let leased = network.choose_ip(instance_id, ip)?;
-            network.leases.retain(|l| l.instance_id != instance_id);
-            network.leases.push(Lease { instance_id, ip: leased, mac_address: Lease::mac_for(instance_id, id) });
+            let mut set = WriteSet::new();
+            match lease_of {
+                LeaseOf::Address(ip) => {
+                    let leased = network.choose_ip(instance_id, ip)?;
+                    network.leases.retain(|l| l.instance_id != instance_id);
+                    network.leases.push(Lease {
+                        instance_id,
+                        ip: leased,
+                        mac_address: Lease::mac_for(instance_id, id),
+                    });
+                }
+                LeaseOf::Reservation(reservation_id) => {
+                    let (mut r, r_record) = self.take_reserved_address(ctx, reservation_id).await?;
+                    network.lease_held(reservation_id, instance_id)?;
+                    r.instance_id = Some(instance_id);
+                    r.updated_at = nimbus_core::now();
+                    set.push(Write::UpdateRecord {
+                        record: r_record.next(&r.name, &r),
+                        expected_generation: r_record.generation,
+                    });
+                }
+            }
             let current = self.instance(ctx, instance_id).await?;
             refuse_destroying(&current, "attach-private-network")?;
             let mut next = current.clone();
@@ -250,7 +317,6 @@ impl Engine {
             merge_extensions(&mut next, extensions);
             next.generation += 1;
             next.updated_at = nimbus_core::now();
-            let mut set = WriteSet::new();
             set.push(Write::UpdateRecord {
                 record: record.next(&network.name, &network),
                 expected_generation: record.generation,

@@ -34,7 +34,7 @@ impl Engine {
         Ok(self.owned_record(kind, ctx, id).await?.0)
     }
 
-    async fn owned_record<T: DeserializeOwned>(
+    pub(crate) async fn owned_record<T: DeserializeOwned>(
         &self,
         kind: &'static str,
         ctx: &Context,

@@ -1,6 +1,6 @@
-//! Reserved addresses: addresses of the instance network a project holds apart from its instances (Gcore's
-//! reserved fixed IPs), so that it knows an instance's address before making it, and keeps it across the
-//! instances it makes with it.
+//! Reserved addresses: addresses a project holds apart from its instances (Gcore's reserved fixed IPs), so
+//! that it knows an instance's address before making it, and keeps it across the instances it makes with
+//! it. Of the instance network, or of one of the project's private networks.
 //!
 //! The address is held in the store's allocator under the reservation's id, exactly as an instance holds
 //! its own under its id: no other create is offered it, and an instance's delete (which gives back what the
@@ -8,11 +8,15 @@
 //! names itself in the reservation, by a compare-and-swap on the reservation's record in the create's own
 //! transaction, so two creates racing for one reservation cannot both have it. A destroyed instance holds
 //! it no more: nothing has to clear the name when the instance goes.
+//!
+//! On a private network the address is held in the network's record (`PrivateNetwork::held`), written
+//! with the reservation's in one transaction; an instance attached with the reservation leases it
+//! (`Engine::attach_reserved_address`), and holds it until it is detached or destroyed.
 
 use std::net::Ipv4Addr;
 
 use nimbus_core::instance::InstanceState;
-use nimbus_core::networking::ReservedAddress;
+use nimbus_core::networking::{PrivateNetwork, ReservedAddress};
 use nimbus_core::tenancy::Role;
 use nimbus_core::DomainError;
 use nimbus_store::{Record, StoreError, Write, WriteSet};
@@ -25,16 +29,21 @@ use crate::{store_err, Context, Engine, Result};
 pub(crate) const RESERVED_ADDRESS: &str = "reserved_address";
 
 impl Engine {
-    /// Reserves `ip` of the instance network, or (`None`) the next free one as a create would be offered.
+    /// Reserves `ip` of the instance network, or (`None`) the next free one as a create would be offered;
+    /// with `network`, of that private network's range instead.
     pub async fn create_reserved_address(
         &self,
         ctx: &Context,
         name: Option<String>,
+        network: Option<Uuid>,
         ip: Option<Ipv4Addr>,
     ) -> Result<ReservedAddress> {
         ctx.require(Role::Member)?;
         if let Some(name) = &name {
             nimbus_core::instance::validate_name("name", name)?;
+        }
+        if let Some(network) = network {
+            return self.reserve_private_address(ctx, name, network, ip).await;
         }
         let net = Network::parse(&self.config.network_cidr)?;
         let asked = match ip {
@@ -62,6 +71,7 @@ impl Engine {
                 project_id: ctx.project.id,
                 name: name.clone().unwrap_or_else(|| format!("reserved-{ip}")),
                 ip,
+                network_id: None,
                 instance_id: None,
                 created_at: now,
                 updated_at: now,
@@ -88,6 +98,53 @@ impl Engine {
         Err(DomainError::Conflict("the instance network is busy; retry".into()))
     }
 
+    async fn reserve_private_address(
+        &self,
+        ctx: &Context,
+        name: Option<String>,
+        network_id: Uuid,
+        ip: Option<Ipv4Addr>,
+    ) -> Result<ReservedAddress> {
+        let id = nimbus_core::new_id();
+        for attempt in 0..CAS_RETRIES {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            let (mut network, network_record) = self.live_network_record(ctx, network_id).await?;
+            let ip = network.hold(id, ip)?;
+            let now = nimbus_core::now();
+            let reserved = ReservedAddress {
+                id,
+                project_id: ctx.project.id,
+                name: name.clone().unwrap_or_else(|| format!("reserved-{ip}")),
+                ip,
+                network_id: Some(network_id),
+                instance_id: None,
+                created_at: now,
+                updated_at: now,
+            };
+            let mut set = WriteSet::new();
+            set.push(Write::UpdateRecord {
+                record: network_record.next(&network.name, &network),
+                expected_generation: network_record.generation,
+            });
+            set.push(Write::InsertRecord(Record::new(
+                RESERVED_ADDRESS,
+                id,
+                Some(ctx.project.id),
+                &reserved.name,
+                &reserved,
+            )));
+            match self.store.apply(set).await {
+                Ok(()) => return Ok(reserved),
+                // An attach or another reservation changed the network first: judge again.
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+        Err(DomainError::Conflict(format!("private network {network_id} is busy; retry")))
+    }
+
     /// The project's reservations, each naming the instance that holds it, if one still does.
     pub async fn list_reserved_addresses(&self, ctx: &Context) -> Result<Vec<ReservedAddress>> {
         let mut all: Vec<ReservedAddress> = self.records(RESERVED_ADDRESS, ctx).await?;
@@ -107,23 +164,72 @@ impl Engine {
     /// Gives the address back to the network; refused while an instance holds it.
     pub async fn delete_reserved_address(&self, ctx: &Context, id: Uuid) -> Result<()> {
         ctx.require(Role::Member)?;
-        let read: ReservedAddress = self.record(RESERVED_ADDRESS, ctx, id).await?;
-        let holder = self.live_holder(ctx, &read).await?;
-        self.delete_record_if::<ReservedAddress>(RESERVED_ADDRESS, ctx, id, |r| {
-            // Whether its instance is alive was judged for the instance named when it was read: named another
-            // since (a create took it meanwhile), it is judged again by the caller, not deleted under it.
-            if r.instance_id != read.instance_id {
-                return Err(DomainError::Conflict(format!("reserved address {} was just taken; retry", r.ip)));
+        for attempt in 0..CAS_RETRIES {
+            if attempt > 0 {
+                backoff(attempt).await;
             }
-            if let Some(i) = holder {
+            // The version read is the one deleted: a create or attach naming an instance in it meanwhile
+            // makes the delete lose, and the next round judges that instance.
+            let (r, record) = self.owned_record::<ReservedAddress>(RESERVED_ADDRESS, ctx, id).await?;
+            if let Some(i) = self.live_holder(ctx, &r).await? {
                 return Err(DomainError::Conflict(format!(
-                    "reserved address {} is held by instance {i}: delete the instance first",
-                    r.ip
+                    "reserved address {} is held by instance {i}: {} first",
+                    r.ip,
+                    if r.network_id.is_some() { "detach it" } else { "delete the instance" }
                 )));
             }
-            Ok(vec![Write::ReleaseAddresses { owner: id }])
-        })
-        .await
+            let mut set = WriteSet::new();
+            set.push(Write::DeleteRecord {
+                kind: RESERVED_ADDRESS.into(),
+                id,
+                expected_generation: Some(record.generation),
+            });
+            match r.network_id {
+                None => {
+                    set.push(Write::ReleaseAddresses { owner: id });
+                }
+                Some(network_id) => {
+                    let (mut network, network_record) = self.live_network_record(ctx, network_id).await?;
+                    network.held.retain(|h| h.reservation_id != id);
+                    set.push(Write::UpdateRecord {
+                        record: network_record.next(&network.name, &network),
+                        expected_generation: network_record.generation,
+                    });
+                }
+            }
+            match self.store.apply(set).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+        Err(DomainError::Conflict(format!("reserved address {id} is being changed by many writers at once; retry")))
+    }
+
+    /// The writes that delete reservations `ids` with the instance holding them (an instance delete naming
+    /// them): their records, and their addresses given back to their networks (the instance network's
+    /// allocator, or the private network's record by compare-and-swap on the version read here).
+    pub(crate) async fn reservations_going(&self, ids: &[Uuid]) -> Result<Vec<Write>> {
+        let mut writes = Vec::new();
+        let mut networks: std::collections::BTreeMap<Uuid, Vec<Uuid>> = Default::default();
+        for id in ids {
+            writes.push(Write::DeleteRecord { kind: RESERVED_ADDRESS.into(), id: *id, expected_generation: None });
+            match self.record_of::<ReservedAddress>(RESERVED_ADDRESS, *id).await?.and_then(|(r, _)| r.network_id) {
+                Some(network) => networks.entry(network).or_default().push(*id),
+                None => writes.push(Write::ReleaseAddresses { owner: *id }),
+            }
+        }
+        for (network, going) in networks {
+            let found = self.record_of::<PrivateNetwork>(crate::networking::PRIVATE_NETWORK, network).await?;
+            if let Some((mut n, record)) = found {
+                n.held.retain(|h| !going.contains(&h.reservation_id));
+                writes.push(Write::UpdateRecord {
+                    record: record.next(&n.name, &n),
+                    expected_generation: record.generation,
+                });
+            }
+        }
+        Ok(writes)
     }
 
     /// For a create: the reservation, free, and its record, which the create's transaction rewrites naming
@@ -140,8 +246,14 @@ impl Engine {
         Ok((r, record))
     }
 
+    /// The instance named in the reservation, while it is not destroyed (and, on a private network, still
+    /// leases the reservation's address there).
     async fn live_holder(&self, ctx: &Context, r: &ReservedAddress) -> Result<Option<Uuid>> {
         let Some(i) = r.instance_id else { return Ok(None) };
+        if let Some(network) = r.network_id {
+            let leased = self.private_network(ctx, network).await?.lease_of(i).and_then(|l| l.ip);
+            return Ok((leased == Some(r.ip)).then_some(i));
+        }
         match self.instance(ctx, i).await {
             Ok(instance) if instance.state != InstanceState::Destroyed => Ok(Some(i)),
             Ok(_) | Err(DomainError::NotFound { .. }) => Ok(None),

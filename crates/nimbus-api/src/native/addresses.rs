@@ -38,6 +38,10 @@ pub struct ReservedAddressView {
     pub name: String,
     #[schema(value_type = String)]
     pub ip_address: Ipv4Addr,
+    /// The private network whose address it is (reserved through a dialect that has private networks);
+    /// absent: the instance network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_id: Option<Uuid>,
     /// The instance created with it, while that instance exists.
     pub instance_id: Option<Uuid>,
     #[serde(with = "time::serde::rfc3339")]
@@ -52,6 +56,7 @@ impl From<&ReservedAddress> for ReservedAddressView {
             id: r.id,
             name: r.name.clone(),
             ip_address: r.ip,
+            network_id: r.network_id,
             instance_id: r.instance_id,
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -72,7 +77,7 @@ pub async fn create(
     Caller(ctx): Caller,
     JsonBody(p): JsonBody<CreateReservedAddressParams>,
 ) -> ApiResult<(StatusCode, Json<ReservedAddressView>)> {
-    let r = app.engine.create_reserved_address(&ctx, p.name, p.ip_address).await?;
+    let r = app.engine.create_reserved_address(&ctx, p.name, None, p.ip_address).await?;
     Ok((StatusCode::CREATED, Json((&r).into())))
 }
 

@@ -401,6 +401,12 @@ pub(crate) async fn plan(
         None => None,
     };
     let host = match &reserved {
+        Some((r, _)) if r.network_id.is_some() => {
+            return Err(DomainError::invalid(
+                "reserved_address",
+                format!("reserved address {} is of a private network: attach the instance with it once made", r.ip),
+            ))
+        }
         Some((r, _)) => net.host_of(r.ip).ok_or_else(|| {
             DomainError::Conflict(format!(
                 "reserved address {} is not in the instance network {} any more",

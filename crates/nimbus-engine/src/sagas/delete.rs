@@ -24,7 +24,6 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{Saga, StepCx, Succeeded};
-use crate::reserved_addresses::RESERVED_ADDRESS;
 use crate::resources::PASSWORD;
 use crate::volumes::{volume_event, VOLUME};
 use crate::{Context, Engine, Result};
@@ -74,11 +73,8 @@ impl Saga for Delete {
             Write::DeleteRecord { kind: PASSWORD.into(), id, expected_generation: None },
         ];
         writes.extend(cx.engine.forget_snapshots_of(cx.instance).await?);
-        for r in &p.reserved_addresses {
-            // Its address goes back to the network with the record (the instance held it through them).
-            writes.push(Write::DeleteRecord { kind: RESERVED_ADDRESS.into(), id: *r, expected_generation: None });
-            writes.push(Write::ReleaseAddresses { owner: *r });
-        }
+        // Their addresses go back to their networks with the records (the instance held them through them).
+        writes.extend(cx.engine.reservations_going(&p.reserved_addresses).await?);
         writes.extend(cx.engine.release_volumes_of(cx.instance, &p.volumes).await?);
         for (v, record) in locked_volumes(cx, &p.volumes).await? {
             writes.push(Write::DeleteRecord {

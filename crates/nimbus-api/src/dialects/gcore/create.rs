@@ -10,6 +10,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::Json;
 use nimbus_core::labels::Labels;
+use nimbus_core::networking::ReservedAddress;
 use nimbus_engine::{BootVolumeRequest, CreateInstance, InstancePatch, InstanceVolume};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -73,7 +74,8 @@ fn group_refs(field: &str, v: Option<&Value>, errors: &mut FieldErrors) -> Vec<U
 /// and name; `external` when no interface names that network: the instance has the NIC all the same),
 /// the security groups given per interface (Nimbus groups apply to the whole instance), and the private
 /// networks to attach, each with its static address if one was asked. A `reserved_fixed_ip` interface is
-/// the NIC on the instance network with the address of the reservation its `port_id` names.
+/// the NIC on the instance network with the address of the reservation its `port_id` names, or, when the
+/// reservation is of a private network, that network attached with the reservation's address.
 #[derive(Default)]
 struct Interfaces {
     kind: Option<String>,
@@ -81,9 +83,25 @@ struct Interfaces {
     reserved: Option<Uuid>,
     groups: Vec<Uuid>,
     private: Vec<(Uuid, Option<Ipv4Addr>, Option<String>)>,
+    /// `(reservation, its private network, interface name)`.
+    private_reserved: Vec<(Uuid, Uuid, Option<String>)>,
 }
 
-fn parse_interfaces(v: Option<&Value>, scope: &Scope, nets: &[GcoreNetwork], errors: &mut FieldErrors) -> Interfaces {
+impl Interfaces {
+    fn names_network(&self, network: Uuid) -> bool {
+        self.private.iter().any(|(id, _, _)| *id == network)
+            || self.private_reserved.iter().any(|(_, id, _)| *id == network)
+    }
+}
+
+/// `reservations`: the project's reserved fixed IPs, when an interface names one.
+fn parse_interfaces(
+    v: Option<&Value>,
+    scope: &Scope,
+    nets: &[GcoreNetwork],
+    reservations: &[ReservedAddress],
+    errors: &mut FieldErrors,
+) -> Interfaces {
     let mut out = Interfaces::default();
     let items = match v {
         Some(Value::Array(items)) if !items.is_empty() => items,
@@ -120,6 +138,7 @@ fn parse_interfaces(v: Option<&Value>, scope: &Scope, nets: &[GcoreNetwork], err
                 None
             }
         };
+        let name = map.get("interface_name").and_then(Value::as_str).map(str::to_string);
         // `None`: the instance network; `Some`: a private network of the project.
         let target: Result<Option<&GcoreNetwork>, ()> = match kind {
             "external" => Ok(None),
@@ -155,10 +174,28 @@ fn parse_interfaces(v: Option<&Value>, scope: &Scope, nets: &[GcoreNetwork], err
                 None => Err(()),
             },
             "reserved_fixed_ip" => match id_of("port_id", errors) {
-                Some(port) => {
-                    out.reserved = Some(port);
-                    Ok(None)
-                }
+                Some(port) => match reservations.iter().find(|r| r.id == port) {
+                    Some(r) if r.network_id.is_some() => {
+                        let network = r.network_id.unwrap_or_default();
+                        // Checked now so that no instance is made for an attach bound to fail.
+                        if let Some(holder) = r.instance_id {
+                            errors.add(
+                                &field("port_id"),
+                                format!("Reserved fixed IP {port} is in use by instance {holder}"),
+                            );
+                        }
+                        if out.names_network(network) {
+                            errors.add(&field("port_id"), format!("Network {network} is named twice"));
+                        }
+                        out.private_reserved.push((port, network, name.clone()));
+                        Err(())
+                    }
+                    // The instance network's, or unknown (the engine's create says so).
+                    _ => {
+                        out.reserved = Some(port);
+                        Ok(None)
+                    }
+                },
                 None => Err(()),
             },
             other => {
@@ -176,7 +213,6 @@ fn parse_interfaces(v: Option<&Value>, scope: &Scope, nets: &[GcoreNetwork], err
             errors.add(&field("floating_ip"), "Floating IPs are not available in Nimbus");
         }
         refuse_port_options(map, &format!("interfaces.{n}."), errors);
-        let name = map.get("interface_name").and_then(Value::as_str).map(str::to_string);
         out.groups.extend(group_refs(&field("security_groups"), map.get("security_groups"), errors));
         // `ip_address` is `any_subnet`'s: a static address on a private network.
         let ip = match map.get("ip_address") {
@@ -206,7 +242,7 @@ fn parse_interfaces(v: Option<&Value>, scope: &Scope, nets: &[GcoreNetwork], err
                 out.name = name;
             }
             Ok(Some(g)) => {
-                if out.private.iter().any(|(id, _, _)| *id == g.net.id) {
+                if out.names_network(g.net.id) {
                     errors.add(&field("network_id"), format!("Network {} is named twice", g.net.id));
                 }
                 // Checked now so that a refused address leaves no instance behind (the attach after the
@@ -411,7 +447,15 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
     };
     let scope = r.scope();
     let nets = gcore_networks(&app, &r.ctx).await?;
-    let interfaces = parse_interfaces(map.get("interfaces"), &scope, &nets, &mut errors);
+    let names_reservation = map
+        .get("interfaces")
+        .and_then(Value::as_array)
+        .is_some_and(|items| items.iter().any(|i| i.get("type").and_then(Value::as_str) == Some("reserved_fixed_ip")));
+    let reservations = match names_reservation {
+        true => app.engine.list_reserved_addresses(&r.ctx).await?,
+        false => Vec::new(),
+    };
+    let interfaces = parse_interfaces(map.get("interfaces"), &scope, &nets, &reservations, &mut errors);
     let mut groups = interfaces.groups.clone();
     let volumes = parse_volumes(map.get("volumes"), &mut errors);
     let (image, size) = (volumes.image.clone(), volumes.size);
@@ -476,7 +520,9 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
     let names: Map<String, Value> = interfaces
         .private
         .iter()
-        .filter_map(|(id, _, name)| name.as_ref().map(|n| (id.to_string(), json!(n))))
+        .map(|(id, _, name)| (id, name))
+        .chain(interfaces.private_reserved.iter().map(|(_, id, name)| (id, name)))
+        .filter_map(|(id, name)| name.as_ref().map(|n| (id.to_string(), json!(n))))
         .collect();
     if !names.is_empty() {
         ext.insert("interface_names".into(), Value::Object(names));
@@ -528,13 +574,25 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
         })?;
     // Private networks are attached once the instance exists (bookkeeping only: no second NIC). The
     // addresses were checked above; one taken in between fails here, after the create was accepted.
-    for (network, ip, _) in &interfaces.private {
-        app.engine.attach_private_network(&r.ctx, *network, instance.id, *ip, false).await.map_err(|e| {
+    let attach_failed = |network: Uuid| {
+        move |e: nimbus_core::DomainError| {
             let mut e = GcoreError::from(e);
             e.message =
                 format!("Instance {} was created, but attaching network {network} failed: {}", instance.id, e.message);
             e
-        })?;
+        }
+    };
+    for (network, ip, _) in &interfaces.private {
+        app.engine
+            .attach_private_network(&r.ctx, *network, instance.id, *ip, false)
+            .await
+            .map_err(attach_failed(*network))?;
+    }
+    for (reservation, network, _) in &interfaces.private_reserved {
+        app.engine
+            .attach_reserved_address(&r.ctx, *reservation, instance.id, &Default::default())
+            .await
+            .map_err(attach_failed(*network))?;
     }
     if name.is_none() {
         if let (Some(template), Some(address)) = (&final_name, instance.ip_addresses.first()) {

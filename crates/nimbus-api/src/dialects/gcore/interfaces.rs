@@ -2,9 +2,9 @@
 //! per private network it is attached to. The latter are the core's leases: bookkeeping only, the VM gets
 //! no second NIC, so nothing in the guest carries the address they show.
 //!
-//! `attach_interface` (types `subnet` and `any_subnet` on a private network) and `detach_interface` are
-//! the engine's private-network attach and detach, done at request time and answered with a FINISHED
-//! task. An `external` interface, or a second one on the instance network, has no counterpart: the
+//! `attach_interface` (types `subnet` and `any_subnet` on a private network, and `reserved_fixed_ip` with
+//! a private network's reservation) and `detach_interface` are the engine's private-network attach and
+//! detach, done at request time and answered with a FINISHED task. An `external` interface, or a second one on the instance network, has no counterpart: the
 //! instance has exactly one NIC, made with it.
 
 use axum::extract::State;
@@ -103,12 +103,26 @@ pub async fn attach(
             Err(e) => return Err(e),
         },
         "reserved_fixed_ip" => {
-            errors.add(
-                "type",
-                "A reserved fixed IP is the address of an instance's one NIC on the instance network: create the \
-                 instance with it",
-            );
-            None
+            let port = required_str(&map, "port_id")?;
+            let not_found = || GcoreError::not_found(format!("Reserved fixed IP {port} could not be found"));
+            let id = Uuid::parse_str(port).map_err(|_| not_found())?;
+            let reserved = app.engine.reserved_address(&r.ctx, id).await.map_err(|_| not_found())?;
+            match reserved.network_id.and_then(|n| nets.iter().find(|g| g.net.id == n)) {
+                Some(g) => {
+                    errors.check()?;
+                    let named = name.map(|n| interface_name(g.net.id, Some(n))).unwrap_or_default();
+                    app.engine.attach_reserved_address(&r.ctx, id, instance.id, &named).await?;
+                    return receipt(&app, &r, "attach_interface", "ports", &[id]).await;
+                }
+                None => {
+                    errors.add(
+                        "port_id",
+                        "This reserved fixed IP is of the instance network, the address of an instance's one NIC: \
+                         create the instance with it",
+                    );
+                    None
+                }
+            }
         }
         other => {
             errors.add(
@@ -146,7 +160,7 @@ pub async fn detach(
     let nets = gcore_networks(&app, &r.ctx).await?;
     let attached = nets.iter().find_map(|g| {
         let lease = g.net.lease_of(instance.id)?;
-        (views::private_port_id(instance.id, g.net.id).to_string() == port).then_some((g, lease))
+        (views::lease_port_id(instance.id, g, lease).to_string() == port).then_some((g, lease))
     });
     let Some((g, lease)) = attached else {
         return Err(GcoreError::not_found(format!("Port {port} of instance {} could not be found", instance.id)));

@@ -1,10 +1,12 @@
 //! Reserved fixed IPs (`/cloud/v1/reserved_fixed_ips/{project_id}/{region_id}`): the core's reserved
-//! addresses, on the instance network (the one network whose addresses Nimbus hands out itself, which Gcore
-//! clients see as the external network). A reservation is a port: an instance created with an interface
-//! `{"type": "reserved_fixed_ip", "port_id": ...}` gets its address and shows its id as its NIC's port, and
-//! the address stays reserved when the instance goes (unless its delete names it in `reserved_fixed_ips`).
-//! Create and delete answer a FINISHED task, as the networks' changes do. Private networks' addresses, ports
-//! reserved after the fact (`type: port`) and VIPs are refused with the reason.
+//! addresses, of the instance network (the one network whose addresses Nimbus hands out itself, which Gcore
+//! clients see as the external network) or of a private network's subnet. A reservation is a port: an
+//! instance created with an interface `{"type": "reserved_fixed_ip", "port_id": ...}` gets its address and
+//! shows its id as that interface's port (a private network's reservation is attached once the instance
+//! exists, or later by `attach_interface`), and the address stays reserved when the instance goes (unless
+//! its delete names it in `reserved_fixed_ips`) or is detached. Create and delete answer a FINISHED task,
+//! as the networks' changes do. Ports reserved after the fact (`type: port`) and VIPs are refused with the
+//! reason.
 
 use std::net::Ipv4Addr;
 
@@ -17,12 +19,18 @@ use uuid::Uuid;
 
 use super::common::{found, optional_str, page, query_one, query_pairs, BodyMap, InRegion, Region, RegionItem};
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
-use super::networks::receipt;
-use super::views::{self, rfc3339, Scope};
+use super::networks::{by_subnet, gcore_networks, receipt};
+use super::views::{self, rfc3339, GcoreNetwork, Scope};
 use crate::AppState;
 
-/// A reservation as Gcore shows it.
-fn reserved_fixed_ip(r: &ReservedAddress, scope: &Scope) -> Value {
+/// A reservation as Gcore shows it; `nets`: the project's private networks, one of which a private
+/// reservation's is.
+fn reserved_fixed_ip(r: &ReservedAddress, nets: &[GcoreNetwork], scope: &Scope) -> Value {
+    let private = r.network_id.and_then(|n| nets.iter().find(|g| g.net.id == n));
+    let (network_id, subnet_id, network) = match private {
+        Some(g) => (g.net.id, g.subnet.as_ref().map(|s| s.id), views::private_network(g, scope, true)),
+        None => (scope.network_id(), Some(scope.subnet_id()), views::instance_network(scope, true, false)),
+    };
     let (attachments, status) = match r.instance_id {
         Some(i) => (json!([{"resource_id": i, "resource_type": "instance"}]), "attached"),
         None => (json!([]), "available"),
@@ -36,11 +44,11 @@ fn reserved_fixed_ip(r: &ReservedAddress, scope: &Scope) -> Value {
         "task_id": null,
         "fixed_ip_address": r.ip.to_string(),
         "fixed_ipv6_address": null,
-        "subnet_id": scope.subnet_id(),
+        "subnet_id": subnet_id,
         "subnet_v6_id": null,
-        "network_id": scope.network_id(),
-        "network": views::instance_network(scope, true, false),
-        "is_external": true,
+        "network_id": network_id,
+        "network": network,
+        "is_external": private.is_none(),
         "is_vip": false,
         "allowed_address_pairs": [],
         "attachments": attachments,
@@ -60,31 +68,61 @@ async fn find(app: &AppState, r: &Region, id: &str) -> GcoreResult<ReservedAddre
     found("Reserved fixed IP", id, |id| app.engine.reserved_address(&r.ctx, id)).await
 }
 
-const INSTANCE_NETWORK_ONLY: &str =
-    "Nimbus reserves addresses of the instance network only (type external, or its network and subnet)";
+/// Where a create asks for its address: `network` the private network (`None`: the instance network), `ip`
+/// that address (`type: ip_address`) or the next free one.
+#[derive(Default)]
+struct Asked {
+    network: Option<Uuid>,
+    ip: Option<Ipv4Addr>,
+}
 
-/// Which address a create asks for: `None` the next free one, `Some` that one (`type: ip_address`).
-fn asked_address(map: &Map<String, Value>, scope: &Scope, errors: &mut FieldErrors) -> Option<Ipv4Addr> {
+fn asked_address(map: &Map<String, Value>, scope: &Scope, nets: &[GcoreNetwork], errors: &mut FieldErrors) -> Asked {
     let kind = optional_str(map, "type", errors);
-    // The ids a type names must be the instance network's (or subnet's).
-    let must_be = |key: &str, ours: Uuid, errors: &mut FieldErrors| match optional_str(map, key, errors) {
-        None => errors.add(key, "Field required"),
-        Some(id) if Uuid::parse_str(id) == Ok(ours) => {}
-        Some(_) => errors.add(key, INSTANCE_NETWORK_ONLY),
+    // The network a type names: the instance network, or a private one with a subnet to take from.
+    let network_of = |key: &str, errors: &mut FieldErrors| -> Option<Uuid> {
+        let id = match optional_str(map, key, errors) {
+            None => {
+                errors.add(key, "Field required");
+                return None;
+            }
+            Some(id) => id,
+        };
+        let Ok(uuid) = Uuid::parse_str(id) else {
+            errors.add(key, "Input should be a valid UUID");
+            return None;
+        };
+        if key == "subnet_id" {
+            if uuid == scope.subnet_id() {
+                return None;
+            }
+            match by_subnet(nets, uuid) {
+                Some(g) => return Some(g.net.id),
+                None => errors.add(key, format!("Subnet {id} could not be found")),
+            }
+            return None;
+        }
+        if uuid == scope.network_id() {
+            return None;
+        }
+        match nets.iter().find(|g| g.net.id == uuid) {
+            Some(g) if g.subnet.is_some() => Some(uuid),
+            Some(_) => {
+                errors.add(key, format!("Network {id} has no subnet to take an address from"));
+                None
+            }
+            None => {
+                errors.add(key, format!("Network {id} could not be found"));
+                None
+            }
+        }
     };
     match kind {
-        Some("external") => None,
-        Some("subnet") => {
-            must_be("subnet_id", scope.subnet_id(), errors);
-            None
-        }
-        Some("any_subnet") => {
-            must_be("network_id", scope.network_id(), errors);
-            None
-        }
+        Some("external") => Asked::default(),
+        Some("subnet") => Asked { network: network_of("subnet_id", errors), ip: None },
+        Some("any_subnet") => Asked { network: network_of("network_id", errors), ip: None },
         Some("ip_address") => {
-            must_be("network_id", scope.network_id(), errors);
-            match optional_str(map, "ip_address", errors).map(str::parse::<Ipv4Addr>) {
+            let network = network_of("network_id", errors);
+            let ip = match optional_str(map, "ip_address", errors).map(str::parse::<Ipv4Addr>) {
                 Some(Ok(ip)) => Some(ip),
                 Some(Err(_)) => {
                     errors.add("ip_address", "Input should be a valid IPv4 address");
@@ -94,11 +132,12 @@ fn asked_address(map: &Map<String, Value>, scope: &Scope, errors: &mut FieldErro
                     errors.add("ip_address", "Field required");
                     None
                 }
-            }
+            };
+            Asked { network, ip }
         }
         Some("port") => {
             errors.add("type", "Reserving the address of an existing port is not available in Nimbus");
-            None
+            Asked::default()
         }
         Some(other) => {
             errors.add(
@@ -108,11 +147,11 @@ fn asked_address(map: &Map<String, Value>, scope: &Scope, errors: &mut FieldErro
                      'ip_address', 'port'"
                 ),
             );
-            None
+            Asked::default()
         }
         None => {
             errors.add("type", "Field required");
-            None
+            Asked::default()
         }
     }
 }
@@ -141,10 +180,11 @@ pub async fn create(
 ) -> GcoreResult<Json<Value>> {
     let scope = r.scope();
     let mut errors = FieldErrors::default();
-    let ip = asked_address(&map, &scope, &mut errors);
+    let nets = gcore_networks(&app, &r.ctx).await?;
+    let asked = asked_address(&map, &scope, &nets, &mut errors);
     refuse_vip_and_ipv6(&map, &mut errors);
     errors.check()?;
-    let reserved = app.engine.create_reserved_address(&r.ctx, None, ip).await?;
+    let reserved = app.engine.create_reserved_address(&r.ctx, None, asked.network, asked.ip).await?;
     receipt(&app, &r, "create_reserved_fixed_ip", "ports", &[reserved.id]).await
 }
 
@@ -162,8 +202,10 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
         .filter(|a| device.is_none_or(|d| a.instance_id.is_some_and(|i| i.to_string() == d)))
         // Gcore matches a regular expression; a part of the address is what clients give.
         .filter(|a| ip.is_none_or(|ip| a.ip.to_string().contains(ip)))
-        // Every reservation is of the instance network (external), none is a VIP.
-        .filter(|_| !yes("internal_only") && !yes("vip_only"))
+        // The instance network's are external, private networks' internal; none is a VIP.
+        .filter(|a| !yes("internal_only") || a.network_id.is_some())
+        .filter(|a| !yes("external_only") || a.network_id.is_none())
+        .filter(|_| !yes("vip_only"))
         .collect();
     let order = query_one(&q, "order_by").unwrap_or("created_at.asc");
     let (key, direction) = order.split_once('.').unwrap_or((order, "asc"));
@@ -181,12 +223,22 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
         return Err(GcoreError::field("order_by", format!("Unknown ordering {order:?}")));
     }
     let scope = r.scope();
-    page(all.iter().map(|a| reserved_fixed_ip(a, &scope)).collect(), &q)
+    let nets = networks_of(&app, &r, &all).await?;
+    page(all.iter().map(|a| reserved_fixed_ip(a, &nets, &scope)).collect(), &q)
+}
+
+/// The project's private networks when one of `reservations` is of one (what their views show).
+async fn networks_of(app: &AppState, r: &Region, reservations: &[ReservedAddress]) -> GcoreResult<Vec<GcoreNetwork>> {
+    match reservations.iter().any(|a| a.network_id.is_some()) {
+        true => gcore_networks(app, &r.ctx).await,
+        false => Ok(Vec::new()),
+    }
 }
 
 pub async fn get(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<Json<Value>> {
     let reserved = find(&app, &r, &id).await?;
-    Ok(Json(reserved_fixed_ip(&reserved, &r.scope())))
+    let nets = networks_of(&app, &r, std::slice::from_ref(&reserved)).await?;
+    Ok(Json(reserved_fixed_ip(&reserved, &nets, &r.scope())))
 }
 
 /// `{"is_vip": bool}`: only `false` is Nimbus's, so the reservation is shown as it is.
@@ -204,7 +256,8 @@ pub async fn update(
     }
     refuse_vip_and_ipv6(&map, &mut errors);
     errors.check()?;
-    Ok(Json(reserved_fixed_ip(&reserved, &r.scope())))
+    let nets = networks_of(&app, &r, std::slice::from_ref(&reserved)).await?;
+    Ok(Json(reserved_fixed_ip(&reserved, &nets, &r.scope())))
 }
 
 /// Gives the address back; refused while an instance holds it.

@@ -451,6 +451,16 @@ pub fn private_port_id(instance_id: Uuid, network_id: Uuid) -> Uuid {
     derived_id(instance_id, &format!("port.{network_id}"))
 }
 
+/// The port an instance's lease on a private network shows: the reserved fixed IP's when the lease has a
+/// reservation's address (only the instance attached with the reservation can), else its own.
+pub fn lease_port_id(instance_id: Uuid, g: &GcoreNetwork, lease: &Lease) -> Uuid {
+    g.net
+        .held
+        .iter()
+        .find(|h| Some(h.ip) == lease.ip)
+        .map_or_else(|| private_port_id(instance_id, g.net.id), |h| h.reservation_id)
+}
+
 /// The name the Gcore user gave an instance's interface on a private network.
 pub(super) fn private_interface_name(i: &Instance, network_id: Uuid) -> Option<&str> {
     i.extension(EXT, "interface_names").and_then(|n| n.get(network_id.to_string())).and_then(Value::as_str)
@@ -463,7 +473,10 @@ fn user_tags(labels: &Labels) -> Vec<Value> {
 /// A private network's subnet (the Subnet model).
 pub fn private_subnet(g: &GcoreNetwork, s: &SubnetInfo, scope: &Scope) -> Value {
     let total = g.net.range.map(|r| u64::from(u32::from(r.end) - u32::from(r.start)) + 1);
-    let used = g.net.leases.iter().filter(|l| l.ip.is_some()).count() as u64;
+    // Leased or reserved (a reservation's address leased to its instance counts once).
+    let held = g.net.held.iter().map(|h| h.ip);
+    let used =
+        g.net.leases.iter().filter_map(|l| l.ip).chain(held).collect::<std::collections::BTreeSet<_>>().len() as u64;
     json!({
         "id": s.id,
         "name": s.name,
@@ -523,7 +536,7 @@ pub fn private_interface(i: &Instance, g: &GcoreNetwork, lease: &Lease, scope: &
         _ => vec![],
     };
     json!({
-        "port_id": private_port_id(i.id, g.net.id),
+        "port_id": lease_port_id(i.id, g, lease),
         "network_id": g.net.id,
         "mac_address": lease.mac_address,
         "port_security_enabled": false,
