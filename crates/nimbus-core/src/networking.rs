@@ -247,6 +247,21 @@ mod tests {
         AddressRange::new(ip(s), ip(e), ip(m))
     }
 
+    /// A network managing `start`..=`end` of a /24, with no leases.
+    fn network(start: &str, end: &str) -> PrivateNetwork {
+        PrivateNetwork {
+            id: Uuid::from_u128(9),
+            project_id: Uuid::from_u128(8),
+            name: "n".into(),
+            description: String::new(),
+            labels: Labels::new(),
+            range: Some(range(start, end, "255.255.255.0").unwrap()),
+            leases: Vec::new(),
+            held: Vec::new(),
+            created_at: crate::now(),
+        }
+    }
+
     #[test]
     fn a_range_lies_inside_one_subnet_without_its_network_and_broadcast() {
         assert!(range("10.0.0.10", "10.0.0.20", "255.255.255.0").is_ok());
@@ -261,17 +276,7 @@ mod tests {
     fn leases_are_unique_inside_the_range() {
         let a = Uuid::from_u128(1);
         let b = Uuid::from_u128(2);
-        let mut n = PrivateNetwork {
-            id: Uuid::from_u128(9),
-            project_id: Uuid::from_u128(8),
-            name: "n".into(),
-            description: String::new(),
-            labels: Labels::new(),
-            range: Some(range("10.0.0.10", "10.0.0.11", "255.255.255.0").unwrap()),
-            leases: Vec::new(),
-            held: Vec::new(),
-            created_at: crate::now(),
-        };
+        let mut n = network("10.0.0.10", "10.0.0.11");
         assert_eq!(n.choose_ip(a, None).unwrap(), Some(ip("10.0.0.10")));
         n.leases.push(Lease { instance_id: a, ip: Some(ip("10.0.0.10")), mac_address: Lease::mac_for(a, n.id) });
         assert!(matches!(n.choose_ip(b, Some(ip("10.0.0.10"))), Err(DomainError::Conflict(_))));
@@ -292,17 +297,7 @@ mod tests {
     #[test]
     fn a_held_address_is_leased_only_through_its_reservation() {
         let (a, b, r) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(7));
-        let mut n = PrivateNetwork {
-            id: Uuid::from_u128(9),
-            project_id: Uuid::from_u128(8),
-            name: "n".into(),
-            description: String::new(),
-            labels: Labels::new(),
-            range: Some(range("10.0.0.10", "10.0.0.12", "255.255.255.0").unwrap()),
-            leases: Vec::new(),
-            held: Vec::new(),
-            created_at: crate::now(),
-        };
+        let mut n = network("10.0.0.10", "10.0.0.12");
         assert_eq!(n.hold(r, None).unwrap(), ip("10.0.0.10"));
         assert!(matches!(n.hold(Uuid::from_u128(6), Some(ip("10.0.0.10"))), Err(DomainError::Conflict(_))));
         assert!(matches!(n.choose_ip(a, Some(ip("10.0.0.10"))), Err(DomainError::Conflict(_))), "not free");

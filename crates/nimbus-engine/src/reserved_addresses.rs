@@ -28,6 +28,30 @@ use crate::{store_err, Context, Engine, Result};
 
 pub(crate) const RESERVED_ADDRESS: &str = "reserved_address";
 
+/// A new reservation of `ip` and the write that records it.
+fn new_reservation(
+    ctx: &Context,
+    id: Uuid,
+    name: Option<&str>,
+    ip: Ipv4Addr,
+    network_id: Option<Uuid>,
+) -> (ReservedAddress, Write) {
+    let now = nimbus_core::now();
+    let reserved = ReservedAddress {
+        id,
+        project_id: ctx.project.id,
+        name: name.map_or_else(|| format!("reserved-{ip}"), str::to_string),
+        ip,
+        network_id,
+        instance_id: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let insert =
+        Write::InsertRecord(Record::new(RESERVED_ADDRESS, id, Some(ctx.project.id), &reserved.name, &reserved));
+    (reserved, insert)
+}
+
 impl Engine {
     /// Reserves `ip` of the instance network, or (`None`) the next free one as a create would be offered;
     /// with `network`, of that private network's range instead.
@@ -65,26 +89,10 @@ impl Engine {
                 None => crate::sagas::create::address_candidate(self, attempt).await?,
             };
             let ip = net.address(host).parse().map_err(|_| DomainError::Internal("network address".into()))?;
-            let now = nimbus_core::now();
-            let reserved = ReservedAddress {
-                id,
-                project_id: ctx.project.id,
-                name: name.clone().unwrap_or_else(|| format!("reserved-{ip}")),
-                ip,
-                network_id: None,
-                instance_id: None,
-                created_at: now,
-                updated_at: now,
-            };
+            let (reserved, insert) = new_reservation(ctx, id, name.as_deref(), ip, None);
             let mut set = WriteSet::new();
             set.push(Write::ClaimAddress { network: self.config.network_cidr.clone(), host, owner: id });
-            set.push(Write::InsertRecord(Record::new(
-                RESERVED_ADDRESS,
-                id,
-                Some(ctx.project.id),
-                &reserved.name,
-                &reserved,
-            )));
+            set.push(insert);
             match self.store.apply(set).await {
                 Ok(()) => return Ok(reserved),
                 Err(StoreError::Conflict(_)) if asked.is_some() => {
@@ -112,29 +120,13 @@ impl Engine {
             }
             let (mut network, network_record) = self.live_network_record(ctx, network_id).await?;
             let ip = network.hold(id, ip)?;
-            let now = nimbus_core::now();
-            let reserved = ReservedAddress {
-                id,
-                project_id: ctx.project.id,
-                name: name.clone().unwrap_or_else(|| format!("reserved-{ip}")),
-                ip,
-                network_id: Some(network_id),
-                instance_id: None,
-                created_at: now,
-                updated_at: now,
-            };
+            let (reserved, insert) = new_reservation(ctx, id, name.as_deref(), ip, Some(network_id));
             let mut set = WriteSet::new();
             set.push(Write::UpdateRecord {
                 record: network_record.next(&network.name, &network),
                 expected_generation: network_record.generation,
             });
-            set.push(Write::InsertRecord(Record::new(
-                RESERVED_ADDRESS,
-                id,
-                Some(ctx.project.id),
-                &reserved.name,
-                &reserved,
-            )));
+            set.push(insert);
             match self.store.apply(set).await {
                 Ok(()) => return Ok(reserved),
                 // An attach or another reservation changed the network first: judge again.
