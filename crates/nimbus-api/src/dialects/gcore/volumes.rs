@@ -7,8 +7,8 @@
 //! a volume an instance then boots from with `existing-volume` and `boot_index` 0); snapshots as sources
 //! are refused with a field error rather than half done.
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::Uri;
 use axum::Json;
 use nimbus_core::instance::Instance;
@@ -17,7 +17,7 @@ use nimbus_engine::{CreateVolume, VolumePatch};
 use serde_json::{json, Map, Value};
 
 use super::common::{
-    body_object, found, page, query_bool, query_one, query_pairs, required_str, tasks, InRegion, Region,
+    found, page, query_bool, query_one, query_pairs, required_str, tasks, BodyMap, InRegion, Region, RegionItem,
 };
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
 use super::views::{rfc3339, Scope};
@@ -66,8 +66,18 @@ pub fn volume_view(v: &Volume, instance: Option<&Instance>, scope: &Scope) -> Va
     })
 }
 
-async fn find_volume(app: &AppState, r: &Region, id: &str) -> GcoreResult<Volume> {
-    found("Volume", id, |id| app.engine.volume(&r.ctx, id)).await
+/// A request under `/{project_id}/{region_id}/{volume_id}`: its region, and the volume of the project it
+/// names (any other id is not found, before the body is read).
+pub(super) struct OneVolume(Region, Volume);
+
+impl FromRequestParts<AppState> for OneVolume {
+    type Rejection = GcoreError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let RegionItem(r, id) = RegionItem::from_request_parts(parts, state).await?;
+        let v = found("Volume", &id, |id| state.engine.volume(&r.ctx, id)).await?;
+        Ok(OneVolume(r, v))
+    }
 }
 
 async fn view(app: &AppState, r: &Region, v: &Volume) -> GcoreResult<Value> {
@@ -111,8 +121,11 @@ fn size_of(map: &Map<String, Value>, errors: &mut FieldErrors) -> u64 {
     }
 }
 
-pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: Bytes) -> GcoreResult<Json<Value>> {
-    let map = body_object(&body)?;
+pub async fn create(
+    State(app): State<AppState>,
+    InRegion(r): InRegion,
+    BodyMap(map): BodyMap,
+) -> GcoreResult<Json<Value>> {
     let mut errors = FieldErrors::default();
     // `image`: the image's disk, a volume an instance boots from (an `existing-volume` with `boot_index` 0).
     let image = match map.get("source").and_then(Value::as_str) {
@@ -203,24 +216,16 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
     page(all, &q)
 }
 
-pub async fn get(
-    State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-) -> GcoreResult<Json<Value>> {
-    let v = find_volume(&app, &r, &id).await?;
+pub async fn get(State(app): State<AppState>, OneVolume(r, v): OneVolume) -> GcoreResult<Json<Value>> {
     Ok(Json(view(&app, &r, &v).await?))
 }
 
 /// `name`, and `tags` as a merge (a null value deletes a tag).
 pub async fn update(
     State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-    body: Bytes,
+    OneVolume(r, current): OneVolume,
+    BodyMap(map): BodyMap,
 ) -> GcoreResult<Json<Value>> {
-    let current = find_volume(&app, &r, &id).await?;
-    let map = body_object(&body)?;
     let mut errors = FieldErrors::default();
     let mut patch = VolumePatch::default();
     match map.get("name") {
@@ -238,24 +243,16 @@ pub async fn update(
     Ok(Json(view(&app, &r, &v).await?))
 }
 
-pub async fn delete(
-    State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-) -> GcoreResult<Json<Value>> {
-    let v = find_volume(&app, &r, &id).await?;
+pub async fn delete(State(app): State<AppState>, OneVolume(r, v): OneVolume) -> GcoreResult<Json<Value>> {
     let op = app.engine.delete_volume(&r.ctx, v.id).await?;
     Ok(tasks(&[&op]))
 }
 
 pub async fn attach(
     State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-    body: Bytes,
+    OneVolume(r, v): OneVolume,
+    BodyMap(map): BodyMap,
 ) -> GcoreResult<Json<Value>> {
-    let v = find_volume(&app, &r, &id).await?;
-    let map = body_object(&body)?;
     let instance = required_str(&map, "instance_id")?;
     let instance = found("Instance", instance, |iid| app.engine.instance(&r.ctx, iid)).await?;
     let op = app.engine.attach_volume(&r.ctx, v.id, instance.id).await?;
@@ -265,12 +262,9 @@ pub async fn attach(
 /// Gcore names the instance to detach from; it must be the one the volume is attached to.
 pub async fn detach(
     State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-    body: Bytes,
+    OneVolume(r, v): OneVolume,
+    BodyMap(map): BodyMap,
 ) -> GcoreResult<Json<Value>> {
-    let v = find_volume(&app, &r, &id).await?;
-    let map = body_object(&body)?;
     let instance = required_str(&map, "instance_id")?;
     if v.instance_id.map(|i| i.to_string()).as_deref() != Some(instance) {
         return Err(GcoreError::bad_request(format!("Volume {} is not attached to instance {instance}", v.id)));
@@ -282,12 +276,9 @@ pub async fn detach(
 /// `extend {size}`: grows a volume, attached or not.
 pub async fn extend(
     State(app): State<AppState>,
-    InRegion(r): InRegion,
-    Path((_, _, id)): Path<(String, String, String)>,
-    body: Bytes,
+    OneVolume(r, v): OneVolume,
+    BodyMap(map): BodyMap,
 ) -> GcoreResult<Json<Value>> {
-    let v = find_volume(&app, &r, &id).await?;
-    let map = body_object(&body)?;
     let mut errors = FieldErrors::default();
     let size = size_of(&map, &mut errors);
     errors.check()?;
