@@ -170,13 +170,14 @@ impl Committer {
             }
         }
         let notice = writes::Notice { changed: outcome.changed, revoked: outcome.revoked, work: outcome.work };
-        if let Err(e) = self.finish(&mut tx, notice, &outcome.events).await {
+        // From before the COMMIT until before anyone is answered or woken: nobody is answered from the cache
+        // what the batch wrote, though another read may already show the commit.
+        let committing = self.read_cache.as_ref().map(|c| c.committing(outcome.touched.clone()));
+        let finished = self.finish(&mut tx, notice, &outcome.events).await;
+        drop(committing);
+        if let Err(e) = finished {
             self.rollback(&mut tx).await;
             return fail_all(outcome.answers.into_iter().map(|(a, _)| a), &e);
-        }
-        // Before anyone is answered or woken, so that nobody reads the cache's older answer after this.
-        if let Some(cache) = &self.read_cache {
-            cache.invalidate(&outcome.touched);
         }
         if outcome.changed {
             self.bumper.bump();

@@ -436,6 +436,13 @@ impl SqlStore {
         self.end_touching(w, result, changed, &read_cache::Touched::Everything).await
     }
 
+    /// Sends `COMMIT`; what the transaction touched is not answered from the read cache until it is
+    /// answered (see `ReadCache::committing`).
+    async fn commit(&self, w: &mut WriteTx, touched: &read_cache::Touched) -> Result<(), sqlx::Error> {
+        let _committing = self.read_cache.as_ref().map(|c| c.committing(touched.clone()));
+        query("COMMIT", vec![]).execute(w.conn()).await.map(|_| ())
+    }
+
     /// [`SqlStore::end`] for a write that touched only what `touched` says of what reads are cached.
     pub(crate) async fn end_touching<T>(
         &self,
@@ -445,12 +452,9 @@ impl SqlStore {
         touched: &read_cache::Touched,
     ) -> StoreResult<T> {
         match result {
-            Ok(value) => match query("COMMIT", vec![]).execute(w.conn()).await {
+            Ok(value) => match self.commit(&mut w, touched).await {
                 Ok(_) => {
                     w.ended = true;
-                    if let Some(cache) = &self.read_cache {
-                        cache.invalidate(touched);
-                    }
                     if changed {
                         self.changes.bump();
                     }

@@ -10,7 +10,11 @@
 //! commit instead made it useless under load, when commits never stop.
 //!
 //! A read that raced a commit is never kept past it: a reader takes a [`Stamp`] *before* its query, and
-//! its result is kept only if nothing it covers was invalidated since that stamp.
+//! its result is kept only if nothing it covers was invalidated since that stamp. And a commit is never
+//! hidden by the cache from a reader who can already see it elsewhere: from before its `COMMIT` is sent
+//! until its invalidation ([`Committing`]), what it touches is neither answered from the cache nor kept
+//! (an operation's state, which is not cached, shows a commit the moment it lands; the volume it wrote must
+//! not look older when read next).
 //!
 //! Another process writing the same file (a second server, which `BEGIN IMMEDIATE` keeps correct) tells
 //! this cache nothing: entries also expire after [`MAX_AGE`], which bounds how stale a read can be in that
@@ -120,6 +124,10 @@ struct State {
     records: HashMap<(String, Option<Uuid>), Vec<Record>>,
     /// Records by kind and id.
     by_id: HashMap<(String, Uuid), Option<Record>>,
+    /// Commits in flight ([`Committing`]): what they touch is not answered from the cache nor kept.
+    committing_everything: usize,
+    committing_instances: HashMap<Uuid, usize>,
+    committing_kinds: HashMap<String, usize>,
 }
 
 impl State {
@@ -140,15 +148,67 @@ impl State {
         self.floor = self.clock;
     }
 
+    /// Whether a commit in flight touches `key`.
+    fn in_flight(&self, key: &Key) -> bool {
+        self.committing_everything > 0
+            || match key {
+                Key::Instance(id) => self.committing_instances.contains_key(id),
+                Key::Records(kind, _) => self.committing_kinds.contains_key(kind),
+            }
+    }
+
+    /// Counts a commit of `touched` in (`1`) or out (`-1`).
+    fn count_committing(&mut self, touched: &Touched, by: isize) {
+        fn count<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: K, by: isize) {
+            let n = map.entry(key).or_default();
+            *n = n.saturating_add_signed(by);
+            if *n == 0 {
+                map.retain(|_, n| *n > 0);
+            }
+        }
+        match touched {
+            Touched::Everything => self.committing_everything = self.committing_everything.saturating_add_signed(by),
+            Touched::Only { instances, kinds } => {
+                for id in instances {
+                    count(&mut self.committing_instances, *id, by);
+                }
+                for kind in kinds {
+                    count(&mut self.committing_kinds, kind.clone(), by);
+                }
+            }
+        }
+    }
+
     /// Whether a read stamped `stamp` of `key` may be kept.
     fn may_keep(&self, stamp: Stamp, key: &Key) -> bool {
         let since = |t: Option<&u64>| t.is_none_or(|t| *t <= stamp.0);
-        stamp.0 >= self.floor
+        !self.in_flight(key)
+            && stamp.0 >= self.floor
             && since(self.invalidated.get(key))
             && match key {
                 Key::Records(kind, _) => since(self.kinds_invalidated.get(kind)),
                 Key::Instance(_) => true,
             }
+    }
+
+    /// Forgets what a commit touched, and makes reads stamped before now unkeepable for it.
+    fn invalidate(&mut self, touched: &Touched) {
+        self.clock += 1;
+        let now = self.clock;
+        match touched {
+            Touched::Everything => self.forget_all(),
+            Touched::Only { instances, kinds } => {
+                for id in instances {
+                    self.instances.remove(id);
+                    self.invalidated.insert(Key::Instance(*id), now);
+                }
+                for kind in kinds {
+                    self.records.retain(|(k, _), _| k != kind);
+                    self.by_id.retain(|(k, _), _| k != kind);
+                    self.kinds_invalidated.insert(kind.clone(), now);
+                }
+            }
+        }
     }
 
     fn room(&mut self) {
@@ -165,30 +225,20 @@ impl ReadCache {
         Stamp(self.state.lock().expect("read cache").clock)
     }
 
-    /// Forgets what a commit touched. Called after the commit and before its writers are answered.
-    pub(crate) fn invalidate(&self, touched: &Touched) {
-        let mut s = self.state.lock().expect("read cache");
-        s.clock += 1;
-        let now = s.clock;
-        match touched {
-            Touched::Everything => s.forget_all(),
-            Touched::Only { instances, kinds } => {
-                for id in instances {
-                    s.instances.remove(id);
-                    s.invalidated.insert(Key::Instance(*id), now);
-                }
-                for kind in kinds {
-                    s.records.retain(|(k, _), _| k != kind);
-                    s.by_id.retain(|(k, _), _| k != kind);
-                    s.kinds_invalidated.insert(kind.clone(), now);
-                }
-            }
-        }
+    /// Called before a commit's `COMMIT` is sent: until the returned guard is dropped (after the commit,
+    /// before its writers are answered), what it touches is not answered from the cache nor kept; dropped,
+    /// it forgets what the commit touched (whether the commit landed or not: forgetting is always safe).
+    pub(crate) fn committing(&self, touched: Touched) -> Committing<'_> {
+        self.state.lock().expect("read cache").count_committing(&touched, 1);
+        Committing { cache: self, touched }
     }
 
     pub(crate) fn instance(&self, id: Uuid) -> Option<Option<Instance>> {
         let mut s = self.state.lock().expect("read cache");
         s.expire();
+        if s.in_flight(&Key::Instance(id)) {
+            return None;
+        }
         s.instances.get(&id).cloned()
     }
 
@@ -203,12 +253,18 @@ impl ReadCache {
     pub(crate) fn records(&self, kind: &str, project_id: Option<Uuid>) -> Option<Vec<Record>> {
         let mut s = self.state.lock().expect("read cache");
         s.expire();
+        if s.in_flight(&Key::Records(kind.to_string(), project_id)) {
+            return None;
+        }
         s.records.get(&(kind.to_string(), project_id)).cloned()
     }
 
     pub(crate) fn record(&self, kind: &str, id: Uuid) -> Option<Option<Record>> {
         let mut s = self.state.lock().expect("read cache");
         s.expire();
+        if s.in_flight(&Key::Records(kind.to_string(), None)) {
+            return None;
+        }
         s.by_id.get(&(kind.to_string(), id)).cloned()
     }
 
@@ -226,6 +282,21 @@ impl ReadCache {
             s.room();
             s.records.insert((kind.to_string(), project_id), found.to_vec());
         }
+    }
+}
+
+/// A commit in flight (see [`ReadCache::committing`]).
+pub(crate) struct Committing<'a> {
+    cache: &'a ReadCache,
+    touched: Touched,
+}
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        let mut s = self.cache.state.lock().expect("read cache");
+        // In one step: no reader is answered from the cache between the two.
+        s.invalidate(&self.touched);
+        s.count_committing(&self.touched, -1);
     }
 }
 
@@ -252,13 +323,51 @@ mod tests {
         cache.keep_instance(stamp, id, &named("old"));
         assert_eq!(cache.instance(id).unwrap().unwrap().name, "old");
         // A commit wrote the instance: the entry is gone...
-        cache.invalidate(&only(vec![id], &[]));
+        drop(cache.committing(only(vec![id], &[])));
         assert!(cache.instance(id).is_none());
         // ...and a read that began before the commit and ends now is not kept.
         cache.keep_instance(stamp, id, &named("old"));
         assert!(cache.instance(id).is_none());
         cache.keep_instance(cache.stamp(), id, &named("new"));
         assert_eq!(cache.instance(id).unwrap().unwrap().name, "new");
+    }
+
+    /// Between a commit landing and its invalidation, another reader may already see it (an operation's
+    /// state is read uncached): the cache must not answer it the older instance or records meanwhile.
+    #[test]
+    fn a_commit_in_flight_is_never_hidden_by_the_cache() {
+        let cache = ReadCache::default();
+        let (id, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let stamp = cache.stamp();
+        cache.keep_instance(stamp, id, &named("old"));
+        cache.keep_instance(stamp, other, &named("other"));
+        cache.keep_record(stamp, "volume", id, &None);
+        cache.keep_records(stamp, "template", None, &[]);
+        let committing = cache.committing(only(vec![id], &["volume"]));
+        // The COMMIT has landed (or is landing): nothing it touched is answered, nor kept.
+        assert!(cache.instance(id).is_none() && cache.record("volume", id).is_none());
+        cache.keep_instance(cache.stamp(), id, &named("read during the commit"));
+        cache.keep_record(cache.stamp(), "volume", id, &None);
+        assert!(cache.instance(id).is_none() && cache.record("volume", id).is_none());
+        // What it did not touch still is.
+        assert!(cache.instance(other).is_some() && cache.records("template", None).is_some());
+        drop(committing);
+        assert!(cache.instance(id).is_none(), "forgotten once committed");
+        cache.keep_instance(stamp, id, &named("old"));
+        assert!(cache.instance(id).is_none(), "a read begun before the commit is not kept after it");
+        cache.keep_instance(cache.stamp(), id, &named("new"));
+        assert_eq!(cache.instance(id).unwrap().unwrap().name, "new");
+        // Two commits of one kind at once: the kind is held until both are done.
+        let (a, b) = (cache.committing(only(vec![], &["volume"])), cache.committing(only(vec![], &["volume"])));
+        drop(a);
+        cache.keep_record(cache.stamp(), "volume", id, &None);
+        assert!(cache.record("volume", id).is_none());
+        drop(b);
+        cache.keep_record(cache.stamp(), "volume", id, &None);
+        assert!(cache.record("volume", id).is_some());
+        let everything = cache.committing(Touched::Everything);
+        assert!(cache.instance(other).is_none());
+        drop(everything);
     }
 
     #[test]
@@ -273,7 +382,7 @@ mod tests {
         cache.keep_records(stamp, "ssh_key", Some(a), &[]);
         cache.keep_record(stamp, "template", a, &None);
         cache.keep_record(stamp, "ssh_key", a, &None);
-        cache.invalidate(&only(vec![a], &["template"]));
+        drop(cache.committing(only(vec![a], &["template"])));
         assert!(cache.record("template", a).is_none() && cache.record("ssh_key", a).is_some());
         assert!(cache.instance(a).is_none() && cache.instance(b).is_some());
         assert!(cache.records("template", None).is_none() && cache.records("template", Some(a)).is_none());
@@ -281,7 +390,7 @@ mod tests {
         // A read of another project's templates that began before the commit is not kept either.
         cache.keep_records(stamp, "template", Some(b), &[]);
         assert!(cache.records("template", Some(b)).is_none());
-        cache.invalidate(&Touched::Everything);
+        drop(cache.committing(Touched::Everything));
         assert!(cache.instance(b).is_none() && cache.records("ssh_key", Some(a)).is_none());
         cache.keep_instance(stamp, b, &named("b"));
         assert!(cache.instance(b).is_none(), "read before everything went");
