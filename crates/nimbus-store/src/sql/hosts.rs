@@ -83,8 +83,14 @@ pub(super) async fn allocations(
     Ok(out)
 }
 
-/// What one host carries, as `conn` sees it (inside a write set: including its writes).
-pub(super) async fn allocation_of(conn: &mut AnyConnection, backend: Backend, host: &str) -> StoreResult<Allocation> {
+/// What one host carries, as `conn` sees it (inside a write set: including its writes); its GPUs only when
+/// `gpus` (left empty otherwise).
+pub(super) async fn allocation_of(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    host: &str,
+    gpus: bool,
+) -> StoreResult<Allocation> {
     let row = query(&sums("AND owner = $1"), args![host])
         .fetch_optional(&mut *conn)
         .await
@@ -99,6 +105,9 @@ pub(super) async fn allocation_of(conn: &mut AnyConnection, backend: Backend, ho
         },
         None => Allocation::default(),
     };
+    if !gpus {
+        return Ok(a);
+    }
     let gpus = query(&gpu_sums("AND host = $1"), args![host])
         .fetch_all(&mut *conn)
         .await

@@ -54,11 +54,29 @@ pub(super) async fn apply_changes(conn: &mut AnyConnection, backend: Backend, se
             .ok_or_else(|| StoreError::NoRoom(format!("host {} is gone", p.host)))?;
         lock_usage(conn, backend, "host", &p.host).await?;
     }
+    // An operation leased in the set that records it is inserted leased: one statement, not two.
+    let leased_at_insert = |id: Uuid| {
+        set.writes.iter().find_map(|w| match w {
+            Write::LeaseOperation { id: leased, lease_owner, lease } if *leased == id => Some((lease_owner, *lease)),
+            _ => None,
+        })
+    };
     for write in set.writes.iter().filter(|w| !matches!(w, Write::AppendEvent(_))) {
-        apply_one(conn, backend, write).await?;
+        match write {
+            Write::InsertOperation(op) => insert_operation(conn, backend, op, leased_at_insert(op.id)).await?,
+            Write::LeaseOperation { id, .. }
+                if set.writes.iter().any(|w| matches!(w, Write::InsertOperation(op) if op.id == *id)) => {}
+            _ => apply_one(conn, backend, write).await?,
+        }
     }
     if let Some(p) = &set.placement {
-        check_placement(conn, backend, p).await?;
+        // Only an instance with GPUs can take a host past its GPUs (an instance the set does not write, kept
+        // where it is, is checked in full).
+        let placed = set.writes.iter().find_map(|w| match w {
+            Write::PutInstance { instance, .. } if instance.id == p.instance_id => Some(instance.gpus),
+            _ => None,
+        });
+        check_placement(conn, backend, p, placed.is_none_or(|gpus| gpus > 0)).await?;
     }
     if let Some((project_id, quota)) = quota {
         let usage = usage_in(conn, backend, project_id).await?;
@@ -165,6 +183,38 @@ pub(super) async fn insert_api_key(conn: &mut AnyConnection, backend: Backend, k
     .map(|_| ())
 }
 
+fn lease_ms(lease: std::time::Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+/// Inserts an operation, leased to `leased`'s owner for its duration when given.
+async fn insert_operation(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    op: &Operation,
+    leased: Option<(&String, std::time::Duration)>,
+) -> StoreResult<()> {
+    let exists = || StoreError::AlreadyExists(format!("operation {}", op.id));
+    let args = args![op.id, op.project_id, op.target.id, op.state.as_str(), encode(op)];
+    match leased {
+        None => {
+            let sql = "INSERT INTO operations (id, project_id, target_id, state, body) VALUES ($1, $2, $3, $4, $5)";
+            run(conn, backend, "inserting an operation", sql, args, exists).await?;
+        }
+        Some((owner, lease)) => {
+            let sql = format!(
+                "INSERT INTO operations (id, project_id, target_id, state, body, lease_owner, lease_expires)
+                 VALUES ($1, $2, $3, $4, $5, $6, {} + $7)",
+                backend.now_ms()
+            );
+            let mut args = args;
+            args.extend(args![owner, lease_ms(lease)]);
+            run(conn, backend, "inserting a leased operation", &sql, args, exists).await?;
+        }
+    }
+    Ok(())
+}
+
 async fn apply_one(conn: &mut AnyConnection, backend: Backend, write: &Write) -> StoreResult<()> {
     match write {
         Write::PutInstance { instance, expected_generation: None } => {
@@ -244,24 +294,14 @@ async fn apply_one(conn: &mut AnyConnection, backend: Backend, write: &Write) ->
                 "UPDATE operations SET lease_owner = $1, lease_expires = {} + $2 WHERE id = $3 AND lease_owner IS NULL",
                 backend.now_ms()
             );
-            let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
-            let touched = run(conn, backend, "leasing an operation", &sql, args![lease_owner, lease, *id], || {
-                StoreError::AlreadyExists(format!("operation {id}"))
-            })
-            .await?;
+            let touched =
+                run(conn, backend, "leasing an operation", &sql, args![lease_owner, lease_ms(*lease), *id], || {
+                    StoreError::AlreadyExists(format!("operation {id}"))
+                })
+                .await?;
             swapped(touched, || format!("operation {id} (held already)"))?;
         }
-        Write::InsertOperation(op) => {
-            run(
-                conn,
-                backend,
-                "inserting an operation",
-                "INSERT INTO operations (id, project_id, target_id, state, body) VALUES ($1, $2, $3, $4, $5)",
-                args![op.id, op.project_id, op.target.id, op.state.as_str(), encode(op)],
-                || StoreError::AlreadyExists(format!("operation {}", op.id)),
-            )
-            .await?;
-        }
+        Write::InsertOperation(op) => insert_operation(conn, backend, op, None).await?,
         Write::UpdateOperation { operation: op, lease_owner } => {
             update_operation(conn, backend, op, lease_owner).await?
         }
@@ -417,8 +457,8 @@ async fn lock_usage(conn: &mut AnyConnection, backend: Backend, scope: &str, own
 
 /// Checks [`WriteSet::placement`] on the set's result: the host's usage counters are locked (PostgreSQL)
 /// before this, at the start of the set.
-async fn check_placement(conn: &mut AnyConnection, backend: Backend, p: &Placement) -> StoreResult<()> {
-    let used = super::hosts::allocation_of(conn, backend, &p.host).await?;
+async fn check_placement(conn: &mut AnyConnection, backend: Backend, p: &Placement, gpus: bool) -> StoreResult<()> {
+    let used = super::hosts::allocation_of(conn, backend, &p.host, gpus).await?;
     let demand = nimbus_core::host::Demand { vcpus: 0, memory_mib: 0, disk_gb: 0, gpus: None };
     if let Some(why) = nimbus_core::host::refusal(&p.limit, &used, &demand) {
         return Err(StoreError::NoRoom(format!("host {}: {why}", p.host)));
