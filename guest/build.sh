@@ -4,7 +4,7 @@
 #   OUT_DIR/initrd.img      busybox-static + the kernel modules the guest needs + guest/init
 #   OUT_DIR/disk-<sha>.qcow2  an ext4 data disk labelled `data` (immutable: overlays point at it by name)
 #   OUT_DIR/base.qcow2      symlink to the current disk-<sha>.qcow2
-#   OUT_DIR/template.json   the manifest the driver reads
+#   OUT_DIR/template.json   the manifest the driver reads (with the sha256 of this script and init: `recipe`)
 # Usage: guest/build.sh OUT_DIR [KERNEL_VERSION]
 # The output is reproducible (fixed mtimes, sorted cpio, gzip -n, fixed ext4 UUID/seed/time); a second build
 # with the same packages gives byte-identical files.
@@ -95,6 +95,8 @@ sha=$(sha256sum "$W/data.qcow2" | cut -c1-16)
 ln -sfn "disk-$sha.qcow2" "$OUT/base.qcow2"
 
 busybox_version=$("$BUSYBOX" 2>&1 | head -1 | sed -n 's/^BusyBox v\([0-9.]*\).*/\1/p')
+# What it was built from: a server whose own build.sh and init differ rebuilds it at start.
+recipe=$(cat "$0" "$HERE/init" | sha256sum | cut -c1-64)
 checksum=$(cat "$OUT/vmlinux" "$OUT/initrd.img" "$OUT/base.qcow2" | sha256sum | cut -c1-64)
 size=$(du -bL "$OUT/vmlinux" "$OUT/initrd.img" "$OUT/base.qcow2" | awk '{s+=$1} END {print s}')
 cat > "$W/template.json" <<EOF
@@ -116,6 +118,7 @@ cat > "$W/template.json" <<EOF
   "default_user": "root",
   "kernel_version": "$KVER",
   "checksum": "sha256:$checksum",
+  "recipe": "sha256:$recipe",
   "size_bytes": $size
 }
 EOF

@@ -58,6 +58,28 @@ pub fn build(name: &str, template_dir: &Path, cache: Option<&Path>) -> Result<()
     }
 }
 
+/// What this binary builds the busybox template from (its build script and init), as `guest/build.sh`
+/// records it in the manifest's `recipe`.
+pub fn busybox_recipe() -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new().chain_update(BUILD_BUSYBOX).chain_update(BUSYBOX_INIT).finalize();
+    format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// Why the busybox template of `template_dir` is not what this binary builds (another version's init: a
+/// guest that lacks what this server asks of it, such as the rescue boot); `None` when it is, or is absent.
+pub fn stale_busybox(template_dir: &Path) -> Option<String> {
+    let manifest = std::fs::read(template_dir.join("busybox/template.json")).ok()?;
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).ok()?;
+    let recipe = manifest.get("recipe").and_then(serde_json::Value::as_str);
+    let wanted = busybox_recipe();
+    match recipe {
+        Some(r) if r == wanted => None,
+        Some(r) => Some(format!("built from {r}, this Nimbus builds it from {wanted}")),
+        None => Some("built by a Nimbus that did not record what it built it from".into()),
+    }
+}
+
 /// Whether `template_dir` holds any stock template.
 pub fn has_templates(template_dir: &Path) -> bool {
     std::fs::read_dir(template_dir)

@@ -96,13 +96,22 @@ pub async fn build_driver(
             let network = nimbus_engine::network::Network::parse(network_cidr)
                 .map_err(|e| anyhow::anyhow!("--network-cidr: {e}"))?;
             let templates = args.template_dir.clone().unwrap_or_else(crate::guest::default_template_dir);
-            if !crate::guest::has_templates(&templates) {
-                // A new cloud is never one without images.
-                tracing::info!(dir = %templates.display(), "no template found; building the stock busybox template");
+            // A new cloud is never one without images. And the busybox template's kernel and init are the
+            // guest's side of what this server asks (seeds, the agent, the rescue boot): one another version
+            // built would quietly not do it. Its disk files are immutable and kept, so the instances made
+            // from it keep theirs; they boot the new kernel and init the next time they boot.
+            let rebuild = match crate::guest::has_templates(&templates) {
+                false => Some("no template found".to_string()),
+                true => crate::guest::stale_busybox(&templates),
+            };
+            if let Some(why) = rebuild {
+                tracing::info!(dir = %templates.display(), %why, "building the stock busybox template");
                 let dir = templates.clone();
                 match tokio::task::spawn_blocking(move || crate::guest::build("busybox", &dir, None)).await? {
                     Ok(()) => tracing::info!("built the busybox template"),
-                    Err(e) => tracing::error!("cannot build the busybox template (see guest/packages.txt): {e}"),
+                    Err(e) => tracing::error!(
+                        "cannot build the busybox template (see guest/packages.txt; an older one is kept): {e}"
+                    ),
                 }
             }
             let mut config = QemuConfig::new(data_dir.join("qemu"), templates);

@@ -764,6 +764,51 @@ async fn an_instance_boots_from_a_volume_that_outlives_it_and_boots_the_next_one
     assert!(!file.exists(), "and its file");
 }
 
+/// A busybox template another Nimbus built (its manifest names another build script and init) is rebuilt
+/// when the server starts, so that its guests do what this server asks of them (the rescue boot, the
+/// agent); the disk file instances are overlays of stays, and a rebuilt template is left alone next time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busybox_template_built_by_another_nimbus_is_rebuilt_at_start_and_its_disk_kept() {
+    if !can_run_vms("a_busybox_template_built_by_another_nimbus_is_rebuilt_at_start_and_its_disk_kept") {
+        return;
+    }
+    let data = tempfile::Builder::new().prefix("nv-").tempdir_in("/tmp").unwrap();
+    let busybox = data.path().join("templates/busybox");
+    std::fs::create_dir_all(busybox.parent().unwrap()).unwrap();
+    let copied = Command::new("cp").arg("-a").arg(stock_template("busybox")).arg(&busybox).status().unwrap();
+    assert!(copied.success());
+    let manifest =
+        || -> Value { serde_json::from_slice(&std::fs::read(busybox.join("template.json")).unwrap()).unwrap() };
+    let current = manifest()["recipe"].as_str().expect("guest/build.sh records its recipe").to_string();
+    let mut older = manifest();
+    older["recipe"] = json!("sha256:0000");
+    older["disk"] = json!("disk-older.qcow2");
+    std::fs::copy(busybox.join(manifest()["disk"].as_str().unwrap()), busybox.join("disk-older.qcow2")).unwrap();
+    std::fs::write(busybox.join("template.json"), older.to_string()).unwrap();
+
+    let mut cloud = Cloud {
+        data,
+        netns: format!("nvt{}-12", std::process::id()),
+        cidr: "10.213.112.0/24".into(),
+        server: None,
+        base: String::new(),
+        http: reqwest::Client::new(),
+    };
+    cloud.start_server().await;
+    assert_eq!(manifest()["recipe"], current.as_str(), "rebuilt from this Nimbus's build script and init");
+    assert!(busybox.join("disk-older.qcow2").is_file(), "the disk instances may be overlays of is kept");
+    let templates = cloud.get("/v1/templates").await;
+    assert!(templates["items"].as_array().unwrap().iter().any(|t| t["name"] == "busybox"), "{templates}");
+    let log = || std::fs::read_to_string(cloud.data_dir().join("server.log")).unwrap();
+    assert!(log().contains("building the stock busybox template"), "{}", log());
+
+    // Now what this server builds: the next start leaves it alone.
+    let built = std::fs::metadata(busybox.join("template.json")).unwrap().modified().unwrap();
+    cloud.kill_server();
+    cloud.start_server().await;
+    assert_eq!(std::fs::metadata(busybox.join("template.json")).unwrap().modified().unwrap(), built);
+}
+
 /// A rescue start boots the host's rescue system with the instance's disk attached and left alone: its
 /// address answers, nothing is mounted, no user-data runs; the next plain start boots the instance's own
 /// system, which finds its disk as it left it.
