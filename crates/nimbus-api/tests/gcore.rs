@@ -13,6 +13,7 @@ use common::{Cloud, Reply, ADMIN};
 use nimbus_driver::SimConfig;
 use nimbus_engine::EngineConfig;
 use serde_json::{json, Value};
+use uuid::Uuid;
 
 /// A Gcore request with `Authorization: APIKey <secret>`.
 async fn gcore(c: &Cloud, method: Method, path: &str, secret: &str, body: Option<Value>) -> Reply {
@@ -921,7 +922,7 @@ async fn a_reserved_fixed_ip_gives_its_address_to_the_instance_made_with_it_and_
     // Refusals, which reserve nothing.
     let before = listed("").await;
     for body in [
-        json!({"type": "external", "is_vip": true}),
+        json!({"type": "external", "is_vip": "yes"}),
         json!({"type": "external", "ip_family": "ipv6"}),
         json!({"type": "subnet", "subnet_id": "00000000-0000-0000-0000-000000000001"}),
         json!({"type": "port", "port_id": port}),
@@ -1073,6 +1074,103 @@ async fn a_private_networks_reserved_fixed_ip_is_leased_only_through_it() {
     assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
     let again = reserve(json!({"type": "ip_address", "network_id": net, "ip_address": "10.9.0.3"})).await;
     assert_eq!(again["fixed_ip_address"], "10.9.0.3", "{again}");
+}
+
+/// A VIP is a reserved fixed IP held by no instance and shared by the instances connected to it: their
+/// ports allow its address (`allowed_address_pairs`), on the instance network and on a private network
+/// alike; candidates are the ports of its network not yet connected; it is never an instance's own address.
+#[tokio::test]
+async fn a_vip_is_shared_by_the_ports_connected_to_it() {
+    let c = Cloud::new().await;
+    let instances = base(&c, ADMIN, "v1").await;
+    let reserved = instances.replace("/instances/", "/reserved_fixed_ips/");
+    let call = |method: Method, path: String, body: Option<Value>| {
+        let c = &c;
+        async move { gcore(c, method, &path, ADMIN, body).await }
+    };
+    let r = call(Method::POST, reserved.clone(), Some(json!({"type": "external", "is_vip": true}))).await;
+    let vip = finished(&c, &r).await["created_resources"]["ports"][0].as_str().unwrap().to_string();
+    let one = format!("{reserved}/{vip}");
+    let shown = call(Method::GET, one.clone(), None).await.body;
+    assert_eq!((&shown["is_vip"], &shown["status"]), (&json!(true), &json!("DOWN")), "{shown}");
+    let address = shown["fixed_ip_address"].as_str().unwrap().to_string();
+    let (a, _) = create(&c, ADMIN, "keepalived-a", json!({})).await;
+    let (b, _) = create(&c, ADMIN, "keepalived-b", json!({})).await;
+    let port = |id: &str| {
+        let path = format!("{instances}/{id}/interfaces");
+        let c = &c;
+        async move { gcore(c, Method::GET, &path, ADMIN, None).await.body["results"][0].clone() }
+    };
+    let (port_a, port_b) = (port(&a).await["port_id"].clone(), port(&b).await["port_id"].clone());
+    let ports_of = |list: &Value| -> Vec<Value> {
+        list["results"].as_array().unwrap().iter().map(|p| p["port_id"].clone()).collect()
+    };
+
+    let available = call(Method::GET, format!("{one}/available_devices"), None).await.body;
+    assert_eq!((available["count"].as_u64(), ports_of(&available).len()), (Some(2), 2), "{available}");
+    assert_eq!(available["results"][0]["ip_assignments"][0]["subnet"]["cidr"], "10.213.0.0/24", "{available}");
+    let devices = format!("{one}/connected_devices");
+    let r = call(Method::PUT, devices.clone(), Some(json!({"port_ids": [port_a]}))).await;
+    assert_eq!((r.status, ports_of(&r.body)), (StatusCode::OK, vec![port_a.clone()]), "{}", r.text);
+    let r = call(Method::PATCH, devices.clone(), Some(json!({"port_ids": [port_b]}))).await;
+    assert_eq!(r.body["count"], 2, "{}", r.text);
+    let connected = call(Method::GET, devices.clone(), None).await.body;
+    assert_eq!(connected["results"][0]["instance_name"], "keepalived-a", "{connected}");
+    assert_eq!(port(&a).await["allowed_address_pairs"], json!([{"ip_address": address, "mac_address": null}]));
+    assert_eq!(call(Method::GET, format!("{one}/available_devices"), None).await.body["count"], 0);
+    let listed = call(Method::GET, format!("{reserved}?vip_only=true"), None).await.body;
+    assert_eq!(listed["count"], 1, "{listed}");
+
+    // Refusals, which change nothing: another port, a VIP that stops being one while shared, a VIP as an
+    // instance's own address.
+    let r = call(Method::PATCH, devices.clone(), Some(json!({"port_ids": [Uuid::nil()]}))).await;
+    assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+    let r = call(Method::PATCH, one.clone(), Some(json!({"is_vip": false}))).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "BadRequestError");
+    let with_vip = json!({
+        "name": "owner",
+        "flavor": "standard.small",
+        "interfaces": [{"type": "reserved_fixed_ip", "port_id": vip}],
+        "volumes": [{"source": "image", "image_id": "busybox", "boot_index": 0}],
+    });
+    let r = call(Method::POST, base(&c, ADMIN, "v2").await, Some(with_vip)).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "ValidationError");
+    assert_eq!(call(Method::GET, devices.clone(), None).await.body["count"], 2);
+
+    // A deleted instance shares it no more; with none connected it can stop being a VIP.
+    let r = call(Method::DELETE, format!("{instances}/{b}"), None).await;
+    c.wait(r.body["tasks"][0].as_str().unwrap(), ADMIN).await;
+    assert_eq!(ports_of(&call(Method::GET, devices.clone(), None).await.body), vec![port_a.clone()]);
+    call(Method::PUT, devices.clone(), Some(json!({"port_ids": []}))).await;
+    assert_eq!(port(&a).await["allowed_address_pairs"], json!([]));
+    let r = call(Method::PATCH, one.clone(), Some(json!({"is_vip": false}))).await;
+    assert_eq!((r.status, &r.body["is_vip"]), (StatusCode::OK, &json!(false)), "{}", r.text);
+    let r = call(Method::GET, devices.clone(), None).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "BadRequestError");
+
+    // On a private network: the ports are the network's leases.
+    let networks = network_base(&c, ADMIN, "networks").await;
+    let r = call(Method::POST, networks, Some(json!({"name": "back"}))).await;
+    let net = finished(&c, &r).await["created_resources"]["networks"][0].as_str().unwrap().to_string();
+    let subnet = json!({"name": "s", "network_id": net, "cidr": "10.9.0.0/29"});
+    finished(&c, &call(Method::POST, network_base(&c, ADMIN, "subnets").await, Some(subnet)).await).await;
+    let r =
+        call(Method::POST, reserved.clone(), Some(json!({"type": "any_subnet", "network_id": net, "is_vip": true})))
+            .await;
+    let private_vip = finished(&c, &r).await["created_resources"]["ports"][0].as_str().unwrap().to_string();
+    let private = format!("{reserved}/{private_vip}");
+    assert_eq!(call(Method::GET, format!("{private}/available_devices"), None).await.body["count"], 0);
+    let attach = json!({"type": "any_subnet", "network_id": net});
+    finished(&c, &call(Method::POST, format!("{instances}/{a}/attach_interface"), Some(attach)).await).await;
+    let available = call(Method::GET, format!("{private}/available_devices"), None).await.body;
+    let lease_port = available["results"][0]["port_id"].clone();
+    assert_eq!(available["results"][0]["network"]["id"], net.as_str(), "{available}");
+    let r = call(Method::PUT, format!("{private}/connected_devices"), Some(json!({"port_ids": [lease_port]}))).await;
+    assert_eq!(r.body["count"], 1, "{}", r.text);
+    let nics = call(Method::GET, format!("{instances}/{a}/interfaces"), None).await.body;
+    let vip_ip = call(Method::GET, private.clone(), None).await.body["fixed_ip_address"].clone();
+    assert_eq!(nics["results"][1]["allowed_address_pairs"][0]["ip_address"], vip_ip, "{nics}");
+    assert_eq!(nics["results"][0]["allowed_address_pairs"], json!([]), "{nics}");
 }
 
 /// A reserved fixed IP deleted while an instance is being made with it: one of the two wins, never both

@@ -229,6 +229,14 @@ pub struct ReservedAddress {
     pub network_id: Option<Uuid>,
     /// The instance created with it, while that instance is not destroyed.
     pub instance_id: Option<Uuid>,
+    /// A virtual IP (Gcore's VIP): held by no instance, shared by the instances of `connected` on its
+    /// network (their ports allow the address, for keepalived and the like to move it between them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_vip: bool,
+    /// A VIP's instances, as connected (those since gone or detached from its network are left out when
+    /// it is read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connected: Vec<Uuid>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]

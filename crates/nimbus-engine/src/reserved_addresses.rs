@@ -35,6 +35,7 @@ fn new_reservation(
     name: Option<&str>,
     ip: Ipv4Addr,
     network_id: Option<Uuid>,
+    is_vip: bool,
 ) -> (ReservedAddress, Write) {
     let now = nimbus_core::now();
     let reserved = ReservedAddress {
@@ -44,6 +45,8 @@ fn new_reservation(
         ip,
         network_id,
         instance_id: None,
+        is_vip,
+        connected: Vec::new(),
         created_at: now,
         updated_at: now,
     };
@@ -54,20 +57,21 @@ fn new_reservation(
 
 impl Engine {
     /// Reserves `ip` of the instance network, or (`None`) the next free one as a create would be offered;
-    /// with `network`, of that private network's range instead.
+    /// with `network`, of that private network's range instead; a VIP when `is_vip`.
     pub async fn create_reserved_address(
         &self,
         ctx: &Context,
         name: Option<String>,
         network: Option<Uuid>,
         ip: Option<Ipv4Addr>,
+        is_vip: bool,
     ) -> Result<ReservedAddress> {
         ctx.require(Role::Member)?;
         if let Some(name) = &name {
             nimbus_core::instance::validate_name("name", name)?;
         }
         if let Some(network) = network {
-            return self.reserve_private_address(ctx, name, network, ip).await;
+            return self.reserve_private_address(ctx, name, network, ip, is_vip).await;
         }
         let net = Network::parse(&self.config.network_cidr)?;
         let asked = match ip {
@@ -89,7 +93,7 @@ impl Engine {
                 None => crate::sagas::create::address_candidate(self, attempt).await?,
             };
             let ip = net.address(host).parse().map_err(|_| DomainError::Internal("network address".into()))?;
-            let (reserved, insert) = new_reservation(ctx, id, name.as_deref(), ip, None);
+            let (reserved, insert) = new_reservation(ctx, id, name.as_deref(), ip, None, is_vip);
             let mut set = WriteSet::new();
             set.push(Write::ClaimAddress { network: self.config.network_cidr.clone(), host, owner: id });
             set.push(insert);
@@ -112,6 +116,7 @@ impl Engine {
         name: Option<String>,
         network_id: Uuid,
         ip: Option<Ipv4Addr>,
+        is_vip: bool,
     ) -> Result<ReservedAddress> {
         let id = nimbus_core::new_id();
         for attempt in 0..CAS_RETRIES {
@@ -120,7 +125,7 @@ impl Engine {
             }
             let (mut network, network_record) = self.live_network_record(ctx, network_id).await?;
             let ip = network.hold(id, ip)?;
-            let (reserved, insert) = new_reservation(ctx, id, name.as_deref(), ip, Some(network_id));
+            let (reserved, insert) = new_reservation(ctx, id, name.as_deref(), ip, Some(network_id), is_vip);
             let mut set = WriteSet::new();
             set.push(Write::UpdateRecord {
                 record: network_record.next(&network.name, &network),
@@ -137,11 +142,13 @@ impl Engine {
         Err(DomainError::Conflict(format!("private network {network_id} is busy; retry")))
     }
 
-    /// The project's reservations, each naming the instance that holds it, if one still does.
+    /// The project's reservations, each naming the instance that holds it, if one still does (and a VIP
+    /// the instances still on its network).
     pub async fn list_reserved_addresses(&self, ctx: &Context) -> Result<Vec<ReservedAddress>> {
         let mut all: Vec<ReservedAddress> = self.records(RESERVED_ADDRESS, ctx).await?;
         for r in &mut all {
             r.instance_id = self.live_holder(ctx, r).await?;
+            r.connected = self.live_connected(ctx, r).await?;
         }
         all.sort_by_key(|r| (r.created_at, r.id));
         Ok(all)
@@ -150,7 +157,120 @@ impl Engine {
     pub async fn reserved_address(&self, ctx: &Context, id: Uuid) -> Result<ReservedAddress> {
         let mut r: ReservedAddress = self.record(RESERVED_ADDRESS, ctx, id).await?;
         r.instance_id = self.live_holder(ctx, &r).await?;
+        r.connected = self.live_connected(ctx, &r).await?;
         Ok(r)
+    }
+
+    /// Makes the reservation a VIP (shared by the instances connected to it) or an address for one
+    /// instance again: an address an instance holds cannot become a VIP, nor a VIP with instances connected
+    /// stop being one.
+    pub async fn set_reserved_address_vip(&self, ctx: &Context, id: Uuid, is_vip: bool) -> Result<ReservedAddress> {
+        self.change_reserved_address(ctx, id, |r| {
+            if r.is_vip == is_vip {
+                return Ok(());
+            }
+            if let Some(i) = r.instance_id {
+                return Err(DomainError::Conflict(format!(
+                    "reserved address {} is held by instance {i}: a VIP is held by none",
+                    r.ip
+                )));
+            }
+            if !r.connected.is_empty() {
+                return Err(DomainError::Conflict(format!(
+                    "VIP {} is shared by {} instance(s): disconnect them first",
+                    r.ip,
+                    r.connected.len()
+                )));
+            }
+            r.is_vip = is_vip;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Connects instances to a VIP (`replace`: these and no others), each of them on the VIP's network.
+    pub async fn connect_vip(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        instances: Vec<Uuid>,
+        replace: bool,
+    ) -> Result<ReservedAddress> {
+        // Its network never changes: the instances are judged once, before the compare-and-swap.
+        let read: ReservedAddress = self.record(RESERVED_ADDRESS, ctx, id).await?;
+        for i in &instances {
+            if !self.on_network_of(ctx, &read, *i).await? {
+                return Err(DomainError::invalid(
+                    "port_ids",
+                    format!("instance {i} has no port on the network of VIP {}", read.ip),
+                ));
+            }
+        }
+        self.change_reserved_address(ctx, id, |r| {
+            if !r.is_vip {
+                return Err(DomainError::invalid("port_ids", format!("reserved address {} is not a VIP", r.ip)));
+            }
+            if replace {
+                r.connected.clear();
+            }
+            for i in &instances {
+                if !r.connected.contains(i) {
+                    r.connected.push(*i);
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Reads the reservation (as its readers see it), lets `change` change it, and writes it back by
+    /// compare-and-swap, again on a race.
+    async fn change_reserved_address(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        change: impl Fn(&mut ReservedAddress) -> Result<()>,
+    ) -> Result<ReservedAddress> {
+        ctx.require(Role::Member)?;
+        for attempt in 0..CAS_RETRIES {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            let (mut r, record) = self.owned_record::<ReservedAddress>(RESERVED_ADDRESS, ctx, id).await?;
+            r.instance_id = self.live_holder(ctx, &r).await?;
+            r.connected = self.live_connected(ctx, &r).await?;
+            change(&mut r)?;
+            r.updated_at = nimbus_core::now();
+            let mut set = WriteSet::new();
+            set.push(Write::UpdateRecord { record: record.next(&r.name, &r), expected_generation: record.generation });
+            match self.store.apply(set).await {
+                Ok(()) => return Ok(r),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+        Err(DomainError::Conflict(format!("reserved address {id} is being changed by many writers at once; retry")))
+    }
+
+    /// Whether instance `i` (of the caller's project, not destroyed) has a port on the network of `r`.
+    async fn on_network_of(&self, ctx: &Context, r: &ReservedAddress, i: Uuid) -> Result<bool> {
+        let instance = match self.instance(ctx, i).await {
+            Ok(instance) if instance.state != InstanceState::Destroyed => instance,
+            Ok(_) | Err(DomainError::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        Ok(r.network_id.is_none_or(|n| instance.private_networks.contains(&n)))
+    }
+
+    /// A VIP's connected instances that are still on its network.
+    async fn live_connected(&self, ctx: &Context, r: &ReservedAddress) -> Result<Vec<Uuid>> {
+        let mut live = Vec::new();
+        for i in &r.connected {
+            if self.on_network_of(ctx, r, *i).await? {
+                live.push(*i);
+            }
+        }
+        Ok(live)
     }
 
     /// Gives the address back to the network; refused while an instance holds it.
@@ -234,6 +354,12 @@ impl Engine {
             .ok_or_else(|| DomainError::invalid("reserved_address", format!("no reserved address {id}")))?;
         if let Some(i) = self.live_holder(ctx, &r).await? {
             return Err(DomainError::Conflict(format!("reserved address {} is held by instance {i}", r.ip)));
+        }
+        if r.is_vip {
+            return Err(DomainError::Conflict(format!(
+                "reserved address {} is a VIP, held by no instance: connect instances to it instead",
+                r.ip
+            )));
         }
         Ok((r, record))
     }

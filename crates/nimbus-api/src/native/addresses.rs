@@ -77,7 +77,7 @@ pub async fn create(
     Caller(ctx): Caller,
     JsonBody(p): JsonBody<CreateReservedAddressParams>,
 ) -> ApiResult<(StatusCode, Json<ReservedAddressView>)> {
-    let r = app.engine.create_reserved_address(&ctx, p.name, None, p.ip_address).await?;
+    let r = app.engine.create_reserved_address(&ctx, p.name, None, p.ip_address, false).await?;
     Ok((StatusCode::CREATED, Json((&r).into())))
 }
 

@@ -181,6 +181,11 @@ const RULES: &[(&str, &[(&str, Who)])] = &[
     ("/v1/reserved-addresses", &[("GET", R), ("POST", M)]),
     ("/v1/reserved-addresses/{id}", &[("GET", R), ("DELETE", M)]),
     ("/cloud/v1/reserved_fixed_ips/{project_id}/{region_id}/{port_id}", &[("GET", R), ("PATCH", M), ("DELETE", M)]),
+    (
+        "/cloud/v1/reserved_fixed_ips/{project_id}/{region_id}/{port_id}/connected_devices",
+        &[("GET", R), ("PUT", M), ("PATCH", M)],
+    ),
+    ("/cloud/v1/reserved_fixed_ips/{project_id}/{region_id}/{port_id}/available_devices", &[("GET", R)]),
     ("/cloud/v1/instances/{project_id}/{region_id}/{instance_id}/metrics", &[("POST", M)]),
     ("/cloud/v1/instances/{project_id}/{region_id}/{instance_id}/get_console", &[("GET", M)]),
     ("/cloud/v1/flavors/{project_id}/{region_id}", &[("GET", R)]),

@@ -175,6 +175,12 @@ fn parse_interfaces(
             },
             "reserved_fixed_ip" => match id_of("port_id", errors) {
                 Some(port) => match reservations.iter().find(|r| r.id == port) {
+                    Some(r) if r.is_vip => {
+                        let why =
+                            format!("Reserved fixed IP {port} is a VIP: connect the instance's port to it instead");
+                        errors.add(&field("port_id"), why);
+                        Err(())
+                    }
                     Some(r) if r.network_id.is_some() => {
                         let network = r.network_id.unwrap_or_default();
                         // Checked now so that no instance is made for an attach bound to fail.

@@ -26,10 +26,21 @@ pub async fn list(
     uri: Uri,
 ) -> GcoreResult<Json<Value>> {
     let scope = r.scope();
-    let mut all = vec![views::interface(&instance, &scope)];
+    // The VIPs the instance shares, by network (`None`: the instance network): its port there allows them.
+    let vips: Vec<_> = app.engine.list_reserved_addresses(&r.ctx).await?;
+    let vips = vips.iter().filter(|v| v.is_vip && v.connected.contains(&instance.id));
+    let pairs = |network: Option<Uuid>| -> Value {
+        let on = vips.clone().filter(|v| v.network_id == network);
+        on.map(|v| json!({"ip_address": v.ip.to_string(), "mac_address": null})).collect()
+    };
+    let mut nic = views::interface(&instance, &scope);
+    nic["allowed_address_pairs"] = pairs(None);
+    let mut all = vec![nic];
     for g in gcore_networks(&app, &r.ctx).await? {
         if let Some(lease) = g.net.lease_of(instance.id).filter(|_| instance.private_networks.contains(&g.net.id)) {
-            all.push(views::private_interface(&instance, &g, lease, &scope));
+            let mut nic = views::private_interface(&instance, &g, lease, &scope);
+            nic["allowed_address_pairs"] = pairs(Some(g.net.id));
+            all.push(nic);
         }
     }
     page(all, &query_pairs(&uri))

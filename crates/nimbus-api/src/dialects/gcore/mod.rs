@@ -85,6 +85,17 @@ pub fn router(_state: AppState) -> Routes {
                 .delete(reserved_fixed_ips::delete)
                 .fallback(other),
         )
+        .route(
+            &format!("{RESERVED_FIXED_IPS}/{{port_id}}/connected_devices"),
+            get(reserved_fixed_ips::connected)
+                .put(reserved_fixed_ips::connect)
+                .patch(reserved_fixed_ips::connect)
+                .fallback(other),
+        )
+        .route(
+            &format!("{RESERVED_FIXED_IPS}/{{port_id}}/available_devices"),
+            get(reserved_fixed_ips::available).fallback(other),
+        )
         .route(&one("/metrics"), post(metrics::metrics).fallback(other))
         .route(&one("/get_console"), get(metrics::console).fallback(other))
         .route("/cloud/v1/flavors/{project_id}/{region_id}", get(catalog::flavors).fallback(other))

@@ -5,8 +5,11 @@
 //! shows its id as that interface's port (a private network's reservation is attached once the instance
 //! exists, or later by `attach_interface`), and the address stays reserved when the instance goes (unless
 //! its delete names it in `reserved_fixed_ips`) or is detached. Create and delete answer a FINISHED task,
-//! as the networks' changes do. Ports reserved after the fact (`type: port`) and VIPs are refused with the
-//! reason.
+//! as the networks' changes do. A VIP (`is_vip`, at its create or by a PATCH while no instance holds it)
+//! is held by no instance: instances on its network are connected to it (`connected_devices`, from the
+//! candidates of `available_devices`), and their ports then allow its address (`allowed_address_pairs`),
+//! for keepalived and the like to move it between them. Ports reserved after the fact (`type: port`) are
+//! refused with the reason.
 
 use std::net::Ipv4Addr;
 
@@ -14,6 +17,7 @@ use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
 use nimbus_core::networking::ReservedAddress;
+use nimbus_engine::InstanceWindow;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -49,7 +53,7 @@ fn reserved_fixed_ip(r: &ReservedAddress, nets: &[GcoreNetwork], scope: &Scope) 
         "network_id": network_id,
         "network": network,
         "is_external": private.is_none(),
-        "is_vip": false,
+        "is_vip": r.is_vip,
         "allowed_address_pairs": [],
         "attachments": attachments,
         "reservation": {
@@ -156,13 +160,16 @@ fn asked_address(map: &Map<String, Value>, scope: &Scope, nets: &[GcoreNetwork],
     }
 }
 
-/// VIPs (addresses shared by several ports) and IPv6 are not Nimbus's.
-fn refuse_vip_and_ipv6(map: &Map<String, Value>, errors: &mut FieldErrors) {
-    match map.get("is_vip") {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-        Some(Value::Bool(true)) => errors.add("is_vip", "VIPs are not available in Nimbus"),
-        Some(_) => errors.add("is_vip", "Input should be a valid boolean"),
-    }
+/// `is_vip` (absent: `None`); IPv6 is not Nimbus's.
+fn vip_and_ipv4(map: &Map<String, Value>, errors: &mut FieldErrors) -> Option<bool> {
+    let is_vip = match map.get("is_vip") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => {
+            errors.add("is_vip", "Input should be a valid boolean");
+            None
+        }
+    };
     match map.get("ip_family") {
         None | Some(Value::Null) => {}
         Some(Value::String(f)) if f == "ipv4" => {}
@@ -171,6 +178,7 @@ fn refuse_vip_and_ipv6(map: &Map<String, Value>, errors: &mut FieldErrors) {
         }
         Some(_) => errors.add("ip_family", "Input should be 'dual', 'ipv4' or 'ipv6'"),
     }
+    is_vip
 }
 
 pub async fn create(
@@ -182,9 +190,9 @@ pub async fn create(
     let mut errors = FieldErrors::default();
     let nets = gcore_networks(&app, &r.ctx).await?;
     let asked = asked_address(&map, &scope, &nets, &mut errors);
-    refuse_vip_and_ipv6(&map, &mut errors);
+    let is_vip = vip_and_ipv4(&map, &mut errors).unwrap_or(false);
     errors.check()?;
-    let reserved = app.engine.create_reserved_address(&r.ctx, None, asked.network, asked.ip).await?;
+    let reserved = app.engine.create_reserved_address(&r.ctx, None, asked.network, asked.ip, is_vip).await?;
     receipt(&app, &r, "create_reserved_fixed_ip", "ports", &[reserved.id]).await
 }
 
@@ -202,10 +210,10 @@ pub async fn list(State(app): State<AppState>, InRegion(r): InRegion, uri: Uri) 
         .filter(|a| device.is_none_or(|d| a.instance_id.is_some_and(|i| i.to_string() == d)))
         // Gcore matches a regular expression; a part of the address is what clients give.
         .filter(|a| ip.is_none_or(|ip| a.ip.to_string().contains(ip)))
-        // The instance network's are external, private networks' internal; none is a VIP.
+        // The instance network's are external, private networks' internal.
         .filter(|a| !yes("internal_only") || a.network_id.is_some())
         .filter(|a| !yes("external_only") || a.network_id.is_none())
-        .filter(|_| !yes("vip_only"))
+        .filter(|a| !yes("vip_only") || a.is_vip)
         .collect();
     let order = query_one(&q, "order_by").unwrap_or("created_at.asc");
     let (key, direction) = order.split_once('.').unwrap_or((order, "asc"));
@@ -241,23 +249,147 @@ pub async fn get(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> 
     Ok(Json(reserved_fixed_ip(&reserved, &nets, &r.scope())))
 }
 
-/// `{"is_vip": bool}`: only `false` is Nimbus's, so the reservation is shown as it is.
+/// `{"is_vip": bool}`: a VIP, or an address for one instance again.
 pub async fn update(
     State(app): State<AppState>,
     RegionItem(r, id): RegionItem,
     BodyMap(map): BodyMap,
 ) -> GcoreResult<Json<Value>> {
-    // A change, though Nimbus's only answer to one is the reservation as it is.
-    r.ctx.require(nimbus_core::tenancy::Role::Member)?;
     let reserved = find(&app, &r, &id).await?;
     let mut errors = FieldErrors::default();
-    if !map.contains_key("is_vip") {
+    let is_vip = vip_and_ipv4(&map, &mut errors);
+    if is_vip.is_none() {
         errors.add("is_vip", "Field required");
     }
-    refuse_vip_and_ipv6(&map, &mut errors);
     errors.check()?;
+    let reserved = app.engine.set_reserved_address_vip(&r.ctx, reserved.id, is_vip.unwrap_or_default()).await?;
     let nets = networks_of(&app, &r, std::slice::from_ref(&reserved)).await?;
     Ok(Json(reserved_fixed_ip(&reserved, &nets, &r.scope())))
+}
+
+/// An instance's port on a VIP's network, as the VIP endpoints show it.
+struct Port {
+    id: Uuid,
+    instance: nimbus_core::instance::Instance,
+    ip: Option<String>,
+}
+
+/// The network of a VIP's ports as they show it: the network, its subnet's id and the subnet.
+struct PortNetwork {
+    network: Value,
+    subnet_id: Option<Uuid>,
+    subnet: Value,
+}
+
+/// The ports on the network of `vip` (every instance's one NIC on the instance network, or the leases of a
+/// private network), and that network.
+async fn ports_on_network(app: &AppState, r: &Region, vip: &ReservedAddress) -> GcoreResult<(Vec<Port>, PortNetwork)> {
+    let scope = r.scope();
+    let all = InstanceWindow::default();
+    let Some(network) = vip.network_id else {
+        let instances = app.engine.instance_window_where(&r.ctx, &all, |_| true).await?.items;
+        let ports = instances
+            .into_iter()
+            .map(|i| Port { id: views::port_id(&i), ip: i.ip_addresses.first().cloned(), instance: i })
+            .collect();
+        let on = PortNetwork {
+            network: views::instance_network(&scope, true, false),
+            subnet_id: Some(scope.subnet_id()),
+            subnet: views::instance_subnet(&scope),
+        };
+        return Ok((ports, on));
+    };
+    let nets = gcore_networks(app, &r.ctx).await?;
+    let Some(g) = nets.iter().find(|g| g.net.id == network) else {
+        return Err(GcoreError::not_found(format!("Network {network} could not be found")));
+    };
+    let on_network = |i: &nimbus_core::instance::Instance| i.private_networks.contains(&network);
+    let instances = app.engine.instance_window_where(&r.ctx, &all, on_network).await?.items;
+    let ports = instances
+        .into_iter()
+        .filter_map(|i| {
+            let lease = g.net.lease_of(i.id)?;
+            let id = views::lease_port_id(i.id, g, lease);
+            Some(Port { id, ip: lease.ip.map(|ip| ip.to_string()), instance: i })
+        })
+        .collect();
+    let on = PortNetwork {
+        network: views::private_network(g, &scope, false),
+        subnet_id: g.subnet.as_ref().map(|s| s.id),
+        subnet: g.subnet.as_ref().map(|s| views::private_subnet(g, s, &scope)).unwrap_or(Value::Null),
+    };
+    Ok((ports, on))
+}
+
+/// The ports of `ports` whose instances `keep` keeps, as Gcore's connected or candidate ports.
+fn port_list(ports: &[Port], keep: impl Fn(Uuid) -> bool, on: &PortNetwork) -> Value {
+    let results: Vec<Value> = ports
+        .iter()
+        .filter(|p| keep(p.instance.id))
+        .map(|p| {
+            let assignments: Vec<Value> =
+                p.ip.iter()
+                    .map(|ip| json!({"ip_address": ip, "subnet_id": on.subnet_id, "subnet": on.subnet}))
+                    .collect();
+            json!({
+                "port_id": p.id,
+                "instance_id": p.instance.id,
+                "instance_name": p.instance.name,
+                "ip_assignments": assignments,
+                "network": on.network,
+            })
+        })
+        .collect();
+    json!({"count": results.len(), "results": results})
+}
+
+async fn vip(app: &AppState, r: &Region, id: &str) -> GcoreResult<ReservedAddress> {
+    let reserved = find(app, r, id).await?;
+    if !reserved.is_vip {
+        return Err(GcoreError::bad_request(format!("Reserved fixed IP {id} is not a VIP")));
+    }
+    Ok(reserved)
+}
+
+/// `GET .../{port_id}/connected_devices`: the ports sharing the VIP.
+pub async fn connected(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<Json<Value>> {
+    let vip = vip(&app, &r, &id).await?;
+    let (ports, on) = ports_on_network(&app, &r, &vip).await?;
+    Ok(Json(port_list(&ports, |i| vip.connected.contains(&i), &on)))
+}
+
+/// `GET .../{port_id}/available_devices`: the ports that could share it (on its network, not sharing it yet).
+pub async fn available(State(app): State<AppState>, RegionItem(r, id): RegionItem) -> GcoreResult<Json<Value>> {
+    let vip = vip(&app, &r, &id).await?;
+    let (ports, on) = ports_on_network(&app, &r, &vip).await?;
+    Ok(Json(port_list(&ports, |i| !vip.connected.contains(&i), &on)))
+}
+
+/// `PUT` (these ports and no others) or `PATCH` (these too) `.../{port_id}/connected_devices {"port_ids"}`.
+pub async fn connect(
+    State(app): State<AppState>,
+    method: axum::http::Method,
+    RegionItem(r, id): RegionItem,
+    BodyMap(map): BodyMap,
+) -> GcoreResult<Json<Value>> {
+    let vip = vip(&app, &r, &id).await?;
+    let not_ids = || GcoreError::field("port_ids", "Input should be a valid list of port ids");
+    let asked: Vec<&str> = match map.get("port_ids") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(ids)) => ids.iter().map(Value::as_str).collect::<Option<_>>().ok_or_else(not_ids)?,
+        Some(_) => return Err(not_ids()),
+    };
+    let (ports, on) = ports_on_network(&app, &r, &vip).await?;
+    let mut instances = Vec::new();
+    for port in asked {
+        match ports.iter().find(|p| p.id.to_string() == port) {
+            Some(p) => instances.push(p.instance.id),
+            None => return Err(GcoreError::not_found(format!("Port {port} could not be found on the VIP's network"))),
+        }
+    }
+    let replace = method == axum::http::Method::PUT;
+    let vip = app.engine.connect_vip(&r.ctx, vip.id, instances, replace).await?;
+    Ok(Json(port_list(&ports, |i| vip.connected.contains(&i), &on)))
 }
 
 /// Gives the address back; refused while an instance holds it.

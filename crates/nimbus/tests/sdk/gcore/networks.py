@@ -2,7 +2,7 @@
 poll, get, list, delete), instances created with interfaces on them (static address or the first free
 one), interfaces attached and detached (each polled as a task), and the refusals: an address outside the
 subnet, a second subnet, DHCP, detaching what is not attached; and a reserved fixed IP an instance is made
-with, kept past it. Strict response validation is on, and raw
+with, kept past it; a VIP the instance's port shares. Strict response validation is on, and raw
 responses carry exactly the keys of the SDK's models.
 
 Nimbus private networks are bookkeeping only: the VM gets no second NIC, so what is checked here is what
@@ -11,6 +11,7 @@ the API records and shows, not traffic."""
 from gcore import BadRequestError, NotFoundError
 from gcore.types.cloud import Network, ReservedFixedIP, Subnet, Task
 from gcore.types.cloud.instance_interface import InstanceInterface
+from gcore.types.cloud.reserved_fixed_ips.vip import CandidatePort, ConnectedPort
 
 from common import client, error_body, exact, required
 
@@ -164,7 +165,22 @@ assert held == reserved.fixed_ip_address, (held, reserved.fixed_ip_address)
 assert fixed.get(reserved.port_id).reservation.resource_id == holder.id
 assert [r.port_id for r in fixed.list(available_only=True)] == []
 refused(BadRequestError, lambda: fixed.delete(reserved.port_id))
-refused(BadRequestError, lambda: fixed.create(type="external", is_vip=True), "is_vip")
+# A VIP: held by no instance, shared by the ports connected to it, which then allow its address.
+vip = fixed.create_and_poll(type="external", is_vip=True)
+assert vip.is_vip and vip.reservation.status == "available", vip
+raw = fixed.vip.candidate_ports.with_raw_response.list(vip.port_id).http_response.json()
+exact(CandidatePort, raw["results"][0], "candidate port")
+[nic] = [c for c in fixed.vip.candidate_ports.list(vip.port_id).results if c.instance_id == holder.id]
+connected = fixed.vip.connected_ports.replace(vip.port_id, port_ids=[nic.port_id])
+assert [p.instance_id for p in connected.results] == [holder.id], connected
+raw = fixed.vip.connected_ports.with_raw_response.list(vip.port_id).http_response.json()
+exact(ConnectedPort, raw["results"][0], "connected port")
+main = next(i for i in inst.interfaces.list(holder.id).results if i.port_id == nic.port_id)
+assert [p.ip_address for p in main.allowed_address_pairs] == [vip.fixed_ip_address], main
+refused(BadRequestError, lambda: fixed.vip.toggle(vip.port_id, is_vip=False))
+assert fixed.vip.connected_ports.replace(vip.port_id, port_ids=[]).count == 0
+assert not fixed.vip.toggle(vip.port_id, is_vip=False).is_vip
+gc.cloud.tasks.poll(fixed.delete(vip.port_id).tasks[0])
 inst.delete_and_poll(holder.id)
 assert fixed.get(reserved.port_id).reservation.status == "available"
 holder = inst.create_and_poll(flavor="standard.small", name="holder-again", volumes=VOLUMES,
