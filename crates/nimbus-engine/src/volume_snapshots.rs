@@ -17,10 +17,10 @@ use nimbus_core::DomainError;
 use nimbus_store::{Record, StoreError, Write, WriteSet};
 use uuid::Uuid;
 
-use crate::instances::{backoff, event, instance_event, operation_event, CAS_RETRIES};
+use crate::instances::{backoff, event, instance_event, CAS_RETRIES};
 use crate::sagas::volume::OfSnapshot;
 use crate::sagas::Abandon;
-use crate::volumes::{volume_event, VOLUME};
+use crate::volumes::VOLUME;
 use crate::{store_err, Context, Engine, Result};
 
 /// The records' kind.
@@ -263,17 +263,7 @@ impl Engine {
             op.params =
                 serde_json::to_value(OfSnapshot { snapshot_id: sid, instance_id: instance.as_ref().map(|i| i.id) })
                     .expect("parameters serialize");
-            let mut next = current.clone();
-            next.state = during;
-            next.lock_operation_id = Some(op.id);
-            next.updated_at = op.created_at;
-            set.push(Write::UpdateRecord {
-                record: record.next(&next.name, &next),
-                expected_generation: record.generation,
-            });
-            set.push(Write::InsertOperation(op.clone()));
-            set.push(volume_event(&ctx.actor, "volume.updated", &next));
-            set.push(operation_event("operation.created", &op));
+            crate::volumes::lock_for(&mut set, &ctx.actor, &record, current.clone(), during, &op);
             match self.store.apply(set).await {
                 Ok(()) => {
                     return Ok((op, made));

@@ -504,16 +504,7 @@ impl Engine {
             }
             .expect("parameters serialize");
             op.params = params;
-            next.state = during;
-            next.lock_operation_id = Some(op.id);
-            next.updated_at = op.created_at;
-            set.push(Write::UpdateRecord {
-                record: record.next(&next.name, &next),
-                expected_generation: record.generation,
-            });
-            set.push(Write::InsertOperation(op.clone()));
-            set.push(volume_event(&ctx.actor, "volume.updated", &next));
-            set.push(operation_event("operation.created", &op));
+            lock_for(&mut set, &ctx.actor, &record, next, during, &op);
             match self.store.apply(set).await {
                 Ok(()) => {
                     return Ok(op);
@@ -569,4 +560,23 @@ impl Engine {
         }
         Ok(writes)
     }
+}
+
+/// Writes into `set` the volume `next` (read as `record`) showing `during` under the lock of operation `op`,
+/// which the set records: what every operation on a volume begins with.
+pub(crate) fn lock_for(
+    set: &mut WriteSet,
+    actor: &nimbus_core::operation::Actor,
+    record: &Record,
+    mut next: Volume,
+    during: VolumeState,
+    op: &Operation,
+) {
+    next.state = during;
+    next.lock_operation_id = Some(op.id);
+    next.updated_at = op.created_at;
+    set.push(Write::UpdateRecord { record: record.next(&next.name, &next), expected_generation: record.generation });
+    set.push(Write::InsertOperation(op.clone()));
+    set.push(volume_event(actor, "volume.updated", &next));
+    set.push(operation_event("operation.created", op));
 }

@@ -580,32 +580,7 @@ impl<'a, K: Saga> Runner<'a, K> {
 
     /// Records the failure: the instance as the host shows it, desired changes taken back, lock released.
     async fn fail(&mut self, p: &K::Params, failure: Failure) -> Result<(), Abandon> {
-        for attempt in 0..crate::instances::CAS_RETRIES {
-            if attempt > 0 {
-                crate::instances::backoff(attempt).await;
-            }
-            let mut set = WriteSet::new();
-            if let Some(current) = self.instance().await?.filter(|i| self.holds_lock(i)) {
-                let cx = StepCx { engine: self.engine, instance: &current };
-                let mut next = current.clone();
-                next.state = observed_state(self.engine.driver_of(&current).inspect(current.id).await);
-                next.lock_operation_id = None;
-                let writes = K::failed(&cx, p, &mut next, self.op.progress.steps_done).await?;
-                next.end_rescue_if_off();
-                next.generation += 1;
-                next.updated_at = nimbus_core::now();
-                set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(current.generation) });
-                set.push(instance_event(&self.op.actor, "instance.updated", &next));
-                set.writes.extend(writes);
-            }
-            self.op.state = failure.state;
-            self.op.reason = Some(failure.reason);
-            self.op.message = Some(failure.message.clone());
-            if self.finish(set).await? {
-                return Ok(());
-            }
-        }
-        Err(Abandon::Store(DomainError::Internal(format!("could not record the outcome of operation {}", self.op.id))))
+        self.record_failure(Some(p), failure).await
     }
 
     /// Ends an operation that cannot run its kind's failure handling (unreadable parameters, a vanished
@@ -616,6 +591,12 @@ impl<'a, K: Saga> Runner<'a, K> {
     }
 
     async fn fail_without_steps_because(&mut self, failure: Failure) -> Result<(), Abandon> {
+        self.record_failure(None, failure).await
+    }
+
+    /// Records a failure: the instance as the host shows it, unlocked, and (with the parameters) the kind's
+    /// failure handling (desired changes taken back, other writes), in one transaction with the outcome.
+    async fn record_failure(&mut self, p: Option<&K::Params>, failure: Failure) -> Result<(), Abandon> {
         for attempt in 0..crate::instances::CAS_RETRIES {
             if attempt > 0 {
                 crate::instances::backoff(attempt).await;
@@ -625,11 +606,19 @@ impl<'a, K: Saga> Runner<'a, K> {
                 let mut next = current.clone();
                 next.state = observed_state(self.engine.driver_of(&current).inspect(current.id).await);
                 next.lock_operation_id = None;
+                let writes = match p {
+                    Some(p) => {
+                        let cx = StepCx { engine: self.engine, instance: &current };
+                        K::failed(&cx, p, &mut next, self.op.progress.steps_done).await?
+                    }
+                    None => Vec::new(),
+                };
                 next.end_rescue_if_off();
                 next.generation += 1;
                 next.updated_at = nimbus_core::now();
                 set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(current.generation) });
                 set.push(instance_event(&self.op.actor, "instance.updated", &next));
+                set.writes.extend(writes);
             }
             self.op.state = failure.state;
             self.op.reason = Some(failure.reason);
