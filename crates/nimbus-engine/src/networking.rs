@@ -254,7 +254,9 @@ impl Engine {
         instance_id: Uuid,
         extensions: &Extensions,
     ) -> Result<(PrivateNetwork, Instance)> {
-        let (r, _) = self.take_reserved_address(ctx, reservation_id).await?;
+        // Its network, which never changes; whether it is free is judged in the attach's compare-and-swap.
+        let r: nimbus_core::networking::ReservedAddress =
+            self.record(crate::reserved_addresses::RESERVED_ADDRESS, ctx, reservation_id).await?;
         let Some(network) = r.network_id else {
             return Err(DomainError::invalid(
                 "port_id",

@@ -453,14 +453,23 @@ pub async fn create(State(app): State<AppState>, InRegion(r): InRegion, body: By
     };
     let scope = r.scope();
     let nets = gcore_networks(&app, &r.ctx).await?;
-    let names_reservation = map
+    // The reservations the interfaces name (an unknown one is the engine create's to refuse).
+    let named: Vec<Uuid> = map
         .get("interfaces")
         .and_then(Value::as_array)
-        .is_some_and(|items| items.iter().any(|i| i.get("type").and_then(Value::as_str) == Some("reserved_fixed_ip")));
-    let reservations = match names_reservation {
-        true => app.engine.list_reserved_addresses(&r.ctx).await?,
-        false => Vec::new(),
-    };
+        .into_iter()
+        .flatten()
+        .filter(|i| i.get("type").and_then(Value::as_str) == Some("reserved_fixed_ip"))
+        .filter_map(|i| i.get("port_id").and_then(uuid_of))
+        .collect();
+    let mut reservations = Vec::new();
+    for id in named {
+        match app.engine.reserved_address(&r.ctx, id).await {
+            Ok(found) => reservations.push(found),
+            Err(nimbus_core::DomainError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let interfaces = parse_interfaces(map.get("interfaces"), &scope, &nets, &reservations, &mut errors);
     let mut groups = interfaces.groups.clone();
     let volumes = parse_volumes(map.get("volumes"), &mut errors);
