@@ -253,6 +253,16 @@ pub(crate) fn sqlite_in_memory(url: &str) -> bool {
     url.contains(":memory:") || url.contains("mode=memory")
 }
 
+/// The file a SQLite `url` names (`None` for an in-memory database or a PostgreSQL URL).
+pub(crate) fn sqlite_file(backend: Backend, url: &str) -> StoreResult<Option<std::path::PathBuf>> {
+    if backend != Backend::Sqlite || sqlite_in_memory(url) {
+        return Ok(None);
+    }
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Backend(format!("invalid database URL {url:?}: {e}")))?;
+    Ok(Some(options.get_filename().to_owned()))
+}
+
 /// Connection options for `url`. A SQLite file is created when missing (`mode=rwc`); the connection's
 /// pragmas are set by [`sqlite_pragmas`] after connecting, since the Any driver only carries a URL.
 pub(crate) fn connect_options(backend: Backend, url: &str) -> StoreResult<AnyConnectOptions> {

@@ -20,17 +20,18 @@
 
 use std::any::Any;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use nimbus_core::event::Event;
-use sqlx::{AnyConnection, AnyPool};
+use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::backend::Backend;
 use super::notify::Bumper;
 use super::read_cache::{ReadCache, Touched};
-use super::{begin_write, query, writes, WriteTx};
+use super::{begin_lite_write, begin_write, query, writes, Conn, LiteHome, WriteTx};
 use crate::{StoreError, StoreResult};
 
 /// The most jobs one transaction carries: enough to amortize a commit, few enough that the writer lock is
@@ -68,7 +69,7 @@ type Answer = StoreResult<Box<dyn Any + Send>>;
 pub(crate) type JobFuture<'c> = Pin<Box<dyn Future<Output = StoreResult<Done>> + Send + 'c>>;
 
 /// One write: statements run on the batch's connection, inside the batch's transaction.
-pub(crate) type Job = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> JobFuture<'c> + Send>;
+pub(crate) type Job = Box<dyn for<'c> FnOnce(Conn<'c>) -> JobFuture<'c> + Send>;
 
 struct Waiting {
     job: Job,
@@ -81,16 +82,20 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
+    /// Starts the committer. With `sqlite_file`, batches run on a blocking thread on the committer's own
+    /// connection to it ([`super::lite`]); otherwise on a connection of `pool`.
     pub(crate) fn start(
         pool: AnyPool,
         backend: Backend,
+        sqlite_file: Option<PathBuf>,
         sqlite_writer: Option<Arc<Mutex<()>>>,
         bumper: Bumper,
         read_cache: Option<Arc<ReadCache>>,
     ) -> GroupCommit {
         let (queue, mut waiting) = mpsc::unbounded_channel::<Waiting>();
+        let lite = sqlite_file.map(|path| (path, LiteHome::default()));
         tokio::spawn(async move {
-            let committer = Committer { pool, backend, sqlite_writer, bumper, read_cache };
+            let committer = Arc::new(Committer { pool, backend, lite, sqlite_writer, bumper, read_cache });
             while let Some(first) = waiting.recv().await {
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
@@ -99,7 +104,14 @@ impl GroupCommit {
                         Err(_) => break,
                     }
                 }
-                committer.commit(batch).await;
+                if committer.lite.is_some() {
+                    // Each statement is a plain call on this thread, the whole batch one hand-off. A batch
+                    // that panics answers nobody: its callers see the committer gone, the next batch runs.
+                    let (committer, runtime) = (committer.clone(), tokio::runtime::Handle::current());
+                    let _ = tokio::task::spawn_blocking(move || runtime.block_on(committer.commit(batch))).await;
+                } else {
+                    committer.commit(batch).await;
+                }
             }
         });
         GroupCommit { queue }
@@ -118,6 +130,8 @@ impl GroupCommit {
 struct Committer {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite on a file: the file, and where the committer's own connection to it waits between batches.
+    lite: Option<(PathBuf, LiteHome)>,
     sqlite_writer: Option<Arc<Mutex<()>>>,
     bumper: Bumper,
     read_cache: Option<Arc<ReadCache>>,
@@ -135,7 +149,11 @@ struct Outcome {
 
 impl Committer {
     async fn commit(&self, batch: Vec<Waiting>) {
-        let mut tx = match begin_write(&self.pool, self.backend, self.sqlite_writer.as_ref()).await {
+        let begun = match (&self.lite, &self.sqlite_writer) {
+            (Some((path, home)), Some(writer)) => begin_lite_write(path, home, writer).await,
+            _ => begin_write(&self.pool, self.backend, self.sqlite_writer.as_ref()).await,
+        };
+        let mut tx = match begun {
             Ok(tx) => tx,
             Err(e) => return fail_all(batch.into_iter().map(|w| w.answer), &e),
         };
@@ -210,7 +228,7 @@ impl Committer {
     }
 
     async fn finish(&self, tx: &mut WriteTx, notice: writes::Notice, events: &[Event]) -> StoreResult<()> {
-        writes::finish_batch(tx.conn(), self.backend, notice, events).await?;
+        writes::finish_batch(&mut tx.conn(), self.backend, notice, events).await?;
         match query("COMMIT", vec![]).execute(tx.conn()).await {
             Ok(_) => {
                 tx.ended = true;

@@ -4,11 +4,9 @@
 use std::collections::BTreeMap;
 
 use nimbus_core::host::{Allocation, Host};
-use sqlx::any::AnyRow;
-use sqlx::AnyConnection;
 
 use super::backend::Backend;
-use super::{args, column, decode, query};
+use super::{args, column, decode, query, Conn, Row};
 use crate::{StoreError, StoreResult, StoredHost};
 
 /// The columns [`host_from_row`] reads, with `reachable` computed by the database's clock.
@@ -20,7 +18,7 @@ pub(super) fn select(backend: Backend) -> String {
     )
 }
 
-pub(super) fn host_from_row(row: &AnyRow) -> StoreResult<StoredHost> {
+pub(super) fn host_from_row(row: &Row) -> StoreResult<StoredHost> {
     Ok(StoredHost {
         host: decode::<Host>("host", &column::<String>(row, "body")?)?,
         generation: column(row, "generation")?,
@@ -28,7 +26,7 @@ pub(super) fn host_from_row(row: &AnyRow) -> StoreResult<StoredHost> {
     })
 }
 
-fn count(row: &AnyRow, name: &str) -> StoreResult<u64> {
+fn count(row: &Row, name: &str) -> StoreResult<u64> {
     let n: i64 = column(row, name)?;
     u64::try_from(n).map_err(|_| StoreError::Backend(format!("corrupt allocation {name} = {n}")))
 }
@@ -53,10 +51,7 @@ fn gpu_sums(filter: &str) -> String {
 }
 
 /// What each host carries, as `conn` sees it.
-pub(super) async fn allocations(
-    conn: &mut AnyConnection,
-    backend: Backend,
-) -> StoreResult<BTreeMap<String, Allocation>> {
+pub(super) async fn allocations(conn: &mut Conn<'_>, backend: Backend) -> StoreResult<BTreeMap<String, Allocation>> {
     let rows = query(&sums(""), vec![])
         .fetch_all(&mut *conn)
         .await
@@ -86,7 +81,7 @@ pub(super) async fn allocations(
 /// What one host carries, as `conn` sees it (inside a write set: including its writes); its GPUs only when
 /// `gpus` (left empty otherwise).
 pub(super) async fn allocation_of(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     backend: Backend,
     host: &str,
     gpus: bool,

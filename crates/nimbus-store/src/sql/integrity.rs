@@ -20,10 +20,10 @@ use std::str::FromStr;
 use nimbus_core::instance::Instance;
 use nimbus_core::operation::Operation;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
+use sqlx::{ConnectOptions, Connection, SqliteConnection};
 
 use super::backend::Backend;
-use super::{column, decode, parse_uuid, query, SqlStore};
+use super::{column, column_at, decode, parse_uuid, query, SqlStore};
 use crate::{IntegrityReport, StoreError, StoreResult};
 
 impl SqlStore {
@@ -36,7 +36,7 @@ impl SqlStore {
                     .await
                     .map_err(self.fail("checking integrity"))?;
                 for row in rows {
-                    let line: String = row.try_get(0).map_err(|e| StoreError::Backend(e.to_string()))?;
+                    let line: String = column_at(&row, 0)?;
                     if line != "ok" {
                         report.problems.push(format!("integrity_check: {line}"));
                     }

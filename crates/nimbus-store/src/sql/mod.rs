@@ -9,6 +9,8 @@
 //! - After a write commits, [`notify::Changes`] moves, here and (PostgreSQL) in every other server.
 //! - SQL uses numbered placeholders (`$1`, `$2`, ...), which PostgreSQL and sqlx's SQLite driver both bind
 //!   by number; ids are TEXT, numbers BIGINT/INTEGER and documents JSON in TEXT on both backends.
+//! - On a SQLite file the group committer's batches run on a connection of its own through rusqlite
+//!   ([`lite`]): same SQL, same error classes; [`statement`] runs a statement wherever the caller is.
 //! - What differs between the backends lives in [`backend`] (connections, clocks, locks, errors),
 //!   [`migrations`] (DDL) and [`notify`] (hearing other servers' writes).
 
@@ -17,10 +19,12 @@ mod backend;
 mod group_commit;
 mod hosts;
 pub mod integrity;
+mod lite;
 mod migrations;
 mod notify;
 mod read_cache;
 mod sealing;
+mod statement;
 mod writes;
 
 use std::time::Duration;
@@ -31,13 +35,14 @@ use nimbus_core::event::Event;
 use nimbus_core::instance::{Instance, InstanceState};
 use nimbus_core::operation::Operation;
 use nimbus_core::tenancy::{ApiKey, Organization, Project, Quota, Usage};
-use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
+use sqlx::any::AnyPoolOptions;
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, AnyPool, Row};
+use sqlx::{Any, AnyConnection, AnyPool};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 
 use self::backend::{is_unique_violation, Backend};
+pub(crate) use self::statement::{column, column_at, query, Conn, Row, Statement};
 use crate::*;
 
 /// How long an idempotency key is remembered.
@@ -130,15 +135,6 @@ macro_rules! args {
 }
 pub(crate) use args;
 
-/// `sql` with `args` bound to its placeholders in order.
-pub(crate) fn query(sql: &str, args: Vec<Arg>) -> sqlx::query::Query<'_, Any, AnyArguments<'_>> {
-    args.into_iter().fold(sqlx::query(sql), |q, arg| match arg {
-        Arg::Text(s) => q.bind(s),
-        Arg::Int(n) => q.bind(n),
-        Arg::Null => q.bind(None::<String>),
-    })
-}
-
 /// Dynamic SQL whose conditions are added one by one, each beside the value it binds. Placeholders are
 /// numbered here because sqlx's `QueryBuilder<Any>` emits `?`, which PostgreSQL rejects.
 pub(crate) struct Filtered {
@@ -224,25 +220,9 @@ impl Filtered {
         self
     }
 
-    pub(crate) fn query(&self) -> sqlx::query::Query<'_, Any, AnyArguments<'_>> {
+    pub(crate) fn query(&self) -> Statement<'_> {
         query(&self.sql, self.args.clone())
     }
-}
-
-/// A column of a row, or `Backend` naming the column when it holds something unexpected.
-pub(crate) fn column<'r, T>(row: &'r AnyRow, name: &str) -> StoreResult<T>
-where
-    T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
-{
-    row.try_get(name).map_err(|e| StoreError::Backend(format!("reading column {name}: {e}")))
-}
-
-/// The column at `index` of a row (for statements whose one column has no stable name).
-pub(crate) fn column_at<'r, T>(row: &'r AnyRow, index: usize) -> StoreResult<T>
-where
-    T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
-{
-    row.try_get(index).map_err(|e| StoreError::Backend(format!("reading column {index}: {e}")))
 }
 
 pub(crate) fn decode<T: for<'de> serde::Deserialize<'de>>(what: &str, body: &str) -> StoreResult<T> {
@@ -257,17 +237,17 @@ pub(crate) fn parse_uuid(s: &str) -> StoreResult<Uuid> {
     Uuid::parse_str(s).map_err(|e| StoreError::Backend(format!("corrupt id {s:?}: {e}")))
 }
 
-fn body_of<T: for<'de> serde::Deserialize<'de>>(what: &str, row: &AnyRow) -> StoreResult<T> {
+fn body_of<T: for<'de> serde::Deserialize<'de>>(what: &str, row: &Row) -> StoreResult<T> {
     decode(what, &column::<String>(row, "body")?)
 }
 
-pub(crate) fn project_from_row(row: &AnyRow) -> StoreResult<Project> {
+pub(crate) fn project_from_row(row: &Row) -> StoreResult<Project> {
     let mut p: Project = body_of("project", row)?;
     p.numeric_id = column(row, "numeric_id")?;
     Ok(p)
 }
 
-fn record_from_row(seal: Option<&SealKeys>, kind: &str, row: &AnyRow) -> StoreResult<Record> {
+fn record_from_row(seal: Option<&SealKeys>, kind: &str, row: &Row) -> StoreResult<Record> {
     let id = parse_uuid(&column::<String>(row, "id")?)?;
     let mut body: serde_json::Value = decode(kind, &column::<String>(row, "body")?)?;
     if let serde_json::Value::String(sealed) = &body {
@@ -299,7 +279,7 @@ fn idempotency_place(s: &IdempotencyScope) -> String {
     format!("idempotency:{}:{}:{}", s.project_id, s.api_key_id, s.key)
 }
 
-fn event_from_row(row: &AnyRow) -> StoreResult<Event> {
+fn event_from_row(row: &Row) -> StoreResult<Event> {
     let mut e: Event = body_of("event", row)?;
     e.seq = column(row, "seq")?;
     Ok(e)
@@ -316,23 +296,46 @@ fn host_of(n: i64) -> StoreResult<u32> {
 /// connection whose transaction did not end cleanly (a COMMIT refused by a full disk, a future dropped in
 /// the middle) is closed rather than handed to the next writer with a transaction still open on it.
 pub(crate) struct WriteTx {
-    conn: PoolConnection<Any>,
+    held: Held,
     /// Set once COMMIT or ROLLBACK went through.
     ended: bool,
-    // Declared after `conn`, so that it is released only once the connection is back (or closed).
+    // Declared after `held`, so that it is released only once the connection is back (or closed).
     _sqlite_writer: Option<OwnedMutexGuard<()>>,
 }
 
+/// The connection a write transaction runs on.
+enum Held {
+    Pooled(PoolConnection<Any>),
+    /// The group committer's own SQLite connection ([`lite`]), put back in `home` when the transaction
+    /// ended and closed (rolling back whatever is open) when it did not.
+    Lite {
+        conn: Option<rusqlite::Connection>,
+        home: LiteHome,
+    },
+}
+
+/// Where the group committer's own SQLite connection waits between batches (`None` until opened, and after
+/// a batch that did not end cleanly closed it).
+pub(crate) type LiteHome = std::sync::Arc<std::sync::Mutex<Option<rusqlite::Connection>>>;
+
 impl WriteTx {
-    pub(crate) fn conn(&mut self) -> &mut AnyConnection {
-        &mut self.conn
+    pub(crate) fn conn(&mut self) -> Conn<'_> {
+        match &mut self.held {
+            Held::Pooled(conn) => Conn::Sqlx(conn),
+            Held::Lite { conn, .. } => Conn::Lite(conn.as_mut().expect("held until the transaction drops")),
+        }
     }
 }
 
 impl Drop for WriteTx {
     fn drop(&mut self) {
-        if !self.ended {
-            self.conn.close_on_drop();
+        match &mut self.held {
+            Held::Pooled(conn) if !self.ended => conn.close_on_drop(),
+            Held::Pooled(_) => {}
+            Held::Lite { conn, home } if self.ended => {
+                *home.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = conn.take();
+            }
+            Held::Lite { .. } => {}
         }
     }
 }
@@ -353,7 +356,28 @@ pub(crate) async fn begin_write(
         // No transaction was begun: the connection is as it was.
         return Err(backend.error("beginning a write", e));
     }
-    Ok(WriteTx { conn, ended: false, _sqlite_writer: guard })
+    Ok(WriteTx { held: Held::Pooled(conn), ended: false, _sqlite_writer: guard })
+}
+
+/// [`begin_write`] on the group committer's own SQLite connection (opening `path` when `home` has none),
+/// holding `sqlite_writer` until it ends. Blocks: run it on the committer's blocking thread only.
+pub(crate) async fn begin_lite_write(
+    path: &std::path::Path,
+    home: &LiteHome,
+    sqlite_writer: &std::sync::Arc<Mutex<()>>,
+) -> StoreResult<WriteTx> {
+    let guard = sqlite_writer.clone().lock_owned().await;
+    let backend = Backend::Sqlite;
+    let parked = home.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    let mut conn = match parked {
+        Some(conn) => conn,
+        None => lite::open(path).map_err(|e| backend.error("connecting", e))?,
+    };
+    if let Err(e) = query(backend.begin_write(), vec![]).execute(&mut conn).await {
+        *home.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
+        return Err(backend.error("beginning a write", e));
+    }
+    Ok(WriteTx { held: Held::Lite { conn: Some(conn), home: home.clone() }, ended: false, _sqlite_writer: Some(guard) })
 }
 
 impl SqlStore {
@@ -394,6 +418,7 @@ impl SqlStore {
         let group = group_commit::GroupCommit::start(
             pool.clone(),
             backend,
+            backend::sqlite_file(backend, url)?,
             sqlite_writer.clone(),
             changes.bumper(),
             read_cache.clone(),
@@ -482,7 +507,7 @@ impl SqlStore {
         let mut w = self.write().await?;
         let result = async {
             let n = query(sql, args).execute(w.conn()).await.map(|r| r.rows_affected()).map_err(self.fail(doing))?;
-            self.mark_applied(w.conn(), || serde_json::json!({})).await?;
+            self.mark_applied(&mut w.conn(), || serde_json::json!({})).await?;
             Ok(n)
         }
         .await;
@@ -665,7 +690,7 @@ async fn set_pragmas(conn: &mut AnyConnection, in_memory: bool) -> Result<(), sq
 
 /// What a project's live instances use, as seen by `conn` (inside a write set: including its writes): its
 /// row of the counters the instance triggers keep (see migration 7), not a sum over its instances.
-pub(crate) async fn usage_in(conn: &mut AnyConnection, backend: Backend, project_id: Uuid) -> StoreResult<Usage> {
+pub(crate) async fn usage_in(conn: &mut Conn<'_>, backend: Backend, project_id: Uuid) -> StoreResult<Usage> {
     let row = query(
         "SELECT instances, vcpus, memory_mib, disk_gb FROM usage_totals WHERE scope = 'project' AND owner = $1",
         args![project_id],
@@ -734,7 +759,7 @@ impl Store for SqlStore {
                 e if is_unique_violation(&e) => StoreError::AlreadyExists(format!("project {}", project.id)),
                 e => self.backend.error("creating a project", e),
             })?;
-            self.mark_applied(w.conn(), || serde_json::json!({ "project": project.id })).await?;
+            self.mark_applied(&mut w.conn(), || serde_json::json!({ "project": project.id })).await?;
             Ok(Project { numeric_id: column(&row, "numeric_id")?, ..project.clone() })
         }
         .await;
@@ -774,7 +799,7 @@ impl Store for SqlStore {
                 .execute(w.conn())
                 .await
                 .map_err(self.fail("setting a quota"))?;
-            self.mark_applied(w.conn(), || serde_json::json!({ "project": project_id })).await
+            self.mark_applied(&mut w.conn(), || serde_json::json!({ "project": project_id })).await
         }
         .await;
         self.finish(w, result).await
@@ -782,7 +807,7 @@ impl Store for SqlStore {
 
     async fn usage(&self, project_id: Uuid) -> StoreResult<Usage> {
         let mut conn = self.pool.acquire().await.map_err(self.fail("connecting"))?;
-        usage_in(&mut conn, self.backend, project_id).await
+        usage_in(&mut Conn::Sqlx(&mut conn), self.backend, project_id).await
     }
 
     async fn count_api_keys(&self) -> StoreResult<u64> {
@@ -796,8 +821,8 @@ impl Store for SqlStore {
     async fn put_api_key(&self, key: &ApiKey) -> StoreResult<()> {
         let mut w = self.write().await?;
         let result = async {
-            writes::insert_api_key(w.conn(), self.backend, &self.sealed_key(key)).await?;
-            self.mark_applied(w.conn(), || serde_json::json!({ "api_key": key.key_id })).await
+            writes::insert_api_key(&mut w.conn(), self.backend, &self.sealed_key(key)).await?;
+            self.mark_applied(&mut w.conn(), || serde_json::json!({ "api_key": key.key_id })).await
         }
         .await;
         self.finish(w, result).await
@@ -832,7 +857,7 @@ impl Store for SqlStore {
             if let (true, Some(notify)) = (deleted > 0, self.backend.notify_revocation()) {
                 query(notify, vec![]).execute(w.conn()).await.map_err(self.fail("notifying"))?;
             }
-            self.mark_applied(w.conn(), || serde_json::json!({})).await?;
+            self.mark_applied(&mut w.conn(), || serde_json::json!({})).await?;
             Ok(deleted > 0)
         }
         .await;
@@ -981,8 +1006,9 @@ impl Store for SqlStore {
         let set = sealed.unwrap_or(set);
         let backend = self.backend;
         self.group
-            .run(Box::new(move |conn| {
+            .run(Box::new(move |mut conn| {
                 Box::pin(async move {
+                    let conn = &mut conn;
                     writes::apply_changes(conn, backend, &set).await?;
                     mark_applied_for(conn, backend, hold.as_ref(), || applied.unwrap_or_default()).await?;
                     let events = events_of(set);
@@ -1012,8 +1038,9 @@ impl Store for SqlStore {
         );
         let (backend, owner, lease) = (self.backend, owner.to_string(), lease_ms(lease));
         self.group
-            .run(Box::new(move |conn| {
+            .run(Box::new(move |mut conn| {
                 Box::pin(async move {
+                    let conn = &mut conn;
                     let row = query(&sql, args![&owner, lease])
                         .fetch_optional(&mut *conn)
                         .await
@@ -1048,8 +1075,9 @@ impl Store for SqlStore {
         );
         let (backend, owner, lease) = (self.backend, owner.to_string(), lease_ms(lease));
         self.group
-            .run(Box::new(move |conn| {
+            .run(Box::new(move |mut conn| {
                 Box::pin(async move {
+                    let conn = &mut conn;
                     let renewed = query(&sql, args![lease, id, &owner])
                         .execute(conn)
                         .await
@@ -1065,8 +1093,9 @@ impl Store for SqlStore {
     async fn release_lease(&self, id: Uuid, owner: &str) -> StoreResult<()> {
         let (backend, owner) = (self.backend, owner.to_string());
         self.group
-            .run(Box::new(move |conn| {
+            .run(Box::new(move |mut conn| {
                 Box::pin(async move {
+                    let conn = &mut conn;
                     let released = query(
                         "UPDATE operations SET lease_owner = NULL, lease_expires = NULL WHERE id = $1 AND lease_owner = $2",
                         args![id, &owner],
@@ -1161,7 +1190,7 @@ impl Store for SqlStore {
 
     async fn host_allocations(&self) -> StoreResult<std::collections::BTreeMap<String, nimbus_core::host::Allocation>> {
         let mut conn = self.pool.acquire().await.map_err(self.fail("connecting"))?;
-        hosts::allocations(&mut conn, self.backend).await
+        hosts::allocations(&mut Conn::Sqlx(&mut conn), self.backend).await
     }
 
     async fn group_members_hosts(&self, groups: &[Uuid]) -> StoreResult<Vec<(String, Uuid)>> {
@@ -1291,8 +1320,8 @@ impl Store for SqlStore {
             // A key stored before keys had an API key answers for every key of its project until it expires.
             if !scope.api_key_id.is_empty() {
                 let legacy = IdempotencyScope { api_key_id: String::new(), ..scope.clone() };
-                if let Some(row) = self.idempotency_row(w.conn(), &legacy).await? {
-                    return self.judge_claim(w.conn(), row, request_hash, &hold, lease).await;
+                if let Some(row) = self.idempotency_row(&mut w.conn(), &legacy).await? {
+                    return self.judge_claim(&mut w.conn(), row, request_hash, &hold, lease).await;
                 }
             }
             // ON CONFLICT DO NOTHING: of two servers claiming one new key at once, one inserts and the
@@ -1324,10 +1353,10 @@ impl Store for SqlStore {
                 return Ok(IdempotencyClaim::New(hold.clone()));
             }
             let row = self
-                .idempotency_row(w.conn(), scope)
+                .idempotency_row(&mut w.conn(), scope)
                 .await?
                 .ok_or_else(|| StoreError::Conflict(format!("idempotency key {} vanished while claimed", scope.key)))?;
-            self.judge_claim(w.conn(), row, request_hash, &hold, lease).await
+            self.judge_claim(&mut w.conn(), row, request_hash, &hold, lease).await
         }
         .await;
         let taken = matches!(result, Ok(IdempotencyClaim::New(_)));
@@ -1496,7 +1525,7 @@ struct IdempotencyRow {
 impl SqlStore {
     async fn idempotency_row(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn<'_>,
         scope: &IdempotencyScope,
     ) -> StoreResult<Option<IdempotencyRow>> {
         let sql = format!(
@@ -1530,7 +1559,7 @@ impl SqlStore {
     /// committing anything.
     async fn judge_claim(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn<'_>,
         row: IdempotencyRow,
         request_hash: &str,
         hold: &IdempotencyHold,
@@ -1577,7 +1606,7 @@ impl SqlStore {
     /// nothing.
     pub(crate) async fn mark_applied(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn<'_>,
         result: impl FnOnce() -> serde_json::Value,
     ) -> StoreResult<()> {
         mark_applied_for(conn, self.backend, crate::current_hold().as_ref(), result).await
@@ -1587,7 +1616,7 @@ impl SqlStore {
 /// Records, inside the write, what the idempotent request holding `hold` applied (its answer is recorded
 /// after the commit); `Superseded` when a retry took the key over meanwhile. Nothing without a hold.
 pub(crate) async fn mark_applied_for(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     backend: Backend,
     hold: Option<&IdempotencyHold>,
     result: impl FnOnce() -> serde_json::Value,

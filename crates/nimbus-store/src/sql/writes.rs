@@ -17,11 +17,10 @@
 use nimbus_core::event::Event;
 use nimbus_core::operation::Operation;
 use nimbus_core::tenancy::ApiKey;
-use sqlx::AnyConnection;
 use uuid::Uuid;
 
 use super::backend::{is_unique_violation, Backend};
-use super::{args, column, encode, project_from_row, query, usage_in, Arg};
+use super::{args, column, encode, project_from_row, query, usage_in, Arg, Conn};
 use crate::{Placement, StoreError, StoreResult, Write, WriteSet};
 
 /// Steps 1 to 3 for one set: everything but the notification and the event appends, which
@@ -31,7 +30,7 @@ use crate::{Placement, StoreError, StoreResult, Write, WriteSet};
 /// which the instance triggers update anyway, in the order every instance write takes them (the project's,
 /// then the host's): so concurrent transactions queue on them instead of deadlocking, and the project and
 /// host rows themselves are only kept from vanishing, never held against a host's heartbeat.
-pub(super) async fn apply_changes(conn: &mut AnyConnection, backend: Backend, set: &WriteSet) -> StoreResult<()> {
+pub(super) async fn apply_changes(conn: &mut Conn<'_>, backend: Backend, set: &WriteSet) -> StoreResult<()> {
     let quota = match set.enforce_quota_of {
         Some(project_id) => {
             lock_usage(conn, backend, "project", &project_id.to_string()).await?;
@@ -106,7 +105,7 @@ const EVENTS_PER_INSERT: usize = 64;
 /// changed, that credentials went when any set revoked some, and that there is work to claim when any set
 /// recorded some), then every set's events are appended, in order, a few dozen per statement.
 pub(super) async fn finish_batch(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     backend: Backend,
     notice: Notice,
     events: &[Event],
@@ -138,7 +137,7 @@ pub(super) async fn finish_batch(
 /// Runs one statement and returns how many rows it touched; `on_unique` names what already exists when it
 /// breaks a unique index.
 async fn run(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     backend: Backend,
     doing: &str,
     sql: &str,
@@ -153,7 +152,7 @@ async fn run(
 }
 
 /// `run` for a statement that breaks no unique index.
-async fn exec(conn: &mut AnyConnection, backend: Backend, doing: &str, sql: &str, args: Vec<Arg>) -> StoreResult<u64> {
+async fn exec(conn: &mut Conn<'_>, backend: Backend, doing: &str, sql: &str, args: Vec<Arg>) -> StoreResult<u64> {
     query(sql, args).execute(conn).await.map(|done| done.rows_affected()).map_err(|e| backend.error(doing, e))
 }
 
@@ -170,7 +169,7 @@ pub(super) fn revokes(set: &WriteSet) -> bool {
     set.writes.iter().any(|w| matches!(w, Write::DeleteProject { .. } | Write::DeleteOrganization { .. }))
 }
 
-pub(super) async fn insert_api_key(conn: &mut AnyConnection, backend: Backend, key: &ApiKey) -> StoreResult<()> {
+pub(super) async fn insert_api_key(conn: &mut Conn<'_>, backend: Backend, key: &ApiKey) -> StoreResult<()> {
     run(
         conn,
         backend,
@@ -189,7 +188,7 @@ fn lease_ms(lease: std::time::Duration) -> i64 {
 
 /// Inserts an operation, leased to `leased`'s owner for its duration when given.
 async fn insert_operation(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     backend: Backend,
     op: &Operation,
     leased: Option<(&String, std::time::Duration)>,
@@ -215,7 +214,7 @@ async fn insert_operation(
     Ok(())
 }
 
-async fn apply_one(conn: &mut AnyConnection, backend: Backend, write: &Write) -> StoreResult<()> {
+async fn apply_one(conn: &mut Conn<'_>, backend: Backend, write: &Write) -> StoreResult<()> {
     match write {
         Write::PutInstance { instance, expected_generation: None } => {
             let number = query(backend.next_instance_number(), vec![])
@@ -435,7 +434,7 @@ fn anti_affinity_column(i: &nimbus_core::instance::Instance) -> String {
 
 /// Locks the usage counters of `owner` in `scope` (PostgreSQL), made first when there are none yet so that
 /// there is a row to lock.
-async fn lock_usage(conn: &mut AnyConnection, backend: Backend, scope: &str, owner: &str) -> StoreResult<()> {
+async fn lock_usage(conn: &mut Conn<'_>, backend: Backend, scope: &str, owner: &str) -> StoreResult<()> {
     if backend != Backend::Postgres {
         return Ok(());
     }
@@ -457,7 +456,7 @@ async fn lock_usage(conn: &mut AnyConnection, backend: Backend, scope: &str, own
 
 /// Checks [`WriteSet::placement`] on the set's result: the host's usage counters are locked (PostgreSQL)
 /// before this, at the start of the set.
-async fn check_placement(conn: &mut AnyConnection, backend: Backend, p: &Placement, gpus: bool) -> StoreResult<()> {
+async fn check_placement(conn: &mut Conn<'_>, backend: Backend, p: &Placement, gpus: bool) -> StoreResult<()> {
     let used = super::hosts::allocation_of(conn, backend, &p.host, gpus).await?;
     let demand = nimbus_core::host::Demand { vcpus: 0, memory_mib: 0, disk_gb: 0, gpus: None };
     if let Some(why) = nimbus_core::host::refusal(&p.limit, &used, &demand) {
@@ -482,12 +481,7 @@ async fn check_placement(conn: &mut AnyConnection, backend: Backend, p: &Placeme
     Ok(())
 }
 
-async fn update_operation(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    op: &Operation,
-    lease_owner: &str,
-) -> StoreResult<()> {
+async fn update_operation(conn: &mut Conn<'_>, backend: Backend, op: &Operation, lease_owner: &str) -> StoreResult<()> {
     // A final operation is never claimed again, so its lease means nothing any more: drop it.
     let sql = if op.state.is_final() {
         "UPDATE operations SET state = $1, body = $2, lease_owner = NULL, lease_expires = NULL
@@ -502,7 +496,7 @@ async fn update_operation(
 }
 
 /// Locks the row `select` (`... WHERE id = $1`) finds, `NotFound` when there is none.
-async fn lock_row(conn: &mut AnyConnection, backend: Backend, what: &str, select: &str, id: Uuid) -> StoreResult<()> {
+async fn lock_row(conn: &mut Conn<'_>, backend: Backend, what: &str, select: &str, id: Uuid) -> StoreResult<()> {
     let sql = format!("{select}{}", backend.for_update());
     query(&sql, args![id])
         .fetch_optional(&mut *conn)
@@ -512,12 +506,12 @@ async fn lock_row(conn: &mut AnyConnection, backend: Backend, what: &str, select
         .map(|_| ())
 }
 
-async fn count(conn: &mut AnyConnection, backend: Backend, sql: &str, id: Uuid) -> StoreResult<i64> {
+async fn count(conn: &mut Conn<'_>, backend: Backend, sql: &str, id: Uuid) -> StoreResult<i64> {
     let row = query(sql, args![id]).fetch_one(&mut *conn).await.map_err(|e| backend.error("counting", e))?;
     column(&row, "n")
 }
 
-async fn delete_project(conn: &mut AnyConnection, backend: Backend, id: Uuid) -> StoreResult<()> {
+async fn delete_project(conn: &mut Conn<'_>, backend: Backend, id: Uuid) -> StoreResult<()> {
     // Locked first: an instance create checks its project's quota under the same lock, so it either
     // commits before this count or finds the project gone.
     lock_row(conn, backend, "project", "SELECT id FROM projects WHERE id = $1", id).await?;
@@ -539,7 +533,7 @@ async fn delete_project(conn: &mut AnyConnection, backend: Backend, id: Uuid) ->
     Ok(())
 }
 
-async fn delete_organization(conn: &mut AnyConnection, backend: Backend, id: Uuid) -> StoreResult<()> {
+async fn delete_organization(conn: &mut Conn<'_>, backend: Backend, id: Uuid) -> StoreResult<()> {
     // Locked first: `create_project` holds the organization's row while adding a project to it.
     lock_row(conn, backend, "organization", "SELECT id FROM organizations WHERE id = $1", id).await?;
     let projects = count(conn, backend, "SELECT COUNT(*) AS n FROM projects WHERE organization_id = $1", id).await?;
