@@ -568,14 +568,17 @@ impl Engine {
         }))
     }
 
-    /// The names of the hosts instances may be placed on, with their views, for placement.
+    /// The names of the hosts instances may be placed on, with their views, for placement: one read of the
+    /// store on every create.
     pub(crate) async fn placement_candidates(&self) -> Result<BTreeMap<String, HostView>> {
         Ok(self
-            .host_views()
-            .await?
+            .store
+            .hosts_with_allocations()
+            .await
+            .map_err(store_err)?
             .into_iter()
-            .filter(|v| v.host.zone == self.config.zone)
-            .map(|v| (v.host.name.clone(), v))
+            .filter(|(h, _)| h.host.zone == self.config.zone)
+            .map(|(h, allocation)| (h.host.name.clone(), HostView { host: h.host, reachable: h.reachable, allocation }))
             .collect())
     }
 }

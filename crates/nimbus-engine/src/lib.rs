@@ -283,9 +283,9 @@ pub struct Engine {
     pub(crate) keys: key_cache::KeyCache,
     /// Every new event, read once by this server's hub (see `event_stream.rs`).
     pub(crate) events: tokio::sync::broadcast::Sender<Arc<nimbus_core::event::Event>>,
-    /// Where this server looks for the next free instance address (see `sagas::create::address_candidate`):
-    /// a hint, never a reservation; the store's unique hold decides who gets an address.
-    pub(crate) address_cursor: std::sync::atomic::AtomicU32,
+    /// Where this server looks for the next free instance address, and the free ones it read ahead (see
+    /// `sagas::create::address_candidate`): hints, never reservations; the store's unique hold decides.
+    pub(crate) address_offers: tokio::sync::Mutex<sagas::create::AddressOffers>,
 }
 
 impl Engine {
@@ -323,7 +323,7 @@ impl Engine {
             audit: audit::AuditLog::start(store.clone(), audit_retention),
             keys: key_cache::KeyCache::new(store.revocations()),
             events: event_stream::channel(),
-            address_cursor: Default::default(),
+            address_offers: Default::default(),
         });
         let _ = engine.me.set(Arc::downgrade(&engine));
         engine.seed_catalog().await?;

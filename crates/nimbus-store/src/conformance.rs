@@ -1243,6 +1243,15 @@ pub async fn hosts_carry_what_is_placed_on_them(store: &dyn Store) {
     let alloc = store.host_allocations().await.unwrap();
     assert_eq!((alloc["a"].instances, alloc["a"].vcpus), (2, 2));
     assert_eq!(alloc["b"].instances, 1);
+    // What placement reads in one go says the same, host by host, by name.
+    let placing: Vec<(String, u64, u64)> = store
+        .hosts_with_allocations()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(h, a)| (h.host.name, a.instances, a.vcpus))
+        .collect();
+    assert_eq!(placing, [("a".to_string(), 2, 2), ("b".to_string(), 1, 1)]);
     let mut members: Vec<String> =
         store.group_members_hosts(&[group]).await.unwrap().into_iter().map(|(h, _)| h).collect();
     members.sort();

@@ -566,25 +566,46 @@ pub(crate) async fn plan(
     Ok((instance, op, set))
 }
 
+/// How many free addresses one read of the store finds ahead of the cursor: the next creates of this server
+/// take them without reading again.
+const READ_AHEAD: u32 = 32;
+
+/// This server's next-fit cursor on the instance network and the free addresses it read ahead of it.
+#[derive(Debug, Default)]
+pub(crate) struct AddressOffers {
+    cursor: u32,
+    ahead: std::collections::VecDeque<u32>,
+}
+
 /// The host number of the instance network to offer a new instance. Addresses are handed out next-fit, as
 /// DHCP servers and clouds do: each create looks from where the last one of this server stopped, so a
 /// deleted instance's address is not handed to the next instance at once (nothing aimed at the old one
 /// reaches the new one), and finding an address costs the same with 100,000 held as with ten, instead of a
-/// scan of every held one. Concurrent creates start from distinct numbers. Once the network's end is
-/// reached the search wraps to its lowest free numbers (a random one of the lowest few on a retry, so that
-/// racing creates spread out). The cursor is only a hint: the store's unique hold decides, and a create
-/// that lost an address to another server retries past it.
+/// scan of every held one. One read finds [`READ_AHEAD`] free ones, offered to this server's next creates
+/// in turn. Once the network's end is reached the search wraps to its lowest free numbers (a random one of
+/// the lowest few on a retry, so that racing creates spread out). All of it is only a hint: the store's
+/// unique hold decides, and a create that lost an address (to another server, or to a reservation) retries
+/// past it, forgetting what was read ahead with it.
 pub(crate) async fn address_candidate(engine: &Engine, attempt: usize) -> Result<u32> {
-    use std::sync::atomic::Ordering::Relaxed;
     let net = crate::network::Network::parse(&engine.config.network_cidr)?;
     let (first, last) = (net.first_host(), net.last_host());
     let free = |from: u32, limit: u32| async move {
         engine.store.free_addresses(&engine.config.network_cidr, from, last, limit).await.map_err(store_err)
     };
-    let start = engine.address_cursor.fetch_add(1, Relaxed).max(first);
+    // Held across the read: a create waiting here takes from what the one before it read.
+    let mut offers = engine.address_offers.lock().await;
+    if attempt > 0 {
+        offers.ahead.clear();
+    }
+    if let Some(host) = offers.ahead.pop_front() {
+        return Ok(host);
+    }
+    let start = offers.cursor.max(first);
     if start <= last {
-        if let Some(&host) = free(start, 1).await?.first() {
-            engine.address_cursor.fetch_max(host + 1, Relaxed);
+        let found = free(start, READ_AHEAD).await?;
+        if let Some((&host, rest)) = found.split_first() {
+            offers.ahead.extend(rest);
+            offers.cursor = found.last().map_or(host, |h| *h) + 1;
             return Ok(host);
         }
     }
@@ -598,7 +619,7 @@ pub(crate) async fn address_candidate(engine: &Engine, attempt: usize) -> Result
         use rand::Rng;
         lowest[rand::thread_rng().gen_range(0..lowest.len())]
     };
-    // Wrapped: go on from here (a store() racing a concurrent fetch_max is harmless, the cursor is a hint).
-    engine.address_cursor.store(host + 1, Relaxed);
+    // Wrapped: go on from here.
+    offers.cursor = host + 1;
     Ok(host)
 }

@@ -78,6 +78,45 @@ pub(super) async fn allocations(conn: &mut Conn<'_>, backend: Backend) -> StoreR
     Ok(out)
 }
 
+/// Every host with what it carries, in one statement (the host's row of the usage counters joined to it),
+/// and its GPUs in a second only when some host has GPUs.
+pub(super) async fn with_allocations(
+    pool: &sqlx::AnyPool,
+    backend: Backend,
+) -> StoreResult<Vec<(StoredHost, Allocation)>> {
+    let sql = format!(
+        "SELECT h.body, h.generation, h.reachable, COALESCE(u.instances, 0) AS instances,
+                COALESCE(u.vcpus, 0) AS vcpus, COALESCE(u.memory_mib, 0) AS memory_mib,
+                COALESCE(u.disk_gb, 0) AS disk_gb
+         FROM ({}) h LEFT JOIN usage_totals u ON u.scope = 'host' AND u.owner = h.name
+         ORDER BY h.name",
+        select(backend).replace("SELECT body,", "SELECT name, body,")
+    );
+    let rows = query(&sql, vec![]).fetch_all(pool).await.map_err(|e| backend.error("listing hosts", e))?;
+    let mut hosts = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let allocation = Allocation {
+            instances: count(r, "instances")?,
+            vcpus: count(r, "vcpus")?,
+            memory_mib: count(r, "memory_mib")?,
+            disk_gb: count(r, "disk_gb")?,
+            gpus: BTreeMap::new(),
+        };
+        hosts.push((host_from_row(r)?, allocation));
+    }
+    if hosts.iter().any(|(h, _)| !h.host.capacity.gpus.is_empty()) {
+        let gpus =
+            query(&gpu_sums(""), vec![]).fetch_all(pool).await.map_err(|e| backend.error("summing host GPUs", e))?;
+        for r in &gpus {
+            let host: String = column(r, "host")?;
+            if let Some((_, a)) = hosts.iter_mut().find(|(h, _)| h.host.name == host) {
+                a.gpus.insert(column(r, "gpu_model")?, count(r, "gpus")?);
+            }
+        }
+    }
+    Ok(hosts)
+}
+
 /// What one host carries, as `conn` sees it (inside a write set: including its writes); its GPUs only when
 /// `gpus` (left empty otherwise).
 pub(super) async fn allocation_of(

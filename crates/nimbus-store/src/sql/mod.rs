@@ -1176,6 +1176,10 @@ impl Store for SqlStore {
         rows.iter().map(hosts::host_from_row).collect()
     }
 
+    async fn hosts_with_allocations(&self) -> StoreResult<Vec<(StoredHost, Allocation)>> {
+        hosts::with_allocations(&self.pool, self.backend).await
+    }
+
     async fn renew_host(&self, name: &str, lease: Duration) -> StoreResult<bool> {
         let sql = format!("UPDATE hosts SET heartbeat_expires = {} + $1 WHERE name = $2", self.backend.now_ms());
         let mut w = self.write().await?;
