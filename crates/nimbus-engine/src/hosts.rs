@@ -569,11 +569,11 @@ impl Engine {
     }
 
     /// The names of the hosts instances may be placed on, with their views, for placement: one read of the
-    /// store on every create.
-    pub(crate) async fn placement_candidates(&self) -> Result<BTreeMap<String, HostView>> {
+    /// store on every create (their GPU allocations only `with_gpus`, for a demand that has some).
+    pub(crate) async fn placement_candidates(&self, with_gpus: bool) -> Result<BTreeMap<String, HostView>> {
         Ok(self
             .store
-            .hosts_with_allocations()
+            .hosts_with_allocations(with_gpus)
             .await
             .map_err(store_err)?
             .into_iter()

@@ -37,7 +37,8 @@ impl Engine {
     /// [`Engine::place`] on `required_host` only, when given (the host that keeps volumes the instance is
     /// created with: a volume does not move between hosts yet).
     pub(crate) async fn place_with(&self, instance: &Instance, required_host: Option<&str>) -> Result<Placement> {
-        let mut candidates = self.placement_candidates().await?;
+        let demand = demand_of(instance);
+        let mut candidates = self.placement_candidates(demand.gpus.is_some()).await?;
         if let Some(host) = required_host {
             candidates.retain(|name, _| name == host);
             if candidates.is_empty() {
@@ -61,7 +62,7 @@ impl Engine {
             .map(|view| Candidate { view, holds_group_member: taken.contains(&view.host.name.as_str()) })
             .collect();
         let groups = self.group_names(instance).await;
-        let name = host::place(&list, &demand_of(instance), self.config.overcommit, &groups)?;
+        let name = host::place(&list, &demand, self.config.overcommit, &groups)?;
         Ok(self.placement_on(&candidates[&name].host, instance))
     }
 

@@ -1245,7 +1245,7 @@ pub async fn hosts_carry_what_is_placed_on_them(store: &dyn Store) {
     assert_eq!(alloc["b"].instances, 1);
     // What placement reads in one go says the same, host by host, by name.
     let placing: Vec<(String, u64, u64)> = store
-        .hosts_with_allocations()
+        .hosts_with_allocations(true)
         .await
         .unwrap()
         .into_iter()
@@ -1262,6 +1262,30 @@ pub async fn hosts_carry_what_is_placed_on_them(store: &dyn Store) {
     let refused = placed(p.id, "w", "a", 8, &[group]);
     assert!(matches!(store.apply(refused).await, Err(StoreError::NoRoom(m)) if m.contains(&group.to_string())));
     assert_eq!(store.host_allocations().await.unwrap()["a"].instances, 2);
+}
+
+pub async fn placement_reads_gpus_only_when_asked(store: &dyn Store) {
+    let p = project(store, Quota::default()).await;
+    let mut gpu_host = host("g", 8);
+    gpu_host.capacity.gpus.insert("a100".into(), 4);
+    store.apply(register(&gpu_host)).await.unwrap();
+    store.apply(register(&host("plain", 8))).await.unwrap();
+    let mut trainer = instance(p.id, "trainer", 1);
+    (trainer.host, trainer.gpus, trainer.gpu_model) = (Some("g".into()), 3, Some("a100".into()));
+    store.apply(insert(&trainer)).await.unwrap();
+    let gpus_of = |hosts: Vec<(StoredHost, nimbus_core::host::Allocation)>| -> Vec<(String, u64, Option<u64>)> {
+        hosts.into_iter().map(|(h, a)| (h.host.name, a.instances, a.gpus.get("a100").copied())).collect()
+    };
+    assert_eq!(
+        gpus_of(store.hosts_with_allocations(true).await.unwrap()),
+        [("g".to_string(), 1, Some(3)), ("plain".to_string(), 0, None)],
+        "a GPU demand sees the GPUs taken"
+    );
+    assert_eq!(
+        gpus_of(store.hosts_with_allocations(false).await.unwrap()),
+        [("g".to_string(), 1, None), ("plain".to_string(), 0, None)],
+        "any other demand is placed on the rest alone"
+    );
 }
 
 pub async fn concurrent_placements_never_overfill_a_host(store: Arc<dyn Store>) {
@@ -1580,6 +1604,7 @@ macro_rules! conformance_tests {
             a_restarted_server_takes_back_every_lease_its_claims_held,
             hosts_register_heartbeat_and_change_by_generation,
             hosts_carry_what_is_placed_on_them,
+            placement_reads_gpus_only_when_asked,
             records_are_listed_by_name,
             events_are_sequenced_and_scoped,
             idempotency_keys_replay_reject_and_release,

@@ -555,9 +555,9 @@ pub trait Store: Send + Sync + 'static {
     /// What the instances placed on each host take of it (every instance but a destroyed one), by host.
     async fn host_allocations(&self) -> StoreResult<std::collections::BTreeMap<String, Allocation>>;
     /// Every host, by name, with what its instances take of it, as placement reads them on every create:
-    /// in one statement, and GPUs counted only when some host has any (an instance's GPUs are checked
-    /// against its host's, and a host without GPUs takes none).
-    async fn hosts_with_allocations(&self) -> StoreResult<Vec<(StoredHost, Allocation)>>;
+    /// in one statement, and GPUs counted (a second) only `with_gpus` and when some host has any: an
+    /// instance without GPUs is placed without looking at them, and a host without GPUs takes none.
+    async fn hosts_with_allocations(&self, with_gpus: bool) -> StoreResult<Vec<(StoredHost, Allocation)>>;
     /// Where the members of these anti-affinity groups are placed: (host, instance) pairs.
     async fn group_members_hosts(&self, groups: &[Uuid]) -> StoreResult<Vec<(String, Uuid)>>;
 

@@ -308,8 +308,8 @@ impl Store for FaultyStore {
     async fn host_allocations(&self) -> StoreResult<std::collections::BTreeMap<String, Allocation>> {
         self.inner.host_allocations().await
     }
-    async fn hosts_with_allocations(&self) -> StoreResult<Vec<(StoredHost, Allocation)>> {
-        self.inner.hosts_with_allocations().await
+    async fn hosts_with_allocations(&self, with_gpus: bool) -> StoreResult<Vec<(StoredHost, Allocation)>> {
+        self.inner.hosts_with_allocations(with_gpus).await
     }
     async fn group_members_hosts(&self, groups: &[Uuid]) -> StoreResult<Vec<(String, Uuid)>> {
         self.inner.group_members_hosts(groups).await

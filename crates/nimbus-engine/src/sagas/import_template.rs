@@ -128,7 +128,7 @@ impl Engine {
                 "this server runs no host of its own (--no-local-agent): give an http(s) URL, which a host downloads",
             ));
         }
-        self.placement_candidates()
+        self.placement_candidates(false)
             .await?
             .into_values()
             .find(|v| v.reachable && v.host.admin_state == nimbus_core::host::HostState::Ready)

@@ -79,10 +79,11 @@ pub(super) async fn allocations(conn: &mut Conn<'_>, backend: Backend) -> StoreR
 }
 
 /// Every host with what it carries, in one statement (the host's row of the usage counters joined to it),
-/// and its GPUs in a second only when some host has GPUs.
+/// and its GPUs in a second only `with_gpus` and when some host has GPUs.
 pub(super) async fn with_allocations(
     pool: &sqlx::AnyPool,
     backend: Backend,
+    with_gpus: bool,
 ) -> StoreResult<Vec<(StoredHost, Allocation)>> {
     let sql = format!(
         "SELECT h.body, h.generation, h.reachable, COALESCE(u.instances, 0) AS instances,
@@ -104,7 +105,7 @@ pub(super) async fn with_allocations(
         };
         hosts.push((host_from_row(r)?, allocation));
     }
-    if hosts.iter().any(|(h, _)| !h.host.capacity.gpus.is_empty()) {
+    if with_gpus && hosts.iter().any(|(h, _)| !h.host.capacity.gpus.is_empty()) {
         let gpus =
             query(&gpu_sums(""), vec![]).fetch_all(pool).await.map_err(|e| backend.error("summing host GPUs", e))?;
         for r in &gpus {

@@ -1176,8 +1176,8 @@ impl Store for SqlStore {
         rows.iter().map(hosts::host_from_row).collect()
     }
 
-    async fn hosts_with_allocations(&self) -> StoreResult<Vec<(StoredHost, Allocation)>> {
-        hosts::with_allocations(&self.pool, self.backend).await
+    async fn hosts_with_allocations(&self, with_gpus: bool) -> StoreResult<Vec<(StoredHost, Allocation)>> {
+        hosts::with_allocations(&self.pool, self.backend, with_gpus).await
     }
 
     async fn renew_host(&self, name: &str, lease: Duration) -> StoreResult<bool> {
