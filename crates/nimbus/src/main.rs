@@ -64,6 +64,12 @@ fn daemon<F: std::future::Future<Output = anyhow::Result<()>>>(
     }
 }
 
+/// mimalloc rather than glibc's malloc: the control plane allocates many small, short-lived values (JSON,
+/// rows, strings) on one thread and frees them on another, where glibc's arenas took about a fifth of the
+/// server's CPU under the creation benchmark (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let args = Cli::parse();
     match args.command {
