@@ -8,7 +8,7 @@
 //! the agent heartbeats again, its report of what really runs there re-aligns the records: running VMs are
 //! adopted as they are, never rebooted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use nimbus_core::host::{Capacity, Host, HostState, HostToken, HostView};
@@ -66,6 +66,9 @@ pub struct HostReport {
 /// How far the clocks of the servers that write records may be apart, at most, for the report's
 /// staleness check (`apply_host_report`).
 const CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How many of a host's instances a report reads and judges at a time.
+const REPORT_PAGE: u32 = 500;
 
 /// A call waiting for an agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -283,16 +286,36 @@ impl Engine {
     /// no instance placed on this host owns is removed when the store's history knows it (deleted or
     /// evacuated meanwhile) and reported otherwise (see `reconciler.rs`).
     pub(crate) async fn apply_host_report(&self, name: &str, report: HostReport) -> Result<()> {
-        let query = InstanceQuery { host: Some(name.to_string()), ..Default::default() };
-        let mut placed = self.store.list_instances(&query).await.map_err(store_err)?;
+        let actual: HashMap<Uuid, ActualState> = report.instances.iter().copied().collect();
+        let now = nimbus_core::now();
+        // What the agent saw of a VM is as old as its report: a record changed since (an operation that ended
+        // while the report was under way) is newer than what the report says of it, and is left for the
+        // next report to judge.
+        let seen_since = now - std::time::Duration::from_millis(report.took_ms) - CLOCK_SKEW;
+        // Read and judged a page at a time: a host of 100,000 instances is not one read decoded in one go,
+        // which held a runtime thread for the better part of a second and every request queued behind it.
+        let mut known = HashSet::new();
+        let mut query = InstanceQuery { host: Some(name.to_string()), limit: REPORT_PAGE, ..Default::default() };
+        loop {
+            let page = self.store.list_instances(&query).await.map_err(store_err)?;
+            for instance in &page {
+                known.insert(instance.id);
+                self.align_with_report(instance, &actual, seen_since, now).await;
+            }
+            match page.last() {
+                Some(last) if page.len() == REPORT_PAGE as usize => query.after = Some(last.id),
+                _ => break,
+            }
+        }
         if self.local.as_ref().is_some_and(|l| l.name == name) {
             // Instances from before hosts existed live on the server's own host.
             let unplaced = InstanceQuery { unplaced: true, ..Default::default() };
-            placed.extend(self.store.list_instances(&unplaced).await.map_err(store_err)?);
+            for instance in self.store.list_instances(&unplaced).await.map_err(store_err)? {
+                known.insert(instance.id);
+                self.align_with_report(&instance, &actual, seen_since, now).await;
+            }
         }
-        let actual: HashMap<Uuid, ActualState> = report.instances.iter().copied().collect();
-        let known: HashMap<Uuid, &Instance> = placed.iter().map(|i| (i.id, i)).collect();
-        for id in actual.keys().filter(|id| !known.contains_key(id)) {
+        for id in actual.keys().filter(|id| !known.contains(id)) {
             // A record may have just been written: only a VM that no record of this host owns is removed.
             let owner = self.store.get_instance(*id).await.map_err(store_err)?;
             if owner.as_ref().is_some_and(|i| i.host.as_deref().is_none_or(|h| h == name)) {
@@ -300,33 +323,36 @@ impl Engine {
             }
             self.host_instance_without_record(name, *id, actual[id]).await;
         }
-        self.forget_unknown_host_instances(name, &actual.keys().copied().collect()).await?;
-        let now = nimbus_core::now();
-        // What the agent saw of a VM is as old as its report: a record changed since (an operation that ended
-        // while the report was under way) is newer than what the report says of it, and is left for the
-        // next report to judge.
-        let seen_since = now - std::time::Duration::from_millis(report.took_ms) - CLOCK_SKEW;
-        for instance in placed {
-            if instance.lock_operation_id.is_some() || instance.updated_at > seen_since {
-                continue;
-            }
-            let seen = actual.get(&instance.id).copied().unwrap_or(ActualState::Missing);
-            let Some(observed) = observed(instance.state, seen) else { continue };
-            tracing::info!(instance = %instance.id, recorded = %instance.state, observed = %observed, "instance changed outside Nimbus");
-            let mut next = instance.clone();
-            next.state = observed;
-            next.state_reason = None;
-            next.last_known_state = None;
-            next.end_rescue_if_off();
-            next.generation += 1;
-            next.updated_at = now;
-            let mut set = WriteSet::new();
-            set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(instance.generation) });
-            set.push(instance_event(&Actor::system(), "instance.updated", &next));
-            // Losing to a concurrent writer is fine: the next report looks again.
-            let _ = self.store.apply(set).await;
+        self.forget_unknown_host_instances(name, &actual.keys().copied().collect()).await
+    }
+
+    /// Shows `instance` as its host's report saw it, when that differs from its record and nothing changed
+    /// the record since the report (`seen_since`) or is changing it (an operation holds it).
+    async fn align_with_report(
+        &self,
+        instance: &Instance,
+        actual: &HashMap<Uuid, ActualState>,
+        seen_since: time::OffsetDateTime,
+        now: time::OffsetDateTime,
+    ) {
+        if instance.lock_operation_id.is_some() || instance.updated_at > seen_since {
+            return;
         }
-        Ok(())
+        let seen = actual.get(&instance.id).copied().unwrap_or(ActualState::Missing);
+        let Some(observed) = observed(instance.state, seen) else { return };
+        tracing::info!(instance = %instance.id, recorded = %instance.state, observed = %observed, "instance changed outside Nimbus");
+        let mut next = instance.clone();
+        next.state = observed;
+        next.state_reason = None;
+        next.last_known_state = None;
+        next.end_rescue_if_off();
+        next.generation += 1;
+        next.updated_at = now;
+        let mut set = WriteSet::new();
+        set.push(Write::PutInstance { instance: next.clone(), expected_generation: Some(instance.generation) });
+        set.push(instance_event(&Actor::system(), "instance.updated", &next));
+        // Losing to a concurrent writer is fine: the next report looks again.
+        let _ = self.store.apply(set).await;
     }
 
     /// Shows the instances of every host that stopped answering as `unknown`, `host-unreachable` (an
