@@ -365,6 +365,38 @@ async fn a_report_older_than_an_operations_end_does_not_undo_it() {
     assert_eq!(c.state(ADMIN, &id).await, "stopped");
 }
 
+/// A host's report is judged a page of its instances at a time: the instances of every page are aligned
+/// with what really runs, the last page's too.
+#[tokio::test]
+async fn a_report_of_a_host_with_more_instances_than_a_page_judges_every_one() {
+    use nimbus_driver::Driver;
+    let config = EngineConfig { network_cidr: "10.213.0.0/22".into(), ..Default::default() };
+    let c = Cloud::with(SimConfig::default(), config).await;
+    let project_id = c.get("/v1/whoami", ADMIN).await.body["project"]["id"].as_str().unwrap().to_string();
+    let quota = json!({"instances": 2000, "vcpus": 100000, "memory_mib": 100000000, "disk_gb": 1000000});
+    let r = c.call(Method::PUT, &format!("/v1/projects/{project_id}/quota"), ADMIN, Some(quota)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // Two pages and a bit (a page is 500).
+    let mut ids = Vec::new();
+    for n in 0..1003 {
+        ids.push(c.instance(ADMIN, &format!("many-{n}"), json!({})).await);
+    }
+    let host = c.get(&format!("/v1/instances/{}", ids[0]), ADMIN).await.body["host"].as_str().unwrap().to_string();
+    let behind_our_back = [&ids[0], &ids[499], &ids[500], &ids[1002]];
+    for id in behind_our_back {
+        c.sim.stop(id.parse().unwrap(), Duration::ZERO).await.unwrap();
+    }
+    // A report is trusted only about records older than itself.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let report = nimbus_engine::local_agent::report(c.sim.as_ref()).await.unwrap();
+    c.engine.host_heartbeat(&host, Some(report)).await.unwrap();
+    for id in behind_our_back {
+        assert_eq!(c.state(ADMIN, id).await, "stopped", "{id}");
+    }
+    assert_eq!(c.state(ADMIN, &ids[1]).await, "running");
+    assert_eq!(c.state(ADMIN, &ids[1001]).await, "running");
+}
+
 /// A rescue start shows on the instance (`rescue`) for as long as the rescue system runs: a reboot boots it
 /// again, a stop ends it, and a reset of a rescued instance boots its own fresh system.
 #[tokio::test]
