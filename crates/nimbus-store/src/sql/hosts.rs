@@ -31,6 +31,17 @@ fn count(row: &Row, name: &str) -> StoreResult<u64> {
     u64::try_from(n).map_err(|_| StoreError::Backend(format!("corrupt allocation {name} = {n}")))
 }
 
+/// A row's counts of what placed instances take (GPUs are summed apart).
+fn counted(row: &Row) -> StoreResult<Allocation> {
+    Ok(Allocation {
+        instances: count(row, "instances")?,
+        vcpus: count(row, "vcpus")?,
+        memory_mib: count(row, "memory_mib")?,
+        disk_gb: count(row, "disk_gb")?,
+        gpus: BTreeMap::new(),
+    })
+}
+
 /// The `SELECT` of what placed instances take of each host, from the counters the instance triggers keep
 /// (see migration 7); a host that carries nothing has no row or a row of zeros.
 fn sums(filter: &str) -> String {
@@ -58,16 +69,7 @@ pub(super) async fn allocations(conn: &mut Conn<'_>, backend: Backend) -> StoreR
         .map_err(|e| backend.error("summing host allocations", e))?;
     let mut out = BTreeMap::new();
     for r in &rows {
-        out.insert(
-            column::<String>(r, "grp")?,
-            Allocation {
-                instances: count(r, "instances")?,
-                vcpus: count(r, "vcpus")?,
-                memory_mib: count(r, "memory_mib")?,
-                disk_gb: count(r, "disk_gb")?,
-                gpus: BTreeMap::new(),
-            },
-        );
+        out.insert(column::<String>(r, "grp")?, counted(r)?);
     }
     let gpus =
         query(&gpu_sums(""), vec![]).fetch_all(&mut *conn).await.map_err(|e| backend.error("summing host GPUs", e))?;
@@ -96,14 +98,7 @@ pub(super) async fn with_allocations(
     let rows = query(&sql, vec![]).fetch_all(pool).await.map_err(|e| backend.error("listing hosts", e))?;
     let mut hosts = Vec::with_capacity(rows.len());
     for r in &rows {
-        let allocation = Allocation {
-            instances: count(r, "instances")?,
-            vcpus: count(r, "vcpus")?,
-            memory_mib: count(r, "memory_mib")?,
-            disk_gb: count(r, "disk_gb")?,
-            gpus: BTreeMap::new(),
-        };
-        hosts.push((host_from_row(r)?, allocation));
+        hosts.push((host_from_row(r)?, counted(r)?));
     }
     if with_gpus && hosts.iter().any(|(h, _)| !h.host.capacity.gpus.is_empty()) {
         let gpus =
@@ -131,13 +126,7 @@ pub(super) async fn allocation_of(
         .await
         .map_err(|e| backend.error("summing the host's allocation", e))?;
     let mut a = match row {
-        Some(r) => Allocation {
-            instances: count(&r, "instances")?,
-            vcpus: count(&r, "vcpus")?,
-            memory_mib: count(&r, "memory_mib")?,
-            disk_gb: count(&r, "disk_gb")?,
-            gpus: BTreeMap::new(),
-        },
+        Some(r) => counted(&r)?,
         None => Allocation::default(),
     };
     if !gpus {
