@@ -83,7 +83,7 @@ pub(super) async fn allocations(conn: &mut Conn<'_>, backend: Backend) -> StoreR
 /// Every host with what it carries, in one statement (the host's row of the usage counters joined to it),
 /// and its GPUs in a second only `with_gpus` and when some host has GPUs.
 pub(super) async fn with_allocations(
-    pool: &sqlx::AnyPool,
+    on: super::statement::PointRead<'_>,
     backend: Backend,
     with_gpus: bool,
 ) -> StoreResult<Vec<(StoredHost, Allocation)>> {
@@ -95,14 +95,14 @@ pub(super) async fn with_allocations(
          ORDER BY h.name",
         select(backend).replace("SELECT body,", "SELECT name, body,")
     );
-    let rows = query(&sql, vec![]).fetch_all(pool).await.map_err(|e| backend.error("listing hosts", e))?;
+    let rows = query(&sql, vec![]).fetch_all(on).await.map_err(|e| backend.error("listing hosts", e))?;
     let mut hosts = Vec::with_capacity(rows.len());
     for r in &rows {
         hosts.push((host_from_row(r)?, counted(r)?));
     }
     if with_gpus && hosts.iter().any(|(h, _)| !h.host.capacity.gpus.is_empty()) {
         let gpus =
-            query(&gpu_sums(""), vec![]).fetch_all(pool).await.map_err(|e| backend.error("summing host GPUs", e))?;
+            query(&gpu_sums(""), vec![]).fetch_all(on).await.map_err(|e| backend.error("summing host GPUs", e))?;
         for r in &gpus {
             let host: String = column(r, "host")?;
             if let Some((_, a)) = hosts.iter_mut().find(|(h, _)| h.host.name == host) {

@@ -5,14 +5,16 @@
 //! group committer is dozens of statements (a create alone is about twenty), and on this project's
 //! benchmark those hand-offs were most of a create's CPU time. The committer instead runs a whole batch on
 //! one blocking thread (`super::group_commit`), each statement a plain call on this connection: one hand-off
-//! per batch. Everything else (reads, migrations, the writes that are not batched) stays on sqlx.
+//! per batch. Point reads (an instance, a record, an operation, placement's hosts) run in place on the
+//! caller's thread on connections of their own ([`Readers`]). Everything else (lists, migrations, the
+//! writes that are not batched) stays on sqlx.
 //!
 //! The SQL is the store's one body of SQL: `$N` placeholders are bound by their number, as sqlx's SQLite
 //! driver does, and errors come back as `sqlx::Error::Database` with SQLite's extended result code, so that
 //! [`super::backend::Backend::error`] classifies them exactly as it classifies sqlx's.
 
 use std::borrow::Cow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rusqlite::types::{Value, ValueRef};
@@ -32,6 +34,66 @@ pub(crate) fn open(path: &Path) -> Result<Connection, sqlx::Error> {
     for pragma in super::backend::sqlite_pragmas(false) {
         execute(&mut conn, pragma, &[])?;
     }
+    Ok(conn)
+}
+
+/// Idle read connections to one SQLite file, each used in place on the thread of the read that takes it.
+///
+/// Why in place, on a runtime thread: a read by primary key of a page SQLite or the kernel has cached takes
+/// a few microseconds, less than the two thread hand-offs of sqlx's driver (one to its connection's thread
+/// and one back), which were most of what a create's point reads cost. A read that would wait (the file
+/// busy or locked: WAL recovery, a checkpoint's exclusive moment) does not: its connection has no busy
+/// timeout, and the caller runs it on sqlx instead, which may wait off the runtime's threads. Lists, whose
+/// cost grows with what they read, never run here.
+pub(crate) struct Readers {
+    path: PathBuf,
+    idle: std::sync::Mutex<Vec<Connection>>,
+}
+
+/// Idle connections kept: one per thread that reads at once is enough, and a 2-core server has few.
+const IDLE_READERS: usize = 8;
+
+impl Readers {
+    pub(crate) fn new(path: &Path) -> Readers {
+        Readers { path: path.to_path_buf(), idle: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    /// The rows of the read `sql`, read in place; `None` when it could not run without waiting (or a
+    /// connection could not be opened): the caller reads elsewhere.
+    pub(crate) fn fetch_all(&self, sql: &str, args: &[Arg]) -> Option<Result<Vec<LiteRow>, sqlx::Error>> {
+        let taken = self.idle.lock().expect("idle readers").pop();
+        let mut conn = match taken {
+            Some(conn) => conn,
+            None => match open_reader(&self.path) {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::debug!(error = %e, "opening a read connection; reading through the pool");
+                    return None;
+                }
+            },
+        };
+        let found = fetch_all(&mut conn, sql, args);
+        let would_wait = matches!(&found, Err(sqlx::Error::Database(e))
+            if e.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6)));
+        // A connection whose statement failed is not trusted again; one that only met a lock is.
+        if found.is_ok() || would_wait {
+            let mut idle = self.idle.lock().expect("idle readers");
+            if idle.len() < IDLE_READERS {
+                idle.push(conn);
+            }
+        }
+        (!would_wait).then_some(found)
+    }
+}
+
+/// A connection for [`Readers`]: reads only, never waits for a lock.
+fn open_reader(path: &Path) -> Result<Connection, sqlx::Error> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags).map_err(error)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // The store's writers set WAL on the file; these connections only read, and must not wait.
+    execute(&mut conn, "PRAGMA query_only = ON", &[])?;
+    conn.busy_timeout(std::time::Duration::ZERO).map_err(error)?;
     Ok(conn)
 }
 
@@ -187,6 +249,35 @@ mod tests {
         assert_eq!(rows[0].get_at(1), Some(&Value::Integer(7)));
         // A read changes nothing, whatever the statement before it changed.
         assert_eq!(execute(&mut conn, "SELECT a FROM t", &[]).unwrap(), 0);
+    }
+
+    /// A read in place sees what another connection committed the moment it lands, and one that would have
+    /// to wait for a lock does not wait: it answers `None` and its caller reads elsewhere.
+    #[test]
+    fn reads_in_place_see_the_last_commit_and_never_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut writer = open(&path).unwrap();
+        execute(&mut writer, "CREATE TABLE t (a TEXT)", &[]).unwrap();
+        let readers = Readers::new(&path);
+        let count = |readers: &Readers| {
+            readers.fetch_all("SELECT COUNT(*) FROM t", &[]).map(|rows| rows.unwrap()[0].get_at(0).cloned().unwrap())
+        };
+        assert_eq!(count(&readers), Some(Value::Integer(0)));
+        execute(&mut writer, "INSERT INTO t (a) VALUES ('x')", &[]).unwrap();
+        assert_eq!(count(&readers), Some(Value::Integer(1)), "the idle connection reused sees the new row");
+        // They only read.
+        let refused = readers.fetch_all("INSERT INTO t (a) VALUES ('y')", &[]).unwrap().unwrap_err();
+        assert!(refused.to_string().contains("readonly") || refused.to_string().contains("query_only"), "{refused}");
+        // Without WAL a writer's exclusive lock keeps readers out: the read gives up at once.
+        execute(&mut writer, "PRAGMA journal_mode = DELETE", &[]).unwrap();
+        let readers = Readers::new(&path);
+        execute(&mut writer, "BEGIN EXCLUSIVE", &[]).unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(count(&readers), None);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "it did not wait for the lock");
+        execute(&mut writer, "COMMIT", &[]).unwrap();
+        assert_eq!(count(&readers), Some(Value::Integer(1)), "the connection that met the lock is used again");
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub struct SqlStore {
     group: group_commit::GroupCommit,
     /// SQLite only: see [`read_cache`].
     read_cache: Option<std::sync::Arc<read_cache::ReadCache>>,
+    /// A SQLite file only: where point reads run in place ([`lite::Readers`]).
+    readers: Option<lite::Readers>,
     /// Seals secrets at rest (`crate::seal`); without, they are written in clear (tests, tools).
     seal: Option<std::sync::Arc<SealKeys>>,
 }
@@ -415,15 +417,17 @@ impl SqlStore {
         };
         let sqlite_writer = (backend == Backend::Sqlite).then(|| std::sync::Arc::new(Mutex::new(())));
         let read_cache = (backend == Backend::Sqlite).then(|| std::sync::Arc::new(read_cache::ReadCache::default()));
+        let file = backend::sqlite_file(backend, url)?;
+        let readers = file.as_deref().map(lite::Readers::new);
         let group = group_commit::GroupCommit::start(
             pool.clone(),
             backend,
-            backend::sqlite_file(backend, url)?,
+            file,
             sqlite_writer.clone(),
             changes.bumper(),
             read_cache.clone(),
         );
-        Ok(SqlStore { pool, backend, sqlite_writer, changes, group, read_cache, seal: None })
+        Ok(SqlStore { pool, backend, sqlite_writer, changes, group, read_cache, readers, seal: None })
     }
 
     /// Seals secrets with `keys` from now on; reads open what they sealed. Call [`SqlStore::reseal`] next,
@@ -436,6 +440,11 @@ impl SqlStore {
     /// A private in-memory SQLite database.
     pub async fn open_in_memory() -> StoreResult<SqlStore> {
         SqlStore::open("sqlite::memory:").await
+    }
+
+    /// Where a read of one row (or of a few, by key) runs: see [`statement::PointRead`].
+    fn point_read(&self) -> statement::PointRead<'_> {
+        statement::PointRead { pool: &self.pool, in_place: self.readers.as_ref() }
     }
 
     fn fail(&self, doing: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
@@ -522,7 +531,7 @@ impl SqlStore {
         sql: &str,
         key: impl Into<Arg>,
     ) -> StoreResult<Option<T>> {
-        let row = query(sql, vec![key.into()]).fetch_optional(&self.pool).await.map_err(self.fail(what))?;
+        let row = query(sql, vec![key.into()]).fetch_optional(self.point_read()).await.map_err(self.fail(what))?;
         row.map(|r| body_of(what, &r)).transpose()
     }
 
@@ -897,7 +906,7 @@ impl Store for SqlStore {
             "SELECT id, project_id, name, body, generation FROM records WHERE kind = $1 AND id = $2",
             args![kind, id],
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.point_read())
         .await
         .map_err(self.fail("reading a record"))?;
         let found = row.map(|r| record_from_row(self.seal.as_deref(), kind, &r)).transpose()?;
@@ -1177,7 +1186,7 @@ impl Store for SqlStore {
     }
 
     async fn hosts_with_allocations(&self, with_gpus: bool) -> StoreResult<Vec<(StoredHost, Allocation)>> {
-        hosts::with_allocations(&self.pool, self.backend, with_gpus).await
+        hosts::with_allocations(self.point_read(), self.backend, with_gpus).await
     }
 
     async fn renew_host(&self, name: &str, lease: Duration) -> StoreResult<bool> {

@@ -25,9 +25,24 @@ pub(crate) enum Conn<'c> {
     Lite(&'c mut rusqlite::Connection),
 }
 
+/// Where a point read runs: in place when the store reads a SQLite file ([`lite::Readers`]), on the pool
+/// otherwise (and whenever in place would have to wait).
+#[derive(Clone, Copy)]
+pub(crate) struct PointRead<'c> {
+    pub(crate) pool: &'c AnyPool,
+    pub(crate) in_place: Option<&'c lite::Readers>,
+}
+
+impl<'c> From<PointRead<'c>> for On<'c> {
+    fn from(read: PointRead<'c>) -> On<'c> {
+        On::Read(read)
+    }
+}
+
 /// Where a statement runs.
 pub(crate) enum On<'c> {
     Pool(&'c AnyPool),
+    Read(PointRead<'c>),
     Sqlx(&'c mut AnyConnection),
     Lite(&'c mut rusqlite::Connection),
 }
@@ -90,7 +105,7 @@ impl<'q> Statement<'q> {
 
     pub(crate) async fn execute<'c>(self, on: impl Into<On<'c>>) -> Result<Executed, sqlx::Error> {
         let rows_affected = match on.into() {
-            On::Pool(pool) => self.sqlx().execute(pool).await?.rows_affected(),
+            On::Pool(pool) | On::Read(PointRead { pool, .. }) => self.sqlx().execute(pool).await?.rows_affected(),
             On::Sqlx(conn) => self.sqlx().execute(conn).await?.rows_affected(),
             On::Lite(conn) => lite::execute(conn, self.sql, &self.args)?,
         };
@@ -99,6 +114,10 @@ impl<'q> Statement<'q> {
 
     pub(crate) async fn fetch_all<'c>(self, on: impl Into<On<'c>>) -> Result<Vec<Row>, sqlx::Error> {
         Ok(match on.into() {
+            On::Read(read) => match read.in_place.and_then(|r| r.fetch_all(self.sql, &self.args)) {
+                Some(rows) => rows?.into_iter().map(Row::Lite).collect(),
+                None => self.sqlx().fetch_all(read.pool).await?.into_iter().map(Row::Sqlx).collect(),
+            },
             On::Pool(pool) => self.sqlx().fetch_all(pool).await?.into_iter().map(Row::Sqlx).collect(),
             On::Sqlx(conn) => self.sqlx().fetch_all(conn).await?.into_iter().map(Row::Sqlx).collect(),
             On::Lite(conn) => lite::fetch_all(conn, self.sql, &self.args)?.into_iter().map(Row::Lite).collect(),
@@ -107,6 +126,7 @@ impl<'q> Statement<'q> {
 
     pub(crate) async fn fetch_optional<'c>(self, on: impl Into<On<'c>>) -> Result<Option<Row>, sqlx::Error> {
         Ok(match on.into() {
+            On::Read(read) => self.fetch_all(read).await?.into_iter().next(),
             On::Pool(pool) => self.sqlx().fetch_optional(pool).await?.map(Row::Sqlx),
             On::Sqlx(conn) => self.sqlx().fetch_optional(conn).await?.map(Row::Sqlx),
             On::Lite(conn) => lite::fetch_all(conn, self.sql, &self.args)?.into_iter().next().map(Row::Lite),
