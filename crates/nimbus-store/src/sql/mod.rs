@@ -1169,7 +1169,7 @@ impl Store for SqlStore {
         if let Some(p) = project_id {
             sql.and("project_id = ", p);
         }
-        let row = sql.query().fetch_one(&self.pool).await.map_err(self.fail("reading the latest event"))?;
+        let row = sql.query().fetch_one(self.point_read()).await.map_err(self.fail("reading the latest event"))?;
         column(&row, "seq")
     }
 
@@ -1228,7 +1228,7 @@ impl Store for SqlStore {
             "SELECT id, project_id, name, body, generation FROM records WHERE kind = $1 AND name = $2 ORDER BY id",
             args![kind, name],
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.point_read())
         .await
         .map_err(self.fail("listing records"))?;
         rows.iter().map(|r| record_from_row(self.seal.as_deref(), kind, r)).collect()
