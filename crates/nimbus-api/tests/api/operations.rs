@@ -138,6 +138,31 @@ async fn every_live_subscriber_gets_its_projects_events_and_no_others() {
     assert!(!text.contains(&id), "the neighbour saw this project's instance: {text}");
 }
 
+/// While nobody listens the hub does not read the events stored (it skips past them), yet a subscriber that
+/// comes later gets them from the store, then the new ones live: in order, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_subscriber_gets_what_nobody_heard_then_what_follows() {
+    let c = Cloud::new().await;
+    let unheard = c.instance(ADMIN, "unheard", json!({})).await;
+    // Longer than the hub's look while nobody listens (once a second): it has skipped these by now.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let req = Request::get("/v1/events?after=0").header("authorization", format!("Bearer {ADMIN}")).body(Body::empty());
+    let mut stream = c.app.clone().oneshot(req.unwrap()).await.unwrap().into_body().into_data_stream();
+    let heard = c.instance(ADMIN, "heard", json!({})).await;
+    let mut text = String::new();
+    while !(text.contains("event: operation.updated") && text.contains(&heard) && text.ends_with("\n\n")) {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
+            .await
+            .expect("the new events arrive live")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains(&unheard), "the events stored while nobody listened: {text}");
+    let seqs: Vec<i64> = text.lines().filter_map(|l| l.strip_prefix("id: ")).map(|s| s.parse().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, once each: {seqs:?}");
+}
+
 #[tokio::test]
 async fn operations_are_listed_per_instance_and_waitable() {
     let c = Cloud::new().await;
