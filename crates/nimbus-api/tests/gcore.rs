@@ -925,7 +925,7 @@ async fn a_reserved_fixed_ip_gives_its_address_to_the_instance_made_with_it_and_
         json!({"type": "external", "is_vip": "yes"}),
         json!({"type": "external", "ip_family": "ipv6"}),
         json!({"type": "subnet", "subnet_id": "00000000-0000-0000-0000-000000000001"}),
-        json!({"type": "port", "port_id": port}),
+        json!({"type": "port"}),
         json!({"type": "ip_address", "network_id": network_id, "ip_address": "192.0.2.7"}),
         json!({"type": "floating"}),
         json!({}),
@@ -955,6 +955,72 @@ async fn a_reserved_fixed_ip_gives_its_address_to_the_instance_made_with_it_and_
     assert_eq!(gcore(&c, Method::GET, &theirs, &other, None).await.body["count"], 0);
     let r = gcore(&c, Method::POST, &base(&c, &other, "v2").await, &other, Some(with_reservation("stolen"))).await;
     assert_gcore_error(&r, StatusCode::NOT_FOUND, "NotFoundError");
+}
+
+/// An instance's own port reserved after the fact (`type: port`): the reservation is that port, names the
+/// instance while it lives, and keeps its address when it goes, for the next instance made with it.
+#[tokio::test]
+async fn an_instances_port_reserved_after_the_fact_keeps_its_address_past_the_instance() {
+    let c = Cloud::new().await;
+    let instances = base(&c, ADMIN, "v1").await;
+    let reserved = instances.replace("/instances/", "/reserved_fixed_ips/");
+    let (id, _) = create(&c, ADMIN, "keeper", json!({})).await;
+    let native = c.get(&format!("/v1/instances/{id}"), ADMIN).await.body;
+    let address = native["ip_addresses"][0].as_str().unwrap().to_string();
+    let nics = gcore(&c, Method::GET, &format!("{instances}/{id}/interfaces"), ADMIN, None).await.body;
+    let port = nics["results"][0]["port_id"].as_str().unwrap().to_string();
+
+    // Refused, reserving nothing: a VIP (held by no instance), a port nobody has, no port at all.
+    let refused = [
+        (json!({"type": "port", "port_id": port, "is_vip": true}), StatusCode::BAD_REQUEST, "ValidationError"),
+        (
+            json!({"type": "port", "port_id": "00000000-0000-0000-0000-000000000009"}),
+            StatusCode::NOT_FOUND,
+            "NotFoundError",
+        ),
+        (json!({"type": "port", "port_id": null}), StatusCode::BAD_REQUEST, "ValidationError"),
+    ];
+    for (body, status, kind) in refused {
+        assert_gcore_error(&gcore(&c, Method::POST, &reserved, ADMIN, Some(body)).await, status, kind);
+    }
+    assert_eq!(gcore(&c, Method::GET, &reserved, ADMIN, None).await.body["count"], 0);
+
+    let r = gcore(&c, Method::POST, &reserved, ADMIN, Some(json!({"type": "port", "port_id": port}))).await;
+    let t = finished(&c, &r).await;
+    assert_eq!(t["created_resources"]["ports"], json!([port]), "the reservation is the instance's port: {t}");
+    let one = format!("{reserved}/{port}");
+    let f = gcore(&c, Method::GET, &one, ADMIN, None).await.body;
+    assert_eq!(
+        (f["fixed_ip_address"].as_str(), f["status"].as_str(), f["reservation"]["resource_id"].as_str()),
+        (Some(address.as_str()), Some("ACTIVE"), Some(id.as_str())),
+        "{f}"
+    );
+    // Once is enough.
+    let r = gcore(&c, Method::POST, &reserved, ADMIN, Some(json!({"type": "port", "port_id": port}))).await;
+    assert_gcore_error(&r, StatusCode::BAD_REQUEST, "BadRequestError");
+    assert_eq!(gcore(&c, Method::GET, &reserved, ADMIN, None).await.body["count"], 1);
+
+    // The instance goes; its address stays with the reservation, and only an instance made with it gets it.
+    let r = gcore(&c, Method::DELETE, &format!("{instances}/{id}"), ADMIN, None).await;
+    c.wait(r.body["tasks"][0].as_str().unwrap(), ADMIN).await;
+    let f = gcore(&c, Method::GET, &one, ADMIN, None).await.body;
+    assert_eq!((f["fixed_ip_address"].as_str(), f["status"].as_str()), (Some(address.as_str()), Some("DOWN")), "{f}");
+    for n in 0..3 {
+        let (other, _) = create(&c, ADMIN, &format!("plain-{n}"), json!({})).await;
+        let ip = c.get(&format!("/v1/instances/{other}"), ADMIN).await.body["ip_addresses"][0].clone();
+        assert_ne!(ip, address.as_str(), "a plain create is never given a reserved address");
+    }
+    let body = json!({
+        "name": "heir",
+        "flavor": "standard.small",
+        "interfaces": [{"type": "reserved_fixed_ip", "port_id": port}],
+        "volumes": [{"source": "image", "image_id": "busybox", "boot_index": 0}],
+    });
+    let r = gcore(&c, Method::POST, &base(&c, ADMIN, "v2").await, ADMIN, Some(body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let op = c.wait(r.body["tasks"][0].as_str().unwrap(), ADMIN).await;
+    let heir = op["target"]["id"].as_str().unwrap();
+    assert_eq!(c.get(&format!("/v1/instances/{heir}"), ADMIN).await.body["ip_addresses"], json!([address]));
 }
 
 /// A reserved fixed IP of a private network's subnet (`any_subnet`, `subnet`, `ip_address` naming the

@@ -36,6 +36,7 @@ fn new_reservation(
     ip: Ipv4Addr,
     network_id: Option<Uuid>,
     is_vip: bool,
+    holder: Option<Uuid>,
 ) -> (ReservedAddress, Write) {
     let now = nimbus_core::now();
     let reserved = ReservedAddress {
@@ -44,7 +45,7 @@ fn new_reservation(
         name: name.map_or_else(|| format!("reserved-{ip}"), str::to_string),
         ip,
         network_id,
-        instance_id: None,
+        instance_id: holder,
         is_vip,
         connected: Vec::new(),
         created_at: now,
@@ -93,7 +94,7 @@ impl Engine {
                 None => crate::sagas::create::address_candidate(self, attempt).await?,
             };
             let ip = net.address(host).parse().map_err(|_| DomainError::Internal("network address".into()))?;
-            let (reserved, insert) = new_reservation(ctx, id, name.as_deref(), ip, None, is_vip);
+            let (reserved, insert) = new_reservation(ctx, id, name.as_deref(), ip, None, is_vip, None);
             let mut set = WriteSet::new();
             set.push(Write::ClaimAddress { network: self.config.network_cidr.clone(), host, owner: id });
             set.push(insert);
@@ -108,6 +109,46 @@ impl Engine {
             }
         }
         Err(DomainError::Conflict("the instance network is busy; retry".into()))
+    }
+
+    /// Reserves the address instance `instance_id` has on the instance network (Gcore's reservation of an
+    /// existing port), as reservation `id`: in one transaction the reservation takes the address over from
+    /// the instance and names it, so that the address stays reserved when the instance goes, as if the
+    /// instance had been created with it. `Conflict` when a reservation holds the address already (the
+    /// instance was created with one, or its port was reserved before). An instance deleted meanwhile gave
+    /// its address back: the reservation then holds it for nobody, or finds it taken and is refused.
+    pub async fn reserve_instance_address(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        instance_id: Uuid,
+        name: Option<String>,
+    ) -> Result<ReservedAddress> {
+        ctx.require(Role::Member)?;
+        if let Some(name) = &name {
+            nimbus_core::instance::validate_name("name", name)?;
+        }
+        let net = Network::parse(&self.config.network_cidr)?;
+        let instance = self.instance(ctx, instance_id).await?;
+        let address = instance.ip_addresses.first().and_then(|a| a.parse::<Ipv4Addr>().ok());
+        let Some((ip, host)) = address.and_then(|ip| Some((ip, net.host_of(ip)?))) else {
+            return Err(DomainError::Conflict(format!(
+                "instance {instance_id} has no address of the instance network"
+            )));
+        };
+        let (reserved, insert) = new_reservation(ctx, id, name.as_deref(), ip, None, false, Some(instance_id));
+        let mut set = WriteSet::new();
+        // The instance holds only this address in the allocator (the others it has are its networks').
+        set.push(Write::ReleaseAddresses { owner: instance_id });
+        set.push(Write::ClaimAddress { network: self.config.network_cidr.clone(), host, owner: id });
+        set.push(insert);
+        match self.store.apply(set).await {
+            Ok(()) => Ok(reserved),
+            Err(StoreError::Conflict(_) | StoreError::AlreadyExists(_)) => {
+                Err(DomainError::Conflict(format!("{ip} of instance {instance_id} is reserved already")))
+            }
+            Err(e) => Err(store_err(e)),
+        }
     }
 
     async fn reserve_private_address(
@@ -125,7 +166,7 @@ impl Engine {
             }
             let (mut network, network_record) = self.live_network_record(ctx, network_id).await?;
             let ip = network.hold(id, ip)?;
-            let (reserved, insert) = new_reservation(ctx, id, name.as_deref(), ip, Some(network_id), is_vip);
+            let (reserved, insert) = new_reservation(ctx, id, name.as_deref(), ip, Some(network_id), is_vip, None);
             let mut set = WriteSet::new();
             set.push(Write::UpdateRecord {
                 record: network_record.next(&network.name, &network),

@@ -55,7 +55,7 @@ async fn find_floating_ip(app: &AppState, r: &Region, id: &str) -> GcoreResult<E
 }
 
 /// The instance whose port `port_id` names (a port's id is derived from its instance's, so it is looked for).
-async fn instance_of_port(app: &AppState, r: &Region, port_id: &str) -> GcoreResult<Instance> {
+pub(super) async fn instance_of_port(app: &AppState, r: &Region, port_id: &str) -> GcoreResult<Instance> {
     let port = Uuid::parse_str(port_id).ok();
     let first = InstanceWindow { limit: Some(1), ..Default::default() };
     let found = app.engine.instance_window_where(&r.ctx, &first, |i| Some(views::port_id(i)) == port).await?;

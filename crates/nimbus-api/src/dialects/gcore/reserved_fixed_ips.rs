@@ -8,8 +8,8 @@
 //! as the networks' changes do. A VIP (`is_vip`, at its create or by a PATCH while no instance holds it)
 //! is held by no instance: instances on its network are connected to it (`connected_devices`, from the
 //! candidates of `available_devices`), and their ports then allow its address (`allowed_address_pairs`),
-//! for keepalived and the like to move it between them. Ports reserved after the fact (`type: port`) are
-//! refused with the reason.
+//! for keepalived and the like to move it between them. An instance's own port is reserved after the fact
+//! by `type: port`: the reservation is that port (same id), and its address stays when the instance goes.
 
 use std::net::Ipv4Addr;
 
@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use super::common::{found, optional_str, page, query_one, query_pairs, BodyMap, InRegion, Region, RegionItem};
 use super::errors::{FieldErrors, GcoreError, GcoreResult};
+use super::floating_ips::instance_of_port;
 use super::networks::{by_subnet, gcore_networks, receipt};
 use super::views::{self, rfc3339, GcoreNetwork, Scope};
 use crate::AppState;
@@ -73,11 +74,12 @@ async fn find(app: &AppState, r: &Region, id: &str) -> GcoreResult<ReservedAddre
 }
 
 /// Where a create asks for its address: `network` the private network (`None`: the instance network), `ip`
-/// that address (`type: ip_address`) or the next free one.
+/// that address (`type: ip_address`) or the next free one; or `port`, an instance's port (`type: port`).
 #[derive(Default)]
 struct Asked {
     network: Option<Uuid>,
     ip: Option<Ipv4Addr>,
+    port: Option<String>,
 }
 
 fn asked_address(map: &Map<String, Value>, scope: &Scope, nets: &[GcoreNetwork], errors: &mut FieldErrors) -> Asked {
@@ -122,8 +124,8 @@ fn asked_address(map: &Map<String, Value>, scope: &Scope, nets: &[GcoreNetwork],
     };
     match kind {
         Some("external") => Asked::default(),
-        Some("subnet") => Asked { network: network_of("subnet_id", errors), ip: None },
-        Some("any_subnet") => Asked { network: network_of("network_id", errors), ip: None },
+        Some("subnet") => Asked { network: network_of("subnet_id", errors), ..Asked::default() },
+        Some("any_subnet") => Asked { network: network_of("network_id", errors), ..Asked::default() },
         Some("ip_address") => {
             let network = network_of("network_id", errors);
             let ip = match optional_str(map, "ip_address", errors).map(str::parse::<Ipv4Addr>) {
@@ -137,11 +139,14 @@ fn asked_address(map: &Map<String, Value>, scope: &Scope, nets: &[GcoreNetwork],
                     None
                 }
             };
-            Asked { network, ip }
+            Asked { network, ip, ..Asked::default() }
         }
         Some("port") => {
-            errors.add("type", "Reserving the address of an existing port is not available in Nimbus");
-            Asked::default()
+            let port = optional_str(map, "port_id", errors).map(str::to_string);
+            if port.is_none() {
+                errors.add("port_id", "Field required");
+            }
+            Asked { port, ..Asked::default() }
         }
         Some(other) => {
             errors.add(
@@ -191,7 +196,16 @@ pub async fn create(
     let nets = gcore_networks(&app, &r.ctx).await?;
     let asked = asked_address(&map, &scope, &nets, &mut errors);
     let is_vip = vip_and_ipv4(&map, &mut errors).unwrap_or(false);
+    if is_vip && asked.port.is_some() {
+        errors.add("is_vip", "An instance's port is not a VIP: a VIP is held by no instance");
+    }
     errors.check()?;
+    if let Some(port) = asked.port {
+        let instance = instance_of_port(&app, &r, &port).await?;
+        let reserved =
+            app.engine.reserve_instance_address(&r.ctx, views::port_id(&instance), instance.id, None).await?;
+        return receipt(&app, &r, "create_reserved_fixed_ip", "ports", &[reserved.id]).await;
+    }
     let reserved = app.engine.create_reserved_address(&r.ctx, None, asked.network, asked.ip, is_vip).await?;
     receipt(&app, &r, "create_reserved_fixed_ip", "ports", &[reserved.id]).await
 }
