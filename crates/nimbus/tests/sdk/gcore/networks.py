@@ -2,8 +2,8 @@
 poll, get, list, delete), instances created with interfaces on them (static address or the first free
 one), interfaces attached and detached (each polled as a task), and the refusals: an address outside the
 subnet, a second subnet, DHCP, detaching what is not attached; and a reserved fixed IP an instance is made
-with, kept past it; a VIP the instance's port shares. Strict response validation is on, and raw
-responses carry exactly the keys of the SDK's models.
+with, kept past it; a VIP the instance's port shares; an instance's own port reserved after the fact.
+Strict response validation is on, and raw responses carry exactly the keys of the SDK's models.
 
 Nimbus private networks are bookkeeping only: the VM gets no second NIC, so what is checked here is what
 the API records and shows, not traffic."""
@@ -187,6 +187,17 @@ holder = inst.create_and_poll(flavor="standard.small", name="holder-again", volu
                               interfaces=[{"type": "reserved_fixed_ip", "port_id": reserved.port_id}])
 inst.delete_and_poll(holder.id, reserved_fixed_ips=reserved.port_id)
 refused(NotFoundError, lambda: fixed.get(reserved.port_id))
+assert fixed.list().count == 0
+# An instance's own port reserved after the fact (type "port"): the reservation is that port, and keeps
+# its address when the instance goes.
+plain = inst.create_and_poll(flavor="standard.small", name="plain", volumes=VOLUMES, interfaces=[EXTERNAL])
+[nic] = inst.interfaces.list(plain.id).results
+kept = fixed.create_and_poll(type="port", port_id=nic.port_id)
+assert kept.port_id == nic.port_id and kept.reservation.resource_id == plain.id, kept
+assert kept.fixed_ip_address == nic.ip_assignments[0].ip_address, (kept, nic)
+inst.delete_and_poll(plain.id)
+assert fixed.get(kept.port_id).reservation.status == "available"
+gc.cloud.tasks.poll(fixed.delete(kept.port_id).tasks[0])
 assert fixed.list().count == 0
 
 print("gcore networks: ok")
