@@ -5,9 +5,9 @@
 //! group committer is dozens of statements (a create alone is about twenty), and on this project's
 //! benchmark those hand-offs were most of a create's CPU time. The committer instead runs a whole batch on
 //! one blocking thread (`super::group_commit`), each statement a plain call on this connection: one hand-off
-//! per batch. Point reads (an instance, a record, an operation, placement's hosts) run in place on the
-//! caller's thread on connections of their own ([`Readers`]). Everything else (lists, migrations, the
-//! writes that are not batched) stays on sqlx.
+//! per batch. Point reads (an instance, a record, records by name, an operation, placement's hosts, the
+//! newest event) run in place on the caller's thread on connections of their own ([`Readers`]). Everything
+//! else (lists, migrations, the writes that are not batched) stays on sqlx.
 //!
 //! The SQL is the store's one body of SQL: `$N` placeholders are bound by their number, as sqlx's SQLite
 //! driver does, and errors come back as `sqlx::Error::Database` with SQLite's extended result code, so that
