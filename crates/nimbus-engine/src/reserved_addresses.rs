@@ -122,12 +122,8 @@ impl Engine {
         ctx: &Context,
         id: Uuid,
         instance_id: Uuid,
-        name: Option<String>,
     ) -> Result<ReservedAddress> {
         ctx.require(Role::Member)?;
-        if let Some(name) = &name {
-            nimbus_core::instance::validate_name("name", name)?;
-        }
         let net = Network::parse(&self.config.network_cidr)?;
         let instance = self.instance(ctx, instance_id).await?;
         let address = instance.ip_addresses.first().and_then(|a| a.parse::<Ipv4Addr>().ok());
@@ -136,7 +132,7 @@ impl Engine {
                 "instance {instance_id} has no address of the instance network"
             )));
         };
-        let (reserved, insert) = new_reservation(ctx, id, name.as_deref(), ip, None, false, Some(instance_id));
+        let (reserved, insert) = new_reservation(ctx, id, None, ip, None, false, Some(instance_id));
         let mut set = WriteSet::new();
         // The instance holds only this address in the allocator (the others it has are its networks').
         set.push(Write::ReleaseAddresses { owner: instance_id });

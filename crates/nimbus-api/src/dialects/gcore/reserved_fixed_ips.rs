@@ -202,8 +202,7 @@ pub async fn create(
     errors.check()?;
     if let Some(port) = asked.port {
         let instance = instance_of_port(&app, &r, &port).await?;
-        let reserved =
-            app.engine.reserve_instance_address(&r.ctx, views::port_id(&instance), instance.id, None).await?;
+        let reserved = app.engine.reserve_instance_address(&r.ctx, views::port_id(&instance), instance.id).await?;
         return receipt(&app, &r, "create_reserved_fixed_ip", "ports", &[reserved.id]).await;
     }
     let reserved = app.engine.create_reserved_address(&r.ctx, None, asked.network, asked.ip, is_vip).await?;
