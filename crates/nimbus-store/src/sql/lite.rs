@@ -37,8 +37,9 @@ pub(crate) fn open(path: &Path) -> Result<Connection, sqlx::Error> {
     // Every job of a batch runs under a savepoint, so SQLite copies each page a job changes that an earlier
     // job of the batch had changed into a statement journal first. By default that journal spills to a
     // temporary file past 64 KiB, and on the benchmark those were two `pwrite`s per page, more than the
-    // WAL's own: two thirds of the committer's writes to the kernel. In memory it is a copy, dropped at
-    // commit; nothing in it is needed after a crash (an unfinished batch is rolled back from the WAL).
+    // WAL's own: two thirds of the committer's writes to the kernel. In memory it is a copy, emptied as each
+    // job's savepoint is released; nothing in it is needed after a crash (recovery ignores the frames of a
+    // batch that never committed).
     execute(&mut conn, "PRAGMA temp_store = MEMORY", &[])?;
     Ok(conn)
 }
